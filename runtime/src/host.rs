@@ -1,0 +1,306 @@
+//! The host side of the state interface: one [`OpCtx`] per operator per
+//! worker, shared by Wasm and native operators, so both pay the same host
+//! state path.
+//!
+//! The context caches every key it has touched ([`Entity`] per key) and
+//! tracks which changed since the last checkpoint. Handling an event is
+//! bracketed by [`OpCtx::begin`] and [`OpCtx::finish`]: in between, state
+//! calls act on that event's key only, writes are journaled and emits
+//! buffered, so a failed event is rolled back completely.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use thiserror::Error;
+
+use crate::state::{Entity, Undo};
+use crate::store::{Reader, StateWrite, StoreError};
+
+/// Per-operator limits enforced on host calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest single state value, map field or list item, in bytes.
+    pub max_state_value: usize,
+    /// Largest emitted payload, in bytes.
+    pub max_emit: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_state_value: 1 << 20, max_emit: 1 << 20 }
+    }
+}
+
+/// A host call that cannot be served; it traps the operator.
+#[derive(Debug, Error)]
+pub enum HostError {
+    #[error("state or emit used outside `handle` (no key is being processed)")]
+    NoKey,
+    #[error("state value of {size} bytes exceeds the limit max_state_value = {limit} bytes")]
+    StateTooLarge { size: usize, limit: usize },
+    #[error("emitted value of {size} bytes exceeds the limit max_emit = {limit} bytes")]
+    EmitTooLarge { size: usize, limit: usize },
+}
+
+/// A cached key: its state and whether it changed since the last checkpoint.
+#[derive(Default)]
+struct Slot {
+    entity: Entity,
+    /// Already listed in `OpCtx::dirty`.
+    dirty: bool,
+}
+
+/// An event emitted by an operator: routed to the next operator or the sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emitted {
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// Host context of one operator on one worker.
+pub struct OpCtx {
+    /// Operator name: the state name space in the store.
+    name: Arc<str>,
+    /// Every key touched so far (never evicted: a key absent here has not
+    /// been written since start, so the store snapshot is accurate for it).
+    cache: FxHashMap<Box<str>, Slot>,
+    /// Keys changed since the last checkpoint.
+    dirty: Vec<Box<str>>,
+    /// Committed state, for keys not yet cached.
+    reader: Option<Reader>,
+    /// The key being processed and its state, taken out of the cache.
+    current: Option<(Box<str>, Slot)>,
+    /// Undo journal of the current event.
+    undo: Vec<Undo>,
+    /// Emits of the current event.
+    emits: Vec<Emitted>,
+    limits: Limits,
+}
+
+impl OpCtx {
+    /// A context for operator `name`, loading uncached keys from `reader`.
+    pub fn new(name: Arc<str>, reader: Option<Reader>, limits: Limits) -> OpCtx {
+        OpCtx {
+            name,
+            cache: FxHashMap::default(),
+            dirty: Vec::new(),
+            reader,
+            current: None,
+            undo: Vec::new(),
+            emits: Vec::new(),
+            limits,
+        }
+    }
+
+    /// The operator's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Starts handling an event of `key`: loads its state.
+    pub fn begin(&mut self, key: &str) -> Result<(), StoreError> {
+        debug_assert!(self.current.is_none());
+        let (key, slot) = match self.cache.remove_entry(key) {
+            Some(e) => e,
+            None => {
+                let entity = match &self.reader {
+                    Some(r) => match r.get(&self.name, key)? {
+                        Some(rec) => Entity::decode(&rec).map_err(|e| StoreError::Corrupt {
+                            operator: self.name.to_string(),
+                            key: key.to_string(),
+                            reason: e.to_string(),
+                        })?,
+                        None => Entity::default(),
+                    },
+                    None => Entity::default(),
+                };
+                (key.into(), Slot { entity, dirty: false })
+            }
+        };
+        self.current = Some((key, slot));
+        Ok(())
+    }
+
+    /// Ends the current event. With `ok`, its writes stay and its emits are
+    /// appended to `out`; otherwise both are discarded.
+    pub fn finish(&mut self, ok: bool, out: &mut Vec<Emitted>) {
+        let Some((key, mut slot)) = self.current.take() else { return };
+        if ok {
+            if !self.undo.is_empty() && !slot.dirty {
+                slot.dirty = true;
+                self.dirty.push(key.clone());
+            }
+            self.undo.clear();
+            out.append(&mut self.emits);
+        } else {
+            slot.entity.undo(&mut self.undo);
+            self.emits.clear();
+        }
+        self.cache.insert(key, slot);
+    }
+
+    /// Takes the changes since the last checkpoint as store writes, and
+    /// renews the snapshot used for uncached keys.
+    pub fn take_dirty(&mut self, reader: Option<Reader>, out: &mut Vec<StateWrite>) {
+        for key in self.dirty.drain(..) {
+            let Some(slot) = self.cache.get_mut(&key) else { continue };
+            slot.dirty = false;
+            let record = if slot.entity.is_empty() {
+                None
+            } else {
+                let mut buf = Vec::new();
+                slot.entity.encode(&mut buf);
+                Some(buf)
+            };
+            out.push(StateWrite { operator: self.name.clone(), key, record });
+        }
+        if reader.is_some() {
+            self.reader = reader;
+        }
+    }
+
+    /// Number of keys cached.
+    pub fn cached_keys(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// The key being processed.
+    pub fn current_key(&self) -> Option<&str> {
+        self.current.as_ref().map(|(k, _)| &**k)
+    }
+
+    fn entity(&mut self) -> Result<&mut Entity, HostError> {
+        self.current.as_mut().map(|(_, s)| &mut s.entity).ok_or(HostError::NoKey)
+    }
+
+    fn check_size(&self, size: usize) -> Result<(), HostError> {
+        if size > self.limits.max_state_value {
+            return Err(HostError::StateTooLarge { size, limit: self.limits.max_state_value });
+        }
+        Ok(())
+    }
+
+    // ---- the state interface -------------------------------------------------
+
+    pub fn get(&mut self, name: &str) -> Result<Option<&[u8]>, HostError> {
+        Ok(self.entity()?.get(name))
+    }
+
+    pub fn set(&mut self, name: &str, value: Vec<u8>) -> Result<(), HostError> {
+        self.check_size(value.len())?;
+        let (_, slot) = self.current.as_mut().ok_or(HostError::NoKey)?;
+        slot.entity.set(name, value, &mut self.undo);
+        Ok(())
+    }
+
+    pub fn delete(&mut self, name: &str) -> Result<bool, HostError> {
+        let (_, slot) = self.current.as_mut().ok_or(HostError::NoKey)?;
+        Ok(slot.entity.delete(name, &mut self.undo))
+    }
+
+    pub fn map_get(&mut self, name: &str, field: &str) -> Result<Option<&[u8]>, HostError> {
+        Ok(self.entity()?.map(name).and_then(|m| m.get(field)).map(|v| &v[..]))
+    }
+
+    pub fn map_set(&mut self, name: &str, field: String, value: Vec<u8>) -> Result<(), HostError> {
+        self.check_size(value.len())?;
+        let (_, slot) = self.current.as_mut().ok_or(HostError::NoKey)?;
+        slot.entity.map_set(name, field, value, &mut self.undo);
+        Ok(())
+    }
+
+    pub fn map_delete(&mut self, name: &str, field: &str) -> Result<bool, HostError> {
+        let (_, slot) = self.current.as_mut().ok_or(HostError::NoKey)?;
+        Ok(slot.entity.map_delete(name, field, &mut self.undo))
+    }
+
+    pub fn map_entries(&mut self, name: &str) -> Result<Vec<(String, Vec<u8>)>, HostError> {
+        Ok(self.entity()?.map(name).map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default())
+    }
+
+    pub fn map_len(&mut self, name: &str) -> Result<u32, HostError> {
+        Ok(self.entity()?.map(name).map_or(0, |m| m.len() as u32))
+    }
+
+    pub fn list_push(&mut self, name: &str, item: Vec<u8>) -> Result<u32, HostError> {
+        self.check_size(item.len())?;
+        let (_, slot) = self.current.as_mut().ok_or(HostError::NoKey)?;
+        Ok(slot.entity.list_push(name, item, &mut self.undo) as u32)
+    }
+
+    pub fn list_len(&mut self, name: &str) -> Result<u32, HostError> {
+        Ok(self.entity()?.list(name).map_or(0, |l| l.len() as u32))
+    }
+
+    pub fn list_range(&mut self, name: &str, start: u32, end: u32) -> Result<Vec<Vec<u8>>, HostError> {
+        let Some(list) = self.entity()?.list(name) else { return Ok(Vec::new()) };
+        let end = (end as usize).min(list.len());
+        let start = (start as usize).min(end);
+        Ok(list.range(start..end).cloned().collect())
+    }
+
+    pub fn list_trim(&mut self, name: &str, keep: u32) -> Result<u32, HostError> {
+        let (_, slot) = self.current.as_mut().ok_or(HostError::NoKey)?;
+        Ok(slot.entity.list_trim(name, keep as usize, &mut self.undo) as u32)
+    }
+
+    pub fn clear(&mut self) -> Result<(), HostError> {
+        let (_, slot) = self.current.as_mut().ok_or(HostError::NoKey)?;
+        slot.entity.clear(&mut self.undo);
+        Ok(())
+    }
+
+    pub fn emit(&mut self, key: String, value: Vec<u8>) -> Result<(), HostError> {
+        if self.current.is_none() {
+            return Err(HostError::NoKey);
+        }
+        if value.len() > self.limits.max_emit {
+            return Err(HostError::EmitTooLarge { size: value.len(), limit: self.limits.max_emit });
+        }
+        self.emits.push(Emitted { key, value });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_event_leaves_no_trace_and_ok_event_is_dirty() {
+        let mut ctx = OpCtx::new("op".into(), None, Limits::default());
+        let mut out = Vec::new();
+        ctx.begin("k").unwrap();
+        ctx.set("n", b"1".to_vec()).unwrap();
+        ctx.emit("k".into(), b"1".to_vec()).unwrap();
+        ctx.finish(true, &mut out);
+        assert_eq!(out.len(), 1);
+
+        ctx.begin("k").unwrap();
+        ctx.set("n", b"2".to_vec()).unwrap();
+        ctx.list_push("l", b"x".to_vec()).unwrap();
+        ctx.emit("k".into(), b"2".to_vec()).unwrap();
+        ctx.finish(false, &mut out);
+        assert_eq!(out.len(), 1, "emits of a failed event are dropped");
+
+        ctx.begin("k").unwrap();
+        assert_eq!(ctx.get("n").unwrap(), Some(&b"1"[..]));
+        assert_eq!(ctx.list_len("l").unwrap(), 0);
+        ctx.finish(true, &mut out);
+
+        let mut writes = Vec::new();
+        ctx.take_dirty(None, &mut writes);
+        assert_eq!(writes.len(), 1);
+        assert_eq!(&*writes[0].key, "k");
+    }
+
+    #[test]
+    fn calls_outside_an_event_and_oversized_values_are_refused() {
+        let mut ctx = OpCtx::new("op".into(), None, Limits { max_state_value: 4, max_emit: 4 });
+        assert!(matches!(ctx.get("n"), Err(HostError::NoKey)));
+        ctx.begin("k").unwrap();
+        let err = ctx.set("n", vec![0; 5]).unwrap_err();
+        assert_eq!(err.to_string(), "state value of 5 bytes exceeds the limit max_state_value = 4 bytes");
+        assert!(matches!(ctx.emit("k".into(), vec![0; 5]), Err(HostError::EmitTooLarge { .. })));
+    }
+}

@@ -1,0 +1,21 @@
+//! Eddy: a stateful stream runtime for WebAssembly component operators.
+//!
+//! # Layout
+//!
+//! - [`state`]: one key's state (values, maps, lists), its undo journal and
+//!   record encoding.
+//! - [`store`]: the redb state directory; checkpoints are one transaction.
+//! - [`host`]: the host side of the state interface, shared by Wasm and
+//!   native operators ([`host::OpCtx`]).
+//! - [`operator`]: the [`operator::Operator`] trait a worker drives.
+//! - [`wasm`]: components compiled once ([`wasm::Plugin`]) and instantiated
+//!   per worker ([`wasm::WasmOperator`]).
+//! - [`native`]: native Rust operators (the benchmark baseline).
+//! - [`bindings`]: the host bindings of `wit/`.
+pub mod bindings;
+pub mod host;
+pub mod native;
+pub mod operator;
+pub mod state;
+pub mod store;
+pub mod wasm;

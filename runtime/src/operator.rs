@@ -1,0 +1,37 @@
+//! What a worker runs: an [`Operator`] handles one event at a time against
+//! its [`OpCtx`]. Wasm components ([`crate::wasm::WasmOperator`]) and native
+//! Rust operators ([`crate::native`]) implement it the same way.
+
+use thiserror::Error;
+
+use crate::host::OpCtx;
+
+/// An event as handed to an operator (borrowed from the worker's batch).
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a> {
+    pub key: &'a str,
+    pub value: &'a [u8],
+    pub time: Option<i64>,
+}
+
+/// Why an event was not handled. The event goes to the dead-letter output
+/// with this text; its state writes and emits are discarded.
+#[derive(Debug, Error)]
+pub enum HandleError {
+    /// The operator returned `err(reason)`.
+    #[error("operator returned an error: {0}")]
+    Failed(String),
+    /// The operator trapped (the instance is replaced before the next event).
+    #[error("operator trapped: {0}")]
+    Trap(String),
+}
+
+/// A running operator instance on one worker.
+pub trait Operator: Send {
+    /// The host context: state cache and emit buffer.
+    fn ctx(&mut self) -> &mut OpCtx;
+
+    /// Handles one event; state calls act on `event.key` (the worker has
+    /// called [`OpCtx::begin`] for it).
+    fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError>;
+}
