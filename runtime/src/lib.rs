@@ -11,8 +11,20 @@
 //! - [`wasm`]: components compiled once ([`wasm::Plugin`]) and instantiated
 //!   per worker ([`wasm::WasmOperator`]).
 //! - [`native`]: native Rust operators (the benchmark baseline).
+//! - [`decode`]: key and time extraction from a JSON line.
+//! - [`io`]: the input reader thread, the sink thread, output formatting.
+//! - [`worker`]: worker threads, routing, batches.
+//! - [`runner`]: [`runner::run`] wires it all and drives checkpoints.
+//! - [`pipeline`]: the pipeline file and flags.
+//! - [`bench`]: the `eddy bench` command.
 //! - [`bindings`]: the host bindings of `wit/`.
+pub mod bench;
 pub mod bindings;
+pub mod decode;
+pub mod io;
+pub mod pipeline;
+pub mod runner;
+pub mod worker;
 pub mod host;
 pub mod native;
 pub mod operator;

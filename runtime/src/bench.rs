@@ -1,0 +1,155 @@
+//! `eddy bench`: the keyed counter as a Wasm component against the same
+//! counter written natively, on the operator path alone and end to end, in
+//! one process so the ratios are fair on a noisy machine.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::host::{Limits, OpCtx};
+use crate::native::NativeCounter;
+use crate::operator::{EventRef, Operator};
+use crate::pipeline::{Input, Output, Pipeline};
+use crate::runner::{self, Loaded, OperatorKind, Shutdown};
+use crate::wasm::{self, Plugin};
+
+/// Benchmark the keyed counter: Wasm component vs native Rust, operator path
+/// and end to end (JSON Lines file in, state committed to redb).
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The counter component (plugins/counter built for wasm32-wasip2).
+    #[arg(long, default_value = "plugins/target/wasm32-wasip2/release/counter.wasm")]
+    pub plugin: PathBuf,
+    /// Number of events.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub events: usize,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: usize,
+    /// Workers for the end-to-end runs [default: number of cores].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Skip the end-to-end runs.
+    #[arg(long)]
+    pub no_e2e: bool,
+    /// Skip the operator-path runs.
+    #[arg(long)]
+    pub no_operator: bool,
+}
+
+/// Pre-generated events: `{"key":"k000042","amount":17}` lines.
+struct Events {
+    data: Vec<u8>,
+    /// `(key start, key end, line start, line end)` in `data`.
+    index: Vec<(u32, u32, u32, u32)>,
+}
+
+fn generate(n: usize, keys: usize) -> Events {
+    let mut data = Vec::with_capacity(n * 36);
+    let mut index = Vec::with_capacity(n);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let k = (x % keys as u64) as usize;
+        let amount = (x >> 32) % 1000;
+        let start = data.len();
+        write!(data, "{{\"key\":\"k{k:06}\",\"amount\":{amount}}}").unwrap();
+        let end = data.len();
+        index.push(((start + 8) as u32, (start + 15) as u32, start as u32, end as u32));
+        data.push(b'\n');
+    }
+    Events { data, index }
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn operator_path(op: &mut dyn Operator, ev: &Events) -> Result<Duration> {
+    let mut out = Vec::with_capacity(4);
+    let t = Instant::now();
+    for &(k0, k1, l0, l1) in &ev.index {
+        let key = std::str::from_utf8(&ev.data[k0 as usize..k1 as usize])?;
+        let value = &ev.data[l0 as usize..l1 as usize];
+        op.ctx().begin(key)?;
+        let r = op.handle(EventRef { key, value, time: None });
+        op.ctx().finish(r.is_ok(), &mut out);
+        r?;
+        out.clear();
+    }
+    Ok(t.elapsed())
+}
+
+fn native_kind() -> OperatorKind {
+    OperatorKind::Native(Arc::new(|ctx| Box::new(NativeCounter::new(ctx, "amount")) as Box<dyn Operator>))
+}
+
+/// Runs the benchmark and prints a report.
+pub fn run(a: BenchArgs) -> Result<()> {
+    let engine = wasm::engine()?;
+    let t = Instant::now();
+    let plugin = Arc::new(Plugin::load(&engine, &a.plugin).context("run `cargo build --release --target wasm32-wasip2` in plugins/ first")?);
+    println!("compiled {} in {:.2}s", a.plugin.display(), t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let ev = generate(a.events, a.keys);
+    println!("generated {} events over {} keys in {:.2}s", a.events, a.keys, t.elapsed().as_secs_f64());
+
+    if !a.no_operator {
+        println!("\noperator path (one worker, events pre-decoded, state in the host cache):");
+        let mut native = NativeCounter::new(OpCtx::new("counter".into(), None, Limits::default()), "amount");
+        let dn = operator_path(&mut native, &ev)?;
+        let mut wasm_op = plugin.instantiate(OpCtx::new("counter".into(), None, Limits::default()), "{}")?;
+        let dw = operator_path(&mut wasm_op, &ev)?;
+        let (rn, rw) = (rate(a.events, dn), rate(a.events, dw));
+        println!("  native  {:>12.0} events/s", rn);
+        println!("  wasm    {:>12.0} events/s", rw);
+        println!("  wasm/native ratio {:.3}", rw / rn);
+    }
+
+    if !a.no_e2e {
+        let dir = tempfile::tempdir()?;
+        let input = dir.path().join("events.jsonl");
+        std::fs::write(&input, &ev.data)?;
+        drop(ev);
+        let workers = a.workers.unwrap_or_else(crate::pipeline::default_workers);
+        println!("\nend to end ({workers} workers, JSON Lines file in and out, state committed to redb):");
+        let mut rates = Vec::new();
+        for (label, kind) in [("native", native_kind()), ("wasm", OperatorKind::Wasm(plugin.clone()))] {
+            let state = dir.path().join(format!("state-{label}"));
+            let out = dir.path().join(format!("out-{label}.jsonl"));
+            let p = Pipeline {
+                input: Input::File(input.clone()),
+                key_field: "key".into(),
+                time_field: None,
+                max_line_bytes: 1 << 20,
+                operators: Vec::new(),
+                output: Output::File(out.clone()),
+                dead_letter: state.join("dead-letter.jsonl"),
+                state_dir: state,
+                workers,
+                checkpoint_interval: Duration::from_secs(1),
+                checkpoint_events: None,
+            };
+            let ops = vec![Loaded { name: "counter".into(), kind, config: "{}".into(), limits: Limits::default() }];
+            let s = runner::run(&p, ops, &Shutdown::new())?;
+            let r = rate(s.lines as usize, s.elapsed);
+            println!(
+                "  {label:<7} {:>12.0} events/s  ({} events, {} checkpoints, {:.2}s)",
+                r,
+                s.lines,
+                s.checkpoints,
+                s.elapsed.as_secs_f64()
+            );
+            rates.push(r);
+            let _ = std::fs::remove_file(out);
+        }
+        println!("  wasm/native ratio {:.3}", rates[1] / rates[0]);
+    }
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! Decoding one JSON Lines input line: find the key (and event time) without
+//! building the whole document.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+/// What a line yields for routing.
+#[derive(Debug, PartialEq)]
+pub struct Decoded<'a> {
+    /// The key, borrowed from the line unless it had escapes or was a number.
+    pub key: Cow<'a, str>,
+    pub time: Option<i64>,
+}
+
+/// Why a line was rejected (it goes to the dead-letter output).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("line is not UTF-8 (invalid byte at offset {0})")]
+    NotUtf8(usize),
+    #[error("line is not a JSON object: {0}")]
+    NotJson(String),
+    #[error("missing key field `{0}`")]
+    MissingKey(String),
+    #[error("key field `{0}` is not a string or a number")]
+    BadKey(String),
+    #[error("time field `{0}` is not an integer")]
+    BadTime(String),
+}
+
+/// Extracts the key field `key_field` and the optional time field.
+pub fn decode<'a>(line: &'a [u8], key_field: &str, time_field: Option<&str>) -> Result<Decoded<'a>, DecodeError> {
+    let text = std::str::from_utf8(line).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let seed = Fields { key_field, time_field, error: None };
+    let found = match seed.deserialize(&mut de).and_then(|f| de.end().map(|()| f)) {
+        Ok(f) => f,
+        Err(e) => return Err(DecodeError::NotJson(e.to_string())),
+    };
+    if let Some(e) = found.error {
+        return Err(e);
+    }
+    let key = found.key.ok_or_else(|| DecodeError::MissingKey(key_field.to_string()))?;
+    Ok(Decoded { key, time: found.time })
+}
+
+struct Fields<'f> {
+    key_field: &'f str,
+    time_field: Option<&'f str>,
+    /// A field-level problem found while scanning (reported after the scan
+    /// so JSON syntax errors take precedence).
+    error: Option<DecodeError>,
+}
+
+struct Found<'a> {
+    key: Option<Cow<'a, str>>,
+    time: Option<i64>,
+    error: Option<DecodeError>,
+}
+
+impl<'de> DeserializeSeed<'de> for Fields<'_> {
+    type Value = Found<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Found<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Fields<'_> {
+    type Value = Found<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Found<'de>, A::Error> {
+        let mut found = Found { key: None, time: None, error: None };
+        while let Some(name) = map.next_key::<Key<'de>>()? {
+            if name.0 == self.key_field {
+                match map.next_value::<KeyValue<'de>>()?.0 {
+                    Some(k) => found.key = Some(k),
+                    None => self.error = Some(DecodeError::BadKey(self.key_field.to_string())),
+                }
+            } else if Some(&*name.0) == self.time_field {
+                match map.next_value::<TimeValue>()?.0 {
+                    Some(t) => found.time = Some(t),
+                    None => self.error = Some(DecodeError::BadTime(self.time_field.unwrap_or_default().to_string())),
+                }
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        found.error = self.error;
+        Ok(found)
+    }
+}
+
+/// A field name, borrowed when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrVisitor).map(Key)
+    }
+}
+
+struct StrVisitor;
+impl<'de> Visitor<'de> for StrVisitor {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+}
+
+/// The key's value: a string, or a number taken as its text; `None` for any
+/// other JSON type.
+struct KeyValue<'a>(Option<Cow<'a, str>>);
+
+impl<'de> de::Deserialize<'de> for KeyValue<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyValue<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(KeyValue(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(KeyValue(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(KeyValue(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(KeyValue(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(KeyValue(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(KeyValue(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(KeyValue(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(KeyValue(None))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(KeyValue(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The time's value: an integer, `None` for anything else.
+struct TimeValue(Option<i64>);
+
+impl<'de> de::Deserialize<'de> for TimeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d).map_err(de::Error::custom)?;
+        Ok(TimeValue(v.as_i64()))
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_key_and_time_among_other_fields() {
+        let d = decode(br#"{"a":[1,{"key":"no"}],"key":"k1","ts":17,"z":null}"#, "key", Some("ts")).unwrap();
+        assert_eq!(d, Decoded { key: Cow::Borrowed("k1"), time: Some(17) });
+        let d = decode(br#"{"card":42}"#, "card", None).unwrap();
+        assert_eq!(d.key, "42");
+        let d = decode(br#"{"key":"a\"b"}"#, "key", None).unwrap();
+        assert_eq!(d.key, "a\"b");
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        let e = |l: &[u8]| decode(l, "key", Some("ts")).unwrap_err().to_string();
+        assert_eq!(e(br#"{"id":1}"#), "missing key field `key`");
+        assert_eq!(e(br#"{"key":true}"#), "key field `key` is not a string or a number");
+        assert_eq!(e(br#"{"key":"k","ts":"noon"}"#), "time field `ts` is not an integer");
+        assert!(e(br#"{"key":"k""#).starts_with("line is not a JSON object"));
+        assert!(e(b"[1,2]").starts_with("line is not a JSON object"));
+        assert!(e(br#"{"key":"k"} trailing"#).starts_with("line is not a JSON object"));
+        assert_eq!(e(b"{\"key\":\"\xff\"}"), "line is not UTF-8 (invalid byte at offset 8)");
+    }
+}

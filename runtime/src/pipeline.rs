@@ -1,0 +1,339 @@
+//! The pipeline description: a TOML file, command-line flags, or both
+//! (flags override the file).
+//!
+//! ```toml
+//! workers = 2                      # default: number of cores
+//!
+//! [source]
+//! path = "events.jsonl"            # "-" for stdin
+//! key = "key"                      # field holding the routing key
+//! time = "ts"                      # optional field holding the event time
+//!
+//! [[operator]]                     # one table per operator, in chain order
+//! name = "counter"
+//! component = "counter.wasm"
+//! config = { field = "amount" }    # handed to the operator's init as JSON
+//!
+//! [sink]
+//! path = "-"                       # "-" for stdout
+//! dead_letter = "dead-letter.jsonl"
+//!
+//! [state]
+//! dir = "eddy-data"
+//! checkpoint_interval_ms = 1000
+//! checkpoint_events = 0            # 0: by time only
+//! ```
+//!
+//! Relative paths in a pipeline file are relative to the file's directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::host::Limits;
+
+/// Where events come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Stdin,
+    File(PathBuf),
+}
+
+/// Where emitted events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    File(PathBuf),
+}
+
+impl Input {
+    /// `-` is stdin, anything else a file path.
+    pub fn parse(s: &str) -> Input {
+        if s == "-" {
+            Input::Stdin
+        } else {
+            Input::File(PathBuf::from(s))
+        }
+    }
+}
+
+impl Output {
+    /// `-` is stdout, anything else a file path.
+    pub fn parse(s: &str) -> Output {
+        if s == "-" {
+            Output::Stdout
+        } else {
+            Output::File(PathBuf::from(s))
+        }
+    }
+}
+
+/// One operator of the chain.
+#[derive(Debug, Clone)]
+pub struct OperatorSpec {
+    /// Unique name: the operator's state name space.
+    pub name: String,
+    /// Path of the component.
+    pub component: PathBuf,
+    /// Config handed to `init`, as JSON.
+    pub config: serde_json::Value,
+    /// Host-enforced limits.
+    pub limits: Limits,
+}
+
+/// A complete pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub input: Input,
+    /// Field holding the routing key.
+    pub key_field: String,
+    /// Field holding the event time (an integer), if any.
+    pub time_field: Option<String>,
+    /// Longer lines are dead-lettered without being parsed.
+    pub max_line_bytes: usize,
+    pub operators: Vec<OperatorSpec>,
+    pub output: Output,
+    /// Dead-letter file; default `<state dir>/dead-letter.jsonl`.
+    pub dead_letter: PathBuf,
+    pub state_dir: PathBuf,
+    pub workers: usize,
+    /// Checkpoint at least this often.
+    pub checkpoint_interval: Duration,
+    /// Also checkpoint after this many input events (`None`: by time only).
+    pub checkpoint_events: Option<u64>,
+}
+
+/// A pipeline file that cannot be used.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error("pipeline file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("pipeline file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    workers: Option<usize>,
+    #[serde(default)]
+    source: SourceTable,
+    #[serde(default, rename = "operator")]
+    operators: Vec<OperatorTable>,
+    #[serde(default)]
+    sink: SinkTable,
+    #[serde(default)]
+    state: StateTable,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceTable {
+    path: Option<String>,
+    key: Option<String>,
+    time: Option<String>,
+    max_line_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperatorTable {
+    name: String,
+    component: String,
+    #[serde(default)]
+    config: Option<toml::Table>,
+    max_state_value_bytes: Option<usize>,
+    max_emit_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinkTable {
+    path: Option<String>,
+    dead_letter: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateTable {
+    dir: Option<String>,
+    checkpoint_interval_ms: Option<u64>,
+    checkpoint_events: Option<u64>,
+}
+
+/// Everything that can be given on the command line; `None` keeps the
+/// file's value (or the default).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub plugins: Vec<(String, PathBuf)>,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub dead_letter: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub workers: Option<usize>,
+    pub key_field: Option<String>,
+    pub time_field: Option<String>,
+    pub checkpoint_interval_ms: Option<u64>,
+    pub checkpoint_events: Option<u64>,
+}
+
+/// Default number of workers: the number of cores.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+impl Pipeline {
+    /// Builds a pipeline from an optional file and command-line overrides.
+    pub fn load(file: Option<&Path>, o: Overrides) -> Result<Pipeline, PipelineError> {
+        let (f, base) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| PipelineError::Read { path: path.to_path_buf(), source })?;
+                let f: File = toml::from_str(&text)
+                    .map_err(|e| PipelineError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+                (f, path.parent().map(Path::to_path_buf).unwrap_or_default())
+            }
+            None => (File::default(), PathBuf::new()),
+        };
+        let rel = |s: &str| -> PathBuf {
+            let p = PathBuf::from(s);
+            if p.is_absolute() || s == "-" {
+                p
+            } else {
+                base.join(p)
+            }
+        };
+
+        let mut operators = Vec::new();
+        if o.plugins.is_empty() {
+            for t in &f.operators {
+                let config = match &t.config {
+                    Some(table) => serde_json::to_value(table)
+                        .map_err(|e| PipelineError::Invalid(format!("operator `{}`: config: {e}", t.name)))?,
+                    None => serde_json::json!({}),
+                };
+                let mut limits = Limits::default();
+                if let Some(n) = t.max_state_value_bytes {
+                    limits.max_state_value = n;
+                }
+                if let Some(n) = t.max_emit_bytes {
+                    limits.max_emit = n;
+                }
+                operators.push(OperatorSpec { name: t.name.clone(), component: rel(&t.component), config, limits });
+            }
+        } else {
+            // `--plugin` replaces the file's chain; a same-named operator of
+            // the file keeps its config and limits.
+            for (name, path) in &o.plugins {
+                let from_file = f.operators.iter().find(|t| &t.name == name);
+                let config = match from_file.and_then(|t| t.config.as_ref()) {
+                    Some(table) => serde_json::to_value(table)
+                        .map_err(|e| PipelineError::Invalid(format!("operator `{name}`: config: {e}")))?,
+                    None => serde_json::json!({}),
+                };
+                operators.push(OperatorSpec { name: name.clone(), component: path.clone(), config, limits: Limits::default() });
+            }
+        }
+        if operators.is_empty() {
+            return Err(PipelineError::Invalid(
+                "no operator: give --plugin NAME=PATH.wasm or [[operator]] tables in a pipeline file".into(),
+            ));
+        }
+        for (i, op) in operators.iter().enumerate() {
+            if op.name.is_empty() || !op.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(PipelineError::Invalid(format!(
+                    "operator name `{}` must be non-empty letters, digits, `-` or `_`",
+                    op.name
+                )));
+            }
+            if operators[..i].iter().any(|p| p.name == op.name) {
+                return Err(PipelineError::Invalid(format!("operator name `{}` is used twice", op.name)));
+            }
+        }
+
+        let input = match (&o.input, &f.source.path) {
+            (Some(s), _) => Input::parse(s),
+            (None, Some(s)) => Input::parse(rel(s).to_str().unwrap_or(s)),
+            (None, None) => Input::Stdin,
+        };
+        let output = match (&o.output, &f.sink.path) {
+            (Some(s), _) => Output::parse(s),
+            (None, Some(s)) => Output::parse(rel(s).to_str().unwrap_or(s)),
+            (None, None) => Output::Stdout,
+        };
+        let state_dir = o
+            .state_dir
+            .clone()
+            .or_else(|| f.state.dir.as_deref().map(rel))
+            .unwrap_or_else(|| PathBuf::from("eddy-data"));
+        let dead_letter = o
+            .dead_letter
+            .clone()
+            .or_else(|| f.sink.dead_letter.as_deref().map(rel))
+            .unwrap_or_else(|| state_dir.join("dead-letter.jsonl"));
+        let workers = o.workers.or(f.workers).unwrap_or_else(default_workers);
+        if workers == 0 || workers > 1024 {
+            return Err(PipelineError::Invalid(format!("workers must be between 1 and 1024, not {workers}")));
+        }
+        let interval = o.checkpoint_interval_ms.or(f.state.checkpoint_interval_ms).unwrap_or(1000);
+        if interval == 0 {
+            return Err(PipelineError::Invalid("checkpoint_interval_ms must be at least 1".into()));
+        }
+        let events = o.checkpoint_events.or(f.state.checkpoint_events).filter(|&n| n > 0);
+        Ok(Pipeline {
+            input,
+            key_field: o.key_field.or(f.source.key).unwrap_or_else(|| "key".into()),
+            time_field: o.time_field.or(f.source.time),
+            max_line_bytes: f.source.max_line_bytes.unwrap_or(1 << 20),
+            operators,
+            output,
+            dead_letter,
+            state_dir,
+            workers,
+            checkpoint_interval: Duration::from_millis(interval),
+            checkpoint_events: events,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Pipeline, PipelineError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.toml");
+        std::fs::write(&p, text).unwrap();
+        Pipeline::load(Some(&p), Overrides::default())
+    }
+
+    #[test]
+    fn file_paths_are_relative_to_the_file_and_defaults_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.toml");
+        std::fs::write(&p, "[source]\npath = \"in.jsonl\"\n[[operator]]\nname = \"c\"\ncomponent = \"c.wasm\"\nconfig = { field = \"x\" }\n").unwrap();
+        let pl = Pipeline::load(Some(&p), Overrides::default()).unwrap();
+        assert_eq!(pl.input, Input::File(dir.path().join("in.jsonl")));
+        assert_eq!(pl.operators[0].component, dir.path().join("c.wasm"));
+        assert_eq!(pl.operators[0].config, serde_json::json!({"field": "x"}));
+        assert_eq!(pl.output, Output::Stdout);
+        assert_eq!(pl.key_field, "key");
+        assert_eq!(pl.state_dir, PathBuf::from("eddy-data"));
+    }
+
+    #[test]
+    fn bad_files_name_the_field_and_line() {
+        let e = parse("[source]\npath = \"x\"\nkye = \"k\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("unknown field `kye`"), "{e}");
+        let e = parse("workers = \"two\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("workers"), "{e}");
+        let e = parse("[source]\n").unwrap_err().to_string();
+        assert!(e.contains("no operator"), "{e}");
+        let e = parse("[[operator]]\nname=\"a\"\ncomponent=\"x\"\n[[operator]]\nname=\"a\"\ncomponent=\"y\"\n").unwrap_err();
+        assert_eq!(e.to_string(), "operator name `a` is used twice");
+    }
+}

@@ -1,0 +1,536 @@
+//! Running a pipeline: [`run`] wires the reader, the workers, the sink and
+//! the committer, and drives checkpoints.
+//!
+//! The calling thread is the coordinator: it decodes lines, routes them to
+//! workers in batches, and at each checkpoint waits until every event read
+//! so far is handled, collects the workers' changed state, flushes the sink
+//! and hands all of it, with the input position and output lengths, to the
+//! committer thread, which writes one redb transaction while the workers
+//! go on.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+
+use crate::decode::decode;
+use crate::host::{Limits, OpCtx};
+use crate::io::{open_input, open_output_file, read_lines, run_sink, Chunk, SinkMsg};
+use crate::operator::Operator;
+use crate::pipeline::{Input, Output, Pipeline};
+use crate::store::{Checkpoint, SourcePos, Store};
+use crate::wasm::Plugin;
+use crate::worker::{route, Batch, BarrierReply, Msg, OpStats, Worker};
+
+/// Events per batch sent to a worker.
+const BATCH: usize = 1024;
+/// Batches in flight per worker before the coordinator waits.
+const MAX_INFLIGHT_PER_WORKER: usize = 16;
+
+/// A flag that asks a running pipeline to stop after a final checkpoint.
+#[derive(Clone, Default)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    /// A flag not yet raised.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Asks the pipeline to stop.
+    pub fn trigger(&self) {
+        self.0.store(true, Ordering::Release)
+    }
+    /// Whether a stop was asked for.
+    pub fn is_triggered(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Builds a native operator for a worker.
+pub type NativeFactory = Arc<dyn Fn(OpCtx) -> Box<dyn Operator> + Send + Sync>;
+
+/// How to make an operator's instances.
+#[derive(Clone)]
+pub enum OperatorKind {
+    Wasm(Arc<Plugin>),
+    Native(NativeFactory),
+}
+
+/// An operator ready to be instantiated on each worker.
+#[derive(Clone)]
+pub struct Loaded {
+    pub name: Arc<str>,
+    pub kind: OperatorKind,
+    /// Config JSON text for `init`.
+    pub config: String,
+    pub limits: Limits,
+}
+
+/// Compiles every operator of the pipeline (once, shared by all workers).
+pub fn load_operators(engine: &wasmtime::Engine, p: &Pipeline) -> Result<Vec<Loaded>> {
+    p.operators
+        .iter()
+        .map(|spec| {
+            let plugin = Plugin::load(engine, &spec.component)?;
+            Ok(Loaded {
+                name: spec.name.as_str().into(),
+                kind: OperatorKind::Wasm(Arc::new(plugin)),
+                config: spec.config.to_string(),
+                limits: spec.limits,
+            })
+        })
+        .collect()
+}
+
+/// Per-operator totals of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperatorSummary {
+    pub name: String,
+    pub handled: u64,
+    pub failed: u64,
+    pub emitted: u64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Input lines read in this run.
+    pub lines: u64,
+    /// Lines rejected before reaching an operator.
+    pub bad_lines: u64,
+    /// Line number this run resumed after (0 for a fresh start).
+    pub resumed_after_line: u64,
+    pub operators: Vec<OperatorSummary>,
+    pub checkpoints: u64,
+    pub elapsed: Duration,
+}
+
+/// Identity of a file in the checkpoint metadata: its absolute path.
+fn file_id(path: &Path) -> String {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+}
+
+/// Runs `pipeline` with `operators` until the input ends or `shutdown` is
+/// triggered, then makes a final checkpoint.
+pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<Summary> {
+    let started = Instant::now();
+    let store = Store::open(&p.state_dir)?;
+
+    // Resume position and output lengths from the last checkpoint.
+    let input_id = match &p.input {
+        Input::File(path) => Some(file_id(path)),
+        Input::Stdin => None,
+    };
+    let pos = match &input_id {
+        Some(id) => store.source_pos(id)?.unwrap_or_default(),
+        None => SourcePos::default(),
+    };
+    if let Input::File(path) = &p.input {
+        let len = std::fs::metadata(path).with_context(|| format!("input {}", path.display()))?.len();
+        if len < pos.offset {
+            bail!(
+                "input {} has {len} bytes but the state directory {} checkpointed it at byte {}: the file was replaced or truncated; use a fresh --state directory to start over",
+                path.display(),
+                p.state_dir.display(),
+                pos.offset
+            );
+        }
+    }
+    let out_file = match &p.output {
+        Output::File(path) => {
+            let committed = store.sink_len(&file_id(path))?;
+            Some(open_output_file(path, committed).with_context(|| format!("output {}", path.display()))?)
+        }
+        Output::Stdout => None,
+    };
+    let dead_id = file_id(&p.dead_letter);
+    let dead_file = open_output_file(&p.dead_letter, store.sink_len(&dead_id)?)
+        .with_context(|| format!("dead-letter file {}", p.dead_letter.display()))?;
+
+    // Sink.
+    let (sink_tx, sink_rx) = bounded::<SinkMsg>(256);
+    let dead_path = p.dead_letter.clone();
+    let sink = std::thread::Builder::new()
+        .name("eddy-sink".into())
+        .spawn(move || run_sink(out_file, dead_file, sink_rx, dead_path))?;
+
+    // Workers: each instantiates every operator, then reports ready.
+    let n = p.workers;
+    let inflight = Arc::new(AtomicUsize::new(0));
+    let (inbox_tx, inbox_rx): (Vec<Sender<Msg>>, Vec<Receiver<Msg>>) = (0..n).map(|_| unbounded()).unzip();
+    let (ready_tx, ready_rx) = unbounded::<Result<(), String>>();
+    let mut workers = Vec::new();
+    for (id, inbox) in inbox_rx.into_iter().enumerate() {
+        let ops = operators.clone();
+        let peers = inbox_tx.clone();
+        let sink = sink_tx.clone();
+        let inflight = inflight.clone();
+        let store = store.clone();
+        let ready = ready_tx.clone();
+        workers.push(std::thread::Builder::new().name(format!("eddy-worker-{id}")).spawn(move || {
+            let built = build_operators(&ops, &store);
+            let ops = match built {
+                Ok(ops) => {
+                    let _ = ready.send(Ok(()));
+                    ops
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(format!("{e:#}")));
+                    return Err(format!("{e:#}"));
+                }
+            };
+            let k = ops.len();
+            let w = Worker {
+                id,
+                ops,
+                outbox: (0..peers.len()).map(|_| Batch::default()).collect(),
+                peers,
+                sink,
+                inflight,
+                store,
+                stats: vec![OpStats::default(); k],
+                scratch: vec![Vec::new(); k],
+                out: Vec::new(),
+                dead: Vec::new(),
+            };
+            w.run(inbox)
+        })?);
+    }
+    drop(ready_tx);
+    let mut start_error = None;
+    for _ in 0..n {
+        if let Ok(Err(e)) = ready_rx.recv() {
+            start_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = start_error {
+        for tx in &inbox_tx {
+            let _ = tx.send(Msg::Stop);
+        }
+        for w in workers {
+            let _ = w.join();
+        }
+        drop(sink_tx);
+        let _ = sink.join();
+        return Err(anyhow!(e));
+    }
+
+    // Committer.
+    let (commit_tx, commit_rx) = bounded::<Checkpoint>(0);
+    let (done_tx, done_rx) = bounded::<Result<()>>(1);
+    let committer = {
+        let store = store.clone();
+        std::thread::Builder::new().name("eddy-commit".into()).spawn(move || {
+            for cp in commit_rx {
+                let r = store.commit(&cp).map_err(anyhow::Error::from);
+                if done_tx.send(r).is_err() {
+                    break;
+                }
+            }
+        })?
+    };
+
+    // Reader.
+    let reader_input = open_input(&p.input, pos.offset).with_context(|| match &p.input {
+        Input::File(path) => format!("input {}", path.display()),
+        Input::Stdin => "stdin".to_string(),
+    })?;
+    let (chunk_tx, chunk_rx) = bounded::<Chunk>(8);
+    let max_line = p.max_line_bytes;
+    let start_offset = pos.offset;
+    std::thread::Builder::new()
+        .name("eddy-reader".into())
+        .spawn(move || read_lines(reader_input, start_offset, max_line, chunk_tx))?;
+
+    let mut co = Coordinator {
+        p,
+        inboxes: inbox_tx,
+        inflight,
+        sink: sink_tx,
+        commit: commit_tx,
+        commit_done: done_rx,
+        commit_pending: false,
+        pending: (0..n).map(|_| Batch::with_capacity(BATCH)).collect(),
+        pos,
+        input_id,
+        out_id: match &p.output {
+            Output::File(path) => Some(file_id(path)),
+            Output::Stdout => None,
+        },
+        dead_id,
+        stats: vec![vec![OpStats::default(); operators.len()]; n],
+        summary: Summary { resumed_after_line: pos.line, ..Summary::default() },
+        since_checkpoint: 0,
+        workers_alive: workers,
+    };
+    let result = co.drive(&chunk_rx, shutdown);
+    let result = result.and_then(|()| co.checkpoint()).and_then(|()| co.wait_commit());
+    // Stop everything, even after an error.
+    for tx in &co.inboxes {
+        let _ = tx.send(Msg::Stop);
+    }
+    let mut worker_error = None;
+    for w in std::mem::take(&mut co.workers_alive) {
+        match w.join() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                worker_error.get_or_insert(e);
+            }
+            Err(_) => {
+                worker_error.get_or_insert("a worker thread panicked".into());
+            }
+        }
+    }
+    let Coordinator { sink: sink_tx, commit: commit_tx, stats, mut summary, .. } = co;
+    drop(sink_tx);
+    drop(commit_tx);
+    let sink_result = sink.join().map_err(|_| anyhow!("the sink thread panicked"))?;
+    let _ = committer.join();
+    result?;
+    if let Some(e) = worker_error {
+        bail!(e);
+    }
+    sink_result.context("writing output")?;
+    summary.operators = operators
+        .iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let mut s = OperatorSummary { name: op.name.to_string(), ..Default::default() };
+            for w in &stats {
+                s.handled += w[i].handled;
+                s.failed += w[i].failed;
+                s.emitted += w[i].emitted;
+            }
+            s
+        })
+        .collect();
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+fn build_operators(ops: &[Loaded], store: &Store) -> Result<Vec<Box<dyn Operator>>> {
+    ops.iter()
+        .map(|op| {
+            let ctx = OpCtx::new(op.name.clone(), Some(store.reader()?), op.limits);
+            Ok(match &op.kind {
+                OperatorKind::Wasm(plugin) => Box::new(plugin.instantiate(ctx, &op.config)?) as Box<dyn Operator>,
+                OperatorKind::Native(f) => f(ctx),
+            })
+        })
+        .collect()
+}
+
+struct Coordinator<'a> {
+    p: &'a Pipeline,
+    inboxes: Vec<Sender<Msg>>,
+    inflight: Arc<AtomicUsize>,
+    sink: Sender<SinkMsg>,
+    commit: Sender<Checkpoint>,
+    commit_done: Receiver<Result<()>>,
+    /// A checkpoint was handed to the committer and not yet acknowledged.
+    commit_pending: bool,
+    /// Per-worker batch being filled.
+    pending: Vec<Batch>,
+    /// Position after the last line routed.
+    pos: SourcePos,
+    input_id: Option<String>,
+    out_id: Option<String>,
+    dead_id: String,
+    /// Latest counters reported by each worker.
+    stats: Vec<Vec<OpStats>>,
+    summary: Summary,
+    since_checkpoint: u64,
+    workers_alive: Vec<std::thread::JoinHandle<std::result::Result<Vec<OpStats>, String>>>,
+}
+
+impl Coordinator<'_> {
+    fn drive(&mut self, chunks: &Receiver<Chunk>, shutdown: &Shutdown) -> Result<()> {
+        let mut last_checkpoint = Instant::now();
+        loop {
+            if shutdown.is_triggered() {
+                return Ok(());
+            }
+            let due = self.p.checkpoint_interval.saturating_sub(last_checkpoint.elapsed());
+            let chunk = match chunks.recv_timeout(due.min(Duration::from_millis(100))) {
+                Ok(c) => c,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.flush_batches()?;
+                    if last_checkpoint.elapsed() >= self.p.checkpoint_interval {
+                        self.checkpoint()?;
+                        last_checkpoint = Instant::now();
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => bail!("the input reader stopped unexpectedly"),
+            };
+            match chunk {
+                Chunk::Eof => return Ok(()),
+                Chunk::Error(e) => bail!("reading the input: {e}"),
+                Chunk::Oversized { offset, len } => {
+                    self.summary.lines += 1;
+                    self.pos.line += 1;
+                    self.dead_line(
+                        self.pos.line,
+                        &format!("line is {len} bytes, longer than max_line_bytes = {}", self.p.max_line_bytes),
+                        b"",
+                    );
+                    self.pos.offset = offset + len;
+                }
+                Chunk::Lines { data, offset } => {
+                    let mut start = 0usize;
+                    while start < data.len() {
+                        let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i + 1);
+                        self.line(&data[start..end])?;
+                        self.pos.offset = offset + end as u64;
+                        start = end;
+                        if let Some(n) = self.p.checkpoint_events {
+                            if self.since_checkpoint >= n {
+                                self.checkpoint()?;
+                                last_checkpoint = Instant::now();
+                            }
+                        }
+                    }
+                    if chunks.is_empty() {
+                        self.flush_batches()?;
+                    }
+                    if last_checkpoint.elapsed() >= self.p.checkpoint_interval {
+                        self.checkpoint()?;
+                        last_checkpoint = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes and routes one line (with its `\n`, if any).
+    fn line(&mut self, raw: &[u8]) -> Result<()> {
+        self.summary.lines += 1;
+        self.pos.line += 1;
+        let mut line = raw.strip_suffix(b"\n").unwrap_or(raw);
+        line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        if line.len() > self.p.max_line_bytes {
+            let reason = format!("line is {} bytes, longer than max_line_bytes = {}", line.len(), self.p.max_line_bytes);
+            self.dead_line(self.pos.line, &reason, b"");
+            return Ok(());
+        }
+        match decode(line, &self.p.key_field, self.p.time_field.as_deref()) {
+            Ok(d) => {
+                let w = route(&d.key, self.inboxes.len());
+                self.pending[w].push(0, &d.key, line, d.time, self.pos.line);
+                self.since_checkpoint += 1;
+                if self.pending[w].len() >= BATCH {
+                    self.send_batch(w)?;
+                }
+            }
+            Err(e) => self.dead_line(self.pos.line, &e.to_string(), line),
+        }
+        Ok(())
+    }
+
+    fn dead_line(&mut self, line: u64, reason: &str, payload: &[u8]) {
+        self.summary.bad_lines += 1;
+        let rec = serde_json::json!({
+            "line": line,
+            "error": reason,
+            "payload": String::from_utf8_lossy(payload),
+        });
+        let mut b = serde_json::to_vec(&rec).expect("json");
+        b.push(b'\n');
+        let _ = self.sink.send(SinkMsg::Dead(b));
+    }
+
+    fn send_batch(&mut self, w: usize) -> Result<()> {
+        let cap = MAX_INFLIGHT_PER_WORKER * self.inboxes.len();
+        self.wait_inflight(|n| n < cap)?;
+        let b = std::mem::replace(&mut self.pending[w], Batch::with_capacity(BATCH));
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.inboxes[w].send(Msg::Batch(b)).map_err(|_| anyhow!("worker {w} stopped"))?;
+        Ok(())
+    }
+
+    fn flush_batches(&mut self) -> Result<()> {
+        for w in 0..self.pending.len() {
+            if !self.pending[w].is_empty() {
+                self.send_batch(w)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the in-flight batch count satisfies `ok`, failing if a
+    /// worker died.
+    fn wait_inflight(&mut self, ok: impl Fn(usize) -> bool) -> Result<()> {
+        let mut spins = 0u32;
+        while !ok(self.inflight.load(Ordering::Acquire)) {
+            if self.workers_alive.iter().any(|w| w.is_finished()) {
+                return Err(self.worker_failure());
+            }
+            spins += 1;
+            if spins < 64 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        Ok(())
+    }
+
+    fn worker_failure(&mut self) -> anyhow::Error {
+        if let Some(i) = self.workers_alive.iter().position(|w| w.is_finished()) {
+            let w = self.workers_alive.remove(i);
+            return match w.join() {
+                Ok(Err(e)) => anyhow!(e),
+                Ok(Ok(_)) => anyhow!("a worker stopped unexpectedly"),
+                Err(_) => anyhow!("a worker thread panicked"),
+            };
+        }
+        anyhow!("a worker stopped unexpectedly")
+    }
+
+    fn wait_commit(&mut self) -> Result<()> {
+        if self.commit_pending {
+            self.commit_pending = false;
+            self.commit_done.recv().map_err(|_| anyhow!("the committer stopped"))??;
+        }
+        Ok(())
+    }
+
+    /// Makes a checkpoint: a consistent cut of state, input position and
+    /// output lengths, committed by the committer thread.
+    fn checkpoint(&mut self) -> Result<()> {
+        self.flush_batches()?;
+        self.wait_inflight(|n| n == 0)?;
+        let mut cp = Checkpoint::default();
+        for (w, tx) in self.inboxes.iter().enumerate() {
+            let (rtx, rrx) = bounded(1);
+            tx.send(Msg::Barrier(rtx)).map_err(|_| anyhow!("worker {w} stopped"))?;
+            let reply: BarrierReply = match rrx.recv() {
+                Ok(r) => r?,
+                Err(_) => return Err(self.worker_failure()),
+            };
+            cp.writes.extend(reply.writes);
+            self.stats[w] = reply.stats;
+        }
+        let (ftx, frx) = bounded(1);
+        self.sink.send(SinkMsg::Flush(ftx)).map_err(|_| anyhow!("the output writer stopped"))?;
+        let lens = frx.recv().map_err(|_| anyhow!("the output writer stopped"))?.context("writing output")?;
+        if let (Some(id), Some(len)) = (&self.out_id, lens.out) {
+            cp.sinks.push((id.clone(), len));
+        }
+        cp.sinks.push((self.dead_id.clone(), lens.dead));
+        cp.source = self.input_id.clone().map(|id| (id, self.pos));
+        // One commit at a time: the previous must be durable first.
+        self.wait_commit()?;
+        self.commit.send(cp).map_err(|_| anyhow!("the committer stopped"))?;
+        self.commit_pending = true;
+        self.summary.checkpoints += 1;
+        self.since_checkpoint = 0;
+        Ok(())
+    }
+}
