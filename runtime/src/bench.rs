@@ -22,7 +22,10 @@ use crate::wasm::{self, Plugin};
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// The counter component (plugins/counter built for wasm32-wasip2).
-    #[arg(long, default_value = "plugins/target/wasm32-wasip2/release/counter.wasm")]
+    #[arg(
+        long,
+        default_value = "plugins/target/wasm32-wasip2/release/counter.wasm"
+    )]
     pub plugin: PathBuf,
     /// Number of events.
     #[arg(long, default_value_t = 10_000_000)]
@@ -61,7 +64,12 @@ fn generate(n: usize, keys: usize) -> Events {
         let start = data.len();
         write!(data, "{{\"key\":\"k{k:06}\",\"amount\":{amount}}}").unwrap();
         let end = data.len();
-        index.push(((start + 8) as u32, (start + 15) as u32, start as u32, end as u32));
+        index.push((
+            (start + 8) as u32,
+            (start + 15) as u32,
+            start as u32,
+            end as u32,
+        ));
         data.push(b'\n');
     }
     Events { data, index }
@@ -78,7 +86,11 @@ fn operator_path(op: &mut dyn Operator, ev: &Events) -> Result<Duration> {
         let key = std::str::from_utf8(&ev.data[k0 as usize..k1 as usize])?;
         let value = &ev.data[l0 as usize..l1 as usize];
         op.ctx().begin(key)?;
-        let r = op.handle(EventRef { key, value, time: None });
+        let r = op.handle(EventRef {
+            key,
+            value,
+            time: None,
+        });
         op.ctx().finish(r.is_ok(), &mut out);
         r?;
         out.clear();
@@ -87,24 +99,42 @@ fn operator_path(op: &mut dyn Operator, ev: &Events) -> Result<Duration> {
 }
 
 fn native_kind() -> OperatorKind {
-    OperatorKind::Native(Arc::new(|ctx| Box::new(NativeCounter::new(ctx, "amount")) as Box<dyn Operator>))
+    OperatorKind::Native(Arc::new(|ctx| {
+        Box::new(NativeCounter::new(ctx, "amount")) as Box<dyn Operator>
+    }))
 }
 
 /// Runs the benchmark and prints a report.
 pub fn run(a: BenchArgs) -> Result<()> {
     let engine = wasm::engine()?;
     let t = Instant::now();
-    let plugin = Arc::new(Plugin::load(&engine, &a.plugin).context("run `cargo build --release --target wasm32-wasip2` in plugins/ first")?);
-    println!("compiled {} in {:.2}s", a.plugin.display(), t.elapsed().as_secs_f64());
+    let plugin = Arc::new(
+        Plugin::load(&engine, &a.plugin)
+            .context("run `cargo build --release --target wasm32-wasip2` in plugins/ first")?,
+    );
+    println!(
+        "compiled {} in {:.2}s",
+        a.plugin.display(),
+        t.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
     let ev = generate(a.events, a.keys);
-    println!("generated {} events over {} keys in {:.2}s", a.events, a.keys, t.elapsed().as_secs_f64());
+    println!(
+        "generated {} events over {} keys in {:.2}s",
+        a.events,
+        a.keys,
+        t.elapsed().as_secs_f64()
+    );
 
     if !a.no_operator {
         println!("\noperator path (one worker, events pre-decoded, state in the host cache):");
-        let mut native = NativeCounter::new(OpCtx::new("counter".into(), None, Limits::default()), "amount");
+        let mut native = NativeCounter::new(
+            OpCtx::new("counter".into(), None, Limits::default()),
+            "amount",
+        );
         let dn = operator_path(&mut native, &ev)?;
-        let mut wasm_op = plugin.instantiate(OpCtx::new("counter".into(), None, Limits::default()), "{}")?;
+        let mut wasm_op =
+            plugin.instantiate(OpCtx::new("counter".into(), None, Limits::default()), "{}")?;
         let dw = operator_path(&mut wasm_op, &ev)?;
         let (rn, rw) = (rate(a.events, dn), rate(a.events, dw));
         println!("  native  {:>12.0} events/s", rn);
@@ -120,7 +150,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let workers = a.workers.unwrap_or_else(crate::pipeline::default_workers);
         println!("\nend to end ({workers} workers, JSON Lines file in and out, state committed to redb):");
         let mut rates = Vec::new();
-        for (label, kind) in [("native", native_kind()), ("wasm", OperatorKind::Wasm(plugin.clone()))] {
+        for (label, kind) in [
+            ("native", native_kind()),
+            ("wasm", OperatorKind::Wasm(plugin.clone())),
+        ] {
             let state = dir.path().join(format!("state-{label}"));
             let out = dir.path().join(format!("out-{label}.jsonl"));
             let p = Pipeline {
@@ -136,7 +169,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 checkpoint_interval: Duration::from_secs(1),
                 checkpoint_events: None,
             };
-            let ops = vec![Loaded { name: "counter".into(), kind, config: "{}".into(), limits: Limits::default() }];
+            let ops = vec![Loaded {
+                name: "counter".into(),
+                kind,
+                config: "{}".into(),
+                limits: Limits::default(),
+            }];
             let s = runner::run(&p, ops, &Shutdown::new())?;
             let r = rate(s.lines as usize, s.elapsed);
             println!(

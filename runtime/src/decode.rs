@@ -30,10 +30,18 @@ pub enum DecodeError {
 }
 
 /// Extracts the key field `key_field` and the optional time field.
-pub fn decode<'a>(line: &'a [u8], key_field: &str, time_field: Option<&str>) -> Result<Decoded<'a>, DecodeError> {
+pub fn decode<'a>(
+    line: &'a [u8],
+    key_field: &str,
+    time_field: Option<&str>,
+) -> Result<Decoded<'a>, DecodeError> {
     let text = std::str::from_utf8(line).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
     let mut de = serde_json::Deserializer::from_str(text);
-    let seed = Fields { key_field, time_field, error: None };
+    let seed = Fields {
+        key_field,
+        time_field,
+        error: None,
+    };
     let found = match seed.deserialize(&mut de).and_then(|f| de.end().map(|()| f)) {
         Ok(f) => f,
         Err(e) => return Err(DecodeError::NotJson(e.to_string())),
@@ -41,8 +49,13 @@ pub fn decode<'a>(line: &'a [u8], key_field: &str, time_field: Option<&str>) -> 
     if let Some(e) = found.error {
         return Err(e);
     }
-    let key = found.key.ok_or_else(|| DecodeError::MissingKey(key_field.to_string()))?;
-    Ok(Decoded { key, time: found.time })
+    let key = found
+        .key
+        .ok_or_else(|| DecodeError::MissingKey(key_field.to_string()))?;
+    Ok(Decoded {
+        key,
+        time: found.time,
+    })
 }
 
 struct Fields<'f> {
@@ -72,7 +85,11 @@ impl<'de> Visitor<'de> for Fields<'_> {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Found<'de>, A::Error> {
-        let mut found = Found { key: None, time: None, error: None };
+        let mut found = Found {
+            key: None,
+            time: None,
+            error: None,
+        };
         while let Some(name) = map.next_key::<Key<'de>>()? {
             if name.0 == self.key_field {
                 match map.next_value::<KeyValue<'de>>()?.0 {
@@ -82,7 +99,11 @@ impl<'de> Visitor<'de> for Fields<'_> {
             } else if Some(&*name.0) == self.time_field {
                 match map.next_value::<TimeValue>()?.0 {
                     Some(t) => found.time = Some(t),
-                    None => self.error = Some(DecodeError::BadTime(self.time_field.unwrap_or_default().to_string())),
+                    None => {
+                        self.error = Some(DecodeError::BadTime(
+                            self.time_field.unwrap_or_default().to_string(),
+                        ))
+                    }
                 }
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -172,15 +193,25 @@ impl<'de> de::Deserialize<'de> for TimeValue {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn finds_key_and_time_among_other_fields() {
-        let d = decode(br#"{"a":[1,{"key":"no"}],"key":"k1","ts":17,"z":null}"#, "key", Some("ts")).unwrap();
-        assert_eq!(d, Decoded { key: Cow::Borrowed("k1"), time: Some(17) });
+        let d = decode(
+            br#"{"a":[1,{"key":"no"}],"key":"k1","ts":17,"z":null}"#,
+            "key",
+            Some("ts"),
+        )
+        .unwrap();
+        assert_eq!(
+            d,
+            Decoded {
+                key: Cow::Borrowed("k1"),
+                time: Some(17)
+            }
+        );
         let d = decode(br#"{"card":42}"#, "card", None).unwrap();
         assert_eq!(d.key, "42");
         let d = decode(br#"{"key":"a\"b"}"#, "key", None).unwrap();
@@ -191,11 +222,20 @@ mod tests {
     fn names_what_is_wrong() {
         let e = |l: &[u8]| decode(l, "key", Some("ts")).unwrap_err().to_string();
         assert_eq!(e(br#"{"id":1}"#), "missing key field `key`");
-        assert_eq!(e(br#"{"key":true}"#), "key field `key` is not a string or a number");
-        assert_eq!(e(br#"{"key":"k","ts":"noon"}"#), "time field `ts` is not an integer");
+        assert_eq!(
+            e(br#"{"key":true}"#),
+            "key field `key` is not a string or a number"
+        );
+        assert_eq!(
+            e(br#"{"key":"k","ts":"noon"}"#),
+            "time field `ts` is not an integer"
+        );
         assert!(e(br#"{"key":"k""#).starts_with("line is not a JSON object"));
         assert!(e(b"[1,2]").starts_with("line is not a JSON object"));
         assert!(e(br#"{"key":"k"} trailing"#).starts_with("line is not a JSON object"));
-        assert_eq!(e(b"{\"key\":\"\xff\"}"), "line is not UTF-8 (invalid byte at offset 8)");
+        assert_eq!(
+            e(b"{\"key\":\"\xff\"}"),
+            "line is not UTF-8 (invalid byte at offset 8)"
+        );
     }
 }

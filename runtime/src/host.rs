@@ -27,7 +27,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_state_value: 1 << 20, max_emit: 1 << 20 }
+        Limits {
+            max_state_value: 1 << 20,
+            max_emit: 1 << 20,
+        }
     }
 }
 
@@ -114,7 +117,13 @@ impl OpCtx {
                     },
                     None => Entity::default(),
                 };
-                (key.into(), Slot { entity, dirty: false })
+                (
+                    key.into(),
+                    Slot {
+                        entity,
+                        dirty: false,
+                    },
+                )
             }
         };
         self.current = Some((key, slot));
@@ -124,7 +133,9 @@ impl OpCtx {
     /// Ends the current event. With `ok`, its writes stay and its emits are
     /// appended to `out`; otherwise both are discarded.
     pub fn finish(&mut self, ok: bool, out: &mut Vec<Emitted>) {
-        let Some((key, mut slot)) = self.current.take() else { return };
+        let Some((key, mut slot)) = self.current.take() else {
+            return;
+        };
         if ok {
             if !self.undo.is_empty() && !slot.dirty {
                 slot.dirty = true;
@@ -143,7 +154,9 @@ impl OpCtx {
     /// renews the snapshot used for uncached keys.
     pub fn take_dirty(&mut self, reader: Option<Reader>, out: &mut Vec<StateWrite>) {
         for key in self.dirty.drain(..) {
-            let Some(slot) = self.cache.get_mut(&key) else { continue };
+            let Some(slot) = self.cache.get_mut(&key) else {
+                continue;
+            };
             slot.dirty = false;
             let record = if slot.entity.is_empty() {
                 None
@@ -152,7 +165,11 @@ impl OpCtx {
                 slot.entity.encode(&mut buf);
                 Some(buf)
             };
-            out.push(StateWrite { operator: self.name.clone(), key, record });
+            out.push(StateWrite {
+                operator: self.name.clone(),
+                key,
+                record,
+            });
         }
         if reader.is_some() {
             self.reader = reader;
@@ -170,12 +187,18 @@ impl OpCtx {
     }
 
     fn entity(&mut self) -> Result<&mut Entity, HostError> {
-        self.current.as_mut().map(|(_, s)| &mut s.entity).ok_or(HostError::NoKey)
+        self.current
+            .as_mut()
+            .map(|(_, s)| &mut s.entity)
+            .ok_or(HostError::NoKey)
     }
 
     fn check_size(&self, size: usize) -> Result<(), HostError> {
         if size > self.limits.max_state_value {
-            return Err(HostError::StateTooLarge { size, limit: self.limits.max_state_value });
+            return Err(HostError::StateTooLarge {
+                size,
+                limit: self.limits.max_state_value,
+            });
         }
         Ok(())
     }
@@ -199,7 +222,11 @@ impl OpCtx {
     }
 
     pub fn map_get(&mut self, name: &str, field: &str) -> Result<Option<&[u8]>, HostError> {
-        Ok(self.entity()?.map(name).and_then(|m| m.get(field)).map(|v| &v[..]))
+        Ok(self
+            .entity()?
+            .map(name)
+            .and_then(|m| m.get(field))
+            .map(|v| &v[..]))
     }
 
     pub fn map_set(&mut self, name: &str, field: String, value: Vec<u8>) -> Result<(), HostError> {
@@ -215,7 +242,11 @@ impl OpCtx {
     }
 
     pub fn map_entries(&mut self, name: &str) -> Result<Vec<(String, Vec<u8>)>, HostError> {
-        Ok(self.entity()?.map(name).map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default())
+        Ok(self
+            .entity()?
+            .map(name)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
     }
 
     pub fn map_len(&mut self, name: &str) -> Result<u32, HostError> {
@@ -232,8 +263,15 @@ impl OpCtx {
         Ok(self.entity()?.list(name).map_or(0, |l| l.len() as u32))
     }
 
-    pub fn list_range(&mut self, name: &str, start: u32, end: u32) -> Result<Vec<Vec<u8>>, HostError> {
-        let Some(list) = self.entity()?.list(name) else { return Ok(Vec::new()) };
+    pub fn list_range(
+        &mut self,
+        name: &str,
+        start: u32,
+        end: u32,
+    ) -> Result<Vec<Vec<u8>>, HostError> {
+        let Some(list) = self.entity()?.list(name) else {
+            return Ok(Vec::new());
+        };
         let end = (end as usize).min(list.len());
         let start = (start as usize).min(end);
         Ok(list.range(start..end).cloned().collect())
@@ -255,7 +293,10 @@ impl OpCtx {
             return Err(HostError::NoKey);
         }
         if value.len() > self.limits.max_emit {
-            return Err(HostError::EmitTooLarge { size: value.len(), limit: self.limits.max_emit });
+            return Err(HostError::EmitTooLarge {
+                size: value.len(),
+                limit: self.limits.max_emit,
+            });
         }
         self.emits.push(Emitted { key, value });
         Ok(())
@@ -296,11 +337,24 @@ mod tests {
 
     #[test]
     fn calls_outside_an_event_and_oversized_values_are_refused() {
-        let mut ctx = OpCtx::new("op".into(), None, Limits { max_state_value: 4, max_emit: 4 });
+        let mut ctx = OpCtx::new(
+            "op".into(),
+            None,
+            Limits {
+                max_state_value: 4,
+                max_emit: 4,
+            },
+        );
         assert!(matches!(ctx.get("n"), Err(HostError::NoKey)));
         ctx.begin("k").unwrap();
         let err = ctx.set("n", vec![0; 5]).unwrap_err();
-        assert_eq!(err.to_string(), "state value of 5 bytes exceeds the limit max_state_value = 4 bytes");
-        assert!(matches!(ctx.emit("k".into(), vec![0; 5]), Err(HostError::EmitTooLarge { .. })));
+        assert_eq!(
+            err.to_string(),
+            "state value of 5 bytes exceeds the limit max_state_value = 4 bytes"
+        );
+        assert!(matches!(
+            ctx.emit("k".into(), vec![0; 5]),
+            Err(HostError::EmitTooLarge { .. })
+        ));
     }
 }

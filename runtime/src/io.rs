@@ -41,7 +41,12 @@ pub fn open_input(input: &Input, offset: u64) -> io::Result<Box<dyn Read + Send>
 /// Reads `r` (positioned at `offset`) into chunks of whole lines until end
 /// of input or until the receiver goes away. Lines longer than `max_line`
 /// are reported as [`Chunk::Oversized`] instead.
-pub fn read_lines(mut r: Box<dyn Read + Send>, mut offset: u64, max_line: usize, tx: Sender<Chunk>) {
+pub fn read_lines(
+    mut r: Box<dyn Read + Send>,
+    mut offset: u64,
+    max_line: usize,
+    tx: Sender<Chunk>,
+) {
     let mut block = vec![0u8; BLOCK];
     // The incomplete line read so far, starting at `offset`.
     let mut cur: Vec<u8> = Vec::with_capacity(BLOCK * 2);
@@ -62,7 +67,13 @@ pub fn read_lines(mut r: Box<dyn Read + Send>, mut offset: u64, max_line: usize,
             match memchr::memchr(b'\n', data) {
                 Some(i) => {
                     let total = len + i as u64 + 1;
-                    if tx.send(Chunk::Oversized { offset: start, len: total }).is_err() {
+                    if tx
+                        .send(Chunk::Oversized {
+                            offset: start,
+                            len: total,
+                        })
+                        .is_err()
+                    {
                         return;
                     }
                     offset = start + total;
@@ -80,7 +91,13 @@ pub fn read_lines(mut r: Box<dyn Read + Send>, mut offset: u64, max_line: usize,
             let rest = cur.split_off(last + 1);
             let lines = std::mem::replace(&mut cur, rest);
             let len = lines.len() as u64;
-            if tx.send(Chunk::Lines { data: lines, offset }).is_err() {
+            if tx
+                .send(Chunk::Lines {
+                    data: lines,
+                    offset,
+                })
+                .is_err()
+            {
                 return;
             }
             offset += len;
@@ -144,7 +161,11 @@ pub fn open_output_file(path: &Path, committed: Option<u64>) -> io::Result<(File
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    let mut f = OpenOptions::new().create(true).write(true).truncate(false).open(path)?;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(path)?;
     let len = f.metadata()?.len();
     let keep = match committed {
         Some(c) if c <= len => c,
@@ -172,12 +193,24 @@ pub fn run_sink(
     let mut out = match out {
         Some((f, len)) => {
             let w: Box<dyn Write + Send> = Box::new(f.try_clone()?);
-            Counted { w: BufWriter::with_capacity(1 << 20, w), file: Some(f), len }
+            Counted {
+                w: BufWriter::with_capacity(1 << 20, w),
+                file: Some(f),
+                len,
+            }
         }
-        None => Counted { w: BufWriter::with_capacity(1 << 16, Box::new(io::stdout())), file: None, len: 0 },
+        None => Counted {
+            w: BufWriter::with_capacity(1 << 16, Box::new(io::stdout())),
+            file: None,
+            len: 0,
+        },
     };
     let (df, dlen) = dead;
-    let mut dead = Counted { w: BufWriter::new(Box::new(df.try_clone()?)), file: Some(df), len: dlen };
+    let mut dead = Counted {
+        w: BufWriter::new(Box::new(df.try_clone()?)),
+        file: Some(df),
+        len: dlen,
+    };
     let stdout = out.file.is_none();
     for msg in rx.iter() {
         match msg {
@@ -188,9 +221,12 @@ pub fn run_sink(
                     out.w.flush()?;
                 }
             }
-            SinkMsg::Dead(b) => dead
-                .write(&b)
-                .map_err(|e| io::Error::new(e.kind(), format!("dead-letter file {}: {e}", dead_path.display())))?,
+            SinkMsg::Dead(b) => dead.write(&b).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("dead-letter file {}: {e}", dead_path.display()),
+                )
+            })?,
             SinkMsg::Flush(reply) => {
                 let r = out.flush().and_then(|()| dead.flush()).map(|()| SinkLens {
                     out: out.file.as_ref().map(|_| out.len),
@@ -247,7 +283,9 @@ mod tests {
         read_lines(Box::new(io::Cursor::new(input.to_vec())), 10, max, tx);
         rx.iter()
             .map(|c| match c {
-                Chunk::Lines { data, offset } => format!("lines@{offset}:{}", String::from_utf8_lossy(&data)),
+                Chunk::Lines { data, offset } => {
+                    format!("lines@{offset}:{}", String::from_utf8_lossy(&data))
+                }
                 Chunk::Oversized { offset, len } => format!("oversized@{offset}+{len}"),
                 Chunk::Eof => "eof".into(),
                 Chunk::Error(e) => format!("error {e}"),
@@ -257,11 +295,21 @@ mod tests {
 
     #[test]
     fn reader_splits_whole_lines_and_skips_oversized_ones() {
-        assert_eq!(collect(b"a\nbb\nc", 100), ["lines@10:a\nbb\n", "lines@15:c", "eof"]);
+        assert_eq!(
+            collect(b"a\nbb\nc", 100),
+            ["lines@10:a\nbb\n", "lines@15:c", "eof"]
+        );
         assert_eq!(collect(b"", 100), ["eof"]);
         let mut big = vec![b'x'; BLOCK * 2];
         big.push(b'\n');
         big.extend_from_slice(b"ok\n");
-        assert_eq!(collect(&big, 1000), [format!("oversized@10+{}", BLOCK * 2 + 1), format!("lines@{}:ok\n", 10 + BLOCK * 2 + 1), "eof".into()]);
+        assert_eq!(
+            collect(&big, 1000),
+            [
+                format!("oversized@10+{}", BLOCK * 2 + 1),
+                format!("lines@{}:ok\n", 10 + BLOCK * 2 + 1),
+                "eof".into()
+            ]
+        );
     }
 }

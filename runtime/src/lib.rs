@@ -21,13 +21,13 @@
 pub mod bench;
 pub mod bindings;
 pub mod decode;
-pub mod io;
-pub mod pipeline;
-pub mod runner;
-pub mod worker;
 pub mod host;
+pub mod io;
 pub mod native;
 pub mod operator;
+pub mod pipeline;
+pub mod runner;
 pub mod state;
 pub mod store;
 pub mod wasm;
+pub mod worker;

@@ -80,7 +80,9 @@ struct RunArgs {
 
 fn parse_plugin(s: &str) -> Result<(String, PathBuf), String> {
     match s.split_once('=') {
-        Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok((name.to_string(), PathBuf::from(path))),
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(path)))
+        }
         _ => Err(format!("`{s}` is not NAME=PATH.wasm")),
     }
 }
@@ -88,7 +90,8 @@ fn parse_plugin(s: &str) -> Result<(String, PathBuf), String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EDDY_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("EDDY_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -153,9 +156,16 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             msg += &format!(", {} rejected", summary.bad_lines);
         }
         for op in &summary.operators {
-            msg += &format!("; {}: {} handled, {} failed, {} emitted", op.name, op.handled, op.failed, op.emitted);
+            msg += &format!(
+                "; {}: {} handled, {} failed, {} emitted",
+                op.name, op.handled, op.failed, op.emitted
+            );
         }
-        msg += &format!("; {} checkpoints to {}", summary.checkpoints, pipeline.state_dir.display());
+        msg += &format!(
+            "; {} checkpoints to {}",
+            summary.checkpoints,
+            pipeline.state_dir.display()
+        );
         if summary.bad_lines > 0 || summary.operators.iter().any(|o| o.failed > 0) {
             msg += &format!("; dead letters in {}", pipeline.dead_letter.display());
         }

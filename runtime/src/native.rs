@@ -18,7 +18,10 @@ pub struct NativeCounter {
 impl NativeCounter {
     /// A counter summing `field`.
     pub fn new(ctx: OpCtx, field: &str) -> Self {
-        NativeCounter { ctx, field: field.to_string() }
+        NativeCounter {
+            ctx,
+            field: field.to_string(),
+        }
     }
 }
 
@@ -36,7 +39,9 @@ impl Operator for NativeCounter {
     fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError> {
         let fail = |e: &dyn fmt::Display| HandleError::Failed(e.to_string());
         let mut de = serde_json::Deserializer::from_slice(event.value);
-        let amount = FieldSeed(&self.field).deserialize(&mut de).map_err(|e| fail(&e))?;
+        let amount = FieldSeed(&self.field)
+            .deserialize(&mut de)
+            .map_err(|e| fail(&e))?;
         let count: u64 = match self.ctx.get("count").map_err(|e| fail(&e))? {
             Some(b) => serde_json::from_slice(b).map_err(|e| fail(&e))?,
             None => 0,
@@ -45,10 +50,16 @@ impl Operator for NativeCounter {
             Some(b) => serde_json::from_slice(b).map_err(|e| fail(&e))?,
             None => 0.0,
         } + amount;
-        self.ctx.set("count", serde_json::to_vec(&count).map_err(|e| fail(&e))?).map_err(|e| fail(&e))?;
-        self.ctx.set("sum", serde_json::to_vec(&sum).map_err(|e| fail(&e))?).map_err(|e| fail(&e))?;
+        self.ctx
+            .set("count", serde_json::to_vec(&count).map_err(|e| fail(&e))?)
+            .map_err(|e| fail(&e))?;
+        self.ctx
+            .set("sum", serde_json::to_vec(&sum).map_err(|e| fail(&e))?)
+            .map_err(|e| fail(&e))?;
         let out = serde_json::to_vec(&Out { count, sum }).map_err(|e| fail(&e))?;
-        self.ctx.emit(event.key.to_string(), out).map_err(|e| fail(&e))
+        self.ctx
+            .emit(event.key.to_string(), out)
+            .map_err(|e| fail(&e))
     }
 }
 

@@ -109,7 +109,10 @@ pub struct Pipeline {
 #[derive(Debug, Error)]
 pub enum PipelineError {
     #[error("pipeline file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("pipeline file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{0}")]
@@ -183,7 +186,9 @@ pub struct Overrides {
 
 /// Default number of workers: the number of cores.
 pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 impl Pipeline {
@@ -191,10 +196,14 @@ impl Pipeline {
     pub fn load(file: Option<&Path>, o: Overrides) -> Result<Pipeline, PipelineError> {
         let (f, base) = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| PipelineError::Read { path: path.to_path_buf(), source })?;
-                let f: File = toml::from_str(&text)
-                    .map_err(|e| PipelineError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+                let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                let f: File = toml::from_str(&text).map_err(|e| PipelineError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
                 (f, path.parent().map(Path::to_path_buf).unwrap_or_default())
             }
             None => (File::default(), PathBuf::new()),
@@ -212,8 +221,9 @@ impl Pipeline {
         if o.plugins.is_empty() {
             for t in &f.operators {
                 let config = match &t.config {
-                    Some(table) => serde_json::to_value(table)
-                        .map_err(|e| PipelineError::Invalid(format!("operator `{}`: config: {e}", t.name)))?,
+                    Some(table) => serde_json::to_value(table).map_err(|e| {
+                        PipelineError::Invalid(format!("operator `{}`: config: {e}", t.name))
+                    })?,
                     None => serde_json::json!({}),
                 };
                 let mut limits = Limits::default();
@@ -223,7 +233,12 @@ impl Pipeline {
                 if let Some(n) = t.max_emit_bytes {
                     limits.max_emit = n;
                 }
-                operators.push(OperatorSpec { name: t.name.clone(), component: rel(&t.component), config, limits });
+                operators.push(OperatorSpec {
+                    name: t.name.clone(),
+                    component: rel(&t.component),
+                    config,
+                    limits,
+                });
             }
         } else {
             // `--plugin` replaces the file's chain; a same-named operator of
@@ -231,11 +246,17 @@ impl Pipeline {
             for (name, path) in &o.plugins {
                 let from_file = f.operators.iter().find(|t| &t.name == name);
                 let config = match from_file.and_then(|t| t.config.as_ref()) {
-                    Some(table) => serde_json::to_value(table)
-                        .map_err(|e| PipelineError::Invalid(format!("operator `{name}`: config: {e}")))?,
+                    Some(table) => serde_json::to_value(table).map_err(|e| {
+                        PipelineError::Invalid(format!("operator `{name}`: config: {e}"))
+                    })?,
                     None => serde_json::json!({}),
                 };
-                operators.push(OperatorSpec { name: name.clone(), component: path.clone(), config, limits: Limits::default() });
+                operators.push(OperatorSpec {
+                    name: name.clone(),
+                    component: path.clone(),
+                    config,
+                    limits: Limits::default(),
+                });
             }
         }
         if operators.is_empty() {
@@ -244,14 +265,22 @@ impl Pipeline {
             ));
         }
         for (i, op) in operators.iter().enumerate() {
-            if op.name.is_empty() || !op.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if op.name.is_empty()
+                || !op
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
                 return Err(PipelineError::Invalid(format!(
                     "operator name `{}` must be non-empty letters, digits, `-` or `_`",
                     op.name
                 )));
             }
             if operators[..i].iter().any(|p| p.name == op.name) {
-                return Err(PipelineError::Invalid(format!("operator name `{}` is used twice", op.name)));
+                return Err(PipelineError::Invalid(format!(
+                    "operator name `{}` is used twice",
+                    op.name
+                )));
             }
         }
 
@@ -277,13 +306,23 @@ impl Pipeline {
             .unwrap_or_else(|| state_dir.join("dead-letter.jsonl"));
         let workers = o.workers.or(f.workers).unwrap_or_else(default_workers);
         if workers == 0 || workers > 1024 {
-            return Err(PipelineError::Invalid(format!("workers must be between 1 and 1024, not {workers}")));
+            return Err(PipelineError::Invalid(format!(
+                "workers must be between 1 and 1024, not {workers}"
+            )));
         }
-        let interval = o.checkpoint_interval_ms.or(f.state.checkpoint_interval_ms).unwrap_or(1000);
+        let interval = o
+            .checkpoint_interval_ms
+            .or(f.state.checkpoint_interval_ms)
+            .unwrap_or(1000);
         if interval == 0 {
-            return Err(PipelineError::Invalid("checkpoint_interval_ms must be at least 1".into()));
+            return Err(PipelineError::Invalid(
+                "checkpoint_interval_ms must be at least 1".into(),
+            ));
         }
-        let events = o.checkpoint_events.or(f.state.checkpoint_events).filter(|&n| n > 0);
+        let events = o
+            .checkpoint_events
+            .or(f.state.checkpoint_events)
+            .filter(|&n| n > 0);
         Ok(Pipeline {
             input,
             key_field: o.key_field.or(f.source.key).unwrap_or_else(|| "key".into()),
@@ -327,8 +366,13 @@ mod tests {
 
     #[test]
     fn bad_files_name_the_field_and_line() {
-        let e = parse("[source]\npath = \"x\"\nkye = \"k\"\n").unwrap_err().to_string();
-        assert!(e.contains("line 3") && e.contains("unknown field `kye`"), "{e}");
+        let e = parse("[source]\npath = \"x\"\nkye = \"k\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 3") && e.contains("unknown field `kye`"),
+            "{e}"
+        );
         let e = parse("workers = \"two\"\n").unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("workers"), "{e}");
         let e = parse("[source]\n").unwrap_err().to_string();

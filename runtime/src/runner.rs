@@ -23,7 +23,7 @@ use crate::operator::Operator;
 use crate::pipeline::{Input, Output, Pipeline};
 use crate::store::{Checkpoint, SourcePos, Store};
 use crate::wasm::Plugin;
-use crate::worker::{route, Batch, BarrierReply, Msg, OpStats, Worker};
+use crate::worker::{route, BarrierReply, Batch, Msg, OpStats, Worker};
 
 /// Events per batch sent to a worker.
 const BATCH: usize = 1024;
@@ -110,7 +110,10 @@ pub struct Summary {
 
 /// Identity of a file in the checkpoint metadata: its absolute path.
 fn file_id(path: &Path) -> String {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// Runs `pipeline` with `operators` until the input ends or `shutdown` is
@@ -129,7 +132,9 @@ pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<
         None => SourcePos::default(),
     };
     if let Input::File(path) = &p.input {
-        let len = std::fs::metadata(path).with_context(|| format!("input {}", path.display()))?.len();
+        let len = std::fs::metadata(path)
+            .with_context(|| format!("input {}", path.display()))?
+            .len();
         if len < pos.offset {
             bail!(
                 "input {} has {len} bytes but the state directory {} checkpointed it at byte {}: the file was replaced or truncated; use a fresh --state directory to start over",
@@ -142,7 +147,10 @@ pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<
     let out_file = match &p.output {
         Output::File(path) => {
             let committed = store.sink_len(&file_id(path))?;
-            Some(open_output_file(path, committed).with_context(|| format!("output {}", path.display()))?)
+            Some(
+                open_output_file(path, committed)
+                    .with_context(|| format!("output {}", path.display()))?,
+            )
         }
         Output::Stdout => None,
     };
@@ -160,7 +168,8 @@ pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<
     // Workers: each instantiates every operator, then reports ready.
     let n = p.workers;
     let inflight = Arc::new(AtomicUsize::new(0));
-    let (inbox_tx, inbox_rx): (Vec<Sender<Msg>>, Vec<Receiver<Msg>>) = (0..n).map(|_| unbounded()).unzip();
+    let (inbox_tx, inbox_rx): (Vec<Sender<Msg>>, Vec<Receiver<Msg>>) =
+        (0..n).map(|_| unbounded()).unzip();
     let (ready_tx, ready_rx) = unbounded::<Result<(), String>>();
     let mut workers = Vec::new();
     for (id, inbox) in inbox_rx.into_iter().enumerate() {
@@ -170,34 +179,38 @@ pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<
         let inflight = inflight.clone();
         let store = store.clone();
         let ready = ready_tx.clone();
-        workers.push(std::thread::Builder::new().name(format!("eddy-worker-{id}")).spawn(move || {
-            let built = build_operators(&ops, &store);
-            let ops = match built {
-                Ok(ops) => {
-                    let _ = ready.send(Ok(()));
-                    ops
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(format!("{e:#}")));
-                    return Err(format!("{e:#}"));
-                }
-            };
-            let k = ops.len();
-            let w = Worker {
-                id,
-                ops,
-                outbox: (0..peers.len()).map(|_| Batch::default()).collect(),
-                peers,
-                sink,
-                inflight,
-                store,
-                stats: vec![OpStats::default(); k],
-                scratch: vec![Vec::new(); k],
-                out: Vec::new(),
-                dead: Vec::new(),
-            };
-            w.run(inbox)
-        })?);
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("eddy-worker-{id}"))
+                .spawn(move || {
+                    let built = build_operators(&ops, &store);
+                    let ops = match built {
+                        Ok(ops) => {
+                            let _ = ready.send(Ok(()));
+                            ops
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(format!("{e:#}")));
+                            return Err(format!("{e:#}"));
+                        }
+                    };
+                    let k = ops.len();
+                    let w = Worker {
+                        id,
+                        ops,
+                        outbox: (0..peers.len()).map(|_| Batch::default()).collect(),
+                        peers,
+                        sink,
+                        inflight,
+                        store,
+                        stats: vec![OpStats::default(); k],
+                        scratch: vec![Vec::new(); k],
+                        out: Vec::new(),
+                        dead: Vec::new(),
+                    };
+                    w.run(inbox)
+                })?,
+        );
     }
     drop(ready_tx);
     let mut start_error = None;
@@ -223,14 +236,16 @@ pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<
     let (done_tx, done_rx) = bounded::<Result<()>>(1);
     let committer = {
         let store = store.clone();
-        std::thread::Builder::new().name("eddy-commit".into()).spawn(move || {
-            for cp in commit_rx {
-                let r = store.commit(&cp).map_err(anyhow::Error::from);
-                if done_tx.send(r).is_err() {
-                    break;
+        std::thread::Builder::new()
+            .name("eddy-commit".into())
+            .spawn(move || {
+                for cp in commit_rx {
+                    let r = store.commit(&cp).map_err(anyhow::Error::from);
+                    if done_tx.send(r).is_err() {
+                        break;
+                    }
                 }
-            }
-        })?
+            })?
     };
 
     // Reader.
@@ -262,12 +277,17 @@ pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<
         },
         dead_id,
         stats: vec![vec![OpStats::default(); operators.len()]; n],
-        summary: Summary { resumed_after_line: pos.line, ..Summary::default() },
+        summary: Summary {
+            resumed_after_line: pos.line,
+            ..Summary::default()
+        },
         since_checkpoint: 0,
         workers_alive: workers,
     };
     let result = co.drive(&chunk_rx, shutdown);
-    let result = result.and_then(|()| co.checkpoint()).and_then(|()| co.wait_commit());
+    let result = result
+        .and_then(|()| co.checkpoint())
+        .and_then(|()| co.wait_commit());
     // Stop everything, even after an error.
     for tx in &co.inboxes {
         let _ = tx.send(Msg::Stop);
@@ -284,10 +304,18 @@ pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<
             }
         }
     }
-    let Coordinator { sink: sink_tx, commit: commit_tx, stats, mut summary, .. } = co;
+    let Coordinator {
+        sink: sink_tx,
+        commit: commit_tx,
+        stats,
+        mut summary,
+        ..
+    } = co;
     drop(sink_tx);
     drop(commit_tx);
-    let sink_result = sink.join().map_err(|_| anyhow!("the sink thread panicked"))?;
+    let sink_result = sink
+        .join()
+        .map_err(|_| anyhow!("the sink thread panicked"))?;
     let _ = committer.join();
     result?;
     if let Some(e) = worker_error {
@@ -298,7 +326,10 @@ pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<
         .iter()
         .enumerate()
         .map(|(i, op)| {
-            let mut s = OperatorSummary { name: op.name.to_string(), ..Default::default() };
+            let mut s = OperatorSummary {
+                name: op.name.to_string(),
+                ..Default::default()
+            };
             for w in &stats {
                 s.handled += w[i].handled;
                 s.failed += w[i].failed;
@@ -316,7 +347,9 @@ fn build_operators(ops: &[Loaded], store: &Store) -> Result<Vec<Box<dyn Operator
         .map(|op| {
             let ctx = OpCtx::new(op.name.clone(), Some(store.reader()?), op.limits);
             Ok(match &op.kind {
-                OperatorKind::Wasm(plugin) => Box::new(plugin.instantiate(ctx, &op.config)?) as Box<dyn Operator>,
+                OperatorKind::Wasm(plugin) => {
+                    Box::new(plugin.instantiate(ctx, &op.config)?) as Box<dyn Operator>
+                }
                 OperatorKind::Native(f) => f(ctx),
             })
         })
@@ -353,7 +386,10 @@ impl Coordinator<'_> {
             if shutdown.is_triggered() {
                 return Ok(());
             }
-            let due = self.p.checkpoint_interval.saturating_sub(last_checkpoint.elapsed());
+            let due = self
+                .p
+                .checkpoint_interval
+                .saturating_sub(last_checkpoint.elapsed());
             let chunk = match chunks.recv_timeout(due.min(Duration::from_millis(100))) {
                 Ok(c) => c,
                 Err(RecvTimeoutError::Timeout) => {
@@ -364,7 +400,9 @@ impl Coordinator<'_> {
                     }
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => bail!("the input reader stopped unexpectedly"),
+                Err(RecvTimeoutError::Disconnected) => {
+                    bail!("the input reader stopped unexpectedly")
+                }
             };
             match chunk {
                 Chunk::Eof => return Ok(()),
@@ -374,7 +412,10 @@ impl Coordinator<'_> {
                     self.pos.line += 1;
                     self.dead_line(
                         self.pos.line,
-                        &format!("line is {len} bytes, longer than max_line_bytes = {}", self.p.max_line_bytes),
+                        &format!(
+                            "line is {len} bytes, longer than max_line_bytes = {}",
+                            self.p.max_line_bytes
+                        ),
                         b"",
                     );
                     self.pos.offset = offset + len;
@@ -382,7 +423,8 @@ impl Coordinator<'_> {
                 Chunk::Lines { data, offset } => {
                     let mut start = 0usize;
                     while start < data.len() {
-                        let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i + 1);
+                        let end = memchr::memchr(b'\n', &data[start..])
+                            .map_or(data.len(), |i| start + i + 1);
                         self.line(&data[start..end])?;
                         self.pos.offset = offset + end as u64;
                         start = end;
@@ -415,7 +457,11 @@ impl Coordinator<'_> {
             return Ok(());
         }
         if line.len() > self.p.max_line_bytes {
-            let reason = format!("line is {} bytes, longer than max_line_bytes = {}", line.len(), self.p.max_line_bytes);
+            let reason = format!(
+                "line is {} bytes, longer than max_line_bytes = {}",
+                line.len(),
+                self.p.max_line_bytes
+            );
             self.dead_line(self.pos.line, &reason, b"");
             return Ok(());
         }
@@ -450,7 +496,9 @@ impl Coordinator<'_> {
         self.wait_inflight(|n| n < cap)?;
         let b = std::mem::replace(&mut self.pending[w], Batch::with_capacity(BATCH));
         self.inflight.fetch_add(1, Ordering::AcqRel);
-        self.inboxes[w].send(Msg::Batch(b)).map_err(|_| anyhow!("worker {w} stopped"))?;
+        self.inboxes[w]
+            .send(Msg::Batch(b))
+            .map_err(|_| anyhow!("worker {w} stopped"))?;
         Ok(())
     }
 
@@ -496,7 +544,9 @@ impl Coordinator<'_> {
     fn wait_commit(&mut self) -> Result<()> {
         if self.commit_pending {
             self.commit_pending = false;
-            self.commit_done.recv().map_err(|_| anyhow!("the committer stopped"))??;
+            self.commit_done
+                .recv()
+                .map_err(|_| anyhow!("the committer stopped"))??;
         }
         Ok(())
     }
@@ -509,7 +559,8 @@ impl Coordinator<'_> {
         let mut cp = Checkpoint::default();
         for (w, tx) in self.inboxes.iter().enumerate() {
             let (rtx, rrx) = bounded(1);
-            tx.send(Msg::Barrier(rtx)).map_err(|_| anyhow!("worker {w} stopped"))?;
+            tx.send(Msg::Barrier(rtx))
+                .map_err(|_| anyhow!("worker {w} stopped"))?;
             let reply: BarrierReply = match rrx.recv() {
                 Ok(r) => r?,
                 Err(_) => return Err(self.worker_failure()),
@@ -518,8 +569,13 @@ impl Coordinator<'_> {
             self.stats[w] = reply.stats;
         }
         let (ftx, frx) = bounded(1);
-        self.sink.send(SinkMsg::Flush(ftx)).map_err(|_| anyhow!("the output writer stopped"))?;
-        let lens = frx.recv().map_err(|_| anyhow!("the output writer stopped"))?.context("writing output")?;
+        self.sink
+            .send(SinkMsg::Flush(ftx))
+            .map_err(|_| anyhow!("the output writer stopped"))?;
+        let lens = frx
+            .recv()
+            .map_err(|_| anyhow!("the output writer stopped"))?
+            .context("writing output")?;
         if let (Some(id), Some(len)) = (&self.out_id, lens.out) {
             cp.sinks.push((id.clone(), len));
         }
@@ -527,7 +583,9 @@ impl Coordinator<'_> {
         cp.source = self.input_id.clone().map(|id| (id, self.pos));
         // One commit at a time: the previous must be durable first.
         self.wait_commit()?;
-        self.commit.send(cp).map_err(|_| anyhow!("the committer stopped"))?;
+        self.commit
+            .send(cp)
+            .map_err(|_| anyhow!("the committer stopped"))?;
         self.commit_pending = true;
         self.summary.checkpoints += 1;
         self.since_checkpoint = 0;

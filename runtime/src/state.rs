@@ -31,16 +31,44 @@ pub struct Entity {
 /// One step of the undo journal: how to reverse one mutation.
 #[derive(Debug)]
 pub enum Undo {
-    ValueReplaced { idx: usize, old: Vec<u8> },
-    ValueInserted { idx: usize },
-    ValueRemoved { idx: usize, name: Box<str>, old: Vec<u8> },
-    MapCreated { idx: usize },
-    MapFieldSet { idx: usize, field: String, old: Option<Vec<u8>> },
-    MapFieldRemoved { idx: usize, field: String, old: Vec<u8> },
-    ListCreated { idx: usize },
-    ListPushed { idx: usize },
-    ListTrimmed { idx: usize, dropped: Vec<Vec<u8>> },
-    Cleared { old: Box<Entity> },
+    ValueReplaced {
+        idx: usize,
+        old: Vec<u8>,
+    },
+    ValueInserted {
+        idx: usize,
+    },
+    ValueRemoved {
+        idx: usize,
+        name: Box<str>,
+        old: Vec<u8>,
+    },
+    MapCreated {
+        idx: usize,
+    },
+    MapFieldSet {
+        idx: usize,
+        field: String,
+        old: Option<Vec<u8>>,
+    },
+    MapFieldRemoved {
+        idx: usize,
+        field: String,
+        old: Vec<u8>,
+    },
+    ListCreated {
+        idx: usize,
+    },
+    ListPushed {
+        idx: usize,
+    },
+    ListTrimmed {
+        idx: usize,
+        dropped: Vec<Vec<u8>>,
+    },
+    Cleared {
+        old: Box<Entity>,
+    },
 }
 
 /// A stored record that cannot be decoded.
@@ -72,7 +100,9 @@ impl Entity {
             }
             None => {
                 self.values.push((name.into(), value));
-                undo.push(Undo::ValueInserted { idx: self.values.len() - 1 });
+                undo.push(Undo::ValueInserted {
+                    idx: self.values.len() - 1,
+                });
             }
         }
     }
@@ -100,7 +130,9 @@ impl Entity {
             Some(idx) => idx,
             None => {
                 self.maps.push((name.into(), BTreeMap::new()));
-                undo.push(Undo::MapCreated { idx: self.maps.len() - 1 });
+                undo.push(Undo::MapCreated {
+                    idx: self.maps.len() - 1,
+                });
                 self.maps.len() - 1
             }
         };
@@ -110,7 +142,9 @@ impl Entity {
 
     /// Removes `field` of map `name`; whether it existed.
     pub fn map_delete(&mut self, name: &str, field: &str, undo: &mut Vec<Undo>) -> bool {
-        let Some(idx) = find(&self.maps, name) else { return false };
+        let Some(idx) = find(&self.maps, name) else {
+            return false;
+        };
         match self.maps[idx].1.remove_entry(field) {
             Some((field, old)) => {
                 undo.push(Undo::MapFieldRemoved { idx, field, old });
@@ -131,7 +165,9 @@ impl Entity {
             Some(idx) => idx,
             None => {
                 self.lists.push((name.into(), VecDeque::new()));
-                undo.push(Undo::ListCreated { idx: self.lists.len() - 1 });
+                undo.push(Undo::ListCreated {
+                    idx: self.lists.len() - 1,
+                });
                 self.lists.len() - 1
             }
         };
@@ -142,7 +178,9 @@ impl Entity {
 
     /// Keeps the newest `keep` items of list `name`; returns how many went.
     pub fn list_trim(&mut self, name: &str, keep: usize, undo: &mut Vec<Undo>) -> usize {
-        let Some(idx) = find(&self.lists, name) else { return 0 };
+        let Some(idx) = find(&self.lists, name) else {
+            return 0;
+        };
         let list = &mut self.lists[idx].1;
         let n = list.len().saturating_sub(keep);
         if n == 0 {

@@ -23,7 +23,10 @@ const DB_FILE: &str = "state.redb";
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("state directory {dir}: {source}")]
-    Io { dir: PathBuf, source: std::io::Error },
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("state directory {dir} is in use by another running eddy (its database is locked); stop that one or pick another --state directory")]
     Locked { dir: PathBuf },
     #[error("state directory {dir} was written by an incompatible version (state format {found}, this eddy reads {STORE_FORMAT})")]
@@ -31,7 +34,11 @@ pub enum StoreError {
     #[error("state directory {dir}: database error: {source}")]
     Db { dir: PathBuf, source: redb::Error },
     #[error("state of operator `{operator}` for key `{key}` is corrupt: {reason}")]
-    Corrupt { operator: String, key: String, reason: String },
+    Corrupt {
+        operator: String,
+        key: String,
+        reason: String,
+    },
 }
 
 /// Position reached in one input: where to resume.
@@ -68,23 +75,39 @@ pub struct Store {
 }
 
 fn db_err(dir: &Path, e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Db { dir: dir.to_path_buf(), source: e.into() }
+    StoreError::Db {
+        dir: dir.to_path_buf(),
+        source: e.into(),
+    }
 }
 
 impl Store {
     /// Opens (creating when missing) the state directory `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io { dir: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
         let path = dir.join(DB_FILE);
         let db = match Database::create(&path) {
             Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Locked { dir: dir.to_path_buf() }),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::Locked {
+                    dir: dir.to_path_buf(),
+                })
+            }
             Err(redb::DatabaseError::Storage(redb::StorageError::Io(source))) => {
-                return Err(StoreError::Io { dir: dir.to_path_buf(), source })
+                return Err(StoreError::Io {
+                    dir: dir.to_path_buf(),
+                    source,
+                })
             }
             Err(e) => return Err(db_err(dir, e)),
         };
-        let store = Store { db: Arc::new(db), dir: dir.to_path_buf() };
+        let store = Store {
+            db: Arc::new(db),
+            dir: dir.to_path_buf(),
+        };
         store.check_format()?;
         Ok(store)
     }
@@ -100,14 +123,21 @@ impl Store {
         {
             let mut meta = txn.open_table(META).map_err(|e| db_err(dir, e))?;
             txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
-            let found = meta.get("format").map_err(|e| db_err(dir, e))?.map(|v| v.value().to_vec());
+            let found = meta
+                .get("format")
+                .map_err(|e| db_err(dir, e))?
+                .map(|v| v.value().to_vec());
             match found {
                 None => {
-                    meta.insert("format", STORE_FORMAT.to_string().as_bytes()).map_err(|e| db_err(dir, e))?;
+                    meta.insert("format", STORE_FORMAT.to_string().as_bytes())
+                        .map_err(|e| db_err(dir, e))?;
                 }
                 Some(v) if v == STORE_FORMAT.to_string().as_bytes() => {}
                 Some(v) => {
-                    return Err(StoreError::Incompatible { dir: dir.clone(), found: String::from_utf8_lossy(&v).into() })
+                    return Err(StoreError::Incompatible {
+                        dir: dir.clone(),
+                        found: String::from_utf8_lossy(&v).into(),
+                    })
                 }
             }
         }
@@ -118,7 +148,10 @@ impl Store {
         let dir = &self.dir;
         let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
         let meta = txn.open_table(META).map_err(|e| db_err(dir, e))?;
-        let v = meta.get(name).map_err(|e| db_err(dir, e))?.map(|v| v.value().to_vec());
+        let v = meta
+            .get(name)
+            .map_err(|e| db_err(dir, e))?
+            .map(|v| v.value().to_vec());
         Ok(v)
     }
 
@@ -135,7 +168,9 @@ impl Store {
 
     /// The checkpointed length of output `id`, if any.
     pub fn sink_len(&self, id: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.meta(&format!("sink:{id}"))?.and_then(|v| Some(u64::from_le_bytes(v.try_into().ok()?))))
+        Ok(self
+            .meta(&format!("sink:{id}"))?
+            .and_then(|v| Some(u64::from_le_bytes(v.try_into().ok()?))))
     }
 
     /// Makes a checkpoint durable in one write transaction.
@@ -146,7 +181,9 @@ impl Store {
             let mut state = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
             for w in &cp.writes {
                 match &w.record {
-                    Some(r) => state.insert((&*w.operator, &*w.key), r.as_slice()).map(drop),
+                    Some(r) => state
+                        .insert((&*w.operator, &*w.key), r.as_slice())
+                        .map(drop),
                     None => state.remove((&*w.operator, &*w.key)).map(drop),
                 }
                 .map_err(|e| db_err(dir, e))?;
@@ -156,10 +193,12 @@ impl Store {
                 let mut v = [0u8; 16];
                 v[..8].copy_from_slice(&pos.offset.to_le_bytes());
                 v[8..].copy_from_slice(&pos.line.to_le_bytes());
-                meta.insert(format!("source:{id}").as_str(), v.as_slice()).map_err(|e| db_err(dir, e))?;
+                meta.insert(format!("source:{id}").as_str(), v.as_slice())
+                    .map_err(|e| db_err(dir, e))?;
             }
             for (id, len) in &cp.sinks {
-                meta.insert(format!("sink:{id}").as_str(), len.to_le_bytes().as_slice()).map_err(|e| db_err(dir, e))?;
+                meta.insert(format!("sink:{id}").as_str(), len.to_le_bytes().as_slice())
+                    .map_err(|e| db_err(dir, e))?;
             }
         }
         txn.commit().map_err(|e| db_err(dir, e))
@@ -170,7 +209,10 @@ impl Store {
         let dir = &self.dir;
         let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
         let table = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
-        Ok(Reader { table, dir: self.dir.clone() })
+        Ok(Reader {
+            table,
+            dir: self.dir.clone(),
+        })
     }
 
     /// Every stored `(key, record)` of `operator`, in key order (for tests
@@ -203,7 +245,10 @@ pub struct Reader {
 impl Reader {
     /// The stored record of `(operator, key)`.
     pub fn get(&self, operator: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let v = self.table.get((operator, key)).map_err(|e| db_err(&self.dir, e))?;
+        let v = self
+            .table
+            .get((operator, key))
+            .map_err(|e| db_err(&self.dir, e))?;
         Ok(v.map(|v| v.value().to_vec()))
     }
 }

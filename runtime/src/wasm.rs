@@ -13,7 +13,9 @@ use std::time::Duration;
 use thiserror::Error;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
 
 use crate::bindings::eddy::operator::{log, output, state, types};
 use crate::bindings::{Operator as OperatorWorld, OperatorPre};
@@ -27,8 +29,13 @@ pub const CONTRACT: &str = "eddy:operator@0.1.0";
 #[derive(Debug, Error)]
 pub enum PluginError {
     #[error("plugin {path}: cannot read the file: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("plugin {path}: not a WebAssembly file (it does not start with the `\\0asm` magic bytes)")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "plugin {path}: not a WebAssembly file (it does not start with the `\\0asm` magic bytes)"
+    )]
     NotWasm { path: PathBuf },
     #[error("plugin {path}: a core WebAssembly module, not a component; build it for the wasm32-wasip2 target (or wrap it with `wasm-tools component new`)")]
     CoreModule { path: PathBuf },
@@ -59,7 +66,10 @@ pub struct HostData {
 
 impl WasiView for HostData {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -86,14 +96,21 @@ fn sandbox() -> WasiCtx {
     // No preopened directories, no environment, no arguments, no network,
     // stopped clocks; stdout/stderr of the guest are discarded.
     let mut b = WasiCtxBuilder::new();
-    b.wall_clock(NoClock).monotonic_clock(NoClock).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+    b.wall_clock(NoClock)
+        .monotonic_clock(NoClock)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
     b.build()
 }
 
 fn linker(engine: &Engine) -> anyhow::Result<Linker<HostData>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    OperatorWorld::add_to_linker::<HostData, wasmtime::component::HasSelf<HostData>>(&mut linker, |d| d)?;
+    OperatorWorld::add_to_linker::<HostData, wasmtime::component::HasSelf<HostData>>(
+        &mut linker,
+        |d| d,
+    )?;
     Ok(linker)
 }
 
@@ -110,7 +127,10 @@ pub struct Plugin {
 impl Plugin {
     /// Reads, compiles and type-checks the component at `path`.
     pub fn load(engine: &Engine, path: &Path) -> Result<Plugin, PluginError> {
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_bytes(engine, path, &bytes)
     }
 
@@ -124,8 +144,10 @@ impl Plugin {
         if bytes[4..8] == [1, 0, 0, 0] {
             return Err(PluginError::CoreModule { path });
         }
-        let component =
-            Component::new(engine, bytes).map_err(|e| PluginError::Invalid { path: path.clone(), reason: format!("{e:#}") })?;
+        let component = Component::new(engine, bytes).map_err(|e| PluginError::Invalid {
+            path: path.clone(),
+            reason: format!("{e:#}"),
+        })?;
         // A component built against another version of the contract imports
         // `eddy:operator/...@<other>`: say so rather than "missing import".
         let ty = component.component_type();
@@ -139,13 +161,27 @@ impl Plugin {
                 }
             }
         }
-        let linker = linker(engine).map_err(|e| PluginError::Invalid { path: path.clone(), reason: format!("{e:#}") })?;
+        let linker = linker(engine).map_err(|e| PluginError::Invalid {
+            path: path.clone(),
+            reason: format!("{e:#}"),
+        })?;
         let pre = linker
             .instantiate_pre(&component)
-            .map_err(|e| PluginError::WrongWorld { path: path.clone(), reason: format!("{e:#}") })?;
-        let pre = OperatorPre::new(pre).map_err(|e| PluginError::WrongWorld { path: path.clone(), reason: format!("{e:#}") })?;
+            .map_err(|e| PluginError::WrongWorld {
+                path: path.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let pre = OperatorPre::new(pre).map_err(|e| PluginError::WrongWorld {
+            path: path.clone(),
+            reason: format!("{e:#}"),
+        })?;
         let hash = format!("{:016x}", rustc_hash::FxBuildHasher.hash_one(bytes));
-        Ok(Plugin { path, hash, engine: engine.clone(), pre })
+        Ok(Plugin {
+            path,
+            hash,
+            engine: engine.clone(),
+            pre,
+        })
     }
 
     /// Where the component was loaded from.
@@ -159,8 +195,17 @@ impl Plugin {
     }
 
     /// Instantiates the operator and calls `init(config)`.
-    pub fn instantiate(self: &Arc<Self>, ctx: OpCtx, config: &str) -> Result<WasmOperator, InitError> {
-        let mut op = WasmOperator { plugin: self.clone(), config: config.to_string(), store: None, bindings: None };
+    pub fn instantiate(
+        self: &Arc<Self>,
+        ctx: OpCtx,
+        config: &str,
+    ) -> Result<WasmOperator, InitError> {
+        let mut op = WasmOperator {
+            plugin: self.clone(),
+            config: config.to_string(),
+            store: None,
+            bindings: None,
+        };
         op.start(ctx)?;
         Ok(op)
     }
@@ -172,11 +217,23 @@ use std::hash::BuildHasher;
 #[derive(Debug, Error)]
 pub enum InitError {
     #[error("operator `{operator}` ({path}): instantiation failed: {reason}")]
-    Instantiate { operator: String, path: PathBuf, reason: String },
+    Instantiate {
+        operator: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("operator `{operator}` ({path}): init refused its config: {reason}")]
-    Refused { operator: String, path: PathBuf, reason: String },
+    Refused {
+        operator: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("operator `{operator}` ({path}): init trapped: {reason}")]
-    Trapped { operator: String, path: PathBuf, reason: String },
+    Trapped {
+        operator: String,
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 /// One instance of a Wasm operator, owned by a worker.
@@ -193,12 +250,23 @@ impl WasmOperator {
     fn start(&mut self, ctx: OpCtx) -> Result<(), InitError> {
         let operator = ctx.name().to_string();
         let path = self.plugin.path.clone();
-        let mut store = Store::new(&self.plugin.engine, HostData { ctx, wasi: sandbox(), table: ResourceTable::new() });
+        let mut store = Store::new(
+            &self.plugin.engine,
+            HostData {
+                ctx,
+                wasi: sandbox(),
+                table: ResourceTable::new(),
+            },
+        );
         let bindings = match self.plugin.pre.instantiate(&mut store) {
             Ok(b) => b,
             Err(e) => {
                 self.store = Some(store);
-                return Err(InitError::Instantiate { operator, path, reason: format!("{e:#}") });
+                return Err(InitError::Instantiate {
+                    operator,
+                    path,
+                    reason: format!("{e:#}"),
+                });
             }
         };
         let result = bindings.call_init(&mut store, &self.config);
@@ -208,8 +276,16 @@ impl WasmOperator {
                 self.bindings = Some(bindings);
                 Ok(())
             }
-            Ok(Err(reason)) => Err(InitError::Refused { operator, path, reason }),
-            Err(e) => Err(InitError::Trapped { operator, path, reason: format!("{e:?}") }),
+            Ok(Err(reason)) => Err(InitError::Refused {
+                operator,
+                path,
+                reason,
+            }),
+            Err(e) => Err(InitError::Trapped {
+                operator,
+                path,
+                reason: format!("{e:?}"),
+            }),
         }
     }
 
@@ -234,14 +310,20 @@ impl Operator for WasmOperator {
     fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError> {
         let store = self.store.as_mut().expect("store present");
         let bindings = self.bindings.as_ref().expect("instance present");
-        let ev = types::Event { key: event.key, value: event.value, time: event.time };
+        let ev = types::Event {
+            key: event.key,
+            value: event.value,
+            time: event.time,
+        };
         match bindings.call_handle(&mut *store, ev) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(HandleError::Failed(reason)),
             Err(trap) => {
                 let reason = format!("{trap:?}");
                 if let Err(e) = self.restart() {
-                    return Err(HandleError::Trap(format!("{reason}; and the replacement instance failed: {e}")));
+                    return Err(HandleError::Trap(format!(
+                        "{reason}; and the replacement instance failed: {e}"
+                    )));
                 }
                 Err(HandleError::Trap(reason))
             }
@@ -261,7 +343,10 @@ impl types::Host for HostData {}
 
 impl state::Host for HostData {
     fn get(&mut self, name: String) -> HostResult<Option<Vec<u8>>> {
-        self.ctx.get(&name).map(|v| v.map(<[u8]>::to_vec)).map_err(trap)
+        self.ctx
+            .get(&name)
+            .map(|v| v.map(<[u8]>::to_vec))
+            .map_err(trap)
     }
     fn set(&mut self, name: String, value: Vec<u8>) -> HostResult<()> {
         self.ctx.set(&name, value).map_err(trap)
@@ -270,7 +355,10 @@ impl state::Host for HostData {
         self.ctx.delete(&name).map_err(trap)
     }
     fn map_get(&mut self, name: String, field: String) -> HostResult<Option<Vec<u8>>> {
-        self.ctx.map_get(&name, &field).map(|v| v.map(<[u8]>::to_vec)).map_err(trap)
+        self.ctx
+            .map_get(&name, &field)
+            .map(|v| v.map(<[u8]>::to_vec))
+            .map_err(trap)
     }
     fn map_set(&mut self, name: String, field: String, value: Vec<u8>) -> HostResult<()> {
         self.ctx.map_set(&name, field, value).map_err(trap)

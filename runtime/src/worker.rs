@@ -51,7 +51,10 @@ pub struct Batch {
 impl Batch {
     /// An empty batch with room for `n` events.
     pub fn with_capacity(n: usize) -> Batch {
-        Batch { data: Vec::with_capacity(n * 64), events: Vec::with_capacity(n) }
+        Batch {
+            data: Vec::with_capacity(n * 64),
+            events: Vec::with_capacity(n),
+        }
     }
 
     /// Appends an event for operator `stage`.
@@ -61,7 +64,13 @@ impl Batch {
         let v0 = self.data.len() as u32;
         self.data.extend_from_slice(value);
         let v1 = self.data.len() as u32;
-        self.events.push(Ev { stage, key: (k0, v0), value: (v0, v1), time, line });
+        self.events.push(Ev {
+            stage,
+            key: (k0, v0),
+            value: (v0, v1),
+            time,
+            line,
+        });
     }
 
     /// Number of events.
@@ -163,7 +172,14 @@ impl Worker {
     }
 
     /// Handles one event with operator `stage`, then what it emitted.
-    fn process(&mut self, stage: usize, key: &str, value: &[u8], time: Option<i64>, line: u64) -> Result<(), StoreError> {
+    fn process(
+        &mut self,
+        stage: usize,
+        key: &str,
+        value: &[u8],
+        time: Option<i64>,
+        line: u64,
+    ) -> Result<(), StoreError> {
         let mut emitted = std::mem::take(&mut self.scratch[stage]);
         let op = &mut self.ops[stage];
         op.ctx().begin(key)?;
@@ -224,7 +240,9 @@ impl Worker {
             let _ = self.sink.send(SinkMsg::Out(std::mem::take(&mut self.out)));
         }
         if !self.dead.is_empty() {
-            let _ = self.sink.send(SinkMsg::Dead(std::mem::take(&mut self.dead)));
+            let _ = self
+                .sink
+                .send(SinkMsg::Dead(std::mem::take(&mut self.dead)));
         }
     }
 
@@ -234,6 +252,9 @@ impl Worker {
             let reader = self.store.reader()?;
             op.ctx().take_dirty(Some(reader), &mut writes);
         }
-        Ok(BarrierReply { writes, stats: self.stats.clone() })
+        Ok(BarrierReply {
+            writes,
+            stats: self.stats.clone(),
+        })
     }
 }

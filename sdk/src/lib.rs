@@ -158,7 +158,8 @@ pub struct Event {
 impl Event {
     /// Parses the payload as JSON into `T`.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_slice(&self.value).map_err(|e| Error(format!("payload is not the expected JSON: {e}")))
+        serde_json::from_slice(&self.value)
+            .map_err(|e| Error(format!("payload is not the expected JSON: {e}")))
     }
 
     /// The payload as UTF-8 text.
@@ -177,9 +178,12 @@ impl Config {
     /// Parses config text (JSON). Empty text is an empty object.
     pub fn from_json(text: &str) -> Result<Self, Error> {
         if text.trim().is_empty() {
-            return Ok(Config { value: serde_json::Value::Object(Default::default()) });
+            return Ok(Config {
+                value: serde_json::Value::Object(Default::default()),
+            });
         }
-        let value = serde_json::from_str(text).map_err(|e| Error(format!("config is not JSON: {e}")))?;
+        let value =
+            serde_json::from_str(text).map_err(|e| Error(format!("config is not JSON: {e}")))?;
         Ok(Config { value })
     }
 
@@ -194,7 +198,9 @@ impl Config {
     pub fn get<T: DeserializeOwned>(&self, field: &str) -> Result<Option<T>, Error> {
         match self.value.get(field) {
             None | Some(serde_json::Value::Null) => Ok(None),
-            Some(v) => T::deserialize(v).map(Some).map_err(|e| Error(format!("config field `{field}`: {e}"))),
+            Some(v) => T::deserialize(v)
+                .map(Some)
+                .map_err(|e| Error(format!("config field `{field}`: {e}"))),
         }
     }
 
@@ -223,7 +229,10 @@ pub struct Value<T> {
 impl<T: Serialize + DeserializeOwned> Value<T> {
     /// A handle on the value named `name`.
     pub const fn new(name: &'static str) -> Self {
-        Value { name, _t: PhantomData }
+        Value {
+            name,
+            _t: PhantomData,
+        }
     }
 
     /// The current key's value; `Ok(None)` when it has none, an error when
@@ -267,7 +276,10 @@ pub struct Map<V> {
 impl<V: Serialize + DeserializeOwned> Map<V> {
     /// A handle on the map named `name`.
     pub const fn new(name: &'static str) -> Self {
-        Map { name, _v: PhantomData }
+        Map {
+            name,
+            _v: PhantomData,
+        }
     }
 
     /// The value of `field`; `Ok(None)` when missing.
@@ -317,7 +329,10 @@ pub struct List<T> {
 impl<T: Serialize + DeserializeOwned> List<T> {
     /// A handle on the list named `name`.
     pub const fn new(name: &'static str) -> Self {
-        List { name, _t: PhantomData }
+        List {
+            name,
+            _t: PhantomData,
+        }
     }
 
     /// Appends `item`; returns the new length.
@@ -337,7 +352,10 @@ impl<T: Serialize + DeserializeOwned> List<T> {
 
     /// Items with index in `[start, end)` (clamped), oldest first.
     pub fn range(&self, start: u32, end: u32) -> Result<Vec<T>, Error> {
-        state::list_range(self.name, start, end).iter().map(|b| decode(self.name, b)).collect()
+        state::list_range(self.name, start, end)
+            .iter()
+            .map(|b| decode(self.name, b))
+            .collect()
     }
 
     /// All items, oldest first.
@@ -404,18 +422,31 @@ pub mod __private {
     pub use crate::bindings::eddy::operator::types::Event as WitEvent;
     pub use crate::bindings::Guest;
 
-    pub fn init<T: Operator>(slot: &'static LocalKey<RefCell<Option<T>>>, config: String) -> Result<(), String> {
+    pub fn init<T: Operator>(
+        slot: &'static LocalKey<RefCell<Option<T>>>,
+        config: String,
+    ) -> Result<(), String> {
         let config = Config::from_json(&config).map_err(|e| e.0)?;
         let op = T::init(config).map_err(|e| e.0)?;
         slot.with(|s| *s.borrow_mut() = Some(op));
         Ok(())
     }
 
-    pub fn handle<T: Operator>(slot: &'static LocalKey<RefCell<Option<T>>>, event: WitEvent) -> Result<(), String> {
+    pub fn handle<T: Operator>(
+        slot: &'static LocalKey<RefCell<Option<T>>>,
+        event: WitEvent,
+    ) -> Result<(), String> {
         slot.with(|s| {
             let mut s = s.borrow_mut();
-            let op = s.as_mut().ok_or_else(|| "handle called before init".to_string())?;
-            op.handle(Event { key: event.key, value: event.value, time: event.time }).map_err(|e| e.0)
+            let op = s
+                .as_mut()
+                .ok_or_else(|| "handle called before init".to_string())?;
+            op.handle(Event {
+                key: event.key,
+                value: event.value,
+                time: event.time,
+            })
+            .map_err(|e| e.0)
         })
     }
 }
@@ -433,7 +464,9 @@ macro_rules! export_operator {
             }
             struct __EddyExport;
             impl $crate::__private::Guest for __EddyExport {
-                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                fn init(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::__private::init::<$ty>(&__EDDY_OPERATOR, config)
                 }
                 fn handle(
@@ -442,7 +475,7 @@ macro_rules! export_operator {
                     $crate::__private::handle::<$ty>(&__EDDY_OPERATOR, event)
                 }
             }
-            $crate::bindings::__export_eddy_operator!(__EddyExport with_types_in $crate::bindings);
+    $crate::bindings::__export_eddy_operator!(__EddyExport with_types_in $crate::bindings);
         };
     };
 }

@@ -25,7 +25,9 @@ struct Out {
 
 impl Operator for Counter {
     fn init(config: Config) -> Result<Self, Error> {
-        let field = config.get::<String>("field")?.unwrap_or_else(|| "amount".to_string());
+        let field = config
+            .get::<String>("field")?
+            .unwrap_or_else(|| "amount".to_string());
         Ok(Counter { field })
     }
 
@@ -45,7 +47,9 @@ eddy_sdk::export_operator!(Counter);
 /// whole document; 0 when it is missing or not a number.
 fn number_field(json: &[u8], field: &str) -> Result<f64, Error> {
     let mut de = serde_json::Deserializer::from_slice(json);
-    let v = FieldSeed(field).deserialize(&mut de).map_err(|e| Error::msg(format!("payload is not a JSON object: {e}")))?;
+    let v = FieldSeed(field)
+        .deserialize(&mut de)
+        .map_err(|e| Error::msg(format!("payload is not a JSON object: {e}")))?;
     Ok(v)
 }
 

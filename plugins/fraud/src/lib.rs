@@ -24,7 +24,11 @@ struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { window_ms: 60_000, max_spend: 1000.0, max_count: 5 }
+        Settings {
+            window_ms: 60_000,
+            max_spend: 1000.0,
+            max_count: 5,
+        }
     }
 }
 
@@ -71,13 +75,19 @@ impl Operator for Fraud {
     fn handle(&mut self, event: Event) -> Result<(), Error> {
         let txn: Transaction = event.json()?;
         let ts = event.time.or(txn.ts).ok_or_else(|| {
-            Error::msg(format!("transaction of card {} has no time: no pipeline time and no `ts` field", txn.card))
+            Error::msg(format!(
+                "transaction of card {} has no time: no pipeline time and no `ts` field",
+                txn.card
+            ))
         })?;
 
         let total_spend = TOTAL_SPEND.get()?.unwrap_or(0.0) + txn.amount;
         TOTAL_SPEND.set(&total_spend)?;
 
-        WINDOW.push(&Entry { ts, amount: txn.amount })?;
+        WINDOW.push(&Entry {
+            ts,
+            amount: txn.amount,
+        })?;
         let entries = WINDOW.all()?;
         let start = ts.saturating_sub(self.settings.window_ms);
         // The list is append-only, so drop the oldest entries that fell out
@@ -87,8 +97,11 @@ impl Operator for Fraud {
         let stale = entries.iter().take_while(|e| e.ts < start).count();
         WINDOW.trim((entries.len() - stale) as u32);
 
-        let in_window = entries[stale..].iter().filter(|e| (start..=ts).contains(&e.ts));
-        let (window_count, window_spend) = in_window.fold((0u32, 0.0), |(n, sum), e| (n + 1, sum + e.amount));
+        let in_window = entries[stale..]
+            .iter()
+            .filter(|e| (start..=ts).contains(&e.ts));
+        let (window_count, window_spend) =
+            in_window.fold((0u32, 0.0), |(n, sum), e| (n + 1, sum + e.amount));
 
         let reason = if window_spend > self.settings.max_spend {
             "spend"

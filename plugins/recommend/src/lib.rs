@@ -55,7 +55,11 @@ impl Operator for Recommend {
     fn handle(&mut self, event: Event) -> Result<(), Error> {
         let viewed: Viewed = event.json()?;
 
-        for other in viewed.previous.iter().filter(|other| **other != viewed.item) {
+        for other in viewed
+            .previous
+            .iter()
+            .filter(|other| **other != viewed.item)
+        {
             let count = CO_WATCHED.get(other)?.unwrap_or(0) + 1;
             CO_WATCHED.set(other, &count)?;
         }
@@ -68,9 +72,20 @@ impl Operator for Recommend {
             .filter(|(other, _)| *other != viewed.item && !viewed.previous.contains(other))
             .collect();
         ranked.sort_by(|(a, a_count), (b, b_count)| b_count.cmp(a_count).then_with(|| a.cmp(b)));
-        let suggest = ranked.into_iter().take(self.top).map(|(other, _)| other).collect();
+        let suggest = ranked
+            .into_iter()
+            .take(self.top)
+            .map(|(other, _)| other)
+            .collect();
 
-        emit(&viewed.user, &Suggestion { user: &viewed.user, item: &viewed.item, suggest })
+        emit(
+            &viewed.user,
+            &Suggestion {
+                user: &viewed.user,
+                item: &viewed.item,
+                suggest,
+            },
+        )
     }
 }
 

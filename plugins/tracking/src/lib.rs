@@ -26,7 +26,9 @@ struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { max_gap_ms: 24 * 60 * 60 * 1000 }
+        Settings {
+            max_gap_ms: 24 * 60 * 60 * 1000,
+        }
     }
 }
 
@@ -73,12 +75,18 @@ impl Operator for Tracking {
     fn handle(&mut self, event: Event) -> Result<(), Error> {
         let scan: Scan = event.json()?;
         let ts = event.time.or(scan.ts).ok_or_else(|| {
-            Error::msg(format!("scan of package {} has no time: no pipeline time and no `ts` field", scan.package))
+            Error::msg(format!(
+                "scan of package {} has no time: no pipeline time and no `ts` field",
+                scan.package
+            ))
         })?;
 
         let last = TRACK.get()?;
         if last.as_ref().is_some_and(|last| last.delivered) {
-            return Err(Error::msg(format!("package {} already delivered", scan.package)));
+            return Err(Error::msg(format!(
+                "package {} already delivered",
+                scan.package
+            )));
         }
 
         let hops = match &last {
@@ -90,7 +98,12 @@ impl Operator for Tracking {
         let delayed = gap_ms.is_some_and(|gap| gap > self.max_gap_ms);
         let delivered = scan.status == Status::Delivered;
 
-        TRACK.set(&Track { location: scan.location.clone(), ts, hops, delivered })?;
+        TRACK.set(&Track {
+            location: scan.location.clone(),
+            ts,
+            hops,
+            delivered,
+        })?;
 
         let update = Update {
             package: &scan.package,

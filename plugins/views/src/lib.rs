@@ -53,7 +53,10 @@ impl Operator for Views {
     fn handle(&mut self, event: Event) -> Result<(), Error> {
         let view: View = event.json()?;
         if view.item.is_empty() {
-            return Err(Error::msg(format!("view of user {} has an empty `item`", view.user)));
+            return Err(Error::msg(format!(
+                "view of user {} has an empty `item`",
+                view.user
+            )));
         }
 
         // Most recent first, each item once, without the item being viewed.
@@ -65,7 +68,14 @@ impl Operator for Views {
         }
         previous.truncate(self.history as usize);
 
-        emit(&view.item, &Viewed { user: &view.user, item: &view.item, previous })?;
+        emit(
+            &view.item,
+            &Viewed {
+                user: &view.user,
+                item: &view.item,
+                previous,
+            },
+        )?;
 
         HISTORY.push(&view.item)?;
         HISTORY.trim(self.history);

@@ -1,0 +1,137 @@
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use crate::util::*;
+
+fn eddy(args: &[&str], dir: &Path) -> Output {
+    Command::new(eddy_bin())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Each bad plugin gets a message naming the file and what is wrong, and a
+/// non-zero exit.
+#[test]
+fn bad_plugins_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("in.jsonl"), "{\"key\":\"a\"}\n").unwrap();
+    std::fs::write(d.join("notes.txt"), "hello, I am text").unwrap();
+    std::fs::write(d.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    // An empty component: valid, but it exports nothing of the operator world.
+    std::fs::write(d.join("empty.wasm"), b"\0asm\x0d\0\x01\0").unwrap();
+    let cases = [
+        (
+            "missing.wasm",
+            "plugin missing.wasm: cannot read the file: No such file or directory",
+        ),
+        ("notes.txt", "plugin notes.txt: not a WebAssembly file"),
+        (
+            "core.wasm",
+            "plugin core.wasm: a core WebAssembly module, not a component",
+        ),
+        (
+            "empty.wasm",
+            "plugin empty.wasm: not an eddy operator (world `eddy:operator@0.1.0/operator`)",
+        ),
+    ];
+    for (file, message) in cases {
+        let o = eddy(
+            &[
+                "run",
+                "--plugin",
+                &format!("op={file}"),
+                "--input",
+                "in.jsonl",
+            ],
+            d,
+        );
+        assert_eq!(o.status.code(), Some(1), "{file}: {}", stderr(&o));
+        assert!(stderr(&o).contains(message), "{file}: got {:?}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    }
+}
+
+/// A pipeline file with a typo names the field and the line.
+#[test]
+fn bad_pipeline_file_names_field_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.toml"),
+        "[source]\npath = \"in.jsonl\"\n\n[[operator]]\nname = \"c\"\ncompnent = \"c.wasm\"\n",
+    )
+    .unwrap();
+    let o = eddy(&["run", "p.toml"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("pipeline file p.toml")
+            && e.contains("line 6")
+            && e.contains("unknown field `compnent`"),
+        "{e}"
+    );
+}
+
+/// Events on stdin, results on stdout; then a second eddy on the same state
+/// directory while the first runs is refused.
+#[test]
+fn stdin_to_stdout_and_a_locked_state_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = format!("counter={}", eddy_tests::COUNTER);
+    let mut first = Command::new(eddy_bin())
+        .args([
+            "run",
+            "--plugin",
+            &plugin,
+            "--state",
+            "st",
+            "--workers",
+            "2",
+        ])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = first.stdin.take().unwrap();
+    stdin
+        .write_all(b"{\"key\":\"a\",\"amount\":2}\n{\"key\":\"a\",\"amount\":3}\n")
+        .unwrap();
+    stdin.flush().unwrap();
+
+    // Results arrive while the input is still open.
+    let mut stdout = BufReader::new(first.stdout.take().unwrap());
+    let mut out = String::new();
+    for _ in 0..2 {
+        stdout.read_line(&mut out).unwrap();
+    }
+    assert_eq!(
+        out,
+        "{\"key\":\"a\",\"value\":{\"count\":1,\"sum\":2.0}}\n{\"key\":\"a\",\"value\":{\"count\":2,\"sum\":5.0}}\n"
+    );
+
+    // While the first one holds the state directory:
+    let o = eddy(
+        &["run", "--plugin", &plugin, "--state", "st", "--input", "-"],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("state directory st is in use by another running eddy"),
+        "{}",
+        stderr(&o)
+    );
+
+    drop(stdin);
+    let o = first.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}

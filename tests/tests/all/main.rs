@@ -1,0 +1,15 @@
+//! End-to-end tests: real components, real redb, real files.
+
+// Helpers: temp dirs, pipelines, reading state and output back.
+mod util;
+
+// The keyed counter against a reference computed here.
+mod counter;
+// Each example pipeline on its sample input against its expected output.
+mod examples;
+// Stopping and restarting resumes exactly where the last checkpoint was.
+mod restart;
+// Bad input lines are dead-lettered with their line numbers.
+mod dead_letter;
+// The `eddy` binary: exit codes and the messages users see.
+mod cli;

@@ -1,0 +1,143 @@
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use eddy_runtime::pipeline::{Input, OperatorSpec, Output, Pipeline};
+use eddy_runtime::runner::{self, Shutdown, Summary};
+use eddy_runtime::state::Entity;
+use eddy_runtime::store::Store;
+use eddy_runtime::wasm;
+
+/// A pipeline over `input` with one operator per `(name, component)`,
+/// writing to `dir/out.jsonl` with state in `dir/state`.
+pub fn pipeline(dir: &Path, input: &Path, ops: &[(&str, &str)], workers: usize) -> Pipeline {
+    let state_dir = dir.join("state");
+    Pipeline {
+        input: Input::File(input.to_path_buf()),
+        key_field: "key".into(),
+        time_field: None,
+        max_line_bytes: 1 << 20,
+        operators: ops
+            .iter()
+            .map(|(name, path)| OperatorSpec {
+                name: name.to_string(),
+                component: PathBuf::from(path),
+                config: serde_json::json!({}),
+                limits: Default::default(),
+            })
+            .collect(),
+        output: Output::File(dir.join("out.jsonl")),
+        dead_letter: dir.join("dead-letter.jsonl"),
+        state_dir,
+        workers,
+        checkpoint_interval: Duration::from_millis(200),
+        checkpoint_events: None,
+    }
+}
+
+/// Compiles the pipeline's operators and runs it to the end of its input.
+pub fn run(p: &Pipeline) -> Summary {
+    run_with(p, &Shutdown::new())
+}
+
+/// Like [`run`], stoppable through `shutdown`.
+pub fn run_with(p: &Pipeline, shutdown: &Shutdown) -> Summary {
+    let engine = wasm::engine().unwrap();
+    let ops = runner::load_operators(&engine, p).unwrap();
+    runner::run(p, ops, shutdown).unwrap()
+}
+
+/// JSON lines of a file.
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+/// Committed state of `operator`: key -> value name -> JSON value.
+pub fn state_values(
+    state_dir: &Path,
+    operator: &str,
+    names: &[&str],
+) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let store = Store::open(state_dir).unwrap();
+    store
+        .scan(operator)
+        .unwrap()
+        .into_iter()
+        .map(|(key, rec)| {
+            let e = Entity::decode(&rec).unwrap();
+            let vals = names
+                .iter()
+                .map(|n| {
+                    e.get(n)
+                        .map(|b| serde_json::from_slice(b).unwrap())
+                        .unwrap_or(serde_json::Value::Null)
+                })
+                .collect();
+            (key, vals)
+        })
+        .collect()
+}
+
+/// Deterministic pseudo-random numbers (xorshift64).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// `n` counter events over `keys` keys: `(key, amount)` and the JSON lines.
+pub fn counter_events(n: usize, keys: u64, seed: u64) -> (Vec<(String, u64)>, String) {
+    let mut rng = Rng(seed);
+    let mut events = Vec::with_capacity(n);
+    let mut text = String::new();
+    for _ in 0..n {
+        let k = format!("user-{}", rng.next() % keys);
+        let amount = rng.next() % 100;
+        text += &format!("{{\"key\":\"{k}\",\"amount\":{amount},\"note\":\"x\"}}\n");
+        events.push((k, amount));
+    }
+    (events, text)
+}
+
+/// Per key: (count, sum) of `events`.
+pub fn reference(events: &[(String, u64)]) -> BTreeMap<String, (u64, u64)> {
+    let mut r = BTreeMap::new();
+    for (k, a) in events {
+        let e = r.entry(k.clone()).or_insert((0, 0));
+        e.0 += 1;
+        e.1 += a;
+    }
+    r
+}
+
+/// Asserts the counter's committed state equals `expected` exactly.
+pub fn assert_counter_state(state_dir: &Path, expected: &BTreeMap<String, (u64, u64)>) {
+    let got = state_values(state_dir, "counter", &["count", "sum"]);
+    assert_eq!(got.len(), expected.len(), "number of keys with state");
+    for (k, (count, sum)) in expected {
+        let v = &got[k];
+        assert_eq!(v[0].as_u64(), Some(*count), "count of {k}");
+        assert_eq!(v[1].as_f64(), Some(*sum as f64), "sum of {k}");
+    }
+}
+
+/// The `eddy` binary built alongside the tests (`cargo test --workspace`).
+pub fn eddy_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join(format!("eddy{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
