@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use std::collections::HashMap;
 use thiserror::Error;
 
 use crate::state::{Entity, Undo};
@@ -46,8 +46,8 @@ pub enum HostError {
 }
 
 /// A cached key: its state and whether it changed since the last checkpoint.
-#[derive(Default)]
 struct Slot {
+    key: Box<str>,
     entity: Entity,
     /// Already listed in `OpCtx::dirty`.
     dirty: bool,
@@ -64,15 +64,17 @@ pub struct Emitted {
 pub struct OpCtx {
     /// Operator name: the state name space in the store.
     name: Arc<str>,
-    /// Every key touched so far (never evicted: a key absent here has not
-    /// been written since start, so the store snapshot is accurate for it).
-    cache: FxHashMap<Box<str>, Slot>,
-    /// Keys changed since the last checkpoint.
-    dirty: Vec<Box<str>>,
+    /// Every key touched so far, as an index into `slots` (never evicted: a
+    /// key absent here has not been written since start, so the store
+    /// snapshot is accurate for it).
+    index: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
+    slots: Vec<Slot>,
+    /// Slots changed since the last checkpoint.
+    dirty: Vec<u32>,
     /// Committed state, for keys not yet cached.
     reader: Option<Reader>,
-    /// The key being processed and its state, taken out of the cache.
-    current: Option<(Box<str>, Slot)>,
+    /// The slot of the key being processed.
+    current: Option<u32>,
     /// Undo journal of the current event.
     undo: Vec<Undo>,
     /// Emits of the current event.
@@ -85,7 +87,8 @@ impl OpCtx {
     pub fn new(name: Arc<str>, reader: Option<Reader>, limits: Limits) -> OpCtx {
         OpCtx {
             name,
-            cache: FxHashMap::default(),
+            index: HashMap::default(),
+            slots: Vec::new(),
             dirty: Vec::new(),
             reader,
             current: None,
@@ -103,8 +106,8 @@ impl OpCtx {
     /// Starts handling an event of `key`: loads its state.
     pub fn begin(&mut self, key: &str) -> Result<(), StoreError> {
         debug_assert!(self.current.is_none());
-        let (key, slot) = match self.cache.remove_entry(key) {
-            Some(e) => e,
+        let slot = match self.index.get(key) {
+            Some(&i) => i,
             None => {
                 let entity = match &self.reader {
                     Some(r) => match r.get(&self.name, key)? {
@@ -117,29 +120,29 @@ impl OpCtx {
                     },
                     None => Entity::default(),
                 };
-                (
-                    key.into(),
-                    Slot {
-                        entity,
-                        dirty: false,
-                    },
-                )
+                let i = self.slots.len() as u32;
+                self.slots.push(Slot {
+                    key: key.into(),
+                    entity,
+                    dirty: false,
+                });
+                self.index.insert(key.into(), i);
+                i
             }
         };
-        self.current = Some((key, slot));
+        self.current = Some(slot);
         Ok(())
     }
 
     /// Ends the current event. With `ok`, its writes stay and its emits are
     /// appended to `out`; otherwise both are discarded.
     pub fn finish(&mut self, ok: bool, out: &mut Vec<Emitted>) {
-        let Some((key, mut slot)) = self.current.take() else {
-            return;
-        };
+        let Some(i) = self.current.take() else { return };
+        let slot = &mut self.slots[i as usize];
         if ok {
             if !self.undo.is_empty() && !slot.dirty {
                 slot.dirty = true;
-                self.dirty.push(key.clone());
+                self.dirty.push(i);
             }
             self.undo.clear();
             out.append(&mut self.emits);
@@ -147,16 +150,13 @@ impl OpCtx {
             slot.entity.undo(&mut self.undo);
             self.emits.clear();
         }
-        self.cache.insert(key, slot);
     }
 
     /// Takes the changes since the last checkpoint as store writes, and
     /// renews the snapshot used for uncached keys.
     pub fn take_dirty(&mut self, reader: Option<Reader>, out: &mut Vec<StateWrite>) {
-        for key in self.dirty.drain(..) {
-            let Some(slot) = self.cache.get_mut(&key) else {
-                continue;
-            };
+        for i in self.dirty.drain(..) {
+            let slot = &mut self.slots[i as usize];
             slot.dirty = false;
             let record = if slot.entity.is_empty() {
                 None
@@ -167,7 +167,7 @@ impl OpCtx {
             };
             out.push(StateWrite {
                 operator: self.name.clone(),
-                key,
+                key: slot.key.clone(),
                 record,
             });
         }
@@ -178,19 +178,17 @@ impl OpCtx {
 
     /// Number of keys cached.
     pub fn cached_keys(&self) -> usize {
-        self.cache.len()
+        self.slots.len()
     }
 
     /// The key being processed.
     pub fn current_key(&self) -> Option<&str> {
-        self.current.as_ref().map(|(k, _)| &**k)
+        self.current.map(|i| &*self.slots[i as usize].key)
     }
 
     fn entity(&mut self) -> Result<&mut Entity, HostError> {
-        self.current
-            .as_mut()
-            .map(|(_, s)| &mut s.entity)
-            .ok_or(HostError::NoKey)
+        let i = self.current.ok_or(HostError::NoKey)?;
+        Ok(&mut self.slots[i as usize].entity)
     }
 
     fn check_size(&self, size: usize) -> Result<(), HostError> {
@@ -211,13 +209,13 @@ impl OpCtx {
 
     pub fn set(&mut self, name: &str, value: Vec<u8>) -> Result<(), HostError> {
         self.check_size(value.len())?;
-        let (_, slot) = self.current.as_mut().ok_or(HostError::NoKey)?;
+        let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
         slot.entity.set(name, value, &mut self.undo);
         Ok(())
     }
 
     pub fn delete(&mut self, name: &str) -> Result<bool, HostError> {
-        let (_, slot) = self.current.as_mut().ok_or(HostError::NoKey)?;
+        let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
         Ok(slot.entity.delete(name, &mut self.undo))
     }
 
@@ -231,13 +229,13 @@ impl OpCtx {
 
     pub fn map_set(&mut self, name: &str, field: String, value: Vec<u8>) -> Result<(), HostError> {
         self.check_size(value.len())?;
-        let (_, slot) = self.current.as_mut().ok_or(HostError::NoKey)?;
+        let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
         slot.entity.map_set(name, field, value, &mut self.undo);
         Ok(())
     }
 
     pub fn map_delete(&mut self, name: &str, field: &str) -> Result<bool, HostError> {
-        let (_, slot) = self.current.as_mut().ok_or(HostError::NoKey)?;
+        let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
         Ok(slot.entity.map_delete(name, field, &mut self.undo))
     }
 
@@ -255,7 +253,7 @@ impl OpCtx {
 
     pub fn list_push(&mut self, name: &str, item: Vec<u8>) -> Result<u32, HostError> {
         self.check_size(item.len())?;
-        let (_, slot) = self.current.as_mut().ok_or(HostError::NoKey)?;
+        let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
         Ok(slot.entity.list_push(name, item, &mut self.undo) as u32)
     }
 
@@ -278,12 +276,12 @@ impl OpCtx {
     }
 
     pub fn list_trim(&mut self, name: &str, keep: u32) -> Result<u32, HostError> {
-        let (_, slot) = self.current.as_mut().ok_or(HostError::NoKey)?;
+        let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
         Ok(slot.entity.list_trim(name, keep as usize, &mut self.undo) as u32)
     }
 
     pub fn clear(&mut self) -> Result<(), HostError> {
-        let (_, slot) = self.current.as_mut().ok_or(HostError::NoKey)?;
+        let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
         slot.entity.clear(&mut self.undo);
         Ok(())
     }

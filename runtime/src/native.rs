@@ -25,8 +25,8 @@ impl NativeCounter {
     }
 }
 
-#[derive(serde::Serialize)]
-struct Out {
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Totals {
     count: u64,
     sum: f64,
 }
@@ -42,21 +42,14 @@ impl Operator for NativeCounter {
         let amount = FieldSeed(&self.field)
             .deserialize(&mut de)
             .map_err(|e| fail(&e))?;
-        let count: u64 = match self.ctx.get("count").map_err(|e| fail(&e))? {
+        let mut t: Totals = match self.ctx.get("totals").map_err(|e| fail(&e))? {
             Some(b) => serde_json::from_slice(b).map_err(|e| fail(&e))?,
-            None => 0,
-        } + 1;
-        let sum: f64 = match self.ctx.get("sum").map_err(|e| fail(&e))? {
-            Some(b) => serde_json::from_slice(b).map_err(|e| fail(&e))?,
-            None => 0.0,
-        } + amount;
-        self.ctx
-            .set("count", serde_json::to_vec(&count).map_err(|e| fail(&e))?)
-            .map_err(|e| fail(&e))?;
-        self.ctx
-            .set("sum", serde_json::to_vec(&sum).map_err(|e| fail(&e))?)
-            .map_err(|e| fail(&e))?;
-        let out = serde_json::to_vec(&Out { count, sum }).map_err(|e| fail(&e))?;
+            None => Totals::default(),
+        };
+        t.count += 1;
+        t.sum += amount;
+        let out = serde_json::to_vec(&t).map_err(|e| fail(&e))?;
+        self.ctx.set("totals", out.clone()).map_err(|e| fail(&e))?;
         self.ctx
             .emit(event.key.to_string(), out)
             .map_err(|e| fail(&e))

@@ -8,17 +8,18 @@ use std::fmt;
 
 use eddy_sdk::serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use eddy_sdk::{emit, Config, Error, Event, Operator, Value};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-const COUNT: Value<u64> = Value::new("count");
-const SUM: Value<f64> = Value::new("sum");
+/// The key's totals, one state value so each event costs one read and one
+/// write.
+const TOTALS: Value<Totals> = Value::new("totals");
 
 struct Counter {
     field: String,
 }
 
-#[derive(Serialize)]
-struct Out {
+#[derive(Serialize, Deserialize, Default)]
+struct Totals {
     count: u64,
     sum: f64,
 }
@@ -33,11 +34,11 @@ impl Operator for Counter {
 
     fn handle(&mut self, event: Event) -> Result<(), Error> {
         let amount = number_field(&event.value, &self.field)?;
-        let count = COUNT.get()?.unwrap_or(0) + 1;
-        let sum = SUM.get()?.unwrap_or(0.0) + amount;
-        COUNT.set(&count)?;
-        SUM.set(&sum)?;
-        emit(&event.key, &Out { count, sum })
+        let mut t = TOTALS.get()?.unwrap_or_default();
+        t.count += 1;
+        t.sum += amount;
+        TOTALS.set(&t)?;
+        emit(&event.key, &t)
     }
 }
 

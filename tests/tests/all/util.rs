@@ -120,12 +120,12 @@ pub fn reference(events: &[(String, u64)]) -> BTreeMap<String, (u64, u64)> {
 
 /// Asserts the counter's committed state equals `expected` exactly.
 pub fn assert_counter_state(state_dir: &Path, expected: &BTreeMap<String, (u64, u64)>) {
-    let got = state_values(state_dir, "counter", &["count", "sum"]);
+    let got = state_values(state_dir, "counter", &["totals"]);
     assert_eq!(got.len(), expected.len(), "number of keys with state");
     for (k, (count, sum)) in expected {
-        let v = &got[k];
-        assert_eq!(v[0].as_u64(), Some(*count), "count of {k}");
-        assert_eq!(v[1].as_f64(), Some(*sum as f64), "sum of {k}");
+        let v = &got[k][0];
+        assert_eq!(v["count"].as_u64(), Some(*count), "count of {k}");
+        assert_eq!(v["sum"].as_f64(), Some(*sum as f64), "sum of {k}");
     }
 }
 
