@@ -5,7 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PLUGINS: &[&str] = &["counter", "fraud", "views", "recommend", "tracking"];
+const PLUGINS: &[&str] = &[
+    "counter",
+    "fraud",
+    "views",
+    "recommend",
+    "tracking",
+    "faulty",
+];
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {

@@ -23,6 +23,11 @@ pub struct Limits {
     pub max_state_value: usize,
     /// Largest emitted payload, in bytes.
     pub max_emit: usize,
+    /// CPU budget of one call into the operator (`init` or `handle`), in
+    /// milliseconds of wall time; enforced at 10 ms granularity.
+    pub max_call_ms: u64,
+    /// Largest linear memory of one operator instance, in bytes.
+    pub max_memory: usize,
 }
 
 impl Default for Limits {
@@ -30,6 +35,8 @@ impl Default for Limits {
         Limits {
             max_state_value: 1 << 20,
             max_emit: 1 << 20,
+            max_call_ms: 1000,
+            max_memory: 256 << 20,
         }
     }
 }
@@ -96,6 +103,11 @@ impl OpCtx {
             emits: Vec::new(),
             limits,
         }
+    }
+
+    /// The operator's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The operator's name.
@@ -341,6 +353,7 @@ mod tests {
             Limits {
                 max_state_value: 4,
                 max_emit: 4,
+                ..Limits::default()
             },
         );
         assert!(matches!(ctx.get("n"), Err(HostError::NoKey)));

@@ -151,6 +151,21 @@ struct OperatorTable {
     config: Option<toml::Table>,
     max_state_value_bytes: Option<usize>,
     max_emit_bytes: Option<usize>,
+    max_call_ms: Option<u64>,
+    max_memory_bytes: Option<usize>,
+}
+
+impl OperatorTable {
+    /// The table's limits, defaults for those it does not set.
+    fn limits(&self) -> Limits {
+        let d = Limits::default();
+        Limits {
+            max_state_value: self.max_state_value_bytes.unwrap_or(d.max_state_value),
+            max_emit: self.max_emit_bytes.unwrap_or(d.max_emit),
+            max_call_ms: self.max_call_ms.unwrap_or(d.max_call_ms),
+            max_memory: self.max_memory_bytes.unwrap_or(d.max_memory),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -226,18 +241,11 @@ impl Pipeline {
                     })?,
                     None => serde_json::json!({}),
                 };
-                let mut limits = Limits::default();
-                if let Some(n) = t.max_state_value_bytes {
-                    limits.max_state_value = n;
-                }
-                if let Some(n) = t.max_emit_bytes {
-                    limits.max_emit = n;
-                }
                 operators.push(OperatorSpec {
                     name: t.name.clone(),
                     component: rel(&t.component),
                     config,
-                    limits,
+                    limits: t.limits(),
                 });
             }
         } else {
@@ -255,7 +263,7 @@ impl Pipeline {
                     name: name.clone(),
                     component: path.clone(),
                     config,
-                    limits: Limits::default(),
+                    limits: from_file.map(OperatorTable::limits).unwrap_or_default(),
                 });
             }
         }

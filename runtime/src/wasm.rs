@@ -22,6 +22,9 @@ use crate::bindings::{Operator as OperatorWorld, OperatorPre};
 use crate::host::OpCtx;
 use crate::operator::{EventRef, HandleError, Operator};
 
+/// Bytes of guest stderr kept per instance.
+const STDERR_CAPTURE: usize = 4096;
+
 /// The contract version this runtime implements (`wit/world.wit`).
 pub const CONTRACT: &str = "eddy:operator@0.1.0";
 
@@ -54,7 +57,59 @@ pub fn engine() -> anyhow::Result<Engine> {
     // The synchronous call path is much cheaper without async concurrency.
     config.concurrency_support(false);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
-    Ok(Engine::new(&config)?)
+    // CPU budget per call: the engine's epoch ticks every EPOCH_TICK and
+    // each call gets a deadline of `max_call_ms` worth of ticks.
+    config.epoch_interruption(true);
+    let engine = Engine::new(&config)?;
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("eddy-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+    Ok(engine)
+}
+
+/// Granularity of the per-call CPU budget.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Epoch ticks for a budget of `ms` milliseconds (at least one full tick).
+fn deadline_ticks(ms: u64) -> u64 {
+    ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1
+}
+
+/// Caps an instance's linear memory, naming the limit when it is hit.
+struct MemoryCap {
+    max: usize,
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit exceeded: growing linear memory to {desired} bytes, over max_memory_bytes = {}",
+                self.max
+            )));
+        }
+        Ok(true)
+    }
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 10_000_000)
+    }
 }
 
 /// Store data of one operator instance.
@@ -62,6 +117,10 @@ pub struct HostData {
     ctx: OpCtx,
     wasi: WasiCtx,
     table: ResourceTable,
+    memory: MemoryCap,
+    /// What the guest wrote to stderr (a Rust panic message, say), quoted
+    /// in the dead letter when it traps.
+    stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
 }
 
 impl WasiView for HostData {
@@ -92,10 +151,11 @@ impl HostMonotonicClock for NoClock {
     }
 }
 
-fn sandbox() -> WasiCtx {
+fn sandbox(stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe) -> WasiCtx {
     // No preopened directories, no environment, no arguments, no network,
-    // stopped clocks; stdout/stderr of the guest are discarded.
+    // stopped clocks; stdout is discarded, stderr captured.
     let mut b = WasiCtxBuilder::new();
+    b.stderr(stderr);
     b.wall_clock(NoClock)
         .monotonic_clock(NoClock)
         .allow_tcp(false)
@@ -250,14 +310,22 @@ impl WasmOperator {
     fn start(&mut self, ctx: OpCtx) -> Result<(), InitError> {
         let operator = ctx.name().to_string();
         let path = self.plugin.path.clone();
+        let limits = *ctx.limits();
+        let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut store = Store::new(
             &self.plugin.engine,
             HostData {
                 ctx,
-                wasi: sandbox(),
+                wasi: sandbox(stderr.clone()),
                 table: ResourceTable::new(),
+                memory: MemoryCap {
+                    max: limits.max_memory,
+                },
+                stderr,
             },
         );
+        store.limiter(|d| &mut d.memory);
+        store.set_epoch_deadline(deadline_ticks(limits.max_call_ms));
         let bindings = match self.plugin.pre.instantiate(&mut store) {
             Ok(b) => b,
             Err(e) => {
@@ -284,9 +352,36 @@ impl WasmOperator {
             Err(e) => Err(InitError::Trapped {
                 operator,
                 path,
-                reason: format!("{e:?}"),
+                reason: self.trap_reason(&e),
             }),
         }
+    }
+
+    /// Describes a trap: the limit it broke, or wasmtime's message (with
+    /// the guest backtrace when there is one) and what the guest wrote to
+    /// stderr.
+    fn trap_reason(&self, e: &wasmtime::Error) -> String {
+        let data = self.store.as_ref().expect("store present").data();
+        if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+            return format!(
+                "CPU limit exceeded: the call ran longer than max_call_ms = {} ms",
+                data.ctx.limits().max_call_ms
+            );
+        }
+        // The cause first, then what the guest printed, then where.
+        let mut reason = e.root_cause().to_string();
+        let stderr = data.stderr.contents();
+        let stderr = String::from_utf8_lossy(&stderr);
+        let stderr = stderr.trim();
+        if !stderr.is_empty() {
+            reason += "; guest stderr: ";
+            reason += stderr;
+        }
+        if let Some(bt) = e.downcast_ref::<wasmtime::WasmBacktrace>() {
+            reason += "\n";
+            reason += bt.to_string().trim_end();
+        }
+        reason
     }
 
     /// The plugin this instance runs.
@@ -315,11 +410,13 @@ impl Operator for WasmOperator {
             value: event.value,
             time: event.time,
         };
+        let ticks = deadline_ticks(store.data().ctx.limits().max_call_ms);
+        store.set_epoch_deadline(ticks);
         match bindings.call_handle(&mut *store, ev) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(HandleError::Failed(reason)),
             Err(trap) => {
-                let reason = format!("{trap:?}");
+                let reason = self.trap_reason(&trap);
                 if let Err(e) = self.restart() {
                     return Err(HandleError::Trap(format!(
                         "{reason}; and the replacement instance failed: {e}"

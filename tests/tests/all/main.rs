@@ -11,5 +11,7 @@ mod examples;
 mod restart;
 // Bad input lines are dead-lettered with their line numbers.
 mod dead_letter;
+// Operators that trap, loop, allocate without bound or break limits.
+mod faults;
 // The `eddy` binary: exit codes and the messages users see.
 mod cli;
