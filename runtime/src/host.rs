@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::collections::HashMap;
 use thiserror::Error;
 
-use crate::state::{Entity, Undo};
+use compact_str::CompactString;
+
+use crate::state::{Entity, Name, Undo};
 use crate::store::{Reader, StateWrite, StoreError};
 
 /// Per-operator limits enforced on host calls.
@@ -54,7 +56,7 @@ pub enum HostError {
 
 /// A cached key: its state and whether it changed since the last checkpoint.
 struct Slot {
-    key: Box<str>,
+    key: CompactString,
     entity: Entity,
     /// Already listed in `OpCtx::dirty`.
     dirty: bool,
@@ -74,7 +76,11 @@ pub struct OpCtx {
     /// Every key touched so far, as an index into `slots` (never evicted: a
     /// key absent here has not been written since start, so the store
     /// snapshot is accurate for it).
-    index: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
+    /// Keys inline (up to 24 bytes), so a probe compares without a pointer
+    /// chase.
+    index: HashMap<CompactString, u32, foldhash::fast::RandomState>,
+    /// Interned state names ([`Name`] is an index here).
+    names: Vec<Box<str>>,
     slots: Vec<Slot>,
     /// Slots changed since the last checkpoint.
     dirty: Vec<u32>,
@@ -95,6 +101,7 @@ impl OpCtx {
         OpCtx {
             name,
             index: HashMap::default(),
+            names: Vec::new(),
             slots: Vec::new(),
             dirty: Vec::new(),
             reader,
@@ -123,22 +130,23 @@ impl OpCtx {
             None => {
                 let entity = match &self.reader {
                     Some(r) => match r.get(&self.name, key)? {
-                        Some(rec) => Entity::decode(&rec).map_err(|e| StoreError::Corrupt {
-                            operator: self.name.to_string(),
-                            key: key.to_string(),
-                            reason: e.to_string(),
-                        })?,
+                        Some(rec) => Entity::decode(&rec, &mut |n| intern(&mut self.names, n))
+                            .map_err(|e| StoreError::Corrupt {
+                                operator: self.name.to_string(),
+                                key: key.to_string(),
+                                reason: e.to_string(),
+                            })?,
                         None => Entity::default(),
                     },
                     None => Entity::default(),
                 };
                 let i = self.slots.len() as u32;
                 self.slots.push(Slot {
-                    key: key.into(),
+                    key: CompactString::from(key),
                     entity,
                     dirty: false,
                 });
-                self.index.insert(key.into(), i);
+                self.index.insert(CompactString::from(key), i);
                 i
             }
         };
@@ -174,12 +182,12 @@ impl OpCtx {
                 None
             } else {
                 let mut buf = Vec::new();
-                slot.entity.encode(&mut buf);
+                slot.entity.encode(&self.names, &mut buf);
                 Some(buf)
             };
             out.push(StateWrite {
                 operator: self.name.clone(),
-                key: slot.key.clone(),
+                key: slot.key.as_str().into(),
                 record,
             });
         }
@@ -195,7 +203,7 @@ impl OpCtx {
 
     /// The key being processed.
     pub fn current_key(&self) -> Option<&str> {
-        self.current.map(|i| &*self.slots[i as usize].key)
+        self.current.map(|i| self.slots[i as usize].key.as_str())
     }
 
     fn entity(&mut self) -> Result<&mut Entity, HostError> {
@@ -215,23 +223,31 @@ impl OpCtx {
 
     // ---- the state interface -------------------------------------------------
 
+    fn name_id(&mut self, name: &str) -> Name {
+        intern(&mut self.names, name)
+    }
+
     pub fn get(&mut self, name: &str) -> Result<Option<&[u8]>, HostError> {
+        let name = self.name_id(name);
         Ok(self.entity()?.get(name))
     }
 
-    pub fn set(&mut self, name: &str, value: Vec<u8>) -> Result<(), HostError> {
+    pub fn set(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
         self.check_size(value.len())?;
+        let name = self.name_id(name);
         let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
         slot.entity.set(name, value, &mut self.undo);
         Ok(())
     }
 
     pub fn delete(&mut self, name: &str) -> Result<bool, HostError> {
+        let name = self.name_id(name);
         let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
         Ok(slot.entity.delete(name, &mut self.undo))
     }
 
     pub fn map_get(&mut self, name: &str, field: &str) -> Result<Option<&[u8]>, HostError> {
+        let name = self.name_id(name);
         Ok(self
             .entity()?
             .map(name)
@@ -241,17 +257,20 @@ impl OpCtx {
 
     pub fn map_set(&mut self, name: &str, field: String, value: Vec<u8>) -> Result<(), HostError> {
         self.check_size(value.len())?;
+        let name = self.name_id(name);
         let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
         slot.entity.map_set(name, field, value, &mut self.undo);
         Ok(())
     }
 
     pub fn map_delete(&mut self, name: &str, field: &str) -> Result<bool, HostError> {
+        let name = self.name_id(name);
         let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
         Ok(slot.entity.map_delete(name, field, &mut self.undo))
     }
 
     pub fn map_entries(&mut self, name: &str) -> Result<Vec<(String, Vec<u8>)>, HostError> {
+        let name = self.name_id(name);
         Ok(self
             .entity()?
             .map(name)
@@ -260,16 +279,19 @@ impl OpCtx {
     }
 
     pub fn map_len(&mut self, name: &str) -> Result<u32, HostError> {
+        let name = self.name_id(name);
         Ok(self.entity()?.map(name).map_or(0, |m| m.len() as u32))
     }
 
     pub fn list_push(&mut self, name: &str, item: Vec<u8>) -> Result<u32, HostError> {
         self.check_size(item.len())?;
+        let name = self.name_id(name);
         let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
         Ok(slot.entity.list_push(name, item, &mut self.undo) as u32)
     }
 
     pub fn list_len(&mut self, name: &str) -> Result<u32, HostError> {
+        let name = self.name_id(name);
         Ok(self.entity()?.list(name).map_or(0, |l| l.len() as u32))
     }
 
@@ -279,6 +301,7 @@ impl OpCtx {
         start: u32,
         end: u32,
     ) -> Result<Vec<Vec<u8>>, HostError> {
+        let name = self.name_id(name);
         let Some(list) = self.entity()?.list(name) else {
             return Ok(Vec::new());
         };
@@ -288,6 +311,7 @@ impl OpCtx {
     }
 
     pub fn list_trim(&mut self, name: &str, keep: u32) -> Result<u32, HostError> {
+        let name = self.name_id(name);
         let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
         Ok(slot.entity.list_trim(name, keep as usize, &mut self.undo) as u32)
     }
@@ -313,6 +337,18 @@ impl OpCtx {
     }
 }
 
+/// The id of `name` in `names`, adding it when new. Operators use a
+/// handful of names, so a scan of this small, hot table is the fastest map.
+fn intern(names: &mut Vec<Box<str>>, name: &str) -> Name {
+    match names.iter().position(|n| &**n == name) {
+        Some(i) => i as Name,
+        None => {
+            names.push(name.into());
+            (names.len() - 1) as Name
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,13 +358,13 @@ mod tests {
         let mut ctx = OpCtx::new("op".into(), None, Limits::default());
         let mut out = Vec::new();
         ctx.begin("k").unwrap();
-        ctx.set("n", b"1".to_vec()).unwrap();
+        ctx.set("n", b"1").unwrap();
         ctx.emit("k".into(), b"1".to_vec()).unwrap();
         ctx.finish(true, &mut out);
         assert_eq!(out.len(), 1);
 
         ctx.begin("k").unwrap();
-        ctx.set("n", b"2".to_vec()).unwrap();
+        ctx.set("n", b"2").unwrap();
         ctx.list_push("l", b"x".to_vec()).unwrap();
         ctx.emit("k".into(), b"2".to_vec()).unwrap();
         ctx.finish(false, &mut out);
@@ -358,7 +394,7 @@ mod tests {
         );
         assert!(matches!(ctx.get("n"), Err(HostError::NoKey)));
         ctx.begin("k").unwrap();
-        let err = ctx.set("n", vec![0; 5]).unwrap_err();
+        let err = ctx.set("n", &[0; 5]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "state value of 5 bytes exceeds the limit max_state_value = 4 bytes"

@@ -49,7 +49,7 @@ impl Operator for NativeCounter {
         t.count += 1;
         t.sum += amount;
         let out = serde_json::to_vec(&t).map_err(|e| fail(&e))?;
-        self.ctx.set("totals", out.clone()).map_err(|e| fail(&e))?;
+        self.ctx.set("totals", &out).map_err(|e| fail(&e))?;
         self.ctx
             .emit(event.key.to_string(), out)
             .map_err(|e| fail(&e))
@@ -73,14 +73,80 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<f64, A::Error> {
         let mut found = 0.0;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key == self.0 {
-                let v: serde_json::Value = map.next_value()?;
-                found = v.as_f64().unwrap_or(0.0);
+        while let Some(key) = map.next_key::<FieldName<'de>>()? {
+            if key.0 == self.0 {
+                found = map.next_value::<NumberOrZero>()?.0;
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
         }
         Ok(found)
+    }
+}
+
+/// A field name, borrowed from the input unless it has escapes.
+struct FieldName<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for FieldName<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FieldName<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(FieldName(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(FieldName(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A JSON value read as a number: 0 for anything that is not a number.
+struct NumberOrZero(f64);
+
+impl<'de> serde::Deserialize<'de> for NumberOrZero {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NumberOrZero;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(NumberOrZero(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(NumberOrZero(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(NumberOrZero(v as f64))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(NumberOrZero(0.0))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(NumberOrZero(0.0))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(NumberOrZero(0.0))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<Self::Value, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(NumberOrZero(0.0))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(NumberOrZero(0.0))
+            }
+        }
+        d.deserialize_any(V)
     }
 }

@@ -11,21 +11,30 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use smallvec::SmallVec;
+
 use thiserror::Error;
 
 /// Format version of an encoded [`Entity`] record.
 const ENTITY_FORMAT: u8 = 1;
+
+/// A state name, interned per operator (see [`crate::host::OpCtx`]), so
+/// lookups compare integers instead of chasing string pointers.
+pub type Name = u32;
+
+/// A value's bytes: small values (numbers, short JSON) live inline.
+pub type Bytes = SmallVec<[u8; 24]>;
 
 /// The state of one key for one operator.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Entity {
     /// Single values by name; a handful per operator, so a vector scanned
     /// linearly beats a hash map.
-    values: Vec<(Box<str>, Vec<u8>)>,
+    values: SmallVec<[(Name, Bytes); 2]>,
     /// Maps by name; fields kept sorted so `map-entries` is ordered.
-    maps: Vec<(Box<str>, BTreeMap<String, Vec<u8>>)>,
+    maps: Vec<(Name, BTreeMap<String, Vec<u8>>)>,
     /// Lists by name, oldest item first; a deque so trimming is cheap.
-    lists: Vec<(Box<str>, VecDeque<Vec<u8>>)>,
+    lists: Vec<(Name, VecDeque<Vec<u8>>)>,
 }
 
 /// One step of the undo journal: how to reverse one mutation.
@@ -33,15 +42,15 @@ pub struct Entity {
 pub enum Undo {
     ValueReplaced {
         idx: usize,
-        old: Vec<u8>,
+        old: Bytes,
     },
     ValueInserted {
         idx: usize,
     },
     ValueRemoved {
         idx: usize,
-        name: Box<str>,
-        old: Vec<u8>,
+        name: Name,
+        old: Bytes,
     },
     MapCreated {
         idx: usize,
@@ -76,8 +85,8 @@ pub enum Undo {
 #[error("corrupt state record: {0}")]
 pub struct CorruptRecord(pub &'static str);
 
-fn find<T>(v: &[(Box<str>, T)], name: &str) -> Option<usize> {
-    v.iter().position(|(n, _)| &**n == name)
+fn find<T>(v: &[(Name, T)], name: Name) -> Option<usize> {
+    v.iter().position(|(n, _)| *n == name)
 }
 
 impl Entity {
@@ -87,19 +96,19 @@ impl Entity {
     }
 
     /// The value named `name`.
-    pub fn get(&self, name: &str) -> Option<&[u8]> {
+    pub fn get(&self, name: Name) -> Option<&[u8]> {
         find(&self.values, name).map(|i| &self.values[i].1[..])
     }
 
     /// Sets the value named `name`.
-    pub fn set(&mut self, name: &str, value: Vec<u8>, undo: &mut Vec<Undo>) {
+    pub fn set(&mut self, name: Name, value: &[u8], undo: &mut Vec<Undo>) {
         match find(&self.values, name) {
             Some(idx) => {
-                let old = std::mem::replace(&mut self.values[idx].1, value);
+                let old = std::mem::replace(&mut self.values[idx].1, Bytes::from_slice(value));
                 undo.push(Undo::ValueReplaced { idx, old });
             }
             None => {
-                self.values.push((name.into(), value));
+                self.values.push((name, Bytes::from_slice(value)));
                 undo.push(Undo::ValueInserted {
                     idx: self.values.len() - 1,
                 });
@@ -108,7 +117,7 @@ impl Entity {
     }
 
     /// Deletes the value named `name`; whether it existed.
-    pub fn delete(&mut self, name: &str, undo: &mut Vec<Undo>) -> bool {
+    pub fn delete(&mut self, name: Name, undo: &mut Vec<Undo>) -> bool {
         match find(&self.values, name) {
             Some(idx) => {
                 let (name, old) = self.values.remove(idx);
@@ -120,16 +129,16 @@ impl Entity {
     }
 
     /// The map named `name`.
-    pub fn map(&self, name: &str) -> Option<&BTreeMap<String, Vec<u8>>> {
+    pub fn map(&self, name: Name) -> Option<&BTreeMap<String, Vec<u8>>> {
         find(&self.maps, name).map(|i| &self.maps[i].1)
     }
 
     /// Sets `field` of map `name`.
-    pub fn map_set(&mut self, name: &str, field: String, value: Vec<u8>, undo: &mut Vec<Undo>) {
+    pub fn map_set(&mut self, name: Name, field: String, value: Vec<u8>, undo: &mut Vec<Undo>) {
         let idx = match find(&self.maps, name) {
             Some(idx) => idx,
             None => {
-                self.maps.push((name.into(), BTreeMap::new()));
+                self.maps.push((name, BTreeMap::new()));
                 undo.push(Undo::MapCreated {
                     idx: self.maps.len() - 1,
                 });
@@ -141,7 +150,7 @@ impl Entity {
     }
 
     /// Removes `field` of map `name`; whether it existed.
-    pub fn map_delete(&mut self, name: &str, field: &str, undo: &mut Vec<Undo>) -> bool {
+    pub fn map_delete(&mut self, name: Name, field: &str, undo: &mut Vec<Undo>) -> bool {
         let Some(idx) = find(&self.maps, name) else {
             return false;
         };
@@ -155,16 +164,16 @@ impl Entity {
     }
 
     /// The list named `name`.
-    pub fn list(&self, name: &str) -> Option<&VecDeque<Vec<u8>>> {
+    pub fn list(&self, name: Name) -> Option<&VecDeque<Vec<u8>>> {
         find(&self.lists, name).map(|i| &self.lists[i].1)
     }
 
     /// Appends to list `name`; returns the new length.
-    pub fn list_push(&mut self, name: &str, item: Vec<u8>, undo: &mut Vec<Undo>) -> usize {
+    pub fn list_push(&mut self, name: Name, item: Vec<u8>, undo: &mut Vec<Undo>) -> usize {
         let idx = match find(&self.lists, name) {
             Some(idx) => idx,
             None => {
-                self.lists.push((name.into(), VecDeque::new()));
+                self.lists.push((name, VecDeque::new()));
                 undo.push(Undo::ListCreated {
                     idx: self.lists.len() - 1,
                 });
@@ -177,7 +186,7 @@ impl Entity {
     }
 
     /// Keeps the newest `keep` items of list `name`; returns how many went.
-    pub fn list_trim(&mut self, name: &str, keep: usize, undo: &mut Vec<Undo>) -> usize {
+    pub fn list_trim(&mut self, name: Name, keep: usize, undo: &mut Vec<Undo>) -> usize {
         let Some(idx) = find(&self.lists, name) else {
             return 0;
         };
@@ -241,20 +250,21 @@ impl Entity {
     /// Encodes the state as one record:
     /// `format u8`, then values, maps and lists, each a `u32` count followed
     /// by length-prefixed (`u32` little endian) names and byte strings.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub fn encode(&self, names: &[Box<str>], out: &mut Vec<u8>) {
+        let name = |n: &Name| names[*n as usize].as_bytes();
         fn bytes(out: &mut Vec<u8>, b: &[u8]) {
             out.extend_from_slice(&(b.len() as u32).to_le_bytes());
             out.extend_from_slice(b);
         }
         out.push(ENTITY_FORMAT);
         out.extend_from_slice(&(self.values.len() as u32).to_le_bytes());
-        for (name, v) in &self.values {
-            bytes(out, name.as_bytes());
+        for (n, v) in &self.values {
+            bytes(out, name(n));
             bytes(out, v);
         }
         out.extend_from_slice(&(self.maps.len() as u32).to_le_bytes());
-        for (name, m) in &self.maps {
-            bytes(out, name.as_bytes());
+        for (n, m) in &self.maps {
+            bytes(out, name(n));
             out.extend_from_slice(&(m.len() as u32).to_le_bytes());
             for (f, v) in m {
                 bytes(out, f.as_bytes());
@@ -262,8 +272,8 @@ impl Entity {
             }
         }
         out.extend_from_slice(&(self.lists.len() as u32).to_le_bytes());
-        for (name, l) in &self.lists {
-            bytes(out, name.as_bytes());
+        for (n, l) in &self.lists {
+            bytes(out, name(n));
             out.extend_from_slice(&(l.len() as u32).to_le_bytes());
             for v in l {
                 bytes(out, v);
@@ -272,7 +282,10 @@ impl Entity {
     }
 
     /// Decodes a record written by [`Entity::encode`].
-    pub fn decode(mut input: &[u8]) -> Result<Entity, CorruptRecord> {
+    pub fn decode(
+        mut input: &[u8],
+        intern: &mut dyn FnMut(&str) -> Name,
+    ) -> Result<Entity, CorruptRecord> {
         fn take<'a>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8], CorruptRecord> {
             if input.len() < n {
                 return Err(CorruptRecord("record is truncated"));
@@ -297,26 +310,26 @@ impl Entity {
         }
         let mut e = Entity::default();
         for _ in 0..u32_(&mut input)? {
-            let name = string(&mut input)?;
-            e.values.push((name.into(), bytes(&mut input)?));
+            let name = intern(&string(&mut input)?);
+            e.values.push((name, Bytes::from_vec(bytes(&mut input)?)));
         }
         for _ in 0..u32_(&mut input)? {
-            let name = string(&mut input)?;
+            let name = intern(&string(&mut input)?);
             let mut m = BTreeMap::new();
             for _ in 0..u32_(&mut input)? {
                 let f = string(&mut input)?;
                 m.insert(f, bytes(&mut input)?);
             }
-            e.maps.push((name.into(), m));
+            e.maps.push((name, m));
         }
         for _ in 0..u32_(&mut input)? {
-            let name = string(&mut input)?;
+            let name = intern(&string(&mut input)?);
             let n = u32_(&mut input)?;
             let mut l = VecDeque::with_capacity(n.min(1 << 16));
             for _ in 0..n {
                 l.push_back(bytes(&mut input)?);
             }
-            e.lists.push((name.into(), l));
+            e.lists.push((name, l));
         }
         if !input.is_empty() {
             return Err(CorruptRecord("trailing bytes after the record"));
@@ -329,14 +342,24 @@ impl Entity {
 mod tests {
     use super::*;
 
+    const NAMES: [&str; 7] = [
+        "count",
+        "seen",
+        "hist",
+        "new",
+        "other",
+        "fresh",
+        "after-clear",
+    ];
+
     fn sample() -> Entity {
         let mut e = Entity::default();
         let mut j = Vec::new();
-        e.set("count", b"3".to_vec(), &mut j);
-        e.map_set("seen", "a".into(), b"1".to_vec(), &mut j);
-        e.map_set("seen", "b".into(), b"2".to_vec(), &mut j);
-        e.list_push("hist", b"x".to_vec(), &mut j);
-        e.list_push("hist", b"y".to_vec(), &mut j);
+        e.set(0, b"3", &mut j);
+        e.map_set(1, "a".into(), b"1".to_vec(), &mut j);
+        e.map_set(1, "b".into(), b"2".to_vec(), &mut j);
+        e.list_push(2, b"x".to_vec(), &mut j);
+        e.list_push(2, b"y".to_vec(), &mut j);
         e
     }
 
@@ -344,10 +367,12 @@ mod tests {
     fn encode_decode_round_trip() {
         let e = sample();
         let mut buf = Vec::new();
-        e.encode(&mut buf);
-        assert_eq!(Entity::decode(&buf).unwrap(), e);
-        assert!(Entity::decode(&buf[..buf.len() - 1]).is_err());
-        assert!(Entity::decode(&[9]).is_err());
+        let names: Vec<Box<str>> = NAMES.iter().map(|n| Box::from(*n)).collect();
+        e.encode(&names, &mut buf);
+        let mut intern = |n: &str| NAMES.iter().position(|m| *m == n).unwrap() as Name;
+        assert_eq!(Entity::decode(&buf, &mut intern).unwrap(), e);
+        assert!(Entity::decode(&buf[..buf.len() - 1], &mut intern).is_err());
+        assert!(Entity::decode(&[9], &mut intern).is_err());
     }
 
     #[test]
@@ -355,17 +380,17 @@ mod tests {
         let before = sample();
         let mut e = before.clone();
         let mut j = Vec::new();
-        e.set("count", b"4".to_vec(), &mut j);
-        e.set("new", b"n".to_vec(), &mut j);
-        assert!(e.delete("count", &mut j));
-        e.map_set("seen", "a".into(), b"9".to_vec(), &mut j);
-        e.map_set("other", "z".into(), b"9".to_vec(), &mut j);
-        assert!(e.map_delete("seen", "b", &mut j));
-        e.list_push("hist", b"z".to_vec(), &mut j);
-        assert_eq!(e.list_trim("hist", 1, &mut j), 2);
-        e.list_push("fresh", b"f".to_vec(), &mut j);
+        e.set(0, b"4", &mut j);
+        e.set(3, b"n", &mut j);
+        assert!(e.delete(0, &mut j));
+        e.map_set(1, "a".into(), b"9".to_vec(), &mut j);
+        e.map_set(4, "z".into(), b"9".to_vec(), &mut j);
+        assert!(e.map_delete(1, "b", &mut j));
+        e.list_push(2, b"z".to_vec(), &mut j);
+        assert_eq!(e.list_trim(2, 1, &mut j), 2);
+        e.list_push(5, b"f".to_vec(), &mut j);
         e.clear(&mut j);
-        e.set("after-clear", b"1".to_vec(), &mut j);
+        e.set(6, b"1", &mut j);
         assert_ne!(e, before);
         e.undo(&mut j);
         assert_eq!(e, before);

@@ -446,7 +446,7 @@ impl state::Host for HostData {
             .map_err(trap)
     }
     fn set(&mut self, name: String, value: Vec<u8>) -> HostResult<()> {
-        self.ctx.set(&name, value).map_err(trap)
+        self.ctx.set(&name, &value).map_err(trap)
     }
     fn delete(&mut self, name: String) -> HostResult<bool> {
         self.ctx.delete(&name).map_err(trap)

@@ -67,11 +67,22 @@ pub fn state_values(
         .unwrap()
         .into_iter()
         .map(|(key, rec)| {
-            let e = Entity::decode(&rec).unwrap();
+            let mut table: Vec<String> = Vec::new();
+            let e = Entity::decode(&rec, &mut |n| match table.iter().position(|t| t == n) {
+                Some(i) => i as u32,
+                None => {
+                    table.push(n.to_string());
+                    (table.len() - 1) as u32
+                }
+            })
+            .unwrap();
             let vals = names
                 .iter()
                 .map(|n| {
-                    e.get(n)
+                    table
+                        .iter()
+                        .position(|t| t == n)
+                        .and_then(|i| e.get(i as u32))
                         .map(|b| serde_json::from_slice(b).unwrap())
                         .unwrap_or(serde_json::Value::Null)
                 })
