@@ -125,6 +125,28 @@ impl OpCtx {
     /// Starts handling an event of `key`: loads its state.
     pub fn begin(&mut self, key: &str) -> Result<(), StoreError> {
         debug_assert!(self.current.is_none());
+        self.current = Some(self.load(key)?);
+        Ok(())
+    }
+
+    /// Appends `key`'s single values to a batch frame: `u32` count, then
+    /// per value a length-prefixed name and bytes (see `handle-batch`).
+    pub fn frame_values(&mut self, key: &str, out: &mut Vec<u8>) -> Result<(), StoreError> {
+        let slot = self.load(key)? as usize;
+        let entity = &self.slots[slot].entity;
+        out.extend_from_slice(&(entity.values().count() as u32).to_le_bytes());
+        for (name, bytes) in entity.values() {
+            let name = self.names[name as usize].as_bytes();
+            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            out.extend_from_slice(name);
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    /// The cache slot of `key`, loading its state on first touch.
+    fn load(&mut self, key: &str) -> Result<u32, StoreError> {
         let slot = match self.index.get(key) {
             Some(&i) => i,
             None => {
@@ -150,8 +172,7 @@ impl OpCtx {
                 i
             }
         };
-        self.current = Some(slot);
-        Ok(())
+        Ok(slot)
     }
 
     /// Ends the current event. With `ok`, its writes stay and its emits are

@@ -4,7 +4,8 @@
 
 use thiserror::Error;
 
-use crate::host::OpCtx;
+use crate::host::{Emitted, OpCtx};
+use crate::store::StoreError;
 
 /// An event as handed to an operator (borrowed from the worker's batch).
 #[derive(Debug, Clone, Copy)]
@@ -34,4 +35,34 @@ pub trait Operator: Send {
     /// Handles one event; state calls act on `event.key` (the worker has
     /// called [`OpCtx::begin`] for it).
     fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError>;
+
+    /// Handles `events` in order, calling `done(i, result, emitted)` for
+    /// each as it completes (`emitted` is drained by the callee's caller).
+    /// Operators with a batched fast path override this; the default runs
+    /// [`Operator::handle`] per event.
+    fn handle_many(
+        &mut self,
+        events: &[EventRef<'_>],
+        done: &mut dyn FnMut(usize, Result<(), HandleError>, &mut Vec<Emitted>),
+    ) -> Result<(), StoreError> {
+        handle_each(self, events, 0, done)
+    }
+}
+
+/// Handles `events[from..]` one by one with [`Operator::handle`].
+pub fn handle_each<O: Operator + ?Sized>(
+    op: &mut O,
+    events: &[EventRef<'_>],
+    from: usize,
+    done: &mut dyn FnMut(usize, Result<(), HandleError>, &mut Vec<Emitted>),
+) -> Result<(), StoreError> {
+    let mut emitted = Vec::new();
+    for (i, e) in events.iter().enumerate().skip(from) {
+        op.ctx().begin(e.key)?;
+        let r = op.handle(*e);
+        op.ctx().finish(r.is_ok(), &mut emitted);
+        done(i, r, &mut emitted);
+        emitted.clear();
+    }
+    Ok(())
 }

@@ -204,7 +204,6 @@ pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<
                         inflight,
                         store,
                         stats: vec![OpStats::default(); k],
-                        scratch: vec![Vec::new(); k],
                         out: Vec::new(),
                         dead: Vec::new(),
                     };

@@ -95,6 +95,11 @@ impl Entity {
         self.values.is_empty() && self.maps.is_empty() && self.lists.is_empty()
     }
 
+    /// Every single value, with its name.
+    pub fn values(&self) -> impl Iterator<Item = (Name, &[u8])> {
+        self.values.iter().map(|(n, v)| (*n, &v[..]))
+    }
+
     /// The value named `name`.
     pub fn get(&self, name: Name) -> Option<&[u8]> {
         find(&self.values, name).map(|i| &self.values[i].1[..])

@@ -19,8 +19,16 @@ use wasmtime_wasi::{
 
 use crate::bindings::eddy::operator::{log, output, state, types};
 use crate::bindings::{Operator as OperatorWorld, OperatorPre};
+use crate::host::Emitted;
 use crate::host::OpCtx;
-use crate::operator::{EventRef, HandleError, Operator};
+use crate::operator::{handle_each, EventRef, HandleError, Operator};
+use crate::store::StoreError;
+
+/// Most events per `handle-batch` call.
+const MAX_BATCH: usize = 256;
+
+/// The batched entry point, when the component exports it.
+type BatchFn = wasmtime::component::TypedFunc<(Vec<u8>,), (Vec<u8>,)>;
 
 /// Bytes of guest stderr kept per instance.
 const STDERR_CAPTURE: usize = 4096;
@@ -182,6 +190,8 @@ pub struct Plugin {
     hash: String,
     engine: Engine,
     pre: OperatorPre<HostData>,
+    /// The component exports `handle-batch` (the batched fast path).
+    batched: bool,
 }
 
 impl Plugin {
@@ -236,11 +246,13 @@ impl Plugin {
             reason: format!("{e:#}"),
         })?;
         let hash = format!("{:016x}", rustc_hash::FxBuildHasher.hash_one(bytes));
+        let batched = ty.exports(engine).any(|(name, _)| name == "handle-batch");
         Ok(Plugin {
             path,
             hash,
             engine: engine.clone(),
             pre,
+            batched,
         })
     }
 
@@ -265,6 +277,8 @@ impl Plugin {
             config: config.to_string(),
             store: None,
             bindings: None,
+            batch: None,
+            batch_off: false,
         };
         op.start(ctx)?;
         Ok(op)
@@ -304,6 +318,10 @@ pub struct WasmOperator {
     /// `None` only while being (re)started.
     store: Option<Store<HostData>>,
     bindings: Option<OperatorWorld>,
+    /// `handle-batch` of the current instance, when exported.
+    batch: Option<BatchFn>,
+    /// The guest asked for the per-event path (it uses map or list state).
+    batch_off: bool,
 }
 
 impl WasmOperator {
@@ -326,8 +344,27 @@ impl WasmOperator {
         );
         store.limiter(|d| &mut d.memory);
         store.set_epoch_deadline(deadline_ticks(limits.max_call_ms));
-        let bindings = match self.plugin.pre.instantiate(&mut store) {
-            Ok(b) => b,
+        let instantiated = self
+            .plugin
+            .pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .and_then(|instance| {
+                let bindings = OperatorWorld::new(&mut store, &instance)?;
+                let batch = match self.plugin.batched {
+                    true => Some(
+                        instance
+                            .get_typed_func::<(Vec<u8>,), (Vec<u8>,)>(&mut store, "handle-batch")?,
+                    ),
+                    false => None,
+                };
+                Ok((bindings, batch))
+            });
+        let bindings = match instantiated {
+            Ok((b, batch)) => {
+                self.batch = batch;
+                b
+            }
             Err(e) => {
                 self.store = Some(store);
                 return Err(InitError::Instantiate {
@@ -393,13 +430,209 @@ impl WasmOperator {
     fn restart(&mut self) -> Result<(), InitError> {
         let store = self.store.take().expect("store present");
         self.bindings = None;
+        self.batch = None;
         self.start(store.into_data().ctx)
+    }
+
+    /// Runs `events` (at most [`MAX_BATCH`]) through `handle-batch`; falls
+    /// back to per-event `handle` for a batch that traps (replayed on a
+    /// fresh instance) and for events from a "stop" on.
+    fn run_batch(
+        &mut self,
+        batch: &BatchFn,
+        events: &[EventRef<'_>],
+        done: &mut dyn FnMut(usize, Result<(), HandleError>, &mut Vec<Emitted>),
+    ) -> Result<(), StoreError> {
+        let store = self.store.as_mut().expect("store present");
+        // The frame: distinct keys with their values, then the events.
+        let mut frame = Vec::with_capacity(events.len() * 64);
+        let mut index: rustc_hash::FxHashMap<&str, u32> = Default::default();
+        let mut key_of = Vec::with_capacity(events.len());
+        frame.extend_from_slice(&0u32.to_le_bytes());
+        for e in events {
+            let next = index.len() as u32;
+            let k = *index.entry(e.key).or_insert(next);
+            if k == next {
+                put(&mut frame, e.key.as_bytes());
+                store.data_mut().ctx.frame_values(e.key, &mut frame)?;
+            }
+            key_of.push(k);
+        }
+        frame[..4].copy_from_slice(&(index.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&(events.len() as u32).to_le_bytes());
+        for (e, k) in events.iter().zip(&key_of) {
+            frame.extend_from_slice(&k.to_le_bytes());
+            match e.time {
+                Some(t) => {
+                    frame.push(1);
+                    frame.extend_from_slice(&t.to_le_bytes());
+                }
+                None => frame.push(0),
+            }
+            put(&mut frame, e.value);
+        }
+        let ticks = deadline_ticks(store.data().ctx.limits().max_call_ms);
+        store.set_epoch_deadline(ticks);
+        let result = match batch.call(&mut *store, (frame,)) {
+            Ok((r,)) => r,
+            Err(_) => {
+                // Replay on a fresh instance, event by event: only the
+                // event that traps is dead-lettered.
+                if let Err(e) = self.restart() {
+                    tracing::error!("{e}");
+                }
+                return handle_each(self, events, 0, done);
+            }
+        };
+        let mut r = Frame(&result);
+        let mut emitted = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            let Some(outcome) = r.outcome() else {
+                tracing::warn!(operator = %self.ctx().name(), "malformed handle-batch result; handling the rest per event");
+                return handle_each(self, events, i, done);
+            };
+            let ctx = &mut self.store.as_mut().expect("store present").data_mut().ctx;
+            match outcome {
+                Outcome::Stop => {
+                    self.batch_off = true;
+                    return handle_each(self, events, i, done);
+                }
+                Outcome::Failed(reason) => {
+                    ctx.begin(e.key)?;
+                    ctx.finish(false, &mut emitted);
+                    done(i, Err(HandleError::Failed(reason)), &mut emitted);
+                }
+                Outcome::Ok { writes, emits } => {
+                    ctx.begin(e.key)?;
+                    let mut applied = Ok(());
+                    for (name, value) in writes {
+                        let r = match value {
+                            Some(v) => ctx.set(name, v),
+                            None => ctx.delete(name).map(drop),
+                        };
+                        if let Err(err) = r {
+                            applied = Err(err);
+                            break;
+                        }
+                    }
+                    if applied.is_ok() {
+                        for (k, v) in emits {
+                            if let Err(err) = ctx.emit(k.to_string(), v.to_vec()) {
+                                applied = Err(err);
+                                break;
+                            }
+                        }
+                    }
+                    ctx.finish(applied.is_ok(), &mut emitted);
+                    done(
+                        i,
+                        applied.map_err(|e| HandleError::Trap(e.to_string())),
+                        &mut emitted,
+                    );
+                }
+            }
+            emitted.clear();
+        }
+        Ok(())
+    }
+}
+
+fn put(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// One event's entry of a `handle-batch` result.
+enum Outcome<'a> {
+    Ok {
+        writes: Vec<(&'a str, Option<&'a [u8]>)>,
+        emits: Vec<(&'a str, &'a [u8])>,
+    },
+    Failed(String),
+    Stop,
+}
+
+/// Reader of a `handle-batch` result frame.
+struct Frame<'a>(&'a [u8]);
+
+impl<'a> Frame<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (h, t) = self.0.split_at(n);
+        self.0 = t;
+        Some(h)
+    }
+    fn u32(&mut self) -> Option<usize> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize)
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()?;
+        self.take(n)
+    }
+    fn str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.bytes()?).ok()
+    }
+    /// The next event's outcome, `None` when the frame is malformed.
+    fn outcome(&mut self) -> Option<Outcome<'a>> {
+        match self.take(1)?[0] {
+            0 => {
+                let n = self.u32()?;
+                let mut writes = Vec::with_capacity(n.min(64));
+                for _ in 0..n {
+                    let kind = self.take(1)?[0];
+                    let name = self.str()?;
+                    match kind {
+                        0 => writes.push((name, Some(self.bytes()?))),
+                        1 => writes.push((name, None)),
+                        _ => return None,
+                    }
+                }
+                let n = self.u32()?;
+                let mut emits = Vec::with_capacity(n.min(64));
+                for _ in 0..n {
+                    let k = self.str()?;
+                    emits.push((k, self.bytes()?));
+                }
+                Some(Outcome::Ok { writes, emits })
+            }
+            1 => Some(Outcome::Failed(
+                String::from_utf8_lossy(self.bytes()?).into_owned(),
+            )),
+            2 => Some(Outcome::Stop),
+            _ => None,
+        }
     }
 }
 
 impl Operator for WasmOperator {
     fn ctx(&mut self) -> &mut OpCtx {
         &mut self.store.as_mut().expect("store present").data_mut().ctx
+    }
+
+    fn handle_many(
+        &mut self,
+        events: &[EventRef<'_>],
+        done: &mut dyn FnMut(usize, Result<(), HandleError>, &mut Vec<Emitted>),
+    ) -> Result<(), StoreError> {
+        let mut start = 0;
+        while start < events.len() {
+            let end = (start + MAX_BATCH).min(events.len());
+            match (&self.batch, self.batch_off) {
+                (Some(batch), false) => {
+                    let batch = batch.clone();
+                    self.run_batch(&batch, &events[start..end], &mut |i, r, e| {
+                        done(start + i, r, e)
+                    })?;
+                }
+                _ => handle_each(self, &events[start..end], 0, &mut |i, r, e| {
+                    done(start + i, r, e)
+                })?,
+            }
+            start = end;
+        }
+        Ok(())
     }
 
     fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError> {

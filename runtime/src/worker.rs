@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::host::Emitted;
 use crate::io::{format_output, push_json_or_string, SinkMsg};
 use crate::operator::{EventRef, Operator};
 use crate::store::{StateWrite, Store, StoreError};
@@ -125,9 +124,6 @@ pub struct Worker {
     pub inflight: Arc<AtomicUsize>,
     pub store: Store,
     pub stats: Vec<OpStats>,
-    /// Per-stage scratch for emitted events (a stage's list is in use while
-    /// later stages run).
-    pub scratch: Vec<Vec<Emitted>>,
     /// Events bound for peers, per peer.
     pub outbox: Vec<Batch>,
     pub out: Vec<u8>,
@@ -163,65 +159,97 @@ impl Worker {
         Ok(self.stats)
     }
 
+    /// Handles a batch: each run of consecutive events for the same
+    /// operator goes to that operator in one `handle_many` call.
     fn handle_batch(&mut self, batch: &Batch) -> Result<(), StoreError> {
-        for e in &batch.events {
-            let value = &batch.data[e.value.0 as usize..e.value.1 as usize];
-            self.process(e.stage as usize, batch.key(e), value, e.time, e.line)?;
+        let mut start = 0;
+        while start < batch.events.len() {
+            let stage = batch.events[start].stage;
+            let end = batch.events[start..]
+                .iter()
+                .position(|e| e.stage != stage)
+                .map_or(batch.events.len(), |n| start + n);
+            let run = &batch.events[start..end];
+            let events: Vec<EventRef<'_>> = run
+                .iter()
+                .map(|e| EventRef {
+                    key: batch.key(e),
+                    value: &batch.data[e.value.0 as usize..e.value.1 as usize],
+                    time: e.time,
+                })
+                .collect();
+            let lines: Vec<u64> = run.iter().map(|e| e.line).collect();
+            self.process_run(stage as usize, &events, &lines)?;
+            start = end;
         }
         Ok(())
     }
 
-    /// Handles one event with operator `stage`, then what it emitted.
-    fn process(
+    /// Handles `events` with operator `stage`, then (depth first, in
+    /// order) what they emitted.
+    fn process_run(
         &mut self,
         stage: usize,
-        key: &str,
-        value: &[u8],
-        time: Option<i64>,
-        line: u64,
+        events: &[EventRef<'_>],
+        lines: &[u64],
     ) -> Result<(), StoreError> {
-        let mut emitted = std::mem::take(&mut self.scratch[stage]);
-        let op = &mut self.ops[stage];
-        op.ctx().begin(key)?;
-        let result = op.handle(EventRef { key, value, time });
-        op.ctx().finish(result.is_ok(), &mut emitted);
-        match result {
-            Ok(()) => {
-                self.stats[stage].handled += 1;
-                self.stats[stage].emitted += emitted.len() as u64;
-            }
-            Err(err) => {
-                self.stats[stage].failed += 1;
-                let name = op.ctx().name().clone();
-                let rec = serde_json::json!({
-                    "operator": &*name,
-                    "key": key,
-                    "line": line,
-                    "error": err.to_string(),
-                });
-                // `payload` last, inline when JSON.
-                let mut s = serde_json::to_vec(&rec).expect("json");
-                s.pop();
-                s.extend_from_slice(b",\"payload\":");
-                push_json_or_string(&mut s, value);
-                s.extend_from_slice(b"}\n");
-                self.dead.extend_from_slice(&s);
-            }
-        }
         let last = stage + 1 == self.ops.len();
-        for em in emitted.drain(..) {
-            if last {
-                format_output(&mut self.out, &em.key, &em.value);
-            } else {
-                let target = route(&em.key, self.peers.len());
-                if target == self.id {
-                    self.process(stage + 1, &em.key, &em.value, time, line)?;
-                } else {
-                    self.outbox[target].push(stage as u16 + 1, &em.key, &em.value, time, line);
+        let workers = self.peers.len();
+        let me = self.id;
+        // Emitted events this worker handles itself, for the next operator.
+        let mut local = Batch::default();
+        let Worker {
+            ops,
+            stats,
+            dead,
+            out,
+            outbox,
+            ..
+        } = self;
+        let op = &mut ops[stage];
+        let name = op.ctx().name().clone();
+        let stats = &mut stats[stage];
+        op.handle_many(events, &mut |i, result, emitted| {
+            let e = &events[i];
+            match result {
+                Ok(()) => {
+                    stats.handled += 1;
+                    stats.emitted += emitted.len() as u64;
+                }
+                Err(err) => {
+                    stats.failed += 1;
+                    let rec = serde_json::json!({
+                        "operator": &*name,
+                        "key": e.key,
+                        "line": lines[i],
+                        "error": err.to_string(),
+                    });
+                    // `payload` last, inline when JSON.
+                    let mut s = serde_json::to_vec(&rec).expect("json");
+                    s.pop();
+                    s.extend_from_slice(b",\"payload\":");
+                    push_json_or_string(&mut s, e.value);
+                    s.extend_from_slice(b"}\n");
+                    dead.extend_from_slice(&s);
                 }
             }
+            for em in emitted.drain(..) {
+                if last {
+                    format_output(out, &em.key, &em.value);
+                } else {
+                    let target = route(&em.key, workers);
+                    let b = if target == me {
+                        &mut local
+                    } else {
+                        &mut outbox[target]
+                    };
+                    b.push(stage as u16 + 1, &em.key, &em.value, e.time, lines[i]);
+                }
+            }
+        })?;
+        if !local.is_empty() {
+            self.handle_batch(&local)?;
         }
-        self.scratch[stage] = emitted;
         Ok(())
     }
 

@@ -77,14 +77,16 @@ use serde::Serialize;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "operator",
+        world: "batched-operator",
         pub_export_macro: true,
         export_macro_name: "__export_eddy_operator",
         default_bindings_module: "eddy_sdk::bindings",
     });
 }
 
-use bindings::eddy::operator::{log as wit_log, output, state};
+use bindings::eddy::operator::{log as wit_log, state};
+
+mod batch;
 
 pub use serde;
 pub use serde_json;
@@ -238,7 +240,7 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
     /// The current key's value; `Ok(None)` when it has none, an error when
     /// the stored bytes are not a `T`.
     pub fn get(&self) -> Result<Option<T>, Error> {
-        match state::get(self.name) {
+        match batch::get(self.name) {
             None => Ok(None),
             Some(bytes) => decode(self.name, &bytes).map(Some),
         }
@@ -246,13 +248,13 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
 
     /// Stores `value` for the current key.
     pub fn set(&self, value: &T) -> Result<(), Error> {
-        state::set(self.name, &encode(self.name, value)?);
+        batch::set(self.name, &encode(self.name, value)?);
         Ok(())
     }
 
     /// Removes the value; returns whether there was one.
     pub fn delete(&self) -> bool {
-        state::delete(self.name)
+        batch::delete(self.name)
     }
 
     /// Reads the value (or `T::default()`), applies `f`, stores and returns
@@ -284,6 +286,9 @@ impl<V: Serialize + DeserializeOwned> Map<V> {
 
     /// The value of `field`; `Ok(None)` when missing.
     pub fn get(&self, field: &str) -> Result<Option<V>, Error> {
+        if batch::active() {
+            return Err(batch::stop_error());
+        }
         match state::map_get(self.name, field) {
             None => Ok(None),
             Some(bytes) => decode(self.name, &bytes).map(Some),
@@ -292,17 +297,27 @@ impl<V: Serialize + DeserializeOwned> Map<V> {
 
     /// Sets `field` to `value`.
     pub fn set(&self, field: &str, value: &V) -> Result<(), Error> {
+        if batch::active() {
+            return Err(batch::stop_error());
+        }
         state::map_set(self.name, field, &encode(self.name, value)?);
         Ok(())
     }
 
     /// Removes `field`; returns whether it existed.
     pub fn remove(&self, field: &str) -> bool {
+        if batch::active() {
+            batch::stop();
+            return false;
+        }
         state::map_delete(self.name, field)
     }
 
     /// All fields and values, sorted by field.
     pub fn entries(&self) -> Result<Vec<(String, V)>, Error> {
+        if batch::active() {
+            return Err(batch::stop_error());
+        }
         state::map_entries(self.name)
             .into_iter()
             .map(|(k, bytes)| Ok((k, decode(self.name, &bytes)?)))
@@ -311,6 +326,10 @@ impl<V: Serialize + DeserializeOwned> Map<V> {
 
     /// The number of fields.
     pub fn len(&self) -> u32 {
+        if batch::active() {
+            batch::stop();
+            return 0;
+        }
         state::map_len(self.name)
     }
 
@@ -337,11 +356,18 @@ impl<T: Serialize + DeserializeOwned> List<T> {
 
     /// Appends `item`; returns the new length.
     pub fn push(&self, item: &T) -> Result<u32, Error> {
+        if batch::active() {
+            return Err(batch::stop_error());
+        }
         Ok(state::list_push(self.name, &encode(self.name, item)?))
     }
 
     /// The number of items.
     pub fn len(&self) -> u32 {
+        if batch::active() {
+            batch::stop();
+            return 0;
+        }
         state::list_len(self.name)
     }
 
@@ -352,6 +378,9 @@ impl<T: Serialize + DeserializeOwned> List<T> {
 
     /// Items with index in `[start, end)` (clamped), oldest first.
     pub fn range(&self, start: u32, end: u32) -> Result<Vec<T>, Error> {
+        if batch::active() {
+            return Err(batch::stop_error());
+        }
         state::list_range(self.name, start, end)
             .iter()
             .map(|b| decode(self.name, b))
@@ -371,24 +400,31 @@ impl<T: Serialize + DeserializeOwned> List<T> {
 
     /// Keeps only the newest `keep` items; returns how many were dropped.
     pub fn trim(&self, keep: u32) -> u32 {
+        if batch::active() {
+            batch::stop();
+            return 0;
+        }
         state::list_trim(self.name, keep)
     }
 }
 
 /// Removes all state of the current key for this operator.
 pub fn clear_key() {
+    if batch::active() {
+        return batch::stop();
+    }
     state::clear()
 }
 
 /// Emits `value` serialized as JSON, keyed by `key`.
 pub fn emit<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<(), Error> {
-    output::emit(key, &encode("emitted value", value)?);
+    batch::emit(key, &encode("emitted value", value)?);
     Ok(())
 }
 
 /// Emits raw payload bytes keyed by `key`.
 pub fn emit_raw(key: &str, value: &[u8]) {
-    output::emit(key, value)
+    batch::emit(key, value)
 }
 
 /// Logging to the host's log, tagged with the operator and the current key.
@@ -432,6 +468,17 @@ pub mod __private {
         Ok(())
     }
 
+    pub fn handle_batch<T: Operator>(
+        slot: &'static LocalKey<RefCell<Option<T>>>,
+        frame: Vec<u8>,
+    ) -> Vec<u8> {
+        slot.with(|s| {
+            let mut s = s.borrow_mut();
+            let op = s.as_mut().expect("handle-batch called before init");
+            crate::batch::run(&frame, |event| op.handle(event))
+        })
+    }
+
     pub fn handle<T: Operator>(
         slot: &'static LocalKey<RefCell<Option<T>>>,
         event: WitEvent,
@@ -468,6 +515,9 @@ macro_rules! export_operator {
                     config: ::std::string::String,
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::__private::init::<$ty>(&__EDDY_OPERATOR, config)
+                }
+                fn handle_batch(batch: ::std::vec::Vec<u8>) -> ::std::vec::Vec<u8> {
+                    $crate::__private::handle_batch::<$ty>(&__EDDY_OPERATOR, batch)
                 }
                 fn handle(
                     event: $crate::__private::WitEvent,

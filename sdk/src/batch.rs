@@ -1,0 +1,262 @@
+//! The batched fast path (`handle-batch` in `wit/world.wit`): the host sends
+//! many events with the single values of their keys in one frame; the SDK
+//! runs the operator on each, serving `Value` reads and buffering writes and
+//! emits here, and returns them in one frame. No host call per event.
+//!
+//! An operator that uses maps, lists or `clear_key` during a batch makes the
+//! SDK stop the batch at that event (status 2): the host then handles it and
+//! the rest with the per-event `handle`, where those calls go to the host.
+
+use std::cell::RefCell;
+
+use crate::bindings::eddy::operator::{output, state};
+
+/// The state of a running batch.
+struct Batch {
+    /// Per key index: its single values (`None`: deleted in this batch).
+    keys: Vec<Vec<(String, Option<Vec<u8>>)>>,
+    /// Key index of the event being handled.
+    current: usize,
+    /// Undo journal of the current event: (value slot, old value, added).
+    undo: Vec<(usize, Option<Vec<u8>>, bool)>,
+    /// Writes of the current event, in order: (name, new value or delete).
+    writes: Vec<(String, Option<Vec<u8>>)>,
+    /// Emits of the current event.
+    emits: Vec<(String, Vec<u8>)>,
+    /// The current event used state the batch does not carry.
+    stop: bool,
+}
+
+thread_local! {
+    static BATCH: RefCell<Option<Batch>> = const { RefCell::new(None) };
+}
+
+/// Whether a batch is running (state calls are served here).
+pub(crate) fn active() -> bool {
+    BATCH.with(|b| b.borrow().is_some())
+}
+
+/// Marks the current event as needing the per-event path.
+pub(crate) fn stop() {
+    BATCH.with(|b| {
+        if let Some(b) = b.borrow_mut().as_mut() {
+            b.stop = true;
+        }
+    })
+}
+
+/// The error returned by map/list calls in a batch (the event is then
+/// redone on the per-event path, so the operator never sees it take effect).
+pub(crate) fn stop_error() -> crate::Error {
+    stop();
+    crate::Error::msg("map and list state are served on the per-event path")
+}
+
+pub(crate) fn get(name: &str) -> Option<Vec<u8>> {
+    BATCH.with(|b| match b.borrow().as_ref() {
+        Some(b) => b.keys[b.current]
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.clone()),
+        None => state::get(name),
+    })
+}
+
+fn write(name: &str, value: Option<&[u8]>) -> bool {
+    BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        let Some(b) = b.as_mut() else { return false };
+        let cur = b.current;
+        let values = &mut b.keys[cur];
+        let existed = match values.iter().position(|(n, _)| n == name) {
+            Some(i) => {
+                let old = std::mem::replace(&mut values[i].1, value.map(<[u8]>::to_vec));
+                let existed = old.is_some();
+                b.undo.push((i, old, false));
+                existed
+            }
+            None => {
+                values.push((name.to_string(), value.map(<[u8]>::to_vec)));
+                b.undo.push((values.len() - 1, None, true));
+                false
+            }
+        };
+        b.writes.push((name.to_string(), value.map(<[u8]>::to_vec)));
+        existed
+    })
+}
+
+pub(crate) fn set(name: &str, value: &[u8]) {
+    if !active() {
+        return state::set(name, value);
+    }
+    write(name, Some(value));
+}
+
+pub(crate) fn delete(name: &str) -> bool {
+    if !active() {
+        return state::delete(name);
+    }
+    write(name, None)
+}
+
+pub(crate) fn emit(key: &str, value: &[u8]) {
+    let buffered = BATCH.with(|b| match b.borrow_mut().as_mut() {
+        Some(b) => {
+            b.emits.push((key.to_string(), value.to_vec()));
+            true
+        }
+        None => false,
+    });
+    if !buffered {
+        output::emit(key, value)
+    }
+}
+
+/// Reads the input frame.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("batch frame is truncated".into());
+        }
+        let (h, t) = self.0.split_at(n);
+        self.0 = t;
+        Ok(h)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<usize, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()) as usize)
+    }
+    fn i64(&mut self) -> Result<i64, String> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let n = self.u32()?;
+        self.take(n)
+    }
+    fn str(&mut self) -> Result<&'a str, String> {
+        std::str::from_utf8(self.bytes()?)
+            .map_err(|_| "batch frame holds a non-UTF-8 string".into())
+    }
+}
+
+fn put(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// Runs `handle` on every event of the frame; returns the result frame.
+pub(crate) fn run(
+    frame: &[u8],
+    mut handle: impl FnMut(crate::Event) -> Result<(), crate::Error>,
+) -> Vec<u8> {
+    let mut r = Reader(frame);
+    let parsed = (|| -> Result<_, String> {
+        let nkeys = r.u32()?;
+        let mut keys = Vec::with_capacity(nkeys);
+        let mut values = Vec::with_capacity(nkeys);
+        for _ in 0..nkeys {
+            keys.push(r.str()?);
+            let n = r.u32()?;
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                let name = r.str()?.to_string();
+                v.push((name, Some(r.bytes()?.to_vec())));
+            }
+            values.push(v);
+        }
+        Ok((keys, values))
+    })();
+    // A malformed frame is a host bug: trap, so the host replays per event.
+    let (keys, values) = parsed.unwrap_or_else(|e| panic!("{e}"));
+    BATCH.with(|b| {
+        *b.borrow_mut() = Some(Batch {
+            keys: values,
+            current: 0,
+            undo: Vec::new(),
+            writes: Vec::new(),
+            emits: Vec::new(),
+            stop: false,
+        })
+    });
+    let mut out = Vec::with_capacity(frame.len());
+    let nevents = r.u32().unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..nevents {
+        let (k, time, value) = (|| -> Result<_, String> {
+            let k = r.u32()?;
+            let time = if r.u8()? == 1 { Some(r.i64()?) } else { None };
+            Ok((k, time, r.bytes()?))
+        })()
+        .unwrap_or_else(|e| panic!("{e}"));
+        let key = *keys
+            .get(k)
+            .unwrap_or_else(|| panic!("batch frame: key index {k} out of range"));
+        BATCH.with(|b| b.borrow_mut().as_mut().unwrap().current = k);
+        let result = handle(crate::Event {
+            key: key.to_string(),
+            value: value.to_vec(),
+            time,
+        });
+        let stopped = BATCH.with(|b| {
+            let mut b = b.borrow_mut();
+            let b = b.as_mut().unwrap();
+            let ok = result.is_ok() && !b.stop;
+            if !ok {
+                // Undo this event's writes to the batch's view of the key.
+                let cur = b.current;
+                while let Some((i, old, added)) = b.undo.pop() {
+                    if added {
+                        b.keys[cur].remove(i);
+                    } else {
+                        b.keys[cur][i].1 = old;
+                    }
+                }
+            }
+            b.undo.clear();
+            if b.stop {
+                out.push(2);
+                return true;
+            }
+            match &result {
+                Ok(()) => {
+                    out.push(0);
+                    out.extend_from_slice(&(b.writes.len() as u32).to_le_bytes());
+                    for (name, v) in b.writes.drain(..) {
+                        match v {
+                            Some(v) => {
+                                out.push(0);
+                                put(&mut out, name.as_bytes());
+                                put(&mut out, &v);
+                            }
+                            None => {
+                                out.push(1);
+                                put(&mut out, name.as_bytes());
+                            }
+                        }
+                    }
+                    out.extend_from_slice(&(b.emits.len() as u32).to_le_bytes());
+                    for (k, v) in b.emits.drain(..) {
+                        put(&mut out, k.as_bytes());
+                        put(&mut out, &v);
+                    }
+                }
+                Err(e) => {
+                    out.push(1);
+                    put(&mut out, e.message().as_bytes());
+                }
+            }
+            b.writes.clear();
+            b.emits.clear();
+            false
+        });
+        if stopped {
+            break;
+        }
+    }
+    BATCH.with(|b| *b.borrow_mut() = None);
+    out
+}
