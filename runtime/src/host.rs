@@ -129,10 +129,19 @@ impl OpCtx {
         Ok(())
     }
 
+    /// Starts handling an event of the key in cache slot `slot` (from
+    /// [`OpCtx::frame_values`]).
+    pub fn begin_slot(&mut self, slot: u32) {
+        debug_assert!(self.current.is_none());
+        self.current = Some(slot);
+    }
+
     /// Appends `key`'s single values to a batch frame: `u32` count, then
     /// per value a length-prefixed name and bytes (see `handle-batch`).
-    pub fn frame_values(&mut self, key: &str, out: &mut Vec<u8>) -> Result<(), StoreError> {
-        let slot = self.load(key)? as usize;
+    /// Returns the key's cache slot, for [`OpCtx::begin_slot`].
+    pub fn frame_values(&mut self, key: &str, out: &mut Vec<u8>) -> Result<u32, StoreError> {
+        let slot_id = self.load(key)?;
+        let slot = slot_id as usize;
         let entity = &self.slots[slot].entity;
         out.extend_from_slice(&(entity.values().count() as u32).to_le_bytes());
         for (name, bytes) in entity.values() {
@@ -142,7 +151,7 @@ impl OpCtx {
             out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             out.extend_from_slice(bytes);
         }
-        Ok(())
+        Ok(slot_id)
     }
 
     /// The cache slot of `key`, loading its state on first touch.

@@ -23,7 +23,7 @@ const ENTITY_FORMAT: u8 = 1;
 pub type Name = u32;
 
 /// A value's bytes: small values (numbers, short JSON) live inline.
-pub type Bytes = SmallVec<[u8; 24]>;
+pub type Bytes = SmallVec<[u8; 32]>;
 
 /// The state of one key for one operator.
 #[derive(Debug, Default, Clone, PartialEq)]

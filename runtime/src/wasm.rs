@@ -68,6 +68,10 @@ pub fn engine() -> anyhow::Result<Engine> {
     // CPU budget per call: the engine's epoch ticks every EPOCH_TICK and
     // each call gets a deadline of `max_call_ms` worth of ticks.
     config.epoch_interruption(true);
+    if std::env::var_os("EDDY_PERF_MAP").is_some() {
+        // Name JIT-compiled guest functions for `perf report`.
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let engine = Engine::new(&config)?;
     let weak = engine.weak();
     std::thread::Builder::new()
@@ -448,13 +452,14 @@ impl WasmOperator {
         let mut frame = Vec::with_capacity(events.len() * 64);
         let mut index: rustc_hash::FxHashMap<&str, u32> = Default::default();
         let mut key_of = Vec::with_capacity(events.len());
+        let mut slots = Vec::with_capacity(events.len());
         frame.extend_from_slice(&0u32.to_le_bytes());
         for e in events {
             let next = index.len() as u32;
             let k = *index.entry(e.key).or_insert(next);
             if k == next {
                 put(&mut frame, e.key.as_bytes());
-                store.data_mut().ctx.frame_values(e.key, &mut frame)?;
+                slots.push(store.data_mut().ctx.frame_values(e.key, &mut frame)?);
             }
             key_of.push(k);
         }
@@ -486,7 +491,7 @@ impl WasmOperator {
         };
         let mut r = Frame(&result);
         let mut emitted = Vec::new();
-        for (i, e) in events.iter().enumerate() {
+        for i in 0..events.len() {
             let Some(outcome) = r.outcome() else {
                 tracing::warn!(operator = %self.ctx().name(), "malformed handle-batch result; handling the rest per event");
                 return handle_each(self, events, i, done);
@@ -498,12 +503,12 @@ impl WasmOperator {
                     return handle_each(self, events, i, done);
                 }
                 Outcome::Failed(reason) => {
-                    ctx.begin(e.key)?;
+                    ctx.begin_slot(slots[key_of[i] as usize]);
                     ctx.finish(false, &mut emitted);
                     done(i, Err(HandleError::Failed(reason)), &mut emitted);
                 }
                 Outcome::Ok { writes, emits } => {
-                    ctx.begin(e.key)?;
+                    ctx.begin_slot(slots[key_of[i] as usize]);
                     let mut applied = Ok(());
                     for (name, value) in writes {
                         let r = match value {
