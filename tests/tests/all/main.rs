@@ -11,6 +11,8 @@ mod examples;
 mod restart;
 // Bad input lines are dead-lettered with their line numbers.
 mod dead_letter;
+// kill -9 at random moments, restart: exact state, outputs once.
+mod crash;
 // Operators that trap, loop, allocate without bound or break limits.
 mod faults;
 // The `eddy` binary: exit codes and the messages users see.
