@@ -19,10 +19,13 @@ struct Batch {
     current: usize,
     /// Undo journal of the current event: (value slot, old value, added).
     undo: Vec<(usize, Option<Vec<u8>>, bool)>,
-    /// Writes of the current event, in order: (name, new value or delete).
-    writes: Vec<(String, Option<Vec<u8>>)>,
-    /// Emits of the current event.
-    emits: Vec<(String, Vec<u8>)>,
+    /// Value slots of the current key written by the current event (their
+    /// final values are its writes).
+    touched: Vec<usize>,
+    /// Emits of the current event, framed as in the result.
+    emits: Vec<u8>,
+    /// Number of emits in `emits`.
+    emit_count: u32,
     /// The current event used state the batch does not carry.
     stop: bool,
 }
@@ -52,13 +55,14 @@ pub(crate) fn stop_error() -> crate::Error {
     crate::Error::msg("map and list state are served on the per-event path")
 }
 
-pub(crate) fn get(name: &str) -> Option<Vec<u8>> {
+/// Calls `f` with the current key's value `name` (no copy in a batch).
+pub(crate) fn with_value<R>(name: &str, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
     BATCH.with(|b| match b.borrow().as_ref() {
-        Some(b) => b.keys[b.current]
+        Some(b) => f(b.keys[b.current]
             .iter()
             .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.clone()),
-        None => state::get(name),
+            .and_then(|(_, v)| v.as_deref())),
+        None => f(state::get(name).as_deref()),
     })
 }
 
@@ -68,20 +72,22 @@ fn write(name: &str, value: Option<&[u8]>) -> bool {
         let Some(b) = b.as_mut() else { return false };
         let cur = b.current;
         let values = &mut b.keys[cur];
-        let existed = match values.iter().position(|(n, _)| n == name) {
+        let (slot, existed) = match values.iter().position(|(n, _)| n == name) {
             Some(i) => {
                 let old = std::mem::replace(&mut values[i].1, value.map(<[u8]>::to_vec));
                 let existed = old.is_some();
                 b.undo.push((i, old, false));
-                existed
+                (i, existed)
             }
             None => {
                 values.push((name.to_string(), value.map(<[u8]>::to_vec)));
                 b.undo.push((values.len() - 1, None, true));
-                false
+                (values.len() - 1, false)
             }
         };
-        b.writes.push((name.to_string(), value.map(<[u8]>::to_vec)));
+        if !b.touched.contains(&slot) {
+            b.touched.push(slot);
+        }
         existed
     })
 }
@@ -100,10 +106,34 @@ pub(crate) fn delete(name: &str) -> bool {
     write(name, None)
 }
 
+/// In a batch, serializes `value` as JSON straight into the emit buffer and
+/// returns `true`; outside one, returns `false`.
+pub(crate) fn emit_json<T: serde::Serialize + ?Sized>(
+    key: &str,
+    value: &T,
+) -> Result<bool, crate::Error> {
+    BATCH.with(|b| match b.borrow_mut().as_mut() {
+        Some(b) => {
+            put(&mut b.emits, key.as_bytes());
+            let at = b.emits.len();
+            b.emits.extend_from_slice(&[0; 4]);
+            serde_json::to_writer(&mut b.emits, value)
+                .map_err(|e| crate::Error::msg(format!("cannot encode emitted value: {e}")))?;
+            let len = (b.emits.len() - at - 4) as u32;
+            b.emits[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            b.emit_count += 1;
+            Ok(true)
+        }
+        None => Ok(false),
+    })
+}
+
 pub(crate) fn emit(key: &str, value: &[u8]) {
     let buffered = BATCH.with(|b| match b.borrow_mut().as_mut() {
         Some(b) => {
-            b.emits.push((key.to_string(), value.to_vec()));
+            put(&mut b.emits, key.as_bytes());
+            put(&mut b.emits, value);
+            b.emit_count += 1;
             true
         }
         None => false,
@@ -178,8 +208,9 @@ pub(crate) fn run(
             keys: values,
             current: 0,
             undo: Vec::new(),
-            writes: Vec::new(),
+            touched: Vec::new(),
             emits: Vec::new(),
+            emit_count: 0,
             stop: false,
         })
     });
@@ -224,13 +255,15 @@ pub(crate) fn run(
             match &result {
                 Ok(()) => {
                     out.push(0);
-                    out.extend_from_slice(&(b.writes.len() as u32).to_le_bytes());
-                    for (name, v) in b.writes.drain(..) {
+                    out.extend_from_slice(&(b.touched.len() as u32).to_le_bytes());
+                    let values = &b.keys[b.current];
+                    for &i in &b.touched {
+                        let (name, v) = &values[i];
                         match v {
                             Some(v) => {
                                 out.push(0);
                                 put(&mut out, name.as_bytes());
-                                put(&mut out, &v);
+                                put(&mut out, v);
                             }
                             None => {
                                 out.push(1);
@@ -238,19 +271,17 @@ pub(crate) fn run(
                             }
                         }
                     }
-                    out.extend_from_slice(&(b.emits.len() as u32).to_le_bytes());
-                    for (k, v) in b.emits.drain(..) {
-                        put(&mut out, k.as_bytes());
-                        put(&mut out, &v);
-                    }
+                    out.extend_from_slice(&b.emit_count.to_le_bytes());
+                    out.extend_from_slice(&b.emits);
                 }
                 Err(e) => {
                     out.push(1);
                     put(&mut out, e.message().as_bytes());
                 }
             }
-            b.writes.clear();
+            b.touched.clear();
             b.emits.clear();
+            b.emit_count = 0;
             false
         });
         if stopped {

@@ -240,10 +240,10 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
     /// The current key's value; `Ok(None)` when it has none, an error when
     /// the stored bytes are not a `T`.
     pub fn get(&self) -> Result<Option<T>, Error> {
-        match batch::get(self.name) {
+        batch::with_value(self.name, |bytes| match bytes {
             None => Ok(None),
-            Some(bytes) => decode(self.name, &bytes).map(Some),
-        }
+            Some(bytes) => decode(self.name, bytes).map(Some),
+        })
     }
 
     /// Stores `value` for the current key.
@@ -418,6 +418,9 @@ pub fn clear_key() {
 
 /// Emits `value` serialized as JSON, keyed by `key`.
 pub fn emit<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<(), Error> {
+    if batch::emit_json(key, value)? {
+        return Ok(());
+    }
     batch::emit(key, &encode("emitted value", value)?);
     Ok(())
 }
