@@ -16,7 +16,7 @@
 //! - [`worker`]: worker threads, routing, batches.
 //! - [`runner`]: [`runner::run`] wires it all and drives checkpoints.
 //! - [`pipeline`]: the pipeline file and flags.
-//! - [`bench`]: the `eddy bench` command.
+//! - [`mod@bench`]: the `eddy bench` command.
 //! - [`bindings`]: the host bindings of `wit/`.
 pub mod bench;
 pub mod bindings;

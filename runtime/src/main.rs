@@ -64,7 +64,7 @@ struct RunArgs {
     #[arg(long, value_name = "FIELD")]
     time_field: Option<String>,
     /// Dead-letter file for rejected lines and failed events
-    /// [default: <state>/dead-letter.jsonl].
+    /// [default: STATE/dead-letter.jsonl].
     #[arg(long, value_name = "FILE")]
     dead_letter: Option<PathBuf>,
     /// Checkpoint at least every this many milliseconds [default: 1000].

@@ -7,6 +7,10 @@ use thiserror::Error;
 use crate::host::{Emitted, OpCtx};
 use crate::store::StoreError;
 
+/// Called by [`Operator::handle_many`] as each event completes: its index,
+/// its outcome, and what it emitted (to be drained).
+pub type Done<'a> = dyn FnMut(usize, Result<(), HandleError>, &mut Vec<Emitted>) + 'a;
+
 /// An event as handed to an operator (borrowed from the worker's batch).
 #[derive(Debug, Clone, Copy)]
 pub struct EventRef<'a> {
@@ -43,7 +47,7 @@ pub trait Operator: Send {
     fn handle_many(
         &mut self,
         events: &[EventRef<'_>],
-        done: &mut dyn FnMut(usize, Result<(), HandleError>, &mut Vec<Emitted>),
+        done: &mut Done<'_>,
     ) -> Result<(), StoreError> {
         handle_each(self, events, 0, done)
     }
@@ -54,7 +58,7 @@ pub fn handle_each<O: Operator + ?Sized>(
     op: &mut O,
     events: &[EventRef<'_>],
     from: usize,
-    done: &mut dyn FnMut(usize, Result<(), HandleError>, &mut Vec<Emitted>),
+    done: &mut Done<'_>,
 ) -> Result<(), StoreError> {
     let mut emitted = Vec::new();
     for (i, e) in events.iter().enumerate().skip(from) {

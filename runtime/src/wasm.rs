@@ -19,9 +19,8 @@ use wasmtime_wasi::{
 
 use crate::bindings::eddy::operator::{log, output, state, types};
 use crate::bindings::{Operator as OperatorWorld, OperatorPre};
-use crate::host::Emitted;
 use crate::host::OpCtx;
-use crate::operator::{handle_each, EventRef, HandleError, Operator};
+use crate::operator::{handle_each, Done, EventRef, HandleError, Operator};
 use crate::store::StoreError;
 
 /// Most events per `handle-batch` call.
@@ -445,7 +444,7 @@ impl WasmOperator {
         &mut self,
         batch: &BatchFn,
         events: &[EventRef<'_>],
-        done: &mut dyn FnMut(usize, Result<(), HandleError>, &mut Vec<Emitted>),
+        done: &mut Done<'_>,
     ) -> Result<(), StoreError> {
         let store = self.store.as_mut().expect("store present");
         // The frame: distinct keys with their values, then the events.
@@ -619,14 +618,14 @@ impl Operator for WasmOperator {
     fn handle_many(
         &mut self,
         events: &[EventRef<'_>],
-        done: &mut dyn FnMut(usize, Result<(), HandleError>, &mut Vec<Emitted>),
+        done: &mut Done<'_>,
     ) -> Result<(), StoreError> {
         let mut start = 0;
         while start < events.len() {
             let end = (start + MAX_BATCH).min(events.len());
             match (&self.batch, self.batch_off) {
                 (Some(batch), false) => {
-                    let batch = batch.clone();
+                    let batch = *batch;
                     self.run_batch(&batch, &events[start..end], &mut |i, r, e| {
                         done(start + i, r, e)
                     })?;

@@ -43,7 +43,7 @@ fn a_second_run_resumes_after_the_checkpointed_line() {
         .append(true)
         .open(&input)
         .unwrap()
-        .write_all(text[cut..].as_bytes())
+        .write_all(&text.as_bytes()[cut..])
         .unwrap();
     let second = run(&p);
     assert_eq!(second.resumed_after_line, 25_000);
