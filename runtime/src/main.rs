@@ -162,8 +162,9 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             );
         }
         msg += &format!(
-            "; {} checkpoints to {}",
+            "; {} checkpoint{} to {}",
             summary.checkpoints,
+            if summary.checkpoints == 1 { "" } else { "s" },
             pipeline.state_dir.display()
         );
         if summary.bad_lines > 0 || summary.operators.iter().any(|o| o.failed > 0) {

@@ -16,6 +16,13 @@
 //! - [`Config`]: the operator's `config` table from the pipeline file.
 //! - [`log`]: write to the host's log.
 //!
+//! The component exports both entry points of the contract: `handle` (one
+//! event per call, state calls go to the host) and `handle-batch` (many
+//! events per call; the host sends the single values of their keys along
+//! and the SDK returns the writes and emits in one reply). Your code is the
+//! same either way. Map and list state are served on the per-event path: an
+//! operator that uses them is switched to it automatically.
+//!
 //! Every state call acts on the key of the event being handled, and only on
 //! this operator's state. If `handle` returns an error (or panics), none of
 //! its state writes or emits take effect and the event goes to the
