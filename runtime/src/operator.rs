@@ -36,6 +36,12 @@ pub trait Operator: Send {
     /// The host context: state cache and emit buffer.
     fn ctx(&mut self) -> &mut OpCtx;
 
+    /// Which version of the operator runs (a component's content hash),
+    /// recorded in dead letters.
+    fn version(&self) -> &str {
+        "native"
+    }
+
     /// Handles one event; state calls act on `event.key` (the worker has
     /// called [`OpCtx::begin`] for it).
     fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError>;

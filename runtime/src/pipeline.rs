@@ -108,10 +108,10 @@ pub struct Pipeline {
 /// A pipeline file that cannot be used.
 #[derive(Debug, Error)]
 pub enum PipelineError {
-    #[error("pipeline file {path}: {source}")]
+    #[error("pipeline file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("pipeline file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -209,20 +209,33 @@ pub fn default_workers() -> usize {
 impl Pipeline {
     /// Builds a pipeline from an optional file and command-line overrides.
     pub fn load(file: Option<&Path>, o: Overrides) -> Result<Pipeline, PipelineError> {
-        let (f, base) = match file {
+        match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Read {
+                let text = std::fs::read_to_string(path).map_err(|error| PipelineError::Read {
                     path: path.to_path_buf(),
-                    source,
+                    error,
                 })?;
-                let f: File = toml::from_str(&text).map_err(|e| PipelineError::Parse {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                })?;
-                (f, path.parent().map(Path::to_path_buf).unwrap_or_default())
+                Self::from_toml(&text, path, o)
             }
-            None => (File::default(), PathBuf::new()),
-        };
+            None => Self::build(File::default(), PathBuf::new(), o),
+        }
+    }
+
+    /// Parses pipeline-file `text`, named `path` in errors; relative paths
+    /// in it resolve against `path`'s directory.
+    pub fn from_toml(text: &str, path: &Path, o: Overrides) -> Result<Pipeline, PipelineError> {
+        let f: File = toml::from_str(text).map_err(|e| PipelineError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::build(
+            f,
+            path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            o,
+        )
+    }
+
+    fn build(f: File, base: PathBuf, o: Overrides) -> Result<Pipeline, PipelineError> {
         let rel = |s: &str| -> PathBuf {
             let p = PathBuf::from(s);
             if p.is_absolute() || s == "-" {

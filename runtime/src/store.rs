@@ -22,17 +22,22 @@ const DB_FILE: &str = "state.redb";
 /// Errors of the state directory.
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("state directory {dir}: {source}")]
-    Io {
+    #[error("state directory {dir}: {error}")]
+    Io { dir: PathBuf, error: std::io::Error },
+    #[error("state directory {dir} is not a directory")]
+    NotADirectory { dir: PathBuf },
+    #[error("state directory {dir}: {file} is not an eddy state database or is corrupt ({error})")]
+    NotADatabase {
         dir: PathBuf,
-        source: std::io::Error,
+        file: PathBuf,
+        error: String,
     },
     #[error("state directory {dir} is in use by another running eddy (its database is locked); stop that one or pick another --state directory")]
     Locked { dir: PathBuf },
     #[error("state directory {dir} was written by an incompatible version (state format {found}, this eddy reads {STORE_FORMAT})")]
     Incompatible { dir: PathBuf, found: String },
-    #[error("state directory {dir}: database error: {source}")]
-    Db { dir: PathBuf, source: redb::Error },
+    #[error("state directory {dir}: database error: {error}")]
+    Db { dir: PathBuf, error: redb::Error },
     #[error("state of operator `{operator}` for key `{key}` is corrupt: {reason}")]
     Corrupt {
         operator: String,
@@ -77,16 +82,21 @@ pub struct Store {
 fn db_err(dir: &Path, e: impl Into<redb::Error>) -> StoreError {
     StoreError::Db {
         dir: dir.to_path_buf(),
-        source: e.into(),
+        error: e.into(),
     }
 }
 
 impl Store {
     /// Opens (creating when missing) the state directory `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::NotADirectory {
+                dir: dir.to_path_buf(),
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(|error| StoreError::Io {
             dir: dir.to_path_buf(),
-            source,
+            error,
         })?;
         let path = dir.join(DB_FILE);
         let db = match Database::create(&path) {
@@ -96,10 +106,21 @@ impl Store {
                     dir: dir.to_path_buf(),
                 })
             }
-            Err(redb::DatabaseError::Storage(redb::StorageError::Io(source))) => {
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(error)))
+                if error.kind() != std::io::ErrorKind::InvalidData =>
+            {
                 return Err(StoreError::Io {
                     dir: dir.to_path_buf(),
-                    source,
+                    error,
+                })
+            }
+            Err(
+                e @ (redb::DatabaseError::Storage(_) | redb::DatabaseError::UpgradeRequired(_)),
+            ) => {
+                return Err(StoreError::NotADatabase {
+                    dir: dir.to_path_buf(),
+                    file: path,
+                    error: e.to_string(),
                 })
             }
             Err(e) => return Err(db_err(dir, e)),

@@ -38,10 +38,10 @@ pub const CONTRACT: &str = "eddy:operator@0.1.0";
 /// Why a plugin could not be loaded.
 #[derive(Debug, Error)]
 pub enum PluginError {
-    #[error("plugin {path}: cannot read the file: {source}")]
+    #[error("plugin {path}: cannot read the file: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "plugin {path}: not a WebAssembly file (it does not start with the `\\0asm` magic bytes)"
@@ -200,9 +200,9 @@ pub struct Plugin {
 impl Plugin {
     /// Reads, compiles and type-checks the component at `path`.
     pub fn load(engine: &Engine, path: &Path) -> Result<Plugin, PluginError> {
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+        let bytes = std::fs::read(path).map_err(|error| PluginError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_bytes(engine, path, &bytes)
     }
@@ -613,6 +613,10 @@ impl<'a> Frame<'a> {
 impl Operator for WasmOperator {
     fn ctx(&mut self) -> &mut OpCtx {
         &mut self.store.as_mut().expect("store present").data_mut().ctx
+    }
+
+    fn version(&self) -> &str {
+        &self.plugin.hash
     }
 
     fn handle_many(

@@ -208,6 +208,7 @@ impl Worker {
         } = self;
         let op = &mut ops[stage];
         let name = op.ctx().name().clone();
+        let version = op.version().to_string();
         let stats = &mut stats[stage];
         op.handle_many(events, &mut |i, result, emitted| {
             let e = &events[i];
@@ -220,6 +221,7 @@ impl Worker {
                     stats.failed += 1;
                     let rec = serde_json::json!({
                         "operator": &*name,
+                        "version": &version,
                         "key": e.key,
                         "line": lines[i],
                         "error": err.to_string(),

@@ -135,3 +135,93 @@ fn stdin_to_stdout_and_a_locked_state_directory() {
     let o = first.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// A state directory that is a file, that holds something other than an
+/// eddy database, or that a newer eddy wrote: each refused with the reason,
+/// and the file left as it was.
+#[test]
+fn unusable_state_directories_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("in.jsonl"), "{\"key\":\"a\",\"amount\":1}\n").unwrap();
+    let plugin = format!("counter={}", eddy_tests::COUNTER);
+    let run = |state: &str| {
+        eddy(
+            &[
+                "run", "--plugin", &plugin, "--input", "in.jsonl", "--state", state,
+            ],
+            d,
+        )
+    };
+
+    std::fs::write(d.join("afile"), "not a directory").unwrap();
+    let o = run("afile");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("state directory afile is not a directory"),
+        "{}",
+        stderr(&o)
+    );
+
+    std::fs::create_dir(d.join("garbage")).unwrap();
+    let junk: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+    std::fs::write(d.join("garbage/state.redb"), &junk).unwrap();
+    let o = run("garbage");
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("state directory garbage: garbage/state.redb is not an eddy state database or is corrupt"), "{e}");
+    assert_eq!(
+        std::fs::read(d.join("garbage/state.redb")).unwrap(),
+        junk,
+        "the file is left untouched"
+    );
+
+    // A state directory from a future format version.
+    assert!(run("future").status.success());
+    {
+        let db = redb::Database::open(d.join("future/state.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+                .unwrap();
+            meta.insert("format", b"99".as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let o = run("future");
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("state directory future was written by an incompatible version (state format 99, this eddy reads 1)"), "{e}");
+}
+
+/// Random bytes and mangled pipeline files never panic the decoder or the
+/// pipeline parser (a short, always-on fuzz; `fuzz/` has the cargo-fuzz
+/// targets for long runs).
+#[test]
+fn random_input_never_panics_the_decoder_or_the_pipeline_parser() {
+    use eddy_runtime::decode::decode;
+    use eddy_runtime::pipeline::{Overrides, Pipeline};
+    let mut rng = Rng(1);
+    let seeds: [&[u8]; 4] = [
+        br#"{"key":"k1","amount":12.5,"ts":17,"nested":{"a":[1,2,{"b":null}]}}"#,
+        br#"{"key":42,"ts":"x"}"#,
+        b"[source]\npath = \"in.jsonl\"\nkey = \"card\"\n[[operator]]\nname = \"c\"\ncomponent = \"c.wasm\"\nconfig = { a = 1, b = [1, 2] }\n[state]\ncheckpoint_interval_ms = 5\n",
+        b"workers = 2\n[sink]\npath = \"-\"\n",
+    ];
+    for round in 0..20_000 {
+        let mut input = seeds[round % seeds.len()].to_vec();
+        for _ in 0..(rng.next() % 6) {
+            let at = (rng.next() as usize) % (input.len() + 1);
+            match rng.next() % 3 {
+                0 if at < input.len() => input[at] = rng.next() as u8,
+                1 => input.insert(at, rng.next() as u8),
+                _ => input.truncate(at),
+            }
+        }
+        let _ = decode(&input, "key", Some("ts"));
+        if let Ok(text) = std::str::from_utf8(&input) {
+            let _ = Pipeline::from_toml(text, std::path::Path::new("p.toml"), Overrides::default());
+        }
+    }
+}
