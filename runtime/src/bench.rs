@@ -42,6 +42,11 @@ pub struct BenchArgs {
     /// Skip the operator-path runs.
     #[arg(long)]
     pub no_operator: bool,
+    /// Instead of the throughput runs: build a state directory of this many
+    /// MiB (1 KiB per key) and time a restart on it up to the first event
+    /// handled and checkpointed.
+    #[arg(long, value_name = "MIB")]
+    pub recovery_mib: Option<u64>,
 }
 
 /// Pre-generated events: `{"key":"k000042","amount":17}` lines.
@@ -111,6 +116,9 @@ fn native_kind() -> OperatorKind {
 
 /// Runs the benchmark and prints a report.
 pub fn run(a: BenchArgs) -> Result<()> {
+    if let Some(mib) = a.recovery_mib {
+        return recovery(&a, mib);
+    }
     let engine = wasm::engine()?;
     let t = Instant::now();
     let plugin = Arc::new(
@@ -145,6 +153,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("  native  {:>12.0} events/s", rn);
         println!("  wasm    {:>12.0} events/s", rw);
         println!("  wasm/native ratio {:.3}", rw / rn);
+
+        // The cost of the per-call CPU limit (epoch deadlines): the same
+        // component on an engine without it.
+        let free = wasm::engine_with(false)?;
+        let unlimited = Arc::new(Plugin::load(&free, &a.plugin)?);
+        let mut op =
+            unlimited.instantiate(OpCtx::new("counter".into(), None, Limits::default()), "{}")?;
+        let du = operator_path(&mut op, &ev)?;
+        let ru = rate(a.events, du);
+        println!("  wasm without the CPU limit {:>12.0} events/s", ru);
+        println!("  with/without CPU limit ratio {:.3}", rw / ru);
     }
 
     if !a.no_e2e {
@@ -194,5 +213,90 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         println!("  wasm/native ratio {:.3}", rates[1] / rates[0]);
     }
+    Ok(())
+}
+
+/// Builds a state directory of `mib` MiB for the counter (1 KiB per key:
+/// its `totals` plus padding), then restarts a pipeline on it and times it
+/// up to the first event handled and checkpointed.
+fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
+    use crate::state::Entity;
+    use crate::store::{Checkpoint, StateWrite, Store};
+    let dir = tempfile::tempdir()?;
+    let state_dir = dir.path().join("state");
+    let keys = mib * 1024;
+    let t = Instant::now();
+    {
+        let store = Store::open(&state_dir)?;
+        let names: Vec<Box<str>> = vec!["totals".into(), "pad".into()];
+        let pad = vec![b'x'; 1000];
+        let mut undo = Vec::new();
+        for chunk in (0..keys).collect::<Vec<_>>().chunks(100_000) {
+            let mut cp = Checkpoint::default();
+            for k in chunk {
+                let mut e = Entity::default();
+                e.set(
+                    0,
+                    format!("{{\"count\":{k},\"sum\":0.0}}").as_bytes(),
+                    &mut undo,
+                );
+                e.set(1, &pad, &mut undo);
+                undo.clear();
+                let mut rec = Vec::new();
+                e.encode(&names, &mut rec);
+                cp.writes.push(StateWrite {
+                    operator: "counter".into(),
+                    key: format!("k{k:08}").into(),
+                    record: Some(rec),
+                });
+            }
+            store.commit(&cp)?;
+        }
+    }
+    let size = std::fs::metadata(state_dir.join("state.redb"))?.len();
+    println!(
+        "built {keys} keys, {:.0} MiB of state in {:.1}s",
+        size as f64 / (1 << 20) as f64,
+        t.elapsed().as_secs_f64()
+    );
+
+    let input = dir.path().join("one.jsonl");
+    std::fs::write(
+        &input,
+        format!("{{\"key\":\"k{:08}\",\"amount\":1}}\n", keys / 2),
+    )?;
+    let p = Pipeline {
+        input: Input::File(input),
+        key_field: "key".into(),
+        time_field: None,
+        max_line_bytes: 1 << 20,
+        operators: Vec::new(),
+        output: Output::File(dir.path().join("out.jsonl")),
+        dead_letter: dir.path().join("dead.jsonl"),
+        state_dir,
+        workers: a.workers.unwrap_or_else(crate::pipeline::default_workers),
+        checkpoint_interval: Duration::from_secs(1),
+        checkpoint_events: None,
+    };
+    let t = Instant::now();
+    let engine = wasm::engine()?;
+    let plugin = Arc::new(Plugin::load(&engine, &a.plugin)?);
+    let ops = vec![Loaded {
+        name: "counter".into(),
+        kind: OperatorKind::Wasm(plugin),
+        config: "{}".into(),
+        limits: Limits::default(),
+    }];
+    let s = runner::run(&p, ops, &Shutdown::new())?;
+    let d = t.elapsed();
+    let out = std::fs::read_to_string(dir.path().join("out.jsonl"))?;
+    anyhow::ensure!(
+        s.operators[0].handled == 1 && out.contains(&format!("\"count\":{}", keys / 2 + 1)),
+        "unexpected output {out}"
+    );
+    println!(
+        "restart on it (open, compile, first event handled, checkpoint): {:.3}s",
+        d.as_secs_f64()
+    );
     Ok(())
 }

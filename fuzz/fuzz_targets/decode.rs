@@ -1,0 +1,12 @@
+//! The JSON Lines decoder never panics, and what it accepts has the key.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|line: &[u8]| {
+    if let Ok(d) = eddy_runtime::decode::decode(line, "key", Some("ts")) {
+        // An accepted line is valid UTF-8 JSON.
+        assert!(std::str::from_utf8(line).is_ok());
+        let _ = d.key.len();
+    }
+});
