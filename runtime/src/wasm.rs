@@ -455,6 +455,9 @@ impl WasmOperator {
         events: &[EventRef<'_>],
         done: &mut Done<'_>,
     ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let store = self.store.as_mut().expect("store present");
         // The frame: distinct keys with their values, then the events.
         let mut frame = Vec::with_capacity(events.len() * 64);
@@ -537,11 +540,17 @@ impl WasmOperator {
                         }
                     }
                     ctx.finish(applied.is_ok(), &mut emitted);
-                    done(
-                        i,
-                        applied.map_err(|e| HandleError::Trap(e.to_string())),
-                        &mut emitted,
-                    );
+                    if let Err(err) = applied {
+                        done(i, Err(HandleError::Trap(err.to_string())), &mut emitted);
+                        // The guest computed the rest of the batch on top of
+                        // this event's writes, which the host refused: redo
+                        // the rest from the host's state.
+                        let rest = i + 1;
+                        return self.run_batch(batch, &events[rest..], &mut |j, r, e| {
+                            done(rest + j, r, e)
+                        });
+                    }
+                    done(i, Ok(()), &mut emitted);
                 }
             }
             emitted.clear();

@@ -37,6 +37,24 @@ impl Operator for Faulty {
             }
             "error" => Err(Error::msg(format!("asked to fail on key {}", event.key))),
             "big-state" => BIG.set(&"x".repeat(2 << 20)),
+            "big-emit" => emit(&event.key, &"x".repeat(2 << 20)),
+            "probe" => {
+                // What the sandbox lets an operator see of its host.
+                let env = std::env::vars().count();
+                let fs = match std::fs::read_dir("/") {
+                    Ok(_) => "readable".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(u64::MAX);
+                let net = std::net::TcpStream::connect("127.0.0.1:9").is_ok();
+                emit(
+                    &event.key,
+                    &serde_json::json!({ "env": env, "fs": fs, "now": now, "net": net }),
+                )
+            }
             _ => Ok(()),
         }
     }

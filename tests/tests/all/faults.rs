@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use crate::util::*;
 
-const ACTIONS: [(&str, &str); 5] = [
+const ACTIONS: [(&str, &str); 6] = [
     ("trap", "asked to trap on key"),
     (
         "loop",
@@ -14,10 +14,14 @@ const ACTIONS: [(&str, &str); 5] = [
         "big-state",
         "exceeds the limit max_state_value = 1048576 bytes",
     ),
+    (
+        "big-emit",
+        "emitted value of 2097154 bytes exceeds the limit max_emit = 1048576 bytes",
+    ),
 ];
 
-/// An operator that traps, loops forever, allocates without bound, fails, or
-/// writes an oversized value on some events: the run finishes, exactly those
+/// An operator that traps, loops forever, allocates without bound, fails,
+/// writes an oversized value or emits an oversized payload on some events: the run finishes, exactly those
 /// events are dead-lettered with the limit or reason named, none of their
 /// writes or emits survive, and every key (the faulty ones included) goes on
 /// being handled.
@@ -83,5 +87,56 @@ fn faults_are_isolated_dead_lettered_and_named() {
     }
     for (key, n) in &ok_per_key {
         assert_eq!(outs[key], (1..=*n).collect::<Vec<_>>(), "outputs of {key}");
+    }
+}
+
+/// An operator sees no environment, no file system, no network and a clock
+/// stopped at the epoch.
+#[test]
+fn operators_get_no_environment_files_network_or_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"key\":\"p\",\"action\":\"probe\"}\n").unwrap();
+    std::env::set_var("EDDY_TEST_SECRET", "visible?");
+    let p = pipeline(dir.path(), &input, &[("faulty", eddy_tests::FAULTY)], 1);
+    run(&p);
+    let out = read_jsonl(&dir.path().join("out.jsonl"));
+    let probe = &out.last().unwrap()["value"];
+    assert_eq!(probe["env"], 0, "{probe}");
+    assert_eq!(probe["now"], 0, "{probe}");
+    assert_eq!(probe["net"], false, "{probe}");
+    assert_ne!(probe["fs"], "readable", "{probe}");
+}
+
+/// Two operators of a chain keep separate state even with the same state
+/// names: the same counter twice, re-keyed by the same key, counts every
+/// event once in each.
+#[test]
+fn operators_of_a_chain_do_not_share_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, text) = counter_events(5_000, 50, 8);
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, text).unwrap();
+    let p = pipeline(
+        dir.path(),
+        &input,
+        &[
+            ("first", eddy_tests::COUNTER),
+            ("second", eddy_tests::COUNTER),
+        ],
+        2,
+    );
+    run(&p);
+    let expected = reference(&events);
+    for op in ["first", "second"] {
+        let got = state_values(&p.state_dir, op, &["totals"]);
+        assert_eq!(got.len(), expected.len());
+        for (k, (count, _)) in &expected {
+            assert_eq!(
+                got[k][0]["count"].as_u64(),
+                Some(*count),
+                "{op}: count of {k}"
+            );
+        }
     }
 }
