@@ -57,6 +57,8 @@ impl Operator for NativeCounter {
 }
 
 /// Reads one numeric top-level field of a JSON object; 0 when missing.
+/// (The same code as `plugins/counter`, which cannot depend on the runtime:
+/// the baseline must do the same work as the component.)
 struct FieldSeed<'f>(&'f str);
 
 impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {

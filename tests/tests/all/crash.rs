@@ -62,14 +62,5 @@ fn sigkill_at_random_moments_then_restart_gives_exact_state() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     assert_counter_state(&dir.path().join("st"), &reference(&events));
-    let out = read_jsonl(&dir.path().join("out.jsonl"));
-    assert_eq!(out.len(), events.len(), "each event's output exactly once");
-    let mut counts = std::collections::HashMap::new();
-    for line in &out {
-        let c = counts
-            .entry(line["key"].as_str().unwrap().to_string())
-            .or_insert(0u64);
-        *c += 1;
-        assert_eq!(line["value"]["count"].as_u64(), Some(*c), "{line}");
-    }
+    assert_outputs_once(dir.path(), &events);
 }

@@ -152,3 +152,22 @@ pub fn eddy_bin() -> PathBuf {
     );
     bin
 }
+
+/// Checks that `out.jsonl` holds exactly one output per event, with per-key
+/// counts 1, 2, 3, ... (no event lost or repeated across restarts).
+pub fn assert_outputs_once(dir: &std::path::Path, events: &[(String, u64)]) {
+    let out = read_jsonl(&dir.join("out.jsonl"));
+    assert_eq!(
+        out.len(),
+        events.len(),
+        "exactly one output per input event"
+    );
+    let mut counts = std::collections::HashMap::new();
+    for line in &out {
+        let c = counts
+            .entry(line["key"].as_str().unwrap().to_string())
+            .or_insert(0u64);
+        *c += 1;
+        assert_eq!(line["value"]["count"].as_u64(), Some(*c), "{line}");
+    }
+}
