@@ -17,9 +17,11 @@
 //! - [`runner`]: [`runner::run`] wires it all and drives checkpoints.
 //! - [`pipeline`]: the pipeline file and flags.
 //! - [`mod@bench`]: the `eddy bench` command.
+//! - [`cli`]: the `eddy` command line.
 //! - [`bindings`]: the host bindings of `wit/`.
 pub mod bench;
 pub mod bindings;
+pub mod cli;
 pub mod decode;
 pub mod host;
 pub mod io;

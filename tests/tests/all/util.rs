@@ -140,17 +140,9 @@ pub fn assert_counter_state(state_dir: &Path, expected: &BTreeMap<String, (u64, 
     }
 }
 
-/// The `eddy` binary built alongside the tests (`cargo test --workspace`).
+/// The `eddy` binary (this package's copy of the CLI, built by `cargo test`).
 pub fn eddy_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join(format!("eddy{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        bin.display()
-    );
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_eddy-cli"))
 }
 
 /// Checks that `out.jsonl` holds exactly one output per event, with per-key
