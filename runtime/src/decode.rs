@@ -90,7 +90,7 @@ impl<'de> Visitor<'de> for Fields<'_> {
             time: None,
             error: None,
         };
-        while let Some(name) = map.next_key::<Key<'de>>()? {
+        while let Some(name) = map.next_key::<FieldName<'de>>()? {
             if name.0 == self.key_field {
                 match map.next_value::<KeyValue<'de>>()?.0 {
                     Some(k) => found.key = Some(k),
@@ -114,12 +114,13 @@ impl<'de> Visitor<'de> for Fields<'_> {
     }
 }
 
-/// A field name, borrowed when it has no escapes.
-struct Key<'a>(Cow<'a, str>);
+/// A field name, borrowed when it has no escapes (also used by the native
+/// baseline operator).
+pub(crate) struct FieldName<'a>(pub(crate) Cow<'a, str>);
 
-impl<'de> de::Deserialize<'de> for Key<'de> {
+impl<'de> de::Deserialize<'de> for FieldName<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(StrVisitor).map(Key)
+        d.deserialize_str(StrVisitor).map(FieldName)
     }
 }
 
@@ -188,8 +189,40 @@ struct TimeValue(Option<i64>);
 
 impl<'de> de::Deserialize<'de> for TimeValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = serde_json::Value::deserialize(d).map_err(de::Error::custom)?;
-        Ok(TimeValue(v.as_i64()))
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TimeValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(TimeValue(Some(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(TimeValue(i64::try_from(v).ok()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(TimeValue(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(TimeValue(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(TimeValue(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(TimeValue(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(TimeValue(None))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(TimeValue(None))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 

@@ -75,7 +75,7 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<f64, A::Error> {
         let mut found = 0.0;
-        while let Some(key) = map.next_key::<FieldName<'de>>()? {
+        while let Some(key) = map.next_key::<crate::decode::FieldName<'de>>()? {
             if key.0 == self.0 {
                 found = map.next_value::<NumberOrZero>()?.0;
             } else {
@@ -83,28 +83,6 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
             }
         }
         Ok(found)
-    }
-}
-
-/// A field name, borrowed from the input unless it has escapes.
-struct FieldName<'de>(std::borrow::Cow<'de, str>);
-
-impl<'de> serde::Deserialize<'de> for FieldName<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = FieldName<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a field name")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(FieldName(std::borrow::Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(FieldName(std::borrow::Cow::Owned(v.to_string())))
-            }
-        }
-        d.deserialize_str(V)
     }
 }
 
