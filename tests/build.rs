@@ -12,6 +12,10 @@ const PLUGINS: &[&str] = &[
     "recommend",
     "tracking",
     "faulty",
+    "counter_v2",
+    "counter_v3",
+    "refuse",
+    "hello-cli",
 ];
 const TARGET: &str = "wasm32-wasip2";
 
@@ -48,7 +52,7 @@ fn main() {
         assert!(path.exists(), "{} was not built", path.display());
         consts += &format!(
             "/// The `{name}` example operator.\npub const {}: &str = {:?};\n",
-            name.to_uppercase(),
+            name.to_uppercase().replace('-', "_"),
             path.display().to_string()
         );
     }

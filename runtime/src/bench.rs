@@ -192,12 +192,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 workers,
                 checkpoint_interval: Duration::from_secs(1),
                 checkpoint_events: None,
+                follow: false,
+                watch: false,
+                control: None,
             };
             let ops = vec![Loaded {
                 name: "counter".into(),
                 kind,
                 config: "{}".into(),
                 limits: Limits::default(),
+                generation: 0,
+                history: Default::default(),
             }];
             let s = runner::run(&p, ops, &Shutdown::new())?;
             let r = rate(s.lines as usize, s.elapsed);
@@ -277,6 +282,9 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
         workers: a.workers.unwrap_or_else(crate::pipeline::default_workers),
         checkpoint_interval: Duration::from_secs(1),
         checkpoint_events: None,
+        follow: false,
+        watch: false,
+        control: None,
     };
     let t = Instant::now();
     let engine = wasm::engine()?;
@@ -286,6 +294,8 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
         kind: OperatorKind::Wasm(plugin),
         config: "{}".into(),
         limits: Limits::default(),
+        generation: 0,
+        history: Default::default(),
     }];
     let s = runner::run(&p, ops, &Shutdown::new())?;
     let d = t.elapsed();

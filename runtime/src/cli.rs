@@ -1,5 +1,6 @@
-//! The `eddy` command line (`eddy run`, `eddy bench`): [`main`] parses the
-//! arguments, runs the command and turns errors into an exit code.
+//! The `eddy` command line (`eddy run`, `status`, `swap`, `rollback`,
+//! `bench`): [`main`] parses the arguments, runs the command and turns
+//! errors into an exit code.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,8 +8,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::control::{self, Request, Response};
 use crate::pipeline::{Overrides, Pipeline};
 use crate::runner::{self, Shutdown};
+use crate::swap::{Status, SwapReport, Version};
 use crate::{bench, wasm};
 
 /// Eddy: a stateful stream runtime for WebAssembly operators.
@@ -26,7 +29,71 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(RunArgs),
+    Status(StatusArgs),
+    Swap(SwapArgs),
+    Rollback(RollbackArgs),
     Bench(bench::BenchArgs),
+}
+
+/// Where to find a running pipeline's control endpoint.
+#[derive(Args)]
+struct Target {
+    /// State directory of the running pipeline; its control address is in
+    /// STATE/control.addr [default: ./eddy-data].
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// The pipeline file the pipeline runs: its state directory is used.
+    #[arg(long, value_name = "FILE", conflicts_with = "state")]
+    pipeline: Option<PathBuf>,
+    /// Control address (IP:PORT on loopback), instead of reading it from the
+    /// state directory.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["state", "pipeline"])]
+    control: Option<String>,
+}
+
+/// Show a running pipeline: each operator's version (content hash,
+/// generation, where it was loaded from, when), events handled, failed and
+/// emitted, and each worker's position and last swap pauses.
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Print the status as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Replace a running operator by a new version, keeping its state.
+///
+/// The component is compiled and checked first (a component of the operator
+/// world, `init` accepts the operator's config, its `migrate` works on
+/// committed state); if anything is wrong the command fails with the reason
+/// and the old version keeps running. Then every event read before the
+/// switch is handled by the old version and every later one by the new;
+/// none is lost or handled twice. Returns once the swap is durable (a
+/// restart comes back on the new version).
+///
+///   eddy swap counter target/wasm32-wasip2/release/counter_v2.wasm
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+struct SwapArgs {
+    /// Name of the operator to replace.
+    operator: String,
+    /// The new version's component (.wasm).
+    component: PathBuf,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Return a running operator to the version it ran before the current one,
+/// the same way as a swap (state kept, no event lost or repeated). Rolling
+/// back twice returns to where you started.
+#[derive(Args)]
+struct RollbackArgs {
+    /// Name of the operator.
+    operator: String,
+    #[command(flatten)]
+    target: Target,
 }
 
 /// Run a pipeline: read events, hand them to the operators, write what they
@@ -74,6 +141,22 @@ struct RunArgs {
     /// Also checkpoint every this many input events.
     #[arg(long, value_name = "N")]
     checkpoint_events: Option<u64>,
+    /// Keep reading the input file as it grows, like `tail -f`, until
+    /// stopped (Ctrl-C); a restart resumes from the checkpointed position.
+    #[arg(long)]
+    follow: bool,
+    /// Swap an operator for the new version whenever its component file
+    /// changes (an edit-build-see loop).
+    #[arg(long)]
+    watch: bool,
+    /// Control endpoint address for `eddy status`, `swap` and `rollback`
+    /// (loopback only) [default: 127.0.0.1:0, any free port]. It is printed
+    /// at start and written to STATE/control.addr.
+    #[arg(long, value_name = "ADDR")]
+    control: Option<String>,
+    /// Serve no control endpoint.
+    #[arg(long, conflicts_with = "control")]
+    no_control: bool,
     /// Print no summary at the end.
     #[arg(long, short)]
     quiet: bool,
@@ -101,6 +184,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => cmd_run(args),
+        Command::Status(args) => cmd_status(args),
+        Command::Swap(args) => cmd_swap(args),
+        Command::Rollback(args) => cmd_rollback(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {
@@ -124,6 +210,10 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         time_field: a.time_field,
         checkpoint_interval_ms: a.checkpoint_interval_ms,
         checkpoint_events: a.checkpoint_events,
+        follow: a.follow,
+        watch: a.watch,
+        control: a.control,
+        no_control: a.no_control,
     };
     let pipeline = Pipeline::load(a.pipeline.as_deref(), overrides)?;
     let engine = wasm::engine().context("starting the WebAssembly engine")?;
@@ -143,7 +233,16 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     })
     .context("installing the Ctrl-C handler")?;
 
-    let summary = runner::run(&pipeline, operators, &shutdown)?;
+    let quiet = a.quiet;
+    let state_dir = pipeline.state_dir.clone();
+    let summary = runner::run_notify(&pipeline, operators, &shutdown, |started| {
+        if let (Some(addr), false) = (started.control, quiet) {
+            eprintln!(
+                "eddy: control endpoint {addr} (in {}): `eddy status`, `eddy swap`, `eddy rollback`",
+                state_dir.join(control::ADDR_FILE).display()
+            );
+        }
+    })?;
     if !a.quiet {
         let secs = summary.elapsed.as_secs_f64();
         let mut msg = format!(
@@ -176,4 +275,160 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         eprintln!("{msg}");
     }
     Ok(())
+}
+
+impl Target {
+    /// The control address, and where it came from (for messages).
+    fn resolve(&self) -> Result<(std::net::SocketAddr, String)> {
+        if let Some(addr) = &self.control {
+            return Ok((control::parse_addr(addr)?, String::new()));
+        }
+        let dir = match &self.pipeline {
+            Some(file) => Pipeline::load(Some(file), Overrides::default())?.state_dir,
+            None => self
+                .state
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("eddy-data")),
+        };
+        let addr = control::find(&dir)?;
+        let from = format!(" (from {})", dir.join(control::ADDR_FILE).display());
+        Ok((addr, from))
+    }
+
+    fn ask(&self, request: &Request) -> Result<Response> {
+        let (addr, from) = self.resolve()?;
+        Ok(control::request(addr, &from, request)?)
+    }
+}
+
+fn cmd_status(a: StatusArgs) -> Result<()> {
+    match a.target.ask(&Request::Status)? {
+        Response::Status(s) if a.json => {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+            Ok(())
+        }
+        Response::Status(s) => {
+            print!("{}", format_status(&s));
+            Ok(())
+        }
+        Response::Error { message } => anyhow::bail!(message),
+        Response::Swapped(_) => anyhow::bail!("unexpected answer to a status request"),
+    }
+}
+
+fn cmd_swap(a: SwapArgs) -> Result<()> {
+    // The pipeline may run in another directory: send an absolute path.
+    let component = std::path::absolute(&a.component)
+        .with_context(|| format!("component {}", a.component.display()))?;
+    let r = a.target.ask(&Request::Swap {
+        operator: a.operator,
+        component,
+    })?;
+    report_swap(r, "swapped")
+}
+
+fn cmd_rollback(a: RollbackArgs) -> Result<()> {
+    let r = a.target.ask(&Request::Rollback {
+        operator: a.operator,
+    })?;
+    report_swap(r, "rolled back")
+}
+
+fn report_swap(r: Response, verb: &str) -> Result<()> {
+    match r {
+        Response::Swapped(r) => {
+            println!("{}", format_swap(&r, verb));
+            Ok(())
+        }
+        Response::Error { message } => anyhow::bail!(message),
+        Response::Status(_) => anyhow::bail!("unexpected answer to a swap request"),
+    }
+}
+
+fn format_swap(r: &SwapReport, verb: &str) -> String {
+    format!(
+        "{verb} `{}`: {} (generation {}) -> {} (generation {}, {}); lines up to {} went to the old version, later lines to the new{}; compiled in {:.0} ms, checked in {:.0} ms; durable",
+        r.operator,
+        r.from.hash,
+        r.from.generation,
+        r.to.hash,
+        r.to.generation,
+        r.to.source,
+        r.barrier_line,
+        if r.migrates {
+            "; keys written by an earlier version migrate on first touch"
+        } else {
+            ""
+        },
+        r.compile_ms,
+        r.prepare_ms
+    )
+}
+
+fn ago(ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let s = now.saturating_sub(ms) / 1000;
+    match s {
+        0..=119 => format!("{s}s ago"),
+        120..=7199 => format!("{}m ago", s / 60),
+        _ => format!("{}h ago", s / 3600),
+    }
+}
+
+fn version_line(v: &Version) -> String {
+    format!(
+        "{} (generation {}, from {}, loaded {})",
+        v.hash,
+        v.generation,
+        v.source,
+        ago(v.loaded_at_ms)
+    )
+}
+
+/// The human form of `eddy status`.
+pub fn format_status(s: &Status) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "eddy (pid {}): input {}, {} lines read; state {}",
+        s.pid, s.input, s.lines_read, s.state_dir
+    );
+    for op in &s.operators {
+        let _ = writeln!(
+            o,
+            "operator {}: version {}",
+            op.name,
+            version_line(&op.version)
+        );
+        let _ = writeln!(
+            o,
+            "  handled {}, failed {}, emitted {}",
+            op.handled, op.failed, op.emitted
+        );
+        for v in op
+            .versions
+            .iter()
+            .rev()
+            .filter(|v| v.generation != op.version.generation)
+        {
+            let _ = writeln!(o, "  earlier: {}", version_line(v));
+        }
+    }
+    for w in &s.workers {
+        let _ = write!(o, "worker {}: at line {}", w.id, w.line);
+        if let Some(p) = w.pauses.last() {
+            let _ = write!(
+                o,
+                "; last swap paused it {:.0} us (operator {}, to generation {})",
+                p.pause_us,
+                s.operators.get(p.stage).map_or("?", |op| op.name.as_str()),
+                p.generation
+            );
+        }
+        let _ = writeln!(o);
+    }
+    o
 }

@@ -52,12 +52,18 @@ pub enum HostError {
     StateTooLarge { size: usize, limit: usize },
     #[error("emitted value of {size} bytes exceeds the limit max_emit = {limit} bytes")]
     EmitTooLarge { size: usize, limit: usize },
+    #[error("emit called from `migrate` (a migration may only rewrite state)")]
+    EmitInMigrate,
 }
 
 /// A cached key: its state and whether it changed since the last checkpoint.
 struct Slot {
     key: CompactString,
     entity: Entity,
+    /// Generation of the operator version that last wrote (or migrated)
+    /// this key's state: a key written by another version than the running
+    /// one is migrated on first touch.
+    generation: u32,
     /// Already listed in `OpCtx::dirty`.
     dirty: bool,
 }
@@ -93,6 +99,11 @@ pub struct OpCtx {
     /// Emits of the current event.
     emits: Vec<Emitted>,
     limits: Limits,
+    /// Generation of the operator version running now (0 for the first;
+    /// each hot swap or rollback takes the next).
+    generation: u32,
+    /// A `migrate` call is running: emits are refused.
+    migrating: bool,
 }
 
 impl OpCtx {
@@ -109,6 +120,65 @@ impl OpCtx {
             undo: Vec::new(),
             emits: Vec::new(),
             limits,
+            generation: 0,
+            migrating: false,
+        }
+    }
+
+    /// Generation of the operator version this context serves.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Sets the generation of the running version (at start and at a swap).
+    pub fn set_generation(&mut self, generation: u32) {
+        self.generation = generation;
+    }
+
+    /// Loads `key` and tells whether its state was written by another
+    /// version than the running one: `Some(that generation)` when it must be
+    /// migrated before this version handles it.
+    pub fn stale(&mut self, key: &str) -> Result<Option<u32>, StoreError> {
+        let i = self.load(key)?;
+        let slot = &self.slots[i as usize];
+        Ok(
+            (slot.generation != self.generation && !slot.entity.is_empty())
+                .then_some(slot.generation),
+        )
+    }
+
+    /// Whether the key in cache slot `slot` must be migrated (see
+    /// [`OpCtx::stale`]).
+    pub fn slot_stale(&self, slot: u32) -> bool {
+        let slot = &self.slots[slot as usize];
+        slot.generation != self.generation && !slot.entity.is_empty()
+    }
+
+    /// Starts a migration of `key`: like [`OpCtx::begin`], with emits
+    /// refused. End it with [`OpCtx::finish_migration`].
+    pub fn begin_migration(&mut self, key: &str) -> Result<(), StoreError> {
+        self.begin(key)?;
+        self.migrating = true;
+        Ok(())
+    }
+
+    /// Ends a migration: with `ok` its writes stay and the key is tagged
+    /// with the running generation (and written at the next checkpoint);
+    /// otherwise the writes are undone and the key keeps its old tag.
+    pub fn finish_migration(&mut self, ok: bool) {
+        self.migrating = false;
+        let Some(i) = self.current.take() else { return };
+        let slot = &mut self.slots[i as usize];
+        self.emits.clear();
+        if ok {
+            slot.generation = self.generation;
+            if !slot.dirty {
+                slot.dirty = true;
+                self.dirty.push(i);
+            }
+            self.undo.clear();
+        } else {
+            slot.entity.undo(&mut self.undo);
         }
     }
 
@@ -159,22 +229,25 @@ impl OpCtx {
         let slot = match self.index.get(key) {
             Some(&i) => i,
             None => {
-                let entity = match &self.reader {
+                let (entity, generation) = match &self.reader {
                     Some(r) => match r.get(&self.name, key)? {
-                        Some(rec) => Entity::decode(&rec, &mut |n| intern(&mut self.names, n))
-                            .map_err(|e| StoreError::Corrupt {
-                                operator: self.name.to_string(),
-                                key: key.to_string(),
-                                reason: e.to_string(),
-                            })?,
-                        None => Entity::default(),
+                        Some(rec) => {
+                            Entity::decode_tagged(&rec, &mut |n| intern(&mut self.names, n))
+                                .map_err(|e| StoreError::Corrupt {
+                                    operator: self.name.to_string(),
+                                    key: key.to_string(),
+                                    reason: e.to_string(),
+                                })?
+                        }
+                        None => (Entity::default(), self.generation),
                     },
-                    None => Entity::default(),
+                    None => (Entity::default(), self.generation),
                 };
                 let i = self.slots.len() as u32;
                 self.slots.push(Slot {
                     key: CompactString::from(key),
                     entity,
+                    generation,
                     dirty: false,
                 });
                 self.index.insert(CompactString::from(key), i);
@@ -190,9 +263,12 @@ impl OpCtx {
         let Some(i) = self.current.take() else { return };
         let slot = &mut self.slots[i as usize];
         if ok {
-            if !self.undo.is_empty() && !slot.dirty {
-                slot.dirty = true;
-                self.dirty.push(i);
+            if !self.undo.is_empty() {
+                slot.generation = self.generation;
+                if !slot.dirty {
+                    slot.dirty = true;
+                    self.dirty.push(i);
+                }
             }
             self.undo.clear();
             out.append(&mut self.emits);
@@ -212,7 +288,8 @@ impl OpCtx {
                 None
             } else {
                 let mut buf = Vec::new();
-                slot.entity.encode(&self.names, &mut buf);
+                slot.entity
+                    .encode_tagged(slot.generation, &self.names, &mut buf);
                 Some(buf)
             };
             out.push(StateWrite {
@@ -355,6 +432,9 @@ impl OpCtx {
     pub fn emit(&mut self, key: String, value: Vec<u8>) -> Result<(), HostError> {
         if self.current.is_none() {
             return Err(HostError::NoKey);
+        }
+        if self.migrating {
+            return Err(HostError::EmitInMigrate);
         }
         if value.len() > self.limits.max_emit {
             return Err(HostError::EmitTooLarge {

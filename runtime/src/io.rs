@@ -3,6 +3,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -38,14 +40,28 @@ pub fn open_input(input: &Input, offset: u64) -> io::Result<Box<dyn Read + Send>
     }
 }
 
+/// Following a file as it grows (`--follow`).
+pub struct Follow {
+    /// The file, to notice when it is truncated or replaced.
+    pub path: PathBuf,
+    /// Raised when the pipeline stops.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// How often a followed file is polled for new lines.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Reads `r` (positioned at `offset`) into chunks of whole lines until end
 /// of input or until the receiver goes away. Lines longer than `max_line`
-/// are reported as [`Chunk::Oversized`] instead.
+/// are reported as [`Chunk::Oversized`] instead. With `follow`, the end of
+/// the file is not the end of the input: it waits for more lines (a last
+/// line without its `\n` waits for it) until `follow.stop` is raised.
 pub fn read_lines(
     mut r: Box<dyn Read + Send>,
     mut offset: u64,
     max_line: usize,
     tx: Sender<Chunk>,
+    follow: Option<Follow>,
 ) {
     let mut block = vec![0u8; BLOCK];
     // The incomplete line read so far, starting at `offset`.
@@ -54,7 +70,35 @@ pub fn read_lines(
     let mut skipping: Option<(u64, u64)> = None;
     loop {
         let n = match r.read(&mut block) {
-            Ok(0) => break,
+            Ok(0) => match &follow {
+                None => break,
+                Some(f) => {
+                    if f.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let read = offset + cur.len() as u64 + skipping.map_or(0, |(_, len)| len);
+                    match std::fs::metadata(&f.path) {
+                        Ok(m) if m.len() < read => {
+                            let _ = tx.send(Chunk::Error(format!(
+                                "{} shrank to {} bytes while followed (read up to byte {read}): it was truncated or replaced",
+                                f.path.display(),
+                                m.len()
+                            )));
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let _ = tx.send(Chunk::Error(format!(
+                                "{} while followed: {e}",
+                                f.path.display()
+                            )));
+                            return;
+                        }
+                    }
+                    std::thread::sleep(FOLLOW_POLL);
+                    continue;
+                }
+            },
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {

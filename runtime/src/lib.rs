@@ -15,6 +15,8 @@
 //! - [`io`]: the input reader thread, the sink thread, output formatting.
 //! - [`worker`]: worker threads, routing, batches.
 //! - [`runner`]: [`runner::run`] wires it all and drives checkpoints.
+//! - [`swap`]: hot swap: operator versions, the [`swap::Controller`].
+//! - [`control`]: the control endpoint (`eddy status`, `swap`, `rollback`).
 //! - [`pipeline`]: the pipeline file and flags.
 //! - [`mod@bench`]: the `eddy bench` command.
 //! - [`cli`]: the `eddy` command line.
@@ -22,6 +24,7 @@
 pub mod bench;
 pub mod bindings;
 pub mod cli;
+pub mod control;
 pub mod decode;
 pub mod host;
 pub mod io;
@@ -31,5 +34,6 @@ pub mod pipeline;
 pub mod runner;
 pub mod state;
 pub mod store;
+pub mod swap;
 pub mod wasm;
 pub mod worker;

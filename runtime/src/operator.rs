@@ -42,6 +42,14 @@ pub trait Operator: Send {
         "native"
     }
 
+    /// Readies `key` before one of its events is handled, outside the event
+    /// (a Wasm operator migrates state written by another version here). An
+    /// `Err` fails the event without handling it.
+    fn prepare(&mut self, key: &str) -> Result<Result<(), HandleError>, StoreError> {
+        let _ = key;
+        Ok(Ok(()))
+    }
+
     /// Handles one event; state calls act on `event.key` (the worker has
     /// called [`OpCtx::begin`] for it).
     fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError>;
@@ -68,6 +76,10 @@ pub fn handle_each<O: Operator + ?Sized>(
 ) -> Result<(), StoreError> {
     let mut emitted = Vec::new();
     for (i, e) in events.iter().enumerate().skip(from) {
+        if let Err(err) = op.prepare(e.key)? {
+            done(i, Err(err), &mut emitted);
+            continue;
+        }
         op.ctx().begin(e.key)?;
         let r = op.handle(*e);
         op.ctx().finish(r.is_ok(), &mut emitted);

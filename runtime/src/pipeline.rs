@@ -4,8 +4,12 @@
 //! ```toml
 //! workers = 2                      # default: number of cores
 //!
+//! control = "127.0.0.1:0"         # control endpoint (loopback; 0: any free port)
+//! watch = false                    # swap an operator when its component file changes
+//!
 //! [source]
 //! path = "events.jsonl"            # "-" for stdin
+//! follow = false                   # keep reading the file as it grows (tail -f)
 //! key = "key"                      # field holding the routing key
 //! time = "ts"                      # optional field holding the event time
 //!
@@ -103,7 +107,16 @@ pub struct Pipeline {
     pub checkpoint_interval: Duration,
     /// Also checkpoint after this many input events (`None`: by time only).
     pub checkpoint_events: Option<u64>,
+    /// Keep reading a file input as it grows, until stopped.
+    pub follow: bool,
+    /// Swap an operator when its component file changes.
+    pub watch: bool,
+    /// Loopback address of the control endpoint (`None`: no endpoint).
+    pub control: Option<std::net::SocketAddr>,
 }
+
+/// The default control address: a free port on 127.0.0.1.
+pub const DEFAULT_CONTROL: &str = "127.0.0.1:0";
 
 /// A pipeline file that cannot be used.
 #[derive(Debug, Error)]
@@ -123,6 +136,8 @@ pub enum PipelineError {
 #[serde(deny_unknown_fields)]
 struct File {
     workers: Option<usize>,
+    control: Option<String>,
+    watch: Option<bool>,
     #[serde(default)]
     source: SourceTable,
     #[serde(default, rename = "operator")]
@@ -137,6 +152,7 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct SourceTable {
     path: Option<String>,
+    follow: Option<bool>,
     key: Option<String>,
     time: Option<String>,
     max_line_bytes: Option<usize>,
@@ -197,6 +213,14 @@ pub struct Overrides {
     pub time_field: Option<String>,
     pub checkpoint_interval_ms: Option<u64>,
     pub checkpoint_events: Option<u64>,
+    /// `--follow`.
+    pub follow: bool,
+    /// `--watch`.
+    pub watch: bool,
+    /// `--control ADDR`.
+    pub control: Option<String>,
+    /// `--no-control`.
+    pub no_control: bool,
 }
 
 /// Default number of workers: the number of cores.
@@ -344,7 +368,28 @@ impl Pipeline {
             .checkpoint_events
             .or(f.state.checkpoint_events)
             .filter(|&n| n > 0);
+        let follow = o.follow || f.source.follow.unwrap_or(false);
+        if follow && input == Input::Stdin {
+            return Err(PipelineError::Invalid(
+                "follow needs a file input: stdin is read until it ends anyway".into(),
+            ));
+        }
+        let control = if o.no_control {
+            None
+        } else {
+            let addr = o
+                .control
+                .or(f.control)
+                .unwrap_or_else(|| DEFAULT_CONTROL.to_string());
+            Some(
+                crate::control::parse_addr(&addr)
+                    .map_err(|e| PipelineError::Invalid(e.to_string()))?,
+            )
+        };
         Ok(Pipeline {
+            follow,
+            watch: o.watch || f.watch.unwrap_or(false),
+            control,
             input,
             key_field: o.key_field.or(f.source.key).unwrap_or_else(|| "key".into()),
             time_field: o.time_field.or(f.source.time),

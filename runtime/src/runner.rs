@@ -10,20 +10,22 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
+use crate::control;
 use crate::decode::decode;
 use crate::host::{Limits, OpCtx};
 use crate::io::{open_input, open_output_file, read_lines, run_sink, Chunk, SinkMsg};
 use crate::operator::Operator;
 use crate::pipeline::{Input, Output, Pipeline};
 use crate::store::{Checkpoint, SourcePos, Store};
+use crate::swap::{self, Command, Controller, SwapReport};
 use crate::wasm::Plugin;
-use crate::worker::{route, BarrierReply, Batch, Msg, OpStats, Worker};
+use crate::worker::{route, BarrierReply, Batch, Live, Msg, OpStats, Worker, WorkerLive};
 
 /// Events per batch sent to a worker.
 const BATCH: usize = 1024;
@@ -67,6 +69,11 @@ pub struct Loaded {
     /// Config JSON text for `init`.
     pub config: String,
     pub limits: Limits,
+    /// Generation of the version that runs (set by the runner from the
+    /// state directory; see [`swap::resolve`]).
+    pub generation: u32,
+    /// Content hash of each generation, for `migrate`.
+    pub history: Arc<Vec<String>>,
 }
 
 /// Compiles every operator of the pipeline (once, shared by all workers).
@@ -80,6 +87,8 @@ pub fn load_operators(engine: &wasmtime::Engine, p: &Pipeline) -> Result<Vec<Loa
                 kind: OperatorKind::Wasm(Arc::new(plugin)),
                 config: spec.config.to_string(),
                 limits: spec.limits,
+                generation: 0,
+                history: Arc::default(),
             })
         })
         .collect()
@@ -116,11 +125,40 @@ fn file_id(path: &Path) -> String {
         .to_string()
 }
 
+/// What a pipeline that has started tells its caller.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// Address of the control endpoint, if it has one.
+    pub control: Option<std::net::SocketAddr>,
+    /// Line number the run resumes after (0 for a fresh start).
+    pub resumed_after_line: u64,
+}
+
 /// Runs `pipeline` with `operators` until the input ends or `shutdown` is
 /// triggered, then makes a final checkpoint.
 pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<Summary> {
+    run_notify(p, operators, shutdown, |_| {})
+}
+
+/// Like [`run`], calling `started` once the pipeline runs (its workers are
+/// ready and its control endpoint listens).
+pub fn run_notify(
+    p: &Pipeline,
+    mut operators: Vec<Loaded>,
+    shutdown: &Shutdown,
+    started_cb: impl FnOnce(&Started),
+) -> Result<Summary> {
     let started = Instant::now();
     let store = Store::open(&p.state_dir)?;
+    // Which version of each operator runs: a swap made before a restart
+    // stays in force.
+    let mut versions = Vec::with_capacity(operators.len());
+    let mut versions_dirty = false;
+    for op in &mut operators {
+        let (v, changed) = swap::resolve(&store, op)?;
+        versions_dirty |= changed;
+        versions.push(v);
+    }
 
     // Resume position and output lengths from the last checkpoint.
     let input_id = match &p.input {
@@ -167,6 +205,17 @@ pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<
 
     // Workers: each instantiates every operator, then reports ready.
     let n = p.workers;
+    let k = operators.len();
+    let live: Live = Arc::new(
+        (0..n)
+            .map(|_| {
+                Mutex::new(WorkerLive {
+                    ops: vec![OpStats::default(); k],
+                    ..WorkerLive::default()
+                })
+            })
+            .collect(),
+    );
     let inflight = Arc::new(AtomicUsize::new(0));
     let (inbox_tx, inbox_rx): (Vec<Sender<Msg>>, Vec<Receiver<Msg>>) =
         (0..n).map(|_| unbounded()).unzip();
@@ -179,6 +228,7 @@ pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<
         let inflight = inflight.clone();
         let store = store.clone();
         let ready = ready_tx.clone();
+        let live = live.clone();
         workers.push(
             std::thread::Builder::new()
                 .name(format!("eddy-worker-{id}"))
@@ -206,6 +256,11 @@ pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<
                         stats: vec![OpStats::default(); k],
                         out: Vec::new(),
                         dead: Vec::new(),
+                        live,
+                        last_end: vec![None; k],
+                        swapped_at: vec![None; k],
+                        line: 0,
+                        retired: Vec::new(),
                     };
                     w.run(inbox)
                 })?,
@@ -247,7 +302,55 @@ pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<
             })?
     };
 
+    // Control endpoint and --watch.
+    let (ctl_tx, ctl_rx) = unbounded::<Command>();
+    let controller = Arc::new(Controller::new(
+        store.clone(),
+        n,
+        operators.clone(),
+        versions,
+        ctl_tx,
+        live.clone(),
+        match &p.input {
+            Input::File(path) => path.display().to_string(),
+            Input::Stdin => "-".into(),
+        },
+    ));
+    let server = match p.control {
+        Some(addr) => Some(control::Server::start(
+            addr,
+            &p.state_dir,
+            controller.clone(),
+        )),
+        None => None,
+    };
+    let server = match server.transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            controller.stopped.store(true, Ordering::Release);
+            for tx in &inbox_tx {
+                let _ = tx.send(Msg::Stop);
+            }
+            for w in workers {
+                let _ = w.join();
+            }
+            drop(sink_tx);
+            let _ = sink.join();
+            return Err(e);
+        }
+    };
+    if p.watch {
+        let files = operators
+            .iter()
+            .zip(&p.operators)
+            .filter(|(op, _)| matches!(op.kind, OperatorKind::Wasm(_)))
+            .map(|(op, spec)| (op.name.to_string(), spec.component.clone()))
+            .collect();
+        controller.watch(files, Duration::from_millis(250));
+    }
+
     // Reader.
+    let reader_stop = Arc::new(AtomicBool::new(false));
     let reader_input = open_input(&p.input, pos.offset).with_context(|| match &p.input {
         Input::File(path) => format!("input {}", path.display()),
         Input::Stdin => "stdin".to_string(),
@@ -255,9 +358,20 @@ pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<
     let (chunk_tx, chunk_rx) = bounded::<Chunk>(8);
     let max_line = p.max_line_bytes;
     let start_offset = pos.offset;
+    let follow = match (&p.input, p.follow) {
+        (Input::File(path), true) => Some(crate::io::Follow {
+            path: path.clone(),
+            stop: reader_stop.clone(),
+        }),
+        _ => None,
+    };
     std::thread::Builder::new()
         .name("eddy-reader".into())
-        .spawn(move || read_lines(reader_input, start_offset, max_line, chunk_tx))?;
+        .spawn(move || read_lines(reader_input, start_offset, max_line, chunk_tx, follow))?;
+    started_cb(&Started {
+        control: server.as_ref().map(|s| s.addr()),
+        resumed_after_line: pos.line,
+    });
 
     let mut co = Coordinator {
         p,
@@ -282,11 +396,36 @@ pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<
         },
         since_checkpoint: 0,
         workers_alive: workers,
+        ctl: ctl_rx,
+        controller: controller.clone(),
+        versions_dirty,
+        swaps_unchecked: Vec::new(),
+        swaps_uncommitted: Vec::new(),
+        next_checkpoint: Instant::now() + p.checkpoint_interval,
+        op_names: operators.iter().map(|o| o.name.clone()).collect(),
     };
     let result = co.drive(&chunk_rx, shutdown);
     let result = result
         .and_then(|()| co.checkpoint())
         .and_then(|()| co.wait_commit());
+    reader_stop.store(true, Ordering::Release);
+    controller.stopped.store(true, Ordering::Release);
+    // Swaps not yet made durable fail; their callers are told.
+    let err = match &result {
+        Ok(()) => "the pipeline stopped before the swap was made durable".to_string(),
+        Err(e) => format!("the pipeline failed before the swap was made durable: {e:#}"),
+    };
+    for (reply, _) in co
+        .swaps_unchecked
+        .drain(..)
+        .chain(co.swaps_uncommitted.drain(..))
+    {
+        let _ = reply.send(Err(err.clone()));
+    }
+    while let Ok(Command::Swap(prepared)) = co.ctl.try_recv() {
+        let _ = prepared.reply.send(Err(err.clone()));
+    }
+    drop(server);
     // Stop everything, even after an error.
     for tx in &co.inboxes {
         let _ = tx.send(Msg::Stop);
@@ -344,10 +483,13 @@ pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<
 fn build_operators(ops: &[Loaded], store: &Store) -> Result<Vec<Box<dyn Operator>>> {
     ops.iter()
         .map(|op| {
-            let ctx = OpCtx::new(op.name.clone(), Some(store.reader()?), op.limits);
+            let mut ctx = OpCtx::new(op.name.clone(), Some(store.reader()?), op.limits);
+            ctx.set_generation(op.generation);
             Ok(match &op.kind {
                 OperatorKind::Wasm(plugin) => {
-                    Box::new(plugin.instantiate(ctx, &op.config)?) as Box<dyn Operator>
+                    let mut inst = plugin.instantiate(ctx, &op.config)?;
+                    inst.set_history(op.history.clone());
+                    Box::new(inst) as Box<dyn Operator>
                 }
                 OperatorKind::Native(f) => f(ctx),
             })
@@ -376,72 +518,177 @@ struct Coordinator<'a> {
     summary: Summary,
     since_checkpoint: u64,
     workers_alive: Vec<std::thread::JoinHandle<std::result::Result<Vec<OpStats>, String>>>,
+    /// Prepared swaps from the controller.
+    ctl: Receiver<Command>,
+    controller: Arc<Controller>,
+    /// Operator versions changed since the last checkpoint.
+    versions_dirty: bool,
+    /// Swaps made since the last checkpoint: reported once the checkpoint
+    /// that records them is durable.
+    swaps_unchecked: Vec<(Sender<Result<SwapReport, String>>, SwapReport)>,
+    /// Swaps recorded by the checkpoint being committed.
+    swaps_uncommitted: Vec<(Sender<Result<SwapReport, String>>, SwapReport)>,
+    /// When the next checkpoint by time is due.
+    next_checkpoint: Instant,
+    /// Operator names, in chain order.
+    op_names: Vec<Arc<str>>,
 }
 
 impl Coordinator<'_> {
     fn drive(&mut self, chunks: &Receiver<Chunk>, shutdown: &Shutdown) -> Result<()> {
-        let mut last_checkpoint = Instant::now();
+        let ctl = self.ctl.clone();
         loop {
             if shutdown.is_triggered() {
                 return Ok(());
             }
+            self.poll_commit()?;
             let due = self
-                .p
-                .checkpoint_interval
-                .saturating_sub(last_checkpoint.elapsed());
-            let chunk = match chunks.recv_timeout(due.min(Duration::from_millis(100))) {
-                Ok(c) => c,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.flush_batches()?;
-                    if last_checkpoint.elapsed() >= self.p.checkpoint_interval {
-                        self.checkpoint()?;
-                        last_checkpoint = Instant::now();
+                .next_checkpoint
+                .saturating_duration_since(Instant::now());
+            crossbeam_channel::select! {
+                recv(ctl) -> cmd => {
+                    if let Ok(cmd) = cmd {
+                        self.command(cmd)?;
                     }
-                    continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => {
-                    bail!("the input reader stopped unexpectedly")
-                }
-            };
-            match chunk {
-                Chunk::Eof => return Ok(()),
-                Chunk::Error(e) => bail!("reading the input: {e}"),
-                Chunk::Oversized { offset, len } => {
-                    self.summary.lines += 1;
-                    self.pos.line += 1;
-                    self.dead_line(
-                        self.pos.line,
-                        &format!(
-                            "line is {len} bytes, longer than max_line_bytes = {}",
-                            self.p.max_line_bytes
-                        ),
-                        b"",
-                    );
-                    self.pos.offset = offset + len;
-                }
-                Chunk::Lines { data, offset } => {
-                    let mut start = 0usize;
-                    while start < data.len() {
-                        let end = memchr::memchr(b'\n', &data[start..])
-                            .map_or(data.len(), |i| start + i + 1);
-                        self.line(&data[start..end])?;
-                        self.pos.offset = offset + end as u64;
-                        start = end;
-                        if let Some(n) = self.p.checkpoint_events {
-                            if self.since_checkpoint >= n {
-                                self.checkpoint()?;
-                                last_checkpoint = Instant::now();
-                            }
+                recv(chunks) -> chunk => match chunk {
+                    Ok(chunk) => {
+                        if self.chunk(chunk, chunks)? {
+                            return Ok(());
                         }
                     }
-                    if chunks.is_empty() {
-                        self.flush_batches()?;
-                    }
-                    if last_checkpoint.elapsed() >= self.p.checkpoint_interval {
+                    Err(_) => bail!("the input reader stopped unexpectedly"),
+                },
+                default(due.min(Duration::from_millis(100))) => {
+                    self.flush_batches()?;
+                    if Instant::now() >= self.next_checkpoint {
                         self.checkpoint()?;
-                        last_checkpoint = Instant::now();
                     }
                 }
+            }
+        }
+    }
+
+    /// Handles one chunk from the reader; `true` at the end of the input.
+    fn chunk(&mut self, chunk: Chunk, chunks: &Receiver<Chunk>) -> Result<bool> {
+        match chunk {
+            Chunk::Eof => return Ok(true),
+            Chunk::Error(e) => bail!("reading the input: {e}"),
+            Chunk::Oversized { offset, len } => {
+                self.summary.lines += 1;
+                self.pos.line += 1;
+                self.dead_line(
+                    self.pos.line,
+                    &format!(
+                        "line is {len} bytes, longer than max_line_bytes = {}",
+                        self.p.max_line_bytes
+                    ),
+                    b"",
+                );
+                self.pos.offset = offset + len;
+            }
+            Chunk::Lines { data, offset } => {
+                let mut start = 0usize;
+                while start < data.len() {
+                    let end =
+                        memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i + 1);
+                    self.line(&data[start..end])?;
+                    self.pos.offset = offset + end as u64;
+                    start = end;
+                    if let Some(n) = self.p.checkpoint_events {
+                        if self.since_checkpoint >= n {
+                            self.checkpoint()?;
+                        }
+                    }
+                }
+                if chunks.is_empty() {
+                    self.flush_batches()?;
+                }
+                if Instant::now() >= self.next_checkpoint {
+                    self.checkpoint()?;
+                }
+            }
+        }
+        self.controller
+            .lines_read
+            .store(self.pos.line, Ordering::Relaxed);
+        Ok(false)
+    }
+
+    /// Carries out a prepared swap: the barrier. Events routed so far go to
+    /// the old version, later ones to the new.
+    fn command(&mut self, cmd: Command) -> Result<()> {
+        let Command::Swap(prepared) = cmd;
+        let swap::Prepared {
+            stage,
+            generation,
+            version,
+            instances,
+            mut report,
+            reply,
+        } = prepared;
+        // Every event before the barrier is in a worker's inbox.
+        self.flush_batches()?;
+        if stage > 0 {
+            // A later operator also gets events from other workers: wait
+            // until all in flight are handled.
+            self.wait_inflight(|n| n == 0)?;
+        }
+        for (w, op) in instances.into_iter().enumerate() {
+            self.inboxes[w]
+                .send(Msg::Swap {
+                    stage,
+                    op,
+                    generation,
+                })
+                .map_err(|_| anyhow!("worker {w} stopped"))?;
+        }
+        {
+            let mut versions = self.controller.versions();
+            let v = &mut versions[stage];
+            v.all.push(version);
+            v.active = generation;
+        }
+        self.versions_dirty = true;
+        report.barrier_line = self.pos.line;
+        self.swaps_unchecked.push((reply, report));
+        // Make it durable soon.
+        let soon = Instant::now() + Duration::from_millis(50).min(self.p.checkpoint_interval);
+        self.next_checkpoint = self.next_checkpoint.min(soon);
+        Ok(())
+    }
+
+    /// Takes note of a finished commit, if any, without waiting.
+    fn poll_commit(&mut self) -> Result<()> {
+        if self.commit_pending {
+            match self.commit_done.try_recv() {
+                Ok(r) => {
+                    self.commit_pending = false;
+                    self.committed(r)?;
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) => {}
+                Err(_) => bail!("the committer stopped"),
+            }
+        }
+        Ok(())
+    }
+
+    /// A commit finished: report the swaps it made durable.
+    fn committed(&mut self, r: Result<()>) -> Result<()> {
+        match r {
+            Ok(()) => {
+                for (reply, report) in self.swaps_uncommitted.drain(..) {
+                    let _ = reply.send(Ok(report));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                for (reply, _) in self.swaps_uncommitted.drain(..) {
+                    let _ = reply.send(Err(format!(
+                        "the checkpoint recording the swap failed: {e:#}"
+                    )));
+                }
+                Err(e)
             }
         }
     }
@@ -543,9 +790,11 @@ impl Coordinator<'_> {
     fn wait_commit(&mut self) -> Result<()> {
         if self.commit_pending {
             self.commit_pending = false;
-            self.commit_done
+            let r = self
+                .commit_done
                 .recv()
-                .map_err(|_| anyhow!("the committer stopped"))??;
+                .map_err(|_| anyhow!("the committer stopped"))?;
+            self.committed(r)?;
         }
         Ok(())
     }
@@ -582,12 +831,21 @@ impl Coordinator<'_> {
         cp.source = self.input_id.clone().map(|id| (id, self.pos));
         // One commit at a time: the previous must be durable first.
         self.wait_commit()?;
+        if self.versions_dirty {
+            self.versions_dirty = false;
+            for (op, v) in self.controller.versions().iter().enumerate() {
+                let name = swap::Versions::meta_name(&self.op_names[op]);
+                cp.meta.push((name, serde_json::to_vec(v).expect("json")));
+            }
+            self.swaps_uncommitted.append(&mut self.swaps_unchecked);
+        }
         self.commit
             .send(cp)
             .map_err(|_| anyhow!("the committer stopped"))?;
         self.commit_pending = true;
         self.summary.checkpoints += 1;
         self.since_checkpoint = 0;
+        self.next_checkpoint = Instant::now() + self.p.checkpoint_interval;
         Ok(())
     }
 }

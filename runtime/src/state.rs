@@ -15,8 +15,9 @@ use smallvec::SmallVec;
 
 use thiserror::Error;
 
-/// Format version of an encoded [`Entity`] record.
-const ENTITY_FORMAT: u8 = 1;
+/// Format version of an encoded [`Entity`] record. Format 2 adds the
+/// version tag; format 1 records (no tag) read as generation 0.
+const ENTITY_FORMAT: u8 = 2;
 
 /// A state name, interned per operator (see [`crate::host::OpCtx`]), so
 /// lookups compare integers instead of chasing string pointers.
@@ -252,16 +253,25 @@ impl Entity {
         }
     }
 
-    /// Encodes the state as one record:
-    /// `format u8`, then values, maps and lists, each a `u32` count followed
-    /// by length-prefixed (`u32` little endian) names and byte strings.
+    /// Encodes the state as one record with version tag 0 (see
+    /// [`Entity::encode_tagged`]).
     pub fn encode(&self, names: &[Box<str>], out: &mut Vec<u8>) {
+        self.encode_tagged(0, names, out)
+    }
+
+    /// Encodes the state as one record:
+    /// `format u8`, `generation u32` (which version of the operator last
+    /// wrote it, for migration after a hot swap), then values, maps and
+    /// lists, each a `u32` count followed by length-prefixed (`u32` little
+    /// endian) names and byte strings.
+    pub fn encode_tagged(&self, generation: u32, names: &[Box<str>], out: &mut Vec<u8>) {
         let name = |n: &Name| names[*n as usize].as_bytes();
         fn bytes(out: &mut Vec<u8>, b: &[u8]) {
             out.extend_from_slice(&(b.len() as u32).to_le_bytes());
             out.extend_from_slice(b);
         }
         out.push(ENTITY_FORMAT);
+        out.extend_from_slice(&generation.to_le_bytes());
         out.extend_from_slice(&(self.values.len() as u32).to_le_bytes());
         for (n, v) in &self.values {
             bytes(out, name(n));
@@ -288,9 +298,18 @@ impl Entity {
 
     /// Decodes a record written by [`Entity::encode`].
     pub fn decode(
-        mut input: &[u8],
+        input: &[u8],
         intern: &mut dyn FnMut(&str) -> Name,
     ) -> Result<Entity, CorruptRecord> {
+        Ok(Self::decode_tagged(input, intern)?.0)
+    }
+
+    /// Decodes a record made by [`Entity::encode_tagged`] (or a format 1
+    /// record, tagged generation 0): the state and its generation.
+    pub fn decode_tagged(
+        mut input: &[u8],
+        intern: &mut dyn FnMut(&str) -> Name,
+    ) -> Result<(Entity, u32), CorruptRecord> {
         fn take<'a>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8], CorruptRecord> {
             if input.len() < n {
                 return Err(CorruptRecord("record is truncated"));
@@ -309,10 +328,11 @@ impl Entity {
         fn string(input: &mut &[u8]) -> Result<String, CorruptRecord> {
             String::from_utf8(bytes(input)?).map_err(|_| CorruptRecord("a name is not UTF-8"))
         }
-        let format = take(&mut input, 1)?[0];
-        if format != ENTITY_FORMAT {
-            return Err(CorruptRecord("unknown record format"));
-        }
+        let generation = match take(&mut input, 1)?[0] {
+            1 => 0,
+            ENTITY_FORMAT => u32_(&mut input)? as u32,
+            _ => return Err(CorruptRecord("unknown record format")),
+        };
         let mut e = Entity::default();
         for _ in 0..u32_(&mut input)? {
             let name = intern(&string(&mut input)?);
@@ -339,7 +359,7 @@ impl Entity {
         if !input.is_empty() {
             return Err(CorruptRecord("trailing bytes after the record"));
         }
-        Ok(e)
+        Ok((e, generation))
     }
 }
 
@@ -378,6 +398,16 @@ mod tests {
         assert_eq!(Entity::decode(&buf, &mut intern).unwrap(), e);
         assert!(Entity::decode(&buf[..buf.len() - 1], &mut intern).is_err());
         assert!(Entity::decode(&[9], &mut intern).is_err());
+        // The version tag round-trips; a format 1 record (no tag) reads as 0.
+        let mut tagged = Vec::new();
+        e.encode_tagged(7, &names, &mut tagged);
+        assert_eq!(
+            Entity::decode_tagged(&tagged, &mut intern).unwrap(),
+            (e.clone(), 7)
+        );
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&buf[5..]);
+        assert_eq!(Entity::decode_tagged(&v1, &mut intern).unwrap(), (e, 0));
     }
 
     #[test]

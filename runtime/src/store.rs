@@ -12,12 +12,16 @@ use thiserror::Error;
 
 /// `(operator name, key)` -> encoded [`crate::state::Entity`].
 const STATE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("state");
-/// Checkpoint metadata: `format`, `source:<input>`, `sink:<output>`.
+/// Checkpoint metadata: `format`, `source:<input>`, `sink:<output>`,
+/// `versions:<operator>` (see [`Store::meta_json`]).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Version of the state directory layout; bumped on incompatible changes.
 pub const STORE_FORMAT: u32 = 1;
 const DB_FILE: &str = "state.redb";
+/// Folder of the state directory holding every component version that ran
+/// (`<content hash>.wasm`), so a restart or rollback finds it.
+const COMPONENTS_DIR: &str = "components";
 
 /// Errors of the state directory.
 #[derive(Debug, Error)]
@@ -38,6 +42,12 @@ pub enum StoreError {
     Incompatible { dir: PathBuf, found: String },
     #[error("state directory {dir}: database error: {error}")]
     Db { dir: PathBuf, error: redb::Error },
+    #[error("state directory {dir}: metadata `{name}` is corrupt: {reason}")]
+    CorruptMeta {
+        dir: PathBuf,
+        name: String,
+        reason: String,
+    },
     #[error("state of operator `{operator}` for key `{key}` is corrupt: {reason}")]
     Corrupt {
         operator: String,
@@ -70,6 +80,8 @@ pub struct Checkpoint {
     pub source: Option<(String, SourcePos)>,
     /// `(output id, length in bytes)` of file outputs written so far.
     pub sinks: Vec<(String, u64)>,
+    /// Other metadata to write: `(name, value)` (operator versions).
+    pub meta: Vec<(String, Vec<u8>)>,
 }
 
 /// The open state directory. Cheap to clone; shared by all threads.
@@ -221,8 +233,71 @@ impl Store {
                 meta.insert(format!("sink:{id}").as_str(), len.to_le_bytes().as_slice())
                     .map_err(|e| db_err(dir, e))?;
             }
+            for (name, value) in &cp.meta {
+                meta.insert(name.as_str(), value.as_slice())
+                    .map_err(|e| db_err(dir, e))?;
+            }
         }
         txn.commit().map_err(|e| db_err(dir, e))
+    }
+
+    /// Checkpointed metadata `name` as JSON, if any.
+    pub fn meta_json<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.meta(name)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::CorruptMeta {
+                    dir: self.dir.clone(),
+                    name: name.to_string(),
+                    reason: e.to_string(),
+                }),
+        }
+    }
+
+    /// Where component `hash` is kept in the state directory.
+    pub fn component_path(&self, hash: &str) -> PathBuf {
+        self.dir.join(COMPONENTS_DIR).join(format!("{hash}.wasm"))
+    }
+
+    /// Keeps a copy of component `bytes` (content hash `hash`) in the state
+    /// directory, durably, unless it is already there.
+    pub fn keep_component(&self, hash: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+        let path = self.component_path(hash);
+        if path.exists() {
+            return Ok(path);
+        }
+        let io = |error| StoreError::Io {
+            dir: self.dir.clone(),
+            error,
+        };
+        let folder = self.dir.join(COMPONENTS_DIR);
+        std::fs::create_dir_all(&folder).map_err(io)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&folder).map_err(io)?;
+        std::io::Write::write_all(&mut tmp, bytes).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(&path).map_err(|e| io(e.error))?;
+        Ok(path)
+    }
+
+    /// Up to `n` keys of `operator` with committed state, in key order.
+    pub fn sample_keys(&self, operator: &str, n: usize) -> Result<Vec<String>, StoreError> {
+        let dir = &self.dir;
+        let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
+        let table = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
+        let mut out = Vec::new();
+        for item in table.range((operator, "")..).map_err(|e| db_err(dir, e))? {
+            let (k, _) = item.map_err(|e| db_err(dir, e))?;
+            let (op, key) = k.value();
+            if op != operator || out.len() >= n {
+                break;
+            }
+            out.push(key.to_string());
+        }
+        Ok(out)
     }
 
     /// A reader of committed state, for loading keys on first touch.

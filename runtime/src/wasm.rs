@@ -29,6 +29,10 @@ const MAX_BATCH: usize = 256;
 /// The batched entry point, when the component exports it.
 type BatchFn = wasmtime::component::TypedFunc<(Vec<u8>,), (Vec<u8>,)>;
 
+/// The migration hook (`migrate` of world `migrating-operator`), when the
+/// component exports it.
+type MigrateFn = wasmtime::component::TypedFunc<(String,), (Result<(), String>,)>;
+
 /// Bytes of guest stderr kept per instance.
 const STDERR_CAPTURE: usize = 4096;
 
@@ -201,9 +205,13 @@ pub struct Plugin {
     /// version in logs and status.
     hash: String,
     engine: Engine,
+    /// The component's bytes, kept in the state directory when it runs.
+    bytes: Arc<[u8]>,
     pre: OperatorPre<HostData>,
     /// The component exports `handle-batch` (the batched fast path).
     batched: bool,
+    /// The component exports `migrate` (the migration hook).
+    migrates: bool,
 }
 
 impl Plugin {
@@ -259,12 +267,15 @@ impl Plugin {
         })?;
         let hash = format!("{:016x}", rustc_hash::FxBuildHasher.hash_one(bytes));
         let batched = ty.exports(engine).any(|(name, _)| name == "handle-batch");
+        let migrates = ty.exports(engine).any(|(name, _)| name == "migrate");
         Ok(Plugin {
             path,
             hash,
             engine: engine.clone(),
+            bytes: bytes.into(),
             pre,
             batched,
+            migrates,
         })
     }
 
@@ -276,6 +287,21 @@ impl Plugin {
     /// Content hash of the component bytes.
     pub fn hash(&self) -> &str {
         &self.hash
+    }
+
+    /// The component's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The engine it was compiled for.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Whether the component exports the migration hook.
+    pub fn migrates(&self) -> bool {
+        self.migrates
     }
 
     /// Instantiates the operator and calls `init(config)`.
@@ -290,7 +316,9 @@ impl Plugin {
             store: None,
             bindings: None,
             batch: None,
+            migrate: None,
             batch_off: false,
+            history: Arc::default(),
         };
         op.start(ctx)?;
         Ok(op)
@@ -332,8 +360,13 @@ pub struct WasmOperator {
     bindings: Option<OperatorWorld>,
     /// `handle-batch` of the current instance, when exported.
     batch: Option<BatchFn>,
+    /// `migrate` of the current instance, when exported.
+    migrate: Option<MigrateFn>,
     /// The guest asked for the per-event path (it uses map or list state).
     batch_off: bool,
+    /// Content hash of each generation of this operator (index: generation),
+    /// handed to `migrate` as the previous version's identity.
+    history: Arc<Vec<String>>,
 }
 
 impl WasmOperator {
@@ -370,11 +403,16 @@ impl WasmOperator {
                     ),
                     false => None,
                 };
-                Ok((bindings, batch))
+                let migrate = match self.plugin.migrates {
+                    true => Some(instance.get_typed_func(&mut store, "migrate")?),
+                    false => None,
+                };
+                Ok((bindings, batch, migrate))
             });
         let bindings = match instantiated {
-            Ok((b, batch)) => {
+            Ok((b, batch, migrate)) => {
                 self.batch = batch;
+                self.migrate = migrate;
                 b
             }
             Err(e) => {
@@ -438,11 +476,62 @@ impl WasmOperator {
         &self.plugin
     }
 
+    /// Sets the content hash of each earlier generation of this operator,
+    /// which `migrate` receives as the previous version's identity.
+    pub fn set_history(&mut self, history: Arc<Vec<String>>) {
+        self.history = history;
+    }
+
+    /// Migrates `key` when its state was last written by another version
+    /// (see `migrate` in `wit/world.wit`). Called outside an event bracket;
+    /// the migration's writes are kept only when it succeeds.
+    fn migrate_if_stale(&mut self, key: &str) -> Result<Result<(), HandleError>, StoreError> {
+        let Some(migrate) = self.migrate else {
+            return Ok(Ok(()));
+        };
+        let Some(from) = self.ctx().stale(key)? else {
+            return Ok(Ok(()));
+        };
+        let previous = self.history.get(from as usize).cloned().unwrap_or_default();
+        self.ctx().begin_migration(key)?;
+        let store = self.store.as_mut().expect("store present");
+        store.set_epoch_deadline(deadline_ticks(store.data().ctx.limits().max_call_ms));
+        let shown = if previous.is_empty() {
+            "an unknown version".to_string()
+        } else {
+            format!("version {previous}")
+        };
+        match migrate.call(&mut *store, (previous,)) {
+            Ok((Ok(()),)) => {
+                self.ctx().finish_migration(true);
+                Ok(Ok(()))
+            }
+            Ok((Err(reason),)) => {
+                self.ctx().finish_migration(false);
+                Ok(Err(HandleError::Failed(format!(
+                    "migrating the state of key `{key}` from {shown} failed: {reason}"
+                ))))
+            }
+            Err(trap) => {
+                let reason = self.trap_reason(&trap);
+                self.ctx().finish_migration(false);
+                let reason = format!("migrating the state of key `{key}` from {shown}: {reason}");
+                if let Err(e) = self.restart() {
+                    return Ok(Err(HandleError::Trap(format!(
+                        "{reason}; and the replacement instance failed: {e}"
+                    ))));
+                }
+                Ok(Err(HandleError::Trap(reason)))
+            }
+        }
+    }
+
     /// Replaces a trapped instance with a fresh one, keeping the context.
     fn restart(&mut self) -> Result<(), InitError> {
         let store = self.store.take().expect("store present");
         self.bindings = None;
         self.batch = None;
+        self.migrate = None;
         self.start(store.into_data().ctx)
     }
 
@@ -458,7 +547,6 @@ impl WasmOperator {
         if events.is_empty() {
             return Ok(());
         }
-        let store = self.store.as_mut().expect("store present");
         // The frame: distinct keys with their values, then the events.
         let mut frame = Vec::with_capacity(events.len() * 64);
         let mut index: rustc_hash::FxHashMap<&str, u32> = Default::default();
@@ -469,11 +557,25 @@ impl WasmOperator {
             let next = index.len() as u32;
             let k = *index.entry(e.key).or_insert(next);
             if k == next {
+                let mark = frame.len();
                 put(&mut frame, e.key.as_bytes());
-                slots.push(store.data_mut().ctx.frame_values(e.key, &mut frame)?);
+                let mut slot = self.ctx().frame_values(e.key, &mut frame)?;
+                if self.migrate.is_some() && self.ctx().slot_stale(slot) {
+                    // Nothing of the batch ran yet: a key whose migration
+                    // fails takes the whole batch to the per-event path,
+                    // where that key's events are dead-lettered.
+                    if self.migrate_if_stale(e.key)?.is_err() {
+                        return handle_each(self, events, 0, done);
+                    }
+                    frame.truncate(mark);
+                    put(&mut frame, e.key.as_bytes());
+                    slot = self.ctx().frame_values(e.key, &mut frame)?;
+                }
+                slots.push(slot);
             }
             key_of.push(k);
         }
+        let store = self.store.as_mut().expect("store present");
         frame[..4].copy_from_slice(&(index.len() as u32).to_le_bytes());
         frame.extend_from_slice(&(events.len() as u32).to_le_bytes());
         for (e, k) in events.iter().zip(&key_of) {
@@ -635,6 +737,10 @@ impl Operator for WasmOperator {
 
     fn version(&self) -> &str {
         &self.plugin.hash
+    }
+
+    fn prepare(&mut self, key: &str) -> Result<Result<(), HandleError>, StoreError> {
+        self.migrate_if_stale(key)
     }
 
     fn handle_many(

@@ -7,7 +7,10 @@
 //! operator, emitted events become output lines.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -89,7 +92,7 @@ impl Batch {
 }
 
 /// Counters of one operator on one worker.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpStats {
     /// Events handled successfully.
     pub handled: u64,
@@ -98,6 +101,37 @@ pub struct OpStats {
     /// Events emitted.
     pub emitted: u64,
 }
+
+/// One hot swap as a worker saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SwapPause {
+    /// Operator index in the chain.
+    pub stage: usize,
+    /// Generation swapped in.
+    pub generation: u32,
+    /// Time from the end of the last event the old version handled on this
+    /// worker to the start of the first event the new version handled, in
+    /// microseconds.
+    pub pause_us: f64,
+}
+
+/// What a worker shows of itself while it runs (`eddy status`), updated
+/// after every batch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerLive {
+    /// Counters per operator.
+    pub ops: Vec<OpStats>,
+    /// Input line of the last event this worker handled (its position).
+    pub line: u64,
+    /// The most recent swaps (at most [`PAUSES_KEPT`]), oldest first.
+    pub pauses: Vec<SwapPause>,
+}
+
+/// Swap pauses kept per worker for `eddy status` and the bench.
+pub const PAUSES_KEPT: usize = 4096;
+
+/// Every worker's [`WorkerLive`], by worker id.
+pub type Live = Arc<Vec<Mutex<WorkerLive>>>;
 
 /// A worker's answer to a checkpoint barrier.
 pub struct BarrierReply {
@@ -110,6 +144,14 @@ pub enum Msg {
     Batch(Batch),
     /// All events before it are handled: hand over the changed state.
     Barrier(Sender<Result<BarrierReply, StoreError>>),
+    /// Hot swap: from here on operator `stage` is `op` (already
+    /// instantiated and initialised), running generation `generation`. It
+    /// takes over the old instance's state cache.
+    Swap {
+        stage: usize,
+        op: Box<dyn Operator>,
+        generation: u32,
+    },
     Stop,
 }
 
@@ -128,6 +170,18 @@ pub struct Worker {
     pub outbox: Vec<Batch>,
     pub out: Vec<u8>,
     pub dead: Vec<u8>,
+    /// Shared with `eddy status`.
+    pub live: Live,
+    /// Per operator: when its last run of events ended (for swap pauses).
+    pub last_end: Vec<Option<Instant>>,
+    /// Per operator: a swap happened; the end of the old version's last
+    /// event, until the new version's first event.
+    pub swapped_at: Vec<Option<(Instant, u32)>>,
+    /// Input line of the last event handled.
+    pub line: u64,
+    /// Instances swapped out, dropped at the next barrier (off the swap's
+    /// critical path).
+    pub retired: Vec<Box<dyn Operator>>,
 }
 
 /// A fatal worker error: the pipeline stops (state since the last
@@ -142,9 +196,15 @@ impl Worker {
                 Msg::Batch(batch) => {
                     let r = self.handle_batch(&batch);
                     self.flush();
+                    self.publish();
                     self.inflight.fetch_sub(1, Ordering::AcqRel);
                     r.map_err(|e| format!("worker {}: {e}", self.id))?;
                 }
+                Msg::Swap {
+                    stage,
+                    op,
+                    generation,
+                } => self.swap(stage, op, generation),
                 Msg::Barrier(reply) => {
                     let r = self.barrier();
                     let failed = r.as_ref().err().map(|e| format!("worker {}: {e}", self.id));
@@ -157,6 +217,25 @@ impl Worker {
             }
         }
         Ok(self.stats)
+    }
+
+    /// Puts operator `stage`'s new instance in place, handing it the old
+    /// one's state cache.
+    fn swap(&mut self, stage: usize, mut op: Box<dyn Operator>, generation: u32) {
+        let old = &mut self.ops[stage];
+        std::mem::swap(op.ctx(), old.ctx());
+        op.ctx().set_generation(generation);
+        let old = std::mem::replace(&mut self.ops[stage], op);
+        self.retired.push(old);
+        let end = self.last_end[stage].unwrap_or_else(Instant::now);
+        self.swapped_at[stage] = Some((end, generation));
+    }
+
+    /// Shows this worker's counters and position to `eddy status`.
+    fn publish(&mut self) {
+        let mut live = self.live[self.id].lock().unwrap_or_else(|e| e.into_inner());
+        live.ops.clone_from(&self.stats);
+        live.line = self.line;
     }
 
     /// Handles a batch: each run of consecutive events for the same
@@ -198,12 +277,28 @@ impl Worker {
         let me = self.id;
         // Emitted events this worker handles itself, for the next operator.
         let mut local = Batch::default();
+        if let Some((end, generation)) = self.swapped_at[stage].take() {
+            let pause = SwapPause {
+                stage,
+                generation,
+                pause_us: end.elapsed().as_secs_f64() * 1e6,
+            };
+            let mut live = self.live[me].lock().unwrap_or_else(|e| e.into_inner());
+            if live.pauses.len() >= PAUSES_KEPT {
+                live.pauses.remove(0);
+            }
+            live.pauses.push(pause);
+        }
+        if let Some(&l) = lines.last() {
+            self.line = self.line.max(l);
+        }
         let Worker {
             ops,
             stats,
             dead,
             out,
             outbox,
+            last_end,
             ..
         } = self;
         let op = &mut ops[stage];
@@ -249,6 +344,7 @@ impl Worker {
                 }
             }
         })?;
+        last_end[stage] = Some(Instant::now());
         if !local.is_empty() {
             self.handle_batch(&local)?;
         }
@@ -277,6 +373,7 @@ impl Worker {
     }
 
     fn barrier(&mut self) -> Result<BarrierReply, StoreError> {
+        self.retired.clear();
         let mut writes = Vec::new();
         for op in &mut self.ops {
             let reader = self.store.reader()?;

@@ -84,7 +84,7 @@ use serde::Serialize;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "batched-operator",
+        world: "full-operator",
         pub_export_macro: true,
         export_macro_name: "__export_eddy_operator",
         default_bindings_module: "eddy_sdk::bindings",
@@ -150,6 +150,23 @@ pub trait Operator: Sized + 'static {
 
     /// Handles one event. State handles act on `event.key`.
     fn handle(&mut self, event: Event) -> Result<(), Error>;
+
+    /// Upgrades the current key's state after a hot swap, before this
+    /// version handles the key's first event. `previous` is the content hash
+    /// of the version that last wrote the state (as `eddy status` shows it;
+    /// empty when unknown). State handles act on that key; [`emit`] is
+    /// refused here.
+    ///
+    /// Called once per key that has state written by another version, on
+    /// first touch. The default keeps the state as it is, which is right
+    /// when the format did not change. Detect the old format from the state
+    /// itself (for example: the old value name is present) so that a
+    /// migration is safe to run on state of any earlier version. An error
+    /// leaves the key's state untouched and dead-letters the event.
+    fn migrate(&mut self, previous: &str) -> Result<(), Error> {
+        let _ = previous;
+        Ok(())
+    }
 }
 
 /// The event being handled.
@@ -489,6 +506,19 @@ pub mod __private {
         })
     }
 
+    pub fn migrate<T: Operator>(
+        slot: &'static LocalKey<RefCell<Option<T>>>,
+        previous: String,
+    ) -> Result<(), String> {
+        slot.with(|s| {
+            let mut s = s.borrow_mut();
+            let op = s
+                .as_mut()
+                .ok_or_else(|| "migrate called before init".to_string())?;
+            op.migrate(&previous).map_err(|e| e.0)
+        })
+    }
+
     pub fn handle<T: Operator>(
         slot: &'static LocalKey<RefCell<Option<T>>>,
         event: WitEvent,
@@ -525,6 +555,11 @@ macro_rules! export_operator {
                     config: ::std::string::String,
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::__private::init::<$ty>(&__EDDY_OPERATOR, config)
+                }
+                fn migrate(
+                    previous: ::std::string::String,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::__private::migrate::<$ty>(&__EDDY_OPERATOR, previous)
                 }
                 fn handle_batch(batch: ::std::vec::Vec<u8>) -> ::std::vec::Vec<u8> {
                     $crate::__private::handle_batch::<$ty>(&__EDDY_OPERATOR, batch)

@@ -32,6 +32,9 @@ pub fn pipeline(dir: &Path, input: &Path, ops: &[(&str, &str)], workers: usize) 
         workers,
         checkpoint_interval: Duration::from_millis(200),
         checkpoint_events: None,
+        follow: false,
+        watch: false,
+        control: Some("127.0.0.1:0".parse().unwrap()),
     }
 }
 
