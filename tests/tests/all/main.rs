@@ -15,5 +15,7 @@ mod dead_letter;
 mod crash;
 // Operators that trap, loop, allocate without bound or break limits.
 mod faults;
+// Hot swap under a running stream: barrier, migration, rejects, rollback.
+mod swap;
 // The `eddy` binary: exit codes and the messages users see.
 mod cli;
