@@ -12,7 +12,7 @@ use crate::control::{self, Request, Response};
 use crate::pipeline::{Overrides, Pipeline};
 use crate::runner::{self, Shutdown};
 use crate::swap::{Status, SwapReport, Version};
-use crate::{bench, wasm};
+use crate::{bench, bench_swap, wasm};
 
 /// Eddy: a stateful stream runtime for WebAssembly operators.
 ///
@@ -33,6 +33,7 @@ enum Command {
     Swap(SwapArgs),
     Rollback(RollbackArgs),
     Bench(bench::BenchArgs),
+    BenchSwap(bench_swap::BenchSwapArgs),
 }
 
 /// Where to find a running pipeline's control endpoint.
@@ -188,6 +189,7 @@ pub fn main() -> ExitCode {
         Command::Swap(args) => cmd_swap(args),
         Command::Rollback(args) => cmd_rollback(args),
         Command::Bench(args) => bench::run(args),
+        Command::BenchSwap(args) => bench_swap::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -309,6 +309,7 @@ pub fn push_json_or_string(buf: &mut Vec<u8>, value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn output_lines_inline_json_and_quote_the_rest() {
@@ -324,7 +325,7 @@ mod tests {
 
     fn collect(input: &[u8], max: usize) -> Vec<String> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        read_lines(Box::new(io::Cursor::new(input.to_vec())), 10, max, tx);
+        read_lines(Box::new(io::Cursor::new(input.to_vec())), 10, max, tx, None);
         rx.iter()
             .map(|c| match c {
                 Chunk::Lines { data, offset } => {
@@ -335,6 +336,38 @@ mod tests {
                 Chunk::Error(e) => format!("error {e}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn follow_waits_for_whole_lines_and_notices_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, "a\nb").unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let follow = Follow {
+            path: path.clone(),
+            stop: stop.clone(),
+        };
+        let f = File::open(&path).unwrap();
+        let t = std::thread::spawn(move || read_lines(Box::new(f), 0, 100, tx, Some(follow)));
+        let first = rx.recv().unwrap();
+        assert!(matches!(first, Chunk::Lines { ref data, offset: 0 } if data == b"a\n"));
+        // The partial line "b" is held back until its newline is written.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(rx.try_recv().is_err());
+        let mut w = OpenOptions::new().append(true).open(&path).unwrap();
+        w.write_all(b"c\n").unwrap();
+        let next = rx.recv().unwrap();
+        assert!(matches!(next, Chunk::Lines { ref data, offset: 2 } if data == b"bc\n"));
+        // Truncation is an error naming the file, not silent garbage.
+        std::fs::write(&path, "").unwrap();
+        match rx.recv().unwrap() {
+            Chunk::Error(e) => assert!(e.contains("truncated or replaced"), "{e}"),
+            _ => panic!("expected an error"),
+        }
+        t.join().unwrap();
+        drop(stop);
     }
 
     #[test]

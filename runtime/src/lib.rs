@@ -19,9 +19,11 @@
 //! - [`control`]: the control endpoint (`eddy status`, `swap`, `rollback`).
 //! - [`pipeline`]: the pipeline file and flags.
 //! - [`mod@bench`]: the `eddy bench` command.
+//! - [`bench_swap`]: the `eddy bench-swap` command (hot-swap pause).
 //! - [`cli`]: the `eddy` command line.
 //! - [`bindings`]: the host bindings of `wit/`.
 pub mod bench;
+pub mod bench_swap;
 pub mod bindings;
 pub mod cli;
 pub mod control;

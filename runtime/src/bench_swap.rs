@@ -1,0 +1,257 @@
+//! `eddy bench-swap`: the pause a hot swap costs each worker under load.
+//!
+//! A counter pipeline follows a file that a writer thread keeps growing, so
+//! the workers are busy the whole time. Swaps alternate between two
+//! versions of the counter through the real control endpoint. Each worker
+//! measures its pause: from the end of the last event the old version
+//! handled to the start of the first event the new one handled. Compile
+//! time (reading and compiling the component) and preparation (init, trial
+//! migration, one instance per worker) happen before the barrier and are
+//! reported separately, as is the time until the swap was durable.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::control::{self, Request, Response};
+use crate::pipeline::{Input, OperatorSpec, Output, Pipeline};
+use crate::runner::{self, Shutdown};
+use crate::wasm;
+
+/// Measure the hot-swap pause per worker under load.
+#[derive(Args, Debug)]
+pub struct BenchSwapArgs {
+    /// Version 1 of the counter.
+    #[arg(
+        long,
+        default_value = "plugins/target/wasm32-wasip2/release/counter.wasm"
+    )]
+    pub v1: PathBuf,
+    /// Version 2 of the counter.
+    #[arg(
+        long,
+        default_value = "plugins/target/wasm32-wasip2/release/counter_v2.wasm"
+    )]
+    pub v2: PathBuf,
+    /// Number of swaps (alternating v2, v1, v2, ...).
+    #[arg(long, default_value_t = 40)]
+    pub swaps: usize,
+    /// Workers.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Distinct keys in the generated events.
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+fn print_dist(label: &str, unit: &str, mut v: Vec<f64>) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "  {label:<28} n={:<4} p50 {:>9.1} {unit}  p99 {:>9.1} {unit}  max {:>9.1} {unit}",
+        v.len(),
+        percentile(&v, 0.5),
+        percentile(&v, 0.99),
+        v.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+/// Runs the benchmark and prints its figures.
+pub fn run(a: BenchSwapArgs) -> Result<()> {
+    for p in [&a.v1, &a.v2] {
+        if !p.exists() {
+            bail!(
+                "{} is missing: build the plugins first (cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml)",
+                p.display()
+            );
+        }
+    }
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "")?;
+    let p = Pipeline {
+        input: Input::File(input.clone()),
+        key_field: "key".into(),
+        time_field: None,
+        max_line_bytes: 1 << 20,
+        operators: vec![OperatorSpec {
+            name: "counter".into(),
+            component: a.v1.clone(),
+            config: serde_json::json!({}),
+            limits: Default::default(),
+        }],
+        output: Output::File(dir.path().join("out.jsonl")),
+        dead_letter: dir.path().join("dead-letter.jsonl"),
+        state_dir: dir.path().join("state"),
+        workers: a.workers,
+        checkpoint_interval: Duration::from_secs(1),
+        checkpoint_events: None,
+        follow: true,
+        watch: false,
+        control: Some("127.0.0.1:0".parse()?),
+    };
+
+    // The load: a writer appending events as fast as the pipeline reads
+    // them (it stays at most ~1M lines ahead).
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let shutdown = Shutdown::new();
+    let engine = wasm::engine()?;
+    let ops = runner::load_operators(&engine, &p)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pipeline = {
+        let p = p.clone();
+        let s = shutdown.clone();
+        std::thread::spawn(move || {
+            runner::run_notify(&p, ops, &s, |started| {
+                let _ = tx.send(started.control);
+            })
+        })
+    };
+    let addr = match rx.recv() {
+        Ok(Some(addr)) => addr,
+        _ => bail!("the pipeline did not start: {:?}", pipeline.join()),
+    };
+    let status = || -> Result<crate::swap::Status> {
+        match control::request(addr, "", &Request::Status)? {
+            Response::Status(s) => Ok(*s),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    };
+    let writer = {
+        let stop = stop.clone();
+        let written = written.clone();
+        let input = input.clone();
+        let keys = a.keys;
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new().append(true).open(&input)?;
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            let mut buf = Vec::with_capacity(1 << 20);
+            while !stop.load(Ordering::Acquire) {
+                // Stay at most ~400k lines ahead of the pipeline.
+                let read = match control::request(addr, "", &Request::Status) {
+                    Ok(Response::Status(s)) => s.lines_read,
+                    _ => 0,
+                };
+                if written.load(Ordering::Relaxed).saturating_sub(read) > 400_000 {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                buf.clear();
+                for _ in 0..20_000 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let _ = writeln!(
+                        buf,
+                        "{{\"key\":\"k{:06}\",\"amount\":{}}}",
+                        x % keys,
+                        (x >> 32) % 1000
+                    );
+                }
+                f.write_all(&buf)?;
+                written.fetch_add(20_000, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+    };
+    let wait_lag = |max: u64| -> Result<()> {
+        loop {
+            let read = status()?.lines_read;
+            if written.load(Ordering::Relaxed).saturating_sub(read) < max {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    println!(
+        "eddy bench-swap: {} swaps of a counter under load, {} workers, {} keys",
+        a.swaps, a.workers, a.keys
+    );
+    // Warm up: every key seen once, so the swaps meet a full state cache.
+    while written.load(Ordering::Relaxed) < a.keys * 3 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    wait_lag(200_000)?;
+    let started = Instant::now();
+    let lines_before = status()?.lines_read;
+    let (mut compile, mut prepare, mut durable) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..a.swaps {
+        let target = if i % 2 == 0 { &a.v2 } else { &a.v1 };
+        let t = Instant::now();
+        let r = control::request(
+            addr,
+            "",
+            &Request::Swap {
+                operator: "counter".into(),
+                component: std::path::absolute(target)?,
+            },
+        )?;
+        match r {
+            Response::Swapped(r) => {
+                durable.push(t.elapsed().as_secs_f64() * 1e3);
+                compile.push(r.compile_ms);
+                prepare.push(r.prepare_ms);
+            }
+            other => bail!("swap {i} failed: {other:?}"),
+        }
+        // Keep the stream flowing between swaps.
+        wait_lag(200_000)?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed();
+    let s = status()?;
+    stop.store(true, Ordering::Release);
+    let _ = writer.join();
+    shutdown.trigger();
+    let summary = pipeline
+        .join()
+        .map_err(|_| anyhow::anyhow!("pipeline panicked"))??;
+    let pauses: Vec<f64> = s
+        .workers
+        .iter()
+        .flat_map(|w| w.pauses.iter().map(|p| p.pause_us))
+        .collect();
+    let handled = s.lines_read - lines_before;
+    println!(
+        "  load: {:.0} events/s handled during the swaps ({} events in {:.2}s); {} events in all, {} failed",
+        handled as f64 / elapsed.as_secs_f64(),
+        handled,
+        elapsed.as_secs_f64(),
+        summary.lines,
+        s.operators[0].failed
+    );
+    check_every_worker_paused(&s, a.swaps)?;
+    print_dist("pause per worker", "us", pauses);
+    print_dist("compile (before barrier)", "ms", compile);
+    print_dist("prepare (before barrier)", "ms", prepare);
+    print_dist("request to durable", "ms", durable);
+    Ok(())
+}
+
+/// Every worker saw every swap.
+fn check_every_worker_paused(s: &crate::swap::Status, swaps: usize) -> Result<()> {
+    for w in &s.workers {
+        if w.pauses.len() != swaps {
+            bail!(
+                "worker {} measured {} pauses for {swaps} swaps (it saw no event after a swap?)",
+                w.id,
+                w.pauses.len()
+            );
+        }
+    }
+    Ok(())
+}
