@@ -358,7 +358,7 @@ fn format_swap(r: &SwapReport, verb: &str) -> String {
         r.to.source,
         r.barrier_line,
         if r.migrates {
-            "; keys written by an earlier version migrate on first touch"
+            "; it exports `migrate`: keys last written by another version pass through it on first touch"
         } else {
             ""
         },

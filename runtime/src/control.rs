@@ -96,6 +96,9 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, ControlError> {
 pub struct Server {
     addr: SocketAddr,
     addr_file: PathBuf,
+    /// The accept loop; joined on drop (it ends once the controller is
+    /// stopped), so the state directory is released when `run` returns.
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -120,10 +123,14 @@ impl Server {
                 addr_file.display()
             )
         })?;
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("eddy-control".into())
             .spawn(move || serve(listener, controller))?;
-        Ok(Server { addr, addr_file })
+        Ok(Server {
+            addr,
+            addr_file,
+            thread: Some(thread),
+        })
     }
 
     /// The address it listens on.
@@ -134,6 +141,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
         // Only remove the file if it is still ours.
         if let Ok(text) = std::fs::read_to_string(&self.addr_file) {
             if text.trim() == self.addr.to_string() {

@@ -339,6 +339,7 @@ pub fn run_notify(
             return Err(e);
         }
     };
+    let mut watcher = None;
     if p.watch {
         let files = operators
             .iter()
@@ -346,7 +347,7 @@ pub fn run_notify(
             .filter(|(op, _)| matches!(op.kind, OperatorKind::Wasm(_)))
             .map(|(op, spec)| (op.name.to_string(), spec.component.clone()))
             .collect();
-        controller.watch(files, Duration::from_millis(250));
+        watcher = controller.watch(files, Duration::from_millis(250));
     }
 
     // Reader.
@@ -426,6 +427,9 @@ pub fn run_notify(
         let _ = prepared.reply.send(Err(err.clone()));
     }
     drop(server);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
     // Stop everything, even after an error.
     for tx in &co.inboxes {
         let _ = tx.send(Msg::Stop);
@@ -447,8 +451,16 @@ pub fn run_notify(
         commit: commit_tx,
         stats,
         mut summary,
+        controller: co_controller,
         ..
     } = co;
+    drop(co_controller);
+    // A control connection still answering holds the controller (and the
+    // state directory) for a moment: release it before returning.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&controller) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     drop(sink_tx);
     drop(commit_tx);
     let sink_result = sink

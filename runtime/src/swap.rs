@@ -560,7 +560,11 @@ impl Controller {
     /// swaps to it when it changes, until the pipeline stops. Each file is
     /// polled every `every`; a change is acted on once the file has stayed
     /// the same for one more poll (a build may still be writing it).
-    pub fn watch(self: &Arc<Self>, paths: Vec<(String, PathBuf)>, every: Duration) {
+    pub fn watch(
+        self: &Arc<Self>,
+        paths: Vec<(String, PathBuf)>,
+        every: Duration,
+    ) -> Option<std::thread::JoinHandle<()>> {
         let files = paths
             .into_iter()
             .map(|(op, path)| {
@@ -573,8 +577,15 @@ impl Controller {
             .name("eddy-watch".into())
             .spawn(move || {
                 let mut files = files;
+                let step = Duration::from_millis(25).min(every);
+                let mut waited = Duration::ZERO;
                 while !this.stopped.load(Ordering::Acquire) {
-                    std::thread::sleep(every);
+                    std::thread::sleep(step);
+                    waited += step;
+                    if waited < every {
+                        continue;
+                    }
+                    waited = Duration::ZERO;
                     for (op, path, acted, last) in &mut files {
                         let now = fingerprint(path);
                         let stable = now == *last;
@@ -596,8 +607,12 @@ impl Controller {
                     }
                 }
             });
-        if let Err(e) = spawned {
-            tracing::error!("cannot start the --watch thread: {e}");
+        match spawned {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!("cannot start the --watch thread: {e}");
+                None
+            }
         }
     }
 }
