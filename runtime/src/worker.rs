@@ -113,6 +113,9 @@ pub struct SwapPause {
     /// worker to the start of the first event the new version handled, in
     /// microseconds.
     pub pause_us: f64,
+    /// The part of `pause_us` before the worker took the swap message (the
+    /// old version's last event to the switch), in microseconds.
+    pub before_switch_us: f64,
 }
 
 /// What a worker shows of itself while it runs (`eddy status`), updated
@@ -175,8 +178,8 @@ pub struct Worker {
     /// Per operator: when its last run of events ended (for swap pauses).
     pub last_end: Vec<Option<Instant>>,
     /// Per operator: a swap happened; the end of the old version's last
-    /// event, until the new version's first event.
-    pub swapped_at: Vec<Option<(Instant, u32)>>,
+    /// event and the switch, until the new version's first event.
+    pub swapped_at: Vec<Option<(Instant, Instant, u32)>>,
     /// Input line of the last event handled.
     pub line: u64,
     /// Instances swapped out, dropped at the next barrier (off the swap's
@@ -227,8 +230,9 @@ impl Worker {
         op.ctx().set_generation(generation);
         let old = std::mem::replace(&mut self.ops[stage], op);
         self.retired.push(old);
-        let end = self.last_end[stage].unwrap_or_else(Instant::now);
-        self.swapped_at[stage] = Some((end, generation));
+        let now = Instant::now();
+        let end = self.last_end[stage].unwrap_or(now);
+        self.swapped_at[stage] = Some((end, now, generation));
     }
 
     /// Shows this worker's counters and position to `eddy status`.
@@ -277,11 +281,12 @@ impl Worker {
         let me = self.id;
         // Emitted events this worker handles itself, for the next operator.
         let mut local = Batch::default();
-        if let Some((end, generation)) = self.swapped_at[stage].take() {
+        if let Some((end, switched, generation)) = self.swapped_at[stage].take() {
             let pause = SwapPause {
                 stage,
                 generation,
                 pause_us: end.elapsed().as_secs_f64() * 1e6,
+                before_switch_us: (switched - end).as_secs_f64() * 1e6,
             };
             let mut live = self.live[me].lock().unwrap_or_else(|e| e.into_inner());
             if live.pauses.len() >= PAUSES_KEPT {
