@@ -50,13 +50,13 @@ pub struct BenchArgs {
 }
 
 /// Pre-generated events: `{"key":"k000042","amount":17}` lines.
-struct Events {
+pub(crate) struct Events {
     data: Vec<u8>,
     /// `(key start, key end, line start, line end)` in `data`.
     index: Vec<(u32, u32, u32, u32)>,
 }
 
-fn generate(n: usize, keys: usize) -> Events {
+pub(crate) fn generate(n: usize, keys: usize) -> Events {
     let mut data = Vec::with_capacity(n * 36);
     let mut index = Vec::with_capacity(n);
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -80,11 +80,11 @@ fn generate(n: usize, keys: usize) -> Events {
     Events { data, index }
 }
 
-fn rate(n: usize, d: Duration) -> f64 {
+pub(crate) fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
-fn operator_path(op: &mut dyn Operator, ev: &Events) -> Result<Duration> {
+pub(crate) fn operator_path(op: &mut dyn Operator, ev: &Events) -> Result<Duration> {
     // Batches of 1024 events, as the source hands them to a worker.
     let mut failed = 0usize;
     let t = Instant::now();

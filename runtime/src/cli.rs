@@ -12,7 +12,7 @@ use crate::control::{self, Request, Response};
 use crate::pipeline::{Overrides, Pipeline};
 use crate::runner::{self, Shutdown};
 use crate::swap::{Status, SwapReport, Version};
-use crate::{bench, bench_swap, wasm};
+use crate::{bench, bench_langs, bench_swap, wasm};
 
 /// Eddy: a stateful stream runtime for WebAssembly operators.
 ///
@@ -34,6 +34,7 @@ enum Command {
     Rollback(RollbackArgs),
     Bench(bench::BenchArgs),
     BenchSwap(bench_swap::BenchSwapArgs),
+    BenchLangs(bench_langs::BenchLangsArgs),
 }
 
 /// Where to find a running pipeline's control endpoint.
@@ -190,6 +191,7 @@ pub fn main() -> ExitCode {
         Command::Rollback(args) => cmd_rollback(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchSwap(args) => bench_swap::run(args),
+        Command::BenchLangs(args) => bench_langs::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

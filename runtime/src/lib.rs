@@ -8,6 +8,7 @@
 //! - [`host`]: the host side of the state interface, shared by Wasm and
 //!   native operators ([`host::OpCtx`]).
 //! - [`operator`]: the [`operator::Operator`] trait a worker drives.
+//! - [`cache`]: compiled components kept across runs.
 //! - [`wasm`]: components compiled once ([`wasm::Plugin`]) and instantiated
 //!   per worker ([`wasm::WasmOperator`]).
 //! - [`native`]: native Rust operators (the benchmark baseline).
@@ -20,11 +21,15 @@
 //! - [`pipeline`]: the pipeline file and flags.
 //! - [`mod@bench`]: the `eddy bench` command.
 //! - [`bench_swap`]: the `eddy bench-swap` command (hot-swap pause).
+//! - [`bench_langs`]: the `eddy bench-langs` command (one operator in
+//!   several languages).
 //! - [`cli`]: the `eddy` command line.
 //! - [`bindings`]: the host bindings of `wit/`.
 pub mod bench;
+pub mod bench_langs;
 pub mod bench_swap;
 pub mod bindings;
+pub mod cache;
 pub mod cli;
 pub mod control;
 pub mod decode;

@@ -81,7 +81,19 @@ pub fn load_operators(engine: &wasmtime::Engine, p: &Pipeline) -> Result<Vec<Loa
     p.operators
         .iter()
         .map(|spec| {
+            let t = std::time::Instant::now();
             let plugin = Plugin::load(engine, &spec.component)?;
+            tracing::info!(
+                "operator `{}`: {} ({} bytes) {} in {:.0} ms",
+                spec.name,
+                spec.component.display(),
+                plugin.bytes().len(),
+                match plugin.compiled() {
+                    crate::cache::Compiled::Cached => "loaded from the compile cache",
+                    crate::cache::Compiled::Fresh => "compiled",
+                },
+                t.elapsed().as_secs_f64() * 1e3
+            );
             Ok(Loaded {
                 name: spec.name.as_str().into(),
                 kind: OperatorKind::Wasm(Arc::new(plugin)),

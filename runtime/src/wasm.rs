@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Linker, ResourceTable};
+
+use crate::cache::{self, Cache, Compiled};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
@@ -212,6 +214,8 @@ pub struct Plugin {
     batched: bool,
     /// The component exports `migrate` (the migration hook).
     migrates: bool,
+    /// Compiled now or loaded from the cache.
+    compiled: Compiled,
 }
 
 impl Plugin {
@@ -225,7 +229,21 @@ impl Plugin {
     }
 
     /// Compiles and type-checks component `bytes` (named `path` in errors).
+    ///
+    /// Compiled code comes from the cache named by the environment
+    /// ([`Cache::from_env`]) when it has this component.
     pub fn from_bytes(engine: &Engine, path: &Path, bytes: &[u8]) -> Result<Plugin, PluginError> {
+        Self::from_bytes_cached(engine, path, bytes, Cache::from_env().as_ref())
+    }
+
+    /// [`Plugin::from_bytes`] with an explicit cache (`None`: always
+    /// compile).
+    pub fn from_bytes_cached(
+        engine: &Engine,
+        path: &Path,
+        bytes: &[u8],
+        cache: Option<&Cache>,
+    ) -> Result<Plugin, PluginError> {
         let path = path.to_path_buf();
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             return Err(PluginError::NotWasm { path });
@@ -234,10 +252,11 @@ impl Plugin {
         if bytes[4..8] == [1, 0, 0, 0] {
             return Err(PluginError::CoreModule { path });
         }
-        let component = Component::new(engine, bytes).map_err(|e| PluginError::Invalid {
-            path: path.clone(),
-            reason: format!("{e:#}"),
-        })?;
+        let (component, compiled) =
+            cache::compile(cache, engine, bytes).map_err(|e| PluginError::Invalid {
+                path: path.clone(),
+                reason: format!("{e:#}"),
+            })?;
         // A component built against another version of the contract imports
         // `eddy:operator/...@<other>`: say so rather than "missing import".
         let ty = component.component_type();
@@ -276,7 +295,13 @@ impl Plugin {
             pre,
             batched,
             migrates,
+            compiled,
         })
+    }
+
+    /// Whether the compiled code came from the cache.
+    pub fn compiled(&self) -> Compiled {
+        self.compiled
     }
 
     /// Where the component was loaded from.

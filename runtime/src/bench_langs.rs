@@ -1,0 +1,128 @@
+//! `eddy bench-langs`: the same operator built from several languages,
+//! side by side in one process: component size, start-up time without and
+//! with the compile cache, and throughput on the operator path as a ratio
+//! against the first component given (the baseline, normally Rust's).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::bench::{generate, operator_path, rate};
+use crate::cache::{Cache, Compiled};
+use crate::host::{Limits, OpCtx};
+use crate::wasm::{self, Plugin};
+
+/// Compare components of one operator written in different languages.
+#[derive(Args, Debug)]
+pub struct BenchLangsArgs {
+    /// A component to measure, as LABEL=PATH (repeatable). The first is the
+    /// baseline of the throughput ratios.
+    #[arg(long = "component", value_name = "LABEL=PATH", required = true)]
+    pub components: Vec<String>,
+    /// Events for the throughput run (`{"key":..,"amount":..}` lines).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: usize,
+    /// Operator config (JSON) given to every component's `init`.
+    #[arg(long, default_value = "{}")]
+    pub config: String,
+    /// Start-ups timed per component (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub starts: usize,
+}
+
+struct Row {
+    label: String,
+    bytes: usize,
+    cold: Duration,
+    cached: Duration,
+    rate: f64,
+}
+
+/// Runs the comparison and prints a table.
+pub fn run(a: BenchLangsArgs) -> Result<()> {
+    let mut specs = Vec::new();
+    for c in &a.components {
+        let Some((label, path)) = c.split_once('=') else {
+            bail!("--component {c:?}: expected LABEL=PATH, such as rust=counter.wasm");
+        };
+        specs.push((label.to_string(), PathBuf::from(path)));
+    }
+    let engine = wasm::engine()?;
+    let cache_dir = tempfile::tempdir()?;
+    let ev = generate(a.events, a.keys);
+    let ctx = || OpCtx::new("counter".into(), None, Limits::default());
+    let mut rows = Vec::new();
+    for (label, path) in specs {
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let cache = Cache::new(cache_dir.path().join(&label));
+        // Start-up: compile (or load from the cache), instantiate, init.
+        let start = |cache: Option<&Cache>, want: Compiled| -> Result<Duration> {
+            let t = Instant::now();
+            let plugin = Arc::new(Plugin::from_bytes_cached(&engine, &path, &bytes, cache)?);
+            plugin.instantiate(ctx(), &a.config)?;
+            let d = t.elapsed();
+            if cache.is_some() {
+                anyhow::ensure!(
+                    plugin.compiled() == want,
+                    "{label}: expected {want:?}, got {:?}",
+                    plugin.compiled()
+                );
+            }
+            Ok(d)
+        };
+        let mut cold = Vec::new();
+        for _ in 0..a.starts.max(1) {
+            cold.push(start(None, Compiled::Fresh)?);
+        }
+        // Fill the cache once, then time loads from it.
+        start(Some(&cache), Compiled::Fresh)?;
+        let mut cached = Vec::new();
+        for _ in 0..a.starts.max(1) {
+            cached.push(start(Some(&cache), Compiled::Cached)?);
+        }
+        let plugin = Arc::new(Plugin::from_bytes_cached(&engine, &path, &bytes, Some(&cache))?);
+        let mut op = plugin.instantiate(ctx(), &a.config)?;
+        let d = operator_path(&mut op, &ev)?;
+        rows.push(Row {
+            label,
+            bytes: bytes.len(),
+            cold: median(cold),
+            cached: median(cached),
+            rate: rate(a.events, d),
+        });
+    }
+    println!(
+        "eddy bench-langs: {} events over {} keys, one worker, operator path; start-up = load + instantiate + init (median of {})",
+        a.events,
+        a.keys,
+        a.starts.max(1)
+    );
+    println!(
+        "{:<10} {:>10} {:>12} {:>12} {:>14} {:>8}",
+        "component", "size", "cold start", "cached start", "events/s", "ratio"
+    );
+    let base = rows[0].rate;
+    for r in &rows {
+        println!(
+            "{:<10} {:>8.1}MB {:>10.1}ms {:>10.1}ms {:>14.0} {:>8.3}",
+            r.label,
+            r.bytes as f64 / 1e6,
+            r.cold.as_secs_f64() * 1e3,
+            r.cached.as_secs_f64() * 1e3,
+            r.rate,
+            r.rate / base
+        );
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
