@@ -12,7 +12,7 @@ use crate::control::{self, Request, Response};
 use crate::pipeline::{Overrides, Pipeline};
 use crate::runner::{self, Shutdown};
 use crate::swap::{Status, SwapReport, Version};
-use crate::{bench, bench_langs, bench_swap, wasm};
+use crate::{bench, bench_langs, bench_swap, build, wasm};
 
 /// Eddy: a stateful stream runtime for WebAssembly operators.
 ///
@@ -29,6 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(RunArgs),
+    Build(build::BuildArgs),
     Status(StatusArgs),
     Swap(SwapArgs),
     Rollback(RollbackArgs),
@@ -186,6 +187,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => cmd_run(args),
+        Command::Build(args) => build::run(args),
         Command::Status(args) => cmd_status(args),
         Command::Swap(args) => cmd_swap(args),
         Command::Rollback(args) => cmd_rollback(args),

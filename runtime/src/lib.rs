@@ -23,12 +23,16 @@
 //! - [`bench_swap`]: the `eddy bench-swap` command (hot-swap pause).
 //! - [`bench_langs`]: the `eddy bench-langs` command (one operator in
 //!   several languages).
+//! - [`build`]: the `eddy build` command (operators from Rust, Python,
+//!   JavaScript or C source).
 //! - [`cli`]: the `eddy` command line.
 //! - [`bindings`]: the host bindings of `wit/`.
 pub mod bench;
 pub mod bench_langs;
 pub mod bench_swap;
 pub mod bindings;
+pub mod build;
+pub mod build_c;
 pub mod cache;
 pub mod cli;
 pub mod control;

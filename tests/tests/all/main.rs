@@ -19,3 +19,5 @@ mod faults;
 mod swap;
 // The `eddy` binary: exit codes and the messages users see.
 mod cli;
+// Operators in Python, JavaScript and C against the Rust ones.
+mod languages;

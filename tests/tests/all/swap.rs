@@ -18,14 +18,14 @@ use eddy_tests::*;
 use crate::util::*;
 
 /// A pipeline running in this process, following its input file.
-struct Running {
+pub(crate) struct Running {
     addr: std::net::SocketAddr,
     shutdown: Shutdown,
     thread: std::thread::JoinHandle<Summary>,
 }
 
 impl Running {
-    fn start(mut p: Pipeline) -> Running {
+    pub(crate) fn start(mut p: Pipeline) -> Running {
         p.follow = true;
         let shutdown = Shutdown::new();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -52,14 +52,14 @@ impl Running {
         control::request(self.addr, "", &r).unwrap()
     }
 
-    fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         match self.ask(Request::Status) {
             Response::Status(s) => *s,
             other => panic!("{other:?}"),
         }
     }
 
-    fn swap(&self, operator: &str, component: &str) -> SwapReport {
+    pub(crate) fn swap(&self, operator: &str, component: &str) -> SwapReport {
         match self.ask(Request::Swap {
             operator: operator.into(),
             component: component.into(),
@@ -69,7 +69,7 @@ impl Running {
         }
     }
 
-    fn rollback(&self, operator: &str) -> SwapReport {
+    pub(crate) fn rollback(&self, operator: &str) -> SwapReport {
         match self.ask(Request::Rollback {
             operator: operator.into(),
         }) {
@@ -79,7 +79,7 @@ impl Running {
     }
 
     /// Waits until operator `stage` has handled `n` events in all.
-    fn wait_handled(&self, stage: usize, n: u64) {
+    pub(crate) fn wait_handled(&self, stage: usize, n: u64) {
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             let s = self.status();
@@ -93,14 +93,14 @@ impl Running {
         }
     }
 
-    fn stop(self) -> Summary {
+    pub(crate) fn stop(self) -> Summary {
         self.shutdown.trigger();
         self.thread.join().unwrap()
     }
 }
 
 /// Appends `text` to `path` in pieces of `piece` lines, as a stream.
-fn feed(path: &Path, text: &str, piece: usize) {
+pub(crate) fn feed(path: &Path, text: &str, piece: usize) {
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -128,7 +128,7 @@ fn lines_by_key(events: &[(String, u64)]) -> HashMap<&str, Vec<u64>> {
 /// order with counts 1, 2, 3..., each from the version whose range of input
 /// lines holds its event. `versions` lists `(first line, version tag)` in
 /// order; the tag is the output's `version` field (`None` for version 1).
-fn assert_split(out: &Path, events: &[(String, u64)], versions: &[(u64, Option<u64>)]) {
+pub(crate) fn assert_split(out: &Path, events: &[(String, u64)], versions: &[(u64, Option<u64>)]) {
     let out = read_jsonl(out);
     assert_eq!(
         out.len(),

@@ -1,0 +1,1137 @@
+/*
+ * eddy.h: write Eddy stream operators in C.
+ *
+ * A thin layer over the raw bindings that `eddy build` generates from the
+ * contract (wit/world.wit, world `operator`, header "operator.h"); the C
+ * counterpart of the Rust SDK (sdk/src/lib.rs). Header only: include it, and
+ * export your operator from exactly one source file with
+ *
+ *     EDDY_EXPORT_OPERATOR(my_init, my_handle)
+ *
+ * where
+ *
+ *     eddy_error my_init(const eddy_config *config);    // once, before any event
+ *     eddy_error my_handle(const eddy_event *event);    // once per event
+ *
+ * return NULL for success or an error made with eddy_errorf(). An error from
+ * `init` stops the pipeline before it reads input; an error from `handle`
+ * discards the event's state writes and emits and dead-letters the event.
+ *
+ * Contents:
+ *   - errors and byte buffers     eddy_errorf, eddy_buf_*
+ *   - state of the current key    eddy_get/set/delete, eddy_map_*, eddy_list_*,
+ *                                 eddy_clear
+ *   - output and log              eddy_emit, eddy_log
+ *   - config                      eddy_config_string/_f64/_i64
+ *   - JSON reading                eddy_json_* (a cursor over JSON text that
+ *                                 parses numbers exactly as serde_json does)
+ *   - JSON writing                eddy_jw_* (objects with string, integer and
+ *                                 f64 fields, printed byte-for-byte as
+ *                                 serde_json prints them)
+ *
+ * State is bytes; store JSON (as the Rust SDK does) so operators in other
+ * languages can read it. State calls trap outside `handle`.
+ */
+#ifndef EDDY_H
+#define EDDY_H
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "operator.h"
+
+/* ---- errors ------------------------------------------------------------- */
+
+/* An operator error: NULL for success, else a malloc'd message. */
+typedef char *eddy_error;
+
+/* An error with a printf-style message. */
+__attribute__((format(printf, 1, 2))) static inline eddy_error eddy_errorf(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  char *msg = malloc((size_t)(n > 0 ? n : 0) + 1);
+  if (!msg) abort();
+  va_start(ap, fmt);
+  vsnprintf(msg, (size_t)(n > 0 ? n : 0) + 1, fmt, ap);
+  va_end(ap);
+  return msg;
+}
+
+/* ---- byte buffers ------------------------------------------------------- */
+
+/* A growable byte buffer; start with `eddy_buf b = {0};`, end with
+ * eddy_buf_free. `ptr` is always NUL-terminated once anything was added. */
+typedef struct {
+  uint8_t *ptr;
+  size_t len, cap;
+} eddy_buf;
+
+static inline void eddy_buf_reserve(eddy_buf *b, size_t extra) {
+  if (b->len + extra + 1 <= b->cap) return;
+  size_t cap = b->cap ? b->cap * 2 : 64;
+  while (cap < b->len + extra + 1) cap *= 2;
+  b->ptr = realloc(b->ptr, cap);
+  if (!b->ptr) abort();
+  b->cap = cap;
+}
+static inline void eddy_buf_append(eddy_buf *b, const void *data, size_t n) {
+  eddy_buf_reserve(b, n);
+  if (n) memcpy(b->ptr + b->len, data, n);
+  b->len += n;
+  b->ptr[b->len] = 0;
+}
+static inline void eddy_buf_putc(eddy_buf *b, char c) { eddy_buf_append(b, &c, 1); }
+static inline void eddy_buf_puts(eddy_buf *b, const char *s) { eddy_buf_append(b, s, strlen(s)); }
+static inline void eddy_buf_clear(eddy_buf *b) {
+  b->len = 0;
+  if (b->ptr) b->ptr[0] = 0;
+}
+static inline void eddy_buf_free(eddy_buf *b) {
+  free(b->ptr);
+  b->ptr = NULL;
+  b->len = b->cap = 0;
+}
+
+/* ---- events and config -------------------------------------------------- */
+
+/* The event being handled. `key` and `value` are NUL-terminated (the
+ * terminator is not counted in the lengths) and live until `handle` returns. */
+typedef struct {
+  const char *key;      /* routing key; state calls act on this key */
+  size_t key_len;
+  const uint8_t *value; /* payload: the JSON input line or the previous emit */
+  size_t value_len;
+  bool has_time;        /* event time from the pipeline's `time` field */
+  int64_t time;
+} eddy_event;
+
+/* The operator's `config` table from the pipeline, as JSON text (NUL-
+ * terminated; "{}" when the pipeline gives none). */
+typedef struct {
+  const char *json;
+  size_t len;
+} eddy_config;
+
+/* ---- state of the current key ------------------------------------------- */
+
+static inline operator_string_t eddy__s(const char *s) {
+  return (operator_string_t){(uint8_t *)s, strlen(s)};
+}
+static inline operator_list_u8_t eddy__b(const void *p, size_t n) {
+  return (operator_list_u8_t){(uint8_t *)p, n};
+}
+/* Moves bytes returned by the host into `out` (NUL-terminated). */
+static inline void eddy__take(operator_list_u8_t *got, eddy_buf *out) {
+  eddy_buf_clear(out);
+  eddy_buf_append(out, got->ptr, got->len);
+  operator_list_u8_free(got);
+}
+
+/* Single value `name`: true and its bytes in `out` when present; false (and
+ * `out` emptied) when missing. */
+static inline bool eddy_get(const char *name, eddy_buf *out) {
+  operator_string_t n = eddy__s(name);
+  operator_list_u8_t got;
+  if (!eddy_operator_state_get(&n, &got)) {
+    eddy_buf_clear(out);
+    return false;
+  }
+  eddy__take(&got, out);
+  return true;
+}
+/* Stores `len` bytes under `name`. */
+static inline void eddy_set(const char *name, const void *bytes, size_t len) {
+  operator_string_t n = eddy__s(name);
+  operator_list_u8_t v = eddy__b(bytes, len);
+  eddy_operator_state_set(&n, &v);
+}
+/* Removes value `name`; true when there was one. */
+static inline bool eddy_delete(const char *name) {
+  operator_string_t n = eddy__s(name);
+  return eddy_operator_state_delete(&n);
+}
+
+/* Maps: field -> bytes. */
+static inline bool eddy_map_get(const char *name, const char *field, eddy_buf *out) {
+  operator_string_t n = eddy__s(name), f = eddy__s(field);
+  operator_list_u8_t got;
+  if (!eddy_operator_state_map_get(&n, &f, &got)) {
+    eddy_buf_clear(out);
+    return false;
+  }
+  eddy__take(&got, out);
+  return true;
+}
+static inline void eddy_map_set(const char *name, const char *field, const void *bytes, size_t len) {
+  operator_string_t n = eddy__s(name), f = eddy__s(field);
+  operator_list_u8_t v = eddy__b(bytes, len);
+  eddy_operator_state_map_set(&n, &f, &v);
+}
+static inline bool eddy_map_delete(const char *name, const char *field) {
+  operator_string_t n = eddy__s(name), f = eddy__s(field);
+  return eddy_operator_state_map_delete(&n, &f);
+}
+static inline uint32_t eddy_map_len(const char *name) {
+  operator_string_t n = eddy__s(name);
+  return eddy_operator_state_map_len(&n);
+}
+
+/* Append-only lists. Items of eddy_list_range are `items.ptr[i].ptr` /
+ * `items.ptr[i].len`, oldest first; release them with eddy_items_free. */
+typedef operator_list_list_u8_t eddy_items;
+static inline uint32_t eddy_list_push(const char *name, const void *bytes, size_t len) {
+  operator_string_t n = eddy__s(name);
+  operator_list_u8_t v = eddy__b(bytes, len);
+  return eddy_operator_state_list_push(&n, &v);
+}
+static inline uint32_t eddy_list_len(const char *name) {
+  operator_string_t n = eddy__s(name);
+  return eddy_operator_state_list_len(&n);
+}
+static inline void eddy_list_range(const char *name, uint32_t start, uint32_t end, eddy_items *out) {
+  operator_string_t n = eddy__s(name);
+  eddy_operator_state_list_range(&n, start, end, out);
+}
+static inline void eddy_items_free(eddy_items *items) { operator_list_list_u8_free(items); }
+/* Keeps the newest `keep` items; returns how many were dropped. */
+static inline uint32_t eddy_list_trim(const char *name, uint32_t keep) {
+  operator_string_t n = eddy__s(name);
+  return eddy_operator_state_list_trim(&n, keep);
+}
+/* Removes all state of the current key for this operator. */
+static inline void eddy_clear(void) { eddy_operator_state_clear(); }
+
+/* ---- output and log ----------------------------------------------------- */
+
+/* Emits `len` bytes keyed by `key` (takes effect if `handle` succeeds). */
+static inline void eddy_emit(const char *key, size_t key_len, const void *bytes, size_t len) {
+  operator_string_t k = {(uint8_t *)key, key_len};
+  operator_list_u8_t v = eddy__b(bytes, len);
+  eddy_operator_output_emit(&k, &v);
+}
+
+enum {
+  EDDY_TRACE = EDDY_OPERATOR_TYPES_LEVEL_TRACE,
+  EDDY_DEBUG = EDDY_OPERATOR_TYPES_LEVEL_DEBUG,
+  EDDY_INFO = EDDY_OPERATOR_TYPES_LEVEL_INFO,
+  EDDY_WARN = EDDY_OPERATOR_TYPES_LEVEL_WARN,
+  EDDY_ERROR = EDDY_OPERATOR_TYPES_LEVEL_ERROR,
+};
+/* Writes a printf-style line to the host's log at `level` (EDDY_INFO...). */
+__attribute__((format(printf, 2, 3))) static inline void eddy_log(int level, const char *fmt, ...) {
+  char small[256];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(small, sizeof small, fmt, ap);
+  va_end(ap);
+  char *msg = small;
+  if (n >= (int)sizeof small) {
+    msg = malloc((size_t)n + 1);
+    if (!msg) abort();
+    va_start(ap, fmt);
+    vsnprintf(msg, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+  }
+  operator_string_t m = {(uint8_t *)msg, n > 0 ? (size_t)n : 0};
+  eddy_operator_log_log((eddy_operator_log_level_t)level, &m);
+  if (msg != small) free(msg);
+}
+
+/* ---- JSON reading --------------------------------------------------------
+ *
+ * A cursor over JSON text. Read one value with eddy_json_next_value (arrays
+ * and objects are validated and skipped whole), or walk the members of an
+ * object with eddy_json_object_begin / eddy_json_object_next. Numbers are
+ * parsed exactly as serde_json parses them (so an f64 read here equals the
+ * one a Rust operator reads), strings are validated and decoded on demand.
+ * On a syntax error the functions return false / -1 and record a message
+ * with serde_json's wording and position, available from eddy_json_error.
+ */
+
+typedef enum {
+  EDDY_JSON_NULL,
+  EDDY_JSON_BOOL,
+  EDDY_JSON_NUMBER,
+  EDDY_JSON_STRING,
+  EDDY_JSON_ARRAY,
+  EDDY_JSON_OBJECT,
+} eddy_json_kind;
+
+/* How serde_json classifies a number: a non-negative integer, a negative
+ * integer, or anything else (fraction, exponent, -0, too big). */
+typedef enum { EDDY_NUM_U64, EDDY_NUM_I64, EDDY_NUM_F64 } eddy_num_kind;
+
+typedef struct {
+  eddy_json_kind kind;
+  size_t start, end;   /* byte range of the value in the text */
+  bool boolean;        /* EDDY_JSON_BOOL */
+  eddy_num_kind num;   /* EDDY_JSON_NUMBER: which of u / i / f holds it */
+  uint64_t u;
+  int64_t i;
+  double f;
+  bool out_of_range;   /* number too large for an f64 ("number out of range") */
+} eddy_json_value;
+
+typedef struct {
+  const char *s;
+  size_t len, pos;
+  int depth;
+  bool first;          /* object iteration: before the first member */
+  char *err;           /* first error message (malloc'd), NULL when none */
+  size_t err_pos;      /* bytes consumed when it happened */
+} eddy_json;
+
+static inline void eddy_json_init(eddy_json *j, const void *text, size_t len) {
+  *j = (eddy_json){(const char *)text, len, 0, 0, false, NULL, 0};
+}
+static inline void eddy_json_free(eddy_json *j) {
+  free(j->err);
+  j->err = NULL;
+}
+
+/* Records an error (the first one wins) at `pos` bytes consumed. */
+__attribute__((format(printf, 3, 4))) static inline void eddy_json_fail(eddy_json *j, size_t pos, const char *fmt, ...) {
+  if (j->err) return;
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  j->err = malloc((size_t)n + 1);
+  if (!j->err) abort();
+  va_start(ap, fmt);
+  vsnprintf(j->err, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  j->err_pos = pos > j->len ? j->len : pos;
+}
+
+/* The recorded error as an operator error: "<prefix><message> at line L
+ * column C", as serde_json words it. */
+static inline eddy_error eddy_json_error(const eddy_json *j, const char *prefix) {
+  size_t line = 1, col = 0;
+  for (size_t k = 0; k < j->err_pos; k++) {
+    if (j->s[k] == '\n') {
+      line++;
+      col = 0;
+    } else {
+      col++;
+    }
+  }
+  if (!j->err) return eddy_errorf("%sinvalid JSON", prefix);
+  return eddy_errorf("%s%s at line %zu column %zu", prefix, j->err, line, col);
+}
+
+static inline void eddy__ws(eddy_json *j) {
+  while (j->pos < j->len) {
+    char c = j->s[j->pos];
+    if (c != ' ' && c != '\n' && c != '\t' && c != '\r') break;
+    j->pos++;
+  }
+}
+static inline int eddy__peek(eddy_json *j) { return j->pos < j->len ? (unsigned char)j->s[j->pos] : -1; }
+static inline bool eddy__digit(int c) { return c >= '0' && c <= '9'; }
+
+/* 10^0 .. 10^308 as correctly rounded doubles (serde_json's POW10). */
+static inline double eddy__pow10(int e) {
+  static double table[309];
+  static bool ready;
+  if (!ready) {
+    char buf[16];
+    for (int k = 0; k < 309; k++) {
+      snprintf(buf, sizeof buf, "1e%d", k);
+      table[k] = strtod(buf, NULL);
+    }
+    ready = true;
+  }
+  return table[e];
+}
+
+/* serde_json's f64_from_parts: significand * 10^exponent. */
+static inline double eddy__from_parts(bool positive, uint64_t sig, int32_t exponent, bool *out_of_range) {
+  double f = (double)sig;
+  for (;;) {
+    uint32_t a = exponent < 0 ? (uint32_t)0 - (uint32_t)exponent : (uint32_t)exponent;
+    if (a <= 308) {
+      if (exponent >= 0) {
+        f *= eddy__pow10((int)a);
+        if (isinf(f)) *out_of_range = true;
+      } else {
+        f /= eddy__pow10((int)a);
+      }
+      break;
+    }
+    if (f == 0.0) break;
+    if (exponent >= 0) {
+      *out_of_range = true;
+      break;
+    }
+    f /= 1e308;
+    exponent += 308;
+  }
+  return positive ? f : -f;
+}
+
+#define EDDY__U64_OVERFLOW(a, d) ((a) >= UINT64_MAX / 10 && ((a) > UINT64_MAX / 10 || (uint64_t)(d) > UINT64_MAX % 10))
+
+/* After the significand: fraction and exponent, following serde_json. */
+static inline bool eddy__exponent(eddy_json *j, eddy_json_value *v, bool positive, uint64_t sig, int32_t start_exp) {
+  j->pos++; /* e or E */
+  bool pos_exp = true;
+  if (eddy__peek(j) == '+') {
+    j->pos++;
+  } else if (eddy__peek(j) == '-') {
+    j->pos++;
+    pos_exp = false;
+  }
+  int c = eddy__peek(j);
+  if (c < 0) return eddy_json_fail(j, j->pos, "EOF while parsing a value"), false;
+  j->pos++;
+  if (!eddy__digit(c)) return eddy_json_fail(j, j->pos, "invalid number"), false;
+  int32_t exp = c - '0';
+  while (eddy__digit(c = eddy__peek(j))) {
+    j->pos++;
+    int32_t d = c - '0';
+    if (exp >= INT32_MAX / 10 && (exp > INT32_MAX / 10 || d > INT32_MAX % 10)) {
+      if (sig != 0 && pos_exp) v->out_of_range = true;
+      while (eddy__digit(eddy__peek(j))) j->pos++;
+      v->f = positive ? 0.0 : -0.0;
+      return true;
+    }
+    exp = exp * 10 + d;
+  }
+  int64_t fin = pos_exp ? (int64_t)start_exp + exp : (int64_t)start_exp - exp;
+  if (fin > INT32_MAX) fin = INT32_MAX;
+  if (fin < INT32_MIN) fin = INT32_MIN;
+  v->f = eddy__from_parts(positive, sig, (int32_t)fin, &v->out_of_range);
+  return true;
+}
+
+static inline bool eddy__decimal(eddy_json *j, eddy_json_value *v, bool positive, uint64_t sig, int32_t exp_before) {
+  j->pos++; /* . */
+  int32_t exp_after = 0;
+  int c;
+  while (eddy__digit(c = eddy__peek(j))) {
+    if (EDDY__U64_OVERFLOW(sig, c - '0')) {
+      /* serde_json ignores the digits that do not fit. */
+      while (eddy__digit(eddy__peek(j))) j->pos++;
+      c = eddy__peek(j);
+      if (c == 'e' || c == 'E') return eddy__exponent(j, v, positive, sig, exp_before + exp_after);
+      v->f = eddy__from_parts(positive, sig, exp_before + exp_after, &v->out_of_range);
+      return true;
+    }
+    j->pos++;
+    sig = sig * 10 + (uint64_t)(c - '0');
+    exp_after--;
+  }
+  if (exp_after == 0) {
+    eddy_json_fail(j, j->pos + 1, c < 0 ? "EOF while parsing a value" : "invalid number");
+    return false;
+  }
+  if (c == 'e' || c == 'E') return eddy__exponent(j, v, positive, sig, exp_before + exp_after);
+  v->f = eddy__from_parts(positive, sig, exp_before + exp_after, &v->out_of_range);
+  return true;
+}
+
+/* The syntax and integer kinds of a number at the cursor (after the '-'
+ * when negative), as serde_json reads it: u64, i64, or f64. */
+static inline bool eddy__number_parts(eddy_json *j, eddy_json_value *v, bool positive) {
+  v->kind = EDDY_JSON_NUMBER;
+  v->num = EDDY_NUM_F64;
+  int c = eddy__peek(j);
+  if (c < 0) return eddy_json_fail(j, j->pos, "EOF while parsing a value"), false;
+  j->pos++;
+  uint64_t sig = 0;
+  if (c == '0') {
+    if (eddy__digit(eddy__peek(j))) return eddy_json_fail(j, j->pos + 1, "invalid number"), false;
+  } else if (c >= '1' && c <= '9') {
+    sig = (uint64_t)(c - '0');
+    while (eddy__digit(c = eddy__peek(j))) {
+      if (EDDY__U64_OVERFLOW(sig, c - '0')) {
+        /* serde_json: keep the leading digits, count the rest as exponent. */
+        int32_t exp = 0;
+        while (eddy__digit(eddy__peek(j))) {
+          j->pos++;
+          exp++;
+        }
+        c = eddy__peek(j);
+        if (c == '.') return eddy__decimal(j, v, positive, sig, exp);
+        if (c == 'e' || c == 'E') return eddy__exponent(j, v, positive, sig, exp);
+        v->f = eddy__from_parts(positive, sig, exp, &v->out_of_range);
+        return true;
+      }
+      j->pos++;
+      sig = sig * 10 + (uint64_t)(c - '0');
+    }
+  } else {
+    return eddy_json_fail(j, j->pos, "invalid number"), false;
+  }
+  c = eddy__peek(j);
+  if (c == '.') return eddy__decimal(j, v, positive, sig, 0);
+  if (c == 'e' || c == 'E') return eddy__exponent(j, v, positive, sig, 0);
+  if (positive) {
+    v->num = EDDY_NUM_U64;
+    v->u = sig;
+    v->f = (double)sig;
+  } else {
+    int64_t neg = (int64_t)(0 - sig);
+    if (neg >= 0) {
+      v->f = -(double)sig;
+    } else {
+      v->num = EDDY_NUM_I64;
+      v->i = neg;
+      v->f = (double)neg;
+    }
+  }
+  return true;
+}
+
+/* A number at the cursor (after the '-' when negative). A float gets the
+ * correctly rounded value of its text (strtod), as serde_json with its
+ * `float_roundtrip` feature (which the Rust SDK enables) reads it. */
+static inline bool eddy__number(eddy_json *j, eddy_json_value *v, bool positive) {
+  size_t start = j->pos - (positive ? 0 : 1);
+  if (!eddy__number_parts(j, v, positive)) return false;
+  if (v->num != EDDY_NUM_F64) return true;
+  size_t n = j->pos - start;
+  char small[64];
+  char *text = n < sizeof small ? small : (char *)malloc(n + 1);
+  if (!text) return eddy_json_fail(j, j->pos, "out of memory"), false;
+  memcpy(text, j->s + start, n);
+  text[n] = 0;
+  v->f = strtod(text, NULL);
+  if (text != small) free(text);
+  v->out_of_range = isinf(v->f);
+  return true;
+}
+
+static inline int eddy__hex(int c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Decodes the string whose opening quote is at `start` into `out` (when not
+ * NULL); returns the position after the closing quote, or 0 on an error
+ * (recorded in `j`). */
+static inline size_t eddy__string(eddy_json *j, size_t start, eddy_buf *out) {
+  size_t p = start + 1;
+  for (;;) {
+    if (p >= j->len) return eddy_json_fail(j, j->len, "EOF while parsing a string"), 0;
+    unsigned char c = (unsigned char)j->s[p];
+    if (c == '"') return p + 1;
+    if (c < 0x20) return eddy_json_fail(j, p + 1, "control character (\\u0000-\\u001F) found while parsing a string"), 0;
+    if (c != '\\') {
+      if (out) eddy_buf_putc(out, (char)c);
+      p++;
+      continue;
+    }
+    if (p + 1 >= j->len) return eddy_json_fail(j, j->len, "EOF while parsing a string"), 0;
+    char e = j->s[p + 1];
+    p += 2;
+    char plain = 0;
+    switch (e) {
+      case '"': plain = '"'; break;
+      case '\\': plain = '\\'; break;
+      case '/': plain = '/'; break;
+      case 'b': plain = '\b'; break;
+      case 'f': plain = '\f'; break;
+      case 'n': plain = '\n'; break;
+      case 'r': plain = '\r'; break;
+      case 't': plain = '\t'; break;
+      case 'u': break;
+      default: return eddy_json_fail(j, p, "invalid escape"), 0;
+    }
+    if (plain) {
+      if (out) eddy_buf_putc(out, plain);
+      continue;
+    }
+    uint32_t cp = 0;
+    for (int k = 0; k < 4; k++, p++) {
+      if (p >= j->len) return eddy_json_fail(j, j->len, "EOF while parsing a string"), 0;
+      int h = eddy__hex((unsigned char)j->s[p]);
+      if (h < 0) return eddy_json_fail(j, p + 1, "invalid escape"), 0;
+      cp = cp * 16 + (uint32_t)h;
+    }
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+      uint32_t lo = 0;
+      if (p + 6 <= j->len && j->s[p] == '\\' && j->s[p + 1] == 'u') {
+        for (int k = 0; k < 4; k++) {
+          int h = eddy__hex((unsigned char)j->s[p + 2 + k]);
+          if (h < 0) return eddy_json_fail(j, p + 3 + k, "invalid escape"), 0;
+          lo = lo * 16 + (uint32_t)h;
+        }
+      }
+      if (lo < 0xDC00 || lo > 0xDFFF) return eddy_json_fail(j, p, "lone leading surrogate in hex escape"), 0;
+      p += 6;
+      cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+    } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+      return eddy_json_fail(j, p, "lone leading surrogate in hex escape"), 0;
+    }
+    if (out) {
+      char u[4];
+      size_t n;
+      if (cp < 0x80) {
+        u[0] = (char)cp, n = 1;
+      } else if (cp < 0x800) {
+        u[0] = (char)(0xC0 | (cp >> 6)), u[1] = (char)(0x80 | (cp & 0x3F)), n = 2;
+      } else if (cp < 0x10000) {
+        u[0] = (char)(0xE0 | (cp >> 12)), u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u[2] = (char)(0x80 | (cp & 0x3F)), n = 3;
+      } else {
+        u[0] = (char)(0xF0 | (cp >> 18)), u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+        u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)), u[3] = (char)(0x80 | (cp & 0x3F)), n = 4;
+      }
+      eddy_buf_append(out, u, n);
+    }
+  }
+}
+
+static inline bool eddy__ident(eddy_json *j, const char *rest) {
+  for (; *rest; rest++) {
+    int c = eddy__peek(j);
+    if (c < 0) return eddy_json_fail(j, j->pos, "EOF while parsing a value"), false;
+    j->pos++;
+    if (c != *rest) return eddy_json_fail(j, j->pos, "expected ident"), false;
+  }
+  return true;
+}
+
+/* Reads the value at the cursor into `v` (whitespace before it is skipped).
+ * Arrays and objects are checked and skipped whole (nesting up to 128 deep,
+ * as serde_json allows). Returns false on a syntax error. */
+static inline bool eddy_json_next_value(eddy_json *j, eddy_json_value *v) {
+  memset(v, 0, sizeof *v);
+  eddy__ws(j);
+  v->start = j->pos;
+  int c = eddy__peek(j);
+  bool ok = true;
+  switch (c) {
+    case -1: return eddy_json_fail(j, j->pos, "EOF while parsing a value"), false;
+    case 'n': j->pos++, v->kind = EDDY_JSON_NULL, ok = eddy__ident(j, "ull"); break;
+    case 't': j->pos++, v->kind = EDDY_JSON_BOOL, v->boolean = true, ok = eddy__ident(j, "rue"); break;
+    case 'f': j->pos++, v->kind = EDDY_JSON_BOOL, ok = eddy__ident(j, "alse"); break;
+    case '-': j->pos++, ok = eddy__number(j, v, false); break;
+    case '"': {
+      v->kind = EDDY_JSON_STRING;
+      size_t end = eddy__string(j, j->pos, NULL);
+      if (!end) return false;
+      j->pos = end;
+      break;
+    }
+    case '[':
+    case '{': {
+      bool obj = c == '{';
+      v->kind = obj ? EDDY_JSON_OBJECT : EDDY_JSON_ARRAY;
+      if (++j->depth > 128) return eddy_json_fail(j, j->pos + 1, "recursion limit exceeded"), false;
+      j->pos++;
+      eddy__ws(j);
+      if (eddy__peek(j) == (obj ? '}' : ']')) {
+        j->pos++;
+      } else {
+        for (;;) {
+          eddy_json_value item;
+          if (obj) {
+            eddy__ws(j);
+            int k = eddy__peek(j);
+            if (k < 0) return eddy_json_fail(j, j->pos, "EOF while parsing a value"), false;
+            if (k != '"') return eddy_json_fail(j, j->pos + 1, "key must be a string"), false;
+            size_t end = eddy__string(j, j->pos, NULL);
+            if (!end) return false;
+            j->pos = end;
+            eddy__ws(j);
+            k = eddy__peek(j);
+            if (k != ':') return eddy_json_fail(j, j->pos + 1, k < 0 ? "EOF while parsing an object" : "expected `:`"), false;
+            j->pos++;
+          }
+          if (!eddy_json_next_value(j, &item)) return false;
+          eddy__ws(j);
+          int k = eddy__peek(j);
+          if (k == (obj ? '}' : ']')) {
+            j->pos++;
+            break;
+          }
+          if (k != ',') {
+            const char *msg = k < 0 ? (obj ? "EOF while parsing an object" : "EOF while parsing a list")
+                                    : (obj ? "expected `,` or `}`" : "expected `,` or `]`");
+            return eddy_json_fail(j, j->pos + (k < 0 ? 0 : 1), "%s", msg), false;
+          }
+          j->pos++;
+          eddy__ws(j);
+          if (eddy__peek(j) == (obj ? '}' : ']')) return eddy_json_fail(j, j->pos + 1, "trailing comma"), false;
+        }
+      }
+      j->depth--;
+      break;
+    }
+    default:
+      if (eddy__digit(c)) {
+        ok = eddy__number(j, v, true);
+      } else {
+        return eddy_json_fail(j, j->pos + 1, "expected value"), false;
+      }
+  }
+  v->end = j->pos;
+  return ok;
+}
+
+/* Starts walking an object: true when the next value is an object (its '{'
+ * is consumed); false, consuming nothing, when it is something else. */
+static inline bool eddy_json_object_begin(eddy_json *j) {
+  eddy__ws(j);
+  if (eddy__peek(j) != '{') return false;
+  j->pos++;
+  j->first = true;
+  return true;
+}
+
+/* The next member of the object being walked: 1 with its key (a string
+ * value) and value, 0 at the end (the '}' consumed), -1 on an error. */
+static inline int eddy_json_object_next(eddy_json *j, eddy_json_value *key, eddy_json_value *val) {
+  eddy__ws(j);
+  int c = eddy__peek(j);
+  if (c < 0) return eddy_json_fail(j, j->pos, "EOF while parsing an object"), -1;
+  if (c == '}') {
+    j->pos++;
+    return 0;
+  }
+  if (j->first) {
+    j->first = false;
+  } else if (c == ',') {
+    j->pos++;
+    eddy__ws(j);
+    c = eddy__peek(j);
+    if (c == '}') return eddy_json_fail(j, j->pos + 1, "trailing comma"), -1;
+    if (c < 0) return eddy_json_fail(j, j->pos, "EOF while parsing a value"), -1;
+  } else {
+    return eddy_json_fail(j, j->pos + 1, "expected `,` or `}`"), -1;
+  }
+  if (c != '"') return eddy_json_fail(j, j->pos + 1, "key must be a string"), -1;
+  if (!eddy_json_next_value(j, key)) return -1;
+  eddy__ws(j);
+  c = eddy__peek(j);
+  if (c != ':') return eddy_json_fail(j, j->pos + (c < 0 ? 0 : 1), c < 0 ? "EOF while parsing an object" : "expected `:`"), -1;
+  j->pos++;
+  return eddy_json_next_value(j, val) ? 1 : -1;
+}
+
+/* Checks that only whitespace follows ("trailing characters" otherwise). */
+static inline bool eddy_json_end(eddy_json *j) {
+  eddy__ws(j);
+  if (j->pos < j->len) return eddy_json_fail(j, j->pos + 1, "trailing characters"), false;
+  return true;
+}
+
+/* The decoded text of string value `v`, appended to `out`. */
+static inline bool eddy_json_string(eddy_json *j, const eddy_json_value *v, eddy_buf *out) {
+  eddy_buf_reserve(out, v->end - v->start);
+  return eddy__string(j, v->start, out) != 0;
+}
+
+/* Whether string value `v` decodes to the NUL-terminated `s`. */
+static inline bool eddy_json_string_is(eddy_json *j, const eddy_json_value *v, const char *s) {
+  size_t n = strlen(s);
+  if (v->kind != EDDY_JSON_STRING) return false;
+  /* Fast path: no escapes, compare the raw bytes. */
+  if (!memchr(j->s + v->start, '\\', v->end - v->start))
+    return v->end - v->start - 2 == n && memcmp(j->s + v->start + 1, s, n) == 0;
+  eddy_buf b = {0};
+  bool same = eddy__string(j, v->start, &b) && b.len == n && memcmp(b.ptr, s, n) == 0;
+  eddy_buf_free(&b);
+  return same;
+}
+
+/* Number value `v` as an f64, as serde_json gives it to a Rust `f64`. False
+ * when `v` is not a number. */
+static inline bool eddy_json_f64(const eddy_json_value *v, double *out) {
+  if (v->kind != EDDY_JSON_NUMBER) return false;
+  *out = v->f;
+  return true;
+}
+
+/* Whether m * 10^k reads back as v. Exact arithmetic when m and 10^|k| are
+ * exact doubles (one correctly rounded operation), else strtod. */
+static inline bool eddy__reads_back(uint64_t m, int k, double v) {
+  if (m < (1ull << 53) && k >= -22 && k <= 22) {
+    double x = (double)m;
+    return (k >= 0 ? x * eddy__pow10(k) : x / eddy__pow10(-k)) == v;
+  }
+  char buf[48];
+  snprintf(buf, sizeof buf, "%llue%d", (unsigned long long)m, k);
+  return strtod(buf, NULL) == v;
+}
+
+/* Whether some p-digit decimal reads back as v, given v's first 41
+ * significant digits `d` and decimal exponent `e`: then *m holds the closest
+ * one that does (v ~ *m * 10^(e - p + 1)): the digits rounded half to even,
+ * or the ones above them when only those read back (the gap above v can be
+ * wider than the gap below). */
+static inline bool eddy__probe(double v, const char *d, int e, int p, uint64_t *m) {
+  uint64_t r = 0;
+  for (int i = 0; i < p; i++) r = r * 10 + (uint64_t)(d[i] - '0');
+  bool zeros = true;
+  for (int i = p + 1; i < 41; i++) zeros = zeros && d[i] == '0';
+  bool exact = d[p] == '0' && zeros;
+  bool up = d[p] > '5' || (d[p] == '5' && (!zeros || (r & 1)));
+  int k = e - p + 1;
+  if (eddy__reads_back(r + up, k, v)) return *m = r + up, true;
+  if (!up && !exact && eddy__reads_back(r + 1, k, v)) return *m = r + 1, true;
+  return false;
+}
+
+/* The shortest digits that read back as finite v > 0, the closest to v of
+ * those (what serde_json prints): into d (no trailing zeros, NUL-
+ * terminated); returns the decimal exponent e, v ~ d[0].d[1..] * 10^e.
+ * Whether p digits suffice only grows with p (17 always do), so p is found
+ * by bisection, each step checked with exact arithmetic where it can be. */
+static inline int eddy__shortest(double v, char d[24]) {
+  char buf[64], dig[42];
+  snprintf(buf, sizeof buf, "%.40e", v); /* d.ddd...e+XX, 41 digits */
+  dig[0] = buf[0];
+  memcpy(dig + 1, buf + 2, 40);
+  dig[41] = 0;
+  int e = atoi(buf + 43);
+  uint64_t m = 0;
+  int lo = 1, hi = 17;
+  while (lo < hi) {
+    int mid = (lo + hi) / 2;
+    if (eddy__probe(v, dig, e, mid, &m))
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  eddy__probe(v, dig, e, lo, &m);
+  int n = snprintf(d, 24, "%llu", (unsigned long long)m);
+  e += n - lo; /* rounding up to 10^p adds a digit */
+  while (n > 1 && d[n - 1] == '0') d[--n] = 0;
+  return e;
+}
+
+/* Appends f64 `v` as serde_json prints it: `40.0`, `0.1`, `1e+16`,
+ * `1.5e-7`, shortest digits that read back exactly; `null` when not finite. */
+static inline void eddy_json_write_f64(eddy_buf *b, double v) {
+  if (!isfinite(v)) {
+    eddy_buf_puts(b, "null");
+    return;
+  }
+  if (signbit(v)) eddy_buf_putc(b, '-'), v = -v;
+  if (v == 0) {
+    eddy_buf_puts(b, "0.0");
+    return;
+  }
+  char d[24];
+  int e = eddy__shortest(v, d);
+  int n = (int)strlen(d);
+  if (e >= -5 && e <= 15) {
+    if (n - 1 <= e) { /* 1234e7 -> 12340000000.0 */
+      eddy_buf_append(b, d, (size_t)n);
+      for (int k = n; k <= e; k++) eddy_buf_putc(b, '0');
+      eddy_buf_puts(b, ".0");
+    } else if (e >= 0) { /* 1234e-2 -> 12.34 */
+      eddy_buf_append(b, d, (size_t)e + 1);
+      eddy_buf_putc(b, '.');
+      eddy_buf_append(b, d + e + 1, (size_t)(n - e - 1));
+    } else { /* 1234e-6 -> 0.001234 */
+      eddy_buf_puts(b, "0.");
+      for (int k = -1; k > e; k--) eddy_buf_putc(b, '0');
+      eddy_buf_append(b, d, (size_t)n);
+    }
+    return;
+  }
+  eddy_buf_putc(b, d[0]);
+  if (n > 1) {
+    eddy_buf_putc(b, '.');
+    eddy_buf_append(b, d + 1, (size_t)n - 1);
+  }
+  char exp[8];
+  snprintf(exp, sizeof exp, "e%c%d", e < 0 ? '-' : '+', e < 0 ? -e : e);
+  eddy_buf_puts(b, exp);
+}
+
+/* Describes value `v` as serde_json does in "invalid type: X, expected Y"
+ * (for example "integer `5`", "string \"x\"", "null", "map"). */
+static inline void eddy_json_describe(eddy_json *j, const eddy_json_value *v, eddy_buf *out) {
+  char num[32];
+  switch (v->kind) {
+    case EDDY_JSON_NULL: eddy_buf_puts(out, "null"); return;
+    case EDDY_JSON_BOOL: eddy_buf_puts(out, v->boolean ? "boolean `true`" : "boolean `false`"); return;
+    case EDDY_JSON_ARRAY: eddy_buf_puts(out, "sequence"); return;
+    case EDDY_JSON_OBJECT: eddy_buf_puts(out, "map"); return;
+    case EDDY_JSON_NUMBER:
+      if (v->num == EDDY_NUM_U64) {
+        snprintf(num, sizeof num, "integer `%llu`", (unsigned long long)v->u);
+        eddy_buf_puts(out, num);
+      } else if (v->num == EDDY_NUM_I64) {
+        snprintf(num, sizeof num, "integer `%lld`", (long long)v->i);
+        eddy_buf_puts(out, num);
+      } else {
+        eddy_buf_puts(out, "floating point `");
+        eddy_json_write_f64(out, v->f);
+        eddy_buf_putc(out, '`');
+      }
+      return;
+    case EDDY_JSON_STRING: {
+      eddy_buf s = {0};
+      eddy_json_string(j, v, &s);
+      eddy_buf_puts(out, "string \"");
+      for (size_t k = 0; k < s.len; k++) {
+        unsigned char c = s.ptr[k];
+        char esc[12];
+        if (c == '"' || c == '\\') {
+          eddy_buf_putc(out, '\\'), eddy_buf_putc(out, (char)c);
+        } else if (c == '\n') {
+          eddy_buf_puts(out, "\\n");
+        } else if (c == '\r') {
+          eddy_buf_puts(out, "\\r");
+        } else if (c == '\t') {
+          eddy_buf_puts(out, "\\t");
+        } else if (c < 0x20 || c == 0x7f) {
+          snprintf(esc, sizeof esc, "\\u{%x}", c);
+          eddy_buf_puts(out, esc);
+        } else {
+          eddy_buf_putc(out, (char)c);
+        }
+      }
+      eddy_buf_putc(out, '"');
+      eddy_buf_free(&s);
+      return;
+    }
+  }
+}
+
+/* Records "invalid type: <v>, expected <what>" at `v`, positioned as
+ * serde_json positions it (after a scalar, at an array's or object's start). */
+static inline void eddy_json_invalid_type(eddy_json *j, const eddy_json_value *v, const char *what) {
+  eddy_buf d = {0};
+  eddy_json_describe(j, v, &d);
+  bool nested = v->kind == EDDY_JSON_ARRAY || v->kind == EDDY_JSON_OBJECT;
+  eddy_json_fail(j, nested ? v->start : v->end, "invalid type: %s, expected %s", (char *)d.ptr, what);
+  eddy_buf_free(&d);
+}
+
+/* Finds top-level field `name` of the JSON object `text`: 1 with its value
+ * in `out` (the last one when repeated), 0 when missing or `text` is not an
+ * object, -1 on malformed JSON. `j` is initialised here; free it after. */
+static inline int eddy_json_field(eddy_json *j, const void *text, size_t len, const char *name, eddy_json_value *out) {
+  eddy_json_init(j, text, len);
+  if (!eddy_json_object_begin(j)) return 0;
+  eddy_json_value k, v;
+  int found = 0, r;
+  while ((r = eddy_json_object_next(j, &k, &v)) == 1) {
+    if (eddy_json_string_is(j, &k, name)) *out = v, found = 1;
+  }
+  return r < 0 ? -1 : found;
+}
+
+/* ---- config ---------------------------------------------------------------
+ * Like the Rust SDK's Config::get: a field that is missing or null leaves
+ * *out unset and returns NULL; one of the wrong type is an error naming it. */
+
+static inline eddy_error eddy__config_field(const eddy_config *c, const char *field, eddy_json *j, eddy_json_value *v, bool *present) {
+  *present = false;
+  int r = eddy_json_field(j, c->json, c->len, field, v);
+  if (r < 0) return eddy_json_error(j, "config is not JSON: ");
+  *present = r == 1 && v->kind != EDDY_JSON_NULL;
+  return NULL;
+}
+static inline eddy_error eddy__config_type(eddy_json *j, const eddy_json_value *v, const char *field, const char *what) {
+  eddy_buf d = {0};
+  eddy_json_describe(j, v, &d);
+  eddy_error e = eddy_errorf("config field `%s`: invalid type: %s, expected %s", field, (char *)d.ptr, what);
+  eddy_buf_free(&d);
+  return e;
+}
+
+/* String field: *out becomes a malloc'd, NUL-terminated copy (free it). */
+static inline eddy_error eddy_config_string(const eddy_config *c, const char *field, char **out) {
+  eddy_json j;
+  eddy_json_value v;
+  bool present;
+  eddy_error e = eddy__config_field(c, field, &j, &v, &present);
+  if (!e && present) {
+    if (v.kind != EDDY_JSON_STRING) {
+      e = eddy__config_type(&j, &v, field, "a string");
+    } else {
+      eddy_buf s = {0};
+      eddy_json_string(&j, &v, &s);
+      eddy_buf_putc(&s, 0);
+      *out = (char *)s.ptr;
+    }
+  }
+  eddy_json_free(&j);
+  return e;
+}
+
+/* Number field, as an f64. */
+static inline eddy_error eddy_config_f64(const eddy_config *c, const char *field, double *out) {
+  eddy_json j;
+  eddy_json_value v;
+  bool present;
+  eddy_error e = eddy__config_field(c, field, &j, &v, &present);
+  if (!e && present && !eddy_json_f64(&v, out)) e = eddy__config_type(&j, &v, field, "f64");
+  eddy_json_free(&j);
+  return e;
+}
+
+/* Integer field, as an i64. */
+static inline eddy_error eddy_config_i64(const eddy_config *c, const char *field, int64_t *out) {
+  eddy_json j;
+  eddy_json_value v;
+  bool present;
+  eddy_error e = eddy__config_field(c, field, &j, &v, &present);
+  if (!e && present) {
+    if (v.kind == EDDY_JSON_NUMBER && v.num == EDDY_NUM_I64) {
+      *out = v.i;
+    } else if (v.kind == EDDY_JSON_NUMBER && v.num == EDDY_NUM_U64 && v.u <= INT64_MAX) {
+      *out = (int64_t)v.u;
+    } else if (v.kind == EDDY_JSON_NUMBER && v.num == EDDY_NUM_U64) {
+      e = eddy_errorf("config field `%s`: invalid value: integer `%llu`, expected i64", field, (unsigned long long)v.u);
+    } else {
+      e = eddy__config_type(&j, &v, field, "i64");
+    }
+  }
+  eddy_json_free(&j);
+  return e;
+}
+
+/* ---- JSON writing ----------------------------------------------------------
+ * Builds objects the way serde_json serializes a struct:
+ *
+ *     eddy_buf b = {0};
+ *     eddy_jw_begin(&b);
+ *     eddy_jw_u64(&b, "count", 3);
+ *     eddy_jw_f64(&b, "sum", 15.5);
+ *     eddy_jw_end(&b);               // {"count":3,"sum":15.5}
+ *
+ * eddy_jw_key + eddy_jw_begin nests an object as a field's value.
+ */
+
+/* Appends `s` (`n` bytes of UTF-8) as a JSON string, escaped like serde_json. */
+static inline void eddy_json_write_string(eddy_buf *b, const char *s, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  eddy_buf_reserve(b, n + 2);
+  eddy_buf_putc(b, '"');
+  for (size_t k = 0; k < n; k++) {
+    unsigned char c = (unsigned char)s[k];
+    switch (c) {
+      case '"': eddy_buf_puts(b, "\\\""); break;
+      case '\\': eddy_buf_puts(b, "\\\\"); break;
+      case '\b': eddy_buf_puts(b, "\\b"); break;
+      case '\f': eddy_buf_puts(b, "\\f"); break;
+      case '\n': eddy_buf_puts(b, "\\n"); break;
+      case '\r': eddy_buf_puts(b, "\\r"); break;
+      case '\t': eddy_buf_puts(b, "\\t"); break;
+      default:
+        if (c < 0x20) {
+          char u[7] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15], 0};
+          eddy_buf_puts(b, u);
+        } else {
+          eddy_buf_putc(b, (char)c);
+        }
+    }
+  }
+  eddy_buf_putc(b, '"');
+}
+
+static inline void eddy_jw_begin(eddy_buf *b) { eddy_buf_putc(b, '{'); }
+static inline void eddy_jw_end(eddy_buf *b) { eddy_buf_putc(b, '}'); }
+/* Writes `"key":` (with the comma before it when needed). */
+static inline void eddy_jw_key(eddy_buf *b, const char *key) {
+  if (b->len && b->ptr[b->len - 1] != '{') eddy_buf_putc(b, ',');
+  eddy_json_write_string(b, key, strlen(key));
+  eddy_buf_putc(b, ':');
+}
+static inline void eddy_jw_str(eddy_buf *b, const char *key, const char *s, size_t n) {
+  eddy_jw_key(b, key);
+  eddy_json_write_string(b, s, n);
+}
+static inline void eddy_jw_cstr(eddy_buf *b, const char *key, const char *s) { eddy_jw_str(b, key, s, strlen(s)); }
+static inline void eddy_jw_u64(eddy_buf *b, const char *key, uint64_t v) {
+  char num[24];
+  eddy_jw_key(b, key);
+  snprintf(num, sizeof num, "%llu", (unsigned long long)v);
+  eddy_buf_puts(b, num);
+}
+static inline void eddy_jw_i64(eddy_buf *b, const char *key, int64_t v) {
+  char num[24];
+  eddy_jw_key(b, key);
+  snprintf(num, sizeof num, "%lld", (long long)v);
+  eddy_buf_puts(b, num);
+}
+static inline void eddy_jw_f64(eddy_buf *b, const char *key, double v) {
+  eddy_jw_key(b, key);
+  eddy_json_write_f64(b, v);
+}
+static inline void eddy_jw_bool(eddy_buf *b, const char *key, bool v) {
+  eddy_jw_key(b, key);
+  eddy_buf_puts(b, v ? "true" : "false");
+}
+
+/* ---- exporting an operator ------------------------------------------------ */
+
+/* Makes host-allocated bytes (`owned`) or a copy of others a NUL-terminated
+ * malloc'd string. */
+static inline char *eddy__own(uint8_t *ptr, size_t len, bool owned) {
+  char *s = owned && len ? realloc(ptr, len + 1) : malloc(len + 1);
+  if (!s) abort();
+  if (!owned && len) memcpy(s, ptr, len);
+  s[len] = 0;
+  return s;
+}
+static inline bool eddy__result(eddy_error e, operator_string_t *err) {
+  if (!e) return true;
+  if (!*e) {
+    free(e);
+    e = eddy_errorf("error");
+  }
+  err->ptr = (uint8_t *)e;
+  err->len = strlen(e);
+  return false;
+}
+
+/* Exports `init_fn` and `handle_fn` as the operator's `init` and `handle`.
+ * Use once, in one source file. Empty config text counts as `{}`; config
+ * text that is not JSON is refused before `init_fn` runs. */
+#define EDDY_EXPORT_OPERATOR(init_fn, handle_fn)                                   \
+  bool exports_operator_init(operator_string_t *config, operator_string_t *err) {  \
+    eddy_config c;                                                                 \
+    c.len = config->len;                                                           \
+    c.json = eddy__own(config->ptr, config->len, true);                                  \
+    eddy_json j;                                                                   \
+    eddy_json_value v;                                                             \
+    eddy_json_init(&j, c.json, c.len);                                             \
+    eddy__ws(&j);                                                                  \
+    eddy_error e = NULL;                                                           \
+    if (j.pos == j.len) {                                                          \
+      free((char *)c.json);                                                        \
+      c.json = eddy__own((uint8_t *)"{}", 2, false);                               \
+      c.len = 2;                                                                   \
+    } else if (!eddy_json_next_value(&j, &v) || !eddy_json_end(&j)) {              \
+      e = eddy_json_error(&j, "config is not JSON: ");                             \
+    }                                                                              \
+    eddy_json_free(&j);                                                            \
+    if (!e) e = init_fn(&c);                                                       \
+    free((char *)c.json);                                                          \
+    return eddy__result(e, err);                                                   \
+  }                                                                                \
+  bool exports_operator_handle(operator_event_t *event, operator_string_t *err) {  \
+    eddy_event ev;                                                                 \
+    ev.key_len = event->key.len;                                                   \
+    ev.key = eddy__own(event->key.ptr, event->key.len, true);                            \
+    ev.value_len = event->value.len;                                               \
+    ev.value = (const uint8_t *)eddy__own(event->value.ptr, event->value.len, true);     \
+    ev.has_time = event->time.is_some;                                             \
+    ev.time = event->time.val;                                                     \
+    eddy_error e = handle_fn(&ev);                                                 \
+    free((char *)ev.key);                                                          \
+    free((char *)ev.value);                                                        \
+    return eddy__result(e, err);                                                   \
+  }
+
+#endif /* EDDY_H */

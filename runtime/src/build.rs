@@ -1,0 +1,375 @@
+//! `eddy build`: builds an operator from its source directory into a
+//! component, whatever the language: Rust (a Cargo package), Python
+//! (componentize-py), JavaScript (componentize-js) or C (clang with
+//! wasi-libc, bindings and component encoding done here).
+//!
+//! The contract (`wit/`) and the thin per-language SDK files (`eddy.py`,
+//! `eddy.js`, `eddy.h`) are built into the `eddy` binary, so a user needs
+//! only their operator's source and the language's own toolchain.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+
+use crate::build_c;
+
+/// The contract's files, as in `wit/`.
+pub const WIT: &[(&str, &str)] = &[
+    ("world.wit", include_str!("../../wit/world.wit")),
+    ("types.wit", include_str!("../../wit/types.wit")),
+    ("state.wit", include_str!("../../wit/state.wit")),
+    ("output.wit", include_str!("../../wit/output.wit")),
+    ("log.wit", include_str!("../../wit/log.wit")),
+];
+
+/// The Python SDK module (`import eddy`).
+pub const PYTHON_SDK: &str = include_str!("../../plugins/python/eddy.py");
+/// The JavaScript SDK module (`import ... from 'eddy.js'`).
+pub const JS_SDK: &str = include_str!("../../plugins/js/eddy.js");
+/// The C SDK header (`#include "eddy.h"`).
+pub const C_SDK: &str = include_str!("../../plugins/c/eddy.h");
+
+/// Source languages `eddy build` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Lang {
+    Rust,
+    Python,
+    Js,
+    C,
+}
+
+/// Build an operator from source into a WebAssembly component.
+///
+/// The language is found from the directory: `Cargo.toml` (Rust), `app.py`
+/// or one `.py` file (Python), `index.js` or one `.js` file (JavaScript),
+/// `.c` files (C). Needs the language's toolchain: Rust's `wasm32-wasip2`
+/// target (installed with rustup when missing), `componentize-py`
+/// (`pip install componentize-py==0.25.1`), `componentize-js` (`npm install
+/// @bytecodealliance/componentize-js@0.23.0`), or clang with wasi-libc
+/// (`apt-get install clang lld wasi-libc libclang-rt-dev-wasm32`).
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// The operator's source directory.
+    pub dir: PathBuf,
+    /// Where to write the component [default: <dir name>.wasm in the
+    /// current directory].
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// The source language, when the directory holds more than one.
+    #[arg(long)]
+    pub lang: Option<Lang>,
+    /// The world to build against (`operator`, or `migrating-operator` for
+    /// an operator that exports `migrate`).
+    #[arg(long, default_value = "operator")]
+    pub world: String,
+}
+
+/// Runs `eddy build`.
+pub fn run(a: BuildArgs) -> Result<()> {
+    let dir = &a.dir;
+    if !dir.is_dir() {
+        bail!("{}: not a directory (give the operator's source directory)", dir.display());
+    }
+    let lang = match a.lang {
+        Some(l) => l,
+        None => detect(dir)?,
+    };
+    let out = match &a.output {
+        Some(o) => o.clone(),
+        None => {
+            let name = dir
+                .canonicalize()?
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "operator".into());
+            PathBuf::from(format!("{name}.wasm"))
+        }
+    };
+    let t = Instant::now();
+    build(lang, dir, &a.world, &out)?;
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "eddy: built {} ({:?}, {:.1} MB) from {} in {:.1}s",
+        out.display(),
+        lang,
+        size as f64 / 1e6,
+        dir.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Builds the operator in `dir`, written in `lang`, against `world`, into
+/// the component `out`.
+pub fn build(lang: Lang, dir: &Path, world: &str, out: &Path) -> Result<()> {
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let out_abs = absolute(out)?;
+    match lang {
+        Lang::Rust => rust(dir, &out_abs),
+        Lang::Python => python(dir, world, &out_abs),
+        Lang::Js => js(dir, world, &out_abs),
+        Lang::C => c(dir, world, &out_abs),
+    }
+}
+
+/// Finds the language of the sources in `dir`.
+pub fn detect(dir: &Path) -> Result<Lang> {
+    let mut found = Vec::new();
+    if dir.join("Cargo.toml").is_file() {
+        found.push(Lang::Rust);
+    }
+    if !files(dir, "py")?.is_empty() {
+        found.push(Lang::Python);
+    }
+    if !files(dir, "js")?.is_empty() {
+        found.push(Lang::Js);
+    }
+    if !files(dir, "c")?.is_empty() {
+        found.push(Lang::C);
+    }
+    match found[..] {
+        [one] => Ok(one),
+        [] => bail!(
+            "{}: no operator source found (looked for Cargo.toml, *.py, *.js, *.c)",
+            dir.display()
+        ),
+        _ => bail!(
+            "{}: sources of several languages ({found:?}); choose one with --lang",
+            dir.display()
+        ),
+    }
+}
+
+/// Files of `dir` (not recursive) ending in `.ext`, sorted.
+fn files(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_file() && p.extension().is_some_and(|x| x == ext) {
+            v.push(p);
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+/// Writes the contract and the SDK files into a temporary directory:
+/// `<tmp>/wit/*.wit` and `<tmp>/sdk/<sdk file>`.
+fn scratch(sdk: Option<(&str, &str)>) -> Result<tempfile::TempDir> {
+    let tmp = tempfile::tempdir()?;
+    std::fs::create_dir(tmp.path().join("wit"))?;
+    for (name, text) in WIT {
+        std::fs::write(tmp.path().join("wit").join(name), text)?;
+    }
+    std::fs::create_dir(tmp.path().join("sdk"))?;
+    if let Some((name, text)) = sdk {
+        std::fs::write(tmp.path().join("sdk").join(name), text)?;
+    }
+    Ok(tmp)
+}
+
+/// Runs `cmd`, failing with its output when it fails.
+fn run_tool(mut cmd: Command, what: &str) -> Result<()> {
+    let output = cmd
+        .output()
+        .with_context(|| format!("{what}: could not start {:?}", cmd.get_program()))?;
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The first of `names` found on `PATH`.
+pub fn on_path(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    for dir in std::env::split_paths(&path) {
+        for n in names {
+            let p = dir.join(n);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// What is missing to build `lang` on this machine, with how to install
+/// it; `None` when its toolchain is there. `dir` is where the sources are
+/// (JavaScript tools may sit in a `node_modules` above it).
+pub fn missing_toolchain(lang: Lang, dir: &Path) -> Option<String> {
+    match lang {
+        Lang::Rust => on_path(&["cargo"])
+            .is_none()
+            .then(|| "cargo not found: install Rust with rustup (https://rustup.rs)".into()),
+        Lang::Python => on_path(&["componentize-py"]).is_none().then(|| {
+            "componentize-py not found on PATH: install it with `pip install componentize-py==0.25.1`"
+                .into()
+        }),
+        Lang::Js => componentize_js(dir).err().map(|e| e.to_string()),
+        Lang::C => c_toolchain().err().map(|e| e.to_string()),
+    }
+}
+
+// ---- Rust ---------------------------------------------------------------------
+
+const RUST_TARGET: &str = "wasm32-wasip2";
+
+/// Installs the wasm32-wasip2 target with rustup when it is missing.
+pub fn ensure_rust_target() -> Result<()> {
+    let libdir = Command::new("rustc")
+        .args(["--print", "target-libdir", "--target", RUST_TARGET])
+        .output();
+    let present = libdir
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| Path::new(String::from_utf8_lossy(&o.stdout).trim()).exists())
+        .unwrap_or(false);
+    if !present {
+        let mut cmd = Command::new("rustup");
+        cmd.args(["target", "add", RUST_TARGET]);
+        run_tool(cmd, "installing the wasm32-wasip2 target (`rustup target add wasm32-wasip2`)")?;
+    }
+    Ok(())
+}
+
+fn rust(dir: &Path, out: &Path) -> Result<()> {
+    ensure_rust_target()?;
+    let manifest = dir.join("Cargo.toml").canonicalize()?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let output = Command::new(cargo)
+        .args(["build", "--release", "--target", RUST_TARGET])
+        .args(["--message-format", "json-render-diagnostics"])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo")?;
+    if !output.status.success() {
+        bail!("cargo build of {} failed (see above)", manifest.display());
+    }
+    // The component is the artifact of the package whose manifest this is.
+    let mut found = None;
+    for line in output.stdout.split(|&b| b == b'\n') {
+        let Ok(msg) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact"
+            || msg["manifest_path"].as_str().map(Path::new) != Some(manifest.as_path())
+        {
+            continue;
+        }
+        for f in msg["filenames"].as_array().into_iter().flatten() {
+            if let Some(f) = f.as_str().filter(|f| f.ends_with(".wasm")) {
+                found = Some(PathBuf::from(f));
+            }
+        }
+    }
+    let Some(wasm) = found else {
+        bail!(
+            "cargo built {} but produced no .wasm file: is it a `cdylib` crate using eddy-sdk?",
+            manifest.display()
+        );
+    };
+    std::fs::copy(&wasm, out)
+        .with_context(|| format!("copying {} to {}", wasm.display(), out.display()))?;
+    Ok(())
+}
+
+// ---- Python -------------------------------------------------------------------
+
+fn python(dir: &Path, world: &str, out: &Path) -> Result<()> {
+    let tool = on_path(&["componentize-py"]).context(
+        "componentize-py not found on PATH: install it with `pip install componentize-py==0.25.1`",
+    )?;
+    let module = if dir.join("app.py").is_file() {
+        "app".to_string()
+    } else {
+        match &files(dir, "py")?[..] {
+            [one] => one.file_stem().unwrap().to_string_lossy().into_owned(),
+            _ => bail!(
+                "{}: several .py files and no app.py: name the operator's module app.py",
+                dir.display()
+            ),
+        }
+    };
+    let tmp = scratch(Some(("eddy.py", PYTHON_SDK)))?;
+    let mut cmd = Command::new(tool);
+    // No __pycache__ left in the user's source directory.
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd.arg("-d")
+        .arg(tmp.path().join("wit"))
+        .args(["-w", world, "componentize", "--stub-wasi"])
+        .arg("-p")
+        .arg(dir)
+        .arg("-p")
+        .arg(tmp.path().join("sdk"))
+        .arg(&module)
+        .arg("-o")
+        .arg(out);
+    run_tool(cmd, "componentize-py")
+}
+
+// ---- JavaScript -----------------------------------------------------------------
+
+/// The `componentize-js` program: in a `node_modules/.bin` at or above
+/// `dir`, or on `PATH`.
+fn componentize_js(dir: &Path) -> Result<PathBuf> {
+    let start = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    for d in start.ancestors() {
+        let p = d.join("node_modules/.bin/componentize-js");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    on_path(&["componentize-js"]).with_context(|| {
+        format!(
+            "componentize-js not found (in node_modules/.bin at or above {}, or on PATH): install it with `npm install @bytecodealliance/componentize-js@0.23.0`",
+            dir.display()
+        )
+    })
+}
+
+fn js(dir: &Path, world: &str, out: &Path) -> Result<()> {
+    let _ = (dir, world, out);
+    bail!("JavaScript: not wired yet")
+}
+
+// ---- C --------------------------------------------------------------------------
+
+fn c_toolchain() -> Result<()> {
+    build_c::find_clang()?;
+    build_c::wasi_sysroot()?;
+    Ok(())
+}
+
+fn c(dir: &Path, world: &str, out: &Path) -> Result<()> {
+    let sources = files(dir, "c")?;
+    let tmp = scratch(Some(("eddy.h", C_SDK)))?;
+    build_c::build_c(
+        &sources,
+        &[dir.to_path_buf(), tmp.path().join("sdk")],
+        &tmp.path().join("wit"),
+        world,
+        out,
+    )
+}

@@ -1,0 +1,294 @@
+//! Operators written in Python, JavaScript and C, built from source with
+//! `eddy build` in this test run, give exactly the Rust operators' outputs
+//! and final state bytes on the same input; a Rust counter hot-swapped for
+//! the Python one mid-stream keeps its counts.
+//!
+//! A language whose toolchain is missing is skipped with a message saying
+//! how to install it, except under CI (`CI` set), where that fails the test.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use eddy_runtime::build::{self, Lang};
+use eddy_runtime::pipeline::Pipeline;
+use eddy_runtime::store::Store;
+use eddy_tests::{COUNTER, FRAUD};
+
+use crate::swap::{assert_split, feed, Running};
+use crate::util::*;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn source_dir(lang: Lang, op: &str) -> PathBuf {
+    let sub = match lang {
+        Lang::Python => "python",
+        Lang::Js => "js",
+        Lang::C => "c",
+        Lang::Rust => unreachable!("the Rust operators are built by build.rs"),
+    };
+    repo().join("plugins").join(sub).join(op)
+}
+
+/// The component of operator `op` in `lang`, built once per test run with
+/// the `eddy build` command; `None` (after saying why) when the language's
+/// toolchain is missing and this is not CI.
+fn built(lang: Lang, op: &str) -> Option<String> {
+    static BUILT: OnceLock<Mutex<HashMap<(String, String), String>>> = OnceLock::new();
+    let src = source_dir(lang, op);
+    if let Some(missing) = build::missing_toolchain(lang, &src) {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI must test {lang:?} operators, but: {missing}");
+        }
+        eprintln!("SKIPPED: {lang:?} operators not tested: {missing}");
+        return None;
+    }
+    let map = BUILT.get_or_init(Default::default);
+    // One build at a time: the builders are heavy and share caches.
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    let id = (format!("{lang:?}"), op.to_string());
+    if let Some(p) = map.get(&id) {
+        return Some(p.clone());
+    }
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("lang-operators")
+        .join(format!("{lang:?}-{op}.wasm").to_lowercase());
+    let result = std::process::Command::new(eddy_bin())
+        .arg("build")
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "eddy build {} failed:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let path = out.display().to_string();
+    map.insert(id, path.clone());
+    Some(path)
+}
+
+/// Every committed record of `operator`: key -> record bytes.
+fn state_bytes(state_dir: &Path, operator: &str) -> Vec<(String, Vec<u8>)> {
+    Store::open(state_dir).unwrap().scan(operator).unwrap()
+}
+
+/// Input line numbers of the dead letters.
+fn dead_lines(path: &Path) -> Vec<u64> {
+    read_jsonl(path)
+        .iter()
+        .map(|d| d["line"].as_u64().unwrap())
+        .collect()
+}
+
+/// Runs `component` as operator `name` over `input` on one worker (so the
+/// output order is fixed) in a fresh directory; returns that directory.
+fn run_one(
+    name: &str,
+    component: &str,
+    input: &Path,
+    setup: impl Fn(&mut Pipeline),
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = pipeline(dir.path(), input, &[(name, component)], 1);
+    p.control = None;
+    setup(&mut p);
+    run(&p);
+    dir
+}
+
+/// Runs the Rust and the `lang` version of an operator on the same input
+/// and asserts identical output bytes, dead-letter lines and state bytes.
+fn same_as_rust(
+    lang: Lang,
+    op: &str,
+    rust: &str,
+    input_text: &str,
+    setup: impl Fn(&mut Pipeline) + Copy,
+) {
+    let Some(component) = built(lang, op) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(&input, input_text).unwrap();
+    let want = run_one(op, rust, &input, setup);
+    let got = run_one(op, &component, &input, setup);
+
+    let out = |d: &tempfile::TempDir| std::fs::read_to_string(d.path().join("out.jsonl")).unwrap();
+    let (want_out, got_out) = (out(&want), out(&got));
+    assert!(!want_out.is_empty(), "the Rust {op} emitted nothing");
+    if want_out != got_out {
+        let first = want_out
+            .lines()
+            .zip(got_out.lines())
+            .enumerate()
+            .find(|(_, (a, b))| a != b);
+        panic!(
+            "{lang:?} {op}: output differs from Rust's ({} vs {} lines); first difference: {first:?}",
+            got_out.lines().count(),
+            want_out.lines().count()
+        );
+    }
+    assert_eq!(
+        dead_lines(&got.path().join("dead-letter.jsonl")),
+        dead_lines(&want.path().join("dead-letter.jsonl")),
+        "{lang:?} {op}: dead-lettered lines"
+    );
+    let (want_state, got_state) = (
+        state_bytes(&want.path().join("state"), op),
+        state_bytes(&got.path().join("state"), op),
+    );
+    assert!(!want_state.is_empty());
+    assert_eq!(want_state.len(), got_state.len(), "{lang:?} {op}: keys with state");
+    for ((wk, wv), (gk, gv)) in want_state.iter().zip(&got_state) {
+        assert_eq!(wk, gk);
+        assert!(
+            wv == gv,
+            "{lang:?} {op}: state of key {wk} differs: Rust {:?}, {lang:?} {:?}",
+            String::from_utf8_lossy(wv),
+            String::from_utf8_lossy(gv)
+        );
+    }
+}
+
+/// Counter input: integers, fractions whose sums show float formatting,
+/// values that are not numbers (counted as 0), and a missing field.
+fn counter_input() -> String {
+    let mut rng = Rng(5);
+    let mut text = String::new();
+    for i in 0..3_000 {
+        let key = format!("k{}", rng.next() % 40);
+        let amount = match i % 9 {
+            0 => "0.1".to_string(),
+            1 => format!("{}.{:02}", rng.next() % 500, rng.next() % 100),
+            2 => "\"12\"".to_string(),
+            3 => "true".to_string(),
+            4 => "null".to_string(),
+            5 => "[1,2]".to_string(),
+            6 => format!("-{}", rng.next() % 1000),
+            7 => "1e17".to_string(),
+            _ => format!("{}", rng.next() % 100),
+        };
+        if i % 50 == 0 {
+            text += &format!("{{\"key\":\"{key}\",\"note\":{{\"amount\":3}}}}\n");
+        } else {
+            text += &format!("{{\"key\":\"{key}\",\"amount\":{amount},\"x\":[{{}}]}}\n");
+        }
+    }
+    text
+}
+
+/// Fraud input: the example's transactions, then a generated stream over
+/// 30 cards with bursts (velocity), big spends, cents, late events and
+/// lines without an amount or a time (dead letters).
+fn fraud_input() -> String {
+    let mut text = std::fs::read_to_string(repo().join("examples/fraud/events.jsonl")).unwrap();
+    let mut rng = Rng(9);
+    let mut ts: i64 = 1_700_100_000_000;
+    for i in 0..4_000 {
+        ts += (rng.next() % 9_000) as i64;
+        let card = format!("c{}", rng.next() % 30);
+        let amount = format!("{}.{:02}", rng.next() % 400, rng.next() % 100);
+        let t = if i % 97 == 0 { ts - 70_000 } else { ts };
+        text += &match i % 500 {
+            7 => format!("{{\"card\":\"{card}\",\"ts\":{t}}}\n"),
+            8 => format!("{{\"card\":\"{card}\",\"amount\":{amount}}}\n"),
+            _ => format!(
+                "{{\"card\":\"{card}\",\"amount\":{amount},\"ts\":{t},\"merchant\":\"m{}\"}}\n",
+                rng.next() % 7
+            ),
+        };
+    }
+    text
+}
+
+fn fraud_setup(p: &mut Pipeline) {
+    p.key_field = "card".into();
+    p.time_field = Some("ts".into());
+    p.operators[0].config =
+        serde_json::json!({"max_spend": 1000.0, "max_count": 5, "window_ms": 60000});
+}
+
+fn check_counter(lang: Lang) {
+    same_as_rust(lang, "counter", COUNTER, &counter_input(), |_| {});
+}
+
+fn check_fraud(lang: Lang) {
+    same_as_rust(lang, "fraud", FRAUD, &fraud_input(), fraud_setup);
+}
+
+#[test]
+fn python_counter_matches_rust() {
+    check_counter(Lang::Python);
+}
+
+#[test]
+fn python_fraud_matches_rust() {
+    check_fraud(Lang::Python);
+}
+
+#[test]
+fn javascript_counter_matches_rust() {
+    check_counter(Lang::Js);
+}
+
+#[test]
+fn javascript_fraud_matches_rust() {
+    check_fraud(Lang::Js);
+}
+
+#[test]
+fn c_counter_matches_rust() {
+    check_counter(Lang::C);
+}
+
+#[test]
+fn c_fraud_matches_rust() {
+    check_fraud(Lang::C);
+}
+
+/// A Rust counter replaced by the Python one while events stream in: every
+/// event counted once, the Python version continues the Rust counts.
+#[test]
+fn rust_counter_swapped_for_python_mid_stream_keeps_counts() {
+    let Some(python) = built(Lang::Python, "counter") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let (events, text) = counter_events(60_000, 500, 3);
+    let p = pipeline(dir.path(), &input, &[("counter", COUNTER)], 2);
+    let run = Running::start(p.clone());
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    feed(&input, &lines[..20_000].concat(), 2_000);
+    run.wait_handled(0, 20_000);
+    let writer = {
+        let input = input.clone();
+        let middle = lines[20_000..40_000].concat();
+        std::thread::spawn(move || feed(&input, &middle, 200))
+    };
+    let report = run.swap("counter", &python);
+    writer.join().unwrap();
+    feed(&input, &lines[40_000..].concat(), 2_000);
+    run.wait_handled(0, events.len() as u64);
+    let status = run.status();
+    run.stop();
+
+    assert_eq!(status.operators[0].version.hash, report.to.hash);
+    assert_eq!(status.operators[0].failed, 0);
+    // Both versions print no version tag: check counts continue per key
+    // across the barrier, each event counted once.
+    assert_split(
+        &dir.path().join("out.jsonl"),
+        &events,
+        &[(1, None), (report.barrier_line + 1, None)],
+    );
+    assert_counter_state(&p.state_dir, &reference(&events));
+}
