@@ -83,17 +83,24 @@ pub fn load_operators(engine: &wasmtime::Engine, p: &Pipeline) -> Result<Vec<Loa
         .map(|spec| {
             let t = std::time::Instant::now();
             let plugin = Plugin::load(engine, &spec.component)?;
-            tracing::info!(
-                "operator `{}`: {} ({} bytes) {} in {:.0} ms",
+            let took = t.elapsed();
+            let (how, slow) = match plugin.compiled() {
+                crate::cache::Compiled::Cached => ("loaded from the compile cache", false),
+                crate::cache::Compiled::Fresh => ("compiled", took.as_secs() >= 1),
+            };
+            let msg = format!(
+                "operator `{}`: {} ({} bytes) {how} in {:.0} ms",
                 spec.name,
                 spec.component.display(),
                 plugin.bytes().len(),
-                match plugin.compiled() {
-                    crate::cache::Compiled::Cached => "loaded from the compile cache",
-                    crate::cache::Compiled::Fresh => "compiled",
-                },
-                t.elapsed().as_secs_f64() * 1e3
+                took.as_secs_f64() * 1e3
             );
+            // A slow compile is worth a line (the next start uses the cache).
+            if slow {
+                tracing::info!("{msg}; later starts load it from the compile cache");
+            } else {
+                tracing::debug!("{msg}");
+            }
             Ok(Loaded {
                 name: spec.name.as_str().into(),
                 kind: OperatorKind::Wasm(Arc::new(plugin)),
