@@ -297,8 +297,6 @@ function encode(what, value, shape) {
 /** A JSON decoding error; `message` ends with "at line L column C" when known. */
 export class JsonError extends Error {}
 
-const POW10 = [];
-for (let i = 0; i <= 308; i++) POW10.push(Number('1e' + i));
 const U64_MAX = 2n ** 64n - 1n;
 const TWO53 = 2 ** 53;
 
@@ -500,10 +498,12 @@ class Reader {
     }
   }
 
-  // A number, as serde_json reads it without `float_roundtrip`:
+  // A number, as serde_json reads it (with `float_roundtrip`, as the Rust
+  // SDK builds it: floats correctly rounded from all their digits):
   // { kind: 'u' | 'i' | 'f', value: number | bigint }.
   number() {
     const b = this.b;
+    this.numStart = this.i;
     let positive = true;
     if (b[this.i] === 45) {
       positive = false;
@@ -557,7 +557,7 @@ class Reader {
       } else if (c === 101 || c === 69) {
         return this.exponent(positive, sig, exp);
       } else {
-        return this.fromParts(positive, sig, exp);
+        return this.fromParts();
       }
     }
   }
@@ -598,7 +598,7 @@ class Reader {
     const exp = expBefore + after;
     const c = b[this.i];
     if (c === 101 || c === 69) return this.exponent(positive, sig, exp);
-    return this.fromParts(positive, sig, exp);
+    return this.fromParts();
   }
 
   exponent(positive, sig, start) {
@@ -627,29 +627,15 @@ class Reader {
       }
       exp = next;
     }
-    const clamp = (x) => Math.max(-2147483648, Math.min(2147483647, x));
-    return this.fromParts(positive, sig, clamp(positiveExp ? start + exp : start - exp));
+    return this.fromParts();
   }
 
-  fromParts(positive, sig, exp) {
-    let f = Number(sig);
-    for (;;) {
-      const pow = POW10[Math.abs(exp)];
-      if (pow !== undefined) {
-        if (exp >= 0) {
-          f *= pow;
-          if (!Number.isFinite(f)) this.fail('number out of range');
-        } else {
-          f /= pow;
-        }
-        break;
-      }
-      if (f === 0) break;
-      if (exp >= 0) this.fail('number out of range');
-      f /= 1e308;
-      exp += 308;
-    }
-    return positive ? f : -f;
+  // The float whose literal ends at this.i, correctly rounded (the
+  // engine's string-to-number conversion is, like serde's).
+  fromParts() {
+    const f = Number(this.slice(this.numStart, this.i, true));
+    if (!Number.isFinite(f)) this.fail('number out of range');
+    return f;
   }
 
   // Any JSON value as plain JavaScript values (serde_json::Value rules).

@@ -68,6 +68,18 @@ pub struct BuildArgs {
     pub world: String,
 }
 
+impl Lang {
+    /// The language's name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lang::Rust => "Rust",
+            Lang::Python => "Python",
+            Lang::Js => "JavaScript",
+            Lang::C => "C",
+        }
+    }
+}
+
 /// Runs `eddy build`.
 pub fn run(a: BuildArgs) -> Result<()> {
     let dir = &a.dir;
@@ -93,9 +105,9 @@ pub fn run(a: BuildArgs) -> Result<()> {
     build(lang, dir, &a.world, &out)?;
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     eprintln!(
-        "eddy: built {} ({:?}, {:.1} MB) from {} in {:.1}s",
+        "eddy: built {} ({}, {:.1} MB) from {} in {:.1}s",
         out.display(),
-        lang,
+        lang.name(),
         size as f64 / 1e6,
         dir.display(),
         t.elapsed().as_secs_f64()
@@ -349,9 +361,51 @@ fn componentize_js(dir: &Path) -> Result<PathBuf> {
     })
 }
 
+/// The JavaScript operator's main module in `dir`: `index.js`, else
+/// `<dir name>.js`, else the directory's only `.js` file.
+fn js_main(dir: &Path) -> Result<PathBuf> {
+    let js = files(dir, "js")?;
+    let name = dir
+        .canonicalize()?
+        .file_name()
+        .map(|n| format!("{}.js", n.to_string_lossy()));
+    for want in ["index.js".to_string()].into_iter().chain(name) {
+        if let Some(p) = js.iter().find(|p| p.file_name().is_some_and(|f| f == want.as_str())) {
+            return Ok(p.clone());
+        }
+    }
+    match &js[..] {
+        [one] => Ok(one.clone()),
+        _ => bail!(
+            "{}: several .js files and no index.js or <dir name>.js: which is the operator?",
+            dir.display()
+        ),
+    }
+}
+
 fn js(dir: &Path, world: &str, out: &Path) -> Result<()> {
-    let _ = (dir, world, out);
-    bail!("JavaScript: not wired yet")
+    let tool = componentize_js(dir)?;
+    let main = js_main(dir)?;
+    // componentize-js lets the engine read only files under its working
+    // directory: lay out `<tmp>/eddy.js` and the operator's files in
+    // `<tmp>/op/`, so `import ... from '../eddy.js'` resolves as it does in
+    // plugins/js.
+    let tmp = scratch(None)?;
+    std::fs::write(tmp.path().join("eddy.js"), JS_SDK)?;
+    let op = tmp.path().join("op");
+    std::fs::create_dir(&op)?;
+    for f in files(dir, "js")?.into_iter().chain(files(dir, "mjs")?) {
+        std::fs::copy(&f, op.join(f.file_name().unwrap()))
+            .with_context(|| format!("copying {}", f.display()))?;
+    }
+    let mut cmd = Command::new(tool);
+    cmd.current_dir(tmp.path())
+        .arg(Path::new("op").join(main.file_name().unwrap()))
+        .args(["--wit", "wit", "--world-name", world])
+        .args(["--disable", "stdio", "random", "clocks", "http", "fetch-event"])
+        .arg("--out")
+        .arg(out);
+    run_tool(cmd, "componentize-js")
 }
 
 // ---- C --------------------------------------------------------------------------
