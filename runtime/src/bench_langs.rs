@@ -86,7 +86,12 @@ pub fn run(a: BenchLangsArgs) -> Result<()> {
         for _ in 0..a.starts.max(1) {
             cached.push(start(Some(&cache), Compiled::Cached)?);
         }
-        let plugin = Arc::new(Plugin::from_bytes_cached(&engine, &path, &bytes, Some(&cache))?);
+        let plugin = Arc::new(Plugin::from_bytes_cached(
+            &engine,
+            &path,
+            &bytes,
+            Some(&cache),
+        )?);
         let mut op = plugin.instantiate(ctx(), &a.config)?;
         let d = operator_path(&mut op, &ev)?;
         rows.push(Row {

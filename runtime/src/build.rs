@@ -84,7 +84,10 @@ impl Lang {
 pub fn run(a: BuildArgs) -> Result<()> {
     let dir = &a.dir;
     if !dir.is_dir() {
-        bail!("{}: not a directory (give the operator's source directory)", dir.display());
+        bail!(
+            "{}: not a directory (give the operator's source directory)",
+            dir.display()
+        );
     }
     let lang = match a.lang {
         Some(l) => l,
@@ -259,7 +262,10 @@ pub fn ensure_rust_target() -> Result<()> {
     if !present {
         let mut cmd = Command::new("rustup");
         cmd.args(["target", "add", RUST_TARGET]);
-        run_tool(cmd, "installing the wasm32-wasip2 target (`rustup target add wasm32-wasip2`)")?;
+        run_tool(
+            cmd,
+            "installing the wasm32-wasip2 target (`rustup target add wasm32-wasip2`)",
+        )?;
     }
     Ok(())
 }
@@ -370,7 +376,10 @@ fn js_main(dir: &Path) -> Result<PathBuf> {
         .file_name()
         .map(|n| format!("{}.js", n.to_string_lossy()));
     for want in ["index.js".to_string()].into_iter().chain(name) {
-        if let Some(p) = js.iter().find(|p| p.file_name().is_some_and(|f| f == want.as_str())) {
+        if let Some(p) = js
+            .iter()
+            .find(|p| p.file_name().is_some_and(|f| f == want.as_str()))
+        {
             return Ok(p.clone());
         }
     }
@@ -402,7 +411,14 @@ fn js(dir: &Path, world: &str, out: &Path) -> Result<()> {
     cmd.current_dir(tmp.path())
         .arg(Path::new("op").join(main.file_name().unwrap()))
         .args(["--wit", "wit", "--world-name", world])
-        .args(["--disable", "stdio", "random", "clocks", "http", "fetch-event"])
+        .args([
+            "--disable",
+            "stdio",
+            "random",
+            "clocks",
+            "http",
+            "fetch-event",
+        ])
         .arg("--out")
         .arg(out);
     run_tool(cmd, "componentize-js")

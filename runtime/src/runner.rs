@@ -335,14 +335,9 @@ pub fn run_notify(
             Input::Stdin => "-".into(),
         },
     ));
-    let server = match p.control {
-        Some(addr) => Some(control::Server::start(
-            addr,
-            &p.state_dir,
-            controller.clone(),
-        )),
-        None => None,
-    };
+    let server = p
+        .control
+        .map(|addr| control::Server::start(addr, &p.state_dir, controller.clone()));
     let server = match server.transpose() {
         Ok(s) => s,
         Err(e) => {

@@ -145,7 +145,11 @@ fn same_as_rust(
         state_bytes(&got.path().join("state"), op),
     );
     assert!(!want_state.is_empty());
-    assert_eq!(want_state.len(), got_state.len(), "{lang:?} {op}: keys with state");
+    assert_eq!(
+        want_state.len(),
+        got_state.len(),
+        "{lang:?} {op}: keys with state"
+    );
     for ((wk, wv), (gk, gv)) in want_state.iter().zip(&got_state) {
         assert_eq!(wk, gk);
         assert!(
