@@ -15,6 +15,7 @@ const PLUGINS: &[&str] = &[
     "counter_v2",
     "counter_v3",
     "refuse",
+    "migrate_fails",
     "hello-cli",
 ];
 const TARGET: &str = "wasm32-wasip2";

@@ -415,7 +415,7 @@ fn rejected_swaps_leave_the_running_version_and_its_state_untouched() {
     // The smallest core module: magic and version 1.
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     let missing = dir.path().join("missing.wasm");
-    let cases: [(&str, &Path, &str); 6] = [
+    let cases: [(&str, &Path, &str); 7] = [
         ("counter", &text_file, "not a WebAssembly file"),
         (
             "counter",
@@ -427,6 +427,11 @@ fn rejected_swaps_leave_the_running_version_and_its_state_untouched() {
             "counter",
             Path::new(REFUSE),
             "this version refuses to start",
+        ),
+        (
+            "counter",
+            Path::new(MIGRATE_FAILS),
+            "its migration failed on committed key",
         ),
         ("counter", &missing, "cannot read the file"),
         ("nope", Path::new(COUNTER_V2), "no operator named `nope`"),
