@@ -266,20 +266,22 @@ impl OpCtx {
             self.index.prefetch(h);
             hashes.push(h);
         }
-        let from = out.len();
-        for (k, &h) in keys.clone().zip(&hashes) {
-            let i = self.load_hashed(k, h);
-            let i = match i {
-                Ok(i) => i,
+        // The candidate slot of each key (its memory starts loading), then
+        // the checked lookups.
+        for &h in &hashes {
+            if let Some(i) = self.index.candidate(h) {
+                prefetch(&self.slots[i as usize]);
+            }
+        }
+        for (k, &h) in keys.zip(&hashes) {
+            match self.load_hashed(k, h) {
+                Ok(i) => out.push(i),
                 Err(e) => {
                     self.hashes = hashes;
                     return Err(e);
                 }
-            };
-            prefetch(&self.slots[i as usize]);
-            out.push(i);
+            }
         }
-        debug_assert_eq!(out.len() - from, hashes.len());
         self.hashes = hashes;
         Ok(())
     }
@@ -499,11 +501,20 @@ fn prefetch<T>(v: &T) {
     #[cfg(target_arch = "x86_64")]
     {
         let p = v as *const T as *const i8;
-        // SAFETY: prefetching is a hint; it never faults, whatever the
-        // address.
+        let mut off = 0;
+        while off < std::mem::size_of::<T>() {
+            // SAFETY: prefetching is a hint; it never faults, whatever
+            // the address.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch(p.wrapping_add(off), _MM_HINT_T0);
+            }
+            off += 64;
+        }
+        // The last line, when `v` straddles one more.
+        // SAFETY: as above.
         unsafe {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch(p, _MM_HINT_T0);
             _mm_prefetch(p.wrapping_add(std::mem::size_of::<T>() - 1), _MM_HINT_T0);
         }
     }
@@ -545,6 +556,24 @@ impl Index {
     #[inline]
     fn prefetch(&self, h: u64) {
         prefetch(&self.table[h as usize & self.mask()]);
+    }
+
+    /// The first slot whose hash tag matches `h` (most likely the key's).
+    #[inline]
+    fn candidate(&self, h: u64) -> Option<u32> {
+        let mask = self.mask();
+        let tag = h >> 32;
+        let mut pos = h as usize & mask;
+        loop {
+            let e = self.table[pos];
+            if e == 0 {
+                return None;
+            }
+            if e >> 32 == tag {
+                return Some((e as u32) - 1);
+            }
+            pos = (pos + 1) & mask;
+        }
     }
 
     /// The slot whose key has hash `h` and satisfies `is`.

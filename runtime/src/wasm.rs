@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use smallvec::SmallVec;
 use thiserror::Error;
 use wasmtime::component::{Linker, ResourceTable};
 
@@ -696,8 +697,8 @@ fn put(out: &mut Vec<u8>, b: &[u8]) {
 /// One event's entry of a `handle-batch` result.
 enum Outcome<'a> {
     Ok {
-        writes: Vec<(&'a str, Option<&'a [u8]>)>,
-        emits: Vec<(&'a str, &'a [u8])>,
+        writes: SmallVec<[(&'a str, Option<&'a [u8]>); 4]>,
+        emits: SmallVec<[(&'a str, &'a [u8]); 4]>,
     },
     Failed(String),
     Stop,
@@ -730,7 +731,7 @@ impl<'a> Frame<'a> {
         match self.take(1)?[0] {
             0 => {
                 let n = self.u32()?;
-                let mut writes = Vec::with_capacity(n.min(64));
+                let mut writes = SmallVec::new();
                 for _ in 0..n {
                     let kind = self.take(1)?[0];
                     let name = self.str()?;
@@ -741,7 +742,7 @@ impl<'a> Frame<'a> {
                     }
                 }
                 let n = self.u32()?;
-                let mut emits = Vec::with_capacity(n.min(64));
+                let mut emits = SmallVec::new();
                 for _ in 0..n {
                     let k = self.str()?;
                     emits.push((k, self.bytes()?));
