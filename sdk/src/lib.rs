@@ -272,8 +272,16 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
 
     /// Stores `value` for the current key.
     pub fn set(&self, value: &T) -> Result<(), Error> {
-        batch::set(self.name, &encode(self.name, value)?);
+        batch::set_owned(self.name, encode(self.name, value)?);
         Ok(())
+    }
+
+    /// Sets the value from its JSON encoding, as [`Value::set`] would make
+    /// it (`serde_json::to_vec(&value)`), e.g. to emit the same bytes with
+    /// [`emit_raw`] without encoding the value twice. The bytes are stored
+    /// as given.
+    pub fn set_json(&self, json: Vec<u8>) {
+        batch::set_owned(self.name, json);
     }
 
     /// Removes the value; returns whether there was one.
@@ -502,7 +510,7 @@ pub mod __private {
         slot.with(|s| {
             let mut s = s.borrow_mut();
             let op = s.as_mut().expect("handle-batch called before init");
-            crate::batch::run(&frame, |event| op.handle(event))
+            crate::batch::run(frame, |event| op.handle(event))
         })
     }
 

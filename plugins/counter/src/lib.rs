@@ -7,7 +7,7 @@
 use std::fmt;
 
 use eddy_sdk::serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-use eddy_sdk::{emit, Config, Error, Event, Operator, Value};
+use eddy_sdk::{emit_raw, Config, Error, Event, Operator, Value};
 use serde::{Deserialize, Serialize};
 
 /// The key's totals, one state value so each event costs one read and one
@@ -37,8 +37,11 @@ impl Operator for Counter {
         let mut t = TOTALS.get()?.unwrap_or_default();
         t.count += 1;
         t.sum += amount;
-        TOTALS.set(&t)?;
-        emit(&event.key, &t)
+        // One encoding for both the state and the emitted event.
+        let json = serde_json::to_vec(&t).map_err(|e| Error::msg(format!("cannot encode totals: {e}")))?;
+        emit_raw(&event.key, &json);
+        TOTALS.set_json(json);
+        Ok(())
     }
 }
 
