@@ -694,11 +694,18 @@ fn put(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// An event's state writes in a `handle-batch` result (`None`: delete).
+type Writes<'a> = SmallVec<[(&'a str, Option<&'a [u8]>); 4]>;
+/// An event's emits in a `handle-batch` result.
+type Emits<'a> = SmallVec<[(&'a str, &'a [u8]); 4]>;
+
 /// One event's entry of a `handle-batch` result.
+// Lives on the stack for one event: inline vectors spare two allocations.
+#[allow(clippy::large_enum_variant)]
 enum Outcome<'a> {
     Ok {
-        writes: SmallVec<[(&'a str, Option<&'a [u8]>); 4]>,
-        emits: SmallVec<[(&'a str, &'a [u8]); 4]>,
+        writes: Writes<'a>,
+        emits: Emits<'a>,
     },
     Failed(String),
     Stop,
