@@ -270,6 +270,13 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
         })
     }
 
+    /// Calls `f` with the value's stored JSON bytes, without decoding them
+    /// (`None` when the key has no such value); for operators that read
+    /// their own state faster than serde.
+    pub fn with_json<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        batch::with_value(self.name, |bytes| bytes.map(f))
+    }
+
     /// Stores `value` for the current key.
     pub fn set(&self, value: &T) -> Result<(), Error> {
         batch::set_owned(self.name, encode(self.name, value)?);
