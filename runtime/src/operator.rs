@@ -75,12 +75,16 @@ pub fn handle_each<O: Operator + ?Sized>(
     done: &mut Done<'_>,
 ) -> Result<(), StoreError> {
     let mut emitted = Vec::new();
-    for (i, e) in events.iter().enumerate().skip(from) {
+    // Every key's cache slot first: their memory is fetched in parallel.
+    let mut slots = Vec::with_capacity(events.len().saturating_sub(from));
+    op.ctx()
+        .slots(events[from.min(events.len())..].iter().map(|e| e.key), &mut slots)?;
+    for ((i, e), &slot) in events.iter().enumerate().skip(from).zip(&slots) {
         if let Err(err) = op.prepare(e.key)? {
             done(i, Err(err), &mut emitted);
             continue;
         }
-        op.ctx().begin(e.key)?;
+        op.ctx().begin_slot(slot);
         let r = op.handle(*e);
         op.ctx().finish(r.is_ok(), &mut emitted);
         done(i, r, &mut emitted);

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use smallvec::SmallVec;
 use thiserror::Error;
 use wasmtime::component::{Linker, ResourceTable};
 
@@ -573,18 +574,21 @@ impl WasmOperator {
             return Ok(());
         }
         // The frame: distinct keys with their values, then the events.
+        // Keys are told apart by cache slot, resolved for the whole batch
+        // at once (one hash per event, memory fetched in parallel).
         let mut frame = Vec::with_capacity(events.len() * 64);
-        let mut index: rustc_hash::FxHashMap<&str, u32> = Default::default();
+        let mut event_slots = Vec::with_capacity(events.len());
+        self.ctx()
+            .slots(events.iter().map(|e| e.key), &mut event_slots)?;
+        let mut index: rustc_hash::FxHashMap<u32, u32> =
+            rustc_hash::FxHashMap::with_capacity_and_hasher(events.len(), Default::default());
         let mut key_of = Vec::with_capacity(events.len());
         let mut slots = Vec::with_capacity(events.len());
         frame.extend_from_slice(&0u32.to_le_bytes());
-        for e in events {
+        for (e, &slot) in events.iter().zip(&event_slots) {
             let next = index.len() as u32;
-            let k = *index.entry(e.key).or_insert(next);
+            let k = *index.entry(slot).or_insert(next);
             if k == next {
-                let mark = frame.len();
-                put(&mut frame, e.key.as_bytes());
-                let mut slot = self.ctx().frame_values(e.key, &mut frame)?;
                 if self.migrate.is_some() && self.ctx().slot_stale(slot) {
                     // Nothing of the batch ran yet: a key whose migration
                     // fails takes the whole batch to the per-event path,
@@ -592,10 +596,9 @@ impl WasmOperator {
                     if self.migrate_if_stale(e.key)?.is_err() {
                         return handle_each(self, events, 0, done);
                     }
-                    frame.truncate(mark);
-                    put(&mut frame, e.key.as_bytes());
-                    slot = self.ctx().frame_values(e.key, &mut frame)?;
                 }
+                put(&mut frame, e.key.as_bytes());
+                self.ctx().frame_slot_values(slot, &mut frame);
                 slots.push(slot);
             }
             key_of.push(k);
@@ -691,11 +694,18 @@ fn put(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// An event's state writes in a `handle-batch` result (`None`: delete).
+type Writes<'a> = SmallVec<[(&'a str, Option<&'a [u8]>); 4]>;
+/// An event's emits in a `handle-batch` result.
+type Emits<'a> = SmallVec<[(&'a str, &'a [u8]); 4]>;
+
 /// One event's entry of a `handle-batch` result.
+// Lives on the stack for one event: inline vectors spare two allocations.
+#[allow(clippy::large_enum_variant)]
 enum Outcome<'a> {
     Ok {
-        writes: Vec<(&'a str, Option<&'a [u8]>)>,
-        emits: Vec<(&'a str, &'a [u8])>,
+        writes: Writes<'a>,
+        emits: Emits<'a>,
     },
     Failed(String),
     Stop,
@@ -728,7 +738,7 @@ impl<'a> Frame<'a> {
         match self.take(1)?[0] {
             0 => {
                 let n = self.u32()?;
-                let mut writes = Vec::with_capacity(n.min(64));
+                let mut writes = SmallVec::new();
                 for _ in 0..n {
                     let kind = self.take(1)?[0];
                     let name = self.str()?;
@@ -739,7 +749,7 @@ impl<'a> Frame<'a> {
                     }
                 }
                 let n = self.u32()?;
-                let mut emits = Vec::with_capacity(n.min(64));
+                let mut emits = SmallVec::new();
                 for _ in 0..n {
                     let k = self.str()?;
                     emits.push((k, self.bytes()?));

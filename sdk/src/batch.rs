@@ -11,14 +11,39 @@ use std::cell::RefCell;
 
 use crate::bindings::eddy::operator::{output, state};
 
+/// Bytes of a state value or name: a range of the input frame (as the host
+/// sent it, never copied) or written during the batch.
+enum Bytes {
+    Frame(u32, u32),
+    Owned(Vec<u8>),
+}
+
+impl Bytes {
+    fn get<'a>(&'a self, frame: &'a [u8]) -> &'a [u8] {
+        match self {
+            Bytes::Frame(a, b) => &frame[*a as usize..*b as usize],
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// One single value of a key: its name and bytes (`None`: deleted in this
+/// batch).
+struct Entry {
+    name: Bytes,
+    value: Option<Bytes>,
+}
+
 /// The state of a running batch.
 struct Batch {
-    /// Per key index: its single values (`None`: deleted in this batch).
-    keys: Vec<Vec<(String, Option<Vec<u8>>)>>,
+    /// The input frame; `Bytes::Frame` ranges point into it.
+    frame: Vec<u8>,
+    /// Per key index: its single values.
+    keys: Vec<Vec<Entry>>,
     /// Key index of the event being handled.
     current: usize,
     /// Undo journal of the current event: (value slot, old value, added).
-    undo: Vec<(usize, Option<Vec<u8>>, bool)>,
+    undo: Vec<(usize, Option<Bytes>, bool)>,
     /// Value slots of the current key written by the current event (their
     /// final values are its writes).
     touched: Vec<usize>,
@@ -60,27 +85,36 @@ pub(crate) fn with_value<R>(name: &str, f: impl FnOnce(Option<&[u8]>) -> R) -> R
     BATCH.with(|b| match b.borrow().as_ref() {
         Some(b) => f(b.keys[b.current]
             .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.as_deref())),
+            .find(|e| e.name.get(&b.frame) == name.as_bytes())
+            .and_then(|e| e.value.as_ref())
+            .map(|v| v.get(&b.frame))),
         None => f(state::get(name).as_deref()),
     })
 }
 
-fn write(name: &str, value: Option<&[u8]>) -> bool {
+fn write(name: &str, value: Option<Vec<u8>>) -> bool {
     BATCH.with(|b| {
         let mut b = b.borrow_mut();
         let Some(b) = b.as_mut() else { return false };
         let cur = b.current;
+        let frame = &b.frame;
         let values = &mut b.keys[cur];
-        let (slot, existed) = match values.iter().position(|(n, _)| n == name) {
+        let value = value.map(Bytes::Owned);
+        let (slot, existed) = match values
+            .iter()
+            .position(|e| e.name.get(frame) == name.as_bytes())
+        {
             Some(i) => {
-                let old = std::mem::replace(&mut values[i].1, value.map(<[u8]>::to_vec));
+                let old = std::mem::replace(&mut values[i].value, value);
                 let existed = old.is_some();
                 b.undo.push((i, old, false));
                 (i, existed)
             }
             None => {
-                values.push((name.to_string(), value.map(<[u8]>::to_vec)));
+                values.push(Entry {
+                    name: Bytes::Owned(name.as_bytes().to_vec()),
+                    value,
+                });
                 b.undo.push((values.len() - 1, None, true));
                 (values.len() - 1, false)
             }
@@ -92,9 +126,10 @@ fn write(name: &str, value: Option<&[u8]>) -> bool {
     })
 }
 
-pub(crate) fn set(name: &str, value: &[u8]) {
+/// Sets the current key's value `name` to `value` (already encoded).
+pub(crate) fn set_owned(name: &str, value: Vec<u8>) {
     if !active() {
-        return state::set(name, value);
+        return state::set(name, &value);
     }
     write(name, Some(value));
 }
@@ -181,21 +216,32 @@ fn put(out: &mut Vec<u8>, b: &[u8]) {
 
 /// Runs `handle` on every event of the frame; returns the result frame.
 pub(crate) fn run(
-    frame: &[u8],
+    frame: Vec<u8>,
     mut handle: impl FnMut(crate::Event) -> Result<(), crate::Error>,
 ) -> Vec<u8> {
-    let mut r = Reader(frame);
+    let mut r = Reader(&frame);
+    // Where a slice of the frame lies in it.
+    let base = frame.as_ptr() as usize;
+    let range = |s: &[u8]| {
+        let a = (s.as_ptr() as usize - base) as u32;
+        (a, a + s.len() as u32)
+    };
     let parsed = (|| -> Result<_, String> {
         let nkeys = r.u32()?;
         let mut keys = Vec::with_capacity(nkeys);
         let mut values = Vec::with_capacity(nkeys);
         for _ in 0..nkeys {
-            keys.push(r.str()?);
+            let k = r.str()?;
+            keys.push(range(k.as_bytes()));
             let n = r.u32()?;
             let mut v = Vec::with_capacity(n);
             for _ in 0..n {
-                let name = r.str()?.to_string();
-                v.push((name, Some(r.bytes()?.to_vec())));
+                let (n0, n1) = range(r.str()?.as_bytes());
+                let (v0, v1) = range(r.bytes()?);
+                v.push(Entry {
+                    name: Bytes::Frame(n0, n1),
+                    value: Some(Bytes::Frame(v0, v1)),
+                });
             }
             values.push(v);
         }
@@ -203,8 +249,12 @@ pub(crate) fn run(
     })();
     // A malformed frame is a host bug: trap, so the host replays per event.
     let (keys, values) = parsed.unwrap_or_else(|e| panic!("{e}"));
+    let nevents = r.u32().unwrap_or_else(|e| panic!("{e}"));
+    let mut pos = frame.len() - r.0.len();
+    let mut out = Vec::with_capacity(frame.len());
     BATCH.with(|b| {
         *b.borrow_mut() = Some(Batch {
+            frame,
             keys: values,
             current: 0,
             undo: Vec::new(),
@@ -214,24 +264,29 @@ pub(crate) fn run(
             stop: false,
         })
     });
-    let mut out = Vec::with_capacity(frame.len());
-    let nevents = r.u32().unwrap_or_else(|e| panic!("{e}"));
     for _ in 0..nevents {
-        let (k, time, value) = (|| -> Result<_, String> {
-            let k = r.u32()?;
-            let time = if r.u8()? == 1 { Some(r.i64()?) } else { None };
-            Ok((k, time, r.bytes()?))
-        })()
-        .unwrap_or_else(|e| panic!("{e}"));
-        let key = *keys
-            .get(k)
-            .unwrap_or_else(|| panic!("batch frame: key index {k} out of range"));
-        BATCH.with(|b| b.borrow_mut().as_mut().unwrap().current = k);
-        let result = handle(crate::Event {
-            key: key.to_string(),
-            value: value.to_vec(),
-            time,
+        let event = BATCH.with(|b| {
+            let mut b = b.borrow_mut();
+            let b = b.as_mut().unwrap();
+            let mut r = Reader(&b.frame[pos..]);
+            let (k, time, value) = (|| -> Result<_, String> {
+                let k = r.u32()?;
+                let time = if r.u8()? == 1 { Some(r.i64()?) } else { None };
+                Ok((k, time, r.bytes()?))
+            })()
+            .unwrap_or_else(|e| panic!("{e}"));
+            let &(k0, k1) = keys
+                .get(k)
+                .unwrap_or_else(|| panic!("batch frame: key index {k} out of range"));
+            // Keys were checked to be UTF-8 when the frame was read.
+            let key = String::from_utf8(b.frame[k0 as usize..k1 as usize].to_vec())
+                .expect("checked above");
+            let value = value.to_vec();
+            pos = b.frame.len() - r.0.len();
+            b.current = k;
+            crate::Event { key, value, time }
         });
+        let result = handle(event);
         let stopped = BATCH.with(|b| {
             let mut b = b.borrow_mut();
             let b = b.as_mut().unwrap();
@@ -243,7 +298,7 @@ pub(crate) fn run(
                     if added {
                         b.keys[cur].remove(i);
                     } else {
-                        b.keys[cur][i].1 = old;
+                        b.keys[cur][i].value = old;
                     }
                 }
             }
@@ -258,16 +313,16 @@ pub(crate) fn run(
                     out.extend_from_slice(&(b.touched.len() as u32).to_le_bytes());
                     let values = &b.keys[b.current];
                     for &i in &b.touched {
-                        let (name, v) = &values[i];
-                        match v {
+                        let e = &values[i];
+                        match &e.value {
                             Some(v) => {
                                 out.push(0);
-                                put(&mut out, name.as_bytes());
-                                put(&mut out, v);
+                                put(&mut out, e.name.get(&b.frame));
+                                put(&mut out, v.get(&b.frame));
                             }
                             None => {
                                 out.push(1);
-                                put(&mut out, name.as_bytes());
+                                put(&mut out, e.name.get(&b.frame));
                             }
                         }
                     }

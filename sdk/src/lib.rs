@@ -270,10 +270,25 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
         })
     }
 
+    /// Calls `f` with the value's stored JSON bytes, without decoding them
+    /// (`None` when the key has no such value); for operators that read
+    /// their own state faster than serde.
+    pub fn with_json<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        batch::with_value(self.name, |bytes| bytes.map(f))
+    }
+
     /// Stores `value` for the current key.
     pub fn set(&self, value: &T) -> Result<(), Error> {
-        batch::set(self.name, &encode(self.name, value)?);
+        batch::set_owned(self.name, encode(self.name, value)?);
         Ok(())
+    }
+
+    /// Sets the value from its JSON encoding, as [`Value::set`] would make
+    /// it (`serde_json::to_vec(&value)`), e.g. to emit the same bytes with
+    /// [`emit_raw`] without encoding the value twice. The bytes are stored
+    /// as given.
+    pub fn set_json(&self, json: Vec<u8>) {
+        batch::set_owned(self.name, json);
     }
 
     /// Removes the value; returns whether there was one.
@@ -502,7 +517,7 @@ pub mod __private {
         slot.with(|s| {
             let mut s = s.borrow_mut();
             let op = s.as_mut().expect("handle-batch called before init");
-            crate::batch::run(&frame, |event| op.handle(event))
+            crate::batch::run(frame, |event| op.handle(event))
         })
     }
 

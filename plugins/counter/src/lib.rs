@@ -7,7 +7,7 @@
 use std::fmt;
 
 use eddy_sdk::serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-use eddy_sdk::{emit, Config, Error, Event, Operator, Value};
+use eddy_sdk::{emit_raw, Config, Error, Event, Operator, Value};
 use serde::{Deserialize, Serialize};
 
 /// The key's totals, one state value so each event costs one read and one
@@ -33,12 +33,23 @@ impl Operator for Counter {
     }
 
     fn handle(&mut self, event: Event) -> Result<(), Error> {
-        let amount = number_field(&event.value, &self.field)?;
-        let mut t = TOTALS.get()?.unwrap_or_default();
+        let amount = match fast::number_field(&event.value, self.field.as_bytes()) {
+            Some(v) => v,
+            None => number_field(&event.value, &self.field)?,
+        };
+        let mut t = match TOTALS.with_json(fast::totals) {
+            Some(Some(t)) => t,
+            None => Totals::default(),
+            // Not in the usual shape: the full decoder.
+            Some(None) => TOTALS.get()?.unwrap_or_default(),
+        };
         t.count += 1;
         t.sum += amount;
-        TOTALS.set(&t)?;
-        emit(&event.key, &t)
+        // One encoding for both the state and the emitted event.
+        let json = fast::encode(&t);
+        emit_raw(&event.key, &json);
+        TOTALS.set_json(json);
+        Ok(())
     }
 }
 
@@ -145,5 +156,185 @@ impl<'de> eddy_sdk::serde::Deserialize<'de> for NumberOrZero {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// Fast paths for the common shapes: a flat JSON object of plain strings
+/// and numbers, and the totals record as this operator writes it. Each
+/// returns `None` for anything else, and the caller then uses serde_json, so
+/// results (and errors) are exactly serde_json's.
+mod fast {
+    use super::Totals;
+
+    fn ws(b: &[u8], mut i: usize) -> usize {
+        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+        }
+        i
+    }
+
+    /// A plain string at `b[i] == '"'` (ASCII, no escapes, no control
+    /// characters): its contents and the index after it.
+    fn string(b: &[u8], i: usize) -> Option<(&[u8], usize)> {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let start = i + 1;
+        let len = b[start..].iter().position(|&c| c == b'"')?;
+        let s = &b[start..start + len];
+        if s.iter().any(|&c| c < 0x20 || c == b'\\' || c >= 0x80) {
+            return None;
+        }
+        Some((s, start + len + 1))
+    }
+
+    /// A JSON number token at `i`: its text, whether it is an integer,
+    /// and the index after it.
+    fn number(b: &[u8], mut i: usize) -> Option<(&str, bool, usize)> {
+        let start = i;
+        let digits = |i: &mut usize| {
+            let s = *i;
+            while *i < b.len() && b[*i].is_ascii_digit() {
+                *i += 1;
+            }
+            *i > s
+        };
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        if b.get(i) == Some(&b'0') {
+            i += 1;
+        } else if !digits(&mut i) {
+            return None;
+        }
+        let mut integer = true;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            integer = false;
+            if !digits(&mut i) {
+                return None;
+            }
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            integer = false;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            if !digits(&mut i) {
+                return None;
+            }
+        }
+        Some((std::str::from_utf8(&b[start..i]).ok()?, integer, i))
+    }
+
+    /// A number as serde_json reads it into `f64` (integers through
+    /// `u64`/`i64`, others correctly rounded); `None` for the edge cases.
+    fn to_f64(text: &str, integer: bool) -> Option<f64> {
+        if integer {
+            if text.len() > 18 || text == "-0" {
+                return None;
+            }
+            return Some(text.parse::<i64>().ok()? as f64);
+        }
+        // serde_json refuses numbers out of range.
+        text.parse::<f64>().ok().filter(|v| v.is_finite())
+    }
+
+    /// `field` of a flat JSON object (0 when missing or not a number).
+    pub fn number_field(b: &[u8], field: &[u8]) -> Option<f64> {
+        let mut i = ws(b, 0);
+        if b.get(i) != Some(&b'{') {
+            return None;
+        }
+        i = ws(b, i + 1);
+        let mut found = 0.0;
+        if b.get(i) == Some(&b'}') {
+            return Some(found);
+        }
+        loop {
+            let (name, next) = string(b, i)?;
+            i = ws(b, next);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            i = ws(b, i + 1);
+            let value = match b.get(i)? {
+                b'"' => {
+                    i = string(b, i)?.1;
+                    0.0
+                }
+                b't' if b[i..].starts_with(b"true") => {
+                    i += 4;
+                    0.0
+                }
+                b'f' if b[i..].starts_with(b"false") => {
+                    i += 5;
+                    0.0
+                }
+                b'n' if b[i..].starts_with(b"null") => {
+                    i += 4;
+                    0.0
+                }
+                b'-' | b'0'..=b'9' => {
+                    let (text, integer, next) = number(b, i)?;
+                    i = next;
+                    if name == field {
+                        to_f64(text, integer)?
+                    } else {
+                        0.0
+                    }
+                }
+                _ => return None,
+            };
+            if name == field {
+                found = value;
+            }
+            i = ws(b, i);
+            match b.get(i)? {
+                b',' => i = ws(b, i + 1),
+                b'}' => return Some(found),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The totals record exactly as [`encode`] writes it.
+    pub fn totals(b: &[u8]) -> Option<Totals> {
+        let rest = b.strip_prefix(b"{\"count\":")?;
+        let (count, integer, i) = number(rest, 0)?;
+        if !integer || count.starts_with('-') || count.len() > 20 {
+            return None;
+        }
+        let count = count.parse::<u64>().ok()?;
+        let rest = rest[i..].strip_prefix(b",\"sum\":")?;
+        let (sum, _, i) = number(rest, 0)?;
+        if &rest[i..] != b"}" {
+            return None;
+        }
+        let sum = sum.parse::<f64>().ok().filter(|v| v.is_finite())?;
+        Some(Totals { count, sum })
+    }
+
+    /// The totals as JSON, byte for byte what serde_json writes.
+    pub fn encode(t: &Totals) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48);
+        out.extend_from_slice(b"{\"count\":");
+        let mut digits = [0u8; 20];
+        let mut n = t.count;
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&digits[at..]);
+        out.extend_from_slice(b",\"sum\":");
+        serde_json::to_writer(&mut out, &t.sum).expect("writing to a Vec");
+        out.push(b'}');
+        out
     }
 }
