@@ -36,16 +36,22 @@ pub const C_SDK: &str = include_str!("../../plugins/c/eddy.h");
 /// Source languages `eddy build` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Lang {
+    /// A Cargo package using `eddy-sdk` (`cdylib`), built for wasm32-wasip2.
     Rust,
+    /// `app.py` (or one `.py` file), built with componentize-py.
     Python,
+    /// An ES module (`index.js`, `<dir>.js` or one `.js` file), built with
+    /// componentize-js.
     Js,
+    /// `.c` files, built with clang and wasi-libc.
     C,
 }
 
 /// Build an operator from source into a WebAssembly component.
 ///
 /// The language is found from the directory: `Cargo.toml` (Rust), `app.py`
-/// or one `.py` file (Python), `index.js` or one `.js` file (JavaScript),
+/// or one `.py` file (Python), `index.js`, `<dir name>.js` or one `.js` file
+/// (JavaScript),
 /// `.c` files (C). Needs the language's toolchain: Rust's `wasm32-wasip2`
 /// target (installed with rustup when missing), `componentize-py`
 /// (`pip install componentize-py==0.25.1`), `componentize-js` (`npm install
@@ -63,7 +69,8 @@ pub struct BuildArgs {
     #[arg(long)]
     pub lang: Option<Lang>,
     /// The world to build against (`operator`, or `migrating-operator` for
-    /// an operator that exports `migrate`).
+    /// an operator that exports `migrate`). Rust operators choose theirs
+    /// through the SDK.
     #[arg(long, default_value = "operator")]
     pub world: String,
 }

@@ -77,8 +77,10 @@ pub fn handle_each<O: Operator + ?Sized>(
     let mut emitted = Vec::new();
     // Every key's cache slot first: their memory is fetched in parallel.
     let mut slots = Vec::with_capacity(events.len().saturating_sub(from));
-    op.ctx()
-        .slots(events[from.min(events.len())..].iter().map(|e| e.key), &mut slots)?;
+    op.ctx().slots(
+        events[from.min(events.len())..].iter().map(|e| e.key),
+        &mut slots,
+    )?;
     for ((i, e), &slot) in events.iter().enumerate().skip(from).zip(&slots) {
         if let Err(err) = op.prepare(e.key)? {
             done(i, Err(err), &mut emitted);
