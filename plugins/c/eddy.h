@@ -337,7 +337,7 @@ static inline void eddy__ws(eddy_json *j) {
 static inline int eddy__peek(eddy_json *j) { return j->pos < j->len ? (unsigned char)j->s[j->pos] : -1; }
 static inline bool eddy__digit(int c) { return c >= '0' && c <= '9'; }
 
-/* 10^0 .. 10^308 as correctly rounded doubles (serde_json's POW10). */
+/* 10^0 .. 10^308 as correctly rounded doubles. */
 static inline double eddy__pow10(int e) {
   static double table[309];
   static bool ready;
@@ -352,30 +352,9 @@ static inline double eddy__pow10(int e) {
   return table[e];
 }
 
-/* serde_json's f64_from_parts: significand * 10^exponent. */
-static inline double eddy__from_parts(bool positive, uint64_t sig, int32_t exponent, bool *out_of_range) {
-  double f = (double)sig;
-  for (;;) {
-    uint32_t a = exponent < 0 ? (uint32_t)0 - (uint32_t)exponent : (uint32_t)exponent;
-    if (a <= 308) {
-      if (exponent >= 0) {
-        f *= eddy__pow10((int)a);
-        if (isinf(f)) *out_of_range = true;
-      } else {
-        f /= eddy__pow10((int)a);
-      }
-      break;
-    }
-    if (f == 0.0) break;
-    if (exponent >= 0) {
-      *out_of_range = true;
-      break;
-    }
-    f /= 1e308;
-    exponent += 308;
-  }
-  return positive ? f : -f;
-}
+/* The float's value is read from its text by eddy__number once the syntax
+ * is checked; the syntax readers below only mark it. */
+#define EDDY__FLOAT_LATER(v) ((v)->f = 0.0)
 
 #define EDDY__U64_OVERFLOW(a, d) ((a) >= UINT64_MAX / 10 && ((a) > UINT64_MAX / 10 || (uint64_t)(d) > UINT64_MAX % 10))
 
@@ -408,7 +387,7 @@ static inline bool eddy__exponent(eddy_json *j, eddy_json_value *v, bool positiv
   int64_t fin = pos_exp ? (int64_t)start_exp + exp : (int64_t)start_exp - exp;
   if (fin > INT32_MAX) fin = INT32_MAX;
   if (fin < INT32_MIN) fin = INT32_MIN;
-  v->f = eddy__from_parts(positive, sig, (int32_t)fin, &v->out_of_range);
+  EDDY__FLOAT_LATER(v);
   return true;
 }
 
@@ -422,7 +401,7 @@ static inline bool eddy__decimal(eddy_json *j, eddy_json_value *v, bool positive
       while (eddy__digit(eddy__peek(j))) j->pos++;
       c = eddy__peek(j);
       if (c == 'e' || c == 'E') return eddy__exponent(j, v, positive, sig, exp_before + exp_after);
-      v->f = eddy__from_parts(positive, sig, exp_before + exp_after, &v->out_of_range);
+      EDDY__FLOAT_LATER(v);
       return true;
     }
     j->pos++;
@@ -434,7 +413,7 @@ static inline bool eddy__decimal(eddy_json *j, eddy_json_value *v, bool positive
     return false;
   }
   if (c == 'e' || c == 'E') return eddy__exponent(j, v, positive, sig, exp_before + exp_after);
-  v->f = eddy__from_parts(positive, sig, exp_before + exp_after, &v->out_of_range);
+  EDDY__FLOAT_LATER(v);
   return true;
 }
 
@@ -462,7 +441,7 @@ static inline bool eddy__number_parts(eddy_json *j, eddy_json_value *v, bool pos
         c = eddy__peek(j);
         if (c == '.') return eddy__decimal(j, v, positive, sig, exp);
         if (c == 'e' || c == 'E') return eddy__exponent(j, v, positive, sig, exp);
-        v->f = eddy__from_parts(positive, sig, exp, &v->out_of_range);
+        EDDY__FLOAT_LATER(v);
         return true;
       }
       j->pos++;

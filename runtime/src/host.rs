@@ -561,19 +561,7 @@ impl Index {
     /// The first slot whose hash tag matches `h` (most likely the key's).
     #[inline]
     fn candidate(&self, h: u64) -> Option<u32> {
-        let mask = self.mask();
-        let tag = h >> 32;
-        let mut pos = h as usize & mask;
-        loop {
-            let e = self.table[pos];
-            if e == 0 {
-                return None;
-            }
-            if e >> 32 == tag {
-                return Some((e as u32) - 1);
-            }
-            pos = (pos + 1) & mask;
-        }
+        self.find(h, |_| true)
     }
 
     /// The slot whose key has hash `h` and satisfies `is`.
