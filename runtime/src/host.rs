@@ -14,6 +14,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use compact_str::CompactString;
+use smallvec::SmallVec;
 
 use crate::state::{Entity, Name, Undo};
 use crate::store::{Reader, StateWrite, StoreError};
@@ -54,6 +55,8 @@ pub enum HostError {
     EmitTooLarge { size: usize, limit: usize },
     #[error("emit called from `migrate` (a migration may only rewrite state)")]
     EmitInMigrate,
+    #[error("{0} is not valid UTF-8")]
+    NotUtf8(&'static str),
 }
 
 /// A cached key: its state and whether it changed since the last checkpoint.
@@ -69,10 +72,11 @@ struct Slot {
 }
 
 /// An event emitted by an operator: routed to the next operator or the sink.
+/// Short keys and payloads are stored inline (no allocation per emit).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Emitted {
-    pub key: String,
-    pub value: Vec<u8>,
+    pub key: CompactString,
+    pub value: SmallVec<[u8; 48]>,
 }
 
 /// Host context of one operator on one worker.
@@ -395,6 +399,51 @@ impl OpCtx {
         Ok(())
     }
 
+    /// [`OpCtx::set`] with the name as bytes from an operator's batch
+    /// result: checked to be UTF-8 only when it is not a known name.
+    pub fn set_raw(&mut self, name: &[u8], value: &[u8]) -> Result<(), HostError> {
+        self.check_size(value.len())?;
+        let name = intern_bytes(&mut self.names, name)?;
+        let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
+        slot.entity.set(name, value, &mut self.undo);
+        Ok(())
+    }
+
+    /// [`OpCtx::delete`] with the name as bytes (see [`OpCtx::set_raw`]).
+    pub fn delete_raw(&mut self, name: &[u8]) -> Result<bool, HostError> {
+        let name = intern_bytes(&mut self.names, name)?;
+        let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
+        Ok(slot.entity.delete(name, &mut self.undo))
+    }
+
+    /// [`OpCtx::emit`] with the key as bytes from an operator's batch
+    /// result: checked to be UTF-8 only when it is not the current key.
+    pub fn emit_raw(&mut self, key: &[u8], value: &[u8]) -> Result<(), HostError> {
+        let i = self.current.ok_or(HostError::NoKey)?;
+        let current = &self.slots[i as usize].key;
+        let key = if key == current.as_bytes() {
+            CompactString::from(current.as_str())
+        } else {
+            CompactString::from(
+                std::str::from_utf8(key).map_err(|_| HostError::NotUtf8("emitted key"))?,
+            )
+        };
+        if self.migrating {
+            return Err(HostError::EmitInMigrate);
+        }
+        if value.len() > self.limits.max_emit {
+            return Err(HostError::EmitTooLarge {
+                size: value.len(),
+                limit: self.limits.max_emit,
+            });
+        }
+        self.emits.push(Emitted {
+            key,
+            value: SmallVec::from_slice(value),
+        });
+        Ok(())
+    }
+
     pub fn delete(&mut self, name: &str) -> Result<bool, HostError> {
         let name = self.name_id(name);
         let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
@@ -477,7 +526,7 @@ impl OpCtx {
         Ok(())
     }
 
-    pub fn emit(&mut self, key: String, value: Vec<u8>) -> Result<(), HostError> {
+    pub fn emit(&mut self, key: &str, value: &[u8]) -> Result<(), HostError> {
         if self.current.is_none() {
             return Err(HostError::NoKey);
         }
@@ -490,7 +539,10 @@ impl OpCtx {
                 limit: self.limits.max_emit,
             });
         }
-        self.emits.push(Emitted { key, value });
+        self.emits.push(Emitted {
+            key: CompactString::from(key),
+            value: SmallVec::from_slice(value),
+        });
         Ok(())
     }
 }
@@ -619,6 +671,19 @@ fn intern(names: &mut Vec<Box<str>>, name: &str) -> Name {
     }
 }
 
+/// [`intern`] for a name given as bytes: a known name is found by its
+/// bytes; a new one must be UTF-8.
+fn intern_bytes(names: &mut Vec<Box<str>>, name: &[u8]) -> Result<Name, HostError> {
+    match names.iter().position(|n| n.as_bytes() == name) {
+        Some(i) => Ok(i as Name),
+        None => {
+            let name = std::str::from_utf8(name).map_err(|_| HostError::NotUtf8("state name"))?;
+            names.push(name.into());
+            Ok((names.len() - 1) as Name)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -629,14 +694,14 @@ mod tests {
         let mut out = Vec::new();
         ctx.begin("k").unwrap();
         ctx.set("n", b"1").unwrap();
-        ctx.emit("k".into(), b"1".to_vec()).unwrap();
+        ctx.emit("k", b"1").unwrap();
         ctx.finish(true, &mut out);
         assert_eq!(out.len(), 1);
 
         ctx.begin("k").unwrap();
         ctx.set("n", b"2").unwrap();
         ctx.list_push("l", b"x".to_vec()).unwrap();
-        ctx.emit("k".into(), b"2".to_vec()).unwrap();
+        ctx.emit("k", b"2").unwrap();
         ctx.finish(false, &mut out);
         assert_eq!(out.len(), 1, "emits of a failed event are dropped");
 
@@ -670,7 +735,7 @@ mod tests {
             "state value of 5 bytes exceeds the limit max_state_value = 4 bytes"
         );
         assert!(matches!(
-            ctx.emit("k".into(), vec![0; 5]),
+            ctx.emit("k", &[0; 5]),
             Err(HostError::EmitTooLarge { .. })
         ));
     }

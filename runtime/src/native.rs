@@ -50,9 +50,7 @@ impl Operator for NativeCounter {
         t.sum += amount;
         let out = serde_json::to_vec(&t).map_err(|e| fail(&e))?;
         self.ctx.set("totals", &out).map_err(|e| fail(&e))?;
-        self.ctx
-            .emit(event.key.to_string(), out)
-            .map_err(|e| fail(&e))
+        self.ctx.emit(event.key, &out).map_err(|e| fail(&e))
     }
 }
 

@@ -653,8 +653,8 @@ impl WasmOperator {
                     let mut applied = Ok(());
                     for (name, value) in writes {
                         let r = match value {
-                            Some(v) => ctx.set(name, v),
-                            None => ctx.delete(name).map(drop),
+                            Some(v) => ctx.set_raw(name, v),
+                            None => ctx.delete_raw(name).map(drop),
                         };
                         if let Err(err) = r {
                             applied = Err(err);
@@ -663,7 +663,7 @@ impl WasmOperator {
                     }
                     if applied.is_ok() {
                         for (k, v) in emits {
-                            if let Err(err) = ctx.emit(k.to_string(), v.to_vec()) {
+                            if let Err(err) = ctx.emit_raw(k, v) {
                                 applied = Err(err);
                                 break;
                             }
@@ -695,9 +695,11 @@ fn put(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 /// An event's state writes in a `handle-batch` result (`None`: delete).
-type Writes<'a> = SmallVec<[(&'a str, Option<&'a [u8]>); 4]>;
+/// Names and keys are bytes here, checked to be UTF-8 as they are applied
+/// (only when they are not a known name or the event's own key).
+type Writes<'a> = SmallVec<[(&'a [u8], Option<&'a [u8]>); 4]>;
 /// An event's emits in a `handle-batch` result.
-type Emits<'a> = SmallVec<[(&'a str, &'a [u8]); 4]>;
+type Emits<'a> = SmallVec<[(&'a [u8], &'a [u8]); 4]>;
 
 /// One event's entry of a `handle-batch` result.
 // Lives on the stack for one event: inline vectors spare two allocations.
@@ -730,29 +732,26 @@ impl<'a> Frame<'a> {
         let n = self.u32()?;
         self.take(n)
     }
-    fn str(&mut self) -> Option<&'a str> {
-        std::str::from_utf8(self.bytes()?).ok()
-    }
     /// The next event's outcome, `None` when the frame is malformed.
     fn outcome(&mut self) -> Option<Outcome<'a>> {
         match self.take(1)?[0] {
             0 => {
                 let n = self.u32()?;
+                let mut emits = SmallVec::new();
+                for _ in 0..n {
+                    let k = self.bytes()?;
+                    emits.push((k, self.bytes()?));
+                }
+                let n = self.u32()?;
                 let mut writes = SmallVec::new();
                 for _ in 0..n {
                     let kind = self.take(1)?[0];
-                    let name = self.str()?;
+                    let name = self.bytes()?;
                     match kind {
                         0 => writes.push((name, Some(self.bytes()?))),
                         1 => writes.push((name, None)),
                         _ => return None,
                     }
-                }
-                let n = self.u32()?;
-                let mut emits = SmallVec::new();
-                for _ in 0..n {
-                    let k = self.str()?;
-                    emits.push((k, self.bytes()?));
                 }
                 Some(Outcome::Ok { writes, emits })
             }
@@ -888,7 +887,7 @@ impl state::Host for HostData {
 
 impl output::Host for HostData {
     fn emit(&mut self, key: String, value: Vec<u8>) -> HostResult<()> {
-        self.ctx.emit(key, value).map_err(trap)
+        self.ctx.emit(&key, &value).map_err(trap)
     }
 }
 

@@ -6,68 +6,89 @@
 //! An operator that uses maps, lists or `clear_key` during a batch makes the
 //! SDK stop the batch at that event (status 2): the host then handles it and
 //! the rest with the per-event `handle`, where those calls go to the host.
+//!
+//! Nothing is allocated per event: events borrow the input frame, values
+//! written during the batch go to one arena, emits are written straight
+//! into the result frame, and the buffers are kept from batch to batch.
 
 use std::cell::RefCell;
+use std::rc::Rc;
+
+use smallvec::SmallVec;
 
 use crate::bindings::eddy::operator::{output, state};
 
 /// Bytes of a state value or name: a range of the input frame (as the host
-/// sent it, never copied) or written during the batch.
+/// sent it, never copied) or of the batch's arena (written in the batch).
+#[derive(Clone, Copy)]
 enum Bytes {
     Frame(u32, u32),
-    Owned(Vec<u8>),
+    Arena(u32, u32),
 }
 
 impl Bytes {
-    fn get<'a>(&'a self, frame: &'a [u8]) -> &'a [u8] {
+    #[inline]
+    fn get<'a>(self, frame: &'a [u8], arena: &'a [u8]) -> &'a [u8] {
         match self {
-            Bytes::Frame(a, b) => &frame[*a as usize..*b as usize],
-            Bytes::Owned(v) => v,
+            Bytes::Frame(a, b) => &frame[a as usize..b as usize],
+            Bytes::Arena(a, b) => &arena[a as usize..b as usize],
         }
     }
 }
 
 /// One single value of a key: its name and bytes (`None`: deleted in this
 /// batch).
+#[derive(Clone, Copy)]
 struct Entry {
     name: Bytes,
     value: Option<Bytes>,
 }
 
-/// The state of a running batch.
+/// A key's single values (operators keep a handful: inline).
+type Values = SmallVec<[Entry; 2]>;
+
+/// The state of the running batch; kept between batches so its buffers are
+/// reused.
+#[derive(Default)]
 struct Batch {
+    /// A batch is running.
+    active: bool,
     /// The input frame; `Bytes::Frame` ranges point into it.
-    frame: Vec<u8>,
-    /// Per key index: its single values.
-    keys: Vec<Vec<Entry>>,
+    frame: Rc<Vec<u8>>,
+    /// Names and values written during the batch.
+    arena: Vec<u8>,
+    /// Per key index: its single values (the first `nkeys` are in use).
+    keys: Vec<Values>,
     /// Key index of the event being handled.
     current: usize,
     /// Undo journal of the current event: (value slot, old value, added).
     undo: Vec<(usize, Option<Bytes>, bool)>,
     /// Value slots of the current key written by the current event (their
     /// final values are its writes).
-    touched: Vec<usize>,
-    /// Emits of the current event, framed as in the result.
-    emits: Vec<u8>,
-    /// Number of emits in `emits`.
+    touched: SmallVec<[usize; 4]>,
+    /// The result frame; the current event's entry starts at `entry`.
+    out: Vec<u8>,
+    entry: usize,
+    /// Number of emits of the current event.
     emit_count: u32,
     /// The current event used state the batch does not carry.
     stop: bool,
 }
 
 thread_local! {
-    static BATCH: RefCell<Option<Batch>> = const { RefCell::new(None) };
+    static BATCH: RefCell<Batch> = RefCell::new(Batch::default());
 }
 
 /// Whether a batch is running (state calls are served here).
 pub(crate) fn active() -> bool {
-    BATCH.with(|b| b.borrow().is_some())
+    BATCH.with(|b| b.borrow().active)
 }
 
 /// Marks the current event as needing the per-event path.
 pub(crate) fn stop() {
     BATCH.with(|b| {
-        if let Some(b) = b.borrow_mut().as_mut() {
+        let mut b = b.borrow_mut();
+        if b.active {
             b.stop = true;
         }
     })
@@ -82,37 +103,51 @@ pub(crate) fn stop_error() -> crate::Error {
 
 /// Calls `f` with the current key's value `name` (no copy in a batch).
 pub(crate) fn with_value<R>(name: &str, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
-    BATCH.with(|b| match b.borrow().as_ref() {
-        Some(b) => f(b.keys[b.current]
+    BATCH.with(|b| {
+        let b = b.borrow();
+        if !b.active {
+            drop(b);
+            return f(state::get(name).as_deref());
+        }
+        let (frame, arena) = (&b.frame[..], &b.arena[..]);
+        f(b.keys[b.current]
             .iter()
-            .find(|e| e.name.get(&b.frame) == name.as_bytes())
-            .and_then(|e| e.value.as_ref())
-            .map(|v| v.get(&b.frame))),
-        None => f(state::get(name).as_deref()),
+            .find(|e| e.name.get(frame, arena) == name.as_bytes())
+            .and_then(|e| e.value)
+            .map(|v| v.get(frame, arena)))
     })
 }
 
-fn write(name: &str, value: Option<Vec<u8>>) -> bool {
+/// Records a write of the current key's value `name` in the batch; `false`
+/// when no batch is running.
+fn write(name: &str, value: Option<&[u8]>) -> Option<bool> {
     BATCH.with(|b| {
         let mut b = b.borrow_mut();
-        let Some(b) = b.as_mut() else { return false };
-        let cur = b.current;
-        let frame = &b.frame;
-        let values = &mut b.keys[cur];
-        let value = value.map(Bytes::Owned);
+        if !b.active {
+            return None;
+        }
+        let b = &mut *b;
+        let value = value.map(|v| {
+            let at = b.arena.len() as u32;
+            b.arena.extend_from_slice(v);
+            Bytes::Arena(at, b.arena.len() as u32)
+        });
+        let (frame, arena) = (&b.frame[..], &b.arena);
+        let values = &mut b.keys[b.current];
         let (slot, existed) = match values
             .iter()
-            .position(|e| e.name.get(frame) == name.as_bytes())
+            .position(|e| e.name.get(frame, arena) == name.as_bytes())
         {
             Some(i) => {
                 let old = std::mem::replace(&mut values[i].value, value);
-                let existed = old.is_some();
                 b.undo.push((i, old, false));
-                (i, existed)
+                (i, old.is_some())
             }
             None => {
+                let at = b.arena.len() as u32;
+                b.arena.extend_from_slice(name.as_bytes());
                 values.push(Entry {
-                    name: Bytes::Owned(name.as_bytes().to_vec()),
+                    name: Bytes::Arena(at, b.arena.len() as u32),
                     value,
                 });
                 b.undo.push((values.len() - 1, None, true));
@@ -122,90 +157,93 @@ fn write(name: &str, value: Option<Vec<u8>>) -> bool {
         if !b.touched.contains(&slot) {
             b.touched.push(slot);
         }
-        existed
+        Some(existed)
     })
 }
 
 /// Sets the current key's value `name` to `value` (already encoded).
-pub(crate) fn set_owned(name: &str, value: Vec<u8>) {
-    if !active() {
-        return state::set(name, &value);
+pub(crate) fn set(name: &str, value: &[u8]) {
+    if write(name, Some(value)).is_none() {
+        state::set(name, value)
     }
-    write(name, Some(value));
 }
 
 pub(crate) fn delete(name: &str) -> bool {
-    if !active() {
-        return state::delete(name);
+    match write(name, None) {
+        Some(existed) => existed,
+        None => state::delete(name),
     }
-    write(name, None)
 }
 
-/// In a batch, serializes `value` as JSON straight into the emit buffer and
-/// returns `true`; outside one, returns `false`.
+/// In a batch, serializes `value` as JSON straight into the result frame
+/// and returns `true`; outside one, returns `false`.
 pub(crate) fn emit_json<T: serde::Serialize + ?Sized>(
     key: &str,
     value: &T,
 ) -> Result<bool, crate::Error> {
-    BATCH.with(|b| match b.borrow_mut().as_mut() {
-        Some(b) => {
-            put(&mut b.emits, key.as_bytes());
-            let at = b.emits.len();
-            b.emits.extend_from_slice(&[0; 4]);
-            serde_json::to_writer(&mut b.emits, value)
-                .map_err(|e| crate::Error::msg(format!("cannot encode emitted value: {e}")))?;
-            let len = (b.emits.len() - at - 4) as u32;
-            b.emits[at..at + 4].copy_from_slice(&len.to_le_bytes());
-            b.emit_count += 1;
-            Ok(true)
+    BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        if !b.active {
+            return Ok(false);
         }
-        None => Ok(false),
+        let mark = b.out.len();
+        put(&mut b.out, key.as_bytes());
+        let at = b.out.len();
+        b.out.extend_from_slice(&[0; 4]);
+        if let Err(e) = serde_json::to_writer(&mut b.out, value) {
+            b.out.truncate(mark);
+            return Err(crate::Error::msg(format!(
+                "cannot encode emitted value: {e}"
+            )));
+        }
+        let len = (b.out.len() - at - 4) as u32;
+        b.out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        b.emit_count += 1;
+        Ok(true)
     })
 }
 
 pub(crate) fn emit(key: &str, value: &[u8]) {
-    let buffered = BATCH.with(|b| match b.borrow_mut().as_mut() {
-        Some(b) => {
-            put(&mut b.emits, key.as_bytes());
-            put(&mut b.emits, value);
-            b.emit_count += 1;
-            true
+    let buffered = BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        if !b.active {
+            return false;
         }
-        None => false,
+        put(&mut b.out, key.as_bytes());
+        put(&mut b.out, value);
+        b.emit_count += 1;
+        true
     });
     if !buffered {
         output::emit(key, value)
     }
 }
 
-/// Reads the input frame.
+/// Reads the input frame. A malformed frame is a host bug: the SDK traps,
+/// and the host replays the batch per event.
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
         if self.0.len() < n {
-            return Err("batch frame is truncated".into());
+            panic!("batch frame is truncated");
         }
         let (h, t) = self.0.split_at(n);
         self.0 = t;
-        Ok(h)
+        h
     }
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
+    fn u8(&mut self) -> u8 {
+        self.take(1)[0]
     }
-    fn u32(&mut self) -> Result<usize, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()) as usize)
+    fn u32(&mut self) -> usize {
+        u32::from_le_bytes(self.take(4).try_into().unwrap()) as usize
     }
-    fn i64(&mut self) -> Result<i64, String> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    fn i64(&mut self) -> i64 {
+        i64::from_le_bytes(self.take(8).try_into().unwrap())
     }
-    fn bytes(&mut self) -> Result<&'a [u8], String> {
-        let n = self.u32()?;
+    fn bytes(&mut self) -> &'a [u8] {
+        let n = self.u32();
         self.take(n)
-    }
-    fn str(&mut self) -> Result<&'a str, String> {
-        std::str::from_utf8(self.bytes()?)
-            .map_err(|_| "batch frame holds a non-UTF-8 string".into())
     }
 }
 
@@ -217,8 +255,9 @@ fn put(out: &mut Vec<u8>, b: &[u8]) {
 /// Runs `handle` on every event of the frame; returns the result frame.
 pub(crate) fn run(
     frame: Vec<u8>,
-    mut handle: impl FnMut(crate::Event) -> Result<(), crate::Error>,
+    mut handle: impl FnMut(crate::Event<'_>) -> Result<(), crate::Error>,
 ) -> Vec<u8> {
+    let frame = Rc::new(frame);
     let mut r = Reader(&frame);
     // Where a slice of the frame lies in it.
     let base = frame.as_ptr() as usize;
@@ -226,123 +265,113 @@ pub(crate) fn run(
         let a = (s.as_ptr() as usize - base) as u32;
         (a, a + s.len() as u32)
     };
-    let parsed = (|| -> Result<_, String> {
-        let nkeys = r.u32()?;
-        let mut keys = Vec::with_capacity(nkeys);
-        let mut values = Vec::with_capacity(nkeys);
-        for _ in 0..nkeys {
-            let k = r.str()?;
-            keys.push(range(k.as_bytes()));
-            let n = r.u32()?;
-            let mut v = Vec::with_capacity(n);
-            for _ in 0..n {
-                let (n0, n1) = range(r.str()?.as_bytes());
-                let (v0, v1) = range(r.bytes()?);
-                v.push(Entry {
+    let nkeys = r.u32();
+    let mut keys: Vec<&str> = Vec::with_capacity(nkeys);
+    BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        let b = &mut *b;
+        b.active = true;
+        b.frame = frame.clone();
+        b.arena.clear();
+        b.out = Vec::with_capacity(frame.len());
+        if b.keys.len() < nkeys {
+            b.keys.resize_with(nkeys, Values::new);
+        }
+        for values in &mut b.keys[..nkeys] {
+            let k = std::str::from_utf8(r.bytes())
+                .unwrap_or_else(|_| panic!("batch frame holds a non-UTF-8 key"));
+            keys.push(k);
+            values.clear();
+            for _ in 0..r.u32() {
+                let (n0, n1) = range(r.bytes());
+                let (v0, v1) = range(r.bytes());
+                values.push(Entry {
                     name: Bytes::Frame(n0, n1),
                     value: Some(Bytes::Frame(v0, v1)),
                 });
             }
-            values.push(v);
         }
-        Ok((keys, values))
-    })();
-    // A malformed frame is a host bug: trap, so the host replays per event.
-    let (keys, values) = parsed.unwrap_or_else(|e| panic!("{e}"));
-    let nevents = r.u32().unwrap_or_else(|e| panic!("{e}"));
-    let mut pos = frame.len() - r.0.len();
-    let mut out = Vec::with_capacity(frame.len());
-    BATCH.with(|b| {
-        *b.borrow_mut() = Some(Batch {
-            frame,
-            keys: values,
-            current: 0,
-            undo: Vec::new(),
-            touched: Vec::new(),
-            emits: Vec::new(),
-            emit_count: 0,
-            stop: false,
-        })
     });
+    let nevents = r.u32();
     for _ in 0..nevents {
-        let event = BATCH.with(|b| {
+        let k = r.u32();
+        let time = if r.u8() == 1 { Some(r.i64()) } else { None };
+        let value = r.bytes();
+        let key = *keys
+            .get(k)
+            .unwrap_or_else(|| panic!("batch frame: key index {k} out of range"));
+        BATCH.with(|b| {
             let mut b = b.borrow_mut();
-            let b = b.as_mut().unwrap();
-            let mut r = Reader(&b.frame[pos..]);
-            let (k, time, value) = (|| -> Result<_, String> {
-                let k = r.u32()?;
-                let time = if r.u8()? == 1 { Some(r.i64()?) } else { None };
-                Ok((k, time, r.bytes()?))
-            })()
-            .unwrap_or_else(|e| panic!("{e}"));
-            let &(k0, k1) = keys
-                .get(k)
-                .unwrap_or_else(|| panic!("batch frame: key index {k} out of range"));
-            // Keys were checked to be UTF-8 when the frame was read.
-            let key = String::from_utf8(b.frame[k0 as usize..k1 as usize].to_vec())
-                .expect("checked above");
-            let value = value.to_vec();
-            pos = b.frame.len() - r.0.len();
             b.current = k;
-            crate::Event { key, value, time }
+            // The entry: status and emit count, patched when it ends.
+            b.entry = b.out.len();
+            b.out.extend_from_slice(&[0; 5]);
         });
-        let result = handle(event);
+        let result = handle(crate::Event { key, value, time });
         let stopped = BATCH.with(|b| {
             let mut b = b.borrow_mut();
-            let b = b.as_mut().unwrap();
+            let b = &mut *b;
             let ok = result.is_ok() && !b.stop;
             if !ok {
                 // Undo this event's writes to the batch's view of the key.
-                let cur = b.current;
+                let values = &mut b.keys[b.current];
                 while let Some((i, old, added)) = b.undo.pop() {
                     if added {
-                        b.keys[cur].remove(i);
+                        values.remove(i);
                     } else {
-                        b.keys[cur][i].value = old;
+                        values[i].value = old;
                     }
                 }
+                b.out.truncate(b.entry);
             }
             b.undo.clear();
+            let emits = std::mem::take(&mut b.emit_count);
+            let touched = std::mem::take(&mut b.touched);
             if b.stop {
-                out.push(2);
+                b.out.push(2);
                 return true;
             }
             match &result {
                 Ok(()) => {
-                    out.push(0);
-                    out.extend_from_slice(&(b.touched.len() as u32).to_le_bytes());
+                    let at = b.entry + 1;
+                    b.out[at..at + 4].copy_from_slice(&emits.to_le_bytes());
+                    b.out
+                        .extend_from_slice(&(touched.len() as u32).to_le_bytes());
+                    let (frame, arena) = (&b.frame[..], &b.arena[..]);
                     let values = &b.keys[b.current];
-                    for &i in &b.touched {
+                    for &i in &touched {
                         let e = &values[i];
-                        match &e.value {
+                        match e.value {
                             Some(v) => {
-                                out.push(0);
-                                put(&mut out, e.name.get(&b.frame));
-                                put(&mut out, v.get(&b.frame));
+                                b.out.push(0);
+                                put(&mut b.out, e.name.get(frame, arena));
+                                put(&mut b.out, v.get(frame, arena));
                             }
                             None => {
-                                out.push(1);
-                                put(&mut out, e.name.get(&b.frame));
+                                b.out.push(1);
+                                put(&mut b.out, e.name.get(frame, arena));
                             }
                         }
                     }
-                    out.extend_from_slice(&b.emit_count.to_le_bytes());
-                    out.extend_from_slice(&b.emits);
                 }
                 Err(e) => {
-                    out.push(1);
-                    put(&mut out, e.message().as_bytes());
+                    b.out.push(1);
+                    put(&mut b.out, e.message().as_bytes());
                 }
             }
+            b.touched = touched;
             b.touched.clear();
-            b.emits.clear();
-            b.emit_count = 0;
             false
         });
         if stopped {
             break;
         }
     }
-    BATCH.with(|b| *b.borrow_mut() = None);
-    out
+    BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        b.active = false;
+        b.stop = false;
+        b.frame = Rc::default();
+        std::mem::take(&mut b.out)
+    })
 }

@@ -56,14 +56,14 @@
 //!         Ok(Counter { field })
 //!     }
 //!
-//!     fn handle(&mut self, event: Event) -> Result<(), Error> {
+//!     fn handle(&mut self, event: Event<'_>) -> Result<(), Error> {
 //!         let payload: serde_json::Value = event.json()?;
 //!         let amount = payload.get(&self.field).and_then(|v| v.as_f64()).unwrap_or(0.0);
 //!         let count = COUNT.get()?.unwrap_or(0) + 1;
 //!         let sum = SUM.get()?.unwrap_or(0.0) + amount;
 //!         COUNT.set(&count)?;
 //!         SUM.set(&sum)?;
-//!         emit(&event.key, &Out { count, sum })
+//!         emit(event.key, &Out { count, sum })
 //!     }
 //! }
 //!
@@ -149,7 +149,7 @@ pub trait Operator: Sized + 'static {
     fn init(config: Config) -> Result<Self, Error>;
 
     /// Handles one event. State handles act on `event.key`.
-    fn handle(&mut self, event: Event) -> Result<(), Error>;
+    fn handle(&mut self, event: Event<'_>) -> Result<(), Error>;
 
     /// Upgrades the current key's state after a hot swap, before this
     /// version handles the key's first event. `previous` is the content hash
@@ -169,28 +169,29 @@ pub trait Operator: Sized + 'static {
     }
 }
 
-/// The event being handled.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
+/// The event being handled, borrowed from the host's batch for the length
+/// of [`Operator::handle`] (copy what you keep: `event.key.to_string()`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Event<'a> {
     /// The routing key; state calls act on this key.
-    pub key: String,
+    pub key: &'a str,
     /// The payload: the input line (JSON) or what the previous operator
     /// emitted.
-    pub value: Vec<u8>,
+    pub value: &'a [u8],
     /// Event time from the pipeline's time field, when it has one.
     pub time: Option<i64>,
 }
 
-impl Event {
+impl Event<'_> {
     /// Parses the payload as JSON into `T`.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_slice(&self.value)
+        serde_json::from_slice(self.value)
             .map_err(|e| Error(format!("payload is not the expected JSON: {e}")))
     }
 
     /// The payload as UTF-8 text.
     pub fn text(&self) -> Result<&str, Error> {
-        std::str::from_utf8(&self.value).map_err(|e| Error(format!("payload is not UTF-8: {e}")))
+        std::str::from_utf8(self.value).map_err(|e| Error(format!("payload is not UTF-8: {e}")))
     }
 }
 
@@ -279,7 +280,7 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
 
     /// Stores `value` for the current key.
     pub fn set(&self, value: &T) -> Result<(), Error> {
-        batch::set_owned(self.name, encode(self.name, value)?);
+        batch::set(self.name, &encode(self.name, value)?);
         Ok(())
     }
 
@@ -287,8 +288,8 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
     /// it (`serde_json::to_vec(&value)`), e.g. to emit the same bytes with
     /// [`emit_raw`] without encoding the value twice. The bytes are stored
     /// as given.
-    pub fn set_json(&self, json: Vec<u8>) {
-        batch::set_owned(self.name, json);
+    pub fn set_json(&self, json: &[u8]) {
+        batch::set(self.name, json);
     }
 
     /// Removes the value; returns whether there was one.
@@ -544,8 +545,8 @@ pub mod __private {
                 .as_mut()
                 .ok_or_else(|| "handle called before init".to_string())?;
             op.handle(Event {
-                key: event.key,
-                value: event.value,
+                key: &event.key,
+                value: &event.value,
                 time: event.time,
             })
             .map_err(|e| e.0)

@@ -16,6 +16,8 @@ const TOTALS: Value<Totals> = Value::new("totals");
 
 struct Counter {
     field: String,
+    /// The encoded totals, reused from event to event.
+    json: Vec<u8>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -29,13 +31,16 @@ impl Operator for Counter {
         let field = config
             .get::<String>("field")?
             .unwrap_or_else(|| "amount".to_string());
-        Ok(Counter { field })
+        Ok(Counter {
+            field,
+            json: Vec::with_capacity(64),
+        })
     }
 
     fn handle(&mut self, event: Event) -> Result<(), Error> {
-        let amount = match fast::number_field(&event.value, self.field.as_bytes()) {
+        let amount = match fast::number_field(event.value, self.field.as_bytes()) {
             Some(v) => v,
-            None => number_field(&event.value, &self.field)?,
+            None => number_field(event.value, &self.field)?,
         };
         let mut t = match TOTALS.with_json(fast::totals) {
             Some(Some(t)) => t,
@@ -46,9 +51,9 @@ impl Operator for Counter {
         t.count += 1;
         t.sum += amount;
         // One encoding for both the state and the emitted event.
-        let json = fast::encode(&t);
-        emit_raw(&event.key, &json);
-        TOTALS.set_json(json);
+        fast::encode(&t, &mut self.json);
+        emit_raw(event.key, &self.json);
+        TOTALS.set_json(&self.json);
         Ok(())
     }
 }
@@ -316,9 +321,10 @@ mod fast {
         Some(Totals { count, sum })
     }
 
-    /// The totals as JSON, byte for byte what serde_json writes.
-    pub fn encode(t: &Totals) -> Vec<u8> {
-        let mut out = Vec::with_capacity(48);
+    /// The totals as JSON, byte for byte what serde_json writes, into `out`
+    /// (cleared first).
+    pub fn encode(t: &Totals, out: &mut Vec<u8>) {
+        out.clear();
         out.extend_from_slice(b"{\"count\":");
         let mut digits = [0u8; 20];
         let mut n = t.count;
@@ -333,8 +339,7 @@ mod fast {
         }
         out.extend_from_slice(&digits[at..]);
         out.extend_from_slice(b",\"sum\":");
-        serde_json::to_writer(&mut out, &t.sum).expect("writing to a Vec");
+        serde_json::to_writer(&mut *out, &t.sum).expect("writing to a Vec");
         out.push(b'}');
-        out
     }
 }

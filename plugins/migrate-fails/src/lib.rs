@@ -16,7 +16,9 @@ impl Operator for MigrateFails {
     }
 
     fn handle(&mut self, _event: Event) -> Result<(), Error> {
-        Err(Error::msg("this version never handles an event in the tests"))
+        Err(Error::msg(
+            "this version never handles an event in the tests",
+        ))
     }
 }
 

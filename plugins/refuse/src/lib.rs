@@ -7,7 +7,9 @@ struct Refuse;
 
 impl Operator for Refuse {
     fn init(_config: Config) -> Result<Self, Error> {
-        Err(Error::msg("this version refuses to start: no database url configured"))
+        Err(Error::msg(
+            "this version refuses to start: no database url configured",
+        ))
     }
 
     fn handle(&mut self, _event: Event) -> Result<(), Error> {
