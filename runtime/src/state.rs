@@ -27,15 +27,36 @@ pub type Name = u32;
 pub type Bytes = SmallVec<[u8; 32]>;
 
 /// The state of one key for one operator.
-#[derive(Debug, Default, Clone, PartialEq)]
+///
+/// Kept small (the host caches one per key, and a batch touches hundreds
+/// of them): one single value inline, maps and lists behind one pointer.
+#[derive(Debug, Default, Clone)]
 pub struct Entity {
     /// Single values by name; a handful per operator, so a vector scanned
     /// linearly beats a hash map.
-    values: SmallVec<[(Name, Bytes); 2]>,
+    values: SmallVec<[(Name, Bytes); 1]>,
+    /// Maps and lists, when the key has any.
+    extra: Option<Box<Extra>>,
+}
+
+/// The maps and lists of an [`Entity`].
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Extra {
     /// Maps by name; fields kept sorted so `map-entries` is ordered.
     maps: Vec<(Name, BTreeMap<String, Vec<u8>>)>,
     /// Lists by name, oldest item first; a deque so trimming is cheap.
     lists: Vec<(Name, VecDeque<Vec<u8>>)>,
+}
+
+static NO_EXTRA: Extra = Extra {
+    maps: Vec::new(),
+    lists: Vec::new(),
+};
+
+impl PartialEq for Entity {
+    fn eq(&self, other: &Entity) -> bool {
+        self.values == other.values && self.x() == other.x()
+    }
 }
 
 /// One step of the undo journal: how to reverse one mutation.
@@ -91,9 +112,19 @@ fn find<T>(v: &[(Name, T)], name: Name) -> Option<usize> {
 }
 
 impl Entity {
+    /// The maps and lists (empty when none).
+    fn x(&self) -> &Extra {
+        self.extra.as_deref().unwrap_or(&NO_EXTRA)
+    }
+
+    /// The maps and lists, made on first use.
+    fn x_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
     /// Whether the key has no state at all (its record can be deleted).
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty() && self.maps.is_empty() && self.lists.is_empty()
+        self.values.is_empty() && self.x().maps.is_empty() && self.x().lists.is_empty()
     }
 
     /// Every single value, with its name.
@@ -136,31 +167,32 @@ impl Entity {
 
     /// The map named `name`.
     pub fn map(&self, name: Name) -> Option<&BTreeMap<String, Vec<u8>>> {
-        find(&self.maps, name).map(|i| &self.maps[i].1)
+        find(&self.x().maps, name).map(|i| &self.x().maps[i].1)
     }
 
     /// Sets `field` of map `name`.
     pub fn map_set(&mut self, name: Name, field: String, value: Vec<u8>, undo: &mut Vec<Undo>) {
-        let idx = match find(&self.maps, name) {
+        let maps = &mut self.x_mut().maps;
+        let idx = match find(maps, name) {
             Some(idx) => idx,
             None => {
-                self.maps.push((name, BTreeMap::new()));
+                maps.push((name, BTreeMap::new()));
                 undo.push(Undo::MapCreated {
-                    idx: self.maps.len() - 1,
+                    idx: maps.len() - 1,
                 });
-                self.maps.len() - 1
+                maps.len() - 1
             }
         };
-        let old = self.maps[idx].1.insert(field.clone(), value);
+        let old = maps[idx].1.insert(field.clone(), value);
         undo.push(Undo::MapFieldSet { idx, field, old });
     }
 
     /// Removes `field` of map `name`; whether it existed.
     pub fn map_delete(&mut self, name: Name, field: &str, undo: &mut Vec<Undo>) -> bool {
-        let Some(idx) = find(&self.maps, name) else {
+        let Some(idx) = find(&self.x().maps, name) else {
             return false;
         };
-        match self.maps[idx].1.remove_entry(field) {
+        match self.x_mut().maps[idx].1.remove_entry(field) {
             Some((field, old)) => {
                 undo.push(Undo::MapFieldRemoved { idx, field, old });
                 true
@@ -171,32 +203,33 @@ impl Entity {
 
     /// The list named `name`.
     pub fn list(&self, name: Name) -> Option<&VecDeque<Vec<u8>>> {
-        find(&self.lists, name).map(|i| &self.lists[i].1)
+        find(&self.x().lists, name).map(|i| &self.x().lists[i].1)
     }
 
     /// Appends to list `name`; returns the new length.
     pub fn list_push(&mut self, name: Name, item: Vec<u8>, undo: &mut Vec<Undo>) -> usize {
-        let idx = match find(&self.lists, name) {
+        let lists = &mut self.x_mut().lists;
+        let idx = match find(lists, name) {
             Some(idx) => idx,
             None => {
-                self.lists.push((name, VecDeque::new()));
+                lists.push((name, VecDeque::new()));
                 undo.push(Undo::ListCreated {
-                    idx: self.lists.len() - 1,
+                    idx: lists.len() - 1,
                 });
-                self.lists.len() - 1
+                lists.len() - 1
             }
         };
-        self.lists[idx].1.push_back(item);
+        lists[idx].1.push_back(item);
         undo.push(Undo::ListPushed { idx });
-        self.lists[idx].1.len()
+        lists[idx].1.len()
     }
 
     /// Keeps the newest `keep` items of list `name`; returns how many went.
     pub fn list_trim(&mut self, name: Name, keep: usize, undo: &mut Vec<Undo>) -> usize {
-        let Some(idx) = find(&self.lists, name) else {
+        let Some(idx) = find(&self.x().lists, name) else {
             return 0;
         };
-        let list = &mut self.lists[idx].1;
+        let list = &mut self.x_mut().lists[idx].1;
         let n = list.len().saturating_sub(keep);
         if n == 0 {
             return 0;
@@ -224,26 +257,26 @@ impl Entity {
                 }
                 Undo::ValueRemoved { idx, name, old } => self.values.insert(idx, (name, old)),
                 Undo::MapCreated { idx } => {
-                    self.maps.remove(idx);
+                    self.x_mut().maps.remove(idx);
                 }
                 Undo::MapFieldSet { idx, field, old } => {
-                    let map = &mut self.maps[idx].1;
+                    let map = &mut self.x_mut().maps[idx].1;
                     match old {
                         Some(old) => map.insert(field, old),
                         None => map.remove(&field),
                     };
                 }
                 Undo::MapFieldRemoved { idx, field, old } => {
-                    self.maps[idx].1.insert(field, old);
+                    self.x_mut().maps[idx].1.insert(field, old);
                 }
                 Undo::ListCreated { idx } => {
-                    self.lists.remove(idx);
+                    self.x_mut().lists.remove(idx);
                 }
                 Undo::ListPushed { idx } => {
-                    self.lists[idx].1.pop_back();
+                    self.x_mut().lists[idx].1.pop_back();
                 }
                 Undo::ListTrimmed { idx, dropped } => {
-                    let list = &mut self.lists[idx].1;
+                    let list = &mut self.x_mut().lists[idx].1;
                     for item in dropped.into_iter().rev() {
                         list.push_front(item);
                     }
@@ -277,8 +310,9 @@ impl Entity {
             bytes(out, name(n));
             bytes(out, v);
         }
-        out.extend_from_slice(&(self.maps.len() as u32).to_le_bytes());
-        for (n, m) in &self.maps {
+        let x = self.x();
+        out.extend_from_slice(&(x.maps.len() as u32).to_le_bytes());
+        for (n, m) in &x.maps {
             bytes(out, name(n));
             out.extend_from_slice(&(m.len() as u32).to_le_bytes());
             for (f, v) in m {
@@ -286,8 +320,8 @@ impl Entity {
                 bytes(out, v);
             }
         }
-        out.extend_from_slice(&(self.lists.len() as u32).to_le_bytes());
-        for (n, l) in &self.lists {
+        out.extend_from_slice(&(x.lists.len() as u32).to_le_bytes());
+        for (n, l) in &x.lists {
             bytes(out, name(n));
             out.extend_from_slice(&(l.len() as u32).to_le_bytes());
             for v in l {
@@ -345,7 +379,7 @@ impl Entity {
                 let f = string(&mut input)?;
                 m.insert(f, bytes(&mut input)?);
             }
-            e.maps.push((name, m));
+            e.x_mut().maps.push((name, m));
         }
         for _ in 0..u32_(&mut input)? {
             let name = intern(&string(&mut input)?);
@@ -354,7 +388,7 @@ impl Entity {
             for _ in 0..n {
                 l.push_back(bytes(&mut input)?);
             }
-            e.lists.push((name, l));
+            e.x_mut().lists.push((name, l));
         }
         if !input.is_empty() {
             return Err(CorruptRecord("trailing bytes after the record"));
