@@ -195,7 +195,7 @@ mod fast {
 
     /// A JSON number token at `i`: its text, whether it is an integer,
     /// and the index after it.
-    fn number(b: &[u8], mut i: usize) -> Option<(&str, bool, usize)> {
+    fn number(b: &[u8], mut i: usize) -> Option<(&[u8], bool, usize)> {
         let start = i;
         let digits = |i: &mut usize| {
             let s = *i;
@@ -230,21 +230,58 @@ mod fast {
                 return None;
             }
         }
-        Some((std::str::from_utf8(&b[start..i]).ok()?, integer, i))
+        Some((&b[start..i], integer, i))
+    }
+
+    /// Digits as an unsigned integer; `None` past 18 digits.
+    fn digits_u64(d: &[u8]) -> Option<u64> {
+        if d.is_empty() || d.len() > 18 {
+            return None;
+        }
+        Some(d.iter().fold(0, |n, &c| n * 10 + (c - b'0') as u64))
     }
 
     /// A number as serde_json reads it into `f64` (integers through
     /// `u64`/`i64`, others correctly rounded); `None` for the edge cases.
-    fn to_f64(text: &str, integer: bool) -> Option<f64> {
+    fn to_f64(text: &[u8], integer: bool) -> Option<f64> {
+        let (negative, body) = match text.strip_prefix(b"-") {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
         if integer {
-            if text.len() > 18 || text == "-0" {
-                return None;
+            let n = digits_u64(body)? as f64;
+            if negative && n == 0.0 {
+                return None; // "-0": serde_json's own rules
             }
-            return Some(text.parse::<i64>().ok()? as f64);
+            return Some(if negative { -n } else { n });
+        }
+        // A plain decimal `int.frac` of at most 15 significant digits is
+        // m / 10^k with m and 10^k exact in f64, so one division is
+        // correctly rounded (Clinger's fast path): the value the full
+        // parser gives.
+        if let Some(dot) = body.iter().position(|&c| c == b'.') {
+            let (int, frac) = (&body[..dot], &body[dot + 1..]);
+            if int.len() + frac.len() <= 15 && frac.iter().all(u8::is_ascii_digit) {
+                let m = int
+                    .iter()
+                    .chain(frac)
+                    .fold(0u64, |n, &c| n * 10 + (c - b'0') as u64);
+                let v = m as f64 / POW10[frac.len()];
+                return Some(if negative { -v } else { v });
+            }
         }
         // serde_json refuses numbers out of range.
-        text.parse::<f64>().ok().filter(|v| v.is_finite())
+        std::str::from_utf8(text)
+            .ok()?
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
     }
+
+    /// Powers of ten exact in `f64`.
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
 
     /// `field` of a flat JSON object (0 when missing or not a number).
     pub fn number_field(b: &[u8], field: &[u8]) -> Option<f64> {
@@ -308,26 +345,21 @@ mod fast {
     pub fn totals(b: &[u8]) -> Option<Totals> {
         let rest = b.strip_prefix(b"{\"count\":")?;
         let (count, integer, i) = number(rest, 0)?;
-        if !integer || count.starts_with('-') || count.len() > 20 {
+        if !integer || count.starts_with(b"-") {
             return None;
         }
-        let count = count.parse::<u64>().ok()?;
+        let count = digits_u64(count)?;
         let rest = rest[i..].strip_prefix(b",\"sum\":")?;
         let (sum, _, i) = number(rest, 0)?;
         if &rest[i..] != b"}" {
             return None;
         }
-        let sum = sum.parse::<f64>().ok().filter(|v| v.is_finite())?;
+        let sum = to_f64(sum, false)?;
         Some(Totals { count, sum })
     }
 
-    /// The totals as JSON, byte for byte what serde_json writes, into `out`
-    /// (cleared first).
-    pub fn encode(t: &Totals, out: &mut Vec<u8>) {
-        out.clear();
-        out.extend_from_slice(b"{\"count\":");
+    fn write_u64(out: &mut Vec<u8>, mut n: u64) {
         let mut digits = [0u8; 20];
-        let mut n = t.count;
         let mut at = digits.len();
         loop {
             at -= 1;
@@ -338,8 +370,26 @@ mod fast {
             }
         }
         out.extend_from_slice(&digits[at..]);
+    }
+
+    /// The totals as JSON, byte for byte what serde_json writes, into `out`
+    /// (cleared first).
+    pub fn encode(t: &Totals, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(b"{\"count\":");
+        write_u64(out, t.count);
         out.extend_from_slice(b",\"sum\":");
-        serde_json::to_writer(&mut *out, &t.sum).expect("writing to a Vec");
+        // A whole number below 10^15 is written `123.0` by serde_json;
+        // anything else goes through it.
+        if t.sum.fract() == 0.0 && t.sum.abs() < 1e15 && t.sum != 0.0 {
+            if t.sum < 0.0 {
+                out.push(b'-');
+            }
+            write_u64(out, t.sum.abs() as u64);
+            out.extend_from_slice(b".0");
+        } else {
+            serde_json::to_writer(&mut *out, &t.sum).expect("writing to a Vec");
+        }
         out.push(b'}');
     }
 }

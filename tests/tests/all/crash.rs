@@ -10,7 +10,9 @@ use crate::util::*;
 #[test]
 fn sigkill_at_random_moments_then_restart_gives_exact_state() {
     let dir = tempfile::tempdir().unwrap();
-    let (events, text) = counter_events(1_000_000, 5_000, 17);
+    // Large enough that the runs below are mostly killed mid-stream (the
+    // pipeline does over 1M events/s end to end).
+    let (events, text) = counter_events(4_000_000, 5_000, 17);
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, &text).unwrap();
     let plugin = format!("counter={}", eddy_tests::COUNTER);
