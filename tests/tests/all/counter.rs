@@ -57,3 +57,92 @@ fn worker_count_does_not_change_results() {
         assert_counter_state(&p.state_dir, &expected);
     }
 }
+
+/// Amounts of every shape (decimals, exponents, negatives, huge, tiny,
+/// strings, missing): each output line is byte for byte what serde_json
+/// makes of the running totals, so the counter's own fast number reading
+/// and writing agree exactly with serde_json.
+#[test]
+fn counter_numbers_are_exactly_serde_json() {
+    let amounts = [
+        "17",
+        "0.1",
+        "0.2",
+        "12.34",
+        "-5",
+        "-0.75",
+        "1e3",
+        "2.5e-3",
+        "1E2",
+        "0",
+        "999999999999999",
+        "0.000001",
+        "123456789.123456",
+        "1e15",
+        "9e15",
+        "-1e16",
+        "3.14159265358979",
+        "\"7\"",
+        "null",
+        "true",
+        "-0",
+        "0.30000000000000004",
+        "1.5",
+        "100",
+        "1e-7",
+        "65536.125",
+    ];
+    let mut rng = Rng(99);
+    let mut text = String::new();
+    let mut expected = Vec::new();
+    let mut totals: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    for i in 0..20_000 {
+        let key = format!("k{}", rng.next() % 37);
+        let a = amounts[rng.next() as usize % amounts.len()];
+        // Some events lack the field, some carry it among other fields.
+        let line = match i % 3 {
+            0 => format!("{{\"key\":\"{key}\",\"amount\":{a}}}"),
+            1 => format!("{{\"note\":\"x y\",\"amount\": {a} ,\"key\":\"{key}\"}}"),
+            _ => format!("{{\"key\":\"{key}\",\"other\":{a}}}"),
+        };
+        let payload: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let add = payload
+            .get("amount")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0);
+        let t = totals.entry(key.clone()).or_insert((0, 0.0));
+        t.0 += 1;
+        t.1 += add;
+        expected.push(format!(
+            "{{\"key\":{},\"value\":{{\"count\":{},\"sum\":{}}}}}",
+            serde_json::to_string(&key).unwrap(),
+            t.0,
+            serde_json::to_string(&t.1).unwrap()
+        ));
+        text += &line;
+        text.push('\n');
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, text).unwrap();
+    let p = pipeline(dir.path(), &input, &[("counter", eddy_tests::COUNTER)], 2);
+    let s = run(&p);
+    assert_eq!(s.operators[0].failed, 0);
+    let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    // Workers interleave keys; per key the order is the input's.
+    let mut got: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        got.entry(v["key"].as_str().unwrap().to_string())
+            .or_default()
+            .push(line);
+    }
+    let mut want: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for line in &expected {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        want.entry(v["key"].as_str().unwrap().to_string())
+            .or_default()
+            .push(line);
+    }
+    assert_eq!(got, want);
+}
