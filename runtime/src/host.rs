@@ -108,6 +108,9 @@ pub struct OpCtx {
     generation: u32,
     /// A `migrate` call is running: emits are refused.
     migrating: bool,
+    /// Some cached key may carry another generation than the running one
+    /// (so may need migrating); while false, no slot is looked at for it.
+    maybe_stale: bool,
 }
 
 impl OpCtx {
@@ -127,6 +130,7 @@ impl OpCtx {
             limits,
             generation: 0,
             migrating: false,
+            maybe_stale: false,
         }
     }
 
@@ -137,6 +141,9 @@ impl OpCtx {
 
     /// Sets the generation of the running version (at start and at a swap).
     pub fn set_generation(&mut self, generation: u32) {
+        if generation != self.generation && !self.slots.is_empty() {
+            self.maybe_stale = true;
+        }
         self.generation = generation;
     }
 
@@ -145,6 +152,9 @@ impl OpCtx {
     /// migrated before this version handles it.
     pub fn stale(&mut self, key: &str) -> Result<Option<u32>, StoreError> {
         let i = self.load(key)?;
+        if !self.maybe_stale {
+            return Ok(None);
+        }
         let slot = &self.slots[i as usize];
         Ok(
             (slot.generation != self.generation && !slot.entity.is_empty())
@@ -155,6 +165,9 @@ impl OpCtx {
     /// Whether the key in cache slot `slot` must be migrated (see
     /// [`OpCtx::stale`]).
     pub fn slot_stale(&self, slot: u32) -> bool {
+        if !self.maybe_stale {
+            return false;
+        }
         let slot = &self.slots[slot as usize];
         slot.generation != self.generation && !slot.entity.is_empty()
     }
@@ -243,6 +256,9 @@ impl OpCtx {
             },
             None => (Entity::default(), self.generation),
         };
+        if generation != self.generation {
+            self.maybe_stale = true;
+        }
         let i = self.slots.len() as u32;
         self.slots.push(Slot {
             key: CompactString::from(key),

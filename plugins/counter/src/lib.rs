@@ -248,27 +248,38 @@ mod fast {
             Some(rest) => (true, rest),
             None => (false, text),
         };
-        if integer {
-            let n = digits_u64(body)? as f64;
-            if negative && n == 0.0 {
+        // One pass: the digits as an integer `m`, and where the dot is.
+        let mut m = 0u64;
+        let mut digits = 0;
+        let mut dot = None;
+        for (j, &c) in body.iter().enumerate() {
+            if c.is_ascii_digit() {
+                m = m.wrapping_mul(10).wrapping_add((c - b'0') as u64);
+                digits += 1;
+            } else if c == b'.' {
+                dot = Some(j);
+            } else {
+                digits = usize::MAX; // an exponent: the full parser
+                break;
+            }
+        }
+        if integer && digits <= 18 {
+            if negative && m == 0 {
                 return None; // "-0": serde_json's own rules
             }
+            let n = m as f64;
             return Some(if negative { -n } else { n });
         }
         // A plain decimal `int.frac` of at most 15 significant digits is
         // m / 10^k with m and 10^k exact in f64, so one division is
         // correctly rounded (Clinger's fast path): the value the full
         // parser gives.
-        if let Some(dot) = body.iter().position(|&c| c == b'.') {
-            let (int, frac) = (&body[..dot], &body[dot + 1..]);
-            if int.len() + frac.len() <= 15 && frac.iter().all(u8::is_ascii_digit) {
-                let m = int
-                    .iter()
-                    .chain(frac)
-                    .fold(0u64, |n, &c| n * 10 + (c - b'0') as u64);
-                let v = m as f64 / POW10[frac.len()];
-                return Some(if negative { -v } else { v });
-            }
+        if let (Some(dot), true) = (dot, digits <= 15) {
+            let v = m as f64 / POW10[body.len() - dot - 1];
+            return Some(if negative { -v } else { v });
+        }
+        if integer {
+            return None;
         }
         // serde_json refuses numbers out of range.
         std::str::from_utf8(text)
