@@ -14,7 +14,6 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use compact_str::CompactString;
-use smallvec::SmallVec;
 
 use crate::state::{Entity, Name, Undo};
 use crate::store::{Reader, StateWrite, StoreError};
@@ -71,12 +70,62 @@ struct Slot {
     dirty: bool,
 }
 
-/// An event emitted by an operator: routed to the next operator or the sink.
-/// Short keys and payloads are stored inline (no allocation per emit).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Emitted {
-    pub key: CompactString,
-    pub value: SmallVec<[u8; 48]>,
+/// What an operator emitted while handling one event, in order: keys
+/// inline (short ones need no allocation), payloads in one buffer, both
+/// reused from event to event.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Emits {
+    /// Key and payload range in `data`, per emitted event.
+    items: Vec<(CompactString, u32, u32)>,
+    data: Vec<u8>,
+}
+
+impl Emits {
+    /// Adds an event emitted with `key` and payload `value`.
+    pub fn push(&mut self, key: &str, value: &[u8]) {
+        self.push_key(CompactString::from(key), value)
+    }
+
+    fn push_key(&mut self, key: CompactString, value: &[u8]) {
+        let at = self.data.len() as u32;
+        self.data.extend_from_slice(value);
+        self.items.push((key, at, self.data.len() as u32));
+    }
+
+    /// Number of emitted events.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether nothing was emitted.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The emitted events: key and payload, in emit order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &[u8])> + '_ {
+        self.items
+            .iter()
+            .map(|(k, a, b)| (k.as_str(), &self.data[*a as usize..*b as usize]))
+    }
+
+    /// Forgets every event (keeps the buffers).
+    pub fn clear(&mut self) {
+        self.items.clear();
+        self.data.clear();
+    }
+
+    /// Moves the events of `other` after these.
+    pub fn append(&mut self, other: &mut Emits) {
+        if self.is_empty() {
+            std::mem::swap(self, other);
+            return;
+        }
+        for (k, v) in other.iter() {
+            self.push(k, v);
+        }
+        other.clear();
+    }
 }
 
 /// Host context of one operator on one worker.
@@ -101,7 +150,7 @@ pub struct OpCtx {
     /// Undo journal of the current event.
     undo: Vec<Undo>,
     /// Emits of the current event.
-    emits: Vec<Emitted>,
+    emits: Emits,
     limits: Limits,
     /// Generation of the operator version running now (0 for the first;
     /// each hot swap or rollback takes the next).
@@ -126,7 +175,7 @@ impl OpCtx {
             reader,
             current: None,
             undo: Vec::new(),
-            emits: Vec::new(),
+            emits: Emits::default(),
             limits,
             generation: 0,
             migrating: false,
@@ -327,7 +376,7 @@ impl OpCtx {
 
     /// Ends the current event. With `ok`, its writes stay and its emits are
     /// appended to `out`; otherwise both are discarded.
-    pub fn finish(&mut self, ok: bool, out: &mut Vec<Emitted>) {
+    pub fn finish(&mut self, ok: bool, out: &mut Emits) {
         let Some(i) = self.current.take() else { return };
         let slot = &mut self.slots[i as usize];
         if ok {
@@ -438,7 +487,7 @@ impl OpCtx {
         let i = self.current.ok_or(HostError::NoKey)?;
         let current = &self.slots[i as usize].key;
         let key = if key == current.as_bytes() {
-            CompactString::from(current.as_str())
+            current.clone()
         } else {
             CompactString::from(
                 std::str::from_utf8(key).map_err(|_| HostError::NotUtf8("emitted key"))?,
@@ -453,10 +502,7 @@ impl OpCtx {
                 limit: self.limits.max_emit,
             });
         }
-        self.emits.push(Emitted {
-            key,
-            value: SmallVec::from_slice(value),
-        });
+        self.emits.push_key(key, value);
         Ok(())
     }
 
@@ -555,10 +601,7 @@ impl OpCtx {
                 limit: self.limits.max_emit,
             });
         }
-        self.emits.push(Emitted {
-            key: CompactString::from(key),
-            value: SmallVec::from_slice(value),
-        });
+        self.emits.push(key, value);
         Ok(())
     }
 }
@@ -707,7 +750,7 @@ mod tests {
     #[test]
     fn failed_event_leaves_no_trace_and_ok_event_is_dirty() {
         let mut ctx = OpCtx::new("op".into(), None, Limits::default());
-        let mut out = Vec::new();
+        let mut out = Emits::default();
         ctx.begin("k").unwrap();
         ctx.set("n", b"1").unwrap();
         ctx.emit("k", b"1").unwrap();

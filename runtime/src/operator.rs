@@ -4,12 +4,12 @@
 
 use thiserror::Error;
 
-use crate::host::{Emitted, OpCtx};
+use crate::host::{Emits, OpCtx};
 use crate::store::StoreError;
 
 /// Called by [`Operator::handle_many`] as each event completes: its index,
 /// its outcome, and what it emitted (to be drained).
-pub type Done<'a> = dyn FnMut(usize, Result<(), HandleError>, &mut Vec<Emitted>) + 'a;
+pub type Done<'a> = dyn FnMut(usize, Result<(), HandleError>, &mut Emits) + 'a;
 
 /// An event as handed to an operator (borrowed from the worker's batch).
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +74,7 @@ pub fn handle_each<O: Operator + ?Sized>(
     from: usize,
     done: &mut Done<'_>,
 ) -> Result<(), StoreError> {
-    let mut emitted = Vec::new();
+    let mut emitted = Emits::default();
     // Every key's cache slot first: their memory is fetched in parallel.
     let mut slots = Vec::with_capacity(events.len().saturating_sub(from));
     op.ctx().slots(

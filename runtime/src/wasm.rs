@@ -631,7 +631,7 @@ impl WasmOperator {
             }
         };
         let mut r = Frame(&result);
-        let mut emitted = Vec::new();
+        let mut emitted = crate::host::Emits::default();
         for i in 0..events.len() {
             let Some(outcome) = r.outcome() else {
                 tracing::warn!(operator = %self.ctx().name(), "malformed handle-batch result; handling the rest per event");

@@ -335,19 +335,20 @@ impl Worker {
                     dead.extend_from_slice(&s);
                 }
             }
-            for em in emitted.drain(..) {
+            for (key, value) in emitted.iter() {
                 if last {
-                    format_output(out, &em.key, &em.value);
+                    format_output(out, key, value);
                 } else {
-                    let target = route(&em.key, workers);
+                    let target = route(key, workers);
                     let b = if target == me {
                         &mut local
                     } else {
                         &mut outbox[target]
                     };
-                    b.push(stage as u16 + 1, &em.key, &em.value, e.time, lines[i]);
+                    b.push(stage as u16 + 1, key, value, e.time, lines[i]);
                 }
             }
+            emitted.clear();
         })?;
         last_end[stage] = Some(Instant::now());
         if !local.is_empty() {
