@@ -14,6 +14,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use compact_str::CompactString;
+use smallvec::SmallVec;
 
 use crate::state::{Entity, Name, Undo};
 use crate::store::{Reader, StateWrite, StoreError};
@@ -464,45 +465,59 @@ impl OpCtx {
         Ok(())
     }
 
-    /// [`OpCtx::set`] with the name as bytes from an operator's batch
-    /// result: checked to be UTF-8 only when it is not a known name.
-    pub fn set_raw(&mut self, name: &[u8], value: &[u8]) -> Result<(), HostError> {
-        self.check_size(value.len())?;
-        let name = intern_bytes(&mut self.names, name)?;
-        let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
-        slot.entity.set(name, value, &mut self.undo);
-        Ok(())
-    }
-
-    /// [`OpCtx::delete`] with the name as bytes (see [`OpCtx::set_raw`]).
-    pub fn delete_raw(&mut self, name: &[u8]) -> Result<bool, HostError> {
-        let name = intern_bytes(&mut self.names, name)?;
-        let slot = &mut self.slots[self.current.ok_or(HostError::NoKey)? as usize];
-        Ok(slot.entity.delete(name, &mut self.undo))
-    }
-
-    /// [`OpCtx::emit`] with the key as bytes from an operator's batch
-    /// result: checked to be UTF-8 only when it is not the current key.
-    pub fn emit_raw(&mut self, key: &[u8], value: &[u8]) -> Result<(), HostError> {
-        let i = self.current.ok_or(HostError::NoKey)?;
-        let current = &self.slots[i as usize].key;
-        let key = if key == current.as_bytes() {
-            current.clone()
-        } else {
-            CompactString::from(
-                std::str::from_utf8(key).map_err(|_| HostError::NotUtf8("emitted key"))?,
-            )
-        };
-        if self.migrating {
-            return Err(HostError::EmitInMigrate);
+    /// Applies one event's outcome from an operator's batch result to the
+    /// key in cache slot `slot`: its single-value writes (`None`: delete)
+    /// and its emits, which go to `out`. All of it is checked first (sizes;
+    /// UTF-8 of names and keys not seen before), so a refused event changes
+    /// nothing and needs no undo journal.
+    pub fn apply(
+        &mut self,
+        slot: u32,
+        writes: &[(&[u8], Option<&[u8]>)],
+        emits: &[(&[u8], &[u8])],
+        out: &mut Emits,
+    ) -> Result<(), HostError> {
+        let mut names: SmallVec<[Name; 4]> = SmallVec::new();
+        for (name, value) in writes {
+            if let Some(v) = value {
+                self.check_size(v.len())?;
+            }
+            names.push(intern_bytes(&mut self.names, name)?);
         }
-        if value.len() > self.limits.max_emit {
-            return Err(HostError::EmitTooLarge {
-                size: value.len(),
-                limit: self.limits.max_emit,
+        let current = &self.slots[slot as usize].key;
+        let mut keys: SmallVec<[CompactString; 2]> = SmallVec::new();
+        for (key, value) in emits {
+            if value.len() > self.limits.max_emit {
+                return Err(HostError::EmitTooLarge {
+                    size: value.len(),
+                    limit: self.limits.max_emit,
+                });
+            }
+            keys.push(if *key == current.as_bytes() {
+                current.clone()
+            } else {
+                CompactString::from(
+                    std::str::from_utf8(key).map_err(|_| HostError::NotUtf8("emitted key"))?,
+                )
             });
         }
-        self.emits.push_key(key, value);
+        let s = &mut self.slots[slot as usize];
+        for (&name, (_, value)) in names.iter().zip(writes) {
+            match value {
+                Some(v) => s.entity.put(name, v),
+                None => s.entity.remove(name),
+            }
+        }
+        if !writes.is_empty() {
+            s.generation = self.generation;
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+        for (key, (_, value)) in keys.into_iter().zip(emits) {
+            out.push_key(key, value);
+        }
         Ok(())
     }
 

@@ -153,6 +153,26 @@ impl Entity {
         }
     }
 
+    /// Sets the value named `name` without journaling (the caller has
+    /// checked the write can go through): reuses the value's buffer.
+    pub fn put(&mut self, name: Name, value: &[u8]) {
+        match find(&self.values, name) {
+            Some(idx) => {
+                let b = &mut self.values[idx].1;
+                b.clear();
+                b.extend_from_slice(value);
+            }
+            None => self.values.push((name, Bytes::from_slice(value))),
+        }
+    }
+
+    /// Deletes the value named `name` without journaling.
+    pub fn remove(&mut self, name: Name) {
+        if let Some(idx) = find(&self.values, name) {
+            self.values.remove(idx);
+        }
+    }
+
     /// Deletes the value named `name`; whether it existed.
     pub fn delete(&mut self, name: Name, undo: &mut Vec<Undo>) -> bool {
         match find(&self.values, name) {

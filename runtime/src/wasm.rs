@@ -644,33 +644,11 @@ impl WasmOperator {
                     return handle_each(self, events, i, done);
                 }
                 Outcome::Failed(reason) => {
-                    ctx.begin_slot(slots[key_of[i] as usize]);
-                    ctx.finish(false, &mut emitted);
                     done(i, Err(HandleError::Failed(reason)), &mut emitted);
                 }
                 Outcome::Ok { writes, emits } => {
-                    ctx.begin_slot(slots[key_of[i] as usize]);
-                    let mut applied = Ok(());
-                    for (name, value) in writes {
-                        let r = match value {
-                            Some(v) => ctx.set_raw(name, v),
-                            None => ctx.delete_raw(name).map(drop),
-                        };
-                        if let Err(err) = r {
-                            applied = Err(err);
-                            break;
-                        }
-                    }
-                    if applied.is_ok() {
-                        for (k, v) in emits {
-                            if let Err(err) = ctx.emit_raw(k, v) {
-                                applied = Err(err);
-                                break;
-                            }
-                        }
-                    }
-                    ctx.finish(applied.is_ok(), &mut emitted);
-                    if let Err(err) = applied {
+                    let slot = slots[key_of[i] as usize];
+                    if let Err(err) = ctx.apply(slot, &writes, &emits, &mut emitted) {
                         done(i, Err(HandleError::Trap(err.to_string())), &mut emitted);
                         // The guest computed the rest of the batch on top of
                         // this event's writes, which the host refused: redo

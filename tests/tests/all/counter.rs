@@ -98,7 +98,26 @@ fn counter_numbers_are_exactly_serde_json() {
     let mut totals: BTreeMap<String, (u64, f64)> = BTreeMap::new();
     for i in 0..20_000 {
         let key = format!("k{}", rng.next() % 37);
-        let a = amounts[rng.next() as usize % amounts.len()];
+        // A listed amount, or a random decimal of 1 to 19 digits.
+        let random;
+        let a = if i % 2 == 0 {
+            amounts[rng.next() as usize % amounts.len()]
+        } else {
+            let digits = 1 + rng.next() % 19;
+            let m = rng.next() % 10u64.pow(digits as u32);
+            let scale = (rng.next() % (digits + 1)) as usize;
+            let t = format!("{m:0w$}", w = digits as usize);
+            let (int, frac) = t.split_at(t.len() - scale);
+            let int = int.trim_start_matches('0');
+            let int = if int.is_empty() { "0" } else { int };
+            let sign = if rng.next() % 4 == 0 { "-" } else { "" };
+            random = if frac.is_empty() {
+                format!("{sign}{int}")
+            } else {
+                format!("{sign}{int}.{frac}")
+            };
+            &random
+        };
         // Some events lack the field, some carry it among other fields.
         let line = match i % 3 {
             0 => format!("{{\"key\":\"{key}\",\"amount\":{a}}}"),
