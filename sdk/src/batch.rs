@@ -247,6 +247,16 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A key of the frame as text. Keys are mostly ASCII, checked a word at a
+/// time; others go through the full UTF-8 check.
+fn key_str(b: &[u8]) -> &str {
+    if b.is_ascii() {
+        // SAFETY: ASCII is valid UTF-8.
+        return unsafe { std::str::from_utf8_unchecked(b) };
+    }
+    std::str::from_utf8(b).unwrap_or_else(|_| panic!("batch frame holds a non-UTF-8 key"))
+}
+
 fn put(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len() as u32).to_le_bytes());
     out.extend_from_slice(b);
@@ -278,8 +288,7 @@ pub(crate) fn run(
             b.keys.resize_with(nkeys, Values::new);
         }
         for values in &mut b.keys[..nkeys] {
-            let k = std::str::from_utf8(r.bytes())
-                .unwrap_or_else(|_| panic!("batch frame holds a non-UTF-8 key"));
+            let k = key_str(r.bytes());
             keys.push(k);
             values.clear();
             for _ in 0..r.u32() {
