@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// profiling it alone).
     #[arg(long)]
     pub wasm_only: bool,
+    /// Runs of each configuration, interleaved; the report gives each
+    /// run, the median and the best (the machine may be shared and noisy).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub repeat: u64,
     /// Instead of the throughput runs: build a state directory of this many
     /// MiB (1 KiB per key) and time a restart on it up to the first event
     /// handled and checkpointed.
@@ -88,12 +92,9 @@ pub(crate) fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
-pub(crate) fn operator_path(op: &mut dyn Operator, ev: &Events) -> Result<Duration> {
-    // The events decoded up front (the operator path starts at decoded
-    // events), handed over in batches of 1024, as the source hands them to
-    // a worker.
-    let events: Vec<EventRef<'_>> = ev
-        .index
+/// The generated events, decoded (the operator path starts there).
+pub(crate) fn decode(ev: &Events) -> Vec<EventRef<'_>> {
+    ev.index
         .iter()
         .map(|&(k0, k1, l0, l1)| EventRef {
             key: std::str::from_utf8(&ev.data[k0 as usize..k1 as usize])
@@ -101,7 +102,12 @@ pub(crate) fn operator_path(op: &mut dyn Operator, ev: &Events) -> Result<Durati
             value: &ev.data[l0 as usize..l1 as usize],
             time: None,
         })
-        .collect();
+        .collect()
+}
+
+/// Runs `events` through `op` in batches of 1024, as the source hands them
+/// to a worker; the time taken.
+pub(crate) fn operator_path(op: &mut dyn Operator, events: &[EventRef<'_>]) -> Result<Duration> {
     let mut failed = 0usize;
     let t = Instant::now();
     for chunk in events.chunks(1024) {
@@ -113,6 +119,20 @@ pub(crate) fn operator_path(op: &mut dyn Operator, ev: &Events) -> Result<Durati
     let d = t.elapsed();
     anyhow::ensure!(failed == 0, "{failed} events failed");
     Ok(d)
+}
+
+/// Median and best of some rates.
+fn summary(rates: &[f64]) -> (f64, f64) {
+    let mut r = rates.to_vec();
+    r.sort_by(f64::total_cmp);
+    (r[r.len() / 2], r[r.len() - 1])
+}
+
+/// Prints one configuration's median and best; returns the median.
+fn report(label: &str, rates: &[f64]) -> f64 {
+    let (median, best) = summary(rates);
+    println!("  {label:<28} median {median:>10.0}  best {best:>10.0} events/s");
+    median
 }
 
 fn native_kind() -> OperatorKind {
@@ -147,35 +167,44 @@ pub fn run(a: BenchArgs) -> Result<()> {
     );
 
     if !a.no_operator {
-        println!("\noperator path (one worker, events pre-decoded, state in the host cache):");
-        let mut native = NativeCounter::new(
-            OpCtx::new("counter".into(), None, Limits::default()),
-            "amount",
+        println!(
+            "\noperator path (one worker, events pre-decoded, state in the host cache), {} runs:",
+            a.repeat
         );
-        let mut wasm_op =
-            plugin.instantiate(OpCtx::new("counter".into(), None, Limits::default()), "{}")?;
-        if a.wasm_only {
-            let dw = operator_path(&mut wasm_op, &ev)?;
-            println!("  wasm    {:>12.0} events/s", rate(a.events, dw));
-            return Ok(());
-        }
-        let dn = operator_path(&mut native, &ev)?;
-        let dw = operator_path(&mut wasm_op, &ev)?;
-        let (rn, rw) = (rate(a.events, dn), rate(a.events, dw));
-        println!("  native  {:>12.0} events/s", rn);
-        println!("  wasm    {:>12.0} events/s", rw);
-        println!("  wasm/native ratio {:.3}", rw / rn);
-
+        let events = decode(&ev);
+        let fresh = || OpCtx::new("counter".into(), None, Limits::default());
         // The cost of the per-call CPU limit (epoch deadlines): the same
         // component on an engine without it.
         let free = wasm::engine_with(false)?;
         let unlimited = Arc::new(Plugin::load(&free, &a.plugin)?);
-        let mut op =
-            unlimited.instantiate(OpCtx::new("counter".into(), None, Limits::default()), "{}")?;
-        let du = operator_path(&mut op, &ev)?;
-        let ru = rate(a.events, du);
-        println!("  wasm without the CPU limit {:>12.0} events/s", ru);
-        println!("  with/without CPU limit ratio {:.3}", rw / ru);
+        let (mut native, mut limited, mut free) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 1..=a.repeat {
+            let d = operator_path(&mut plugin.instantiate(fresh(), "{}")?, &events)?;
+            limited.push(rate(a.events, d));
+            if a.wasm_only {
+                println!("  run {run}: wasm {:.0}", limited[limited.len() - 1]);
+                continue;
+            }
+            let d = operator_path(&mut NativeCounter::new(fresh(), "amount"), &events)?;
+            native.push(rate(a.events, d));
+            let d = operator_path(&mut unlimited.instantiate(fresh(), "{}")?, &events)?;
+            free.push(rate(a.events, d));
+            println!(
+                "  run {run}: native {:.0}, wasm {:.0}, wasm without the CPU limit {:.0} events/s",
+                native[native.len() - 1],
+                limited[limited.len() - 1],
+                free[free.len() - 1]
+            );
+        }
+        if a.wasm_only {
+            report("wasm", &limited);
+        } else {
+            let n = report("native", &native);
+            let w = report("wasm", &limited);
+            let u = report("wasm without the CPU limit", &free);
+            println!("  wasm/native ratio (medians) {:.3}", w / n);
+            println!("  with/without CPU limit ratio (medians) {:.3}", w / u);
+        }
     }
 
     if !a.no_e2e {
@@ -185,50 +214,59 @@ pub fn run(a: BenchArgs) -> Result<()> {
         drop(ev);
         let workers = a.workers.unwrap_or_else(crate::pipeline::default_workers);
         println!("\nend to end ({workers} workers, JSON Lines file in and out, state committed to redb):");
-        let mut rates = Vec::new();
-        for (label, kind) in [
-            ("native", native_kind()),
-            ("wasm", OperatorKind::Wasm(plugin.clone())),
-        ] {
-            let state = dir.path().join(format!("state-{label}"));
-            let out = dir.path().join(format!("out-{label}.jsonl"));
-            let p = Pipeline {
-                input: Input::File(input.clone()),
-                key_field: "key".into(),
-                time_field: None,
-                max_line_bytes: 1 << 20,
-                operators: Vec::new(),
-                output: Output::File(out.clone()),
-                dead_letter: state.join("dead-letter.jsonl"),
-                state_dir: state,
-                workers,
-                checkpoint_interval: Duration::from_secs(1),
-                checkpoint_events: None,
-                follow: false,
-                watch: false,
-                control: None,
-            };
-            let ops = vec![Loaded {
-                name: "counter".into(),
-                kind,
-                config: "{}".into(),
-                limits: Limits::default(),
-                generation: 0,
-                history: Default::default(),
-            }];
-            let s = runner::run(&p, ops, &Shutdown::new())?;
-            let r = rate(s.lines as usize, s.elapsed);
-            println!(
-                "  {label:<7} {:>12.0} events/s  ({} events, {} checkpoints, {:.2}s)",
-                r,
-                s.lines,
-                s.checkpoints,
-                s.elapsed.as_secs_f64()
-            );
-            rates.push(r);
-            let _ = std::fs::remove_file(out);
+        let (mut native, mut wasm) = (Vec::new(), Vec::new());
+        for run in 1..=a.repeat {
+            for (label, kind) in [
+                ("native", native_kind()),
+                ("wasm", OperatorKind::Wasm(plugin.clone())),
+            ] {
+                let state = dir.path().join(format!("state-{label}"));
+                let out = dir.path().join(format!("out-{label}.jsonl"));
+                let p = Pipeline {
+                    input: Input::File(input.clone()),
+                    key_field: "key".into(),
+                    time_field: None,
+                    max_line_bytes: 1 << 20,
+                    operators: Vec::new(),
+                    output: Output::File(out.clone()),
+                    dead_letter: state.join("dead-letter.jsonl"),
+                    state_dir: state.clone(),
+                    workers,
+                    checkpoint_interval: Duration::from_secs(1),
+                    checkpoint_events: None,
+                    follow: false,
+                    watch: false,
+                    control: None,
+                };
+                let ops = vec![Loaded {
+                    name: "counter".into(),
+                    kind,
+                    config: "{}".into(),
+                    limits: Limits::default(),
+                    generation: 0,
+                    history: Default::default(),
+                }];
+                let s = runner::run(&p, ops, &Shutdown::new())?;
+                let r = rate(s.lines as usize, s.elapsed);
+                println!(
+                    "  run {run}: {label:<7} {:>10.0} events/s  ({} events, {} checkpoints, {:.2}s)",
+                    r,
+                    s.lines,
+                    s.checkpoints,
+                    s.elapsed.as_secs_f64()
+                );
+                if label == "native" {
+                    native.push(r)
+                } else {
+                    wasm.push(r)
+                }
+                let _ = std::fs::remove_file(out);
+                let _ = std::fs::remove_dir_all(state);
+            }
         }
-        println!("  wasm/native ratio {:.3}", rates[1] / rates[0]);
+        let n = report("native", &native);
+        let w = report("wasm", &wasm);
+        println!("  wasm/native ratio (medians) {:.3}", w / n);
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::bench::{generate, operator_path, rate};
+use crate::bench::{decode, generate, operator_path, rate};
 use crate::cache::{Cache, Compiled};
 use crate::host::{Limits, OpCtx};
 use crate::wasm::{self, Plugin};
@@ -56,6 +56,7 @@ pub fn run(a: BenchLangsArgs) -> Result<()> {
     let engine = wasm::engine()?;
     let cache_dir = tempfile::tempdir()?;
     let ev = generate(a.events, a.keys);
+    let events = decode(&ev);
     let ctx = || OpCtx::new("counter".into(), None, Limits::default());
     let mut rows = Vec::new();
     for (label, path) in specs {
@@ -93,7 +94,7 @@ pub fn run(a: BenchLangsArgs) -> Result<()> {
             Some(&cache),
         )?);
         let mut op = plugin.instantiate(ctx(), &a.config)?;
-        let d = operator_path(&mut op, &ev)?;
+        let d = operator_path(&mut op, &events)?;
         rows.push(Row {
             label,
             bytes: bytes.len(),

@@ -225,3 +225,41 @@ fn random_input_never_panics_the_decoder_or_the_pipeline_parser() {
         }
     }
 }
+
+/// `eddy bench` on a small run: every configuration runs the requested
+/// number of times and the report gives medians and both ratios.
+#[test]
+fn bench_reports_each_run_and_the_ratios() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = eddy(
+        &[
+            "bench",
+            "--plugin",
+            eddy_tests::COUNTER,
+            "--events",
+            "20000",
+            "--keys",
+            "500",
+            "--workers",
+            "2",
+            "--repeat",
+            "2",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for line in [
+        "run 2: native",
+        "wasm/native ratio (medians)",
+        "with/without CPU limit ratio (medians)",
+    ] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}");
+    }
+    // Operator path: two runs; end to end: two runs of each operator.
+    assert_eq!(out.matches("run 1:").count(), 3, "{out}");
+    assert_eq!(out.matches("(20000 events,").count(), 4, "{out}");
+    let o = eddy(&["bench", "--repeat", "0"], dir.path());
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--repeat"), "{}", stderr(&o));
+}
