@@ -139,6 +139,8 @@ pub struct OpCtx {
     index: Index,
     /// Scratch: key hashes of the batch being resolved.
     hashes: Vec<u64>,
+    /// Scratch: each key's likely slot (`u32::MAX`: none).
+    candidates: Vec<u32>,
     /// Interned state names ([`Name`] is an index here).
     names: Vec<Box<str>>,
     slots: Vec<Slot>,
@@ -170,6 +172,7 @@ impl OpCtx {
             name,
             index: Index::default(),
             hashes: Vec::new(),
+            candidates: Vec::new(),
             names: Vec::new(),
             slots: Vec::new(),
             dirty: Vec::new(),
@@ -291,7 +294,9 @@ impl OpCtx {
 
     /// [`OpCtx::load`] with the key's hash already computed.
     fn load_hashed(&mut self, key: &str, h: u64) -> Result<u32, StoreError> {
-        if let Some(i) = self.index.find(h, |i| self.slots[i as usize].key == key) {
+        if let Some(i) = self.index.find(h, |i| {
+            same(self.slots[i as usize].key.as_bytes(), key.as_bytes())
+        }) {
             return Ok(i);
         }
         let (entity, generation) = match &self.reader {
@@ -337,23 +342,33 @@ impl OpCtx {
             hashes.push(h);
         }
         // The candidate slot of each key (its memory starts loading), then
-        // the checked lookups.
+        // the checked lookups: the candidate's key, or a full lookup.
+        let mut candidates = std::mem::take(&mut self.candidates);
+        candidates.clear();
         for &h in &hashes {
-            if let Some(i) = self.index.candidate(h) {
+            let c = self.index.candidate(h);
+            if let Some(i) = c {
                 prefetch(&self.slots[i as usize]);
             }
+            candidates.push(c.unwrap_or(u32::MAX));
         }
-        for (k, &h) in keys.zip(&hashes) {
+        let mut result = Ok(());
+        for ((k, &h), &c) in keys.zip(&hashes).zip(&candidates) {
+            if c != u32::MAX && same(self.slots[c as usize].key.as_bytes(), k.as_bytes()) {
+                out.push(c);
+                continue;
+            }
             match self.load_hashed(k, h) {
                 Ok(i) => out.push(i),
                 Err(e) => {
-                    self.hashes = hashes;
-                    return Err(e);
+                    result = Err(e);
+                    break;
                 }
             }
         }
+        self.candidates = candidates;
         self.hashes = hashes;
-        Ok(())
+        result
     }
 
     /// The cached key of slot `slot`.
@@ -618,6 +633,25 @@ impl OpCtx {
         }
         self.emits.push(key, value);
         Ok(())
+    }
+}
+
+/// `a == b`, for short strings (keys, names) without a call to `memcmp`:
+/// two overlapping word compares up to 16 bytes.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let w8 = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().unwrap());
+    let w4 = |s: &[u8], i: usize| u32::from_le_bytes(s[i..i + 4].try_into().unwrap());
+    match n {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4),
+        8..=16 => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8),
+        _ => a == b,
     }
 }
 
