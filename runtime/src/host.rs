@@ -797,6 +797,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn same_compares_every_byte_of_every_length() {
+        for n in 0..40usize {
+            let a: Vec<u8> = (0..n as u8).map(|i| b'a' + i % 26).collect();
+            assert!(same(&a, &a.clone()));
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 1;
+                assert!(!same(&a, &b), "length {n}, byte {i}");
+            }
+            assert!(!same(&a, &a[..n.saturating_sub(1)]) || n == 0);
+        }
+    }
+
+    #[test]
     fn failed_event_leaves_no_trace_and_ok_event_is_dirty() {
         let mut ctx = OpCtx::new("op".into(), None, Limits::default());
         let mut out = Emits::default();
