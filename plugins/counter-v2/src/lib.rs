@@ -40,7 +40,7 @@ impl Operator for Counter {
         t.sum += amount;
         TOTALS.set(&t)?;
         emit(
-            &event.key,
+            event.key,
             &Out {
                 count: t.count,
                 sum: t.sum,

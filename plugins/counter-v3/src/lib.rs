@@ -54,7 +54,7 @@ impl Operator for Counter {
         N.set(&n)?;
         TOTAL.set(&total)?;
         emit(
-            &event.key,
+            event.key,
             &Out {
                 n,
                 total,

@@ -23,7 +23,7 @@ impl Operator for Faulty {
         let p: Payload = event.json()?;
         let n = N.get()?.unwrap_or(0) + 1;
         N.set(&n)?;
-        emit(&event.key, &serde_json::json!({ "n": n }))?;
+        emit(event.key, &serde_json::json!({ "n": n }))?;
         match p.action.as_str() {
             "trap" => panic!("asked to trap on key {}", event.key),
             "loop" => loop {
@@ -37,7 +37,7 @@ impl Operator for Faulty {
             }
             "error" => Err(Error::msg(format!("asked to fail on key {}", event.key))),
             "big-state" => BIG.set(&"x".repeat(2 << 20)),
-            "big-emit" => emit(&event.key, &"x".repeat(2 << 20)),
+            "big-emit" => emit(event.key, &"x".repeat(2 << 20)),
             "probe" => {
                 // What the sandbox lets an operator see of its host.
                 let env = std::env::vars().count();
@@ -51,7 +51,7 @@ impl Operator for Faulty {
                     .unwrap_or(u64::MAX);
                 let net = std::net::TcpStream::connect("127.0.0.1:9").is_ok();
                 emit(
-                    &event.key,
+                    event.key,
                     &serde_json::json!({ "env": env, "fs": fs, "now": now, "net": net }),
                 )
             }

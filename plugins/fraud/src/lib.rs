@@ -118,7 +118,7 @@ impl Operator for Fraud {
             total_spend: cents(total_spend),
             ts,
         };
-        emit(&event.key, &alert)
+        emit(event.key, &alert)
     }
 }
 

@@ -114,7 +114,7 @@ impl Operator for Tracking {
             delayed,
             delivered,
         };
-        emit(&event.key, &update)
+        emit(event.key, &update)
     }
 }
 

@@ -110,7 +110,11 @@ fn counter_numbers_are_exactly_serde_json() {
             let (int, frac) = t.split_at(t.len() - scale);
             let int = int.trim_start_matches('0');
             let int = if int.is_empty() { "0" } else { int };
-            let sign = if rng.next() % 4 == 0 { "-" } else { "" };
+            let sign = if rng.next().is_multiple_of(4) {
+                "-"
+            } else {
+                ""
+            };
             random = if frac.is_empty() {
                 format!("{sign}{int}")
             } else {
