@@ -61,8 +61,8 @@ pub enum Lang {
 pub struct BuildArgs {
     /// The operator's source directory.
     pub dir: PathBuf,
-    /// Where to write the component [default: <dir name>.wasm in the
-    /// current directory].
+    /// Where to write the component [default: the directory's name with
+    /// `.wasm`, in the current directory].
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// The source language, when the directory holds more than one.
