@@ -121,16 +121,11 @@ pub(crate) fn operator_path(op: &mut dyn Operator, events: &[EventRef<'_>]) -> R
     Ok(d)
 }
 
-/// Median and best of some rates.
-fn summary(rates: &[f64]) -> (f64, f64) {
+/// Prints one configuration's median and best rate; returns the median.
+fn report(label: &str, rates: &[f64]) -> f64 {
     let mut r = rates.to_vec();
     r.sort_by(f64::total_cmp);
-    (r[r.len() / 2], r[r.len() - 1])
-}
-
-/// Prints one configuration's median and best; returns the median.
-fn report(label: &str, rates: &[f64]) -> f64 {
-    let (median, best) = summary(rates);
+    let (median, best) = (r[r.len() / 2], r[r.len() - 1]);
     println!("  {label:<28} median {median:>10.0}  best {best:>10.0} events/s");
     median
 }
@@ -214,12 +209,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
         drop(ev);
         let workers = a.workers.unwrap_or_else(crate::pipeline::default_workers);
         println!("\nend to end ({workers} workers, JSON Lines file in and out, state committed to redb):");
-        let (mut native, mut wasm) = (Vec::new(), Vec::new());
+        let mut rates: [Vec<f64>; 2] = Default::default();
         for run in 1..=a.repeat {
-            for (label, kind) in [
+            for (which, (label, kind)) in [
                 ("native", native_kind()),
                 ("wasm", OperatorKind::Wasm(plugin.clone())),
-            ] {
+            ]
+            .into_iter()
+            .enumerate()
+            {
                 let state = dir.path().join(format!("state-{label}"));
                 let out = dir.path().join(format!("out-{label}.jsonl"));
                 let p = Pipeline {
@@ -255,17 +253,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     s.checkpoints,
                     s.elapsed.as_secs_f64()
                 );
-                if label == "native" {
-                    native.push(r)
-                } else {
-                    wasm.push(r)
-                }
+                rates[which].push(r);
                 let _ = std::fs::remove_file(out);
                 let _ = std::fs::remove_dir_all(state);
             }
         }
-        let n = report("native", &native);
-        let w = report("wasm", &wasm);
+        let n = report("native", &rates[0]);
+        let w = report("wasm", &rates[1]);
         println!("  wasm/native ratio (medians) {:.3}", w / n);
     }
     Ok(())

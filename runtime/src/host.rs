@@ -451,6 +451,16 @@ impl OpCtx {
         Ok(&mut self.slots[i as usize].entity)
     }
 
+    fn check_emit(&self, size: usize) -> Result<(), HostError> {
+        if size > self.limits.max_emit {
+            return Err(HostError::EmitTooLarge {
+                size,
+                limit: self.limits.max_emit,
+            });
+        }
+        Ok(())
+    }
+
     fn check_size(&self, size: usize) -> Result<(), HostError> {
         if size > self.limits.max_state_value {
             return Err(HostError::StateTooLarge {
@@ -502,12 +512,7 @@ impl OpCtx {
         let current = &self.slots[slot as usize].key;
         let mut keys: SmallVec<[CompactString; 2]> = SmallVec::new();
         for (key, value) in emits {
-            if value.len() > self.limits.max_emit {
-                return Err(HostError::EmitTooLarge {
-                    size: value.len(),
-                    limit: self.limits.max_emit,
-                });
-            }
+            self.check_emit(value.len())?;
             keys.push(if *key == current.as_bytes() {
                 current.clone()
             } else {
@@ -625,12 +630,7 @@ impl OpCtx {
         if self.migrating {
             return Err(HostError::EmitInMigrate);
         }
-        if value.len() > self.limits.max_emit {
-            return Err(HostError::EmitTooLarge {
-                size: value.len(),
-                limit: self.limits.max_emit,
-            });
-        }
+        self.check_emit(value.len())?;
         self.emits.push(key, value);
         Ok(())
     }
@@ -784,11 +784,10 @@ fn intern(names: &mut Vec<Box<str>>, name: &str) -> Name {
 fn intern_bytes(names: &mut Vec<Box<str>>, name: &[u8]) -> Result<Name, HostError> {
     match names.iter().position(|n| n.as_bytes() == name) {
         Some(i) => Ok(i as Name),
-        None => {
-            let name = std::str::from_utf8(name).map_err(|_| HostError::NotUtf8("state name"))?;
-            names.push(name.into());
-            Ok((names.len() - 1) as Name)
-        }
+        None => Ok(intern(
+            names,
+            std::str::from_utf8(name).map_err(|_| HostError::NotUtf8("state name"))?,
+        )),
     }
 }
 

@@ -22,7 +22,7 @@ use wasmtime_wasi::{
 
 use crate::bindings::eddy::operator::{log, output, state, types};
 use crate::bindings::{Operator as OperatorWorld, OperatorPre};
-use crate::host::OpCtx;
+use crate::host::{Emits, OpCtx};
 use crate::operator::{handle_each, Done, EventRef, HandleError, Operator};
 use crate::store::StoreError;
 
@@ -631,7 +631,7 @@ impl WasmOperator {
             }
         };
         let mut r = Frame(&result);
-        let mut emitted = crate::host::Emits::default();
+        let mut emitted = Emits::default();
         for i in 0..events.len() {
             let Some(outcome) = r.outcome() else {
                 tracing::warn!(operator = %self.ctx().name(), "malformed handle-batch result; handling the rest per event");
@@ -677,7 +677,7 @@ fn put(out: &mut Vec<u8>, b: &[u8]) {
 /// (only when they are not a known name or the event's own key).
 type Writes<'a> = SmallVec<[(&'a [u8], Option<&'a [u8]>); 4]>;
 /// An event's emits in a `handle-batch` result.
-type Emits<'a> = SmallVec<[(&'a [u8], &'a [u8]); 4]>;
+type EmitList<'a> = SmallVec<[(&'a [u8], &'a [u8]); 4]>;
 
 /// One event's entry of a `handle-batch` result.
 // Lives on the stack for one event: inline vectors spare two allocations.
@@ -685,7 +685,7 @@ type Emits<'a> = SmallVec<[(&'a [u8], &'a [u8]); 4]>;
 enum Outcome<'a> {
     Ok {
         writes: Writes<'a>,
-        emits: Emits<'a>,
+        emits: EmitList<'a>,
     },
     Failed(String),
     Stop,

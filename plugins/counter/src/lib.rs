@@ -372,11 +372,11 @@ mod fast {
         }
         let count = digits_u64(count)?;
         let rest = rest[i..].strip_prefix(b",\"sum\":")?;
-        let (sum, _, i) = number(rest, 0)?;
+        let (sum, integer, i) = number(rest, 0)?;
         if &rest[i..] != b"}" {
             return None;
         }
-        let sum = to_f64(sum, false)?;
+        let sum = to_f64(sum, integer)?;
         Some(Totals { count, sum })
     }
 
