@@ -166,3 +166,48 @@ pub fn assert_outputs_once(dir: &std::path::Path, events: &[(String, u64)]) {
         assert_eq!(line["value"]["count"].as_u64(), Some(*c), "{line}");
     }
 }
+
+/// The account the local-user attack tests act as (`nobody`).
+pub const OTHER_UID: u32 = 65534;
+
+/// Whether this run can act as another local user: it runs as root and
+/// `setpriv` exists. Otherwise says "SKIPPED" with the reason, and fails
+/// under CI (`CI` set), where these tests must run.
+pub fn can_act_as_other_user(test: &str) -> bool {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let setpriv = std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if root && setpriv {
+        return true;
+    }
+    let why = if root {
+        "`setpriv` (util-linux) is missing"
+    } else {
+        "it must run as root to act as a second local user (uid 65534)"
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("CI must run {test}, but {why}");
+    }
+    eprintln!("SKIPPED: {test}: {why}");
+    false
+}
+
+/// A command that runs `program` as uid/gid 65534 (via `setpriv`).
+pub fn as_other_user(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut c = std::process::Command::new("setpriv");
+    c.args([
+        &format!("--reuid={OTHER_UID}"),
+        &format!("--regid={OTHER_UID}"),
+        "--clear-groups",
+        "--",
+    ])
+    .arg(program);
+    c
+}
