@@ -234,7 +234,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     checkpoint_events: None,
                     follow: false,
                     watch: false,
-                    control: None,
+                    control: false,
                 };
                 let ops = vec![Loaded {
                     name: "counter".into(),
@@ -328,7 +328,7 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
         checkpoint_events: None,
         follow: false,
         watch: false,
-        control: None,
+        control: false,
     };
     let t = Instant::now();
     let engine = wasm::engine()?;

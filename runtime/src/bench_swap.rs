@@ -100,7 +100,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
         checkpoint_events: None,
         follow: true,
         watch: false,
-        control: Some("127.0.0.1:0".parse()?),
+        control: true,
     };
 
     // The load: a writer appending events as fast as the pipeline reads
@@ -116,16 +116,16 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
         let s = shutdown.clone();
         std::thread::spawn(move || {
             runner::run_notify(&p, ops, &s, |started| {
-                let _ = tx.send(started.control);
+                let _ = tx.send(started.control.clone());
             })
         })
     };
-    let addr = match rx.recv() {
-        Ok(Some(addr)) => addr,
+    let socket = match rx.recv() {
+        Ok(Some(socket)) => socket,
         _ => bail!("the pipeline did not start: {:?}", pipeline.join()),
     };
     let status = || -> Result<crate::swap::Status> {
-        match control::request(addr, "", &Request::Status)? {
+        match control::request(&socket, &Request::Status, control::DEFAULT_WAIT)? {
             Response::Status(s) => Ok(*s),
             other => bail!("unexpected answer {other:?}"),
         }
@@ -135,6 +135,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
         let written = written.clone();
         let input = input.clone();
         let keys = a.keys;
+        let socket = socket.clone();
         std::thread::spawn(move || -> std::io::Result<()> {
             let mut f = std::fs::OpenOptions::new().append(true).open(&input)?;
             let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -144,7 +145,8 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
                 // Stay at most ~600k lines ahead of the pipeline; ask where
                 // it is only when near that (a status request costs CPU).
                 if written.load(Ordering::Relaxed).saturating_sub(read) > 600_000 {
-                    read = match control::request(addr, "", &Request::Status) {
+                    read = match control::request(&socket, &Request::Status, control::DEFAULT_WAIT)
+                    {
                         Ok(Response::Status(s)) => s.lines_read,
                         _ => read,
                     };
@@ -186,12 +188,12 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
         let target = if i % 2 == 0 { &a.v2 } else { &a.v1 };
         let t = Instant::now();
         let r = control::request(
-            addr,
-            "",
+            &socket,
             &Request::Swap {
                 operator: "counter".into(),
                 component: std::path::absolute(target)?,
             },
+            control::DEFAULT_WAIT,
         )?;
         match r {
             Response::Swapped(r) => {

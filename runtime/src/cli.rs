@@ -38,20 +38,21 @@ enum Command {
     BenchLangs(bench_langs::BenchLangsArgs),
 }
 
-/// Where to find a running pipeline's control endpoint.
+/// Where to find a running pipeline's control socket. Only the user who
+/// runs the pipeline (or root) may use it.
 #[derive(Args)]
 struct Target {
-    /// State directory of the running pipeline; its control address is in
-    /// STATE/control.addr [default: ./eddy-data].
+    /// State directory of the running pipeline; its control socket is
+    /// STATE/control.sock [default: ./eddy-data].
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
     /// The pipeline file the pipeline runs: its state directory is used.
     #[arg(long, value_name = "FILE", conflicts_with = "state")]
     pipeline: Option<PathBuf>,
-    /// Control address (IP:PORT on loopback), instead of reading it from the
-    /// state directory.
-    #[arg(long, value_name = "ADDR", conflicts_with_all = ["state", "pipeline"])]
-    control: Option<String>,
+    /// The control socket itself, instead of finding it in the state
+    /// directory.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["state", "pipeline"])]
+    socket: Option<PathBuf>,
 }
 
 /// Show a running pipeline: each operator's version (content hash,
@@ -86,6 +87,10 @@ struct SwapArgs {
     component: PathBuf,
     #[command(flatten)]
     target: Target,
+    /// Seconds to wait for the new version to be checked and switched to;
+    /// past it the pipeline gives the swap up and nothing changes.
+    #[arg(long, value_name = "SECS", default_value_t = control::DEFAULT_WAIT.as_secs())]
+    timeout: u64,
 }
 
 /// Return a running operator to the version it ran before the current one,
@@ -97,6 +102,10 @@ struct RollbackArgs {
     operator: String,
     #[command(flatten)]
     target: Target,
+    /// Seconds to wait for the rollback to be switched to; past it the
+    /// pipeline gives it up and nothing changes.
+    #[arg(long, value_name = "SECS", default_value_t = control::DEFAULT_WAIT.as_secs())]
+    timeout: u64,
 }
 
 /// Run a pipeline: read events, hand them to the operators, write what they
@@ -152,13 +161,10 @@ struct RunArgs {
     /// changes (an edit-build-see loop).
     #[arg(long)]
     watch: bool,
-    /// Control endpoint address for `eddy status`, `swap` and `rollback`
-    /// (loopback only) [default: 127.0.0.1:0, any free port]. It is printed
-    /// at start and written to STATE/control.addr.
-    #[arg(long, value_name = "ADDR")]
-    control: Option<String>,
-    /// Serve no control endpoint.
-    #[arg(long, conflicts_with = "control")]
+    /// Serve no control socket (by default `eddy status`, `swap` and
+    /// `rollback` reach the pipeline through STATE/control.sock, which only
+    /// the user running it may use).
+    #[arg(long)]
     no_control: bool,
     /// Print no summary at the end.
     #[arg(long, short)]
@@ -218,7 +224,6 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         checkpoint_events: a.checkpoint_events,
         follow: a.follow,
         watch: a.watch,
-        control: a.control,
         no_control: a.no_control,
     };
     let pipeline = Pipeline::load(a.pipeline.as_deref(), overrides)?;
@@ -242,10 +247,11 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let quiet = a.quiet;
     let state_dir = pipeline.state_dir.clone();
     let summary = runner::run_notify(&pipeline, operators, &shutdown, |started| {
-        if let (Some(addr), false) = (started.control, quiet) {
+        if let (Some(socket), false) = (&started.control, quiet) {
             eprintln!(
-                "eddy: control endpoint {addr} (in {}): `eddy status`, `eddy swap`, `eddy rollback`",
-                state_dir.join(control::ADDR_FILE).display()
+                "eddy: control socket {} (owner only): `eddy status`, `eddy swap`, `eddy rollback` --state {}",
+                socket.display(),
+                state_dir.display()
             );
         }
     })?;
@@ -284,10 +290,10 @@ fn cmd_run(a: RunArgs) -> Result<()> {
 }
 
 impl Target {
-    /// The control address, and where it came from (for messages).
-    fn resolve(&self) -> Result<(std::net::SocketAddr, String)> {
-        if let Some(addr) = &self.control {
-            return Ok((control::parse_addr(addr)?, String::new()));
+    /// The control socket.
+    fn resolve(&self) -> Result<PathBuf> {
+        if let Some(socket) = &self.socket {
+            return Ok(socket.clone());
         }
         let dir = match &self.pipeline {
             Some(file) => Pipeline::load(Some(file), Overrides::default())?.state_dir,
@@ -296,19 +302,17 @@ impl Target {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("eddy-data")),
         };
-        let addr = control::find(&dir)?;
-        let from = format!(" (from {})", dir.join(control::ADDR_FILE).display());
-        Ok((addr, from))
+        Ok(control::find(&dir)?)
     }
 
-    fn ask(&self, request: &Request) -> Result<Response> {
-        let (addr, from) = self.resolve()?;
-        Ok(control::request(addr, &from, request)?)
+    /// Sends `request`; a swap or rollback may take up to `wait` to switch.
+    fn ask(&self, request: &Request, wait: std::time::Duration) -> Result<Response> {
+        Ok(control::request(&self.resolve()?, request, wait)?)
     }
 }
 
 fn cmd_status(a: StatusArgs) -> Result<()> {
-    match a.target.ask(&Request::Status)? {
+    match a.target.ask(&Request::Status, control::DEFAULT_WAIT)? {
         Response::Status(s) if a.json => {
             println!("{}", serde_json::to_string_pretty(&s)?);
             Ok(())
@@ -326,17 +330,23 @@ fn cmd_swap(a: SwapArgs) -> Result<()> {
     // The pipeline may run in another directory: send an absolute path.
     let component = std::path::absolute(&a.component)
         .with_context(|| format!("component {}", a.component.display()))?;
-    let r = a.target.ask(&Request::Swap {
-        operator: a.operator,
-        component,
-    })?;
+    let r = a.target.ask(
+        &Request::Swap {
+            operator: a.operator,
+            component,
+        },
+        std::time::Duration::from_secs(a.timeout),
+    )?;
     report_swap(r, "swapped")
 }
 
 fn cmd_rollback(a: RollbackArgs) -> Result<()> {
-    let r = a.target.ask(&Request::Rollback {
-        operator: a.operator,
-    })?;
+    let r = a.target.ask(
+        &Request::Rollback {
+            operator: a.operator,
+        },
+        std::time::Duration::from_secs(a.timeout),
+    )?;
     report_swap(r, "rolled back")
 }
 

@@ -1,28 +1,57 @@
 //! The control endpoint of a running pipeline: `eddy status`, `eddy swap`
 //! and `eddy rollback` talk to it.
 //!
-//! It listens on a loopback TCP address only (default: a free port on
-//! 127.0.0.1), written into the state directory as `control.addr` so the
-//! CLI finds it from the state directory alone. The protocol is one JSON
-//! [`Request`] line in, one JSON [`Response`] line out, per connection.
+//! It is a Unix socket in the state directory, [`SOCKET_FILE`], and only
+//! the pipeline's owner may use it:
+//!
+//! - the state directory is the owner's and not writable by others (the
+//!   store checks it), and the socket file is made 0600, so another local
+//!   user cannot even connect;
+//! - every connection's peer credentials (`SO_PEERCRED`) are checked: a
+//!   process of another user than the one running `eddy` (root excepted)
+//!   is answered with a refusal and nothing else.
+//!
+//! The protocol is one JSON request line in ([`Envelope`]: a [`Request`]
+//! and how long the client waits), one JSON [`Response`] line out, per
+//! connection. The endpoint is built to survive abuse: a request must
+//! arrive whole within [`REQUEST_TIMEOUT`] and be at most [`MAX_REQUEST`]
+//! bytes; at most [`MAX_CONNECTIONS`] connections are served at once (more
+//! are refused at once); and a swap or rollback whose client went away or
+//! whose waiting time ran out before the switch changes nothing.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::swap::{Controller, Status, SwapReport};
+use crate::swap::{Asker, Controller, Status, SwapReport};
 
-/// File of the state directory holding the control address.
-pub const ADDR_FILE: &str = "control.addr";
+/// File of the state directory that is the control socket.
+pub const SOCKET_FILE: &str = "control.sock";
 
 /// Longest request accepted, in bytes.
-const MAX_REQUEST: u64 = 64 * 1024;
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// Time a client has to send its whole request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections served at once; more are refused at once.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// How long `eddy swap` and `eddy rollback` wait by default for the new
+/// version to be checked and switched to (compiling a Python or JavaScript
+/// component takes tens of seconds).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(120);
+
+/// Time allowed, after the switch, for the checkpoint that makes a swap
+/// durable.
+const COMMIT_GRACE: Duration = Duration::from_secs(30);
 
 /// A request to a running pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +69,18 @@ pub enum Request {
     Rollback { operator: String },
 }
 
+/// What goes over the wire: a [`Request`] and how long its client waits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    #[serde(flatten)]
+    pub request: Request,
+    /// Milliseconds the client waits for a swap or rollback to be switched
+    /// to; past it the pipeline gives the request up, changing nothing.
+    /// Absent: [`DEFAULT_WAIT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
 /// The answer to a [`Request`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "kebab-case")]
@@ -55,87 +96,95 @@ pub enum Response {
 /// Why the control endpoint could not be used.
 #[derive(Debug, Error)]
 pub enum ControlError {
-    #[error("control address {addr} is not a loopback address: the control endpoint only listens on this machine (use 127.0.0.1:PORT or [::1]:PORT)")]
-    NotLoopback { addr: SocketAddr },
-    #[error("control address `{addr}`: {reason}")]
-    BadAddress { addr: String, reason: String },
-    #[error("cannot listen on control address {addr}: {error}")]
+    #[error("cannot serve the control socket {socket}: {error}")]
     Bind {
-        addr: SocketAddr,
+        socket: PathBuf,
         error: std::io::Error,
     },
-    #[error("no running eddy found for state directory {dir}: {file} {reason}; start `eddy run` with this state directory, or pass --control ADDR")]
-    NoAddrFile {
+    #[error("no running eddy found for state directory {dir}: {socket} {reason}; start `eddy run` with this state directory, or pass --socket PATH")]
+    NoSocket {
         dir: PathBuf,
-        file: PathBuf,
+        socket: PathBuf,
         reason: String,
     },
-    #[error("cannot reach eddy at {addr}{from}: {error}; is `eddy run` still running?")]
+    #[error("cannot reach eddy at {socket}: {error}{hint}")]
     Connect {
-        addr: SocketAddr,
-        from: String,
+        socket: PathBuf,
         error: std::io::Error,
+        hint: &'static str,
     },
-    #[error("talking to eddy at {addr}: {reason}")]
-    Protocol { addr: SocketAddr, reason: String },
+    #[error("talking to eddy at {socket}: {reason}")]
+    Protocol { socket: PathBuf, reason: String },
 }
 
-/// Parses a control address and checks it is loopback.
-pub fn parse_addr(s: &str) -> Result<SocketAddr, ControlError> {
-    let addr: SocketAddr = s.parse().map_err(|e| ControlError::BadAddress {
-        addr: s.to_string(),
-        reason: format!("{e} (expected IP:PORT, like 127.0.0.1:7077)"),
-    })?;
-    if !addr.ip().is_loopback() {
-        return Err(ControlError::NotLoopback { addr });
-    }
-    Ok(addr)
+/// Where the control socket of the pipeline on `state_dir` is.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET_FILE)
+}
+
+/// Parses one request line (without its `\n`).
+pub fn parse_request(line: &[u8]) -> Result<Envelope, String> {
+    serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))
 }
 
 /// A listening control endpoint; serves until the controller is stopped.
 pub struct Server {
-    addr: SocketAddr,
-    addr_file: PathBuf,
+    path: PathBuf,
+    /// Device and inode of the socket file, to remove it only if it is
+    /// still ours.
+    id: (u64, u64),
     /// The accept loop; joined on drop (it ends once the controller is
     /// stopped), so the state directory is released when `run` returns.
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
-    /// Listens on `addr` and serves `controller` on a thread; writes the
-    /// address into `state_dir`.
-    pub fn start(
-        addr: SocketAddr,
-        state_dir: &Path,
-        controller: Arc<Controller>,
-    ) -> anyhow::Result<Server> {
-        if !addr.ip().is_loopback() {
-            return Err(ControlError::NotLoopback { addr }.into());
+    /// Serves `controller` on the socket [`SOCKET_FILE`] of `state_dir`
+    /// (owner only), on a thread.
+    pub fn start(state_dir: &Path, controller: Arc<Controller>) -> Result<Server, ControlError> {
+        let path = socket_path(state_dir);
+        let bind_err = |error| ControlError::Bind {
+            socket: path.clone(),
+            error,
+        };
+        // The state directory is locked by this process (the store holds
+        // its database open), so a socket file left there is a crashed
+        // run's: replace it. Anything else is not ours to delete.
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+                std::fs::remove_file(&path).map_err(bind_err)?
+            }
+            Ok(_) => {
+                return Err(bind_err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "a file that is not a socket is in the way; remove it",
+                )))
+            }
+            Err(_) => {}
         }
-        let listener =
-            TcpListener::bind(addr).map_err(|error| ControlError::Bind { addr, error })?;
-        let addr = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
-        let addr_file = state_dir.join(ADDR_FILE);
-        std::fs::write(&addr_file, format!("{addr}\n")).map_err(|e| {
-            anyhow::anyhow!(
-                "writing the control address to {}: {e}",
-                addr_file.display()
-            )
-        })?;
+        let listener = with_short_path(&path, |p| UnixListener::bind(p)).map_err(bind_err)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(bind_err)?;
+        let meta = std::fs::symlink_metadata(&path).map_err(bind_err)?;
+        let id = (
+            std::os::unix::fs::MetadataExt::dev(&meta),
+            std::os::unix::fs::MetadataExt::ino(&meta),
+        );
+        listener.set_nonblocking(true).map_err(bind_err)?;
         let thread = std::thread::Builder::new()
             .name("eddy-control".into())
-            .spawn(move || serve(listener, controller))?;
+            .spawn(move || serve(listener, controller))
+            .map_err(bind_err)?;
         Ok(Server {
-            addr,
-            addr_file,
+            path,
+            id,
             thread: Some(thread),
         })
     }
 
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// The socket it listens on.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -144,27 +193,58 @@ impl Drop for Server {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        // Only remove the file if it is still ours.
-        if let Ok(text) = std::fs::read_to_string(&self.addr_file) {
-            if text.trim() == self.addr.to_string() {
-                let _ = std::fs::remove_file(&self.addr_file);
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            use std::os::unix::fs::MetadataExt;
+            if (m.dev(), m.ino()) == self.id {
+                let _ = std::fs::remove_file(&self.path);
             }
         }
     }
 }
 
-fn serve(listener: TcpListener, controller: Arc<Controller>) {
+/// Runs `f` on `path`, or, when `path` is too long for a socket address
+/// (108 bytes on Linux), on the same file reached through the directory's
+/// descriptor (`/proc/self/fd/N/NAME`).
+fn with_short_path<T>(path: &Path, f: impl Fn(&Path) -> std::io::Result<T>) -> std::io::Result<T> {
+    const SUN_PATH: usize = 100;
+    if path.as_os_str().len() < SUN_PATH {
+        return f(path);
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return f(path);
+    };
+    let dir = std::fs::File::open(dir)?;
+    let short = Path::new("/proc/self/fd")
+        .join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string())
+        .join(name);
+    let r = f(&short);
+    drop(dir);
+    r
+}
+
+fn serve(listener: UnixListener, controller: Arc<Controller>) {
+    let active = Arc::new(AtomicUsize::new(0));
     while !controller.stopped.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((conn, _)) => {
+                if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+                    refuse_busy(conn);
+                    continue;
+                }
+                active.fetch_add(1, Ordering::AcqRel);
                 let c = controller.clone();
-                let _ = std::thread::Builder::new()
+                let a = active.clone();
+                let spawned = std::thread::Builder::new()
                     .name("eddy-control-conn".into())
                     .spawn(move || {
                         if let Err(e) = handle(conn, &c) {
                             tracing::debug!("control connection: {e}");
                         }
+                        a.fetch_sub(1, Ordering::AcqRel);
                     });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20));
@@ -177,77 +257,322 @@ fn serve(listener: TcpListener, controller: Arc<Controller>) {
     }
 }
 
-fn handle(conn: TcpStream, controller: &Controller) -> std::io::Result<()> {
-    conn.set_nonblocking(false)?;
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut line = String::new();
-    BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line)?;
-    let response = match serde_json::from_str::<Request>(&line) {
-        Err(e) => Response::Error {
-            message: format!("malformed request: {e}"),
+/// Answers a connection over the cap with a refusal, without blocking.
+fn refuse_busy(conn: UnixStream) {
+    let _ = conn.set_nonblocking(true);
+    // Take what the client sent so far, so closing does not reset the
+    // connection before it reads the refusal.
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        if !matches!((&conn).read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
+    let _ = answer(
+        &conn,
+        &Response::Error {
+            message: format!(
+                "the pipeline is already serving {MAX_CONNECTIONS} control connections; try again"
+            ),
         },
-        Ok(Request::Status) => Response::Status(Box::new(controller.status())),
-        Ok(Request::Swap {
-            operator,
-            component,
-        }) => match controller.swap(&operator, &component) {
-            Ok(r) => Response::Swapped(Box::new(r)),
-            Err(e) => Response::Error { message: e.0 },
-        },
-        Ok(Request::Rollback { operator }) => match controller.rollback(&operator) {
-            Ok(r) => Response::Swapped(Box::new(r)),
-            Err(e) => Response::Error { message: e.0 },
-        },
-    };
-    let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+    );
+}
+
+fn answer(conn: &UnixStream, response: &Response) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(response).map_err(std::io::Error::other)?;
     out.push(b'\n');
-    (&conn).write_all(&out)
+    (&*conn).write_all(&out)
 }
 
-/// The control address of the pipeline running on `state_dir`.
-pub fn find(state_dir: &Path) -> Result<SocketAddr, ControlError> {
-    let file = state_dir.join(ADDR_FILE);
-    let text = std::fs::read_to_string(&file).map_err(|e| ControlError::NoAddrFile {
-        dir: state_dir.to_path_buf(),
-        file: file.clone(),
-        reason: if e.kind() == std::io::ErrorKind::NotFound {
-            "does not exist".to_string()
-        } else {
-            format!("cannot be read: {e}")
-        },
-    })?;
-    parse_addr(text.trim()).map_err(|e| ControlError::NoAddrFile {
-        dir: state_dir.to_path_buf(),
-        file,
-        reason: format!("is not usable: {e}"),
-    })
+/// Whether the peer of `conn` may control this pipeline: it runs as the
+/// same user as this process, or as root.
+fn check_peer(conn: &UnixStream) -> Result<(), String> {
+    let peer = rustix::net::sockopt::socket_peercred(conn)
+        .map_err(|e| format!("cannot tell who is connecting: {e}"))?;
+    let me = rustix::process::geteuid();
+    if peer.uid == me || peer.uid.is_root() {
+        Ok(())
+    } else {
+        Err(format!(
+            "refused: this pipeline is controlled only by its owner (uid {}), not by uid {}",
+            me.as_raw(),
+            peer.uid.as_raw()
+        ))
+    }
 }
 
-/// Sends `request` to the pipeline at `addr` and waits for the answer (a
-/// swap answers once it is durable). `from` says where the address came
-/// from, for error messages.
-pub fn request(addr: SocketAddr, from: &str, request: &Request) -> Result<Response, ControlError> {
-    let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|error| {
+/// Reads one request line, which must arrive whole by `deadline` (a client
+/// that sends a byte now and then does not hold the connection longer).
+fn read_request(conn: &UnixStream, deadline: Instant) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "the request did not arrive whole within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ));
+        }
+        conn.set_read_timeout(Some(left))
+            .map_err(|e| e.to_string())?;
+        let n = match (&*conn).read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(format!("reading the request: {e}")),
+        };
+        if n == 0 {
+            return Ok(buf);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = memchr::memchr(b'\n', &buf) {
+            buf.truncate(i);
+            return Ok(buf);
+        }
+        if buf.len() > MAX_REQUEST {
+            return Err(format!("the request is longer than {MAX_REQUEST} bytes"));
+        }
+    }
+}
+
+/// Whether the client on `conn` still waits for its answer (it has not
+/// closed the connection).
+fn still_waiting(conn: &UnixStream) -> bool {
+    use rustix::net::RecvFlags;
+    let mut byte = [0u8; 1];
+    match rustix::net::recv(conn, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((0, _)) => false,
+        Ok(_) => true,
+        Err(e) => e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::INTR,
+    }
+}
+
+fn handle(conn: UnixStream, controller: &Controller) -> std::io::Result<()> {
+    conn.set_nonblocking(false)?;
+    conn.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    let received = Instant::now();
+    // The request is read in every case: closing a connection with unread
+    // bytes would reset it before the client reads the answer.
+    let line = read_request(&conn, received + REQUEST_TIMEOUT);
+    if let Err(message) = check_peer(&conn) {
+        tracing::warn!("control socket: {message}");
+        return answer(&conn, &Response::Error { message });
+    }
+    let envelope = line.and_then(|line| parse_request(&line));
+    let response = match envelope {
+        Err(message) => Response::Error { message },
+        Ok(Envelope { request, wait_ms }) => {
+            let wait = wait_ms.map_or(DEFAULT_WAIT, Duration::from_millis);
+            let waiting = || still_waiting(&conn);
+            let asker = Asker {
+                deadline: received + wait,
+                waiting: &waiting,
+            };
+            match request {
+                Request::Status => Response::Status(Box::new(controller.status())),
+                Request::Swap {
+                    operator,
+                    component,
+                } => match controller.swap(&operator, &component, &asker) {
+                    Ok(r) => Response::Swapped(Box::new(r)),
+                    Err(e) => Response::Error { message: e.0 },
+                },
+                Request::Rollback { operator } => match controller.rollback(&operator, &asker) {
+                    Ok(r) => Response::Swapped(Box::new(r)),
+                    Err(e) => Response::Error { message: e.0 },
+                },
+            }
+        }
+    };
+    answer(&conn, &response)
+}
+
+/// The control socket of the pipeline running on `state_dir`, when there is
+/// one.
+pub fn find(state_dir: &Path) -> Result<PathBuf, ControlError> {
+    let socket = socket_path(state_dir);
+    match std::fs::symlink_metadata(&socket) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => Ok(socket),
+        Ok(_) => Err(ControlError::NoSocket {
+            dir: state_dir.to_path_buf(),
+            socket,
+            reason: "is not a socket".into(),
+        }),
+        Err(e) => Err(ControlError::NoSocket {
+            dir: state_dir.to_path_buf(),
+            reason: match e.kind() {
+                std::io::ErrorKind::NotFound => "does not exist".to_string(),
+                std::io::ErrorKind::PermissionDenied => format!(
+                    "cannot be reached ({e}): only the user who runs the pipeline may control it"
+                ),
+                _ => format!("cannot be reached: {e}"),
+            },
+            socket,
+        }),
+    }
+}
+
+/// Sends `request` to the pipeline listening on `socket` and waits for the
+/// answer. A swap or rollback answers once it is durable; the pipeline
+/// gives it up, changing nothing, if it cannot switch within `wait`.
+pub fn request(socket: &Path, request: &Request, wait: Duration) -> Result<Response, ControlError> {
+    let conn = with_short_path(socket, |p| UnixStream::connect(p)).map_err(|error| {
+        let hint = match error.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                "; only the user who runs the pipeline may control it"
+            }
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
+                "; is `eddy run` still running?"
+            }
+            _ => "",
+        };
         ControlError::Connect {
-            addr,
-            from: from.to_string(),
+            socket: socket.to_path_buf(),
             error,
+            hint,
         }
     })?;
-    let proto = |reason: String| ControlError::Protocol { addr, reason };
-    let mut line = serde_json::to_vec(request).map_err(|e| proto(e.to_string()))?;
+    let proto = |reason: String| ControlError::Protocol {
+        socket: socket.to_path_buf(),
+        reason,
+    };
+    let envelope = Envelope {
+        request: request.clone(),
+        wait_ms: Some(wait.as_millis().min(u64::MAX as u128) as u64),
+    };
+    let mut line = serde_json::to_vec(&envelope).map_err(|e| proto(e.to_string()))?;
     line.push(b'\n');
-    (&conn)
-        .write_all(&line)
+    conn.set_write_timeout(Some(REQUEST_TIMEOUT))
+        .and_then(|()| (&conn).write_all(&line))
         .map_err(|e| proto(format!("sending the request: {e}")))?;
-    let mut answer = String::new();
-    BufReader::new(&conn)
-        .read_line(&mut answer)
-        .map_err(|e| proto(format!("reading the answer: {e}")))?;
+    conn.set_read_timeout(Some(wait + COMMIT_GRACE))
+        .map_err(|e| proto(e.to_string()))?;
+    let mut answer = Vec::new();
+    (&conn)
+        .take(64 << 20)
+        .read_to_end(&mut answer)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => proto(format!(
+                "no answer within {} s; a swap or rollback may still have taken effect: see `eddy status`",
+                (wait + COMMIT_GRACE).as_secs()
+            )),
+            _ => proto(format!("reading the answer: {e}")),
+        })?;
     if answer.is_empty() {
         return Err(proto(
             "the pipeline closed the connection without answering (it stopped?)".into(),
         ));
     }
-    serde_json::from_str(&answer).map_err(|e| proto(format!("malformed answer: {e}")))
+    serde_json::from_slice(&answer).map_err(|e| proto(format!("malformed answer: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_with_and_without_a_wait() {
+        let e = parse_request(
+            br#"{"request":"swap","operator":"c","component":"/x.wasm","wait_ms":5}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            e,
+            Envelope {
+                request: Request::Swap {
+                    operator: "c".into(),
+                    component: "/x.wasm".into()
+                },
+                wait_ms: Some(5)
+            }
+        );
+        let e = parse_request(br#"{"request":"status"}"#).unwrap();
+        assert_eq!(e.request, Request::Status);
+        assert_eq!(e.wait_ms, None);
+        for bad in [
+            &b""[..],
+            b"{",
+            b"{\"request\":\"reboot\"}",
+            b"{\"request\":\"swap\"}",
+            b"\xff\xfe",
+            b"{\"request\":\"status\",\"wait_ms\":-1}",
+        ] {
+            let err = parse_request(bad).unwrap_err();
+            assert!(err.starts_with("malformed request: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_request_must_arrive_whole_in_time_and_within_the_size_cap() {
+        let (a, b) = UnixStream::pair().unwrap();
+        (&a).write_all(b"{\"request\":\"status\"}\nrest").unwrap();
+        let line = read_request(&b, Instant::now() + Duration::from_secs(5)).unwrap();
+        assert_eq!(line, b"{\"request\":\"status\"}");
+
+        // One byte now and then does not keep the connection past the
+        // deadline.
+        let (a, b) = UnixStream::pair().unwrap();
+        let slow = std::thread::spawn(move || {
+            for _ in 0..6 {
+                if (&a).write_all(b"{").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let t = Instant::now();
+        let err = read_request(&b, Instant::now() + Duration::from_millis(250)).unwrap_err();
+        assert!(err.contains("did not arrive whole"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+        drop(b);
+        slow.join().unwrap();
+
+        let (a, b) = UnixStream::pair().unwrap();
+        let big = std::thread::spawn(move || {
+            let _ = (&a).write_all(&vec![b' '; MAX_REQUEST + 10_000]);
+        });
+        let err = read_request(&b, Instant::now() + Duration::from_secs(5)).unwrap_err();
+        assert!(err.contains("longer than"), "{err}");
+        drop(b);
+        big.join().unwrap();
+    }
+
+    #[test]
+    fn a_closed_client_is_seen_as_gone() {
+        let (a, b) = UnixStream::pair().unwrap();
+        assert!(still_waiting(&b));
+        drop(a);
+        assert!(!still_waiting(&b));
+    }
+
+    #[test]
+    fn long_socket_paths_go_through_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("d".repeat(60)).join("e".repeat(60));
+        std::fs::create_dir_all(&deep).unwrap();
+        let path = deep.join(SOCKET_FILE);
+        assert!(path.as_os_str().len() > 108);
+        let listener = with_short_path(&path, |p| UnixListener::bind(p)).unwrap();
+        assert!(path.exists());
+        let client = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                let c = with_short_path(&path, |p| UnixStream::connect(p)).unwrap();
+                (&c).write_all(b"hi").unwrap();
+            }
+        });
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut got = String::new();
+        conn.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "hi");
+        client.join().unwrap();
+    }
 }

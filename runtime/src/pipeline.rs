@@ -4,7 +4,7 @@
 //! ```toml
 //! workers = 2                      # default: number of cores
 //!
-//! control = "127.0.0.1:0"         # control endpoint (loopback; 0: any free port)
+//! control = true                   # serve the owner-only control socket STATE/control.sock
 //! watch = false                    # swap an operator when its component file changes
 //!
 //! [source]
@@ -111,12 +111,19 @@ pub struct Pipeline {
     pub follow: bool,
     /// Swap an operator when its component file changes.
     pub watch: bool,
-    /// Loopback address of the control endpoint (`None`: no endpoint).
-    pub control: Option<std::net::SocketAddr>,
+    /// Serve the control socket (`<state dir>/control.sock`, see
+    /// [`crate::control`]).
+    pub control: bool,
 }
 
-/// The default control address: a free port on 127.0.0.1.
-pub const DEFAULT_CONTROL: &str = "127.0.0.1:0";
+/// The pipeline file's `control` setting: `true` or `false`. An address
+/// (what older versions took) is refused with an explanation.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ControlSetting {
+    On(bool),
+    Address(String),
+}
 
 /// A pipeline file that cannot be used.
 #[derive(Debug, Error)]
@@ -136,7 +143,7 @@ pub enum PipelineError {
 #[serde(deny_unknown_fields)]
 struct File {
     workers: Option<usize>,
-    control: Option<String>,
+    control: Option<ControlSetting>,
     watch: Option<bool>,
     #[serde(default)]
     source: SourceTable,
@@ -217,8 +224,6 @@ pub struct Overrides {
     pub follow: bool,
     /// `--watch`.
     pub watch: bool,
-    /// `--control ADDR`.
-    pub control: Option<String>,
     /// `--no-control`.
     pub no_control: bool,
 }
@@ -374,17 +379,16 @@ impl Pipeline {
                 "follow needs a file input: stdin is read until it ends anyway".into(),
             ));
         }
-        let control = if o.no_control {
-            None
-        } else {
-            let addr = o
-                .control
-                .or(f.control)
-                .unwrap_or_else(|| DEFAULT_CONTROL.to_string());
-            Some(
-                crate::control::parse_addr(&addr)
-                    .map_err(|e| PipelineError::Invalid(e.to_string()))?,
-            )
+        let control = match f.control {
+            _ if o.no_control => false,
+            None => true,
+            Some(ControlSetting::On(on)) => on,
+            Some(ControlSetting::Address(addr)) => {
+                return Err(PipelineError::Invalid(format!(
+                    "control = \"{addr}\": the control endpoint is no longer a network address (any local user could reach it); it is the Unix socket STATE/{} that only the pipeline's owner may use. Write `control = true` (the default) or `control = false`",
+                    crate::control::SOCKET_FILE
+                )))
+            }
         };
         Ok(Pipeline {
             follow,

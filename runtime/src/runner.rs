@@ -147,8 +147,8 @@ fn file_id(path: &Path) -> String {
 /// What a pipeline that has started tells its caller.
 #[derive(Debug, Clone)]
 pub struct Started {
-    /// Address of the control endpoint, if it has one.
-    pub control: Option<std::net::SocketAddr>,
+    /// The control socket, if it serves one.
+    pub control: Option<std::path::PathBuf>,
     /// Line number the run resumes after (0 for a fresh start).
     pub resumed_after_line: u64,
 }
@@ -337,8 +337,8 @@ pub fn run_notify(
     ));
     let server = p
         .control
-        .map(|addr| control::Server::start(addr, &p.state_dir, controller.clone()));
-    let server = match server.transpose() {
+        .then(|| control::Server::start(&p.state_dir, controller.clone()));
+    let server = match server.transpose().map_err(anyhow::Error::from) {
         Ok(s) => s,
         Err(e) => {
             controller.stopped.store(true, Ordering::Release);
@@ -384,7 +384,7 @@ pub fn run_notify(
         .name("eddy-reader".into())
         .spawn(move || read_lines(reader_input, start_offset, max_line, chunk_tx, follow))?;
     started_cb(&Started {
-        control: server.as_ref().map(|s| s.addr()),
+        control: server.as_ref().map(|s| s.path().to_path_buf()),
         resumed_after_line: pos.line,
     });
 

@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{bounded, Sender};
@@ -253,6 +253,83 @@ pub struct Status {
     pub workers: Vec<WorkerStatus>,
 }
 
+/// Whoever asked for a swap or rollback, as the controller sees it: the
+/// request is given up, changing nothing, if the switch cannot start by
+/// `deadline` or its asker no longer waits for the answer (a client that
+/// gave up must not find its swap carried out later).
+pub struct Asker<'a> {
+    /// The switch must start by then.
+    pub deadline: Instant,
+    /// Whether the asker still waits for the answer.
+    pub waiting: &'a dyn Fn() -> bool,
+}
+
+impl Asker<'static> {
+    /// An asker that waits up to `wait` and never goes away (`--watch`,
+    /// the library).
+    pub fn patient(wait: Duration) -> Asker<'static> {
+        Asker {
+            deadline: Instant::now() + wait,
+            waiting: &always,
+        }
+    }
+}
+
+fn always() -> bool {
+    true
+}
+
+impl Asker<'_> {
+    /// Whether the request still stands; why not, when it does not.
+    fn stands(&self) -> Result<(), String> {
+        if !(self.waiting)() {
+            return Err("the client went away before the switch".into());
+        }
+        if Instant::now() > self.deadline {
+            return Err("the request's waiting time ran out before the switch".into());
+        }
+        Ok(())
+    }
+}
+
+/// One swap or rollback at a time: a lock whose waiters give up at a
+/// deadline, so a swap that hangs cannot block every later one.
+#[derive(Default)]
+struct Gate {
+    busy: Mutex<bool>,
+    free: Condvar,
+}
+
+/// Holds the [`Gate`]; frees it when dropped.
+struct GateGuard<'a>(&'a Gate);
+
+impl Gate {
+    /// Waits for the gate until `deadline`; `None` if it stayed busy.
+    fn enter(&self, deadline: Instant) -> Option<GateGuard<'_>> {
+        let mut busy = lock(&self.busy);
+        while *busy {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            busy = self
+                .free
+                .wait_timeout(busy, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *busy = true;
+        Some(GateGuard(self))
+    }
+}
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.busy) = false;
+        self.0.free.notify_one();
+    }
+}
+
 /// Why a swap or rollback was refused. The old version keeps running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused(pub String);
@@ -278,7 +355,7 @@ pub struct Controller {
     /// Compiled components by content hash, for instant rollback.
     plugins: Mutex<HashMap<String, Arc<Plugin>>>,
     /// One swap at a time.
-    swapping: Mutex<()>,
+    swapping: Gate,
     to_coordinator: Sender<Command>,
     live: Live,
     /// Input lines read so far (updated by the coordinator).
@@ -315,7 +392,7 @@ impl Controller {
             ops,
             versions: Mutex::new(versions),
             plugins: Mutex::new(plugins),
-            swapping: Mutex::new(()),
+            swapping: Gate::default(),
             to_coordinator,
             live,
             lines_read: AtomicU64::new(0),
@@ -342,9 +419,19 @@ impl Controller {
             })
     }
 
+    /// Waits for the other swaps and rollbacks to finish, as long as
+    /// `asker` waits.
+    fn one_at_a_time(&self, what: &str, asker: &Asker) -> Result<GateGuard<'_>, Refused> {
+        self.swapping.enter(asker.deadline).ok_or_else(|| {
+            Refused(format!(
+                "{what} refused: another swap or rollback of this pipeline was still in progress when the request's waiting time ran out; nothing changed, try again"
+            ))
+        })
+    }
+
     /// Replaces operator `operator` by the component at `path`.
-    pub fn swap(&self, operator: &str, path: &Path) -> Result<SwapReport, Refused> {
-        let _one = lock(&self.swapping);
+    pub fn swap(&self, operator: &str, path: &Path, asker: &Asker) -> Result<SwapReport, Refused> {
+        let _one = self.one_at_a_time(&format!("swap of `{operator}`"), asker)?;
         let stage = self.stage(operator)?;
         let running = self.versions()[stage].current().hash.clone();
         let started = Instant::now();
@@ -355,13 +442,13 @@ impl Controller {
             ))
         })?;
         let compile = started.elapsed();
-        self.activate(stage, Arc::new(plugin), compile)
+        self.activate(stage, Arc::new(plugin), compile, asker)
     }
 
     /// Returns operator `operator` to the version that ran before the
     /// current one.
-    pub fn rollback(&self, operator: &str) -> Result<SwapReport, Refused> {
-        let _one = lock(&self.swapping);
+    pub fn rollback(&self, operator: &str, asker: &Asker) -> Result<SwapReport, Refused> {
+        let _one = self.one_at_a_time(&format!("rollback of `{operator}`"), asker)?;
         let stage = self.stage(operator)?;
         let (previous, running) = {
             let v = &self.versions()[stage];
@@ -391,7 +478,7 @@ impl Controller {
                 })?)
             }
         };
-        self.activate(stage, plugin, started.elapsed())
+        self.activate(stage, plugin, started.elapsed(), asker)
     }
 
     fn engine(&self, stage: usize) -> Result<wasmtime::Engine, Refused> {
@@ -411,6 +498,7 @@ impl Controller {
         stage: usize,
         plugin: Arc<Plugin>,
         compile: Duration,
+        asker: &Asker,
     ) -> Result<SwapReport, Refused> {
         let started = Instant::now();
         let op = &self.ops[stage];
@@ -494,6 +582,8 @@ impl Controller {
         if self.stopped.load(Ordering::Acquire) {
             return Err(refused("the pipeline is stopping".into()));
         }
+        // The point of no return: past it the coordinator switches.
+        asker.stands().map_err(refused)?;
         let (tx, rx) = bounded(1);
         self.to_coordinator
             .send(Command::Swap(Prepared {
@@ -594,7 +684,7 @@ impl Controller {
                             continue;
                         }
                         *acted = now;
-                        match this.swap(op, path) {
+                        match this.swap(op, path, &Asker::patient(WATCH_WAIT)) {
                             Ok(r) => eprintln!(
                                 "eddy: watch: `{op}` now runs {} from {} (was {}), from line {}",
                                 r.to.hash,
@@ -616,6 +706,9 @@ impl Controller {
         }
     }
 }
+
+/// How long a `--watch` swap may wait for another swap to finish.
+const WATCH_WAIT: Duration = Duration::from_secs(600);
 
 /// What identifies a version of a file cheaply: length and modification
 /// time; `None` when it cannot be read.

@@ -96,7 +96,7 @@ fn run_one(
 ) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let mut p = pipeline(dir.path(), input, &[(name, component)], 1);
-    p.control = None;
+    p.control = false;
     setup(&mut p);
     run(&p);
     dir

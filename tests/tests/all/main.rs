@@ -21,3 +21,5 @@ mod swap;
 mod cli;
 // Operators in Python, JavaScript and C against the Rust ones.
 mod languages;
+// The control socket: owner only, and hardened against abusive clients.
+mod harden_control;

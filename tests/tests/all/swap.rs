@@ -19,7 +19,7 @@ use crate::util::*;
 
 /// A pipeline running in this process, following its input file.
 pub(crate) struct Running {
-    addr: std::net::SocketAddr,
+    socket: PathBuf,
     shutdown: Shutdown,
     thread: std::thread::JoinHandle<Summary>,
 }
@@ -34,22 +34,22 @@ impl Running {
             let engine = wasm::engine().unwrap();
             let ops = runner::load_operators(&engine, &p).unwrap();
             runner::run_notify(&p, ops, &s, |started| {
-                tx.send(started.control.unwrap()).unwrap();
+                tx.send(started.control.clone().unwrap()).unwrap();
             })
             .unwrap()
         });
-        let addr = rx
+        let socket = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("pipeline started");
         Running {
-            addr,
+            socket,
             shutdown,
             thread,
         }
     }
 
     fn ask(&self, r: Request) -> Response {
-        control::request(self.addr, "", &r).unwrap()
+        control::request(&self.socket, &r, control::DEFAULT_WAIT).unwrap()
     }
 
     pub(crate) fn status(&self) -> Status {
@@ -510,10 +510,20 @@ fn cli_without_a_running_pipeline_says_what_is_missing() {
     let (code, _, err) = eddy(&["status", "--state", state.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(
-        err.contains("no running eddy found for state directory") && err.contains("control.addr"),
+        err.contains("no running eddy found for state directory") && err.contains("control.sock"),
         "{err}"
     );
-    let (code, _, err) = eddy(&["swap", "counter", COUNTER_V2, "--control", "10.0.0.1:7070"]);
+    let missing = dir.path().join("gone.sock");
+    let (code, _, err) = eddy(&[
+        "swap",
+        "counter",
+        COUNTER_V2,
+        "--socket",
+        missing.to_str().unwrap(),
+    ]);
     assert_ne!(code, 0);
-    assert!(err.contains("not a loopback address"), "{err}");
+    assert!(
+        err.contains("cannot reach eddy at") && err.contains("gone.sock"),
+        "{err}"
+    );
 }

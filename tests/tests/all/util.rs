@@ -34,7 +34,7 @@ pub fn pipeline(dir: &Path, input: &Path, ops: &[(&str, &str)], workers: usize) 
         checkpoint_events: None,
         follow: false,
         watch: false,
-        control: Some("127.0.0.1:0".parse().unwrap()),
+        control: true,
     }
 }
 
