@@ -1,15 +1,33 @@
 //! Decoding one JSON Lines input line: find the key (and event time) without
 //! building the whole document.
+//!
+//! # Keys
+//!
+//! The key field holds a string or a number. A string key is the string's
+//! value (escapes resolved). A number key is the number's literal text as
+//! written in the line, never converted through a float, so every distinct
+//! number keeps its own state:
+//!
+//! - `12345678901234567890123` and `12345678901234567890124` are two keys;
+//! - `1E2` is the key `1E2` (not `100`), `-7` is `-7`, `0.10` is `0.10`;
+//! - `1` and `"1"` are the same key (the text `1`);
+//! - `1`, `1.0` and `1e0` are three different keys: the literal is the key,
+//!   not the numeric value. Write keys the same way every time.
+//!
+//! Any other JSON type (`true`, `null`, an object, an array) is rejected
+//! ([`DecodeError::BadKey`]).
 
 use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 /// What a line yields for routing.
 #[derive(Debug, PartialEq)]
 pub struct Decoded<'a> {
-    /// The key, borrowed from the line unless it had escapes or was a number.
+    /// The key, borrowed from the line unless it is a string with escapes
+    /// (a number key is its literal text; see the module docs).
     pub key: Cow<'a, str>,
     pub time: Option<i64>,
 }
@@ -138,49 +156,32 @@ impl<'de> Visitor<'de> for StrVisitor {
     }
 }
 
-/// The key's value: a string, or a number taken as its text; `None` for any
-/// other JSON type.
+/// The key's value: a string (borrowed when it has no escapes), or a
+/// number taken as its literal text (always borrowed); `None` for any other
+/// JSON type.
 struct KeyValue<'a>(Option<Cow<'a, str>>);
 
 impl<'de> de::Deserialize<'de> for KeyValue<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = KeyValue<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a key")
+        // The raw text of the value, exactly as in the line (no whitespace
+        // around it): numbers are validated by the parser but not converted.
+        let raw: &'de RawValue = de::Deserialize::deserialize(d)?;
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'"') => {
+                let inner = &text[1..text.len() - 1];
+                if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
+                    // No escapes: the key is the text between the quotes.
+                    Ok(KeyValue(Some(Cow::Borrowed(inner))))
+                } else {
+                    serde_json::from_str::<String>(text)
+                        .map(|s| KeyValue(Some(Cow::Owned(s))))
+                        .map_err(de::Error::custom)
+                }
             }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(KeyValue(Some(Cow::Borrowed(v))))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(KeyValue(Some(Cow::Owned(v.to_string()))))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(KeyValue(Some(Cow::Owned(v.to_string()))))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(KeyValue(Some(Cow::Owned(v.to_string()))))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(KeyValue(Some(Cow::Owned(v.to_string()))))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(KeyValue(None))
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(KeyValue(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(KeyValue(None))
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(KeyValue(None))
-            }
+            Some(b'-' | b'0'..=b'9') => Ok(KeyValue(Some(Cow::Borrowed(text)))),
+            _ => Ok(KeyValue(None)),
         }
-        d.deserialize_any(V)
     }
 }
 
@@ -270,5 +271,62 @@ mod tests {
             e(b"{\"key\":\"\xff\"}"),
             "line is not UTF-8 (invalid byte at offset 8)"
         );
+    }
+
+    fn key(line: &str) -> Cow<'_, str> {
+        decode(line.as_bytes(), "key", None).unwrap().key
+    }
+
+    #[test]
+    fn number_keys_are_their_literal_text() {
+        // Big integers beyond u64 and f64 precision stay apart.
+        assert_eq!(
+            key(r#"{"key":12345678901234567890123}"#),
+            "12345678901234567890123"
+        );
+        assert_eq!(
+            key(r#"{"key":12345678901234567890124}"#),
+            "12345678901234567890124"
+        );
+        assert_eq!(
+            key(r#"{"key":18446744073709551616}"#),
+            "18446744073709551616"
+        );
+        // Exponents, signs and decimals as written.
+        assert_eq!(key(r#"{"key":1E2}"#), "1E2");
+        assert_eq!(key(r#"{"key":1e-7}"#), "1e-7");
+        assert_eq!(key(r#"{"key":-42}"#), "-42");
+        assert_eq!(key(r#"{"key":-0}"#), "-0");
+        assert_eq!(key(r#"{"key":0.10}"#), "0.10");
+        assert_eq!(key(r#"{"key":1.0}"#), "1.0");
+        assert_ne!(key(r#"{"key":1.0}"#), key(r#"{"key":1}"#));
+        // A number and the string of the same text are one key.
+        assert_eq!(key(r#"{"key":1}"#), key(r#"{"key":"1"}"#));
+        // Whitespace around the value is not part of the key; the key is
+        // borrowed from the line.
+        let k = key("{ \"key\" :  7 , \"z\":1}");
+        assert_eq!(k, "7");
+        assert!(matches!(k, Cow::Borrowed(_)));
+        assert!(matches!(key(r#"{"key":"plain"}"#), Cow::Borrowed("plain")));
+        // Escapes are resolved.
+        assert_eq!(key(r#"{"key":"a\u00e9\\b"}"#), "a\u{e9}\\b");
+        assert_eq!(key(r#"{"key":"\"1\""}"#), "\"1\"");
+    }
+
+    #[test]
+    fn bad_numbers_and_other_types_are_rejected() {
+        let e = |l: &str| decode(l.as_bytes(), "key", None).unwrap_err().to_string();
+        for bad in ["01", "1.", "-", "+1", "1e", ".5", "NaN", "0x10"] {
+            let err = e(&format!(r#"{{"key":{bad}}}"#));
+            assert!(err.starts_with("line is not a JSON object"), "{bad}: {err}");
+        }
+        for other in ["null", "false", "[1]", r#"{"a":1}"#] {
+            assert_eq!(
+                e(&format!(r#"{{"key":{other}}}"#)),
+                "key field `key` is not a string or a number",
+                "{other}"
+            );
+        }
+        assert!(e(r#"{"key":"bad \x escape"}"#).starts_with("line is not a JSON object"));
     }
 }
