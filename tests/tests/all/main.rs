@@ -21,3 +21,6 @@ mod swap;
 mod cli;
 // Operators in Python, JavaScript and C against the Rust ones.
 mod languages;
+// Inputs never destroyed, split or altered: same-file outputs, half-written
+// lines, numeric keys, device and FIFO outputs, write errors, BOM, non-UTF-8.
+mod harden_io;
