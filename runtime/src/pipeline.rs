@@ -164,27 +164,30 @@ enum FileIdentity {
 /// Symbolic links followed at most (like the kernel's limit).
 const MAX_LINKS: usize = 40;
 
-fn identity(path: &Path) -> std::io::Result<FileIdentity> {
+/// What `path` names. A path that cannot be looked at (a parent that is
+/// not a directory, no permission) counts by its path: opening it fails
+/// later with a message of its own.
+fn identity(path: &Path) -> FileIdentity {
     use std::os::unix::fs::MetadataExt;
-    let mut path = resolve(path)?;
+    let mut path = resolve(path);
     for _ in 0..MAX_LINKS {
         match std::fs::metadata(&path) {
-            Ok(m) if m.file_type().is_file() => return Ok(FileIdentity::Inode(m.dev(), m.ino())),
-            Ok(_) => return Ok(FileIdentity::Special),
+            Ok(m) if m.file_type().is_file() => return FileIdentity::Inode(m.dev(), m.ino()),
+            Ok(_) => return FileIdentity::Special,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(_) => break,
         }
         // A dangling symbolic link: opening it for writing creates its
         // target, so the target is what counts.
         match std::fs::read_link(&path) {
             Ok(target) => {
                 let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
-                path = resolve(&parent.join(target))?;
+                path = resolve(&parent.join(target));
             }
             Err(_) => break,
         }
     }
-    Ok(FileIdentity::Path(path))
+    FileIdentity::Path(path)
 }
 
 /// The absolute form of `path` as opening it for writing (after creating
@@ -192,9 +195,11 @@ fn identity(path: &Path) -> std::io::Result<FileIdentity> {
 /// canonicalized (links resolved), the rest resolved by name (components
 /// that do not exist cannot be links, so `x/..` is the directory holding
 /// `x`).
-fn resolve(path: &Path) -> std::io::Result<PathBuf> {
+fn resolve(path: &Path) -> PathBuf {
     use std::path::Component;
-    let path = std::path::absolute(path)?;
+    let Ok(path) = std::path::absolute(path) else {
+        return path.to_path_buf();
+    };
     let parts: Vec<Component> = path.components().collect();
     for n in (1..=parts.len()).rev() {
         let prefix: PathBuf = parts[..n].iter().collect();
@@ -208,10 +213,10 @@ fn resolve(path: &Path) -> std::io::Result<PathBuf> {
                     c => out.push(c),
                 }
             }
-            return Ok(out);
+            return out;
         }
     }
-    Ok(path)
+    path
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -322,19 +327,15 @@ impl Pipeline {
     /// `/dev/null`) may be shared. Call it before opening anything for
     /// writing ([`crate::runner::run`] does).
     pub fn check_files(&self) -> Result<(), PipelineError> {
-        let id = |what: &str, path: &Path| {
-            identity(path)
-                .map_err(|e| PipelineError::Invalid(format!("{what} file {}: {e}", path.display())))
-        };
         let input = match &self.input {
-            Input::File(path) => Some((path, id("input", path)?)),
+            Input::File(path) => Some((path, identity(path))),
             Input::Stdin => None,
         };
         let output = match &self.output {
-            Output::File(path) => Some((path, id("output", path)?)),
+            Output::File(path) => Some((path, identity(path))),
             Output::Stdout => None,
         };
-        let dead = (&self.dead_letter, id("dead-letter", &self.dead_letter)?);
+        let dead = (&self.dead_letter, identity(&self.dead_letter));
         let same = |a: &FileIdentity, b: &FileIdentity| a == b && *a != FileIdentity::Special;
         if let (Some((out, out_id)), Some((inp, in_id))) = (&output, &input) {
             if same(out_id, in_id) {
@@ -633,6 +634,9 @@ mod tests {
         let e = check("in.jsonl", "dangling", "new.jsonl").unwrap_err();
         assert!(e.contains("is the dead-letter file"), "{e}");
         assert!(!d.join("new.jsonl").exists() && !d.join("x").exists());
+        // A path that cannot be looked at is left to fail where it is
+        // opened, with its own message.
+        assert!(check("in.jsonl", "out.jsonl", "in.jsonl/dead.jsonl").is_ok());
         // Devices are not destroyed by sharing.
         assert!(check("in.jsonl", "/dev/null", "/dev/null").is_ok());
     }
