@@ -56,6 +56,7 @@ pub fn decode<'a>(
     let text = std::str::from_utf8(line).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
     let mut de = serde_json::Deserializer::from_str(text);
     let seed = Fields {
+        line: text,
         key_field,
         time_field,
         error: None,
@@ -67,16 +68,76 @@ pub fn decode<'a>(
     if let Some(e) = found.error {
         return Err(e);
     }
-    let key = found
-        .key
-        .ok_or_else(|| DecodeError::MissingKey(key_field.to_string()))?;
+    let key = match found.key {
+        Some(Key::Text(k)) => k,
+        Some(Key::NumberSlow) => Cow::Borrowed(number_literal_slow(text, key_field)?),
+        None => return Err(DecodeError::MissingKey(key_field.to_string())),
+    };
     Ok(Decoded {
         key,
         time: found.time,
     })
 }
 
-struct Fields<'f> {
+/// The number's literal text in `line`, found the slow way (a second
+/// parse) when the key field's name had escapes.
+#[cold]
+fn number_literal_slow<'a>(line: &'a str, key_field: &str) -> Result<&'a str, DecodeError> {
+    // Like the first pass, the last occurrence of the field counts.
+    let fields: Vec<(Cow<'_, str>, &'a RawValue)> = serde_json::from_str::<RawFields<'a>>(line)
+        .map_err(|e| DecodeError::NotJson(e.to_string()))?
+        .0;
+    fields
+        .into_iter()
+        .rev()
+        .find(|(name, _)| name == key_field)
+        .map(|(_, v)| v.get())
+        .ok_or_else(|| DecodeError::MissingKey(key_field.to_string()))
+}
+
+/// An object's fields in order, values as raw text.
+struct RawFields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> de::Deserialize<'de> for RawFields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawFields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::new();
+                while let Some(name) = map.next_key::<FieldName<'de>>()? {
+                    v.push((name.0, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(RawFields(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Where the number that follows field name `name` (borrowed from `line`)
+/// starts and ends: `name`'s closing quote, `:` and whitespace skipped, then
+/// the number's characters (the parser has checked its syntax).
+fn number_after<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = (name.as_ptr() as usize).checked_sub(line.as_ptr() as usize)?;
+    let rest = line.get(start + name.len()..)?.strip_prefix('"')?;
+    let ws = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
+    let rest = rest
+        .trim_start_matches(ws)
+        .strip_prefix(':')?
+        .trim_start_matches(ws);
+    let end = rest
+        .find(|c: char| !matches!(c, '0'..='9' | '-' | '+' | '.' | 'e' | 'E'))
+        .unwrap_or(rest.len());
+    (end > 0).then(|| &rest[..end])
+}
+
+struct Fields<'f, 'de> {
+    /// The whole line, where number keys are borrowed from.
+    line: &'de str,
     key_field: &'f str,
     time_field: Option<&'f str>,
     /// A field-level problem found while scanning (reported after the scan
@@ -84,20 +145,28 @@ struct Fields<'f> {
     error: Option<DecodeError>,
 }
 
+/// A key found by the scan.
+enum Key<'a> {
+    Text(Cow<'a, str>),
+    /// A number after a field name with escapes: its text is found by a
+    /// second parse.
+    NumberSlow,
+}
+
 struct Found<'a> {
-    key: Option<Cow<'a, str>>,
+    key: Option<Key<'a>>,
     time: Option<i64>,
     error: Option<DecodeError>,
 }
 
-impl<'de> DeserializeSeed<'de> for Fields<'_> {
+impl<'de> DeserializeSeed<'de> for Fields<'_, 'de> {
     type Value = Found<'de>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Found<'de>, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for Fields<'_> {
+impl<'de> Visitor<'de> for Fields<'_, 'de> {
     type Value = Found<'de>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
@@ -110,9 +179,23 @@ impl<'de> Visitor<'de> for Fields<'_> {
         };
         while let Some(name) = map.next_key::<FieldName<'de>>()? {
             if name.0 == self.key_field {
-                match map.next_value::<KeyValue<'de>>()?.0 {
-                    Some(k) => found.key = Some(k),
-                    None => self.error = Some(DecodeError::BadKey(self.key_field.to_string())),
+                match map.next_value::<KeyValue<'de>>()? {
+                    KeyValue::Str(k) => found.key = Some(Key::Text(k)),
+                    KeyValue::Number => {
+                        // The literal, borrowed from the line right after
+                        // the field name.
+                        let literal = match &name.0 {
+                            Cow::Borrowed(n) => number_after(self.line, n),
+                            Cow::Owned(_) => None,
+                        };
+                        found.key = Some(match literal {
+                            Some(l) => Key::Text(Cow::Borrowed(l)),
+                            None => Key::NumberSlow,
+                        });
+                    }
+                    KeyValue::Other => {
+                        self.error = Some(DecodeError::BadKey(self.key_field.to_string()))
+                    }
                 }
             } else if Some(&*name.0) == self.time_field {
                 match map.next_value::<TimeValue>()?.0 {
@@ -156,32 +239,53 @@ impl<'de> Visitor<'de> for StrVisitor {
     }
 }
 
-/// The key's value: a string (borrowed when it has no escapes), or a
-/// number taken as its literal text (always borrowed); `None` for any other
-/// JSON type.
-struct KeyValue<'a>(Option<Cow<'a, str>>);
+/// The key's value: a string (borrowed when it has no escapes), a number
+/// (whose literal text the caller takes from the line), or another type.
+enum KeyValue<'a> {
+    Str(Cow<'a, str>),
+    Number,
+    Other,
+}
 
 impl<'de> de::Deserialize<'de> for KeyValue<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // The raw text of the value, exactly as in the line (no whitespace
-        // around it): numbers are validated by the parser but not converted.
-        let raw: &'de RawValue = de::Deserialize::deserialize(d)?;
-        let text = raw.get();
-        match text.as_bytes().first() {
-            Some(b'"') => {
-                let inner = &text[1..text.len() - 1];
-                if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
-                    // No escapes: the key is the text between the quotes.
-                    Ok(KeyValue(Some(Cow::Borrowed(inner))))
-                } else {
-                    serde_json::from_str::<String>(text)
-                        .map(|s| KeyValue(Some(Cow::Owned(s))))
-                        .map_err(de::Error::custom)
-                }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyValue<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
             }
-            Some(b'-' | b'0'..=b'9') => Ok(KeyValue(Some(Cow::Borrowed(text)))),
-            _ => Ok(KeyValue(None)),
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(KeyValue::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(KeyValue::Str(Cow::Owned(v.to_string())))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(KeyValue::Number)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(KeyValue::Number)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(KeyValue::Number)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(KeyValue::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(KeyValue::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(KeyValue::Other)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(KeyValue::Other)
+            }
         }
+        d.deserialize_any(V)
     }
 }
 
@@ -308,6 +412,12 @@ mod tests {
         assert_eq!(k, "7");
         assert!(matches!(k, Cow::Borrowed(_)));
         assert!(matches!(key(r#"{"key":"plain"}"#), Cow::Borrowed("plain")));
+        assert!(matches!(key(r#"{"key":12}"#), Cow::Borrowed("12")));
+        // A field name with escapes, and repeated fields (the last counts).
+        assert_eq!(key(r#"{"k\u0065y" : 1E+3}"#), "1E+3");
+        assert_eq!(key(r#"{"key":1,"key":2}"#), "2");
+        assert_eq!(key(r#"{"k\u0065y":1,"key":2}"#), "2");
+        assert_eq!(key(r#"{"key":1,"k\u0065y":2,"x":{"key":3}}"#), "2");
         // Escapes are resolved.
         assert_eq!(key(r#"{"key":"a\u00e9\\b"}"#), "a\u{e9}\\b");
         assert_eq!(key(r#"{"key":"\"1\""}"#), "\"1\"");
