@@ -458,17 +458,15 @@ pub fn format_output(buf: &mut Vec<u8>, key: &str, value: &[u8]) {
 /// not UTF-8, `"name_base64":"<base64 of the bytes>"` instead, so that no
 /// byte is lost or replaced.
 pub fn push_field(buf: &mut Vec<u8>, name: &str, value: &[u8]) {
-    let Ok(text) = std::str::from_utf8(value) else {
-        push_base64_field(buf, name, value);
-        return;
-    };
-    push_name(buf, name);
+    // The common case first: single-line JSON (its syntax checked without
+    // UTF-8, then UTF-8 checked only when there is a non-ASCII byte).
     let is_json = memchr::memchr2(b'\n', b'\r', value).is_none()
-        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
-    if is_json {
+        && serde_json::from_slice::<serde::de::IgnoredAny>(value).is_ok();
+    if is_json && (value.is_ascii() || std::str::from_utf8(value).is_ok()) {
+        push_name(buf, name);
         buf.extend_from_slice(value);
     } else {
-        serde_json::to_writer(&mut *buf, text).expect("writing to a Vec cannot fail");
+        push_string_field(buf, name, value);
     }
 }
 
