@@ -118,9 +118,10 @@ impl<'de> de::Deserialize<'de> for RawFields<'de> {
     }
 }
 
-/// Where the number that follows field name `name` (borrowed from `line`)
-/// starts and ends: `name`'s closing quote, `:` and whitespace skipped, then
-/// the number's characters (the parser has checked its syntax).
+/// The number that follows field name `name` (borrowed from `line`), if the
+/// value there is one: `name`'s closing quote, `:` and whitespace skipped,
+/// then the characters a number is made of (the parser checks its syntax
+/// when it skips the value).
 fn number_after<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let start = (name.as_ptr() as usize).checked_sub(line.as_ptr() as usize)?;
     let rest = line.get(start + name.len()..)?.strip_prefix('"')?;
@@ -129,10 +130,13 @@ fn number_after<'a>(line: &'a str, name: &str) -> Option<&'a str> {
         .trim_start_matches(ws)
         .strip_prefix(':')?
         .trim_start_matches(ws);
+    if !rest.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        return None;
+    }
     let end = rest
         .find(|c: char| !matches!(c, '0'..='9' | '-' | '+' | '.' | 'e' | 'E'))
         .unwrap_or(rest.len());
-    (end > 0).then(|| &rest[..end])
+    Some(&rest[..end])
 }
 
 struct Fields<'f, 'de> {
@@ -179,20 +183,22 @@ impl<'de> Visitor<'de> for Fields<'_, 'de> {
         };
         while let Some(name) = map.next_key::<FieldName<'de>>()? {
             if name.0 == self.key_field {
+                // A number's literal is taken from the line right after the
+                // field name; the parser only checks its syntax (no
+                // conversion, so no number is out of range).
+                let literal = match &name.0 {
+                    Cow::Borrowed(n) => number_after(self.line, n),
+                    Cow::Owned(_) => None,
+                };
+                if let Some(literal) = literal {
+                    map.next_value::<IgnoredAny>()?;
+                    found.key = Some(Key::Text(Cow::Borrowed(literal)));
+                    continue;
+                }
                 match map.next_value::<KeyValue<'de>>()? {
                     KeyValue::Str(k) => found.key = Some(Key::Text(k)),
-                    KeyValue::Number => {
-                        // The literal, borrowed from the line right after
-                        // the field name.
-                        let literal = match &name.0 {
-                            Cow::Borrowed(n) => number_after(self.line, n),
-                            Cow::Owned(_) => None,
-                        };
-                        found.key = Some(match literal {
-                            Some(l) => Key::Text(Cow::Borrowed(l)),
-                            None => Key::NumberSlow,
-                        });
-                    }
+                    // After a field name with escapes.
+                    KeyValue::Number => found.key = Some(Key::NumberSlow),
                     KeyValue::Other => {
                         self.error = Some(DecodeError::BadKey(self.key_field.to_string()))
                     }
@@ -396,6 +402,10 @@ mod tests {
             key(r#"{"key":18446744073709551616}"#),
             "18446744073709551616"
         );
+        // Beyond any float's range: still a key, not an error.
+        let long = "9".repeat(400);
+        assert_eq!(key(&format!(r#"{{"key":{long}}}"#)), long);
+        assert_eq!(key(r#"{"key":1e400}"#), "1e400");
         // Exponents, signs and decimals as written.
         assert_eq!(key(r#"{"key":1E2}"#), "1E2");
         assert_eq!(key(r#"{"key":1e-7}"#), "1e-7");
