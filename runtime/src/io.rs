@@ -214,10 +214,6 @@ pub fn read_lines(
             cur.clear();
         }
     }
-    if bom_pending && cur.starts_with(BOM) {
-        cur.drain(..BOM.len());
-        offset += BOM.len() as u64;
-    }
     if let Some((start, len)) = skipping {
         // An oversized line cut short by the end of a file may still be
         // growing: it is dead-lettered whole once its `\n` is there.
