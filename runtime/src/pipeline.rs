@@ -137,6 +137,93 @@ pub enum PipelineError {
     Parse { path: PathBuf, message: String },
     #[error("{0}")]
     Invalid(String),
+    /// Two of input, output and dead-letter file are one file.
+    #[error(
+        "the {what} file {} is the {other_what} file (same file as {}): {why}",
+        .path.display(),
+        .other.display()
+    )]
+    SameFile {
+        /// `output` or `dead-letter`.
+        what: &'static str,
+        path: PathBuf,
+        /// `input` or `dead-letter`.
+        other_what: &'static str,
+        other: PathBuf,
+        /// What would go wrong, and what to do.
+        why: &'static str,
+    },
+}
+
+/// What a path names, to tell whether two paths are one file.
+#[derive(Debug, PartialEq, Eq)]
+enum FileIdentity {
+    /// An existing file (symbolic links followed): device and inode.
+    Inode(u64, u64),
+    /// A file that does not exist yet: its absolute path (see
+    /// [`resolve`]).
+    Path(PathBuf),
+    /// An existing file that is not a regular file (a device, a FIFO,
+    /// a directory): sharing it cannot destroy anything.
+    Special,
+}
+
+/// Symbolic links followed at most (like the kernel's limit).
+const MAX_LINKS: usize = 40;
+
+/// What `path` names. A path that cannot be looked at (a parent that is
+/// not a directory, no permission) counts by its path: opening it fails
+/// later with a message of its own.
+fn identity(path: &Path) -> FileIdentity {
+    use std::os::unix::fs::MetadataExt;
+    let mut path = resolve(path);
+    for _ in 0..MAX_LINKS {
+        match std::fs::metadata(&path) {
+            Ok(m) if m.file_type().is_file() => return FileIdentity::Inode(m.dev(), m.ino()),
+            Ok(_) => return FileIdentity::Special,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => break,
+        }
+        // A dangling symbolic link: opening it for writing creates its
+        // target, so the target is what counts.
+        match std::fs::read_link(&path) {
+            Ok(target) => {
+                let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                path = resolve(&parent.join(target));
+            }
+            Err(_) => break,
+        }
+    }
+    FileIdentity::Path(path)
+}
+
+/// The absolute form of `path` as opening it for writing (after creating
+/// its missing directories) would see it: its longest existing prefix
+/// canonicalized (links resolved), the rest resolved by name (components
+/// that do not exist cannot be links, so `x/..` is the directory holding
+/// `x`).
+fn resolve(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let Ok(path) = std::path::absolute(path) else {
+        return path.to_path_buf();
+    };
+    let parts: Vec<Component> = path.components().collect();
+    for n in (1..=parts.len()).rev() {
+        let prefix: PathBuf = parts[..n].iter().collect();
+        if let Ok(mut out) = prefix.canonicalize() {
+            for c in &parts[n..] {
+                match c {
+                    Component::ParentDir => {
+                        out.pop();
+                    }
+                    Component::CurDir => {}
+                    c => out.push(c),
+                }
+            }
+            return out;
+        }
+    }
+    path
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -236,6 +323,61 @@ pub fn default_workers() -> usize {
 }
 
 impl Pipeline {
+    /// Refuses a pipeline where two of input, output and dead-letter file
+    /// are the same file: writing the output would truncate the input, or
+    /// outputs and dead letters would be mixed. Existing files are compared
+    /// by device and inode (symbolic and hard links see through), paths
+    /// that do not exist yet by their absolute form (so `out.jsonl` and
+    /// `./x/../out.jsonl` are one file). Devices and FIFOs (such as
+    /// `/dev/null`) may be shared. Call it before opening anything for
+    /// writing ([`crate::runner::run`] does).
+    pub fn check_files(&self) -> Result<(), PipelineError> {
+        let input = match &self.input {
+            Input::File(path) => Some((path, identity(path))),
+            Input::Stdin => None,
+        };
+        let output = match &self.output {
+            Output::File(path) => Some((path, identity(path))),
+            Output::Stdout => None,
+        };
+        let dead = (&self.dead_letter, identity(&self.dead_letter));
+        let same = |a: &FileIdentity, b: &FileIdentity| a == b && *a != FileIdentity::Special;
+        if let (Some((out, out_id)), Some((inp, in_id))) = (&output, &input) {
+            if same(out_id, in_id) {
+                return Err(PipelineError::SameFile {
+                    what: "output",
+                    path: out.to_path_buf(),
+                    other_what: "input",
+                    other: inp.to_path_buf(),
+                    why: "writing it would destroy the input; choose another --output",
+                });
+            }
+        }
+        if let Some((inp, in_id)) = &input {
+            if same(&dead.1, in_id) {
+                return Err(PipelineError::SameFile {
+                    what: "dead-letter",
+                    path: dead.0.clone(),
+                    other_what: "input",
+                    other: inp.to_path_buf(),
+                    why: "writing it would destroy the input; choose another --dead-letter",
+                });
+            }
+        }
+        if let Some((out, out_id)) = &output {
+            if same(out_id, &dead.1) {
+                return Err(PipelineError::SameFile {
+                    what: "output",
+                    path: out.to_path_buf(),
+                    other_what: "dead-letter",
+                    other: dead.0.clone(),
+                    why: "outputs and dead letters would be mixed in one file; choose another --output or --dead-letter",
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Builds a pipeline from an optional file and command-line overrides.
     pub fn load(file: Option<&Path>, o: Overrides) -> Result<Pipeline, PipelineError> {
         match file {
@@ -449,5 +591,57 @@ mod tests {
         assert!(e.contains("no operator"), "{e}");
         let e = parse("[[operator]]\nname=\"a\"\ncomponent=\"x\"\n[[operator]]\nname=\"a\"\ncomponent=\"y\"\n").unwrap_err();
         assert_eq!(e.to_string(), "operator name `a` is used twice");
+    }
+
+    #[test]
+    fn the_same_file_twice_is_refused_devices_may_be_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("in.jsonl"), "x\n").unwrap();
+        std::os::unix::fs::symlink(d.join("in.jsonl"), d.join("link")).unwrap();
+        std::os::unix::fs::symlink(d.join("new.jsonl"), d.join("dangling")).unwrap();
+        let check = |input: &str, output: &str, dead: &str| {
+            let o = Overrides {
+                plugins: vec![("c".into(), "c.wasm".into())],
+                input: Some(d.join(input).to_str().unwrap().into()),
+                output: Some(if output == "-" {
+                    "-".into()
+                } else {
+                    d.join(output).to_str().unwrap().into()
+                }),
+                dead_letter: Some(d.join(dead)),
+                no_control: true,
+                ..Overrides::default()
+            };
+            Pipeline::load(None, o)
+                .unwrap()
+                .check_files()
+                .map_err(|e| e.to_string())
+        };
+        assert!(check("in.jsonl", "out.jsonl", "dead.jsonl").is_ok());
+        let e = check("in.jsonl", "link", "dead.jsonl").unwrap_err();
+        assert!(
+            e.contains("the output file") && e.contains("is the input file"),
+            "{e}"
+        );
+        let e = check("in.jsonl", "x/../in.jsonl", "dead.jsonl").unwrap_err();
+        assert!(e.contains("is the input file"), "{e}");
+        let e = check("in.jsonl", "-", "./in.jsonl").unwrap_err();
+        assert!(
+            e.contains("the dead-letter file") && e.contains("--dead-letter"),
+            "{e}"
+        );
+        // Files that do not exist yet, by path.
+        let e = check("in.jsonl", "new.jsonl", "y/./../new.jsonl").unwrap_err();
+        assert!(e.contains("is the dead-letter file"), "{e}");
+        // A dangling link is its target.
+        let e = check("in.jsonl", "dangling", "new.jsonl").unwrap_err();
+        assert!(e.contains("is the dead-letter file"), "{e}");
+        assert!(!d.join("new.jsonl").exists() && !d.join("x").exists());
+        // A path that cannot be looked at is left to fail where it is
+        // opened, with its own message.
+        assert!(check("in.jsonl", "out.jsonl", "in.jsonl/dead.jsonl").is_ok());
+        // Devices are not destroyed by sharing.
+        assert!(check("in.jsonl", "/dev/null", "/dev/null").is_ok());
     }
 }

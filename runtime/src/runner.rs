@@ -19,7 +19,10 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use crate::control;
 use crate::decode::decode;
 use crate::host::{Limits, OpCtx};
-use crate::io::{open_input, open_output_file, read_lines, run_sink, Chunk, SinkMsg};
+use crate::io::{
+    open_input, open_output_file, push_string_field, read_lines, run_sink, Chunk, End, SinkError,
+    SinkMsg,
+};
 use crate::operator::Operator;
 use crate::pipeline::{Input, Output, Pipeline};
 use crate::store::{Checkpoint, SourcePos, Store};
@@ -131,6 +134,9 @@ pub struct Summary {
     pub bad_lines: u64,
     /// Line number this run resumed after (0 for a fresh start).
     pub resumed_after_line: u64,
+    /// Line number of an incomplete last line (no `\n` yet, not complete
+    /// JSON) left unread for a later run, if any.
+    pub incomplete_line: Option<u64>,
     pub operators: Vec<OperatorSummary>,
     pub checkpoints: u64,
     pub elapsed: Duration,
@@ -168,6 +174,8 @@ pub fn run_notify(
     started_cb: impl FnOnce(&Started),
 ) -> Result<Summary> {
     let started = Instant::now();
+    // Before anything is opened for writing.
+    p.check_files()?;
     let store = Store::open(&p.state_dir)?;
     // Which version of each operator runs: a swap made before a restart
     // stays in force.
@@ -201,6 +209,19 @@ pub fn run_notify(
             );
         }
     }
+    // A complete last line handled without its `\n`: the `\n` written
+    // after it ends that line, it does not start one.
+    let resumed_mid_line = match &p.input {
+        Input::File(path) if pos.offset > 0 => {
+            use std::os::unix::fs::FileExt;
+            let mut b = [0u8];
+            std::fs::File::open(path)
+                .and_then(|f| f.read_exact_at(&mut b, pos.offset - 1))
+                .with_context(|| format!("input {}", path.display()))?;
+            b[0] != b'\n'
+        }
+        _ => false,
+    };
     let out_file = match &p.output {
         Output::File(path) => {
             let committed = store.sink_len(&file_id(path))?;
@@ -217,10 +238,9 @@ pub fn run_notify(
 
     // Sink.
     let (sink_tx, sink_rx) = bounded::<SinkMsg>(256);
-    let dead_path = p.dead_letter.clone();
     let sink = std::thread::Builder::new()
         .name("eddy-sink".into())
-        .spawn(move || run_sink(out_file, dead_file, sink_rx, dead_path))?;
+        .spawn(move || run_sink(out_file, dead_file, sink_rx))?;
 
     // Workers: each instantiates every operator, then reports ready.
     let n = p.workers;
@@ -373,16 +393,17 @@ pub fn run_notify(
     let (chunk_tx, chunk_rx) = bounded::<Chunk>(8);
     let max_line = p.max_line_bytes;
     let start_offset = pos.offset;
-    let follow = match (&p.input, p.follow) {
-        (Input::File(path), true) => Some(crate::io::Follow {
+    let end = match (&p.input, p.follow) {
+        (Input::File(path), true) => End::Follow(crate::io::Follow {
             path: path.clone(),
             stop: reader_stop.clone(),
         }),
-        _ => None,
+        (Input::File(_), false) => End::File,
+        (Input::Stdin, _) => End::Final,
     };
     std::thread::Builder::new()
         .name("eddy-reader".into())
-        .spawn(move || read_lines(reader_input, start_offset, max_line, chunk_tx, follow))?;
+        .spawn(move || read_lines(reader_input, start_offset, max_line, chunk_tx, end))?;
     started_cb(&Started {
         control: server.as_ref().map(|s| s.path().to_path_buf()),
         resumed_after_line: pos.line,
@@ -393,11 +414,13 @@ pub fn run_notify(
         inboxes: inbox_tx,
         inflight,
         sink: sink_tx,
+        sink_thread: Some(sink),
         commit: commit_tx,
         commit_done: done_rx,
         commit_pending: false,
         pending: (0..n).map(|_| Batch::with_capacity(BATCH)).collect(),
         pos,
+        resumed_mid_line,
         input_id,
         out_id: match &p.output {
             Output::File(path) => Some(file_id(path)),
@@ -462,6 +485,7 @@ pub fn run_notify(
     }
     let Coordinator {
         sink: sink_tx,
+        sink_thread,
         commit: commit_tx,
         stats,
         mut summary,
@@ -477,15 +501,16 @@ pub fn run_notify(
     }
     drop(sink_tx);
     drop(commit_tx);
-    let sink_result = sink
-        .join()
-        .map_err(|_| anyhow!("the sink thread panicked"))?;
+    // `None`: the coordinator already took the sink's error into `result`.
+    let sink_result = sink_thread
+        .map(|h| h.join().map_err(|_| anyhow!("the sink thread panicked")))
+        .transpose()?;
     let _ = committer.join();
     result?;
     if let Some(e) = worker_error {
         bail!(e);
     }
-    sink_result.context("writing output")?;
+    sink_result.transpose()?;
     summary.operators = operators
         .iter()
         .enumerate()
@@ -528,6 +553,9 @@ struct Coordinator<'a> {
     inboxes: Vec<Sender<Msg>>,
     inflight: Arc<AtomicUsize>,
     sink: Sender<SinkMsg>,
+    /// The sink thread, joined for its error when it stops early (a write
+    /// failed); `None` once joined.
+    sink_thread: Option<std::thread::JoinHandle<Result<(), SinkError>>>,
     commit: Sender<Checkpoint>,
     commit_done: Receiver<Result<()>>,
     /// A checkpoint was handed to the committer and not yet acknowledged.
@@ -536,6 +564,9 @@ struct Coordinator<'a> {
     pending: Vec<Batch>,
     /// Position after the last line routed.
     pos: SourcePos,
+    /// The run resumed right after a last line that had no `\n`: a `\n`
+    /// alone at the start ends that line and is not counted as one.
+    resumed_mid_line: bool,
     input_id: Option<String>,
     out_id: Option<String>,
     dead_id: String,
@@ -600,7 +631,21 @@ impl Coordinator<'_> {
         match chunk {
             Chunk::Eof => return Ok(true),
             Chunk::Error(e) => bail!("reading the input: {e}"),
+            Chunk::Incomplete { len, .. } => {
+                // Left unread: the checkpointed offset stays before it (at
+                // its offset, or before a byte-order mark skipped at 0).
+                let line = self.pos.line + 1;
+                self.summary.incomplete_line = Some(line);
+                let name = match &self.p.input {
+                    Input::File(path) => path.display().to_string(),
+                    Input::Stdin => "stdin".into(),
+                };
+                tracing::warn!(
+                    "{name} line {line}: incomplete last line (no newline yet, {len} bytes) left for a later run"
+                );
+            }
             Chunk::Oversized { offset, len } => {
+                self.resumed_mid_line = false;
                 self.summary.lines += 1;
                 self.pos.line += 1;
                 self.dead_line(
@@ -721,6 +766,9 @@ impl Coordinator<'_> {
 
     /// Decodes and routes one line (with its `\n`, if any).
     fn line(&mut self, raw: &[u8]) -> Result<()> {
+        if std::mem::take(&mut self.resumed_mid_line) && (raw == b"\n" || raw == b"\r\n") {
+            return Ok(());
+        }
         self.summary.lines += 1;
         self.pos.line += 1;
         let mut line = raw.strip_suffix(b"\n").unwrap_or(raw);
@@ -751,15 +799,20 @@ impl Coordinator<'_> {
         Ok(())
     }
 
+    /// Dead-letters input line `line`: `payload` as a JSON string, or as
+    /// `payload_base64` when it is not UTF-8 (never altered).
     fn dead_line(&mut self, line: u64, reason: &str, payload: &[u8]) {
         self.summary.bad_lines += 1;
         let rec = serde_json::json!({
             "line": line,
             "error": reason,
-            "payload": String::from_utf8_lossy(payload),
         });
         let mut b = serde_json::to_vec(&rec).expect("json");
-        b.push(b'\n');
+        b.pop();
+        b.push(b',');
+        push_string_field(&mut b, "payload", payload);
+        b.extend_from_slice(b"}\n");
+        // A stopped sink is reported at the next checkpoint.
         let _ = self.sink.send(SinkMsg::Dead(b));
     }
 
@@ -813,6 +866,16 @@ impl Coordinator<'_> {
         anyhow!("a worker stopped unexpectedly")
     }
 
+    /// The sink thread stopped: its error (which names the output and the
+    /// OS error).
+    fn sink_failure(&mut self) -> anyhow::Error {
+        match self.sink_thread.take().map(|h| h.join()) {
+            Some(Ok(Err(e))) => e.into(),
+            Some(Ok(Ok(()))) | None => anyhow!("the output writer stopped"),
+            Some(Err(_)) => anyhow!("the sink thread panicked"),
+        }
+    }
+
     fn wait_commit(&mut self) -> Result<()> {
         if self.commit_pending {
             self.commit_pending = false;
@@ -843,17 +906,20 @@ impl Coordinator<'_> {
             self.stats[w] = reply.stats;
         }
         let (ftx, frx) = bounded(1);
-        self.sink
-            .send(SinkMsg::Flush(ftx))
-            .map_err(|_| anyhow!("the output writer stopped"))?;
-        let lens = frx
-            .recv()
-            .map_err(|_| anyhow!("the output writer stopped"))?
-            .context("writing output")?;
+        if self.sink.send(SinkMsg::Flush(ftx)).is_err() {
+            return Err(self.sink_failure());
+        }
+        let lens = match frx.recv() {
+            Ok(r) => r?,
+            Err(_) => return Err(self.sink_failure()),
+        };
+        // Outputs that are not regular files have no length to keep.
         if let (Some(id), Some(len)) = (&self.out_id, lens.out) {
             cp.sinks.push((id.clone(), len));
         }
-        cp.sinks.push((self.dead_id.clone(), lens.dead));
+        if let Some(len) = lens.dead {
+            cp.sinks.push((self.dead_id.clone(), len));
+        }
         cp.source = self.input_id.clone().map(|id| (id, self.pos));
         // One commit at a time: the previous must be durable first.
         self.wait_commit()?;

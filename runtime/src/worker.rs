@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::io::{format_output, push_json_or_string, SinkMsg};
+use crate::io::{format_output, push_field, SinkMsg};
 use crate::operator::{EventRef, Operator};
 use crate::store::{StateWrite, Store, StoreError};
 
@@ -326,11 +326,12 @@ impl Worker {
                         "line": lines[i],
                         "error": err.to_string(),
                     });
-                    // `payload` last, inline when JSON.
+                    // `payload` last, inline when JSON (`payload_base64`
+                    // when not UTF-8).
                     let mut s = serde_json::to_vec(&rec).expect("json");
                     s.pop();
-                    s.extend_from_slice(b",\"payload\":");
-                    push_json_or_string(&mut s, e.value);
+                    s.push(b',');
+                    push_field(&mut s, "payload", e.value);
                     s.extend_from_slice(b"}\n");
                     dead.extend_from_slice(&s);
                 }

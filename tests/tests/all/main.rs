@@ -23,3 +23,6 @@ mod cli;
 mod languages;
 // The control socket: owner only, and hardened against abusive clients.
 mod harden_control;
+// Inputs never destroyed, split or altered: same-file outputs, half-written
+// lines, numeric keys, device and FIFO outputs, write errors, BOM, non-UTF-8.
+mod harden_io;
