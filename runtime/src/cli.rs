@@ -269,6 +269,9 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         if summary.bad_lines > 0 {
             msg += &format!(", {} rejected", summary.bad_lines);
         }
+        if let Some(line) = summary.incomplete_line {
+            msg += &format!(", line {line} incomplete (no newline yet): left for a later run");
+        }
         for op in &summary.operators {
             msg += &format!(
                 "; {}: {} handled, {} failed, {} emitted",
