@@ -21,3 +21,6 @@ mod swap;
 mod cli;
 // Operators in Python, JavaScript and C against the Rust ones.
 mod languages;
+// Planted compile cache entries, replaced kept components, FIFOs as plugins,
+// damaged or foreign state files: refused with a clear error, never run.
+mod harden_storage;
