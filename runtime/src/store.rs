@@ -767,6 +767,14 @@ fn open_db(dir: &Path, path: &Path, create: bool) -> Result<Database, StoreError
                 error,
             })
         }
+        Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)))
+            if is_redb_file(path) =>
+        {
+            Err(StoreError::Damaged {
+                dir: dir.to_path_buf(),
+                detail: format!("{}: {detail}", path.display()),
+            })
+        }
         Err(e @ (redb::DatabaseError::Storage(_) | redb::DatabaseError::UpgradeRequired(_))) => {
             Err(StoreError::NotADatabase {
                 dir: dir.to_path_buf(),
@@ -776,6 +784,16 @@ fn open_db(dir: &Path, path: &Path, create: bool) -> Result<Database, StoreError
         }
         Err(e) => Err(db_err(dir, e)),
     }
+}
+
+/// Whether `path` starts with redb's magic number (so a failure to open it
+/// is damage, not a file of another kind).
+fn is_redb_file(path: &Path) -> bool {
+    const MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+    let mut head = [0u8; 9];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == MAGIC)
 }
 
 /// Refuses `path` (the state directory `dir` or a folder of it) when
