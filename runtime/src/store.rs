@@ -680,6 +680,13 @@ impl Store {
             .map_err(|e| bad(format!("cannot read it: {e}")))?;
         let found = component_hash(&bytes);
         if found != hash {
+            use std::hash::BuildHasher;
+            let legacy = format!("{:016x}", rustc_hash::FxBuildHasher.hash_one(&bytes));
+            if legacy == hash {
+                return Err(bad(format!(
+                    "it was kept by an older eddy, which named versions by a hash that cannot be verified (its SHA-256 name is {found}); swap the component in again from its source file"
+                )));
+            }
             return Err(bad(format!(
                 "its content hash is {found}, not {hash} as its name says: the file was replaced or damaged"
             )));
@@ -971,6 +978,12 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let e = store.load_component(&hash).unwrap_err().to_string();
         assert!(e.contains("No such file"), "{e}");
+        // A version kept by an older eddy (FxHash names): said so.
+        use std::hash::BuildHasher;
+        let legacy = format!("{:016x}", rustc_hash::FxBuildHasher.hash_one(&bytes[..]));
+        std::fs::write(store.component_path(&legacy), &bytes).unwrap();
+        let e = store.load_component(&legacy).unwrap_err().to_string();
+        assert!(e.contains("kept by an older eddy"), "{e}");
         for bad in ["../../etc/passwd", "0123456789abcdeX", "0123"] {
             let e = store.load_component(bad).unwrap_err().to_string();
             assert!(e.contains("is not a content hash"), "{e}");

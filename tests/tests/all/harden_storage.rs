@@ -362,7 +362,13 @@ fn a_damaged_state_database_is_a_clear_error_never_a_panic_or_a_wrong_count() {
             assert_counter_state(&state, &reference(&events));
             assert_outputs_once(d, &events);
         } else {
-            assert_clean_failure(&o, &[&state.display().to_string()]);
+            assert_clean_failure(
+                &o,
+                &[
+                    &state.display().to_string(),
+                    "restore the state directory from a backup",
+                ],
+            );
             refused += 1;
         }
     }
