@@ -511,3 +511,93 @@ fn a_state_directory_another_user_can_write_is_refused() {
         );
     }
 }
+
+/// Rollback after a restart reads the previous version from the state
+/// directory: a replaced file there is refused with an error naming it,
+/// and the running version keeps running.
+#[test]
+fn rollback_refuses_a_replaced_kept_component() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let input = d.join("in.jsonl");
+    let state = d.join("state");
+    let (_, text) = counter_events(100, 10, 9);
+    std::fs::write(&input, &text).unwrap();
+    let o = run_counter(d, &input, &state, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // Recorded as by two swaps: v3 ran first, v2 runs now (the pipeline's
+    // own v1 is the base). Rollback goes to v3, which only the state
+    // directory has: replace its file with v2's bytes.
+    let v1_hash = component_hash(&std::fs::read(COUNTER).unwrap());
+    let v2 = std::fs::read(COUNTER_V2).unwrap();
+    let v2_hash = component_hash(&v2);
+    let v3 = std::fs::read(COUNTER_V3).unwrap();
+    let v3_hash = component_hash(&v3);
+    let v3_file = {
+        let store = Store::open(&state).unwrap();
+        let name = Versions::meta_name("counter");
+        let version = |generation, hash: &str, source: &str| Version {
+            generation,
+            hash: hash.to_string(),
+            source: source.into(),
+            loaded_at_ms: 0,
+        };
+        let versions = Versions {
+            active: 1,
+            base: v1_hash,
+            all: vec![
+                version(0, &v3_hash, COUNTER_V3),
+                version(1, &v2_hash, COUNTER_V2),
+            ],
+        };
+        store.keep_component(&v2_hash, &v2).unwrap();
+        store.keep_component(&v3_hash, &v3).unwrap();
+        store
+            .commit(&Checkpoint {
+                meta: vec![(name, serde_json::to_vec(&versions).unwrap())],
+                ..Default::default()
+            })
+            .unwrap();
+        store.component_path(&v3_hash)
+    };
+    std::fs::write(&v3_file, &v2).unwrap();
+
+    let mut child = Command::new(eddy_bin())
+        .args(["run", "--quiet", "--follow", "--plugin"])
+        .arg(format!("counter={COUNTER}"))
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(d.join("out.jsonl"))
+        .arg("--state")
+        .arg(&state)
+        .env("EDDY_CACHE_DIR", d.join("private-cache"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let eddy = |args: &[&str]| {
+        Command::new(eddy_bin())
+            .args(args)
+            .arg("--state")
+            .arg(&state)
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !eddy(&["status"]).status.success() {
+        assert!(std::time::Instant::now() < deadline, "eddy did not start");
+        assert!(child.try_wait().unwrap().is_none(), "eddy stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = eddy(&["rollback", "counter"]);
+    let e = format!("{}{}", stderr(&o), String::from_utf8_lossy(&o.stdout));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!o.status.success(), "the rollback was accepted: {e}");
+    assert!(e.contains(&v3_file.display().to_string()), "{e}");
+    assert!(e.contains("was replaced or damaged"), "{e}");
+    assert!(e.contains(&format!("{v2_hash} keeps running")), "{e}");
+}
