@@ -15,17 +15,57 @@
 //! replaced.
 //!
 //! Location: `$EDDY_CACHE_DIR` when set (`off` disables the cache), else
-//! `$XDG_CACHE_HOME/eddy/components`, else `~/.cache/eddy/components`. The
-//! directory holds executable code that is loaded without re-validation: it
-//! must be writable only by the user who runs `eddy` (it is created with
-//! mode 0700).
+//! `$XDG_CACHE_HOME/eddy/components`, else `~/.cache/eddy/components`.
+//!
+//! # Trust
+//!
+//! An entry is machine code that runs inside `eddy`, so nothing in the
+//! cache is loaded unless the user running `eddy` wrote it:
+//!
+//! - The directory is created mode 0700 and entries 0600. A directory that
+//!   another user owns or that its group or others can write is not used at
+//!   all (neither loaded from nor stored to): a warning says why and how to
+//!   fix it, and components are compiled.
+//! - The directory is opened once and entries are opened relative to it
+//!   with `O_NOFOLLOW` (no symbolic links); each entry is checked with
+//!   `fstat` on the open file (a regular file, owned by the user, writable
+//!   by no one else), read, and deserialized from the bytes read, so what is
+//!   checked is what is loaded.
+//! - Every entry carries an HMAC-SHA256 of its name and code, keyed by a
+//!   random per-user key kept in the directory (`cache.key`, mode 0600,
+//!   made on first use). An entry whose code does not verify is ignored
+//!   (with a warning), recompiled and replaced: a planted entry is never
+//!   deserialized.
 
+use std::fs::File;
 use std::hash::{Hash, Hasher};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use hmac::{Hmac, Mac};
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 use sha2::{Digest, Sha256};
+use thiserror::Error;
 use wasmtime::component::Component;
 use wasmtime::Engine;
+
+use crate::store::{create_private_dir, euid, unsafe_reason};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// First bytes of an entry (then its MAC, then the code).
+const MAGIC: &[u8; 8] = b"eddycw1\n";
+/// Bytes of an entry's MAC (HMAC-SHA256).
+const MAC_LEN: usize = 32;
+/// The per-user MAC key, in the cache directory.
+const KEY_FILE: &str = "cache.key";
+/// Bytes of the MAC key.
+const KEY_LEN: usize = 32;
+/// Largest entry read back (a Python or JavaScript operator compiles to
+/// some tens of MiB of code).
+const MAX_ENTRY_BYTES: u64 = 1 << 30;
 
 /// How a component was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,14 +76,37 @@ pub enum Compiled {
     Cached,
 }
 
+/// Why the cache directory is not used.
+#[derive(Debug, Error)]
+pub enum CacheError {
+    #[error("compile cache {dir}: {error}")]
+    Io { dir: PathBuf, error: std::io::Error },
+    #[error("compile cache {path} {reason}: compiled code is never loaded from (or stored in) a place another user can write; make it yours and private (`chown {euid} {path} && chmod 700 {path}`), or set EDDY_CACHE_DIR to a private directory (EDDY_CACHE_DIR=off disables the cache)")]
+    Unsafe {
+        path: PathBuf,
+        reason: String,
+        euid: u32,
+    },
+    #[error("compile cache key {path} {reason}; delete it (a new key is made, and the cache is filled again)")]
+    BadKey { path: PathBuf, reason: String },
+}
+
 /// A directory of compiled components.
 #[derive(Debug, Clone)]
 pub struct Cache {
     dir: PathBuf,
 }
 
+/// The cache directory, opened and checked, with its key.
+struct OpenDir {
+    /// The directory, opened once: entries are opened relative to it.
+    fd: File,
+    path: PathBuf,
+    key: [u8; KEY_LEN],
+}
+
 impl Cache {
-    /// A cache in `dir` (created on first store).
+    /// A cache in `dir` (created on first use).
     pub fn new(dir: impl Into<PathBuf>) -> Cache {
         Cache { dir: dir.into() }
     }
@@ -75,65 +138,301 @@ impl Cache {
 
     /// Where the entry for `bytes` compiled by `engine` lives.
     pub fn entry(&self, engine: &Engine, bytes: &[u8]) -> PathBuf {
-        let content = Sha256::digest(bytes);
-        let mut h = rustc_hash::FxHasher::default();
-        engine.precompile_compatibility_hash().hash(&mut h);
-        let mut name = String::with_capacity(64 + 18 + 6);
-        for b in content {
-            name.push_str(&format!("{b:02x}"));
-        }
-        name.push_str(&format!("-{:016x}.cwasm", h.finish()));
-        self.dir.join(name)
+        self.dir
+            .join(entry_name(engine, &Sha256::digest(bytes).into()))
     }
 
     /// The compiled component for `bytes`: from the cache when it holds a
-    /// usable entry, else compiled and stored. Failing to store (a read-only
-    /// directory, a full disk) is logged and does not fail the load.
+    /// usable entry, else compiled and stored. A cache that cannot be
+    /// trusted or used (see the module docs), an entry that does not
+    /// verify, or failing to store (a read-only directory, a full disk) is
+    /// logged and does not fail the load.
     pub fn compile(
         &self,
         engine: &Engine,
         bytes: &[u8],
     ) -> wasmtime::Result<(Component, Compiled)> {
-        let entry = self.entry(engine, bytes);
-        if entry.exists() {
-            // SAFETY: the entry was written by `store` below from
-            // `Component::serialize` for an engine with the same
-            // compatibility hash (part of the name); wasmtime checks the
-            // header again. The directory is the user's own (0700).
-            match unsafe { Component::deserialize_file(engine, &entry) } {
-                Ok(c) => return Ok((c, Compiled::Cached)),
-                Err(e) => tracing::warn!(
-                    "ignoring unusable cache entry {}: {e:#}; recompiling",
-                    entry.display()
+        self.compile_digest(engine, bytes, &Sha256::digest(bytes).into())
+    }
+
+    /// [`Cache::compile`] with the SHA-256 `digest` of `bytes` known.
+    fn compile_digest(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        digest: &[u8; 32],
+    ) -> wasmtime::Result<(Component, Compiled)> {
+        let name = entry_name(engine, digest);
+        let dir = match self.open() {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                tracing::warn!("{e}; compiling without the cache");
+                None
+            }
+        };
+        if let Some(dir) = &dir {
+            match dir.load(engine, &name) {
+                Ok(Some(c)) => return Ok((c, Compiled::Cached)),
+                Ok(None) => {}
+                Err(reason) => tracing::warn!(
+                    "ignoring compile cache entry {}: {reason}; recompiling and replacing it",
+                    dir.path.join(&name).display()
                 ),
             }
         }
         let component = Component::new(engine, bytes)?;
-        if let Err(e) = self.store(&component, &entry) {
-            tracing::warn!(
-                "could not store the compiled component in {}: {e:#}",
-                self.dir.display()
-            );
+        if let Some(dir) = &dir {
+            if let Err(e) = dir.store(&component, &name) {
+                tracing::warn!(
+                    "could not store the compiled component in {}: {e:#}",
+                    self.dir.display()
+                );
+            }
         }
         Ok((component, Compiled::Fresh))
     }
 
-    fn store(&self, component: &Component, entry: &Path) -> anyhow::Result<()> {
-        create_private_dir(&self.dir)?;
-        let code = component.serialize()?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        std::io::Write::write_all(&mut tmp, &code)?;
-        tmp.persist(entry)?;
-        Ok(())
+    /// Opens the directory (creating it mode 0700 when missing), checks it
+    /// and reads (or makes) its key.
+    fn open(&self) -> Result<OpenDir, CacheError> {
+        let io = |error| CacheError::Io {
+            dir: self.dir.clone(),
+            error,
+        };
+        let fd = match open_dir(&self.dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                create_private_dir(&self.dir).map_err(io)?;
+                open_dir(&self.dir)
+            }
+            r => r,
+        }
+        .map_err(io)?;
+        let m = fd.metadata().map_err(io)?;
+        if let Some(reason) = unsafe_reason(&m) {
+            return Err(CacheError::Unsafe {
+                path: self.dir.clone(),
+                reason,
+                euid: euid(),
+            });
+        }
+        let mut dir = OpenDir {
+            fd,
+            path: self.dir.clone(),
+            key: [0; KEY_LEN],
+        };
+        dir.key = dir.key()?;
+        Ok(dir)
     }
 }
 
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
+/// The file name of the entry for a component with SHA-256 `digest`
+/// compiled by `engine`.
+fn entry_name(engine: &Engine, digest: &[u8; 32]) -> String {
+    let mut h = rustc_hash::FxHasher::default();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    let mut name = String::with_capacity(64 + 18 + 6);
+    for b in digest {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name.push_str(&format!("-{:016x}.cwasm", h.finish()));
+    name
+}
+
+/// Opens directory `path` (following a symbolic link to it: what counts
+/// is the directory opened, which is checked through its descriptor).
+fn open_dir(path: &Path) -> std::io::Result<File> {
+    Ok(File::from(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?))
+}
+
+/// Flags to open a file of the cache for reading: no symbolic link, never
+/// blocking on a FIFO.
+const READ_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::CLOEXEC);
+
+impl OpenDir {
+    /// Opens `name` in the directory for reading; `None` when missing.
+    fn open_file(&self, name: &str) -> Result<Option<File>, String> {
+        match rustix::fs::openat(&self.fd, name, READ_FLAGS, Mode::empty()) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(Errno::LOOP) => Err("it is a symbolic link".into()),
+            Err(e) => Err(format!("cannot open it: {}", std::io::Error::from(e))),
+        }
+    }
+
+    /// Makes a new private (0600) temporary file in the directory.
+    fn temp_file(&self) -> std::io::Result<(String, File)> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        loop {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let name = format!(
+                ".tmp-{}-{}-{nanos}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            match rustix::fs::openat(
+                &self.fd,
+                name.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            ) {
+                Ok(fd) => return Ok((name, File::from(fd))),
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Writes `parts` to a new 0600 file and renames it to `name`
+    /// (`replace`: over an existing one; else an existing one is kept and
+    /// `Ok(false)` returned).
+    fn write_file(&self, name: &str, parts: &[&[u8]], replace: bool) -> std::io::Result<bool> {
+        let (tmp, mut file) = self.temp_file()?;
+        let written = (|| {
+            for p in parts {
+                file.write_all(p)?;
+            }
+            if replace {
+                rustix::fs::renameat(&self.fd, tmp.as_str(), &self.fd, name)?;
+                Ok(true)
+            } else {
+                file.sync_all()?;
+                match rustix::fs::linkat(&self.fd, tmp.as_str(), &self.fd, name, AtFlags::empty()) {
+                    Ok(()) => Ok(true),
+                    Err(Errno::EXIST) => Ok(false),
+                    Err(e) => Err(std::io::Error::from(e)),
+                }
+            }
+        })();
+        if !(replace && written.is_ok()) {
+            let _ = rustix::fs::unlinkat(&self.fd, tmp.as_str(), AtFlags::empty());
+        }
+        written
+    }
+
+    /// The directory's MAC key, made on first use.
+    fn key(&self) -> Result<[u8; KEY_LEN], CacheError> {
+        let path = self.path.join(KEY_FILE);
+        let bad = |reason: String| CacheError::BadKey {
+            path: path.clone(),
+            reason,
+        };
+        let io = |error| CacheError::Io {
+            dir: self.path.clone(),
+            error,
+        };
+        for _ in 0..3 {
+            let Some(mut file) = self.open_file(KEY_FILE).map_err(bad)? else {
+                let mut key = [0u8; KEY_LEN];
+                File::open("/dev/urandom")
+                    .and_then(|mut r| r.read_exact(&mut key))
+                    .map_err(io)?;
+                // Linked into place only once complete; when another eddy
+                // was quicker, its key is read instead.
+                if self.write_file(KEY_FILE, &[&key], false).map_err(io)? {
+                    return Ok(key);
+                }
+                continue;
+            };
+            let m = file.metadata().map_err(io)?;
+            if !m.is_file() {
+                return Err(bad("is not a regular file".into()));
+            }
+            if let Some(reason) = unsafe_reason(&m) {
+                return Err(bad(reason));
+            }
+            if std::os::unix::fs::MetadataExt::mode(&m) & 0o077 != 0 {
+                return Err(bad(format!(
+                    "can be read by other users (mode {:o})",
+                    std::os::unix::fs::MetadataExt::mode(&m) & 0o777
+                )));
+            }
+            let mut key = [0u8; KEY_LEN];
+            let mut rest = Vec::new();
+            file.read_exact(&mut key)
+                .and_then(|()| file.read_to_end(&mut rest))
+                .map_err(|e| bad(format!("cannot be read: {e}")))?;
+            if !rest.is_empty() {
+                return Err(bad(format!(
+                    "is {} bytes, not {KEY_LEN}",
+                    KEY_LEN + rest.len()
+                )));
+            }
+            return Ok(key);
+        }
+        Err(bad("keeps changing while it is read".into()))
+    }
+
+    /// The MAC of entry `name` holding `code`.
+    fn mac(&self, name: &str, code: &[u8]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(MAGIC);
+        mac.update(name.as_bytes());
+        mac.update(&[0]);
+        mac.update(code);
+        mac
+    }
+
+    /// The component in entry `name`, if there is one; an entry that is
+    /// not safe to load, does not verify or does not deserialize is an
+    /// error (the reason).
+    fn load(&self, engine: &Engine, name: &str) -> Result<Option<Component>, String> {
+        let Some(mut file) = self.open_file(name)? else {
+            return Ok(None);
+        };
+        let m = file
+            .metadata()
+            .map_err(|e| format!("cannot read it: {e}"))?;
+        if !m.is_file() {
+            return Err("it is not a regular file".into());
+        }
+        if let Some(reason) = unsafe_reason(&m) {
+            return Err(format!("it {reason}"));
+        }
+        if m.len() > MAX_ENTRY_BYTES {
+            return Err(format!(
+                "it is {} bytes, over the limit of {MAX_ENTRY_BYTES}",
+                m.len()
+            ));
+        }
+        let mut bytes = Vec::with_capacity(m.len() as usize);
+        (&mut file)
+            .take(MAX_ENTRY_BYTES)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read it: {e}"))?;
+        if bytes.len() < MAGIC.len() + MAC_LEN || &bytes[..MAGIC.len()] != MAGIC {
+            return Err("it is not an authenticated entry of this eddy".into());
+        }
+        let (tag, code) = bytes[MAGIC.len()..].split_at(MAC_LEN);
+        self.mac(name, code).verify_slice(tag).map_err(|_| {
+            "its authentication code does not verify: it was not written by this user's eddy, or it was changed".to_string()
+        })?;
+        // SAFETY: the code was written by `store` below from
+        // `Component::serialize`, by this user (the MAC, keyed by this
+        // user's private key, verifies), for an engine with the same
+        // compatibility hash (part of the name, which the MAC covers);
+        // wasmtime checks the header again.
+        match unsafe { Component::deserialize(engine, code) } {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+
+    /// Stores `component` as entry `name`, authenticated.
+    fn store(&self, component: &Component, name: &str) -> anyhow::Result<()> {
+        let code = component.serialize()?;
+        let tag = self.mac(name, &code).finalize().into_bytes();
+        self.write_file(name, &[MAGIC, &tag, &code], true)?;
+        Ok(())
+    }
 }
 
 /// Compiles `bytes`, through `cache` when there is one.
@@ -148,9 +447,23 @@ pub fn compile(
     }
 }
 
+/// [`compile`] with the SHA-256 `digest` of `bytes` already computed.
+pub fn compile_digest(
+    cache: Option<&Cache>,
+    engine: &Engine,
+    bytes: &[u8],
+    digest: &[u8; 32],
+) -> wasmtime::Result<(Component, Compiled)> {
+    match cache {
+        Some(c) => c.compile_digest(engine, bytes, digest),
+        None => Ok((Component::new(engine, bytes)?, Compiled::Fresh)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     /// The smallest component: `(component)`.
     const EMPTY: &[u8] = b"\0asm\x0d\0\x01\0";
@@ -177,5 +490,127 @@ mod tests {
         std::fs::write(&entry, b"garbage").unwrap();
         assert_eq!(cache.compile(&engine, EMPTY).unwrap().1, Compiled::Fresh);
         assert_eq!(cache.compile(&engine, EMPTY).unwrap().1, Compiled::Cached);
+    }
+
+    #[test]
+    fn directory_entries_and_key_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().join("a/b"));
+        let engine = Engine::default();
+        cache.compile(&engine, EMPTY).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(cache.dir()), 0o700);
+        assert_eq!(mode(&cache.entry(&engine, EMPTY)), 0o600);
+        assert_eq!(mode(&cache.dir().join(KEY_FILE)), 0o600);
+        assert_eq!(
+            std::fs::metadata(cache.dir().join(KEY_FILE)).unwrap().len(),
+            KEY_LEN as u64
+        );
+        // No temporary file is left behind.
+        let names: Vec<String> = std::fs::read_dir(cache.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    /// Entries made from valid compiled code, in the user's own private
+    /// directory, that were not written through the cache (planted, or
+    /// changed afterwards) fail the MAC and are never deserialized.
+    #[test]
+    fn a_tampered_or_planted_entry_is_refused_by_the_mac() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().join("c"));
+        let engine = Engine::default();
+        assert_eq!(cache.compile(&engine, EMPTY).unwrap().1, Compiled::Fresh);
+        let entry = cache.entry(&engine, EMPTY);
+        let good = std::fs::read(&entry).unwrap();
+
+        // Valid compiled code (even of this very component) is not loaded
+        // unless its MAC verifies: raw (as the cache stored entries before
+        // they were authenticated), in the entry format with a made-up MAC,
+        // with the real entry's MAC over other code.
+        let code = Component::new(&engine, EMPTY).unwrap().serialize().unwrap();
+        let mut forged = MAGIC.to_vec();
+        forged.extend_from_slice(&[7u8; MAC_LEN]);
+        forged.extend_from_slice(&code);
+        let mut stolen_mac = good[..MAGIC.len() + MAC_LEN].to_vec();
+        stolen_mac.extend_from_slice(&code);
+        stolen_mac.push(0);
+        // One flipped bit in the code of the real entry.
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        for planted in [code.clone(), forged, stolen_mac, flipped] {
+            std::fs::write(&entry, &planted).unwrap();
+            std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let open = cache.open().unwrap();
+            let name = entry.file_name().unwrap().to_str().unwrap();
+            let err = open.load(&engine, name).unwrap_err();
+            assert!(
+                err.contains("authenticated") || err.contains("does not verify"),
+                "{err}"
+            );
+            // And it is replaced by a good one.
+            assert_eq!(cache.compile(&engine, EMPTY).unwrap().1, Compiled::Fresh);
+            assert_eq!(cache.compile(&engine, EMPTY).unwrap().1, Compiled::Cached);
+        }
+
+        // An entry MAC'd with another key (another user's cache) fails too.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other_cache = Cache::new(other_dir.path());
+        other_cache.compile(&engine, EMPTY).unwrap();
+        std::fs::copy(other_cache.entry(&engine, EMPTY), &entry).unwrap();
+        assert_eq!(cache.compile(&engine, EMPTY).unwrap().1, Compiled::Fresh);
+    }
+
+    #[test]
+    fn an_unsafe_directory_or_entry_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let cache = Cache::new(dir.path().join("c"));
+        cache.compile(&engine, EMPTY).unwrap();
+        let entry = cache.entry(&engine, EMPTY);
+
+        // A group- or world-writable directory: compiled, nothing loaded
+        // or stored.
+        for mode in [0o777, 0o770] {
+            std::fs::set_permissions(cache.dir(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = cache.open().err().expect("refused");
+            let msg = e.to_string();
+            assert!(msg.contains(&cache.dir().display().to_string()), "{msg}");
+            assert!(msg.contains("writable by"), "{msg}");
+            assert!(msg.contains("chmod 700"), "{msg}");
+            std::fs::remove_file(&entry).unwrap();
+            assert_eq!(cache.compile(&engine, EMPTY).unwrap().1, Compiled::Fresh);
+            assert!(!entry.exists(), "nothing stored in an unsafe directory");
+            std::fs::set_permissions(cache.dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+            cache.compile(&engine, EMPTY).unwrap();
+        }
+
+        // A world-writable entry, or a symbolic link to a good entry.
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let name = entry.file_name().unwrap().to_str().unwrap().to_string();
+        let err = cache.open().unwrap().load(&engine, &name).unwrap_err();
+        assert!(
+            err.contains("writable by its group and by other users"),
+            "{err}"
+        );
+        assert_eq!(cache.compile(&engine, EMPTY).unwrap().1, Compiled::Fresh);
+        assert_eq!(cache.compile(&engine, EMPTY).unwrap().1, Compiled::Cached);
+        let elsewhere = dir.path().join("elsewhere.cwasm");
+        std::fs::rename(&entry, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &entry).unwrap();
+        let err = cache.open().unwrap().load(&engine, &name).unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(cache.compile(&engine, EMPTY).unwrap().1, Compiled::Fresh);
+        assert!(!std::fs::symlink_metadata(&entry).unwrap().is_symlink());
+
+        // A key readable by others: the cache is not used.
+        let key = cache.dir().join(KEY_FILE);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let msg = cache.open().err().expect("refused").to_string();
+        assert!(msg.contains("can be read by other users"), "{msg}");
+        assert_eq!(cache.compile(&engine, EMPTY).unwrap().1, Compiled::Fresh);
     }
 }

@@ -821,9 +821,11 @@ impl Coordinator<'_> {
         self.wait_inflight(|n| n < cap)?;
         let b = std::mem::replace(&mut self.pending[w], Batch::with_capacity(BATCH));
         self.inflight.fetch_add(1, Ordering::AcqRel);
-        self.inboxes[w]
-            .send(Msg::Batch(b))
-            .map_err(|_| anyhow!("worker {w} stopped"))?;
+        if self.inboxes[w].send(Msg::Batch(b)).is_err() {
+            // The worker ended with an error (a corrupt state record, say):
+            // report it, not just that it stopped.
+            return Err(self.worker_failure());
+        }
         Ok(())
     }
 
@@ -855,6 +857,13 @@ impl Coordinator<'_> {
     }
 
     fn worker_failure(&mut self) -> anyhow::Error {
+        // A worker whose inbox is closed may still be finishing its return.
+        for _ in 0..200 {
+            if self.workers_alive.iter().any(|w| w.is_finished()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         if let Some(i) = self.workers_alive.iter().position(|w| w.is_finished()) {
             let w = self.workers_alive.remove(i);
             return match w.join() {
@@ -896,8 +905,9 @@ impl Coordinator<'_> {
         let mut cp = Checkpoint::default();
         for (w, tx) in self.inboxes.iter().enumerate() {
             let (rtx, rrx) = bounded(1);
-            tx.send(Msg::Barrier(rtx))
-                .map_err(|_| anyhow!("worker {w} stopped"))?;
+            if tx.send(Msg::Barrier(rtx)).is_err() {
+                return Err(self.worker_failure());
+            }
             let reply: BarrierReply = match rrx.recv() {
                 Ok(r) => r?,
                 Err(_) => return Err(self.worker_failure()),

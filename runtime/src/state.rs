@@ -15,9 +15,11 @@ use smallvec::SmallVec;
 
 use thiserror::Error;
 
-/// Format version of an encoded [`Entity`] record. Format 2 adds the
-/// version tag; format 1 records (no tag) read as generation 0.
-const ENTITY_FORMAT: u8 = 2;
+/// Format version of an encoded [`Entity`] record. Format 3 adds a
+/// checksum at the end; format 2 added the version tag; format 1 records
+/// (no tag) read as generation 0. Formats 1 and 2 (no checksum) still
+/// decode, so old state directories open.
+const ENTITY_FORMAT: u8 = 3;
 
 /// A state name, interned per operator (see [`crate::host::OpCtx`]), so
 /// lookups compare integers instead of chasing string pointers.
@@ -106,6 +108,33 @@ pub enum Undo {
 #[derive(Debug, Error)]
 #[error("corrupt state record: {0}")]
 pub struct CorruptRecord(pub &'static str);
+
+/// CRC-32 of a format 3 record: every byte before the checksum.
+fn record_sum(body: &[u8]) -> u32 {
+    crc32fast::hash(body)
+}
+
+/// Verifies the checksum of a stored record (format 3; formats 1 and 2
+/// have none), without decoding it.
+pub fn check_record(record: &[u8]) -> Result<(), CorruptRecord> {
+    match record.first() {
+        Some(1 | 2) => Ok(()),
+        Some(&ENTITY_FORMAT) => {
+            if record.len() < 1 + 4 + 4 {
+                return Err(CorruptRecord("record is truncated"));
+            }
+            let (body, sum) = record.split_at(record.len() - 4);
+            if record_sum(body) != u32::from_le_bytes(sum.try_into().unwrap()) {
+                return Err(CorruptRecord(
+                    "checksum mismatch: the record was changed after it was written",
+                ));
+            }
+            Ok(())
+        }
+        Some(_) => Err(CorruptRecord("unknown record format")),
+        None => Err(CorruptRecord("record is empty")),
+    }
+}
 
 fn find<T>(v: &[(Name, T)], name: Name) -> Option<usize> {
     v.iter().position(|(n, _)| *n == name)
@@ -312,12 +341,14 @@ impl Entity {
         self.encode_tagged(0, names, out)
     }
 
-    /// Encodes the state as one record:
+    /// Encodes the state as one record (appended to `out`):
     /// `format u8`, `generation u32` (which version of the operator last
     /// wrote it, for migration after a hot swap), then values, maps and
     /// lists, each a `u32` count followed by length-prefixed (`u32` little
-    /// endian) names and byte strings.
+    /// endian) names and byte strings, then a CRC-32 of all of it (`u32`
+    /// little endian), so a damaged record is an error, never wrong state.
     pub fn encode_tagged(&self, generation: u32, names: &[Box<str>], out: &mut Vec<u8>) {
+        let start = out.len();
         let name = |n: &Name| names[*n as usize].as_bytes();
         fn bytes(out: &mut Vec<u8>, b: &[u8]) {
             out.extend_from_slice(&(b.len() as u32).to_le_bytes());
@@ -348,6 +379,8 @@ impl Entity {
                 bytes(out, v);
             }
         }
+        let sum = record_sum(&out[start..]);
+        out.extend_from_slice(&sum.to_le_bytes());
     }
 
     /// Decodes a record written by [`Entity::encode`].
@@ -359,7 +392,9 @@ impl Entity {
     }
 
     /// Decodes a record made by [`Entity::encode_tagged`] (or a format 1
-    /// record, tagged generation 0): the state and its generation.
+    /// or 2 record, which have no checksum; format 1 is tagged generation
+    /// 0): the state and its generation. A format 3 record whose checksum
+    /// does not match is refused.
     pub fn decode_tagged(
         mut input: &[u8],
         intern: &mut dyn FnMut(&str) -> Name,
@@ -382,9 +417,14 @@ impl Entity {
         fn string(input: &mut &[u8]) -> Result<String, CorruptRecord> {
             String::from_utf8(bytes(input)?).map_err(|_| CorruptRecord("a name is not UTF-8"))
         }
+        check_record(input)?;
         let generation = match take(&mut input, 1)?[0] {
             1 => 0,
-            ENTITY_FORMAT => u32_(&mut input)? as u32,
+            2 => u32_(&mut input)? as u32,
+            ENTITY_FORMAT => {
+                input = &input[..input.len() - 4];
+                u32_(&mut input)? as u32
+            }
             _ => return Err(CorruptRecord("unknown record format")),
         };
         let mut e = Entity::default();
@@ -459,9 +499,49 @@ mod tests {
             Entity::decode_tagged(&tagged, &mut intern).unwrap(),
             (e.clone(), 7)
         );
+        let body = &buf[5..buf.len() - 4];
         let mut v1 = vec![1u8];
-        v1.extend_from_slice(&buf[5..]);
-        assert_eq!(Entity::decode_tagged(&v1, &mut intern).unwrap(), (e, 0));
+        v1.extend_from_slice(body);
+        assert_eq!(
+            Entity::decode_tagged(&v1, &mut intern).unwrap(),
+            (e.clone(), 0)
+        );
+        // A format 2 record (tag, no checksum) still decodes.
+        let mut v2 = vec![2u8];
+        v2.extend_from_slice(&7u32.to_le_bytes());
+        v2.extend_from_slice(body);
+        assert_eq!(
+            Entity::decode_tagged(&v2, &mut intern).unwrap(),
+            (e.clone(), 7)
+        );
+        // Encoding appends: a record written after other bytes has its own
+        // checksum.
+        let mut appended = b"prefix".to_vec();
+        e.encode_tagged(7, &names, &mut appended);
+        assert_eq!(&appended[6..], &tagged[..]);
+    }
+
+    /// One changed byte anywhere in a record is refused by its checksum,
+    /// never decoded into different state.
+    #[test]
+    fn a_changed_byte_is_refused_by_the_checksum() {
+        let e = sample();
+        let names: Vec<Box<str>> = NAMES.iter().map(|n| Box::from(*n)).collect();
+        let mut buf = Vec::new();
+        e.encode_tagged(3, &names, &mut buf);
+        let mut intern = |n: &str| NAMES.iter().position(|m| *m == n).unwrap_or(0) as Name;
+        for i in 1..buf.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut bad = buf.clone();
+                bad[i] ^= flip;
+                let err = Entity::decode_tagged(&bad, &mut intern).unwrap_err();
+                assert!(err.0.contains("checksum mismatch"), "byte {i}: {err}");
+                assert!(check_record(&bad).is_err());
+            }
+        }
+        assert!(check_record(&buf).is_ok());
+        assert!(check_record(&[]).is_err());
+        assert!(check_record(&[ENTITY_FORMAT, 0, 0]).is_err());
     }
 
     #[test]

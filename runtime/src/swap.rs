@@ -138,7 +138,14 @@ pub fn resolve(store: &Store, op: &mut Loaded) -> anyhow::Result<(Versions, bool
             let current = v.current();
             if current.hash != hash {
                 let path = store.component_path(&current.hash);
-                let swapped = Plugin::load(plugin.engine(), &path).map_err(|e| {
+                // Checked against its content hash before it runs.
+                let loaded = match store.load_component(&current.hash) {
+                    Ok(b) => {
+                        Plugin::from_bytes(plugin.engine(), &path, &b).map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                let swapped = loaded.map_err(|e| {
                     anyhow::anyhow!(
                         "operator `{}`: the state directory {} runs version {} (swapped in from {}), but it cannot be loaded: {e}",
                         op.name,
@@ -470,7 +477,12 @@ impl Controller {
             None => {
                 let engine = self.engine(stage)?;
                 let path = self.store.component_path(&previous.hash);
-                Arc::new(Plugin::load(&engine, &path).map_err(|e| {
+                // Checked against its content hash before it runs.
+                let loaded = match self.store.load_component(&previous.hash) {
+                    Ok(b) => Plugin::from_bytes(&engine, &path, &b).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                Arc::new(loaded.map_err(|e| {
                     Refused(format!(
                         "rollback of `{operator}` to version {} refused: {e}; version {} keeps running",
                         previous.hash, running.hash

@@ -204,8 +204,9 @@ fn linker(engine: &Engine) -> anyhow::Result<Linker<HostData>> {
 /// A component compiled and type-checked against the operator world.
 pub struct Plugin {
     path: PathBuf,
-    /// Hex SHA-256-free content hash (FxHash of the bytes): identifies a
-    /// version in logs and status.
+    /// Content hash: the first 16 hex digits of the SHA-256 of the bytes.
+    /// Identifies a version in logs and status, and names its copy in the
+    /// state directory, which is checked against it when read back.
     hash: String,
     engine: Engine,
     /// The component's bytes, kept in the state directory when it runs.
@@ -221,11 +222,17 @@ pub struct Plugin {
 
 impl Plugin {
     /// Reads, compiles and type-checks the component at `path`.
+    ///
+    /// Only a regular file is read, at most
+    /// [`MAX_COMPONENT_BYTES`](crate::store::MAX_COMPONENT_BYTES): a FIFO,
+    /// a device or a directory is refused at once (it is opened without
+    /// blocking and checked with `fstat`), never read until it ends.
     pub fn load(engine: &Engine, path: &Path) -> Result<Plugin, PluginError> {
-        let bytes = std::fs::read(path).map_err(|error| PluginError::Read {
-            path: path.to_path_buf(),
-            error,
-        })?;
+        let bytes = crate::store::read_regular_file(path, crate::store::MAX_COMPONENT_BYTES, false)
+            .map_err(|error| PluginError::Read {
+                path: path.to_path_buf(),
+                error,
+            })?;
         Self::from_bytes(engine, path, &bytes)
     }
 
@@ -253,10 +260,14 @@ impl Plugin {
         if bytes[4..8] == [1, 0, 0, 0] {
             return Err(PluginError::CoreModule { path });
         }
+        use sha2::Digest as _;
+        let digest: [u8; 32] = sha2::Sha256::digest(bytes).into();
         let (component, compiled) =
-            cache::compile(cache, engine, bytes).map_err(|e| PluginError::Invalid {
-                path: path.clone(),
-                reason: format!("{e:#}"),
+            cache::compile_digest(cache, engine, bytes, &digest).map_err(|e| {
+                PluginError::Invalid {
+                    path: path.clone(),
+                    reason: format!("{e:#}"),
+                }
             })?;
         // A component built against another version of the contract imports
         // `eddy:operator/...@<other>`: say so rather than "missing import".
@@ -285,7 +296,7 @@ impl Plugin {
             path: path.clone(),
             reason: format!("{e:#}"),
         })?;
-        let hash = format!("{:016x}", rustc_hash::FxBuildHasher.hash_one(bytes));
+        let hash = crate::store::component_hash_of(&digest);
         let batched = ty.exports(engine).any(|(name, _)| name == "handle-batch");
         let migrates = ty.exports(engine).any(|(name, _)| name == "migrate");
         Ok(Plugin {
@@ -350,8 +361,6 @@ impl Plugin {
         Ok(op)
     }
 }
-
-use std::hash::BuildHasher;
 
 /// Why an operator instance could not start.
 #[derive(Debug, Error)]

@@ -192,7 +192,7 @@ fn unusable_state_directories_are_refused_with_the_reason() {
     let o = run("future");
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
-    assert!(e.contains("state directory future was written by an incompatible version (state format 99, this eddy reads 1)"), "{e}");
+    assert!(e.contains("state directory future was written by an incompatible version (state format 99, this eddy reads 2)"), "{e}");
 }
 
 /// Random bytes and mangled pipeline files never panic the decoder or the
