@@ -187,6 +187,13 @@ impl OpCtx {
         }
     }
 
+    /// Moves the context out (to the store of a replacement instance),
+    /// leaving an empty one with the same name and limits.
+    pub fn take(&mut self) -> OpCtx {
+        let empty = OpCtx::new(self.name.clone(), None, self.limits);
+        std::mem::replace(self, empty)
+    }
+
     /// Generation of the operator version this context serves.
     pub fn generation(&self) -> u32 {
         self.generation

@@ -23,7 +23,7 @@ use wasmtime_wasi::{
 use crate::bindings::eddy::operator::{log, output, state, types};
 use crate::bindings::{Operator as OperatorWorld, OperatorPre};
 use crate::host::{Emits, OpCtx};
-use crate::operator::{handle_each, Done, EventRef, HandleError, Operator};
+use crate::operator::{handle_each, Done, EventRef, HandleError, Operator, RunError};
 use crate::store::StoreError;
 
 /// Most events per `handle-batch` call.
@@ -339,14 +339,14 @@ impl Plugin {
         let mut op = WasmOperator {
             plugin: self.clone(),
             config: config.to_string(),
-            store: None,
-            bindings: None,
-            batch: None,
-            migrate: None,
+            store: new_store(self, ctx),
+            live: None,
             batch_off: false,
             history: Arc::default(),
+            failed_starts: 0,
+            last_start_error: None,
         };
-        op.start(ctx)?;
+        op.start()?;
         Ok(op)
     }
 }
@@ -376,73 +376,101 @@ pub enum InitError {
     },
 }
 
+/// Replacement instances that may fail to start in a row (after a trap,
+/// each later event tries again) before the operator gives up and the
+/// pipeline stops.
+pub const MAX_FAILED_STARTS: u32 = 3;
+
 /// One instance of a Wasm operator, owned by a worker.
 pub struct WasmOperator {
     plugin: Arc<Plugin>,
     /// The config JSON, kept to re-`init` a replacement instance.
     config: String,
-    /// `None` only while being (re)started.
-    store: Option<Store<HostData>>,
-    bindings: Option<OperatorWorld>,
-    /// `handle-batch` of the current instance, when exported.
-    batch: Option<BatchFn>,
-    /// `migrate` of the current instance, when exported.
-    migrate: Option<MigrateFn>,
-    /// The guest asked for the per-event path (it uses map or list state).
+    /// The store of the current instance. Its data holds the operator's
+    /// context (the worker's state cache, with writes not yet committed),
+    /// which moves to each replacement's store and is never dropped with a
+    /// failed instance.
+    store: Store<HostData>,
+    /// The running instance; `None` when the last start failed.
+    live: Option<Live>,
+    /// The guest asked for the per-event path (it uses map or list state,
+    /// or randomness).
     batch_off: bool,
     /// Content hash of each generation of this operator (index: generation),
     /// handed to `migrate` as the previous version's identity.
     history: Arc<Vec<String>>,
+    /// Replacement instances that failed to start since the last one that
+    /// did (see [`MAX_FAILED_STARTS`]).
+    failed_starts: u32,
+    /// Why the last replacement failed to start.
+    last_start_error: Option<String>,
+}
+
+/// The exports of a running instance.
+struct Live {
+    bindings: OperatorWorld,
+    /// `handle-batch`, when exported.
+    batch: Option<BatchFn>,
+    /// `migrate`, when exported.
+    migrate: Option<MigrateFn>,
+}
+
+/// A fresh store for an instance of `plugin`, holding `ctx`.
+fn new_store(plugin: &Plugin, ctx: OpCtx) -> Store<HostData> {
+    let limits = *ctx.limits();
+    let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDERR_CAPTURE);
+    let mut store = Store::new(
+        &plugin.engine,
+        HostData {
+            ctx,
+            wasi: sandbox(stderr.clone()),
+            table: ResourceTable::new(),
+            memory: MemoryCap {
+                max: limits.max_memory,
+            },
+            stderr,
+        },
+    );
+    store.limiter(|d| &mut d.memory);
+    store
 }
 
 impl WasmOperator {
-    fn start(&mut self, ctx: OpCtx) -> Result<(), InitError> {
-        let operator = ctx.name().to_string();
+    /// Instantiates the component in the (fresh) store and calls `init`.
+    fn start(&mut self) -> Result<(), InitError> {
+        self.live = None;
+        let operator = self.store.data().ctx.name().to_string();
         let path = self.plugin.path.clone();
-        let limits = *ctx.limits();
-        let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDERR_CAPTURE);
-        let mut store = Store::new(
-            &self.plugin.engine,
-            HostData {
-                ctx,
-                wasi: sandbox(stderr.clone()),
-                table: ResourceTable::new(),
-                memory: MemoryCap {
-                    max: limits.max_memory,
-                },
-                stderr,
-            },
-        );
-        store.limiter(|d| &mut d.memory);
+        let limits = *self.store.data().ctx.limits();
+        let store = &mut self.store;
         store.set_epoch_deadline(deadline_ticks(limits.max_call_ms));
-        let instantiated = self
-            .plugin
-            .pre
-            .instance_pre()
-            .instantiate(&mut store)
-            .and_then(|instance| {
-                let bindings = OperatorWorld::new(&mut store, &instance)?;
-                let batch = match self.plugin.batched {
-                    true => Some(
-                        instance
-                            .get_typed_func::<(Vec<u8>,), (Vec<u8>,)>(&mut store, "handle-batch")?,
-                    ),
-                    false => None,
-                };
-                let migrate = match self.plugin.migrates {
-                    true => Some(instance.get_typed_func(&mut store, "migrate")?),
-                    false => None,
-                };
-                Ok((bindings, batch, migrate))
-            });
-        let bindings = match instantiated {
-            Ok((b, batch, migrate)) => {
-                self.batch = batch;
-                self.migrate = migrate;
-                b
-            }
+        let instantiated =
+            self.plugin
+                .pre
+                .instance_pre()
+                .instantiate(&mut *store)
+                .and_then(|instance| {
+                    let bindings = OperatorWorld::new(&mut *store, &instance)?;
+                    let batch = match self.plugin.batched {
+                        true => Some(instance.get_typed_func::<(Vec<u8>,), (Vec<u8>,)>(
+                            &mut *store,
+                            "handle-batch",
+                        )?),
+                        false => None,
+                    };
+                    let migrate = match self.plugin.migrates {
+                        true => Some(instance.get_typed_func(&mut *store, "migrate")?),
+                        false => None,
+                    };
+                    Ok(Live {
+                        bindings,
+                        batch,
+                        migrate,
+                    })
+                });
+        let live = match instantiated {
+            Ok(live) => live,
             Err(e) => {
-                self.store = Some(store);
                 return Err(InitError::Instantiate {
                     operator,
                     path,
@@ -450,11 +478,10 @@ impl WasmOperator {
                 });
             }
         };
-        let result = bindings.call_init(&mut store, &self.config);
-        self.store = Some(store);
+        let result = live.bindings.call_init(&mut *store, &self.config);
         match result {
             Ok(Ok(())) => {
-                self.bindings = Some(bindings);
+                self.live = Some(live);
                 Ok(())
             }
             Ok(Err(reason)) => Err(InitError::Refused {
@@ -474,7 +501,7 @@ impl WasmOperator {
     /// the guest backtrace when there is one) and what the guest wrote to
     /// stderr.
     fn trap_reason(&self, e: &wasmtime::Error) -> String {
-        let data = self.store.as_ref().expect("store present").data();
+        let data = self.store.data();
         if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
             return format!(
                 "CPU limit exceeded: the call ran longer than max_call_ms = {} ms",
@@ -512,7 +539,7 @@ impl WasmOperator {
     /// (see `migrate` in `wit/world.wit`). Called outside an event bracket;
     /// the migration's writes are kept only when it succeeds.
     fn migrate_if_stale(&mut self, key: &str) -> Result<Result<(), HandleError>, StoreError> {
-        let Some(migrate) = self.migrate else {
+        let Some(migrate) = self.live.as_ref().and_then(|l| l.migrate) else {
             return Ok(Ok(()));
         };
         let Some(from) = self.ctx().stale(key)? else {
@@ -520,7 +547,7 @@ impl WasmOperator {
         };
         let previous = self.history.get(from as usize).cloned().unwrap_or_default();
         self.ctx().begin_migration(key)?;
-        let store = self.store.as_mut().expect("store present");
+        let store = &mut self.store;
         store.set_epoch_deadline(deadline_ticks(store.data().ctx.limits().max_call_ms));
         let shown = if previous.is_empty() {
             "an unknown version".to_string()
@@ -552,13 +579,63 @@ impl WasmOperator {
         }
     }
 
-    /// Replaces a trapped instance with a fresh one, keeping the context.
+    /// Replaces a trapped instance with a fresh one in a fresh store,
+    /// moving the context over (it survives a failed start: it stays in
+    /// the new store, and the next event tries again).
     fn restart(&mut self) -> Result<(), InitError> {
-        let store = self.store.take().expect("store present");
-        self.bindings = None;
-        self.batch = None;
-        self.migrate = None;
-        self.start(store.into_data().ctx)
+        self.live = None;
+        let ctx = self.store.data_mut().ctx.take();
+        self.store = new_store(&self.plugin, ctx);
+        let started = match testing::refuse(self.store.data().ctx.name()) {
+            Some(reason) => Err(InitError::Refused {
+                operator: self.store.data().ctx.name().to_string(),
+                path: self.plugin.path.clone(),
+                reason,
+            }),
+            None => self.start(),
+        };
+        match &started {
+            Ok(()) => self.failed_starts = 0,
+            Err(e) => {
+                self.failed_starts += 1;
+                self.last_start_error = Some(e.to_string());
+                tracing::error!("{e}");
+            }
+        }
+        started
+    }
+
+    /// Makes sure an instance runs before an event: when the last start
+    /// failed, tries a replacement (while fewer than
+    /// [`MAX_FAILED_STARTS`] failed in a row). `Err` fails the event;
+    /// [`RunError::Stopped`] when the operator gives up.
+    fn revive(&mut self) -> Result<Result<(), HandleError>, RunError> {
+        if self.live.is_some() {
+            return Ok(Ok(()));
+        }
+        if self.failed_starts < MAX_FAILED_STARTS {
+            match self.restart() {
+                Ok(()) => return Ok(Ok(())),
+                Err(e) if self.failed_starts < MAX_FAILED_STARTS => {
+                    return Ok(Err(HandleError::Unavailable(format!(
+                        "the operator trapped earlier and starting a replacement instance failed ({} of {MAX_FAILED_STARTS} attempts in a row): {e}",
+                        self.failed_starts
+                    ))))
+                }
+                Err(_) => {}
+            }
+        }
+        Err(self.gave_up())
+    }
+
+    /// The error that stops the pipeline when no instance can be started.
+    fn gave_up(&self) -> RunError {
+        RunError::Stopped(format!(
+            "operator `{}` ({}): {MAX_FAILED_STARTS} replacement instances in a row failed to start, so the pipeline stops (state since the last checkpoint is not committed; a restart resumes from there); the last failure: {}",
+            self.store.data().ctx.name(),
+            self.plugin.path.display(),
+            self.last_start_error.as_deref().unwrap_or("unknown")
+        ))
     }
 
     /// Runs `events` (at most [`MAX_BATCH`]) through `handle-batch`; falls
@@ -569,7 +646,7 @@ impl WasmOperator {
         batch: &BatchFn,
         events: &[EventRef<'_>],
         done: &mut Done<'_>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RunError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -589,7 +666,9 @@ impl WasmOperator {
             let next = index.len() as u32;
             let k = *index.entry(slot).or_insert(next);
             if k == next {
-                if self.migrate.is_some() && self.ctx().slot_stale(slot) {
+                if self.live.as_ref().is_some_and(|l| l.migrate.is_some())
+                    && self.ctx().slot_stale(slot)
+                {
                     // Nothing of the batch ran yet: a key whose migration
                     // fails takes the whole batch to the per-event path,
                     // where that key's events are dead-lettered.
@@ -603,7 +682,7 @@ impl WasmOperator {
             }
             key_of.push(k);
         }
-        let store = self.store.as_mut().expect("store present");
+        let store = &mut self.store;
         frame[..4].copy_from_slice(&(index.len() as u32).to_le_bytes());
         frame.extend_from_slice(&(events.len() as u32).to_le_bytes());
         for (e, k) in events.iter().zip(&key_of) {
@@ -623,10 +702,9 @@ impl WasmOperator {
             Ok((r,)) => r,
             Err(_) => {
                 // Replay on a fresh instance, event by event: only the
-                // event that traps is dead-lettered.
-                if let Err(e) = self.restart() {
-                    tracing::error!("{e}");
-                }
+                // event that traps is dead-lettered. When no fresh
+                // instance starts, each event tries again (`revive`).
+                let _ = self.restart();
                 return handle_each(self, events, 0, done);
             }
         };
@@ -637,7 +715,7 @@ impl WasmOperator {
                 tracing::warn!(operator = %self.ctx().name(), "malformed handle-batch result; handling the rest per event");
                 return handle_each(self, events, i, done);
             };
-            let ctx = &mut self.store.as_mut().expect("store present").data_mut().ctx;
+            let ctx = &mut self.store.data_mut().ctx;
             match outcome {
                 Outcome::Stop => {
                     self.batch_off = true;
@@ -744,7 +822,7 @@ impl<'a> Frame<'a> {
 
 impl Operator for WasmOperator {
     fn ctx(&mut self) -> &mut OpCtx {
-        &mut self.store.as_mut().expect("store present").data_mut().ctx
+        &mut self.store.data_mut().ctx
     }
 
     fn version(&self) -> &str {
@@ -752,20 +830,32 @@ impl Operator for WasmOperator {
     }
 
     fn prepare(&mut self, key: &str) -> Result<Result<(), HandleError>, StoreError> {
-        self.migrate_if_stale(key)
+        match self.revive() {
+            Ok(Ok(())) => self.migrate_if_stale(key),
+            Ok(Err(e)) => Ok(Err(e)),
+            Err(RunError::Store(e)) => Err(e),
+            Err(RunError::Stopped(reason)) => Ok(Err(HandleError::Unavailable(reason))),
+        }
+    }
+
+    fn ready(&mut self, key: &str) -> Result<Result<(), HandleError>, RunError> {
+        match self.revive()? {
+            Ok(()) => Ok(self.migrate_if_stale(key)?),
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     fn handle_many(
         &mut self,
         events: &[EventRef<'_>],
         done: &mut Done<'_>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RunError> {
         let mut start = 0;
         while start < events.len() {
             let end = (start + MAX_BATCH).min(events.len());
-            match (&self.batch, self.batch_off) {
+            let batch = self.live.as_ref().and_then(|l| l.batch);
+            match (batch, self.batch_off) {
                 (Some(batch), false) => {
-                    let batch = *batch;
                     self.run_batch(&batch, &events[start..end], &mut |i, r, e| {
                         done(start + i, r, e)
                     })?;
@@ -780,8 +870,15 @@ impl Operator for WasmOperator {
     }
 
     fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError> {
-        let store = self.store.as_mut().expect("store present");
-        let bindings = self.bindings.as_ref().expect("instance present");
+        // `ready` (called before each event) starts a replacement when
+        // the last start failed; without one there is nothing to call.
+        let Some(live) = &self.live else {
+            return Err(HandleError::Unavailable(
+                "no operator instance is running (starting a replacement failed)".into(),
+            ));
+        };
+        let store = &mut self.store;
+        let bindings = &live.bindings;
         let ev = types::Event {
             key: event.key,
             value: event.value,
@@ -881,5 +978,41 @@ impl log::Host for HostData {
             types::Level::Error => tracing::error!(operator = %op, key, "{message}"),
         }
         Ok(())
+    }
+}
+
+/// Test hooks: make the start of replacement instances fail, which no
+/// component can do on its own (`init` is deterministic: a replacement
+/// starts exactly like the first instance did).
+#[doc(hidden)]
+pub mod testing {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    /// Some hook is set (spares the lock on every restart).
+    static ARMED: AtomicBool = AtomicBool::new(false);
+    /// Per operator name: how many more replacement starts to refuse.
+    static REFUSE: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
+
+    /// Makes the next `n` starts of a replacement instance of operator
+    /// `operator` (any worker) fail as if its `init` refused its config.
+    /// First instances are not affected.
+    pub fn fail_restarts(operator: &str, n: u32) {
+        let mut r = REFUSE.lock().unwrap_or_else(|e| e.into_inner());
+        r.retain(|(o, _)| o != operator);
+        r.push((operator.to_string(), n));
+        ARMED.store(true, Ordering::Release);
+    }
+
+    /// Whether to refuse this start of `operator`: the reason, and one
+    /// refusal fewer.
+    pub(super) fn refuse(operator: &str) -> Option<String> {
+        if !ARMED.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut r = REFUSE.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, n) = r.iter_mut().find(|(o, n)| o == operator && *n > 0)?;
+        *n -= 1;
+        Some("refused by a test hook (wasm::testing::fail_restarts)".into())
     }
 }

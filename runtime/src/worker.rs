@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::io::{format_output, push_json_or_string, SinkMsg};
-use crate::operator::{EventRef, Operator};
+use crate::operator::{EventRef, Operator, RunError};
 use crate::store::{StateWrite, Store, StoreError};
 
 /// Number of key groups: keys hash into groups, groups map onto workers.
@@ -244,7 +244,7 @@ impl Worker {
 
     /// Handles a batch: each run of consecutive events for the same
     /// operator goes to that operator in one `handle_many` call.
-    fn handle_batch(&mut self, batch: &Batch) -> Result<(), StoreError> {
+    fn handle_batch(&mut self, batch: &Batch) -> Result<(), RunError> {
         let mut start = 0;
         while start < batch.events.len() {
             let stage = batch.events[start].stage;
@@ -259,6 +259,7 @@ impl Worker {
                     key: batch.key(e),
                     value: &batch.data[e.value.0 as usize..e.value.1 as usize],
                     time: e.time,
+                    line: e.line,
                 })
                 .collect();
             let lines: Vec<u64> = run.iter().map(|e| e.line).collect();
@@ -275,7 +276,7 @@ impl Worker {
         stage: usize,
         events: &[EventRef<'_>],
         lines: &[u64],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RunError> {
         let last = stage + 1 == self.ops.len();
         let workers = self.peers.len();
         let me = self.id;

@@ -21,3 +21,6 @@ mod swap;
 mod cli;
 // Operators in Python, JavaScript and C against the Rust ones.
 mod languages;
+// A failed restart, limits on names, keys, emits and per-key state,
+// deterministic randomness.
+mod harden_sandbox;
