@@ -36,6 +36,10 @@ pub enum HandleError {
     /// replacement's instantiation or `init` failed).
     #[error("operator unavailable: {0}")]
     Unavailable(String),
+    /// The host refused what the operator did: a limit it broke (named),
+    /// or a call it may not make.
+    #[error("refused by the host: {0}")]
+    Refused(String),
 }
 
 /// Why a worker cannot go on: the pipeline stops, and state since the last
@@ -112,7 +116,13 @@ pub fn handle_each<O: Operator + ?Sized>(
             continue;
         }
         op.ctx().begin_slot(slot);
-        let r = op.handle(*e);
+        let mut r = op.handle(*e);
+        if r.is_ok() {
+            // Limits checked on the event as a whole.
+            if let Err(refused) = op.ctx().check_event() {
+                r = Err(HandleError::Refused(refused.to_string()));
+            }
+        }
         op.ctx().finish(r.is_ok(), &mut emitted);
         done(i, r, &mut emitted);
         emitted.clear();

@@ -22,7 +22,7 @@ use wasmtime_wasi::{
 
 use crate::bindings::eddy::operator::{log, output, state, types};
 use crate::bindings::{Operator as OperatorWorld, OperatorPre};
-use crate::host::{Emits, OpCtx};
+use crate::host::{cap_reason, cap_reason_bytes, Emits, HostError, OpCtx};
 use crate::operator::{handle_each, Done, EventRef, HandleError, Operator, RunError};
 use crate::store::StoreError;
 
@@ -487,7 +487,7 @@ impl WasmOperator {
             Ok(Err(reason)) => Err(InitError::Refused {
                 operator,
                 path,
-                reason,
+                reason: cap_reason(&reason, limits.max_reason),
             }),
             Err(e) => Err(InitError::Trapped {
                 operator,
@@ -502,6 +502,7 @@ impl WasmOperator {
     /// stderr.
     fn trap_reason(&self, e: &wasmtime::Error) -> String {
         let data = self.store.data();
+        let max = data.ctx.limits().max_reason;
         if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
             return format!(
                 "CPU limit exceeded: the call ran longer than max_call_ms = {} ms",
@@ -521,7 +522,19 @@ impl WasmOperator {
             reason += "\n";
             reason += bt.to_string().trim_end();
         }
+        if reason.len() > max {
+            reason = cap_reason(&reason, max);
+        }
         reason
+    }
+
+    /// Why a call failed with `e`: a host call the host refused (a limit,
+    /// a call outside an event), named as such, or a trap.
+    fn fault(&self, e: &wasmtime::Error) -> HandleError {
+        match e.chain().find_map(|c| c.downcast_ref::<HostError>()) {
+            Some(refused) => HandleError::Refused(refused.to_string()),
+            None => HandleError::Trap(self.trap_reason(e)),
+        }
     }
 
     /// The plugin this instance runs.
@@ -554,27 +567,40 @@ impl WasmOperator {
         } else {
             format!("version {previous}")
         };
+        let max_reason = store.data().ctx.limits().max_reason;
         match migrate.call(&mut *store, (previous,)) {
-            Ok((Ok(()),)) => {
-                self.ctx().finish_migration(true);
-                Ok(Ok(()))
-            }
+            Ok((Ok(()),)) => match self.ctx().check_event() {
+                Ok(()) => {
+                    self.ctx().finish_migration(true);
+                    Ok(Ok(()))
+                }
+                Err(e) => {
+                    self.ctx().finish_migration(false);
+                    Ok(Err(HandleError::Refused(format!(
+                        "migrating the state of key `{key}` from {shown}: {e}"
+                    ))))
+                }
+            },
             Ok((Err(reason),)) => {
                 self.ctx().finish_migration(false);
+                let reason = cap_reason(&reason, max_reason);
                 Ok(Err(HandleError::Failed(format!(
                     "migrating the state of key `{key}` from {shown} failed: {reason}"
                 ))))
             }
             Err(trap) => {
-                let reason = self.trap_reason(&trap);
+                let fault = self.fault(&trap);
                 self.ctx().finish_migration(false);
-                let reason = format!("migrating the state of key `{key}` from {shown}: {reason}");
+                let reason = format!("migrating the state of key `{key}` from {shown}: {fault}");
                 if let Err(e) = self.restart() {
                     return Ok(Err(HandleError::Trap(format!(
                         "{reason}; and the replacement instance failed: {e}"
                     ))));
                 }
-                Ok(Err(HandleError::Trap(reason)))
+                Ok(Err(match fault {
+                    HandleError::Refused(_) => HandleError::Refused(reason),
+                    _ => HandleError::Trap(reason),
+                }))
             }
         }
     }
@@ -638,18 +664,24 @@ impl WasmOperator {
         ))
     }
 
-    /// Runs `events` (at most [`MAX_BATCH`]) through `handle-batch`; falls
-    /// back to per-event `handle` for a batch that traps (replayed on a
-    /// fresh instance) and for events from a "stop" on.
-    fn run_batch(
+    /// Runs events (at most [`MAX_BATCH`]) through one `handle-batch` call;
+    /// returns how many it took care of (at least one): every event of a
+    /// frame, fewer when the frame would pass [`frame_cap`] (the rest go in
+    /// the next frame; an event too large for a frame alone takes the
+    /// per-event path) or when the host refused an event's outcome (the
+    /// rest are redone from the host's state). Falls back to per-event
+    /// `handle` for a frame that traps (replayed on a fresh instance) and
+    /// for events from a "stop" on.
+    fn run_frame(
         &mut self,
-        batch: &BatchFn,
+        batch: BatchFn,
         events: &[EventRef<'_>],
         done: &mut Done<'_>,
-    ) -> Result<(), RunError> {
+    ) -> Result<usize, RunError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
+        let cap = frame_cap(self.store.data().ctx.limits());
         // The frame: distinct keys with their values, then the events.
         // Keys are told apart by cache slot, resolved for the whole batch
         // at once (one hash per event, memory fetched in parallel).
@@ -662,30 +694,53 @@ impl WasmOperator {
         let mut key_of = Vec::with_capacity(events.len());
         let mut slots = Vec::with_capacity(events.len());
         frame.extend_from_slice(&0u32.to_le_bytes());
-        for (e, &slot) in events.iter().zip(&event_slots) {
+        // Events in this frame.
+        let mut n = events.len();
+        let migrates = self.live.as_ref().is_some_and(|l| l.migrate.is_some());
+        for (i, (e, &slot)) in events.iter().zip(&event_slots).enumerate() {
             let next = index.len() as u32;
             let k = *index.entry(slot).or_insert(next);
             if k == next {
-                if self.live.as_ref().is_some_and(|l| l.migrate.is_some())
-                    && self.ctx().slot_stale(slot)
-                {
+                if migrates && self.ctx().slot_stale(slot) {
                     // Nothing of the batch ran yet: a key whose migration
                     // fails takes the whole batch to the per-event path,
                     // where that key's events are dead-lettered.
                     if self.migrate_if_stale(e.key)?.is_err() {
-                        return handle_each(self, events, 0, done);
+                        handle_each(self, events, 0, done)?;
+                        return Ok(events.len());
                     }
                 }
+                let mark = frame.len();
                 put(&mut frame, e.key.as_bytes());
                 self.ctx().frame_slot_values(slot, &mut frame);
+                if frame.len() > cap {
+                    // Lengths are u32 and a frame must fit the guest: this
+                    // event goes in the next frame, or alone per event.
+                    frame.truncate(mark);
+                    if i == 0 {
+                        handle_each(self, &events[..1], 0, done)?;
+                        return Ok(1);
+                    }
+                    n = i;
+                    break;
+                }
                 slots.push(slot);
             }
             key_of.push(k);
         }
-        let store = &mut self.store;
-        frame[..4].copy_from_slice(&(index.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&(events.len() as u32).to_le_bytes());
-        for (e, k) in events.iter().zip(&key_of) {
+        frame[..4].copy_from_slice(&(slots.len() as u32).to_le_bytes());
+        let count_at = frame.len();
+        frame.extend_from_slice(&(n as u32).to_le_bytes());
+        for (i, (e, k)) in events[..n].iter().zip(&key_of).enumerate() {
+            if frame.len() + e.value.len() + 17 > cap {
+                if i == 0 {
+                    handle_each(self, &events[..1], 0, done)?;
+                    return Ok(1);
+                }
+                n = i;
+                frame[count_at..count_at + 4].copy_from_slice(&(n as u32).to_le_bytes());
+                break;
+            }
             frame.extend_from_slice(&k.to_le_bytes());
             match e.time {
                 Some(t) => {
@@ -696,6 +751,8 @@ impl WasmOperator {
             }
             put(&mut frame, e.value);
         }
+        let events = &events[..n];
+        let store = &mut self.store;
         let ticks = deadline_ticks(store.data().ctx.limits().max_call_ms);
         store.set_epoch_deadline(ticks);
         let result = match batch.call(&mut *store, (frame,)) {
@@ -705,44 +762,52 @@ impl WasmOperator {
                 // event that traps is dead-lettered. When no fresh
                 // instance starts, each event tries again (`revive`).
                 let _ = self.restart();
-                return handle_each(self, events, 0, done);
+                handle_each(self, events, 0, done)?;
+                return Ok(n);
             }
         };
+        let max_reason = self.store.data().ctx.limits().max_reason;
         let mut r = Frame(&result);
         let mut emitted = Emits::default();
-        for i in 0..events.len() {
+        for i in 0..n {
             let Some(outcome) = r.outcome() else {
                 tracing::warn!(operator = %self.ctx().name(), "malformed handle-batch result; handling the rest per event");
-                return handle_each(self, events, i, done);
+                handle_each(self, events, i, done)?;
+                return Ok(n);
             };
             let ctx = &mut self.store.data_mut().ctx;
             match outcome {
                 Outcome::Stop => {
                     self.batch_off = true;
-                    return handle_each(self, events, i, done);
+                    handle_each(self, events, i, done)?;
+                    return Ok(n);
                 }
                 Outcome::Failed(reason) => {
+                    let reason = cap_reason_bytes(reason, max_reason);
                     done(i, Err(HandleError::Failed(reason)), &mut emitted);
                 }
                 Outcome::Ok { writes, emits } => {
                     let slot = slots[key_of[i] as usize];
                     if let Err(err) = ctx.apply(slot, &writes, &emits, &mut emitted) {
-                        done(i, Err(HandleError::Trap(err.to_string())), &mut emitted);
+                        done(i, Err(HandleError::Refused(err.to_string())), &mut emitted);
                         // The guest computed the rest of the batch on top of
                         // this event's writes, which the host refused: redo
                         // the rest from the host's state.
-                        let rest = i + 1;
-                        return self.run_batch(batch, &events[rest..], &mut |j, r, e| {
-                            done(rest + j, r, e)
-                        });
+                        return Ok(i + 1);
                     }
                     done(i, Ok(()), &mut emitted);
                 }
             }
             emitted.clear();
         }
-        Ok(())
+        Ok(n)
     }
+}
+
+/// Largest `handle-batch` frame: lengths in it are `u32`, and the guest
+/// must hold it (and its result) within its memory limit.
+fn frame_cap(limits: &crate::host::Limits) -> usize {
+    (limits.max_memory / 4).clamp(1 << 16, u32::MAX as usize)
 }
 
 fn put(out: &mut Vec<u8>, b: &[u8]) {
@@ -765,7 +830,7 @@ enum Outcome<'a> {
         writes: Writes<'a>,
         emits: EmitList<'a>,
     },
-    Failed(String),
+    Failed(&'a [u8]),
     Stop,
 }
 
@@ -811,9 +876,7 @@ impl<'a> Frame<'a> {
                 }
                 Some(Outcome::Ok { writes, emits })
             }
-            1 => Some(Outcome::Failed(
-                String::from_utf8_lossy(self.bytes()?).into_owned(),
-            )),
+            1 => Some(Outcome::Failed(self.bytes()?)),
             2 => Some(Outcome::Stop),
             _ => None,
         }
@@ -850,21 +913,23 @@ impl Operator for WasmOperator {
         events: &[EventRef<'_>],
         done: &mut Done<'_>,
     ) -> Result<(), RunError> {
+        if self.live.is_none() && self.failed_starts >= MAX_FAILED_STARTS {
+            return Err(self.gave_up());
+        }
         let mut start = 0;
         while start < events.len() {
             let end = (start + MAX_BATCH).min(events.len());
+            let from = start;
+            let done = &mut |i, r, e: &mut Emits| done(from + i, r, e);
+            // Looked up for each frame: a trap replaces the instance.
             let batch = self.live.as_ref().and_then(|l| l.batch);
-            match (batch, self.batch_off) {
-                (Some(batch), false) => {
-                    self.run_batch(&batch, &events[start..end], &mut |i, r, e| {
-                        done(start + i, r, e)
-                    })?;
+            start += match batch.filter(|_| !self.batch_off) {
+                Some(batch) => self.run_frame(batch, &events[start..end], done)?,
+                None => {
+                    handle_each(self, &events[start..end], 0, done)?;
+                    end - start
                 }
-                _ => handle_each(self, &events[start..end], 0, &mut |i, r, e| {
-                    done(start + i, r, e)
-                })?,
-            }
-            start = end;
+            };
         }
         Ok(())
     }
@@ -888,15 +953,19 @@ impl Operator for WasmOperator {
         store.set_epoch_deadline(ticks);
         match bindings.call_handle(&mut *store, ev) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(HandleError::Failed(reason)),
+            Ok(Err(reason)) => Err(HandleError::Failed(cap_reason(
+                &reason,
+                store.data().ctx.limits().max_reason,
+            ))),
             Err(trap) => {
-                let reason = self.trap_reason(&trap);
+                let fault = self.fault(&trap);
                 if let Err(e) = self.restart() {
                     return Err(HandleError::Trap(format!(
-                        "{reason}; and the replacement instance failed: {e}"
+                        "{}; and the replacement instance failed: {e}",
+                        fault
                     )));
                 }
-                Err(HandleError::Trap(reason))
+                Err(fault)
             }
         }
     }
@@ -906,8 +975,10 @@ impl Operator for WasmOperator {
 
 type HostResult<T> = wasmtime::Result<T>;
 
-fn trap(e: crate::host::HostError) -> wasmtime::Error {
-    wasmtime::Error::msg(e.to_string())
+fn trap(e: HostError) -> wasmtime::Error {
+    // Kept as a `HostError` so the event's dead letter names the refusal
+    // (see `WasmOperator::fault`).
+    wasmtime::Error::new(e)
 }
 
 impl types::Host for HostData {}
@@ -970,6 +1041,11 @@ impl log::Host for HostData {
     fn log(&mut self, level: types::Level, message: String) -> HostResult<()> {
         let op = self.ctx.name();
         let key = self.ctx.current_key().unwrap_or("-");
+        let max = self.ctx.limits().max_reason;
+        let message = match message.len() > max {
+            true => cap_reason(&message, max),
+            false => message,
+        };
         match level {
             types::Level::Trace => tracing::trace!(operator = %op, key, "{message}"),
             types::Level::Debug => tracing::debug!(operator = %op, key, "{message}"),

@@ -31,13 +31,16 @@ pub fn route(key: &str, workers: usize) -> usize {
 
 use std::hash::BuildHasher;
 
-/// One event in a batch; key and value are ranges of the batch's bytes.
+/// One event in a batch; key and value are ranges of the batch's bytes:
+/// the key `start..mid`, the value `mid..end` (`usize`: no amount of
+/// emitted bytes can wrap them).
 #[derive(Clone, Copy)]
 struct Ev {
     /// Index of the operator that handles it.
     stage: u16,
-    key: (u32, u32),
-    value: (u32, u32),
+    start: usize,
+    mid: usize,
+    end: usize,
     time: Option<i64>,
     /// Input line it derives from (for dead letters).
     line: u64,
@@ -61,15 +64,16 @@ impl Batch {
 
     /// Appends an event for operator `stage`.
     pub fn push(&mut self, stage: u16, key: &str, value: &[u8], time: Option<i64>, line: u64) {
-        let k0 = self.data.len() as u32;
+        let start = self.data.len();
         self.data.extend_from_slice(key.as_bytes());
-        let v0 = self.data.len() as u32;
+        let mid = self.data.len();
         self.data.extend_from_slice(value);
-        let v1 = self.data.len() as u32;
+        let end = self.data.len();
         self.events.push(Ev {
             stage,
-            key: (k0, v0),
-            value: (v0, v1),
+            start,
+            mid,
+            end,
             time,
             line,
         });
@@ -87,7 +91,7 @@ impl Batch {
 
     fn key(&self, e: &Ev) -> &str {
         // Only ever filled from `&str` keys.
-        std::str::from_utf8(&self.data[e.key.0 as usize..e.key.1 as usize]).expect("keys are UTF-8")
+        std::str::from_utf8(&self.data[e.start..e.mid]).expect("keys are UTF-8")
     }
 }
 
@@ -257,7 +261,7 @@ impl Worker {
                 .iter()
                 .map(|e| EventRef {
                     key: batch.key(e),
-                    value: &batch.data[e.value.0 as usize..e.value.1 as usize],
+                    value: &batch.data[e.mid..e.end],
                     time: e.time,
                     line: e.line,
                 })

@@ -10,15 +10,16 @@ use eddy_runtime::wasm;
 use crate::util::*;
 
 /// `n` faulty events over `keys` keys; lines in `actions` (1-based) carry
-/// that action. The events of each key without an action, per key.
+/// those payload fields (`"action":"trap"`, say). The events of each key
+/// without an action, per key.
 fn faulty_input(n: u64, keys: u64, actions: &[(u64, &str)]) -> (String, BTreeMap<String, u64>) {
     let mut text = String::new();
     let mut plain = BTreeMap::new();
     for line in 1..=n {
         let key = format!("k{}", line % keys);
         match actions.iter().find(|(l, _)| *l == line) {
-            Some((_, action)) => {
-                text += &format!("{{\"key\":\"{key}\",\"action\":\"{action}\"}}\n");
+            Some((_, fields)) => {
+                text += &format!("{{\"key\":\"{key}\",{fields}}}\n");
             }
             None => {
                 text += &format!("{{\"key\":\"{key}\"}}\n");
@@ -37,7 +38,7 @@ fn faulty_input(n: u64, keys: u64, actions: &[(u64, &str)]) -> (String, BTreeMap
 #[test]
 fn a_replacement_that_fails_to_start_costs_events_not_the_pipeline() {
     let dir = tempfile::tempdir().unwrap();
-    let (text, plain) = faulty_input(2_000, 17, &[(700, "trap")]);
+    let (text, plain) = faulty_input(2_000, 17, &[(700, r#""action":"trap""#)]);
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, text).unwrap();
     let name = "faulty-restart";
@@ -92,7 +93,7 @@ fn a_replacement_that_fails_to_start_costs_events_not_the_pipeline() {
 #[test]
 fn a_replacement_that_never_starts_stops_the_pipeline_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let (text, _) = faulty_input(3_000, 5, &[(100, "trap")]);
+    let (text, _) = faulty_input(3_000, 5, &[(100, r#""action":"trap""#)]);
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, text).unwrap();
     let name = "faulty-stuck";
@@ -119,4 +120,222 @@ fn a_replacement_that_never_starts_stops_the_pipeline_cleanly() {
             "{d}"
         );
     }
+}
+
+/// Dead letters by input line.
+fn dead_by_line(p: &eddy_runtime::pipeline::Pipeline) -> BTreeMap<u64, String> {
+    read_jsonl(&p.dead_letter)
+        .into_iter()
+        .map(|d| {
+            (
+                d["line"].as_u64().unwrap(),
+                d["error"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Every stored record of `operator`: key -> record length.
+fn record_lengths(state_dir: &std::path::Path, operator: &str) -> BTreeMap<String, usize> {
+    let store = eddy_runtime::store::Store::open(state_dir).unwrap();
+    store
+        .scan(operator)
+        .unwrap()
+        .into_iter()
+        .map(|(k, rec)| (k, rec.len()))
+        .collect()
+}
+
+/// A 1 MiB state name, map field, emitted key or error reason against
+/// limits of 16 and 64 bytes, on the batched and the per-event path: the
+/// name, field and key are refused (the event dead-lettered naming the
+/// limit, none of its writes or emits kept), the reason is cut with a note.
+#[test]
+fn names_fields_keys_and_reasons_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let triggers: Vec<(u64, &str, &str)> = vec![
+        (
+            50,
+            r#""action":"long-name""#,
+            "state name of 1048577 bytes exceeds the limit max_name_bytes = 16 bytes",
+        ),
+        (
+            51,
+            r#""action":"long-name","per_event":true"#,
+            "state name of 1048577 bytes exceeds the limit max_name_bytes = 16 bytes",
+        ),
+        (
+            60,
+            r#""action":"long-field""#,
+            "map field of 1048576 bytes exceeds the limit max_name_bytes = 16 bytes",
+        ),
+        (
+            70,
+            r#""action":"long-key""#,
+            "emitted key of 1048576 bytes exceeds the limit max_emit_key_bytes = 16 bytes",
+        ),
+        (
+            71,
+            r#""action":"long-key","per_event":true"#,
+            "emitted key of 1048576 bytes exceeds the limit max_emit_key_bytes = 16 bytes",
+        ),
+        (
+            80,
+            r#""action":"long-error""#,
+            "more bytes cut: max_reason_bytes = 64]",
+        ),
+        (
+            81,
+            r#""action":"long-error","per_event":true"#,
+            "more bytes cut: max_reason_bytes = 64]",
+        ),
+    ];
+    let actions: Vec<(u64, &str)> = triggers.iter().map(|(l, a, _)| (*l, *a)).collect();
+    let (text, plain) = faulty_input(300, 7, &actions);
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, text).unwrap();
+    let mut p = pipeline(dir.path(), &input, &[("faulty", eddy_tests::FAULTY)], 2);
+    let l = &mut p.operators[0].limits;
+    l.max_name = 16;
+    l.max_emit_key = 16;
+    l.max_reason = 64;
+    let s = run(&p);
+
+    let dead = dead_by_line(&p);
+    assert_eq!(dead.len(), triggers.len(), "{dead:?}");
+    for (line, _, reason) in &triggers {
+        let got = &dead[line];
+        assert!(got.contains(reason), "line {line}: {got}");
+        assert!(got.len() < 400, "line {line}: a short reason: {got}");
+    }
+    assert_eq!(s.operators[0].failed, triggers.len() as u64);
+    let state = state_values(&p.state_dir, "faulty", &["n"]);
+    for (key, n) in &plain {
+        assert_eq!(state[key][0].as_u64(), Some(*n), "count of {key}");
+    }
+    for (key, len) in record_lengths(&p.state_dir, "faulty") {
+        assert!(len < 200, "{key}: nothing long was stored ({len} bytes)");
+    }
+    let out = read_jsonl(&dir.path().join("out.jsonl"));
+    assert_eq!(out.len() as u64, 300 - triggers.len() as u64);
+    assert!(out.iter().all(|o| o["key"].as_str().unwrap().len() <= 16));
+}
+
+/// An event that emits more than `max_emit_bytes_per_event`, or that
+/// rewrites state until the host would hold more than `max_memory_bytes`
+/// for it, is dead-lettered naming the limit, on either path, and nothing
+/// of it is kept.
+#[test]
+fn what_one_event_emits_or_holds_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let triggers: Vec<(u64, &str, &str)> = vec![
+        (
+            20,
+            r#""action":"many-emits","count":20,"size":1000"#,
+            "over the limit max_emit_bytes_per_event = 10000 bytes",
+        ),
+        (
+            21,
+            r#""action":"many-emits","count":20,"size":1000,"per_event":true"#,
+            "over the limit max_emit_bytes_per_event = 10000 bytes",
+        ),
+        (
+            30,
+            r#""action":"rewrite","count":64,"size":1000000,"per_event":true"#,
+            "over the limit max_memory_bytes = 33554432 bytes",
+        ),
+        (
+            31,
+            r#""action":"rewrite","count":64,"size":1000000"#,
+            "max_memory_bytes = 33554432",
+        ),
+    ];
+    let actions: Vec<(u64, &str)> = triggers.iter().map(|(l, a, _)| (*l, *a)).collect();
+    let (text, plain) = faulty_input(200, 7, &actions);
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, text).unwrap();
+    let mut p = pipeline(dir.path(), &input, &[("faulty", eddy_tests::FAULTY)], 2);
+    let l = &mut p.operators[0].limits;
+    l.max_emit_per_event = 10_000;
+    l.max_memory = 32 << 20;
+    run(&p);
+
+    let dead = dead_by_line(&p);
+    assert_eq!(dead.len(), triggers.len(), "{dead:?}");
+    for (line, _, reason) in &triggers {
+        assert!(dead[line].contains(reason), "line {line}: {}", dead[line]);
+    }
+    let state = state_values(&p.state_dir, "faulty", &["n", "big"]);
+    for (key, n) in &plain {
+        assert_eq!(state[key][0].as_u64(), Some(*n), "count of {key}");
+        assert!(state[key][1].is_null(), "no rewrite of {key} was kept");
+    }
+    let out = read_jsonl(&dir.path().join("out.jsonl"));
+    assert_eq!(
+        out.len() as u64,
+        200 - triggers.len() as u64,
+        "only the `n` emits"
+    );
+}
+
+/// A key whose state keeps growing stops at `max_key_state_bytes`: from
+/// the event that would pass it on, its events are dead-lettered naming
+/// the limit, on the per-event path (list items) and the batched path
+/// (new values), and its stored record stays within the limit.
+#[test]
+fn the_state_of_one_key_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for i in 0..60 {
+        let (key, action) = match i % 3 {
+            0 => ("list", "grow-list"),
+            1 => ("value", "grow-value"),
+            _ => ("plain", ""),
+        };
+        text += &format!("{{\"key\":\"{key}\",\"action\":\"{action}\",\"size\":1000}}\n");
+    }
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, text).unwrap();
+    let mut p = pipeline(dir.path(), &input, &[("faulty", eddy_tests::FAULTY)], 2);
+    p.operators[0].limits.max_key_state = 4096;
+    run(&p);
+
+    let dead = read_jsonl(&p.dead_letter);
+    for key in ["list", "value"] {
+        let lines: Vec<u64> = dead
+            .iter()
+            .filter(|d| d["key"] == key)
+            .map(|d| d["line"].as_u64().unwrap())
+            .collect();
+        // Four 1 kB items or values fit in 4 KiB, the fifth does not.
+        assert_eq!(lines.len(), 20 - 4, "{key}: {dead:?}");
+        let first_failed = lines[0];
+        assert!(
+            lines.iter().zip(&lines[1..]).all(|(a, b)| b - a == 3),
+            "{key}: every event from the first refused one: {lines:?}"
+        );
+        assert!(first_failed > 3, "{key}");
+    }
+    for d in &dead {
+        assert!(
+            d["error"]
+                .as_str()
+                .unwrap()
+                .contains("over the limit max_key_state_bytes = 4096 bytes"),
+            "{d}"
+        );
+    }
+    let records = record_lengths(&p.state_dir, "faulty");
+    assert!(
+        records["list"] <= 4096 && records["list"] > 3000,
+        "{records:?}"
+    );
+    assert!(
+        records["value"] <= 4096 && records["value"] > 3000,
+        "{records:?}"
+    );
+    let state = state_values(&p.state_dir, "faulty", &["n"]);
+    assert_eq!(state["list"][0], 4);
+    assert_eq!(state["value"][0], 4);
+    assert_eq!(state["plain"][0], 20);
 }
