@@ -134,6 +134,10 @@ pub struct WorkerLive {
     pub pauses: Vec<SwapPause>,
 }
 
+/// Output (or dead letters) a worker buffers before handing it to the sink
+/// in the middle of a batch.
+const FLUSH_BYTES: usize = 4 << 20;
+
 /// Swap pauses kept per worker for `eddy status` and the bench.
 pub const PAUSES_KEPT: usize = 4096;
 
@@ -204,8 +208,10 @@ impl Worker {
                     let r = self.handle_batch(&batch);
                     self.flush();
                     self.publish();
+                    if let Err(e) = r {
+                        return Err(self.fail(e));
+                    }
                     self.inflight.fetch_sub(1, Ordering::AcqRel);
-                    r.map_err(|e| format!("worker {}: {e}", self.id))?;
                 }
                 Msg::Swap {
                     stage,
@@ -224,6 +230,20 @@ impl Worker {
             }
         }
         Ok(self.stats)
+    }
+
+    /// Gives up after `e`: the batch in hand is never done, and nothing
+    /// more is sent here. The coordinator, which waits on batches in flight
+    /// before it sends one (or a checkpoint barrier), then finds this
+    /// thread finished and reports `e` (rather than a failed send to an
+    /// inbox already gone).
+    fn fail(&self, e: RunError) -> Fatal {
+        let e = format!("worker {}: {e}", self.id);
+        tracing::error!("{e}");
+        self.inflight.fetch_add(usize::MAX / 8, Ordering::AcqRel);
+        // A send the coordinator is making right now still finds the inbox.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        e
     }
 
     /// Puts operator `stage`'s new instance in place, handing it the old
@@ -309,6 +329,7 @@ impl Worker {
             out,
             outbox,
             last_end,
+            sink,
             ..
         } = self;
         let op = &mut ops[stage];
@@ -354,6 +375,14 @@ impl Worker {
                 }
             }
             emitted.clear();
+            // What a run's events emit can add up to far more than one
+            // event may: hand output over as it grows, not at the end.
+            if out.len() >= FLUSH_BYTES {
+                let _ = sink.send(SinkMsg::Out(std::mem::take(out)));
+            }
+            if dead.len() >= FLUSH_BYTES {
+                let _ = sink.send(SinkMsg::Dead(std::mem::take(dead)));
+            }
         })?;
         last_end[stage] = Some(Instant::now());
         if !local.is_empty() {
