@@ -5,6 +5,31 @@
 //! `Store` and instance. Operators get no file system, network, environment
 //! or clock: WASI is linked only so that components built by ordinary
 //! toolchains instantiate, and its context grants nothing.
+//!
+//! # Clocks and randomness
+//!
+//! Both clocks of `wasi:clocks` are stopped at zero: an operator's only
+//! time is its events' time. `wasi:random` is deterministic, so that the
+//! same input gives the same outputs with any number of workers and a
+//! replay after a crash rebuilds exactly the same state:
+//!
+//! - while an event is handled (`handle`), `random` and `insecure` draw
+//!   from a generator seeded with the operator's name, the event's key, its
+//!   input line, and how many earlier events of that key and line drew
+//!   numbers at this operator (events a previous operator emitted from one
+//!   line get different numbers);
+//! - during instantiation and `init`, from one seeded with the operator's
+//!   name; during `migrate`, with the operator's name and the key;
+//! - `insecure-seed` (what Rust's `HashMap` seeds its hasher from) returns
+//!   a value fixed per operator name, whenever it is called;
+//! - inside a `handle-batch` call the host cannot tell the events apart:
+//!   the first draw traps, the batch is replayed event by event on a fresh
+//!   instance, and that instance stays on the per-event path. An operator
+//!   that never draws numbers (the Rust SDK itself never does) keeps the
+//!   batched path.
+//!
+//! The numbers are pseudo-random (SplitMix64), not secret: an operator must
+//! not use them for keys or tokens.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -148,6 +173,138 @@ pub struct HostData {
     /// What the guest wrote to stderr (a Rust panic message, say), quoted
     /// in the dead letter when it traps.
     stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
+    /// Deterministic `wasi:random` (see the module docs).
+    random: Random,
+}
+
+/// What `wasi:random` numbers are being drawn for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Instantiation and `init`.
+    Start,
+    /// `handle` of an event from input line `line` (the key is the
+    /// context's current key).
+    Event { line: u64 },
+    /// `migrate` of the context's current key.
+    Migrate,
+    /// A `handle-batch` call: drawing traps.
+    Batch,
+}
+
+/// The deterministic generator behind `wasi:random` of one instance.
+struct Random {
+    scope: Scope,
+    /// SplitMix64 state, seeded on the first draw in a scope.
+    state: Option<u64>,
+    /// Input line whose events `seen` counts.
+    line: u64,
+    /// Per key (hashed) of that line: events that drew numbers.
+    seen: SmallVec<[(u64, u32); 4]>,
+    /// Numbers were asked for during a `handle-batch` call.
+    wanted_in_batch: bool,
+}
+
+impl Default for Random {
+    fn default() -> Self {
+        Random {
+            scope: Scope::Start,
+            state: None,
+            line: 0,
+            seen: SmallVec::new(),
+            wanted_in_batch: false,
+        }
+    }
+}
+
+impl Random {
+    /// Draws from here on are for `scope` (cheap: seeding waits for the
+    /// first draw).
+    fn enter(&mut self, scope: Scope) {
+        self.scope = scope;
+        self.state = None;
+    }
+}
+
+/// SplitMix64's output function: a bijective 64-bit mix.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A seed from the given parts (FNV-1a over each part and its length, then
+/// mixed): stable across runs, processes and versions of the host.
+fn seed_of(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in part.iter().chain(&(part.len() as u64).to_le_bytes()) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    mix64(h)
+}
+
+impl HostData {
+    /// The next 64 random bits for the current scope; traps inside
+    /// `handle-batch` (the batch is then replayed event by event).
+    fn next_random(&mut self) -> wasmtime::Result<u64> {
+        let r = &mut self.random;
+        let state = match r.state {
+            Some(state) => state,
+            None => {
+                let name = self.ctx.name().as_bytes();
+                let key = self.ctx.current_key().unwrap_or("").as_bytes();
+                match r.scope {
+                    Scope::Batch => {
+                        r.wanted_in_batch = true;
+                        return Err(wasmtime::Error::msg(
+                            "wasi:random called during handle-batch; the batch is replayed event by event",
+                        ));
+                    }
+                    Scope::Start => seed_of(&[b"init", name]),
+                    Scope::Migrate => seed_of(&[b"migrate", name, key]),
+                    Scope::Event { line } => {
+                        if r.line != line {
+                            r.line = line;
+                            r.seen.clear();
+                        }
+                        let k = seed_of(&[key]);
+                        let n = match r.seen.iter_mut().find(|(h, _)| *h == k) {
+                            Some((_, n)) => {
+                                *n += 1;
+                                *n
+                            }
+                            None => {
+                                r.seen.push((k, 0));
+                                0
+                            }
+                        };
+                        seed_of(&[b"event", name, key, &line.to_le_bytes(), &n.to_le_bytes()])
+                    }
+                }
+            }
+        };
+        let state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        r.state = Some(state);
+        Ok(mix64(state))
+    }
+
+    /// `len` random bytes (at most the instance's memory limit).
+    fn random_bytes(&mut self, len: u64) -> wasmtime::Result<Vec<u8>> {
+        if len > self.memory.max as u64 {
+            return Err(wasmtime::Error::msg(format!(
+                "wasi:random: {len} bytes asked for, more than max_memory_bytes = {}",
+                self.memory.max
+            )));
+        }
+        let mut out = Vec::with_capacity(len as usize);
+        while out.len() < len as usize {
+            let word = self.next_random()?.to_le_bytes();
+            let n = word.len().min(len as usize - out.len());
+            out.extend_from_slice(&word[..n]);
+        }
+        Ok(out)
+    }
 }
 
 impl WasiView for HostData {
@@ -192,8 +349,16 @@ fn sandbox(stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe) -> WasiCtx {
 }
 
 fn linker(engine: &Engine) -> anyhow::Result<Linker<HostData>> {
+    use wasmtime_wasi::p2::bindings::random;
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    // `wasi:random` replaced by the deterministic one (module docs).
+    linker.allow_shadowing(true);
+    type Me = wasmtime::component::HasSelf<HostData>;
+    random::random::add_to_linker::<HostData, Me>(&mut linker, |d| d)?;
+    random::insecure::add_to_linker::<HostData, Me>(&mut linker, |d| d)?;
+    random::insecure_seed::add_to_linker::<HostData, Me>(&mut linker, |d| d)?;
+    linker.allow_shadowing(false);
     OperatorWorld::add_to_linker::<HostData, wasmtime::component::HasSelf<HostData>>(
         &mut linker,
         |d| d,
@@ -429,6 +594,7 @@ fn new_store(plugin: &Plugin, ctx: OpCtx) -> Store<HostData> {
                 max: limits.max_memory,
             },
             stderr,
+            random: Random::default(),
         },
     );
     store.limiter(|d| &mut d.memory);
@@ -562,6 +728,7 @@ impl WasmOperator {
         self.ctx().begin_migration(key)?;
         let store = &mut self.store;
         store.set_epoch_deadline(deadline_ticks(store.data().ctx.limits().max_call_ms));
+        store.data_mut().random.enter(Scope::Migrate);
         let shown = if previous.is_empty() {
             "an unknown version".to_string()
         } else {
@@ -755,9 +922,15 @@ impl WasmOperator {
         let store = &mut self.store;
         let ticks = deadline_ticks(store.data().ctx.limits().max_call_ms);
         store.set_epoch_deadline(ticks);
+        store.data_mut().random.enter(Scope::Batch);
         let result = match batch.call(&mut *store, (frame,)) {
             Ok((r,)) => r,
             Err(_) => {
+                if store.data().random.wanted_in_batch {
+                    // Its numbers depend on the event: per event from now.
+                    tracing::debug!(operator = %store.data().ctx.name(), "the operator draws random numbers: handling its events one by one");
+                    self.batch_off = true;
+                }
                 // Replay on a fresh instance, event by event: only the
                 // event that traps is dead-lettered. When no fresh
                 // instance starts, each event tries again (`revive`).
@@ -951,6 +1124,10 @@ impl Operator for WasmOperator {
         };
         let ticks = deadline_ticks(store.data().ctx.limits().max_call_ms);
         store.set_epoch_deadline(ticks);
+        store
+            .data_mut()
+            .random
+            .enter(Scope::Event { line: event.line });
         match bindings.call_handle(&mut *store, ev) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(HandleError::Failed(cap_reason(
@@ -982,6 +1159,34 @@ fn trap(e: HostError) -> wasmtime::Error {
 }
 
 impl types::Host for HostData {}
+
+impl wasmtime_wasi::p2::bindings::random::random::Host for HostData {
+    fn get_random_bytes(&mut self, len: u64) -> HostResult<Vec<u8>> {
+        self.random_bytes(len)
+    }
+    fn get_random_u64(&mut self) -> HostResult<u64> {
+        self.next_random()
+    }
+}
+
+impl wasmtime_wasi::p2::bindings::random::insecure::Host for HostData {
+    fn get_insecure_random_bytes(&mut self, len: u64) -> HostResult<Vec<u8>> {
+        self.random_bytes(len)
+    }
+    fn get_insecure_random_u64(&mut self) -> HostResult<u64> {
+        self.next_random()
+    }
+}
+
+impl wasmtime_wasi::p2::bindings::random::insecure_seed::Host for HostData {
+    fn insecure_seed(&mut self) -> HostResult<(u64, u64)> {
+        let name = self.ctx.name().as_bytes();
+        Ok((
+            seed_of(&[b"insecure-seed", name]),
+            seed_of(&[b"insecure-seed-2", name]),
+        ))
+    }
+}
 
 impl state::Host for HostData {
     fn get(&mut self, name: String) -> HostResult<Option<Vec<u8>>> {

@@ -339,3 +339,61 @@ fn the_state_of_one_key_is_bounded() {
     assert_eq!(state["value"][0], 4);
     assert_eq!(state["plain"][0], 20);
 }
+
+/// Per key, the outputs in order.
+fn outputs_by_key(path: &std::path::Path) -> BTreeMap<String, Vec<String>> {
+    let mut by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for o in read_jsonl(path) {
+        by_key
+            .entry(o["key"].as_str().unwrap().to_string())
+            .or_default()
+            .push(o["value"].to_string());
+    }
+    by_key
+}
+
+/// `wasi:random` is a function of the operator, the key and the input
+/// line: the same input gives the same numbers in another run and with
+/// another number of workers (events that draw numbers are mixed with
+/// events that do not, so batches that draw are replayed per event), and
+/// the numbers differ from event to event and key to key.
+#[test]
+fn random_numbers_are_the_same_in_every_run_and_differ_per_event() {
+    let mut text = String::new();
+    for line in 1..=600u64 {
+        let key = format!("k{}", line % 11);
+        if line % 3 == 0 {
+            text += &format!("{{\"key\":\"{key}\"}}\n");
+        } else {
+            text += &format!("{{\"key\":\"{key}\",\"action\":\"random\",\"count\":2}}\n");
+        }
+    }
+    let mut runs = Vec::new();
+    for workers in [1, 2, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, &text).unwrap();
+        let p = pipeline(
+            dir.path(),
+            &input,
+            &[("faulty", eddy_tests::FAULTY)],
+            workers,
+        );
+        let s = run(&p);
+        assert_eq!(s.operators[0].failed, 0);
+        assert!(read_jsonl(&p.dead_letter).is_empty());
+        runs.push(outputs_by_key(&dir.path().join("out.jsonl")));
+    }
+    assert_eq!(runs[0], runs[1], "1 worker and 2 workers");
+    assert_eq!(runs[1], runs[2], "two runs with 2 workers");
+
+    let numbers: Vec<u64> = runs[0]
+        .values()
+        .flatten()
+        .filter_map(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+        .filter_map(|v| v["random"].as_u64())
+        .collect();
+    assert_eq!(numbers.len(), 400 * 2);
+    let distinct: std::collections::BTreeSet<u64> = numbers.iter().copied().collect();
+    assert_eq!(distinct.len(), numbers.len(), "no number repeats");
+}
