@@ -683,7 +683,7 @@ impl OpCtx {
         let old = self.lookup(name).and_then(|n| slot.entity.get(n));
         let held = old.map_or(0, <[u8]>::len);
         let size = match old {
-            Some(old) => slot.size - old.len() + value.len(),
+            Some(old) => slot.size.saturating_sub(old.len()) + value.len(),
             None => slot.size + VALUE_ENTRY + name.len() + value.len(),
         };
         self.check_held(size, held)?;
@@ -724,7 +724,7 @@ impl OpCtx {
             // The size after the event: each name's last write counts.
             if last[w] {
                 let old = id.and_then(|n| s.entity.get(n));
-                size -= old.map_or(0, |o| VALUE_ENTRY + name.len() + o.len());
+                size = size.saturating_sub(old.map_or(0, |o| VALUE_ENTRY + name.len() + o.len()));
                 size += value.map_or(0, |v| VALUE_ENTRY + name.len() + v.len());
             }
         }
@@ -798,7 +798,8 @@ impl OpCtx {
         let old = slot.entity.get(name).map_or(0, <[u8]>::len);
         let removed = slot.entity.delete(name, &mut self.undo);
         if removed {
-            slot.size -= VALUE_ENTRY + self.names[name as usize].len() + old;
+            slot.size =
+                (slot.size).saturating_sub(VALUE_ENTRY + self.names[name as usize].len() + old);
             self.held += old;
         }
         Ok(removed)
@@ -829,7 +830,7 @@ impl OpCtx {
             size += MAP_ENTRY + name.len();
         }
         size = match old {
-            Some(old) => size - old + value.len(),
+            Some(old) => size.saturating_sub(old) + value.len(),
             None => size + FIELD_ENTRY + field.len() + value.len(),
         };
         // The journal keeps the field's name and old value.
@@ -856,7 +857,7 @@ impl OpCtx {
             .map_or(0, Vec::len);
         let removed = slot.entity.map_delete(name, field, &mut self.undo);
         if removed {
-            slot.size -= FIELD_ENTRY + field.len() + old;
+            slot.size = slot.size.saturating_sub(FIELD_ENTRY + field.len() + old);
             self.held += field.len() + old;
         }
         Ok(removed)
@@ -942,7 +943,7 @@ impl OpCtx {
                 .sum()
         });
         let n = slot.entity.list_trim(name, keep as usize, &mut self.undo);
-        slot.size -= dropped;
+        slot.size = slot.size.saturating_sub(dropped);
         self.held += dropped;
         Ok(n as u32)
     }
@@ -952,7 +953,7 @@ impl OpCtx {
         let slot = &mut self.slots[i];
         slot.entity.clear(&mut self.undo);
         // The journal keeps the whole old state.
-        self.held += slot.size - RECORD_HEADER;
+        self.held += slot.size.saturating_sub(RECORD_HEADER);
         slot.size = RECORD_HEADER;
         Ok(())
     }
