@@ -259,6 +259,10 @@ pub struct OpCtx {
     held: usize,
     /// Size of the current key's state when the event began.
     size_at_begin: usize,
+    /// The input line whose events `draws` counts, and per key (hashed) of
+    /// it, how many of its events drew random numbers (kept here, not in
+    /// an instance, so a restart does not reset it).
+    draws: (u64, SmallVec<[(u64, u32); 4]>),
     limits: Limits,
     /// Generation of the operator version running now (0 for the first;
     /// each hot swap or rollback takes the next).
@@ -287,6 +291,7 @@ impl OpCtx {
             emits: Emits::default(),
             held: 0,
             size_at_begin: 0,
+            draws: (0, SmallVec::new()),
             limits,
             generation: 0,
             migrating: false,
@@ -552,6 +557,26 @@ impl OpCtx {
             });
         }
         Ok(())
+    }
+
+    /// How many earlier events of input line `line` with the key hashed to
+    /// `key` drew random numbers (this one is counted for the next).
+    pub fn draw_index(&mut self, line: u64, key: u64) -> u32 {
+        let (at, seen) = &mut self.draws;
+        if *at != line {
+            *at = line;
+            seen.clear();
+        }
+        match seen.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                seen.push((key, 0));
+                0
+            }
+        }
     }
 
     /// The size of the current key's state as stored.

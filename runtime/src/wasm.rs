@@ -196,10 +196,6 @@ struct Random {
     scope: Scope,
     /// SplitMix64 state, seeded on the first draw in a scope.
     state: Option<u64>,
-    /// Input line whose events `seen` counts.
-    line: u64,
-    /// Per key (hashed) of that line: events that drew numbers.
-    seen: SmallVec<[(u64, u32); 4]>,
     /// Numbers were asked for during a `handle-batch` call.
     wanted_in_batch: bool,
 }
@@ -209,8 +205,6 @@ impl Default for Random {
         Random {
             scope: Scope::Start,
             state: None,
-            line: 0,
-            seen: SmallVec::new(),
             wanted_in_batch: false,
         }
     }
@@ -248,15 +242,24 @@ impl HostData {
     /// The next 64 random bits for the current scope; traps inside
     /// `handle-batch` (the batch is then replayed event by event).
     fn next_random(&mut self) -> wasmtime::Result<u64> {
-        let r = &mut self.random;
-        let state = match r.state {
+        let state = match self.random.state {
             Some(state) => state,
             None => {
+                let scope = self.random.scope;
+                // Which of the events of this key and line drawing numbers
+                // this one is.
+                let n = match scope {
+                    Scope::Event { line } => {
+                        let key = seed_of(&[self.ctx.current_key().unwrap_or("").as_bytes()]);
+                        self.ctx.draw_index(line, key)
+                    }
+                    _ => 0,
+                };
                 let name = self.ctx.name().as_bytes();
                 let key = self.ctx.current_key().unwrap_or("").as_bytes();
-                match r.scope {
+                match scope {
                     Scope::Batch => {
-                        r.wanted_in_batch = true;
+                        self.random.wanted_in_batch = true;
                         return Err(wasmtime::Error::msg(
                             "wasi:random called during handle-batch; the batch is replayed event by event",
                         ));
@@ -264,28 +267,13 @@ impl HostData {
                     Scope::Start => seed_of(&[b"init", name]),
                     Scope::Migrate => seed_of(&[b"migrate", name, key]),
                     Scope::Event { line } => {
-                        if r.line != line {
-                            r.line = line;
-                            r.seen.clear();
-                        }
-                        let k = seed_of(&[key]);
-                        let n = match r.seen.iter_mut().find(|(h, _)| *h == k) {
-                            Some((_, n)) => {
-                                *n += 1;
-                                *n
-                            }
-                            None => {
-                                r.seen.push((k, 0));
-                                0
-                            }
-                        };
                         seed_of(&[b"event", name, key, &line.to_le_bytes(), &n.to_le_bytes()])
                     }
                 }
             }
         };
         let state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        r.state = Some(state);
+        self.random.state = Some(state);
         Ok(mix64(state))
     }
 
