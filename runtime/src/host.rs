@@ -7,6 +7,13 @@
 //! bracketed by [`OpCtx::begin`] and [`OpCtx::finish`]: in between, state
 //! calls act on that event's key only, writes are journaled and emits
 //! buffered, so a failed event is rolled back completely.
+//!
+//! Every host call and every batched result is held to the operator's
+//! [`Limits`]: sizes of values, names, map fields, emitted keys and
+//! payloads, what one event emits, what the host holds for one event, and
+//! the state one key holds (a byte count kept per key as it is written,
+//! equal to the length of the key's stored record, so checking it costs no
+//! recount). An event that breaks one fails as a whole.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;

@@ -397,3 +397,37 @@ fn random_numbers_are_the_same_in_every_run_and_differ_per_event() {
     let distinct: std::collections::BTreeSet<u64> = numbers.iter().copied().collect();
     assert_eq!(distinct.len(), numbers.len(), "no number repeats");
 }
+
+/// Batches too large for one `handle-batch` frame (a quarter of the
+/// instance's memory) are split into several frames, and an event too
+/// large for a frame alone takes the per-event path: every event is
+/// handled once, in order.
+#[test]
+fn large_batches_are_split_into_frames_the_guest_can_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    let mut per_key: BTreeMap<String, u64> = BTreeMap::new();
+    for line in 1..=120u64 {
+        let key = format!("k{}", line % 3);
+        // Some events alone are larger than a frame (2 MiB here).
+        let pad = if line % 40 == 0 { 2_200_000 } else { 200_000 };
+        text += &format!("{{\"key\":\"{key}\",\"pad\":\"{}\"}}\n", "p".repeat(pad));
+        *per_key.entry(key).or_default() += 1;
+    }
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, text).unwrap();
+    let mut p = pipeline(dir.path(), &input, &[("faulty", eddy_tests::FAULTY)], 1);
+    p.max_line_bytes = 4 << 20;
+    p.operators[0].limits.max_memory = 8 << 20;
+    let s = run(&p);
+    assert_eq!(s.operators[0].failed, 0, "{:?}", read_jsonl(&p.dead_letter));
+    let state = state_values(&p.state_dir, "faulty", &["n"]);
+    for (key, n) in &per_key {
+        assert_eq!(state[key][0].as_u64(), Some(*n), "count of {key}");
+    }
+    let outs = outputs_by_key(&dir.path().join("out.jsonl"));
+    for (key, n) in &per_key {
+        let got: Vec<String> = (1..=*n).map(|i| format!("{{\"n\":{i}}}")).collect();
+        assert_eq!(outs[key], got, "outputs of {key} in order");
+    }
+}
