@@ -96,11 +96,13 @@ pub(crate) fn rate(n: usize, d: Duration) -> f64 {
 pub(crate) fn decode(ev: &Events) -> Vec<EventRef<'_>> {
     ev.index
         .iter()
-        .map(|&(k0, k1, l0, l1)| EventRef {
+        .zip(1..)
+        .map(|(&(k0, k1, l0, l1), line)| EventRef {
             key: std::str::from_utf8(&ev.data[k0 as usize..k1 as usize])
                 .expect("generated keys are ASCII"),
             value: &ev.data[l0 as usize..l1 as usize],
             time: None,
+            line,
         })
         .collect()
 }

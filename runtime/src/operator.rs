@@ -17,6 +17,9 @@ pub struct EventRef<'a> {
     pub key: &'a str,
     pub value: &'a [u8],
     pub time: Option<i64>,
+    /// Input line the event derives from: with the key and the operator,
+    /// it seeds the operator's random numbers for this event.
+    pub line: u64,
 }
 
 /// Why an event was not handled. The event goes to the dead-letter output
@@ -29,6 +32,25 @@ pub enum HandleError {
     /// The operator trapped (the instance is replaced before the next event).
     #[error("operator trapped: {0}")]
     Trap(String),
+    /// No instance could be started to handle the event (the last
+    /// replacement's instantiation or `init` failed).
+    #[error("operator unavailable: {0}")]
+    Unavailable(String),
+    /// The host refused what the operator did: a limit it broke (named),
+    /// or a call it may not make.
+    #[error("refused by the host: {0}")]
+    Refused(String),
+}
+
+/// Why a worker cannot go on: the pipeline stops, and state since the last
+/// checkpoint is not committed (a restart resumes from that checkpoint).
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An operator has no instance and cannot start one.
+    #[error("{0}")]
+    Stopped(String),
 }
 
 /// A running operator instance on one worker.
@@ -50,6 +72,13 @@ pub trait Operator: Send {
         Ok(Ok(()))
     }
 
+    /// [`Operator::prepare`] on the event path, where an operator may also
+    /// give up for good (a Wasm operator whose replacement instances keep
+    /// failing to start), which stops the pipeline.
+    fn ready(&mut self, key: &str) -> Result<Result<(), HandleError>, RunError> {
+        Ok(self.prepare(key)?)
+    }
+
     /// Handles one event; state calls act on `event.key` (the worker has
     /// called [`OpCtx::begin`] for it).
     fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError>;
@@ -62,7 +91,7 @@ pub trait Operator: Send {
         &mut self,
         events: &[EventRef<'_>],
         done: &mut Done<'_>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RunError> {
         handle_each(self, events, 0, done)
     }
 }
@@ -73,7 +102,7 @@ pub fn handle_each<O: Operator + ?Sized>(
     events: &[EventRef<'_>],
     from: usize,
     done: &mut Done<'_>,
-) -> Result<(), StoreError> {
+) -> Result<(), RunError> {
     let mut emitted = Emits::default();
     // Every key's cache slot first: their memory is fetched in parallel.
     let mut slots = Vec::with_capacity(events.len().saturating_sub(from));
@@ -82,12 +111,18 @@ pub fn handle_each<O: Operator + ?Sized>(
         &mut slots,
     )?;
     for ((i, e), &slot) in events.iter().enumerate().skip(from).zip(&slots) {
-        if let Err(err) = op.prepare(e.key)? {
+        if let Err(err) = op.ready(e.key)? {
             done(i, Err(err), &mut emitted);
             continue;
         }
         op.ctx().begin_slot(slot);
-        let r = op.handle(*e);
+        let mut r = op.handle(*e);
+        if r.is_ok() {
+            // Limits checked on the event as a whole.
+            if let Err(refused) = op.ctx().check_event() {
+                r = Err(HandleError::Refused(refused.to_string()));
+            }
+        }
         op.ctx().finish(r.is_ok(), &mut emitted);
         done(i, r, &mut emitted);
         emitted.clear();

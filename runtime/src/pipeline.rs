@@ -17,6 +17,19 @@
 //! name = "counter"
 //! component = "counter.wasm"
 //! config = { field = "amount" }    # handed to the operator's init as JSON
+//! # Limits (defaults shown); an event that breaks one is dead-lettered with
+//! # an error naming the field, and none of its writes or emits take effect.
+//! max_state_value_bytes = 1048576  # one state value, map value or list item
+//! max_emit_bytes = 1048576         # one emitted payload
+//! max_call_ms = 1000               # CPU time of one call into the operator
+//! max_memory_bytes = 268435456     # the instance's memory; also what the host
+//!                                  # holds for one event (emits, replaced state)
+//! max_name_bytes = 4096            # one state name or map field
+//! max_emit_key_bytes = 4096        # one emitted key
+//! max_emit_bytes_per_event = 16777216  # all keys and payloads one event emits
+//! max_key_state_bytes = 67108864   # all state of one key, as stored
+//! max_reason_bytes = 16384         # longer error reasons are truncated, with
+//!                                  # a note of how many bytes were cut
 //!
 //! [sink]
 //! path = "-"                       # "-" for stdout
@@ -263,6 +276,11 @@ struct OperatorTable {
     max_emit_bytes: Option<usize>,
     max_call_ms: Option<u64>,
     max_memory_bytes: Option<usize>,
+    max_name_bytes: Option<usize>,
+    max_emit_key_bytes: Option<usize>,
+    max_emit_bytes_per_event: Option<usize>,
+    max_key_state_bytes: Option<usize>,
+    max_reason_bytes: Option<usize>,
 }
 
 impl OperatorTable {
@@ -274,6 +292,13 @@ impl OperatorTable {
             max_emit: self.max_emit_bytes.unwrap_or(d.max_emit),
             max_call_ms: self.max_call_ms.unwrap_or(d.max_call_ms),
             max_memory: self.max_memory_bytes.unwrap_or(d.max_memory),
+            max_name: self.max_name_bytes.unwrap_or(d.max_name),
+            max_emit_key: self.max_emit_key_bytes.unwrap_or(d.max_emit_key),
+            max_emit_per_event: self
+                .max_emit_bytes_per_event
+                .unwrap_or(d.max_emit_per_event),
+            max_key_state: self.max_key_state_bytes.unwrap_or(d.max_key_state),
+            max_reason: self.max_reason_bytes.unwrap_or(d.max_reason),
         }
     }
 }

@@ -5,6 +5,31 @@
 //! `Store` and instance. Operators get no file system, network, environment
 //! or clock: WASI is linked only so that components built by ordinary
 //! toolchains instantiate, and its context grants nothing.
+//!
+//! # Clocks and randomness
+//!
+//! Both clocks of `wasi:clocks` are stopped at zero: an operator's only
+//! time is its events' time. `wasi:random` is deterministic, so that the
+//! same input gives the same outputs with any number of workers and a
+//! replay after a crash rebuilds exactly the same state:
+//!
+//! - while an event is handled (`handle`), `random` and `insecure` draw
+//!   from a generator seeded with the operator's name, the event's key, its
+//!   input line, and how many earlier events of that key and line drew
+//!   numbers at this operator (events a previous operator emitted from one
+//!   line get different numbers);
+//! - during instantiation and `init`, from one seeded with the operator's
+//!   name; during `migrate`, with the operator's name and the key;
+//! - `insecure-seed` (what Rust's `HashMap` seeds its hasher from) returns
+//!   a value fixed per operator name, whenever it is called;
+//! - inside a `handle-batch` call the host cannot tell the events apart:
+//!   the first draw traps, the batch is replayed event by event on a fresh
+//!   instance, and that instance stays on the per-event path. An operator
+//!   that never draws numbers (the Rust SDK itself never does) keeps the
+//!   batched path.
+//!
+//! The numbers are pseudo-random (SplitMix64), not secret: an operator must
+//! not use them for keys or tokens.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,8 +47,8 @@ use wasmtime_wasi::{
 
 use crate::bindings::eddy::operator::{log, output, state, types};
 use crate::bindings::{Operator as OperatorWorld, OperatorPre};
-use crate::host::{Emits, OpCtx};
-use crate::operator::{handle_each, Done, EventRef, HandleError, Operator};
+use crate::host::{cap_reason, cap_reason_bytes, Emits, HostError, OpCtx};
+use crate::operator::{handle_each, Done, EventRef, HandleError, Operator, RunError};
 use crate::store::StoreError;
 
 /// Most events per `handle-batch` call.
@@ -148,6 +173,126 @@ pub struct HostData {
     /// What the guest wrote to stderr (a Rust panic message, say), quoted
     /// in the dead letter when it traps.
     stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
+    /// Deterministic `wasi:random` (see the module docs).
+    random: Random,
+}
+
+/// What `wasi:random` numbers are being drawn for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Instantiation and `init`.
+    Start,
+    /// `handle` of an event from input line `line` (the key is the
+    /// context's current key).
+    Event { line: u64 },
+    /// `migrate` of the context's current key.
+    Migrate,
+    /// A `handle-batch` call: drawing traps.
+    Batch,
+}
+
+/// The deterministic generator behind `wasi:random` of one instance.
+struct Random {
+    scope: Scope,
+    /// SplitMix64 state, seeded on the first draw in a scope.
+    state: Option<u64>,
+    /// Numbers were asked for during a `handle-batch` call.
+    wanted_in_batch: bool,
+}
+
+impl Default for Random {
+    fn default() -> Self {
+        Random {
+            scope: Scope::Start,
+            state: None,
+            wanted_in_batch: false,
+        }
+    }
+}
+
+impl Random {
+    /// Draws from here on are for `scope` (cheap: seeding waits for the
+    /// first draw).
+    fn enter(&mut self, scope: Scope) {
+        self.scope = scope;
+        self.state = None;
+    }
+}
+
+/// SplitMix64's output function: a bijective 64-bit mix.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A seed from the given parts (FNV-1a over each part and its length, then
+/// mixed): stable across runs, processes and versions of the host.
+fn seed_of(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in part.iter().chain(&(part.len() as u64).to_le_bytes()) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    mix64(h)
+}
+
+impl HostData {
+    /// The next 64 random bits for the current scope; traps inside
+    /// `handle-batch` (the batch is then replayed event by event).
+    fn next_random(&mut self) -> wasmtime::Result<u64> {
+        let state = match self.random.state {
+            Some(state) => state,
+            None => {
+                let scope = self.random.scope;
+                // Which of the events of this key and line drawing numbers
+                // this one is.
+                let n = match scope {
+                    Scope::Event { line } => {
+                        let key = seed_of(&[self.ctx.current_key().unwrap_or("").as_bytes()]);
+                        self.ctx.draw_index(line, key)
+                    }
+                    _ => 0,
+                };
+                let name = self.ctx.name().as_bytes();
+                let key = self.ctx.current_key().unwrap_or("").as_bytes();
+                match scope {
+                    Scope::Batch => {
+                        self.random.wanted_in_batch = true;
+                        return Err(wasmtime::Error::msg(
+                            "wasi:random called during handle-batch; the batch is replayed event by event",
+                        ));
+                    }
+                    Scope::Start => seed_of(&[b"init", name]),
+                    Scope::Migrate => seed_of(&[b"migrate", name, key]),
+                    Scope::Event { line } => {
+                        seed_of(&[b"event", name, key, &line.to_le_bytes(), &n.to_le_bytes()])
+                    }
+                }
+            }
+        };
+        let state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        self.random.state = Some(state);
+        Ok(mix64(state))
+    }
+
+    /// `len` random bytes (at most the instance's memory limit).
+    fn random_bytes(&mut self, len: u64) -> wasmtime::Result<Vec<u8>> {
+        if len > self.memory.max as u64 {
+            return Err(wasmtime::Error::msg(format!(
+                "wasi:random: {len} bytes asked for, more than max_memory_bytes = {}",
+                self.memory.max
+            )));
+        }
+        let mut out = Vec::with_capacity(len as usize);
+        while out.len() < len as usize {
+            let word = self.next_random()?.to_le_bytes();
+            let n = word.len().min(len as usize - out.len());
+            out.extend_from_slice(&word[..n]);
+        }
+        Ok(out)
+    }
 }
 
 impl WasiView for HostData {
@@ -192,8 +337,16 @@ fn sandbox(stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe) -> WasiCtx {
 }
 
 fn linker(engine: &Engine) -> anyhow::Result<Linker<HostData>> {
+    use wasmtime_wasi::p2::bindings::random;
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    // `wasi:random` replaced by the deterministic one (module docs).
+    linker.allow_shadowing(true);
+    type Me = wasmtime::component::HasSelf<HostData>;
+    random::random::add_to_linker::<HostData, Me>(&mut linker, |d| d)?;
+    random::insecure::add_to_linker::<HostData, Me>(&mut linker, |d| d)?;
+    random::insecure_seed::add_to_linker::<HostData, Me>(&mut linker, |d| d)?;
+    linker.allow_shadowing(false);
     OperatorWorld::add_to_linker::<HostData, wasmtime::component::HasSelf<HostData>>(
         &mut linker,
         |d| d,
@@ -350,14 +503,14 @@ impl Plugin {
         let mut op = WasmOperator {
             plugin: self.clone(),
             config: config.to_string(),
-            store: None,
-            bindings: None,
-            batch: None,
-            migrate: None,
+            store: new_store(self, ctx),
+            live: None,
             batch_off: false,
             history: Arc::default(),
+            failed_starts: 0,
+            last_start_error: None,
         };
-        op.start(ctx)?;
+        op.start()?;
         Ok(op)
     }
 }
@@ -385,73 +538,102 @@ pub enum InitError {
     },
 }
 
+/// Replacement instances that may fail to start in a row (after a trap,
+/// each later event tries again) before the operator gives up and the
+/// pipeline stops.
+pub const MAX_FAILED_STARTS: u32 = 3;
+
 /// One instance of a Wasm operator, owned by a worker.
 pub struct WasmOperator {
     plugin: Arc<Plugin>,
     /// The config JSON, kept to re-`init` a replacement instance.
     config: String,
-    /// `None` only while being (re)started.
-    store: Option<Store<HostData>>,
-    bindings: Option<OperatorWorld>,
-    /// `handle-batch` of the current instance, when exported.
-    batch: Option<BatchFn>,
-    /// `migrate` of the current instance, when exported.
-    migrate: Option<MigrateFn>,
-    /// The guest asked for the per-event path (it uses map or list state).
+    /// The store of the current instance. Its data holds the operator's
+    /// context (the worker's state cache, with writes not yet committed),
+    /// which moves to each replacement's store and is never dropped with a
+    /// failed instance.
+    store: Store<HostData>,
+    /// The running instance; `None` when the last start failed.
+    live: Option<Live>,
+    /// The guest asked for the per-event path (it uses map or list state,
+    /// or randomness).
     batch_off: bool,
     /// Content hash of each generation of this operator (index: generation),
     /// handed to `migrate` as the previous version's identity.
     history: Arc<Vec<String>>,
+    /// Replacement instances that failed to start since the last one that
+    /// did (see [`MAX_FAILED_STARTS`]).
+    failed_starts: u32,
+    /// Why the last replacement failed to start.
+    last_start_error: Option<String>,
+}
+
+/// The exports of a running instance.
+struct Live {
+    bindings: OperatorWorld,
+    /// `handle-batch`, when exported.
+    batch: Option<BatchFn>,
+    /// `migrate`, when exported.
+    migrate: Option<MigrateFn>,
+}
+
+/// A fresh store for an instance of `plugin`, holding `ctx`.
+fn new_store(plugin: &Plugin, ctx: OpCtx) -> Store<HostData> {
+    let limits = *ctx.limits();
+    let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDERR_CAPTURE);
+    let mut store = Store::new(
+        &plugin.engine,
+        HostData {
+            ctx,
+            wasi: sandbox(stderr.clone()),
+            table: ResourceTable::new(),
+            memory: MemoryCap {
+                max: limits.max_memory,
+            },
+            stderr,
+            random: Random::default(),
+        },
+    );
+    store.limiter(|d| &mut d.memory);
+    store
 }
 
 impl WasmOperator {
-    fn start(&mut self, ctx: OpCtx) -> Result<(), InitError> {
-        let operator = ctx.name().to_string();
+    /// Instantiates the component in the (fresh) store and calls `init`.
+    fn start(&mut self) -> Result<(), InitError> {
+        self.live = None;
+        let operator = self.store.data().ctx.name().to_string();
         let path = self.plugin.path.clone();
-        let limits = *ctx.limits();
-        let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDERR_CAPTURE);
-        let mut store = Store::new(
-            &self.plugin.engine,
-            HostData {
-                ctx,
-                wasi: sandbox(stderr.clone()),
-                table: ResourceTable::new(),
-                memory: MemoryCap {
-                    max: limits.max_memory,
-                },
-                stderr,
-            },
-        );
-        store.limiter(|d| &mut d.memory);
+        let limits = *self.store.data().ctx.limits();
+        let store = &mut self.store;
         store.set_epoch_deadline(deadline_ticks(limits.max_call_ms));
-        let instantiated = self
-            .plugin
-            .pre
-            .instance_pre()
-            .instantiate(&mut store)
-            .and_then(|instance| {
-                let bindings = OperatorWorld::new(&mut store, &instance)?;
-                let batch = match self.plugin.batched {
-                    true => Some(
-                        instance
-                            .get_typed_func::<(Vec<u8>,), (Vec<u8>,)>(&mut store, "handle-batch")?,
-                    ),
-                    false => None,
-                };
-                let migrate = match self.plugin.migrates {
-                    true => Some(instance.get_typed_func(&mut store, "migrate")?),
-                    false => None,
-                };
-                Ok((bindings, batch, migrate))
-            });
-        let bindings = match instantiated {
-            Ok((b, batch, migrate)) => {
-                self.batch = batch;
-                self.migrate = migrate;
-                b
-            }
+        let instantiated =
+            self.plugin
+                .pre
+                .instance_pre()
+                .instantiate(&mut *store)
+                .and_then(|instance| {
+                    let bindings = OperatorWorld::new(&mut *store, &instance)?;
+                    let batch = match self.plugin.batched {
+                        true => Some(instance.get_typed_func::<(Vec<u8>,), (Vec<u8>,)>(
+                            &mut *store,
+                            "handle-batch",
+                        )?),
+                        false => None,
+                    };
+                    let migrate = match self.plugin.migrates {
+                        true => Some(instance.get_typed_func(&mut *store, "migrate")?),
+                        false => None,
+                    };
+                    Ok(Live {
+                        bindings,
+                        batch,
+                        migrate,
+                    })
+                });
+        let live = match instantiated {
+            Ok(live) => live,
             Err(e) => {
-                self.store = Some(store);
                 return Err(InitError::Instantiate {
                     operator,
                     path,
@@ -459,17 +641,16 @@ impl WasmOperator {
                 });
             }
         };
-        let result = bindings.call_init(&mut store, &self.config);
-        self.store = Some(store);
+        let result = live.bindings.call_init(&mut *store, &self.config);
         match result {
             Ok(Ok(())) => {
-                self.bindings = Some(bindings);
+                self.live = Some(live);
                 Ok(())
             }
             Ok(Err(reason)) => Err(InitError::Refused {
                 operator,
                 path,
-                reason,
+                reason: cap_reason(&reason, limits.max_reason),
             }),
             Err(e) => Err(InitError::Trapped {
                 operator,
@@ -483,7 +664,8 @@ impl WasmOperator {
     /// the guest backtrace when there is one) and what the guest wrote to
     /// stderr.
     fn trap_reason(&self, e: &wasmtime::Error) -> String {
-        let data = self.store.as_ref().expect("store present").data();
+        let data = self.store.data();
+        let max = data.ctx.limits().max_reason;
         if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
             return format!(
                 "CPU limit exceeded: the call ran longer than max_call_ms = {} ms",
@@ -503,7 +685,19 @@ impl WasmOperator {
             reason += "\n";
             reason += bt.to_string().trim_end();
         }
+        if reason.len() > max {
+            reason = cap_reason(&reason, max);
+        }
         reason
+    }
+
+    /// Why a call failed with `e`: a host call the host refused (a limit,
+    /// a call outside an event), named as such, or a trap.
+    fn fault(&self, e: &wasmtime::Error) -> HandleError {
+        match e.chain().find_map(|c| c.downcast_ref::<HostError>()) {
+            Some(refused) => HandleError::Refused(refused.to_string()),
+            None => HandleError::Trap(self.trap_reason(e)),
+        }
     }
 
     /// The plugin this instance runs.
@@ -521,7 +715,7 @@ impl WasmOperator {
     /// (see `migrate` in `wit/world.wit`). Called outside an event bracket;
     /// the migration's writes are kept only when it succeeds.
     fn migrate_if_stale(&mut self, key: &str) -> Result<Result<(), HandleError>, StoreError> {
-        let Some(migrate) = self.migrate else {
+        let Some(migrate) = self.live.as_ref().and_then(|l| l.migrate) else {
             return Ok(Ok(()));
         };
         let Some(from) = self.ctx().stale(key)? else {
@@ -529,59 +723,129 @@ impl WasmOperator {
         };
         let previous = self.history.get(from as usize).cloned().unwrap_or_default();
         self.ctx().begin_migration(key)?;
-        let store = self.store.as_mut().expect("store present");
+        let store = &mut self.store;
         store.set_epoch_deadline(deadline_ticks(store.data().ctx.limits().max_call_ms));
+        store.data_mut().random.enter(Scope::Migrate);
         let shown = if previous.is_empty() {
             "an unknown version".to_string()
         } else {
             format!("version {previous}")
         };
+        let max_reason = store.data().ctx.limits().max_reason;
         match migrate.call(&mut *store, (previous,)) {
-            Ok((Ok(()),)) => {
-                self.ctx().finish_migration(true);
-                Ok(Ok(()))
-            }
+            Ok((Ok(()),)) => match self.ctx().check_event() {
+                Ok(()) => {
+                    self.ctx().finish_migration(true);
+                    Ok(Ok(()))
+                }
+                Err(e) => {
+                    self.ctx().finish_migration(false);
+                    Ok(Err(HandleError::Refused(format!(
+                        "migrating the state of key `{key}` from {shown}: {e}"
+                    ))))
+                }
+            },
             Ok((Err(reason),)) => {
                 self.ctx().finish_migration(false);
+                let reason = cap_reason(&reason, max_reason);
                 Ok(Err(HandleError::Failed(format!(
                     "migrating the state of key `{key}` from {shown} failed: {reason}"
                 ))))
             }
             Err(trap) => {
-                let reason = self.trap_reason(&trap);
+                let fault = self.fault(&trap);
                 self.ctx().finish_migration(false);
-                let reason = format!("migrating the state of key `{key}` from {shown}: {reason}");
+                let reason = format!("migrating the state of key `{key}` from {shown}: {fault}");
                 if let Err(e) = self.restart() {
                     return Ok(Err(HandleError::Trap(format!(
                         "{reason}; and the replacement instance failed: {e}"
                     ))));
                 }
-                Ok(Err(HandleError::Trap(reason)))
+                Ok(Err(match fault {
+                    HandleError::Refused(_) => HandleError::Refused(reason),
+                    _ => HandleError::Trap(reason),
+                }))
             }
         }
     }
 
-    /// Replaces a trapped instance with a fresh one, keeping the context.
+    /// Replaces a trapped instance with a fresh one in a fresh store,
+    /// moving the context over (it survives a failed start: it stays in
+    /// the new store, and the next event tries again).
     fn restart(&mut self) -> Result<(), InitError> {
-        let store = self.store.take().expect("store present");
-        self.bindings = None;
-        self.batch = None;
-        self.migrate = None;
-        self.start(store.into_data().ctx)
+        self.live = None;
+        let ctx = self.store.data_mut().ctx.take();
+        self.store = new_store(&self.plugin, ctx);
+        let started = match testing::refuse(self.store.data().ctx.name()) {
+            Some(reason) => Err(InitError::Refused {
+                operator: self.store.data().ctx.name().to_string(),
+                path: self.plugin.path.clone(),
+                reason,
+            }),
+            None => self.start(),
+        };
+        match &started {
+            Ok(()) => self.failed_starts = 0,
+            Err(e) => {
+                self.failed_starts += 1;
+                self.last_start_error = Some(e.to_string());
+                tracing::error!("{e}");
+            }
+        }
+        started
     }
 
-    /// Runs `events` (at most [`MAX_BATCH`]) through `handle-batch`; falls
-    /// back to per-event `handle` for a batch that traps (replayed on a
-    /// fresh instance) and for events from a "stop" on.
-    fn run_batch(
+    /// Makes sure an instance runs before an event: when the last start
+    /// failed, tries a replacement (while fewer than
+    /// [`MAX_FAILED_STARTS`] failed in a row). `Err` fails the event;
+    /// [`RunError::Stopped`] when the operator gives up.
+    fn revive(&mut self) -> Result<Result<(), HandleError>, RunError> {
+        if self.live.is_some() {
+            return Ok(Ok(()));
+        }
+        if self.failed_starts < MAX_FAILED_STARTS {
+            match self.restart() {
+                Ok(()) => return Ok(Ok(())),
+                Err(e) if self.failed_starts < MAX_FAILED_STARTS => {
+                    return Ok(Err(HandleError::Unavailable(format!(
+                        "the operator trapped earlier and starting a replacement instance failed ({} of {MAX_FAILED_STARTS} attempts in a row): {e}",
+                        self.failed_starts
+                    ))))
+                }
+                Err(_) => {}
+            }
+        }
+        Err(self.gave_up())
+    }
+
+    /// The error that stops the pipeline when no instance can be started.
+    fn gave_up(&self) -> RunError {
+        RunError::Stopped(format!(
+            "operator `{}` ({}): {MAX_FAILED_STARTS} replacement instances in a row failed to start, so the pipeline stops (state since the last checkpoint is not committed; a restart resumes from there); the last failure: {}",
+            self.store.data().ctx.name(),
+            self.plugin.path.display(),
+            self.last_start_error.as_deref().unwrap_or("unknown")
+        ))
+    }
+
+    /// Runs events (at most [`MAX_BATCH`]) through one `handle-batch` call;
+    /// returns how many it took care of (at least one): every event of a
+    /// frame, fewer when the frame would pass [`frame_cap`] (the rest go in
+    /// the next frame; an event too large for a frame alone takes the
+    /// per-event path) or when the host refused an event's outcome (the
+    /// rest are redone from the host's state). Falls back to per-event
+    /// `handle` for a frame that traps (replayed on a fresh instance) and
+    /// for events from a "stop" on.
+    fn run_frame(
         &mut self,
-        batch: &BatchFn,
+        batch: BatchFn,
         events: &[EventRef<'_>],
         done: &mut Done<'_>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, RunError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
+        let cap = frame_cap(self.store.data().ctx.limits());
         // The frame: distinct keys with their values, then the events.
         // Keys are told apart by cache slot, resolved for the whole batch
         // at once (one hash per event, memory fetched in parallel).
@@ -594,28 +858,53 @@ impl WasmOperator {
         let mut key_of = Vec::with_capacity(events.len());
         let mut slots = Vec::with_capacity(events.len());
         frame.extend_from_slice(&0u32.to_le_bytes());
-        for (e, &slot) in events.iter().zip(&event_slots) {
+        // Events in this frame.
+        let mut n = events.len();
+        let migrates = self.live.as_ref().is_some_and(|l| l.migrate.is_some());
+        for (i, (e, &slot)) in events.iter().zip(&event_slots).enumerate() {
             let next = index.len() as u32;
             let k = *index.entry(slot).or_insert(next);
             if k == next {
-                if self.migrate.is_some() && self.ctx().slot_stale(slot) {
+                if migrates && self.ctx().slot_stale(slot) {
                     // Nothing of the batch ran yet: a key whose migration
                     // fails takes the whole batch to the per-event path,
                     // where that key's events are dead-lettered.
                     if self.migrate_if_stale(e.key)?.is_err() {
-                        return handle_each(self, events, 0, done);
+                        handle_each(self, events, 0, done)?;
+                        return Ok(events.len());
                     }
                 }
+                let mark = frame.len();
                 put(&mut frame, e.key.as_bytes());
                 self.ctx().frame_slot_values(slot, &mut frame);
+                if frame.len() > cap {
+                    // Lengths are u32 and a frame must fit the guest: this
+                    // event goes in the next frame, or alone per event.
+                    frame.truncate(mark);
+                    if i == 0 {
+                        handle_each(self, &events[..1], 0, done)?;
+                        return Ok(1);
+                    }
+                    n = i;
+                    break;
+                }
                 slots.push(slot);
             }
             key_of.push(k);
         }
-        let store = self.store.as_mut().expect("store present");
-        frame[..4].copy_from_slice(&(index.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&(events.len() as u32).to_le_bytes());
-        for (e, k) in events.iter().zip(&key_of) {
+        frame[..4].copy_from_slice(&(slots.len() as u32).to_le_bytes());
+        let count_at = frame.len();
+        frame.extend_from_slice(&(n as u32).to_le_bytes());
+        for (i, (e, k)) in events[..n].iter().zip(&key_of).enumerate() {
+            if frame.len() + e.value.len() + 17 > cap {
+                if i == 0 {
+                    handle_each(self, &events[..1], 0, done)?;
+                    return Ok(1);
+                }
+                n = i;
+                frame[count_at..count_at + 4].copy_from_slice(&(n as u32).to_le_bytes());
+                break;
+            }
             frame.extend_from_slice(&k.to_le_bytes());
             match e.time {
                 Some(t) => {
@@ -626,54 +915,69 @@ impl WasmOperator {
             }
             put(&mut frame, e.value);
         }
+        let events = &events[..n];
+        let store = &mut self.store;
         let ticks = deadline_ticks(store.data().ctx.limits().max_call_ms);
         store.set_epoch_deadline(ticks);
+        store.data_mut().random.enter(Scope::Batch);
         let result = match batch.call(&mut *store, (frame,)) {
             Ok((r,)) => r,
             Err(_) => {
-                // Replay on a fresh instance, event by event: only the
-                // event that traps is dead-lettered.
-                if let Err(e) = self.restart() {
-                    tracing::error!("{e}");
+                if store.data().random.wanted_in_batch {
+                    // Its numbers depend on the event: per event from now.
+                    tracing::debug!(operator = %store.data().ctx.name(), "the operator draws random numbers: handling its events one by one");
+                    self.batch_off = true;
                 }
-                return handle_each(self, events, 0, done);
+                // Replay on a fresh instance, event by event: only the
+                // event that traps is dead-lettered. When no fresh
+                // instance starts, each event tries again (`revive`).
+                let _ = self.restart();
+                handle_each(self, events, 0, done)?;
+                return Ok(n);
             }
         };
+        let max_reason = self.store.data().ctx.limits().max_reason;
         let mut r = Frame(&result);
         let mut emitted = Emits::default();
-        for i in 0..events.len() {
+        for i in 0..n {
             let Some(outcome) = r.outcome() else {
                 tracing::warn!(operator = %self.ctx().name(), "malformed handle-batch result; handling the rest per event");
-                return handle_each(self, events, i, done);
+                handle_each(self, events, i, done)?;
+                return Ok(n);
             };
-            let ctx = &mut self.store.as_mut().expect("store present").data_mut().ctx;
+            let ctx = &mut self.store.data_mut().ctx;
             match outcome {
                 Outcome::Stop => {
                     self.batch_off = true;
-                    return handle_each(self, events, i, done);
+                    handle_each(self, events, i, done)?;
+                    return Ok(n);
                 }
                 Outcome::Failed(reason) => {
+                    let reason = cap_reason_bytes(reason, max_reason);
                     done(i, Err(HandleError::Failed(reason)), &mut emitted);
                 }
                 Outcome::Ok { writes, emits } => {
                     let slot = slots[key_of[i] as usize];
                     if let Err(err) = ctx.apply(slot, &writes, &emits, &mut emitted) {
-                        done(i, Err(HandleError::Trap(err.to_string())), &mut emitted);
+                        done(i, Err(HandleError::Refused(err.to_string())), &mut emitted);
                         // The guest computed the rest of the batch on top of
                         // this event's writes, which the host refused: redo
                         // the rest from the host's state.
-                        let rest = i + 1;
-                        return self.run_batch(batch, &events[rest..], &mut |j, r, e| {
-                            done(rest + j, r, e)
-                        });
+                        return Ok(i + 1);
                     }
                     done(i, Ok(()), &mut emitted);
                 }
             }
             emitted.clear();
         }
-        Ok(())
+        Ok(n)
     }
+}
+
+/// Largest `handle-batch` frame: lengths in it are `u32`, and the guest
+/// must hold it (and its result) within its memory limit.
+fn frame_cap(limits: &crate::host::Limits) -> usize {
+    (limits.max_memory / 4).clamp(1 << 16, u32::MAX as usize)
 }
 
 fn put(out: &mut Vec<u8>, b: &[u8]) {
@@ -696,7 +1000,7 @@ enum Outcome<'a> {
         writes: Writes<'a>,
         emits: EmitList<'a>,
     },
-    Failed(String),
+    Failed(&'a [u8]),
     Stop,
 }
 
@@ -742,9 +1046,7 @@ impl<'a> Frame<'a> {
                 }
                 Some(Outcome::Ok { writes, emits })
             }
-            1 => Some(Outcome::Failed(
-                String::from_utf8_lossy(self.bytes()?).into_owned(),
-            )),
+            1 => Some(Outcome::Failed(self.bytes()?)),
             2 => Some(Outcome::Stop),
             _ => None,
         }
@@ -753,7 +1055,7 @@ impl<'a> Frame<'a> {
 
 impl Operator for WasmOperator {
     fn ctx(&mut self) -> &mut OpCtx {
-        &mut self.store.as_mut().expect("store present").data_mut().ctx
+        &mut self.store.data_mut().ctx
     }
 
     fn version(&self) -> &str {
@@ -761,36 +1063,57 @@ impl Operator for WasmOperator {
     }
 
     fn prepare(&mut self, key: &str) -> Result<Result<(), HandleError>, StoreError> {
-        self.migrate_if_stale(key)
+        match self.revive() {
+            Ok(Ok(())) => self.migrate_if_stale(key),
+            Ok(Err(e)) => Ok(Err(e)),
+            Err(RunError::Store(e)) => Err(e),
+            Err(RunError::Stopped(reason)) => Ok(Err(HandleError::Unavailable(reason))),
+        }
+    }
+
+    fn ready(&mut self, key: &str) -> Result<Result<(), HandleError>, RunError> {
+        match self.revive()? {
+            Ok(()) => Ok(self.migrate_if_stale(key)?),
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     fn handle_many(
         &mut self,
         events: &[EventRef<'_>],
         done: &mut Done<'_>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RunError> {
+        if self.live.is_none() && self.failed_starts >= MAX_FAILED_STARTS {
+            return Err(self.gave_up());
+        }
         let mut start = 0;
         while start < events.len() {
             let end = (start + MAX_BATCH).min(events.len());
-            match (&self.batch, self.batch_off) {
-                (Some(batch), false) => {
-                    let batch = *batch;
-                    self.run_batch(&batch, &events[start..end], &mut |i, r, e| {
-                        done(start + i, r, e)
-                    })?;
+            let from = start;
+            let done = &mut |i, r, e: &mut Emits| done(from + i, r, e);
+            // Looked up for each frame: a trap replaces the instance.
+            let batch = self.live.as_ref().and_then(|l| l.batch);
+            start += match batch.filter(|_| !self.batch_off) {
+                Some(batch) => self.run_frame(batch, &events[start..end], done)?,
+                None => {
+                    handle_each(self, &events[start..end], 0, done)?;
+                    end - start
                 }
-                _ => handle_each(self, &events[start..end], 0, &mut |i, r, e| {
-                    done(start + i, r, e)
-                })?,
-            }
-            start = end;
+            };
         }
         Ok(())
     }
 
     fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError> {
-        let store = self.store.as_mut().expect("store present");
-        let bindings = self.bindings.as_ref().expect("instance present");
+        // `ready` (called before each event) starts a replacement when
+        // the last start failed; without one there is nothing to call.
+        let Some(live) = &self.live else {
+            return Err(HandleError::Unavailable(
+                "no operator instance is running (starting a replacement failed)".into(),
+            ));
+        };
+        let store = &mut self.store;
+        let bindings = &live.bindings;
         let ev = types::Event {
             key: event.key,
             value: event.value,
@@ -798,17 +1121,25 @@ impl Operator for WasmOperator {
         };
         let ticks = deadline_ticks(store.data().ctx.limits().max_call_ms);
         store.set_epoch_deadline(ticks);
+        store
+            .data_mut()
+            .random
+            .enter(Scope::Event { line: event.line });
         match bindings.call_handle(&mut *store, ev) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(HandleError::Failed(reason)),
+            Ok(Err(reason)) => Err(HandleError::Failed(cap_reason(
+                &reason,
+                store.data().ctx.limits().max_reason,
+            ))),
             Err(trap) => {
-                let reason = self.trap_reason(&trap);
+                let fault = self.fault(&trap);
                 if let Err(e) = self.restart() {
                     return Err(HandleError::Trap(format!(
-                        "{reason}; and the replacement instance failed: {e}"
+                        "{}; and the replacement instance failed: {e}",
+                        fault
                     )));
                 }
-                Err(HandleError::Trap(reason))
+                Err(fault)
             }
         }
     }
@@ -818,11 +1149,41 @@ impl Operator for WasmOperator {
 
 type HostResult<T> = wasmtime::Result<T>;
 
-fn trap(e: crate::host::HostError) -> wasmtime::Error {
-    wasmtime::Error::msg(e.to_string())
+fn trap(e: HostError) -> wasmtime::Error {
+    // Kept as a `HostError` so the event's dead letter names the refusal
+    // (see `WasmOperator::fault`).
+    wasmtime::Error::new(e)
 }
 
 impl types::Host for HostData {}
+
+impl wasmtime_wasi::p2::bindings::random::random::Host for HostData {
+    fn get_random_bytes(&mut self, len: u64) -> HostResult<Vec<u8>> {
+        self.random_bytes(len)
+    }
+    fn get_random_u64(&mut self) -> HostResult<u64> {
+        self.next_random()
+    }
+}
+
+impl wasmtime_wasi::p2::bindings::random::insecure::Host for HostData {
+    fn get_insecure_random_bytes(&mut self, len: u64) -> HostResult<Vec<u8>> {
+        self.random_bytes(len)
+    }
+    fn get_insecure_random_u64(&mut self) -> HostResult<u64> {
+        self.next_random()
+    }
+}
+
+impl wasmtime_wasi::p2::bindings::random::insecure_seed::Host for HostData {
+    fn insecure_seed(&mut self) -> HostResult<(u64, u64)> {
+        let name = self.ctx.name().as_bytes();
+        Ok((
+            seed_of(&[b"insecure-seed", name]),
+            seed_of(&[b"insecure-seed-2", name]),
+        ))
+    }
+}
 
 impl state::Host for HostData {
     fn get(&mut self, name: String) -> HostResult<Option<Vec<u8>>> {
@@ -882,6 +1243,11 @@ impl log::Host for HostData {
     fn log(&mut self, level: types::Level, message: String) -> HostResult<()> {
         let op = self.ctx.name();
         let key = self.ctx.current_key().unwrap_or("-");
+        let max = self.ctx.limits().max_reason;
+        let message = match message.len() > max {
+            true => cap_reason(&message, max),
+            false => message,
+        };
         match level {
             types::Level::Trace => tracing::trace!(operator = %op, key, "{message}"),
             types::Level::Debug => tracing::debug!(operator = %op, key, "{message}"),
@@ -890,5 +1256,57 @@ impl log::Host for HostData {
             types::Level::Error => tracing::error!(operator = %op, key, "{message}"),
         }
         Ok(())
+    }
+}
+
+/// Test hooks: make the start of replacement instances fail, which no
+/// component can do on its own (`init` is deterministic: a replacement
+/// starts exactly like the first instance did).
+#[doc(hidden)]
+pub mod testing {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    /// Some hook is set (spares the lock on every restart).
+    static ARMED: AtomicBool = AtomicBool::new(false);
+    /// Per operator name: how many more replacement starts to refuse.
+    static REFUSE: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
+
+    /// Makes the next `n` starts of a replacement instance of operator
+    /// `operator` (any worker) fail as if its `init` refused its config.
+    /// First instances are not affected.
+    pub fn fail_restarts(operator: &str, n: u32) {
+        let mut r = REFUSE.lock().unwrap_or_else(|e| e.into_inner());
+        r.retain(|(o, _)| o != operator);
+        r.push((operator.to_string(), n));
+        ARMED.store(true, Ordering::Release);
+    }
+
+    /// Whether to refuse this start of `operator`: the reason, and one
+    /// refusal fewer.
+    pub(super) fn refuse(operator: &str) -> Option<String> {
+        if !ARMED.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut r = REFUSE.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, n) = r.iter_mut().find(|(o, n)| o == operator && *n > 0)?;
+        *n -= 1;
+        Some("refused by a test hook (wasm::testing::fail_restarts)".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seeds are part of what a replay must reproduce: a change to
+    /// how they are made changes every operator's random numbers. (The
+    /// values were checked against an independent FNV-1a + SplitMix64.)
+    #[test]
+    fn random_seeds_are_fixed_functions_of_their_parts() {
+        assert_eq!(seed_of(&[b"init", b"op"]), seed_of(&[b"init", b"op"]));
+        assert_ne!(seed_of(&[b"ab", b"c"]), seed_of(&[b"a", b"bc"]));
+        assert_eq!(seed_of(&[b"event", b"op", b"k"]), 0xae1a_7e40_9724_6d6d);
+        assert_eq!(mix64(1), 0x5692_161d_100b_05e5);
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::io::{format_output, push_field, SinkMsg};
-use crate::operator::{EventRef, Operator};
+use crate::operator::{EventRef, Operator, RunError};
 use crate::store::{StateWrite, Store, StoreError};
 
 /// Number of key groups: keys hash into groups, groups map onto workers.
@@ -31,13 +31,16 @@ pub fn route(key: &str, workers: usize) -> usize {
 
 use std::hash::BuildHasher;
 
-/// One event in a batch; key and value are ranges of the batch's bytes.
+/// One event in a batch; key and value are ranges of the batch's bytes:
+/// the key `start..mid`, the value `mid..end` (`usize`: no amount of
+/// emitted bytes can wrap them).
 #[derive(Clone, Copy)]
 struct Ev {
     /// Index of the operator that handles it.
     stage: u16,
-    key: (u32, u32),
-    value: (u32, u32),
+    start: usize,
+    mid: usize,
+    end: usize,
     time: Option<i64>,
     /// Input line it derives from (for dead letters).
     line: u64,
@@ -61,15 +64,16 @@ impl Batch {
 
     /// Appends an event for operator `stage`.
     pub fn push(&mut self, stage: u16, key: &str, value: &[u8], time: Option<i64>, line: u64) {
-        let k0 = self.data.len() as u32;
+        let start = self.data.len();
         self.data.extend_from_slice(key.as_bytes());
-        let v0 = self.data.len() as u32;
+        let mid = self.data.len();
         self.data.extend_from_slice(value);
-        let v1 = self.data.len() as u32;
+        let end = self.data.len();
         self.events.push(Ev {
             stage,
-            key: (k0, v0),
-            value: (v0, v1),
+            start,
+            mid,
+            end,
             time,
             line,
         });
@@ -87,7 +91,7 @@ impl Batch {
 
     fn key(&self, e: &Ev) -> &str {
         // Only ever filled from `&str` keys.
-        std::str::from_utf8(&self.data[e.key.0 as usize..e.key.1 as usize]).expect("keys are UTF-8")
+        std::str::from_utf8(&self.data[e.start..e.mid]).expect("keys are UTF-8")
     }
 }
 
@@ -129,6 +133,10 @@ pub struct WorkerLive {
     /// The most recent swaps (at most [`PAUSES_KEPT`]), oldest first.
     pub pauses: Vec<SwapPause>,
 }
+
+/// Output (or dead letters) a worker buffers before handing it to the sink
+/// in the middle of a batch.
+const FLUSH_BYTES: usize = 4 << 20;
 
 /// Swap pauses kept per worker for `eddy status` and the bench.
 pub const PAUSES_KEPT: usize = 4096;
@@ -200,8 +208,10 @@ impl Worker {
                     let r = self.handle_batch(&batch);
                     self.flush();
                     self.publish();
+                    if let Err(e) = r {
+                        return Err(self.fail(e));
+                    }
                     self.inflight.fetch_sub(1, Ordering::AcqRel);
-                    r.map_err(|e| format!("worker {}: {e}", self.id))?;
                 }
                 Msg::Swap {
                     stage,
@@ -220,6 +230,18 @@ impl Worker {
             }
         }
         Ok(self.stats)
+    }
+
+    /// Gives up after `e`: the batch in hand is never done, and nothing
+    /// more is sent here. The coordinator, which waits on batches in flight
+    /// before it sends one (or a checkpoint barrier), then finds this
+    /// thread finished and reports `e`; a send it was making meanwhile
+    /// fails and reports `e` too (see `Coordinator::worker_failure`).
+    fn fail(&self, e: RunError) -> Fatal {
+        let e = format!("worker {}: {e}", self.id);
+        tracing::error!("{e}");
+        self.inflight.fetch_add(usize::MAX / 8, Ordering::AcqRel);
+        e
     }
 
     /// Puts operator `stage`'s new instance in place, handing it the old
@@ -244,7 +266,7 @@ impl Worker {
 
     /// Handles a batch: each run of consecutive events for the same
     /// operator goes to that operator in one `handle_many` call.
-    fn handle_batch(&mut self, batch: &Batch) -> Result<(), StoreError> {
+    fn handle_batch(&mut self, batch: &Batch) -> Result<(), RunError> {
         let mut start = 0;
         while start < batch.events.len() {
             let stage = batch.events[start].stage;
@@ -257,8 +279,9 @@ impl Worker {
                 .iter()
                 .map(|e| EventRef {
                     key: batch.key(e),
-                    value: &batch.data[e.value.0 as usize..e.value.1 as usize],
+                    value: &batch.data[e.mid..e.end],
                     time: e.time,
+                    line: e.line,
                 })
                 .collect();
             let lines: Vec<u64> = run.iter().map(|e| e.line).collect();
@@ -275,7 +298,7 @@ impl Worker {
         stage: usize,
         events: &[EventRef<'_>],
         lines: &[u64],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RunError> {
         let last = stage + 1 == self.ops.len();
         let workers = self.peers.len();
         let me = self.id;
@@ -304,6 +327,7 @@ impl Worker {
             out,
             outbox,
             last_end,
+            sink,
             ..
         } = self;
         let op = &mut ops[stage];
@@ -350,6 +374,14 @@ impl Worker {
                 }
             }
             emitted.clear();
+            // What a run's events emit can add up to far more than one
+            // event may: hand output over as it grows, not at the end.
+            if out.len() >= FLUSH_BYTES {
+                let _ = sink.send(SinkMsg::Out(std::mem::take(out)));
+            }
+            if dead.len() >= FLUSH_BYTES {
+                let _ = sink.send(SinkMsg::Dead(std::mem::take(dead)));
+            }
         })?;
         last_end[stage] = Some(Instant::now());
         if !local.is_empty() {

@@ -128,9 +128,9 @@ fn write(name: &str, value: Option<&[u8]>) -> Option<bool> {
         }
         let b = &mut *b;
         let value = value.map(|v| {
-            let at = b.arena.len() as u32;
+            let at = len32(b.arena.len());
             b.arena.extend_from_slice(v);
-            Bytes::Arena(at, b.arena.len() as u32)
+            Bytes::Arena(at, len32(b.arena.len()))
         });
         let (frame, arena) = (&b.frame[..], &b.arena);
         let values = &mut b.keys[b.current];
@@ -144,10 +144,10 @@ fn write(name: &str, value: Option<&[u8]>) -> Option<bool> {
                 (i, old.is_some())
             }
             None => {
-                let at = b.arena.len() as u32;
+                let at = len32(b.arena.len());
                 b.arena.extend_from_slice(name.as_bytes());
                 values.push(Entry {
-                    name: Bytes::Arena(at, b.arena.len() as u32),
+                    name: Bytes::Arena(at, len32(b.arena.len())),
                     value,
                 });
                 b.undo.push((values.len() - 1, None, true));
@@ -196,7 +196,7 @@ pub(crate) fn emit_json<T: serde::Serialize + ?Sized>(
                 "cannot encode emitted value: {e}"
             )));
         }
-        let len = (b.out.len() - at - 4) as u32;
+        let len = len32(b.out.len() - at - 4);
         b.out[at..at + 4].copy_from_slice(&len.to_le_bytes());
         b.emit_count += 1;
         Ok(true)
@@ -258,8 +258,17 @@ fn key_str(b: &[u8]) -> &str {
 }
 
 fn put(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(&len32(b.len()).to_le_bytes());
     out.extend_from_slice(b);
+}
+
+/// A length or offset in a frame, arena or result, as the frame's `u32`.
+/// On wasm32 every buffer is under 4 GiB, so it always fits; were it not
+/// to, the SDK traps (the host then replays the batch event by event)
+/// rather than write a wrapped length.
+#[inline]
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or_else(|_| panic!("batch frame: {n} bytes do not fit a u32 length"))
 }
 
 /// Runs `handle` on every event of the frame; returns the result frame.
@@ -272,8 +281,8 @@ pub(crate) fn run(
     // Where a slice of the frame lies in it.
     let base = frame.as_ptr() as usize;
     let range = |s: &[u8]| {
-        let a = (s.as_ptr() as usize - base) as u32;
-        (a, a + s.len() as u32)
+        let a = len32(s.as_ptr() as usize - base);
+        (a, len32(s.as_ptr() as usize - base + s.len()))
     };
     let nkeys = r.u32();
     let mut keys: Vec<&str> = Vec::with_capacity(nkeys);
@@ -344,8 +353,7 @@ pub(crate) fn run(
                 Ok(()) => {
                     let at = b.entry + 1;
                     b.out[at..at + 4].copy_from_slice(&emits.to_le_bytes());
-                    b.out
-                        .extend_from_slice(&(touched.len() as u32).to_le_bytes());
+                    b.out.extend_from_slice(&len32(touched.len()).to_le_bytes());
                     let (frame, arena) = (&b.frame[..], &b.arena[..]);
                     let values = &b.keys[b.current];
                     for &i in &touched {

@@ -23,6 +23,15 @@
 //! same either way. Map and list state are served on the per-event path: an
 //! operator that uses them is switched to it automatically.
 //!
+//! Operators are deterministic: the clock reads zero, and random numbers
+//! (`wasi:random`, e.g. through the `getrandom` or `rand` crates) are a
+//! function of the operator's name, the event's key and its input line, so
+//! a replay or another number of workers gives the same numbers. They are
+//! not secret. An operator that draws them is handled one event per call
+//! (the host cannot tell the events of a batch apart). `HashMap`'s hasher
+//! seed is fixed per operator: iterate a `BTreeMap` (or sort) when the
+//! order of what you emit matters.
+//!
 //! Every state call acts on the key of the event being handled, and only on
 //! this operator's state. If `handle` returns an error (or panics), none of
 //! its state writes or emits take effect and the event goes to the

@@ -29,3 +29,6 @@ mod harden_io;
 // Planted compile cache entries, replaced kept components, FIFOs as plugins,
 // damaged or foreign state files: refused with a clear error, never run.
 mod harden_storage;
+// A failed restart, limits on names, keys, emits and per-key state,
+// deterministic randomness.
+mod harden_sandbox;
