@@ -138,9 +138,10 @@ pub enum HostError {
 }
 
 /// Sizes of a key's state as stored (see `Entity::encode_tagged`): the
-/// record header (format, generation, three counts), and the framing each
-/// value, map, map field, list and list item adds to its bytes.
-const RECORD_HEADER: usize = 1 + 4 + 3 * 4;
+/// record's fixed part (format, generation, three counts, checksum), and
+/// the framing each value, map, map field, list and list item adds to its
+/// bytes.
+const RECORD_HEADER: usize = crate::state::RECORD_OVERHEAD;
 const VALUE_ENTRY: usize = 8;
 const MAP_ENTRY: usize = 8;
 const FIELD_ENTRY: usize = 8;

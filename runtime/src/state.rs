@@ -21,6 +21,11 @@ use thiserror::Error;
 /// decode, so old state directories open.
 const ENTITY_FORMAT: u8 = 3;
 
+/// Bytes of an encoded record that do not depend on its contents: format,
+/// generation, the three counts and the trailing CRC-32 (see
+/// [`Entity::encode_tagged`]).
+pub const RECORD_OVERHEAD: usize = 1 + 4 + 3 * 4 + 4;
+
 /// A state name, interned per operator (see [`crate::host::OpCtx`]), so
 /// lookups compare integers instead of chasing string pointers.
 pub type Name = u32;
