@@ -1,21 +1,9 @@
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use crate::util::*;
 
-fn eddy(args: &[&str], dir: &Path) -> Output {
-    Command::new(eddy_bin())
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use crate::util::eddy_in as eddy;
 
 /// Each bad plugin gets a message naming the file and what is wrong, and a
 /// non-zero exit.
@@ -210,15 +198,7 @@ fn random_input_never_panics_the_decoder_or_the_pipeline_parser() {
         b"workers = 2\n[sink]\npath = \"-\"\n",
     ];
     for round in 0..20_000 {
-        let mut input = seeds[round % seeds.len()].to_vec();
-        for _ in 0..(rng.next() % 6) {
-            let at = (rng.next() as usize) % (input.len() + 1);
-            match rng.next() % 3 {
-                0 if at < input.len() => input[at] = rng.next() as u8,
-                1 => input.insert(at, rng.next() as u8),
-                _ => input.truncate(at),
-            }
-        }
+        let input = mutated(&mut rng, seeds[round % seeds.len()]);
         let _ = decode(&input, "key", Some("ts"));
         if let Ok(text) = std::str::from_utf8(&input) {
             let _ = Pipeline::from_toml(text, std::path::Path::new("p.toml"), Overrides::default());

@@ -262,15 +262,7 @@ fn malformed_requests_get_an_answer_and_never_panic_the_parser() {
         br#"{"request":"status"}"#,
     ];
     for round in 0..20_000 {
-        let mut input = seeds[round % seeds.len()].to_vec();
-        for _ in 0..(rng.next() % 6) {
-            let at = (rng.next() as usize) % (input.len() + 1);
-            match rng.next() % 3 {
-                0 if at < input.len() => input[at] = rng.next() as u8,
-                1 => input.insert(at, rng.next() as u8),
-                _ => input.truncate(at),
-            }
-        }
+        let input = mutated(&mut rng, seeds[round % seeds.len()]);
         let _ = control::parse_request(&input);
     }
     assert_eq!(r.status().operators[0].handled, 10);

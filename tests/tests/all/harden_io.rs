@@ -6,22 +6,11 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use crate::util::*;
 
-fn eddy(args: &[&str], dir: &Path) -> Output {
-    Command::new(eddy_bin())
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use crate::util::eddy_in as eddy;
 
 fn counter_plugin() -> String {
     format!("counter={}", eddy_tests::COUNTER)

@@ -148,6 +148,36 @@ pub fn eddy_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_eddy-cli"))
 }
 
+/// Runs `eddy ARGS` in `dir` with no stdin, to the end.
+pub fn eddy_in(args: &[&str], dir: &Path) -> std::process::Output {
+    std::process::Command::new(eddy_bin())
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// What a finished command wrote to stderr.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `seed` with up to 5 random byte changes, insertions or truncations (an
+/// always-on cousin of the fuzz targets).
+pub fn mutated(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+    let mut input = seed.to_vec();
+    for _ in 0..(rng.next() % 6) {
+        let at = (rng.next() as usize) % (input.len() + 1);
+        match rng.next() % 3 {
+            0 if at < input.len() => input[at] = rng.next() as u8,
+            1 => input.insert(at, rng.next() as u8),
+            _ => input.truncate(at),
+        }
+    }
+    input
+}
+
 /// Checks that `out.jsonl` holds exactly one output per event, with per-key
 /// counts 1, 2, 3, ... (no event lost or repeated across restarts).
 pub fn assert_outputs_once(dir: &std::path::Path, events: &[(String, u64)]) {
