@@ -237,6 +237,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     follow: false,
                     watch: false,
                     control: false,
+                    verify_state: false,
                 };
                 let ops = vec![Loaded {
                     name: "counter".into(),
@@ -331,6 +332,7 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
         follow: false,
         watch: false,
         control: false,
+        verify_state: false,
     };
     let t = Instant::now();
     let engine = wasm::engine()?;

@@ -101,6 +101,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
         follow: true,
         watch: false,
         control: true,
+        verify_state: false,
     };
 
     // The load: a writer appending events as fast as the pipeline reads

@@ -166,6 +166,11 @@ struct RunArgs {
     /// the user running it may use).
     #[arg(long)]
     no_control: bool,
+    /// Check the checksum of every page of the state database before
+    /// starting (reads the whole file; without it, each record's checksum
+    /// is checked when the record is read).
+    #[arg(long)]
+    verify_state: bool,
     /// Print no summary at the end.
     #[arg(long, short)]
     quiet: bool,
@@ -225,6 +230,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         follow: a.follow,
         watch: a.watch,
         no_control: a.no_control,
+        verify_state: a.verify_state,
     };
     let pipeline = Pipeline::load(a.pipeline.as_deref(), overrides)?;
     let engine = wasm::engine().context("starting the WebAssembly engine")?;

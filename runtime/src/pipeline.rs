@@ -39,6 +39,7 @@
 //! dir = "eddy-data"
 //! checkpoint_interval_ms = 1000
 //! checkpoint_events = 0            # 0: by time only
+//! verify_on_open = false           # check every page of state.redb at start
 //! ```
 //!
 //! Relative paths in a pipeline file are relative to the file's directory.
@@ -127,6 +128,9 @@ pub struct Pipeline {
     /// Serve the control socket (`<state dir>/control.sock`, see
     /// [`crate::control`]).
     pub control: bool,
+    /// Check every page of the state database when it opens (see
+    /// [`crate::store::Store::open_verified`]).
+    pub verify_state: bool,
 }
 
 /// The pipeline file's `control` setting: `true` or `false`. An address
@@ -316,6 +320,7 @@ struct StateTable {
     dir: Option<String>,
     checkpoint_interval_ms: Option<u64>,
     checkpoint_events: Option<u64>,
+    verify_on_open: Option<bool>,
 }
 
 /// Everything that can be given on the command line; `None` keeps the
@@ -338,6 +343,8 @@ pub struct Overrides {
     pub watch: bool,
     /// `--no-control`.
     pub no_control: bool,
+    /// `--verify-state`.
+    pub verify_state: bool,
 }
 
 /// Default number of workers: the number of cores.
@@ -561,6 +568,7 @@ impl Pipeline {
             follow,
             watch: o.watch || f.watch.unwrap_or(false),
             control,
+            verify_state: o.verify_state || f.state.verify_on_open.unwrap_or(false),
             input,
             key_field: o.key_field.or(f.source.key).unwrap_or_else(|| "key".into()),
             time_field: o.time_field.or(f.source.time),

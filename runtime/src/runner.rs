@@ -176,7 +176,11 @@ pub fn run_notify(
     let started = Instant::now();
     // Before anything is opened for writing.
     p.check_files()?;
-    let store = Store::open(&p.state_dir)?;
+    let store = if p.verify_state {
+        Store::open_verified(&p.state_dir)?
+    } else {
+        Store::open(&p.state_dir)?
+    };
     // Which version of each operator runs: a swap made before a restart
     // stays in force.
     let mut versions = Vec::with_capacity(operators.len());

@@ -21,9 +21,20 @@ use crate::util::*;
 /// state in `state` and the compile cache in `cache` (private to the test
 /// unless given).
 fn run_counter(dir: &Path, input: &Path, state: &Path, cache: Option<&Path>) -> Output {
+    run_counter_with(dir, input, state, cache, &[])
+}
+
+fn run_counter_with(
+    dir: &Path,
+    input: &Path,
+    state: &Path,
+    cache: Option<&Path>,
+    extra: &[&str],
+) -> Output {
     let private = dir.join("private-cache");
     Command::new(eddy_bin())
         .args(["run", "--quiet", "--workers", "2"])
+        .args(extra)
         .arg("--plugin")
         .arg(format!("counter={COUNTER}"))
         .arg("--input")
@@ -342,7 +353,12 @@ fn a_damaged_state_database_is_a_clear_error_never_a_panic_or_a_wrong_count() {
     if let Some(at) = good_db.windows(7).position(|w| w == b"user-17") {
         positions.push(at);
     }
-    for (round, at) in positions.into_iter().enumerate() {
+    // Each damage with the default open (records checked as read) and with
+    // --verify-state (every page checked first).
+    let runs = positions
+        .into_iter()
+        .flat_map(|at| [(at, false), (at, true)]);
+    for (round, (at, verify)) in runs.enumerate() {
         let state = d.join(format!("state-{round}"));
         std::fs::create_dir(&state).unwrap();
         set_mode(&state, 0o700);
@@ -352,7 +368,8 @@ fn a_damaged_state_database_is_a_clear_error_never_a_panic_or_a_wrong_count() {
         }
         std::fs::write(state.join("state.redb"), &db).unwrap();
         std::fs::write(d.join("out.jsonl"), &good_out).unwrap();
-        let o = run_counter(d, &input, &state, None);
+        let extra: &[&str] = if verify { &["--verify-state"] } else { &[] };
+        let o = run_counter_with(d, &input, &state, None, extra);
         let e = stderr(&o);
         assert_ne!(o.status.code(), Some(101), "a panic at byte {at}:\n{e}");
         assert!(!e.contains("panicked"), "a panic at byte {at}:\n{e}");

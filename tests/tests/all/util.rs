@@ -35,6 +35,7 @@ pub fn pipeline(dir: &Path, input: &Path, ops: &[(&str, &str)], workers: usize) 
         follow: false,
         watch: false,
         control: true,
+        verify_state: false,
     }
 }
 
