@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs the whole test suite from a fresh checkout:
+#   ./tests/run-tests.sh [extra cargo test arguments]
+# First installs what the tests need through the ordinary package managers:
+# the wasm32-wasip2 target (rustup), clang with the WebAssembly target and a
+# WASI libc for C operators (Debian packages, needs root or sudo),
+# componentize-py for Python operators (pip) and componentize-js for
+# JavaScript operators (npm, pinned by plugins/js/package-lock.json).
+#
+# Outside CI an install that fails is reported and the tests that need it
+# say SKIPPED; with CI set, it fails the run. The local-user attack tests
+# need root (they act as uid 65534 through setpriv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+install_failed() {
+  if [ -n "${CI:-}" ]; then
+    echo "tests/run-tests.sh: could not install $1" >&2
+    exit 1
+  fi
+  echo "tests/run-tests.sh: could not install $1; the tests that need it will say SKIPPED" >&2
+}
+
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo -n"
+# C: clang with the WebAssembly target and a WASI libc (Debian packages).
+if ! command -v clang >/dev/null || [ ! -f /usr/lib/wasm32-wasi/libc.a ]; then
+  { $sudo apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clang lld wasi-libc libclang-rt-dev-wasm32; } ||
+    install_failed "clang and wasi-libc (apt-get install clang lld wasi-libc libclang-rt-dev-wasm32)"
+fi
+# Python: componentize-py from PyPI.
+command -v componentize-py >/dev/null ||
+  python3 -m pip install --quiet componentize-py==0.25.1 ||
+  install_failed "componentize-py (pip install componentize-py==0.25.1)"
+# JavaScript: componentize-js from npm, pinned by plugins/js/package-lock.json.
+(cd plugins/js && npm ci --no-audit --no-fund --silent) ||
+  install_failed "componentize-js (cd plugins/js && npm ci)"
+
+cargo test --release --workspace "$@"
