@@ -39,4 +39,16 @@ command -v componentize-py >/dev/null ||
 (cd plugins/js && npm ci --no-audit --no-fund --silent) ||
   install_failed "componentize-js (cd plugins/js && npm ci)"
 
-cargo test --release --workspace "$@"
+# Tests that cannot run their subject list themselves here (see
+# tests/tests/all/util.rs, `skipped`); the summary at the end shows them.
+skipped=target/tmp/eddy-skipped.txt
+rm -f "$skipped"
+status=0
+cargo test --release --workspace "$@" || status=$?
+if [ -s "$skipped" ]; then
+  echo "--- $(sort -u "$skipped" | wc -l) test subject(s) skipped:" >&2
+  sort -u "$skipped" >&2
+else
+  echo "--- no test skipped its subject" >&2
+fi
+exit "$status"

@@ -42,7 +42,7 @@ fn built(lang: Lang, op: &str) -> Option<String> {
         if std::env::var_os("CI").is_some() {
             panic!("CI must test {lang:?} operators, but: {missing}");
         }
-        eprintln!("SKIPPED: {lang:?} operators not tested: {missing}");
+        skipped(&format!("{lang:?} operators not tested: {missing}"));
         return None;
     }
     let map = BUILT.get_or_init(Default::default);

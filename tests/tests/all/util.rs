@@ -226,8 +226,24 @@ pub fn can_act_as_other_user(test: &str) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("CI must run {test}, but {why}");
     }
-    eprintln!("SKIPPED: {test}: {why}");
+    skipped(&format!("{test}: {why}"));
     false
+}
+
+/// Where skipped tests are listed for the summary `tests/run-tests.sh`
+/// prints after the run.
+pub const SKIPPED_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/eddy-skipped.txt");
+
+/// Records that a test could not run its subject: says "SKIPPED" on stderr
+/// and lists it in [`SKIPPED_FILE`], so the run's summary shows it.
+pub fn skipped(what: &str) {
+    eprintln!("SKIPPED: {what}");
+    let line = format!("SKIPPED: {what}\n");
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(SKIPPED_FILE)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
 }
 
 /// A command that runs `program` as uid/gid 65534 (via `setpriv`).
