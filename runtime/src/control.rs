@@ -227,24 +227,34 @@ fn serve(listener: UnixListener, controller: Arc<Controller>) {
     while !controller.stopped.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((conn, _)) => {
-                if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
-                    refuse_busy(conn);
+                // Another user is refused at once: it never holds a thread
+                // or one of the connections the owner may use.
+                if let Err(message) = check_peer(&conn) {
+                    tracing::warn!("control socket: {message}");
+                    refuse(conn, message);
                     continue;
                 }
-                active.fetch_add(1, Ordering::AcqRel);
+                if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+                    refuse(
+                        conn,
+                        format!(
+                            "the pipeline is already serving {MAX_CONNECTIONS} control connections; try again"
+                        ),
+                    );
+                    continue;
+                }
+                let slot = Slot::take(&active);
                 let c = controller.clone();
-                let a = active.clone();
                 let spawned = std::thread::Builder::new()
                     .name("eddy-control-conn".into())
                     .spawn(move || {
+                        // Freed however the handler ends (a panic included).
+                        let _slot = slot;
                         if let Err(e) = handle(conn, &c) {
                             tracing::debug!("control connection: {e}");
                         }
-                        a.fetch_sub(1, Ordering::AcqRel);
                     });
-                if spawned.is_err() {
-                    active.fetch_sub(1, Ordering::AcqRel);
-                }
+                drop(spawned);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20));
@@ -257,8 +267,24 @@ fn serve(listener: UnixListener, controller: Arc<Controller>) {
     }
 }
 
-/// Answers a connection over the cap with a refusal, without blocking.
-fn refuse_busy(conn: UnixStream) {
+/// One of the [`MAX_CONNECTIONS`] connections being served; freed on drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(active: &Arc<AtomicUsize>) -> Slot {
+        active.fetch_add(1, Ordering::AcqRel);
+        Slot(active.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Answers a connection with a refusal, without blocking.
+fn refuse(conn: UnixStream, message: String) {
     let _ = conn.set_nonblocking(true);
     // Take what the client sent so far, so closing does not reset the
     // connection before it reads the refusal.
@@ -268,14 +294,7 @@ fn refuse_busy(conn: UnixStream) {
             break;
         }
     }
-    let _ = answer(
-        &conn,
-        &Response::Error {
-            message: format!(
-                "the pipeline is already serving {MAX_CONNECTIONS} control connections; try again"
-            ),
-        },
-    );
+    let _ = answer(&conn, &Response::Error { message });
 }
 
 fn answer(conn: &UnixStream, response: &Response) -> std::io::Result<()> {
@@ -343,15 +362,17 @@ fn read_request(conn: &UnixStream, deadline: Instant) -> Result<Vec<u8>, String>
     }
 }
 
-/// Whether the client on `conn` still waits for its answer (it has not
-/// closed the connection).
+/// Whether the client on `conn` still waits for its answer: it has not
+/// closed the connection (a client that only shut down its sending side,
+/// as `nc -N` does, still waits).
 fn still_waiting(conn: &UnixStream) -> bool {
-    use rustix::net::RecvFlags;
-    let mut byte = [0u8; 1];
-    match rustix::net::recv(conn, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
-        Ok((0, _)) => false,
-        Ok(_) => true,
-        Err(e) => e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::INTR,
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(conn, PollFlags::empty())];
+    match poll(&mut fds, Some(&rustix::event::Timespec::default())) {
+        Ok(_) => !fds[0]
+            .revents()
+            .intersects(PollFlags::HUP | PollFlags::ERR),
+        Err(_) => true,
     }
 }
 
@@ -359,14 +380,8 @@ fn handle(conn: UnixStream, controller: &Controller) -> std::io::Result<()> {
     conn.set_nonblocking(false)?;
     conn.set_write_timeout(Some(REQUEST_TIMEOUT))?;
     let received = Instant::now();
-    // The request is read in every case: closing a connection with unread
-    // bytes would reset it before the client reads the answer.
-    let line = read_request(&conn, received + REQUEST_TIMEOUT);
-    if let Err(message) = check_peer(&conn) {
-        tracing::warn!("control socket: {message}");
-        return answer(&conn, &Response::Error { message });
-    }
-    let envelope = line.and_then(|line| parse_request(&line));
+    let envelope =
+        read_request(&conn, received + REQUEST_TIMEOUT).and_then(|line| parse_request(&line));
     let response = match envelope {
         Err(message) => Response::Error { message },
         Ok(Envelope { request, wait_ms }) => {
@@ -453,7 +468,7 @@ pub fn request(socket: &Path, request: &Request, wait: Duration) -> Result<Respo
     conn.set_write_timeout(Some(REQUEST_TIMEOUT))
         .and_then(|()| (&conn).write_all(&line))
         .map_err(|e| proto(format!("sending the request: {e}")))?;
-    conn.set_read_timeout(Some(wait + COMMIT_GRACE))
+    conn.set_read_timeout(Some(wait.saturating_add(COMMIT_GRACE)))
         .map_err(|e| proto(e.to_string()))?;
     let mut answer = Vec::new();
     (&conn)
@@ -462,7 +477,7 @@ pub fn request(socket: &Path, request: &Request, wait: Duration) -> Result<Respo
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => proto(format!(
                 "no answer within {} s; a swap or rollback may still have taken effect: see `eddy status`",
-                (wait + COMMIT_GRACE).as_secs()
+                wait.saturating_add(COMMIT_GRACE).as_secs()
             )),
             _ => proto(format!("reading the answer: {e}")),
         })?;
@@ -546,8 +561,10 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_client_is_seen_as_gone() {
+    fn a_closed_client_is_seen_as_gone_a_half_closed_one_still_waits() {
         let (a, b) = UnixStream::pair().unwrap();
+        assert!(still_waiting(&b));
+        a.shutdown(std::net::Shutdown::Write).unwrap();
         assert!(still_waiting(&b));
         drop(a);
         assert!(!still_waiting(&b));

@@ -267,10 +267,11 @@ pub struct OpCtx {
     held: usize,
     /// Size of the current key's state when the event began.
     size_at_begin: usize,
-    /// The input line whose events `draws` counts, and per key (hashed) of
-    /// it, how many of its events drew random numbers (kept here, not in
-    /// an instance, so a restart does not reset it).
-    draws: (u64, SmallVec<[(u64, u32); 4]>),
+    /// How many events of each (input line, key hash) drew random numbers
+    /// so far, so that each event gets its own seed (see
+    /// [`OpCtx::draw_index`]); cleared at each checkpoint barrier, which no
+    /// line's events span.
+    draws: rustc_hash::FxHashMap<(u64, u64), u32>,
     limits: Limits,
     /// Generation of the operator version running now (0 for the first;
     /// each hot swap or rollback takes the next).
@@ -299,7 +300,7 @@ impl OpCtx {
             emits: Emits::default(),
             held: 0,
             size_at_begin: 0,
-            draws: (0, SmallVec::new()),
+            draws: Default::default(),
             limits,
             generation: 0,
             migrating: false,
@@ -570,21 +571,9 @@ impl OpCtx {
     /// How many earlier events of input line `line` with the key hashed to
     /// `key` drew random numbers (this one is counted for the next).
     pub fn draw_index(&mut self, line: u64, key: u64) -> u32 {
-        let (at, seen) = &mut self.draws;
-        if *at != line {
-            *at = line;
-            seen.clear();
-        }
-        match seen.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, n)) => {
-                *n += 1;
-                *n
-            }
-            None => {
-                seen.push((key, 0));
-                0
-            }
-        }
+        let n = self.draws.entry((line, key)).or_insert(u32::MAX);
+        *n = n.wrapping_add(1);
+        *n
     }
 
     /// The size of the current key's state as stored.
@@ -595,6 +584,7 @@ impl OpCtx {
     /// Takes the changes since the last checkpoint as store writes, and
     /// renews the snapshot used for uncached keys.
     pub fn take_dirty(&mut self, reader: Option<Reader>, out: &mut Vec<StateWrite>) {
+        self.draws.clear();
         for i in self.dirty.drain(..) {
             let slot = &mut self.slots[i as usize];
             slot.dirty = false;

@@ -235,10 +235,12 @@ pub fn read_lines(
     let _ = tx.send(Chunk::Eof);
 }
 
-/// Whether `line` (without a `\n`) is one complete JSON value, perhaps
-/// with whitespace around it.
+/// Whether `line` (without a `\n`) is one complete JSON object, perhaps
+/// with whitespace around it. Only an object is an event; a number such as
+/// `123` may be the start of `12345` still being written.
 fn is_complete_json(line: &[u8]) -> bool {
-    serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok()
+    line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok()
 }
 
 /// What the sink thread receives.

@@ -185,6 +185,17 @@ enum FileIdentity {
     Special,
 }
 
+/// The identity of this process's file descriptor `fd` (0: standard
+/// input, 1: standard output): a regular file it was redirected to, or
+/// [`FileIdentity::Special`] for a terminal, a pipe or a closed descriptor.
+fn std_identity(fd: u32) -> FileIdentity {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(format!("/proc/self/fd/{fd}")) {
+        Ok(m) if m.file_type().is_file() => FileIdentity::Inode(m.dev(), m.ino()),
+        _ => FileIdentity::Special,
+    }
+}
+
 /// Symbolic links followed at most (like the kernel's limit).
 const MAX_LINKS: usize = 40;
 
@@ -364,13 +375,17 @@ impl Pipeline {
     /// `/dev/null`) may be shared. Call it before opening anything for
     /// writing ([`crate::runner::run`] does).
     pub fn check_files(&self) -> Result<(), PipelineError> {
+        // Standard input and output count too when they are redirected
+        // files (`--output x < x` would otherwise truncate the input).
+        let stdin = PathBuf::from("standard input");
+        let stdout = PathBuf::from("standard output");
         let input = match &self.input {
             Input::File(path) => Some((path, identity(path))),
-            Input::Stdin => None,
+            Input::Stdin => Some((&stdin, std_identity(0))),
         };
         let output = match &self.output {
             Output::File(path) => Some((path, identity(path))),
-            Output::Stdout => None,
+            Output::Stdout => Some((&stdout, std_identity(1))),
         };
         let dead = (&self.dead_letter, identity(&self.dead_letter));
         let same = |a: &FileIdentity, b: &FileIdentity| a == b && *a != FileIdentity::Special;

@@ -402,8 +402,12 @@ pub fn run_notify(
             path: path.clone(),
             stop: reader_stop.clone(),
         }),
-        (Input::File(_), false) => End::File,
-        (Input::Stdin, _) => End::Final,
+        // A FIFO or device ends for good, like stdin: it cannot be read
+        // again by a later run.
+        (Input::File(path), false) if std::fs::metadata(path).is_ok_and(|m| m.is_file()) => {
+            End::File
+        }
+        (Input::File(_), false) | (Input::Stdin, _) => End::Final,
     };
     std::thread::Builder::new()
         .name("eddy-reader".into())
@@ -701,6 +705,7 @@ impl Coordinator<'_> {
             instances,
             mut report,
             reply,
+            claim,
         } = prepared;
         // Every event before the barrier is in a worker's inbox.
         self.flush_batches()?;
@@ -708,6 +713,13 @@ impl Coordinator<'_> {
             // A later operator also gets events from other workers: wait
             // until all in flight are handled.
             self.wait_inflight(|n| n == 0)?;
+        }
+        // The barrier: unless its asker gave up meanwhile, the swap happens.
+        if !claim.switch() {
+            let _ = reply.send(Err(
+                "the request was given up before the switch; nothing changed".into(),
+            ));
+            return Ok(());
         }
         for (w, op) in instances.into_iter().enumerate() {
             self.inboxes[w]

@@ -675,6 +675,14 @@ impl Store {
         std::io::Write::write_all(&mut tmp, bytes).map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;
         tmp.persist(&path).map_err(|e| io(e.error))?;
+        // The new name (and a new folder's own) must be durable before a
+        // checkpoint records the version.
+        std::fs::File::open(&folder)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::File::open(&self.dir)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
         Ok(path)
     }
 

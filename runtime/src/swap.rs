@@ -119,7 +119,17 @@ pub fn resolve(store: &Store, op: &mut Loaded) -> anyhow::Result<(Versions, bool
     let hash = plugin.hash().to_string();
     let source = plugin.path().display().to_string();
     store.keep_component(&hash, plugin.bytes())?;
-    let recorded: Option<Versions> = store.meta_json(&Versions::meta_name(&op.name))?;
+    let mut recorded: Option<Versions> = store.meta_json(&Versions::meta_name(&op.name))?;
+    let mut renamed = false;
+    if let Some(v) = &mut recorded {
+        renamed = adopt_legacy_names(v, plugin.bytes(), &hash);
+        if renamed {
+            tracing::info!(
+                operator = %op.name,
+                "the state directory named this component by the hash of an earlier eddy; it is now {hash}"
+            );
+        }
+    }
     let (versions, changed) = match recorded {
         None => (
             Versions {
@@ -164,7 +174,13 @@ pub fn resolve(store: &Store, op: &mut Loaded) -> anyhow::Result<(Versions, bool
                 );
                 op.kind = OperatorKind::Wasm(Arc::new(swapped));
             }
-            (v, false)
+            (v, renamed)
+        }
+        Some(mut v) if (v.active as usize) < v.all.len() && v.current().hash == hash => {
+            // The pipeline now names the version that runs (one swapped in
+            // earlier): the same version, not a new one.
+            v.base = hash;
+            (v, true)
         }
         Some(mut v) => {
             // The pipeline names another component than when the running
@@ -188,6 +204,29 @@ pub fn resolve(store: &Store, op: &mut Loaded) -> anyhow::Result<(Versions, bool
     op.generation = versions.active;
     op.history = versions.history();
     Ok((versions, changed))
+}
+
+/// Renames, in `v`, the versions an earlier eddy named by the 64-bit
+/// FxHash of `bytes` to `hash` (their SHA-256 name): the pipeline's own
+/// component keeps its versions and generation across the upgrade, so its
+/// keys need no migration. Returns whether anything was renamed. (A
+/// version swapped in under an old name cannot be verified and is not
+/// loaded: its kept file is refused by [`Store::load_component`].)
+fn adopt_legacy_names(v: &mut Versions, bytes: &[u8], hash: &str) -> bool {
+    use std::hash::BuildHasher;
+    let legacy = format!("{:016x}", rustc_hash::FxBuildHasher.hash_one(bytes));
+    let mut renamed = false;
+    if v.base == legacy {
+        v.base = hash.to_string();
+        renamed = true;
+    }
+    for version in &mut v.all {
+        if version.hash == legacy {
+            version.hash = hash.to_string();
+            renamed = true;
+        }
+    }
+    renamed
 }
 
 /// What a completed swap did.
@@ -216,6 +255,36 @@ pub struct Prepared {
     pub report: SwapReport,
     /// Where the coordinator reports the swap durable (or why it failed).
     pub reply: Sender<Result<SwapReport, String>>,
+    /// Decided once: switched by the coordinator, or given up by its asker.
+    pub claim: Arc<Claim>,
+}
+
+/// Who decides a prepared swap, once: the coordinator at the barrier
+/// ([`Claim::switch`]), or the asker that stopped waiting before it
+/// ([`Claim::abandon`]), whichever comes first. So a swap its client gave
+/// up on is never carried out later, however long the coordinator took to
+/// reach it.
+#[derive(Debug, Default)]
+pub struct Claim(std::sync::atomic::AtomicU8);
+
+impl Claim {
+    const PENDING: u8 = 0;
+    const SWITCHED: u8 = 1;
+    const ABANDONED: u8 = 2;
+
+    /// The coordinator takes the swap; `false` if its asker gave it up.
+    pub fn switch(&self) -> bool {
+        self.0
+            .compare_exchange(Self::PENDING, Self::SWITCHED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The asker gives the swap up; `false` if it was switched already.
+    fn abandon(&self) -> bool {
+        self.0
+            .compare_exchange(Self::PENDING, Self::ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
 }
 
 /// Requests from the controller to the coordinator.
@@ -594,9 +663,9 @@ impl Controller {
         if self.stopped.load(Ordering::Acquire) {
             return Err(refused("the pipeline is stopping".into()));
         }
-        // The point of no return: past it the coordinator switches.
         asker.stands().map_err(refused)?;
         let (tx, rx) = bounded(1);
+        let claim = Arc::new(Claim::default());
         self.to_coordinator
             .send(Command::Swap(Prepared {
                 stage,
@@ -605,13 +674,28 @@ impl Controller {
                 instances,
                 report,
                 reply: tx,
+                claim: claim.clone(),
             }))
             .map_err(|_| refused("the pipeline is stopping".into()))?;
-        match rx.recv() {
-            Ok(r) => r.map_err(Refused),
-            Err(_) => Err(refused(
-                "the pipeline stopped before the swap was made durable".into(),
-            )),
+        // Until the coordinator switches, the asker may still give up (and
+        // then nothing changes); once switched, the answer comes when the
+        // swap is durable.
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(r) => return r.map_err(Refused),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if let Err(why) = asker.stands() {
+                        if claim.abandon() {
+                            return Err(refused(why));
+                        }
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(refused(
+                        "the pipeline stopped before the swap was made durable".into(),
+                    ))
+                }
+            }
         }
     }
 
@@ -727,4 +811,43 @@ const WATCH_WAIT: Duration = Duration::from_secs(600);
 fn fingerprint(path: &Path) -> Option<(u64, SystemTime)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.len(), m.modified().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(generation: u32, hash: &str) -> Version {
+        Version {
+            generation,
+            hash: hash.into(),
+            source: "x.wasm".into(),
+            loaded_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn versions_named_by_an_earlier_eddy_are_renamed_to_their_sha256() {
+        use std::hash::BuildHasher;
+        let bytes = b"the component";
+        let legacy = format!("{:016x}", rustc_hash::FxBuildHasher.hash_one(&bytes[..]));
+        let mut v = Versions {
+            active: 2,
+            base: legacy.clone(),
+            all: vec![
+                version(0, &legacy),
+                version(1, "0123456789abcdef"),
+                version(2, &legacy),
+            ],
+        };
+        assert!(adopt_legacy_names(&mut v, bytes, "feedfacecafebeef"));
+        assert_eq!(v.base, "feedfacecafebeef");
+        let hashes: Vec<&str> = v.all.iter().map(|v| v.hash.as_str()).collect();
+        assert_eq!(
+            hashes,
+            ["feedfacecafebeef", "0123456789abcdef", "feedfacecafebeef"]
+        );
+        // Nothing to rename the second time.
+        assert!(!adopt_legacy_names(&mut v, bytes, "feedfacecafebeef"));
+    }
 }
