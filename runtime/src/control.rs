@@ -222,16 +222,37 @@ fn with_short_path<T>(path: &Path, f: impl Fn(&Path) -> std::io::Result<T>) -> s
     r
 }
 
+/// Time a refused connection of another user is given to send its request
+/// and read the refusal.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connections of other users being refused at once; more are closed
+/// without an answer.
+const MAX_REFUSING: usize = 4;
+
 fn serve(listener: UnixListener, controller: Arc<Controller>) {
     let active = Arc::new(AtomicUsize::new(0));
+    let refusing = Arc::new(AtomicUsize::new(0));
     while !controller.stopped.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((conn, _)) => {
-                // Another user is refused at once: it never holds a thread
-                // or one of the connections the owner may use.
+                // Another user is refused at once: it never holds one of
+                // the connections the owner may use. Its request is read
+                // first (briefly), so that closing does not reset the
+                // connection before it reads the refusal.
                 if let Err(message) = check_peer(&conn) {
                     tracing::warn!("control socket: {message}");
-                    refuse(conn, message);
+                    if refusing.load(Ordering::Acquire) < MAX_REFUSING {
+                        let slot = Slot::take(&refusing);
+                        let _ = std::thread::Builder::new()
+                            .name("eddy-control-no".into())
+                            .spawn(move || {
+                                let _slot = slot;
+                                let _ = conn.set_write_timeout(Some(REFUSE_TIMEOUT));
+                                let _ = read_request(&conn, Instant::now() + REFUSE_TIMEOUT);
+                                let _ = answer(&conn, &Response::Error { message });
+                            });
+                    }
                     continue;
                 }
                 if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
@@ -369,9 +390,7 @@ fn still_waiting(conn: &UnixStream) -> bool {
     use rustix::event::{poll, PollFd, PollFlags};
     let mut fds = [PollFd::new(conn, PollFlags::empty())];
     match poll(&mut fds, Some(&rustix::event::Timespec::default())) {
-        Ok(_) => !fds[0]
-            .revents()
-            .intersects(PollFlags::HUP | PollFlags::ERR),
+        Ok(_) => !fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR),
         Err(_) => true,
     }
 }

@@ -689,6 +689,11 @@ mod tests {
             file(b"{\"k\":1}\n{\"k\":2} "),
             ["lines@10:{\"k\":1}\n", "lines@18:{\"k\":2} ", "eof"]
         );
+        // Only an object is an event: `123` may be the start of `12345`.
+        assert_eq!(
+            file(b"{\"k\":1}\n123"),
+            ["lines@10:{\"k\":1}\n", "incomplete@18+3", "eof"]
+        );
         // An oversized line cut short is not dead-lettered in two pieces.
         assert_eq!(file(&[b'x'; 300]), ["incomplete@10+300", "eof"]);
         // Stdin ends for good: its last line is handled as it is.

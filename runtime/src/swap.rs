@@ -275,14 +275,24 @@ impl Claim {
     /// The coordinator takes the swap; `false` if its asker gave it up.
     pub fn switch(&self) -> bool {
         self.0
-            .compare_exchange(Self::PENDING, Self::SWITCHED, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(
+                Self::PENDING,
+                Self::SWITCHED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .is_ok()
     }
 
     /// The asker gives the swap up; `false` if it was switched already.
     fn abandon(&self) -> bool {
         self.0
-            .compare_exchange(Self::PENDING, Self::ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(
+                Self::PENDING,
+                Self::ABANDONED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .is_ok()
     }
 }

@@ -106,6 +106,49 @@ fn an_output_that_is_the_input_is_refused_and_the_input_kept() {
         assert!(!d.join("out.jsonl").exists(), "{args:?}: nothing written");
         assert!(!d.join("nosuchdir").exists(), "{args:?}: nothing created");
     }
+    // Standard input or output redirected to the file counts too:
+    // `--input - --output in.jsonl < in.jsonl` and `-i in.jsonl > in.jsonl`.
+    let redirected = |args: &[&str], stdin: bool| {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(d.join("in.jsonl"))
+            .unwrap();
+        let mut c = Command::new(eddy_bin());
+        c.args([
+            "run",
+            "--plugin",
+            &plugin,
+            "--state",
+            "state",
+            "--no-control",
+        ])
+        .args(args)
+        .current_dir(d);
+        if stdin {
+            c.stdin(f);
+        } else {
+            c.stdin(Stdio::null()).stdout(f);
+        }
+        c.output().unwrap()
+    };
+    let o = redirected(&["--input", "-", "--output", "in.jsonl"], true);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o)
+            .contains("the output file in.jsonl is the input file (same file as standard input)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = redirected(&["--input", "in.jsonl"], false);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o)
+            .contains("the output file standard output is the input file (same file as in.jsonl)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(d.join("in.jsonl")).unwrap(), input);
     // Through a pipeline file too (paths relative to its directory).
     std::fs::write(
         d.join("p.toml"),
