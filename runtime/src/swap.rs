@@ -285,7 +285,7 @@ impl Claim {
     }
 
     /// The asker gives the swap up; `false` if it was switched already.
-    fn abandon(&self) -> bool {
+    pub fn abandon(&self) -> bool {
         self.0
             .compare_exchange(
                 Self::PENDING,
