@@ -127,6 +127,8 @@ pub enum HostError {
         size: usize,
         limit: usize,
     },
+    #[error("a new state name would make more than {limit} distinct state names for this operator (names are per operator, like columns: keep per-item data in a map or list, not in names of its own)")]
+    TooManyNames { limit: usize },
     #[error("emitted key of {size} bytes exceeds the limit max_emit_key_bytes = {limit} bytes")]
     KeyTooLong { size: usize, limit: usize },
     #[error("the event emitted {size} bytes (keys and payloads), over the limit max_emit_bytes_per_event = {limit} bytes")]
@@ -136,6 +138,10 @@ pub enum HostError {
     #[error("the event holds {size} bytes in the host (what it emitted, its state growth and the state it replaced, kept to undo it), over the limit max_memory_bytes = {limit} bytes")]
     EventTooLarge { size: usize, limit: usize },
 }
+
+/// Most distinct state names one operator may write (per worker): names
+/// are interned for the operator's lifetime.
+pub const MAX_STATE_NAMES: usize = 1024;
 
 /// Sizes of a key's state as stored (see `Entity::encode_tagged`): the
 /// record's fixed part (format, generation, three counts, checksum), and
@@ -643,6 +649,17 @@ impl OpCtx {
                 what,
                 size: name.len(),
                 limit: self.limits.max_name,
+            });
+        }
+        // Every state name an operator writes is kept for its lifetime
+        // (interned): bound how many there can be. Checked only once the
+        // table is full, so it costs nothing before.
+        if what == "state name"
+            && self.names.len() >= MAX_STATE_NAMES
+            && lookup(&self.names, name).is_none()
+        {
+            return Err(HostError::TooManyNames {
+                limit: MAX_STATE_NAMES,
             });
         }
         Ok(())
@@ -1182,6 +1199,51 @@ fn intern_bytes(names: &mut Vec<Box<str>>, name: &[u8]) -> Result<Name, HostErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_number_of_distinct_state_names_is_bounded() {
+        let mut ctx = OpCtx::new("op".into(), None, Limits::default());
+        let mut out = Emits::default();
+        for i in 0..MAX_STATE_NAMES {
+            ctx.begin(&format!("k{i}")).unwrap();
+            ctx.set(&format!("name-{i}"), b"1").unwrap();
+            ctx.finish(true, &mut out);
+        }
+        ctx.begin("k").unwrap();
+        let err = ctx.set("one-too-many", b"1").unwrap_err();
+        assert!(matches!(
+            err,
+            HostError::TooManyNames {
+                limit: MAX_STATE_NAMES
+            }
+        ));
+        assert!(
+            err.to_string()
+                .contains("more than 1024 distinct state names"),
+            "{err}"
+        );
+        // Names already in use still work, on the batch path too.
+        ctx.set("name-7", b"2").unwrap();
+        ctx.finish(true, &mut out);
+        let slot = ctx.frame_values("k2", &mut Vec::new()).unwrap();
+        let mut emitted = Emits::default();
+        assert!(matches!(
+            ctx.apply(
+                slot,
+                &[(&b"another-new-name"[..], Some(&b"1"[..]))],
+                &[],
+                &mut emitted
+            ),
+            Err(HostError::TooManyNames { .. })
+        ));
+        ctx.apply(
+            slot,
+            &[(&b"name-3"[..], Some(&b"1"[..]))],
+            &[],
+            &mut emitted,
+        )
+        .unwrap();
+    }
 
     #[test]
     fn same_compares_every_byte_of_every_length() {
