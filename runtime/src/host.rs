@@ -651,13 +651,16 @@ impl OpCtx {
                 limit: self.limits.max_name,
             });
         }
-        // Every state name an operator writes is kept for its lifetime
-        // (interned): bound how many there can be. Checked only once the
-        // table is full, so it costs nothing before.
-        if what == "state name"
-            && self.names.len() >= MAX_STATE_NAMES
-            && lookup(&self.names, name).is_none()
-        {
+        Ok(())
+    }
+
+    /// Checks a state name a write is about to use: its length, and, since
+    /// every state name an operator writes is kept for its lifetime
+    /// (interned), that it is not one too many (looked at only once the
+    /// table is full, so it costs nothing before).
+    fn check_state_name(&self, name: &[u8]) -> Result<(), HostError> {
+        self.check_name("state name", name)?;
+        if self.names.len() >= MAX_STATE_NAMES && lookup(&self.names, name).is_none() {
             return Err(HostError::TooManyNames {
                 limit: MAX_STATE_NAMES,
             });
@@ -718,7 +721,7 @@ impl OpCtx {
     pub fn set(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
         let i = self.current()?;
         self.check_size(value.len())?;
-        self.check_name("state name", name.as_bytes())?;
+        self.check_state_name(name.as_bytes())?;
         let slot = &self.slots[i];
         let old = self.lookup(name).and_then(|n| slot.entity.get(n));
         let held = old.map_or(0, <[u8]>::len);
@@ -752,7 +755,7 @@ impl OpCtx {
         let mut size = s.size;
         let last = last_writes(writes);
         for (w, &(name, value)) in writes.iter().enumerate() {
-            self.check_name("state name", name)?;
+            self.check_state_name(name)?;
             let id = lookup(&self.names, name);
             if let Some(v) = value {
                 self.check_size(v.len())?;
@@ -830,7 +833,7 @@ impl OpCtx {
 
     pub fn delete(&mut self, name: &str) -> Result<bool, HostError> {
         let i = self.current()?;
-        self.check_name("state name", name.as_bytes())?;
+        self.check_state_name(name.as_bytes())?;
         let Some(name) = self.lookup(name) else {
             return Ok(false);
         };
@@ -860,7 +863,7 @@ impl OpCtx {
     pub fn map_set(&mut self, name: &str, field: String, value: Vec<u8>) -> Result<(), HostError> {
         let i = self.current()?;
         self.check_size(value.len())?;
-        self.check_name("state name", name.as_bytes())?;
+        self.check_state_name(name.as_bytes())?;
         self.check_name("map field", field.as_bytes())?;
         let slot = &self.slots[i];
         let map = self.lookup(name).and_then(|n| slot.entity.map(n));
@@ -926,7 +929,7 @@ impl OpCtx {
     pub fn list_push(&mut self, name: &str, item: Vec<u8>) -> Result<u32, HostError> {
         let i = self.current()?;
         self.check_size(item.len())?;
-        self.check_name("state name", name.as_bytes())?;
+        self.check_state_name(name.as_bytes())?;
         let slot = &self.slots[i];
         let list = self.lookup(name).and_then(|n| slot.entity.list(n));
         let mut size = slot.size + ITEM_ENTRY + item.len();

@@ -319,6 +319,14 @@ pub fn component_hash(bytes: &[u8]) -> String {
     component_hash_of(&Sha256::digest(bytes).into())
 }
 
+/// The name an earlier eddy gave component `bytes` (the 64-bit FxHash of
+/// its bytes, which cannot be verified): recognised only to explain or
+/// adopt what such an eddy left in a state directory.
+pub(crate) fn legacy_component_hash(bytes: &[u8]) -> String {
+    use std::hash::BuildHasher;
+    format!("{:016x}", rustc_hash::FxBuildHasher.hash_one(bytes))
+}
+
 /// CRC-32 of a metadata entry: its name, a zero byte and its value.
 fn meta_sum(name: &str, value: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
@@ -709,9 +717,7 @@ impl Store {
             .map_err(|e| bad(format!("cannot read it: {e}")))?;
         let found = component_hash(&bytes);
         if found != hash {
-            use std::hash::BuildHasher;
-            let legacy = format!("{:016x}", rustc_hash::FxBuildHasher.hash_one(&bytes));
-            if legacy == hash {
+            if legacy_component_hash(&bytes) == hash {
                 return Err(bad(format!(
                     "it was kept by an older eddy, which named versions by a hash that cannot be verified (its SHA-256 name is {found}); swap the component in again from its source file"
                 )));
@@ -1008,8 +1014,7 @@ mod tests {
         let e = store.load_component(&hash).unwrap_err().to_string();
         assert!(e.contains("No such file"), "{e}");
         // A version kept by an older eddy (FxHash names): said so.
-        use std::hash::BuildHasher;
-        let legacy = format!("{:016x}", rustc_hash::FxBuildHasher.hash_one(&bytes[..]));
+        let legacy = legacy_component_hash(&bytes[..]);
         std::fs::write(store.component_path(&legacy), &bytes).unwrap();
         let e = store.load_component(&legacy).unwrap_err().to_string();
         assert!(e.contains("kept by an older eddy"), "{e}");

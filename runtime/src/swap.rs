@@ -213,8 +213,7 @@ pub fn resolve(store: &Store, op: &mut Loaded) -> anyhow::Result<(Versions, bool
 /// version swapped in under an old name cannot be verified and is not
 /// loaded: its kept file is refused by [`Store::load_component`].)
 fn adopt_legacy_names(v: &mut Versions, bytes: &[u8], hash: &str) -> bool {
-    use std::hash::BuildHasher;
-    let legacy = format!("{:016x}", rustc_hash::FxBuildHasher.hash_one(bytes));
+    let legacy = crate::store::legacy_component_hash(bytes);
     let mut renamed = false;
     if v.base == legacy {
         v.base = hash.to_string();
@@ -838,9 +837,8 @@ mod tests {
 
     #[test]
     fn versions_named_by_an_earlier_eddy_are_renamed_to_their_sha256() {
-        use std::hash::BuildHasher;
         let bytes = b"the component";
-        let legacy = format!("{:016x}", rustc_hash::FxBuildHasher.hash_one(&bytes[..]));
+        let legacy = crate::store::legacy_component_hash(bytes);
         let mut v = Versions {
             active: 2,
             base: legacy.clone(),

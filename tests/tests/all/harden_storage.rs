@@ -51,10 +51,6 @@ fn run_counter_with(
         .unwrap()
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// Asserts `o` failed cleanly: exit code 1 (not a panic's 101) and no
 /// panic message, with every one of `needles` in its stderr.
 fn assert_clean_failure(o: &Output, needles: &[&str]) {
