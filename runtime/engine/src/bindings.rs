@@ -2,7 +2,7 @@
 //! `bindgen!`.
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../../wit",
     world: "operator",
     imports: { default: trappable },
     ownership: Borrowing { duplicate_if_necessary: true },

@@ -19,19 +19,19 @@ use crate::build_c;
 
 /// The contract's files, as in `wit/`.
 pub const WIT: &[(&str, &str)] = &[
-    ("world.wit", include_str!("../../wit/world.wit")),
-    ("types.wit", include_str!("../../wit/types.wit")),
-    ("state.wit", include_str!("../../wit/state.wit")),
-    ("output.wit", include_str!("../../wit/output.wit")),
-    ("log.wit", include_str!("../../wit/log.wit")),
+    ("world.wit", include_str!("../../../wit/world.wit")),
+    ("types.wit", include_str!("../../../wit/types.wit")),
+    ("state.wit", include_str!("../../../wit/state.wit")),
+    ("output.wit", include_str!("../../../wit/output.wit")),
+    ("log.wit", include_str!("../../../wit/log.wit")),
 ];
 
 /// The Python SDK module (`import eddy`).
-pub const PYTHON_SDK: &str = include_str!("../../plugins/python/eddy.py");
+pub const PYTHON_SDK: &str = include_str!("../../../plugins/python/eddy.py");
 /// The JavaScript SDK module (`import ... from 'eddy.js'`).
-pub const JS_SDK: &str = include_str!("../../plugins/js/eddy.js");
+pub const JS_SDK: &str = include_str!("../../../plugins/js/eddy.js");
 /// The C SDK header (`#include "eddy.h"`).
-pub const C_SDK: &str = include_str!("../../plugins/c/eddy.h");
+pub const C_SDK: &str = include_str!("../../../plugins/c/eddy.h");
 
 /// Source languages `eddy build` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
