@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|line: &[u8]| {
-    if let Ok(d) = eddy_runtime::decode::decode(line, "key", Some("ts")) {
+    if let Ok(d) = eddy_runtime::decode(line, "key", Some("ts")) {
         // An accepted line is valid UTF-8 JSON.
         assert!(std::str::from_utf8(line).is_ok());
         // The key is text of the line (a number's literal, a string without

@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
-    let _ = eddy_runtime::pipeline::Pipeline::from_toml(
+    let _ = eddy_runtime::Pipeline::from_toml(
         text,
         std::path::Path::new("pipeline.toml"),
         Default::default(),

@@ -11,9 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::bench::{decode, generate, operator_path, rate};
-use crate::cache::{Cache, Compiled};
-use crate::host::{Limits, OpCtx};
-use crate::wasm::{self, Plugin};
+use crate::{Cache, Compiled, Limits, OpCtx, Plugin};
 
 /// Compare components of one operator written in different languages.
 #[derive(Args, Debug)]
@@ -53,7 +51,7 @@ pub fn run(a: BenchLangsArgs) -> Result<()> {
         };
         specs.push((label.to_string(), PathBuf::from(path)));
     }
-    let engine = wasm::engine()?;
+    let engine = crate::engine()?;
     let cache_dir = tempfile::tempdir()?;
     let ev = generate(a.events, a.keys);
     let events = decode(&ev);

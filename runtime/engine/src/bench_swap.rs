@@ -19,9 +19,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::control::{self, Request, Response};
-use crate::pipeline::{Input, OperatorSpec, Output, Pipeline};
-use crate::runner::{self, Shutdown};
-use crate::wasm;
+use crate::{Input, OperatorSpec, Output, Pipeline, Shutdown};
 
 /// Measure the hot-swap pause per worker under load.
 #[derive(Args, Debug)]
@@ -109,14 +107,14 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
     let shutdown = Shutdown::new();
-    let engine = wasm::engine()?;
-    let ops = runner::load_operators(&engine, &p)?;
+    let engine = crate::engine()?;
+    let ops = crate::load_operators(&engine, &p)?;
     let (tx, rx) = std::sync::mpsc::channel();
     let pipeline = {
         let p = p.clone();
         let s = shutdown.clone();
         std::thread::spawn(move || {
-            runner::run_notify(&p, ops, &s, |started| {
+            crate::run_notify(&p, ops, &s, |started| {
                 let _ = tx.send(started.control.clone());
             })
         })
@@ -125,7 +123,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
         Ok(Some(socket)) => socket,
         _ => bail!("the pipeline did not start: {:?}", pipeline.join()),
     };
-    let status = || -> Result<crate::swap::Status> {
+    let status = || -> Result<crate::control::Status> {
         match control::request(&socket, &Request::Status, control::DEFAULT_WAIT)? {
             Response::Status(s) => Ok(*s),
             other => bail!("unexpected answer {other:?}"),
@@ -244,7 +242,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
 }
 
 /// Every worker saw every swap.
-fn check_every_worker_paused(s: &crate::swap::Status, swaps: usize) -> Result<()> {
+fn check_every_worker_paused(s: &crate::control::Status, swaps: usize) -> Result<()> {
     for w in &s.workers {
         if w.pauses.len() != swaps {
             bail!(

@@ -8,11 +8,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::control::{self, Request, Response};
-use crate::pipeline::{Overrides, Pipeline};
-use crate::runner::{self, Shutdown};
-use crate::swap::{Status, SwapReport, Version};
-use crate::{bench, bench_langs, bench_swap, build, wasm};
+use crate::control::{self, Request, Response, Status};
+use crate::{bench, bench_langs, bench_swap, build};
+use crate::{Overrides, Pipeline, Shutdown, SwapReport, Version};
 
 /// Eddy: a stateful stream runtime for WebAssembly operators.
 ///
@@ -233,8 +231,8 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         verify_state: a.verify_state,
     };
     let pipeline = Pipeline::load(a.pipeline.as_deref(), overrides)?;
-    let engine = wasm::engine().context("starting the WebAssembly engine")?;
-    let operators = runner::load_operators(&engine, &pipeline)?;
+    let engine = crate::engine().context("starting the WebAssembly engine")?;
+    let operators = crate::load_operators(&engine, &pipeline)?;
 
     let shutdown = Shutdown::new();
     let s = shutdown.clone();
@@ -252,7 +250,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
 
     let quiet = a.quiet;
     let state_dir = pipeline.state_dir.clone();
-    let summary = runner::run_notify(&pipeline, operators, &shutdown, |started| {
+    let summary = crate::run_notify(&pipeline, operators, &shutdown, |started| {
         if let (Some(socket), false) = (&started.control, quiet) {
             eprintln!(
                 "eddy: control socket {} (owner only): `eddy status`, `eddy swap`, `eddy rollback` --state {}",

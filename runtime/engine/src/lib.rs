@@ -2,49 +2,86 @@
 //!
 //! # Layout
 //!
-//! - [`state`]: one key's state (values, maps, lists), its undo journal and
-//!   record encoding.
-//! - [`store`]: the redb state directory; checkpoints are one transaction.
-//! - [`host`]: the host side of the state interface, shared by Wasm and
-//!   native operators ([`host::OpCtx`]).
-//! - [`operator`]: the [`operator::Operator`] trait a worker drives.
-//! - [`cache`]: compiled components kept across runs.
-//! - [`wasm`]: components compiled once ([`wasm::Plugin`]) and instantiated
-//!   per worker ([`wasm::WasmOperator`]).
-//! - [`native`]: native Rust operators (the benchmark baseline).
-//! - [`decode`]: key and time extraction from a JSON line.
-//! - [`io`]: the input reader thread, the sink thread, output formatting.
-//! - [`worker`]: worker threads, routing, batches.
-//! - [`runner`]: [`runner::run`] wires it all and drives checkpoints.
-//! - [`swap`]: hot swap: operator versions, the [`swap::Controller`].
-//! - [`control`]: the control endpoint (`eddy status`, `swap`, `rollback`).
-//! - [`pipeline`]: the pipeline file and flags.
-//! - [`mod@bench`]: the `eddy bench` command.
-//! - [`bench_swap`]: the `eddy bench-swap` command (hot-swap pause).
-//! - [`bench_langs`]: the `eddy bench-langs` command (one operator in
-//!   several languages).
-//! - [`build`]: the `eddy build` command (operators from Rust, Python,
-//!   JavaScript or C source).
-//! - [`cli`]: the `eddy` command line.
-//! - [`bindings`]: the host bindings of `wit/`.
+//! The engine's modules are named after the stage of the data path they
+//! implement, in its order (see `docs/architecture.md` for the threads,
+//! channels and where each guarantee is enforced):
+//!
+//! - `config`: the pipeline file and command-line overrides
+//!   ([`Pipeline`], [`Limits`]).
+//! - `source`: the input read from the last checkpoint's position, cut
+//!   into lines ([`read_lines`]), each decoded for its key and time
+//!   ([`decode`]).
+//! - `route`: key → key group → worker ([`route`]).
+//! - `worker`: the worker threads, each running every operator of the
+//!   chain for its keys.
+//! - `operator`: the [`Operator`] trait a worker drives; the host context
+//!   [`OpCtx`] with one file per WIT interface; Wasm components
+//!   ([`Plugin`], [`WasmOperator`]) and the native baseline
+//!   ([`NativeCounter`]).
+//! - `state`: one key's state ([`Entity`]) and the redb state directory
+//!   ([`Store`]).
+//! - `checkpoint`: the committer thread: one redb transaction per
+//!   checkpoint.
+//! - `sink`: output and dead-letter files.
+//! - `swap`: operator versions and hot swap ([`Controller`] prepares,
+//!   the coordinator switches at a barrier).
+//! - [`control`]: the owner-only control socket (`eddy status`, `swap`,
+//!   `rollback`): its protocol, server and client.
+//! - `stats`: the counters `eddy status` shows.
+//! - `pipeline`: a running pipeline: [`start`] returns a [`Running`]
+//!   handle that owns every thread; [`run`] runs one to the end.
+//!
+//! Module dependencies go one way (a type two modules share lives below
+//! both); the `module_graph` test checks it and prints the listing.
+//!
+//! Not yet in their own crates: the `eddy` command line ([`cli`]), `eddy
+//! build` ([`build`]) and the benchmarks ([`mod@bench`], [`bench_swap`],
+//! [`bench_langs`]), which use only the API below.
+#![deny(missing_docs)]
+
+mod checkpoint;
+mod config;
+pub mod control;
+mod operator;
+mod pipeline;
+mod route;
+mod sink;
+mod source;
+mod state;
+mod stats;
+mod swap;
+mod worker;
+
+#[cfg(test)]
+mod module_graph;
+
 pub mod bench;
 pub mod bench_langs;
 pub mod bench_swap;
-pub mod bindings;
 pub mod build;
 pub mod build_c;
-pub mod cache;
 pub mod cli;
-pub mod control;
-pub mod decode;
-pub mod host;
-pub mod io;
-pub mod native;
-pub mod operator;
-pub mod pipeline;
-pub mod runner;
-pub mod state;
-pub mod store;
-pub mod swap;
-pub mod wasm;
-pub mod worker;
+
+pub use config::{
+    default_workers, Input, Limits, OperatorSpec, Output, Overrides, Pipeline, PipelineError,
+};
+pub use operator::{
+    cap_reason, engine, engine_with, load_operators, Cache, CacheError, Compiled, Emits, EventRef,
+    HandleError, HostError, InitError, Loaded, NativeCounter, NativeFactory, OpCtx, Operator,
+    OperatorKind, Plugin, PluginError, RunError, StartError, WasmOperator, CONTRACT,
+};
+pub use pipeline::{run, run_notify, start, OperatorSummary, Running, Shutdown, Started, Summary};
+pub use route::{key_group, route, KEY_GROUPS};
+pub use source::{decode, read_lines, Chunk, DecodeError, Decoded, End, Follow, ReadError};
+pub use state::{
+    component_hash, Checkpoint, CorruptRecord, Entity, Reader, SourcePos, StateWrite, Store,
+    StoreError, MAX_COMPONENT_BYTES,
+};
+pub use stats::{OpStats, SwapPause, WorkerLive};
+pub use swap::{Controller, NotDurable, Refused, ResolveError, SwapReport, Version, Versions};
+
+/// Test hooks (see [`testing::fail_restarts`]).
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::operator::wasm::testing::fail_restarts;
+}

@@ -188,8 +188,8 @@ fn unusable_state_directories_are_refused_with_the_reason() {
 /// targets for long runs).
 #[test]
 fn random_input_never_panics_the_decoder_or_the_pipeline_parser() {
-    use eddy_runtime::decode::decode;
-    use eddy_runtime::pipeline::{Overrides, Pipeline};
+    use eddy_runtime::decode;
+    use eddy_runtime::{Overrides, Pipeline};
     let mut rng = Rng(1);
     let seeds: [&[u8]; 4] = [
         br#"{"key":"k1","amount":12.5,"ts":17,"nested":{"a":[1,2,{"b":null}]}}"#,

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use eddy_runtime::pipeline::{Overrides, Pipeline};
+use eddy_runtime::{Overrides, Pipeline};
 
 use crate::util::*;
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use eddy_runtime::control::{self, Request, Response, MAX_CONNECTIONS};
-use eddy_runtime::pipeline::{Overrides, Pipeline};
+use eddy_runtime::{Overrides, Pipeline};
 use eddy_tests::*;
 
 use crate::swap::{feed, Running};

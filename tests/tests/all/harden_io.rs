@@ -270,7 +270,7 @@ fn dev_null_is_a_valid_output() {
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, format!("{text}not json\n")).unwrap();
     let mut p = pipeline(dir.path(), &input, &[("counter", eddy_tests::COUNTER)], 2);
-    p.output = eddy_runtime::pipeline::Output::File("/dev/null".into());
+    p.output = eddy_runtime::Output::File("/dev/null".into());
     p.dead_letter = "/dev/null".into();
     let s = run(&p);
     assert_eq!((s.lines, s.bad_lines), (2_001, 1));
@@ -320,7 +320,7 @@ fn a_fifo_output_gets_every_line() {
         })
     };
     let mut p = pipeline(dir.path(), &input, &[("counter", eddy_tests::COUNTER)], 2);
-    p.output = eddy_runtime::pipeline::Output::File(fifo);
+    p.output = eddy_runtime::Output::File(fifo);
     let s = run(&p);
     assert_eq!(s.lines, 5_000);
     let got = reader.join().unwrap();

@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use eddy_runtime::runner::{self, Shutdown};
-use eddy_runtime::wasm;
+use eddy_runtime::{engine, load_operators, Shutdown};
 
 use crate::util::*;
 
@@ -46,7 +45,7 @@ fn a_replacement_that_fails_to_start_costs_events_not_the_pipeline() {
     // Nothing is committed before the end: the state cache of the worker
     // whose instance failed holds every write.
     p.checkpoint_interval = Duration::from_secs(600);
-    wasm::testing::fail_restarts(name, 2);
+    eddy_runtime::testing::fail_restarts(name, 2);
     let s = run(&p);
 
     let dead = read_jsonl(&p.dead_letter);
@@ -98,10 +97,10 @@ fn a_replacement_that_never_starts_stops_the_pipeline_cleanly() {
     std::fs::write(&input, text).unwrap();
     let name = "faulty-stuck";
     let p = pipeline(dir.path(), &input, &[(name, eddy_tests::FAULTY)], 1);
-    wasm::testing::fail_restarts(name, u32::MAX);
-    let engine = wasm::engine().unwrap();
-    let ops = runner::load_operators(&engine, &p).unwrap();
-    let err = runner::run(&p, ops, &Shutdown::new()).unwrap_err();
+    eddy_runtime::testing::fail_restarts(name, u32::MAX);
+    let engine = engine().unwrap();
+    let ops = load_operators(&engine, &p).unwrap();
+    let err = eddy_runtime::run(&p, ops, &Shutdown::new()).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("operator `faulty-stuck`"), "{msg}");
     assert!(
@@ -123,7 +122,7 @@ fn a_replacement_that_never_starts_stops_the_pipeline_cleanly() {
 }
 
 /// Dead letters by input line.
-fn dead_by_line(p: &eddy_runtime::pipeline::Pipeline) -> BTreeMap<u64, String> {
+fn dead_by_line(p: &eddy_runtime::Pipeline) -> BTreeMap<u64, String> {
     read_jsonl(&p.dead_letter)
         .into_iter()
         .map(|d| {
@@ -137,7 +136,7 @@ fn dead_by_line(p: &eddy_runtime::pipeline::Pipeline) -> BTreeMap<u64, String> {
 
 /// Every stored record of `operator`: key -> record length.
 fn record_lengths(state_dir: &std::path::Path, operator: &str) -> BTreeMap<String, usize> {
-    let store = eddy_runtime::store::Store::open(state_dir).unwrap();
+    let store = eddy_runtime::Store::open(state_dir).unwrap();
     store
         .scan(operator)
         .unwrap()

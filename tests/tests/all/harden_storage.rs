@@ -8,10 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use eddy_runtime::cache::Cache;
-use eddy_runtime::store::{component_hash, Checkpoint, Store};
-use eddy_runtime::swap::{Version, Versions};
-use eddy_runtime::wasm::{self, Plugin};
+use eddy_runtime::{component_hash, engine, Cache, Checkpoint, Plugin, Store, Version, Versions};
 use eddy_tests::*;
 use redb::ReadableTable;
 
@@ -88,7 +85,7 @@ fn a_planted_compile_cache_entry_in_a_directory_another_user_can_write_never_run
 
     // The entry name eddy uses for the counter: the test computes it the
     // way an attacker can, and checks that eddy stores the counter there.
-    let engine = wasm::engine().unwrap();
+    let engine = engine().unwrap();
     let counter = std::fs::read(COUNTER).unwrap();
     let private = d.join("private-cache");
     let o = run_counter(d, &input, &d.join("warm-state"), Some(&private));
@@ -263,8 +260,7 @@ fn a_plugin_path_that_is_a_fifo_a_device_a_directory_or_too_large_is_refused_at_
     let big = d.join("big.wasm");
     let f = std::fs::File::create(&big).unwrap();
     // Sparse: no disk or memory is used unless it is read.
-    f.set_len(eddy_runtime::store::MAX_COMPONENT_BYTES + 1)
-        .unwrap();
+    f.set_len(eddy_runtime::MAX_COMPONENT_BYTES + 1).unwrap();
     drop(f);
     let cases: [(PathBuf, String); 4] = [
         (fifo.clone(), "not a regular file (a FIFO)".into()),
@@ -277,11 +273,11 @@ fn a_plugin_path_that_is_a_fifo_a_device_a_directory_or_too_large_is_refused_at_
             big.clone(),
             format!(
                 "over the limit of {} bytes (512 MiB)",
-                eddy_runtime::store::MAX_COMPONENT_BYTES
+                eddy_runtime::MAX_COMPONENT_BYTES
             ),
         ),
     ];
-    let engine = wasm::engine().unwrap();
+    let engine = engine().unwrap();
     for (path, message) in &cases {
         // In a thread, so a hang fails the test instead of stalling it.
         let (tx, rx) = std::sync::mpsc::channel();

@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use eddy_runtime::build::{self, Lang};
-use eddy_runtime::pipeline::Pipeline;
-use eddy_runtime::store::Store;
+use eddy_runtime::{Pipeline, Store};
 use eddy_tests::{COUNTER, FRAUD};
 
 use crate::swap::{assert_split, feed, Running};

@@ -1,7 +1,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use eddy_runtime::runner::Shutdown;
+use eddy_runtime::Shutdown;
 
 use crate::util::*;
 

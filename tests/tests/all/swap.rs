@@ -8,11 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use eddy_runtime::control::Status;
 use eddy_runtime::control::{self, Request, Response};
-use eddy_runtime::pipeline::Pipeline;
-use eddy_runtime::runner::{self, Shutdown, Summary};
-use eddy_runtime::swap::{Status, SwapReport};
-use eddy_runtime::wasm;
+use eddy_runtime::{engine, load_operators, run_notify, Pipeline, Shutdown, Summary, SwapReport};
 use eddy_tests::*;
 
 use crate::util::*;
@@ -31,9 +29,9 @@ impl Running {
         let (tx, rx) = std::sync::mpsc::channel();
         let s = shutdown.clone();
         let thread = std::thread::spawn(move || {
-            let engine = wasm::engine().unwrap();
-            let ops = runner::load_operators(&engine, &p).unwrap();
-            runner::run_notify(&p, ops, &s, |started| {
+            let engine = engine().unwrap();
+            let ops = load_operators(&engine, &p).unwrap();
+            run_notify(&p, ops, &s, |started| {
                 tx.send(started.control.clone().unwrap()).unwrap();
             })
             .unwrap()

@@ -2,11 +2,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use eddy_runtime::pipeline::{Input, OperatorSpec, Output, Pipeline};
-use eddy_runtime::runner::{self, Shutdown, Summary};
-use eddy_runtime::state::Entity;
-use eddy_runtime::store::Store;
-use eddy_runtime::wasm;
+use eddy_runtime::{
+    engine, load_operators, Entity, Input, OperatorSpec, Output, Pipeline, Shutdown, Store, Summary,
+};
 
 /// A pipeline over `input` with one operator per `(name, component)`,
 /// writing to `dir/out.jsonl` with state in `dir/state`.
@@ -46,9 +44,9 @@ pub fn run(p: &Pipeline) -> Summary {
 
 /// Like [`run`], stoppable through `shutdown`.
 pub fn run_with(p: &Pipeline, shutdown: &Shutdown) -> Summary {
-    let engine = wasm::engine().unwrap();
-    let ops = runner::load_operators(&engine, p).unwrap();
-    runner::run(p, ops, shutdown).unwrap()
+    let engine = engine().unwrap();
+    let ops = load_operators(&engine, p).unwrap();
+    eddy_runtime::run(p, ops, shutdown).unwrap()
 }
 
 /// JSON lines of a file.

@@ -1,0 +1,499 @@
+//! The pipeline description: a TOML file, command-line flags, or both
+//! (flags override the file).
+//!
+//! ```toml
+//! workers = 2                      # default: number of cores
+//!
+//! control = true                   # serve the owner-only control socket STATE/control.sock
+//! watch = false                    # swap an operator when its component file changes
+//!
+//! [source]
+//! path = "events.jsonl"            # "-" for stdin
+//! follow = false                   # keep reading the file as it grows (tail -f)
+//! key = "key"                      # field holding the routing key
+//! time = "ts"                      # optional field holding the event time
+//!
+//! [[operator]]                     # one table per operator, in chain order
+//! name = "counter"
+//! component = "counter.wasm"
+//! config = { field = "amount" }    # handed to the operator's init as JSON
+//! # Limits (defaults shown); an event that breaks one is dead-lettered with
+//! # an error naming the field, and none of its writes or emits take effect.
+//! max_state_value_bytes = 1048576  # one state value, map value or list item
+//! max_emit_bytes = 1048576         # one emitted payload
+//! max_call_ms = 1000               # CPU time of one call into the operator
+//! max_memory_bytes = 268435456     # the instance's memory; also what the host
+//!                                  # holds for one event (emits, replaced state)
+//! max_name_bytes = 4096            # one state name or map field
+//! max_emit_key_bytes = 4096        # one emitted key
+//! max_emit_bytes_per_event = 16777216  # all keys and payloads one event emits
+//! max_key_state_bytes = 67108864   # all state of one key, as stored
+//! max_reason_bytes = 16384         # longer error reasons are truncated, with
+//!                                  # a note of how many bytes were cut
+//!
+//! [sink]
+//! path = "-"                       # "-" for stdout
+//! dead_letter = "dead-letter.jsonl"
+//!
+//! [state]
+//! dir = "eddy-data"
+//! checkpoint_interval_ms = 1000
+//! checkpoint_events = 0            # 0: by time only
+//! verify_on_open = false           # check every page of state.redb at start
+//! ```
+//!
+//! Relative paths in a pipeline file are relative to the file's directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+mod files;
+mod limits;
+#[cfg(test)]
+mod tests;
+
+pub use limits::Limits;
+
+/// File of the state directory that is the control socket of the pipeline
+/// running on it (see [`crate::control`]).
+pub const SOCKET_FILE: &str = "control.sock";
+
+/// Where events come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Standard input.
+    Stdin,
+    /// A file (or a FIFO, a device).
+    File(PathBuf),
+}
+
+/// Where emitted events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Standard output.
+    Stdout,
+    /// A file (or a FIFO, a device).
+    File(PathBuf),
+}
+
+impl Input {
+    /// `-` is stdin, anything else a file path.
+    pub fn parse(s: &str) -> Input {
+        if s == "-" {
+            Input::Stdin
+        } else {
+            Input::File(PathBuf::from(s))
+        }
+    }
+}
+
+impl Output {
+    /// `-` is stdout, anything else a file path.
+    pub fn parse(s: &str) -> Output {
+        if s == "-" {
+            Output::Stdout
+        } else {
+            Output::File(PathBuf::from(s))
+        }
+    }
+}
+
+/// One operator of the chain.
+#[derive(Debug, Clone)]
+pub struct OperatorSpec {
+    /// Unique name: the operator's state name space.
+    pub name: String,
+    /// Path of the component.
+    pub component: PathBuf,
+    /// Config handed to `init`, as JSON.
+    pub config: serde_json::Value,
+    /// Host-enforced limits.
+    pub limits: Limits,
+}
+
+/// A complete pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// Where events come from.
+    pub input: Input,
+    /// Field holding the routing key.
+    pub key_field: String,
+    /// Field holding the event time (an integer), if any.
+    pub time_field: Option<String>,
+    /// Longer lines are dead-lettered without being parsed.
+    pub max_line_bytes: usize,
+    /// The operator chain, in order.
+    pub operators: Vec<OperatorSpec>,
+    /// Where emitted events go.
+    pub output: Output,
+    /// Dead-letter file; default `<state dir>/dead-letter.jsonl`.
+    pub dead_letter: PathBuf,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// Number of worker threads.
+    pub workers: usize,
+    /// Checkpoint at least this often.
+    pub checkpoint_interval: Duration,
+    /// Also checkpoint after this many input events (`None`: by time only).
+    pub checkpoint_events: Option<u64>,
+    /// Keep reading a file input as it grows, until stopped.
+    pub follow: bool,
+    /// Swap an operator when its component file changes.
+    pub watch: bool,
+    /// Serve the control socket (`<state dir>/control.sock`, see
+    /// [`crate::control`]).
+    pub control: bool,
+    /// Check every page of the state database when it opens (see
+    /// [`crate::state::Store::open_verified`]).
+    pub verify_state: bool,
+}
+
+/// The pipeline file's `control` setting: `true` or `false`. An address
+/// (what older versions took) is refused with an explanation.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ControlSetting {
+    On(bool),
+    Address(String),
+}
+
+/// A pipeline file that cannot be used.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error("pipeline file {path}: {error}")]
+    /// The file could not be read.
+    Read {
+        /// The file it names.
+        path: PathBuf,
+        /// The underlying error.
+        error: std::io::Error,
+    },
+    #[error("pipeline file {path}: {message}")]
+    /// The file is not a valid pipeline file.
+    Parse {
+        /// The file it names.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    #[error("{0}")]
+    /// A setting is invalid (the message says which).
+    Invalid(String),
+    /// Two of input, output and dead-letter file are one file.
+    #[error(
+        "the {what} file {} is the {other_what} file (same file as {}): {why}",
+        .path.display(),
+        .other.display()
+    )]
+    SameFile {
+        /// `output` or `dead-letter`.
+        what: &'static str,
+        /// The file it names.
+        path: PathBuf,
+        /// `input` or `dead-letter`.
+        other_what: &'static str,
+        /// The other file.
+        other: PathBuf,
+        /// What would go wrong, and what to do.
+        why: &'static str,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    workers: Option<usize>,
+    control: Option<ControlSetting>,
+    watch: Option<bool>,
+    #[serde(default)]
+    source: SourceTable,
+    #[serde(default, rename = "operator")]
+    operators: Vec<OperatorTable>,
+    #[serde(default)]
+    sink: SinkTable,
+    #[serde(default)]
+    state: StateTable,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceTable {
+    path: Option<String>,
+    follow: Option<bool>,
+    key: Option<String>,
+    time: Option<String>,
+    max_line_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperatorTable {
+    name: String,
+    component: String,
+    #[serde(default)]
+    config: Option<toml::Table>,
+    max_state_value_bytes: Option<usize>,
+    max_emit_bytes: Option<usize>,
+    max_call_ms: Option<u64>,
+    max_memory_bytes: Option<usize>,
+    max_name_bytes: Option<usize>,
+    max_emit_key_bytes: Option<usize>,
+    max_emit_bytes_per_event: Option<usize>,
+    max_key_state_bytes: Option<usize>,
+    max_reason_bytes: Option<usize>,
+}
+
+impl OperatorTable {
+    /// The table's limits, defaults for those it does not set.
+    fn limits(&self) -> Limits {
+        let d = Limits::default();
+        Limits {
+            max_state_value: self.max_state_value_bytes.unwrap_or(d.max_state_value),
+            max_emit: self.max_emit_bytes.unwrap_or(d.max_emit),
+            max_call_ms: self.max_call_ms.unwrap_or(d.max_call_ms),
+            max_memory: self.max_memory_bytes.unwrap_or(d.max_memory),
+            max_name: self.max_name_bytes.unwrap_or(d.max_name),
+            max_emit_key: self.max_emit_key_bytes.unwrap_or(d.max_emit_key),
+            max_emit_per_event: self
+                .max_emit_bytes_per_event
+                .unwrap_or(d.max_emit_per_event),
+            max_key_state: self.max_key_state_bytes.unwrap_or(d.max_key_state),
+            max_reason: self.max_reason_bytes.unwrap_or(d.max_reason),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinkTable {
+    path: Option<String>,
+    dead_letter: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateTable {
+    dir: Option<String>,
+    checkpoint_interval_ms: Option<u64>,
+    checkpoint_events: Option<u64>,
+    verify_on_open: Option<bool>,
+}
+
+/// Everything that can be given on the command line; `None` keeps the
+/// file's value (or the default).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--plugin NAME=PATH`: replaces the file's operator chain.
+    pub plugins: Vec<(String, PathBuf)>,
+    /// Where events come from.
+    pub input: Option<String>,
+    /// Where emitted events go.
+    pub output: Option<String>,
+    /// `--dead-letter`.
+    pub dead_letter: Option<PathBuf>,
+    /// The state directory.
+    pub state_dir: Option<PathBuf>,
+    /// Number of worker threads.
+    pub workers: Option<usize>,
+    /// `--key`.
+    pub key_field: Option<String>,
+    /// `--time`.
+    pub time_field: Option<String>,
+    /// `--checkpoint-interval-ms`.
+    pub checkpoint_interval_ms: Option<u64>,
+    /// `--checkpoint-events`.
+    pub checkpoint_events: Option<u64>,
+    /// `--follow`.
+    pub follow: bool,
+    /// `--watch`.
+    pub watch: bool,
+    /// `--no-control`.
+    pub no_control: bool,
+    /// `--verify-state`.
+    pub verify_state: bool,
+}
+
+/// Default number of workers: the number of cores.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+impl Pipeline {
+    /// Builds a pipeline from an optional file and command-line overrides.
+    pub fn load(file: Option<&Path>, o: Overrides) -> Result<Pipeline, PipelineError> {
+        match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|error| PipelineError::Read {
+                    path: path.to_path_buf(),
+                    error,
+                })?;
+                Self::from_toml(&text, path, o)
+            }
+            None => Self::build(File::default(), PathBuf::new(), o),
+        }
+    }
+
+    /// Parses pipeline-file `text`, named `path` in errors; relative paths
+    /// in it resolve against `path`'s directory.
+    pub fn from_toml(text: &str, path: &Path, o: Overrides) -> Result<Pipeline, PipelineError> {
+        let f: File = toml::from_str(text).map_err(|e| PipelineError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::build(
+            f,
+            path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            o,
+        )
+    }
+
+    fn build(f: File, base: PathBuf, o: Overrides) -> Result<Pipeline, PipelineError> {
+        let rel = |s: &str| -> PathBuf {
+            let p = PathBuf::from(s);
+            if p.is_absolute() || s == "-" {
+                p
+            } else {
+                base.join(p)
+            }
+        };
+
+        let mut operators = Vec::new();
+        if o.plugins.is_empty() {
+            for t in &f.operators {
+                let config = match &t.config {
+                    Some(table) => serde_json::to_value(table).map_err(|e| {
+                        PipelineError::Invalid(format!("operator `{}`: config: {e}", t.name))
+                    })?,
+                    None => serde_json::json!({}),
+                };
+                operators.push(OperatorSpec {
+                    name: t.name.clone(),
+                    component: rel(&t.component),
+                    config,
+                    limits: t.limits(),
+                });
+            }
+        } else {
+            // `--plugin` replaces the file's chain; a same-named operator of
+            // the file keeps its config and limits.
+            for (name, path) in &o.plugins {
+                let from_file = f.operators.iter().find(|t| &t.name == name);
+                let config = match from_file.and_then(|t| t.config.as_ref()) {
+                    Some(table) => serde_json::to_value(table).map_err(|e| {
+                        PipelineError::Invalid(format!("operator `{name}`: config: {e}"))
+                    })?,
+                    None => serde_json::json!({}),
+                };
+                operators.push(OperatorSpec {
+                    name: name.clone(),
+                    component: path.clone(),
+                    config,
+                    limits: from_file.map(OperatorTable::limits).unwrap_or_default(),
+                });
+            }
+        }
+        if operators.is_empty() {
+            return Err(PipelineError::Invalid(
+                "no operator: give --plugin NAME=PATH.wasm or [[operator]] tables in a pipeline file".into(),
+            ));
+        }
+        for (i, op) in operators.iter().enumerate() {
+            if op.name.is_empty()
+                || !op
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(PipelineError::Invalid(format!(
+                    "operator name `{}` must be non-empty letters, digits, `-` or `_`",
+                    op.name
+                )));
+            }
+            if operators[..i].iter().any(|p| p.name == op.name) {
+                return Err(PipelineError::Invalid(format!(
+                    "operator name `{}` is used twice",
+                    op.name
+                )));
+            }
+        }
+
+        let input = match (&o.input, &f.source.path) {
+            (Some(s), _) => Input::parse(s),
+            (None, Some(s)) => Input::parse(rel(s).to_str().unwrap_or(s)),
+            (None, None) => Input::Stdin,
+        };
+        let output = match (&o.output, &f.sink.path) {
+            (Some(s), _) => Output::parse(s),
+            (None, Some(s)) => Output::parse(rel(s).to_str().unwrap_or(s)),
+            (None, None) => Output::Stdout,
+        };
+        let state_dir = o
+            .state_dir
+            .clone()
+            .or_else(|| f.state.dir.as_deref().map(rel))
+            .unwrap_or_else(|| PathBuf::from("eddy-data"));
+        let dead_letter = o
+            .dead_letter
+            .clone()
+            .or_else(|| f.sink.dead_letter.as_deref().map(rel))
+            .unwrap_or_else(|| state_dir.join("dead-letter.jsonl"));
+        let workers = o.workers.or(f.workers).unwrap_or_else(default_workers);
+        if workers == 0 || workers > 1024 {
+            return Err(PipelineError::Invalid(format!(
+                "workers must be between 1 and 1024, not {workers}"
+            )));
+        }
+        let interval = o
+            .checkpoint_interval_ms
+            .or(f.state.checkpoint_interval_ms)
+            .unwrap_or(1000);
+        if interval == 0 {
+            return Err(PipelineError::Invalid(
+                "checkpoint_interval_ms must be at least 1".into(),
+            ));
+        }
+        let events = o
+            .checkpoint_events
+            .or(f.state.checkpoint_events)
+            .filter(|&n| n > 0);
+        let follow = o.follow || f.source.follow.unwrap_or(false);
+        if follow && input == Input::Stdin {
+            return Err(PipelineError::Invalid(
+                "follow needs a file input: stdin is read until it ends anyway".into(),
+            ));
+        }
+        let control = match f.control {
+            _ if o.no_control => false,
+            None => true,
+            Some(ControlSetting::On(on)) => on,
+            Some(ControlSetting::Address(addr)) => {
+                return Err(PipelineError::Invalid(format!(
+                    "control = \"{addr}\": the control endpoint is no longer a network address (any local user could reach it); it is the Unix socket STATE/{} that only the pipeline's owner may use. Write `control = true` (the default) or `control = false`",
+                    SOCKET_FILE
+                )))
+            }
+        };
+        Ok(Pipeline {
+            follow,
+            watch: o.watch || f.watch.unwrap_or(false),
+            control,
+            verify_state: o.verify_state || f.state.verify_on_open.unwrap_or(false),
+            input,
+            key_field: o.key_field.or(f.source.key).unwrap_or_else(|| "key".into()),
+            time_field: o.time_field.or(f.source.time),
+            max_line_bytes: f.source.max_line_bytes.unwrap_or(1 << 20),
+            operators,
+            output,
+            dead_letter,
+            state_dir,
+            workers,
+            checkpoint_interval: Duration::from_millis(interval),
+            checkpoint_events: events,
+        })
+    }
+}

@@ -1,0 +1,96 @@
+//! Unit tests of the pipeline file.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Pipeline, PipelineError> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.toml");
+    std::fs::write(&p, text).unwrap();
+    Pipeline::load(Some(&p), Overrides::default())
+}
+
+#[test]
+fn file_paths_are_relative_to_the_file_and_defaults_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.toml");
+    std::fs::write(&p, "[source]\npath = \"in.jsonl\"\n[[operator]]\nname = \"c\"\ncomponent = \"c.wasm\"\nconfig = { field = \"x\" }\n").unwrap();
+    let pl = Pipeline::load(Some(&p), Overrides::default()).unwrap();
+    assert_eq!(pl.input, Input::File(dir.path().join("in.jsonl")));
+    assert_eq!(pl.operators[0].component, dir.path().join("c.wasm"));
+    assert_eq!(pl.operators[0].config, serde_json::json!({"field": "x"}));
+    assert_eq!(pl.output, Output::Stdout);
+    assert_eq!(pl.key_field, "key");
+    assert_eq!(pl.state_dir, PathBuf::from("eddy-data"));
+}
+
+#[test]
+fn bad_files_name_the_field_and_line() {
+    let e = parse("[source]\npath = \"x\"\nkye = \"k\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("line 3") && e.contains("unknown field `kye`"),
+        "{e}"
+    );
+    let e = parse("workers = \"two\"\n").unwrap_err().to_string();
+    assert!(e.contains("line 1") && e.contains("workers"), "{e}");
+    let e = parse("[source]\n").unwrap_err().to_string();
+    assert!(e.contains("no operator"), "{e}");
+    let e = parse(
+        "[[operator]]\nname=\"a\"\ncomponent=\"x\"\n[[operator]]\nname=\"a\"\ncomponent=\"y\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.to_string(), "operator name `a` is used twice");
+}
+
+#[test]
+fn the_same_file_twice_is_refused_devices_may_be_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("in.jsonl"), "x\n").unwrap();
+    std::os::unix::fs::symlink(d.join("in.jsonl"), d.join("link")).unwrap();
+    std::os::unix::fs::symlink(d.join("new.jsonl"), d.join("dangling")).unwrap();
+    let check = |input: &str, output: &str, dead: &str| {
+        let o = Overrides {
+            plugins: vec![("c".into(), "c.wasm".into())],
+            input: Some(d.join(input).to_str().unwrap().into()),
+            output: Some(if output == "-" {
+                "-".into()
+            } else {
+                d.join(output).to_str().unwrap().into()
+            }),
+            dead_letter: Some(d.join(dead)),
+            no_control: true,
+            ..Overrides::default()
+        };
+        Pipeline::load(None, o)
+            .unwrap()
+            .check_files()
+            .map_err(|e| e.to_string())
+    };
+    assert!(check("in.jsonl", "out.jsonl", "dead.jsonl").is_ok());
+    let e = check("in.jsonl", "link", "dead.jsonl").unwrap_err();
+    assert!(
+        e.contains("the output file") && e.contains("is the input file"),
+        "{e}"
+    );
+    let e = check("in.jsonl", "x/../in.jsonl", "dead.jsonl").unwrap_err();
+    assert!(e.contains("is the input file"), "{e}");
+    let e = check("in.jsonl", "-", "./in.jsonl").unwrap_err();
+    assert!(
+        e.contains("the dead-letter file") && e.contains("--dead-letter"),
+        "{e}"
+    );
+    // Files that do not exist yet, by path.
+    let e = check("in.jsonl", "new.jsonl", "y/./../new.jsonl").unwrap_err();
+    assert!(e.contains("is the dead-letter file"), "{e}");
+    // A dangling link is its target.
+    let e = check("in.jsonl", "dangling", "new.jsonl").unwrap_err();
+    assert!(e.contains("is the dead-letter file"), "{e}");
+    assert!(!d.join("new.jsonl").exists() && !d.join("x").exists());
+    // A path that cannot be looked at is left to fail where it is
+    // opened, with its own message.
+    assert!(check("in.jsonl", "out.jsonl", "in.jsonl/dead.jsonl").is_ok());
+    // Devices are not destroyed by sharing.
+    assert!(check("in.jsonl", "/dev/null", "/dev/null").is_ok());
+}

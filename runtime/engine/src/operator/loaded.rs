@@ -1,0 +1,103 @@
+//! [`Loaded`]: an operator of the pipeline, compiled once and ready to be
+//! instantiated on each worker.
+
+use std::sync::Arc;
+
+use super::wasm::{Compiled, InitError, Plugin, PluginError};
+use super::{OpCtx, Operator};
+use crate::config::{Limits, Pipeline};
+use crate::state::{Reader, StoreError};
+
+/// Builds a native operator for a worker.
+pub type NativeFactory = Arc<dyn Fn(OpCtx) -> Box<dyn Operator> + Send + Sync>;
+
+/// How to make an operator's instances.
+#[derive(Clone)]
+pub enum OperatorKind {
+    /// A component, compiled once, instantiated per worker.
+    Wasm(Arc<Plugin>),
+    /// Native Rust code (the benchmark baseline).
+    Native(NativeFactory),
+}
+
+/// An operator ready to be instantiated on each worker.
+#[derive(Clone)]
+pub struct Loaded {
+    /// The operator's name: its state name space.
+    pub name: Arc<str>,
+    /// How to make its instances.
+    pub kind: OperatorKind,
+    /// Config JSON text for `init`.
+    pub config: String,
+    /// What the host allows it.
+    pub limits: Limits,
+    /// Generation of the version that runs (set from the state directory
+    /// when the pipeline starts; see [`crate::swap::resolve`]).
+    pub generation: u32,
+    /// Content hash of each generation, for `migrate`.
+    pub history: Arc<Vec<String>>,
+}
+
+/// Why an operator could not be instantiated on a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state directory could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The instance could not be made or refused its config.
+    #[error(transparent)]
+    Init(#[from] InitError),
+}
+
+impl Loaded {
+    /// One instance for a worker, loading uncached keys from `reader`.
+    pub fn instantiate(&self, reader: Option<Reader>) -> Result<Box<dyn Operator>, StartError> {
+        let mut ctx = OpCtx::new(self.name.clone(), reader, self.limits);
+        ctx.set_generation(self.generation);
+        Ok(match &self.kind {
+            OperatorKind::Wasm(plugin) => {
+                let mut inst = plugin.instantiate(ctx, &self.config)?;
+                inst.set_history(self.history.clone());
+                Box::new(inst)
+            }
+            OperatorKind::Native(f) => f(ctx),
+        })
+    }
+}
+
+/// Compiles every operator of the pipeline (once, shared by all workers).
+pub fn load_operators(engine: &wasmtime::Engine, p: &Pipeline) -> Result<Vec<Loaded>, PluginError> {
+    p.operators
+        .iter()
+        .map(|spec| {
+            let t = std::time::Instant::now();
+            let plugin = Plugin::load(engine, &spec.component)?;
+            let took = t.elapsed();
+            let (how, slow) = match plugin.compiled() {
+                Compiled::Cached => ("loaded from the compile cache", false),
+                Compiled::Fresh => ("compiled", took.as_secs() >= 1),
+            };
+            let msg = format!(
+                "operator `{}`: {} ({} bytes) {how} in {:.0} ms",
+                spec.name,
+                spec.component.display(),
+                plugin.bytes().len(),
+                took.as_secs_f64() * 1e3
+            );
+            // A slow compile is worth a line (the next start uses the cache).
+            if slow {
+                tracing::info!("{msg}; later starts load it from the compile cache");
+            } else {
+                tracing::debug!("{msg}");
+            }
+            Ok(Loaded {
+                name: spec.name.as_str().into(),
+                kind: OperatorKind::Wasm(Arc::new(plugin)),
+                config: spec.config.to_string(),
+                limits: spec.limits,
+                generation: 0,
+                history: Arc::default(),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,159 @@
+//! What a worker runs: an [`Operator`] handles one event at a time against
+//! its [`OpCtx`]. Wasm components ([`WasmOperator`]) and native Rust
+//! operators ([`NativeCounter`]) implement it the same way.
+//!
+//! # Layout
+//!
+//! - [`host`]: [`OpCtx`], the host context (state cache, limits, the event
+//!   bracket) with the WIT imports implemented on it, one file per
+//!   interface.
+//! - [`wasm`]: components compiled once ([`Plugin`]) and instantiated per
+//!   worker ([`WasmOperator`]).
+//! - [`native`]: the native baseline operator.
+//! - [`loaded`]: [`Loaded`], an operator of the pipeline ready to be
+//!   instantiated on each worker.
+//! - here: the [`Operator`] trait a worker drives.
+
+use thiserror::Error;
+
+use crate::state::StoreError;
+
+pub(crate) mod host;
+mod loaded;
+mod native;
+pub(crate) mod wasm;
+
+pub use host::{cap_reason, Emits, HostError, OpCtx};
+pub use loaded::{load_operators, Loaded, NativeFactory, OperatorKind, StartError};
+pub use native::NativeCounter;
+pub use wasm::{
+    engine, engine_with, Cache, CacheError, Compiled, InitError, Plugin, PluginError, WasmOperator,
+    CONTRACT,
+};
+
+/// Called by [`Operator::handle_many`] as each event completes: its index,
+/// its outcome, and what it emitted (to be drained).
+pub type Done<'a> = dyn FnMut(usize, Result<(), HandleError>, &mut Emits) + 'a;
+
+/// An event as handed to an operator (borrowed from the worker's batch).
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a> {
+    /// The key it was routed by.
+    pub key: &'a str,
+    /// Its payload.
+    pub value: &'a [u8],
+    /// Its event time, when the pipeline names a time field.
+    pub time: Option<i64>,
+    /// Input line the event derives from: with the key and the operator,
+    /// it seeds the operator's random numbers for this event.
+    pub line: u64,
+}
+
+/// Why an event was not handled. The event goes to the dead-letter output
+/// with this text; its state writes and emits are discarded.
+#[derive(Debug, Error)]
+pub enum HandleError {
+    /// The operator returned `err(reason)`.
+    #[error("operator returned an error: {0}")]
+    Failed(String),
+    /// The operator trapped (the instance is replaced before the next event).
+    #[error("operator trapped: {0}")]
+    Trap(String),
+    /// No instance could be started to handle the event (the last
+    /// replacement's instantiation or `init` failed).
+    #[error("operator unavailable: {0}")]
+    Unavailable(String),
+    /// The host refused what the operator did: a limit it broke (named),
+    /// or a call it may not make.
+    #[error("refused by the host: {0}")]
+    Refused(String),
+}
+
+/// Why a worker cannot go on: the pipeline stops, and state since the last
+/// checkpoint is not committed (a restart resumes from that checkpoint).
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// The state directory could not be read (a damaged record, say).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An operator has no instance and cannot start one.
+    #[error("{0}")]
+    Stopped(String),
+}
+
+/// A running operator instance on one worker.
+pub trait Operator: Send {
+    /// The host context: state cache and emit buffer.
+    fn ctx(&mut self) -> &mut OpCtx;
+
+    /// Which version of the operator runs (a component's content hash),
+    /// recorded in dead letters.
+    fn version(&self) -> &str {
+        "native"
+    }
+
+    /// Readies `key` before one of its events is handled, outside the event
+    /// (a Wasm operator migrates state written by another version here). An
+    /// `Err` fails the event without handling it.
+    fn prepare(&mut self, key: &str) -> Result<Result<(), HandleError>, StoreError> {
+        let _ = key;
+        Ok(Ok(()))
+    }
+
+    /// [`Operator::prepare`] on the event path, where an operator may also
+    /// give up for good (a Wasm operator whose replacement instances keep
+    /// failing to start), which stops the pipeline.
+    fn ready(&mut self, key: &str) -> Result<Result<(), HandleError>, RunError> {
+        Ok(self.prepare(key)?)
+    }
+
+    /// Handles one event; state calls act on `event.key` (the worker has
+    /// called [`OpCtx::begin`] for it).
+    fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError>;
+
+    /// Handles `events` in order, calling `done(i, result, emitted)` for
+    /// each as it completes (`emitted` is drained by the callee's caller).
+    /// Operators with a batched fast path override this; the default runs
+    /// [`Operator::handle`] per event.
+    fn handle_many(
+        &mut self,
+        events: &[EventRef<'_>],
+        done: &mut Done<'_>,
+    ) -> Result<(), RunError> {
+        handle_each(self, events, 0, done)
+    }
+}
+
+/// Handles `events[from..]` one by one with [`Operator::handle`].
+pub fn handle_each<O: Operator + ?Sized>(
+    op: &mut O,
+    events: &[EventRef<'_>],
+    from: usize,
+    done: &mut Done<'_>,
+) -> Result<(), RunError> {
+    let mut emitted = Emits::default();
+    // Every key's cache slot first: their memory is fetched in parallel.
+    let mut slots = Vec::with_capacity(events.len().saturating_sub(from));
+    op.ctx().slots(
+        events[from.min(events.len())..].iter().map(|e| e.key),
+        &mut slots,
+    )?;
+    for ((i, e), &slot) in events.iter().enumerate().skip(from).zip(&slots) {
+        if let Err(err) = op.ready(e.key)? {
+            done(i, Err(err), &mut emitted);
+            continue;
+        }
+        op.ctx().begin_slot(slot);
+        let mut r = op.handle(*e);
+        if r.is_ok() {
+            // Limits checked on the event as a whole.
+            if let Err(refused) = op.ctx().check_event() {
+                r = Err(HandleError::Refused(refused.to_string()));
+            }
+        }
+        op.ctx().finish(r.is_ok(), &mut emitted);
+        done(i, r, &mut emitted);
+        emitted.clear();
+    }
+    Ok(())
+}

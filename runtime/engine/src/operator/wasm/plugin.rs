@@ -1,0 +1,231 @@
+//! [`Plugin`]: a component read, compiled (or loaded from the compile
+//! cache) and type-checked against the operator world, once; workers
+//! instantiate it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use thiserror::Error;
+use wasmtime::Engine;
+
+use super::cache::{self, Cache, Compiled};
+use super::engine::linker;
+use super::instance::{new_store, InitError};
+use super::{HostData, WasmOperator};
+use crate::operator::host::OpCtx;
+use crate::operator::wasm::bindings::OperatorPre;
+
+/// The contract version this runtime implements (`wit/world.wit`).
+pub const CONTRACT: &str = "eddy:operator@0.1.0";
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, Error)]
+pub enum PluginError {
+    #[error("plugin {path}: cannot read the file: {error}")]
+    /// The file could not be read.
+    Read {
+        /// The file it names.
+        path: PathBuf,
+        /// The underlying error.
+        error: std::io::Error,
+    },
+    #[error(
+        "plugin {path}: not a WebAssembly file (it does not start with the `\\0asm` magic bytes)"
+    )]
+    /// Not a WebAssembly file.
+    NotWasm {
+        /// The file it names.
+        path: PathBuf,
+    },
+    #[error("plugin {path}: a core WebAssembly module, not a component; build it for the wasm32-wasip2 target (or wrap it with `wasm-tools component new`)")]
+    /// A core module, not a component.
+    CoreModule {
+        /// The file it names.
+        path: PathBuf,
+    },
+    #[error("plugin {path}: invalid component: {reason}")]
+    /// A setting is invalid (the message says which).
+    Invalid {
+        /// The file it names.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    #[error("plugin {path}: built against {found}, but this eddy implements {CONTRACT}")]
+    /// Built against another version of the contract.
+    Version {
+        /// The file it names.
+        path: PathBuf,
+        /// What was found instead.
+        found: String,
+    },
+    #[error("plugin {path}: not an eddy operator (world `{CONTRACT}/operator`): {reason}")]
+    /// Not an operator component.
+    WrongWorld {
+        /// The file it names.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A component compiled and type-checked against the operator world.
+pub struct Plugin {
+    pub(super) path: PathBuf,
+    /// Content hash: the first 16 hex digits of the SHA-256 of the bytes.
+    /// Identifies a version in logs and status, and names its copy in the
+    /// state directory, which is checked against it when read back.
+    pub(super) hash: String,
+    pub(super) engine: Engine,
+    /// The component's bytes, kept in the state directory when it runs.
+    pub(super) bytes: Arc<[u8]>,
+    pub(super) pre: OperatorPre<HostData>,
+    /// The component exports `handle-batch` (the batched fast path).
+    pub(super) batched: bool,
+    /// The component exports `migrate` (the migration hook).
+    pub(super) migrates: bool,
+    /// Compiled now or loaded from the cache.
+    pub(super) compiled: Compiled,
+}
+
+impl Plugin {
+    /// Reads, compiles and type-checks the component at `path`.
+    ///
+    /// Only a regular file is read, at most
+    /// [`MAX_COMPONENT_BYTES`](crate::state::MAX_COMPONENT_BYTES): a FIFO,
+    /// a device or a directory is refused at once (it is opened without
+    /// blocking and checked with `fstat`), never read until it ends.
+    pub fn load(engine: &Engine, path: &Path) -> Result<Plugin, PluginError> {
+        let bytes = crate::state::read_regular_file(path, crate::state::MAX_COMPONENT_BYTES, false)
+            .map_err(|error| PluginError::Read {
+                path: path.to_path_buf(),
+                error,
+            })?;
+        Self::from_bytes(engine, path, &bytes)
+    }
+
+    /// Compiles and type-checks component `bytes` (named `path` in errors).
+    ///
+    /// Compiled code comes from the cache named by the environment
+    /// ([`Cache::from_env`]) when it has this component.
+    pub fn from_bytes(engine: &Engine, path: &Path, bytes: &[u8]) -> Result<Plugin, PluginError> {
+        Self::from_bytes_cached(engine, path, bytes, Cache::from_env().as_ref())
+    }
+
+    /// [`Plugin::from_bytes`] with an explicit cache (`None`: always
+    /// compile).
+    pub fn from_bytes_cached(
+        engine: &Engine,
+        path: &Path,
+        bytes: &[u8],
+        cache: Option<&Cache>,
+    ) -> Result<Plugin, PluginError> {
+        let path = path.to_path_buf();
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(PluginError::NotWasm { path });
+        }
+        // Core modules have version 1 and layer 0; components layer 1.
+        if bytes[4..8] == [1, 0, 0, 0] {
+            return Err(PluginError::CoreModule { path });
+        }
+        use sha2::Digest as _;
+        let digest: [u8; 32] = sha2::Sha256::digest(bytes).into();
+        let (component, compiled) =
+            cache::compile_digest(cache, engine, bytes, &digest).map_err(|e| {
+                PluginError::Invalid {
+                    path: path.clone(),
+                    reason: format!("{e:#}"),
+                }
+            })?;
+        // A component built against another version of the contract imports
+        // `eddy:operator/...@<other>`: say so rather than "missing import".
+        let ty = component.component_type();
+        for (name, _) in ty.imports(engine) {
+            if let Some(rest) = name.strip_prefix("eddy:operator/") {
+                if let Some((_, version)) = rest.split_once('@') {
+                    let found = format!("eddy:operator@{version}");
+                    if found != CONTRACT {
+                        return Err(PluginError::Version { path, found });
+                    }
+                }
+            }
+        }
+        let linker = linker(engine).map_err(|e| PluginError::Invalid {
+            path: path.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::WrongWorld {
+                path: path.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let pre = OperatorPre::new(pre).map_err(|e| PluginError::WrongWorld {
+            path: path.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        let hash = crate::state::component_hash_of(&digest);
+        let batched = ty.exports(engine).any(|(name, _)| name == "handle-batch");
+        let migrates = ty.exports(engine).any(|(name, _)| name == "migrate");
+        Ok(Plugin {
+            path,
+            hash,
+            engine: engine.clone(),
+            bytes: bytes.into(),
+            pre,
+            batched,
+            migrates,
+            compiled,
+        })
+    }
+
+    /// Whether the compiled code came from the cache.
+    pub fn compiled(&self) -> Compiled {
+        self.compiled
+    }
+
+    /// Where the component was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Content hash of the component bytes.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The component's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The engine it was compiled for.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Whether the component exports the migration hook.
+    pub fn migrates(&self) -> bool {
+        self.migrates
+    }
+
+    /// Instantiates the operator and calls `init(config)`.
+    pub fn instantiate(
+        self: &Arc<Self>,
+        ctx: OpCtx,
+        config: &str,
+    ) -> Result<WasmOperator, InitError> {
+        let mut op = WasmOperator {
+            plugin: self.clone(),
+            config: config.to_string(),
+            store: new_store(self, ctx),
+            live: None,
+            batch_off: false,
+            history: Arc::default(),
+            failed_starts: 0,
+            last_start_error: None,
+        };
+        op.start()?;
+        Ok(op)
+    }
+}

@@ -1,0 +1,422 @@
+//! The coordinator thread (`eddy-coordinator`): drives the input through
+//! the workers, carries out swaps at a barrier, makes checkpoints, and
+//! when it ends stops and joins every other thread of the pipeline
+//! ([`Coordinator::finish`], the one shutdown path).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use super::{OperatorSummary, Shutdown, Summary};
+use crate::checkpoint::{self, Writer};
+use crate::config::{Output, Pipeline};
+use crate::control::Server;
+use crate::operator::Loaded;
+use crate::sink::{SinkMsg, SinkThread};
+use crate::source::{file_id, ReaderThread, Resume};
+use crate::state::{Checkpoint, SourcePos};
+use crate::stats::{Live, OpStats};
+use crate::swap::{self, Command, Controller, NotDurable, SwapReport};
+use crate::worker::{BarrierReply, Batch, Msg, Workers};
+
+mod input;
+
+/// Events per batch sent to a worker.
+const BATCH: usize = 1024;
+/// Batches in flight per worker before the coordinator waits.
+const MAX_INFLIGHT_PER_WORKER: usize = 16;
+
+/// A swap made at a barrier, to be reported once durable.
+type SwapAck = (Sender<Result<SwapReport, NotDurable>>, SwapReport);
+
+/// What [`super::start`] hands the coordinator.
+pub(super) struct Parts<'a> {
+    pub p: Pipeline,
+    pub begun: Instant,
+    pub resume: Resume,
+    pub operators: &'a [Loaded],
+    pub workers: Workers,
+    pub sink: SinkThread,
+    pub writer: Writer<SwapAck>,
+    pub controller: Arc<Controller>,
+    pub ctl: Receiver<Command>,
+    pub server: Option<Server>,
+    pub watcher: Option<JoinHandle<()>>,
+    pub reader: ReaderThread,
+    pub live: Arc<Live>,
+    pub versions_dirty: bool,
+}
+
+/// The coordinator and every thread it owns.
+pub(super) struct Coordinator {
+    p: Pipeline,
+    /// When the pipeline started (for [`Summary::elapsed`]).
+    begun: Instant,
+    workers: Workers,
+    sink: SinkThread,
+    /// The committer.
+    writer: Writer<SwapAck>,
+    /// The control endpoint (joined when the pipeline stops).
+    server: Option<Server>,
+    /// `--watch` (joined when the pipeline stops).
+    watcher: Option<JoinHandle<()>>,
+    reader: ReaderThread,
+    /// Counters shown by `eddy status`.
+    live: Arc<Live>,
+    /// Per-worker batch being filled.
+    pending: Vec<Batch>,
+    /// Position after the last line routed.
+    pos: SourcePos,
+    /// The run resumed right after a last line that had no `\n`: a `\n`
+    /// alone at the start ends that line and is not counted as one.
+    resumed_mid_line: bool,
+    input_id: Option<String>,
+    out_id: Option<String>,
+    dead_id: String,
+    /// Latest counters reported by each worker.
+    stats: Vec<Vec<OpStats>>,
+    summary: Summary,
+    since_checkpoint: u64,
+    /// Prepared swaps from the controller.
+    ctl: Receiver<Command>,
+    controller: Arc<Controller>,
+    /// Operator versions changed since the last checkpoint.
+    versions_dirty: bool,
+    /// Swaps made since the last checkpoint: reported once the checkpoint
+    /// that records them is durable.
+    swaps_unchecked: Vec<SwapAck>,
+    /// When the next checkpoint by time is due.
+    next_checkpoint: Instant,
+    /// Operator names, in chain order.
+    op_names: Vec<Arc<str>>,
+}
+
+impl Coordinator {
+    pub(super) fn new(parts: Parts<'_>) -> Coordinator {
+        let Parts {
+            p,
+            begun,
+            resume,
+            operators,
+            workers,
+            sink,
+            writer,
+            controller,
+            ctl,
+            server,
+            watcher,
+            reader,
+            live,
+            versions_dirty,
+        } = parts;
+        let n = workers.count();
+        Coordinator {
+            begun,
+            workers,
+            sink,
+            writer,
+            server,
+            watcher,
+            reader,
+            live,
+            pending: (0..n).map(|_| Batch::with_capacity(BATCH)).collect(),
+            pos: resume.pos,
+            resumed_mid_line: resume.mid_line,
+            input_id: resume.input_id,
+            out_id: match &p.output {
+                Output::File(path) => Some(file_id(path)),
+                Output::Stdout => None,
+            },
+            dead_id: file_id(&p.dead_letter),
+            stats: vec![vec![OpStats::default(); operators.len()]; n],
+            summary: Summary {
+                resumed_after_line: resume.pos.line,
+                ..Summary::default()
+            },
+            since_checkpoint: 0,
+            ctl,
+            controller,
+            versions_dirty,
+            swaps_unchecked: Vec::new(),
+            next_checkpoint: Instant::now() + p.checkpoint_interval,
+            op_names: operators.iter().map(|o| o.name.clone()).collect(),
+            p,
+        }
+    }
+
+    /// Runs the pipeline until its input ends or `shutdown` is triggered,
+    /// makes a final checkpoint, then stops everything.
+    pub(super) fn run(mut self, shutdown: &Shutdown) -> Result<Summary> {
+        let result = self
+            .drive(shutdown)
+            .and_then(|()| self.checkpoint())
+            .and_then(|()| self.wait_commit());
+        self.finish(result)
+    }
+
+    /// The one shutdown path, after success or failure: stops and joins
+    /// every thread in order (reader; swaps still waiting are told why they
+    /// failed; the committer; the control endpoint and `--watch`, with
+    /// their connections; the workers; the sink), then reports the first
+    /// error, or the run's summary.
+    fn finish(mut self, result: Result<()>) -> Result<Summary> {
+        self.reader.stop();
+        self.controller.stopped.store(true, Ordering::Release);
+        // Swaps not yet made durable fail; their callers are told.
+        let why = match &result {
+            Ok(()) => NotDurable::Stopped,
+            Err(e) => NotDurable::Failed(format!("{e:#}")),
+        };
+        let unanswered = self.swaps_unchecked.drain(..).chain(self.writer.stop());
+        for (reply, _) in unanswered {
+            let _ = reply.send(Err(why.clone()));
+        }
+        // Prepared swaps not switched to: told, and no more accepted (a
+        // request sent after this finds the channel closed).
+        let ctl = std::mem::replace(&mut self.ctl, crossbeam_channel::never());
+        while let Ok(Command::Swap(prepared)) = ctl.try_recv() {
+            let _ = prepared.reply.send(Err(why.clone()));
+        }
+        drop(ctl);
+        // The accept loop ends and joins its connections.
+        drop(self.server.take());
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
+        let mut worker_error = None;
+        for joined in self.workers.stop().into_iter().flatten() {
+            match joined {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    worker_error.get_or_insert(anyhow::Error::from(e));
+                }
+                Err(_) => {
+                    worker_error.get_or_insert(anyhow!("a worker thread panicked"));
+                }
+            }
+        }
+        // `None`: the coordinator already took the sink's error into
+        // `result`.
+        let sink_result = self.sink.stop();
+        result?;
+        if let Some(e) = worker_error {
+            return Err(e);
+        }
+        if let Some(r) = sink_result {
+            r?;
+        }
+        let mut summary = std::mem::take(&mut self.summary);
+        summary.operators = self
+            .op_names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let mut s = OperatorSummary {
+                    name: name.to_string(),
+                    ..Default::default()
+                };
+                for w in &self.stats {
+                    s.handled += w[i].handled;
+                    s.failed += w[i].failed;
+                    s.emitted += w[i].emitted;
+                }
+                s
+            })
+            .collect();
+        summary.elapsed = self.begun.elapsed();
+        Ok(summary)
+    }
+
+    fn drive(&mut self, shutdown: &Shutdown) -> Result<()> {
+        let ctl = self.ctl.clone();
+        let chunks = self.reader.chunks().clone();
+        let chunks = &chunks;
+        loop {
+            if shutdown.is_triggered() {
+                return Ok(());
+            }
+            self.poll_commit()?;
+            let due = self
+                .next_checkpoint
+                .saturating_duration_since(Instant::now());
+            crossbeam_channel::select! {
+                recv(ctl) -> cmd => {
+                    if let Ok(cmd) = cmd {
+                        self.command(cmd)?;
+                    }
+                }
+                recv(chunks) -> chunk => match chunk {
+                    Ok(chunk) => {
+                        if self.chunk(chunk, chunks)? {
+                            return Ok(());
+                        }
+                    }
+                    Err(_) => bail!("the input reader stopped unexpectedly"),
+                },
+                default(due.min(Duration::from_millis(100))) => {
+                    self.flush_batches()?;
+                    if Instant::now() >= self.next_checkpoint {
+                        self.checkpoint()?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carries out a prepared swap: the barrier. Events routed so far go to
+    /// the old version, later ones to the new.
+    fn command(&mut self, cmd: Command) -> Result<()> {
+        let Command::Swap(prepared) = cmd;
+        let swap::Prepared {
+            stage,
+            generation,
+            version,
+            instances,
+            mut report,
+            reply,
+            claim,
+        } = prepared;
+        // Every event before the barrier is in a worker's inbox.
+        self.flush_batches()?;
+        if stage > 0 {
+            // A later operator also gets events from other workers: wait
+            // until all in flight are handled.
+            self.wait_inflight(|n| n == 0)?;
+        }
+        // The barrier: unless its asker gave up meanwhile, the swap happens.
+        if !claim.switch() {
+            let _ = reply.send(Err(NotDurable::GivenUp));
+            return Ok(());
+        }
+        for (w, op) in instances.into_iter().enumerate() {
+            self.workers
+                .send(
+                    w,
+                    Msg::Swap {
+                        stage,
+                        op,
+                        generation,
+                    },
+                )
+                .map_err(|()| anyhow!("worker {w} stopped"))?;
+        }
+        {
+            let mut versions = self.controller.versions();
+            let v = &mut versions[stage];
+            v.all.push(version);
+            v.active = generation;
+        }
+        self.versions_dirty = true;
+        report.barrier_line = self.pos.line;
+        self.swaps_unchecked.push((reply, report));
+        // Make it durable soon.
+        let soon = Instant::now() + Duration::from_millis(50).min(self.p.checkpoint_interval);
+        self.next_checkpoint = self.next_checkpoint.min(soon);
+        Ok(())
+    }
+
+    /// Takes note of a finished commit, if any, without waiting.
+    fn poll_commit(&mut self) -> Result<()> {
+        match self.writer.poll() {
+            Some(done) => committed(done),
+            None => Ok(()),
+        }
+    }
+
+    /// A worker stopped: its error.
+    fn worker_failure(&mut self) -> anyhow::Error {
+        self.workers.failure().into()
+    }
+
+    /// The sink thread stopped: its error (which names the output and the
+    /// OS error).
+    fn sink_failure(&mut self) -> anyhow::Error {
+        match self.sink.failure() {
+            Some(f) => f.into(),
+            None => anyhow!("the output writer stopped"),
+        }
+    }
+
+    /// Waits for the checkpoint being committed, if any.
+    fn wait_commit(&mut self) -> Result<()> {
+        match self.writer.wait() {
+            Some(done) => committed(done),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes a checkpoint: a consistent cut of state, input position and
+    /// output lengths, committed by the committer thread.
+    fn checkpoint(&mut self) -> Result<()> {
+        self.flush_batches()?;
+        self.wait_inflight(|n| n == 0)?;
+        let mut cp = Checkpoint::default();
+        for w in 0..self.workers.count() {
+            let (rtx, rrx) = bounded(1);
+            if self.workers.send(w, Msg::Barrier(rtx)).is_err() {
+                return Err(self.worker_failure());
+            }
+            let reply: BarrierReply = match rrx.recv() {
+                Ok(r) => r?,
+                Err(_) => return Err(self.worker_failure()),
+            };
+            cp.writes.extend(reply.writes);
+            self.stats[w] = reply.stats;
+        }
+        let (ftx, frx) = bounded(1);
+        if self.sink.send(SinkMsg::Flush(ftx)).is_err() {
+            return Err(self.sink_failure());
+        }
+        let lens = match frx.recv() {
+            Ok(r) => r?,
+            Err(_) => return Err(self.sink_failure()),
+        };
+        // Outputs that are not regular files have no length to keep.
+        if let (Some(id), Some(len)) = (&self.out_id, lens.out) {
+            cp.sinks.push((id.clone(), len));
+        }
+        if let Some(len) = lens.dead {
+            cp.sinks.push((self.dead_id.clone(), len));
+        }
+        cp.source = self.input_id.clone().map(|id| (id, self.pos));
+        // One commit at a time: the previous must be durable first.
+        self.wait_commit()?;
+        let mut acks = Vec::new();
+        if self.versions_dirty {
+            self.versions_dirty = false;
+            for (op, v) in self.controller.versions().iter().enumerate() {
+                let name = swap::Versions::meta_name(&self.op_names[op]);
+                cp.meta.push((name, serde_json::to_vec(v).expect("json")));
+            }
+            acks = std::mem::take(&mut self.swaps_unchecked);
+        }
+        self.writer.submit(cp, acks)?;
+        self.summary.checkpoints += 1;
+        self.since_checkpoint = 0;
+        self.next_checkpoint = Instant::now() + self.p.checkpoint_interval;
+        Ok(())
+    }
+}
+
+/// A commit finished: reports the swaps it made durable (or why not).
+fn committed(done: checkpoint::Done<SwapAck>) -> Result<()> {
+    match done.result {
+        Ok(()) => {
+            for (reply, report) in done.acks {
+                let _ = reply.send(Ok(report));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let e = anyhow::Error::from(e);
+            for (reply, _) in done.acks {
+                let _ = reply.send(Err(NotDurable::CheckpointFailed(format!("{e:#}"))));
+            }
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The running pipeline. [`start`] opens the state directory, resumes the
+//! input and the outputs where the last checkpoint left them, starts every
+//! thread and returns a [`Running`] handle that owns them all; one
+//! shutdown path ([`Running::wait`], or dropping the handle) stops and
+//! joins every one of them.
+//!
+//! # Threads
+//!
+//! - `eddy-coordinator` ([`coordinator`]): decodes lines, routes them to
+//!   workers in batches, carries out swaps at a barrier, and at each
+//!   checkpoint waits until every event read so far is handled, collects
+//!   the workers' changed state, flushes the sink and hands all of it, with
+//!   the input position and output lengths, to the committer;
+//! - `eddy-reader` ([`crate::source`]), `eddy-worker-N`
+//!   ([`crate::worker`]), `eddy-sink` ([`crate::sink`]), `eddy-commit`
+//!   ([`crate::checkpoint`]), `eddy-control` and its connections
+//!   ([`crate::control`]), `eddy-watch` ([`crate::swap`]).
+//!
+//! The coordinator owns the others and stops them, in order, when it ends
+//! (the input ended, [`Shutdown`] was triggered, or something failed).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+
+use crate::config::Pipeline;
+use crate::operator::Loaded;
+
+mod coordinator;
+mod start;
+
+pub use start::start;
+
+/// A flag that asks a running pipeline to stop after a final checkpoint.
+#[derive(Clone, Default)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    /// A flag not yet raised.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Asks the pipeline to stop.
+    pub fn trigger(&self) {
+        self.0.store(true, Ordering::Release)
+    }
+    /// Whether a stop was asked for.
+    pub fn is_triggered(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Per-operator totals of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperatorSummary {
+    /// The operator.
+    pub name: String,
+    /// Events it handled.
+    pub handled: u64,
+    /// Events that failed (dead-lettered).
+    pub failed: u64,
+    /// Events it emitted.
+    pub emitted: u64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Input lines read in this run.
+    pub lines: u64,
+    /// Lines rejected before reaching an operator.
+    pub bad_lines: u64,
+    /// Line number this run resumed after (0 for a fresh start).
+    pub resumed_after_line: u64,
+    /// Line number of an incomplete last line (no `\n` yet, not complete
+    /// JSON) left unread for a later run, if any.
+    pub incomplete_line: Option<u64>,
+    /// Totals per operator, in chain order.
+    pub operators: Vec<OperatorSummary>,
+    /// Checkpoints made.
+    pub checkpoints: u64,
+    /// Time from the start to the last checkpoint.
+    pub elapsed: Duration,
+}
+
+/// What a pipeline that has started tells its caller.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The control socket, if it serves one.
+    pub control: Option<PathBuf>,
+    /// Line number the run resumes after (0 for a fresh start).
+    pub resumed_after_line: u64,
+}
+
+/// A running pipeline: owns every thread it started. [`Running::wait`]
+/// returns when it has stopped (its input ended, or [`Running::stop`] or
+/// its [`Shutdown`] asked it to) and every thread is joined; dropping the
+/// handle stops the pipeline and waits for it the same way.
+pub struct Running {
+    started: Started,
+    shutdown: Shutdown,
+    /// The coordinator, which owns the other threads and joins them when
+    /// it ends.
+    coordinator: Option<JoinHandle<Result<Summary>>>,
+}
+
+impl Running {
+    /// What the pipeline told on starting.
+    pub fn started(&self) -> &Started {
+        &self.started
+    }
+
+    /// Asks the pipeline to stop after a final checkpoint (see
+    /// [`Running::wait`]).
+    pub fn stop(&self) {
+        self.shutdown.trigger();
+    }
+
+    /// Waits until the pipeline stops and every thread it started is
+    /// joined: what it did, or why it failed.
+    pub fn wait(mut self) -> Result<Summary> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<Summary> {
+        match self.coordinator.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(anyhow!("the coordinator thread panicked")),
+            None => Err(anyhow!("the pipeline was already waited for")),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.coordinator.is_some() {
+            self.stop();
+            let _ = self.join();
+        }
+    }
+}
+
+/// Runs `pipeline` with `operators` until the input ends or `shutdown` is
+/// triggered, then makes a final checkpoint.
+pub fn run(p: &Pipeline, operators: Vec<Loaded>, shutdown: &Shutdown) -> Result<Summary> {
+    run_notify(p, operators, shutdown, |_| {})
+}
+
+/// Like [`run`], calling `started` once the pipeline runs (its workers are
+/// ready and its control endpoint listens).
+pub fn run_notify(
+    p: &Pipeline,
+    operators: Vec<Loaded>,
+    shutdown: &Shutdown,
+    started: impl FnOnce(&Started),
+) -> Result<Summary> {
+    let running = start(p, operators, shutdown)?;
+    started(running.started());
+    running.wait()
+}

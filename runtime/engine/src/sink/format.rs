@@ -1,0 +1,156 @@
+//! Output and dead-letter lines: JSON values inline, other text quoted,
+//! other bytes in base64, so no byte is ever altered.
+
+/// Appends `{"key":<key>,"value":<value>}\n` to `buf`: the value inline when
+/// it is JSON on one line, as a JSON string when it is other UTF-8 text,
+/// and as `"value_base64":"<base64>"` when it is not UTF-8.
+pub fn format_output(buf: &mut Vec<u8>, key: &str, value: &[u8]) {
+    buf.extend_from_slice(b"{\"key\":");
+    serde_json::to_writer(&mut *buf, key).expect("writing to a Vec cannot fail");
+    buf.push(b',');
+    push_field(buf, "value", value);
+    buf.extend_from_slice(b"}\n");
+}
+
+/// Appends the JSON object member `"name":<value>`: `value` inline when it
+/// is single-line JSON, else as a JSON string when it is UTF-8; when it is
+/// not UTF-8, `"name_base64":"<base64 of the bytes>"` instead, so that no
+/// byte is lost or replaced.
+pub fn push_field(buf: &mut Vec<u8>, name: &str, value: &[u8]) {
+    // The common case first: single-line JSON (its syntax checked without
+    // UTF-8, then UTF-8 checked only when there is a non-ASCII byte).
+    let is_json = memchr::memchr2(b'\n', b'\r', value).is_none()
+        && serde_json::from_slice::<serde::de::IgnoredAny>(value).is_ok();
+    if is_json && (value.is_ascii() || std::str::from_utf8(value).is_ok()) {
+        push_name(buf, name);
+        buf.extend_from_slice(value);
+    } else {
+        push_string_field(buf, name, value);
+    }
+}
+
+/// Appends `"name":"<value as a JSON string>"` when `value` is UTF-8, else
+/// `"name_base64":"<base64 of the bytes>"`.
+pub fn push_string_field(buf: &mut Vec<u8>, name: &str, value: &[u8]) {
+    match std::str::from_utf8(value) {
+        Ok(text) => {
+            push_name(buf, name);
+            serde_json::to_writer(&mut *buf, text).expect("writing to a Vec cannot fail");
+        }
+        Err(_) => push_base64_field(buf, name, value),
+    }
+}
+
+/// Appends `"name":` (`name` is a plain identifier).
+fn push_name(buf: &mut Vec<u8>, name: &str) {
+    buf.push(b'"');
+    buf.extend_from_slice(name.as_bytes());
+    buf.extend_from_slice(b"\":");
+}
+
+#[cold]
+fn push_base64_field(buf: &mut Vec<u8>, name: &str, value: &[u8]) {
+    buf.push(b'"');
+    buf.extend_from_slice(name.as_bytes());
+    buf.extend_from_slice(b"_base64\":\"");
+    push_base64(buf, value);
+    buf.push(b'"');
+}
+
+/// Appends the standard (RFC 4648, padded) base64 of `data`.
+pub fn push_base64(buf: &mut Vec<u8>, data: &[u8]) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    buf.reserve(data.len().div_ceil(3) * 4);
+    let mut chunks = data.chunks_exact(3);
+    for c in &mut chunks {
+        let n = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);
+        buf.extend_from_slice(&[
+            ALPHABET[(n >> 18) as usize & 63],
+            ALPHABET[(n >> 12) as usize & 63],
+            ALPHABET[(n >> 6) as usize & 63],
+            ALPHABET[n as usize & 63],
+        ]);
+    }
+    match *chunks.remainder() {
+        [a] => {
+            let n = u32::from(a) << 16;
+            buf.extend_from_slice(&[
+                ALPHABET[(n >> 18) as usize & 63],
+                ALPHABET[(n >> 12) as usize & 63],
+                b'=',
+                b'=',
+            ]);
+        }
+        [a, b] => {
+            let n = u32::from(a) << 16 | u32::from(b) << 8;
+            buf.extend_from_slice(&[
+                ALPHABET[(n >> 18) as usize & 63],
+                ALPHABET[(n >> 12) as usize & 63],
+                ALPHABET[(n >> 6) as usize & 63],
+                b'=',
+            ]);
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_lines_inline_json_and_quote_the_rest() {
+        let mut b = Vec::new();
+        format_output(&mut b, "k\"1", br#"{"n":1}"#);
+        format_output(&mut b, "k2", b"plain text");
+        format_output(&mut b, "k3", b"{\n\"n\":1}");
+        assert_eq!(
+            String::from_utf8(b).unwrap(),
+            "{\"key\":\"k\\\"1\",\"value\":{\"n\":1}}\n{\"key\":\"k2\",\"value\":\"plain text\"}\n{\"key\":\"k3\",\"value\":\"{\\n\\\"n\\\":1}\"}\n"
+        );
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_are_written_as_base64_not_altered() {
+        let mut b = Vec::new();
+        format_output(&mut b, "k", b"\xff\xfe ok");
+        // Inside a JSON string too: never inlined as invalid UTF-8.
+        format_output(&mut b, "k", b"\"\xc3\x28\"");
+        format_output(&mut b, "k", "\"caf\u{e9}\"".as_bytes());
+        let text = String::from_utf8(b).unwrap();
+        assert_eq!(
+            text,
+            "{\"key\":\"k\",\"value_base64\":\"//4gb2s=\"}\n\
+             {\"key\":\"k\",\"value_base64\":\"IsMoIg==\"}\n\
+             {\"key\":\"k\",\"value\":\"caf\u{e9}\"}\n"
+        );
+        let mut d = Vec::new();
+        push_string_field(&mut d, "payload", b"ok \"x\"");
+        d.push(b',');
+        push_string_field(&mut d, "payload", b"\x80");
+        assert_eq!(
+            d,
+            b"\"payload\":\"ok \\\"x\\\"\",\"payload_base64\":\"gA==\""
+        );
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648() {
+        for (raw, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            let mut b = Vec::new();
+            push_base64(&mut b, raw.as_bytes());
+            assert_eq!(b, enc.as_bytes(), "{raw}");
+        }
+        let mut b = Vec::new();
+        push_base64(&mut b, &[0xfb, 0xff, 0xbf]);
+        assert_eq!(b, b"+/+/");
+    }
+}

@@ -1,0 +1,466 @@
+//! Per-key state of one operator: the in-memory form, its undo journal and
+//! its encoding in redb.
+//!
+//! Each key's state for one operator is an [`Entity`]: named values, maps and
+//! lists. It is stored in redb as one record (see [`Entity::encode`]) under
+//! `(operator name, key)`, so loading a key's state is one lookup and a
+//! checkpoint writes one record per key touched since the last one.
+//!
+//! Writes while handling an event are recorded in an undo journal so that an
+//! event whose handler fails leaves no trace ([`Entity::undo`]).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use smallvec::SmallVec;
+
+use thiserror::Error;
+
+/// Format version of an encoded [`Entity`] record. Format 3 adds a
+/// checksum at the end; format 2 added the version tag; format 1 records
+/// (no tag) read as generation 0. Formats 1 and 2 (no checksum) still
+/// decode, so old state directories open.
+const ENTITY_FORMAT: u8 = 3;
+
+/// Bytes of an encoded record that do not depend on its contents: format,
+/// generation, the three counts and the trailing CRC-32 (see
+/// [`Entity::encode_tagged`]).
+pub const RECORD_OVERHEAD: usize = 1 + 4 + 3 * 4 + 4;
+
+/// A state name, interned per operator (see [`crate::operator::OpCtx`]), so
+/// lookups compare integers instead of chasing string pointers.
+pub type Name = u32;
+
+/// A value's bytes: small values (numbers, short JSON) live inline.
+pub type Bytes = SmallVec<[u8; 32]>;
+
+/// The state of one key for one operator.
+///
+/// Kept small (the host caches one per key, and a batch touches hundreds
+/// of them): one single value inline, maps and lists behind one pointer.
+#[derive(Debug, Default, Clone)]
+pub struct Entity {
+    /// Single values by name; a handful per operator, so a vector scanned
+    /// linearly beats a hash map.
+    values: SmallVec<[(Name, Bytes); 1]>,
+    /// Maps and lists, when the key has any.
+    extra: Option<Box<Extra>>,
+}
+
+/// The maps and lists of an [`Entity`].
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Extra {
+    /// Maps by name; fields kept sorted so `map-entries` is ordered.
+    maps: Vec<(Name, BTreeMap<String, Vec<u8>>)>,
+    /// Lists by name, oldest item first; a deque so trimming is cheap.
+    lists: Vec<(Name, VecDeque<Vec<u8>>)>,
+}
+
+static NO_EXTRA: Extra = Extra {
+    maps: Vec::new(),
+    lists: Vec::new(),
+};
+
+impl PartialEq for Entity {
+    fn eq(&self, other: &Entity) -> bool {
+        self.values == other.values && self.x() == other.x()
+    }
+}
+
+/// One step of the undo journal: how to reverse one mutation.
+#[derive(Debug)]
+pub enum Undo {
+    ValueReplaced {
+        idx: usize,
+        old: Bytes,
+    },
+    ValueInserted {
+        idx: usize,
+    },
+    ValueRemoved {
+        idx: usize,
+        name: Name,
+        old: Bytes,
+    },
+    MapCreated {
+        idx: usize,
+    },
+    MapFieldSet {
+        idx: usize,
+        field: String,
+        old: Option<Vec<u8>>,
+    },
+    MapFieldRemoved {
+        idx: usize,
+        field: String,
+        old: Vec<u8>,
+    },
+    ListCreated {
+        idx: usize,
+    },
+    ListPushed {
+        idx: usize,
+    },
+    ListTrimmed {
+        idx: usize,
+        dropped: Vec<Vec<u8>>,
+    },
+    Cleared {
+        old: Box<Entity>,
+    },
+}
+
+/// A stored record that cannot be decoded.
+#[derive(Debug, Error)]
+#[error("corrupt state record: {0}")]
+pub struct CorruptRecord(pub &'static str);
+
+/// CRC-32 of a format 3 record: every byte before the checksum.
+fn record_sum(body: &[u8]) -> u32 {
+    crc32fast::hash(body)
+}
+
+/// Verifies the checksum of a stored record (format 3; formats 1 and 2
+/// have none), without decoding it.
+pub fn check_record(record: &[u8]) -> Result<(), CorruptRecord> {
+    match record.first() {
+        Some(1 | 2) => Ok(()),
+        Some(&ENTITY_FORMAT) => {
+            if record.len() < 1 + 4 + 4 {
+                return Err(CorruptRecord("record is truncated"));
+            }
+            let (body, sum) = record.split_at(record.len() - 4);
+            if record_sum(body) != u32::from_le_bytes(sum.try_into().unwrap()) {
+                return Err(CorruptRecord(
+                    "checksum mismatch: the record was changed after it was written",
+                ));
+            }
+            Ok(())
+        }
+        Some(_) => Err(CorruptRecord("unknown record format")),
+        None => Err(CorruptRecord("record is empty")),
+    }
+}
+
+fn find<T>(v: &[(Name, T)], name: Name) -> Option<usize> {
+    v.iter().position(|(n, _)| *n == name)
+}
+
+impl Entity {
+    /// The maps and lists (empty when none).
+    fn x(&self) -> &Extra {
+        self.extra.as_deref().unwrap_or(&NO_EXTRA)
+    }
+
+    /// The maps and lists, made on first use.
+    fn x_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    /// Whether the key has no state at all (its record can be deleted).
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty() && self.x().maps.is_empty() && self.x().lists.is_empty()
+    }
+
+    /// Every single value, with its name.
+    pub fn values(&self) -> impl Iterator<Item = (Name, &[u8])> {
+        self.values.iter().map(|(n, v)| (*n, &v[..]))
+    }
+
+    /// The value named `name`.
+    pub fn get(&self, name: Name) -> Option<&[u8]> {
+        find(&self.values, name).map(|i| &self.values[i].1[..])
+    }
+
+    /// Sets the value named `name`.
+    pub fn set(&mut self, name: Name, value: &[u8], undo: &mut Vec<Undo>) {
+        match find(&self.values, name) {
+            Some(idx) => {
+                let old = std::mem::replace(&mut self.values[idx].1, Bytes::from_slice(value));
+                undo.push(Undo::ValueReplaced { idx, old });
+            }
+            None => {
+                self.values.push((name, Bytes::from_slice(value)));
+                undo.push(Undo::ValueInserted {
+                    idx: self.values.len() - 1,
+                });
+            }
+        }
+    }
+
+    /// Sets the value named `name` without journaling (the caller has
+    /// checked the write can go through): reuses the value's buffer.
+    pub fn put(&mut self, name: Name, value: &[u8]) {
+        match find(&self.values, name) {
+            Some(idx) => {
+                let b = &mut self.values[idx].1;
+                b.clear();
+                b.extend_from_slice(value);
+            }
+            None => self.values.push((name, Bytes::from_slice(value))),
+        }
+    }
+
+    /// Deletes the value named `name` without journaling.
+    pub fn remove(&mut self, name: Name) {
+        if let Some(idx) = find(&self.values, name) {
+            self.values.remove(idx);
+        }
+    }
+
+    /// Deletes the value named `name`; whether it existed.
+    pub fn delete(&mut self, name: Name, undo: &mut Vec<Undo>) -> bool {
+        match find(&self.values, name) {
+            Some(idx) => {
+                let (name, old) = self.values.remove(idx);
+                undo.push(Undo::ValueRemoved { idx, name, old });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The map named `name`.
+    pub fn map(&self, name: Name) -> Option<&BTreeMap<String, Vec<u8>>> {
+        find(&self.x().maps, name).map(|i| &self.x().maps[i].1)
+    }
+
+    /// Sets `field` of map `name`.
+    pub fn map_set(&mut self, name: Name, field: String, value: Vec<u8>, undo: &mut Vec<Undo>) {
+        let maps = &mut self.x_mut().maps;
+        let idx = match find(maps, name) {
+            Some(idx) => idx,
+            None => {
+                maps.push((name, BTreeMap::new()));
+                undo.push(Undo::MapCreated {
+                    idx: maps.len() - 1,
+                });
+                maps.len() - 1
+            }
+        };
+        let old = maps[idx].1.insert(field.clone(), value);
+        undo.push(Undo::MapFieldSet { idx, field, old });
+    }
+
+    /// Removes `field` of map `name`; whether it existed.
+    pub fn map_delete(&mut self, name: Name, field: &str, undo: &mut Vec<Undo>) -> bool {
+        let Some(idx) = find(&self.x().maps, name) else {
+            return false;
+        };
+        match self.x_mut().maps[idx].1.remove_entry(field) {
+            Some((field, old)) => {
+                undo.push(Undo::MapFieldRemoved { idx, field, old });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The list named `name`.
+    pub fn list(&self, name: Name) -> Option<&VecDeque<Vec<u8>>> {
+        find(&self.x().lists, name).map(|i| &self.x().lists[i].1)
+    }
+
+    /// Appends to list `name`; returns the new length.
+    pub fn list_push(&mut self, name: Name, item: Vec<u8>, undo: &mut Vec<Undo>) -> usize {
+        let lists = &mut self.x_mut().lists;
+        let idx = match find(lists, name) {
+            Some(idx) => idx,
+            None => {
+                lists.push((name, VecDeque::new()));
+                undo.push(Undo::ListCreated {
+                    idx: lists.len() - 1,
+                });
+                lists.len() - 1
+            }
+        };
+        lists[idx].1.push_back(item);
+        undo.push(Undo::ListPushed { idx });
+        lists[idx].1.len()
+    }
+
+    /// Keeps the newest `keep` items of list `name`; returns how many went.
+    pub fn list_trim(&mut self, name: Name, keep: usize, undo: &mut Vec<Undo>) -> usize {
+        let Some(idx) = find(&self.x().lists, name) else {
+            return 0;
+        };
+        let list = &mut self.x_mut().lists[idx].1;
+        let n = list.len().saturating_sub(keep);
+        if n == 0 {
+            return 0;
+        }
+        let dropped: Vec<Vec<u8>> = list.drain(..n).collect();
+        undo.push(Undo::ListTrimmed { idx, dropped });
+        n
+    }
+
+    /// Removes everything.
+    pub fn clear(&mut self, undo: &mut Vec<Undo>) {
+        if !self.is_empty() {
+            let old = std::mem::take(self);
+            undo.push(Undo::Cleared { old: Box::new(old) });
+        }
+    }
+
+    /// Reverses the journal (newest first), restoring the state before it.
+    pub fn undo(&mut self, journal: &mut Vec<Undo>) {
+        while let Some(step) = journal.pop() {
+            match step {
+                Undo::ValueReplaced { idx, old } => self.values[idx].1 = old,
+                Undo::ValueInserted { idx } => {
+                    self.values.remove(idx);
+                }
+                Undo::ValueRemoved { idx, name, old } => self.values.insert(idx, (name, old)),
+                Undo::MapCreated { idx } => {
+                    self.x_mut().maps.remove(idx);
+                }
+                Undo::MapFieldSet { idx, field, old } => {
+                    let map = &mut self.x_mut().maps[idx].1;
+                    match old {
+                        Some(old) => map.insert(field, old),
+                        None => map.remove(&field),
+                    };
+                }
+                Undo::MapFieldRemoved { idx, field, old } => {
+                    self.x_mut().maps[idx].1.insert(field, old);
+                }
+                Undo::ListCreated { idx } => {
+                    self.x_mut().lists.remove(idx);
+                }
+                Undo::ListPushed { idx } => {
+                    self.x_mut().lists[idx].1.pop_back();
+                }
+                Undo::ListTrimmed { idx, dropped } => {
+                    let list = &mut self.x_mut().lists[idx].1;
+                    for item in dropped.into_iter().rev() {
+                        list.push_front(item);
+                    }
+                }
+                Undo::Cleared { old } => *self = *old,
+            }
+        }
+    }
+
+    /// Encodes the state as one record with version tag 0 (see
+    /// [`Entity::encode_tagged`]).
+    pub fn encode(&self, names: &[Box<str>], out: &mut Vec<u8>) {
+        self.encode_tagged(0, names, out)
+    }
+
+    /// Encodes the state as one record (appended to `out`):
+    /// `format u8`, `generation u32` (which version of the operator last
+    /// wrote it, for migration after a hot swap), then values, maps and
+    /// lists, each a `u32` count followed by length-prefixed (`u32` little
+    /// endian) names and byte strings, then a CRC-32 of all of it (`u32`
+    /// little endian), so a damaged record is an error, never wrong state.
+    pub fn encode_tagged(&self, generation: u32, names: &[Box<str>], out: &mut Vec<u8>) {
+        let start = out.len();
+        let name = |n: &Name| names[*n as usize].as_bytes();
+        fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            out.extend_from_slice(b);
+        }
+        out.push(ENTITY_FORMAT);
+        out.extend_from_slice(&generation.to_le_bytes());
+        out.extend_from_slice(&(self.values.len() as u32).to_le_bytes());
+        for (n, v) in &self.values {
+            bytes(out, name(n));
+            bytes(out, v);
+        }
+        let x = self.x();
+        out.extend_from_slice(&(x.maps.len() as u32).to_le_bytes());
+        for (n, m) in &x.maps {
+            bytes(out, name(n));
+            out.extend_from_slice(&(m.len() as u32).to_le_bytes());
+            for (f, v) in m {
+                bytes(out, f.as_bytes());
+                bytes(out, v);
+            }
+        }
+        out.extend_from_slice(&(x.lists.len() as u32).to_le_bytes());
+        for (n, l) in &x.lists {
+            bytes(out, name(n));
+            out.extend_from_slice(&(l.len() as u32).to_le_bytes());
+            for v in l {
+                bytes(out, v);
+            }
+        }
+        let sum = record_sum(&out[start..]);
+        out.extend_from_slice(&sum.to_le_bytes());
+    }
+
+    /// Decodes a record written by [`Entity::encode`].
+    pub fn decode(
+        input: &[u8],
+        intern: &mut dyn FnMut(&str) -> Name,
+    ) -> Result<Entity, CorruptRecord> {
+        Ok(Self::decode_tagged(input, intern)?.0)
+    }
+
+    /// Decodes a record made by [`Entity::encode_tagged`] (or a format 1
+    /// or 2 record, which have no checksum; format 1 is tagged generation
+    /// 0): the state and its generation. A format 3 record whose checksum
+    /// does not match is refused.
+    pub fn decode_tagged(
+        mut input: &[u8],
+        intern: &mut dyn FnMut(&str) -> Name,
+    ) -> Result<(Entity, u32), CorruptRecord> {
+        fn take<'a>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8], CorruptRecord> {
+            if input.len() < n {
+                return Err(CorruptRecord("record is truncated"));
+            }
+            let (head, rest) = input.split_at(n);
+            *input = rest;
+            Ok(head)
+        }
+        fn u32_(input: &mut &[u8]) -> Result<usize, CorruptRecord> {
+            Ok(u32::from_le_bytes(take(input, 4)?.try_into().unwrap()) as usize)
+        }
+        fn bytes(input: &mut &[u8]) -> Result<Vec<u8>, CorruptRecord> {
+            let n = u32_(input)?;
+            Ok(take(input, n)?.to_vec())
+        }
+        fn string(input: &mut &[u8]) -> Result<String, CorruptRecord> {
+            String::from_utf8(bytes(input)?).map_err(|_| CorruptRecord("a name is not UTF-8"))
+        }
+        check_record(input)?;
+        let generation = match take(&mut input, 1)?[0] {
+            1 => 0,
+            2 => u32_(&mut input)? as u32,
+            ENTITY_FORMAT => {
+                input = &input[..input.len() - 4];
+                u32_(&mut input)? as u32
+            }
+            _ => return Err(CorruptRecord("unknown record format")),
+        };
+        let mut e = Entity::default();
+        for _ in 0..u32_(&mut input)? {
+            let name = intern(&string(&mut input)?);
+            e.values.push((name, Bytes::from_vec(bytes(&mut input)?)));
+        }
+        for _ in 0..u32_(&mut input)? {
+            let name = intern(&string(&mut input)?);
+            let mut m = BTreeMap::new();
+            for _ in 0..u32_(&mut input)? {
+                let f = string(&mut input)?;
+                m.insert(f, bytes(&mut input)?);
+            }
+            e.x_mut().maps.push((name, m));
+        }
+        for _ in 0..u32_(&mut input)? {
+            let name = intern(&string(&mut input)?);
+            let n = u32_(&mut input)?;
+            let mut l = VecDeque::with_capacity(n.min(1 << 16));
+            for _ in 0..n {
+                l.push_back(bytes(&mut input)?);
+            }
+            e.x_mut().lists.push((name, l));
+        }
+        if !input.is_empty() {
+            return Err(CorruptRecord("trailing bytes after the record"));
+        }
+        Ok((e, generation))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,20 @@
+//! State: one key's state of one operator ([`Entity`]), its undo journal
+//! and its stored record, and the state directory ([`Store`]) that keeps
+//! every record and the checkpoint metadata in one redb database.
+//!
+//! # Layout
+//!
+//! - [`entity`]: [`Entity`], [`Undo`], the record encoding and its
+//!   checksum.
+//! - [`store`]: the redb state directory: open and verify, checkpoints,
+//!   kept components, file-safety helpers.
+
+mod entity;
+mod store;
+
+pub use entity::{check_record, CorruptRecord, Entity, Name, Undo, RECORD_OVERHEAD};
+pub use store::{
+    component_hash, component_hash_of, create_private_dir, euid, legacy_component_hash,
+    read_regular_file, unsafe_reason, Checkpoint, Reader, SourcePos, StateWrite, Store, StoreError,
+    MAX_COMPONENT_BYTES,
+};

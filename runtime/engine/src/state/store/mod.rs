@@ -1,0 +1,433 @@
+//! The state directory: one redb database holding every operator's per-key
+//! state and the checkpoint metadata (input position, output lengths), and
+//! a `components/` folder with every component version that ran.
+//!
+//! A checkpoint is one write transaction ([`Store::commit`]), so state and
+//! the position it corresponds to are always consistent with each other.
+//!
+//! # Damage and tampering
+//!
+//! - The directory holds compiled code's sources and the control socket: it
+//!   is created mode 0700, and one that another user owns or can write is
+//!   refused ([`StoreError::Unsafe`]).
+//! - Only a missing `state.redb` starts fresh. An empty file, a file that is
+//!   not a redb database or a redb database without Eddy's `format`
+//!   metadata is an error, never an empty state read from position 0. A new
+//!   database is made under a temporary name and linked into place once it
+//!   has its `format`, so an interrupted first start leaves no such file.
+//! - A panic of redb on a damaged page becomes [`StoreError::Damaged`];
+//!   with [`Store::open_verified`] redb checks every page's checksum when
+//!   the database is opened (opt-in: it reads the whole file).
+//! - Every state record carries a checksum (see [`crate::state`]) and every
+//!   metadata value a CRC-32 of its name and bytes: one changed byte is an
+//!   error naming the key, never a wrong count.
+//! - A kept component is named by the SHA-256 of its bytes and checked
+//!   against its name when read back ([`Store::load_component`]).
+//!
+//! # Layout
+//!
+//! - [`open`]: opening (or creating) the directory and its database,
+//!   format checks and upgrades.
+//! - [`components`]: the component versions kept in `components/`.
+//! - [`files`]: reading files safely (no FIFO, device or link followed;
+//!   owner and mode checks), shared with the compile cache.
+//! - here: [`Store`], checkpoints ([`Store::commit`]), metadata, readers.
+
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use thiserror::Error;
+
+mod components;
+mod files;
+mod open;
+mod read;
+#[cfg(test)]
+mod tests;
+
+pub use components::{component_hash, component_hash_of, legacy_component_hash};
+pub use files::{create_private_dir, euid, read_regular_file, unsafe_reason};
+pub use read::Reader;
+
+/// `(operator name, key)` -> encoded [`crate::state::Entity`].
+const STATE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("state");
+/// Checkpoint metadata: `format`, `source:<input>`, `sink:<output>`,
+/// `versions:<operator>` (see [`Store::meta_json`]). Every value but
+/// `format` ends with a CRC-32 of the entry's name and value (format 2).
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Version of the state directory layout; bumped on incompatible changes.
+/// Format 2 adds a checksum to every metadata value; a format 1 directory
+/// is upgraded in place when opened.
+pub const STORE_FORMAT: u32 = 2;
+const DB_FILE: &str = "state.redb";
+/// Folder of the state directory holding every component version that ran
+/// (`<content hash>.wasm`), so a restart or rollback finds it.
+const COMPONENTS_DIR: &str = "components";
+/// Largest component file read (a Python or JavaScript operator, which
+/// carries its interpreter, is some tens of MiB).
+pub const MAX_COMPONENT_BYTES: u64 = 512 << 20;
+/// What to do about a damaged state directory, for error messages.
+const RESTORE: &str =
+    "restore the state directory from a backup, or start over with a fresh --state directory";
+
+/// Errors of the state directory.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("state directory {dir}: {error}")]
+    /// A file operation failed.
+    Io {
+        /// The state directory.
+        dir: PathBuf,
+        /// The underlying error.
+        error: std::io::Error,
+    },
+    #[error("state directory {dir} is not a directory")]
+    /// The path is not a directory.
+    NotADirectory {
+        /// The state directory.
+        dir: PathBuf,
+    },
+    #[error("state directory {dir}: {file} is not an eddy state database or is corrupt ({error}); {RESTORE} (or delete the file to start over)")]
+    /// `state.redb` is not a redb database.
+    NotADatabase {
+        /// The state directory.
+        dir: PathBuf,
+        /// The file in the state directory.
+        file: PathBuf,
+        /// The underlying error.
+        error: String,
+    },
+    #[error("state directory {dir}: {file} is empty (0 bytes): it is not an Eddy state database (an interrupted copy, a full disk or a damaged file system?); restore it from a backup, or delete it to start over from empty state at the beginning of the input")]
+    /// `state.redb` is empty.
+    Empty {
+        /// The state directory.
+        dir: PathBuf,
+        /// The file in the state directory.
+        file: PathBuf,
+    },
+    #[error("state directory {dir}: {file} is a redb database without Eddy's `format` metadata: it is not an Eddy state database; pick another --state directory, or delete the file to start over from empty state at the beginning of the input")]
+    /// `state.redb` is not Eddy's.
+    NotEddy {
+        /// The state directory.
+        dir: PathBuf,
+        /// The file in the state directory.
+        file: PathBuf,
+    },
+    #[error("state directory {dir}: the state database is damaged ({detail}); {RESTORE}")]
+    /// The database is damaged.
+    Damaged {
+        /// The state directory.
+        dir: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    #[error("state directory {dir} is in use by another running eddy (its database is locked); stop that one or pick another --state directory")]
+    /// Another process uses the directory.
+    Locked {
+        /// The state directory.
+        dir: PathBuf,
+    },
+    #[error("state directory {dir} was written by an incompatible version (state format {found}, this eddy reads {STORE_FORMAT})")]
+    /// A format this eddy does not read.
+    Incompatible {
+        /// The state directory.
+        dir: PathBuf,
+        /// What was found instead.
+        found: String,
+    },
+    #[error("state directory {dir}: database error: {error}")]
+    /// redb failed.
+    Db {
+        /// The state directory.
+        dir: PathBuf,
+        /// The underlying error.
+        error: redb::Error,
+    },
+    #[error("state directory {dir}: metadata `{name}` is corrupt: {reason}; {RESTORE}")]
+    /// A metadata entry is corrupt.
+    CorruptMeta {
+        /// The state directory.
+        dir: PathBuf,
+        /// Its name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    #[error("state of operator `{operator}` for key `{key}` is corrupt: {reason}; {RESTORE}")]
+    /// A key's state record is corrupt.
+    Corrupt {
+        /// The operator.
+        operator: String,
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    #[error("state directory {dir}: the stored state of operator `{operator}` for key `{key}` is corrupt ({reason}); {RESTORE}")]
+    /// A stored record is corrupt.
+    CorruptState {
+        /// The state directory.
+        dir: PathBuf,
+        /// The operator.
+        operator: String,
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    #[error("state directory {dir}: {path} {reason}; compiled code and the control socket live there, so it must belong to the user running eddy (uid {euid}) and be writable by no one else: `chown {euid} {path} && chmod 700 {path}`, or pick another --state directory")]
+    /// A path another user owns or may write.
+    Unsafe {
+        /// The state directory.
+        dir: PathBuf,
+        /// The file it names.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+        /// The user running eddy.
+        euid: u32,
+    },
+    #[error("state directory {dir}: kept component {file}: {reason}; it is not the version recorded in the state directory, so it is not run: restore the file from the component that was swapped in (or from a backup)")]
+    /// A kept component does not match its name.
+    BadComponent {
+        /// The state directory.
+        dir: PathBuf,
+        /// The file in the state directory.
+        file: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Position reached in one input: where to resume.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourcePos {
+    /// Byte offset of the next unread line.
+    pub offset: u64,
+    /// Number of lines read (the next line's number is `line + 1`).
+    pub line: u64,
+}
+
+/// One key's state to write at a checkpoint: `None` deletes it.
+pub struct StateWrite {
+    /// The operator.
+    pub operator: Arc<str>,
+    /// The key.
+    pub key: Box<str>,
+    /// Its encoded record (`None`: delete it).
+    pub record: Option<Vec<u8>>,
+}
+
+/// Everything one checkpoint makes durable, in one transaction.
+#[derive(Default)]
+pub struct Checkpoint {
+    /// State changed since the last checkpoint.
+    pub writes: Vec<StateWrite>,
+    /// `(input id, position)`; `None` for inputs that cannot resume (stdin).
+    pub source: Option<(String, SourcePos)>,
+    /// `(output id, length in bytes)` of file outputs written so far.
+    pub sinks: Vec<(String, u64)>,
+    /// Other metadata to write: `(name, value)` (operator versions).
+    pub meta: Vec<(String, Vec<u8>)>,
+}
+
+/// The open state directory. Cheap to clone; shared by all threads.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    dir: PathBuf,
+}
+
+fn db_err(dir: &Path, e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        redb::Error::Corrupted(detail) => StoreError::Damaged {
+            dir: dir.to_path_buf(),
+            detail: format!("redb: {detail}"),
+        },
+        error => StoreError::Db {
+            dir: dir.to_path_buf(),
+            error,
+        },
+    }
+}
+
+thread_local! {
+    /// Depth of [`guard`] calls on this thread: a panic inside one is
+    /// reported as an error, so the panic hook stays quiet.
+    static GUARDED: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Runs `f` (redb calls), turning a panic, which redb raises on some
+/// damaged pages, into [`StoreError::Damaged`] naming `dir`.
+fn guard<T>(dir: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if GUARDED.with(Cell::get) == 0 {
+                previous(info)
+            }
+        }));
+    });
+    GUARDED.with(|g| g.set(g.get() + 1));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(g.get() - 1));
+    result.unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(StoreError::Damaged {
+            dir: dir.to_path_buf(),
+            detail: format!("redb failed reading it: {what}"),
+        })
+    })
+}
+
+/// CRC-32 of a metadata entry: its name, a zero byte and its value.
+fn meta_sum(name: &str, value: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(name.as_bytes());
+    h.update(&[0]);
+    h.update(value);
+    h.finalize()
+}
+
+/// A metadata value as stored: the value, then [`meta_sum`] (LE).
+fn seal(name: &str, value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(value.len() + 4);
+    v.extend_from_slice(value);
+    v.extend_from_slice(&meta_sum(name, value).to_le_bytes());
+    v
+}
+
+impl Store {
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Metadata `name`, its checksum verified and removed.
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let dir = &self.dir;
+        let raw = guard(dir, || {
+            let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
+            let meta = txn.open_table(META).map_err(|e| db_err(dir, e))?;
+            let v = meta
+                .get(name)
+                .map_err(|e| db_err(dir, e))?
+                .map(|v| v.value().to_vec());
+            Ok(v)
+        })?;
+        let Some(mut v) = raw else { return Ok(None) };
+        let corrupt = |reason: &str| StoreError::CorruptMeta {
+            dir: dir.clone(),
+            name: name.to_string(),
+            reason: reason.to_string(),
+        };
+        if v.len() < 4 {
+            return Err(corrupt("it is shorter than its checksum"));
+        }
+        let sum = u32::from_le_bytes(v[v.len() - 4..].try_into().unwrap());
+        v.truncate(v.len() - 4);
+        if meta_sum(name, &v) != sum {
+            return Err(corrupt(
+                "checksum mismatch: the value was changed after it was written",
+            ));
+        }
+        Ok(Some(v))
+    }
+
+    /// Metadata `name` that must be `N` bytes long.
+    fn meta_fixed<const N: usize>(&self, name: &str) -> Result<Option<[u8; N]>, StoreError> {
+        match self.meta(name)? {
+            None => Ok(None),
+            Some(v) => {
+                let len = v.len();
+                v.try_into().map(Some).map_err(|_| StoreError::CorruptMeta {
+                    dir: self.dir.clone(),
+                    name: name.to_string(),
+                    reason: format!("{len} bytes where {N} were expected"),
+                })
+            }
+        }
+    }
+
+    /// The checkpointed position of input `id`, if any.
+    pub fn source_pos(&self, id: &str) -> Result<Option<SourcePos>, StoreError> {
+        Ok(self
+            .meta_fixed::<16>(&format!("source:{id}"))?
+            .map(|v| SourcePos {
+                offset: u64::from_le_bytes(v[..8].try_into().unwrap()),
+                line: u64::from_le_bytes(v[8..].try_into().unwrap()),
+            }))
+    }
+
+    /// The checkpointed length of output `id`, if any.
+    pub fn sink_len(&self, id: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .meta_fixed::<8>(&format!("sink:{id}"))?
+            .map(u64::from_le_bytes))
+    }
+
+    /// Makes a checkpoint durable in one write transaction.
+    pub fn commit(&self, cp: &Checkpoint) -> Result<(), StoreError> {
+        let dir = &self.dir;
+        guard(dir, || {
+            let txn = self.db.begin_write().map_err(|e| db_err(dir, e))?;
+            {
+                let mut state = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
+                for w in &cp.writes {
+                    match &w.record {
+                        Some(r) => state
+                            .insert((&*w.operator, &*w.key), r.as_slice())
+                            .map(drop),
+                        None => state.remove((&*w.operator, &*w.key)).map(drop),
+                    }
+                    .map_err(|e| db_err(dir, e))?;
+                }
+                let mut meta = txn.open_table(META).map_err(|e| db_err(dir, e))?;
+                let mut put = |name: &str, value: &[u8]| {
+                    meta.insert(name, seal(name, value).as_slice())
+                        .map(drop)
+                        .map_err(|e| db_err(dir, e))
+                };
+                if let Some((id, pos)) = &cp.source {
+                    let mut v = [0u8; 16];
+                    v[..8].copy_from_slice(&pos.offset.to_le_bytes());
+                    v[8..].copy_from_slice(&pos.line.to_le_bytes());
+                    put(&format!("source:{id}"), &v)?;
+                }
+                for (id, len) in &cp.sinks {
+                    put(&format!("sink:{id}"), &len.to_le_bytes())?;
+                }
+                for (name, value) in &cp.meta {
+                    put(name, value)?;
+                }
+            }
+            txn.commit().map_err(|e| db_err(dir, e))
+        })
+    }
+
+    /// Checkpointed metadata `name` as JSON, if any.
+    pub fn meta_json<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.meta(name)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::CorruptMeta {
+                    dir: self.dir.clone(),
+                    name: name.to_string(),
+                    reason: e.to_string(),
+                }),
+        }
+    }
+}

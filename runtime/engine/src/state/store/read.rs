@@ -1,0 +1,100 @@
+//! Reading committed state: readers for workers, scans and samples.
+
+use redb::ReadableDatabase;
+
+use super::*;
+
+impl Store {
+    /// Up to `n` keys of `operator` with committed state, in key order.
+    pub fn sample_keys(&self, operator: &str, n: usize) -> Result<Vec<String>, StoreError> {
+        let dir = &self.dir;
+        guard(dir, || {
+            let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
+            let table = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
+            let mut out = Vec::new();
+            for item in table.range((operator, "")..).map_err(|e| db_err(dir, e))? {
+                let (k, _) = item.map_err(|e| db_err(dir, e))?;
+                let (op, key) = k.value();
+                if op != operator || out.len() >= n {
+                    break;
+                }
+                out.push(key.to_string());
+            }
+            Ok(out)
+        })
+    }
+
+    /// A reader of committed state, for loading keys on first touch.
+    pub fn reader(&self) -> Result<Reader, StoreError> {
+        let dir = &self.dir;
+        guard(dir, || {
+            let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
+            let table = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
+            Ok(Reader {
+                table,
+                dir: self.dir.clone(),
+            })
+        })
+    }
+
+    /// Every stored `(key, record)` of `operator`, in key order (for tests
+    /// and tools); each record's checksum is verified.
+    pub fn scan(&self, operator: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let dir = &self.dir;
+        let out: Vec<(String, Vec<u8>)> = guard(dir, || {
+            let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
+            let table = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
+            let mut out = Vec::new();
+            for item in table.range((operator, "")..).map_err(|e| db_err(dir, e))? {
+                let (k, v) = item.map_err(|e| db_err(dir, e))?;
+                let (op, key) = k.value();
+                if op != operator {
+                    break;
+                }
+                out.push((key.to_string(), v.value().to_vec()));
+            }
+            Ok(out)
+        })?;
+        for (key, record) in &out {
+            check_record(dir, operator, key, record)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Verifies the checksum of a stored record (see
+/// [`crate::state::check_record`]).
+fn check_record(dir: &Path, operator: &str, key: &str, record: &[u8]) -> Result<(), StoreError> {
+    crate::state::check_record(record).map_err(|e| StoreError::CorruptState {
+        dir: dir.to_path_buf(),
+        operator: operator.to_string(),
+        key: key.to_string(),
+        reason: e.0.to_string(),
+    })
+}
+
+/// A snapshot of committed state. Workers hold one and renew it at each
+/// checkpoint; what they wrote since is in their cache, so a snapshot that
+/// is older than the cache is never consulted for those keys.
+pub struct Reader {
+    table: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    dir: PathBuf,
+}
+
+impl Reader {
+    /// The stored record of `(operator, key)`, its checksum verified.
+    pub fn get(&self, operator: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let dir = &self.dir;
+        let record = guard(dir, || {
+            let v = self
+                .table
+                .get((operator, key))
+                .map_err(|e| db_err(dir, e))?;
+            Ok(v.map(|v| v.value().to_vec()))
+        })?;
+        if let Some(r) = &record {
+            check_record(dir, operator, key, r)?;
+        }
+        Ok(record)
+    }
+}

@@ -1,0 +1,84 @@
+//! What the running pipeline shows of itself (`eddy status`, the swap
+//! bench): counters per operator and worker, positions, swap pauses.
+//! Workers write them; the control endpoint reads them.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+/// Counters of one operator on one worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpStats {
+    /// Events handled successfully.
+    pub handled: u64,
+    /// Events that failed (dead-lettered).
+    pub failed: u64,
+    /// Events emitted.
+    pub emitted: u64,
+}
+
+/// One hot swap as a worker saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SwapPause {
+    /// Operator index in the chain.
+    pub stage: usize,
+    /// Generation swapped in.
+    pub generation: u32,
+    /// Time from the end of the last event the old version handled on this
+    /// worker to the start of the first event the new version handled, in
+    /// microseconds.
+    pub pause_us: f64,
+    /// The part of `pause_us` before the worker took the swap message (the
+    /// old version's last event to the switch), in microseconds.
+    pub before_switch_us: f64,
+}
+
+/// What a worker shows of itself while it runs (`eddy status`), updated
+/// after every batch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerLive {
+    /// Counters per operator.
+    pub ops: Vec<OpStats>,
+    /// Input line of the last event this worker handled (its position).
+    pub line: u64,
+    /// The most recent swaps (at most [`PAUSES_KEPT`]), oldest first.
+    pub pauses: Vec<SwapPause>,
+}
+
+/// Output (or dead letters) a worker buffers before handing it to the sink
+
+/// Swap pauses kept per worker for `eddy status` and the bench.
+pub const PAUSES_KEPT: usize = 4096;
+
+/// Every worker's [`WorkerLive`], by worker id, and the coordinator's
+/// position.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Per worker, by id.
+    pub workers: Vec<Mutex<WorkerLive>>,
+    /// Input lines read so far (updated by the coordinator).
+    pub lines_read: AtomicU64,
+}
+
+impl Live {
+    /// Counters for `workers` workers running `operators` operators each.
+    pub fn new(workers: usize, operators: usize) -> Live {
+        Live {
+            workers: (0..workers)
+                .map(|_| {
+                    Mutex::new(WorkerLive {
+                        ops: vec![OpStats::default(); operators],
+                        ..WorkerLive::default()
+                    })
+                })
+                .collect(),
+            lines_read: AtomicU64::new(0),
+        }
+    }
+
+    /// Worker `id`'s counters (a panic elsewhere does not hide them).
+    pub fn worker(&self, id: usize) -> MutexGuard<'_, WorkerLive> {
+        self.workers[id].lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

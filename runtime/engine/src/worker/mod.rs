@@ -1,0 +1,345 @@
+//! The workers: each thread (`eddy-worker-N`) runs its own instance of
+//! every operator of the chain for the keys routed to it, in arrival order.
+//!
+//! Events come in batches ([`Batch`]). An event handled by operator `i`
+//! yields emitted events for operator `i + 1`, routed by their (new) key:
+//! to this worker inline, or batched to the owning peer. After the last
+//! operator, emitted events become output lines for the sink.
+//!
+//! # Layout
+//!
+//! - [`batch`]: [`Batch`], events packed in one buffer.
+//! - [`pool`]: [`Workers`], the threads started together and stopped
+//!   together, and [`InFlight`], the count of batches not yet handled.
+//! - here: [`Worker`], one thread's loop.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::operator::{EventRef, Operator, RunError};
+use crate::route::route;
+use crate::sink::format::{format_output, push_field};
+use crate::sink::SinkMsg;
+use crate::state::{StateWrite, Store, StoreError};
+use crate::stats::{Live, OpStats, SwapPause, PAUSES_KEPT};
+
+mod batch;
+mod pool;
+
+pub use batch::Batch;
+pub use pool::{InFlight, Workers};
+
+/// Output (or dead letters) a worker buffers before handing it to the sink
+/// in the middle of a batch.
+const FLUSH_BYTES: usize = 4 << 20;
+
+/// A worker's answer to a checkpoint barrier.
+pub struct BarrierReply {
+    /// Its keys' state changed since the last checkpoint.
+    pub writes: Vec<StateWrite>,
+    /// Its counters, per operator.
+    pub stats: Vec<OpStats>,
+}
+
+/// Messages to a worker.
+pub enum Msg {
+    /// Events to handle.
+    Batch(Batch),
+    /// All events before it are handled: hand over the changed state.
+    Barrier(Sender<Result<BarrierReply, StoreError>>),
+    /// Hot swap: from here on operator `stage` is `op` (already
+    /// instantiated and initialised), running generation `generation`. It
+    /// takes over the old instance's state cache.
+    Swap {
+        /// The operator's index in the chain.
+        stage: usize,
+        /// The new version's instance for this worker.
+        op: Box<dyn Operator>,
+        /// The new version's generation.
+        generation: u32,
+    },
+    /// Stop after what came before.
+    Stop,
+}
+
+/// Why a worker stopped: the pipeline stops (state since the last
+/// checkpoint is not committed; a restart resumes from there).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Handling events failed.
+    #[error("worker {worker}: {error}")]
+    Failed {
+        /// Which worker.
+        worker: usize,
+        /// What went wrong.
+        error: RunError,
+    },
+    /// Handing over its state at a checkpoint failed; the error went to
+    /// the coordinator with the barrier's answer.
+    #[error("worker {worker}: its checkpoint barrier failed")]
+    Barrier {
+        /// Which worker.
+        worker: usize,
+    },
+}
+
+/// What a worker thread owns.
+struct Worker {
+    id: usize,
+    ops: Vec<Box<dyn Operator>>,
+    /// Every worker's inbox, this one's included.
+    peers: Vec<Sender<Msg>>,
+    sink: Sender<SinkMsg>,
+    /// Batches sent to workers and not yet fully handled.
+    inflight: Arc<InFlight>,
+    store: Store,
+    stats: Vec<OpStats>,
+    /// Events bound for peers, per peer.
+    outbox: Vec<Batch>,
+    /// Output lines not yet handed to the sink.
+    out: Vec<u8>,
+    /// Dead letters not yet handed to the sink.
+    dead: Vec<u8>,
+    /// Shared with `eddy status`.
+    live: Arc<Live>,
+    /// Per operator: when its last run of events ended (for swap pauses).
+    last_end: Vec<Option<Instant>>,
+    /// Per operator: a swap happened; the end of the old version's last
+    /// event and the switch, until the new version's first event.
+    swapped_at: Vec<Option<(Instant, Instant, u32)>>,
+    /// Input line of the last event handled.
+    line: u64,
+    /// Instances swapped out, dropped at the next barrier (off the swap's
+    /// critical path).
+    retired: Vec<Box<dyn Operator>>,
+}
+
+impl Worker {
+    /// Runs until [`Msg::Stop`] or until the inbox closes.
+    fn run(mut self, inbox: Receiver<Msg>) -> Result<Vec<OpStats>, WorkerError> {
+        for msg in inbox {
+            match msg {
+                Msg::Batch(batch) => {
+                    let r = self.handle_batch(&batch);
+                    self.flush();
+                    self.publish();
+                    if let Err(e) = r {
+                        return Err(self.fail(e));
+                    }
+                    self.inflight.done();
+                }
+                Msg::Swap {
+                    stage,
+                    op,
+                    generation,
+                } => self.swap(stage, op, generation),
+                Msg::Barrier(reply) => {
+                    let r = self.barrier();
+                    let failed = r.is_err();
+                    let _ = reply.send(r);
+                    if failed {
+                        return Err(WorkerError::Barrier { worker: self.id });
+                    }
+                }
+                Msg::Stop => break,
+            }
+        }
+        Ok(self.stats)
+    }
+
+    /// Gives up after `e`: the batch in hand is never done, and nothing
+    /// more is sent here. The coordinator, which waits on batches in flight
+    /// before it sends one (or a checkpoint barrier), is woken when this
+    /// thread ends ([`InFlight::ended`]) and joins it for `e`; a send it
+    /// was making meanwhile fails and reports `e` too.
+    fn fail(&self, e: RunError) -> WorkerError {
+        let e = WorkerError::Failed {
+            worker: self.id,
+            error: e,
+        };
+        tracing::error!("{e}");
+        e
+    }
+
+    /// Puts operator `stage`'s new instance in place, handing it the old
+    /// one's state cache.
+    fn swap(&mut self, stage: usize, mut op: Box<dyn Operator>, generation: u32) {
+        let old = &mut self.ops[stage];
+        std::mem::swap(op.ctx(), old.ctx());
+        op.ctx().set_generation(generation);
+        let old = std::mem::replace(&mut self.ops[stage], op);
+        self.retired.push(old);
+        let now = Instant::now();
+        let end = self.last_end[stage].unwrap_or(now);
+        self.swapped_at[stage] = Some((end, now, generation));
+    }
+
+    /// Shows this worker's counters and position to `eddy status`.
+    fn publish(&mut self) {
+        let mut live = self.live.worker(self.id);
+        live.ops.clone_from(&self.stats);
+        live.line = self.line;
+    }
+
+    /// Handles a batch: each run of consecutive events for the same
+    /// operator goes to that operator in one `handle_many` call.
+    fn handle_batch(&mut self, batch: &Batch) -> Result<(), RunError> {
+        let mut start = 0;
+        while start < batch.events.len() {
+            let stage = batch.events[start].stage;
+            let end = batch.events[start..]
+                .iter()
+                .position(|e| e.stage != stage)
+                .map_or(batch.events.len(), |n| start + n);
+            let run = &batch.events[start..end];
+            let events: Vec<EventRef<'_>> = run
+                .iter()
+                .map(|e| EventRef {
+                    key: batch.key(e),
+                    value: &batch.data[e.mid..e.end],
+                    time: e.time,
+                    line: e.line,
+                })
+                .collect();
+            let lines: Vec<u64> = run.iter().map(|e| e.line).collect();
+            self.process_run(stage as usize, &events, &lines)?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Handles `events` with operator `stage`, then (depth first, in
+    /// order) what they emitted.
+    fn process_run(
+        &mut self,
+        stage: usize,
+        events: &[EventRef<'_>],
+        lines: &[u64],
+    ) -> Result<(), RunError> {
+        let last = stage + 1 == self.ops.len();
+        let workers = self.peers.len();
+        let me = self.id;
+        // Emitted events this worker handles itself, for the next operator.
+        let mut local = Batch::default();
+        if let Some((end, switched, generation)) = self.swapped_at[stage].take() {
+            let pause = SwapPause {
+                stage,
+                generation,
+                pause_us: end.elapsed().as_secs_f64() * 1e6,
+                before_switch_us: (switched - end).as_secs_f64() * 1e6,
+            };
+            let mut live = self.live.worker(me);
+            if live.pauses.len() >= PAUSES_KEPT {
+                live.pauses.remove(0);
+            }
+            live.pauses.push(pause);
+        }
+        if let Some(&l) = lines.last() {
+            self.line = self.line.max(l);
+        }
+        let Worker {
+            ops,
+            stats,
+            dead,
+            out,
+            outbox,
+            last_end,
+            sink,
+            ..
+        } = self;
+        let op = &mut ops[stage];
+        let name = op.ctx().name().clone();
+        let version = op.version().to_string();
+        let stats = &mut stats[stage];
+        op.handle_many(events, &mut |i, result, emitted| {
+            let e = &events[i];
+            match result {
+                Ok(()) => {
+                    stats.handled += 1;
+                    stats.emitted += emitted.len() as u64;
+                }
+                Err(err) => {
+                    stats.failed += 1;
+                    let rec = serde_json::json!({
+                        "operator": &*name,
+                        "version": &version,
+                        "key": e.key,
+                        "line": lines[i],
+                        "error": err.to_string(),
+                    });
+                    // `payload` last, inline when JSON (`payload_base64`
+                    // when not UTF-8).
+                    let mut s = serde_json::to_vec(&rec).expect("json");
+                    s.pop();
+                    s.push(b',');
+                    push_field(&mut s, "payload", e.value);
+                    s.extend_from_slice(b"}\n");
+                    dead.extend_from_slice(&s);
+                }
+            }
+            for (key, value) in emitted.iter() {
+                if last {
+                    format_output(out, key, value);
+                } else {
+                    let target = route(key, workers);
+                    let b = if target == me {
+                        &mut local
+                    } else {
+                        &mut outbox[target]
+                    };
+                    b.push(stage as u16 + 1, key, value, e.time, lines[i]);
+                }
+            }
+            emitted.clear();
+            // What a run's events emit can add up to far more than one
+            // event may: hand output over as it grows, not at the end.
+            if out.len() >= FLUSH_BYTES {
+                let _ = sink.send(SinkMsg::Out(std::mem::take(out)));
+            }
+            if dead.len() >= FLUSH_BYTES {
+                let _ = sink.send(SinkMsg::Dead(std::mem::take(dead)));
+            }
+        })?;
+        last_end[stage] = Some(Instant::now());
+        if !local.is_empty() {
+            self.handle_batch(&local)?;
+        }
+        Ok(())
+    }
+
+    /// Sends batched peer events and output.
+    fn flush(&mut self) {
+        for (i, b) in self.outbox.iter_mut().enumerate() {
+            if !b.is_empty() {
+                let b = std::mem::take(b);
+                self.inflight.add();
+                if self.peers[i].send(Msg::Batch(b)).is_err() {
+                    self.inflight.done();
+                }
+            }
+        }
+        if !self.out.is_empty() {
+            let _ = self.sink.send(SinkMsg::Out(std::mem::take(&mut self.out)));
+        }
+        if !self.dead.is_empty() {
+            let _ = self
+                .sink
+                .send(SinkMsg::Dead(std::mem::take(&mut self.dead)));
+        }
+    }
+
+    fn barrier(&mut self) -> Result<BarrierReply, StoreError> {
+        self.retired.clear();
+        let mut writes = Vec::new();
+        for op in &mut self.ops {
+            let reader = self.store.reader()?;
+            op.ctx().take_dirty(Some(reader), &mut writes);
+        }
+        Ok(BarrierReply {
+            writes,
+            stats: self.stats.clone(),
+        })
+    }
+}
