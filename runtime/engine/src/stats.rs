@@ -42,11 +42,9 @@ pub struct WorkerLive {
     pub ops: Vec<OpStats>,
     /// Input line of the last event this worker handled (its position).
     pub line: u64,
-    /// The most recent swaps (at most [`PAUSES_KEPT`]), oldest first.
+    /// The most recent swaps (at most `PAUSES_KEPT`), oldest first.
     pub pauses: Vec<SwapPause>,
 }
-
-/// Output (or dead letters) a worker buffers before handing it to the sink
 
 /// Swap pauses kept per worker for `eddy status` and the bench.
 pub const PAUSES_KEPT: usize = 4096;

@@ -21,10 +21,10 @@
 //!
 //! # Layout
 //!
-//! - [`protocol`]: the requests and answers, limits and defaults.
-//! - [`server`]: the endpoint a running pipeline serves ([`Server`]).
-//! - [`client`]: [`find`] a pipeline's socket and send it a [`request`].
-//! - [`status`]: the [`Status`] answer, built from the swap controller and
+//! - `protocol`: the requests and answers, limits and defaults.
+//! - `server`: the endpoint a running pipeline serves (`Server`).
+//! - `client`: [`find`] a pipeline's socket and send it a [`request`].
+//! - `status`: the [`Status`] answer, built from the swap controller and
 //!   the workers' counters.
 
 mod client;

@@ -32,7 +32,7 @@ pub struct Loaded {
     /// What the host allows it.
     pub limits: Limits,
     /// Generation of the version that runs (set from the state directory
-    /// when the pipeline starts; see [`crate::swap::resolve`]).
+    /// when the pipeline starts; see `crate::swap::resolve`).
     pub generation: u32,
     /// Content hash of each generation, for `migrate`.
     pub history: Arc<Vec<String>>,

@@ -136,7 +136,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Controller {
-    /// A controller for `ops` (as resolved by [`resolve`]).
+    /// A controller for `ops` (as resolved by `resolve`).
     pub fn new(
         store: Store,
         workers: usize,

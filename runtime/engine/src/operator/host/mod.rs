@@ -248,7 +248,7 @@ impl OpCtx {
     }
 
     /// Starts handling an event of the key in cache slot `slot` (from
-    /// [`OpCtx::frame_values`]).
+    /// [`OpCtx::slots`]).
     pub fn begin_slot(&mut self, slot: u32) {
         debug_assert!(self.current.is_none());
         self.current = Some(slot);

@@ -14,7 +14,7 @@ pub fn component_hash_of(digest: &[u8; 32]) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The content hash of component `bytes` (see [`component_hash_of`]).
+/// The content hash of component `bytes` (see `component_hash_of`).
 pub fn component_hash(bytes: &[u8]) -> String {
     component_hash_of(&Sha256::digest(bytes).into())
 }
