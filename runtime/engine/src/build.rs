@@ -27,11 +27,11 @@ pub const WIT: &[(&str, &str)] = &[
 ];
 
 /// The Python SDK module (`import eddy`).
-pub const PYTHON_SDK: &str = include_str!("../../../plugins/python/eddy.py");
+pub const PYTHON_SDK: &str = include_str!("../../../sdk/python/eddy.py");
 /// The JavaScript SDK module (`import ... from 'eddy.js'`).
-pub const JS_SDK: &str = include_str!("../../../plugins/js/eddy.js");
+pub const JS_SDK: &str = include_str!("../../../sdk/js/eddy.js");
 /// The C SDK header (`#include "eddy.h"`).
-pub const C_SDK: &str = include_str!("../../../plugins/c/eddy.h");
+pub const C_SDK: &str = include_str!("../../../sdk/c/eddy.h");
 
 /// Source languages `eddy build` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
