@@ -35,7 +35,7 @@ pub struct BenchSwapArgs {
     /// Version 2 of the counter.
     #[arg(
         long,
-        default_value = "plugins/target/wasm32-wasip2/release/counter_v2.wasm"
+        default_value = "tests/fixtures/target/wasm32-wasip2/release/counter_v2.wasm"
     )]
     pub v2: PathBuf,
     /// Number of swaps (alternating v2, v1, v2, ...).
@@ -73,7 +73,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
     for p in [&a.v1, &a.v2] {
         if !p.exists() {
             bail!(
-                "{} is missing: build the plugins first (cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml)",
+                "{} is missing: build the counter versions first (cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml, and the same with tests/fixtures/Cargo.toml)",
                 p.display()
             );
         }
