@@ -1,5 +1,9 @@
 //! Eddy: a stateful stream runtime for WebAssembly component operators.
 //!
+//! This crate is the engine. The `eddy` command line is `eddy-cli`
+//! (`runtime/cli`), `eddy build` is `eddy-build` (`runtime/build`) and the
+//! benchmarks are `eddy-bench` (`runtime/bench`).
+//!
 //! # Layout
 //!
 //! - [`state`]: one key's state (values, maps, lists), its undo journal and
@@ -19,22 +23,9 @@
 //! - [`swap`]: hot swap: operator versions, the [`swap::Controller`].
 //! - [`control`]: the control endpoint (`eddy status`, `swap`, `rollback`).
 //! - [`pipeline`]: the pipeline file and flags.
-//! - [`mod@bench`]: the `eddy bench` command.
-//! - [`bench_swap`]: the `eddy bench-swap` command (hot-swap pause).
-//! - [`bench_langs`]: the `eddy bench-langs` command (one operator in
-//!   several languages).
-//! - [`build`]: the `eddy build` command (operators from Rust, Python,
-//!   JavaScript or C source).
-//! - [`cli`]: the `eddy` command line.
 //! - [`bindings`]: the host bindings of `wit/`.
-pub mod bench;
-pub mod bench_langs;
-pub mod bench_swap;
 pub mod bindings;
-pub mod build;
-pub mod build_c;
 pub mod cache;
-pub mod cli;
 pub mod control;
 pub mod decode;
 pub mod host;

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::control::{self, Request, Response};
-use crate::pipeline::{Input, OperatorSpec, Output, Pipeline};
-use crate::runner::{self, Shutdown};
-use crate::wasm;
+use eddy_runtime::control::{self, Request, Response};
+use eddy_runtime::pipeline::{Input, OperatorSpec, Output, Pipeline};
+use eddy_runtime::runner::{self, Shutdown};
+use eddy_runtime::wasm;
 
 /// Measure the hot-swap pause per worker under load.
 #[derive(Args, Debug)]
@@ -125,7 +125,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
         Ok(Some(socket)) => socket,
         _ => bail!("the pipeline did not start: {:?}", pipeline.join()),
     };
-    let status = || -> Result<crate::swap::Status> {
+    let status = || -> Result<eddy_runtime::swap::Status> {
         match control::request(&socket, &Request::Status, control::DEFAULT_WAIT)? {
             Response::Status(s) => Ok(*s),
             other => bail!("unexpected answer {other:?}"),
@@ -244,7 +244,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
 }
 
 /// Every worker saw every swap.
-fn check_every_worker_paused(s: &crate::swap::Status, swaps: usize) -> Result<()> {
+fn check_every_worker_paused(s: &eddy_runtime::swap::Status, swaps: usize) -> Result<()> {
     for w in &s.workers {
         if w.pauses.len() != swaps {
             bail!(

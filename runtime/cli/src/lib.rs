@@ -1,6 +1,14 @@
 //! The `eddy` command line (`eddy run`, `status`, `swap`, `rollback`,
-//! `bench`): [`main`] parses the arguments, runs the command and turns
-//! errors into an exit code.
+//! `build`, `bench`): [`main`] parses the arguments, runs the command and
+//! turns errors into an exit code.
+//!
+//! # Layout
+//!
+//! - this file: the arguments, `eddy run` on the engine (`eddy-runtime`),
+//!   the control client (`status`, `swap`, `rollback`) and its output.
+//! - `eddy build` is `eddy-build`; `eddy bench`, `bench-swap` and
+//!   `bench-langs` are `eddy-bench`.
+//! - `main.rs`: the `eddy` binary.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,11 +16,13 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::control::{self, Request, Response};
-use crate::pipeline::{Overrides, Pipeline};
-use crate::runner::{self, Shutdown};
-use crate::swap::{Status, SwapReport, Version};
-use crate::{bench, bench_langs, bench_swap, build, wasm};
+use eddy_bench::{counter as bench, langs as bench_langs, swap as bench_swap};
+use eddy_build as build;
+use eddy_runtime::control::{self, Request, Response};
+use eddy_runtime::pipeline::{Overrides, Pipeline};
+use eddy_runtime::runner::{self, Shutdown};
+use eddy_runtime::swap::{Status, SwapReport, Version};
+use eddy_runtime::wasm;
 
 /// Eddy: a stateful stream runtime for WebAssembly operators.
 ///

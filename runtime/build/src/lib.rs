@@ -4,8 +4,17 @@
 //! wasi-libc, bindings and component encoding done here).
 //!
 //! The contract (`wit/`) and the thin per-language SDK files (`eddy.py`,
-//! `eddy.js`, `eddy.h`) are built into the `eddy` binary, so a user needs
-//! only their operator's source and the language's own toolchain.
+//! `eddy.js`, `eddy.h`, from `sdk/`) are built into the `eddy` binary, so a
+//! user needs only their operator's source and the language's own toolchain.
+//!
+//! # Layout
+//!
+//! - this file: [`BuildArgs`] and [`run`] (the command), language detection,
+//!   the embedded files ([`WIT`], [`PYTHON_SDK`], [`JS_SDK`], [`C_SDK`]) and
+//!   the Rust, Python and JavaScript builds.
+//! - [`build_c`]: the C build (bindings, clang, component encoding).
+
+pub mod build_c;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -14,8 +23,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-
-use crate::build_c;
 
 /// The contract's files, as in `wit/`.
 pub const WIT: &[(&str, &str)] = &[

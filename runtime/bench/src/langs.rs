@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::bench::{decode, generate, operator_path, rate};
-use crate::cache::{Cache, Compiled};
-use crate::host::{Limits, OpCtx};
-use crate::wasm::{self, Plugin};
+use crate::counter::{decode, generate, operator_path, rate};
+use eddy_runtime::cache::{Cache, Compiled};
+use eddy_runtime::host::{Limits, OpCtx};
+use eddy_runtime::wasm::{self, Plugin};
 
 /// Compare components of one operator written in different languages.
 #[derive(Args, Debug)]

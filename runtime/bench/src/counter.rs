@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::host::{Limits, OpCtx};
-use crate::native::NativeCounter;
-use crate::operator::{EventRef, Operator};
-use crate::pipeline::{Input, Output, Pipeline};
-use crate::runner::{self, Loaded, OperatorKind, Shutdown};
-use crate::wasm::{self, Plugin};
+use eddy_runtime::host::{Limits, OpCtx};
+use eddy_runtime::native::NativeCounter;
+use eddy_runtime::operator::{EventRef, Operator};
+use eddy_runtime::pipeline::{Input, Output, Pipeline};
+use eddy_runtime::runner::{self, Loaded, OperatorKind, Shutdown};
+use eddy_runtime::wasm::{self, Plugin};
 
 /// Benchmark the keyed counter: Wasm component vs native Rust, operator path
 /// and end to end (JSON Lines file in, state committed to redb).
@@ -209,7 +209,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let input = dir.path().join("events.jsonl");
         std::fs::write(&input, &ev.data)?;
         drop(ev);
-        let workers = a.workers.unwrap_or_else(crate::pipeline::default_workers);
+        let workers = a
+            .workers
+            .unwrap_or_else(eddy_runtime::pipeline::default_workers);
         println!("\nend to end ({workers} workers, JSON Lines file in and out, state committed to redb):");
         let mut rates: [Vec<f64>; 2] = Default::default();
         for run in 1..=a.repeat {
@@ -272,8 +274,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
 /// its `totals` plus padding), then restarts a pipeline on it and times it
 /// up to the first event handled and checkpointed.
 fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
-    use crate::state::Entity;
-    use crate::store::{Checkpoint, StateWrite, Store};
+    use eddy_runtime::state::Entity;
+    use eddy_runtime::store::{Checkpoint, StateWrite, Store};
     let dir = tempfile::tempdir()?;
     let state_dir = dir.path().join("state");
     let keys = mib * 1024;
@@ -326,7 +328,9 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
         output: Output::File(dir.path().join("out.jsonl")),
         dead_letter: dir.path().join("dead.jsonl"),
         state_dir,
-        workers: a.workers.unwrap_or_else(crate::pipeline::default_workers),
+        workers: a
+            .workers
+            .unwrap_or_else(eddy_runtime::pipeline::default_workers),
         checkpoint_interval: Duration::from_secs(1),
         checkpoint_events: None,
         follow: false,
