@@ -411,8 +411,8 @@ fn js(dir: &Path, world: &str, out: &Path) -> Result<()> {
     let main = js_main(dir)?;
     // componentize-js lets the engine read only files under its working
     // directory: lay out `<tmp>/eddy.js` and the operator's files in
-    // `<tmp>/op/`, so `import ... from '../eddy.js'` resolves as it does in
-    // plugins/js.
+    // `<tmp>/op/`, so `import ... from '../eddy.js'` (how the operators in
+    // plugins/js import the SDK) resolves.
     let tmp = scratch(None)?;
     std::fs::write(tmp.path().join("eddy.js"), JS_SDK)?;
     let op = tmp.path().join("op");
