@@ -11,9 +11,9 @@ if [ ! -f "examples/$example/pipeline.toml" ]; then
 fi
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 cargo build --quiet --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
-# The whole workspace, not just eddy-runtime: the test command then reuses
+# The whole workspace, not just eddy-cli: the test command then reuses
 # this build of wasmtime instead of compiling it a second time (the
-# workspace's features differ from those of eddy-runtime alone).
+# workspace's features differ from those of eddy-cli alone).
 cargo build --quiet --release --workspace
 # Each demo run starts from empty state; run target/release/eddy yourself to
 # see a second run resume where the first stopped.

@@ -1,63 +1,82 @@
-//! Builds the example operators in `plugins/` for wasm32-wasip2 (with
+//! Builds the example operators in `plugins/` and the test-only operators in
+//! `tests/fixtures/` for wasm32-wasip2 (each workspace with its own
 //! `CARGO_TARGET_DIR` under `OUT_DIR`, so the host build is untouched) and
 //! writes their paths as constants for the tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PLUGINS: &[&str] = &[
-    "counter",
-    "fraud",
-    "views",
-    "recommend",
-    "tracking",
-    "faulty",
-    "counter_v2",
-    "counter_v3",
-    "refuse",
-    "migrate_fails",
-    "hello-cli",
+/// The workspaces to build, relative to the repository root: their folder,
+/// the folder of their target directory under `OUT_DIR`, what they hold,
+/// and the components the tests use.
+const WORKSPACES: &[(&str, &str, &str, &[&str])] = &[
+    (
+        "plugins",
+        "plugins-target",
+        "example operator",
+        &["counter", "fraud", "views", "recommend", "tracking"],
+    ),
+    (
+        "tests/fixtures",
+        "fixtures-target",
+        "test operator",
+        &[
+            "faulty",
+            "counter_v2",
+            "counter_v3",
+            "refuse",
+            "migrate_fails",
+            "hello-cli",
+        ],
+    ),
 ];
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap();
-    for dir in ["plugins", "sdk", "wit"] {
+    for dir in ["plugins", "tests/fixtures", "sdk", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     ensure_target();
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let target_dir = out.join("plugins-target");
+    let mut consts = String::new();
+    for (dir, target, what, components) in WORKSPACES {
+        let target_dir = out.join(target);
+        build(&root.join(dir).join("Cargo.toml"), &target_dir, dir);
+        for name in *components {
+            let path = target_dir
+                .join(TARGET)
+                .join("release")
+                .join(format!("{name}.wasm"));
+            assert!(path.exists(), "{} was not built", path.display());
+            consts += &format!(
+                "/// The `{name}` {what} (`{dir}/`).\npub const {}: &str = {:?};\n",
+                name.to_uppercase().replace('-', "_"),
+                path.display().to_string()
+            );
+        }
+    }
+    std::fs::write(out.join("plugins.rs"), consts).unwrap();
+}
+
+/// Builds the workspace of `manifest` for wasm32-wasip2 into `target_dir`.
+fn build(manifest: &Path, target_dir: &Path, dir: &str) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--release", "--target", TARGET, "--manifest-path"])
-        .arg(root.join("plugins/Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target_dir)
+        .arg(manifest)
+        .env("CARGO_TARGET_DIR", target_dir)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTC_WRAPPER")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .status()
-        .expect("running cargo to build plugins/");
+        .unwrap_or_else(|e| panic!("running cargo to build {dir}/: {e}"));
     assert!(
         status.success(),
-        "building plugins/ for {TARGET} failed (see the output above)"
+        "building {dir}/ for {TARGET} failed (see the output above)"
     );
-    let mut consts = String::new();
-    for name in PLUGINS {
-        let path = target_dir
-            .join(TARGET)
-            .join("release")
-            .join(format!("{name}.wasm"));
-        assert!(path.exists(), "{} was not built", path.display());
-        consts += &format!(
-            "/// The `{name}` example operator.\npub const {}: &str = {:?};\n",
-            name.to_uppercase().replace('-', "_"),
-            path.display().to_string()
-        );
-    }
-    std::fs::write(out.join("plugins.rs"), consts).unwrap();
 }
 
 /// Installs the wasm32-wasip2 target with rustup when it is missing.

@@ -1,5 +1,9 @@
 //! Eddy: a stateful stream runtime for WebAssembly component operators.
 //!
+//! This crate is the engine. The `eddy` command line is `eddy-cli`
+//! (`runtime/cli`), `eddy build` is `eddy-build` (`runtime/build`) and the
+//! benchmarks are `eddy-bench` (`runtime/bench`).
+//!
 //! # Layout
 //!
 //! The engine's modules are named after the stage of the data path they
@@ -34,9 +38,6 @@
 //! Module dependencies go one way (a type two modules share lives below
 //! both); the `module_graph` test checks it and prints the listing.
 //!
-//! Not yet in their own crates: the `eddy` command line ([`cli`]), `eddy
-//! build` ([`build`]) and the benchmarks ([`mod@bench`], [`bench_swap`],
-//! [`bench_langs`]), which use only the API below.
 #![deny(missing_docs)]
 
 mod checkpoint;
@@ -54,13 +55,6 @@ mod worker;
 
 #[cfg(test)]
 mod module_graph;
-
-pub mod bench;
-pub mod bench_langs;
-pub mod bench_swap;
-pub mod build;
-pub mod build_c;
-pub mod cli;
 
 pub use config::{
     default_workers, Input, Limits, OperatorSpec, Output, Overrides, Pipeline, PipelineError,

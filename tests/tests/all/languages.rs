@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use eddy_runtime::build::{self, Lang};
+use eddy_build::{self as build, Lang};
 use eddy_runtime::{Pipeline, Store};
 use eddy_tests::{COUNTER, FRAUD};
 

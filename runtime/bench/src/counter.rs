@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::{
+use eddy_runtime::{
     EventRef, Input, Limits, Loaded, NativeCounter, OpCtx, Operator, OperatorKind, Output,
     Pipeline, Plugin, Shutdown,
 };
@@ -141,7 +141,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if let Some(mib) = a.recovery_mib {
         return recovery(&a, mib);
     }
-    let engine = crate::engine()?;
+    let engine = eddy_runtime::engine()?;
     let t = Instant::now();
     let plugin = Arc::new(
         Plugin::load(&engine, &a.plugin)
@@ -170,7 +170,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let fresh = || OpCtx::new("counter".into(), None, Limits::default());
         // The cost of the per-call CPU limit (epoch deadlines): the same
         // component on an engine without it.
-        let free = crate::engine_with(false)?;
+        let free = eddy_runtime::engine_with(false)?;
         let unlimited = Arc::new(Plugin::load(&free, &a.plugin)?);
         let (mut native, mut limited, mut free) = (Vec::new(), Vec::new(), Vec::new());
         for run in 1..=a.repeat {
@@ -207,7 +207,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let input = dir.path().join("events.jsonl");
         std::fs::write(&input, &ev.data)?;
         drop(ev);
-        let workers = a.workers.unwrap_or_else(crate::default_workers);
+        let workers = a.workers.unwrap_or_else(eddy_runtime::default_workers);
         println!("\nend to end ({workers} workers, JSON Lines file in and out, state committed to redb):");
         let mut rates: [Vec<f64>; 2] = Default::default();
         for run in 1..=a.repeat {
@@ -245,7 +245,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     generation: 0,
                     history: Default::default(),
                 }];
-                let s = crate::run(&p, ops, &Shutdown::new())?;
+                let s = eddy_runtime::run(&p, ops, &Shutdown::new())?;
                 let r = rate(s.lines as usize, s.elapsed);
                 println!(
                     "  run {run}: {label:<7} {:>10.0} events/s  ({} events, {} checkpoints, {:.2}s)",
@@ -270,7 +270,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
 /// its `totals` plus padding), then restarts a pipeline on it and times it
 /// up to the first event handled and checkpointed.
 fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
-    use crate::{Checkpoint, Entity, StateWrite, Store};
+    use eddy_runtime::{Checkpoint, Entity, StateWrite, Store};
     let dir = tempfile::tempdir()?;
     let state_dir = dir.path().join("state");
     let keys = mib * 1024;
@@ -323,7 +323,7 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
         output: Output::File(dir.path().join("out.jsonl")),
         dead_letter: dir.path().join("dead.jsonl"),
         state_dir,
-        workers: a.workers.unwrap_or_else(crate::default_workers),
+        workers: a.workers.unwrap_or_else(eddy_runtime::default_workers),
         checkpoint_interval: Duration::from_secs(1),
         checkpoint_events: None,
         follow: false,
@@ -332,7 +332,7 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
         verify_state: false,
     };
     let t = Instant::now();
-    let engine = crate::engine()?;
+    let engine = eddy_runtime::engine()?;
     let plugin = Arc::new(Plugin::load(&engine, &a.plugin)?);
     let ops = vec![Loaded {
         name: "counter".into(),
@@ -342,7 +342,7 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
         generation: 0,
         history: Default::default(),
     }];
-    let s = crate::run(&p, ops, &Shutdown::new())?;
+    let s = eddy_runtime::run(&p, ops, &Shutdown::new())?;
     let d = t.elapsed();
     let out = std::fs::read_to_string(dir.path().join("out.jsonl"))?;
     anyhow::ensure!(

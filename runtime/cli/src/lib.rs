@@ -1,6 +1,14 @@
 //! The `eddy` command line (`eddy run`, `status`, `swap`, `rollback`,
-//! `bench`): [`main`] parses the arguments, runs the command and turns
-//! errors into an exit code.
+//! `build`, `bench`): [`main`] parses the arguments, runs the command and
+//! turns errors into an exit code.
+//!
+//! # Layout
+//!
+//! - this file: the arguments, `eddy run` on the engine (`eddy-runtime`),
+//!   the control client (`status`, `swap`, `rollback`) and its output.
+//! - `eddy build` is `eddy-build`; `eddy bench`, `bench-swap` and
+//!   `bench-langs` are `eddy-bench`.
+//! - `main.rs`: the `eddy` binary.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,9 +16,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::control::{self, Request, Response, Status};
-use crate::{bench, bench_langs, bench_swap, build};
-use crate::{Overrides, Pipeline, Shutdown, SwapReport, Version};
+use eddy_bench::{counter as bench, langs as bench_langs, swap as bench_swap};
+use eddy_build as build;
+use eddy_runtime::control::{self, Request, Response, Status};
+use eddy_runtime::{Overrides, Pipeline, Shutdown, SwapReport, Version};
 
 /// Eddy: a stateful stream runtime for WebAssembly operators.
 ///
@@ -231,8 +240,8 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         verify_state: a.verify_state,
     };
     let pipeline = Pipeline::load(a.pipeline.as_deref(), overrides)?;
-    let engine = crate::engine().context("starting the WebAssembly engine")?;
-    let operators = crate::load_operators(&engine, &pipeline)?;
+    let engine = eddy_runtime::engine().context("starting the WebAssembly engine")?;
+    let operators = eddy_runtime::load_operators(&engine, &pipeline)?;
 
     let shutdown = Shutdown::new();
     let s = shutdown.clone();
@@ -250,7 +259,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
 
     let quiet = a.quiet;
     let state_dir = pipeline.state_dir.clone();
-    let summary = crate::run_notify(&pipeline, operators, &shutdown, |started| {
+    let summary = eddy_runtime::run_notify(&pipeline, operators, &shutdown, |started| {
         if let (Some(socket), false) = (&started.control, quiet) {
             eprintln!(
                 "eddy: control socket {} (owner only): `eddy status`, `eddy swap`, `eddy rollback` --state {}",

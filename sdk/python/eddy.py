@@ -1,6 +1,6 @@
 """Write Eddy stream operators in Python.
 
-The Python counterpart of the Rust SDK (`sdk/src/lib.rs`). An operator is a
+The Python counterpart of the Rust SDK (`sdk/rust/src/lib.rs`). An operator is a
 class with `init(self, config)` and `handle(self, event)`; `export` turns it
 into the component's exports:
 

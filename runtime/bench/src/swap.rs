@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::control::{self, Request, Response};
-use crate::{Input, OperatorSpec, Output, Pipeline, Shutdown};
+use eddy_runtime::control::{self, Request, Response};
+use eddy_runtime::{Input, OperatorSpec, Output, Pipeline, Shutdown};
 
 /// Measure the hot-swap pause per worker under load.
 #[derive(Args, Debug)]
@@ -33,7 +33,7 @@ pub struct BenchSwapArgs {
     /// Version 2 of the counter.
     #[arg(
         long,
-        default_value = "plugins/target/wasm32-wasip2/release/counter_v2.wasm"
+        default_value = "tests/fixtures/target/wasm32-wasip2/release/counter_v2.wasm"
     )]
     pub v2: PathBuf,
     /// Number of swaps (alternating v2, v1, v2, ...).
@@ -71,7 +71,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
     for p in [&a.v1, &a.v2] {
         if !p.exists() {
             bail!(
-                "{} is missing: build the plugins first (cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml)",
+                "{} is missing: build the counter versions first (cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml, and the same with tests/fixtures/Cargo.toml)",
                 p.display()
             );
         }
@@ -107,14 +107,14 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
     let shutdown = Shutdown::new();
-    let engine = crate::engine()?;
-    let ops = crate::load_operators(&engine, &p)?;
+    let engine = eddy_runtime::engine()?;
+    let ops = eddy_runtime::load_operators(&engine, &p)?;
     let (tx, rx) = std::sync::mpsc::channel();
     let pipeline = {
         let p = p.clone();
         let s = shutdown.clone();
         std::thread::spawn(move || {
-            crate::run_notify(&p, ops, &s, |started| {
+            eddy_runtime::run_notify(&p, ops, &s, |started| {
                 let _ = tx.send(started.control.clone());
             })
         })
@@ -123,7 +123,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
         Ok(Some(socket)) => socket,
         _ => bail!("the pipeline did not start: {:?}", pipeline.join()),
     };
-    let status = || -> Result<crate::control::Status> {
+    let status = || -> Result<eddy_runtime::control::Status> {
         match control::request(&socket, &Request::Status, control::DEFAULT_WAIT)? {
             Response::Status(s) => Ok(*s),
             other => bail!("unexpected answer {other:?}"),
@@ -242,7 +242,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
 }
 
 /// Every worker saw every swap.
-fn check_every_worker_paused(s: &crate::control::Status, swaps: usize) -> Result<()> {
+fn check_every_worker_paused(s: &eddy_runtime::control::Status, swaps: usize) -> Result<()> {
     for w in &s.workers {
         if w.pauses.len() != swaps {
             bail!(

@@ -92,7 +92,7 @@ use serde::Serialize;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../../wit",
         world: "full-operator",
         pub_export_macro: true,
         export_macro_name: "__export_eddy_operator",

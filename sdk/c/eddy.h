@@ -3,7 +3,7 @@
  *
  * A thin layer over the raw bindings that `eddy build` generates from the
  * contract (wit/world.wit, world `operator`, header "operator.h"); the C
- * counterpart of the Rust SDK (sdk/src/lib.rs). Header only: include it, and
+ * counterpart of the Rust SDK (sdk/rust/src/lib.rs). Header only: include it, and
  * export your operator from exactly one source file with
  *
  *     EDDY_EXPORT_OPERATOR(my_init, my_handle)

@@ -1,5 +1,5 @@
 // Eddy operators in JavaScript: a thin SDK over the eddy:operator@0.1.0
-// contract, the JavaScript counterpart of the Rust SDK (sdk/src/lib.rs).
+// contract, the JavaScript counterpart of the Rust SDK (sdk/rust/src/lib.rs).
 //
 //   import { operator, Value, List, emit, struct } from '../eddy.js';
 //

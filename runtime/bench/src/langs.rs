@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::bench::{decode, generate, operator_path, rate};
-use crate::{Cache, Compiled, Limits, OpCtx, Plugin};
+use crate::counter::{decode, generate, operator_path, rate};
+use eddy_runtime::{Cache, Compiled, Limits, OpCtx, Plugin};
 
 /// Compare components of one operator written in different languages.
 #[derive(Args, Debug)]
@@ -51,7 +51,7 @@ pub fn run(a: BenchLangsArgs) -> Result<()> {
         };
         specs.push((label.to_string(), PathBuf::from(path)));
     }
-    let engine = crate::engine()?;
+    let engine = eddy_runtime::engine()?;
     let cache_dir = tempfile::tempdir()?;
     let ev = generate(a.events, a.keys);
     let events = decode(&ev);

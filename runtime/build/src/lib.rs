@@ -4,8 +4,17 @@
 //! wasi-libc, bindings and component encoding done here).
 //!
 //! The contract (`wit/`) and the thin per-language SDK files (`eddy.py`,
-//! `eddy.js`, `eddy.h`) are built into the `eddy` binary, so a user needs
-//! only their operator's source and the language's own toolchain.
+//! `eddy.js`, `eddy.h`, from `sdk/`) are built into the `eddy` binary, so a
+//! user needs only their operator's source and the language's own toolchain.
+//!
+//! # Layout
+//!
+//! - this file: [`BuildArgs`] and [`run`] (the command), language detection,
+//!   the embedded files ([`WIT`], [`PYTHON_SDK`], [`JS_SDK`], [`C_SDK`]) and
+//!   the Rust, Python and JavaScript builds.
+//! - [`build_c`]: the C build (bindings, clang, component encoding).
+
+pub mod build_c;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -14,8 +23,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-
-use crate::build_c;
 
 /// The contract's files, as in `wit/`.
 pub const WIT: &[(&str, &str)] = &[
@@ -27,11 +34,11 @@ pub const WIT: &[(&str, &str)] = &[
 ];
 
 /// The Python SDK module (`import eddy`).
-pub const PYTHON_SDK: &str = include_str!("../../../plugins/python/eddy.py");
+pub const PYTHON_SDK: &str = include_str!("../../../sdk/python/eddy.py");
 /// The JavaScript SDK module (`import ... from 'eddy.js'`).
-pub const JS_SDK: &str = include_str!("../../../plugins/js/eddy.js");
+pub const JS_SDK: &str = include_str!("../../../sdk/js/eddy.js");
 /// The C SDK header (`#include "eddy.h"`).
-pub const C_SDK: &str = include_str!("../../../plugins/c/eddy.h");
+pub const C_SDK: &str = include_str!("../../../sdk/c/eddy.h");
 
 /// Source languages `eddy build` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -404,8 +411,8 @@ fn js(dir: &Path, world: &str, out: &Path) -> Result<()> {
     let main = js_main(dir)?;
     // componentize-js lets the engine read only files under its working
     // directory: lay out `<tmp>/eddy.js` and the operator's files in
-    // `<tmp>/op/`, so `import ... from '../eddy.js'` resolves as it does in
-    // plugins/js.
+    // `<tmp>/op/`, so `import ... from '../eddy.js'` (how the operators in
+    // plugins/js import the SDK) resolves.
     let tmp = scratch(None)?;
     std::fs::write(tmp.path().join("eddy.js"), JS_SDK)?;
     let op = tmp.path().join("op");

@@ -1,0 +1,15 @@
+//! Eddy's benchmarks, run through the `eddy` command line.
+//!
+//! # Layout
+//!
+//! - [`counter`]: `eddy bench`, the keyed counter as a Wasm component
+//!   against the same counter written natively, on the operator path and
+//!   end to end; also the restart-on-large-state measurement.
+//! - [`swap`]: `eddy bench-swap`, the pause a hot swap costs each worker
+//!   under load.
+//! - [`langs`]: `eddy bench-langs`, one operator built from several
+//!   languages side by side.
+
+pub mod counter;
+pub mod langs;
+pub mod swap;
