@@ -407,7 +407,7 @@ impl OpCtx {
     }
 
     /// Starts handling an event of the key in cache slot `slot` (from
-    /// [`OpCtx::frame_values`]).
+    /// [`OpCtx::load_slot`] or [`OpCtx::slots`]).
     pub fn begin_slot(&mut self, slot: u32) {
         debug_assert!(self.current.is_none());
         self.current = Some(slot);
@@ -415,13 +415,10 @@ impl OpCtx {
         self.held = 0;
     }
 
-    /// Appends `key`'s single values to a batch frame: `u32` count, then
-    /// per value a length-prefixed name and bytes (see `handle-batch`).
-    /// Returns the key's cache slot, for [`OpCtx::begin_slot`].
-    pub fn frame_values(&mut self, key: &str, out: &mut Vec<u8>) -> Result<u32, StoreError> {
-        let slot = self.load(key)?;
-        self.frame_slot_values(slot, out);
-        Ok(slot)
+    /// The cache slot of `key` (its state loaded on first touch), for
+    /// [`OpCtx::begin_slot`] and [`OpCtx::apply`].
+    pub fn load_slot(&mut self, key: &str) -> Result<u32, StoreError> {
+        self.load(key)
     }
 
     /// The cache slot of `key`, loading its state on first touch.
@@ -519,18 +516,13 @@ impl OpCtx {
         &self.slots[slot as usize].key
     }
 
-    /// Appends the single values of the key in cache slot `slot` to a batch
-    /// frame (see [`OpCtx::frame_values`]).
-    pub fn frame_slot_values(&self, slot: u32, out: &mut Vec<u8>) {
+    /// The single values (name, bytes) of the key in cache slot `slot`,
+    /// as a batch carries them (see `crate::batch`).
+    pub fn slot_values(&self, slot: u32) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         let entity = &self.slots[slot as usize].entity;
-        out.extend_from_slice(&(entity.values().count() as u32).to_le_bytes());
-        for (name, bytes) in entity.values() {
-            let name = self.names[name as usize].as_bytes();
-            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
-            out.extend_from_slice(name);
-            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            out.extend_from_slice(bytes);
-        }
+        entity
+            .values()
+            .map(|(name, bytes)| (&*self.names[name as usize], bytes))
     }
 
     /// Ends the current event. With `ok`, its writes stay and its emits are
@@ -1228,7 +1220,7 @@ mod tests {
         // Names already in use still work, on the batch path too.
         ctx.set("name-7", b"2").unwrap();
         ctx.finish(true, &mut out);
-        let slot = ctx.frame_values("k2", &mut Vec::new()).unwrap();
+        let slot = ctx.load_slot("k2").unwrap();
         let mut emitted = Emits::default();
         assert!(matches!(
             ctx.apply(
@@ -1355,7 +1347,7 @@ mod tests {
         assert_eq!(ctx.slots[0].size, stored_len(&ctx, 0));
 
         // The batched path: a name written twice counts once (its last write).
-        let slot = ctx.frame_values("k", &mut Vec::new()).unwrap();
+        let slot = ctx.load_slot("k").unwrap();
         let writes: Vec<(&[u8], Option<&[u8]>)> = vec![
             (b"bb", Some(b"1")),
             (b"new", Some(b"1234")),
@@ -1421,7 +1413,7 @@ mod tests {
         ctx.check_event().unwrap();
         ctx.finish(false, &mut out);
 
-        let slot = ctx.frame_values("k", &mut Vec::new()).unwrap();
+        let slot = ctx.load_slot("k").unwrap();
         let before = stored_len(&ctx, slot as usize);
         let long: &[u8] = b"123456789";
         for (writes, emits, limit) in [

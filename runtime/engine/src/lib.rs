@@ -11,6 +11,9 @@
 //! - [`cache`]: compiled components kept across runs.
 //! - [`wasm`]: components compiled once ([`wasm::Plugin`]) and instantiated
 //!   per worker ([`wasm::WasmOperator`]).
+//! - [`batch`]: the batched fast path of a Wasm operator: the typed batch
+//!   (`wit/batch.wit`) built, its result checked by `eddy_codec` and
+//!   applied.
 //! - [`native`]: native Rust operators (the benchmark baseline).
 //! - [`decode`]: key and time extraction from a JSON line.
 //! - [`io`]: the input reader thread, the sink thread, output formatting.
@@ -27,6 +30,7 @@
 //!   JavaScript or C source).
 //! - [`cli`]: the `eddy` command line.
 //! - [`bindings`]: the host bindings of `wit/`.
+pub mod batch;
 pub mod bench;
 pub mod bench_langs;
 pub mod bench_swap;

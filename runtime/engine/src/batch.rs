@@ -1,0 +1,189 @@
+//! The host side of the batched fast path (`handle-batch`, types in
+//! `wit/batch.wit`): builds the typed batch a Wasm operator is handed,
+//! calls it, checks the result with the codec ([`eddy_codec`], shared with
+//! the Rust SDK) and applies the outcomes to the operator's context.
+//!
+//! [`crate::wasm::WasmOperator`] drives it: what to do when a call traps,
+//! when the result is refused ([`eddy_codec::ResultError`]: the batch is
+//! replayed event by event on a fresh instance) or when an outcome is
+//! `stop` (the rest per event) is decided there.
+
+use eddy_codec::wit::{Batch, BatchResult};
+use eddy_codec::{BatchBuilder, CheckedResult, Handled};
+use smallvec::SmallVec;
+use wasmtime::component::{Func, Instance, TypedFunc};
+use wasmtime::AsContextMut;
+
+use crate::host::{cap_reason, Emits, Limits, OpCtx};
+use crate::operator::{Done, EventRef, HandleError};
+use crate::store::StoreError;
+
+/// The interface of the batch types. A component built for the
+/// `batched-operator` world imports it (types only); the linker defines it.
+pub const INTERFACE: &str = "eddy:operator/batch@0.2.0";
+
+/// A component's `handle-batch`, type-checked against the codec's types
+/// when the instance started.
+#[derive(Clone, Copy)]
+pub struct BatchFn(Func);
+
+impl BatchFn {
+    /// `instance`'s `handle-batch`; an error when it is missing or its type
+    /// is not `func(batch: batch) -> batch-result`.
+    pub fn of(instance: &Instance, mut store: impl AsContextMut) -> wasmtime::Result<BatchFn> {
+        let func = instance
+            .get_func(&mut store, "handle-batch")
+            .ok_or_else(|| wasmtime::Error::msg("no `handle-batch` export"))?;
+        func.typed::<(&Batch,), (BatchResult,)>(&store)?;
+        Ok(BatchFn(func))
+    }
+
+    /// Calls `handle-batch` with `batch`.
+    pub fn call(&self, store: impl AsContextMut, batch: &Batch) -> wasmtime::Result<BatchResult> {
+        // SAFETY: `BatchFn::of` checked the function's type against exactly
+        // these parameter and result types (the generated bindings of
+        // `bindgen!` do the same); a `Func` stays with its instance's store.
+        let typed = unsafe { TypedFunc::<(&Batch,), (BatchResult,)>::new_unchecked(self.0) };
+        Ok(typed.call(store, (batch,))?.0)
+    }
+}
+
+/// Most bytes a batch may take in the guest's memory: its spans are `u32`,
+/// and the guest must hold it (and its result) within its memory limit.
+pub fn cap(limits: &Limits) -> usize {
+    (limits.max_memory / 4).clamp(1 << 16, u32::MAX as usize)
+}
+
+/// The per-item limits the codec holds a result to, from the operator's.
+pub fn codec_limits(limits: &Limits) -> eddy_codec::Limits {
+    eddy_codec::Limits {
+        max_name: limits.max_name,
+        max_value: limits.max_state_value,
+        max_emit_key: limits.max_emit_key,
+        max_emit: limits.max_emit,
+    }
+}
+
+/// How far the outcomes of a batch were applied.
+pub enum Applied {
+    /// All of them.
+    All,
+    /// Outcome `i` is `stop`: events from `i` on need the per-event path.
+    Stop(usize),
+    /// The host refused event `i`'s outcome (a limit on the event as a
+    /// whole): the guest computed the rest on top of it, so they must be
+    /// redone.
+    Refused(usize),
+}
+
+/// The batch of a Wasm operator, its buffers kept from batch to batch.
+#[derive(Default)]
+pub struct HostBatch {
+    builder: BatchBuilder,
+    /// Per event: its key's cache slot (scratch).
+    event_slots: Vec<u32>,
+    /// Key index in the batch of each cache slot seen.
+    index: rustc_hash::FxHashMap<u32, u32>,
+    /// Per event: its key's index in the batch.
+    key_of: Vec<u32>,
+    /// Per key index: its cache slot, and the first event of the key.
+    keys: Vec<(u32, usize)>,
+}
+
+impl HostBatch {
+    /// Resolves the keys of `events`: their cache slots (loading keys on
+    /// first touch, all at once so their memory is fetched in parallel)
+    /// and the batch's distinct keys, in order of first appearance.
+    pub fn resolve(&mut self, ctx: &mut OpCtx, events: &[EventRef<'_>]) -> Result<(), StoreError> {
+        self.event_slots.clear();
+        self.index.clear();
+        self.key_of.clear();
+        self.keys.clear();
+        ctx.slots(events.iter().map(|e| e.key), &mut self.event_slots)?;
+        for (i, &slot) in self.event_slots.iter().enumerate() {
+            let next = self.keys.len() as u32;
+            let k = *self.index.entry(slot).or_insert(next);
+            if k == next {
+                self.keys.push((slot, i));
+            }
+            self.key_of.push(k);
+        }
+        Ok(())
+    }
+
+    /// The distinct keys of the events resolved: (cache slot, index of the
+    /// key's first event).
+    pub fn keys(&self) -> &[(u32, usize)] {
+        &self.keys
+    }
+
+    /// Builds the batch of `events` (resolved by [`HostBatch::resolve`],
+    /// with the keys' state as `ctx` holds it now), at most `cap` bytes in
+    /// the guest; returns how many events it holds (the first ones; 0 when
+    /// the first event alone does not fit).
+    pub fn build(&mut self, ctx: &OpCtx, events: &[EventRef<'_>], cap: usize) -> usize {
+        let b = &mut self.builder;
+        b.clear();
+        b.set_cap(cap);
+        for (i, e) in events.iter().enumerate() {
+            let k = self.key_of[i];
+            if k as usize == b.key_count() {
+                // The key's first event: the key and its values go first.
+                let (slot, _) = self.keys[k as usize];
+                if b.key(e.key, ctx.slot_values(slot)).is_err() {
+                    return i;
+                }
+            }
+            if b.event(k, e.time, e.value).is_err() {
+                return i;
+            }
+        }
+        events.len()
+    }
+
+    /// The batch built.
+    pub fn batch(&self) -> &Batch {
+        self.builder.batch()
+    }
+
+    /// Applies the checked outcomes of the batch to `ctx`, calling `done`
+    /// for each event as it completes (as [`crate::operator::Operator::handle_many`]).
+    pub fn apply(
+        &self,
+        ctx: &mut OpCtx,
+        result: CheckedResult<'_>,
+        done: &mut Done<'_>,
+    ) -> Applied {
+        let max_reason = ctx.limits().max_reason;
+        let mut emitted = Emits::default();
+        // Reused from event to event (inline: no allocation for a few).
+        let mut writes: SmallVec<[(&[u8], Option<&[u8]>); 4]> = SmallVec::new();
+        let mut emits: SmallVec<[(&[u8], &[u8]); 4]> = SmallVec::new();
+        for (i, outcome) in result.iter().enumerate() {
+            match outcome {
+                Handled::Stop => return Applied::Stop(i),
+                Handled::Failed { reason } => {
+                    let reason = cap_reason(reason, max_reason);
+                    done(i, Err(HandleError::Failed(reason)), &mut emitted);
+                }
+                Handled::Ok {
+                    emits: e,
+                    writes: w,
+                } => {
+                    writes.clear();
+                    writes.extend(w.map(|(name, value)| (name.as_bytes(), value)));
+                    emits.clear();
+                    emits.extend(e.map(|(key, payload)| (key.as_bytes(), payload)));
+                    let (slot, _) = self.keys[self.key_of[i] as usize];
+                    if let Err(err) = ctx.apply(slot, &writes, &emits, &mut emitted) {
+                        done(i, Err(HandleError::Refused(err.to_string())), &mut emitted);
+                        return Applied::Refused(i);
+                    }
+                    done(i, Ok(()), &mut emitted);
+                }
+            }
+            emitted.clear();
+        }
+        Applied::All
+    }
+}
