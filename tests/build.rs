@@ -17,6 +17,7 @@ const PLUGINS: &[&str] = &[
     "refuse",
     "migrate_fails",
     "hello-cli",
+    "malformed",
 ];
 const TARGET: &str = "wasm32-wasip2";
 
