@@ -27,6 +27,7 @@ const WORKSPACES: &[(&str, &str, &str, &[&str])] = &[
             "refuse",
             "migrate_fails",
             "hello-cli",
+            "malformed",
         ],
     ),
 ];

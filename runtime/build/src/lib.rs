@@ -31,6 +31,7 @@ pub const WIT: &[(&str, &str)] = &[
     ("state.wit", include_str!("../../../wit/state.wit")),
     ("output.wit", include_str!("../../../wit/output.wit")),
     ("log.wit", include_str!("../../../wit/log.wit")),
+    ("batch.wit", include_str!("../../../wit/batch.wit")),
 ];
 
 /// The Python SDK module (`import eddy`).

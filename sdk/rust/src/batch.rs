@@ -1,25 +1,32 @@
 //! The batched fast path (`handle-batch` in `wit/world.wit`): the host sends
-//! many events with the single values of their keys in one frame; the SDK
-//! runs the operator on each, serving `Value` reads and buffering writes and
-//! emits here, and returns them in one frame. No host call per event.
+//! many events with the single values of their keys in one typed batch
+//! (`wit/batch.wit`); the SDK runs the operator on each, serving `Value`
+//! reads and buffering writes and emits here, and returns them in one
+//! result, built with `eddy_codec::ResultBuilder`. No host call per event.
 //!
 //! An operator that uses maps, lists or `clear_key` during a batch makes the
-//! SDK stop the batch at that event (status 2): the host then handles it and
-//! the rest with the per-event `handle`, where those calls go to the host.
+//! SDK stop the batch at that event (outcome `stop`): the host then handles
+//! it and the rest with the per-event `handle`, where those calls go to the
+//! host.
 //!
-//! Nothing is allocated per event: events borrow the input frame, values
+//! Nothing is allocated per event: events borrow the batch's data, values
 //! written during the batch go to one arena, emits are written straight
-//! into the result frame, and the buffers are kept from batch to batch.
+//! into the result's data, and the buffers are kept from batch to batch
+//! (the result's, which the canonical ABI takes over, are sized like the
+//! last one's).
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use eddy_codec::wit::{Batch as WitBatch, BatchResult};
+use eddy_codec::{BatchView, ResultBuilder};
 use smallvec::SmallVec;
 
-use crate::bindings::eddy::operator::{output, state};
+use crate::bindings::eddy::operator::{log, output, state};
 
-/// Bytes of a state value or name: a range of the input frame (as the host
-/// sent it, never copied) or of the batch's arena (written in the batch).
+/// Bytes of a state value or name: a range of the batch's `value-names` or
+/// `value-bytes` column (as the host sent it, never copied) or of the
+/// batch's arena (written in the batch).
 #[derive(Clone, Copy)]
 enum Bytes {
     Frame(u32, u32),
@@ -53,8 +60,10 @@ type Values = SmallVec<[Entry; 2]>;
 struct Batch {
     /// A batch is running.
     active: bool,
-    /// The input frame; `Bytes::Frame` ranges point into it.
-    frame: Rc<Vec<u8>>,
+    /// The batch; `Bytes::Frame` ranges of names point into its
+    /// `value_names`, of values into its `value_bytes` (checked by
+    /// `BatchView` to lie there).
+    frame: Rc<WitBatch>,
     /// Names and values written during the batch.
     arena: Vec<u8>,
     /// Per key index: its single values (the first `nkeys` are in use).
@@ -66,11 +75,8 @@ struct Batch {
     /// Value slots of the current key written by the current event (their
     /// final values are its writes).
     touched: SmallVec<[usize; 4]>,
-    /// The result frame; the current event's entry starts at `entry`.
-    out: Vec<u8>,
-    entry: usize,
-    /// Number of emits of the current event.
-    emit_count: u32,
+    /// The result: emits go straight into it.
+    out: ResultBuilder,
     /// The current event used state the batch does not carry.
     stop: bool,
 }
@@ -109,12 +115,16 @@ pub(crate) fn with_value<R>(name: &str, f: impl FnOnce(Option<&[u8]>) -> R) -> R
             drop(b);
             return f(state::get(name).as_deref());
         }
-        let (frame, arena) = (&b.frame[..], &b.arena[..]);
+        let (names, values) = (
+            &b.frame.value_names.bytes[..],
+            &b.frame.value_bytes.bytes[..],
+        );
+        let arena = &b.arena[..];
         f(b.keys[b.current]
             .iter()
-            .find(|e| e.name.get(frame, arena) == name.as_bytes())
+            .find(|e| e.name.get(names, arena) == name.as_bytes())
             .and_then(|e| e.value)
-            .map(|v| v.get(frame, arena)))
+            .map(|v| v.get(values, arena)))
     })
 }
 
@@ -132,11 +142,11 @@ fn write(name: &str, value: Option<&[u8]>) -> Option<bool> {
             b.arena.extend_from_slice(v);
             Bytes::Arena(at, len32(b.arena.len()))
         });
-        let (frame, arena) = (&b.frame[..], &b.arena);
+        let (names, arena) = (&b.frame.value_names.bytes[..], &b.arena);
         let values = &mut b.keys[b.current];
         let (slot, existed) = match values
             .iter()
-            .position(|e| e.name.get(frame, arena) == name.as_bytes())
+            .position(|e| e.name.get(names, arena) == name.as_bytes())
         {
             Some(i) => {
                 let old = std::mem::replace(&mut values[i].value, value);
@@ -175,8 +185,8 @@ pub(crate) fn delete(name: &str) -> bool {
     }
 }
 
-/// In a batch, serializes `value` as JSON straight into the result frame
-/// and returns `true`; outside one, returns `false`.
+/// In a batch, serializes `value` as JSON straight into the result and
+/// returns `true`; outside one, returns `false`.
 pub(crate) fn emit_json<T: serde::Serialize + ?Sized>(
     key: &str,
     value: &T,
@@ -186,19 +196,9 @@ pub(crate) fn emit_json<T: serde::Serialize + ?Sized>(
         if !b.active {
             return Ok(false);
         }
-        let mark = b.out.len();
-        put(&mut b.out, key.as_bytes());
-        let at = b.out.len();
-        b.out.extend_from_slice(&[0; 4]);
-        if let Err(e) = serde_json::to_writer(&mut b.out, value) {
-            b.out.truncate(mark);
-            return Err(crate::Error::msg(format!(
-                "cannot encode emitted value: {e}"
-            )));
-        }
-        let len = len32(b.out.len() - at - 4);
-        b.out[at..at + 4].copy_from_slice(&len.to_le_bytes());
-        b.emit_count += 1;
+        b.out
+            .emit_with(key, |buf| serde_json::to_writer(buf, value))
+            .map_err(|e| crate::Error::msg(format!("cannot encode emitted value: {e}")))?;
         Ok(true)
     })
 }
@@ -209,9 +209,7 @@ pub(crate) fn emit(key: &str, value: &[u8]) {
         if !b.active {
             return false;
         }
-        put(&mut b.out, key.as_bytes());
-        put(&mut b.out, value);
-        b.emit_count += 1;
+        b.out.emit(key, value);
         true
     });
     if !buffered {
@@ -219,113 +217,70 @@ pub(crate) fn emit(key: &str, value: &[u8]) {
     }
 }
 
-/// Reads the input frame. A malformed frame is a host bug: the SDK traps,
-/// and the host replays the batch per event.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> &'a [u8] {
-        if self.0.len() < n {
-            panic!("batch frame is truncated");
-        }
-        let (h, t) = self.0.split_at(n);
-        self.0 = t;
-        h
-    }
-    fn u8(&mut self) -> u8 {
-        self.take(1)[0]
-    }
-    fn u32(&mut self) -> usize {
-        u32::from_le_bytes(self.take(4).try_into().unwrap()) as usize
-    }
-    fn i64(&mut self) -> i64 {
-        i64::from_le_bytes(self.take(8).try_into().unwrap())
-    }
-    fn bytes(&mut self) -> &'a [u8] {
-        let n = self.u32();
-        self.take(n)
-    }
-}
-
-/// A key of the frame as text. Keys are mostly ASCII, checked a word at a
-/// time; others go through the full UTF-8 check.
-fn key_str(b: &[u8]) -> &str {
-    if b.is_ascii() {
-        // SAFETY: ASCII is valid UTF-8.
-        return unsafe { std::str::from_utf8_unchecked(b) };
-    }
-    std::str::from_utf8(b).unwrap_or_else(|_| panic!("batch frame holds a non-UTF-8 key"))
-}
-
-fn put(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&len32(b.len()).to_le_bytes());
-    out.extend_from_slice(b);
-}
-
-/// A length or offset in a frame, arena or result, as the frame's `u32`.
-/// On wasm32 every buffer is under 4 GiB, so it always fits; were it not
-/// to, the SDK traps (the host then replays the batch event by event)
-/// rather than write a wrapped length.
+/// An offset in the arena, as a `u32`. On wasm32 every buffer is under
+/// 4 GiB, so it always fits; were it not to, the SDK traps (the host then
+/// replays the batch event by event) rather than write a wrapped offset.
 #[inline]
 fn len32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or_else(|_| panic!("batch frame: {n} bytes do not fit a u32 length"))
+    u32::try_from(n).unwrap_or_else(|_| panic!("batch arena: {n} bytes do not fit a u32 offset"))
 }
 
-/// Runs `handle` on every event of the frame; returns the result frame.
+/// Runs `handle` on every event of `batch`; returns the result.
+///
+/// A batch the codec refuses (a host bug) is answered with `stop` at its
+/// first event, after logging why: the host then handles it per event.
 pub(crate) fn run(
-    frame: Vec<u8>,
+    batch: WitBatch,
     mut handle: impl FnMut(crate::Event<'_>) -> Result<(), crate::Error>,
-) -> Vec<u8> {
-    let frame = Rc::new(frame);
-    let mut r = Reader(&frame);
-    // Where a slice of the frame lies in it.
-    let base = frame.as_ptr() as usize;
-    let range = |s: &[u8]| {
-        let a = len32(s.as_ptr() as usize - base);
-        (a, len32(s.as_ptr() as usize - base + s.len()))
+) -> BatchResult {
+    let frame = Rc::new(batch);
+    let view = match BatchView::new(&frame) {
+        Ok(view) => view,
+        Err(e) => {
+            log::log(
+                log::Level::Error,
+                &format!("the host sent a malformed batch ({e}); handling it per event"),
+            );
+            let mut out = ResultBuilder::new();
+            out.stop();
+            return out.finish();
+        }
     };
-    let nkeys = r.u32();
-    let mut keys: Vec<&str> = Vec::with_capacity(nkeys);
+    let mut keys: Vec<&str> = Vec::with_capacity(view.key_count());
     BATCH.with(|b| {
         let mut b = b.borrow_mut();
         let b = &mut *b;
         b.active = true;
         b.frame = frame.clone();
         b.arena.clear();
-        b.out = Vec::with_capacity(frame.len());
-        if b.keys.len() < nkeys {
-            b.keys.resize_with(nkeys, Values::new);
+        b.out.begin();
+        if b.keys.len() < view.key_count() {
+            b.keys.resize_with(view.key_count(), Values::new);
         }
-        for values in &mut b.keys[..nkeys] {
-            let k = key_str(r.bytes());
-            keys.push(k);
+        let batch = view.batch();
+        // Checked by `BatchView`: the strings lie in their columns, whose
+        // offsets are `u32`.
+        let range = |s: &eddy_codec::wit::Strings, i| {
+            let r = s.range(i).unwrap_or_default();
+            Bytes::Frame(r.start as u32, r.end as u32)
+        };
+        for (key, values) in view.keys().zip(&mut b.keys) {
+            keys.push(key.key);
             values.clear();
-            for _ in 0..r.u32() {
-                let (n0, n1) = range(r.bytes());
-                let (v0, v1) = range(r.bytes());
-                values.push(Entry {
-                    name: Bytes::Frame(n0, n1),
-                    value: Some(Bytes::Frame(v0, v1)),
-                });
-            }
+            values.extend(key.values.map(|i| Entry {
+                name: range(&batch.value_names, i),
+                value: Some(range(&batch.value_bytes, i)),
+            }));
         }
     });
-    let nevents = r.u32();
-    for _ in 0..nevents {
-        let k = r.u32();
-        let time = if r.u8() == 1 { Some(r.i64()) } else { None };
-        let value = r.bytes();
-        let key = *keys
-            .get(k)
-            .unwrap_or_else(|| panic!("batch frame: key index {k} out of range"));
-        BATCH.with(|b| {
-            let mut b = b.borrow_mut();
-            b.current = k;
-            // The entry: status and emit count, patched when it ends.
-            b.entry = b.out.len();
-            b.out.extend_from_slice(&[0; 5]);
+    for event in view.events() {
+        let k = event.key as usize;
+        BATCH.with(|b| b.borrow_mut().current = k);
+        let result = handle(crate::Event {
+            key: keys[k],
+            value: event.payload,
+            time: event.time,
         });
-        let result = handle(crate::Event { key, value, time });
         let stopped = BATCH.with(|b| {
             let mut b = b.borrow_mut();
             let b = &mut *b;
@@ -340,43 +295,29 @@ pub(crate) fn run(
                         values[i].value = old;
                     }
                 }
-                b.out.truncate(b.entry);
             }
             b.undo.clear();
-            let emits = std::mem::take(&mut b.emit_count);
-            let touched = std::mem::take(&mut b.touched);
             if b.stop {
-                b.out.push(2);
+                b.touched.clear();
+                b.out.stop();
                 return true;
             }
             match &result {
                 Ok(()) => {
-                    let at = b.entry + 1;
-                    b.out[at..at + 4].copy_from_slice(&emits.to_le_bytes());
-                    b.out.extend_from_slice(&len32(touched.len()).to_le_bytes());
-                    let (frame, arena) = (&b.frame[..], &b.arena[..]);
-                    let values = &b.keys[b.current];
-                    for &i in &touched {
-                        let e = &values[i];
-                        match e.value {
-                            Some(v) => {
-                                b.out.push(0);
-                                put(&mut b.out, e.name.get(frame, arena));
-                                put(&mut b.out, v.get(frame, arena));
-                            }
-                            None => {
-                                b.out.push(1);
-                                put(&mut b.out, e.name.get(frame, arena));
-                            }
-                        }
+                    let names = &b.frame.value_names.bytes[..];
+                    let (values, arena) = (&b.frame.value_bytes.bytes[..], &b.arena[..]);
+                    let entries = &b.keys[b.current];
+                    for &i in &b.touched {
+                        let e = &entries[i];
+                        b.out.write(
+                            e.name.get(names, arena),
+                            e.value.map(|v| v.get(values, arena)),
+                        );
                     }
+                    b.out.ok();
                 }
-                Err(e) => {
-                    b.out.push(1);
-                    put(&mut b.out, e.message().as_bytes());
-                }
+                Err(e) => b.out.failed(e.message()),
             }
-            b.touched = touched;
             b.touched.clear();
             false
         });
@@ -389,6 +330,6 @@ pub(crate) fn run(
         b.active = false;
         b.stop = false;
         b.frame = Rc::default();
-        std::mem::take(&mut b.out)
+        b.out.finish()
     })
 }

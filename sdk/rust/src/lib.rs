@@ -97,6 +97,11 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_eddy_operator",
         default_bindings_module: "eddy_sdk::bindings",
+        // The batch types are the codec's, so the SDK builds and reads them
+        // with `eddy_codec` and no conversion.
+        with: {
+            "eddy:operator/batch@0.2.0": eddy_codec::wit,
+        },
     });
 }
 
@@ -509,6 +514,7 @@ pub mod __private {
 
     pub use crate::bindings::eddy::operator::types::Event as WitEvent;
     pub use crate::bindings::Guest;
+    pub use eddy_codec::wit::{Batch as WitBatch, BatchResult as WitBatchResult};
 
     pub fn init<T: Operator>(
         slot: &'static LocalKey<RefCell<Option<T>>>,
@@ -522,12 +528,12 @@ pub mod __private {
 
     pub fn handle_batch<T: Operator>(
         slot: &'static LocalKey<RefCell<Option<T>>>,
-        frame: Vec<u8>,
-    ) -> Vec<u8> {
+        batch: WitBatch,
+    ) -> WitBatchResult {
         slot.with(|s| {
             let mut s = s.borrow_mut();
             let op = s.as_mut().expect("handle-batch called before init");
-            crate::batch::run(frame, |event| op.handle(event))
+            crate::batch::run(batch, |event| op.handle(event))
         })
     }
 
@@ -586,7 +592,9 @@ macro_rules! export_operator {
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::__private::migrate::<$ty>(&__EDDY_OPERATOR, previous)
                 }
-                fn handle_batch(batch: ::std::vec::Vec<u8>) -> ::std::vec::Vec<u8> {
+                fn handle_batch(
+                    batch: $crate::__private::WitBatch,
+                ) -> $crate::__private::WitBatchResult {
                     $crate::__private::handle_batch::<$ty>(&__EDDY_OPERATOR, batch)
                 }
                 fn handle(

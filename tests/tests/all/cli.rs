@@ -28,7 +28,7 @@ fn bad_plugins_are_refused_with_the_reason() {
         ),
         (
             "empty.wasm",
-            "plugin empty.wasm: not an eddy operator (world `eddy:operator@0.1.0/operator`)",
+            "plugin empty.wasm: not an eddy operator (world `eddy:operator@0.2.0/operator`)",
         ),
     ];
     for (file, message) in cases {

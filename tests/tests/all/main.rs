@@ -32,3 +32,5 @@ mod harden_storage;
 // A failed restart, limits on names, keys, emits and per-key state,
 // deterministic randomness.
 mod harden_sandbox;
+// `handle-batch` results the host must refuse: replayed per event.
+mod boundary;

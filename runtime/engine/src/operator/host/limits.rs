@@ -23,20 +23,6 @@ pub fn cap_reason(text: &str, max: usize) -> String {
     )
 }
 
-/// [`cap_reason`] for bytes that should be UTF-8 (invalid sequences are
-/// replaced); copies at most `max` bytes.
-pub fn cap_reason_bytes(bytes: &[u8], max: usize) -> String {
-    if bytes.len() <= max {
-        return String::from_utf8_lossy(bytes).into_owned();
-    }
-    let head = String::from_utf8_lossy(&bytes[..max]);
-    // A character cut in two shows as one replacement character.
-    format!(
-        "{head}... [{} more bytes cut: max_reason_bytes = {max}]",
-        bytes.len() - max
-    )
-}
-
 /// A host call that cannot be served; it traps the operator.
 #[derive(Debug, Error)]
 pub enum HostError {

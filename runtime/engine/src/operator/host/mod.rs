@@ -38,7 +38,7 @@ mod state;
 mod tests;
 
 use index::{intern, prefetch, same, Index};
-pub use limits::{cap_reason, cap_reason_bytes, HostError};
+pub use limits::{cap_reason, HostError};
 pub use output::Emits;
 
 /// Turns a refused host call into the trap that carries it: kept as a

@@ -1,16 +1,28 @@
-//! The `handle-batch` frame (`wit/world.wit`): the events of a batch with
-//! their keys' single values in, each event's writes and emits (or its
-//! failure) out. Built and parsed here only; the result is checked and
-//! applied by the host context (`OpCtx::apply`).
+//! The batched fast path (`handle-batch`, types in `wit/batch.wit`): the
+//! typed batch a Wasm operator is handed (built with the codec's
+//! [`BatchBuilder`], buffers kept from batch to batch), the call, the
+//! result checked by the codec ([`CheckedResult`], shared with the Rust
+//! SDK) before anything of it is applied, and the outcomes applied to the
+//! operator's context.
+//!
+//! What happens when a call traps (the batch is replayed event by event on
+//! a fresh instance), when the codec refuses the result (the same, with a
+//! warning naming what is wrong) or when an outcome is `stop` (the rest per
+//! event) is decided in [`WasmOperator::run_frame`].
 
+use eddy_codec::wit::{Batch, BatchResult};
+use eddy_codec::{BatchBuilder, CheckedResult, Handled};
 use smallvec::SmallVec;
+use wasmtime::component::{Func, Instance, TypedFunc};
+use wasmtime::AsContextMut;
 
 use super::engine::deadline_ticks;
 use super::random::Scope;
-use super::{BatchFn, WasmOperator};
+use super::WasmOperator;
 use crate::config::Limits;
-use crate::operator::host::{cap_reason_bytes, Emits, OpCtx};
+use crate::operator::host::{cap_reason, Emits, OpCtx};
 use crate::operator::{handle_each, Done, EventRef, HandleError, Operator, RunError};
+use crate::state::StoreError;
 
 /// Most events per `handle-batch` call.
 pub(super) const MAX_BATCH: usize = 256;
@@ -18,12 +30,12 @@ pub(super) const MAX_BATCH: usize = 256;
 impl WasmOperator {
     /// Runs events (at most [`MAX_BATCH`]) through one `handle-batch` call;
     /// returns how many it took care of (at least one): every event of a
-    /// frame, fewer when the frame would pass [`frame_cap`] (the rest go in
-    /// the next frame; an event too large for a frame alone takes the
-    /// per-event path) or when the host refused an event's outcome (the
-    /// rest are redone from the host's state). Falls back to per-event
-    /// `handle` for a frame that traps (replayed on a fresh instance) and
-    /// for events from a "stop" on.
+    /// batch, fewer when the batch would pass [`cap`] (the rest go in the
+    /// next batch; an event too large for a batch alone takes the per-event
+    /// path) or when the host refused an event's outcome (the rest are
+    /// redone from the host's state). Falls back to per-event `handle` for
+    /// a batch that traps or whose result the codec refuses (replayed on a
+    /// fresh instance) and for events from a `stop` on.
     pub(super) fn run_frame(
         &mut self,
         batch: BatchFn,
@@ -33,83 +45,51 @@ impl WasmOperator {
         if events.is_empty() {
             return Ok(0);
         }
-        let cap = frame_cap(self.store.data().ctx.limits());
-        // The frame: distinct keys with their values, then the events.
-        // Keys are told apart by cache slot, resolved for the whole batch
-        // at once (one hash per event, memory fetched in parallel).
-        let mut frame = Vec::with_capacity(events.len() * 64);
-        let mut event_slots = Vec::with_capacity(events.len());
-        self.ctx()
-            .slots(events.iter().map(|e| e.key), &mut event_slots)?;
-        let mut index: rustc_hash::FxHashMap<u32, u32> =
-            rustc_hash::FxHashMap::with_capacity_and_hasher(events.len(), Default::default());
-        let mut key_of = Vec::with_capacity(events.len());
-        let mut slots = Vec::with_capacity(events.len());
-        frame.extend_from_slice(&0u32.to_le_bytes());
-        // Events in this frame.
-        let mut n = events.len();
-        let migrates = self.live.as_ref().is_some_and(|l| l.migrate.is_some());
-        for (i, (e, &slot)) in events.iter().zip(&event_slots).enumerate() {
-            let next = index.len() as u32;
-            let k = *index.entry(slot).or_insert(next);
-            if k == next {
-                if migrates && self.ctx().slot_stale(slot) {
-                    // Nothing of the batch ran yet: a key whose migration
-                    // fails takes the whole batch to the per-event path,
-                    // where that key's events are dead-lettered.
-                    if self.migrate_if_stale(e.key)?.is_err() {
-                        handle_each(self, events, 0, done)?;
-                        return Ok(events.len());
-                    }
+        // Taken for the call, so that `self` stays free; its buffers come
+        // back with it.
+        let mut frames = std::mem::take(&mut self.frames);
+        let r = self.run_batch(&mut frames, batch, events, done);
+        self.frames = frames;
+        r
+    }
+
+    /// [`WasmOperator::run_frame`] with the batch's buffers.
+    fn run_batch(
+        &mut self,
+        frames: &mut HostBatch,
+        batch: BatchFn,
+        events: &[EventRef<'_>],
+        done: &mut Done<'_>,
+    ) -> Result<usize, RunError> {
+        frames.resolve(self.ctx(), events)?;
+        if self.live.as_ref().is_some_and(|l| l.migrate.is_some()) {
+            for &(slot, first) in frames.keys() {
+                // Nothing of the batch ran yet: a key whose migration fails
+                // takes the whole batch to the per-event path, where that
+                // key's events are dead-lettered.
+                if self.ctx().slot_stale(slot) && self.migrate_if_stale(events[first].key)?.is_err()
+                {
+                    handle_each(self, events, 0, done)?;
+                    return Ok(events.len());
                 }
-                let mark = frame.len();
-                put(&mut frame, e.key.as_bytes());
-                frame_slot_values(self.ctx(), slot, &mut frame);
-                if frame.len() > cap {
-                    // Lengths are u32 and a frame must fit the guest: this
-                    // event goes in the next frame, or alone per event.
-                    frame.truncate(mark);
-                    if i == 0 {
-                        handle_each(self, &events[..1], 0, done)?;
-                        return Ok(1);
-                    }
-                    n = i;
-                    break;
-                }
-                slots.push(slot);
             }
-            key_of.push(k);
         }
-        frame[..4].copy_from_slice(&(slots.len() as u32).to_le_bytes());
-        let count_at = frame.len();
-        frame.extend_from_slice(&(n as u32).to_le_bytes());
-        for (i, (e, k)) in events[..n].iter().zip(&key_of).enumerate() {
-            if frame.len() + e.value.len() + 17 > cap {
-                if i == 0 {
-                    handle_each(self, &events[..1], 0, done)?;
-                    return Ok(1);
-                }
-                n = i;
-                frame[count_at..count_at + 4].copy_from_slice(&(n as u32).to_le_bytes());
-                break;
-            }
-            frame.extend_from_slice(&k.to_le_bytes());
-            match e.time {
-                Some(t) => {
-                    frame.push(1);
-                    frame.extend_from_slice(&t.to_le_bytes());
-                }
-                None => frame.push(0),
-            }
-            put(&mut frame, e.value);
+        let n = frames.build(
+            &self.store.data().ctx,
+            events,
+            cap(self.store.data().ctx.limits()),
+        );
+        if n == 0 {
+            handle_each(self, &events[..1], 0, done)?;
+            return Ok(1);
         }
         let events = &events[..n];
         let store = &mut self.store;
         let ticks = deadline_ticks(store.data().ctx.limits().max_call_ms);
         store.set_epoch_deadline(ticks);
         store.data_mut().random.enter(Scope::Batch);
-        let result = match batch.call(&mut *store, (frame,)) {
-            Ok((r,)) => r,
+        let result = match batch.call(&mut *store, frames.batch()) {
+            Ok(r) => r,
             Err(_) => {
                 if store.data().random.wanted_in_batch {
                     // Its numbers depend on the event: per event from now.
@@ -124,133 +104,197 @@ impl WasmOperator {
                 return Ok(n);
             }
         };
-        let max_reason = self.store.data().ctx.limits().max_reason;
-        let mut r = Frame(&result);
-        let mut emitted = Emits::default();
-        for i in 0..n {
-            let Some(outcome) = r.outcome() else {
-                tracing::warn!(operator = %self.ctx().name(), "malformed handle-batch result; handling the rest per event");
-                handle_each(self, events, i, done)?;
+        let limits = codec_limits(self.store.data().ctx.limits());
+        let checked = match CheckedResult::new(&result, n, &limits) {
+            Ok(checked) => checked,
+            Err(e) => {
+                // Like a trap: nothing of the result takes effect.
+                tracing::warn!(operator = %self.ctx().name(), "handle-batch returned a result the host refuses ({e}); replaying the batch event by event on a fresh instance");
+                let _ = self.restart();
+                handle_each(self, events, 0, done)?;
                 return Ok(n);
-            };
-            let ctx = &mut self.store.data_mut().ctx;
-            match outcome {
-                Outcome::Stop => {
-                    self.batch_off = true;
-                    handle_each(self, events, i, done)?;
-                    return Ok(n);
+            }
+        };
+        match frames.apply(self.ctx(), checked, done) {
+            Applied::All => Ok(n),
+            Applied::Stop(i) => {
+                self.batch_off = true;
+                handle_each(self, events, i, done)?;
+                Ok(n)
+            }
+            Applied::Refused(i) => Ok(i + 1),
+        }
+    }
+}
+
+/// The interface of the batch types. A component built for the
+/// `batched-operator` world imports it (types only); the linker defines it.
+pub const INTERFACE: &str = "eddy:operator/batch@0.2.0";
+
+/// A component's `handle-batch`, type-checked against the codec's types
+/// when the instance started.
+#[derive(Clone, Copy)]
+pub struct BatchFn(Func);
+
+impl BatchFn {
+    /// `instance`'s `handle-batch`; an error when it is missing or its type
+    /// is not `func(batch: batch) -> batch-result`.
+    pub fn of(instance: &Instance, mut store: impl AsContextMut) -> wasmtime::Result<BatchFn> {
+        let func = instance
+            .get_func(&mut store, "handle-batch")
+            .ok_or_else(|| wasmtime::Error::msg("no `handle-batch` export"))?;
+        func.typed::<(&Batch,), (BatchResult,)>(&store)?;
+        Ok(BatchFn(func))
+    }
+
+    /// Calls `handle-batch` with `batch`.
+    pub fn call(&self, store: impl AsContextMut, batch: &Batch) -> wasmtime::Result<BatchResult> {
+        // SAFETY: `BatchFn::of` checked the function's type against exactly
+        // these parameter and result types (the generated bindings of
+        // `bindgen!` do the same); a `Func` stays with its instance's store.
+        let typed = unsafe { TypedFunc::<(&Batch,), (BatchResult,)>::new_unchecked(self.0) };
+        Ok(typed.call(store, (batch,))?.0)
+    }
+}
+
+/// Most bytes a batch may take in the guest's memory: its spans are `u32`,
+/// and the guest must hold it (and its result) within its memory limit.
+pub fn cap(limits: &Limits) -> usize {
+    (limits.max_memory / 4).clamp(1 << 16, u32::MAX as usize)
+}
+
+/// The per-item limits the codec holds a result to, from the operator's.
+pub fn codec_limits(limits: &Limits) -> eddy_codec::Limits {
+    eddy_codec::Limits {
+        max_name: limits.max_name,
+        max_value: limits.max_state_value,
+        max_emit_key: limits.max_emit_key,
+        max_emit: limits.max_emit,
+    }
+}
+
+/// How far the outcomes of a batch were applied.
+pub enum Applied {
+    /// All of them.
+    All,
+    /// Outcome `i` is `stop`: events from `i` on need the per-event path.
+    Stop(usize),
+    /// The host refused event `i`'s outcome (a limit on the event as a
+    /// whole): the guest computed the rest on top of it, so they must be
+    /// redone.
+    Refused(usize),
+}
+
+/// The batch of a Wasm operator, its buffers kept from batch to batch.
+#[derive(Default)]
+pub struct HostBatch {
+    builder: BatchBuilder,
+    /// Per event: its key's cache slot (scratch).
+    event_slots: Vec<u32>,
+    /// Key index in the batch of each cache slot seen.
+    index: rustc_hash::FxHashMap<u32, u32>,
+    /// Per event: its key's index in the batch.
+    key_of: Vec<u32>,
+    /// Per key index: its cache slot, and the first event of the key.
+    keys: Vec<(u32, usize)>,
+}
+
+impl HostBatch {
+    /// Resolves the keys of `events`: their cache slots (loading keys on
+    /// first touch, all at once so their memory is fetched in parallel)
+    /// and the batch's distinct keys, in order of first appearance.
+    pub fn resolve(&mut self, ctx: &mut OpCtx, events: &[EventRef<'_>]) -> Result<(), StoreError> {
+        self.event_slots.clear();
+        self.index.clear();
+        self.key_of.clear();
+        self.keys.clear();
+        ctx.slots(events.iter().map(|e| e.key), &mut self.event_slots)?;
+        for (i, &slot) in self.event_slots.iter().enumerate() {
+            let next = self.keys.len() as u32;
+            let k = *self.index.entry(slot).or_insert(next);
+            if k == next {
+                self.keys.push((slot, i));
+            }
+            self.key_of.push(k);
+        }
+        Ok(())
+    }
+
+    /// The distinct keys of the events resolved: (cache slot, index of the
+    /// key's first event).
+    pub fn keys(&self) -> &[(u32, usize)] {
+        &self.keys
+    }
+
+    /// Builds the batch of `events` (resolved by [`HostBatch::resolve`],
+    /// with the keys' state as `ctx` holds it now), at most `cap` bytes in
+    /// the guest; returns how many events it holds (the first ones; 0 when
+    /// the first event alone does not fit).
+    pub fn build(&mut self, ctx: &OpCtx, events: &[EventRef<'_>], cap: usize) -> usize {
+        let b = &mut self.builder;
+        b.clear();
+        b.set_cap(cap);
+        for (i, e) in events.iter().enumerate() {
+            let k = self.key_of[i];
+            if k as usize == b.key_count() {
+                // The key's first event: the key and its values go first.
+                let (slot, _) = self.keys[k as usize];
+                let entity = ctx.slot_entity(slot);
+                let values = entity.values().map(|(n, v)| (ctx.state_name(n), v));
+                if b.key(e.key, values).is_err() {
+                    return i;
                 }
-                Outcome::Failed(reason) => {
-                    let reason = cap_reason_bytes(reason, max_reason);
+            }
+            if b.event(k, e.time, e.value).is_err() {
+                return i;
+            }
+        }
+        events.len()
+    }
+
+    /// The batch built.
+    pub fn batch(&self) -> &Batch {
+        self.builder.batch()
+    }
+
+    /// Applies the checked outcomes of the batch to `ctx`, calling `done`
+    /// for each event as it completes (as `Operator::handle_many`).
+    pub fn apply(
+        &self,
+        ctx: &mut OpCtx,
+        result: CheckedResult<'_>,
+        done: &mut Done<'_>,
+    ) -> Applied {
+        let max_reason = ctx.limits().max_reason;
+        let mut emitted = Emits::default();
+        // Reused from event to event (inline: no allocation for a few).
+        let mut writes: SmallVec<[(&[u8], Option<&[u8]>); 4]> = SmallVec::new();
+        let mut emits: SmallVec<[(&[u8], &[u8]); 4]> = SmallVec::new();
+        for (i, outcome) in result.iter().enumerate() {
+            match outcome {
+                Handled::Stop => return Applied::Stop(i),
+                Handled::Failed { reason } => {
+                    let reason = cap_reason(reason, max_reason);
                     done(i, Err(HandleError::Failed(reason)), &mut emitted);
                 }
-                Outcome::Ok { writes, emits } => {
-                    let slot = slots[key_of[i] as usize];
+                Handled::Ok {
+                    emits: e,
+                    writes: w,
+                } => {
+                    writes.clear();
+                    writes.extend(w.map(|(name, value)| (name.as_bytes(), value)));
+                    emits.clear();
+                    emits.extend(e.map(|(key, payload)| (key.as_bytes(), payload)));
+                    let (slot, _) = self.keys[self.key_of[i] as usize];
                     if let Err(err) = ctx.apply(slot, &writes, &emits, &mut emitted) {
                         done(i, Err(HandleError::Refused(err.to_string())), &mut emitted);
-                        // The guest computed the rest of the batch on top of
-                        // this event's writes, which the host refused: redo
-                        // the rest from the host's state.
-                        return Ok(i + 1);
+                        return Applied::Refused(i);
                     }
                     done(i, Ok(()), &mut emitted);
                 }
             }
             emitted.clear();
         }
-        Ok(n)
-    }
-}
-
-/// Largest `handle-batch` frame: lengths in it are `u32`, and the guest
-/// must hold it (and its result) within its memory limit.
-fn frame_cap(limits: &Limits) -> usize {
-    (limits.max_memory / 4).clamp(1 << 16, u32::MAX as usize)
-}
-
-fn put(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    out.extend_from_slice(b);
-}
-
-/// An event's state writes in a `handle-batch` result (`None`: delete).
-/// Names and keys are bytes here, checked to be UTF-8 as they are applied
-/// (only when they are not a known name or the event's own key).
-type Writes<'a> = SmallVec<[(&'a [u8], Option<&'a [u8]>); 4]>;
-/// An event's emits in a `handle-batch` result.
-type EmitList<'a> = SmallVec<[(&'a [u8], &'a [u8]); 4]>;
-
-/// One event's entry of a `handle-batch` result.
-// Lives on the stack for one event: inline vectors spare two allocations.
-#[allow(clippy::large_enum_variant)]
-enum Outcome<'a> {
-    Ok {
-        writes: Writes<'a>,
-        emits: EmitList<'a>,
-    },
-    Failed(&'a [u8]),
-    Stop,
-}
-
-/// Reader of a `handle-batch` result frame.
-struct Frame<'a>(&'a [u8]);
-
-impl<'a> Frame<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (h, t) = self.0.split_at(n);
-        self.0 = t;
-        Some(h)
-    }
-    fn u32(&mut self) -> Option<usize> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize)
-    }
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let n = self.u32()?;
-        self.take(n)
-    }
-    /// The next event's outcome, `None` when the frame is malformed.
-    fn outcome(&mut self) -> Option<Outcome<'a>> {
-        match self.take(1)?[0] {
-            0 => {
-                let n = self.u32()?;
-                let mut emits = SmallVec::new();
-                for _ in 0..n {
-                    let k = self.bytes()?;
-                    emits.push((k, self.bytes()?));
-                }
-                let n = self.u32()?;
-                let mut writes = SmallVec::new();
-                for _ in 0..n {
-                    let kind = self.take(1)?[0];
-                    let name = self.bytes()?;
-                    match kind {
-                        0 => writes.push((name, Some(self.bytes()?))),
-                        1 => writes.push((name, None)),
-                        _ => return None,
-                    }
-                }
-                Some(Outcome::Ok { writes, emits })
-            }
-            1 => Some(Outcome::Failed(self.bytes()?)),
-            2 => Some(Outcome::Stop),
-            _ => None,
-        }
-    }
-}
-
-/// Appends the single values of the key in cache slot `slot` to a batch
-/// frame: `u32` count, then per value a length-prefixed name and bytes.
-fn frame_slot_values(ctx: &OpCtx, slot: u32, out: &mut Vec<u8>) {
-    let entity = ctx.slot_entity(slot);
-    out.extend_from_slice(&(entity.values().count() as u32).to_le_bytes());
-    for (name, bytes) in entity.values() {
-        let name = ctx.state_name(name).as_bytes();
-        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        out.extend_from_slice(name);
-        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(bytes);
+        Applied::All
     }
 }

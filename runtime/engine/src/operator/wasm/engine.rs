@@ -146,5 +146,7 @@ pub(super) fn linker(engine: &Engine) -> anyhow::Result<Linker<HostData>> {
         &mut linker,
         |d| &mut d.ctx,
     )?;
+    // The batch types (`batched-operator` imports their interface).
+    linker.instance(super::batch::INTERFACE)?;
     Ok(linker)
 }

@@ -12,7 +12,7 @@ use wasmtime::Store;
 use super::batch::MAX_BATCH;
 use super::engine::{deadline_ticks, sandbox, MemoryCap};
 use super::random::{Random, Scope};
-use super::{testing, HostData, Live, OperatorWorld, Plugin, WasmOperator};
+use super::{testing, BatchFn, HostData, Live, OperatorWorld, Plugin, WasmOperator};
 use crate::operator::host::{cap_reason, Emits, HostError, OpCtx};
 use crate::operator::wasm::bindings::eddy::operator::types;
 use crate::operator::{handle_each, Done, EventRef, HandleError, Operator, RunError};
@@ -91,30 +91,27 @@ impl WasmOperator {
         let limits = *self.store.data().ctx.limits();
         let store = &mut self.store;
         store.set_epoch_deadline(deadline_ticks(limits.max_call_ms));
-        let instantiated =
-            self.plugin
-                .pre
-                .instance_pre()
-                .instantiate(&mut *store)
-                .and_then(|instance| {
-                    let bindings = OperatorWorld::new(&mut *store, &instance)?;
-                    let batch = match self.plugin.batched {
-                        true => Some(instance.get_typed_func::<(Vec<u8>,), (Vec<u8>,)>(
-                            &mut *store,
-                            "handle-batch",
-                        )?),
-                        false => None,
-                    };
-                    let migrate = match self.plugin.migrates {
-                        true => Some(instance.get_typed_func(&mut *store, "migrate")?),
-                        false => None,
-                    };
-                    Ok(Live {
-                        bindings,
-                        batch,
-                        migrate,
-                    })
-                });
+        let instantiated = self
+            .plugin
+            .pre
+            .instance_pre()
+            .instantiate(&mut *store)
+            .and_then(|instance| {
+                let bindings = OperatorWorld::new(&mut *store, &instance)?;
+                let batch = match self.plugin.batched {
+                    true => Some(BatchFn::of(&instance, &mut *store)?),
+                    false => None,
+                };
+                let migrate = match self.plugin.migrates {
+                    true => Some(instance.get_typed_func(&mut *store, "migrate")?),
+                    false => None,
+                };
+                Ok(Live {
+                    bindings,
+                    batch,
+                    migrate,
+                })
+            });
         let live = match instantiated {
             Ok(live) => live,
             Err(e) => {

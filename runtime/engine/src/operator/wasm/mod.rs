@@ -69,11 +69,9 @@ pub use engine::{engine, engine_with};
 pub use instance::InitError;
 pub use plugin::{Plugin, PluginError, CONTRACT};
 
+use batch::{BatchFn, HostBatch};
 use engine::MemoryCap;
 use random::Random;
-
-/// The batched entry point, when the component exports it.
-type BatchFn = wasmtime::component::TypedFunc<(Vec<u8>,), (Vec<u8>,)>;
 
 /// The migration hook (`migrate` of world `migrating-operator`), when the
 /// component exports it.
@@ -107,6 +105,8 @@ pub struct WasmOperator {
     /// The guest asked for the per-event path (it uses map or list state,
     /// or randomness).
     batch_off: bool,
+    /// The `handle-batch` batch, its buffers kept from call to call.
+    frames: HostBatch,
     /// Content hash of each generation of this operator (index: generation),
     /// handed to `migrate` as the previous version's identity.
     history: Arc<Vec<String>>,

@@ -16,7 +16,7 @@ use crate::operator::host::OpCtx;
 use crate::operator::wasm::bindings::OperatorPre;
 
 /// The contract version this runtime implements (`wit/world.wit`).
-pub const CONTRACT: &str = "eddy:operator@0.1.0";
+pub const CONTRACT: &str = "eddy:operator@0.2.0";
 
 /// Why a plugin could not be loaded.
 #[derive(Debug, Error)]
@@ -221,6 +221,7 @@ impl Plugin {
             store: new_store(self, ctx),
             live: None,
             batch_off: false,
+            frames: Default::default(),
             history: Arc::default(),
             failed_starts: 0,
             last_start_error: None,

@@ -1,0 +1,88 @@
+//! The `handle-batch` boundary against a component that returns results
+//! the host must refuse (`tests/fixtures/malformed`).
+
+use std::collections::BTreeMap;
+
+use crate::util::{pipeline, read_jsonl, run, state_values};
+
+/// A component whose `handle-batch` sometimes returns a malformed result
+/// (an emitted key past its column's bytes, counts that do not add up, a
+/// state name that is not UTF-8, more events handled than the batch has,
+/// a `stop` with no event left, failures out of order): nothing of such a
+/// result takes effect, the batch is replayed event by event with `handle`
+/// on a fresh instance, and the batches after it take the batched path
+/// again. Every event is handled exactly once, in order; nothing is
+/// dead-lettered; the pipeline does not stop.
+#[test]
+fn a_malformed_batch_result_is_replayed_event_by_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let damages = [
+        (150u64, "end"),
+        (700, "count"),
+        (1300, "utf8"),
+        (1900, "extra"),
+        (2500, "stop"),
+        (3100, "order"),
+    ];
+    let lines = 3600u64;
+    let mut text = String::new();
+    // Per line: its key and which event of that key it is (from 1).
+    let mut nth: BTreeMap<u64, (String, usize)> = BTreeMap::new();
+    let mut per_key: BTreeMap<String, usize> = BTreeMap::new();
+    for line in 1..=lines {
+        let key = format!("k{}", line % 7);
+        let n = per_key.entry(key.clone()).or_default();
+        *n += 1;
+        nth.insert(line, (key.clone(), *n));
+        match damages.iter().find(|(l, _)| *l == line) {
+            Some((_, how)) => text += &format!("{{\"key\":\"{key}\",\"corrupt\":\"{how}\"}}\n"),
+            None => text += &format!("{{\"key\":\"{key}\"}}\n"),
+        }
+    }
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, text).unwrap();
+    let p = pipeline(
+        dir.path(),
+        &input,
+        &[("malformed", eddy_tests::MALFORMED)],
+        1,
+    );
+    let s = run(&p);
+
+    assert_eq!(s.operators[0].failed, 0);
+    assert!(read_jsonl(&p.dead_letter).is_empty());
+    // The state: each event counted once.
+    let state = state_values(&p.state_dir, "malformed", &["n"]);
+    for (key, n) in &per_key {
+        let stored = state[key][0].clone();
+        let stored: u64 = serde_json::from_value(stored).unwrap();
+        assert_eq!(stored, *n as u64, "count of {key}");
+    }
+    // The outputs: per key, 1, 2, 3, ... once each, in order.
+    let mut outs: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for o in read_jsonl(&dir.path().join("out.jsonl")) {
+        let key = o["key"].as_str().unwrap().to_string();
+        outs.entry(key).or_default().push(o["value"].clone());
+    }
+    for (key, n) in &per_key {
+        let counts: Vec<u64> = outs[key].iter().map(|v| v["n"].as_u64().unwrap()).collect();
+        assert_eq!(
+            counts,
+            (1..=*n as u64).collect::<Vec<_>>(),
+            "outputs of {key}"
+        );
+    }
+    let path = |line: u64| {
+        let (key, n) = &nth[&line];
+        outs[key][n - 1]["path"].as_str().unwrap().to_string()
+    };
+    // Each damaged batch went event by event; the batches after it were
+    // batched again (a batch holds at most 256 events).
+    for (line, how) in damages {
+        assert_eq!(path(line), "event", "line {line} ({how})");
+    }
+    for line in [425, 1000, 1600, 2200, 2800, 3400] {
+        assert!(damages.iter().all(|(l, _)| l.abs_diff(line) > 256));
+        assert_eq!(path(line), "batch", "line {line}");
+    }
+}
