@@ -9,7 +9,7 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::wit::{Batch, Strings, StringsError};
+use crate::wit::{Batch, Cursor, Strings, StringsError};
 
 /// A `strings` column of a batch, named in errors as in the WIT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,14 +96,21 @@ fn column(s: &Strings, column: BatchColumn) -> Result<(), BatchError> {
 }
 
 fn utf8(s: &Strings, column: BatchColumn) -> Result<(), BatchError> {
-    for index in 0..s.len() {
-        if let Err(e) = std::str::from_utf8(s.get(index).unwrap_or_default()) {
+    // Mostly ASCII: the whole column at once.
+    if s.bytes.is_ascii() {
+        return Ok(());
+    }
+    let mut strings = Cursor::new(s);
+    let mut index = 0;
+    while let Some(b) = strings.next() {
+        if let Err(e) = std::str::from_utf8(b) {
             return Err(BatchError::NotUtf8 {
                 column,
                 index,
                 valid_up_to: e.valid_up_to(),
             });
         }
+        index += 1;
     }
     Ok(())
 }

@@ -93,10 +93,13 @@ fn read_result(c: CheckedResult<'_>) -> ResultModel {
     m
 }
 
+/// A key's single values: (name, bytes).
+type Values = Vec<(String, Vec<u8>)>;
+
 /// A batch: keys with their values, and events (key index, time, payload).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct BatchModel {
-    keys: Vec<(String, Vec<(String, Vec<u8>)>)>,
+    keys: Vec<(String, Values)>,
     events: Vec<(u32, Option<i64>, Vec<u8>)>,
 }
 
@@ -289,7 +292,8 @@ fn a_malformed_result_is_refused_naming_the_field() {
             .unwrap_err()
             .to_string()
     };
-    let cases: Vec<(&str, Box<dyn Fn(&mut BatchResult)>, &str)> = vec![
+    type Corrupt = Box<dyn Fn(&mut BatchResult)>;
+    let cases: Vec<(&str, Corrupt, &str)> = vec![
         (
             "an end past the bytes",
             Box::new(|r| r.emit_keys.ends[1] = 90),
@@ -445,7 +449,8 @@ fn a_malformed_batch_is_refused_naming_the_field() {
         events: vec![(0, None, b"{}".to_vec())],
     };
     let base = build_batch(&mut BatchBuilder::new(), &m);
-    let cases: Vec<(Box<dyn Fn(&mut Batch)>, &str)> = vec![
+    type Corrupt = Box<dyn Fn(&mut Batch)>;
+    let cases: Vec<(Corrupt, &str)> = vec![
         (
             Box::new(|b| b.keys.ends[0] = 9),
             "keys: string 0 ends at 9, past its 1 bytes",
