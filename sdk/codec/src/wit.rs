@@ -248,11 +248,12 @@ pub struct Batch {
     /// Per event: the index of its key in `keys`.
     #[cfg_attr(feature = "host", component(name = "event-keys"))]
     pub event_keys: Vec<u32>,
-    /// Per event: its event time.
-    #[cfg_attr(feature = "host", component(name = "event-times"))]
-    pub event_times: Vec<Option<i64>>,
     /// Per event: its payload.
     pub payloads: Strings,
+    /// The events that have an event time, as indexes, ascending.
+    pub timed: Vec<u32>,
+    /// The time of each event in `timed`.
+    pub times: Vec<i64>,
 }
 
 /// What `handle-batch` returns: per event handled, from the batch's first,

@@ -471,9 +471,22 @@ fn a_malformed_batch_is_refused_naming_the_field() {
         ),
         (
             Box::new(|b| {
-                b.event_times.push(None);
+                b.payloads.push(b"");
             }),
-            "event-keys has 1 entries but event-times has 2: one each per event",
+            "event-keys has 1 entries but payloads has 2: one each per event",
+        ),
+        (
+            Box::new(|b| {
+                b.timed.push(0);
+            }),
+            "timed has 1 entries but times has 0: one each per timed event",
+        ),
+        (
+            Box::new(|b| {
+                b.timed.push(1);
+                b.times.push(5);
+            }),
+            "timed: entry 0 is 1, but it must be above the one before and below 1",
         ),
         (
             Box::new(|b| b.value_names.bytes[0] = 0xff),
@@ -749,7 +762,7 @@ proptest! {
     #[test]
     fn a_changed_batch_is_refused_or_read_consistently(
         m in batch_model(),
-        which in 0..10u8,
+        which in 0..11u8,
         index in any::<usize>(),
         value in prop_oneof![0..20u32, any::<u32>()],
     ) {
@@ -761,6 +774,7 @@ proptest! {
             3 => Some(&mut b.value_bytes.ends),
             4 => Some(&mut b.event_keys),
             5 => Some(&mut b.payloads.ends),
+            10 => Some(&mut b.timed),
             _ => None,
         };
         match numbers {
