@@ -6,12 +6,11 @@ use thiserror::Error;
 
 use crate::wit::{offset, Batch, BatchResult, Strings};
 
-/// Bytes a `strings` entry, a `u32` and an `option<s64>` take in the
-/// guest's memory once lowered (canonical ABI sizes), for
-/// [`BatchBuilder::size`].
+/// Bytes a `strings` entry, a `u32` and an `s64` take in the guest's memory
+/// once lowered (canonical ABI sizes), for [`BatchBuilder::size`].
 const END: usize = 4;
 const U32: usize = 4;
-const TIME: usize = 16;
+const S64: usize = 8;
 
 /// Why a [`BatchBuilder`] refused to add a key or an event.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -81,8 +80,9 @@ impl BatchBuilder {
         b.value_names.clear();
         b.value_bytes.clear();
         b.event_keys.clear();
-        b.event_times.clear();
         b.payloads.clear();
+        b.timed.clear();
+        b.times.clear();
     }
 
     /// What the batch takes in the guest's memory once lowered: its bytes
@@ -95,8 +95,9 @@ impl BatchBuilder {
             + strings(&b.value_names)
             + strings(&b.value_bytes)
             + b.event_keys.len() * U32
-            + b.event_times.len() * TIME
             + strings(&b.payloads)
+            + b.timed.len() * U32
+            + b.times.len() * S64
     }
 
     /// Adds a key with its single values (name, bytes); returns its index
@@ -135,7 +136,8 @@ impl BatchBuilder {
         if key as usize >= keys {
             return Err(BuildError::NoSuchKey { key, keys });
         }
-        let size = self.size() + U32 + TIME + payload.len() + END;
+        let timed = time.map_or(0, |_| U32 + S64);
+        let size = self.size() + U32 + payload.len() + END + timed;
         if size > self.cap {
             return Err(BuildError::Full {
                 size,
@@ -143,8 +145,11 @@ impl BatchBuilder {
             });
         }
         let b = &mut self.batch;
+        if let Some(time) = time {
+            b.timed.push(offset(b.event_keys.len()));
+            b.times.push(time);
+        }
         b.event_keys.push(key);
-        b.event_times.push(time);
         b.payloads.push(payload);
         Ok(())
     }

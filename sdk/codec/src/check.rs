@@ -10,7 +10,7 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::wit::{BatchResult, Strings, StringsError};
+use crate::wit::{BatchResult, Cursor, Strings, StringsError};
 
 /// Per-item limits the host holds a result to, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,22 +290,17 @@ fn same_length(a: &Strings, ac: Column, b: &Strings, bc: Column) -> Result<(), R
     }
 }
 
-/// String `i` of a checked column (never out of bounds: checked, or
-/// empty).
+/// Checks that `b` is UTF-8 (known when its column is ASCII) and within
+/// `limit`.
 #[inline]
-fn get(s: &Strings, i: usize) -> &[u8] {
-    s.get(i).unwrap_or_default()
-}
-
-/// String `i` of a checked column, checked to be UTF-8 and within `limit`.
-#[inline]
-fn text(s: &Strings, i: usize, limit: usize, field: impl Fn() -> Field) -> Result<(), ResultError> {
-    let b = get(s, i);
-    if let Err(e) = std::str::from_utf8(b) {
-        return Err(ResultError::NotUtf8 {
-            field: field(),
-            valid_up_to: e.valid_up_to(),
-        });
+fn text(b: &[u8], ascii: bool, limit: usize, field: impl Fn() -> Field) -> Result<(), ResultError> {
+    if !ascii {
+        if let Err(e) = std::str::from_utf8(b) {
+            return Err(ResultError::NotUtf8 {
+                field: field(),
+                valid_up_to: e.valid_up_to(),
+            });
+        }
     }
     within(b.len(), limit, field)
 }
@@ -414,6 +409,15 @@ impl<'a> CheckedResult<'a> {
             });
         }
         let (mut e, mut w, mut f, mut d) = (0usize, 0usize, 0usize, 0usize);
+        let mut keys = Cursor::new(&r.emit_keys);
+        let mut payloads = Cursor::new(&r.emit_payloads);
+        let mut names = Cursor::new(&r.write_names);
+        let mut values = Cursor::new(&r.write_values);
+        let mut reasons = Cursor::new(&r.reasons);
+        // Keys and names are mostly ASCII: a whole column is checked at
+        // once, and only a column that is not is checked string by string.
+        let keys_ascii = r.emit_keys.bytes.is_ascii();
+        let names_ascii = r.write_names.bytes.is_ascii();
         for (event, (&ne, &nw)) in r.emit_counts.iter().zip(&r.write_counts).enumerate() {
             if r.failed.get(f).is_some_and(|&x| x as usize == event) {
                 if ne != 0 || nw != 0 {
@@ -423,17 +427,19 @@ impl<'a> CheckedResult<'a> {
                         writes: nw,
                     });
                 }
-                text(&r.reasons, f, usize::MAX, || Field::Reason { event })?;
+                let reason = reasons.next().unwrap_or_default();
+                text(reason, false, usize::MAX, || Field::Reason { event })?;
                 f += 1;
                 continue;
             }
-            let emits = take(&mut e, ne, r.emit_keys.len(), event, Column::EmitKeys)?;
-            for (emit, i) in emits.enumerate() {
-                text(&r.emit_keys, i, limits.max_emit_key, || Field::EmitKey {
+            take(&mut e, ne, r.emit_keys.len(), event, Column::EmitKeys)?;
+            for emit in 0..ne as usize {
+                let key = keys.next().unwrap_or_default();
+                text(key, keys_ascii, limits.max_emit_key, || Field::EmitKey {
                     event,
                     emit,
                 })?;
-                let payload = get(&r.emit_payloads, i).len();
+                let payload = payloads.next().unwrap_or_default().len();
                 within(payload, limits.max_emit, || Field::EmitPayload {
                     event,
                     emit,
@@ -441,11 +447,12 @@ impl<'a> CheckedResult<'a> {
             }
             let writes = take(&mut w, nw, r.write_names.len(), event, Column::WriteNames)?;
             for (write, i) in writes.enumerate() {
-                text(&r.write_names, i, limits.max_name, || Field::WriteName {
+                let name = names.next().unwrap_or_default();
+                text(name, names_ascii, limits.max_name, || Field::WriteName {
                     event,
                     write,
                 })?;
-                let value = get(&r.write_values, i).len();
+                let value = values.next().unwrap_or_default().len();
                 if r.deletes.get(d).is_some_and(|&x| x as usize == i) {
                     d += 1;
                     if value != 0 {
@@ -494,13 +501,18 @@ impl<'a> CheckedResult<'a> {
     /// The outcomes, in order: one per event handled, then
     /// [`Handled::Stop`] when the result stops.
     pub fn iter(&self) -> Outcomes<'a> {
+        let r = self.result;
         Outcomes {
-            result: self.result,
+            result: r,
             event: 0,
-            emits: 0,
-            writes: 0,
             failed: 0,
-            deletes: 0,
+            write: 0,
+            deletes: &r.deletes,
+            keys: Cursor::new(&r.emit_keys),
+            payloads: Cursor::new(&r.emit_payloads),
+            names: Cursor::new(&r.write_names),
+            values: Cursor::new(&r.write_values),
+            reasons: Cursor::new(&r.reasons),
             stopped: false,
         }
     }
@@ -516,13 +528,13 @@ impl<'a> IntoIterator for CheckedResult<'a> {
 
 /// Text of a checked string.
 #[inline]
-fn get_str(s: &Strings, i: usize) -> &str {
-    let b = get(s, i);
+fn as_str(b: &[u8]) -> &str {
     debug_assert!(std::str::from_utf8(b).is_ok());
     // SAFETY: `CheckedResult::new` checked that every string read as text
     // (emitted keys, write names, reasons) is UTF-8, and the result it
-    // borrows cannot change while it lives; only the iterators below,
-    // made from a `CheckedResult`, call this, on those strings.
+    // borrows cannot change while it lives; only the iterators below, made
+    // from a `CheckedResult`, call this, on those strings, read in the same
+    // order as the check read them.
     unsafe { std::str::from_utf8_unchecked(b) }
 }
 
@@ -549,19 +561,26 @@ pub enum Handled<'a> {
 #[derive(Debug, Clone)]
 pub struct Outcomes<'a> {
     result: &'a BatchResult,
-    /// The next event, and where its emits, writes, deletes and failure
-    /// (if any) are.
+    /// The next event.
     event: usize,
-    emits: usize,
-    writes: usize,
+    /// The next entry of `failed`.
     failed: usize,
-    deletes: usize,
+    /// Index of the next write, and the deletes from it on.
+    write: usize,
+    deletes: &'a [u32],
+    /// The next emit, write and reason.
+    keys: Cursor<'a>,
+    payloads: Cursor<'a>,
+    names: Cursor<'a>,
+    values: Cursor<'a>,
+    reasons: Cursor<'a>,
     stopped: bool,
 }
 
 impl<'a> Iterator for Outcomes<'a> {
     type Item = Handled<'a>;
 
+    #[inline]
     fn next(&mut self) -> Option<Handled<'a>> {
         let r = self.result;
         let event = self.event;
@@ -578,27 +597,29 @@ impl<'a> Iterator for Outcomes<'a> {
             .is_some_and(|&f| f as usize == event)
         {
             self.failed += 1;
+            let reason = self.reasons.next().unwrap_or_default();
             return Some(Handled::Failed {
-                reason: get_str(&r.reasons, self.failed - 1),
+                reason: as_str(reason),
             });
         }
+        let (ne, nw) = (ne as usize, nw as usize);
         let emits = Emits {
-            result: r,
-            range: self.emits..self.emits + ne as usize,
+            keys: self.keys.split(ne),
+            payloads: self.payloads.split(ne),
         };
         let writes = Writes {
-            result: r,
-            range: self.writes..self.writes + nw as usize,
+            names: self.names.split(nw),
+            values: self.values.split(nw),
+            write: self.write,
             deletes: self.deletes,
         };
-        self.emits = emits.range.end;
-        self.writes = writes.range.end;
-        while r
+        self.write += nw;
+        while self
             .deletes
-            .get(self.deletes)
-            .is_some_and(|&d| (d as usize) < self.writes)
+            .first()
+            .is_some_and(|&d| (d as usize) < self.write)
         {
-            self.deletes += 1;
+            self.deletes = &self.deletes[1..];
         }
         Some(Handled::Ok { emits, writes })
     }
@@ -607,23 +628,21 @@ impl<'a> Iterator for Outcomes<'a> {
 /// The emits of one handled event: (key, payload).
 #[derive(Debug, Clone)]
 pub struct Emits<'a> {
-    result: &'a BatchResult,
-    range: std::ops::Range<usize>,
+    keys: Cursor<'a>,
+    payloads: Cursor<'a>,
 }
 
 impl<'a> Iterator for Emits<'a> {
     type Item = (&'a str, &'a [u8]);
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        let i = self.range.next()?;
-        Some((
-            get_str(&self.result.emit_keys, i),
-            get(&self.result.emit_payloads, i),
-        ))
+        let key = self.keys.next()?;
+        Some((as_str(key), self.payloads.next().unwrap_or_default()))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.range.size_hint()
+        (self.keys.len(), Some(self.keys.len()))
     }
 }
 
@@ -632,29 +651,33 @@ impl ExactSizeIterator for Emits<'_> {}
 /// The writes of one handled event: (name, new bytes or `None` to delete).
 #[derive(Debug, Clone)]
 pub struct Writes<'a> {
-    result: &'a BatchResult,
-    range: std::ops::Range<usize>,
-    /// The first entry of `deletes` not before the next write.
-    deletes: usize,
+    names: Cursor<'a>,
+    values: Cursor<'a>,
+    /// Index of the next write in the result, and the deletes from it on.
+    write: usize,
+    deletes: &'a [u32],
 }
 
 impl<'a> Iterator for Writes<'a> {
     type Item = (&'a str, Option<&'a [u8]>);
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        let i = self.range.next()?;
-        let r = self.result;
-        let deleted = r
+        let name = self.names.next()?;
+        let value = self.values.next().unwrap_or_default();
+        let deleted = self
             .deletes
-            .get(self.deletes)
-            .is_some_and(|&d| d as usize == i);
-        self.deletes += deleted as usize;
-        let value = (!deleted).then(|| get(&r.write_values, i));
-        Some((get_str(&r.write_names, i), value))
+            .first()
+            .is_some_and(|&d| d as usize == self.write);
+        if deleted {
+            self.deletes = &self.deletes[1..];
+        }
+        self.write += 1;
+        Some((as_str(name), (!deleted).then_some(value)))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.range.size_hint()
+        (self.names.len(), Some(self.names.len()))
     }
 }
 

@@ -9,7 +9,7 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::wit::{Batch, Strings, StringsError};
+use crate::wit::{Batch, Cursor, Strings, StringsError};
 
 /// A `strings` column of a batch, named in errors as in the WIT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +68,18 @@ pub enum BatchError {
         /// Strings of `value-names`.
         values: usize,
     },
+    /// An entry of `timed` that is not ascending or is not an event.
+    #[error(
+        "timed: entry {index} is {event}, but it must be above the one before and below {events}"
+    )]
+    Timed {
+        /// Index of the entry.
+        index: usize,
+        /// Its value.
+        event: u32,
+        /// Events in the batch.
+        events: usize,
+    },
     /// An event's key index outside the batch's keys.
     #[error("event {event}: key index {key}, but the batch has {keys} keys")]
     NoSuchKey {
@@ -96,14 +108,21 @@ fn column(s: &Strings, column: BatchColumn) -> Result<(), BatchError> {
 }
 
 fn utf8(s: &Strings, column: BatchColumn) -> Result<(), BatchError> {
-    for index in 0..s.len() {
-        if let Err(e) = std::str::from_utf8(s.get(index).unwrap_or_default()) {
+    // Mostly ASCII: the whole column at once.
+    if s.bytes.is_ascii() {
+        return Ok(());
+    }
+    let mut strings = Cursor::new(s);
+    let mut index = 0;
+    while let Some(b) = strings.next() {
+        if let Err(e) = std::str::from_utf8(b) {
             return Err(BatchError::NotUtf8 {
                 column,
                 index,
                 valid_up_to: e.valid_up_to(),
             });
         }
+        index += 1;
     }
     Ok(())
 }
@@ -192,14 +211,25 @@ impl<'a> BatchView<'a> {
             "value",
         )?;
         let events = b.event_keys.len();
-        lengths(
-            "event-keys",
-            events,
-            "event-times",
-            b.event_times.len(),
-            "event",
-        )?;
         lengths("event-keys", events, "payloads", b.payloads.len(), "event")?;
+        lengths(
+            "timed",
+            b.timed.len(),
+            "times",
+            b.times.len(),
+            "timed event",
+        )?;
+        let mut floor = 0u64;
+        for (index, &event) in b.timed.iter().enumerate() {
+            if (event as u64) < floor || event as usize >= events {
+                return Err(BatchError::Timed {
+                    index,
+                    event,
+                    events,
+                });
+            }
+            floor = event as u64 + 1;
+        }
         let counted = b.value_counts.iter().map(|&c| c as u64).sum::<u64>();
         if counted != b.value_names.len() as u64 {
             return Err(BatchError::ValueCounts {
@@ -271,14 +301,18 @@ impl<'a> BatchView<'a> {
     /// The events, in order.
     pub fn events(&self) -> impl ExactSizeIterator<Item = EventRef<'a>> + 'a {
         let b = self.batch;
-        b.event_keys
-            .iter()
-            .zip(&b.event_times)
-            .enumerate()
-            .map(move |(i, (&key, &time))| EventRef {
+        let mut payloads = Cursor::new(&b.payloads);
+        // The next timed event and its time.
+        let mut timed = b.timed.iter().zip(&b.times).peekable();
+        b.event_keys.iter().enumerate().map(move |(i, &key)| {
+            let time = timed
+                .next_if(|(&t, _)| t as usize == i)
+                .map(|(_, &time)| time);
+            EventRef {
                 key,
                 time,
-                payload: b.payloads.get(i).unwrap_or_default(),
-            })
+                payload: payloads.next().unwrap_or_default(),
+            }
+        })
     }
 }

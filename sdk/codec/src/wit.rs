@@ -161,6 +161,63 @@ impl Strings {
     }
 }
 
+/// Reads the strings of a column in order, from a position on: each
+/// string is the bytes from the end of the one before it to its own end,
+/// so reading one costs one bounds check. Strings outside the bytes read
+/// as empty (readers check the column first, so none is).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cursor<'a> {
+    bytes: &'a [u8],
+    /// The ends of the strings left to read.
+    ends: &'a [u32],
+    /// Where the next string starts.
+    start: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// A cursor at the first string of `s`.
+    pub(crate) fn new(s: &'a Strings) -> Cursor<'a> {
+        Cursor {
+            bytes: &s.bytes,
+            ends: &s.ends,
+            start: 0,
+        }
+    }
+
+    /// The next string.
+    #[inline]
+    pub(crate) fn next(&mut self) -> Option<&'a [u8]> {
+        let (&end, rest) = self.ends.split_first()?;
+        self.ends = rest;
+        let s = self.bytes.get(self.start..end as usize).unwrap_or_default();
+        self.start = end as usize;
+        Some(s)
+    }
+
+    /// The next `n` strings (at most those left), as a cursor of their own;
+    /// this one moves past them.
+    #[inline]
+    pub(crate) fn split(&mut self, n: usize) -> Cursor<'a> {
+        let (head, tail) = self.ends.split_at(n.min(self.ends.len()));
+        let first = Cursor {
+            bytes: self.bytes,
+            ends: head,
+            start: self.start,
+        };
+        if let Some(&end) = head.last() {
+            self.start = end as usize;
+        }
+        self.ends = tail;
+        first
+    }
+
+    /// Strings left.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+}
+
 /// An offset in a buffer, as the WIT's `u32`. Buffers are capped at
 /// `u32::MAX` bytes (a batch by its builder's cap, a result by the guest's
 /// 32-bit memory), so this never saturates in practice; if it did, the
@@ -191,11 +248,12 @@ pub struct Batch {
     /// Per event: the index of its key in `keys`.
     #[cfg_attr(feature = "host", component(name = "event-keys"))]
     pub event_keys: Vec<u32>,
-    /// Per event: its event time.
-    #[cfg_attr(feature = "host", component(name = "event-times"))]
-    pub event_times: Vec<Option<i64>>,
     /// Per event: its payload.
     pub payloads: Strings,
+    /// The events that have an event time, as indexes, ascending.
+    pub timed: Vec<u32>,
+    /// The time of each event in `timed`.
+    pub times: Vec<i64>,
 }
 
 /// What `handle-batch` returns: per event handled, from the batch's first,

@@ -93,10 +93,13 @@ fn read_result(c: CheckedResult<'_>) -> ResultModel {
     m
 }
 
+/// A key's single values: (name, bytes).
+type Values = Vec<(String, Vec<u8>)>;
+
 /// A batch: keys with their values, and events (key index, time, payload).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct BatchModel {
-    keys: Vec<(String, Vec<(String, Vec<u8>)>)>,
+    keys: Vec<(String, Values)>,
     events: Vec<(u32, Option<i64>, Vec<u8>)>,
 }
 
@@ -289,7 +292,8 @@ fn a_malformed_result_is_refused_naming_the_field() {
             .unwrap_err()
             .to_string()
     };
-    let cases: Vec<(&str, Box<dyn Fn(&mut BatchResult)>, &str)> = vec![
+    type Corrupt = Box<dyn Fn(&mut BatchResult)>;
+    let cases: Vec<(&str, Corrupt, &str)> = vec![
         (
             "an end past the bytes",
             Box::new(|r| r.emit_keys.ends[1] = 90),
@@ -445,7 +449,8 @@ fn a_malformed_batch_is_refused_naming_the_field() {
         events: vec![(0, None, b"{}".to_vec())],
     };
     let base = build_batch(&mut BatchBuilder::new(), &m);
-    let cases: Vec<(Box<dyn Fn(&mut Batch)>, &str)> = vec![
+    type Corrupt = Box<dyn Fn(&mut Batch)>;
+    let cases: Vec<(Corrupt, &str)> = vec![
         (
             Box::new(|b| b.keys.ends[0] = 9),
             "keys: string 0 ends at 9, past its 1 bytes",
@@ -466,9 +471,22 @@ fn a_malformed_batch_is_refused_naming_the_field() {
         ),
         (
             Box::new(|b| {
-                b.event_times.push(None);
+                b.payloads.push(b"");
             }),
-            "event-keys has 1 entries but event-times has 2: one each per event",
+            "event-keys has 1 entries but payloads has 2: one each per event",
+        ),
+        (
+            Box::new(|b| {
+                b.timed.push(0);
+            }),
+            "timed has 1 entries but times has 0: one each per timed event",
+        ),
+        (
+            Box::new(|b| {
+                b.timed.push(1);
+                b.times.push(5);
+            }),
+            "timed: entry 0 is 1, but it must be above the one before and below 1",
         ),
         (
             Box::new(|b| b.value_names.bytes[0] = 0xff),
@@ -744,7 +762,7 @@ proptest! {
     #[test]
     fn a_changed_batch_is_refused_or_read_consistently(
         m in batch_model(),
-        which in 0..10u8,
+        which in 0..11u8,
         index in any::<usize>(),
         value in prop_oneof![0..20u32, any::<u32>()],
     ) {
@@ -756,6 +774,7 @@ proptest! {
             3 => Some(&mut b.value_bytes.ends),
             4 => Some(&mut b.event_keys),
             5 => Some(&mut b.payloads.ends),
+            10 => Some(&mut b.timed),
             _ => None,
         };
         match numbers {

@@ -12,7 +12,6 @@
 
 use eddy_codec::wit::{Batch, BatchResult};
 use eddy_codec::{BatchBuilder, CheckedResult, Handled};
-use smallvec::SmallVec;
 use wasmtime::component::{Func, Instance, TypedFunc};
 use wasmtime::AsContextMut;
 
@@ -173,6 +172,9 @@ pub fn codec_limits(limits: &Limits) -> eddy_codec::Limits {
     }
 }
 
+/// A write as [`OpCtx::apply`] takes it: name, new bytes (`None`: delete).
+type Write<'a> = (&'a [u8], Option<&'a [u8]>);
+
 /// How far the outcomes of a batch were applied.
 pub enum Applied {
     /// All of them.
@@ -267,9 +269,9 @@ impl HostBatch {
     ) -> Applied {
         let max_reason = ctx.limits().max_reason;
         let mut emitted = Emits::default();
-        // Reused from event to event (inline: no allocation for a few).
-        let mut writes: SmallVec<[(&[u8], Option<&[u8]>); 4]> = SmallVec::new();
-        let mut emits: SmallVec<[(&[u8], &[u8]); 4]> = SmallVec::new();
+        // Reused from event to event: one allocation each per batch.
+        let mut writes: Vec<Write<'_>> = Vec::with_capacity(8);
+        let mut emits: Vec<(&[u8], &[u8])> = Vec::with_capacity(8);
         for (i, outcome) in result.iter().enumerate() {
             match outcome {
                 Handled::Stop => return Applied::Stop(i),
@@ -282,9 +284,13 @@ impl HostBatch {
                     writes: w,
                 } => {
                     writes.clear();
-                    writes.extend(w.map(|(name, value)| (name.as_bytes(), value)));
+                    for (name, value) in w {
+                        writes.push((name.as_bytes(), value));
+                    }
                     emits.clear();
-                    emits.extend(e.map(|(key, payload)| (key.as_bytes(), payload)));
+                    for (key, payload) in e {
+                        emits.push((key.as_bytes(), payload));
+                    }
                     let (slot, _) = self.keys[self.key_of[i] as usize];
                     if let Err(err) = ctx.apply(slot, &writes, &emits, &mut emitted) {
                         done(i, Err(HandleError::Refused(err.to_string())), &mut emitted);
