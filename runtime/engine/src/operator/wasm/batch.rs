@@ -172,9 +172,6 @@ pub fn codec_limits(limits: &Limits) -> eddy_codec::Limits {
     }
 }
 
-/// A write as [`OpCtx::apply`] takes it: name, new bytes (`None`: delete).
-type Write<'a> = (&'a [u8], Option<&'a [u8]>);
-
 /// A write as `OpCtx::apply` takes it: name, new bytes (`None`: delete).
 type Write<'a> = (&'a [u8], Option<&'a [u8]>);
 
