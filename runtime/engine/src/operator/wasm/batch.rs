@@ -304,3 +304,107 @@ impl HostBatch {
         Applied::All
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eddy_codec::{BatchView, ResultBuilder};
+
+    fn event<'a>(key: &'a str, value: &'a [u8]) -> EventRef<'a> {
+        EventRef {
+            key,
+            value,
+            time: None,
+            line: 1,
+        }
+    }
+
+    #[test]
+    fn the_batch_interface_is_the_contract_version() {
+        let (_, version) = crate::wasm::CONTRACT.rsplit_once('@').unwrap();
+        assert_eq!(INTERFACE, format!("eddy:operator/batch@{version}"));
+    }
+
+    /// A batch carries each key once with its values, its events in order;
+    /// a result built for it is applied (writes, emits, failures) and a
+    /// `stop` is reported where it is.
+    #[test]
+    fn a_batch_is_built_from_the_cache_and_its_result_applied() {
+        let mut ctx = OpCtx::new("op".into(), None, Limits::default());
+        let mut out = Emits::default();
+        ctx.begin("a").unwrap();
+        ctx.set("n", b"1").unwrap();
+        ctx.finish(true, &mut out);
+        let events = [
+            event("a", b"e0"),
+            event("b", b"e1"),
+            event("a", b"e2"),
+            event("c", b"e3"),
+        ];
+        let mut hb = HostBatch::default();
+        hb.resolve(&mut ctx, &events).unwrap();
+        assert_eq!(hb.keys().len(), 3);
+        assert_eq!(hb.build(&ctx, &events, usize::MAX), 4);
+        let view = BatchView::new(hb.batch()).unwrap();
+        let keys: Vec<&str> = view.keys().map(|k| k.key).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        let a = view.keys().next().unwrap();
+        assert_eq!(view.value(a.values.start), ("n", &b"1"[..]));
+        let seen: Vec<(u32, &[u8])> = view.events().map(|e| (e.key, e.payload)).collect();
+        assert_eq!(
+            seen,
+            [
+                (0, &b"e0"[..]),
+                (1, &b"e1"[..]),
+                (0, &b"e2"[..]),
+                (2, &b"e3"[..])
+            ]
+        );
+
+        // Event 0 writes and emits, 1 fails, 2 deletes, 3 stops.
+        let mut r = ResultBuilder::new();
+        r.emit("a", b"2");
+        r.write(b"n", Some(b"2"));
+        r.ok();
+        r.failed("no");
+        r.write(b"n", None);
+        r.ok();
+        r.stop();
+        let result = r.finish();
+        let checked = CheckedResult::new(&result, 4, &eddy_codec::Limits::NONE).unwrap();
+        let mut log = Vec::new();
+        let applied = hb.apply(&mut ctx, checked, &mut |i, r, e: &mut Emits| {
+            let emits: Vec<String> = e.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+            log.push((i, r.map_err(|e| e.to_string()), emits));
+        });
+        assert!(matches!(applied, Applied::Stop(3)));
+        assert_eq!(log.len(), 3);
+        assert_eq!(log[0], (0, Ok(()), vec![format!("a={:?}", b"2")]));
+        assert_eq!(
+            log[1],
+            (1, Err("operator returned an error: no".into()), vec![])
+        );
+        assert_eq!(log[2], (2, Ok(()), vec![]));
+        ctx.begin("a").unwrap();
+        assert_eq!(ctx.get("n").unwrap(), None, "event 2 deleted it");
+        ctx.finish(true, &mut out);
+    }
+
+    /// A batch stops before the event that would take it past its cap; an
+    /// event too large alone gives an empty batch (the caller handles it per
+    /// event).
+    #[test]
+    fn a_batch_stays_within_its_cap() {
+        let mut ctx = OpCtx::new("op".into(), None, Limits::default());
+        let big = vec![b'x'; 100];
+        let events = [event("a", b"e0"), event("b", &big), event("c", b"e2")];
+        let mut hb = HostBatch::default();
+        hb.resolve(&mut ctx, &events).unwrap();
+        assert_eq!(hb.build(&ctx, &events, 60), 1);
+        assert_eq!(hb.batch().event_keys.len(), 1);
+        hb.resolve(&mut ctx, &events[1..]).unwrap();
+        assert_eq!(hb.build(&ctx, &events[1..], 60), 0);
+        hb.resolve(&mut ctx, &events).unwrap();
+        assert_eq!(hb.build(&ctx, &events, 10_000), 3);
+    }
+}
