@@ -321,7 +321,7 @@ mod tests {
 
     #[test]
     fn the_batch_interface_is_the_contract_version() {
-        let (_, version) = crate::wasm::CONTRACT.rsplit_once('@').unwrap();
+        let (_, version) = crate::CONTRACT.rsplit_once('@').unwrap();
         assert_eq!(INTERFACE, format!("eddy:operator/batch@{version}"));
     }
 
