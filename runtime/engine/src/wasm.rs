@@ -505,7 +505,7 @@ impl Plugin {
             store: new_store(self, ctx),
             live: None,
             batch_off: false,
-            frames: HostBatch::default(),
+            host_batch: HostBatch::default(),
             history: Arc::default(),
             failed_starts: 0,
             last_start_error: None,
@@ -559,7 +559,7 @@ pub struct WasmOperator {
     /// or randomness).
     batch_off: bool,
     /// The `handle-batch` batch, its buffers kept from call to call.
-    frames: HostBatch,
+    host_batch: HostBatch,
     /// Content hash of each generation of this operator (index: generation),
     /// handed to `migrate` as the previous version's identity.
     history: Arc<Vec<String>>,
@@ -847,23 +847,23 @@ impl WasmOperator {
         }
         // Taken for the call, so that `self` stays free; its buffers
         // come back with it.
-        let mut frames = std::mem::take(&mut self.frames);
-        let r = self.run_batch(&mut frames, batch, events, done);
-        self.frames = frames;
+        let mut host_batch = std::mem::take(&mut self.host_batch);
+        let r = self.run_batch(&mut host_batch, batch, events, done);
+        self.host_batch = host_batch;
         r
     }
 
     /// [`WasmOperator::run_frame`] with the batch's buffers.
     fn run_batch(
         &mut self,
-        frames: &mut HostBatch,
+        host_batch: &mut HostBatch,
         batch: BatchFn,
         events: &[EventRef<'_>],
         done: &mut Done<'_>,
     ) -> Result<usize, RunError> {
-        frames.resolve(self.ctx(), events)?;
+        host_batch.resolve(self.ctx(), events)?;
         if self.live.as_ref().is_some_and(|l| l.migrate.is_some()) {
-            for &(slot, first) in frames.keys() {
+            for &(slot, first) in host_batch.keys() {
                 // Nothing of the batch ran yet: a key whose migration fails
                 // takes the whole batch to the per-event path, where that
                 // key's events are dead-lettered.
@@ -875,7 +875,7 @@ impl WasmOperator {
             }
         }
         let cap = crate::batch::cap(self.store.data().ctx.limits());
-        let n = frames.build(&self.store.data().ctx, events, cap);
+        let n = host_batch.build(&self.store.data().ctx, events, cap);
         if n == 0 {
             handle_each(self, &events[..1], 0, done)?;
             return Ok(1);
@@ -885,7 +885,7 @@ impl WasmOperator {
         let ticks = deadline_ticks(store.data().ctx.limits().max_call_ms);
         store.set_epoch_deadline(ticks);
         store.data_mut().random.enter(Scope::Batch);
-        let result = match batch.call(&mut *store, frames.batch()) {
+        let result = match batch.call(&mut *store, host_batch.batch()) {
             Ok(r) => r,
             Err(_) => {
                 if store.data().random.wanted_in_batch {
@@ -912,7 +912,7 @@ impl WasmOperator {
                 return Ok(n);
             }
         };
-        match frames.apply(self.ctx(), checked, done) {
+        match host_batch.apply(self.ctx(), checked, done) {
             Applied::All => Ok(n),
             Applied::Stop(i) => {
                 self.batch_off = true;
