@@ -9,6 +9,9 @@ if [ ! -f "examples/$example/pipeline.toml" ]; then
   echo "no example named '$example'; try one of: $(ls examples | grep -v '\.sh$' | tr '\n' ' ')" >&2
   exit 2
 fi
+# The toolchain that rust-toolchain.toml pins, with its target and
+# components: rustup installs it on first use only where auto-install is on.
+rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 cargo build --quiet --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
 # The whole workspace, not just eddy-cli: the test command then reuses

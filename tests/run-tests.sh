@@ -2,8 +2,9 @@
 # Runs the whole test suite from a fresh checkout:
 #   ./tests/run-tests.sh [extra cargo test arguments]
 # First installs what the tests need through the ordinary package managers:
-# the wasm32-wasip2 target (rustup), clang with the WebAssembly target and a
-# WASI libc for C operators (Debian packages, needs root or sudo),
+# the Rust toolchain that rust-toolchain.toml pins, with the wasm32-wasip2
+# target (rustup), clang with the WebAssembly target and a WASI libc for C
+# operators (Debian packages, needs root or sudo),
 # componentize-py for Python operators (pip) and componentize-js for
 # JavaScript operators (npm, pinned by plugins/js/package-lock.json).
 #
@@ -21,6 +22,9 @@ install_failed() {
   echo "tests/run-tests.sh: could not install $1; the tests that need it will say SKIPPED" >&2
 }
 
+# The toolchain that rust-toolchain.toml pins, with its target and
+# components: rustup installs it on first use only where auto-install is on.
+rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
 sudo=""

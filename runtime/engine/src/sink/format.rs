@@ -61,9 +61,9 @@ fn push_base64_field(buf: &mut Vec<u8>, name: &str, value: &[u8]) {
 pub fn push_base64(buf: &mut Vec<u8>, data: &[u8]) {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     buf.reserve(data.len().div_ceil(3) * 4);
-    let mut chunks = data.chunks_exact(3);
-    for c in &mut chunks {
-        let n = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);
+    let (chunks, rest) = data.as_chunks::<3>();
+    for &[a, b, c] in chunks {
+        let n = u32::from(a) << 16 | u32::from(b) << 8 | u32::from(c);
         buf.extend_from_slice(&[
             ALPHABET[(n >> 18) as usize & 63],
             ALPHABET[(n >> 12) as usize & 63],
@@ -71,7 +71,7 @@ pub fn push_base64(buf: &mut Vec<u8>, data: &[u8]) {
             ALPHABET[n as usize & 63],
         ]);
     }
-    match *chunks.remainder() {
+    match *rest {
         [a] => {
             let n = u32::from(a) << 16;
             buf.extend_from_slice(&[
