@@ -72,7 +72,7 @@ pub enum PluginError {
 /// A component compiled and type-checked against the operator world.
 pub struct Plugin {
     pub(super) path: PathBuf,
-    /// Content hash: the first 16 hex digits of the SHA-256 of the bytes.
+    /// Content hash (version id): the SHA-256 of the bytes, 64 hex digits.
     /// Identifies a version in logs and status, and names its copy in the
     /// state directory, which is checked against it when read back.
     pub(super) hash: String,
