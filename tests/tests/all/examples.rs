@@ -28,7 +28,7 @@ fn by_key(lines: Vec<serde_json::Value>) -> BTreeMap<String, Vec<serde_json::Val
 fn check_example(name: &str, ops: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let overrides = Overrides {
-        plugins: ops
+        operators: ops
             .iter()
             .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
             .collect(),

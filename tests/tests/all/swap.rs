@@ -353,7 +353,7 @@ fn watch_swaps_when_the_component_file_changes() {
 fn spawn_eddy(dir: &Path, input: &Path, component: &str, follow: bool) -> std::process::Child {
     let mut cmd = Command::new(eddy_bin());
     cmd.args(["run", "--quiet", "--workers", "2"])
-        .arg("--plugin")
+        .arg("--operator")
         .arg(format!("counter={component}"))
         .arg("--input")
         .arg(input)
