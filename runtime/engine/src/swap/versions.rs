@@ -87,7 +87,7 @@ pub(super) fn now_ms() -> u64 {
 /// service, and sets `op`'s generation and history. Returns the versions
 /// and whether they changed (so the next checkpoint writes them).
 pub fn resolve(store: &Store, op: &mut Loaded) -> Result<(Versions, bool), ResolveError> {
-    let OperatorKind::Wasm(plugin) = &op.kind else {
+    let OperatorKind::Wasm(component) = &op.kind else {
         let v = Version {
             generation: 0,
             hash: "native".into(),
@@ -103,14 +103,14 @@ pub fn resolve(store: &Store, op: &mut Loaded) -> Result<(Versions, bool), Resol
             false,
         ));
     };
-    let plugin = plugin.clone();
-    let hash = plugin.hash().to_string();
-    let source = plugin.path().display().to_string();
-    store.keep_component(&hash, plugin.bytes())?;
+    let component = component.clone();
+    let hash = component.hash().to_string();
+    let source = component.path().display().to_string();
+    store.keep_component(&hash, component.bytes())?;
     let mut recorded: Option<Versions> = store.meta_json(&Versions::meta_name(&op.name))?;
     let mut renamed = false;
     if let Some(v) = &mut recorded {
-        renamed = adopt_legacy_names(v, plugin.bytes(), &hash);
+        renamed = adopt_legacy_names(v, component.bytes(), &hash);
         if renamed {
             tracing::info!(
                 operator = %op.name,
@@ -140,7 +140,7 @@ pub fn resolve(store: &Store, op: &mut Loaded) -> Result<(Versions, bool), Resol
                 // Checked against its content hash before it runs.
                 let loaded = match store.load_component(&current.hash) {
                     Ok(b) => {
-                        Plugin::from_bytes(plugin.engine(), &path, &b).map_err(|e| e.to_string())
+                        Plugin::from_bytes(component.engine(), &path, &b).map_err(|e| e.to_string())
                     }
                     Err(e) => Err(e.to_string()),
                 };
@@ -157,7 +157,7 @@ pub fn resolve(store: &Store, op: &mut Loaded) -> Result<(Versions, bool), Resol
                     current.hash,
                     current.generation,
                     current.source,
-                    plugin.path().display()
+                    component.path().display()
                 );
                 op.kind = OperatorKind::Wasm(Arc::new(swapped));
             }
