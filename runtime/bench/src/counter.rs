@@ -20,11 +20,13 @@ use eddy_runtime::{
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// The counter component (plugins/counter built for wasm32-wasip2).
+    // `--plugin` is the name older versions took.
     #[arg(
         long,
+        alias = "plugin",
         default_value = "plugins/target/wasm32-wasip2/release/counter.wasm"
     )]
-    pub plugin: PathBuf,
+    pub component: PathBuf,
     /// Number of events.
     #[arg(long, default_value_t = 10_000_000)]
     pub events: usize,
@@ -144,12 +146,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let engine = eddy_runtime::engine()?;
     let t = Instant::now();
     let plugin = Arc::new(
-        Plugin::load(&engine, &a.plugin)
+        Plugin::load(&engine, &a.component)
             .context("run `cargo build --release --target wasm32-wasip2` in plugins/ first")?,
     );
     println!(
         "compiled {} in {:.2}s",
-        a.plugin.display(),
+        a.component.display(),
         t.elapsed().as_secs_f64()
     );
     let t = Instant::now();
@@ -171,7 +173,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         // The cost of the per-call CPU limit (epoch deadlines): the same
         // component on an engine without it.
         let free = eddy_runtime::engine_with(false)?;
-        let unlimited = Arc::new(Plugin::load(&free, &a.plugin)?);
+        let unlimited = Arc::new(Plugin::load(&free, &a.component)?);
         let (mut native, mut limited, mut free) = (Vec::new(), Vec::new(), Vec::new());
         for run in 1..=a.repeat {
             let d = operator_path(&mut plugin.instantiate(fresh(), "{}")?, &events)?;
@@ -333,7 +335,7 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
     };
     let t = Instant::now();
     let engine = eddy_runtime::engine()?;
-    let plugin = Arc::new(Plugin::load(&engine, &a.plugin)?);
+    let plugin = Arc::new(Plugin::load(&engine, &a.component)?);
     let ops = vec![Loaded {
         name: "counter".into(),
         kind: OperatorKind::Wasm(plugin),

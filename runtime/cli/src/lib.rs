@@ -122,16 +122,22 @@ struct RollbackArgs {
 ///
 ///   eddy run examples/counter/pipeline.toml
 ///
-///   eddy run --plugin counter=counter.wasm --input events.jsonl --output -
+///   eddy run --operator counter=counter.wasm --input events.jsonl --output -
 #[derive(Args)]
 #[command(verbatim_doc_comment)]
 struct RunArgs {
     /// Pipeline file (TOML).
     pipeline: Option<PathBuf>,
-    /// An operator, NAME=PATH.wasm; repeat for a chain, in order. Replaces
-    /// the pipeline file's operators.
-    #[arg(long = "plugin", value_name = "NAME=PATH", value_parser = parse_plugin)]
-    plugins: Vec<(String, PathBuf)>,
+    /// An operator: its name and its component, NAME=PATH.wasm; repeat for
+    /// a chain, in order. Replaces the pipeline file's operators.
+    // `--plugin` is the name older versions took.
+    #[arg(
+        long = "operator",
+        alias = "plugin",
+        value_name = "NAME=PATH",
+        value_parser = parse_operator
+    )]
+    operators: Vec<(String, PathBuf)>,
     /// Input JSON Lines file, or - for stdin [default: -].
     #[arg(long, short, value_name = "FILE|-")]
     input: Option<String>,
@@ -183,7 +189,7 @@ struct RunArgs {
     quiet: bool,
 }
 
-fn parse_plugin(s: &str) -> Result<(String, PathBuf), String> {
+fn parse_operator(s: &str) -> Result<(String, PathBuf), String> {
     match s.split_once('=') {
         Some((name, path)) if !name.is_empty() && !path.is_empty() => {
             Ok((name.to_string(), PathBuf::from(path)))
@@ -224,7 +230,7 @@ pub fn main() -> ExitCode {
 
 fn cmd_run(a: RunArgs) -> Result<()> {
     let overrides = Overrides {
-        plugins: a.plugins,
+        operators: a.operators,
         input: a.input,
         output: a.output,
         dead_letter: a.dead_letter,

@@ -81,7 +81,7 @@
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2` (crate type
 //! `cdylib`) and run it with
-//! `eddy run --plugin counter=target/wasm32-wasip2/release/counter.wasm --input events.jsonl`.
+//! `eddy run --operator counter=target/wasm32-wasip2/release/counter.wasm --input events.jsonl`.
 
 use std::fmt;
 use std::marker::PhantomData;

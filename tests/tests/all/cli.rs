@@ -5,10 +5,10 @@ use crate::util::*;
 
 use crate::util::eddy_in as eddy;
 
-/// Each bad plugin gets a message naming the file and what is wrong, and a
-/// non-zero exit.
+/// Each bad component gets a message naming the file and what is wrong, and
+/// a non-zero exit.
 #[test]
-fn bad_plugins_are_refused_with_the_reason() {
+fn bad_components_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("in.jsonl"), "{\"key\":\"a\"}\n").unwrap();
@@ -19,23 +19,23 @@ fn bad_plugins_are_refused_with_the_reason() {
     let cases = [
         (
             "missing.wasm",
-            "plugin missing.wasm: cannot read the file: No such file or directory",
+            "component missing.wasm: cannot read the file: No such file or directory",
         ),
-        ("notes.txt", "plugin notes.txt: not a WebAssembly file"),
+        ("notes.txt", "component notes.txt: not a WebAssembly file"),
         (
             "core.wasm",
-            "plugin core.wasm: a core WebAssembly module, not a component",
+            "component core.wasm: a core WebAssembly module, not a component",
         ),
         (
             "empty.wasm",
-            "plugin empty.wasm: not an eddy operator (world `eddy:operator@0.2.0/operator`)",
+            "component empty.wasm: not an eddy operator (world `eddy:operator@0.2.0/operator`)",
         ),
     ];
     for (file, message) in cases {
         let o = eddy(
             &[
                 "run",
-                "--plugin",
+                "--operator",
                 &format!("op={file}"),
                 "--input",
                 "in.jsonl",
@@ -73,12 +73,12 @@ fn bad_pipeline_file_names_field_and_line() {
 #[test]
 fn stdin_to_stdout_and_a_locked_state_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let plugin = format!("counter={}", eddy_tests::COUNTER);
+    let operator = format!("counter={}", eddy_tests::COUNTER);
     let mut first = Command::new(eddy_bin())
         .args([
             "run",
-            "--plugin",
-            &plugin,
+            "--operator",
+            &operator,
             "--state",
             "st",
             "--workers",
@@ -109,7 +109,15 @@ fn stdin_to_stdout_and_a_locked_state_directory() {
 
     // While the first one holds the state directory:
     let o = eddy(
-        &["run", "--plugin", &plugin, "--state", "st", "--input", "-"],
+        &[
+            "run",
+            "--operator",
+            &operator,
+            "--state",
+            "st",
+            "--input",
+            "-",
+        ],
         dir.path(),
     );
     assert_eq!(o.status.code(), Some(1));
@@ -132,11 +140,17 @@ fn unusable_state_directories_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("in.jsonl"), "{\"key\":\"a\",\"amount\":1}\n").unwrap();
-    let plugin = format!("counter={}", eddy_tests::COUNTER);
+    let operator = format!("counter={}", eddy_tests::COUNTER);
     let run = |state: &str| {
         eddy(
             &[
-                "run", "--plugin", &plugin, "--input", "in.jsonl", "--state", state,
+                "run",
+                "--operator",
+                &operator,
+                "--input",
+                "in.jsonl",
+                "--state",
+                state,
             ],
             d,
         )
@@ -214,7 +228,7 @@ fn bench_reports_each_run_and_the_ratios() {
     let o = eddy(
         &[
             "bench",
-            "--plugin",
+            "--component",
             eddy_tests::COUNTER,
             "--events",
             "20000",
@@ -242,4 +256,96 @@ fn bench_reports_each_run_and_the_ratios() {
     let o = eddy(&["bench", "--repeat", "0"], dir.path());
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--repeat"), "{}", stderr(&o));
+}
+
+/// `eddy run --operator` and `eddy bench --component` are the flags; the
+/// `--plugin` that older versions took still works for both, hidden from
+/// `--help`. No command's help says "plugin" (the `plugins/` folder of the
+/// example operators aside).
+#[test]
+fn the_flags_say_operator_and_component_and_the_old_plugin_flag_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("in.jsonl"),
+        "{\"key\":\"a\",\"amount\":2}\n{\"key\":\"a\",\"amount\":3}\n",
+    )
+    .unwrap();
+    let operator = format!("counter={}", eddy_tests::COUNTER);
+    for (flag, state) in [("--operator", "new"), ("--plugin", "old")] {
+        let o = eddy(
+            &[
+                "run", "--quiet", flag, &operator, "--input", "in.jsonl", "--output", "-",
+                "--state", state,
+            ],
+            d,
+        );
+        assert!(o.status.success(), "{flag}: {}", stderr(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "{\"key\":\"a\",\"value\":{\"count\":1,\"sum\":2.0}}\n{\"key\":\"a\",\"value\":{\"count\":2,\"sum\":5.0}}\n",
+            "{flag}"
+        );
+    }
+    for flag in ["--component", "--plugin"] {
+        let o = eddy(
+            &[
+                "bench",
+                flag,
+                eddy_tests::COUNTER,
+                "--events",
+                "1000",
+                "--keys",
+                "10",
+                "--no-e2e",
+                "--wasm-only",
+                "--repeat",
+                "1",
+            ],
+            d,
+        );
+        assert!(o.status.success(), "{flag}: {}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.starts_with(&format!("compiled {} in ", eddy_tests::COUNTER)),
+            "{flag}: {out}"
+        );
+    }
+
+    let help = |args: &[&str]| {
+        let o = eddy(args, d);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let run = help(&["run", "--help"]);
+    assert!(
+        run.contains("      --operator <NAME=PATH>\n          An operator: its name and its component, NAME=PATH.wasm;"),
+        "{run}"
+    );
+    assert!(
+        run.contains("eddy run --operator counter=counter.wasm"),
+        "{run}"
+    );
+    let bench = help(&["bench", "--help"]);
+    assert!(
+        bench.contains("      --component <COMPONENT>  The counter component"),
+        "{bench}"
+    );
+    for command in [
+        "run",
+        "build",
+        "status",
+        "swap",
+        "rollback",
+        "bench",
+        "bench-swap",
+        "bench-langs",
+    ] {
+        let text = help(&[command, "--help"])
+            .to_lowercase()
+            .replace("plugins/", "");
+        assert!(!text.contains("plugin"), "eddy {command} --help:\n{text}");
+    }
+    let text = help(&["--help"]).to_lowercase();
+    assert!(!text.contains("plugin"), "eddy --help:\n{text}");
 }

@@ -15,11 +15,11 @@ fn sigkill_at_random_moments_then_restart_gives_exact_state() {
     let (events, text) = counter_events(4_000_000, 5_000, 17);
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, &text).unwrap();
-    let plugin = format!("counter={}", eddy_tests::COUNTER);
+    let operator = format!("counter={}", eddy_tests::COUNTER);
     let args = [
         "run",
-        "--plugin",
-        &plugin,
+        "--operator",
+        &operator,
         "--input",
         "in.jsonl",
         "--output",

@@ -28,7 +28,7 @@ fn by_key(lines: Vec<serde_json::Value>) -> BTreeMap<String, Vec<serde_json::Val
 fn check_example(name: &str, ops: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let overrides = Overrides {
-        plugins: ops
+        operators: ops
             .iter()
             .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
             .collect(),
@@ -53,8 +53,9 @@ fn check_example(name: &str, ops: &[(&str, &str)]) {
             .remove("version")
             .expect("version in an operator dead letter");
         assert!(
-            v.as_str()
-                .is_some_and(|v| v.len() == 16 && v.chars().all(|c| c.is_ascii_hexdigit())),
+            v.as_str().is_some_and(
+                |v| v.len() == 64 && v.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
+            ),
             "{v}"
         );
     }

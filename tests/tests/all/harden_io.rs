@@ -12,7 +12,7 @@ use crate::util::*;
 
 use crate::util::eddy_in as eddy;
 
-fn counter_plugin() -> String {
+fn counter_operator() -> String {
     format!("counter={}", eddy_tests::COUNTER)
 }
 
@@ -47,7 +47,7 @@ fn an_output_that_is_the_input_is_refused_and_the_input_kept() {
     std::os::unix::fs::symlink("in.jsonl", d.join("link.jsonl")).unwrap();
     std::fs::hard_link(d.join("in.jsonl"), d.join("hard.jsonl")).unwrap();
     std::fs::create_dir(d.join("sub")).unwrap();
-    let plugin = counter_plugin();
+    let operator = counter_operator();
     let destroys = "writing it would destroy the input";
     let cases: &[(&[&str], String)] = &[
         (
@@ -82,8 +82,8 @@ fn an_output_that_is_the_input_is_refused_and_the_input_kept() {
     for (args, message) in cases {
         let mut all = vec![
             "run",
-            "--plugin",
-            &plugin,
+            "--operator",
+            &operator,
             "--input",
             "in.jsonl",
             "--state",
@@ -117,8 +117,8 @@ fn an_output_that_is_the_input_is_refused_and_the_input_kept() {
         let mut c = Command::new(eddy_bin());
         c.args([
             "run",
-            "--plugin",
-            &plugin,
+            "--operator",
+            &operator,
             "--state",
             "state",
             "--no-control",
@@ -282,8 +282,8 @@ fn dev_null_is_a_valid_output() {
     let o = eddy(
         &[
             "run",
-            "--plugin",
-            &counter_plugin(),
+            "--operator",
+            &counter_operator(),
             "--input",
             "in.jsonl",
             "--output",
@@ -341,8 +341,8 @@ fn a_full_disk_names_the_output_and_the_error() {
     let o = eddy(
         &[
             "run",
-            "--plugin",
-            &counter_plugin(),
+            "--operator",
+            &counter_operator(),
             "--input",
             "in.jsonl",
             "--output",
@@ -371,8 +371,8 @@ fn a_closed_stdout_is_named() {
     let mut child = Command::new(eddy_bin())
         .args([
             "run",
-            "--plugin",
-            &counter_plugin(),
+            "--operator",
+            &counter_operator(),
             "--input",
             "in.jsonl",
             "--output",
@@ -413,8 +413,8 @@ fn a_byte_order_mark_is_skipped() {
     let mut child = Command::new(eddy_bin())
         .args([
             "run",
-            "--plugin",
-            &counter_plugin(),
+            "--operator",
+            &counter_operator(),
             "--input",
             "-",
             "--output",

@@ -32,7 +32,7 @@ fn run_counter_with(
     Command::new(eddy_bin())
         .args(["run", "--quiet", "--workers", "2"])
         .args(extra)
-        .arg("--plugin")
+        .arg("--operator")
         .arg(format!("counter={COUNTER}"))
         .arg("--input")
         .arg(input)
@@ -247,11 +247,11 @@ fn a_replaced_kept_component_is_refused_on_restart() {
     assert_counter_state(&state, &reference(&events));
 }
 
-/// `Plugin::load` (and `eddy run --plugin`) never blocks on a FIFO, never
+/// `Plugin::load` (and `eddy run --operator`) never blocks on a FIFO, never
 /// reads a device until it ends, refuses a directory, and refuses a file
 /// over the size limit without reading it.
 #[test]
-fn a_plugin_path_that_is_a_fifo_a_device_a_directory_or_too_large_is_refused_at_once() {
+fn a_component_path_that_is_a_fifo_a_device_a_directory_or_too_large_is_refused_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let fifo = d.join("op.fifo");
@@ -289,11 +289,14 @@ fn a_plugin_path_that_is_a_fifo_a_device_a_directory_or_too_large_is_refused_at_
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("Plugin::load({}) hangs", path.display()))
             .expect("refused");
-        assert!(err.contains(&format!("plugin {}", path.display())), "{err}");
+        assert!(
+            err.contains(&format!("component {}: ", path.display())),
+            "{err}"
+        );
         assert!(err.contains(message.as_str()), "{err}");
 
         let mut child = Command::new(eddy_bin())
-            .args(["run", "--no-control", "--plugin"])
+            .args(["run", "--no-control", "--operator"])
             .arg(format!("op={}", path.display()))
             .args(["--input", "-", "--state"])
             .arg(d.join("state"))
@@ -307,7 +310,7 @@ fn a_plugin_path_that_is_a_fifo_a_device_a_directory_or_too_large_is_refused_at_
         while child.try_wait().unwrap().is_none() {
             if std::time::Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("eddy run --plugin {} hangs", path.display());
+                panic!("eddy run --operator {} hangs", path.display());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -573,7 +576,7 @@ fn rollback_refuses_a_replaced_kept_component() {
     std::fs::write(&v3_file, &v2).unwrap();
 
     let mut child = Command::new(eddy_bin())
-        .args(["run", "--quiet", "--follow", "--plugin"])
+        .args(["run", "--quiet", "--follow", "--operator"])
         .arg(format!("counter={COUNTER}"))
         .arg("--input")
         .arg(&input)

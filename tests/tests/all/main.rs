@@ -26,7 +26,7 @@ mod harden_control;
 // Inputs never destroyed, split or altered: same-file outputs, half-written
 // lines, numeric keys, device and FIFO outputs, write errors, BOM, non-UTF-8.
 mod harden_io;
-// Planted compile cache entries, replaced kept components, FIFOs as plugins,
+// Planted compile cache entries, replaced kept components, FIFOs as components,
 // damaged or foreign state files: refused with a clear error, never run.
 mod harden_storage;
 // A failed restart, limits on names, keys, emits and per-key state,

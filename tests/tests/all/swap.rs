@@ -353,7 +353,7 @@ fn watch_swaps_when_the_component_file_changes() {
 fn spawn_eddy(dir: &Path, input: &Path, component: &str, follow: bool) -> std::process::Child {
     let mut cmd = Command::new(eddy_bin());
     cmd.args(["run", "--quiet", "--workers", "2"])
-        .arg("--plugin")
+        .arg("--operator")
         .arg(format!("counter={component}"))
         .arg("--input")
         .arg(input)
@@ -524,4 +524,160 @@ fn cli_without_a_running_pipeline_says_what_is_missing() {
         err.contains("cannot reach eddy at") && err.contains("gone.sock"),
         "{err}"
     );
+}
+
+/// A state directory an older eddy left, whose versions are named by the
+/// first 16 hex digits of their SHA-256 (and kept as
+/// `components/<16 digits>.wasm`), still runs: the version it recorded as
+/// running is loaded from its short-named file, every version is adopted
+/// under its full id (status, swap reports, `migrate`'s `previous`), and it
+/// swaps and rolls back as any other.
+#[test]
+fn a_state_directory_with_short_version_ids_still_runs_swaps_and_rolls_back() {
+    use eddy_runtime::{component_hash, Checkpoint, Store, Version, Versions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let (events, text) = counter_events(30_000, 500, 18);
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    std::fs::write(&input, lines[..10_000].concat()).unwrap();
+    let p = pipeline(dir.path(), &input, &[("counter", COUNTER)], 2);
+    run(&p);
+
+    // Rewrite what this run recorded as an older eddy would have: v1 ran
+    // first (generation 0), then v2 was swapped in and runs now.
+    let v1 = std::fs::read(COUNTER).unwrap();
+    let v2 = std::fs::read(COUNTER_V2).unwrap();
+    let (v1_id, v2_id) = (component_hash(&v1), component_hash(&v2));
+    assert_eq!((v1_id.len(), v2_id.len()), (64, 64));
+    let (v1_short, v2_short) = (&v1_id[..16], &v2_id[..16]);
+    let components = p.state_dir.join("components");
+    {
+        let store = Store::open(&p.state_dir).unwrap();
+        for f in std::fs::read_dir(&components).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        store.keep_component(v1_short, &v1).unwrap();
+        store.keep_component(v2_short, &v2).unwrap();
+        let version = |generation, hash: &str, source: &str| Version {
+            generation,
+            hash: hash.into(),
+            source: source.into(),
+            loaded_at_ms: 0,
+        };
+        let old = Versions {
+            active: 1,
+            base: v1_short.into(),
+            all: vec![
+                version(0, v1_short, COUNTER),
+                version(1, v2_short, COUNTER_V2),
+            ],
+        };
+        store
+            .commit(&Checkpoint {
+                meta: vec![(
+                    Versions::meta_name("counter"),
+                    serde_json::to_vec(&old).unwrap(),
+                )],
+                ..Default::default()
+            })
+            .unwrap();
+    }
+
+    // The pipeline still names v1; the state directory says v2 runs.
+    let run = Running::start(p.clone());
+    let status = run.status();
+    let op = &status.operators[0];
+    assert_eq!(
+        (op.version.hash.as_str(), op.version.generation),
+        (v2_id.as_str(), 1)
+    );
+    let ids: Vec<&str> = op.versions.iter().map(|v| v.hash.as_str()).collect();
+    assert_eq!(ids, [&v1_id, &v2_id]);
+    let shown = control_status(&run);
+    assert!(
+        shown.contains(&format!(
+            "operator counter: version {v2_id} (generation 1, from {COUNTER_V2}"
+        )),
+        "{shown}"
+    );
+    // Every key was last written by v1 (generation 0): a migration is
+    // handed v1's full id.
+    match run.ask(Request::Swap {
+        operator: "counter".into(),
+        component: MIGRATE_FAILS.into(),
+    }) {
+        Response::Error { message } => assert!(
+            message.contains(&format!(
+                "from version {v1_id} failed: cannot read the old `totals` format"
+            )),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+
+    feed(&input, &lines[10_000..20_000].concat(), 2_000);
+    run.wait_handled(0, 10_000);
+    let back = run.rollback("counter");
+    assert_eq!(
+        (
+            back.from.hash.as_str(),
+            back.to.hash.as_str(),
+            back.to.generation
+        ),
+        (v2_id.as_str(), v1_id.as_str(), 2)
+    );
+    feed(&input, &lines[20_000..25_000].concat(), 1_000);
+    run.wait_handled(0, 15_000);
+    let again = run.swap("counter", COUNTER_V2);
+    assert_eq!(
+        (
+            again.from.hash.as_str(),
+            again.to.hash.as_str(),
+            again.to.generation
+        ),
+        (v1_id.as_str(), v2_id.as_str(), 3)
+    );
+    feed(&input, &lines[25_000..].concat(), 1_000);
+    run.wait_handled(0, 20_000);
+    run.stop();
+
+    assert_split(
+        &dir.path().join("out.jsonl"),
+        &events,
+        &[
+            (1, None),
+            (10_001, Some(2)),
+            (20_001, None),
+            (25_001, Some(2)),
+        ],
+    );
+    assert_counter_state(&p.state_dir, &reference(&events));
+    // Recorded under the full ids now; the short-named files stay.
+    let store = Store::open(&p.state_dir).unwrap();
+    let v: Versions = store
+        .meta_json(&Versions::meta_name("counter"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(v.base, v1_id);
+    let ids: Vec<&str> = v.all.iter().map(|v| v.hash.as_str()).collect();
+    assert_eq!(ids, [&v1_id, &v2_id, &v1_id, &v2_id]);
+    let mut files: Vec<String> = std::fs::read_dir(&components)
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let mut expected: Vec<String> = [v1_short, v2_short, &v1_id, &v2_id]
+        .iter()
+        .map(|h| format!("{h}.wasm"))
+        .collect();
+    expected.sort();
+    assert_eq!(files, expected);
+}
+
+/// `eddy status` of the pipeline `run`, as the command prints it.
+fn control_status(run: &Running) -> String {
+    let (code, out, err) = eddy(&["status", "--socket", run.socket.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    out
 }

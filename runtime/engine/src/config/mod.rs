@@ -286,8 +286,8 @@ struct StateTable {
 /// file's value (or the default).
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
-    /// `--plugin NAME=PATH`: replaces the file's operator chain.
-    pub plugins: Vec<(String, PathBuf)>,
+    /// `--operator NAME=PATH`: replaces the file's operator chain.
+    pub operators: Vec<(String, PathBuf)>,
     /// Where events come from.
     pub input: Option<String>,
     /// Where emitted events go.
@@ -363,7 +363,7 @@ impl Pipeline {
         };
 
         let mut operators = Vec::new();
-        if o.plugins.is_empty() {
+        if o.operators.is_empty() {
             for t in &f.operators {
                 let config = match &t.config {
                     Some(table) => serde_json::to_value(table).map_err(|e| {
@@ -379,9 +379,9 @@ impl Pipeline {
                 });
             }
         } else {
-            // `--plugin` replaces the file's chain; a same-named operator of
+            // `--operator` replaces the file's chain; a same-named operator of
             // the file keeps its config and limits.
-            for (name, path) in &o.plugins {
+            for (name, path) in &o.operators {
                 let from_file = f.operators.iter().find(|t| &t.name == name);
                 let config = match from_file.and_then(|t| t.config.as_ref()) {
                     Some(table) => serde_json::to_value(table).map_err(|e| {
@@ -399,7 +399,7 @@ impl Pipeline {
         }
         if operators.is_empty() {
             return Err(PipelineError::Invalid(
-                "no operator: give --plugin NAME=PATH.wasm or [[operator]] tables in a pipeline file".into(),
+                "no operator: give --operator NAME=PATH.wasm or [[operator]] tables in a pipeline file".into(),
             ));
         }
         for (i, op) in operators.iter().enumerate() {

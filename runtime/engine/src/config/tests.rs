@@ -35,7 +35,10 @@ fn bad_files_name_the_field_and_line() {
     let e = parse("workers = \"two\"\n").unwrap_err().to_string();
     assert!(e.contains("line 1") && e.contains("workers"), "{e}");
     let e = parse("[source]\n").unwrap_err().to_string();
-    assert!(e.contains("no operator"), "{e}");
+    assert_eq!(
+        e,
+        "no operator: give --operator NAME=PATH.wasm or [[operator]] tables in a pipeline file"
+    );
     let e = parse(
         "[[operator]]\nname=\"a\"\ncomponent=\"x\"\n[[operator]]\nname=\"a\"\ncomponent=\"y\"\n",
     )
@@ -52,7 +55,7 @@ fn the_same_file_twice_is_refused_devices_may_be_shared() {
     std::os::unix::fs::symlink(d.join("new.jsonl"), d.join("dangling")).unwrap();
     let check = |input: &str, output: &str, dead: &str| {
         let o = Overrides {
-            plugins: vec![("c".into(), "c.wasm".into())],
+            operators: vec![("c".into(), "c.wasm".into())],
             input: Some(d.join(input).to_str().unwrap().into()),
             output: Some(if output == "-" {
                 "-".into()

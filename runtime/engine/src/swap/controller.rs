@@ -119,7 +119,7 @@ pub struct Controller {
     /// barrier and writes them at checkpoints.
     versions: Mutex<Vec<Versions>>,
     /// Compiled components by content hash, for instant rollback.
-    plugins: Mutex<HashMap<String, Arc<Plugin>>>,
+    components: Mutex<HashMap<String, Arc<Plugin>>>,
     /// One swap at a time.
     swapping: Gate,
     to_coordinator: Sender<Command>,
@@ -146,10 +146,10 @@ impl Controller {
         live: Arc<Live>,
         input: String,
     ) -> Controller {
-        let mut plugins = HashMap::new();
+        let mut components = HashMap::new();
         for op in &ops {
             if let OperatorKind::Wasm(p) = &op.kind {
-                plugins.insert(p.hash().to_string(), p.clone());
+                components.insert(p.hash().to_string(), p.clone());
             }
         }
         Controller {
@@ -157,7 +157,7 @@ impl Controller {
             workers,
             ops,
             versions: Mutex::new(versions),
-            plugins: Mutex::new(plugins),
+            components: Mutex::new(components),
             swapping: Gate::default(),
             to_coordinator,
             live,
@@ -221,13 +221,13 @@ impl Controller {
         let running = self.versions()[stage].current().hash.clone();
         let started = Instant::now();
         let engine = self.engine(stage)?;
-        let plugin = Plugin::load(&engine, path).map_err(|e| {
+        let component = Plugin::load(&engine, path).map_err(|e| {
             Refused(format!(
                 "swap of `{operator}` refused: {e}; version {running} keeps running"
             ))
         })?;
         let compile = started.elapsed();
-        self.activate(stage, Arc::new(plugin), compile, asker)
+        self.activate(stage, Arc::new(component), compile, asker)
     }
 
     /// Returns operator `operator` to the version that ran before the
@@ -249,8 +249,8 @@ impl Controller {
             }
         };
         let started = Instant::now();
-        let cached = lock(&self.plugins).get(&previous.hash).cloned();
-        let plugin = match cached {
+        let cached = lock(&self.components).get(&previous.hash).cloned();
+        let component = match cached {
             Some(p) => p,
             None => {
                 let engine = self.engine(stage)?;
@@ -268,7 +268,7 @@ impl Controller {
                 })?)
             }
         };
-        self.activate(stage, plugin, started.elapsed(), asker)
+        self.activate(stage, component, started.elapsed(), asker)
     }
 
     fn engine(&self, stage: usize) -> Result<wasmtime::Engine, Refused> {
@@ -281,12 +281,12 @@ impl Controller {
         }
     }
 
-    /// Checks `plugin` as operator `stage`, makes its instances and has the
+    /// Checks `component` as operator `stage`, makes its instances and has the
     /// coordinator switch to them; returns once the switch is durable.
     fn activate(
         &self,
         stage: usize,
-        plugin: Arc<Plugin>,
+        component: Arc<Plugin>,
         compile: Duration,
         asker: &Asker,
     ) -> Result<SwapReport, Refused> {
@@ -295,22 +295,22 @@ impl Controller {
         let name = &op.name;
         let (generation, history, from) = {
             let v = &self.versions()[stage];
-            if v.current().hash == plugin.hash() {
+            if v.current().hash == component.hash() {
                 return Err(Refused(format!(
                     "`{name}` already runs version {} ({}): nothing to swap",
-                    plugin.hash(),
-                    plugin.path().display()
+                    component.hash(),
+                    component.path().display()
                 )));
             }
             let mut history: Vec<String> = v.all.iter().map(|v| v.hash.clone()).collect();
-            history.push(plugin.hash().to_string());
+            history.push(component.hash().to_string());
             (v.all.len() as u32, Arc::new(history), v.current().clone())
         };
         let refused = |what: String| {
             Refused(format!(
                 "swap of `{name}` to {} ({}) refused: {what}; version {} keeps running",
-                plugin.hash(),
-                plugin.path().display(),
+                component.hash(),
+                component.path().display(),
                 from.hash
             ))
         };
@@ -322,11 +322,11 @@ impl Controller {
             op.limits,
         );
         ctx.set_generation(generation);
-        let mut trial = plugin
+        let mut trial = component
             .instantiate(ctx, &op.config)
             .map_err(|e| refused(e.to_string()))?;
         trial.set_history(history.clone());
-        if plugin.migrates() {
+        if component.migrates() {
             for key in self
                 .store
                 .sample_keys(name, TRIAL_KEYS)
@@ -341,23 +341,23 @@ impl Controller {
         }
         drop(trial);
         self.store
-            .keep_component(plugin.hash(), plugin.bytes())
+            .keep_component(component.hash(), component.bytes())
             .map_err(store_err)?;
         let mut instances = Vec::with_capacity(self.workers);
         for _ in 0..self.workers {
             let mut ctx = OpCtx::new(name.clone(), None, op.limits);
             ctx.set_generation(generation);
-            let mut inst = plugin
+            let mut inst = component
                 .instantiate(ctx, &op.config)
                 .map_err(|e| refused(e.to_string()))?;
             inst.set_history(history.clone());
             instances.push(Box::new(inst) as Box<dyn Operator>);
         }
-        lock(&self.plugins).insert(plugin.hash().to_string(), plugin.clone());
+        lock(&self.components).insert(component.hash().to_string(), component.clone());
         let to = Version {
             generation,
-            hash: plugin.hash().to_string(),
-            source: plugin.path().display().to_string(),
+            hash: component.hash().to_string(),
+            source: component.path().display().to_string(),
             loaded_at_ms: now_ms(),
         };
         let report = SwapReport {
@@ -367,7 +367,7 @@ impl Controller {
             barrier_line: 0,
             compile_ms: compile.as_secs_f64() * 1e3,
             prepare_ms: started.elapsed().as_secs_f64() * 1e3,
-            migrates: plugin.migrates(),
+            migrates: component.migrates(),
         };
         if self.stopped.load(Ordering::Acquire) {
             return Err(refused("the pipeline is stopping".into()));

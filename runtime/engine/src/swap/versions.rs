@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::operator::{Loaded, OperatorKind, Plugin};
-use crate::state::{legacy_component_hash, Store, StoreError};
+use crate::state::{component_hash, is_short_version_id, legacy_component_hash, Store, StoreError};
 
 /// Why the version a state directory runs cannot be put back in service.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +87,7 @@ pub(super) fn now_ms() -> u64 {
 /// service, and sets `op`'s generation and history. Returns the versions
 /// and whether they changed (so the next checkpoint writes them).
 pub fn resolve(store: &Store, op: &mut Loaded) -> Result<(Versions, bool), ResolveError> {
-    let OperatorKind::Wasm(plugin) = &op.kind else {
+    let OperatorKind::Wasm(component) = &op.kind else {
         let v = Version {
             generation: 0,
             hash: "native".into(),
@@ -103,20 +103,21 @@ pub fn resolve(store: &Store, op: &mut Loaded) -> Result<(Versions, bool), Resol
             false,
         ));
     };
-    let plugin = plugin.clone();
-    let hash = plugin.hash().to_string();
-    let source = plugin.path().display().to_string();
-    store.keep_component(&hash, plugin.bytes())?;
+    let component = component.clone();
+    let hash = component.hash().to_string();
+    let source = component.path().display().to_string();
+    store.keep_component(&hash, component.bytes())?;
     let mut recorded: Option<Versions> = store.meta_json(&Versions::meta_name(&op.name))?;
     let mut renamed = false;
     if let Some(v) = &mut recorded {
-        renamed = adopt_legacy_names(v, plugin.bytes(), &hash);
+        renamed = adopt_legacy_names(v, component.bytes(), &hash);
         if renamed {
             tracing::info!(
                 operator = %op.name,
                 "the state directory named this component by the hash of an earlier eddy; it is now {hash}"
             );
         }
+        renamed |= adopt_short_names(v, |short| full_id(store, &op.name, short, &hash));
     }
     let (versions, changed) = match recorded {
         None => (
@@ -139,7 +140,7 @@ pub fn resolve(store: &Store, op: &mut Loaded) -> Result<(Versions, bool), Resol
                 // Checked against its content hash before it runs.
                 let loaded = match store.load_component(&current.hash) {
                     Ok(b) => {
-                        Plugin::from_bytes(plugin.engine(), &path, &b).map_err(|e| e.to_string())
+                        Plugin::from_bytes(component.engine(), &path, &b).map_err(|e| e.to_string())
                     }
                     Err(e) => Err(e.to_string()),
                 };
@@ -156,7 +157,7 @@ pub fn resolve(store: &Store, op: &mut Loaded) -> Result<(Versions, bool), Resol
                     current.hash,
                     current.generation,
                     current.source,
-                    plugin.path().display()
+                    component.path().display()
                 );
                 op.kind = OperatorKind::Wasm(Arc::new(swapped));
             }
@@ -214,6 +215,67 @@ fn adopt_legacy_names(v: &mut Versions, bytes: &[u8], hash: &str) -> bool {
     renamed
 }
 
+/// Renames, in `v`, the versions (and the base) an older eddy recorded
+/// under a short id (16 hex digits) to their full id, as `full_id` finds
+/// it (`None`: left as recorded). Returns whether anything was renamed.
+fn adopt_short_names(v: &mut Versions, mut full_id: impl FnMut(&str) -> Option<String>) -> bool {
+    let mut found: std::collections::HashMap<String, Option<String>> = Default::default();
+    let mut renamed = false;
+    for name in std::iter::once(&mut v.base).chain(v.all.iter_mut().map(|v| &mut v.hash)) {
+        if !is_short_version_id(name) {
+            continue;
+        }
+        let full = found
+            .entry(name.clone())
+            .or_insert_with(|| full_id(name))
+            .clone();
+        if let Some(full) = full {
+            *name = full;
+            renamed = true;
+        }
+    }
+    renamed
+}
+
+/// The full id of the version an older eddy recorded as `short` for
+/// `operator`: `pipeline` (the full id of the pipeline's component) when
+/// it starts with `short`; else that of the kept copy, when its SHA-256
+/// starts with `short` ([`Store::load_component`]), which is then kept
+/// under its full id too (durably, before a checkpoint can record the new
+/// name; the file under the short name stays). `None` when the copy
+/// cannot be verified: the version keeps its short id, and loading it
+/// says why it cannot run.
+fn full_id(store: &Store, operator: &str, short: &str, pipeline: &str) -> Option<String> {
+    if pipeline.starts_with(short) {
+        tracing::info!(
+            operator,
+            "version {short} (recorded by an older eddy) is now {pipeline}"
+        );
+        return Some(pipeline.to_string());
+    }
+    let adopted = store.load_component(short).and_then(|bytes| {
+        let full = component_hash(&bytes);
+        store.keep_component(&full, &bytes)?;
+        Ok(full)
+    });
+    match adopted {
+        Ok(full) => {
+            tracing::info!(
+                operator,
+                "version {short} (recorded by an older eddy) is now {full}"
+            );
+            Some(full)
+        }
+        Err(e) => {
+            tracing::warn!(
+                operator,
+                "version {short} (recorded by an older eddy) keeps that id: {e}"
+            );
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,23 +293,81 @@ mod tests {
     fn versions_named_by_an_earlier_eddy_are_renamed_to_their_sha256() {
         let bytes = b"the component";
         let legacy = legacy_component_hash(bytes);
+        let hash = component_hash(bytes);
+        let other = component_hash(b"another component");
         let mut v = Versions {
             active: 2,
             base: legacy.clone(),
+            all: vec![version(0, &legacy), version(1, &other), version(2, &legacy)],
+        };
+        assert!(adopt_legacy_names(&mut v, bytes, &hash));
+        assert_eq!(v.base, hash);
+        let hashes: Vec<&str> = v.all.iter().map(|v| v.hash.as_str()).collect();
+        assert_eq!(hashes, [&hash, &other, &hash]);
+        // Nothing to rename the second time.
+        assert!(!adopt_legacy_names(&mut v, bytes, &hash));
+    }
+
+    #[test]
+    fn short_ids_are_replaced_by_the_full_id_found_once_per_name() {
+        let a = component_hash(b"a");
+        let b = component_hash(b"b");
+        let c = component_hash(b"c");
+        let lost = "0123456789abcdef";
+        let mut v = Versions {
+            active: 3,
+            base: a[..16].to_string(),
             all: vec![
-                version(0, &legacy),
-                version(1, "0123456789abcdef"),
-                version(2, &legacy),
+                version(0, &a[..16]),
+                version(1, &b[..16]),
+                version(2, lost),
+                version(3, &a[..16]),
+                version(4, &c),
+                version(5, "native"),
             ],
         };
-        assert!(adopt_legacy_names(&mut v, bytes, "feedfacecafebeef"));
-        assert_eq!(v.base, "feedfacecafebeef");
+        let mut asked = Vec::new();
+        let renamed = adopt_short_names(&mut v, |short| {
+            asked.push(short.to_string());
+            [&a, &b].into_iter().find(|f| f.starts_with(short)).cloned()
+        });
+        assert!(renamed);
+        // Each short id is looked up once; full ids and `native` never.
+        assert_eq!(asked, [&a[..16], &b[..16], lost]);
+        assert_eq!(v.base, a);
         let hashes: Vec<&str> = v.all.iter().map(|v| v.hash.as_str()).collect();
+        assert_eq!(hashes, [&a, &b, lost, &a, &c, "native"]);
+        // What cannot be found keeps its short id; nothing else to do.
+        assert!(!adopt_short_names(&mut v, |_| None));
+        assert_eq!(v.all[2].hash, lost);
+    }
+
+    #[test]
+    fn a_short_id_is_adopted_only_when_the_kept_bytes_match_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let bytes = b"\0asm kept by an older eddy".to_vec();
+        let full = component_hash(&bytes);
+        let short = &full[..16];
+        let pipeline = component_hash(b"\0asm the pipeline's component");
+        // The pipeline's own component: by its id, no file needed.
         assert_eq!(
-            hashes,
-            ["feedfacecafebeef", "0123456789abcdef", "feedfacecafebeef"]
+            full_id(&store, "op", &pipeline[..16], &pipeline).as_deref(),
+            Some(pipeline.as_str())
         );
-        // Nothing to rename the second time.
-        assert!(!adopt_legacy_names(&mut v, bytes, "feedfacecafebeef"));
+        // Kept under its short name, as an older eddy did: adopted, and
+        // kept under its full name too; the old file stays.
+        store.keep_component(short, &bytes).unwrap();
+        assert_eq!(full_id(&store, "op", short, &pipeline), Some(full.clone()));
+        assert_eq!(store.load_component(&full).unwrap(), bytes);
+        assert_eq!(std::fs::read(store.component_path(short)).unwrap(), bytes);
+        // Damaged, missing, or named by the unverifiable FxHash: kept as is.
+        std::fs::write(store.component_path(short), b"\0asm damaged").unwrap();
+        assert_eq!(full_id(&store, "op", short, &pipeline), None);
+        std::fs::remove_file(store.component_path(short)).unwrap();
+        assert_eq!(full_id(&store, "op", short, &pipeline), None);
+        let legacy = legacy_component_hash(&bytes);
+        store.keep_component(&legacy, &bytes).unwrap();
+        assert_eq!(full_id(&store, "op", &legacy, &pipeline), None);
     }
 }

@@ -18,10 +18,10 @@ use crate::operator::wasm::bindings::OperatorPre;
 /// The contract version this runtime implements (`wit/world.wit`).
 pub const CONTRACT: &str = "eddy:operator@0.2.0";
 
-/// Why a plugin could not be loaded.
+/// Why a component could not be loaded.
 #[derive(Debug, Error)]
 pub enum PluginError {
-    #[error("plugin {path}: cannot read the file: {error}")]
+    #[error("component {path}: cannot read the file: {error}")]
     /// The file could not be read.
     Read {
         /// The file it names.
@@ -30,20 +30,20 @@ pub enum PluginError {
         error: std::io::Error,
     },
     #[error(
-        "plugin {path}: not a WebAssembly file (it does not start with the `\\0asm` magic bytes)"
+        "component {path}: not a WebAssembly file (it does not start with the `\\0asm` magic bytes)"
     )]
     /// Not a WebAssembly file.
     NotWasm {
         /// The file it names.
         path: PathBuf,
     },
-    #[error("plugin {path}: a core WebAssembly module, not a component; build it for the wasm32-wasip2 target (or wrap it with `wasm-tools component new`)")]
+    #[error("component {path}: a core WebAssembly module, not a component; build it for the wasm32-wasip2 target (or wrap it with `wasm-tools component new`)")]
     /// A core module, not a component.
     CoreModule {
         /// The file it names.
         path: PathBuf,
     },
-    #[error("plugin {path}: invalid component: {reason}")]
+    #[error("component {path}: invalid component: {reason}")]
     /// A setting is invalid (the message says which).
     Invalid {
         /// The file it names.
@@ -51,7 +51,7 @@ pub enum PluginError {
         /// Why.
         reason: String,
     },
-    #[error("plugin {path}: built against {found}, but this eddy implements {CONTRACT}")]
+    #[error("component {path}: built against {found}, but this eddy implements {CONTRACT}")]
     /// Built against another version of the contract.
     Version {
         /// The file it names.
@@ -59,7 +59,7 @@ pub enum PluginError {
         /// What was found instead.
         found: String,
     },
-    #[error("plugin {path}: not an eddy operator (world `{CONTRACT}/operator`): {reason}")]
+    #[error("component {path}: not an eddy operator (world `{CONTRACT}/operator`): {reason}")]
     /// Not an operator component.
     WrongWorld {
         /// The file it names.
@@ -72,7 +72,7 @@ pub enum PluginError {
 /// A component compiled and type-checked against the operator world.
 pub struct Plugin {
     pub(super) path: PathBuf,
-    /// Content hash: the first 16 hex digits of the SHA-256 of the bytes.
+    /// Content hash (version id): the SHA-256 of the bytes, 64 hex digits.
     /// Identifies a version in logs and status, and names its copy in the
     /// state directory, which is checked against it when read back.
     pub(super) hash: String,

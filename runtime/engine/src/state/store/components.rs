@@ -8,10 +8,28 @@ use sha2::{Digest, Sha256};
 use super::open::check_private;
 use super::*;
 
-/// The content hash naming a component: the first 16 hex digits of the
-/// SHA-256 `digest` of its bytes.
+/// Hex digits of a version id: the whole SHA-256, in lowercase hex.
+pub const VERSION_ID_LEN: usize = 64;
+
+/// Hex digits of the version ids an older eddy recorded: the first 16 of
+/// the SHA-256 (see [`Store::load_component`] and `docs/security.md`).
+pub const SHORT_VERSION_ID_LEN: usize = 16;
+
+/// The content hash naming a component (its version id): the SHA-256
+/// `digest` of its bytes, as 64 lowercase hex digits.
 pub fn component_hash_of(digest: &[u8; 32]) -> String {
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `id` is a version id an older eddy recorded: 16 lowercase hex
+/// digits (the start of the SHA-256 of the bytes, or for an even older
+/// eddy their FxHash, see [`legacy_component_hash`]).
+pub fn is_short_version_id(id: &str) -> bool {
+    id.len() == SHORT_VERSION_ID_LEN && is_lower_hex(id)
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The content hash of component `bytes` (see `component_hash_of`).
@@ -75,10 +93,15 @@ impl Store {
 
     /// The bytes of kept component `hash`, checked against its name: read
     /// only from a regular file (not through a symbolic link, at most
-    /// [`MAX_COMPONENT_BYTES`]) whose SHA-256 starts with `hash`. A file
-    /// that does not match was replaced or damaged and is refused
+    /// [`MAX_COMPONENT_BYTES`]) whose SHA-256 is `hash` (64 hex digits).
+    /// A file that does not match was replaced or damaged and is refused
     /// ([`StoreError::BadComponent`]), so it never runs under the label
     /// of the version recorded in the state directory.
+    ///
+    /// A version an older eddy recorded is named by the first 16 hex
+    /// digits of its SHA-256: its file is accepted when its SHA-256 starts
+    /// with them (what that eddy checked). `resolve` adopts such versions
+    /// under their full id at start (see `docs/security.md`).
     pub fn load_component(&self, hash: &str) -> Result<Vec<u8>, StoreError> {
         let file = self.component_path(hash);
         let bad = |reason: String| StoreError::BadComponent {
@@ -86,25 +109,26 @@ impl Store {
             file: file.clone(),
             reason,
         };
-        if hash.len() != 16 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        let short = is_short_version_id(hash);
+        if !(short || hash.len() == VERSION_ID_LEN && is_lower_hex(hash)) {
             return Err(bad(format!(
-                "`{hash}` is not a content hash (16 hex digits of SHA-256); the version was recorded by an older eddy, whose content hashes cannot be verified: swap the component in again from its source file"
+                "`{hash}` is not a version id (the SHA-256 of the component, 64 hex digits, or the first 16 of them recorded by an older eddy): swap the component in again from its source file"
             )));
         }
         check_private(&self.dir, &self.dir.join(COMPONENTS_DIR), true)?;
         let bytes = read_regular_file(&file, MAX_COMPONENT_BYTES, true)
             .map_err(|e| bad(format!("cannot read it: {e}")))?;
         let found = component_hash(&bytes);
-        if found != hash {
-            if legacy_component_hash(&bytes) == hash {
-                return Err(bad(format!(
-                    "it was kept by an older eddy, which named versions by a hash that cannot be verified (its SHA-256 name is {found}); swap the component in again from its source file"
-                )));
-            }
+        if found == hash || short && found.starts_with(hash) {
+            return Ok(bytes);
+        }
+        if short && legacy_component_hash(&bytes) == hash {
             return Err(bad(format!(
-                "its content hash is {found}, not {hash} as its name says: the file was replaced or damaged"
+                "it was kept by an older eddy, which named versions by a hash that cannot be verified (its SHA-256 name is {found}); swap the component in again from its source file"
             )));
         }
-        Ok(bytes)
+        Err(bad(format!(
+            "its content hash is {found}, not {hash} as its name says: the file was replaced or damaged"
+        )))
     }
 }

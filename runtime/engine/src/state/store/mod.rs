@@ -48,7 +48,10 @@ mod read;
 #[cfg(test)]
 mod tests;
 
-pub use components::{component_hash, component_hash_of, legacy_component_hash};
+pub use components::{
+    component_hash, component_hash_of, is_short_version_id, legacy_component_hash,
+    SHORT_VERSION_ID_LEN, VERSION_ID_LEN,
+};
 pub use files::{create_private_dir, euid, read_regular_file, unsafe_reason};
 pub use read::Reader;
 

@@ -72,8 +72,8 @@ fn kept_components_are_checked_against_their_name() {
     let store = Store::open(tmp.path()).unwrap();
     let bytes = b"\0asm component bytes".to_vec();
     let hash = component_hash(&bytes);
-    assert_eq!(hash.len(), 16);
-    assert_eq!(hash, format!("{:x}", Sha256::digest(&bytes))[..16]);
+    assert_eq!(hash.len(), VERSION_ID_LEN);
+    assert_eq!(hash, format!("{:x}", Sha256::digest(&bytes)));
     let path = store.keep_component(&hash, &bytes).unwrap();
     assert_eq!(store.load_component(&hash).unwrap(), bytes);
 
@@ -113,10 +113,50 @@ fn kept_components_are_checked_against_their_name() {
     std::fs::write(store.component_path(&legacy), &bytes).unwrap();
     let e = store.load_component(&legacy).unwrap_err().to_string();
     assert!(e.contains("kept by an older eddy"), "{e}");
-    for bad in ["../../etc/passwd", "0123456789abcdeX", "0123"] {
+    let upper = hash.to_uppercase();
+    for bad in [
+        "../../etc/passwd",
+        "0123456789abcdeX",
+        "0123",
+        &hash[..17],
+        upper.as_str(),
+    ] {
         let e = store.load_component(bad).unwrap_err().to_string();
-        assert!(e.contains("is not a content hash"), "{e}");
+        assert!(
+            e.contains(&format!("`{bad}` is not a version id (the SHA-256 of the component, 64 hex digits, or the first 16 of them recorded by an older eddy)")),
+            "{e}"
+        );
     }
+}
+
+#[test]
+fn a_component_kept_under_the_short_id_of_an_older_eddy_still_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let bytes = b"\0asm component bytes".to_vec();
+    let full = component_hash(&bytes);
+    let short = &full[..SHORT_VERSION_ID_LEN];
+    assert!(is_short_version_id(short) && !is_short_version_id(&full));
+    // An older eddy kept it as components/<16 hex digits>.wasm.
+    let path = store.keep_component(short, &bytes).unwrap();
+    assert_eq!(
+        path,
+        tmp.path()
+            .join(COMPONENTS_DIR)
+            .join(format!("{short}.wasm"))
+    );
+    assert_eq!(store.load_component(short).unwrap(), bytes);
+    // Under the full id it is another file, not there yet.
+    let e = store.load_component(&full).unwrap_err().to_string();
+    assert!(e.contains("No such file"), "{e}");
+    // Bytes whose SHA-256 does not start with the short id: refused.
+    std::fs::write(&path, b"\0asm an impostor").unwrap();
+    let e = store.load_component(short).unwrap_err().to_string();
+    let found = component_hash(b"\0asm an impostor");
+    assert!(
+        e.contains(&format!("its content hash is {found}, not {short} as its name says: the file was replaced or damaged; it is not the version recorded")),
+        "{e}"
+    );
 }
 
 #[test]
