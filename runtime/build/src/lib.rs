@@ -41,6 +41,10 @@ pub const JS_SDK: &str = include_str!("../../../sdk/js/eddy.js");
 /// The C SDK header (`#include "eddy.h"`).
 pub const C_SDK: &str = include_str!("../../../sdk/c/eddy.h");
 
+/// The world `eddy build` builds the Python, JavaScript and C operators
+/// against: the SDKs export `handle-batch`.
+pub const DEFAULT_WORLD: &str = "batched-operator";
+
 /// Source languages `eddy build` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Lang {
@@ -76,10 +80,14 @@ pub struct BuildArgs {
     /// The source language, when the directory holds more than one.
     #[arg(long)]
     pub lang: Option<Lang>,
-    /// The world to build against (`operator`, or `migrating-operator` for
-    /// an operator that exports `migrate`). Rust operators choose theirs
+    /// The world to build against. `batched-operator` (the default) is what
+    /// the Python, JavaScript and C SDKs implement: `init`, `handle` and the
+    /// batched fast path `handle-batch`. `full-operator` adds `migrate`,
+    /// which the operator must then export itself; `operator` and
+    /// `migrating-operator` are for operators written against the raw
+    /// bindings, without `handle-batch`. Rust operators choose theirs
     /// through the SDK.
-    #[arg(long, default_value = "operator")]
+    #[arg(long, default_value = DEFAULT_WORLD)]
     pub world: String,
 }
 
@@ -211,6 +219,21 @@ fn scratch(sdk: Option<(&str, &str)>) -> Result<tempfile::TempDir> {
         std::fs::write(tmp.path().join("sdk").join(name), text)?;
     }
     Ok(tmp)
+}
+
+/// Whether `world` of the WIT package in `wit_dir` exports `function`.
+fn world_exports(wit_dir: &Path, world: &str, function: &str) -> Result<bool> {
+    let mut resolve = wit_parser::Resolve::default();
+    let (pkg, _) = resolve
+        .push_dir(wit_dir)
+        .with_context(|| format!("cannot load WIT from {}", wit_dir.display()))?;
+    let id = resolve
+        .select_world(&[pkg], Some(world))
+        .with_context(|| format!("no world `{world}` in the contract"))?;
+    Ok(resolve.worlds[id]
+        .exports
+        .keys()
+        .any(|k| matches!(k, wit_parser::WorldKey::Name(n) if n == function)))
 }
 
 /// Runs `cmd`, failing with its output when it fails.
@@ -422,9 +445,25 @@ fn js(dir: &Path, world: &str, out: &Path) -> Result<()> {
         std::fs::copy(&f, op.join(f.file_name().unwrap()))
             .with_context(|| format!("copying {}", f.display()))?;
     }
+    let main = Path::new("op").join(main.file_name().unwrap());
+    // The world's `handle-batch` is eddy.js's `handleBatch`, which runs the
+    // handler the operator module gave `operator()`: an entry module
+    // re-exports both, so the operator's source stays as it is.
+    let entry = if world_exports(&tmp.path().join("wit"), world, "handle-batch")? {
+        std::fs::write(
+            tmp.path().join("main.js"),
+            format!(
+                "export * from './op/{}';\nexport {{ handleBatch }} from './eddy.js';\n",
+                main.file_name().unwrap().to_string_lossy()
+            ),
+        )?;
+        PathBuf::from("main.js")
+    } else {
+        main
+    };
     let mut cmd = Command::new(tool);
     cmd.current_dir(tmp.path())
-        .arg(Path::new("op").join(main.file_name().unwrap()))
+        .arg(entry)
         .args(["--wit", "wit", "--world-name", world])
         .args([
             "--disable",
