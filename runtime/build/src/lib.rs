@@ -41,9 +41,17 @@ pub const JS_SDK: &str = include_str!("../../../sdk/js/eddy.js");
 /// The C SDK header (`#include "eddy.h"`).
 pub const C_SDK: &str = include_str!("../../../sdk/c/eddy.h");
 
-/// The world `eddy build` builds the Python, JavaScript and C operators
-/// against: the SDKs export `handle-batch`.
-pub const DEFAULT_WORLD: &str = "batched-operator";
+/// The world `eddy build` builds an operator in `lang` against when
+/// `--world` is not given: `batched-operator` (the SDK's `handle-batch`)
+/// for JavaScript and C, where the batched path is faster; `operator`
+/// (per-event `handle` only) for Python, where it is not (measured in
+/// docs/performance.md). Rust operators choose theirs through the SDK.
+pub fn default_world(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Js | Lang::C => "batched-operator",
+        Lang::Python | Lang::Rust => "operator",
+    }
+}
 
 /// Source languages `eddy build` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -80,15 +88,16 @@ pub struct BuildArgs {
     /// The source language, when the directory holds more than one.
     #[arg(long)]
     pub lang: Option<Lang>,
-    /// The world to build against. `batched-operator` (the default) is what
-    /// the Python, JavaScript and C SDKs implement: `init`, `handle` and the
-    /// batched fast path `handle-batch`. `full-operator` adds `migrate`,
-    /// which the operator must then export itself; `operator` and
-    /// `migrating-operator` are for operators written against the raw
-    /// bindings, without `handle-batch`. Rust operators choose theirs
-    /// through the SDK.
-    #[arg(long, default_value = DEFAULT_WORLD)]
-    pub world: String,
+    /// The world to build against [default: `batched-operator` for
+    /// JavaScript and C, `operator` for Python]. The Python, JavaScript and
+    /// C SDKs implement `batched-operator`: `init`, `handle` and the
+    /// batched fast path `handle-batch`; `operator` leaves `handle-batch`
+    /// out (in Python the per-event path is the faster one).
+    /// `full-operator` adds `migrate`, which the operator must then export
+    /// itself; `migrating-operator` is `operator` with `migrate`. Rust
+    /// operators choose theirs through the SDK.
+    #[arg(long)]
+    pub world: Option<String>,
 }
 
 impl Lang {
@@ -128,7 +137,8 @@ pub fn run(a: BuildArgs) -> Result<()> {
         }
     };
     let t = Instant::now();
-    build(lang, dir, &a.world, &out)?;
+    let world = a.world.as_deref().unwrap_or(default_world(lang));
+    build(lang, dir, world, &out)?;
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     eprintln!(
         "eddy: built {} ({}, {:.1} MB) from {} in {:.1}s",
