@@ -54,7 +54,9 @@ fn source_dir(lang: Lang, op: &str) -> PathBuf {
 /// for the language); `None` (after saying why) when the language's
 /// toolchain is missing and this is not CI.
 fn built(lang: Lang, op: &str, world: Option<&str>) -> Option<String> {
-    static BUILT: OnceLock<Mutex<HashMap<(String, String, String), String>>> = OnceLock::new();
+    /// (language, operator, world) -> component path.
+    type Built = HashMap<(String, String, String), String>;
+    static BUILT: OnceLock<Mutex<Built>> = OnceLock::new();
     let src = source_dir(lang, op);
     // componentize-js is installed in plugins/js/node_modules (see
     // tests/run-tests.sh), above the example operators but not the test
