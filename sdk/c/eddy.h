@@ -2,7 +2,7 @@
  * eddy.h: write Eddy stream operators in C.
  *
  * A thin layer over the raw bindings that `eddy build` generates from the
- * contract (wit/world.wit, world `operator`, header "operator.h"); the C
+ * contract (wit/world.wit, header "operator.h" whatever the world); the C
  * counterpart of the Rust SDK (sdk/rust/src/lib.rs). Header only: include it, and
  * export your operator from exactly one source file with
  *
@@ -16,6 +16,11 @@
  * return NULL for success or an error made with eddy_errorf(). An error from
  * `init` stops the pipeline before it reads input; an error from `handle`
  * discards the event's state writes and emits and dead-letters the event.
+ *
+ * Built for a world with `handle-batch` (`eddy build`'s default,
+ * `batched-operator`, which defines EDDY_HANDLE_BATCH), the macro exports
+ * it too: it runs `my_handle` on each event of a batch, with state and
+ * emits served and buffered here (see "the batched fast path" below).
  *
  * Contents:
  *   - errors and byte buffers     eddy_errorf, eddy_buf_*
@@ -119,6 +124,194 @@ typedef struct {
   size_t len;
 } eddy_config;
 
+/* ---- the batched fast path: state ----------------------------------------
+ *
+ * With `handle-batch` (eddy build defines EDDY_HANDLE_BATCH when the world
+ * has it), the host hands the operator many events at once with the single
+ * values of their keys, and EDDY_EXPORT_OPERATOR's `handle-batch` runs your
+ * handler on each. While it runs, the state and emit functions below are
+ * served here instead of by the host: eddy_get reads the batch's values
+ * (with the writes of earlier events of the batch), eddy_set / eddy_delete
+ * and eddy_emit are buffered per event and kept when the handler returns
+ * NULL, dropped when it returns an error. A map, list or eddy_clear call
+ * marks the event for the per-event path (it gets no data here: eddy_map_get
+ * finds nothing, lengths are 0), and the host then handles it again, and the
+ * rest, with `handle`. Your code is the same either way.
+ *
+ * The state lives in one global, `eddy__B`, that every source file of the
+ * operator shares.
+ */
+
+/* A growable list of u32 (a `list<u32>` column of the result). */
+typedef struct {
+  uint32_t *ptr;
+  size_t len, cap;
+} eddy__u32s;
+
+static inline void eddy__u32s_push(eddy__u32s *l, uint32_t v) {
+  if (l->len == l->cap) {
+    l->cap = l->cap ? l->cap * 2 : 64;
+    l->ptr = realloc(l->ptr, l->cap * sizeof *l->ptr);
+    if (!l->ptr) abort();
+  }
+  l->ptr[l->len++] = v;
+}
+
+/* A `strings` column of the result being built: bytes and end offsets. */
+typedef struct {
+  eddy_buf bytes;
+  eddy__u32s ends;
+} eddy__strings;
+
+static inline void eddy__strings_push(eddy__strings *s, const void *p, size_t n) {
+  eddy_buf_append(&s->bytes, p, n);
+  eddy__u32s_push(&s->ends, (uint32_t)s->bytes.len);
+}
+/* Drops the strings from index `count` on. */
+static inline void eddy__strings_truncate(eddy__strings *s, size_t count) {
+  s->ends.len = count;
+  s->bytes.len = count ? s->ends.ptr[count - 1] : 0;
+}
+
+/* One single value of a key in the batch: its name (an index in
+ * `eddy__B.names`) and where its bytes are. */
+enum { EDDY__DELETED, EDDY__INPUT, EDDY__ARENA };
+typedef struct {
+  uint32_t name;
+  uint8_t where; /* EDDY__DELETED, or EDDY__INPUT (`value-bytes` of the
+                    batch) / EDDY__ARENA (written in the batch) at off..+len */
+  uint32_t off, len;
+} eddy__entry;
+
+typedef struct {
+  eddy__entry *e;
+  uint32_t n, cap;
+} eddy__values;
+
+typedef struct {
+  uint32_t slot; /* in the current key's values */
+  eddy__entry old;
+  bool added;
+} eddy__undo;
+
+typedef struct {
+  bool active; /* a batch is running */
+  bool stop;   /* the current event needs the per-event path */
+  const uint8_t *input; /* the batch's `value-bytes` */
+  eddy_buf arena;       /* values written during the batch */
+  eddy__values *keys;   /* per key of the batch: its values */
+  size_t nkeys, keys_cap;
+  uint32_t current;     /* key index of the event being handled */
+  const char *key;      /* and the key (NUL-terminated), for emits */
+  size_t key_len;
+  /* Value names seen, for the life of the instance (the host bounds
+   * them: at most 1,024 per operator). */
+  struct {
+    char *s;
+    uint32_t len;
+  } *names;
+  uint32_t nnames, names_cap;
+  eddy__undo *undo;     /* the current event's writes, to undo */
+  size_t nundo, undo_cap;
+  eddy__u32s touched;   /* value slots the current event wrote */
+  /* The result's columns, reused from batch to batch. */
+  eddy__u32s emit_counts, write_counts, deletes, failed;
+  eddy__strings emit_keys, emit_payloads, write_names, write_values, reasons;
+  eddy_buf scratch;     /* the event's payload, NUL-terminated */
+  eddy_buf key_text;    /* the batch's keys, NUL-terminated */
+  eddy__u32s key_at;    /* where each key starts in key_text */
+} eddy__batch;
+
+/* Weak, so that every source file may include eddy.h: they share one. */
+__attribute__((weak)) eddy__batch eddy__B;
+
+/* The index of value name `s` (`n` bytes), added when new. */
+static inline uint32_t eddy__name(const void *s, size_t n) {
+  eddy__batch *B = &eddy__B;
+  for (uint32_t i = 0; i < B->nnames; i++) {
+    if (B->names[i].len == n && !memcmp(B->names[i].s, s, n)) return i;
+  }
+  if (B->nnames == B->names_cap) {
+    B->names_cap = B->names_cap ? B->names_cap * 2 : 8;
+    B->names = realloc(B->names, B->names_cap * sizeof *B->names);
+    if (!B->names) abort();
+  }
+  char *copy = malloc(n + 1);
+  if (!copy) abort();
+  memcpy(copy, s, n);
+  copy[n] = 0;
+  B->names[B->nnames].s = copy;
+  B->names[B->nnames].len = (uint32_t)n;
+  return B->nnames++;
+}
+
+/* The slot of value `name` in the current key's values, or -1. */
+static inline int64_t eddy__slot(const char *name) {
+  eddy__batch *B = &eddy__B;
+  size_t n = strlen(name);
+  eddy__values *v = &B->keys[B->current];
+  for (uint32_t i = 0; i < v->n; i++) {
+    const char *s = B->names[v->e[i].name].s;
+    if (B->names[v->e[i].name].len == n && !memcmp(s, name, n)) return i;
+  }
+  return -1;
+}
+
+static inline bool eddy__batch_get(const char *name, eddy_buf *out) {
+  eddy__batch *B = &eddy__B;
+  int64_t i = eddy__slot(name);
+  eddy_buf_clear(out);
+  if (i < 0) return false;
+  eddy__entry e = B->keys[B->current].e[i];
+  if (e.where == EDDY__DELETED) return false;
+  const uint8_t *base = e.where == EDDY__INPUT ? B->input : B->arena.ptr;
+  eddy_buf_append(out, base + e.off, e.len);
+  return true;
+}
+
+/* Records a write (`bytes` NULL: a delete) of the current key's value
+ * `name`; returns whether it had a value. */
+static inline bool eddy__batch_write(const char *name, const void *bytes, size_t len) {
+  eddy__batch *B = &eddy__B;
+  eddy__entry e = {0, EDDY__DELETED, 0, 0};
+  if (bytes) {
+    e.where = EDDY__ARENA;
+    e.off = (uint32_t)B->arena.len;
+    e.len = (uint32_t)len;
+    eddy_buf_append(&B->arena, bytes, len);
+  }
+  eddy__values *v = &B->keys[B->current];
+  int64_t i = eddy__slot(name);
+  if (B->nundo == B->undo_cap) {
+    B->undo_cap = B->undo_cap ? B->undo_cap * 2 : 8;
+    B->undo = realloc(B->undo, B->undo_cap * sizeof *B->undo);
+    if (!B->undo) abort();
+  }
+  bool existed;
+  if (i >= 0) {
+    B->undo[B->nundo++] = (eddy__undo){(uint32_t)i, v->e[i], false};
+    existed = v->e[i].where != EDDY__DELETED;
+    e.name = v->e[i].name;
+    v->e[i] = e;
+  } else {
+    if (v->n == v->cap) {
+      v->cap = v->cap ? v->cap * 2 : 4;
+      v->e = realloc(v->e, v->cap * sizeof *v->e);
+      if (!v->e) abort();
+    }
+    i = v->n;
+    e.name = eddy__name(name, strlen(name));
+    v->e[v->n++] = e;
+    B->undo[B->nundo++] = (eddy__undo){(uint32_t)i, e, true};
+    existed = false;
+  }
+  for (size_t t = 0; t < B->touched.len; t++) {
+    if (B->touched.ptr[t] == (uint32_t)i) return existed;
+  }
+  eddy__u32s_push(&B->touched, (uint32_t)i);
+  return existed;
+}
+
 /* ---- state of the current key ------------------------------------------- */
 
 static inline operator_string_t eddy__s(const char *s) {
@@ -137,6 +330,7 @@ static inline void eddy__take(operator_list_u8_t *got, eddy_buf *out) {
 /* Single value `name`: true and its bytes in `out` when present; false (and
  * `out` emptied) when missing. */
 static inline bool eddy_get(const char *name, eddy_buf *out) {
+  if (eddy__B.active) return eddy__batch_get(name, out);
   operator_string_t n = eddy__s(name);
   operator_list_u8_t got;
   if (!eddy_operator_state_get(&n, &got)) {
@@ -148,18 +342,28 @@ static inline bool eddy_get(const char *name, eddy_buf *out) {
 }
 /* Stores `len` bytes under `name`. */
 static inline void eddy_set(const char *name, const void *bytes, size_t len) {
+  if (eddy__B.active) {
+    eddy__batch_write(name, bytes ? bytes : "", len);
+    return;
+  }
   operator_string_t n = eddy__s(name);
   operator_list_u8_t v = eddy__b(bytes, len);
   eddy_operator_state_set(&n, &v);
 }
 /* Removes value `name`; true when there was one. */
 static inline bool eddy_delete(const char *name) {
+  if (eddy__B.active) return eddy__batch_write(name, NULL, 0);
   operator_string_t n = eddy__s(name);
   return eddy_operator_state_delete(&n);
 }
 
 /* Maps: field -> bytes. */
 static inline bool eddy_map_get(const char *name, const char *field, eddy_buf *out) {
+  if (eddy__B.active) {
+    eddy__B.stop = true;
+    eddy_buf_clear(out);
+    return false;
+  }
   operator_string_t n = eddy__s(name), f = eddy__s(field);
   operator_list_u8_t got;
   if (!eddy_operator_state_map_get(&n, &f, &got)) {
@@ -170,15 +374,21 @@ static inline bool eddy_map_get(const char *name, const char *field, eddy_buf *o
   return true;
 }
 static inline void eddy_map_set(const char *name, const char *field, const void *bytes, size_t len) {
+  if (eddy__B.active) {
+    eddy__B.stop = true;
+    return;
+  }
   operator_string_t n = eddy__s(name), f = eddy__s(field);
   operator_list_u8_t v = eddy__b(bytes, len);
   eddy_operator_state_map_set(&n, &f, &v);
 }
 static inline bool eddy_map_delete(const char *name, const char *field) {
+  if (eddy__B.active) return eddy__B.stop = true, false;
   operator_string_t n = eddy__s(name), f = eddy__s(field);
   return eddy_operator_state_map_delete(&n, &f);
 }
 static inline uint32_t eddy_map_len(const char *name) {
+  if (eddy__B.active) return eddy__B.stop = true, 0;
   operator_string_t n = eddy__s(name);
   return eddy_operator_state_map_len(&n);
 }
@@ -187,31 +397,51 @@ static inline uint32_t eddy_map_len(const char *name) {
  * `items.ptr[i].len`, oldest first; release them with eddy_items_free. */
 typedef operator_list_list_u8_t eddy_items;
 static inline uint32_t eddy_list_push(const char *name, const void *bytes, size_t len) {
+  if (eddy__B.active) return eddy__B.stop = true, 0;
   operator_string_t n = eddy__s(name);
   operator_list_u8_t v = eddy__b(bytes, len);
   return eddy_operator_state_list_push(&n, &v);
 }
 static inline uint32_t eddy_list_len(const char *name) {
+  if (eddy__B.active) return eddy__B.stop = true, 0;
   operator_string_t n = eddy__s(name);
   return eddy_operator_state_list_len(&n);
 }
 static inline void eddy_list_range(const char *name, uint32_t start, uint32_t end, eddy_items *out) {
+  if (eddy__B.active) {
+    eddy__B.stop = true;
+    out->ptr = NULL;
+    out->len = 0;
+    return;
+  }
   operator_string_t n = eddy__s(name);
   eddy_operator_state_list_range(&n, start, end, out);
 }
 static inline void eddy_items_free(eddy_items *items) { operator_list_list_u8_free(items); }
 /* Keeps the newest `keep` items; returns how many were dropped. */
 static inline uint32_t eddy_list_trim(const char *name, uint32_t keep) {
+  if (eddy__B.active) return eddy__B.stop = true, 0;
   operator_string_t n = eddy__s(name);
   return eddy_operator_state_list_trim(&n, keep);
 }
 /* Removes all state of the current key for this operator. */
-static inline void eddy_clear(void) { eddy_operator_state_clear(); }
+static inline void eddy_clear(void) {
+  if (eddy__B.active) {
+    eddy__B.stop = true;
+    return;
+  }
+  eddy_operator_state_clear();
+}
 
 /* ---- output and log ----------------------------------------------------- */
 
 /* Emits `len` bytes keyed by `key` (takes effect if `handle` succeeds). */
 static inline void eddy_emit(const char *key, size_t key_len, const void *bytes, size_t len) {
+  if (eddy__B.active) {
+    eddy__strings_push(&eddy__B.emit_keys, key, key_len);
+    eddy__strings_push(&eddy__B.emit_payloads, bytes, len);
+    return;
+  }
   operator_string_t k = {(uint8_t *)key, key_len};
   operator_list_u8_t v = eddy__b(bytes, len);
   eddy_operator_output_emit(&k, &v);
@@ -336,6 +566,71 @@ static inline void eddy__ws(eddy_json *j) {
 }
 static inline int eddy__peek(eddy_json *j) { return j->pos < j->len ? (unsigned char)j->s[j->pos] : -1; }
 static inline bool eddy__digit(int c) { return c >= '0' && c <= '9'; }
+
+/* 10^0 .. 10^22: the powers of ten that are exact doubles. */
+static const double eddy__exact_pow10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                             1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                             1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* Writes `v` in decimal to `out` (room for 20 bytes); returns the length. */
+static inline int eddy__u64_text(uint64_t v, char *out) {
+  char tmp[20];
+  int n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  for (int i = 0; i < n; i++) out[i] = tmp[n - 1 - i];
+  return n;
+}
+
+/* The value of the JSON number text `s` (`n` bytes, syntax checked) when it
+ * can be had exactly without strtod: at most 19 significant digits forming
+ * m <= 2^53, times 10^e with |e| <= 22, is one correctly rounded operation
+ * on exact doubles (Clinger's fast path), so the same double as strtod's
+ * (and serde_json's). False otherwise. */
+static inline bool eddy__fast_f64(const char *s, size_t n, double *out) {
+  size_t i = 0;
+  bool neg = s[0] == '-', point = false;
+  uint64_t m = 0;
+  int digits = 0, e = 0;
+  if (neg) i++;
+  for (; i < n; i++) {
+    char c = s[i];
+    if (c == '.') {
+      point = true;
+      continue;
+    }
+    if (c == 'e' || c == 'E') break;
+    if (m == 0 && c == '0') { /* a leading zero */
+      if (point) e--;
+      continue;
+    }
+    if (++digits > 19) return false;
+    m = m * 10 + (uint64_t)(c - '0');
+    if (point) e--;
+  }
+  if (i < n) { /* the exponent */
+    bool eneg = false;
+    int x = 0;
+    i++;
+    if (s[i] == '+' || s[i] == '-') eneg = s[i++] == '-';
+    for (; i < n; i++) {
+      x = x * 10 + (s[i] - '0');
+      if (x > 400) return false;
+    }
+    e += eneg ? -x : x;
+  }
+  if (m == 0) {
+    *out = neg ? -0.0 : 0.0;
+    return true;
+  }
+  if (m > (1ull << 53) || e < -22 || e > 22) return false;
+  double f = (double)m;
+  f = e < 0 ? f / eddy__exact_pow10[-e] : f * eddy__exact_pow10[e];
+  *out = neg ? -f : f;
+  return true;
+}
 
 /* 10^0 .. 10^308 as correctly rounded doubles. */
 static inline double eddy__pow10(int e) {
@@ -478,6 +773,10 @@ static inline bool eddy__number(eddy_json *j, eddy_json_value *v, bool positive)
   if (!eddy__number_parts(j, v, positive)) return false;
   if (v->num != EDDY_NUM_F64) return true;
   size_t n = j->pos - start;
+  if (eddy__fast_f64(j->s + start, n, &v->f)) {
+    v->out_of_range = false;
+    return true;
+  }
   char small[64];
   char *text = n < sizeof small ? small : (char *)malloc(n + 1);
   if (!text) return eddy_json_fail(j, j->pos, "out of memory"), false;
@@ -792,6 +1091,44 @@ static inline int eddy__shortest(double v, char d[24]) {
   return e;
 }
 
+/* Appends finite v > 0 in fixed notation with its shortest digits, when
+ * that is quick to find exactly: 1e-5 <= v and, for the number k of decimals
+ * it needs, v * 10^k < 2^52 (k <= 22). For each k from 0, the k-decimal
+ * numbers that read back as v are those within v's rounding interval, which
+ * is narrower than their spacing 10^-k: at most one, the integer c nearest
+ * v * 10^k (c - 1 or c + 1 when that product rounded), checked with one
+ * correctly rounded division. The first k that has one gives the shortest
+ * digits, as serde_json prints them for these magnitudes (fixed notation
+ * from 1e-5 to 1e16). False, writing nothing, otherwise. */
+static inline bool eddy__f64_fixed(eddy_buf *b, double v) {
+  const double limit = 4503599627370496.0; /* 2^52 */
+  if (v < 1e-5 || v >= limit) return false;
+  for (int k = 0; k <= 22; k++) {
+    double x = v * eddy__exact_pow10[k];
+    if (x >= limit) return false;
+    uint64_t c = (uint64_t)(x + 0.5);
+    for (uint64_t t = c ? c - 1 : 0; t <= c + 1; t++) {
+      if ((double)t / eddy__exact_pow10[k] != v) continue;
+      char d[24];
+      int n = eddy__u64_text(t, d);
+      if (k == 0) {
+        eddy_buf_append(b, d, (size_t)n);
+        eddy_buf_puts(b, ".0");
+      } else if (n > k) {
+        eddy_buf_append(b, d, (size_t)(n - k));
+        eddy_buf_putc(b, '.');
+        eddy_buf_append(b, d + n - k, (size_t)k);
+      } else {
+        eddy_buf_puts(b, "0.");
+        for (int z = n; z < k; z++) eddy_buf_putc(b, '0');
+        eddy_buf_append(b, d, (size_t)n);
+      }
+      return true;
+    }
+  }
+  return false;
+}
+
 /* Appends f64 `v` as serde_json prints it: `40.0`, `0.1`, `1e+16`,
  * `1.5e-7`, shortest digits that read back exactly; `null` when not finite. */
 static inline void eddy_json_write_f64(eddy_buf *b, double v) {
@@ -804,6 +1141,7 @@ static inline void eddy_json_write_f64(eddy_buf *b, double v) {
     eddy_buf_puts(b, "0.0");
     return;
   }
+  if (eddy__f64_fixed(b, v)) return;
   char d[24];
   int e = eddy__shortest(v, d);
   int n = (int)strlen(d);
@@ -1034,14 +1372,13 @@ static inline void eddy_jw_cstr(eddy_buf *b, const char *key, const char *s) { e
 static inline void eddy_jw_u64(eddy_buf *b, const char *key, uint64_t v) {
   char num[24];
   eddy_jw_key(b, key);
-  snprintf(num, sizeof num, "%llu", (unsigned long long)v);
-  eddy_buf_puts(b, num);
+  eddy_buf_append(b, num, (size_t)eddy__u64_text(v, num));
 }
 static inline void eddy_jw_i64(eddy_buf *b, const char *key, int64_t v) {
   char num[24];
   eddy_jw_key(b, key);
-  snprintf(num, sizeof num, "%lld", (long long)v);
-  eddy_buf_puts(b, num);
+  if (v < 0) eddy_buf_putc(b, '-');
+  eddy_buf_append(b, num, (size_t)eddy__u64_text(v < 0 ? 0 - (uint64_t)v : (uint64_t)v, num));
 }
 static inline void eddy_jw_f64(eddy_buf *b, const char *key, double v) {
   eddy_jw_key(b, key);
@@ -1073,6 +1410,194 @@ static inline bool eddy__result(eddy_error e, operator_string_t *err) {
   err->len = strlen(e);
   return false;
 }
+
+#ifdef EDDY_HANDLE_BATCH
+/* ---- the batched fast path: the loop --------------------------------------- */
+
+/* Makes `s` an empty column and hands its buffers to `out` (the result
+ * borrows them until the next batch). */
+static inline eddy_operator_batch_strings_t eddy__column(eddy__strings *s) {
+  return (eddy_operator_batch_strings_t){{s->bytes.ptr, s->bytes.len}, {s->ends.ptr, s->ends.len}};
+}
+static inline operator_list_u32_t eddy__list(eddy__u32s *l) { return (operator_list_u32_t){l->ptr, l->len}; }
+
+/* Whether `s` is a well-formed column of `count` strings. */
+static inline bool eddy__column_ok(const eddy_operator_batch_strings_t *s, size_t count) {
+  if (s->ends.len != count) return false;
+  uint32_t previous = 0;
+  for (size_t i = 0; i < s->ends.len; i++) {
+    if (s->ends.ptr[i] < previous) return false;
+    previous = s->ends.ptr[i];
+  }
+  return previous == s->bytes.len;
+}
+#define EDDY__AT(col, i) ((i) ? (col).ends.ptr[(i)-1] : 0)
+
+/* Checks what the host sent: a malformed batch is a host bug, answered with
+ * `stop` (the host then handles the events per event). */
+static inline bool eddy__batch_ok(const operator_batch_t *in) {
+  size_t nkeys = in->keys.ends.len, nevents = in->event_keys.len, nvalues = 0;
+  if (in->value_counts.len != nkeys) return false;
+  for (size_t k = 0; k < nkeys; k++) {
+    nvalues += in->value_counts.ptr[k];
+    if (nvalues > in->value_names.ends.len) return false;
+  }
+  for (size_t i = 0; i < nevents; i++) {
+    if (in->event_keys.ptr[i] >= nkeys) return false;
+  }
+  if (in->times.len != in->timed.len) return false;
+  for (size_t t = 0; t < in->timed.len; t++) {
+    if (in->timed.ptr[t] >= nevents || (t && in->timed.ptr[t] <= in->timed.ptr[t - 1])) return false;
+  }
+  return eddy__column_ok(&in->keys, nkeys) && eddy__column_ok(&in->value_names, nvalues) &&
+         eddy__column_ok(&in->value_bytes, nvalues) && eddy__column_ok(&in->payloads, nevents);
+}
+
+/* Undoes the current event's writes to the batch's view of its key. */
+static inline void eddy__undo_event(void) {
+  eddy__batch *B = &eddy__B;
+  eddy__values *v = &B->keys[B->current];
+  while (B->nundo) {
+    eddy__undo u = B->undo[--B->nundo];
+    if (u.added) {
+      v->n--; /* added slots are the last ones, undone last-first */
+    } else {
+      v->e[u.slot] = u.old;
+    }
+  }
+}
+
+/* Runs `handle` on every event of `in` into `ret`. */
+static inline void eddy__run_batch(operator_batch_t *in, operator_batch_result_t *ret,
+                                   eddy_error (*handle)(const eddy_event *)) {
+  eddy__batch *B = &eddy__B;
+  bool stop = false;
+  B->emit_counts.len = B->write_counts.len = B->deletes.len = B->failed.len = 0;
+  eddy__strings_truncate(&B->emit_keys, 0);
+  eddy__strings_truncate(&B->emit_payloads, 0);
+  eddy__strings_truncate(&B->write_names, 0);
+  eddy__strings_truncate(&B->write_values, 0);
+  eddy__strings_truncate(&B->reasons, 0);
+  if (!eddy__batch_ok(in)) {
+    eddy_log(EDDY_ERROR, "the host sent a malformed batch; handling it per event");
+    stop = in->event_keys.len != 0;
+    goto done;
+  }
+  size_t nkeys = in->keys.ends.len;
+  if (B->keys_cap < nkeys) {
+    B->keys = realloc(B->keys, nkeys * sizeof *B->keys);
+    if (!B->keys) abort();
+    memset(B->keys + B->keys_cap, 0, (nkeys - B->keys_cap) * sizeof *B->keys);
+    B->keys_cap = nkeys;
+  }
+  B->nkeys = nkeys;
+  B->input = in->value_bytes.bytes.ptr;
+  eddy_buf_clear(&B->arena);
+  eddy_buf_clear(&B->key_text);
+  B->key_at.len = 0;
+  for (size_t k = 0, j = 0; k < nkeys; k++) {
+    eddy__values *v = &B->keys[k];
+    uint32_t count = in->value_counts.ptr[k];
+    v->n = 0;
+    if (v->cap < count) {
+      v->cap = count;
+      v->e = realloc(v->e, count * sizeof *v->e);
+      if (!v->e) abort();
+    }
+    for (uint32_t c = 0; c < count; c++, j++) {
+      uint32_t a = EDDY__AT(in->value_names, j), b = EDDY__AT(in->value_bytes, j);
+      v->e[v->n++] = (eddy__entry){eddy__name(in->value_names.bytes.ptr + a, in->value_names.ends.ptr[j] - a),
+                                   EDDY__INPUT, b, in->value_bytes.ends.ptr[j] - b};
+    }
+    uint32_t a = EDDY__AT(in->keys, k);
+    eddy__u32s_push(&B->key_at, (uint32_t)B->key_text.len);
+    eddy_buf_append(&B->key_text, in->keys.bytes.ptr + a, in->keys.ends.ptr[k] - a);
+    eddy_buf_putc(&B->key_text, 0);
+  }
+  B->active = true;
+  size_t t = 0; /* event `timed[t]` is the next with a time (`times[t]`) */
+  for (size_t i = 0; i < in->event_keys.len; i++) {
+    uint32_t k = in->event_keys.ptr[i];
+    B->current = k;
+    eddy_event ev;
+    ev.key = (const char *)B->key_text.ptr + B->key_at.ptr[k];
+    ev.key_len = in->keys.ends.ptr[k] - EDDY__AT(in->keys, k);
+    uint32_t p = EDDY__AT(in->payloads, i);
+    eddy_buf_clear(&B->scratch);
+    eddy_buf_append(&B->scratch, in->payloads.bytes.ptr + p, in->payloads.ends.ptr[i] - p);
+    if (!B->scratch.ptr) eddy_buf_reserve(&B->scratch, 0), B->scratch.ptr[0] = 0;
+    ev.value = B->scratch.ptr;
+    ev.value_len = B->scratch.len;
+    ev.has_time = t < in->timed.len && in->timed.ptr[t] == i;
+    ev.time = ev.has_time ? in->times.ptr[t++] : 0;
+    size_t emit_mark = B->emit_keys.ends.len;
+    eddy_error e = handle(&ev);
+    if (B->stop || e) {
+      /* Nothing of the event takes effect. */
+      eddy__undo_event();
+      B->touched.len = 0;
+      eddy__strings_truncate(&B->emit_keys, emit_mark);
+      eddy__strings_truncate(&B->emit_payloads, emit_mark);
+      if (B->stop) {
+        free(e);
+        B->stop = false;
+        stop = true;
+        break;
+      }
+      eddy__u32s_push(&B->failed, (uint32_t)i);
+      if (*e) {
+        eddy__strings_push(&B->reasons, e, strlen(e));
+      } else {
+        eddy__strings_push(&B->reasons, "error", 5);
+      }
+      free(e);
+      eddy__u32s_push(&B->emit_counts, 0);
+      eddy__u32s_push(&B->write_counts, 0);
+      continue;
+    }
+    B->nundo = 0;
+    eddy__u32s_push(&B->emit_counts, (uint32_t)(B->emit_keys.ends.len - emit_mark));
+    eddy__u32s_push(&B->write_counts, (uint32_t)B->touched.len);
+    eddy__values *v = &B->keys[k];
+    for (size_t t = 0; t < B->touched.len; t++) {
+      eddy__entry x = v->e[B->touched.ptr[t]];
+      eddy__strings_push(&B->write_names, B->names[x.name].s, B->names[x.name].len);
+      if (x.where == EDDY__DELETED) {
+        eddy__u32s_push(&B->deletes, (uint32_t)B->write_values.ends.len);
+        eddy__strings_push(&B->write_values, "", 0);
+      } else {
+        eddy__strings_push(&B->write_values, B->arena.ptr + x.off, x.len);
+      }
+    }
+    B->touched.len = 0;
+  }
+  B->active = false;
+done:
+  ret->emit_counts = eddy__list(&B->emit_counts);
+  ret->write_counts = eddy__list(&B->write_counts);
+  ret->emit_keys = eddy__column(&B->emit_keys);
+  ret->emit_payloads = eddy__column(&B->emit_payloads);
+  ret->write_names = eddy__column(&B->write_names);
+  ret->write_values = eddy__column(&B->write_values);
+  ret->deletes = eddy__list(&B->deletes);
+  ret->failed = eddy__list(&B->failed);
+  ret->reasons = eddy__column(&B->reasons);
+  ret->stop = stop;
+  operator_batch_free(in);
+}
+
+/* The result's buffers stay eddy.h's, reused by the next batch: this
+ * replaces the bindings' post-return function (weak, so that it can be),
+ * which would free them. */
+#define EDDY__EXPORT_BATCH(handle_fn)                                              \
+  void exports_operator_handle_batch(operator_batch_t *batch, operator_batch_result_t *ret) { \
+    eddy__run_batch(batch, ret, handle_fn);                                        \
+  }                                                                                \
+  __attribute__((__export_name__("cabi_post_handle-batch")))                       \
+  void __wasm_export_exports_operator_handle_batch_post_return(uint8_t *ret) { (void)ret; }
+#else
+#define EDDY__EXPORT_BATCH(handle_fn)
+#endif
 
 /* Exports `init_fn` and `handle_fn` as the operator's `init` and `handle`.
  * Use once, in one source file. Empty config text counts as `{}`; config
@@ -1111,6 +1636,7 @@ static inline bool eddy__result(eddy_error e, operator_string_t *err) {
     free((char *)ev.key);                                                          \
     free((char *)ev.value);                                                        \
     return eddy__result(e, err);                                                   \
-  }
+  }                                                                                \
+  EDDY__EXPORT_BATCH(handle_fn)
 
 #endif /* EDDY_H */

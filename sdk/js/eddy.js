@@ -1142,7 +1142,14 @@ export const log = {
 
 /** The event being handled. */
 export class Event {
-  constructor(raw) {
+  /** From the host's event record (`new Event(raw)`), or its parts. */
+  constructor(raw, value, time) {
+    if (value !== undefined) {
+      this.key = raw;
+      this.value = value;
+      this.time = time;
+      return;
+    }
     /** The routing key; state calls act on this key. */
     this.key = raw.key;
     /** The payload bytes (Uint8Array): the input line or the previous emit. */
@@ -1236,16 +1243,18 @@ class ValueHandle {
   }
   /** The current key's value, or null when it has none. */
   get() {
-    const bytes = state.get(this.name);
+    const bytes = batch === null ? state.get(this.name) : batch.get(this.name);
     return bytes == null ? null : decode(this.name, bytes, this.shape);
   }
   /** Stores `value` for the current key. */
   set(value) {
-    state.set(this.name, encode(this.name, value, this.shape));
+    const bytes = encode(this.name, value, this.shape);
+    if (batch === null) state.set(this.name, bytes);
+    else batch.set(this.name, bytes);
   }
   /** Removes the value; returns whether there was one. */
   delete() {
-    return state.delete(this.name);
+    return batch === null ? state.delete(this.name) : batch.delete(this.name);
   }
   /** Reads the value (or `initial`), applies `f`, stores and returns the result. */
   update(f, initial) {
@@ -1263,23 +1272,28 @@ class MapHandle {
   }
   /** The value of `field`, or null when missing. */
   get(field) {
+    if (batch !== null) batch.stop();
     const bytes = state.mapGet(this.name, field);
     return bytes == null ? null : decode(this.name, bytes, this.shape);
   }
   /** Sets `field` to `value`. */
   set(field, value) {
+    if (batch !== null) batch.stop();
     state.mapSet(this.name, field, encode(this.name, value, this.shape));
   }
   /** Removes `field`; returns whether it existed. */
   delete(field) {
+    if (batch !== null) batch.stop();
     return state.mapDelete(this.name, field);
   }
   /** All [field, value] pairs, sorted by field. */
   entries() {
+    if (batch !== null) batch.stop();
     return state.mapEntries(this.name).map(([k, bytes]) => [k, decode(this.name, bytes, this.shape)]);
   }
   /** The number of fields. */
   len() {
+    if (batch !== null) batch.stop();
     return state.mapLen(this.name);
   }
 }
@@ -1293,14 +1307,17 @@ class ListHandle {
   }
   /** Appends `item`; returns the new length. */
   push(item) {
+    if (batch !== null) batch.stop();
     return state.listPush(this.name, encode(this.name, item, this.shape));
   }
   /** The number of items. */
   len() {
+    if (batch !== null) batch.stop();
     return state.listLen(this.name);
   }
   /** Items with index in [start, end) (clamped), oldest first. */
   range(start, end = U32_MAX) {
+    if (batch !== null) batch.stop();
     return state.listRange(this.name, start, end).map((bytes) => decode(this.name, bytes, this.shape));
   }
   /** All items, oldest first. */
@@ -1314,6 +1331,7 @@ class ListHandle {
   }
   /** Keeps only the newest `keep` items; returns how many were dropped. */
   trim(keep) {
+    if (batch !== null) batch.stop();
     return state.listTrim(this.name, keep);
   }
 }
@@ -1334,6 +1352,7 @@ export function List(name, shape = 'any') {
 
 /** Removes all state of the current key for this operator. */
 export function clearKey() {
+  if (batch !== null) batch.stop();
   state.clear();
 }
 
@@ -1342,12 +1361,312 @@ export function clearKey() {
 
 /** Emits `value` as JSON (written as `shape`), keyed by `key`. */
 export function emit(key, value, shape) {
-  hostEmit(key, encode('emitted value', value, shape));
+  const bytes = encode('emitted value', value, shape);
+  if (batch === null) hostEmit(key, bytes);
+  else batch.emit(key, bytes);
 }
 
 /** Emits raw payload bytes (a Uint8Array, or a string sent as UTF-8). */
 export function emitRaw(key, bytes) {
-  hostEmit(key, toBytes(bytes));
+  if (batch === null) hostEmit(key, toBytes(bytes));
+  else batch.emit(key, toBytes(bytes));
+}
+
+// ---------------------------------------------------------------------------
+// The batched fast path (`handle-batch`)
+//
+// The host hands the operator many events at once, with the single values
+// of their keys; `handleBatch` runs the operator's `handle` on each, serving
+// `Value` reads from the batch (with the writes of earlier events of the
+// batch) and buffering writes and emits per event, and returns them all in
+// one result. As in the Rust SDK: an event that throws gets a `failed`
+// outcome and none of its writes or emits; an event that uses a map, a list
+// or `clearKey` gets `stop` (the batch carries only single values): the host
+// then handles it and the rest with `handle`, where those calls go to it.
+
+/** Thrown by map, list and clearKey calls during a batch. */
+class StopSignal {}
+const STOP_SIGNAL = new StopSignal();
+
+/** The running batch, or null (state calls go to the host). */
+let batch = null;
+
+/** A growing list of u32 (a `list<u32>` column of the result). */
+class U32s {
+  constructor(capacity) {
+    this.a = new Uint32Array(Math.max(16, capacity));
+    this.n = 0;
+  }
+  push(v) {
+    if (this.n === this.a.length) {
+      const grown = new Uint32Array(this.a.length * 2);
+      grown.set(this.a);
+      this.a = grown;
+    }
+    this.a[this.n++] = v;
+  }
+  column() {
+    return this.a.subarray(0, this.n);
+  }
+}
+
+/** A growing `strings` column of the result: bytes and end offsets. */
+class Strings {
+  constructor(bytes, count) {
+    this.bytes = new Uint8Array(Math.max(64, bytes));
+    this.len = 0;
+    this.ends = new U32s(count);
+  }
+  reserve(n) {
+    if (this.len + n <= this.bytes.length) return;
+    let cap = this.bytes.length * 2;
+    while (cap < this.len + n) cap *= 2;
+    const grown = new Uint8Array(cap);
+    grown.set(this.bytes.subarray(0, this.len));
+    this.bytes = grown;
+  }
+  push(bytes) {
+    const len = this.len + bytes.length;
+    if (len > this.bytes.length) this.reserve(bytes.length);
+    this.bytes.set(bytes, this.len);
+    this.len = len;
+    const ends = this.ends;
+    if (ends.n === ends.a.length) ends.push(len);
+    else ends.a[ends.n++] = len;
+  }
+  pushText(text) {
+    this.reserve(text.length * 3); // at most 3 bytes per UTF-16 unit
+    this.len += utf8Encoder.encodeInto(text, this.bytes.subarray(this.len)).written;
+    this.ends.push(this.len);
+  }
+  /** Drops the strings from index `count` on. */
+  truncate(count) {
+    this.ends.n = count;
+    this.len = count === 0 ? 0 : this.ends.a[count - 1];
+  }
+  column() {
+    return { bytes: this.bytes.subarray(0, this.len), ends: this.ends.column() };
+  }
+}
+
+/** String `i` of a `strings` column of the batch (a view, not a copy). */
+function stringAt(column, i) {
+  return column.bytes.subarray(i === 0 ? 0 : column.ends[i - 1], column.ends[i]);
+}
+
+/**
+ * One `handleBatch` call: the batch's columns, the keys' views of their
+ * values and the result's columns being built.
+ */
+class Batch {
+  constructor(input) {
+    this.input = input;
+    const n = input.keys.ends.length;
+    this.keyNames = new Array(n).fill(null); // decoded keys
+    this.views = new Array(n).fill(null); // Map name -> bytes (null: deleted)
+    // Per key, the index of its first value.
+    this.firstValues = new Uint32Array(n + 1);
+    for (let k = 0; k < n; k++) this.firstValues[k + 1] = this.firstValues[k] + input.valueCounts[k];
+    const events = input.eventKeys.length;
+    const size = input.payloads.bytes.length;
+    // One entry per event handled, set by index.
+    this.emitCounts = new Uint32Array(events);
+    this.writeCounts = new Uint32Array(events);
+    this.emitKeys = new Strings(events * 8, events);
+    this.emitPayloads = new Strings(size, events);
+    this.writeNames = new Strings(events * 8, events);
+    this.writeValues = new Strings(size, events);
+    this.deletes = new U32s(0);
+    this.failed = new U32s(0);
+    this.reasons = new Strings(0, 0);
+    this.nameBytes = new Map(); // a value name's UTF-8 bytes
+    this.keyBytes = new Array(n).fill(null); // a key's bytes (a view of the batch's)
+    // The current event's writes, in first-write order (a value is null for
+    // a delete). Operators write a handful of names: arrays, searched.
+    this.pendingNames = [];
+    this.pendingValues = [];
+    this.k = 0; // the current event's key index
+    this.key = '';
+    this.stopped = false;
+  }
+
+  keyName(k) {
+    let key = this.keyNames[k];
+    if (key === null) key = this.keyNames[k] = utf8Decoder.decode(stringAt(this.input.keys, k));
+    return key;
+  }
+
+  view() {
+    let v = this.views[this.k];
+    if (v === null) {
+      v = this.views[this.k] = new Map();
+      const { valueNames, valueBytes } = this.input;
+      for (let i = this.firstValues[this.k], end = this.firstValues[this.k + 1]; i < end; i++) {
+        v.set(utf8Decoder.decode(stringAt(valueNames, i)), stringAt(valueBytes, i));
+      }
+    }
+    return v;
+  }
+
+  // ---- state ----
+
+  get(name) {
+    const i = this.pendingNames.indexOf(name);
+    if (i >= 0) return this.pendingValues[i];
+    const v = this.view().get(name);
+    return v === undefined ? null : v;
+  }
+
+  set(name, bytes) {
+    const i = this.pendingNames.indexOf(name);
+    if (i >= 0) {
+      this.pendingValues[i] = bytes;
+    } else {
+      this.pendingNames.push(name);
+      this.pendingValues.push(bytes);
+    }
+  }
+
+  delete(name) {
+    const existed = this.get(name) !== null;
+    this.set(name, null);
+    return existed;
+  }
+
+  stop() {
+    this.stopped = true;
+    throw STOP_SIGNAL;
+  }
+
+  // ---- output ----
+
+  emit(key, bytes) {
+    if (key === this.key) {
+      let b = this.keyBytes[this.k];
+      if (b === null) b = this.keyBytes[this.k] = stringAt(this.input.keys, this.k);
+      this.emitKeys.push(b);
+    } else {
+      this.emitKeys.pushText(key);
+    }
+    this.emitPayloads.push(bytes);
+  }
+
+  /** Runs `handle` on every event; returns the batch result. */
+  run(handle) {
+    const { pendingNames, pendingValues, emitKeys, emitPayloads, writeNames, writeValues } = this;
+    const { emitCounts, writeCounts, keyNames } = this;
+    // Event times: `times[t]` is the time of event `timed[t]`; the others
+    // have none.
+    const { eventKeys, timed, times } = this.input;
+    let t = 0;
+    let nextTimed = timed.length !== 0 ? timed[0] : -1;
+    const payloads = this.input.payloads.bytes;
+    const payloadEnds = this.input.payloads.ends;
+    let stop = false;
+    let i = 0;
+    for (let start = 0, n = eventKeys.length; i < n; i++) {
+      const k = eventKeys[i];
+      this.k = k;
+      let key = keyNames[k];
+      if (key === null) key = this.keyName(k);
+      this.key = key;
+      const emitMark = emitKeys.ends.n;
+      const end = payloadEnds[i];
+      const value = payloads.subarray(start, end);
+      start = end;
+      let why = null;
+      try {
+        let time = null;
+        if (i === nextTimed) {
+          time = BigInt.asIntN(64, BigInt(times[t++]));
+          nextTimed = t < timed.length ? timed[t] : -1;
+        }
+        handle(new Event(key, value, time));
+      } catch (e) {
+        if (e !== STOP_SIGNAL) why = reason(e);
+      }
+      if (this.stopped || why !== null) {
+        // Nothing of the event takes effect.
+        pendingNames.length = pendingValues.length = 0;
+        emitKeys.truncate(emitMark);
+        emitPayloads.truncate(emitMark);
+        if (this.stopped) {
+          stop = true;
+          break;
+        }
+        this.failed.push(i);
+        this.reasons.pushText(why);
+        continue; // its counts stay 0
+      }
+      const nwrites = pendingNames.length;
+      emitCounts[i] = emitKeys.ends.n - emitMark;
+      writeCounts[i] = nwrites;
+      if (nwrites !== 0) {
+        const view = this.view();
+        for (let w = 0; w < nwrites; w++) {
+          const name = pendingNames[w];
+          const value = pendingValues[w];
+          let nameBytes = this.nameBytes.get(name);
+          if (nameBytes === undefined) {
+            nameBytes = utf8Encoder.encode(name);
+            this.nameBytes.set(name, nameBytes);
+          }
+          writeNames.push(nameBytes);
+          if (value === null) {
+            this.deletes.push(writeValues.ends.n);
+            writeValues.ends.push(writeValues.len);
+          } else {
+            writeValues.push(value);
+          }
+          view.set(name, value);
+        }
+        pendingNames.length = pendingValues.length = 0;
+      }
+    }
+    return {
+      emitCounts: emitCounts.subarray(0, i),
+      writeCounts: writeCounts.subarray(0, i),
+      emitKeys: emitKeys.column(),
+      emitPayloads: emitPayloads.column(),
+      writeNames: writeNames.column(),
+      writeValues: writeValues.column(),
+      deletes: this.deletes.column(),
+      failed: this.failed.column(),
+      reasons: this.reasons.column(),
+      stop,
+    };
+  }
+}
+
+/** What `operator()` defined, for `handleBatch`: `ready()` once `init`
+ * succeeded, and `handle(event)`. */
+let batchOperator = null;
+
+/**
+ * The component's `handle-batch` export. `eddy build` exports it next to the
+ * operator module's `init` and `handle`; it runs the handler given to
+ * `operator()`. A module that does not use `operator()` gets a `stop` for
+ * the first event, so the host handles it per event.
+ */
+export function handleBatch(input) {
+  if (batchOperator === null) {
+    // Nothing handled: the host handles the batch (and the next) per event.
+    const none = { bytes: new Uint8Array(0), ends: new Uint32Array(0) };
+    const no = new Uint32Array(0);
+    return {
+      emitCounts: no, writeCounts: no, emitKeys: none, emitPayloads: none, writeNames: none,
+      writeValues: none, deletes: no, failed: no, reasons: none, stop: input.eventKeys.length !== 0,
+    };
+  }
+  // A trap: the host replays the batch with `handle`, which reports it.
+  if (!batchOperator.ready()) throw new Error('handle-batch called before init');
+  const b = new Batch(input);
+  batch = b;
+  try {
+    return b.run(batchOperator.handle);
+  } finally {
+    batch = null;
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -1364,7 +1683,7 @@ export function emitRaw(key, bytes) {
 export function operator(def) {
   let settings;
   let ready = false;
-  return {
+  const exports = {
     init(configText) {
       try {
         const config = new Config(configText);
@@ -1383,4 +1702,9 @@ export function operator(def) {
       }
     },
   };
+  batchOperator = {
+    ready: () => ready,
+    handle: (event) => def.handle(event, settings),
+  };
+  return exports;
 }

@@ -40,6 +40,15 @@ a float (`40.0`, not `40`), like an `f64` field.
 Raise `eddy.Error("reason")` (or any exception) from `handle` to reject the
 event: none of its state writes or emits take effect and the event goes to
 the dead-letter output with the reason. From `init`, it refuses the config.
+
+Built for world `batched-operator` (`eddy build --world batched-operator`;
+`eddy build` builds Python operators for `operator` by default, where the
+per-event path measures faster), the component also exports the batched
+entry point `handle-batch`: `handle` then runs on each event of a batch,
+`Value` reads are served from the batch and writes and emits are kept per
+event, with the same results as one call per event. An event that uses
+`Map`, `List` or `clear_key` goes back to the host, which runs it and the
+rest per event.
 """
 
 import dataclasses
@@ -56,6 +65,15 @@ try:  # present inside the component (componentize-py generates it)
     from wit_world.imports import types as _wit_types
 except ImportError:  # plain CPython, e.g. to test `dumps`
     _Err = _wit_log = _wit_output = _wit_state = _wit_types = None
+try:  # the batched worlds (`batched-operator`, `full-operator`) only
+    from wit_world.imports import batch as _wit_batch
+except ImportError:
+    _wit_batch = None
+
+# Where state and emit calls go: the host's imports, or, during
+# `handle_batch`, the running batch (`_Batch`), which serves and buffers them.
+_state = _wit_state
+_output = _wit_output
 
 __all__ = [
     "Error", "Event", "Config", "Value", "Map", "List",
@@ -98,12 +116,16 @@ def _float(x):
     """Formats a float like serde_json 1.0.154 (its `zmij` formatter: the
     shortest round-trip digits, fixed notation for exponents -5..=15, else
     `d.ddde+N` / `d.ddde-N`); non-finite is null, as serde_json writes it."""
+    r = float.__repr__(x)
+    if "e" not in r and "n" not in r:
+        # Fixed notation, which Python uses for exponents -4..=15: the same
+        # text as serde_json's.
+        return r
     if x != x or x in (math.inf, -math.inf):
         return "null"
     if x == 0.0:
         return "-0.0" if math.copysign(1.0, x) < 0 else "0.0"
     # repr gives the shortest round-trip digits; only the layout differs.
-    r = repr(x)
     sign = ""
     if r[0] == "-":
         sign, r = "-", r[1:]
@@ -149,6 +171,20 @@ def _float_fields(cls):
 
 
 def _encode(o, out):
+    t = type(o)
+    if t is float:
+        out.append(_float(o))
+        return
+    if t is int:
+        out.append(int.__repr__(o))
+        return
+    if t is str:
+        out.append(_encode_str(o))
+        return
+    plan = _dataclass_plans.get(t)
+    if plan is not None:
+        _encode_dataclass(o, plan, out)
+        return
     if o is None:
         out.append("null")
     elif o is True:
@@ -182,20 +218,37 @@ def _encode(o, out):
             _encode(v, out)
         out.append("]")
     elif dataclasses.is_dataclass(o) and not isinstance(o, type):
-        floats = _float_fields(type(o))
-        out.append("{")
-        for i, f in enumerate(dataclasses.fields(o)):
-            v = getattr(o, f.name)
-            if f.name in floats and isinstance(v, int) and not isinstance(v, bool):
-                v = float(v)
-            if i:
-                out.append(",")
-            out.append(_encode_str(f.name))
-            out.append(":")
-            _encode(v, out)
-        out.append("}")
+        floats = _float_fields(t)
+        plan = _dataclass_plans[t] = tuple(
+            (f.name, ("," if i else "{") + _encode_str(f.name) + ":", f.name in floats)
+            for i, f in enumerate(dataclasses.fields(o))
+        )
+        _encode_dataclass(o, plan, out)
     else:
         raise TypeError(f"cannot encode a {type(o).__name__} as JSON")
+
+
+# dataclass -> its fields as (name, `{"name":` or `,"name":`, float field).
+_dataclass_plans = {}
+
+
+def _encode_dataclass(o, plan, out):
+    if not plan:
+        out.append("{}")
+        return
+    for name, prefix, is_float in plan:
+        v = getattr(o, name)
+        out.append(prefix)
+        t = type(v)
+        if t is float:
+            out.append(_float(v))
+        elif t is int:
+            out.append(_float(float(v)) if is_float else int.__repr__(v))
+        else:
+            if is_float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            _encode(v, out)
+    out.append("}")
 
 
 def dumps(obj):
@@ -219,12 +272,24 @@ def _finite(text):
 _decoder = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
 
 
+_scan = _decoder.scan_once
+_space = json.decoder.WHITESPACE.match
+
+
 def loads(data):
     """Parses JSON text (str or UTF-8 bytes) strictly, as serde_json does:
     no NaN/Infinity, no trailing text."""
     if not isinstance(data, str):
         data = bytes(data).decode("utf-8")
-    return _decoder.decode(data)
+    # What `_decoder.decode(data)` does, with the same errors, in one call.
+    try:
+        value, end = _scan(data, _space(data, 0).end())
+    except StopIteration as e:
+        raise json.JSONDecodeError("Expecting value", data, e.value) from None
+    end = _space(data, end).end()
+    if end != len(data):
+        raise json.JSONDecodeError("Extra data", data, end)
+    return value
 
 
 def number(v, default=0.0):
@@ -266,54 +331,126 @@ def decode(tp, v, deny_unknown=False):
     (no check). Raises `Error` naming the problem."""
     if tp is None or tp is typing.Any:
         return v
+    try:
+        f = _decoders[tp, deny_unknown]
+    except KeyError:
+        f = _decoders[tp, deny_unknown] = _make_decoder(tp, deny_unknown)
+    except TypeError:  # an unhashable annotation: not cached
+        f = _make_decoder(tp, deny_unknown)
+    return f(v)
+
+
+# (type, deny_unknown) -> the function `decode` applies: each type's checks
+# and its dataclass fields' types are worked out once, not per value.
+_decoders = {}
+
+
+def _identity(v):
+    return v
+
+
+def _decode_float(v):
+    if type(v) is float:
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise Error(f"invalid type: {_type_name(v)}, expected f64")
+    return float(v)
+
+
+def _field_decoder(tp):
+    """The function `decode(tp, v)` applies to `v`."""
+    if tp is None or tp is typing.Any:
+        return _identity
+    try:
+        f = _decoders.get((tp, False))
+        if f is None:
+            f = _decoders[tp, False] = _make_decoder(tp, False)
+        return f
+    except TypeError:  # an unhashable annotation: not cached
+        return lambda v: decode(tp, v)
+
+
+def _make_decoder(tp, deny_unknown):
+    """The function that converts parsed JSON to `tp` (see `decode`)."""
+    if tp is None or tp is typing.Any:
+        return _identity
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if _is_union(tp) and type(None) in args:
-        if v is None:
-            return None
         rest = [a for a in args if a is not type(None)]
-        return decode(rest[0] if len(rest) == 1 else None, v, deny_unknown)
+        inner = rest[0] if len(rest) == 1 else None
+
+        def optional(v):
+            return None if v is None else decode(inner, v, deny_unknown)
+
+        return optional
     if dataclasses.is_dataclass(tp):
-        if not isinstance(v, dict):
-            raise Error(f"invalid type: {_type_name(v)}, expected struct {tp.__name__}")
         fields = dataclasses.fields(tp)
-        if deny_unknown:
-            names = [f.name for f in fields]
-            for k in v:
-                if k not in names:
-                    expected = ", ".join(f"`{n}`" for n in names)
-                    raise Error(f"unknown field `{k}`, expected one of {expected}")
+        names = [f.name for f in fields]
+        expected = ", ".join(f"`{n}`" for n in names)
         hints = typing.get_type_hints(tp)
-        kwargs = {}
-        for f in fields:
-            kwargs[f.name] = decode(hints[f.name], v[f.name]) if f.name in v else _missing(f)
-        return tp(**kwargs)
+        # (name, decoder, field): the fields' decoders are looked up on first
+        # use, once this one is cached, so a dataclass may refer to itself.
+        plan = []
+
+        def dataclass(v):
+            if not isinstance(v, dict):
+                raise Error(f"invalid type: {_type_name(v)}, expected struct {tp.__name__}")
+            if deny_unknown:
+                for k in v:
+                    if k not in names:
+                        raise Error(f"unknown field `{k}`, expected one of {expected}")
+            if not plan and fields:
+                plan[:] = [(f.name, _field_decoder(hints[f.name]), f) for f in fields]
+            kwargs = {}
+            for name, dec, f in plan:
+                if name in v:
+                    kwargs[name] = dec(v[name])
+                else:
+                    kwargs[name] = _missing(f)
+            return tp(**kwargs)
+
+        return dataclass
     if tp is float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise Error(f"invalid type: {_type_name(v)}, expected f64")
-        return float(v)
+        return _decode_float
     if tp is int or tp in _INT_RANGES:
         name, lo, hi = _INT_RANGES.get(tp, ("an integer", None, None))
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise Error(f"invalid type: {_type_name(v)}, expected {name}")
-        if lo is not None and not lo <= v <= hi:
-            raise Error(f"invalid value: integer `{v}`, expected {name}")
-        return int(v)
+
+        def integer(v):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise Error(f"invalid type: {_type_name(v)}, expected {name}")
+            if lo is not None and not lo <= v <= hi:
+                raise Error(f"invalid value: integer `{v}`, expected {name}")
+            return int(v)
+
+        return integer
     if tp in (str, bool):
-        if type(v) is not tp:
-            expected = "a string" if tp is str else "a boolean"
-            raise Error(f"invalid type: {_type_name(v)}, expected {expected}")
-        return v
+        what = "a string" if tp is str else "a boolean"
+
+        def exact(v):
+            if type(v) is not tp:
+                raise Error(f"invalid type: {_type_name(v)}, expected {what}")
+            return v
+
+        return exact
     if tp is list or origin is list:
-        if not isinstance(v, list):
-            raise Error(f"invalid type: {_type_name(v)}, expected a sequence")
         item = args[0] if args else None
-        return [decode(item, x) for x in v]
+
+        def sequence(v):
+            if not isinstance(v, list):
+                raise Error(f"invalid type: {_type_name(v)}, expected a sequence")
+            return [decode(item, x) for x in v]
+
+        return sequence
     if tp is dict or origin is dict:
-        if not isinstance(v, dict):
-            raise Error(f"invalid type: {_type_name(v)}, expected a map")
         item = args[1] if len(args) == 2 else None
-        return {k: decode(item, x) for k, x in v.items()}
-    return v
+
+        def mapping(v):
+            if not isinstance(v, dict):
+                raise Error(f"invalid type: {_type_name(v)}, expected a map")
+            return {k: decode(item, x) for k, x in v.items()}
+
+        return mapping
+    return _identity
 
 
 # ---- events and config -------------------------------------------------------
@@ -420,15 +557,15 @@ class Value:
 
     def get(self, default=None):
         """The current key's value, or `default` when it has none."""
-        data = _wit_state.get(self.name)
+        data = _state.get(self.name)
         return default if data is None else _decode_state(self.name, self.tp, data)
 
     def set(self, value):
-        _wit_state.set(self.name, _encode_state(self.name, value))
+        _state.set(self.name, _encode_state(self.name, value))
 
     def delete(self):
         """Removes the value; returns whether there was one."""
-        return _wit_state.delete(self.name)
+        return _state.delete(self.name)
 
 
 class Map:
@@ -439,23 +576,23 @@ class Map:
         self.tp = tp
 
     def get(self, field, default=None):
-        data = _wit_state.map_get(self.name, field)
+        data = _state.map_get(self.name, field)
         return default if data is None else _decode_state(self.name, self.tp, data)
 
     def set(self, field, value):
-        _wit_state.map_set(self.name, field, _encode_state(self.name, value))
+        _state.map_set(self.name, field, _encode_state(self.name, value))
 
     def delete(self, field):
         """Removes `field`; returns whether it existed."""
-        return _wit_state.map_delete(self.name, field)
+        return _state.map_delete(self.name, field)
 
     def entries(self):
         """All `(field, value)` pairs, sorted by field."""
         return [(k, _decode_state(self.name, self.tp, b))
-                for k, b in _wit_state.map_entries(self.name)]
+                for k, b in _state.map_entries(self.name)]
 
     def len(self):
-        return _wit_state.map_len(self.name)
+        return _state.map_len(self.name)
 
     __len__ = len
 
@@ -469,10 +606,10 @@ class List:
 
     def push(self, item):
         """Appends `item`; returns the new length."""
-        return _wit_state.list_push(self.name, _encode_state(self.name, item))
+        return _state.list_push(self.name, _encode_state(self.name, item))
 
     def len(self):
-        return _wit_state.list_len(self.name)
+        return _state.list_len(self.name)
 
     __len__ = len
 
@@ -481,7 +618,7 @@ class List:
         start = min(max(start, 0), _U32_MAX)
         end = min(max(end, 0), _U32_MAX)
         return [_decode_state(self.name, self.tp, b)
-                for b in _wit_state.list_range(self.name, start, end)]
+                for b in _state.list_range(self.name, start, end)]
 
     def all(self):
         return self.range(0, _U32_MAX)
@@ -493,12 +630,12 @@ class List:
 
     def trim(self, keep):
         """Keeps only the newest `keep` items; returns how many were dropped."""
-        return _wit_state.list_trim(self.name, min(max(keep, 0), _U32_MAX))
+        return _state.list_trim(self.name, min(max(keep, 0), _U32_MAX))
 
 
 def clear_key():
     """Removes all state of the current key for this operator."""
-    _wit_state.clear()
+    _state.clear()
 
 
 # ---- output and log ------------------------------------------------------------
@@ -506,12 +643,12 @@ def clear_key():
 
 def emit(key, value):
     """Emits `value` encoded as JSON (see `dumps`), keyed by `key`."""
-    _wit_output.emit(key, _encode_state("emitted value", value))
+    _output.emit(key, _encode_state("emitted value", value))
 
 
 def emit_raw(key, value):
     """Emits raw payload bytes keyed by `key`."""
-    _wit_output.emit(key, bytes(value))
+    _output.emit(key, bytes(value))
 
 
 class log:
@@ -534,6 +671,203 @@ class log:
         _wit_log.log(_wit_types.Level.ERROR, str(message))
 
 
+# ---- the batched fast path --------------------------------------------------
+
+
+class _Stop(BaseException):
+    """Raised by map, list and `clear_key` calls during a batch: the batch
+    carries only single values, so the event goes to the per-event path. A
+    BaseException, so that an operator's `except Exception` lets it through."""
+
+
+_MISSING = object()
+
+
+class _Batch:
+    """One `handle_batch` call. It stands in for the `state` and `output`
+    imports while the operator handles the batch's events: single values are
+    served from the batch (with the writes of earlier events of the batch),
+    the current event's writes are kept in `pending` (first-write order) and
+    its emits go straight into the result's columns; when the event ends
+    they are kept (ok) or dropped (error, stop)."""
+
+    __slots__ = (
+        "view", "pending", "stopped", "key", "key_bytes", "emit_keys",
+        "emit_key_ends", "emit_payloads", "emit_payload_ends",
+    )
+
+    def __init__(self):
+        self.view = None  # the current key's values: name -> bytes or None
+        self.pending = {}  # the current event's writes: name -> bytes or None
+        self.stopped = False
+        self.key = None  # the current event's key, and as bytes
+        self.key_bytes = b""
+        # The result's `emit-keys` and `emit-payloads` columns.
+        self.emit_keys = bytearray()
+        self.emit_key_ends = []
+        self.emit_payloads = bytearray()
+        self.emit_payload_ends = []
+
+    # ---- state.* -------------------------------------------------------------
+
+    def get(self, name):
+        v = self.pending.get(name, _MISSING)
+        return self.view.get(name) if v is _MISSING else v
+
+    def set(self, name, value):
+        self.pending[name] = value
+
+    def delete(self, name):
+        existed = self.get(name) is not None
+        self.pending[name] = None
+        return existed
+
+    def stop(self, *_args):
+        self.stopped = True
+        raise _Stop()
+
+    map_get = map_set = map_delete = map_entries = map_len = stop
+    list_push = list_len = list_range = list_trim = clear = stop
+
+    # ---- output.emit ---------------------------------------------------------
+
+    def emit(self, key, value):
+        keys = self.emit_keys
+        keys += self.key_bytes if key == self.key else key.encode()
+        self.emit_key_ends.append(len(keys))
+        payloads = self.emit_payloads
+        payloads += value
+        self.emit_payload_ends.append(len(payloads))
+
+
+def _run_batch(batch, handle):
+    """Runs `handle` on every event of `batch` as the per-event path would
+    (same state, same emits, same errors); returns the `BatchResult`.
+
+    The batch and the result are columns (`wit/batch.wit`): byte strings in
+    one buffer with their end offsets, and lists of numbers. The result's
+    byte columns are built in bytearrays."""
+    global _state, _output
+    keys = batch.keys
+    key_data, key_ends = keys.bytes, keys.ends
+    value_counts = batch.value_counts
+    names, values = batch.value_names, batch.value_bytes
+    name_data, name_ends = names.bytes, names.ends
+    value_data, value_ends = values.bytes, values.ends
+    payloads = batch.payloads
+    payload_data, payload_ends = payloads.bytes, payloads.ends
+    # Event times: `times[t]` is the time of event `timed[t]`; the others
+    # have none.
+    timed, times = batch.timed, batch.times
+    t = 0
+    next_timed = timed[0] if timed else -1
+    nkeys = len(key_ends)
+    first_values = [0]  # per key, the index of its first value
+    for n in value_counts:
+        first_values.append(first_values[-1] + n)
+    key_names = [None] * nkeys
+    key_bytes = [None] * nkeys
+    views = [None] * nkeys
+    name_bytes = {}  # value name -> its UTF-8 bytes
+    b = _Batch()
+    pending = b.pending
+    emit_keys, emit_key_ends = b.emit_keys, b.emit_key_ends
+    emit_payloads, emit_payload_ends = b.emit_payloads, b.emit_payload_ends
+    emit_counts = []
+    write_counts = []
+    write_names = bytearray()
+    write_name_ends = []
+    write_values = bytearray()
+    write_value_ends = []
+    deletes = []
+    failed = []
+    reasons = bytearray()
+    reason_ends = []
+    stop = False
+    start = 0  # of the event's payload
+    _state = _output = b
+    try:
+        for i, k in enumerate(batch.event_keys):
+            view = views[k]
+            if view is None:
+                raw = key_bytes[k] = key_data[key_ends[k - 1] if k else 0:key_ends[k]]
+                key = key_names[k] = raw.decode()
+                view = views[k] = {}
+                for j in range(first_values[k], first_values[k + 1]):
+                    a = name_ends[j - 1] if j else 0
+                    c = value_ends[j - 1] if j else 0
+                    view[name_data[a:name_ends[j]].decode()] = value_data[c:value_ends[j]]
+            else:
+                key = key_names[k]
+            b.view = view
+            b.key = key
+            b.key_bytes = key_bytes[k]
+            end = payload_ends[i]
+            emit_mark = len(emit_key_ends)
+            if i == next_timed:
+                time = times[t]
+                t += 1
+                next_timed = timed[t] if t < len(timed) else -1
+            else:
+                time = None
+            reason = None
+            try:
+                handle(Event(key, payload_data[start:end], time))
+            except _Stop:
+                pass
+            except Exception as e:
+                reason = _reason(e)
+            start = end
+            if b.stopped or reason is not None:
+                # Nothing of the event takes effect.
+                pending.clear()
+                if len(emit_key_ends) > emit_mark:
+                    del emit_keys[emit_key_ends[emit_mark - 1] if emit_mark else 0:]
+                    del emit_payloads[emit_payload_ends[emit_mark - 1] if emit_mark else 0:]
+                    del emit_key_ends[emit_mark:], emit_payload_ends[emit_mark:]
+                if b.stopped:
+                    stop = True
+                    break
+                failed.append(i)
+                reasons += reason.encode("utf-8", "replace")
+                reason_ends.append(len(reasons))
+                emit_counts.append(0)
+                write_counts.append(0)
+                continue
+            emit_counts.append(len(emit_key_ends) - emit_mark)
+            write_counts.append(len(pending))
+            if pending:
+                for name, value in pending.items():
+                    n = name_bytes.get(name)
+                    if n is None:
+                        n = name_bytes[name] = name.encode()
+                    write_names += n
+                    write_name_ends.append(len(write_names))
+                    if value is None:
+                        deletes.append(len(write_value_ends))
+                    else:
+                        write_values += value
+                    write_value_ends.append(len(write_values))
+                    view[name] = value
+                pending.clear()
+    finally:
+        _state = _wit_state
+        _output = _wit_output
+    strings = _wit_batch.Strings
+    return _wit_batch.BatchResult(
+        emit_counts=emit_counts,
+        write_counts=write_counts,
+        emit_keys=strings(bytes(emit_keys), emit_key_ends),
+        emit_payloads=strings(bytes(emit_payloads), emit_payload_ends),
+        write_names=strings(bytes(write_names), write_name_ends),
+        write_values=strings(bytes(write_values), write_value_ends),
+        deletes=deletes,
+        failed=failed,
+        reasons=strings(bytes(reasons), reason_ends),
+        stop=stop,
+    )
+
+
 # ---- export ----------------------------------------------------------------------
 
 
@@ -550,7 +884,9 @@ def export(cls):
         WitWorld = eddy.export(MyOperator)
 
     `init` makes one `cls()` and calls its `init(config)`; `handle` calls its
-    `handle(event)`. An exception from either becomes the `err` result."""
+    `handle(event)`, and `handle_batch` (the batched fast path) calls it on
+    each event of a batch. An exception from either becomes the `err`
+    result (for `handle_batch`: that event's `failed` outcome)."""
     import wit_world
 
     instance = []
@@ -574,5 +910,11 @@ def export(cls):
                 instance[0].handle(Event(event.key, event.value, event.time))
             except Exception as e:
                 raise _Err(_reason(e))
+
+        def handle_batch(self, batch):
+            if not instance:
+                # A trap: the host replays the batch with `handle`.
+                raise RuntimeError("handle-batch called before init")
+            return _run_batch(batch, instance[0].handle)
 
     return WitWorld

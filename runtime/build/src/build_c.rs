@@ -3,11 +3,14 @@
 //! The steps, each named in the error when it fails:
 //!
 //! 1. **wit**: load the WIT package in `wit_dir` and select `world`;
-//! 2. **bindings**: generate the C bindings for that world (`<world>.h`,
-//!    `<world>.c` and `<world>_component_type.o`, an object file carrying the
-//!    component type) into a temporary directory;
+//! 2. **bindings**: generate the C bindings for that world, named after
+//!    `operator` whatever the world (`operator.h`, `operator.c` and
+//!    `operator_component_type.o`, an object file carrying the component
+//!    type) into a temporary directory;
 //! 3. **clang**: compile and link the operator's sources with the bindings
-//!    into a `wasm32-wasi` (WASI preview 1) *reactor* core module;
+//!    into a `wasm32-wasi` (WASI preview 1) *reactor* core module, with
+//!    `EDDY_HANDLE_BATCH` defined when the world exports `handle-batch`
+//!    (eddy.h then implements it);
 //! 4. **component**: turn the core module into a component, adapting its
 //!    preview 1 imports to WASI preview 2 with the reactor adapter, and write
 //!    it to `out`.
@@ -30,7 +33,7 @@ const APT_HINT: &str = "install the C toolchain for WebAssembly, on Debian/Ubunt
 /// the WIT package in `wit_dir`.
 ///
 /// `include_dirs` are passed to clang as `-I` (the generated bindings'
-/// directory always is, so sources can `#include "<world>.h"`). The sources
+/// directory always is, so sources can `#include "operator.h"`). The sources
 /// implement the world's exports as the generated header declares them.
 /// Clang's warnings are printed to stderr; when it fails, the error carries
 /// its stderr.
@@ -53,6 +56,10 @@ pub fn build_c(
     let world_id = resolve
         .select_world(&[pkg], Some(world))
         .with_context(|| format!("wit: no world `{world}` in {}", wit_dir.display()))?;
+    let batched = resolve.worlds[world_id]
+        .exports
+        .keys()
+        .any(|k| matches!(k, wit_parser::WorldKey::Name(n) if n == "handle-batch"));
 
     // 2. Bindings.
     let tmp = tempfile::Builder::new()
@@ -62,10 +69,17 @@ pub fn build_c(
     let gen_dir = tmp.path().join("bindings");
     std::fs::create_dir(&gen_dir).context("bindings: cannot create the bindings directory")?;
     let mut files = wit_bindgen_core::Files::default();
-    wit_bindgen_c::Opts::default()
-        .build()
-        .generate(&mut resolve, world_id, &mut files)
-        .context("bindings: cannot generate C bindings")?;
+    // Whatever the world, the bindings are named after `operator`
+    // (`operator.h`, `operator_string_t`, `exports_operator_handle`), so
+    // eddy.h serves every world; it exports `handle-batch` when the world
+    // has it.
+    wit_bindgen_c::Opts {
+        rename_world: Some("operator".into()),
+        ..Default::default()
+    }
+    .build()
+    .generate(&mut resolve, world_id, &mut files)
+    .context("bindings: cannot generate C bindings")?;
     let mut generated = Vec::new();
     for (name, bytes) in files.iter() {
         let path = gen_dir.join(name);
@@ -84,6 +98,10 @@ pub fn build_c(
     // section stays for readable backtraces.
     let flags = ["-mexec-model=reactor", "-O2", "-Wall", "-Wl,--strip-debug"];
     cmd.arg("--target=wasm32-wasi").args(flags);
+    if batched {
+        // eddy.h then exports `handle-batch` too.
+        cmd.arg("-DEDDY_HANDLE_BATCH=1");
+    }
     if let Some(sysroot) = wasi_sysroot()? {
         cmd.arg(format!("--sysroot={}", sysroot.display()));
     }

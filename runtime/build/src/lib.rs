@@ -41,6 +41,18 @@ pub const JS_SDK: &str = include_str!("../../../sdk/js/eddy.js");
 /// The C SDK header (`#include "eddy.h"`).
 pub const C_SDK: &str = include_str!("../../../sdk/c/eddy.h");
 
+/// The world `eddy build` builds an operator in `lang` against when
+/// `--world` is not given: `batched-operator` (the SDK's `handle-batch`)
+/// for JavaScript and C, where the batched path is faster; `operator`
+/// (per-event `handle` only) for Python, where it is not (measured in
+/// docs/performance.md). Rust operators choose theirs through the SDK.
+pub fn default_world(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Js | Lang::C => "batched-operator",
+        Lang::Python | Lang::Rust => "operator",
+    }
+}
+
 /// Source languages `eddy build` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Lang {
@@ -76,11 +88,16 @@ pub struct BuildArgs {
     /// The source language, when the directory holds more than one.
     #[arg(long)]
     pub lang: Option<Lang>,
-    /// The world to build against (`operator`, or `migrating-operator` for
-    /// an operator that exports `migrate`). Rust operators choose theirs
-    /// through the SDK.
-    #[arg(long, default_value = "operator")]
-    pub world: String,
+    /// The world to build against [default: `batched-operator` for
+    /// JavaScript and C, `operator` for Python]. The Python, JavaScript and
+    /// C SDKs implement `batched-operator`: `init`, `handle` and the
+    /// batched fast path `handle-batch`; `operator` leaves `handle-batch`
+    /// out (in Python the per-event path is the faster one).
+    /// `full-operator` adds `migrate`, which the operator must then export
+    /// itself; `migrating-operator` is `operator` with `migrate`. Rust
+    /// operators choose theirs through the SDK.
+    #[arg(long)]
+    pub world: Option<String>,
 }
 
 impl Lang {
@@ -120,7 +137,8 @@ pub fn run(a: BuildArgs) -> Result<()> {
         }
     };
     let t = Instant::now();
-    build(lang, dir, &a.world, &out)?;
+    let world = a.world.as_deref().unwrap_or(default_world(lang));
+    build(lang, dir, world, &out)?;
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     eprintln!(
         "eddy: built {} ({}, {:.1} MB) from {} in {:.1}s",
@@ -211,6 +229,21 @@ fn scratch(sdk: Option<(&str, &str)>) -> Result<tempfile::TempDir> {
         std::fs::write(tmp.path().join("sdk").join(name), text)?;
     }
     Ok(tmp)
+}
+
+/// Whether `world` of the WIT package in `wit_dir` exports `function`.
+fn world_exports(wit_dir: &Path, world: &str, function: &str) -> Result<bool> {
+    let mut resolve = wit_parser::Resolve::default();
+    let (pkg, _) = resolve
+        .push_dir(wit_dir)
+        .with_context(|| format!("cannot load WIT from {}", wit_dir.display()))?;
+    let id = resolve
+        .select_world(&[pkg], Some(world))
+        .with_context(|| format!("no world `{world}` in the contract"))?;
+    Ok(resolve.worlds[id]
+        .exports
+        .keys()
+        .any(|k| matches!(k, wit_parser::WorldKey::Name(n) if n == function)))
 }
 
 /// Runs `cmd`, failing with its output when it fails.
@@ -422,9 +455,25 @@ fn js(dir: &Path, world: &str, out: &Path) -> Result<()> {
         std::fs::copy(&f, op.join(f.file_name().unwrap()))
             .with_context(|| format!("copying {}", f.display()))?;
     }
+    let main = Path::new("op").join(main.file_name().unwrap());
+    // The world's `handle-batch` is eddy.js's `handleBatch`, which runs the
+    // handler the operator module gave `operator()`: an entry module
+    // re-exports both, so the operator's source stays as it is.
+    let entry = if world_exports(&tmp.path().join("wit"), world, "handle-batch")? {
+        std::fs::write(
+            tmp.path().join("main.js"),
+            format!(
+                "export * from './op/{}';\nexport {{ handleBatch }} from './eddy.js';\n",
+                main.file_name().unwrap().to_string_lossy()
+            ),
+        )?;
+        PathBuf::from("main.js")
+    } else {
+        main
+    };
     let mut cmd = Command::new(tool);
     cmd.current_dir(tmp.path())
-        .arg(Path::new("op").join(main.file_name().unwrap()))
+        .arg(entry)
         .args(["--wit", "wit", "--world-name", world])
         .args([
             "--disable",

@@ -3,16 +3,28 @@
 //! and final state bytes on the same input; a Rust counter hot-swapped for
 //! the Python one mid-stream keeps its counts.
 //!
+//! Each SDK has the batched fast path (`handle-batch`, world
+//! `batched-operator`, what `eddy build` builds JavaScript and C operators
+//! for) and the per-event path alone (world `operator`, Python's default):
+//! every twin is checked on both. The `faulty` twins
+//! (`tests/fixtures/{python,js,c}/faulty`, after the Rust
+//! `tests/fixtures/faulty`) check the batched path's corner cases against
+//! Rust byte for byte and assert that they ran batched: events that fail in
+//! the middle of a batch, writes repeated or deleted within an event and
+//! read by the key's later events of the batch, and an event that uses map
+//! state, which moves the operator to the per-event path from that event
+//! on.
+//!
 //! A language whose toolchain is missing is skipped with a message saying
 //! how to install it, except under CI (`CI` set), where that fails the test.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use eddy_build::{self as build, Lang};
-use eddy_runtime::{Pipeline, Store};
-use eddy_tests::{COUNTER, FRAUD};
+use eddy_runtime::{EventRef, Limits, OpCtx, Operator, Pipeline, Plugin, Store};
+use eddy_tests::{COUNTER, FAULTY, FRAUD};
 
 use crate::swap::{assert_split, feed, Running};
 use crate::util::*;
@@ -21,6 +33,8 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The sources of operator `op` in `lang`: the examples in `plugins/`, the
+/// test operators (`faulty`) in `tests/fixtures/`.
 fn source_dir(lang: Lang, op: &str) -> PathBuf {
     let sub = match lang {
         Lang::Python => "python",
@@ -28,16 +42,28 @@ fn source_dir(lang: Lang, op: &str) -> PathBuf {
         Lang::C => "c",
         Lang::Rust => unreachable!("the Rust operators are built by build.rs"),
     };
-    repo().join("plugins").join(sub).join(op)
+    let root = match op {
+        "faulty" => repo().join("tests").join("fixtures"),
+        _ => repo().join("plugins"),
+    };
+    root.join(sub).join(op)
 }
 
 /// The component of operator `op` in `lang`, built once per test run with
-/// the `eddy build` command; `None` (after saying why) when the language's
+/// the `eddy build` command, for `world` (`None`: `eddy build`'s default
+/// for the language); `None` (after saying why) when the language's
 /// toolchain is missing and this is not CI.
-fn built(lang: Lang, op: &str) -> Option<String> {
-    static BUILT: OnceLock<Mutex<HashMap<(String, String), String>>> = OnceLock::new();
+fn built(lang: Lang, op: &str, world: Option<&str>) -> Option<String> {
+    /// (language, operator, world) -> component path.
+    type Built = HashMap<(String, String, String), String>;
+    static BUILT: OnceLock<Mutex<Built>> = OnceLock::new();
     let src = source_dir(lang, op);
-    if let Some(missing) = build::missing_toolchain(lang, &src) {
+    // componentize-js is installed in plugins/js/node_modules (see
+    // tests/run-tests.sh), above the example operators but not the test
+    // ones: every JavaScript build looks there first.
+    let js_tools = repo().join("plugins").join("js");
+    let tools_for = if lang == Lang::Js { &js_tools } else { &src };
+    if let Some(missing) = build::missing_toolchain(lang, tools_for) {
         if std::env::var_os("CI").is_some() {
             panic!("CI must test {lang:?} operators, but: {missing}");
         }
@@ -47,20 +73,28 @@ fn built(lang: Lang, op: &str) -> Option<String> {
     let map = BUILT.get_or_init(Default::default);
     // One build at a time: the builders are heavy and share caches.
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-    let id = (format!("{lang:?}"), op.to_string());
+    let world_name = world.unwrap_or("default");
+    let id = (format!("{lang:?}"), op.to_string(), world_name.to_string());
     if let Some(p) = map.get(&id) {
         return Some(p.clone());
     }
     let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("lang-operators")
-        .join(format!("{lang:?}-{op}.wasm").to_lowercase());
-    let result = std::process::Command::new(eddy_bin())
+        .join(format!("{lang:?}-{op}-{world_name}.wasm").to_lowercase());
+    let mut path = vec![js_tools.join("node_modules").join(".bin")];
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let mut cmd = std::process::Command::new(eddy_bin());
+    cmd.env("PATH", std::env::join_paths(path).unwrap())
         .arg("build")
         .arg(&src)
         .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
+        .arg(&out);
+    if let Some(world) = world {
+        cmd.args(["--world", world]);
+    }
+    let result = cmd.output().unwrap();
     assert!(
         result.status.success(),
         "eddy build {} failed:\n{}",
@@ -101,8 +135,27 @@ fn run_one(
     dir
 }
 
+/// The world that `lang`'s SDK does not get by default: the SDKs
+/// implement both, and every language's twins are checked on both.
+fn other_world(lang: Lang) -> &'static str {
+    match build::default_world(lang) {
+        "operator" => "batched-operator",
+        _ => "operator",
+    }
+}
+
+/// The `--world` that builds `lang`'s components with `handle-batch`
+/// (`None`: the default does).
+fn batched_world(lang: Lang) -> Option<&'static str> {
+    match build::default_world(lang) {
+        "batched-operator" => None,
+        _ => Some("batched-operator"),
+    }
+}
+
 /// Runs the Rust and the `lang` version of an operator on the same input
-/// and asserts identical output bytes, dead-letter lines and state bytes.
+/// and asserts identical output bytes, dead-letter lines and state bytes,
+/// for `lang`'s component of either world (`handle-batch` and per event).
 fn same_as_rust(
     lang: Lang,
     op: &str,
@@ -110,9 +163,25 @@ fn same_as_rust(
     input_text: &str,
     setup: impl Fn(&mut Pipeline) + Copy,
 ) {
-    let Some(component) = built(lang, op) else {
+    for world in [None, Some(other_world(lang))] {
+        same_as_rust_in(lang, op, world, rust, input_text, setup);
+    }
+}
+
+/// [`same_as_rust`] for `lang`'s component built for `world`.
+fn same_as_rust_in(
+    lang: Lang,
+    op: &str,
+    world: Option<&str>,
+    rust: &str,
+    input_text: &str,
+    setup: impl Fn(&mut Pipeline) + Copy,
+) {
+    let Some(component) = built(lang, op, world) else {
         return;
     };
+    let op_world = format!("{op} ({})", world.unwrap_or(build::default_world(lang)));
+    let op_world = op_world.as_str();
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in.jsonl");
     std::fs::write(&input, input_text).unwrap();
@@ -129,7 +198,7 @@ fn same_as_rust(
             .enumerate()
             .find(|(_, (a, b))| a != b);
         panic!(
-            "{lang:?} {op}: output differs from Rust's ({} vs {} lines); first difference: {first:?}",
+            "{lang:?} {op_world}: output differs from Rust's ({} vs {} lines); first difference: {first:?}",
             got_out.lines().count(),
             want_out.lines().count()
         );
@@ -137,7 +206,7 @@ fn same_as_rust(
     assert_eq!(
         dead_lines(&got.path().join("dead-letter.jsonl")),
         dead_lines(&want.path().join("dead-letter.jsonl")),
-        "{lang:?} {op}: dead-lettered lines"
+        "{lang:?} {op_world}: dead-lettered lines"
     );
     let (want_state, got_state) = (
         state_bytes(&want.path().join("state"), op),
@@ -147,13 +216,13 @@ fn same_as_rust(
     assert_eq!(
         want_state.len(),
         got_state.len(),
-        "{lang:?} {op}: keys with state"
+        "{lang:?} {op_world}: keys with state"
     );
     for ((wk, wv), (gk, gv)) in want_state.iter().zip(&got_state) {
         assert_eq!(wk, gk);
         assert!(
             wv == gv,
-            "{lang:?} {op}: state of key {wk} differs: Rust {:?}, {lang:?} {:?}",
+            "{lang:?} {op_world}: state of key {wk} differs: Rust {:?}, {lang:?} {:?}",
             String::from_utf8_lossy(wv),
             String::from_utf8_lossy(gv)
         );
@@ -226,6 +295,108 @@ fn check_fraud(lang: Lang) {
     same_as_rust(lang, "fraud", FRAUD, &fraud_input(), fraud_setup);
 }
 
+/// Input of the `faulty` twins: events of 20 keys; every 37th fails after
+/// counting and emitting, every 53rd deletes the count, every 71st writes
+/// one value three times; event [`PER_EVENT_LINE`] reads map state.
+fn faulty_input() -> String {
+    let mut rng = Rng(3);
+    let mut text = String::new();
+    for line in 1..=3_000 {
+        let key = format!("k{}", rng.next() % 20);
+        text += &match line {
+            PER_EVENT_LINE => format!("{{\"key\":\"{key}\",\"per_event\":true}}\n"),
+            _ if line % 37 == 0 => format!("{{\"key\":\"{key}\",\"action\":\"error\"}}\n"),
+            _ if line % 53 == 0 => format!("{{\"key\":\"{key}\",\"action\":\"forget\"}}\n"),
+            _ if line % 71 == 0 => {
+                format!("{{\"key\":\"{key}\",\"action\":\"rewrite\",\"size\":4,\"count\":3}}\n")
+            }
+            _ => format!("{{\"key\":\"{key}\"}}\n"),
+        };
+    }
+    text
+}
+
+/// The line of the `faulty` input whose event uses map state.
+const PER_EVENT_LINE: usize = 2_400;
+
+fn check_faulty(lang: Lang) {
+    same_as_rust(lang, "faulty", FAULTY, &faulty_input(), |_| {});
+}
+
+/// `op`'s component in `lang` built for `batched-operator` (by default for
+/// JavaScript and C, with `--world batched-operator` for Python) exports
+/// `handle-batch`. For the counter and the `faulty` twin, handling their
+/// test input in-process (as a worker does) takes the batched path: for
+/// every event of the counter's, and for every `faulty` event before the
+/// one that uses map state (failed ones included), then the per-event path
+/// from that event on.
+fn check_batched(lang: Lang, op: &str) {
+    let Some(component) = built(lang, op, batched_world(lang)) else {
+        return;
+    };
+    let engine = eddy_runtime::engine().unwrap();
+    let plugin = Arc::new(Plugin::load(&engine, Path::new(&component)).unwrap());
+    assert!(
+        plugin.batched(),
+        "{lang:?} {op}: the component does not export handle-batch"
+    );
+    let (text, per_event_line) = match op {
+        "counter" => (counter_input(), None),
+        "faulty" => (faulty_input(), Some(PER_EVENT_LINE)),
+        _ => return,
+    };
+    let keys: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["key"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let events: Vec<EventRef<'_>> = text
+        .lines()
+        .zip(&keys)
+        .enumerate()
+        .map(|(i, (l, key))| EventRef {
+            key,
+            value: l.as_bytes(),
+            time: None,
+            line: i as u64 + 1,
+        })
+        .collect();
+    let ctx = OpCtx::new(op.into(), None, Limits::default());
+    let mut wasm_op = plugin.instantiate(ctx, "{}").unwrap();
+    let before = per_event_line.map_or(events.len(), |l| l - 1);
+    let mut failed = Vec::new();
+    wasm_op
+        .handle_many(&events[..before], &mut |i, r, _| {
+            if r.is_err() {
+                failed.push(i + 1);
+            }
+        })
+        .unwrap();
+    let want: Vec<usize> = match op {
+        "faulty" => (1..=before).filter(|l| l % 37 == 0).collect(),
+        _ => Vec::new(),
+    };
+    assert_eq!(failed, want, "{lang:?} {op}: failed events");
+    assert_eq!(
+        wasm_op.batched_events(),
+        before as u64,
+        "{lang:?} {op}: events handled through handle-batch"
+    );
+    assert!(wasm_op.batching(), "{lang:?} {op}: left the batched path");
+    if per_event_line.is_some() {
+        wasm_op
+            .handle_many(&events[before..], &mut |_, _, _| {})
+            .unwrap();
+        assert!(
+            !wasm_op.batching(),
+            "{lang:?} {op}: still batched after an event used map state"
+        );
+        assert_eq!(wasm_op.batched_events(), before as u64);
+    }
+}
+
 #[test]
 fn python_counter_matches_rust() {
     check_counter(Lang::Python);
@@ -256,11 +427,62 @@ fn c_fraud_matches_rust() {
     check_fraud(Lang::C);
 }
 
+#[test]
+fn python_faulty_matches_rust() {
+    check_faulty(Lang::Python);
+}
+
+#[test]
+fn javascript_faulty_matches_rust() {
+    check_faulty(Lang::Js);
+}
+
+#[test]
+fn c_faulty_matches_rust() {
+    check_faulty(Lang::C);
+}
+
+/// `eddy build` builds Python operators without `handle-batch` unless
+/// asked (their per-event path is faster, docs/performance.md).
+#[test]
+fn python_builds_per_event_by_default() {
+    let Some(component) = built(Lang::Python, "counter", None) else {
+        return;
+    };
+    let engine = eddy_runtime::engine().unwrap();
+    let plugin = Plugin::load(&engine, Path::new(&component)).unwrap();
+    assert!(
+        !plugin.batched(),
+        "the default Python build exports handle-batch"
+    );
+}
+
+#[test]
+fn python_operators_run_batched() {
+    check_batched(Lang::Python, "counter");
+    check_batched(Lang::Python, "fraud");
+    check_batched(Lang::Python, "faulty");
+}
+
+#[test]
+fn javascript_operators_run_batched() {
+    check_batched(Lang::Js, "counter");
+    check_batched(Lang::Js, "fraud");
+    check_batched(Lang::Js, "faulty");
+}
+
+#[test]
+fn c_operators_run_batched() {
+    check_batched(Lang::C, "counter");
+    check_batched(Lang::C, "fraud");
+    check_batched(Lang::C, "faulty");
+}
+
 /// A Rust counter replaced by the Python one while events stream in: every
 /// event counted once, the Python version continues the Rust counts.
 #[test]
 fn rust_counter_swapped_for_python_mid_stream_keeps_counts() {
-    let Some(python) = built(Lang::Python, "counter") else {
+    let Some(python) = built(Lang::Python, "counter", None) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

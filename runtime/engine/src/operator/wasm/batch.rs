@@ -115,13 +115,20 @@ impl WasmOperator {
             }
         };
         match frames.apply(self.ctx(), checked, done) {
-            Applied::All => Ok(n),
+            Applied::All => {
+                self.batched_events += n as u64;
+                Ok(n)
+            }
             Applied::Stop(i) => {
+                self.batched_events += i as u64;
                 self.batch_off = true;
                 handle_each(self, events, i, done)?;
                 Ok(n)
             }
-            Applied::Refused(i) => Ok(i + 1),
+            Applied::Refused(i) => {
+                self.batched_events += i as u64 + 1;
+                Ok(i + 1)
+            }
         }
     }
 }

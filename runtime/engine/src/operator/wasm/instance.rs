@@ -186,6 +186,20 @@ impl WasmOperator {
         &self.plugin
     }
 
+    /// Whether the next events take the batched path: the component exports
+    /// `handle-batch` and none of its batches asked for the per-event path
+    /// (an event that used map or list state, or randomness).
+    pub fn batching(&self) -> bool {
+        !self.batch_off && self.live.as_ref().is_some_and(|l| l.batch.is_some())
+    }
+
+    /// How many events so far had their outcome from a `handle-batch`
+    /// result (not counting those replayed per event after a trap or a
+    /// refused result, nor those from a `stop` on).
+    pub fn batched_events(&self) -> u64 {
+        self.batched_events
+    }
+
     /// Sets the content hash of each earlier generation of this operator,
     /// which `migrate` receives as the previous version's identity.
     pub fn set_history(&mut self, history: Arc<Vec<String>>) {

@@ -105,6 +105,8 @@ pub struct WasmOperator {
     /// The guest asked for the per-event path (it uses map or list state,
     /// or randomness).
     batch_off: bool,
+    /// Events whose outcome came from a `handle-batch` result.
+    batched_events: u64,
     /// The `handle-batch` batch, its buffers kept from call to call.
     frames: HostBatch,
     /// Content hash of each generation of this operator (index: generation),

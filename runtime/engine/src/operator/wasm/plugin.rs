@@ -209,6 +209,11 @@ impl Plugin {
         self.migrates
     }
 
+    /// Whether the component exports `handle-batch` (the batched fast path).
+    pub fn batched(&self) -> bool {
+        self.batched
+    }
+
     /// Instantiates the operator and calls `init(config)`.
     pub fn instantiate(
         self: &Arc<Self>,
@@ -221,6 +226,7 @@ impl Plugin {
             store: new_store(self, ctx),
             live: None,
             batch_off: false,
+            batched_events: 0,
             frames: Default::default(),
             history: Arc::default(),
             failed_starts: 0,
