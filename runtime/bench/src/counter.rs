@@ -12,7 +12,7 @@ use clap::Args;
 
 use eddy_runtime::{
     EventRef, Input, Limits, Loaded, NativeCounter, OpCtx, Operator, OperatorKind, Output,
-    Pipeline, Plugin, Shutdown,
+    Pipeline, Shutdown, WasmComponent,
 };
 
 /// Benchmark the keyed counter: Wasm component vs native Rust, operator path
@@ -145,8 +145,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let engine = eddy_runtime::engine()?;
     let t = Instant::now();
-    let plugin = Arc::new(
-        Plugin::load(&engine, &a.component)
+    let component = Arc::new(
+        WasmComponent::load(&engine, &a.component)
             .context("run `cargo build --release --target wasm32-wasip2` in plugins/ first")?,
     );
     println!(
@@ -173,10 +173,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         // The cost of the per-call CPU limit (epoch deadlines): the same
         // component on an engine without it.
         let free = eddy_runtime::engine_with(false)?;
-        let unlimited = Arc::new(Plugin::load(&free, &a.component)?);
+        let unlimited = Arc::new(WasmComponent::load(&free, &a.component)?);
         let (mut native, mut limited, mut free) = (Vec::new(), Vec::new(), Vec::new());
         for run in 1..=a.repeat {
-            let d = operator_path(&mut plugin.instantiate(fresh(), "{}")?, &events)?;
+            let d = operator_path(&mut component.instantiate(fresh(), "{}")?, &events)?;
             limited.push(rate(a.events, d));
             if a.wasm_only {
                 println!("  run {run}: wasm {:.0}", limited[limited.len() - 1]);
@@ -215,7 +215,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         for run in 1..=a.repeat {
             for (which, (label, kind)) in [
                 ("native", native_kind()),
-                ("wasm", OperatorKind::Wasm(plugin.clone())),
+                ("wasm", OperatorKind::Wasm(component.clone())),
             ]
             .into_iter()
             .enumerate()
@@ -335,10 +335,10 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
     };
     let t = Instant::now();
     let engine = eddy_runtime::engine()?;
-    let plugin = Arc::new(Plugin::load(&engine, &a.component)?);
+    let component = Arc::new(WasmComponent::load(&engine, &a.component)?);
     let ops = vec![Loaded {
         name: "counter".into(),
-        kind: OperatorKind::Wasm(plugin),
+        kind: OperatorKind::Wasm(component),
         config: "{}".into(),
         limits: Limits::default(),
         generation: 0,

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::counter::{decode, generate, operator_path, rate};
-use eddy_runtime::{Cache, Compiled, Limits, OpCtx, Plugin};
+use eddy_runtime::{Cache, Compiled, Limits, OpCtx, WasmComponent};
 
 /// Compare components of one operator written in different languages.
 #[derive(Args, Debug)]
@@ -63,14 +63,16 @@ pub fn run(a: BenchLangsArgs) -> Result<()> {
         // Start-up: compile (or load from the cache), instantiate, init.
         let start = |cache: Option<&Cache>, want: Compiled| -> Result<Duration> {
             let t = Instant::now();
-            let plugin = Arc::new(Plugin::from_bytes_cached(&engine, &path, &bytes, cache)?);
-            plugin.instantiate(ctx(), &a.config)?;
+            let component = Arc::new(WasmComponent::from_bytes_cached(
+                &engine, &path, &bytes, cache,
+            )?);
+            component.instantiate(ctx(), &a.config)?;
             let d = t.elapsed();
             if cache.is_some() {
                 anyhow::ensure!(
-                    plugin.compiled() == want,
+                    component.compiled() == want,
                     "{label}: expected {want:?}, got {:?}",
-                    plugin.compiled()
+                    component.compiled()
                 );
             }
             Ok(d)
@@ -85,13 +87,13 @@ pub fn run(a: BenchLangsArgs) -> Result<()> {
         for _ in 0..a.starts.max(1) {
             cached.push(start(Some(&cache), Compiled::Cached)?);
         }
-        let plugin = Arc::new(Plugin::from_bytes_cached(
+        let component = Arc::new(WasmComponent::from_bytes_cached(
             &engine,
             &path,
             &bytes,
             Some(&cache),
         )?);
-        let mut op = plugin.instantiate(ctx(), &a.config)?;
+        let mut op = component.instantiate(ctx(), &a.config)?;
         let d = operator_path(&mut op, &events)?;
         rows.push(Row {
             label,

@@ -20,7 +20,7 @@
 //!   chain for its keys.
 //! - `operator`: the [`Operator`] trait a worker drives; the host context
 //!   [`OpCtx`] with one file per WIT interface; Wasm components
-//!   ([`Plugin`], [`WasmOperator`]) and the native baseline
+//!   ([`WasmComponent`], [`WasmOperator`]) and the native baseline
 //!   ([`NativeCounter`]).
 //! - `state`: one key's state ([`Entity`]) and the redb state directory
 //!   ([`Store`]).
@@ -60,9 +60,9 @@ pub use config::{
     default_workers, Input, Limits, OperatorSpec, Output, Overrides, Pipeline, PipelineError,
 };
 pub use operator::{
-    cap_reason, engine, engine_with, load_operators, Cache, CacheError, Compiled, Emits, EventRef,
-    HandleError, HostError, InitError, Loaded, NativeCounter, NativeFactory, OpCtx, Operator,
-    OperatorKind, Plugin, PluginError, RunError, StartError, WasmOperator, CONTRACT,
+    cap_reason, engine, engine_with, load_operators, Cache, CacheError, Compiled, ComponentError,
+    Emits, EventRef, HandleError, HostError, InitError, Loaded, NativeCounter, NativeFactory,
+    OpCtx, Operator, OperatorKind, RunError, StartError, WasmComponent, WasmOperator, CONTRACT,
 };
 pub use pipeline::{run, run_notify, start, OperatorSummary, Running, Shutdown, Started, Summary};
 pub use route::{key_group, route, KEY_GROUPS};

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use eddy_runtime::{component_hash, engine, Cache, Checkpoint, Plugin, Store, Version, Versions};
+use eddy_runtime::{
+    component_hash, engine, Cache, Checkpoint, Store, Version, Versions, WasmComponent,
+};
 use eddy_tests::*;
 use redb::ReadableTable;
 
@@ -247,7 +249,7 @@ fn a_replaced_kept_component_is_refused_on_restart() {
     assert_counter_state(&state, &reference(&events));
 }
 
-/// `Plugin::load` (and `eddy run --operator`) never blocks on a FIFO, never
+/// `WasmComponent::load` (and `eddy run --operator`) never blocks on a FIFO, never
 /// reads a device until it ends, refuses a directory, and refuses a file
 /// over the size limit without reading it.
 #[test]
@@ -283,11 +285,11 @@ fn a_component_path_that_is_a_fifo_a_device_a_directory_or_too_large_is_refused_
         let (tx, rx) = std::sync::mpsc::channel();
         let (e, p) = (engine.clone(), path.clone());
         std::thread::spawn(move || {
-            let _ = tx.send(Plugin::load(&e, &p).err().map(|e| e.to_string()));
+            let _ = tx.send(WasmComponent::load(&e, &p).err().map(|e| e.to_string()));
         });
         let err = rx
             .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("Plugin::load({}) hangs", path.display()))
+            .unwrap_or_else(|_| panic!("WasmComponent::load({}) hangs", path.display()))
             .expect("refused");
         assert!(
             err.contains(&format!("component {}: ", path.display())),

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use eddy_build::{self as build, Lang};
-use eddy_runtime::{EventRef, Limits, OpCtx, Operator, Pipeline, Plugin, Store};
+use eddy_runtime::{EventRef, Limits, OpCtx, Operator, Pipeline, Store, WasmComponent};
 use eddy_tests::{COUNTER, FAULTY, FRAUD};
 
 use crate::swap::{assert_split, feed, Running};
@@ -335,9 +335,9 @@ fn check_batched(lang: Lang, op: &str) {
         return;
     };
     let engine = eddy_runtime::engine().unwrap();
-    let plugin = Arc::new(Plugin::load(&engine, Path::new(&component)).unwrap());
+    let component = Arc::new(WasmComponent::load(&engine, Path::new(&component)).unwrap());
     assert!(
-        plugin.batched(),
+        component.batched(),
         "{lang:?} {op}: the component does not export handle-batch"
     );
     let (text, per_event_line) = match op {
@@ -364,7 +364,7 @@ fn check_batched(lang: Lang, op: &str) {
         })
         .collect();
     let ctx = OpCtx::new(op.into(), None, Limits::default());
-    let mut wasm_op = plugin.instantiate(ctx, "{}").unwrap();
+    let mut wasm_op = component.instantiate(ctx, "{}").unwrap();
     let before = per_event_line.map_or(events.len(), |l| l - 1);
     let mut failed = Vec::new();
     wasm_op
@@ -450,9 +450,9 @@ fn python_builds_per_event_by_default() {
         return;
     };
     let engine = eddy_runtime::engine().unwrap();
-    let plugin = Plugin::load(&engine, Path::new(&component)).unwrap();
+    let component = WasmComponent::load(&engine, Path::new(&component)).unwrap();
     assert!(
-        !plugin.batched(),
+        !component.batched(),
         "the default Python build exports handle-batch"
     );
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::wasm::{Compiled, InitError, Plugin, PluginError};
+use super::wasm::{Compiled, ComponentError, InitError, WasmComponent};
 use super::{OpCtx, Operator};
 use crate::config::{Limits, Pipeline};
 use crate::state::{Reader, StoreError};
@@ -15,7 +15,7 @@ pub type NativeFactory = Arc<dyn Fn(OpCtx) -> Box<dyn Operator> + Send + Sync>;
 #[derive(Clone)]
 pub enum OperatorKind {
     /// A component, compiled once, instantiated per worker.
-    Wasm(Arc<Plugin>),
+    Wasm(Arc<WasmComponent>),
     /// Native Rust code (the benchmark baseline).
     Native(NativeFactory),
 }
@@ -55,8 +55,8 @@ impl Loaded {
         let mut ctx = OpCtx::new(self.name.clone(), reader, self.limits);
         ctx.set_generation(self.generation);
         Ok(match &self.kind {
-            OperatorKind::Wasm(plugin) => {
-                let mut inst = plugin.instantiate(ctx, &self.config)?;
+            OperatorKind::Wasm(component) => {
+                let mut inst = component.instantiate(ctx, &self.config)?;
                 inst.set_history(self.history.clone());
                 Box::new(inst)
             }
@@ -66,14 +66,17 @@ impl Loaded {
 }
 
 /// Compiles every operator of the pipeline (once, shared by all workers).
-pub fn load_operators(engine: &wasmtime::Engine, p: &Pipeline) -> Result<Vec<Loaded>, PluginError> {
+pub fn load_operators(
+    engine: &wasmtime::Engine,
+    p: &Pipeline,
+) -> Result<Vec<Loaded>, ComponentError> {
     p.operators
         .iter()
         .map(|spec| {
             let t = std::time::Instant::now();
-            let plugin = Plugin::load(engine, &spec.component)?;
+            let component = WasmComponent::load(engine, &spec.component)?;
             let took = t.elapsed();
-            let (how, slow) = match plugin.compiled() {
+            let (how, slow) = match component.compiled() {
                 Compiled::Cached => ("loaded from the compile cache", false),
                 Compiled::Fresh => ("compiled", took.as_secs() >= 1),
             };
@@ -81,7 +84,7 @@ pub fn load_operators(engine: &wasmtime::Engine, p: &Pipeline) -> Result<Vec<Loa
                 "operator `{}`: {} ({} bytes) {how} in {:.0} ms",
                 spec.name,
                 spec.component.display(),
-                plugin.bytes().len(),
+                component.bytes().len(),
                 took.as_secs_f64() * 1e3
             );
             // A slow compile is worth a line (the next start uses the cache).
@@ -92,7 +95,7 @@ pub fn load_operators(engine: &wasmtime::Engine, p: &Pipeline) -> Result<Vec<Loa
             }
             Ok(Loaded {
                 name: spec.name.as_str().into(),
-                kind: OperatorKind::Wasm(Arc::new(plugin)),
+                kind: OperatorKind::Wasm(Arc::new(component)),
                 config: spec.config.to_string(),
                 limits: spec.limits,
                 generation: 0,

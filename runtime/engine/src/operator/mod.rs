@@ -7,7 +7,7 @@
 //! - [`host`]: [`OpCtx`], the host context (state cache, limits, the event
 //!   bracket) with the WIT imports implemented on it, one file per
 //!   interface.
-//! - [`wasm`]: components compiled once ([`Plugin`]) and instantiated per
+//! - [`wasm`]: components compiled once ([`WasmComponent`]) and instantiated per
 //!   worker ([`WasmOperator`]).
 //! - [`native`]: the native baseline operator.
 //! - [`loaded`]: [`Loaded`], an operator of the pipeline ready to be
@@ -27,8 +27,8 @@ pub use host::{cap_reason, Emits, HostError, OpCtx};
 pub use loaded::{load_operators, Loaded, NativeFactory, OperatorKind, StartError};
 pub use native::NativeCounter;
 pub use wasm::{
-    engine, engine_with, Cache, CacheError, Compiled, InitError, Plugin, PluginError, WasmOperator,
-    CONTRACT,
+    engine, engine_with, Cache, CacheError, Compiled, ComponentError, InitError, WasmComponent,
+    WasmOperator, CONTRACT,
 };
 
 /// Called by [`Operator::handle_many`] as each event completes: its index,

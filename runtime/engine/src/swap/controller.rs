@@ -12,7 +12,7 @@ use crossbeam_channel::{bounded, Sender};
 
 use super::versions::now_ms;
 use super::{Claim, Command, Prepared, SwapReport, Version, Versions};
-use crate::operator::{Loaded, OpCtx, Operator, OperatorKind, Plugin};
+use crate::operator::{Loaded, OpCtx, Operator, OperatorKind, WasmComponent};
 use crate::state::{Store, StoreError};
 use crate::stats::Live;
 
@@ -119,7 +119,7 @@ pub struct Controller {
     /// barrier and writes them at checkpoints.
     versions: Mutex<Vec<Versions>>,
     /// Compiled components by content hash, for instant rollback.
-    components: Mutex<HashMap<String, Arc<Plugin>>>,
+    components: Mutex<HashMap<String, Arc<WasmComponent>>>,
     /// One swap at a time.
     swapping: Gate,
     to_coordinator: Sender<Command>,
@@ -221,7 +221,7 @@ impl Controller {
         let running = self.versions()[stage].current().hash.clone();
         let started = Instant::now();
         let engine = self.engine(stage)?;
-        let component = Plugin::load(&engine, path).map_err(|e| {
+        let component = WasmComponent::load(&engine, path).map_err(|e| {
             Refused(format!(
                 "swap of `{operator}` refused: {e}; version {running} keeps running"
             ))
@@ -257,7 +257,9 @@ impl Controller {
                 let path = self.store.component_path(&previous.hash);
                 // Checked against its content hash before it runs.
                 let loaded = match self.store.load_component(&previous.hash) {
-                    Ok(b) => Plugin::from_bytes(&engine, &path, &b).map_err(|e| e.to_string()),
+                    Ok(b) => {
+                        WasmComponent::from_bytes(&engine, &path, &b).map_err(|e| e.to_string())
+                    }
                     Err(e) => Err(e.to_string()),
                 };
                 Arc::new(loaded.map_err(|e| {
@@ -286,7 +288,7 @@ impl Controller {
     fn activate(
         &self,
         stage: usize,
-        component: Arc<Plugin>,
+        component: Arc<WasmComponent>,
         compile: Duration,
         asker: &Asker,
     ) -> Result<SwapReport, Refused> {

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::operator::{Loaded, OperatorKind, Plugin};
+use crate::operator::{Loaded, OperatorKind, WasmComponent};
 use crate::state::{component_hash, is_short_version_id, legacy_component_hash, Store, StoreError};
 
 /// Why the version a state directory runs cannot be put back in service.
@@ -139,9 +139,8 @@ pub fn resolve(store: &Store, op: &mut Loaded) -> Result<(Versions, bool), Resol
                 let path = store.component_path(&current.hash);
                 // Checked against its content hash before it runs.
                 let loaded = match store.load_component(&current.hash) {
-                    Ok(b) => {
-                        Plugin::from_bytes(component.engine(), &path, &b).map_err(|e| e.to_string())
-                    }
+                    Ok(b) => WasmComponent::from_bytes(component.engine(), &path, &b)
+                        .map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
                 let swapped = loaded.map_err(|reason| ResolveError::Unloadable {

@@ -12,7 +12,7 @@ use wasmtime::Store;
 use super::batch::MAX_BATCH;
 use super::engine::{deadline_ticks, sandbox, MemoryCap};
 use super::random::{Random, Scope};
-use super::{testing, BatchFn, HostData, Live, OperatorWorld, Plugin, WasmOperator};
+use super::{testing, BatchFn, HostData, Live, OperatorWorld, WasmComponent, WasmOperator};
 use crate::operator::host::{cap_reason, Emits, HostError, OpCtx};
 use crate::operator::wasm::bindings::eddy::operator::types;
 use crate::operator::{handle_each, Done, EventRef, HandleError, Operator, RunError};
@@ -61,12 +61,12 @@ pub enum InitError {
 /// pipeline stops.
 pub const MAX_FAILED_STARTS: u32 = 3;
 
-/// A fresh store for an instance of `plugin`, holding `ctx`.
-pub(super) fn new_store(plugin: &Plugin, ctx: OpCtx) -> Store<HostData> {
+/// A fresh store for an instance of `component`, holding `ctx`.
+pub(super) fn new_store(component: &WasmComponent, ctx: OpCtx) -> Store<HostData> {
     let limits = *ctx.limits();
     let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDERR_CAPTURE);
     let mut store = Store::new(
-        &plugin.engine,
+        &component.engine,
         HostData {
             ctx,
             wasi: sandbox(stderr.clone()),
@@ -87,22 +87,22 @@ impl WasmOperator {
     pub(super) fn start(&mut self) -> Result<(), InitError> {
         self.live = None;
         let operator = self.store.data().ctx.name().to_string();
-        let path = self.plugin.path.clone();
+        let path = self.component.path.clone();
         let limits = *self.store.data().ctx.limits();
         let store = &mut self.store;
         store.set_epoch_deadline(deadline_ticks(limits.max_call_ms));
         let instantiated = self
-            .plugin
+            .component
             .pre
             .instance_pre()
             .instantiate(&mut *store)
             .and_then(|instance| {
                 let bindings = OperatorWorld::new(&mut *store, &instance)?;
-                let batch = match self.plugin.batched {
+                let batch = match self.component.batched {
                     true => Some(BatchFn::of(&instance, &mut *store)?),
                     false => None,
                 };
-                let migrate = match self.plugin.migrates {
+                let migrate = match self.component.migrates {
                     true => Some(instance.get_typed_func(&mut *store, "migrate")?),
                     false => None,
                 };
@@ -181,9 +181,9 @@ impl WasmOperator {
         }
     }
 
-    /// The plugin this instance runs.
-    pub fn plugin(&self) -> &Arc<Plugin> {
-        &self.plugin
+    /// The component this instance runs.
+    pub fn component(&self) -> &Arc<WasmComponent> {
+        &self.component
     }
 
     /// Whether the next events take the batched path: the component exports
@@ -273,11 +273,11 @@ impl WasmOperator {
     pub(super) fn restart(&mut self) -> Result<(), InitError> {
         self.live = None;
         let ctx = self.store.data_mut().ctx.take();
-        self.store = new_store(&self.plugin, ctx);
+        self.store = new_store(&self.component, ctx);
         let started = match testing::refuse(self.store.data().ctx.name()) {
             Some(reason) => Err(InitError::Refused {
                 operator: self.store.data().ctx.name().to_string(),
-                path: self.plugin.path.clone(),
+                path: self.component.path.clone(),
                 reason,
             }),
             None => self.start(),
@@ -321,7 +321,7 @@ impl WasmOperator {
         RunError::Stopped(format!(
             "operator `{}` ({}): {MAX_FAILED_STARTS} replacement instances in a row failed to start, so the pipeline stops (state since the last checkpoint is not committed; a restart resumes from there); the last failure: {}",
             self.store.data().ctx.name(),
-            self.plugin.path.display(),
+            self.component.path.display(),
             self.last_start_error.as_deref().unwrap_or("unknown")
         ))
     }
@@ -333,7 +333,7 @@ impl Operator for WasmOperator {
     }
 
     fn version(&self) -> &str {
-        &self.plugin.hash
+        &self.component.hash
     }
 
     fn prepare(&mut self, key: &str) -> Result<Result<(), HandleError>, StoreError> {

@@ -1,6 +1,6 @@
 //! Operators compiled to WebAssembly components.
 //!
-//! A [`Plugin`] is a component compiled and type-checked once (to an
+//! A [`WasmComponent`] is a component compiled and type-checked once (to an
 //! `InstancePre`); each worker makes a [`WasmOperator`] from it: its own
 //! `Store` and instance. Operators get no file system, network, environment
 //! or clock: WASI is linked only so that components built by ordinary
@@ -36,7 +36,7 @@
 //! - [`engine`]: the shared wasmtime engine (CPU budget by epochs), the
 //!   sandbox (WASI that grants nothing, stopped clocks, memory cap) and the
 //!   linker.
-//! - [`plugin`]: [`Plugin`], a component compiled and type-checked once.
+//! - [`component`]: [`WasmComponent`], a component compiled and type-checked once.
 //! - [`instance`]: [`WasmOperator`], one instance per worker: start,
 //!   replacement after a trap, migration, the per-event path.
 //! - [`batch`]: the `handle-batch` frame: built from the events and their
@@ -57,17 +57,17 @@ use crate::operator::wasm::bindings::Operator as OperatorWorld;
 mod batch;
 pub(crate) mod bindings;
 mod cache;
+mod component;
 mod engine;
 mod instance;
-mod plugin;
 mod random;
 pub mod testing;
 
 pub use cache::{Cache, CacheError, Compiled};
 
+pub use component::{ComponentError, WasmComponent, CONTRACT};
 pub use engine::{engine, engine_with};
 pub use instance::InitError;
-pub use plugin::{Plugin, PluginError, CONTRACT};
 
 use batch::{BatchFn, HostBatch};
 use engine::MemoryCap;
@@ -92,7 +92,7 @@ pub struct HostData {
 
 /// One instance of a Wasm operator, owned by a worker.
 pub struct WasmOperator {
-    plugin: Arc<Plugin>,
+    component: Arc<WasmComponent>,
     /// The config JSON, kept to re-`init` a replacement instance.
     config: String,
     /// The store of the current instance. Its data holds the operator's

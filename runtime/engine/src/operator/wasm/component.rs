@@ -1,4 +1,4 @@
-//! [`Plugin`]: a component read, compiled (or loaded from the compile
+//! [`WasmComponent`]: a component read, compiled (or loaded from the compile
 //! cache) and type-checked against the operator world, once; workers
 //! instantiate it.
 
@@ -20,7 +20,7 @@ pub const CONTRACT: &str = "eddy:operator@0.2.0";
 
 /// Why a component could not be loaded.
 #[derive(Debug, Error)]
-pub enum PluginError {
+pub enum ComponentError {
     #[error("component {path}: cannot read the file: {error}")]
     /// The file could not be read.
     Read {
@@ -70,7 +70,7 @@ pub enum PluginError {
 }
 
 /// A component compiled and type-checked against the operator world.
-pub struct Plugin {
+pub struct WasmComponent {
     pub(super) path: PathBuf,
     /// Content hash (version id): the SHA-256 of the bytes, 64 hex digits.
     /// Identifies a version in logs and status, and names its copy in the
@@ -88,16 +88,16 @@ pub struct Plugin {
     pub(super) compiled: Compiled,
 }
 
-impl Plugin {
+impl WasmComponent {
     /// Reads, compiles and type-checks the component at `path`.
     ///
     /// Only a regular file is read, at most
     /// [`MAX_COMPONENT_BYTES`](crate::state::MAX_COMPONENT_BYTES): a FIFO,
     /// a device or a directory is refused at once (it is opened without
     /// blocking and checked with `fstat`), never read until it ends.
-    pub fn load(engine: &Engine, path: &Path) -> Result<Plugin, PluginError> {
+    pub fn load(engine: &Engine, path: &Path) -> Result<WasmComponent, ComponentError> {
         let bytes = crate::state::read_regular_file(path, crate::state::MAX_COMPONENT_BYTES, false)
-            .map_err(|error| PluginError::Read {
+            .map_err(|error| ComponentError::Read {
                 path: path.to_path_buf(),
                 error,
             })?;
@@ -108,31 +108,35 @@ impl Plugin {
     ///
     /// Compiled code comes from the cache named by the environment
     /// ([`Cache::from_env`]) when it has this component.
-    pub fn from_bytes(engine: &Engine, path: &Path, bytes: &[u8]) -> Result<Plugin, PluginError> {
+    pub fn from_bytes(
+        engine: &Engine,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<WasmComponent, ComponentError> {
         Self::from_bytes_cached(engine, path, bytes, Cache::from_env().as_ref())
     }
 
-    /// [`Plugin::from_bytes`] with an explicit cache (`None`: always
+    /// [`WasmComponent::from_bytes`] with an explicit cache (`None`: always
     /// compile).
     pub fn from_bytes_cached(
         engine: &Engine,
         path: &Path,
         bytes: &[u8],
         cache: Option<&Cache>,
-    ) -> Result<Plugin, PluginError> {
+    ) -> Result<WasmComponent, ComponentError> {
         let path = path.to_path_buf();
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-            return Err(PluginError::NotWasm { path });
+            return Err(ComponentError::NotWasm { path });
         }
         // Core modules have version 1 and layer 0; components layer 1.
         if bytes[4..8] == [1, 0, 0, 0] {
-            return Err(PluginError::CoreModule { path });
+            return Err(ComponentError::CoreModule { path });
         }
         use sha2::Digest as _;
         let digest: [u8; 32] = sha2::Sha256::digest(bytes).into();
         let (component, compiled) =
             cache::compile_digest(cache, engine, bytes, &digest).map_err(|e| {
-                PluginError::Invalid {
+                ComponentError::Invalid {
                     path: path.clone(),
                     reason: format!("{e:#}"),
                 }
@@ -145,29 +149,29 @@ impl Plugin {
                 if let Some((_, version)) = rest.split_once('@') {
                     let found = format!("eddy:operator@{version}");
                     if found != CONTRACT {
-                        return Err(PluginError::Version { path, found });
+                        return Err(ComponentError::Version { path, found });
                     }
                 }
             }
         }
-        let linker = linker(engine).map_err(|e| PluginError::Invalid {
+        let linker = linker(engine).map_err(|e| ComponentError::Invalid {
             path: path.clone(),
             reason: format!("{e:#}"),
         })?;
         let pre = linker
             .instantiate_pre(&component)
-            .map_err(|e| PluginError::WrongWorld {
+            .map_err(|e| ComponentError::WrongWorld {
                 path: path.clone(),
                 reason: format!("{e:#}"),
             })?;
-        let pre = OperatorPre::new(pre).map_err(|e| PluginError::WrongWorld {
+        let pre = OperatorPre::new(pre).map_err(|e| ComponentError::WrongWorld {
             path: path.clone(),
             reason: format!("{e:#}"),
         })?;
         let hash = crate::state::component_hash_of(&digest);
         let batched = ty.exports(engine).any(|(name, _)| name == "handle-batch");
         let migrates = ty.exports(engine).any(|(name, _)| name == "migrate");
-        Ok(Plugin {
+        Ok(WasmComponent {
             path,
             hash,
             engine: engine.clone(),
@@ -221,7 +225,7 @@ impl Plugin {
         config: &str,
     ) -> Result<WasmOperator, InitError> {
         let mut op = WasmOperator {
-            plugin: self.clone(),
+            component: self.clone(),
             config: config.to_string(),
             store: new_store(self, ctx),
             live: None,
