@@ -122,7 +122,7 @@ pub(crate) fn with_value<R>(name: &str, f: impl FnOnce(Option<&[u8]>) -> R) -> R
         let arena = &b.arena[..];
         f(b.keys[b.current]
             .iter()
-            .find(|e| e.name.get(names, arena) == name.as_bytes())
+            .find(|e| same(e.name.get(names, arena), name.as_bytes()))
             .and_then(|e| e.value)
             .map(|v| v.get(values, arena)))
     })
@@ -146,7 +146,7 @@ fn write(name: &str, value: Option<&[u8]>) -> Option<bool> {
         let values = &mut b.keys[b.current];
         let (slot, existed) = match values
             .iter()
-            .position(|e| e.name.get(names, arena) == name.as_bytes())
+            .position(|e| same(e.name.get(names, arena), name.as_bytes()))
         {
             Some(i) => {
                 let old = std::mem::replace(&mut values[i].value, value);
@@ -215,6 +215,23 @@ pub(crate) fn emit(key: &str, value: &[u8]) {
     if !buffered {
         output::emit(key, value)
     }
+}
+
+/// Whether two state names are equal. Names are short (a handful of
+/// bytes), and on wasm32 `==` on slices calls `memcmp`, a byte loop in
+/// wasi-libc that recent compilers no longer expand inline: compared here
+/// eight bytes at a time, with no call.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (a8, a_rest) = a.as_chunks::<8>();
+    let (b8, b_rest) = b.as_chunks::<8>();
+    a8.iter()
+        .zip(b8)
+        .all(|(x, y)| u64::from_ne_bytes(*x) == u64::from_ne_bytes(*y))
+        && a_rest.iter().zip(b_rest).all(|(x, y)| x == y)
 }
 
 /// An offset in the arena, as a `u32`. On wasm32 every buffer is under
