@@ -86,3 +86,40 @@ fn a_malformed_batch_result_is_replayed_event_by_event() {
         assert_eq!(path(line), "batch", "line {line}");
     }
 }
+
+/// A component built for contract 0.1.0 (the counter with its imports
+/// named as 0.1.0 names them; the interfaces did not change) still loads
+/// and runs, on the per-event path, with exactly the counter's results.
+#[test]
+fn a_component_built_for_contract_0_1_0_runs_per_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let old = d.join("counter-0.1.0.wasm");
+    std::fs::write(
+        &old,
+        crate::util::with_contract(eddy_tests::COUNTER, "0.1.0"),
+    )
+    .unwrap();
+    let engine = eddy_runtime::engine().unwrap();
+    let component = eddy_runtime::WasmComponent::load(&engine, &old).unwrap();
+    assert!(
+        !component.batched(),
+        "an earlier contract's handle-batch is not used"
+    );
+    let (events, text) = crate::util::counter_events(3000, 50, 7);
+    let input = d.join("in.jsonl");
+    std::fs::write(&input, text).unwrap();
+    let mut outputs = Vec::new();
+    for (name, path) in [("old", old.to_str().unwrap()), ("new", eddy_tests::COUNTER)] {
+        let sub = d.join(name);
+        std::fs::create_dir(&sub).unwrap();
+        let p = pipeline(&sub, &input, &[("counter", path)], 2);
+        let summary = run(&p);
+        assert_eq!(summary.lines, 3000, "{name}");
+        crate::util::assert_counter_state(&sub.join("state"), &crate::util::reference(&events));
+        let mut out = read_jsonl(&sub.join("out.jsonl"));
+        out.sort_by_key(|v| v.to_string());
+        outputs.push(out);
+    }
+    assert_eq!(outputs[0], outputs[1]);
+}

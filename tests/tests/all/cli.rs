@@ -16,6 +16,10 @@ fn bad_components_are_refused_with_the_reason() {
     std::fs::write(d.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
     // An empty component: valid, but it exports nothing of the operator world.
     std::fs::write(d.join("empty.wasm"), b"\0asm\x0d\0\x01\0").unwrap();
+    // The counter as a component built against a contract this eddy does
+    // not know would look.
+    let old = with_contract(eddy_tests::COUNTER, "0.9.0");
+    std::fs::write(d.join("old.wasm"), old).unwrap();
     let cases = [
         (
             "missing.wasm",
@@ -29,6 +33,10 @@ fn bad_components_are_refused_with_the_reason() {
         (
             "empty.wasm",
             "component empty.wasm: not an eddy operator (world `eddy:operator@0.2.0/operator`)",
+        ),
+        (
+            "old.wasm",
+            "component old.wasm: built against eddy:operator@0.9.0, but this eddy implements eddy:operator@0.2.0: build it again from its source with this eddy",
         ),
     ];
     for (file, message) in cases {

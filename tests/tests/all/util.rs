@@ -256,3 +256,31 @@ pub fn as_other_user(program: impl AsRef<std::ffi::OsStr>) -> std::process::Comm
     .arg(program);
     c
 }
+
+/// The bytes of `component` with the version of every `eddy:operator/...`
+/// import changed from 0.2.0 to `version` (five characters, so the
+/// binary stays valid): the component as one built against that contract
+/// would look.
+pub fn with_contract(component: &str, version: &str) -> Vec<u8> {
+    assert_eq!(version.len(), 5, "{version}: the same length as 0.2.0");
+    let mut bytes = std::fs::read(component).unwrap();
+    let prefix = b"eddy:operator/";
+    let mut relabelled = 0;
+    for i in 0..bytes.len() {
+        if !bytes[i..].starts_with(prefix) {
+            continue;
+        }
+        // `eddy:operator/<interface>@0.2.0`: an interface name is short.
+        let from = i + prefix.len();
+        let name = &bytes[from..(from + 16).min(bytes.len())];
+        if let Some(at) = name.iter().position(|&b| b == b'@') {
+            let v = from + at + 1;
+            if bytes[v..].starts_with(b"0.2.0") {
+                bytes[v..v + 5].copy_from_slice(version.as_bytes());
+                relabelled += 1;
+            }
+        }
+    }
+    assert!(relabelled > 0, "no contract import in {component}");
+    bytes
+}

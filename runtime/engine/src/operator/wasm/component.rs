@@ -51,7 +51,7 @@ pub enum ComponentError {
         /// Why.
         reason: String,
     },
-    #[error("component {path}: built against {found}, but this eddy implements {CONTRACT}")]
+    #[error("component {path}: built against {found}, but this eddy implements {CONTRACT}: build it again from its source with this eddy (`eddy build`, or the eddy-sdk crate of this release for Rust)")]
     /// Built against another version of the contract.
     Version {
         /// The file it names.
@@ -143,12 +143,16 @@ impl WasmComponent {
             })?;
         // A component built against another version of the contract imports
         // `eddy:operator/...@<other>`: say so rather than "missing import".
+        // One built for an earlier contract runs per event (`legacy`).
         let ty = component.component_type();
+        let mut earlier = false;
         for (name, _) in ty.imports(engine) {
             if let Some(rest) = name.strip_prefix("eddy:operator/") {
                 if let Some((_, version)) = rest.split_once('@') {
                     let found = format!("eddy:operator@{version}");
-                    if found != CONTRACT {
+                    if super::EARLIER.contains(&found.as_str()) {
+                        earlier = true;
+                    } else if found != CONTRACT {
                         return Err(ComponentError::Version { path, found });
                     }
                 }
@@ -169,7 +173,8 @@ impl WasmComponent {
             reason: format!("{e:#}"),
         })?;
         let hash = crate::state::component_hash_of(&digest);
-        let batched = ty.exports(engine).any(|(name, _)| name == "handle-batch");
+        // An earlier contract's `handle-batch` takes another type: unused.
+        let batched = !earlier && ty.exports(engine).any(|(name, _)| name == "handle-batch");
         let migrates = ty.exports(engine).any(|(name, _)| name == "migrate");
         Ok(WasmComponent {
             path,

@@ -148,5 +148,8 @@ pub(super) fn linker(engine: &Engine) -> anyhow::Result<Linker<HostData>> {
     )?;
     // The batch types (`batched-operator` imports their interface).
     linker.instance(super::batch::INTERFACE)?;
+    // Components built for an earlier contract: the same functions under
+    // the old names.
+    super::legacy::add_to_linker(&mut linker)?;
     Ok(linker)
 }

@@ -60,6 +60,7 @@ mod cache;
 mod component;
 mod engine;
 mod instance;
+mod legacy;
 mod random;
 pub mod testing;
 
@@ -68,6 +69,7 @@ pub use cache::{Cache, CacheError, Compiled};
 pub use component::{ComponentError, WasmComponent, CONTRACT};
 pub use engine::{engine, engine_with};
 pub use instance::InitError;
+pub use legacy::EARLIER;
 
 use batch::{BatchFn, HostBatch};
 use engine::MemoryCap;

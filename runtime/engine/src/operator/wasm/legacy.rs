@@ -1,0 +1,94 @@
+//! Components built against an earlier version of the contract.
+//!
+//! Contract 0.2.0 changed only `handle-batch` (a typed batch instead of
+//! 0.1.0's byte frame); the `state`, `output`, `log` and `types` interfaces
+//! and the `init`, `handle` and `migrate` exports are the same. So a
+//! component built for 0.1.0 is linked to the same host functions under
+//! its interfaces' old names, and runs on the per-event path: its
+//! `handle-batch`, of the old type, is never called.
+//!
+//! wasmtime matches import names by semver compatibility, under which
+//! 0.1 and 0.2 are different versions; hence the old names are defined
+//! here one by one.
+
+use wasmtime::component::Linker;
+use wasmtime::StoreContextMut;
+
+use super::bindings::eddy::operator::{log, output, state, types};
+use super::HostData;
+
+/// The contract versions before [`super::CONTRACT`] whose components still
+/// load (per event).
+pub const EARLIER: &[&str] = &["eddy:operator@0.1.0"];
+
+/// The state, output, log and types interfaces of every [`EARLIER`]
+/// contract, on the same host functions as the current ones.
+pub(super) fn add_to_linker(linker: &mut Linker<HostData>) -> anyhow::Result<()> {
+    for contract in EARLIER {
+        let version = contract.trim_start_matches("eddy:operator@");
+        let name = |interface: &str| format!("eddy:operator/{interface}@{version}");
+        linker.instance(&name("types"))?;
+
+        type Cx<'a> = StoreContextMut<'a, HostData>;
+        let mut s = linker.instance(&name("state"))?;
+        s.func_wrap("get", |mut c: Cx, (n,): (String,)| {
+            state::Host::get(&mut c.data_mut().ctx, n).map(|r| (r,))
+        })?;
+        s.func_wrap("set", |mut c: Cx, (n, v): (String, Vec<u8>)| {
+            state::Host::set(&mut c.data_mut().ctx, n, v)
+        })?;
+        s.func_wrap("delete", |mut c: Cx, (n,): (String,)| {
+            state::Host::delete(&mut c.data_mut().ctx, n).map(|r| (r,))
+        })?;
+        s.func_wrap("map-get", |mut c: Cx, (n, f): (String, String)| {
+            state::Host::map_get(&mut c.data_mut().ctx, n, f).map(|r| (r,))
+        })?;
+        s.func_wrap(
+            "map-set",
+            |mut c: Cx, (n, f, v): (String, String, Vec<u8>)| {
+                state::Host::map_set(&mut c.data_mut().ctx, n, f, v)
+            },
+        )?;
+        s.func_wrap("map-delete", |mut c: Cx, (n, f): (String, String)| {
+            state::Host::map_delete(&mut c.data_mut().ctx, n, f).map(|r| (r,))
+        })?;
+        s.func_wrap("map-entries", |mut c: Cx, (n,): (String,)| {
+            state::Host::map_entries(&mut c.data_mut().ctx, n).map(|r| (r,))
+        })?;
+        s.func_wrap("map-len", |mut c: Cx, (n,): (String,)| {
+            state::Host::map_len(&mut c.data_mut().ctx, n).map(|r| (r,))
+        })?;
+        s.func_wrap("list-push", |mut c: Cx, (n, i): (String, Vec<u8>)| {
+            state::Host::list_push(&mut c.data_mut().ctx, n, i).map(|r| (r,))
+        })?;
+        s.func_wrap("list-len", |mut c: Cx, (n,): (String,)| {
+            state::Host::list_len(&mut c.data_mut().ctx, n).map(|r| (r,))
+        })?;
+        s.func_wrap(
+            "list-range",
+            |mut c: Cx, (n, start, end): (String, u32, u32)| {
+                state::Host::list_range(&mut c.data_mut().ctx, n, start, end).map(|r| (r,))
+            },
+        )?;
+        s.func_wrap("list-trim", |mut c: Cx, (n, keep): (String, u32)| {
+            state::Host::list_trim(&mut c.data_mut().ctx, n, keep).map(|r| (r,))
+        })?;
+        s.func_wrap("clear", |mut c: Cx, (): ()| {
+            state::Host::clear(&mut c.data_mut().ctx)
+        })?;
+
+        let mut o = linker.instance(&name("output"))?;
+        o.func_wrap("emit", |mut c: Cx, (k, v): (String, Vec<u8>)| {
+            output::Host::emit(&mut c.data_mut().ctx, k, v)
+        })?;
+
+        let mut l = linker.instance(&name("log"))?;
+        l.func_wrap(
+            "log",
+            |mut c: Cx, (level, message): (types::Level, String)| {
+                log::Host::log(&mut c.data_mut().ctx, level, message)
+            },
+        )?;
+    }
+    Ok(())
+}
