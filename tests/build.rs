@@ -14,7 +14,14 @@ const WORKSPACES: &[(&str, &str, &str, &[&str])] = &[
         "plugins",
         "plugins-target",
         "example operator",
-        &["counter", "fraud", "views", "recommend", "tracking"],
+        &[
+            "counter",
+            "counter_simple",
+            "fraud",
+            "views",
+            "recommend",
+            "tracking",
+        ],
     ),
     (
         "tests/fixtures",

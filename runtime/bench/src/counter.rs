@@ -1,6 +1,8 @@
-//! `eddy bench`: the keyed counter as a Wasm component against the same
-//! counter written natively, on the operator path alone and end to end, in
-//! one process so the ratios are fair on a noisy machine.
+//! `eddy bench`: the keyed counter as Wasm components (written the way the
+//! README teaches, and hand-tuned) against the same counter written
+//! natively, on the operator path alone and end to end, and end to end
+//! against the simplest program a user could write instead; in one process
+//! so the ratios are fair on a noisy machine.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,6 +29,14 @@ pub struct BenchArgs {
         default_value = "plugins/target/wasm32-wasip2/release/counter.wasm"
     )]
     pub component: PathBuf,
+    /// The same counter written the way the README teaches, with no hand
+    /// tuning (plugins/counter-simple built for wasm32-wasip2): what a
+    /// user's operator gets.
+    #[arg(
+        long,
+        default_value = "plugins/target/wasm32-wasip2/release/counter_simple.wasm"
+    )]
+    pub simple: PathBuf,
     /// Number of events.
     #[arg(long, default_value_t = 10_000_000)]
     pub events: usize,
@@ -42,8 +52,8 @@ pub struct BenchArgs {
     /// Skip the operator-path runs.
     #[arg(long)]
     pub no_operator: bool,
-    /// Operator path: run only the Wasm component with the CPU limit (for
-    /// profiling it alone).
+    /// Operator path: run only the tuned Wasm component (`--component`) with
+    /// the CPU limit (for profiling it alone).
     #[arg(long)]
     pub wasm_only: bool,
     /// Runs of each configuration, interleaved; the report gives each
@@ -155,6 +165,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     let t = Instant::now();
+    let simple = Arc::new(
+        WasmComponent::load(&engine, &a.simple)
+            .context("run `cargo build --release --target wasm32-wasip2` in plugins/ first")?,
+    );
+    println!(
+        "compiled {} in {:.2}s",
+        a.simple.display(),
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
     let ev = generate(a.events, a.keys);
     println!(
         "generated {} events over {} keys in {:.2}s",
@@ -175,6 +195,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let free = eddy_runtime::engine_with(false)?;
         let unlimited = Arc::new(WasmComponent::load(&free, &a.component)?);
         let (mut native, mut limited, mut free) = (Vec::new(), Vec::new(), Vec::new());
+        let mut simple_rates = Vec::new();
         for run in 1..=a.repeat {
             let d = operator_path(&mut component.instantiate(fresh(), "{}")?, &events)?;
             limited.push(rate(a.events, d));
@@ -186,9 +207,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
             native.push(rate(a.events, d));
             let d = operator_path(&mut unlimited.instantiate(fresh(), "{}")?, &events)?;
             free.push(rate(a.events, d));
+            let d = operator_path(&mut simple.instantiate(fresh(), "{}")?, &events)?;
+            simple_rates.push(rate(a.events, d));
             println!(
-                "  run {run}: native {:.0}, wasm {:.0}, wasm without the CPU limit {:.0} events/s",
+                "  run {run}: native {:.0}, wasm simple {:.0}, wasm {:.0}, wasm without the CPU limit {:.0} events/s",
                 native[native.len() - 1],
+                simple_rates[simple_rates.len() - 1],
                 limited[limited.len() - 1],
                 free[free.len() - 1]
             );
@@ -197,9 +221,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
             report("wasm", &limited);
         } else {
             let n = report("native", &native);
+            let s = report("wasm simple", &simple_rates);
             let w = report("wasm", &limited);
             let u = report("wasm without the CPU limit", &free);
+            println!("  simple/native ratio (medians) {:.3}", s / n);
             println!("  wasm/native ratio (medians) {:.3}", w / n);
+            println!("  simple/tuned ratio (medians) {:.3}", s / w);
             println!("  with/without CPU limit ratio (medians) {:.3}", w / u);
         }
     }
@@ -211,10 +238,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
         drop(ev);
         let workers = a.workers.unwrap_or_else(eddy_runtime::default_workers);
         println!("\nend to end ({workers} workers, JSON Lines file in and out, state committed to redb):");
-        let mut rates: [Vec<f64>; 2] = Default::default();
+        let mut rates: [Vec<f64>; 3] = Default::default();
+        let mut plain_rates = Vec::new();
         for run in 1..=a.repeat {
+            let out = dir.path().join("out-plain.jsonl");
+            let t = Instant::now();
+            let lines = plain(&input, &out)?;
+            let r = rate(lines, t.elapsed());
+            println!(
+                "  run {run}: plain   {r:>10.0} events/s  ({lines} events, one thread: serde_json, a HashMap, one output line per event)"
+            );
+            plain_rates.push(r);
+            let _ = std::fs::remove_file(out);
             for (which, (label, kind)) in [
                 ("native", native_kind()),
+                ("simple", OperatorKind::Wasm(simple.clone())),
                 ("wasm", OperatorKind::Wasm(component.clone())),
             ]
             .into_iter()
@@ -261,11 +299,64 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 let _ = std::fs::remove_dir_all(state);
             }
         }
+        let p = report("plain program", &plain_rates);
         let n = report("native", &rates[0]);
-        let w = report("wasm", &rates[1]);
+        let s = report("wasm simple", &rates[1]);
+        let w = report("wasm", &rates[2]);
+        println!("  simple/native ratio (medians) {:.3}", s / n);
         println!("  wasm/native ratio (medians) {:.3}", w / n);
+        println!("  simple/tuned ratio (medians) {:.3}", s / w);
+        println!("  simple/plain program ratio (medians) {:.3}", s / p);
     }
     Ok(())
+}
+
+/// The simplest program a user could write instead of a pipeline: one
+/// thread reads each line of `input`, parses it with serde_json, updates a
+/// `HashMap` of per-key totals and writes one output line per event to
+/// `output` (the same lines as the counter's). No state is kept on disk.
+/// Returns the number of events.
+fn plain(input: &std::path::Path, output: &std::path::Path) -> Result<usize> {
+    use std::collections::HashMap;
+    use std::io::BufRead;
+
+    #[derive(serde::Deserialize)]
+    struct Purchase {
+        key: String,
+        #[serde(default)]
+        amount: f64,
+    }
+    #[derive(serde::Serialize, Default)]
+    struct Totals {
+        count: u64,
+        sum: f64,
+    }
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        key: &'a str,
+        value: &'a Totals,
+    }
+    let reader = std::io::BufReader::new(std::fs::File::open(input)?);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(output)?);
+    let mut totals: HashMap<String, Totals> = HashMap::new();
+    let mut n = 0;
+    for line in reader.lines() {
+        let p: Purchase = serde_json::from_str(&line?)?;
+        let t = totals.entry(p.key.clone()).or_default();
+        t.count += 1;
+        t.sum += p.amount;
+        serde_json::to_writer(
+            &mut out,
+            &Line {
+                key: &p.key,
+                value: t,
+            },
+        )?;
+        out.write_all(b"\n")?;
+        n += 1;
+    }
+    out.flush()?;
+    Ok(n)
 }
 
 /// Builds a state directory of `mib` MiB for the counter (1 KiB per key:

@@ -238,6 +238,8 @@ fn bench_reports_each_run_and_the_ratios() {
             "bench",
             "--component",
             eddy_tests::COUNTER,
+            "--simple",
+            eddy_tests::COUNTER_SIMPLE,
             "--events",
             "20000",
             "--keys",
@@ -253,14 +255,20 @@ fn bench_reports_each_run_and_the_ratios() {
     let out = String::from_utf8_lossy(&o.stdout);
     for line in [
         "run 2: native",
+        "wasm simple",
+        "run 2: plain",
+        "simple/native ratio (medians)",
         "wasm/native ratio (medians)",
+        "simple/tuned ratio (medians)",
+        "simple/plain program ratio (medians)",
         "with/without CPU limit ratio (medians)",
     ] {
         assert!(out.contains(line), "no {line:?} in:\n{out}");
     }
-    // Operator path: two runs; end to end: two runs of each operator.
-    assert_eq!(out.matches("run 1:").count(), 3, "{out}");
-    assert_eq!(out.matches("(20000 events,").count(), 4, "{out}");
+    // Operator path: two runs; end to end: two runs of the plain program
+    // and of each of the three operators.
+    assert_eq!(out.matches("run 1:").count(), 5, "{out}");
+    assert_eq!(out.matches("(20000 events,").count(), 8, "{out}");
     let o = eddy(&["bench", "--repeat", "0"], dir.path());
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--repeat"), "{}", stderr(&o));
