@@ -128,8 +128,8 @@ pub(crate) fn with_value<R>(name: &str, f: impl FnOnce(Option<&[u8]>) -> R) -> R
     })
 }
 
-/// Records a write of the current key's value `name` in the batch; `false`
-/// when no batch is running.
+/// Records a write of the current key's value `name` in the batch; `None`
+/// when no batch is running, else whether the value existed.
 fn write(name: &str, value: Option<&[u8]>) -> Option<bool> {
     BATCH.with(|b| {
         let mut b = b.borrow_mut();
@@ -142,33 +142,65 @@ fn write(name: &str, value: Option<&[u8]>) -> Option<bool> {
             b.arena.extend_from_slice(v);
             Bytes::Arena(at, len32(b.arena.len()))
         });
-        let (names, arena) = (&b.frame.value_names.bytes[..], &b.arena);
-        let values = &mut b.keys[b.current];
-        let (slot, existed) = match values
-            .iter()
-            .position(|e| same(e.name.get(names, arena), name.as_bytes()))
-        {
-            Some(i) => {
-                let old = std::mem::replace(&mut values[i].value, value);
-                b.undo.push((i, old, false));
-                (i, old.is_some())
-            }
-            None => {
-                let at = len32(b.arena.len());
-                b.arena.extend_from_slice(name.as_bytes());
-                values.push(Entry {
-                    name: Bytes::Arena(at, len32(b.arena.len())),
-                    value,
-                });
-                b.undo.push((values.len() - 1, None, true));
-                (values.len() - 1, false)
-            }
-        };
-        if !b.touched.contains(&slot) {
-            b.touched.push(slot);
-        }
-        Some(existed)
+        Some(record(b, name, value))
     })
+}
+
+/// In a batch, encodes the current key's value `name` with `encode` straight
+/// into the batch's arena (no buffer of its own, no copy) and records the
+/// write; `None` when no batch is running. When `encode` fails, nothing is
+/// written.
+pub(crate) fn set_with<E>(
+    name: &str,
+    encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Option<Result<(), E>> {
+    BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        if !b.active {
+            return None;
+        }
+        let b = &mut *b;
+        let at = b.arena.len();
+        if let Err(e) = encode(&mut b.arena) {
+            b.arena.truncate(at);
+            return Some(Err(e));
+        }
+        let value = Bytes::Arena(len32(at), len32(b.arena.len()));
+        record(b, name, Some(value));
+        Some(Ok(()))
+    })
+}
+
+/// Records that the current event set the current key's value `name` to
+/// `value` (bytes already in the batch; `None`: deleted); returns whether
+/// the value existed.
+fn record(b: &mut Batch, name: &str, value: Option<Bytes>) -> bool {
+    let (names, arena) = (&b.frame.value_names.bytes[..], &b.arena);
+    let values = &mut b.keys[b.current];
+    let (slot, existed) = match values
+        .iter()
+        .position(|e| same(e.name.get(names, arena), name.as_bytes()))
+    {
+        Some(i) => {
+            let old = std::mem::replace(&mut values[i].value, value);
+            b.undo.push((i, old, false));
+            (i, old.is_some())
+        }
+        None => {
+            let at = len32(b.arena.len());
+            b.arena.extend_from_slice(name.as_bytes());
+            values.push(Entry {
+                name: Bytes::Arena(at, len32(b.arena.len())),
+                value,
+            });
+            b.undo.push((values.len() - 1, None, true));
+            (values.len() - 1, false)
+        }
+    };
+    if !b.touched.contains(&slot) {
+        b.touched.push(slot);
+    }
+    existed
 }
 
 /// Sets the current key's value `name` to `value` (already encoded).

@@ -294,8 +294,14 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
 
     /// Stores `value` for the current key.
     pub fn set(&self, value: &T) -> Result<(), Error> {
-        batch::set(self.name, &encode(self.name, value)?);
-        Ok(())
+        // In a batch, encoded straight into the batch's buffer.
+        match batch::set_with(self.name, |buf| serde_json::to_writer(buf, value)) {
+            Some(r) => r.map_err(|e| Error(format!("cannot encode {}: {e}", self.name))),
+            None => {
+                batch::set(self.name, &encode(self.name, value)?);
+                Ok(())
+            }
+        }
     }
 
     /// Sets the value from its JSON encoding, as [`Value::set`] would make
