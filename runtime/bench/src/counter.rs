@@ -164,16 +164,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.component.display(),
         t.elapsed().as_secs_f64()
     );
-    let t = Instant::now();
-    let simple = Arc::new(
-        WasmComponent::load(&engine, &a.simple)
-            .context("run `cargo build --release --target wasm32-wasip2` in plugins/ first")?,
-    );
-    println!(
-        "compiled {} in {:.2}s",
-        a.simple.display(),
-        t.elapsed().as_secs_f64()
-    );
+    // Not loaded when only the tuned component runs.
+    let simple = match a.wasm_only && a.no_e2e {
+        true => None,
+        false => {
+            let t = Instant::now();
+            let simple = Arc::new(WasmComponent::load(&engine, &a.simple).context(
+                "run `cargo build --release --target wasm32-wasip2` in plugins/ first, or give --simple",
+            )?);
+            println!(
+                "compiled {} in {:.2}s",
+                a.simple.display(),
+                t.elapsed().as_secs_f64()
+            );
+            Some(simple)
+        }
+    };
     let t = Instant::now();
     let ev = generate(a.events, a.keys);
     println!(
@@ -207,6 +213,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             native.push(rate(a.events, d));
             let d = operator_path(&mut unlimited.instantiate(fresh(), "{}")?, &events)?;
             free.push(rate(a.events, d));
+            let simple = simple.as_ref().context("the simple counter is loaded")?;
             let d = operator_path(&mut simple.instantiate(fresh(), "{}")?, &events)?;
             simple_rates.push(rate(a.events, d));
             println!(
@@ -252,7 +259,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let _ = std::fs::remove_file(out);
             for (which, (label, kind)) in [
                 ("native", native_kind()),
-                ("simple", OperatorKind::Wasm(simple.clone())),
+                (
+                    "simple",
+                    OperatorKind::Wasm(simple.clone().context("the simple counter is loaded")?),
+                ),
                 ("wasm", OperatorKind::Wasm(component.clone())),
             ]
             .into_iter()
