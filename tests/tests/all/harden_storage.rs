@@ -551,12 +551,6 @@ fn rollback_refuses_a_replaced_kept_component() {
     let v3_file = {
         let store = Store::open(&state).unwrap();
         let name = Versions::meta_name("counter");
-        let version = |generation, hash: &str, source: &str| Version {
-            generation,
-            hash: hash.to_string(),
-            source: source.into(),
-            loaded_at_ms: 0,
-        };
         let versions = Versions {
             active: 1,
             base: v1_hash,

@@ -534,7 +534,7 @@ fn cli_without_a_running_pipeline_says_what_is_missing() {
 /// swaps and rolls back as any other.
 #[test]
 fn a_state_directory_with_short_version_ids_still_runs_swaps_and_rolls_back() {
-    use eddy_runtime::{component_hash, Checkpoint, Store, Version, Versions};
+    use eddy_runtime::{component_hash, Checkpoint, Store, Versions};
 
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
@@ -559,12 +559,6 @@ fn a_state_directory_with_short_version_ids_still_runs_swaps_and_rolls_back() {
         }
         store.keep_component(v1_short, &v1).unwrap();
         store.keep_component(v2_short, &v2).unwrap();
-        let version = |generation, hash: &str, source: &str| Version {
-            generation,
-            hash: hash.into(),
-            source: source.into(),
-            loaded_at_ms: 0,
-        };
         let old = Versions {
             active: 1,
             base: v1_short.into(),

@@ -284,3 +284,13 @@ pub fn with_contract(component: &str, version: &str) -> Vec<u8> {
     assert!(relabelled > 0, "no contract import in {component}");
     bytes
 }
+
+/// A version record as `eddy` keeps it, loaded at time 0.
+pub fn version(generation: u32, hash: &str, source: &str) -> eddy_runtime::Version {
+    eddy_runtime::Version {
+        generation,
+        hash: hash.into(),
+        source: source.into(),
+        loaded_at_ms: 0,
+    }
+}
