@@ -140,3 +140,36 @@ fn operators_of_a_chain_do_not_share_state() {
         }
     }
 }
+
+/// `cpu_limit = false` (trusted code): a long call that the CPU limit
+/// dead-letters runs to its end instead, on the same input.
+#[test]
+fn with_the_cpu_limit_off_a_long_call_runs_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    // Hundreds of milliseconds of arithmetic, against a 20 ms limit.
+    std::fs::write(
+        &input,
+        "{\"key\":\"a\"}\n{\"key\":\"a\",\"action\":\"busy\",\"size\":400000000}\n{\"key\":\"a\"}\n",
+    )
+    .unwrap();
+    for cpu_limit in [true, false] {
+        let sub = dir.path().join(format!("limit-{cpu_limit}"));
+        std::fs::create_dir(&sub).unwrap();
+        let mut p = pipeline(&sub, &input, &[("faulty", eddy_tests::FAULTY)], 1);
+        p.operators[0].limits.max_call_ms = 20;
+        p.operators[0].limits.cpu_limit = cpu_limit;
+        let s = run(&p);
+        let dead = std::fs::read_to_string(&p.dead_letter).unwrap_or_default();
+        let state = state_values(&p.state_dir, "faulty", &["n"]);
+        if cpu_limit {
+            assert_eq!(s.operators[0].failed, 1, "{dead}");
+            assert!(dead.contains("CPU limit exceeded"), "{dead}");
+            assert_eq!(state["a"][0].as_u64(), Some(2));
+        } else {
+            assert_eq!(s.operators[0].failed, 0, "{dead}");
+            assert_eq!(s.operators[0].handled, 3);
+            assert_eq!(state["a"][0].as_u64(), Some(3));
+        }
+    }
+}

@@ -21,6 +21,25 @@ fn file_paths_are_relative_to_the_file_and_defaults_apply() {
     assert_eq!(pl.output, Output::Stdout);
     assert_eq!(pl.key_field, "key");
     assert_eq!(pl.state_dir, PathBuf::from("eddy-data"));
+    assert!(
+        pl.operators[0].limits.cpu_limit,
+        "the CPU limit is on by default"
+    );
+}
+
+#[test]
+fn the_cpu_limit_can_be_turned_off_per_operator() {
+    let pl = parse(
+        "[[operator]]\nname = \"a\"\ncomponent = \"a.wasm\"\ncpu_limit = false\n\
+         [[operator]]\nname = \"b\"\ncomponent = \"b.wasm\"\n",
+    )
+    .unwrap();
+    assert!(!pl.operators[0].limits.cpu_limit);
+    assert!(pl.operators[1].limits.cpu_limit);
+    let e = parse("[[operator]]\nname = \"a\"\ncomponent = \"a.wasm\"\ncpu_limit = \"no\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 4") && e.contains("cpu_limit"), "{e}");
 }
 
 #[test]

@@ -70,9 +70,30 @@ pub fn load_operators(
     engine: &wasmtime::Engine,
     p: &Pipeline,
 ) -> Result<Vec<Loaded>, ComponentError> {
+    // Operators whose CPU limit is off (trusted code) share an engine
+    // without the interruption checks; a swap keeps a component's engine.
+    let mut unlimited: Option<wasmtime::Engine> = None;
     p.operators
         .iter()
         .map(|spec| {
+            let engine = match spec.limits.cpu_limit {
+                true => engine,
+                false => match &mut unlimited {
+                    Some(e) => &*e,
+                    None => &*unlimited.insert(super::wasm::engine_with(false).map_err(|e| {
+                        ComponentError::Invalid {
+                            path: spec.component.clone(),
+                            reason: format!("cannot make an engine without the CPU limit: {e:#}"),
+                        }
+                    })?),
+                },
+            };
+            if !spec.limits.cpu_limit {
+                tracing::info!(
+                    "operator `{}`: cpu_limit = false: its calls are not interrupted (trusted code only)",
+                    spec.name
+                );
+            }
             let t = std::time::Instant::now();
             let component = WasmComponent::load(engine, &spec.component)?;
             let took = t.elapsed();
