@@ -229,7 +229,7 @@ pub(crate) fn emit_json<T: serde::Serialize + ?Sized>(
             return Ok(false);
         }
         b.out
-            .emit_with(key, |buf| serde_json::to_writer(buf, value))
+            .emit_with(key, |buf| crate::json::to_writer(buf, value))
             .map_err(|e| crate::Error::msg(format!("cannot encode emitted value: {e}")))?;
         Ok(true)
     })

@@ -108,6 +108,7 @@ pub mod bindings {
 use bindings::eddy::operator::{log as wit_log, state};
 
 mod batch;
+pub mod json;
 
 pub use serde;
 pub use serde_json;
@@ -199,7 +200,7 @@ pub struct Event<'a> {
 impl Event<'_> {
     /// Parses the payload as JSON into `T`.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_slice(self.value)
+        json::from_slice(self.value)
             .map_err(|e| Error(format!("payload is not the expected JSON: {e}")))
     }
 
@@ -252,11 +253,11 @@ impl Config {
 }
 
 fn encode<T: Serialize + ?Sized>(what: &str, value: &T) -> Result<Vec<u8>, Error> {
-    serde_json::to_vec(value).map_err(|e| Error(format!("cannot encode {what}: {e}")))
+    json::to_vec(value).map_err(|e| Error(format!("cannot encode {what}: {e}")))
 }
 
 fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(bytes).map_err(|e| Error(format!("state {what} does not decode: {e}")))
+    json::from_slice(bytes).map_err(|e| Error(format!("state {what} does not decode: {e}")))
 }
 
 /// A single value of type `T` per key, stored as JSON under a name.
@@ -295,7 +296,7 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
     /// Stores `value` for the current key.
     pub fn set(&self, value: &T) -> Result<(), Error> {
         // In a batch, encoded straight into the batch's buffer.
-        match batch::set_with(self.name, |buf| serde_json::to_writer(buf, value)) {
+        match batch::set_with(self.name, |buf| json::to_writer(buf, value)) {
             Some(r) => r.map_err(|e| Error(format!("cannot encode {}: {e}", self.name))),
             None => {
                 batch::set(self.name, &encode(self.name, value)?);
