@@ -43,6 +43,7 @@
 mod checkpoint;
 mod config;
 pub mod control;
+mod json;
 mod operator;
 mod pipeline;
 mod route;

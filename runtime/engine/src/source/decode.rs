@@ -23,6 +23,8 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::json::{Kind, Scanner, Unsure};
+
 /// What a line yields for routing.
 #[derive(Debug, PartialEq)]
 pub struct Decoded<'a> {
@@ -60,6 +62,63 @@ pub fn decode<'a>(
     time_field: Option<&str>,
 ) -> Result<Decoded<'a>, DecodeError> {
     let text = std::str::from_utf8(line).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
+    match scan(text, key_field, time_field) {
+        Ok(found) => Ok(found),
+        Err(Unsure) => decode_slow(text, key_field, time_field),
+    }
+}
+
+/// The common case in one pass without serde: an object whose key field is
+/// a string without escapes or a number, and whose time field (if any) is
+/// an integer; anything else (and every error) is left to
+/// [`decode_slow`], which decides.
+#[inline]
+fn scan<'a>(
+    text: &'a str,
+    key_field: &str,
+    time_field: Option<&str>,
+) -> Result<Decoded<'a>, Unsure> {
+    let mut s = Scanner::new(text.as_bytes(), true);
+    let (mut key, mut time) = (None, None);
+    if s.open_object()? {
+        loop {
+            let name = s.key()?;
+            let (kind, start, end) = s.value(1)?;
+            // As in the slow path: the last occurrence counts, and a field
+            // named like both is the key.
+            if name == key_field.as_bytes() {
+                key = match kind {
+                    Kind::Str | Kind::Int | Kind::Number => Some(&text[start..end]),
+                    Kind::EscapedStr | Kind::Other => return Err(Unsure),
+                };
+            } else if Some(name) == time_field.map(str::as_bytes) {
+                let literal = &text[start..end];
+                // serde_json reads `-0` as a float.
+                if kind != Kind::Int || literal.starts_with("-0") {
+                    return Err(Unsure);
+                }
+                time = Some(literal.parse::<i64>().map_err(|_| Unsure)?);
+            }
+            if !s.next_member()? {
+                break;
+            }
+        }
+    }
+    s.end()?;
+    Ok(Decoded {
+        key: Cow::Borrowed(key.ok_or(Unsure)?),
+        time,
+    })
+}
+
+/// [`decode`] through serde_json: every case, with its error.
+#[cold]
+#[inline(never)]
+fn decode_slow<'a>(
+    text: &'a str,
+    key_field: &str,
+    time_field: Option<&str>,
+) -> Result<Decoded<'a>, DecodeError> {
     let mut de = serde_json::Deserializer::from_str(text);
     let seed = Fields {
         line: text,
@@ -344,7 +403,7 @@ impl<'de> de::Deserialize<'de> for TimeValue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -454,5 +513,81 @@ mod tests {
             );
         }
         assert!(e(r#"{"key":"bad \x escape"}"#).starts_with("line is not a JSON object"));
+    }
+
+    /// Lines like real input, and edits of them that break them in the
+    /// ways real input breaks.
+    pub(crate) fn line() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let name = prop_oneof![
+            Just("key".to_string()),
+            Just("ts".to_string()),
+            Just("amount".to_string()),
+            "[a-z\\\\\"é]{0,4}",
+        ];
+        let value = prop_oneof![
+            "\"[a-z0-9 é\\\\\"/\u{1}-]{0,8}\"",
+            "-?(0|[1-9][0-9]{0,20})(\\.[0-9]{1,3})?([eE][+-]?[0-9]{1,3})?",
+            Just("-0".to_string()),
+            Just("true".to_string()),
+            Just("null".to_string()),
+            Just("[1,{\"a\":[]},\"x\"]".to_string()),
+            Just("{\"key\":1}".to_string()),
+            Just("\"\\u00e9\\n\"".to_string()),
+        ];
+        let line = prop::collection::vec((name, value), 0..5).prop_map(|fields| {
+            let body: Vec<String> = fields
+                .into_iter()
+                .map(|(n, v)| format!("\"{n}\": {v}"))
+                .collect();
+            format!("{{{}}}", body.join(",")).into_bytes()
+        });
+        let edit = (
+            any::<prop::sample::Index>(),
+            0u8..4,
+            prop::sample::select(b"{}[]\",:0-.e \\\x01\xff".to_vec()),
+        );
+        (line, prop::collection::vec(edit, 0..3)).prop_map(|(mut line, edits)| {
+            for (at, what, byte) in edits {
+                let i = if line.is_empty() {
+                    0
+                } else {
+                    at.index(line.len())
+                };
+                match what {
+                    0 if !line.is_empty() => line[i] = byte,
+                    1 if !line.is_empty() => {
+                        line.remove(i);
+                    }
+                    2 => line.insert(i, byte),
+                    _ => line.truncate(i),
+                }
+            }
+            line
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 5000, ..Default::default() })]
+
+        /// The one-pass scan and serde_json agree on every line: the same
+        /// key and time, or the same error.
+        #[test]
+        fn the_scan_gives_what_serde_json_gives(line in line()) {
+            let fast = decode(&line, "key", Some("ts"));
+            let slow = std::str::from_utf8(&line)
+                .map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))
+                .and_then(|text| decode_slow(text, "key", Some("ts")));
+            proptest::prop_assert_eq!(fast, slow, "line {:?}", String::from_utf8_lossy(&line));
+        }
+    }
+
+    #[test]
+    fn usual_lines_take_the_scan() {
+        let line = r#"{"key":"user-7","amount":12,"ts":1700000000000}"#;
+        let found = scan(line, "key", Some("ts")).expect("the scan reads it");
+        assert_eq!((&*found.key, found.time), ("user-7", Some(1700000000000)));
+        let found = scan(r#" { "ts": -5, "key" : 1E2 } "#, "key", Some("ts")).expect("scan");
+        assert_eq!((&*found.key, found.time), ("1E2", Some(-5)));
     }
 }
