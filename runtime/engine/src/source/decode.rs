@@ -403,7 +403,7 @@ impl<'de> de::Deserialize<'de> for TimeValue {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -515,65 +515,13 @@ pub(crate) mod tests {
         assert!(e(r#"{"key":"bad \x escape"}"#).starts_with("line is not a JSON object"));
     }
 
-    /// Lines like real input, and edits of them that break them in the
-    /// ways real input breaks.
-    pub(crate) fn line() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
-        use proptest::prelude::*;
-        let name = prop_oneof![
-            Just("key".to_string()),
-            Just("ts".to_string()),
-            Just("amount".to_string()),
-            "[a-z\\\\\"é]{0,4}",
-        ];
-        let value = prop_oneof![
-            "\"[a-z0-9 é\\\\\"/\u{1}-]{0,8}\"",
-            "-?(0|[1-9][0-9]{0,20})(\\.[0-9]{1,3})?([eE][+-]?[0-9]{1,3})?",
-            Just("-0".to_string()),
-            Just("true".to_string()),
-            Just("null".to_string()),
-            Just("[1,{\"a\":[]},\"x\"]".to_string()),
-            Just("{\"key\":1}".to_string()),
-            Just("\"\\u00e9\\n\"".to_string()),
-        ];
-        let line = prop::collection::vec((name, value), 0..5).prop_map(|fields| {
-            let body: Vec<String> = fields
-                .into_iter()
-                .map(|(n, v)| format!("\"{n}\": {v}"))
-                .collect();
-            format!("{{{}}}", body.join(",")).into_bytes()
-        });
-        let edit = (
-            any::<prop::sample::Index>(),
-            0u8..4,
-            prop::sample::select(b"{}[]\",:0-.e \\\x01\xff".to_vec()),
-        );
-        (line, prop::collection::vec(edit, 0..3)).prop_map(|(mut line, edits)| {
-            for (at, what, byte) in edits {
-                let i = if line.is_empty() {
-                    0
-                } else {
-                    at.index(line.len())
-                };
-                match what {
-                    0 if !line.is_empty() => line[i] = byte,
-                    1 if !line.is_empty() => {
-                        line.remove(i);
-                    }
-                    2 => line.insert(i, byte),
-                    _ => line.truncate(i),
-                }
-            }
-            line
-        })
-    }
-
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 5000, ..Default::default() })]
 
         /// The one-pass scan and serde_json agree on every line: the same
         /// key and time, or the same error.
         #[test]
-        fn the_scan_gives_what_serde_json_gives(line in line()) {
+        fn the_scan_gives_what_serde_json_gives(line in crate::json::tests::line()) {
             let fast = decode(&line, "key", Some("ts"));
             let slow = std::str::from_utf8(&line)
                 .map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))

@@ -21,7 +21,7 @@ use crossbeam_channel::{bounded, Receiver};
 use crate::config::{Input, Pipeline};
 use crate::state::{SourcePos, Store};
 
-pub(crate) mod decode;
+mod decode;
 mod reader;
 
 pub(crate) use decode::FieldName;
