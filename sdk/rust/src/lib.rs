@@ -109,6 +109,7 @@ use bindings::eddy::operator::{log as wit_log, state};
 
 mod batch;
 pub mod json;
+mod mem;
 
 pub use serde;
 pub use serde_json;

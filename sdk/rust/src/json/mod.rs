@@ -101,7 +101,7 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde_json::E
 /// copied with fixed-size moves: in Wasm a `memcpy` of unknown length is a
 /// `memory.copy`, which wasmtime runs as a call out to the host, costing
 /// more than the copy itself for a few bytes.
-#[inline]
+#[inline(always)]
 pub(crate) fn extend(out: &mut Vec<u8>, bytes: &[u8]) {
     let n = bytes.len();
     if n > 16 {

@@ -24,7 +24,7 @@ fn has_zero(x: u64) -> bool {
 
 /// Whether `s` can be written between quotes as it is (no `"`, `\` or
 /// control character).
-#[inline]
+#[inline(always)]
 fn plain(s: &[u8]) -> bool {
     let (chunks, rest) = s.as_chunks::<8>();
     chunks.iter().all(|c| {
@@ -36,7 +36,7 @@ fn plain(s: &[u8]) -> bool {
 }
 
 /// Writes `s` as a JSON string.
-#[inline]
+#[inline(always)]
 fn string(out: &mut Vec<u8>, s: &str) {
     if plain(s.as_bytes()) {
         out.reserve(s.len() + 2);
