@@ -8,6 +8,7 @@
 //! difference of the first differing bytes, as unsigned.
 
 /// Compares `a` and `b` (of equal length) as `memcmp` does.
+#[cfg(any(test, target_arch = "wasm32"))]
 #[inline]
 fn compare(a: &[u8], b: &[u8]) -> i32 {
     let (a8, a_rest) = a.as_chunks::<8>();
