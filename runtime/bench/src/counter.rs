@@ -52,10 +52,15 @@ pub struct BenchArgs {
     /// Skip the operator-path runs.
     #[arg(long)]
     pub no_operator: bool,
-    /// Operator path: run only the tuned Wasm component (`--component`) with
-    /// the CPU limit (for profiling it alone).
+    /// Operator path: run only the Wasm component given as `--component`
+    /// (the tuned counter unless told otherwise), with the CPU limit (for
+    /// profiling one component alone).
     #[arg(long)]
     pub wasm_only: bool,
+    /// With `--wasm-only`: run that component without the CPU limit (an
+    /// engine without epoch checks), to measure what the limit costs.
+    #[arg(long, requires = "wasm_only")]
+    pub no_cpu_limit: bool,
     /// Runs of each configuration, interleaved; the report gives each
     /// run, the median and the best (the machine may be shared and noisy).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
@@ -198,17 +203,28 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let fresh = || OpCtx::new("counter".into(), None, Limits::default());
         // The cost of the per-call CPU limit (epoch deadlines): the same
         // component on an engine without it.
-        let free = eddy_runtime::engine_with(false)?;
-        let unlimited = Arc::new(WasmComponent::load(&free, &a.component)?);
+        let free_engine = eddy_runtime::engine_with(false)?;
+        let unlimited = Arc::new(WasmComponent::load(&free_engine, &a.component)?);
         let (mut native, mut limited, mut free) = (Vec::new(), Vec::new(), Vec::new());
-        let mut simple_rates = Vec::new();
+        let (mut simple_rates, mut simple_free) = (Vec::new(), Vec::new());
+        let simple_unlimited = match &simple {
+            Some(_) => Some(Arc::new(WasmComponent::load(&free_engine, &a.simple)?)),
+            None => None,
+        };
         for run in 1..=a.repeat {
-            let d = operator_path(&mut component.instantiate(fresh(), "{}")?, &events)?;
-            limited.push(rate(a.events, d));
             if a.wasm_only {
+                let c = if a.no_cpu_limit {
+                    &unlimited
+                } else {
+                    &component
+                };
+                let d = operator_path(&mut c.instantiate(fresh(), "{}")?, &events)?;
+                limited.push(rate(a.events, d));
                 println!("  run {run}: wasm {:.0}", limited[limited.len() - 1]);
                 continue;
             }
+            let d = operator_path(&mut component.instantiate(fresh(), "{}")?, &events)?;
+            limited.push(rate(a.events, d));
             let d = operator_path(&mut NativeCounter::new(fresh(), "amount"), &events)?;
             native.push(rate(a.events, d));
             let d = operator_path(&mut unlimited.instantiate(fresh(), "{}")?, &events)?;
@@ -216,10 +232,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let simple = simple.as_ref().context("the simple counter is loaded")?;
             let d = operator_path(&mut simple.instantiate(fresh(), "{}")?, &events)?;
             simple_rates.push(rate(a.events, d));
+            let unlimited = simple_unlimited
+                .as_ref()
+                .context("the simple counter is loaded")?;
+            let d = operator_path(&mut unlimited.instantiate(fresh(), "{}")?, &events)?;
+            simple_free.push(rate(a.events, d));
             println!(
-                "  run {run}: native {:.0}, wasm simple {:.0}, wasm {:.0}, wasm without the CPU limit {:.0} events/s",
+                "  run {run}: native {:.0}, wasm simple {:.0} (without the CPU limit {:.0}), wasm {:.0} (without the CPU limit {:.0}) events/s",
                 native[native.len() - 1],
                 simple_rates[simple_rates.len() - 1],
+                simple_free[simple_free.len() - 1],
                 limited[limited.len() - 1],
                 free[free.len() - 1]
             );
@@ -231,10 +253,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let s = report("wasm simple", &simple_rates);
             let w = report("wasm", &limited);
             let u = report("wasm without the CPU limit", &free);
+            let su = report("simple without the CPU limit", &simple_free);
             println!("  simple/native ratio (medians) {:.3}", s / n);
             println!("  wasm/native ratio (medians) {:.3}", w / n);
             println!("  simple/tuned ratio (medians) {:.3}", s / w);
-            println!("  with/without CPU limit ratio (medians) {:.3}", w / u);
+            println!(
+                "  with/without CPU limit ratio, simple (medians) {:.3}",
+                s / su
+            );
+            println!(
+                "  with/without CPU limit ratio, tuned (medians) {:.3}",
+                w / u
+            );
         }
     }
 
