@@ -238,6 +238,51 @@ impl<'de> Deserializer<'de> {
         visitor.visit_f64(if negative { -f } else { f })
     }
 
+    /// Skips a number, checking its syntax as JSON defines it.
+    #[inline]
+    fn skip_number(&mut self) -> Result<(), Fallback> {
+        let input = self.input;
+        let mut i = self.pos;
+        if input.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        let digits = |mut i: usize| {
+            while matches!(input.get(i), Some(b'0'..=b'9')) {
+                i += 1;
+            }
+            i
+        };
+        match input.get(i) {
+            Some(b'0') => i += 1,
+            Some(b'1'..=b'9') => i = digits(i + 1),
+            _ => return Err(Fallback),
+        }
+        if input.get(i) == Some(&b'.') {
+            let end = digits(i + 1);
+            if end == i + 1 {
+                return Err(Fallback);
+            }
+            i = end;
+        }
+        if matches!(input.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(input.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            let end = digits(i);
+            if end == i {
+                return Err(Fallback);
+            }
+            i = end;
+        }
+        // A digit right after a leading zero ("01") is an error.
+        if matches!(input.get(i), Some(b'0'..=b'9')) {
+            return Err(Fallback);
+        }
+        self.pos = i;
+        Ok(())
+    }
+
     #[inline]
     fn enter(&mut self) -> Result<(), Fallback> {
         self.depth += 1;
@@ -322,8 +367,24 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
     forward_to_any! {
         deserialize_bool deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64
         deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64
-        deserialize_f64 deserialize_ignored_any
-        deserialize_seq deserialize_map
+        deserialize_f64 deserialize_seq deserialize_map
+    }
+
+    /// A value nobody reads (a field the type does not have): strings and
+    /// numbers are skipped by their syntax, without decoding.
+    #[inline]
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Fallback> {
+        match self.peek()? {
+            b'"' => {
+                self.string()?;
+                visitor.visit_unit()
+            }
+            b'-' | b'0'..=b'9' => {
+                self.skip_number()?;
+                visitor.visit_unit()
+            }
+            _ => self.deserialize_any(visitor),
+        }
     }
 
     fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Fallback> {
