@@ -15,6 +15,8 @@
 //!   sink).
 //! - [`Config`]: the operator's `config` table from the pipeline file.
 //! - [`log`]: write to the host's log.
+//! - [`json`]: the JSON the SDK reads and writes for you (`from_slice`,
+//!   `to_writer`): serde_json's results, faster in WebAssembly.
 //!
 //! The component exports both entry points of the contract: `handle` (one
 //! event per call, state calls go to the host) and `handle-batch` (many
