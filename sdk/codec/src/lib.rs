@@ -59,11 +59,13 @@
 #![deny(missing_docs)]
 
 mod build;
+mod bytes;
 mod check;
 mod read;
 pub mod wit;
 
 pub use build::{BatchBuilder, BuildError, ResultBuilder};
+pub use bytes::extend;
 pub use check::{
     CheckedResult, Column, Emits, Field, Handled, Limits, Outcomes, ResultError, Writes,
 };

@@ -121,7 +121,7 @@ impl Strings {
     /// Appends a string.
     #[inline]
     pub fn push(&mut self, s: &[u8]) {
-        self.bytes.extend_from_slice(s);
+        crate::extend(&mut self.bytes, s);
         self.ends.push(offset(self.bytes.len()));
     }
 

@@ -97,45 +97,8 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde_json::E
     Ok(out)
 }
 
-/// Appends `bytes` to `out`. Short slices (keys, names, numbers) are
-/// copied with fixed-size moves: in Wasm a `memcpy` of unknown length is a
-/// `memory.copy`, which wasmtime runs as a call out to the host, costing
-/// more than the copy itself for a few bytes.
-#[inline(always)]
-pub(crate) fn extend(out: &mut Vec<u8>, bytes: &[u8]) {
-    let n = bytes.len();
-    if n > 16 {
-        out.extend_from_slice(bytes);
-        return;
-    }
-    out.reserve(n);
-    let len = out.len();
-    // SAFETY: `reserve` made room for `n` more bytes after `len`; each
-    // copy below reads inside `bytes` and writes inside that room (the two
-    // copies of a size class overlap when `n` is not twice the size).
-    unsafe {
-        let src = bytes.as_ptr();
-        let dst = out.as_mut_ptr().add(len);
-        if n >= 8 {
-            dst.cast::<[u8; 8]>()
-                .write_unaligned(src.cast::<[u8; 8]>().read_unaligned());
-            dst.add(n - 8)
-                .cast::<[u8; 8]>()
-                .write_unaligned(src.add(n - 8).cast::<[u8; 8]>().read_unaligned());
-        } else if n >= 4 {
-            dst.cast::<[u8; 4]>()
-                .write_unaligned(src.cast::<[u8; 4]>().read_unaligned());
-            dst.add(n - 4)
-                .cast::<[u8; 4]>()
-                .write_unaligned(src.add(n - 4).cast::<[u8; 4]>().read_unaligned());
-        } else if n > 0 {
-            *dst = *src;
-            *dst.add(n / 2) = *src.add(n / 2);
-            *dst.add(n - 1) = *src.add(n - 1);
-        }
-        out.set_len(len + n);
-    }
-}
+/// Appends `bytes` to `out` (short slices without `memory.copy`).
+pub(crate) use eddy_codec::extend;
 
 #[cfg(test)]
 mod tests;
