@@ -25,13 +25,21 @@ pub struct SwapPause {
     pub stage: usize,
     /// Generation swapped in.
     pub generation: u32,
-    /// Time from the end of the last event the old version handled on this
-    /// worker to the start of the first event the new version handled, in
-    /// microseconds.
+    /// What the swap held the worker up, in microseconds: from the moment
+    /// the new version could have started (the old version's last event
+    /// on this worker ended, and the new version's first event had reached
+    /// the worker) to the start of that first event.
     pub pause_us: f64,
-    /// The part of `pause_us` before the worker took the swap message (the
-    /// old version's last event to the switch), in microseconds.
+    /// The part of `pause_us` before the new instance was in place, in
+    /// microseconds.
     pub before_switch_us: f64,
+    /// Time between the old version's last event and the moment the new
+    /// version's first event reached the worker, in microseconds: the
+    /// worker had no event to handle (the input was slower, or a
+    /// checkpoint held it). The whole gap between the two versions' events
+    /// is `idle_us + pause_us`.
+    #[serde(default)]
+    pub idle_us: f64,
 }
 
 /// What a worker shows of itself while it runs (`eddy status`), updated
