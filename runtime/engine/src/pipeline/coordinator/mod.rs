@@ -369,11 +369,17 @@ impl Coordinator {
         self.flush_batches()?;
         self.wait_inflight(|n| n == 0)?;
         let mut cp = Checkpoint::default();
+        // Every worker hands over its state at once (they do it in
+        // parallel), then the answers are taken in worker order.
+        let mut replies = Vec::with_capacity(self.workers.count());
         for w in 0..self.workers.count() {
             let (rtx, rrx) = bounded(1);
             if self.workers.send(w, Msg::Barrier(rtx)).is_err() {
                 return Err(self.worker_failure());
             }
+            replies.push(rrx);
+        }
+        for (w, rrx) in replies.into_iter().enumerate() {
             let reply: BarrierReply = match rrx.recv() {
                 Ok(r) => r?,
                 Err(_) => return Err(self.worker_failure()),
