@@ -5,10 +5,11 @@
 //! versions of the counter through the real control endpoint. Each worker
 //! measures its pause: from the moment the new version could have started
 //! (the old version's last event ended and the new one's first event had
-//! reached the worker) to the start of that first event; and the whole gap
-//! between the two versions' events, which adds the time the worker had no
-//! event of after the barrier yet (slower input, or a checkpoint holding
-//! the stream). Compile time (reading and compiling the component) and
+//! reached the worker) to the start of that first event, plus what the new
+//! instance's first run of events took beyond its usual pace (its first
+//! call meets fresh memory); and the whole gap between the two versions'
+//! events, which adds the time the worker had no event of after the
+//! barrier yet (slower input, or a checkpoint holding the stream). Compile time (reading and compiling the component) and
 //! preparation (init, trial migration, one instance per worker) happen
 //! before the barrier and are reported separately, as is the time until
 //! the swap was durable.
@@ -308,11 +309,20 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
         s.operators[0].failed
     );
     check_every_worker_paused(&s, a.swaps)?;
-    print_dist("pause per worker", "us", each(|p| p.pause_us));
+    print_dist(
+        "pause per worker",
+        "us",
+        each(|p| p.pause_us + p.first_run_extra_us),
+    );
     print_dist(
         "  of which before the switch",
         "us",
         each(|p| p.before_switch_us),
+    );
+    print_dist(
+        "  of which 1st run's extra",
+        "us",
+        each(|p| p.first_run_extra_us),
     );
     print_dist(
         "gap v1 -> v2 events",

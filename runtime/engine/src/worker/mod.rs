@@ -141,6 +141,9 @@ struct Worker {
     last_end: Vec<Option<Instant>>,
     /// Per operator: a swap happened, until the new version's first event.
     swapped_at: Vec<Option<Switched>>,
+    /// Per operator: how long the new version's first run took, and for
+    /// how many events, until its second run gives its usual pace.
+    first_run: Vec<Option<(Duration, usize)>>,
     /// When the batch being handled was handed to this worker: its events
     /// could not be handled earlier (for swap pauses).
     avail: Instant,
@@ -234,12 +237,31 @@ impl Worker {
             idle_us: sw
                 .old_end
                 .map_or(0.0, |end| us(ready.saturating_duration_since(end))),
+            first_run_extra_us: 0.0,
         };
         let mut live = self.live.worker(self.id);
         if live.pauses.len() >= PAUSES_KEPT {
             live.pauses.remove(0);
         }
         live.pauses.push(pause);
+    }
+
+    /// Notes how much longer the new version of operator `stage` took on
+    /// its first run of events than at the pace of its second (a new
+    /// instance's first call meets fresh memory and cold caches): part of
+    /// what its swap costs.
+    fn first_run_extra(
+        &mut self,
+        stage: usize,
+        (first, n1): (Duration, usize),
+        (second, n2): (Duration, usize),
+    ) {
+        let pace = second.as_secs_f64() / n2.max(1) as f64;
+        let extra_us = (first.as_secs_f64() - pace * n1 as f64).max(0.0) * 1e6;
+        let mut live = self.live.worker(self.id);
+        if let Some(p) = live.pauses.iter_mut().rev().find(|p| p.stage == stage) {
+            p.first_run_extra_us = extra_us;
+        }
     }
 
     /// Shows this worker's counters and position to `eddy status`.
@@ -320,9 +342,14 @@ impl Worker {
         let me = self.id;
         // Emitted events this worker handles itself, for the next operator.
         let mut local = Batch::default();
-        if let Some(sw) = self.swapped_at[stage].take() {
-            self.pause(stage, sw);
-        }
+        let first = match self.swapped_at[stage].take() {
+            Some(sw) => {
+                self.pause(stage, sw);
+                true
+            }
+            None => false,
+        };
+        let run_start = Instant::now();
         if let Some(&l) = lines.last() {
             self.line = self.line.max(l);
         }
@@ -389,7 +416,14 @@ impl Worker {
                 let _ = sink.send(SinkMsg::Dead(std::mem::take(dead)));
             }
         })?;
-        last_end[stage] = Some(Instant::now());
+        let end = Instant::now();
+        last_end[stage] = Some(end);
+        let took = end - run_start;
+        if first {
+            self.first_run[stage] = Some((took, events.len()));
+        } else if let Some(first) = self.first_run[stage].take() {
+            self.first_run_extra(stage, first, (took, events.len()));
+        }
         if !local.is_empty() {
             // Its events exist from now on.
             local.sent = Some(Instant::now());

@@ -120,6 +120,19 @@ pub struct Workers {
     reaper: Option<JoinHandle<()>>,
 }
 
+/// Lowers the calling thread's priority to the lowest (nice 19) so that,
+/// woken by a worker, it does not take that worker's CPU: a sleeper woken
+/// at normal priority often preempts its waker, which would then wait for
+/// the drop it just handed off. (On Linux the nice value is the calling
+/// thread's own; elsewhere it would be the whole process's, so nothing is
+/// changed there.)
+fn yield_to_workers() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, 19) {
+        tracing::debug!("the reaper thread keeps its priority: {e}");
+    }
+}
+
 /// Where workers send the instances swaps retire.
 type Retire = Sender<Box<dyn Operator>>;
 
@@ -130,6 +143,7 @@ fn reaper() -> std::io::Result<(Retire, JoinHandle<()>)> {
     let thread = std::thread::Builder::new()
         .name("eddy-reaper".into())
         .spawn(move || {
+            yield_to_workers();
             for retired in rx {
                 drop(retired);
             }
@@ -201,6 +215,7 @@ impl Workers {
                         live,
                         last_end: vec![None; k],
                         swapped_at: vec![None; k],
+                        first_run: vec![None; k],
                         avail: Instant::now(),
                         line: 0,
                         reaper,

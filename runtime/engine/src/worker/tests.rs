@@ -1,7 +1,8 @@
 //! The workers on their own: a swap carried in a batch splits its events
 //! exactly where it falls, the state carries over, the retired instance is
 //! dropped off the worker's thread, and the pause leaves out the time the
-//! worker had no event to handle.
+//! worker had no event to handle but counts a slow first run of the new
+//! version.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +22,8 @@ struct Tagged {
     ctx: OpCtx,
     version: u32,
     dropped_on: Arc<Mutex<Vec<(u32, String)>>>,
+    /// Its first event takes that long more (a cold first call).
+    slow_first: Option<Duration>,
 }
 
 impl Operator for Tagged {
@@ -29,6 +32,9 @@ impl Operator for Tagged {
     }
 
     fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError> {
+        if let Some(d) = self.slow_first.take() {
+            std::thread::sleep(d);
+        }
         let fail = |e: &dyn std::fmt::Display| HandleError::Failed(e.to_string());
         let n = match self.ctx.get("n").map_err(|e| fail(&e))? {
             Some(b) => serde_json::from_slice::<u64>(b).map_err(|e| fail(&e))?,
@@ -74,6 +80,7 @@ impl One {
                     ctx,
                     version: 1,
                     dropped_on: d.clone(),
+                    slow_first: None,
                 }) as Box<dyn Operator>
             })),
             config: "{}".into(),
@@ -94,13 +101,19 @@ impl One {
         }
     }
 
-    /// Version 2's instance.
-    fn v2(&self) -> Box<dyn Operator> {
+    /// Version `version`'s instance.
+    fn version(&self, version: u32, slow_first: Option<Duration>) -> Box<dyn Operator> {
         Box::new(Tagged {
             ctx: OpCtx::new("tagged".into(), None, Limits::default()),
-            version: 2,
+            version,
             dropped_on: self.dropped_on.clone(),
+            slow_first,
         })
+    }
+
+    /// Version 2's instance.
+    fn v2(&self) -> Box<dyn Operator> {
+        self.version(2, None)
     }
 
     /// Sends `batch` and waits until it is handled.
@@ -193,11 +206,7 @@ fn a_swap_before_any_event_of_its_batch_and_a_batch_with_no_event() {
     let mut batch = Batch::default();
     events(&mut batch, &["a", "b"], 2);
     one.handle(batch);
-    let back = Box::new(Tagged {
-        ctx: OpCtx::new("tagged".into(), None, Limits::default()),
-        version: 3,
-        dropped_on: one.dropped_on.clone(),
-    });
+    let back = one.version(3, None);
     let mut batch = Batch::default();
     batch.switch_here(0, back, 2);
     events(&mut batch, &["b", "a"], 4);
@@ -253,4 +262,25 @@ fn the_pause_leaves_out_the_time_the_worker_had_no_event() {
     // but part of the gap between the versions' events.
     assert!(p.idle_us >= quiet.as_secs_f64() * 1e6, "{p:?}");
     assert!(p.pause_us < quiet.as_secs_f64() * 1e6, "{p:?}");
+}
+
+#[test]
+fn a_slow_first_run_of_the_new_version_is_counted_apart_from_the_switch() {
+    let one = One::start();
+    let mut batch = Batch::default();
+    events(&mut batch, &["a", "b"], 1);
+    let cold = Duration::from_millis(200);
+    batch.switch_here(0, one.version(2, Some(cold)), 1);
+    events(&mut batch, &["a", "b"], 3);
+    one.handle(batch);
+    // Until the new version's second run, its usual pace is unknown.
+    assert_eq!(one.live.worker(0).pauses[0].first_run_extra_us, 0.0);
+    let mut batch = Batch::default();
+    events(&mut batch, &["a", "b", "c", "d"], 5);
+    one.handle(batch);
+    let p = one.live.worker(0).pauses[0];
+    one.stop();
+    let cold_us = cold.as_secs_f64() * 1e6;
+    assert!(p.first_run_extra_us >= cold_us * 0.9, "{p:?}");
+    assert!(p.pause_us < cold_us, "{p:?}");
 }
