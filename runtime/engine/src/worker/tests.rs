@@ -16,12 +16,15 @@ use crate::sink::SinkMsg;
 use crate::state::Store;
 use crate::stats::Live;
 
+/// Which version was dropped on which thread.
+type Drops = Arc<Mutex<Vec<(u32, String)>>>;
+
 /// A per-key counter that tags its outputs with its version, and records
 /// which thread dropped it.
 struct Tagged {
     ctx: OpCtx,
     version: u32,
-    dropped_on: Arc<Mutex<Vec<(u32, String)>>>,
+    dropped_on: Drops,
     /// Its first event takes that long more (a cold first call).
     slow_first: Option<Duration>,
 }
@@ -63,7 +66,7 @@ struct One {
     workers: Workers,
     sink: Receiver<SinkMsg>,
     live: Arc<Live>,
-    dropped_on: Arc<Mutex<Vec<(u32, String)>>>,
+    dropped_on: Drops,
     _dir: tempfile::TempDir,
 }
 
@@ -124,7 +127,7 @@ impl One {
     }
 
     /// Stops the worker: its outputs as (key, count, version), in order.
-    fn stop(mut self) -> (Vec<(String, u64, u64)>, Arc<Mutex<Vec<(u32, String)>>>) {
+    fn stop(mut self) -> (Vec<(String, u64, u64)>, Drops) {
         for r in self.workers.stop().into_iter().flatten() {
             r.unwrap().unwrap();
         }
