@@ -3,14 +3,19 @@
 //! A counter pipeline follows a file that a writer thread keeps growing, so
 //! the workers are busy the whole time. Swaps alternate between two
 //! versions of the counter through the real control endpoint. Each worker
-//! measures its pause: from the end of the last event the old version
-//! handled to the start of the first event the new one handled. Compile
-//! time (reading and compiling the component) and preparation (init, trial
-//! migration, one instance per worker) happen before the barrier and are
-//! reported separately, as is the time until the swap was durable.
+//! measures its pause: from the moment the new version could have started
+//! (the old version's last event ended and the new one's first event had
+//! reached the worker) to the start of that first event, plus what the new
+//! instance's first run of events took beyond its usual pace (its first
+//! call meets fresh memory); and the whole gap between the two versions'
+//! events, which adds the time the worker had no event of after the
+//! barrier yet (slower input, or a checkpoint holding the stream). Compile time (reading and compiling the component) and
+//! preparation (init, trial migration, one instance per worker) happen
+//! before the barrier and are reported separately, as is the time until
+//! the swap was durable.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,18 +29,16 @@ use eddy_runtime::{Input, OperatorSpec, Output, Pipeline, Shutdown};
 /// Measure the hot-swap pause per worker under load.
 #[derive(Args, Debug)]
 pub struct BenchSwapArgs {
-    /// Version 1 of the counter.
-    #[arg(
-        long,
-        default_value = "plugins/target/wasm32-wasip2/release/counter.wasm"
-    )]
-    pub v1: PathBuf,
-    /// Version 2 of the counter.
-    #[arg(
-        long,
-        default_value = "tests/fixtures/target/wasm32-wasip2/release/counter_v2.wasm"
-    )]
-    pub v2: PathBuf,
+    /// Version 1 of the counter [default: plugins/target/wasm32-wasip2/
+    /// release/counter.wasm, else the one `cargo build --release
+    /// --workspace` built for the tests]
+    #[arg(long)]
+    pub v1: Option<PathBuf>,
+    /// Version 2 of the counter [default: tests/fixtures/target/
+    /// wasm32-wasip2/release/counter_v2.wasm, else the one `cargo build
+    /// --release --workspace` built for the tests]
+    #[arg(long)]
+    pub v2: Option<PathBuf>,
     /// Number of swaps (alternating v2, v1, v2, ...).
     #[arg(long, default_value_t = 40)]
     pub swaps: usize,
@@ -66,16 +69,89 @@ fn print_dist(label: &str, unit: &str, mut v: Vec<f64>) {
     );
 }
 
+/// Where the build script of the tests crate (`tests/build.rs`) put
+/// `file`, built in `<OUT_DIR>/<dir>-target`; `OUT_DIR` is under the
+/// `build` folder beside this executable (the most recent build).
+fn built_for_tests(dir: &str, file: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let build = exe.parent()?.join("build");
+    std::fs::read_dir(build)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("eddy-tests-"))
+        .map(|e| {
+            e.path()
+                .join("out")
+                .join(format!("{dir}-target"))
+                .join("wasm32-wasip2")
+                .join("release")
+                .join(file)
+        })
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .max_by_key(|(modified, _)| *modified)
+        .map(|(_, p)| p)
+}
+
+/// A default component of the benchmark.
+struct DefaultComponent {
+    /// Where building its workspace by hand puts it (relative to the
+    /// repository root).
+    path: &'static str,
+    /// Its workspace (the folder of its `Cargo.toml`).
+    workspace: &'static str,
+    /// The folder under the tests crate's `OUT_DIR` it is built into.
+    for_tests: &'static str,
+    /// The option that names another one.
+    flag: &'static str,
+}
+
+/// Version 1 of the counter.
+const V1: DefaultComponent = DefaultComponent {
+    path: "plugins/target/wasm32-wasip2/release/counter.wasm",
+    workspace: "plugins",
+    for_tests: "plugins",
+    flag: "--v1",
+};
+
+/// Version 2 of the counter (a test operator).
+const V2: DefaultComponent = DefaultComponent {
+    path: "tests/fixtures/target/wasm32-wasip2/release/counter_v2.wasm",
+    workspace: "tests/fixtures",
+    for_tests: "fixtures",
+    flag: "--v2",
+};
+
+/// The component to use: `given`, else the default one built by hand when
+/// it exists (relative to the current directory), else the one built for
+/// the tests.
+fn component(given: Option<PathBuf>, default: &DefaultComponent) -> Result<PathBuf> {
+    if let Some(p) = given {
+        if !p.exists() {
+            bail!("{} ({}) is missing", p.display(), default.flag);
+        }
+        return Ok(p);
+    }
+    if Path::new(default.path).exists() {
+        return Ok(default.path.into());
+    }
+    let file = Path::new(default.path)
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or_default();
+    built_for_tests(default.for_tests, file).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} is missing, and no build of the tests has it: run `cargo build --release --workspace` in the repository (its tests crate builds the test components), or `cargo build --release --target wasm32-wasip2 --manifest-path {}/Cargo.toml` there, or name a component with {}",
+            default.path,
+            default.workspace,
+            default.flag
+        )
+    })
+}
+
 /// Runs the benchmark and prints its figures.
 pub fn run(a: BenchSwapArgs) -> Result<()> {
-    for p in [&a.v1, &a.v2] {
-        if !p.exists() {
-            bail!(
-                "{} is missing: build the counter versions first (cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml, and the same with tests/fixtures/Cargo.toml)",
-                p.display()
-            );
-        }
-    }
+    let v1 = component(a.v1, &V1)?;
+    let v2 = component(a.v2, &V2)?;
     let dir = tempfile::tempdir().context("temporary directory")?;
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, "")?;
@@ -86,7 +162,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
         max_line_bytes: 1 << 20,
         operators: vec![OperatorSpec {
             name: "counter".into(),
-            component: a.v1.clone(),
+            component: v1.clone(),
             config: serde_json::json!({}),
             limits: Default::default(),
         }],
@@ -173,8 +249,12 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
         })
     };
     println!(
-        "eddy bench-swap: {} swaps of a counter under load, {} workers, {} keys",
-        a.swaps, a.workers, a.keys
+        "eddy bench-swap: {} swaps of a counter under load, {} workers, {} keys\n  v1 {}\n  v2 {}",
+        a.swaps,
+        a.workers,
+        a.keys,
+        v1.display(),
+        v2.display()
     );
     // Warm up: every key seen, so the swaps meet a full state cache.
     while status()?.lines_read < a.keys * 3 {
@@ -184,7 +264,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
     let lines_before = status()?.lines_read;
     let (mut compile, mut prepare, mut durable) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..a.swaps {
-        let target = if i % 2 == 0 { &a.v2 } else { &a.v1 };
+        let target = if i % 2 == 0 { &v2 } else { &v1 };
         let t = Instant::now();
         let r = control::request(
             &socket,
@@ -213,16 +293,12 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
     let summary = pipeline
         .join()
         .map_err(|_| anyhow::anyhow!("pipeline panicked"))??;
-    let pauses: Vec<f64> = s
-        .workers
-        .iter()
-        .flat_map(|w| w.pauses.iter().map(|p| p.pause_us))
-        .collect();
-    let before: Vec<f64> = s
-        .workers
-        .iter()
-        .flat_map(|w| w.pauses.iter().map(|p| p.before_switch_us))
-        .collect();
+    let each = |f: fn(&eddy_runtime::SwapPause) -> f64| -> Vec<f64> {
+        s.workers
+            .iter()
+            .flat_map(|w| w.pauses.iter().map(f))
+            .collect()
+    };
     let handled = s.lines_read - lines_before;
     println!(
         "  load: {:.0} events/s handled during the swaps ({} events in {:.2}s); {} events in all, {} failed",
@@ -233,8 +309,27 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
         s.operators[0].failed
     );
     check_every_worker_paused(&s, a.swaps)?;
-    print_dist("pause per worker", "us", pauses);
-    print_dist("  of which before the switch", "us", before);
+    print_dist(
+        "pause per worker",
+        "us",
+        each(|p| p.pause_us + p.first_run_extra_us),
+    );
+    print_dist(
+        "  of which before the switch",
+        "us",
+        each(|p| p.before_switch_us),
+    );
+    print_dist(
+        "  of which 1st run's extra",
+        "us",
+        each(|p| p.first_run_extra_us),
+    );
+    print_dist(
+        "gap v1 -> v2 events",
+        "us",
+        each(|p| p.idle_us + p.pause_us),
+    );
+    print_dist("  of which no event yet", "us", each(|p| p.idle_us));
     print_dist("compile (before barrier)", "ms", compile);
     print_dist("prepare (before barrier)", "ms", prepare);
     print_dist("request to durable", "ms", durable);

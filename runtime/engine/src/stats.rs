@@ -25,13 +25,29 @@ pub struct SwapPause {
     pub stage: usize,
     /// Generation swapped in.
     pub generation: u32,
-    /// Time from the end of the last event the old version handled on this
-    /// worker to the start of the first event the new version handled, in
-    /// microseconds.
+    /// What the swap held the worker up, in microseconds: from the moment
+    /// the new version could have started (the old version's last event
+    /// on this worker ended, and the new version's first event had reached
+    /// the worker) to the start of that first event. The new instance's
+    /// slower first run comes on top (`first_run_extra_us`).
     pub pause_us: f64,
-    /// The part of `pause_us` before the worker took the swap message (the
-    /// old version's last event to the switch), in microseconds.
+    /// The part of `pause_us` before the new instance was in place, in
+    /// microseconds.
     pub before_switch_us: f64,
+    /// Time between the old version's last event and the moment the new
+    /// version's first event reached the worker, in microseconds: the
+    /// worker had no event to handle (the input was slower, or a
+    /// checkpoint held it). The whole gap between the two versions' events
+    /// is `idle_us + pause_us`.
+    #[serde(default)]
+    pub idle_us: f64,
+    /// How much longer the new version's first run of events on this
+    /// worker took than at the pace of its second run, in microseconds: a
+    /// new instance's first call meets fresh memory and cold caches, which
+    /// delays those events too. 0 until its second run (and when not
+    /// longer).
+    #[serde(default)]
+    pub first_run_extra_us: f64,
 }
 
 /// What a worker shows of itself while it runs (`eddy status`), updated

@@ -1,4 +1,9 @@
-//! [`Batch`]: events packed in one buffer, as they travel to a worker.
+//! [`Batch`]: events packed in one buffer, as they travel to a worker,
+//! with the hot swaps that fall between two of its events.
+
+use std::time::Instant;
+
+use crate::operator::Operator;
 
 /// One event in a batch; key and value are ranges of the batch's bytes:
 /// the key `start..mid`, the value `mid..end` (`usize`: no amount of
@@ -15,11 +20,26 @@ pub(super) struct Ev {
     pub(super) line: u64,
 }
 
+/// A hot swap carried in a batch: before the batch's event `at`, operator
+/// `stage` becomes `op`.
+pub(super) struct Switch {
+    pub(super) at: usize,
+    pub(super) stage: usize,
+    pub(super) op: Box<dyn Operator>,
+    pub(super) generation: u32,
+}
+
 /// Events packed in one buffer: one allocation per batch, not per event.
 #[derive(Default)]
 pub struct Batch {
     pub(super) data: Vec<u8>,
     pub(super) events: Vec<Ev>,
+    /// Swaps at a barrier between two events of the batch (or before its
+    /// first, or after its last), in the order they were made.
+    pub(super) switches: Vec<Switch>,
+    /// When the batch was handed to its worker (set by the sender): the
+    /// earliest its events could be handled, for swap pauses.
+    pub(super) sent: Option<Instant>,
 }
 
 impl Batch {
@@ -28,6 +48,8 @@ impl Batch {
         Batch {
             data: Vec::with_capacity(n * 64),
             events: Vec::with_capacity(n),
+            switches: Vec::new(),
+            sent: None,
         }
     }
 
@@ -46,6 +68,26 @@ impl Batch {
             time,
             line,
         });
+    }
+
+    /// Swaps operator `stage` to `op` (already instantiated and
+    /// initialised, running generation `generation`) at this point of the
+    /// stream: the events pushed so far go to the old version, later ones
+    /// to `op`. For the first operator of a chain only, whose events all
+    /// come from the coordinator's batches; a later operator's events also
+    /// come from peers, and it switches by [`super::Msg::Swap`].
+    pub fn switch_here(&mut self, stage: usize, op: Box<dyn Operator>, generation: u32) {
+        self.switches.push(Switch {
+            at: self.events.len(),
+            stage,
+            op,
+            generation,
+        });
+    }
+
+    /// Whether it carries a swap (then it is sent even with no event).
+    pub fn carries_swap(&self) -> bool {
+        !self.switches.is_empty()
     }
 
     /// Number of events.

@@ -6,15 +6,23 @@
 //! to this worker inline, or batched to the owning peer. After the last
 //! operator, emitted events become output lines for the sink.
 //!
+//! A hot swap reaches a worker in band, at its barrier's place in the
+//! stream: between two events of a batch for the first operator of the
+//! chain (so the new version starts on the very next event, with no wait
+//! for input), as [`Msg::Swap`] for a later one. The old instance hands its
+//! state cache over and is dropped on the reaper thread (unmapping its
+//! memory is not the worker's time).
+//!
 //! # Layout
 //!
 //! - [`batch`]: [`Batch`], events packed in one buffer.
 //! - [`pool`]: [`Workers`], the threads started together and stopped
 //!   together, and [`InFlight`], the count of batches not yet handled.
 //! - here: [`Worker`], one thread's loop.
+//! - `tests`: a worker on its own (swaps in a batch, their pauses).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -27,9 +35,13 @@ use crate::stats::{Live, OpStats, SwapPause, PAUSES_KEPT};
 
 mod batch;
 mod pool;
+#[cfg(test)]
+mod tests;
 
 pub use batch::Batch;
 pub use pool::{InFlight, Workers};
+
+use batch::Switch;
 
 /// Output (or dead letters) a worker buffers before handing it to the sink
 /// in the middle of a batch.
@@ -45,7 +57,8 @@ pub struct BarrierReply {
 
 /// Messages to a worker.
 pub enum Msg {
-    /// Events to handle.
+    /// Events to handle (and swaps between them); send it with
+    /// [`Msg::batch`], which notes when.
     Batch(Batch),
     /// All events before it are handled: hand over the changed state.
     Barrier(Sender<Result<BarrierReply, StoreError>>),
@@ -62,6 +75,26 @@ pub enum Msg {
     },
     /// Stop after what came before.
     Stop,
+}
+
+impl Msg {
+    /// `batch`, noted as handed over now (the earliest its events can be
+    /// handled, for swap pauses).
+    pub fn batch(mut batch: Batch) -> Msg {
+        batch.sent = Some(Instant::now());
+        Msg::Batch(batch)
+    }
+}
+
+/// A swap as a worker made it, until the new version's first event.
+#[derive(Clone, Copy)]
+struct Switched {
+    /// When the old version's last event on this worker ended (`None`: it
+    /// handled none).
+    old_end: Option<Instant>,
+    /// When the new instance was put in place.
+    at: Instant,
+    generation: u32,
 }
 
 /// Why a worker stopped: the pipeline stops (state since the last
@@ -106,14 +139,18 @@ struct Worker {
     live: Arc<Live>,
     /// Per operator: when its last run of events ended (for swap pauses).
     last_end: Vec<Option<Instant>>,
-    /// Per operator: a swap happened; the end of the old version's last
-    /// event and the switch, until the new version's first event.
-    swapped_at: Vec<Option<(Instant, Instant, u32)>>,
+    /// Per operator: a swap happened, until the new version's first event.
+    swapped_at: Vec<Option<Switched>>,
+    /// Per operator: how long the new version's first run took, and for
+    /// how many events, until its second run gives its usual pace.
+    first_run: Vec<Option<(Duration, usize)>>,
+    /// When the batch being handled was handed to this worker: its events
+    /// could not be handled earlier (for swap pauses).
+    avail: Instant,
     /// Input line of the last event handled.
     line: u64,
-    /// Instances swapped out, dropped at the next barrier (off the swap's
-    /// critical path).
-    retired: Vec<Box<dyn Operator>>,
+    /// Instances swapped out go there to be dropped, off this thread.
+    reaper: Sender<Box<dyn Operator>>,
 }
 
 impl Worker {
@@ -121,8 +158,8 @@ impl Worker {
     fn run(mut self, inbox: Receiver<Msg>) -> Result<Vec<OpStats>, WorkerError> {
         for msg in inbox {
             match msg {
-                Msg::Batch(batch) => {
-                    let r = self.handle_batch(&batch);
+                Msg::Batch(mut batch) => {
+                    let r = self.handle_batch(&mut batch);
                     self.flush();
                     self.publish();
                     if let Err(e) = r {
@@ -164,16 +201,67 @@ impl Worker {
     }
 
     /// Puts operator `stage`'s new instance in place, handing it the old
-    /// one's state cache.
+    /// one's state cache (an O(1) exchange); the old instance goes to the
+    /// reaper.
     fn swap(&mut self, stage: usize, mut op: Box<dyn Operator>, generation: u32) {
         let old = &mut self.ops[stage];
         std::mem::swap(op.ctx(), old.ctx());
         op.ctx().set_generation(generation);
         let old = std::mem::replace(&mut self.ops[stage], op);
-        self.retired.push(old);
-        let now = Instant::now();
-        let end = self.last_end[stage].unwrap_or(now);
-        self.swapped_at[stage] = Some((end, now, generation));
+        if let Err(unsent) = self.reaper.send(old) {
+            // No reaper (it only ends after every worker): drop it here.
+            drop(unsent.into_inner());
+        }
+        self.swapped_at[stage] = Some(Switched {
+            old_end: self.last_end[stage],
+            at: Instant::now(),
+            generation,
+        });
+    }
+
+    /// Notes the pause of the swap of operator `stage`, whose new version
+    /// starts its first event now.
+    fn pause(&mut self, stage: usize, sw: Switched) {
+        let start = Instant::now();
+        // The new version could have started once the old one was done
+        // and this event had reached the worker: the pause is what the
+        // swap added from there. Before that the worker had no event of
+        // after the barrier to handle (`idle_us`).
+        let ready = sw.old_end.map_or(self.avail, |end| end.max(self.avail));
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let pause = SwapPause {
+            stage,
+            generation: sw.generation,
+            pause_us: us(start.saturating_duration_since(ready)),
+            before_switch_us: us(sw.at.saturating_duration_since(ready)),
+            idle_us: sw
+                .old_end
+                .map_or(0.0, |end| us(ready.saturating_duration_since(end))),
+            first_run_extra_us: 0.0,
+        };
+        let mut live = self.live.worker(self.id);
+        if live.pauses.len() >= PAUSES_KEPT {
+            live.pauses.remove(0);
+        }
+        live.pauses.push(pause);
+    }
+
+    /// Notes how much longer the new version of operator `stage` took on
+    /// its first run of events than at the pace of its second (a new
+    /// instance's first call meets fresh memory and cold caches): part of
+    /// what its swap costs.
+    fn first_run_extra(
+        &mut self,
+        stage: usize,
+        (first, n1): (Duration, usize),
+        (second, n2): (Duration, usize),
+    ) {
+        let pace = second.as_secs_f64() / n2.max(1) as f64;
+        let extra_us = (first.as_secs_f64() - pace * n1 as f64).max(0.0) * 1e6;
+        let mut live = self.live.worker(self.id);
+        if let Some(p) = live.pauses.iter_mut().rev().find(|p| p.stage == stage) {
+            p.first_run_extra_us = extra_us;
+        }
     }
 
     /// Shows this worker's counters and position to `eddy status`.
@@ -183,16 +271,47 @@ impl Worker {
         live.line = self.line;
     }
 
-    /// Handles a batch: each run of consecutive events for the same
-    /// operator goes to that operator in one `handle_many` call.
-    fn handle_batch(&mut self, batch: &Batch) -> Result<(), RunError> {
-        let mut start = 0;
-        while start < batch.events.len() {
+    /// Handles a batch, making its swaps where they fall between its
+    /// events.
+    fn handle_batch(&mut self, batch: &mut Batch) -> Result<(), RunError> {
+        let outer = self.avail;
+        self.avail = batch.sent.unwrap_or_else(Instant::now);
+        let switches = std::mem::take(&mut batch.switches);
+        let mut from = 0;
+        let mut r = Ok(());
+        for Switch {
+            at,
+            stage,
+            op,
+            generation,
+        } in switches
+        {
+            let at = at.clamp(from, batch.events.len());
+            r = self.handle_events(batch, from, at);
+            if r.is_err() {
+                break;
+            }
+            self.swap(stage, op, generation);
+            from = at;
+        }
+        if r.is_ok() {
+            r = self.handle_events(batch, from, batch.events.len());
+        }
+        self.avail = outer;
+        r
+    }
+
+    /// Handles the batch's events `from..to`: each run of consecutive
+    /// events for the same operator goes to that operator in one
+    /// `handle_many` call.
+    fn handle_events(&mut self, batch: &Batch, from: usize, to: usize) -> Result<(), RunError> {
+        let mut start = from;
+        while start < to {
             let stage = batch.events[start].stage;
-            let end = batch.events[start..]
+            let end = batch.events[start..to]
                 .iter()
                 .position(|e| e.stage != stage)
-                .map_or(batch.events.len(), |n| start + n);
+                .map_or(to, |n| start + n);
             let run = &batch.events[start..end];
             let events: Vec<EventRef<'_>> = run
                 .iter()
@@ -223,19 +342,14 @@ impl Worker {
         let me = self.id;
         // Emitted events this worker handles itself, for the next operator.
         let mut local = Batch::default();
-        if let Some((end, switched, generation)) = self.swapped_at[stage].take() {
-            let pause = SwapPause {
-                stage,
-                generation,
-                pause_us: end.elapsed().as_secs_f64() * 1e6,
-                before_switch_us: (switched - end).as_secs_f64() * 1e6,
-            };
-            let mut live = self.live.worker(me);
-            if live.pauses.len() >= PAUSES_KEPT {
-                live.pauses.remove(0);
+        let first = match self.swapped_at[stage].take() {
+            Some(sw) => {
+                self.pause(stage, sw);
+                true
             }
-            live.pauses.push(pause);
-        }
+            None => false,
+        };
+        let run_start = Instant::now();
         if let Some(&l) = lines.last() {
             self.line = self.line.max(l);
         }
@@ -302,9 +416,18 @@ impl Worker {
                 let _ = sink.send(SinkMsg::Dead(std::mem::take(dead)));
             }
         })?;
-        last_end[stage] = Some(Instant::now());
+        let end = Instant::now();
+        last_end[stage] = Some(end);
+        let took = end - run_start;
+        if first {
+            self.first_run[stage] = Some((took, events.len()));
+        } else if let Some(first) = self.first_run[stage].take() {
+            self.first_run_extra(stage, first, (took, events.len()));
+        }
         if !local.is_empty() {
-            self.handle_batch(&local)?;
+            // Its events exist from now on.
+            local.sent = Some(Instant::now());
+            self.handle_batch(&mut local)?;
         }
         Ok(())
     }
@@ -315,7 +438,7 @@ impl Worker {
             if !b.is_empty() {
                 let b = std::mem::take(b);
                 self.inflight.add();
-                if self.peers[i].send(Msg::Batch(b)).is_err() {
+                if self.peers[i].send(Msg::batch(b)).is_err() {
                     self.inflight.done();
                 }
             }
@@ -331,7 +454,6 @@ impl Worker {
     }
 
     fn barrier(&mut self) -> Result<BarrierReply, StoreError> {
-        self.retired.clear();
         let mut writes = Vec::new();
         for op in &mut self.ops {
             let reader = self.store.reader()?;

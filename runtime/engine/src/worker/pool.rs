@@ -1,7 +1,8 @@
 //! [`Workers`]: the worker threads, started together (each instantiates
-//! every operator, then reports ready) and stopped together; and
-//! [`InFlight`], the batches sent and not yet handled, which the
-//! coordinator waits on without spinning.
+//! every operator, then reports ready) and stopped together, with the
+//! reaper thread that drops the instances swaps retire; and [`InFlight`],
+//! the batches sent and not yet handled, which the coordinator waits on
+//! without spinning.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -113,6 +114,41 @@ pub struct Workers {
     threads: Vec<Option<JoinHandle<WorkerResult>>>,
     /// Batches in flight, shared with the workers.
     pub inflight: Arc<InFlight>,
+    /// The reaper (`eddy-reaper`): drops the instances swaps retire, so
+    /// that unmapping their memory costs no worker any time. It ends once
+    /// every worker has (`None` once joined).
+    reaper: Option<JoinHandle<()>>,
+}
+
+/// Lowers the calling thread's priority to the lowest (nice 19) so that,
+/// woken by a worker, it does not take that worker's CPU: a sleeper woken
+/// at normal priority often preempts its waker, which would then wait for
+/// the drop it just handed off. (On Linux the nice value is the calling
+/// thread's own; elsewhere it would be the whole process's, so nothing is
+/// changed there.)
+fn yield_to_workers() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, 19) {
+        tracing::debug!("the reaper thread keeps its priority: {e}");
+    }
+}
+
+/// Where workers send the instances swaps retire.
+type Retire = Sender<Box<dyn Operator>>;
+
+/// Starts the reaper thread: it drops what it is sent until every sender
+/// is gone.
+fn reaper() -> std::io::Result<(Retire, JoinHandle<()>)> {
+    let (tx, rx) = unbounded::<Box<dyn Operator>>();
+    let thread = std::thread::Builder::new()
+        .name("eddy-reaper".into())
+        .spawn(move || {
+            yield_to_workers();
+            for retired in rx {
+                drop(retired);
+            }
+        })?;
+    Ok((tx, thread))
 }
 
 impl Workers {
@@ -130,10 +166,12 @@ impl Workers {
         let (inboxes, receivers): (Vec<Sender<Msg>>, Vec<Receiver<Msg>>) =
             (0..n).map(|_| unbounded()).unzip();
         let (ready_tx, ready_rx) = unbounded::<Result<(), StartError>>();
+        let (retire, reaper) = reaper().map_err(StartFailed::Spawn)?;
         let mut workers = Workers {
             inboxes,
             threads: Vec::with_capacity(n),
             inflight,
+            reaper: Some(reaper),
         };
         for (id, inbox) in receivers.into_iter().enumerate() {
             let ops = operators.to_vec();
@@ -143,6 +181,7 @@ impl Workers {
             let store = store.clone();
             let ready = ready_tx.clone();
             let live = live.clone();
+            let reaper = retire.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("eddy-worker-{id}"))
                 .spawn(move || {
@@ -176,17 +215,26 @@ impl Workers {
                         live,
                         last_end: vec![None; k],
                         swapped_at: vec![None; k],
+                        first_run: vec![None; k],
+                        avail: Instant::now(),
                         line: 0,
-                        retired: Vec::new(),
+                        reaper,
                     };
                     w.run(inbox)
                 });
             match spawned {
                 Ok(t) => workers.threads.push(Some(t)),
-                Err(e) => return Err(StartFailed::Spawn(e)),
+                Err(e) => {
+                    // The reaper must see its channel close when the
+                    // started workers are stopped (as `workers` drops).
+                    drop(retire);
+                    return Err(StartFailed::Spawn(e));
+                }
             }
         }
         drop(ready_tx);
+        // Only the workers hold the reaper's channel: it ends after them.
+        drop(retire);
         let mut error = None;
         for _ in 0..n {
             if let Ok(Err(e)) = ready_rx.recv() {
@@ -222,16 +270,23 @@ impl Workers {
         }
     }
 
-    /// Stops every worker after what was sent to it, and joins them: their
-    /// results, by id (`None` for one already joined).
+    /// Stops every worker after what was sent to it, and joins them (and
+    /// then the reaper): their results, by id (`None` for one already
+    /// joined).
     pub fn stop(&mut self) -> Vec<Option<std::thread::Result<WorkerResult>>> {
         for tx in &self.inboxes {
             let _ = tx.send(Msg::Stop);
         }
-        self.threads
+        let joined = self
+            .threads
             .iter_mut()
             .map(|t| t.take().map(JoinHandle::join))
-            .collect()
+            .collect();
+        if let Some(reaper) = self.reaper.take() {
+            // A panic there (in an instance's drop) loses nothing.
+            let _ = reaper.join();
+        }
+        joined
     }
 }
 

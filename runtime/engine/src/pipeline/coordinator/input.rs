@@ -132,7 +132,7 @@ impl Coordinator {
         self.wait_inflight(|n| n < cap)?;
         let b = std::mem::replace(&mut self.pending[w], Batch::with_capacity(BATCH));
         self.workers.inflight.add();
-        if self.workers.send(w, Msg::Batch(b)).is_err() {
+        if self.workers.send(w, Msg::batch(b)).is_err() {
             // The worker ended with an error (a corrupt state record, say):
             // report it, not just that it stopped.
             return Err(self.worker_failure());
@@ -140,9 +140,10 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Sends every batch being filled that holds an event or a swap.
     pub(super) fn flush_batches(&mut self) -> Result<()> {
         for w in 0..self.pending.len() {
-            if !self.pending[w].is_empty() {
+            if !self.pending[w].is_empty() || self.pending[w].carries_swap() {
                 self.send_batch(w)?;
             }
         }

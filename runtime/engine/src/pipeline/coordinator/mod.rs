@@ -269,6 +269,15 @@ impl Coordinator {
 
     /// Carries out a prepared swap: the barrier. Events routed so far go to
     /// the old version, later ones to the new.
+    ///
+    /// For the first operator of the chain, the barrier travels in band:
+    /// each worker's next batch carries the new instance at this point of
+    /// its events ([`Batch::switch_here`]), so a worker switches between
+    /// two events it holds, without waiting for more input, and nothing is
+    /// flushed or drained for it. A later operator also gets events from
+    /// other workers: every event in flight is handled first, then each
+    /// worker gets [`Msg::Swap`] before any event of after the barrier
+    /// (which keeps peers' events in order behind it).
     fn command(&mut self, cmd: Command) -> Result<()> {
         let Command::Swap(prepared) = cmd;
         let swap::Prepared {
@@ -280,11 +289,10 @@ impl Coordinator {
             reply,
             claim,
         } = prepared;
-        // Every event before the barrier is in a worker's inbox.
-        self.flush_batches()?;
         if stage > 0 {
-            // A later operator also gets events from other workers: wait
-            // until all in flight are handled.
+            // Every event before the barrier is in a worker's inbox, and
+            // handled.
+            self.flush_batches()?;
             self.wait_inflight(|n| n == 0)?;
         }
         // The barrier: unless its asker gave up meanwhile, the swap happens.
@@ -293,6 +301,12 @@ impl Coordinator {
             return Ok(());
         }
         for (w, op) in instances.into_iter().enumerate() {
+            if stage == 0 {
+                // Sent with the batch (see `flush_batches`: even with no
+                // event, before any checkpoint).
+                self.pending[w].switch_here(stage, op, generation);
+                continue;
+            }
             self.workers
                 .send(
                     w,
@@ -355,11 +369,17 @@ impl Coordinator {
         self.flush_batches()?;
         self.wait_inflight(|n| n == 0)?;
         let mut cp = Checkpoint::default();
+        // Every worker hands over its state at once (they do it in
+        // parallel), then the answers are taken in worker order.
+        let mut replies = Vec::with_capacity(self.workers.count());
         for w in 0..self.workers.count() {
             let (rtx, rrx) = bounded(1);
             if self.workers.send(w, Msg::Barrier(rtx)).is_err() {
                 return Err(self.worker_failure());
             }
+            replies.push(rrx);
+        }
+        for (w, rrx) in replies.into_iter().enumerate() {
             let reply: BarrierReply = match rrx.recv() {
                 Ok(r) => r?,
                 Err(_) => return Err(self.worker_failure()),
