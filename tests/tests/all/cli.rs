@@ -261,7 +261,9 @@ fn bench_reports_each_run_and_the_ratios() {
         "wasm/native ratio (medians)",
         "simple/tuned ratio (medians)",
         "simple/plain program ratio (medians)",
-        "with/without CPU limit ratio (medians)",
+        "simple without the CPU limit",
+        "with/without CPU limit ratio, simple (medians)",
+        "with/without CPU limit ratio, tuned (medians)",
     ] {
         assert!(out.contains(line), "no {line:?} in:\n{out}");
     }
