@@ -524,7 +524,10 @@ def _fast_dataclass_decoder(tp, fields, hints, slow):
     not in `__init__`, or not named as an identifier)."""
     checks = []
     for i, f in enumerate(fields):
-        check = _FAST_CHECKS.get(hints.get(f.name))
+        try:
+            check = _FAST_CHECKS.get(hints.get(f.name))
+        except TypeError:  # an unhashable annotation
+            return None
         if check is None or not f.init or not f.name.isidentifier():
             return None
         checks.append(check.format(v=f"v{i}"))
