@@ -75,17 +75,91 @@ class StructShape {
     // Written as `{"a":` `,"b":` ...; the field names as they appear quoted.
     this.prefixes = this.keys.map((k, i) => (i ? ',' : '{') + JSON.stringify(k) + ':');
     this.quoted = this.keys.map((k) => JSON.stringify(k));
-    // Flat structs (scalar fields only) can be checked on a parsed tree;
-    // for integer fields, a regex confirms the number was written as an
-    // integer (serde refuses `5.0` or `-0` there, JSON.parse cannot tell).
+    // Flat structs (fields of shape strings only) can be checked on a
+    // parsed tree; for integer fields, the text after the field's name
+    // confirms the number was written as an integer (serde refuses `5.0`
+    // or `-0` there, JSON.parse cannot tell).
     this.flat = this.keys.every((k) => typeof fields[k] === 'string');
     this.kinds = this.keys.map((k) => kindOf(fields[k]));
-    this.intLiteral = this.keys.map((k, i) => {
+    // For integer fields (also optional ones), the integer shape.
+    this.intShapes = this.keys.map((k) => {
       const base = typeof fields[k] === 'string' ? fields[k].replace(/\?$/, '') : '';
-      if (!(base in INT_RANGES)) return null;
-      const q = this.quoted[i].replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-      return new RegExp(q + '\\s*:\\s*(?:0|-?[1-9]\\d*)(?![\\d.eE])');
+      return base in INT_RANGES ? base : null;
     });
+    this.checker = undefined;
+    this.writer = undefined;
+  }
+
+  // Whether the struct's functions can be generated: every field a float,
+  // an integer or a string (not optional), named so that an object literal
+  // keeps it as a plain property, and no unknown-field policy.
+  generated() {
+    return this.keys.length !== 0 && !this.denyUnknown
+      && this.kinds.every((k) => k !== K_OTHER)
+      && this.keys.every((k) => k !== '__proto__');
+  }
+
+  /**
+   * `check` for this struct as a function generated for its fields (or
+   * null): the field names, quoted keys and integer ranges written in as
+   * constants and no loop, since each statement costs in an interpreter.
+   * Anything unusual (a missing or mistyped field) goes to the general
+   * `checkStruct`, which gives the same result.
+   */
+  fastCheck() {
+    if (this.checker !== undefined) return this.checker;
+    if (!this.generated()) return (this.checker = null);
+    const lit = JSON.stringify;
+    let body = 'return function (v, text, escapes) {\n'
+      + '  if (v === null || typeof v !== "object" || Array.isArray(v) || escapes) return general(v, text, escapes);\n';
+    this.keys.forEach((k, i) => {
+      const q = lit(this.quoted[i]);
+      body += `  const a${i} = text.indexOf(${q});\n`
+        + `  if (a${i} >= 0 && text.indexOf(${q}, a${i} + 1) >= 0) return NO;\n`
+        + `  const x${i} = v[${lit(k)}];\n`;
+      const x = `x${i}`;
+      if (this.kinds[i] === K_FLOAT) {
+        body += `  if (typeof ${x} !== "number" || ${x} - ${x} !== 0) return general(v, text, escapes);\n`;
+      } else if (this.kinds[i] === K_STRING) {
+        body += `  if (typeof ${x} !== "string") return general(v, text, escapes);\n`;
+      } else {
+        const [lo, hi] = INT_LIMITS[this.fields[k]];
+        body += `  if (typeof ${x} !== "number" || ${x} % 1 !== 0 || ${x} < ${Math.max(lo, -MAX_SAFE)} || ${x} > ${Math.min(hi, MAX_SAFE)}`
+          + ` || a${i} < 0 || !intLiteralAt(text, a${i}, ${q}, ${x})) return general(v, text, escapes);\n`;
+      }
+    });
+    body += `  return { ${this.keys.map((k, i) => `${lit(k)}: x${i}`).join(', ')} };\n};`;
+    const general = (v, text, escapes) => checkStruct(v, this, text, escapes, 0);
+    return (this.checker = new Function('general', 'NO', 'intLiteralAt', body)(general, NO, intLiteralAt));
+  }
+
+  /** `writeStruct` for this struct as a generated function (or null); see `fastCheck`. */
+  fastWrite() {
+    if (this.writer !== undefined) return this.writer;
+    if (!this.generated()) return (this.writer = null);
+    const lit = JSON.stringify;
+    const conds = [];
+    const pieces = [];
+    this.keys.forEach((k, i) => {
+      const x = `x${i}`;
+      if (this.kinds[i] === K_FLOAT) {
+        conds.push(`typeof ${x} === "number"`);
+        pieces.push(`${lit(this.prefixes[i])} + formatFloat(${x})`);
+      } else if (this.kinds[i] === K_STRING) {
+        conds.push(`typeof ${x} === "string"`);
+        pieces.push(`${lit(this.prefixes[i])} + JSON.stringify(${x})`);
+      } else {
+        conds.push(`typeof ${x} === "number" && ${x} % 1 === 0 && ${x} <= ${MAX_SAFE} && ${x} >= ${-MAX_SAFE}`);
+        pieces.push(`${lit(this.prefixes[i])} + ${x}`);
+      }
+    });
+    const body = 'return function (v, what) {\n'
+      + '  if (v === null || typeof v !== "object") return general(v, what);\n'
+      + this.keys.map((k, i) => `  const x${i} = v[${lit(k)}];\n`).join('')
+      + `  if (${conds.join(' && ')}) return ${pieces.join(' + ')} + "}";\n`
+      + '  return general(v, what);\n};';
+    const general = (v, what) => writeFields(v, this, what);
+    return (this.writer = new Function('general', 'formatFloat', body)(general, formatFloat));
   }
 }
 
@@ -146,13 +220,18 @@ export function f64(x) { return new F64(x); }
  * `1e+16`, `1.5e-7`). Non-finite numbers give `null`, as in serde_json.
  */
 export function formatFloat(x) {
-  if (!Number.isFinite(x)) return 'null';
-  if (x === 0) return Object.is(x, -0) ? '-0.0' : '0.0';
-  // Fast path: in this range both print the same digits in fixed notation.
-  const ax = x < 0 ? -x : x;
-  if (ax < 1e16) {
-    if (Number.isInteger(x)) return String(x) + '.0';
-    if (ax >= 1e-5) return String(x);
+  // Fast paths, with operators rather than calls (which cost more in an
+  // interpreter): in this range both print the same digits in fixed
+  // notation. `x % 1` is NaN for NaN and infinities.
+  if (x % 1 === 0) {
+    if (x < 1e16 && x > -1e16) {
+      if (x !== 0) return '' + x + '.0';
+      return 1 / x < 0 ? '-0.0' : '0.0';
+    }
+  } else if (x - x !== 0) {
+    return 'null';
+  } else if ((x >= 1e-5 && x < 1e16) || (x <= -1e-5 && x > -1e16)) {
+    return '' + x;
   }
   const sign = x < 0 ? '-' : '';
   // Number-to-string gives the shortest digits that round-trip, picking the
@@ -230,7 +309,10 @@ function writeAny(v) {
   }
 }
 
+const MAX_SAFE = 9007199254740991;
+
 function write(v, shape, what) {
+  if (shape instanceof StructShape) return writeStruct(v, shape, what);
   if (shape === undefined || shape === 'any' || shape === 'object') return writeAny(v);
   if (typeof shape === 'string') {
     if (shape.endsWith('?')) return v == null ? 'null' : write(v, shape.slice(0, -1), what);
@@ -258,21 +340,29 @@ function write(v, shape, what) {
     if (!Array.isArray(v)) throw new EncodeError(`${what}: expected an array`);
     return '[' + v.map((x) => write(x, shape[0], what)).join(',') + ']';
   }
-  const s = asStruct(shape);
+  return writeStruct(v, asStruct(shape), what);
+}
+
+function writeStruct(v, s, what) {
+  const fast = s.fastWrite();
+  return fast !== null ? fast(v, what) : writeFields(v, s, what);
+}
+
+function writeFields(v, s, what) {
   if (v === null || typeof v !== 'object') throw new EncodeError(`${what}: expected an object`);
-  const keys = s.keys;
-  if (keys.length === 0) return '{}';
+  const { keys, kinds, prefixes } = s;
+  const n = keys.length;
+  if (n === 0) return '{}';
   let out = '';
-  for (let i = 0; i < keys.length; i++) {
-    const k = keys[i];
-    const x = v[k];
-    const kind = s.kinds[i];
+  for (let i = 0; i < n; i++) {
+    const x = v[keys[i]];
+    const kind = kinds[i];
     let piece;
-    if (kind === K_FLOAT && typeof x === 'number') piece = formatFloat(x);
-    else if (kind === K_INT && typeof x === 'number' && Number.isSafeInteger(x)) piece = String(x);
+    if (typeof x === 'number' && kind === K_FLOAT) piece = formatFloat(x);
+    else if (typeof x === 'number' && kind === K_INT && x % 1 === 0 && x <= MAX_SAFE && x >= -MAX_SAFE) piece = '' + x;
     else if (kind === K_STRING && typeof x === 'string') piece = JSON.stringify(x);
-    else piece = write(x, s.fields[k], what);
-    out += s.prefixes[i] + piece;
+    else piece = write(x, s.fields[keys[i]], what);
+    out += prefixes[i] + piece;
   }
   return out + '}';
 }
@@ -282,13 +372,19 @@ export function toJson(value, shape) {
   return write(value, shape, 'value');
 }
 
-function encode(what, value, shape) {
+/** JSON text of `value` written as `shape`, for a state value or an emit. */
+function encodeText(what, value, shape) {
   try {
-    return utf8Encoder.encode(write(value, shape, what));
+    return write(value, shape, what);
   } catch (e) {
     if (e instanceof EncodeError) throw new OperatorError(`cannot encode ${what}: ${e.message}`);
     throw e;
   }
+}
+
+/** The UTF-8 bytes of `encodeText`, for a host call. */
+function encode(what, value, shape) {
+  return utf8Encoder.encode(encodeText(what, value, shape));
 }
 
 // ---------------------------------------------------------------------------
@@ -986,29 +1082,36 @@ function toBytes(input) {
 
 // The fast path: the engine's JSON.parse (native code, many times faster
 // than a parser written in JavaScript inside the component) followed by a
-// shape check on the tree. It is taken only when the text cannot tell the
-// two apart: no number with an exponent, 16 or more digits, an all-zero
-// fraction (`5.0`, which serde reads as a float) or `-0`, no surrogate
-// escape, not deeply nested. Anything else, and every error, goes through
-// the exact reader above, which also words the error like serde_json.
-const RISKY = /\d(?:[eE]|(?:\.?\d){15})/;
+// check of the tree against the shape, and of the text only where the tree
+// cannot tell (an integer field must be written as an integer: serde
+// refuses `5.0`, `5e0` or `-0` there). Numbers are read the same way by
+// both (correctly rounded) except integers beyond 2^53 (exact BigInts for
+// serde) and overflowing exponents (an error for serde, Infinity for
+// JSON.parse): the check sends those, surrogate escapes, escaped field
+// names (which could hide a duplicate) and deep nesting to the exact reader
+// above, which also words every error like serde_json.
+//
+// No regular expression runs on the common path: in StarlingMonkey (an
+// interpreter, no JIT) one costs several microseconds per short payload,
+// more than the JSON.parse it guards.
 const SURROGATE = /\\u[dD][89a-fA-F]/;
-// Numbers that JSON.parse reads as integers but serde as floats.
+// Numbers that JSON.parse reads as integers but serde as floats (an integer
+// shape inside an array: rare, checked on the whole text).
 const FLOAT_INTEGRAL = /\.0+(?![0-9])|-0(?![.\d])/;
-const DEEP = /^(?:[^[{]*[[{]){100}/;
 const NO = Symbol('no fast path');
+// Deeper than this goes to the exact reader (serde_json's limit is 128).
+const MAX_FAST_DEPTH = 100;
 
 function fastParse(text, shape) {
-  if (RISKY.test(text) || (text.length >= 100 && DEEP.test(text))) return NO;
-  const escapes = text.includes('\\u');
-  if (escapes && SURROGATE.test(text)) return NO;
   let v;
   try {
     v = JSON.parse(text);
   } catch {
     return NO;
   }
-  return check(v, shape, text, escapes);
+  const escapes = text.indexOf('\\u') >= 0;
+  if (escapes && SURROGATE.test(text)) return NO;
+  return check(v, shape, text, escapes, 0);
 }
 
 const INT_LIMITS = {};
@@ -1016,7 +1119,8 @@ for (const k of Object.keys(INT_RANGES)) INT_LIMITS[k] = [Number(INT_RANGES[k][0
 
 function checkInt(v, shape) {
   const r = INT_LIMITS[shape];
-  if (r === undefined || typeof v !== 'number' || !Number.isInteger(v) || v < r[0] || v > r[1]) return NO;
+  if (r === undefined || typeof v !== 'number' || v % 1 !== 0 || v < r[0] || v > r[1]
+      || v > MAX_SAFE || v < -MAX_SAFE) return NO;
   return v;
 }
 
@@ -1024,70 +1128,132 @@ function isObject(v) {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
 }
 
-// `v` as `shape`, or NO when it does not fit (the exact reader then says why).
-function check(v, shape, text, escapes) {
+// Whether the exact reader gives the same as JSON.parse's `v` for 'any':
+// every number finite and, when integral, within 2^53 (a float literal
+// such as 1e17 is sent to the exact reader too, which is slower but gives
+// the same), and not nested deeper than MAX_FAST_DEPTH.
+function plain(v, depth) {
+  switch (typeof v) {
+    case 'number':
+      // Integral: within 2^53; else finite (`% 1` is NaN for NaN and
+      // infinities).
+      return v % 1 === 0 ? v <= MAX_SAFE && v >= -MAX_SAFE : v - v === 0;
+    case 'object': {
+      if (v === null) return true;
+      if (depth >= MAX_FAST_DEPTH) return false;
+      if (Array.isArray(v)) {
+        for (let i = 0; i < v.length; i++) if (!plain(v[i], depth + 1)) return false;
+        return true;
+      }
+      for (const k in v) if (!plain(v[k], depth + 1)) return false;
+      return true;
+    }
+    default:
+      return true;
+  }
+}
+
+function isSpace(c) {
+  return c === 32 || c === 10 || c === 13 || c === 9;
+}
+
+// Whether the value of the field whose quoted name is at `at` in `text` is
+// written as the integer literal of `x` (not `5.0`, `5e0` or `-0`).
+function intLiteralAt(text, at, q, x) {
+  let p = at + q.length;
+  while (isSpace(text.charCodeAt(p))) p++;
+  if (text.charCodeAt(p) !== 58) return false; // ':'
+  p++;
+  while (isSpace(text.charCodeAt(p))) p++;
+  const lit = '' + x;
+  if (!text.startsWith(lit, p)) return false;
+  const c = text.charCodeAt(p + lit.length);
+  return !((c >= 48 && c <= 57) || c === 46 || c === 101 || c === 69);
+}
+
+// `v` as `shape`, or NO when it does not fit (the exact reader then says
+// why) or when the exact reader could read it differently.
+function check(v, shape, text, escapes, depth) {
   if (typeof shape === 'string') {
     switch (shape) {
-      case 'any': return v;
-      case 'object': return isObject(v) ? v : NO;
+      case 'any': return plain(v, depth) ? v : NO;
+      case 'object': return isObject(v) && plain(v, depth) ? v : NO;
       case 'string': return typeof v === 'string' ? v : NO;
       case 'bool': return typeof v === 'boolean' ? v : NO;
       case 'f64':
-      case 'f32': return typeof v === 'number' ? v : NO;
+      case 'f32': return typeof v === 'number' && v - v === 0 ? v : NO;
     }
-    if (shape.endsWith('?')) return v === null ? null : check(v, shape.slice(0, -1), text, escapes);
-    // An integer outside a flat struct: only when no number could be a
-    // float that looks integral.
-    if (FLOAT_INTEGRAL.test(text)) return NO;
-    return checkInt(v, shape);
+    if (shape.endsWith('?')) return v === null ? null : check(v, shape.slice(0, -1), text, escapes, depth);
+    if (checkInt(v, shape) === NO) return NO;
+    // The whole text is the number: it must be its integer literal.
+    if (depth === 0) return text === '' + v ? v : NO;
+    // An integer in an array: only when no number could be a float that
+    // looks integral.
+    return FLOAT_INTEGRAL.test(text) ? NO : v;
   }
+  if (depth >= MAX_FAST_DEPTH) return NO;
   if (Array.isArray(shape)) {
     if (!Array.isArray(v)) return NO;
     const out = new Array(v.length);
     for (let i = 0; i < v.length; i++) {
-      const x = check(v[i], shape[0], text, escapes);
+      const x = check(v[i], shape[0], text, escapes, depth + 1);
       if (x === NO) return NO;
       out[i] = x;
     }
     return out;
   }
   const s = asStruct(shape);
-  if (!s || !s.flat || !isObject(v)) return NO;
+  if (!s) return NO;
+  const fast = s.fastCheck();
+  return fast !== null ? fast(v, text, escapes) : checkStruct(v, s, text, escapes, depth);
+}
+
+// A flat struct `s` checked field by field (see `check`).
+function checkStruct(v, s, text, escapes, depth) {
+  if (!s.flat || !isObject(v)) return NO;
   // A field given twice is an error for serde; an escaped name could hide it.
   if (escapes) return NO;
   const out = {};
-  for (let i = 0; i < s.keys.length; i++) {
-    const k = s.keys[i];
-    const q = s.quoted[i];
+  const { keys, quoted, kinds, fields } = s;
+  for (let i = 0; i < keys.length; i++) {
+    const k = keys[i];
+    const q = quoted[i];
     const at = text.indexOf(q);
     if (at >= 0 && text.indexOf(q, at + 1) >= 0) return NO;
-    if (Object.prototype.hasOwnProperty.call(v, k)) {
-      const f = s.fields[k];
-      const x = v[k];
-      const kind = s.kinds[i];
-      if (kind === K_FLOAT ? typeof x === 'number' : kind === K_STRING && typeof x === 'string') {
+    const x = v[k];
+    if (x !== undefined || Object.prototype.hasOwnProperty.call(v, k)) {
+      const kind = kinds[i];
+      if (kind === K_FLOAT) {
+        if (typeof x !== 'number' || x - x !== 0) return NO;
         out[k] = x;
         continue;
       }
-      const lit = s.intLiteral[i];
-      if (lit !== null && x !== null) {
-        if (checkInt(x, f.endsWith('?') ? f.slice(0, -1) : f) === NO || !lit.test(text)) return NO;
+      if (kind === K_STRING) {
+        if (typeof x !== 'string') return NO;
         out[k] = x;
         continue;
       }
-      const y = check(x, f, text, escapes);
+      const f = fields[k];
+      const intShape = s.intShapes[i];
+      if (intShape !== null && x !== null) {
+        // `at` is the field's name: it is in the text once.
+        if (checkInt(x, intShape) === NO || at < 0 || !intLiteralAt(text, at, q, x)) return NO;
+        out[k] = x;
+        continue;
+      }
+      const y = check(x, f, text, escapes, depth + 1);
       if (y === NO) return NO;
       out[k] = y;
     } else if (s.defaults && Object.prototype.hasOwnProperty.call(s.defaults, k)) {
       out[k] = s.defaults[k];
-    } else if (s.fields[k].endsWith('?')) {
+    } else if (fields[k].endsWith('?')) {
       out[k] = null;
     } else {
       return NO;
     }
   }
   if (s.denyUnknown) {
-    for (const k in v) if (!Object.prototype.hasOwnProperty.call(s.fields, k)) return NO;
+    for (const k in v) if (!Object.prototype.hasOwnProperty.call(fields, k)) return NO;
   }
   return out;
 }
@@ -1142,28 +1308,46 @@ export const log = {
 
 /** The event being handled. */
 export class Event {
-  /** From the host's event record (`new Event(raw)`), or its parts. */
-  constructor(raw, value, time) {
-    if (value !== undefined) {
-      this.key = raw;
-      this.value = value;
-      this.time = time;
-      return;
+  /**
+   * From the host's event record (`new Event(raw)`), or its parts
+   * (`new Event(key, value, time)`). In a batch the payload is given as
+   * its text (when it is UTF-8) and as a range of the batch's payload
+   * bytes, which `value` views only when asked.
+   */
+  constructor(raw, value, time, text = null, src = null, start = 0, end = 0) {
+    if (value === undefined) {
+      value = raw.value;
+      // componentize-js 0.23 hands s64 values over as unsigned (-5 arrives
+      // as 2^64 - 5): reinterpret them as signed.
+      time = raw.time == null ? null : BigInt.asIntN(64, BigInt(raw.time));
+      raw = raw.key;
     }
     /** The routing key; state calls act on this key. */
-    this.key = raw.key;
-    /** The payload bytes (Uint8Array): the input line or the previous emit. */
-    this.value = raw.value;
+    this.key = raw;
     /** Event time (BigInt) from the pipeline's time field, or null. */
-    // componentize-js 0.23 hands s64 values over as unsigned (-5 arrives as
-    // 2^64 - 5): reinterpret them as signed.
-    this.time = raw.time == null ? null : BigInt.asIntN(64, BigInt(raw.time));
+    this.time = time;
+    this._value = value;
+    this._text = text;
+    this._src = src;
+    this._start = start;
+    this._end = end;
+  }
+
+  /** The payload bytes (Uint8Array): the input line or the previous emit. */
+  get value() {
+    let v = this._value;
+    if (v === null) v = this._value = this._src.subarray(this._start, this._end);
+    return v;
+  }
+  set value(v) {
+    this._value = v;
+    this._text = null;
   }
 
   /** The payload parsed as `shape` (default: any JSON). Errors name the problem. */
   json(shape = 'any') {
     try {
-      return parseJson(this.value, shape);
+      return parseJson(this._text ?? this.value, shape);
     } catch (e) {
       if (e instanceof JsonError) throw new OperatorError(`payload is not the expected JSON: ${e.message}`);
       throw e;
@@ -1172,11 +1356,12 @@ export class Event {
 
   /** The payload parsed as `shape`, throwing the bare JsonError on failure. */
   parse(shape = 'any') {
-    return parseJson(this.value, shape);
+    return parseJson(this._text ?? this.value, shape);
   }
 
   /** The payload as text. */
   text() {
+    if (this._text !== null) return this._text;
     try {
       return utf8Decoder.decode(this.value);
     } catch {
@@ -1243,14 +1428,15 @@ class ValueHandle {
   }
   /** The current key's value, or null when it has none. */
   get() {
-    const bytes = batch === null ? state.get(this.name) : batch.get(this.name);
-    return bytes == null ? null : decode(this.name, bytes, this.shape);
+    // In a batch: the stored value as text (or bytes), or the JSON text
+    // written by an earlier event of the batch.
+    const data = batch === null ? state.get(this.name) : batch.get(this.name);
+    return data == null ? null : decode(this.name, data, this.shape);
   }
   /** Stores `value` for the current key. */
   set(value) {
-    const bytes = encode(this.name, value, this.shape);
-    if (batch === null) state.set(this.name, bytes);
-    else batch.set(this.name, bytes);
+    if (batch === null) state.set(this.name, encode(this.name, value, this.shape));
+    else batch.set(this.name, encodeText(this.name, value, this.shape));
   }
   /** Removes the value; returns whether there was one. */
   delete() {
@@ -1361,9 +1547,8 @@ export function clearKey() {
 
 /** Emits `value` as JSON (written as `shape`), keyed by `key`. */
 export function emit(key, value, shape) {
-  const bytes = encode('emitted value', value, shape);
-  if (batch === null) hostEmit(key, bytes);
-  else batch.emit(key, bytes);
+  if (batch === null) hostEmit(key, encode('emitted value', value, shape));
+  else batch.emit(key, encodeText('emitted value', value, shape));
 }
 
 /** Emits raw payload bytes (a Uint8Array, or a string sent as UTF-8). */
@@ -1410,42 +1595,55 @@ class U32s {
   }
 }
 
-/** A growing `strings` column of the result: bytes and end offsets. */
-class Strings {
-  constructor(bytes, count) {
-    this.bytes = new Uint8Array(Math.max(64, bytes));
-    this.len = 0;
-    this.ends = new U32s(count);
+/**
+ * A `strings` column of the result, kept as its pieces: JSON text written
+ * by the SDK, keys and names as strings, `emitRaw` payloads as bytes. The
+ * column's buffer is made when the batch ends, with one TextEncoder call
+ * for all its text when it is ASCII (then a character is a byte and the
+ * ends are the pieces' lengths); piece by piece otherwise. In
+ * StarlingMonkey a native call costs about what a few JavaScript
+ * statements do, so one call per column beats one per piece.
+ */
+class Column {
+  constructor() {
+    this.parts = [];
+    this.text = true; // every piece is a string
   }
-  reserve(n) {
-    if (this.len + n <= this.bytes.length) return;
-    let cap = this.bytes.length * 2;
-    while (cap < this.len + n) cap *= 2;
-    const grown = new Uint8Array(cap);
-    grown.set(this.bytes.subarray(0, this.len));
-    this.bytes = grown;
+  push(part) {
+    if (typeof part !== 'string') this.text = false;
+    this.parts.push(part);
   }
-  push(bytes) {
-    const len = this.len + bytes.length;
-    if (len > this.bytes.length) this.reserve(bytes.length);
-    this.bytes.set(bytes, this.len);
-    this.len = len;
-    const ends = this.ends;
-    if (ends.n === ends.a.length) ends.push(len);
-    else ends.a[ends.n++] = len;
-  }
-  pushText(text) {
-    this.reserve(text.length * 3); // at most 3 bytes per UTF-16 unit
-    this.len += utf8Encoder.encodeInto(text, this.bytes.subarray(this.len)).written;
-    this.ends.push(this.len);
-  }
-  /** Drops the strings from index `count` on. */
+  /** Drops the pieces from index `count` on. */
   truncate(count) {
-    this.ends.n = count;
-    this.len = count === 0 ? 0 : this.ends.a[count - 1];
+    this.parts.length = count;
   }
   column() {
-    return { bytes: this.bytes.subarray(0, this.len), ends: this.ends.column() };
+    const parts = this.parts;
+    const n = parts.length;
+    const ends = new Uint32Array(n);
+    if (this.text) {
+      const joined = parts.join('');
+      const bytes = utf8Encoder.encode(joined);
+      if (bytes.length === joined.length) {
+        let end = 0;
+        for (let i = 0; i < n; i++) ends[i] = end += parts[i].length;
+        return { bytes, ends };
+      }
+    }
+    const pieces = new Array(n);
+    let total = 0;
+    for (let i = 0; i < n; i++) {
+      const p = parts[i];
+      const b = typeof p === 'string' ? utf8Encoder.encode(p) : p;
+      pieces[i] = b;
+      ends[i] = total += b.length;
+    }
+    const bytes = new Uint8Array(total);
+    for (let i = 0, at = 0; i < n; i++) {
+      bytes.set(pieces[i], at);
+      at += pieces[i].length;
+    }
+    return { bytes, ends };
   }
 }
 
@@ -1455,75 +1653,110 @@ function stringAt(column, i) {
 }
 
 /**
- * One `handleBatch` call: the batch's columns, the keys' views of their
- * values and the result's columns being built.
+ * A `strings` column of the batch as one string when it is ASCII (one
+ * native call; the byte offsets are then string offsets), else null.
+ */
+function asciiText(column) {
+  const bytes = column.bytes;
+  if (bytes.length === 0) return '';
+  let text;
+  try {
+    text = utf8Decoder.decode(bytes);
+  } catch {
+    return null;
+  }
+  // Each non-ASCII character takes more bytes than UTF-16 units.
+  return text.length === bytes.length ? text : null;
+}
+
+/**
+ * One `handleBatch` call: the batch's columns (as text where ASCII), the
+ * values written by its earlier events and the result's columns being
+ * built.
  */
 class Batch {
   constructor(input) {
     this.input = input;
     const n = input.keys.ends.length;
+    this.keysText = asciiText(input.keys);
+    this.namesText = asciiText(input.valueNames);
+    this.valuesText = asciiText(input.valueBytes);
     this.keyNames = new Array(n).fill(null); // decoded keys
-    this.views = new Array(n).fill(null); // Map name -> bytes (null: deleted)
     // Per key, the index of its first value.
-    this.firstValues = new Uint32Array(n + 1);
-    for (let k = 0; k < n; k++) this.firstValues[k + 1] = this.firstValues[k] + input.valueCounts[k];
-    const events = input.eventKeys.length;
-    const size = input.payloads.bytes.length;
-    // One entry per event handled, set by index.
-    this.emitCounts = new Uint32Array(events);
-    this.writeCounts = new Uint32Array(events);
-    this.emitKeys = new Strings(events * 8, events);
-    this.emitPayloads = new Strings(size, events);
-    this.writeNames = new Strings(events * 8, events);
-    this.writeValues = new Strings(size, events);
+    const first = (this.firstValues = new Uint32Array(n + 1));
+    const counts = input.valueCounts;
+    for (let k = 0; k < n; k++) first[k + 1] = first[k] + counts[k];
+    // Values written by the batch's handled events: name -> Map(key index
+    // -> JSON text, or null when deleted).
+    this.written = new Map();
+    this.emitKeys = new Column();
+    this.emitPayloads = new Column();
+    this.writeNames = new Column();
+    this.writeValues = new Column();
     this.deletes = new U32s(0);
     this.failed = new U32s(0);
-    this.reasons = new Strings(0, 0);
-    this.nameBytes = new Map(); // a value name's UTF-8 bytes
-    this.keyBytes = new Array(n).fill(null); // a key's bytes (a view of the batch's)
+    this.reasons = new Column();
     // The current event's writes, in first-write order (a value is null for
     // a delete). Operators write a handful of names: arrays, searched.
     this.pendingNames = [];
     this.pendingValues = [];
     this.k = 0; // the current event's key index
-    this.key = '';
     this.stopped = false;
   }
 
   keyName(k) {
-    let key = this.keyNames[k];
-    if (key === null) key = this.keyNames[k] = utf8Decoder.decode(stringAt(this.input.keys, k));
+    const text = this.keysText;
+    const ends = this.input.keys.ends;
+    const key = text !== null
+      ? text.slice(k === 0 ? 0 : ends[k - 1], ends[k])
+      : utf8Decoder.decode(stringAt(this.input.keys, k));
+    this.keyNames[k] = key;
     return key;
   }
 
-  view() {
-    let v = this.views[this.k];
-    if (v === null) {
-      v = this.views[this.k] = new Map();
-      const { valueNames, valueBytes } = this.input;
-      for (let i = this.firstValues[this.k], end = this.firstValues[this.k + 1]; i < end; i++) {
-        v.set(utf8Decoder.decode(stringAt(valueNames, i)), stringAt(valueBytes, i));
+  /** Value `name` of the current key as the batch brought it (text, or bytes when not ASCII), or null. */
+  stored(name) {
+    const { valueNames, valueBytes } = this.input;
+    const nameEnds = valueNames.ends;
+    const names = this.namesText;
+    for (let j = this.firstValues[this.k], end = this.firstValues[this.k + 1]; j < end; j++) {
+      const a = j === 0 ? 0 : nameEnds[j - 1];
+      const b = nameEnds[j];
+      const found = names !== null
+        ? b - a === name.length && names.startsWith(name, a)
+        : utf8Decoder.decode(valueNames.bytes.subarray(a, b)) === name;
+      if (found) {
+        const c = j === 0 ? 0 : valueBytes.ends[j - 1];
+        const d = valueBytes.ends[j];
+        return this.valuesText !== null ? this.valuesText.slice(c, d) : valueBytes.bytes.subarray(c, d);
       }
     }
-    return v;
+    return null;
   }
 
   // ---- state ----
 
   get(name) {
-    const i = this.pendingNames.indexOf(name);
-    if (i >= 0) return this.pendingValues[i];
-    const v = this.view().get(name);
-    return v === undefined ? null : v;
+    const pending = this.pendingNames;
+    if (pending.length !== 0) {
+      const i = pending.indexOf(name);
+      if (i >= 0) return this.pendingValues[i];
+    }
+    const w = this.written.get(name);
+    if (w !== undefined) {
+      const v = w.get(this.k);
+      if (v !== undefined) return v;
+    }
+    return this.stored(name);
   }
 
-  set(name, bytes) {
+  set(name, text) {
     const i = this.pendingNames.indexOf(name);
     if (i >= 0) {
-      this.pendingValues[i] = bytes;
+      this.pendingValues[i] = text;
     } else {
       this.pendingNames.push(name);
-      this.pendingValues.push(bytes);
+      this.pendingValues.push(text);
     }
   }
 
@@ -1540,48 +1773,48 @@ class Batch {
 
   // ---- output ----
 
-  emit(key, bytes) {
-    if (key === this.key) {
-      let b = this.keyBytes[this.k];
-      if (b === null) b = this.keyBytes[this.k] = stringAt(this.input.keys, this.k);
-      this.emitKeys.push(b);
-    } else {
-      this.emitKeys.pushText(key);
-    }
-    this.emitPayloads.push(bytes);
+  /** `payload`: JSON text, or bytes from `emitRaw`. */
+  emit(key, payload) {
+    this.emitKeys.push(key);
+    this.emitPayloads.push(payload);
   }
 
   /** Runs `handle` on every event; returns the batch result. */
   run(handle) {
     const { pendingNames, pendingValues, emitKeys, emitPayloads, writeNames, writeValues } = this;
-    const { emitCounts, writeCounts, keyNames } = this;
+    const { keyNames, written } = this;
     // Event times: `times[t]` is the time of event `timed[t]`; the others
     // have none.
     const { eventKeys, timed, times } = this.input;
+    const n = eventKeys.length;
+    const emitCounts = new Uint32Array(n);
+    const writeCounts = new Uint32Array(n);
     let t = 0;
     let nextTimed = timed.length !== 0 ? timed[0] : -1;
     const payloads = this.input.payloads.bytes;
     const payloadEnds = this.input.payloads.ends;
+    const payloadText = asciiText(this.input.payloads);
+    const emitParts = emitKeys.parts;
     let stop = false;
     let i = 0;
-    for (let start = 0, n = eventKeys.length; i < n; i++) {
+    for (let start = 0; i < n; i++) {
       const k = eventKeys[i];
       this.k = k;
       let key = keyNames[k];
       if (key === null) key = this.keyName(k);
-      this.key = key;
-      const emitMark = emitKeys.ends.n;
+      const emitMark = emitParts.length;
       const end = payloadEnds[i];
-      const value = payloads.subarray(start, end);
+      let time = null;
+      if (i === nextTimed) {
+        time = BigInt.asIntN(64, BigInt(times[t++]));
+        nextTimed = t < timed.length ? timed[t] : -1;
+      }
+      const text = payloadText !== null ? payloadText.slice(start, end) : null;
+      const event = new Event(key, null, time, text, payloads, start, end);
       start = end;
       let why = null;
       try {
-        let time = null;
-        if (i === nextTimed) {
-          time = BigInt.asIntN(64, BigInt(times[t++]));
-          nextTimed = t < timed.length ? timed[t] : -1;
-        }
-        handle(new Event(key, value, time));
+        handle(event);
       } catch (e) {
         if (e !== STOP_SIGNAL) why = reason(e);
       }
@@ -1595,30 +1828,26 @@ class Batch {
           break;
         }
         this.failed.push(i);
-        this.reasons.pushText(why);
+        this.reasons.push(why);
         continue; // its counts stay 0
       }
+      emitCounts[i] = emitParts.length - emitMark;
       const nwrites = pendingNames.length;
-      emitCounts[i] = emitKeys.ends.n - emitMark;
-      writeCounts[i] = nwrites;
       if (nwrites !== 0) {
-        const view = this.view();
+        writeCounts[i] = nwrites;
         for (let w = 0; w < nwrites; w++) {
           const name = pendingNames[w];
           const value = pendingValues[w];
-          let nameBytes = this.nameBytes.get(name);
-          if (nameBytes === undefined) {
-            nameBytes = utf8Encoder.encode(name);
-            this.nameBytes.set(name, nameBytes);
-          }
-          writeNames.push(nameBytes);
+          writeNames.push(name);
           if (value === null) {
-            this.deletes.push(writeValues.ends.n);
-            writeValues.ends.push(writeValues.len);
+            this.deletes.push(writeValues.parts.length);
+            writeValues.push('');
           } else {
             writeValues.push(value);
           }
-          view.set(name, value);
+          let m = written.get(name);
+          if (m === undefined) written.set(name, (m = new Map()));
+          m.set(k, value);
         }
         pendingNames.length = pendingValues.length = 0;
       }

@@ -181,9 +181,9 @@ def _encode(o, out):
     if t is str:
         out.append(_encode_str(o))
         return
-    plan = _dataclass_plans.get(t)
-    if plan is not None:
-        _encode_dataclass(o, plan, out)
+    enc = _dataclass_encoders.get(t)
+    if enc is not None:
+        out.append(enc(o))
         return
     if o is None:
         out.append("null")
@@ -218,41 +218,72 @@ def _encode(o, out):
             _encode(v, out)
         out.append("]")
     elif dataclasses.is_dataclass(o) and not isinstance(o, type):
-        floats = _float_fields(t)
-        plan = _dataclass_plans[t] = tuple(
-            (f.name, ("," if i else "{") + _encode_str(f.name) + ":", f.name in floats)
-            for i, f in enumerate(dataclasses.fields(o))
-        )
-        _encode_dataclass(o, plan, out)
+        out.append(_dataclass_encoder(t)(o))
     else:
         raise TypeError(f"cannot encode a {type(o).__name__} as JSON")
 
 
-# dataclass -> its fields as (name, `{"name":` or `,"name":`, float field).
-_dataclass_plans = {}
+# dataclass -> its encoder, a function generated for its fields.
+_dataclass_encoders = {}
 
 
-def _encode_dataclass(o, plan, out):
-    if not plan:
-        out.append("{}")
-        return
-    for name, prefix, is_float in plan:
-        v = getattr(o, name)
-        out.append(prefix)
-        t = type(v)
-        if t is float:
-            out.append(_float(v))
-        elif t is int:
-            out.append(_float(float(v)) if is_float else int.__repr__(v))
-        else:
-            if is_float and isinstance(v, int) and not isinstance(v, bool):
-                v = float(v)
-            _encode(v, out)
-    out.append("}")
+def _field(v, is_float):
+    """A dataclass field's JSON; a float field's integer is written as a
+    float (`40.0`), like an `f64` field's."""
+    t = type(v)
+    if t is float:
+        return _float(v)
+    if t is int:
+        return _float(float(v)) if is_float else int.__repr__(v)
+    if is_float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    out = []
+    _encode(v, out)
+    return "".join(out)
+
+
+def _dataclass_encoder(cls):
+    """The function that writes a `cls` instance as a JSON object, fields in
+    declaration order. It is generated for the class: one expression with
+    the field names and their quoted keys written in, and the common field
+    types (float, int, str) written inline, since each call and loop step
+    costs in an interpreter inside Wasm; any other value goes to `_field`,
+    with the same result."""
+    enc = _dataclass_encoders.get(cls)
+    if enc is not None:
+        return enc
+    floats = _float_fields(cls)
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    if not fields:
+        enc = lambda o: "{}"  # noqa: E731
+    else:
+        lines = ["def enc(o):"]
+        pieces = []
+        for i, f in enumerate(fields):
+            prefix = ("," if i else "{") + _encode_str(f.name) + ":"
+            get = f"o.{f.name}" if f.name.isidentifier() else f"getattr(o, {f.name!r})"
+            lines.append(f"    v{i} = {get}")
+            if f.name in floats:
+                piece = f"(_float(v{i}) if type(v{i}) is float else _field(v{i}, True))"
+            elif hints.get(f.name) is str:
+                piece = f"(_encode_str(v{i}) if type(v{i}) is str else _field(v{i}, False))"
+            else:
+                piece = f"(int_repr(v{i}) if type(v{i}) is int else _field(v{i}, False))"
+            pieces.append(f"{prefix!r} + {piece}")
+        lines.append("    return " + " + ".join(pieces) + " + '}'")
+        scope = {"_float": _float, "_field": _field, "_encode_str": _encode_str, "int_repr": int.__repr__}
+        exec("\n".join(lines), scope)
+        enc = scope["enc"]
+    _dataclass_encoders[cls] = enc
+    return enc
 
 
 def dumps(obj):
     """Encodes `obj` as compact JSON text, exactly as serde_json would."""
+    enc = _dataclass_encoders.get(type(obj))
+    if enc is not None:
+        return enc(obj)
     out = []
     _encode(obj, out)
     return "".join(out)
@@ -269,31 +300,45 @@ def _finite(text):
     return x
 
 
-_decoder = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
-
-
-_scan = _decoder.scan_once
+# The C scanner of the `json` module, twice: `_scan` reads floats through
+# `_finite` (a Python call per float literal) to refuse overflowing ones as
+# serde_json does; `_scan_plain` reads them in C, for texts where no float
+# can overflow (no exponent and short: one needs an `e` or 309 digits).
+_scan = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite).scan_once
+_scan_plain = json.JSONDecoder(parse_constant=_no_constant).scan_once
 _space = json.decoder.WHITESPACE.match
 
 
 def loads(data):
     """Parses JSON text (str or UTF-8 bytes) strictly, as serde_json does:
     no NaN/Infinity, no trailing text."""
-    if not isinstance(data, str):
-        data = bytes(data).decode("utf-8")
-    # What `_decoder.decode(data)` does, with the same errors, in one call.
+    if type(data) is not str:
+        data = (data if type(data) is bytes else bytes(data)).decode("utf-8")
+    # What `json.loads(data)` does, with the same errors, in fewer calls
+    # (each costs in an interpreter inside Wasm): the whitespace regex runs
+    # only where there is whitespace.
+    scan = _scan_plain if len(data) < 300 and "e" not in data and "E" not in data else _scan
+    start = 0
+    if data and data[0] in " \t\n\r":
+        start = _space(data, 0).end()
     try:
-        value, end = _scan(data, _space(data, 0).end())
+        value, end = scan(data, start)
     except StopIteration as e:
         raise json.JSONDecodeError("Expecting value", data, e.value) from None
-    end = _space(data, end).end()
     if end != len(data):
-        raise json.JSONDecodeError("Extra data", data, end)
+        end = _space(data, end).end()
+        if end != len(data):
+            raise json.JSONDecodeError("Extra data", data, end)
     return value
 
 
 def number(v, default=0.0):
     """`v` as a float when it is a JSON number (not a bool), else `default`."""
+    t = type(v)
+    if t is float:
+        return v
+    if t is int:
+        return float(v)
     if isinstance(v, float):
         return v
     if isinstance(v, int) and not isinstance(v, bool):
@@ -409,6 +454,10 @@ def _make_decoder(tp, deny_unknown):
                     kwargs[name] = _missing(f)
             return tp(**kwargs)
 
+        if not deny_unknown:
+            fast = _fast_dataclass_decoder(tp, fields, hints, dataclass)
+            if fast is not None:
+                return fast
         return dataclass
     if tp is float:
         return _decode_float
@@ -451,6 +500,57 @@ def _make_decoder(tp, deny_unknown):
 
         return mapping
     return _identity
+
+
+# Checks of a parsed JSON value `{v}` that the generated dataclass decoders
+# inline, by field annotation: the value is then the field's as it is.
+_FAST_CHECKS = {
+    float: "type({v}) is float",
+    int: "type({v}) is int",
+    str: "type({v}) is str",
+    bool: "type({v}) is bool",
+}
+for _tp, (_, _lo, _hi) in _INT_RANGES.items():
+    _FAST_CHECKS[_tp] = "type({v}) is int and " + str(_lo) + " <= {v} <= " + str(_hi)
+
+
+def _fast_dataclass_decoder(tp, fields, hints, slow):
+    """A decoder for dataclass `tp` generated for its fields: when the JSON
+    object has every field, each of exactly its annotated type (float, int,
+    i64, u64, u32, str, bool), it makes the instance in one call; anything
+    else (a missing field, an integer for a float, another annotation) goes
+    to `slow`, the general decoder, which gives the same result or error.
+    None when the class does not suit (a field with another annotation,
+    not in `__init__`, or not named as an identifier)."""
+    checks = []
+    for i, f in enumerate(fields):
+        try:
+            check = _FAST_CHECKS.get(hints.get(f.name))
+        except TypeError:  # an unhashable annotation
+            return None
+        if check is None or not f.init or not f.name.isidentifier():
+            return None
+        checks.append(check.format(v=f"v{i}"))
+    if not fields:
+        return None
+    positional = not any(getattr(f, "kw_only", False) for f in fields)
+    args = ", ".join(
+        f"v{i}" if positional else f"{f.name}=v{i}" for i, f in enumerate(fields)
+    )
+    lines = [
+        "def dec(v):",
+        "    if type(v) is dict:",
+        "        try:",
+        *(f"            v{i} = v[{f.name!r}]" for i, f in enumerate(fields)),
+        "        except KeyError:",
+        "            return slow(v)",
+        "        if " + " and ".join(checks) + ":",
+        f"            return tp({args})",
+        "    return slow(v)",
+    ]
+    scope = {"tp": tp, "slow": slow}
+    exec("\n".join(lines), scope)
+    return scope["dec"]
 
 
 # ---- events and config -------------------------------------------------------
@@ -554,11 +654,20 @@ class Value:
     def __init__(self, name, tp=None):
         self.name = name
         self.tp = tp
+        self._decode = None  # what `decode(tp, v)` applies, found on first use
 
     def get(self, default=None):
         """The current key's value, or `default` when it has none."""
         data = _state.get(self.name)
-        return default if data is None else _decode_state(self.name, self.tp, data)
+        if data is None:
+            return default
+        dec = self._decode
+        if dec is None:
+            dec = self._decode = _field_decoder(self.tp)
+        try:
+            return dec(loads(data))
+        except (ValueError, Error) as e:
+            raise Error(f"state {self.name} does not decode: {e}") from None
 
     def set(self, value):
         _state.set(self.name, _encode_state(self.name, value))

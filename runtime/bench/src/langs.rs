@@ -29,16 +29,28 @@ pub struct BenchLangsArgs {
     /// Operator config (JSON) given to every component's `init`.
     #[arg(long, default_value = "{}")]
     pub config: String,
-    /// Start-ups timed per component (the median is reported).
+    /// Start-ups timed per component (the median is reported); 0 skips
+    /// the start-up timing (for profiling the throughput run alone).
     #[arg(long, default_value_t = 3)]
     pub starts: usize,
+    /// Keep the compile cache in this directory across invocations (by
+    /// default a temporary one per invocation). A component found there is
+    /// not compiled again, so its cold start is only measured when
+    /// `--starts` is not 0.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Run every component without the per-call CPU limit (epoch
+    /// interruption checks), as an operator with `cpu_limit = false` runs:
+    /// for measuring what the limit costs each language.
+    #[arg(long)]
+    pub no_cpu_limit: bool,
 }
 
 struct Row {
     label: String,
     bytes: usize,
-    cold: Duration,
-    cached: Duration,
+    cold: Option<Duration>,
+    cached: Option<Duration>,
     rate: f64,
 }
 
@@ -51,15 +63,16 @@ pub fn run(a: BenchLangsArgs) -> Result<()> {
         };
         specs.push((label.to_string(), PathBuf::from(path)));
     }
-    let engine = eddy_runtime::engine()?;
-    let cache_dir = tempfile::tempdir()?;
+    let engine = eddy_runtime::engine_with(!a.no_cpu_limit)?;
+    let tmp = tempfile::tempdir()?;
+    let cache_dir = a.cache_dir.as_deref().unwrap_or(tmp.path());
     let ev = generate(a.events, a.keys);
     let events = decode(&ev);
     let ctx = || OpCtx::new("counter".into(), None, Limits::default());
     let mut rows = Vec::new();
     for (label, path) in specs {
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let cache = Cache::new(cache_dir.path().join(&label));
+        let cache = Cache::new(cache_dir.join(&label));
         // Start-up: compile (or load from the cache), instantiate, init.
         let start = |cache: Option<&Cache>, want: Compiled| -> Result<Duration> {
             let t = Instant::now();
@@ -78,14 +91,19 @@ pub fn run(a: BenchLangsArgs) -> Result<()> {
             Ok(d)
         };
         let mut cold = Vec::new();
-        for _ in 0..a.starts.max(1) {
+        for _ in 0..a.starts {
             cold.push(start(None, Compiled::Fresh)?);
         }
-        // Fill the cache once, then time loads from it.
-        start(Some(&cache), Compiled::Fresh)?;
         let mut cached = Vec::new();
-        for _ in 0..a.starts.max(1) {
-            cached.push(start(Some(&cache), Compiled::Cached)?);
+        if a.starts > 0 {
+            // Fill the cache once (unless a kept one has it), then time
+            // loads from it.
+            if a.cache_dir.is_none() {
+                start(Some(&cache), Compiled::Fresh)?;
+            }
+            for _ in 0..a.starts {
+                cached.push(start(Some(&cache), Compiled::Cached)?);
+            }
         }
         let component = Arc::new(WasmComponent::from_bytes_cached(
             &engine,
@@ -104,10 +122,11 @@ pub fn run(a: BenchLangsArgs) -> Result<()> {
         });
     }
     println!(
-        "eddy bench-langs: {} events over {} keys, one worker, operator path; start-up = load + instantiate + init (median of {})",
+        "eddy bench-langs: {} events over {} keys, one worker, operator path{}; start-up = load + instantiate + init (median of {})",
         a.events,
         a.keys,
-        a.starts.max(1)
+        if a.no_cpu_limit { ", no CPU limit" } else { "" },
+        a.starts
     );
     println!(
         "{:<10} {:>10} {:>12} {:>12} {:>14} {:>8}",
@@ -115,12 +134,16 @@ pub fn run(a: BenchLangsArgs) -> Result<()> {
     );
     let base = rows[0].rate;
     for r in &rows {
+        let ms = |d: Option<Duration>| match d {
+            Some(d) => format!("{:.1}ms", d.as_secs_f64() * 1e3),
+            None => "-".to_string(),
+        };
         println!(
-            "{:<10} {:>8.1}MB {:>10.1}ms {:>10.1}ms {:>14.0} {:>8.3}",
+            "{:<10} {:>8.1}MB {:>12} {:>12} {:>14.0} {:>8.3}",
             r.label,
             r.bytes as f64 / 1e6,
-            r.cold.as_secs_f64() * 1e3,
-            r.cached.as_secs_f64() * 1e3,
+            ms(r.cold),
+            ms(r.cached),
             r.rate,
             r.rate / base
         );
@@ -128,7 +151,8 @@ pub fn run(a: BenchLangsArgs) -> Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
+/// The median, or `None` when nothing was timed.
+fn median(mut v: Vec<Duration>) -> Option<Duration> {
     v.sort();
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied()
 }
