@@ -447,12 +447,26 @@ def _make_decoder(tp, deny_unknown):
             if not plan and fields:
                 plan[:] = [(f.name, _field_decoder(hints[f.name]), f) for f in fields]
             kwargs = {}
+            late = []
             for name, dec, f in plan:
                 if name in v:
-                    kwargs[name] = dec(v[name])
+                    value = dec(v[name])
+                elif not f.init:
+                    # Not an argument of `__init__`: the class sets it (a
+                    # default, or `__post_init__`).
+                    continue
                 else:
-                    kwargs[name] = _missing(f)
-            return tp(**kwargs)
+                    value = _missing(f)
+                if f.init:
+                    kwargs[name] = value
+                else:
+                    late.append((name, value))
+            obj = tp(**kwargs)
+            # A field outside `__init__` that the JSON has (as `dumps`
+            # writes it) is set after construction, frozen classes too.
+            for name, value in late:
+                object.__setattr__(obj, name, value)
+            return obj
 
         if not deny_unknown:
             fast = _fast_dataclass_decoder(tp, fields, hints, dataclass)

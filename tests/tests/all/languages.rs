@@ -517,3 +517,59 @@ fn rust_counter_swapped_for_python_mid_stream_keeps_counts() {
     );
     assert_counter_state(&p.state_dir, &reference(&events));
 }
+
+/// The Python SDK's decoder, run by the machine's CPython (the same code
+/// the component runs): a dataclass field outside `__init__`
+/// (`field(init=False)`) is set from the JSON when the JSON has it (as
+/// `dumps` writes it, frozen classes too) and left to the class when not,
+/// instead of a `TypeError` that dead-lettered the event.
+#[test]
+fn python_dataclass_fields_outside_init_decode() {
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/python");
+    let script = r#"
+import sys
+from dataclasses import dataclass, field
+import eddy
+
+@dataclass
+class Totals:
+    count: int = 0
+    total: float = 0.0
+    mean: float = field(init=False, default=0.0)
+    def __post_init__(self):
+        self.mean = self.total / self.count if self.count else 0.0
+
+@dataclass(frozen=True)
+class Tag:
+    name: str
+    seen: int = field(init=False, default=0)
+
+print(eddy.dumps(eddy.decode(Totals, eddy.loads(b'{"count":2,"total":3.0}'))))
+print(eddy.dumps(eddy.decode(Totals, eddy.loads(b'{"count":4,"total":2.0,"mean":9.0}'))))
+print(eddy.decode(Tag, eddy.loads(b'{"name":"a","seen":5}')))
+print(eddy.decode(Tag, eddy.loads(b'{"name":"b"}')))
+try:
+    eddy.decode(Tag, eddy.loads(b'{"seen":1}'))
+except eddy.Error as e:
+    print("error:", e)
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("PYTHONPATH", &sdk)
+        .output()
+        .expect("python3 runs (the suite's setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"count\":2,\"total\":3.0,\"mean\":1.5}\n\
+         {\"count\":4,\"total\":2.0,\"mean\":9.0}\n\
+         Tag(name='a', seen=5)\n\
+         Tag(name='b', seen=0)\n\
+         error: missing field `name`\n"
+    );
+}
