@@ -244,51 +244,8 @@ impl<'a> Scanner<'a> {
     /// integer literal.
     #[inline]
     fn number(&mut self) -> Result<bool, Unsure> {
-        let b = self.bytes;
-        let mut i = self.pos;
-        if b.get(i) == Some(&b'-') {
-            i += 1;
-        }
-        match b.get(i) {
-            Some(b'0') => i += 1,
-            Some(b'1'..=b'9') => {
-                while matches!(b.get(i), Some(b'0'..=b'9')) {
-                    i += 1;
-                }
-            }
-            _ => return Err(Unsure),
-        }
-        let mut int = true;
-        if b.get(i) == Some(&b'.') {
-            int = false;
-            i += 1;
-            let digits = i;
-            while matches!(b.get(i), Some(b'0'..=b'9')) {
-                i += 1;
-            }
-            if i == digits {
-                return Err(Unsure);
-            }
-        }
-        if matches!(b.get(i), Some(b'e' | b'E')) {
-            int = false;
-            i += 1;
-            if matches!(b.get(i), Some(b'+' | b'-')) {
-                i += 1;
-            }
-            let digits = i;
-            while matches!(b.get(i), Some(b'0'..=b'9')) {
-                i += 1;
-            }
-            if i == digits {
-                return Err(Unsure);
-            }
-        }
-        // serde_json refuses a digit right after a leading zero ("01").
-        if matches!(b.get(i), Some(b'0'..=b'9')) {
-            return Err(Unsure);
-        }
-        self.pos = i;
+        let (end, int) = eddy_codec::json_number(self.bytes, self.pos).ok_or(Unsure)?;
+        self.pos = end;
         Ok(int)
     }
 }

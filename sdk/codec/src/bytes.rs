@@ -63,8 +63,75 @@ unsafe fn copy<const N: usize>(src: *const u8, dst: *mut u8) {
     }
 }
 
+/// Where the JSON number starting at `start` in `bytes` ends, checked
+/// against JSON's grammar (`-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`,
+/// and no digit right after a leading zero, which serde_json refuses), and
+/// whether it is an integer literal; `None` when it is not a number. Shared
+/// by the host's line scanner and the SDK's JSON reader.
+#[inline]
+pub fn json_number(bytes: &[u8], start: usize) -> Option<(usize, bool)> {
+    let digits = |mut i: usize| {
+        while matches!(bytes.get(i), Some(b'0'..=b'9')) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = start + usize::from(bytes.get(start) == Some(&b'-'));
+    match bytes.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => i = digits(i + 1),
+        _ => return None,
+    }
+    let mut int = true;
+    if bytes.get(i) == Some(&b'.') {
+        int = false;
+        let end = digits(i + 1);
+        if end == i + 1 {
+            return None;
+        }
+        i = end;
+    }
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        int = false;
+        i += 1;
+        if matches!(bytes.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let end = digits(i);
+        if end == i {
+            return None;
+        }
+        i = end;
+    }
+    if matches!(bytes.get(i), Some(b'0'..=b'9')) {
+        return None;
+    }
+    Some((i, int))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_numbers_end_where_the_grammar_says() {
+        use super::json_number;
+        for (text, want) in [
+            ("0", Some((1, true))),
+            ("-12,", Some((3, true))),
+            ("1.50}", Some((4, false))),
+            ("2e-3 ", Some((4, false))),
+            ("-0.0E+1", Some((7, false))),
+            ("01", None),
+            ("1.", None),
+            ("1e", None),
+            ("-", None),
+            ("+1", None),
+            (".5", None),
+        ] {
+            assert_eq!(json_number(text.as_bytes(), 0), want, "{text}");
+        }
+        assert_eq!(json_number(b"[12]", 1), Some((3, true)));
+    }
+
     #[test]
     fn appends_every_length_as_extend_from_slice() {
         let data: Vec<u8> = (0..80u8).collect();

@@ -65,7 +65,7 @@ mod read;
 pub mod wit;
 
 pub use build::{BatchBuilder, BuildError, ResultBuilder};
-pub use bytes::extend;
+pub use bytes::{extend, json_number};
 pub use check::{
     CheckedResult, Column, Emits, Field, Handled, Limits, Outcomes, ResultError, Writes,
 };

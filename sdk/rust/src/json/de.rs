@@ -241,45 +241,8 @@ impl<'de> Deserializer<'de> {
     /// Skips a number, checking its syntax as JSON defines it.
     #[inline]
     fn skip_number(&mut self) -> Result<(), Fallback> {
-        let input = self.input;
-        let mut i = self.pos;
-        if input.get(i) == Some(&b'-') {
-            i += 1;
-        }
-        let digits = |mut i: usize| {
-            while matches!(input.get(i), Some(b'0'..=b'9')) {
-                i += 1;
-            }
-            i
-        };
-        match input.get(i) {
-            Some(b'0') => i += 1,
-            Some(b'1'..=b'9') => i = digits(i + 1),
-            _ => return Err(Fallback),
-        }
-        if input.get(i) == Some(&b'.') {
-            let end = digits(i + 1);
-            if end == i + 1 {
-                return Err(Fallback);
-            }
-            i = end;
-        }
-        if matches!(input.get(i), Some(b'e' | b'E')) {
-            i += 1;
-            if matches!(input.get(i), Some(b'+' | b'-')) {
-                i += 1;
-            }
-            let end = digits(i);
-            if end == i {
-                return Err(Fallback);
-            }
-            i = end;
-        }
-        // A digit right after a leading zero ("01") is an error.
-        if matches!(input.get(i), Some(b'0'..=b'9')) {
-            return Err(Fallback);
-        }
-        self.pos = i;
+        let (end, _) = eddy_codec::json_number(self.input, self.pos).ok_or(Fallback)?;
+        self.pos = end;
         Ok(())
     }
 
