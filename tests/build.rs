@@ -16,7 +16,7 @@ const WORKSPACES: &[(&str, &str, &str, &[&str])] = &[
         "example operator",
         &[
             "counter",
-            "counter_simple",
+            "counter_tuned",
             "fraud",
             "views",
             "recommend",

@@ -1,30 +1,28 @@
 /*
  * Keyed counter, in C: for every event, the key's running count and the sum
- * of a numeric field (`amount` unless the config says `field = "..."`).
+ * of its `amount` field.
  *
  * Emits {"count": <events so far>, "sum": <sum so far>} keyed like the
- * input. Events whose field is missing or not a number count with 0. The
+ * input. An event without `amount` counts with 0; one whose `amount` is not
+ * a number is refused (dead-lettered) and leaves the totals unchanged. The
  * same operator as plugins/counter (Rust), with the same state: one value
  * `totals` holding {"count": u64, "sum": f64}.
  */
 #include "eddy.h"
 
-static char *field; /* the numeric field to sum */
-
 static eddy_error counter_init(const eddy_config *config) {
-  eddy_error e = eddy_config_string(config, "field", &field);
-  if (e) return e;
-  if (!field) field = strdup("amount");
+  (void)config; /* no settings */
   return NULL;
 }
 
-/* The payload's top-level `field` as a number; 0 when missing or not a
- * number (strings, booleans, null, arrays and objects count as 0). */
-static eddy_error number_field(const eddy_event *ev, double *amount) {
+/* The payload's top-level `amount`: 0 when missing; an error (with serde's
+ * wording) when it is not a number, repeated, or the payload is not an
+ * object. */
+static eddy_error amount_of(const eddy_event *ev, double *amount) {
   eddy_json j;
   eddy_json_value k, v;
   eddy_error e = NULL;
-  int r = 0;
+  int r = 0, seen = 0;
   *amount = 0;
   eddy_json_init(&j, ev->value, ev->value_len);
   if (!eddy_json_object_begin(&j)) {
@@ -32,15 +30,21 @@ static eddy_error number_field(const eddy_event *ev, double *amount) {
     r = -1;
   }
   while (r >= 0 && (r = eddy_json_object_next(&j, &k, &v)) == 1) {
-    if (!eddy_json_string_is(&j, &k, field)) continue;
-    if (v.kind == EDDY_JSON_NUMBER && v.out_of_range) {
+    if (!eddy_json_string_is(&j, &k, "amount")) continue;
+    if (seen++) {
+      eddy_json_fail(&j, v.start, "duplicate field `amount`");
+      r = -1;
+    } else if (v.kind != EDDY_JSON_NUMBER) {
+      eddy_json_invalid_type(&j, &v, "f64");
+      r = -1;
+    } else if (v.out_of_range) {
       eddy_json_fail(&j, v.end, "number out of range");
       r = -1;
     } else {
-      *amount = v.kind == EDDY_JSON_NUMBER ? v.f : 0;
+      *amount = v.f;
     }
   }
-  if (r < 0) e = eddy_json_error(&j, "payload is not a JSON object: ");
+  if (r < 0) e = eddy_json_error(&j, "");
   eddy_json_free(&j);
   return e;
 }
@@ -73,7 +77,7 @@ static eddy_error read_totals(uint64_t *count, double *sum) {
 
 static eddy_error counter_handle(const eddy_event *ev) {
   double amount;
-  eddy_error e = number_field(ev, &amount);
+  eddy_error e = amount_of(ev, &amount);
   if (e) return e;
   uint64_t count;
   double sum;

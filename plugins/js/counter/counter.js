@@ -1,9 +1,10 @@
-// Keyed counter: for every event, the key's running count and the sum of a
-// numeric field (`amount` unless the config says `field = "..."`).
+// Keyed counter: for every event, the key's running count and the sum of its
+// `amount` field.
 //
 // Emits {"count": <events so far>, "sum": <sum so far>} keyed like the input.
-// Events whose field is missing or not a number count with 0. The JavaScript
-// twin of plugins/counter (same state, same output bytes).
+// An event without `amount` counts with 0; one whose `amount` is not a number
+// is refused (dead-lettered) and leaves the totals unchanged. The JavaScript
+// twin of plugins/counter (same state, output bytes and refusals).
 
 import { operator, Value, emit, struct } from '../eddy.js';
 
@@ -12,12 +13,8 @@ const Totals = struct('Totals', { count: 'u64', sum: 'f64' });
 const TOTALS = Value('totals', Totals);
 
 export const { init, handle } = operator({
-  init(config) {
-    return { field: config.get('field', 'string') ?? 'amount' };
-  },
-
-  handle(event, { field }) {
-    const amount = numberField(event, field);
+  handle(event) {
+    const amount = amountOf(event);
     const t = TOTALS.get() ?? { count: 0, sum: 0 };
     t.count += 1;
     t.sum += amount;
@@ -26,14 +23,16 @@ export const { init, handle } = operator({
   },
 });
 
-/** One numeric top-level field of the payload object; 0 when missing or not a number. */
-function numberField(event, field) {
+/** The payload's `amount`: 0 when missing; an error when not a number. */
+function amountOf(event) {
   let payload;
   try {
     payload = event.parse('object');
   } catch (e) {
     throw `payload is not a JSON object: ${e.message}`;
   }
-  const v = Object.hasOwn(payload, field) ? payload[field] : undefined;
-  return typeof v === 'number' || typeof v === 'bigint' ? Number(v) : 0;
+  if (!Object.hasOwn(payload, 'amount')) return 0;
+  const v = payload.amount;
+  if (typeof v === 'number' || typeof v === 'bigint') return Number(v);
+  throw `invalid type: ${v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v}, expected a number`;
 }

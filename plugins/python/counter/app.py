@@ -1,10 +1,10 @@
 """Keyed counter, the Python twin of plugins/counter (Rust).
 
-For every event: the key's running count and the sum of a numeric field
-(`amount` unless the config says `field = "..."`). Emits
-`{"count": <events so far>, "sum": <sum so far>}` keyed like the input.
-Events whose field is missing or not a number count with 0. State (`totals`)
-and output are byte-identical to the Rust operator's.
+For every event: the key's running count and the sum of its `amount` field.
+Emits `{"count": <events so far>, "sum": <sum so far>}` keyed like the input.
+An event without `amount` counts with 0; one whose `amount` is not a number
+is refused (dead-lettered) and leaves the totals unchanged. State (`totals`),
+output and refusals are the Rust operator's.
 """
 
 from dataclasses import dataclass
@@ -24,9 +24,6 @@ TOTALS = eddy.Value("totals", Totals)
 
 
 class Counter:
-    def init(self, config):
-        self.field = config.get("field", str, default="amount")
-
     def handle(self, event):
         try:
             payload = eddy.loads(event.value)
@@ -34,7 +31,10 @@ class Counter:
             raise eddy.Error(f"payload is not a JSON object: {e}")
         if not isinstance(payload, dict):
             raise eddy.Error(f"payload is not a JSON object: it is {_kind(payload)}")
-        amount = eddy.number(payload.get(self.field))  # bools are not numbers
+        amount = payload.get("amount", 0)
+        # bools are ints in Python, not numbers in JSON
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+            raise eddy.Error(f"invalid type: {_kind(amount)}, expected f64")
 
         t = TOTALS.get(Totals(count=0, sum=0.0))
         t.count += 1

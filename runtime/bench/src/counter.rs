@@ -1,5 +1,5 @@
 //! `eddy bench`: the keyed counter as Wasm components (written the way the
-//! README teaches, and hand-tuned) against the same counter written
+//! README teaches, and the same tuned by hand) against the same counter written
 //! natively, on the operator path alone and end to end, and end to end
 //! against the simplest program a user could write instead; in one process
 //! so the ratios are fair on a noisy machine.
@@ -21,7 +21,9 @@ use eddy_runtime::{
 /// and end to end (JSON Lines file in, state committed to redb).
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// The counter component (plugins/counter built for wasm32-wasip2).
+    /// The counter component, written the way the README teaches
+    /// (plugins/counter built for wasm32-wasip2): what a user's operator
+    /// gets, and the headline numbers.
     // `--plugin` is the name older versions took.
     #[arg(
         long,
@@ -29,14 +31,13 @@ pub struct BenchArgs {
         default_value = "plugins/target/wasm32-wasip2/release/counter.wasm"
     )]
     pub component: PathBuf,
-    /// The same counter written the way the README teaches, with no hand
-    /// tuning (plugins/counter-simple built for wasm32-wasip2): what a
-    /// user's operator gets.
+    /// The same counter tuned by hand (plugins/counter-tuned built for
+    /// wasm32-wasip2): a reference for what hand tuning still buys.
     #[arg(
         long,
-        default_value = "plugins/target/wasm32-wasip2/release/counter_simple.wasm"
+        default_value = "plugins/target/wasm32-wasip2/release/counter_tuned.wasm"
     )]
-    pub simple: PathBuf,
+    pub tuned: PathBuf,
     /// Number of events.
     #[arg(long, default_value_t = 10_000_000)]
     pub events: usize,
@@ -53,7 +54,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_operator: bool,
     /// Operator path: run only the Wasm component given as `--component`
-    /// (the tuned counter unless told otherwise), with the CPU limit (for
+    /// (the counter unless told otherwise), with the CPU limit (for
     /// profiling one component alone).
     #[arg(long)]
     pub wasm_only: bool,
@@ -169,20 +170,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.component.display(),
         t.elapsed().as_secs_f64()
     );
-    // Not loaded when only the tuned component runs.
-    let simple = match a.wasm_only && a.no_e2e {
+    // Not loaded when only `--component` runs.
+    let tuned = match a.wasm_only && a.no_e2e {
         true => None,
         false => {
             let t = Instant::now();
-            let simple = Arc::new(WasmComponent::load(&engine, &a.simple).context(
-                "run `cargo build --release --target wasm32-wasip2` in plugins/ first, or give --simple",
+            let tuned = Arc::new(WasmComponent::load(&engine, &a.tuned).context(
+                "run `cargo build --release --target wasm32-wasip2` in plugins/ first, or give --tuned",
             )?);
             println!(
                 "compiled {} in {:.2}s",
-                a.simple.display(),
+                a.tuned.display(),
                 t.elapsed().as_secs_f64()
             );
-            Some(simple)
+            Some(tuned)
         }
     };
     let t = Instant::now();
@@ -206,9 +207,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let free_engine = eddy_runtime::engine_with(false)?;
         let unlimited = Arc::new(WasmComponent::load(&free_engine, &a.component)?);
         let (mut native, mut limited, mut free) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut simple_rates, mut simple_free) = (Vec::new(), Vec::new());
-        let simple_unlimited = match &simple {
-            Some(_) => Some(Arc::new(WasmComponent::load(&free_engine, &a.simple)?)),
+        let (mut tuned_rates, mut tuned_free) = (Vec::new(), Vec::new());
+        let tuned_unlimited = match &tuned {
+            Some(_) => Some(Arc::new(WasmComponent::load(&free_engine, &a.tuned)?)),
             None => None,
         };
         for run in 1..=a.repeat {
@@ -229,41 +230,41 @@ pub fn run(a: BenchArgs) -> Result<()> {
             native.push(rate(a.events, d));
             let d = operator_path(&mut unlimited.instantiate(fresh(), "{}")?, &events)?;
             free.push(rate(a.events, d));
-            let simple = simple.as_ref().context("the simple counter is loaded")?;
-            let d = operator_path(&mut simple.instantiate(fresh(), "{}")?, &events)?;
-            simple_rates.push(rate(a.events, d));
-            let unlimited = simple_unlimited
+            let tuned = tuned.as_ref().context("the tuned counter is loaded")?;
+            let d = operator_path(&mut tuned.instantiate(fresh(), "{}")?, &events)?;
+            tuned_rates.push(rate(a.events, d));
+            let unlimited = tuned_unlimited
                 .as_ref()
-                .context("the simple counter is loaded")?;
+                .context("the tuned counter is loaded")?;
             let d = operator_path(&mut unlimited.instantiate(fresh(), "{}")?, &events)?;
-            simple_free.push(rate(a.events, d));
+            tuned_free.push(rate(a.events, d));
             println!(
-                "  run {run}: native {:.0}, wasm simple {:.0} (without the CPU limit {:.0}), wasm {:.0} (without the CPU limit {:.0}) events/s",
+                "  run {run}: native {:.0}, wasm {:.0} (without the CPU limit {:.0}), wasm tuned {:.0} (without the CPU limit {:.0}) events/s",
                 native[native.len() - 1],
-                simple_rates[simple_rates.len() - 1],
-                simple_free[simple_free.len() - 1],
                 limited[limited.len() - 1],
-                free[free.len() - 1]
+                free[free.len() - 1],
+                tuned_rates[tuned_rates.len() - 1],
+                tuned_free[tuned_free.len() - 1],
             );
         }
         if a.wasm_only {
             report("wasm", &limited);
         } else {
             let n = report("native", &native);
-            let s = report("wasm simple", &simple_rates);
             let w = report("wasm", &limited);
+            let t = report("wasm tuned", &tuned_rates);
             let u = report("wasm without the CPU limit", &free);
-            let su = report("simple without the CPU limit", &simple_free);
-            println!("  simple/native ratio (medians) {:.3}", s / n);
+            let tu = report("tuned without the CPU limit", &tuned_free);
             println!("  wasm/native ratio (medians) {:.3}", w / n);
-            println!("  simple/tuned ratio (medians) {:.3}", s / w);
+            println!("  tuned/native ratio (medians) {:.3}", t / n);
+            println!("  wasm/tuned ratio (medians) {:.3}", w / t);
             println!(
-                "  with/without CPU limit ratio, simple (medians) {:.3}",
-                s / su
+                "  with/without CPU limit ratio, wasm (medians) {:.3}",
+                w / u
             );
             println!(
                 "  with/without CPU limit ratio, tuned (medians) {:.3}",
-                w / u
+                t / tu
             );
         }
     }
@@ -289,11 +290,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let _ = std::fs::remove_file(out);
             for (which, (label, kind)) in [
                 ("native", native_kind()),
-                (
-                    "simple",
-                    OperatorKind::Wasm(simple.clone().context("the simple counter is loaded")?),
-                ),
                 ("wasm", OperatorKind::Wasm(component.clone())),
+                (
+                    "tuned",
+                    OperatorKind::Wasm(tuned.clone().context("the tuned counter is loaded")?),
+                ),
             ]
             .into_iter()
             .enumerate()
@@ -341,12 +342,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         let p = report("plain program", &plain_rates);
         let n = report("native", &rates[0]);
-        let s = report("wasm simple", &rates[1]);
-        let w = report("wasm", &rates[2]);
-        println!("  simple/native ratio (medians) {:.3}", s / n);
+        let w = report("wasm", &rates[1]);
+        let t = report("wasm tuned", &rates[2]);
         println!("  wasm/native ratio (medians) {:.3}", w / n);
-        println!("  simple/tuned ratio (medians) {:.3}", s / w);
-        println!("  simple/plain program ratio (medians) {:.3}", s / p);
+        println!("  tuned/native ratio (medians) {:.3}", t / n);
+        println!("  wasm/tuned ratio (medians) {:.3}", w / t);
+        println!("  wasm/plain program ratio (medians) {:.3}", w / p);
     }
     Ok(())
 }

@@ -238,8 +238,8 @@ fn bench_reports_each_run_and_the_ratios() {
             "bench",
             "--component",
             eddy_tests::COUNTER,
-            "--simple",
-            eddy_tests::COUNTER_SIMPLE,
+            "--tuned",
+            eddy_tests::COUNTER_TUNED,
             "--events",
             "20000",
             "--keys",
@@ -255,14 +255,15 @@ fn bench_reports_each_run_and_the_ratios() {
     let out = String::from_utf8_lossy(&o.stdout);
     for line in [
         "run 2: native",
-        "wasm simple",
+        "wasm tuned",
         "run 2: plain",
-        "simple/native ratio (medians)",
         "wasm/native ratio (medians)",
-        "simple/tuned ratio (medians)",
-        "simple/plain program ratio (medians)",
-        "simple without the CPU limit",
-        "with/without CPU limit ratio, simple (medians)",
+        "tuned/native ratio (medians)",
+        "wasm/tuned ratio (medians)",
+        "wasm/plain program ratio (medians)",
+        "wasm without the CPU limit",
+        "tuned without the CPU limit",
+        "with/without CPU limit ratio, wasm (medians)",
         "with/without CPU limit ratio, tuned (medians)",
     ] {
         assert!(out.contains(line), "no {line:?} in:\n{out}");

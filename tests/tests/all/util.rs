@@ -57,6 +57,16 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Input line numbers of `p`'s dead letters, in ascending order.
+pub fn dead_letter_lines(p: &Pipeline) -> Vec<u64> {
+    let mut lines: Vec<u64> = read_jsonl(&p.dead_letter)
+        .iter()
+        .map(|d| d["line"].as_u64().expect("a dead letter names its line"))
+        .collect();
+    lines.sort_unstable();
+    lines
+}
+
 /// Committed state of `operator`: key -> value name -> JSON value.
 pub fn state_values(
     state_dir: &Path,
