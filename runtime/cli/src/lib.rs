@@ -21,6 +21,8 @@ use eddy_build as build;
 use eddy_runtime::control::{self, Request, Response, Status};
 use eddy_runtime::{Overrides, Pipeline, Shutdown, SwapReport, Version};
 
+mod progress;
+
 /// Eddy: a stateful stream runtime for WebAssembly operators.
 ///
 /// Routes keyed JSON Lines events to operators compiled to WebAssembly
@@ -184,9 +186,15 @@ struct RunArgs {
     /// is checked when the record is read).
     #[arg(long)]
     verify_state: bool,
-    /// Print no summary at the end.
+    /// Print no progress and no summary at the end.
     #[arg(long, short)]
     quiet: bool,
+    /// When stderr is not a terminal (a log file, a pipe), print a plain
+    /// progress line this often; on a terminal a progress bar shows it
+    /// instead.
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    progress_interval_ms: u64,
 }
 
 fn parse_operator(s: &str) -> Result<(String, PathBuf), String> {
@@ -263,17 +271,20 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     })
     .context("installing the Ctrl-C handler")?;
 
-    let quiet = a.quiet;
-    let state_dir = pipeline.state_dir.clone();
-    let summary = eddy_runtime::run_notify(&pipeline, operators, &shutdown, |started| {
-        if let (Some(socket), false) = (&started.control, quiet) {
-            eprintln!(
-                "eddy: control socket {} (owner only): `eddy status`, `eddy swap`, `eddy rollback` --state {}",
-                socket.display(),
-                state_dir.display()
-            );
-        }
-    })?;
+    let running = eddy_runtime::start(&pipeline, operators, &shutdown)?;
+    if let (Some(socket), false) = (&running.started().control, a.quiet) {
+        eprintln!(
+            "eddy: control socket {} (owner only): `eddy status`, `eddy swap`, `eddy rollback` --state {}",
+            socket.display(),
+            pipeline.state_dir.display()
+        );
+    }
+    let mode = progress::Mode::choose(
+        a.quiet,
+        std::time::Duration::from_millis(a.progress_interval_ms),
+    );
+    progress::show(&running, mode);
+    let summary = running.wait()?;
     if !a.quiet {
         let secs = summary.elapsed.as_secs_f64();
         let mut msg = format!(

@@ -65,7 +65,9 @@ pub use operator::{
     Emits, EventRef, HandleError, HostError, InitError, Loaded, NativeCounter, NativeFactory,
     OpCtx, Operator, OperatorKind, RunError, StartError, WasmComponent, WasmOperator, CONTRACT,
 };
-pub use pipeline::{run, run_notify, start, OperatorSummary, Running, Shutdown, Started, Summary};
+pub use pipeline::{
+    run, run_notify, start, OperatorSummary, Progress, Running, Shutdown, Started, Summary,
+};
 pub use route::{key_group, route, KEY_GROUPS};
 pub use source::{decode, read_lines, Chunk, DecodeError, Decoded, End, Follow, ReadError};
 pub use state::{

@@ -73,6 +73,9 @@ pub struct Live {
     pub workers: Vec<Mutex<WorkerLive>>,
     /// Input lines read so far (updated by the coordinator).
     pub lines_read: AtomicU64,
+    /// Byte offset in the input after the last line read (updated with
+    /// `lines_read`).
+    pub bytes_read: AtomicU64,
 }
 
 impl Live {
@@ -88,6 +91,7 @@ impl Live {
                 })
                 .collect(),
             lines_read: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
         }
     }
 

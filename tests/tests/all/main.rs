@@ -34,3 +34,5 @@ mod harden_storage;
 mod harden_sandbox;
 // `handle-batch` results the host must refuse: replayed per event.
 mod boundary;
+// `eddy run`'s progress: plain lines, the bar on a terminal, --quiet.
+mod progress;

@@ -23,12 +23,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 
 use crate::config::Pipeline;
 use crate::operator::Loaded;
+use crate::stats::Live;
 
 mod coordinator;
 mod start;
@@ -106,6 +107,37 @@ pub struct Running {
     /// The coordinator, which owns the other threads and joins them when
     /// it ends.
     coordinator: Option<JoinHandle<Result<Summary>>>,
+    /// The counters [`Running::progress`] reads.
+    live: Arc<Live>,
+    /// The input file, if the input is one.
+    input: Option<PathBuf>,
+    /// When the pipeline started running.
+    begun: Instant,
+    /// The input line and byte offset it resumed after.
+    resumed: (u64, u64),
+}
+
+/// How far a running pipeline has read its input: what a progress bar
+/// shows ([`Running::progress`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// Input lines read so far, counted from the start of the input (so a
+    /// resumed run starts at the line it resumed after).
+    pub lines: u64,
+    /// Byte offset in the input after the last line read.
+    pub offset: u64,
+    /// Lines read in this run.
+    pub lines_this_run: u64,
+    /// Bytes read in this run.
+    pub bytes_this_run: u64,
+    /// The input file's current size, when the input is a regular file
+    /// (with `--follow` it may still grow).
+    pub size: Option<u64>,
+    /// Time since the pipeline started running.
+    pub elapsed: Duration,
+    /// Whether the pipeline has stopped (its input ended or it was asked
+    /// to stop); the summary comes from [`Running::wait`].
+    pub finished: bool,
 }
 
 impl Running {
@@ -118,6 +150,30 @@ impl Running {
     /// [`Running::wait`]).
     pub fn stop(&self) {
         self.shutdown.trigger();
+    }
+
+    /// How far the pipeline has read its input, now. Cheap: a few atomic
+    /// loads and, for a file input, one `stat`.
+    pub fn progress(&self) -> Progress {
+        let lines = self.live.lines_read.load(Ordering::Relaxed);
+        let offset = self.live.bytes_read.load(Ordering::Relaxed);
+        Progress {
+            lines,
+            offset,
+            lines_this_run: lines.saturating_sub(self.resumed.0),
+            bytes_this_run: offset.saturating_sub(self.resumed.1),
+            size: self
+                .input
+                .as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len()),
+            elapsed: self.begun.elapsed(),
+            finished: self
+                .coordinator
+                .as_ref()
+                .is_none_or(JoinHandle::is_finished),
+        }
     }
 
     /// Waits until the pipeline stops and every thread it started is

@@ -69,6 +69,10 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
     // and joins them (in the reverse order of their start).
     let sink = SinkThread::start(out_file, dead_file)?;
     let live = Arc::new(Live::new(p.workers, operators.len()));
+    live.lines_read
+        .store(resume.pos.line, std::sync::atomic::Ordering::Relaxed);
+    live.bytes_read
+        .store(resume.pos.offset, std::sync::atomic::Ordering::Relaxed);
     let workers = Workers::start(p.workers, &operators, &store, &sink.sender(), &live)?;
     let writer = Writer::start(store.clone())?;
     // Before the control endpoint and `--watch`, which end only once the
@@ -105,6 +109,7 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
         false => None,
     };
 
+    let (resume_line, resume_offset) = (resume.pos.line, resume.pos.offset);
     let started = Started {
         control: server.as_ref().map(|s| s.path().to_path_buf()),
         resumed_after_line: resume.pos.line,
@@ -122,7 +127,7 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
         server,
         watcher,
         reader,
-        live,
+        live: live.clone(),
         versions_dirty,
     });
     let shutdown = shutdown.clone();
@@ -136,5 +141,12 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
         started,
         shutdown,
         coordinator: Some(coordinator),
+        live,
+        input: match &p.input {
+            Input::File(path) => Some(path.clone()),
+            Input::Stdin => None,
+        },
+        begun: Instant::now(),
+        resumed: (resume_line, resume_offset),
     })
 }

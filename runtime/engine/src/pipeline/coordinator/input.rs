@@ -72,6 +72,9 @@ impl Coordinator {
             }
         }
         self.live.lines_read.store(self.pos.line, Ordering::Relaxed);
+        self.live
+            .bytes_read
+            .store(self.pos.offset, Ordering::Relaxed);
         Ok(false)
     }
 
