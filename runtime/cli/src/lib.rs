@@ -21,6 +21,7 @@ use eddy_build as build;
 use eddy_runtime::control::{self, Request, Response, Status};
 use eddy_runtime::{Overrides, Pipeline, Shutdown, SwapReport, Version};
 
+mod inspect;
 mod progress;
 
 /// Eddy: a stateful stream runtime for WebAssembly operators.
@@ -45,6 +46,7 @@ enum Command {
     Bench(bench::BenchArgs),
     BenchSwap(bench_swap::BenchSwapArgs),
     BenchLangs(bench_langs::BenchLangsArgs),
+    Inspect(inspect::InspectArgs),
 }
 
 /// Where to find a running pipeline's control socket. Only the user who
@@ -226,6 +228,7 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::BenchSwap(args) => bench_swap::run(args),
         Command::BenchLangs(args) => bench_langs::run(args),
+        Command::Inspect(args) => inspect::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

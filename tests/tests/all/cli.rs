@@ -368,3 +368,95 @@ fn the_flags_say_operator_and_component_and_the_old_plugin_flag_still_works() {
     let text = help(&["--help"]).to_lowercase();
     assert!(!text.contains("plugin"), "eddy --help:\n{text}");
 }
+
+/// `eddy inspect`'s verdicts: an operator loads (exit 0) and shows its
+/// contract, world, exports and SHA-256; a core module, a component of
+/// another world and a text file do not (exit 1), each with the reason.
+#[test]
+fn inspect_gives_each_file_its_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    std::fs::write(d.join("notes.txt"), "hello, I am text").unwrap();
+    let inspect = |path: &str| {
+        let o = eddy(&["inspect", "--json", path], d);
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{path}: {e}: {}", stderr(&o)));
+        (o.status.code(), report)
+    };
+
+    let (code, r) = inspect(eddy_tests::COUNTER);
+    assert_eq!(code, Some(0), "{r:#}");
+    assert_eq!(r["kind"], "component");
+    assert_eq!(r["loads"], true);
+    assert_eq!(r["contract"], eddy_runtime::CONTRACT);
+    assert_eq!(r["world"], "batched-operator");
+    let bytes = std::fs::read(eddy_tests::COUNTER).unwrap();
+    assert_eq!(r["bytes"], bytes.len() as u64);
+    // The SHA-256 is the version id `eddy status` shows.
+    assert_eq!(r["sha256"], eddy_runtime::component_hash(&bytes));
+    let exports: Vec<&str> = r["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    for e in ["init", "handle", "handle-batch", "migrate"] {
+        assert!(exports.contains(&e), "{e} not in {exports:?}");
+    }
+    let imports = r["imports"].as_array().unwrap();
+    let state = format!(
+        "eddy:operator/state@{}",
+        eddy_runtime::CONTRACT.split_once('@').unwrap().1
+    );
+    assert!(imports.iter().any(|i| *i == *state), "{imports:?}");
+    assert!(
+        r["verdict"]
+            .as_str()
+            .unwrap()
+            .starts_with("loads as an operator of "),
+        "{r:#}"
+    );
+
+    let (code, r) = inspect(eddy_tests::HELLO_CLI);
+    assert_eq!(code, Some(1));
+    assert_eq!(r["loads"], false);
+    assert_eq!(
+        r["world"],
+        "a WASI command (wasi:cli/command), not an Eddy operator"
+    );
+    assert!(
+        r["verdict"]
+            .as_str()
+            .unwrap()
+            .contains("not an eddy operator"),
+        "{r:#}"
+    );
+
+    let (code, r) = inspect("core.wasm");
+    assert_eq!(code, Some(1));
+    assert_eq!(r["kind"], "core module");
+    assert!(
+        r["verdict"]
+            .as_str()
+            .unwrap()
+            .contains("a core WebAssembly module, not a component"),
+        "{r:#}"
+    );
+
+    let (code, r) = inspect("notes.txt");
+    assert_eq!(code, Some(1));
+    assert_eq!(r["kind"], "not WebAssembly");
+    assert!(
+        r["verdict"]
+            .as_str()
+            .unwrap()
+            .contains("not a WebAssembly file"),
+        "{r:#}"
+    );
+
+    // A missing file: an error naming it, and a failure.
+    let o = eddy(&["inspect", "missing.wasm"], d);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("missing.wasm"), "{}", stderr(&o));
+}
