@@ -1,4 +1,9 @@
-//! Write [Eddy](https://github.com) stream operators in Rust.
+//! Write Eddy stream operators in Rust.
+//!
+//! Eddy routes keyed events to operators compiled to WebAssembly
+//! components and keeps each key's state for them, durably; the `eddy`
+//! command line runs a pipeline of them (its README, at the root of the
+//! Eddy repository, has the tour, and `eddy run --help` the flags).
 //!
 //! An operator is a type that implements [`Operator`], exported with
 //! [`export_operator!`] and built for the `wasm32-wasip2` target, which
