@@ -47,6 +47,27 @@ enum Command {
     BenchSwap(bench_swap::BenchSwapArgs),
     BenchLangs(bench_langs::BenchLangsArgs),
     Inspect(inspect::InspectArgs),
+    Completions(CompletionsArgs),
+    Man(ManArgs),
+}
+
+/// Print a completion script for a shell, to install where the shell looks
+/// for them, e.g. `eddy completions bash > ~/.local/share/bash-completion/completions/eddy`.
+#[derive(Args)]
+struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    shell: clap_complete::Shell,
+}
+
+/// Print eddy's manual page (roff), e.g. `eddy man > eddy.1 && man -l
+/// eddy.1`, or write it and one page per command (eddy-run.1, ...) to a
+/// directory.
+#[derive(Args)]
+struct ManArgs {
+    /// Write eddy.1 and a page per command into this directory (for
+    /// `man -M` or a man1 directory) instead of printing eddy.1.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
 }
 
 /// Where to find a running pipeline's control socket. Only the user who
@@ -229,6 +250,12 @@ pub fn main() -> ExitCode {
         Command::BenchSwap(args) => bench_swap::run(args),
         Command::BenchLangs(args) => bench_langs::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Completions(a) => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(a.shell, &mut Cli::command(), "eddy", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man(a) => man(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -237,6 +264,33 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `eddy man`: the top page to stdout, or every page into a directory.
+fn man(a: ManArgs) -> Result<()> {
+    use clap::CommandFactory as _;
+    let cli = Cli::command();
+    let Some(dir) = a.dir else {
+        return clap_mangen::Man::new(cli)
+            .render(&mut std::io::stdout())
+            .context("writing the manual page");
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let write = |name: &str, cmd: clap::Command| -> Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))
+    };
+    for sub in cli.get_subcommands() {
+        let name = format!("eddy-{}", sub.get_name());
+        let cmd = sub
+            .clone()
+            .display_name(name.clone())
+            .bin_name(format!("eddy {}", sub.get_name()));
+        write(&name, cmd)?;
+    }
+    write("eddy", cli)
 }
 
 fn cmd_run(a: RunArgs) -> Result<()> {

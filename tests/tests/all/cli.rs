@@ -460,3 +460,55 @@ fn inspect_gives_each_file_its_verdict() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("missing.wasm"), "{}", stderr(&o));
 }
+
+/// `eddy completions bash` is a script bash loads, after which `eddy`
+/// completes its commands; `eddy man` renders pages `man` formats, one per
+/// command with `--dir`.
+#[test]
+fn completions_and_man_pages_work_with_the_shell_and_man() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = eddy(&["completions", "bash"], d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(d.join("eddy.bash"), &o.stdout).unwrap();
+    // Load it and ask for the completions of `eddy ins`.
+    let script = "source ./eddy.bash\n\
+         COMP_WORDS=(eddy ins); COMP_CWORD=1; COMP_LINE='eddy ins'; COMP_POINT=8\n\
+         _eddy eddy ins eddy\n\
+         printf '%s\\n' \"${COMPREPLY[@]}\"";
+    let o = Command::new("bash")
+        .args(["-c", script])
+        .current_dir(d)
+        .output()
+        .expect("bash runs");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "inspect");
+
+    let o = eddy(&["completions", "tcsh"], d);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("tcsh"), "{}", stderr(&o));
+
+    let o = eddy(&["man", "--dir", "man1"], d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for page in ["eddy", "eddy-run", "eddy-swap", "eddy-inspect"] {
+        let path = d.join("man1").join(format!("{page}.1"));
+        let o = Command::new("man")
+            .arg("-l")
+            .arg(&path)
+            .env("MANPAGER", "cat")
+            .env("COLUMNS", "100")
+            .output()
+            .expect("man runs");
+        assert!(o.status.success(), "{page}: {}", stderr(&o));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            text.contains("NAME") && text.contains(page),
+            "{page}:\n{text}"
+        );
+    }
+    let run = std::fs::read_to_string(d.join("man1/eddy-run.1")).unwrap();
+    assert!(run.contains("progress\\-interval\\-ms"), "{run}");
+    let o = eddy(&["man"], d);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with(".ie"));
+}
