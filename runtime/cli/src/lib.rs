@@ -34,6 +34,52 @@ mod progress;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log level or filter: error, warn, info, debug, trace, or a
+    /// tracing filter such as `warn,eddy_runtime=debug` [default: $RUST_LOG,
+    /// else $EDDY_LOG, else info].
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Log line format on stderr: `text`, or `json` (one object per line,
+    /// with the operator, version and key of operator log lines as fields).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the log subscriber: `--log-level`, else `RUST_LOG`, else
+/// `EDDY_LOG`, else `info`; an invalid filter is an error naming it.
+fn init_logs(level: Option<&str>, format: LogFormat) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).with_context(|| format!("--log-level {l:?}"))?,
+        None => ["RUST_LOG", "EDDY_LOG"]
+            .iter()
+            .find_map(|var| {
+                let v = std::env::var(var).ok().filter(|v| !v.is_empty())?;
+                Some(EnvFilter::try_new(&v).with_context(|| format!("{var}={v:?}")))
+            })
+            .unwrap_or_else(|| Ok(EnvFilter::new("info")))?,
+    };
+    // Colours only on a terminal (not in a log file), and not with NO_COLOR.
+    use std::io::IsTerminal as _;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -232,14 +278,11 @@ fn parse_operator(s: &str) -> Result<(String, PathBuf), String> {
 /// Runs the `eddy` command line with the process's arguments; prints an
 /// error as `error: <cause chain>` and returns a failure exit code.
 pub fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EDDY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    if let Err(e) = init_logs(cli.log_level.as_deref(), cli.log_format) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Run(args) => cmd_run(args),
         Command::Build(args) => build::run(args),

@@ -512,3 +512,104 @@ fn completions_and_man_pages_work_with_the_shell_and_man() {
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).starts_with(".ie"));
 }
+
+/// Logs: `--log-format json` writes one JSON object per line, and an
+/// operator's log line names the operator, its version and the key;
+/// `--log-level` (or `RUST_LOG`) filters; a bad filter is an error naming
+/// it.
+#[test]
+fn operator_log_lines_carry_operator_version_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The first event uses map state, so this instance handles the rest
+    // per event, where the host knows each event's key.
+    std::fs::write(
+        d.join("in.jsonl"),
+        "{\"key\":\"a\",\"per_event\":true}\n{\"key\":\"a\",\"action\":\"log\"}\n{\"key\":\"b\",\"action\":\"log\"}\n",
+    )
+    .unwrap();
+    let operator = format!("faulty={}", eddy_tests::FAULTY);
+    let run = |extra: &[&str], state: &str| {
+        let mut args = vec![
+            "run",
+            "-q",
+            "-w",
+            "1",
+            "--operator",
+            &operator,
+            "--input",
+            "in.jsonl",
+            "--output",
+            "out.jsonl",
+            "--state",
+            state,
+        ];
+        args.extend_from_slice(extra);
+        eddy(&args, d)
+    };
+    let o = run(&["--log-format", "json"], "s1");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let version = &eddy_runtime::component_hash(&std::fs::read(eddy_tests::FAULTY).unwrap())[..12];
+    let logs: Vec<serde_json::Value> = stderr(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .filter(|v: &serde_json::Value| v["target"] == "eddy_runtime::operator::host::log")
+        .collect();
+    let got: Vec<(&str, &str, &str, &str, &str)> = logs
+        .iter()
+        .map(|v| {
+            (
+                v["level"].as_str().unwrap(),
+                v["operator"].as_str().unwrap(),
+                v["span"]["version"].as_str().unwrap(),
+                v["key"].as_str().unwrap(),
+                v["message"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("WARN", "faulty", version, "a", "count 2 reached"),
+            ("WARN", "faulty", version, "b", "count 1 reached"),
+        ]
+    );
+
+    // A level above warn hides them, by flag or by RUST_LOG.
+    let o = run(&["--log-level", "error"], "s2");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("reached"), "{}", stderr(&o));
+    let o = Command::new(eddy_bin())
+        .args([
+            "run",
+            "-q",
+            "-w",
+            "1",
+            "--operator",
+            &operator,
+            "--input",
+            "in.jsonl",
+        ])
+        .args(["--output", "out.jsonl", "--state", "s3"])
+        .env("RUST_LOG", "error")
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("reached"), "{}", stderr(&o));
+    // Text lines carry the version too.
+    let o = run(&[], "s4");
+    assert!(
+        stderr(&o).contains(&format!("version=\"{version}\"")),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(&["--log-level", "warn,["], "s5");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--log-level \"warn,[\""),
+        "{}",
+        stderr(&o)
+    );
+}

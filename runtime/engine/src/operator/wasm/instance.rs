@@ -85,6 +85,7 @@ pub(super) fn new_store(component: &WasmComponent, ctx: OpCtx) -> Store<HostData
 impl WasmOperator {
     /// Instantiates the component in the (fresh) store and calls `init`.
     pub(super) fn start(&mut self) -> Result<(), InitError> {
+        let _span = self.span().entered();
         self.live = None;
         let operator = self.store.data().ctx.name().to_string();
         let path = self.component.path.clone();
@@ -204,6 +205,15 @@ impl WasmOperator {
     /// which `migrate` receives as the previous version's identity.
     pub fn set_history(&mut self, history: Arc<Vec<String>>) {
         self.history = history;
+    }
+
+    /// The tracing span of a call into this instance: the log lines the
+    /// operator writes (`eddy:operator/log`) carry its version (the first
+    /// 12 hex digits of the component's SHA-256) besides the operator and
+    /// the key they name themselves.
+    fn span(&self) -> tracing::Span {
+        let hash = self.component.hash();
+        tracing::info_span!("operator", version = hash.get(..12).unwrap_or(hash))
     }
 
     /// Migrates `key` when its state was last written by another version
@@ -360,6 +370,8 @@ impl Operator for WasmOperator {
         if self.live.is_none() && self.failed_starts >= MAX_FAILED_STARTS {
             return Err(self.gave_up());
         }
+        // What the operator logs is tagged with its version.
+        let _span = self.span().entered();
         let mut start = 0;
         while start < events.len() {
             let end = (start + MAX_BATCH).min(events.len());
