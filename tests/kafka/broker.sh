@@ -81,6 +81,7 @@ java_bin() {
 check_java() {
   local java major
   java="$(java_bin)"
+  [ -x "$java" ] || die "$java is not an executable Java: Kafka $kafka_version needs Java 17 or later (set EDDY_KAFKA_JAVA)"
   major="$("$java" -XshowSettings:properties -version 2>&1 |
     sed -n 's/^ *java.specification.version = \([0-9]*\).*/\1/p')"
   [ -n "$major" ] && [ "$major" -ge 17 ] ||
