@@ -160,6 +160,10 @@ auto.create.topics.enable=false
 num.partitions=1
 # A consumer group's first rebalance without the 3 s wait.
 group.initial.rebalance.delay.ms=0
+# After a kill -9, the broker's old registration must expire before it can
+# register again: 6 s instead of 9 (heartbeats every second, not 2).
+broker.session.timeout.ms=6000
+broker.heartbeat.interval.ms=1000
 EOF
   echo "$broker_port" >"$dir/port"
 }
