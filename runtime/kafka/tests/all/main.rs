@@ -7,5 +7,7 @@ mod util;
 // Transactions on the shared broker: commit, abort, offsets in the
 // transaction, a zombie producer fenced.
 mod transactions;
+// Consumer groups (classic and KIP-848) with offsets in the transaction.
+mod groups;
 // A broker of the test's own, restarted and killed mid-run.
 mod restart;
