@@ -119,7 +119,8 @@ pid_of() {
   [ -f "$dir/broker.pid" ] || return 1
   pid="$(cat "$dir/broker.pid")"
   # The pid is ours only while it is a JVM running this folder's config.
-  [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$dir/server.properties" || return 1
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] &&
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$dir/server.properties" || return 1
   echo "$pid"
 }
 
