@@ -6,7 +6,10 @@
 # target (rustup), clang with the WebAssembly target and a WASI libc for C
 # operators (Debian packages, needs root or sudo),
 # componentize-py for Python operators (pip) and componentize-js for
-# JavaScript operators (npm, pinned by plugins/js/package-lock.json).
+# JavaScript operators (npm, pinned by plugins/js/package-lock.json); for
+# Kafka, librdkafka's build headers, Java and Maven (Debian packages) and
+# the broker's jars (Maven Central), then starts a Kafka broker on
+# 127.0.0.1 for the run (tests/kafka/).
 #
 # Outside CI an install that fails is reported and the tests that need it
 # say SKIPPED; with CI set, it fails the run. The local-user attack tests
@@ -42,6 +45,21 @@ command -v componentize-py >/dev/null ||
 # JavaScript: componentize-js from npm, pinned by plugins/js/package-lock.json.
 (cd plugins/js && npm ci --no-audit --no-fund --silent) ||
   install_failed "componentize-js (cd plugins/js && npm ci)"
+
+# Kafka: librdkafka's build headers, Java and Maven, the broker's jars.
+tests/kafka/install-deps.sh ||
+  install_failed "the Kafka build and broker dependencies (tests/kafka/install-deps.sh)"
+# Kafka: a real broker for the Kafka tests (tests/kafka/broker.sh), stopped
+# when this script exits; a broker already named by EDDY_KAFKA_BOOTSTRAP is
+# used as it is.
+if [ -z "${EDDY_KAFKA_BOOTSTRAP:-}" ]; then
+  if EDDY_KAFKA_BOOTSTRAP="$(tests/kafka/broker.sh start)"; then
+    export EDDY_KAFKA_BOOTSTRAP
+    trap 'tests/kafka/broker.sh stop || true' EXIT
+  else
+    install_failed "a Kafka broker (tests/kafka/broker.sh start)"
+  fi
+fi
 
 # Tests that cannot run their subject list themselves here (see
 # tests/tests/all/util.rs, `skipped`); the summary at the end shows them.
