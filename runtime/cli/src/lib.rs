@@ -22,6 +22,9 @@ use eddy_runtime::control::{self, Request, Response, Status};
 use eddy_runtime::{Overrides, Pipeline, Shutdown, SwapReport, Version};
 
 mod inspect;
+mod new;
+/// What the pipeline of an `eddy new` project writes for its sample input.
+pub use new::EXPECTED as NEW_EXPECTED_OUTPUT;
 mod progress;
 
 /// Eddy: a stateful stream runtime for WebAssembly operators.
@@ -93,6 +96,7 @@ enum Command {
     BenchSwap(bench_swap::BenchSwapArgs),
     BenchLangs(bench_langs::BenchLangsArgs),
     Inspect(inspect::InspectArgs),
+    New(new::NewArgs),
     Completions(CompletionsArgs),
     Man(ManArgs),
 }
@@ -293,6 +297,7 @@ pub fn main() -> ExitCode {
         Command::BenchSwap(args) => bench_swap::run(args),
         Command::BenchLangs(args) => bench_langs::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::New(args) => new::run(args),
         Command::Completions(a) => {
             use clap::CommandFactory as _;
             clap_complete::generate(a.shell, &mut Cli::command(), "eddy", &mut std::io::stdout());

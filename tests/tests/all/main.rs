@@ -36,3 +36,5 @@ mod harden_sandbox;
 mod boundary;
 // `eddy run`'s progress: plain lines, the bar on a terminal, --quiet.
 mod progress;
+// `eddy new`: each language's template builds and runs.
+mod new;
