@@ -347,7 +347,7 @@ fn the_flags_say_operator_and_component_and_the_old_plugin_flag_still_works() {
     );
     let bench = help(&["bench", "--help"]);
     assert!(
-        bench.contains("      --component <COMPONENT>  The counter component"),
+        bench.contains("      --component <COMPONENT>\n          The counter component, written the way the README teaches"),
         "{bench}"
     );
     for command in [
