@@ -26,6 +26,7 @@ mod new;
 /// What the pipeline of an `eddy new` project writes for its sample input.
 pub use new::EXPECTED as NEW_EXPECTED_OUTPUT;
 mod progress;
+mod state;
 
 /// Eddy: a stateful stream runtime for WebAssembly operators.
 ///
@@ -97,6 +98,7 @@ enum Command {
     BenchLangs(bench_langs::BenchLangsArgs),
     Inspect(inspect::InspectArgs),
     New(new::NewArgs),
+    State(state::StateArgs),
     Completions(CompletionsArgs),
     Man(ManArgs),
 }
@@ -298,6 +300,7 @@ pub fn main() -> ExitCode {
         Command::BenchLangs(args) => bench_langs::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::New(args) => new::run(args),
+        Command::State(args) => state::run(args),
         Command::Completions(a) => {
             use clap::CommandFactory as _;
             clap_complete::generate(a.shell, &mut Cli::command(), "eddy", &mut std::io::stdout());

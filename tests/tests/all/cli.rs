@@ -613,3 +613,159 @@ fn operator_log_lines_carry_operator_version_and_key() {
         stderr(&o)
     );
 }
+
+/// `eddy state get|scan` read a stopped pipeline's committed state as JSON:
+/// exactly what the counter wrote, per key; a missing key, name or
+/// operator is an error naming it; a running pipeline's directory is
+/// refused with the reason; a directory without state is not created.
+#[test]
+fn state_get_and_scan_show_the_committed_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut text = String::new();
+    let mut want: std::collections::BTreeMap<String, (u64, f64)> = Default::default();
+    for i in 0..500u64 {
+        let key = format!("user-{}", i % 25);
+        text += &format!("{{\"key\":\"{key}\",\"amount\":{}}}\n", i % 13);
+        let t = want.entry(key).or_default();
+        t.0 += 1;
+        t.1 += (i % 13) as f64;
+    }
+    std::fs::write(d.join("in.jsonl"), text).unwrap();
+    let operator = format!("counter={}", eddy_tests::COUNTER);
+    let o = eddy(
+        &[
+            "run",
+            "-q",
+            "--operator",
+            &operator,
+            "--input",
+            "in.jsonl",
+            "--output",
+            "out.jsonl",
+            "--state",
+            "st",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = eddy(
+        &[
+            "state", "scan", "counter", "--state", "st", "--limit", "1000",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: std::collections::BTreeMap<String, (u64, f64)> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let t = &v["state"]["values"]["totals"];
+            (
+                v["key"].as_str().unwrap().to_string(),
+                (t["count"].as_u64().unwrap(), t["sum"].as_f64().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+
+    let o = eddy(
+        &[
+            "state", "get", "counter", "user-7", "totals", "--state", "st",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"count": want["user-7"].0, "sum": want["user-7"].1})
+    );
+
+    // A prefix and a limit: the first keys in key order, and a note that
+    // more follow.
+    let o = eddy(
+        &[
+            "state", "scan", "counter", "--state", "st", "--prefix", "user-1", "--limit", "3",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let keys: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(keys, ["user-1", "user-10", "user-11"]);
+    assert!(stderr(&o).contains("more keys follow"), "{}", stderr(&o));
+
+    for (args, error) in [
+        (
+            vec!["get", "counter", "user-99"],
+            "operator \"counter\" has no committed state for key \"user-99\"",
+        ),
+        (
+            vec!["get", "counter", "user-1", "nope"],
+            "has no value, map or list named \"nope\" (it has: totals)",
+        ),
+        (
+            vec!["scan", "nobody"],
+            "operator \"nobody\" has no committed state",
+        ),
+    ] {
+        let mut all = vec!["state"];
+        all.extend(args);
+        all.extend(["--state", "st"]);
+        let o = eddy(&all, d);
+        assert_eq!(o.status.code(), Some(1), "{all:?}");
+        assert!(stderr(&o).contains(error), "{all:?}: {}", stderr(&o));
+    }
+    let o = eddy(&["state", "scan", "counter", "--state", "elsewhere"], d);
+    assert!(
+        stderr(&o).contains("elsewhere: no state there"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!d.join("elsewhere").exists());
+
+    // A running pipeline holds its state open: refused, saying so.
+    let mut child = Command::new(eddy_bin())
+        .args([
+            "run",
+            "-q",
+            "--follow",
+            "--operator",
+            &operator,
+            "--input",
+            "in.jsonl",
+        ])
+        .args(["--output", "out2.jsonl", "--state", "st"])
+        .current_dir(d)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !d.join("st/control.sock").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pipeline did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = eddy(&["state", "get", "counter", "user-7", "--state", "st"], d);
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("a running pipeline keeps it open: stop it first"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -12,7 +12,9 @@
 mod entity;
 mod store;
 
-pub use entity::{check_record, CorruptRecord, Entity, Name, Undo, RECORD_OVERHEAD};
+pub use entity::{
+    check_record, record_json, value_json, CorruptRecord, Entity, Name, Undo, RECORD_OVERHEAD,
+};
 pub use store::{
     component_hash, component_hash_of, create_private_dir, euid, is_short_version_id,
     legacy_component_hash, read_regular_file, unsafe_reason, Checkpoint, Reader, SourcePos,

@@ -462,5 +462,8 @@ impl Entity {
     }
 }
 
+mod view;
+pub use view::{record_json, value_json};
+
 #[cfg(test)]
 mod tests;

@@ -44,6 +44,7 @@ use thiserror::Error;
 mod components;
 mod files;
 mod open;
+mod query;
 mod read;
 #[cfg(test)]
 mod tests;
