@@ -5,6 +5,9 @@ use redb::ReadableDatabase;
 
 use super::*;
 
+/// Keys with their stored records, in key order.
+pub type KeyRecords = Vec<(String, Vec<u8>)>;
+
 impl Store {
     /// The committed record of `(operator, key)`, its checksum verified.
     pub fn record(&self, operator: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -19,7 +22,7 @@ impl Store {
         operator: &str,
         prefix: &str,
         limit: usize,
-    ) -> Result<(Vec<(String, Vec<u8>)>, bool), StoreError> {
+    ) -> Result<(KeyRecords, bool), StoreError> {
         let dir = &self.dir;
         let (out, more) = guard(dir, || {
             let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
