@@ -29,6 +29,9 @@ pub enum HostError {
     #[error("state or emit used outside `handle` (no key is being processed)")]
     /// A state or emit call outside an event.
     NoKey,
+    #[error("timers are not available yet in this eddy")]
+    /// A timer call (timers are not implemented yet).
+    NoTimers,
     #[error("state value of {size} bytes exceeds the limit max_state_value = {limit} bytes")]
     /// A state value over `max_state_value_bytes`.
     StateTooLarge {

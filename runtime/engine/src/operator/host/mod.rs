@@ -1,8 +1,8 @@
 //! The host context of one operator on one worker ([`OpCtx`]), shared by
 //! Wasm and native operators, so both pay the same host state path. The
 //! WIT imports are implemented on it, one file per interface: [`state`]
-//! (`eddy:operator/state`), [`output`] (`eddy:operator/output`) and
-//! [`log`] (`eddy:operator/log`).
+//! (`eddy:operator/state`), [`output`] (`eddy:operator/output`), [`log`]
+//! (`eddy:operator/log`) and [`timers`] (`eddy:operator/timers`).
 //!
 //! The context caches every key it has touched (an [`Entity`] per key) and
 //! tracks which changed since the last checkpoint. Handling an event is
@@ -36,6 +36,7 @@ mod output;
 mod state;
 #[cfg(test)]
 mod tests;
+mod timers;
 
 use index::{intern, prefetch, same, Index};
 pub use limits::{cap_reason, HostError};
