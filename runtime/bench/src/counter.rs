@@ -316,6 +316,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     watch: false,
                     control: false,
                     verify_state: false,
+                    watermark: Default::default(),
                 };
                 let ops = vec![Loaded {
                     name: "counter".into(),
@@ -463,6 +464,7 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
         watch: false,
         control: false,
         verify_state: false,
+        watermark: Default::default(),
     };
     let t = Instant::now();
     let engine = eddy_runtime::engine()?;

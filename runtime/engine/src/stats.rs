@@ -12,10 +12,14 @@ use serde::{Deserialize, Serialize};
 pub struct OpStats {
     /// Events handled successfully.
     pub handled: u64,
-    /// Events that failed (dead-lettered).
+    /// Events and timer firings that failed (dead-lettered).
     pub failed: u64,
-    /// Events emitted.
+    /// Events emitted (by events and by timers).
     pub emitted: u64,
+    /// Timers that fired (those whose handler failed are also counted in
+    /// `failed`).
+    #[serde(default)]
+    pub timers_fired: u64,
 }
 
 /// One hot swap as a worker saw it.

@@ -34,3 +34,5 @@ mod harden_storage;
 mod harden_sandbox;
 // `handle-batch` results the host must refuse: replayed per event.
 mod boundary;
+// Event time: watermarks, timers in order, 1 vs 4 workers.
+mod time;

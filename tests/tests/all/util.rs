@@ -34,6 +34,7 @@ pub fn pipeline(dir: &Path, input: &Path, ops: &[(&str, &str)], workers: usize) 
         watch: false,
         control: true,
         verify_state: false,
+        watermark: Default::default(),
     }
 }
 

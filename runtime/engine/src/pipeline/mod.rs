@@ -61,10 +61,12 @@ pub struct OperatorSummary {
     pub name: String,
     /// Events it handled.
     pub handled: u64,
-    /// Events that failed (dead-lettered).
+    /// Events and timer firings that failed (dead-lettered).
     pub failed: u64,
     /// Events it emitted.
     pub emitted: u64,
+    /// Its timers that fired.
+    pub timers_fired: u64,
 }
 
 /// What a run did.

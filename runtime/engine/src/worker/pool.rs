@@ -201,7 +201,7 @@ impl Workers {
                         }
                     };
                     let k = ops.len();
-                    let w = Worker {
+                    let mut w = Worker {
                         id,
                         ops,
                         outbox: (0..peers.len()).map(|_| Batch::default()).collect(),
@@ -220,6 +220,9 @@ impl Workers {
                         line: 0,
                         reaper,
                     };
+                    for stage in 0..k {
+                        w.allow_timers(stage);
+                    }
                     w.run(inbox)
                 });
             match spawned {

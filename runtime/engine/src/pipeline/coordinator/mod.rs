@@ -17,7 +17,7 @@ use crate::config::{Output, Pipeline};
 use crate::control::Server;
 use crate::operator::Loaded;
 use crate::sink::{SinkMsg, SinkThread};
-use crate::source::{file_id, ReaderThread, Resume};
+use crate::source::{file_id, ReaderThread, Resume, WatermarkGen};
 use crate::state::{Checkpoint, SourcePos};
 use crate::stats::{Live, OpStats};
 use crate::swap::{self, Command, Controller, NotDurable, SwapReport};
@@ -93,6 +93,8 @@ pub(super) struct Coordinator {
     next_checkpoint: Instant,
     /// Operator names, in chain order.
     op_names: Vec<Arc<str>>,
+    /// The input's watermark, from its event times.
+    watermark: WatermarkGen,
 }
 
 impl Coordinator {
@@ -144,6 +146,7 @@ impl Coordinator {
             swaps_unchecked: Vec::new(),
             next_checkpoint: Instant::now() + p.checkpoint_interval,
             op_names: operators.iter().map(|o| o.name.clone()).collect(),
+            watermark: WatermarkGen::new(p.watermark),
             p,
         }
     }
@@ -223,6 +226,7 @@ impl Coordinator {
                     s.handled += w[i].handled;
                     s.failed += w[i].failed;
                     s.emitted += w[i].emitted;
+                    s.timers_fired += w[i].timers_fired;
                 }
                 s
             })

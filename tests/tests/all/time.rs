@@ -1,0 +1,293 @@
+//! Event time: the watermark follows the input's times, timers fire in
+//! (time, key, name) order once it passes them, the end of a file input
+//! fires the rest, a failing or trapping timer handler is dead-lettered and
+//! its timer consumed, and 1 or 4 workers give each key the same outputs.
+//!
+//! The `timers` test operator (`tests/fixtures/timers`) sets and clears
+//! timers as each payload says and emits what it saw (see its README).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use eddy_runtime::{Pipeline, WatermarkSpec};
+use serde_json::{json, Value};
+
+use crate::util::*;
+
+const MIN: i64 = i64::MIN;
+const MAX: i64 = i64::MAX;
+
+/// A one-operator pipeline of the `timers` operator on `lines`, with time
+/// field `ts`.
+fn timers_pipeline(dir: &Path, lines: &[Value], workers: usize, wm: WatermarkSpec) -> Pipeline {
+    let input = dir.join("in.jsonl");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&input, text).unwrap();
+    let mut p = pipeline(dir, &input, &[("timers", eddy_tests::TIMERS)], workers);
+    p.time_field = Some("ts".into());
+    p.watermark = wm;
+    p
+}
+
+/// The output lines as (key, value).
+fn outputs(p: &Pipeline) -> Vec<(String, Value)> {
+    read_jsonl(&p.dead_letter.with_file_name("out.jsonl"))
+        .into_iter()
+        .map(|l| (l["key"].as_str().unwrap().to_string(), l["value"].clone()))
+        .collect()
+}
+
+/// Each key's outputs, in order.
+fn by_key(out: Vec<(String, Value)>) -> BTreeMap<String, Vec<Value>> {
+    let mut m: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for (k, v) in out {
+        m.entry(k).or_default().push(v);
+    }
+    m
+}
+
+fn seen(ts: i64, wm: i64, timers: Value, cleared: Value) -> Value {
+    json!({"ts": ts, "wm": wm, "timers": timers, "cleared": cleared})
+}
+
+fn fired(name: &str, at: i64, wm: i64, n: u64) -> Value {
+    json!({"fired": name, "at": at, "wm": wm, "n": n})
+}
+
+/// Timers fire once the watermark (here the largest time read: no
+/// out-of-orderness allowed) is past them, in (time, key, name) order,
+/// between the events of the input; a timer set in the past fires at the
+/// next advance; a failed event's timers never exist; at the end of the
+/// input every timer fires, those set by firing handlers too.
+#[test]
+fn timers_fire_in_order_when_the_watermark_passes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        json!({"key": "a", "ts": 10, "set": [["t1", 15], ["t2", 12]]}),
+        json!({"key": "b", "ts": 11, "set": [["x", 11]]}),
+        json!({"key": "a", "ts": 13, "clear": ["t1"]}),
+        json!({"key": "b", "ts": 5, "set": [["late", 3]]}),
+        json!({"key": "a", "ts": 14, "set": [["same", 20], ["fail1", 20]], "fail": true}),
+        json!({"key": "a", "ts": 20, "set": [["again2", 25], ["b", 21], ["a", 21]]}),
+    ];
+    let p = timers_pipeline(dir.path(), &lines, 1, WatermarkSpec::default());
+    let summary = run(&p);
+    let s = |k: &str, v: Value| (k.to_string(), v);
+    let expected = vec![
+        s(
+            "a",
+            seen(10, MIN, json!([["t1", 15], ["t2", 12]]), json!([])),
+        ),
+        s("b", seen(11, 10, json!([["x", 11]]), json!([]))),
+        s("a", seen(13, 11, json!([["t2", 12]]), json!([true]))),
+        // The watermark is 13 after that event: x (11) and t2 (12) fire.
+        s("b", fired("x", 11, 13, 1)),
+        s("a", fired("t2", 12, 13, 1)),
+        // Out of order: the watermark stays; its timer in the past fires
+        // at the next advance, not now.
+        s("b", seen(5, 13, json!([["late", 3]]), json!([]))),
+        // (line 5 fails: its timers are never set)
+        s("b", fired("late", 3, 14, 2)),
+        s(
+            "a",
+            seen(
+                20,
+                14,
+                json!([["a", 21], ["again2", 25], ["b", 21]]),
+                json!([]),
+            ),
+        ),
+        // The end of the input: the watermark goes to +infinity.
+        s("a", fired("a", 21, MAX, 2)),
+        s("a", fired("b", 21, MAX, 3)),
+        s("a", fired("again2", 25, MAX, 4)),
+        s("a", fired("again1", 26, MAX, 5)),
+        s("a", fired("again0", 27, MAX, 6)),
+    ];
+    assert_eq!(outputs(&p), expected);
+    let dead = read_jsonl(&p.dead_letter);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["line"], 5);
+    assert_eq!(
+        dead[0]["error"],
+        "operator returned an error: failing on request"
+    );
+    assert_eq!(summary.operators[0].timers_fired, 8);
+    assert_eq!(summary.operators[0].failed, 1);
+    let state = state_values(&p.state_dir, "timers", &["fired"]);
+    assert_eq!(state["a"], vec![json!(6)]);
+    assert_eq!(state["b"], vec![json!(2)]);
+}
+
+/// A timer handler that traps or returns an error is dead-lettered with
+/// its timer, none of its writes or emits take effect, and its timer is
+/// consumed; the operator goes on (a fresh instance after the trap).
+#[test]
+fn a_failing_timer_handler_is_dead_lettered_and_its_timer_consumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        json!({"key": "a", "ts": 1, "set": [["trap", 1], ["ok", 1]]}),
+        json!({"key": "a", "ts": 5, "set": [["fail", 6]]}),
+        json!({"key": "a", "ts": 7}),
+        json!({"key": "a", "ts": 8, "set": [["after", 8]]}),
+    ];
+    let p = timers_pipeline(dir.path(), &lines, 1, WatermarkSpec::default());
+    let summary = run(&p);
+    let s = |v: Value| ("a".to_string(), v);
+    assert_eq!(
+        outputs(&p),
+        vec![
+            s(seen(1, MIN, json!([["ok", 1], ["trap", 1]]), json!([]))),
+            // The event that moves the watermark to 5 comes first.
+            s(seen(
+                5,
+                1,
+                json!([["fail", 6], ["ok", 1], ["trap", 1]]),
+                json!([])
+            )),
+            s(fired("ok", 1, 5, 1)),
+            // (trap: dead-lettered)
+            s(seen(7, 5, json!([["fail", 6]]), json!([]))),
+            // (fail: dead-lettered, its count undone)
+            s(seen(8, 7, json!([["after", 8]]), json!([]))),
+            s(fired("after", 8, MAX, 2)),
+        ]
+    );
+    let dead = read_jsonl(&p.dead_letter);
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0]["key"], "a");
+    assert_eq!(dead[0]["line"], 2, "the line of the advance that fired it");
+    assert_eq!(dead[0]["timer"], json!({"name": "trap", "at": 1}));
+    let error = dead[0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("operator trapped: ") && error.contains("trapping on timer trap"),
+        "{error}"
+    );
+    assert_eq!(dead[1]["line"], 3);
+    assert_eq!(dead[1]["timer"], json!({"name": "fail", "at": 6}));
+    assert_eq!(
+        dead[1]["error"],
+        "operator returned an error: timer fail fails on request"
+    );
+    assert_eq!(summary.operators[0].timers_fired, 4);
+    assert_eq!(summary.operators[0].failed, 2);
+    let state = state_values(&p.state_dir, "timers", &["fired"]);
+    assert_eq!(state["a"], vec![json!(2)]);
+}
+
+/// A key holds at most `max_timers_per_key` timers: the event that would
+/// set one more is dead-lettered naming the field, with none of its
+/// timers; setting a pending name again replaces it and is not one more.
+#[test]
+fn the_per_key_timer_limit_dead_letters_the_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        json!({"key": "a", "ts": 1, "set": [["1", 5], ["2", 5]]}),
+        json!({"key": "a", "ts": 2, "set": [["1", 6], ["1", 7], ["2", 8]]}),
+        json!({"key": "a", "ts": 3, "set": [["3", 9]]}),
+    ];
+    let mut p = timers_pipeline(dir.path(), &lines, 1, WatermarkSpec::default());
+    p.operators[0].limits.max_timers_per_key = 2;
+    run(&p);
+    let s = |v: Value| ("a".to_string(), v);
+    assert_eq!(
+        outputs(&p),
+        vec![
+            s(seen(1, MIN, json!([["1", 5], ["2", 5]]), json!([]))),
+            s(seen(2, 1, json!([["1", 7], ["2", 8]]), json!([]))),
+            s(fired("1", 7, MAX, 1)),
+            s(fired("2", 8, MAX, 2)),
+        ]
+    );
+    let dead = read_jsonl(&p.dead_letter);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["line"], 3);
+    let error = dead[0]["error"].as_str().unwrap();
+    assert!(error.contains("max_timers_per_key = 2"), "{error}");
+}
+
+/// `max_out_of_order` holds the watermark back and `step` rounds it down:
+/// a timer fires only once the largest time read, minus the bound, rounded
+/// down to the step, is past it.
+#[test]
+fn the_bound_and_the_step_hold_the_watermark_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        json!({"key": "a", "ts": 100, "set": [["t", 104]]}),
+        json!({"key": "a", "ts": 112}),
+        json!({"key": "a", "ts": 115}),
+        json!({"key": "a", "ts": 120}),
+    ];
+    let wm = WatermarkSpec {
+        max_out_of_order: 5,
+        step: 5,
+    };
+    let p = timers_pipeline(dir.path(), &lines, 1, wm);
+    run(&p);
+    let s = |v: Value| ("a".to_string(), v);
+    assert_eq!(
+        outputs(&p),
+        vec![
+            s(seen(100, MIN, json!([["t", 104]]), json!([]))),
+            // 100 - 5 = 95; 112 - 5 = 107, rounded down to 105, is past
+            // 104 (the event that moves it is handled first).
+            s(seen(112, 95, json!([["t", 104]]), json!([]))),
+            s(fired("t", 104, 105, 1)),
+            s(seen(115, 105, json!([]), json!([]))),
+            s(seen(120, 110, json!([]), json!([]))),
+        ]
+    );
+}
+
+/// The same input with 1 and with 4 workers gives every key the same
+/// outputs in the same order: events and firings interleave by the input
+/// alone (two runs with 4 workers agree too).
+#[test]
+fn one_and_four_workers_give_each_key_the_same_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut lines = Vec::new();
+    for i in 0..3000i64 {
+        let key = format!("k{}", next(40));
+        // Mostly increasing, with disorder up to 30.
+        let ts = i * 3 - next(30) as i64;
+        let mut line = json!({"key": key, "ts": ts});
+        match next(4) {
+            0 => line["set"] = json!([[format!("t{}", next(3)), ts + next(60) as i64]]),
+            1 => line["clear"] = json!([format!("t{}", next(3))]),
+            2 => line["set"] = json!([[format!("again{}", next(3)), ts + next(20) as i64]]),
+            _ => {}
+        }
+        lines.push(line);
+    }
+    let wm = WatermarkSpec {
+        max_out_of_order: 20,
+        step: 7,
+    };
+    let mut runs = Vec::new();
+    for (name, workers) in [("one", 1), ("four", 4), ("four-again", 4)] {
+        let sub = dir.path().join(name);
+        std::fs::create_dir(&sub).unwrap();
+        let p = timers_pipeline(&sub, &lines, workers, wm);
+        let summary = run(&p);
+        assert_eq!(summary.lines, 3000, "{name}");
+        assert!(
+            summary.operators[0].timers_fired > 500,
+            "{name}: {summary:?}"
+        );
+        let out = outputs(&p);
+        assert_eq!(out.len() as u64, 3000 + summary.operators[0].timers_fired);
+        runs.push((
+            by_key(out),
+            state_values(&p.state_dir, "timers", &["fired"]),
+        ));
+    }
+    assert_eq!(runs[0], runs[1], "1 and 4 workers");
+    assert_eq!(runs[1], runs[2], "two runs with 4 workers");
+}
