@@ -53,6 +53,8 @@ pub struct Resume {
     /// The last line checkpointed had no `\n`: the `\n` written after it
     /// ends that line, it does not start one.
     pub mid_line: bool,
+    /// The input's watermark at the checkpoint, if it had one.
+    pub watermark: Option<i64>,
 }
 
 impl Resume {
@@ -90,10 +92,15 @@ impl Resume {
                 mid_line = b[0] != b'\n';
             }
         }
+        let watermark = match &input_id {
+            Some(id) => store.watermark(id)?,
+            None => None,
+        };
         Ok(Resume {
             input_id,
             pos,
             mid_line,
+            watermark,
         })
     }
 }

@@ -22,6 +22,16 @@ impl WatermarkGen {
         }
     }
 
+    /// A generator resuming at watermark `w` (from a checkpoint).
+    pub fn resume(spec: WatermarkSpec, w: i64) -> WatermarkGen {
+        WatermarkGen { spec, current: w }
+    }
+
+    /// The watermark announced last (`i64::MIN` before the first).
+    pub fn current(&self) -> i64 {
+        self.current
+    }
+
     /// Takes note of an event at time `t`: the new watermark when it
     /// advances. Saturates: times near `i64::MIN` give no watermark below
     /// it, and only the end of the input ([`WatermarkGen::end`]) reaches
@@ -42,12 +52,12 @@ impl WatermarkGen {
         })
     }
 
-    /// The input has ended: the watermark goes to `i64::MAX` (once).
-    pub fn end(&mut self) -> Option<i64> {
-        (self.current != i64::MAX).then(|| {
-            self.current = i64::MAX;
-            i64::MAX
-        })
+    /// The input has ended: the watermark goes to `i64::MAX`. Again at
+    /// each end (an input that grew after its end is read to its new end):
+    /// what was set since fires then.
+    pub fn end(&mut self) -> i64 {
+        self.current = i64::MAX;
+        i64::MAX
     }
 }
 
@@ -69,9 +79,12 @@ mod tests {
         assert_eq!(g.observe(8), None, "an earlier time does not move it");
         assert_eq!(g.observe(10), None, "nor the same one");
         assert_eq!(g.observe(11), Some(6));
-        assert_eq!(g.end(), Some(i64::MAX));
-        assert_eq!(g.end(), None);
+        assert_eq!(g.end(), i64::MAX);
+        assert_eq!(g.current(), i64::MAX);
         assert_eq!(g.observe(100), None, "nothing after the end");
+        let mut g = WatermarkGen::resume(g.spec, 6);
+        assert_eq!(g.observe(11), None, "resumed where the checkpoint left it");
+        assert_eq!(g.observe(12), Some(7));
     }
 
     #[test]

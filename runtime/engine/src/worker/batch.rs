@@ -35,8 +35,14 @@ pub(super) enum Cut {
     /// A hot swap.
     Switch(Switch),
     /// The watermark of the first operator's input advances to `w`, at
-    /// input line `line`: its timers due there fire.
-    Mark { at: usize, w: i64, line: u64 },
+    /// input line `line`: its timers due there fire (unless not `fire`:
+    /// the watermark a restart resumes at).
+    Mark {
+        at: usize,
+        w: i64,
+        line: u64,
+        fire: bool,
+    },
 }
 
 impl Cut {
@@ -111,11 +117,14 @@ impl Batch {
     /// are handled before, then the timers due at `w` fire, then later
     /// events are handled. The coordinator puts the same advance in every
     /// worker's batch, so each sees it at the same point of the input.
-    pub fn mark_here(&mut self, w: i64, line: u64) {
+    /// Without `fire`, the operator takes up `w` and nothing fires: the
+    /// watermark of the checkpoint a restart resumes from.
+    pub fn mark_here(&mut self, w: i64, line: u64, fire: bool) {
         self.cuts.push(Cut::Mark {
             at: self.events.len(),
             w,
             line,
+            fire,
         });
     }
 

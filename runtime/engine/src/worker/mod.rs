@@ -35,7 +35,7 @@ use crate::operator::{fire_due, EventRef, Operator, RunError, TimerUse};
 use crate::route::route;
 use crate::sink::format::{format_output, push_field};
 use crate::sink::SinkMsg;
-use crate::state::{StateWrite, Store, StoreError};
+use crate::state::{StateWrite, Store, StoreError, TimerWrite};
 use crate::stats::{Live, OpStats, SwapPause, PAUSES_KEPT};
 
 mod batch;
@@ -56,6 +56,8 @@ const FLUSH_BYTES: usize = 4 << 20;
 pub struct BarrierReply {
     /// Its keys' state changed since the last checkpoint.
     pub writes: Vec<StateWrite>,
+    /// Its keys' timers changed since the last checkpoint.
+    pub timers: Vec<TimerWrite>,
     /// Its counters, per operator.
     pub stats: Vec<OpStats>,
 }
@@ -310,7 +312,12 @@ impl Worker {
                     generation,
                     ..
                 }) => self.swap(stage, op, generation),
-                Cut::Mark { w, line, .. } => {
+                Cut::Mark { w, line, fire, .. } => {
+                    if !fire {
+                        self.ops[0].ctx().set_watermark(w);
+                        from = at;
+                        continue;
+                    }
                     r = self.advance(w, line);
                     if r.is_err() {
                         break;
@@ -563,12 +570,15 @@ impl Worker {
 
     fn barrier(&mut self) -> Result<BarrierReply, StoreError> {
         let mut writes = Vec::new();
+        let mut timers = Vec::new();
         for op in &mut self.ops {
             let reader = self.store.reader()?;
             op.ctx().take_dirty(Some(reader), &mut writes);
+            op.ctx().take_timer_writes(&mut timers);
         }
         Ok(BarrierReply {
             writes,
+            timers,
             stats: self.stats.clone(),
         })
     }

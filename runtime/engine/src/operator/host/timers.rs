@@ -11,8 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use compact_str::CompactString;
 
 use crate::operator::wasm::bindings::eddy::operator::timers;
+use crate::state::TimerWrite;
 
 use super::{trap, HostError, OpCtx};
+use crate::state::StoreError;
 
 /// A pending timer as it fires: (time, key, name), the firing order, and
 /// the key's cache slot.
@@ -43,6 +45,9 @@ pub struct TimerTable {
     /// The current call's changes, to undo on failure: (slot, key, name,
     /// time before).
     undo: Vec<(u32, CompactString, CompactString, Option<i64>)>,
+    /// Timers set, cleared or fired since the last checkpoint barrier:
+    /// (slot, key, name); their rows are written at the next checkpoint.
+    dirty: rustc_hash::FxHashSet<(u32, CompactString, CompactString)>,
 }
 
 impl TimerTable {
@@ -85,6 +90,7 @@ impl TimerTable {
         }
         timers.insert(name.clone(), at);
         self.due.insert((at, key.clone(), name.clone(), slot));
+        self.dirty.insert((slot, key.clone(), name.clone()));
         self.undo.push((slot, key.clone(), name, old));
         Ok(())
     }
@@ -101,6 +107,7 @@ impl TimerTable {
             self.by_slot.remove(&slot);
         }
         self.due.remove(&(old, key.clone(), name.clone(), slot));
+        self.dirty.insert((slot, key.clone(), name.clone()));
         self.undo.push((slot, key.clone(), name, Some(old)));
         true
     }
@@ -115,6 +122,31 @@ impl TimerTable {
         self.by_slot.get(&slot).map_or_else(Vec::new, |t| {
             t.iter().map(|(n, &at)| (n.to_string(), at)).collect()
         })
+    }
+
+    /// Adds a timer read back from a checkpoint (not a change: nothing to
+    /// undo or write).
+    fn restore(&mut self, slot: u32, key: &CompactString, name: &str, at: i64) {
+        let name = CompactString::from(name);
+        let timers = self.by_slot.entry(slot).or_default();
+        if let Some(old) = timers.insert(name.clone(), at) {
+            self.due.remove(&(old, key.clone(), name.clone(), slot));
+        }
+        self.due.insert((at, key.clone(), name, slot));
+    }
+
+    /// The timers changed since the last call, as rows to write for
+    /// `operator`.
+    fn take_writes(&mut self, operator: &std::sync::Arc<str>, out: &mut Vec<TimerWrite>) {
+        for (slot, key, name) in self.dirty.drain() {
+            let at = self.by_slot.get(&slot).and_then(|t| t.get(&name)).copied();
+            out.push(TimerWrite {
+                operator: operator.clone(),
+                key: key.as_str().into(),
+                name: name.as_str().into(),
+                at,
+            });
+        }
     }
 
     /// Keeps the current call's changes.
@@ -148,6 +180,7 @@ impl TimerTable {
                 break;
             }
             let d = self.due.pop_first().expect("not empty");
+            self.dirty.insert((d.3, d.1.clone(), d.2.clone()));
             if let Some(timers) = self.by_slot.get_mut(&d.3) {
                 timers.remove(&d.2);
                 if timers.is_empty() {
@@ -180,6 +213,21 @@ impl OpCtx {
     /// The pending timers.
     pub fn timers(&self) -> &TimerTable {
         &self.timers
+    }
+
+    /// The timers set, cleared or fired since the last call, as rows to
+    /// write at a checkpoint.
+    pub fn take_timer_writes(&mut self, out: &mut Vec<TimerWrite>) {
+        self.timers.take_writes(&self.name, out);
+    }
+
+    /// Puts back timer `name` of `key`, pending at `at` in the checkpoint
+    /// the pipeline resumes from.
+    pub fn restore_timer(&mut self, key: &str, name: &str, at: i64) -> Result<(), StoreError> {
+        let slot = self.load(key)?;
+        let key = self.slots[slot as usize].key.clone();
+        self.timers.restore(slot, &key, name, at);
+        Ok(())
     }
 
     /// Takes the timers due at watermark `w` (see [`TimerTable::pop_due`]).

@@ -23,9 +23,8 @@ impl Coordinator {
             Chunk::Eof => {
                 // The true end of the input (never with `--follow`): the
                 // watermark goes to +infinity, so every timer fires.
-                if let Some(w) = self.watermark.end() {
-                    self.mark(w);
-                }
+                let w = self.watermark.end();
+                self.mark(w);
                 return Ok(true);
             }
             Chunk::Error(e) => bail!("reading the input: {e}"),
@@ -125,7 +124,7 @@ impl Coordinator {
     /// worker's batch.
     fn mark(&mut self, w: i64) {
         for b in &mut self.pending {
-            b.mark_here(w, self.pos.line);
+            b.mark_here(w, self.pos.line, true);
         }
     }
 

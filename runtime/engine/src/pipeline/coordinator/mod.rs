@@ -116,6 +116,18 @@ impl Coordinator {
             versions_dirty,
         } = parts;
         let n = workers.count();
+        let mut pending: Vec<Batch> = (0..n).map(|_| Batch::with_capacity(BATCH)).collect();
+        let watermark = match resume.watermark {
+            Some(w) => {
+                // Each worker takes up the checkpointed watermark before
+                // any event; nothing fires for it (it did before).
+                for b in &mut pending {
+                    b.mark_here(w, resume.pos.line, false);
+                }
+                WatermarkGen::resume(p.watermark, w)
+            }
+            None => WatermarkGen::new(p.watermark),
+        };
         Coordinator {
             begun,
             workers,
@@ -125,7 +137,7 @@ impl Coordinator {
             watcher,
             reader,
             live,
-            pending: (0..n).map(|_| Batch::with_capacity(BATCH)).collect(),
+            pending,
             pos: resume.pos,
             resumed_mid_line: resume.mid_line,
             input_id: resume.input_id,
@@ -146,7 +158,7 @@ impl Coordinator {
             swaps_unchecked: Vec::new(),
             next_checkpoint: Instant::now() + p.checkpoint_interval,
             op_names: operators.iter().map(|o| o.name.clone()).collect(),
-            watermark: WatermarkGen::new(p.watermark),
+            watermark,
             p,
         }
     }
@@ -389,6 +401,7 @@ impl Coordinator {
                 Err(_) => return Err(self.worker_failure()),
             };
             cp.writes.extend(reply.writes);
+            cp.timers.extend(reply.timers);
             self.stats[w] = reply.stats;
         }
         let (ftx, frx) = bounded(1);
@@ -407,6 +420,12 @@ impl Coordinator {
             cp.sinks.push((self.dead_id.clone(), len));
         }
         cp.source = self.input_id.clone().map(|id| (id, self.pos));
+        if let Some(id) = &self.input_id {
+            if self.watermark.current() != i64::MIN {
+                let w = self.watermark.current().to_le_bytes().to_vec();
+                cp.meta.push((format!("watermark:{id}"), w));
+            }
+        }
         // One commit at a time: the previous must be durable first.
         self.wait_commit()?;
         let mut acks = Vec::new();
