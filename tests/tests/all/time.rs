@@ -356,3 +356,81 @@ fn stopping_anywhere_and_restarting_gives_each_key_the_same_outputs() {
     );
     assert_eq!(got, reference);
 }
+
+/// Kill -9 the `eddy` process at pseudo-random moments, restarting it on
+/// the same input each time, then let it finish: timers set before a kill
+/// fire exactly once, where an uninterrupted run fires them (the output
+/// file is cut back to the checkpoint, the timers and the watermark come
+/// back from it), so each key's outputs equal one uninterrupted run's.
+#[test]
+fn sigkill_at_random_moments_then_restart_fires_each_timer_once() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let lines = disordered(300_000, 2_000);
+    let wm = WatermarkSpec {
+        max_out_of_order: 20,
+        step: 3,
+    };
+    let once = dir.path().join("once");
+    std::fs::create_dir(&once).unwrap();
+    let p = timers_pipeline(&once, &lines, 2, wm);
+    run(&p);
+    let reference = by_key(outputs(&p));
+
+    let crash = dir.path().join("crash");
+    std::fs::create_dir(&crash).unwrap();
+    std::fs::copy(once.join("in.jsonl"), crash.join("in.jsonl")).unwrap();
+    let toml = format!(
+        "workers = 2\ncontrol = false\n\
+         [source]\npath = \"in.jsonl\"\ntime = \"ts\"\n\
+         [source.watermark]\nmax_out_of_order = 20\nstep = 3\n\
+         [[operator]]\nname = \"timers\"\ncomponent = {:?}\n\
+         [sink]\npath = \"out.jsonl\"\ndead_letter = \"dead.jsonl\"\n\
+         [state]\ndir = \"st\"\ncheckpoint_interval_ms = 40\n",
+        eddy_tests::TIMERS
+    );
+    std::fs::write(crash.join("p.toml"), toml).unwrap();
+    let args = ["run", "p.toml", "--quiet"];
+    let mut rng = Rng(77);
+    let mut killed = 0;
+    let mut pending_seen = false;
+    for _ in 0..12 {
+        let mut child = Command::new(eddy_bin())
+            .args(args)
+            .current_dir(&crash)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50 + rng.next() % 300));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        let o = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!stderr.contains("error"), "{stderr}");
+        let store = eddy_runtime::Store::open(&crash.join("st")).unwrap();
+        pending_seen |= !store.timers("timers").unwrap().is_empty();
+    }
+    eprintln!("killed {killed} of 12 runs");
+    assert!(
+        killed >= 6,
+        "only {killed} runs were killed mid-stream: make the input larger"
+    );
+    assert!(pending_seen, "a kill left pending timers in a checkpoint");
+    let o = Command::new(eddy_bin())
+        .args(args)
+        .current_dir(&crash)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let store = eddy_runtime::Store::open(&crash.join("st")).unwrap();
+    assert_eq!(store.timers("timers").unwrap(), vec![], "every timer fired");
+    drop(store);
+    let got: Vec<(String, Value)> = read_jsonl(&crash.join("out.jsonl"))
+        .into_iter()
+        .map(|l| (l["key"].as_str().unwrap().to_string(), l["value"].clone()))
+        .collect();
+    assert_eq!(by_key(got), reference);
+}
