@@ -12,14 +12,16 @@ use serde::{Deserialize, Serialize};
 pub struct OpStats {
     /// Events handled successfully.
     pub handled: u64,
-    /// Events and timer firings that failed (dead-lettered).
+    /// Events that failed (dead-lettered).
     pub failed: u64,
     /// Events emitted (by events and by timers).
     pub emitted: u64,
-    /// Timers that fired (those whose handler failed are also counted in
-    /// `failed`).
+    /// Timers that fired (whatever their handler did).
     #[serde(default)]
     pub timers_fired: u64,
+    /// Timers whose handler failed (dead-lettered).
+    #[serde(default)]
+    pub timers_failed: u64,
 }
 
 /// One hot swap as a worker saw it.

@@ -61,12 +61,14 @@ pub struct OperatorSummary {
     pub name: String,
     /// Events it handled.
     pub handled: u64,
-    /// Events and timer firings that failed (dead-lettered).
+    /// Events that failed (dead-lettered).
     pub failed: u64,
     /// Events it emitted.
     pub emitted: u64,
     /// Its timers that fired.
     pub timers_fired: u64,
+    /// Its timers whose handler failed (dead-lettered).
+    pub timers_failed: u64,
 }
 
 /// What a run did.

@@ -504,7 +504,7 @@ impl Worker {
             &mut |key, timer, at, result, emitted| {
                 stats.timers_fired += 1;
                 if let Err(err) = result {
-                    stats.failed += 1;
+                    stats.timers_failed += 1;
                     let rec = serde_json::json!({
                         "operator": &*name,
                         "version": &version,

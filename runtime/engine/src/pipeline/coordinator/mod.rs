@@ -239,6 +239,7 @@ impl Coordinator {
                     s.failed += w[i].failed;
                     s.emitted += w[i].emitted;
                     s.timers_fired += w[i].timers_fired;
+                    s.timers_failed += w[i].timers_failed;
                 }
                 s
             })
