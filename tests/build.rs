@@ -35,6 +35,7 @@ const WORKSPACES: &[(&str, &str, &str, &[&str])] = &[
             "migrate_fails",
             "hello-cli",
             "malformed",
+            "timers",
         ],
     ),
 ];

@@ -1,4 +1,4 @@
-// Eddy operators in JavaScript: a thin SDK over the eddy:operator@0.2.0
+// Eddy operators in JavaScript: a thin SDK over the eddy:operator@0.3.0
 // contract, the JavaScript counterpart of the Rust SDK (sdk/rust/src/lib.rs).
 //
 //   import { operator, Value, List, emit, struct } from '../eddy.js';
@@ -18,9 +18,9 @@
 // below. Shapes also validate JSON on the way in, with serde_json's error
 // messages.
 
-import * as state from 'eddy:operator/state@0.2.0';
-import { emit as hostEmit } from 'eddy:operator/output@0.2.0';
-import { log as hostLog } from 'eddy:operator/log@0.2.0';
+import * as state from 'eddy:operator/state@0.3.0';
+import { emit as hostEmit } from 'eddy:operator/output@0.3.0';
+import { log as hostLog } from 'eddy:operator/log@0.3.0';
 
 const utf8Encoder = new TextEncoder();
 const utf8Decoder = new TextDecoder('utf-8', { fatal: true });

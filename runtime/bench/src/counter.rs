@@ -317,6 +317,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     watch: false,
                     control: false,
                     verify_state: false,
+                    watermark: Default::default(),
                 };
                 let ops = vec![Loaded {
                     name: "counter".into(),
@@ -464,6 +465,7 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
         watch: false,
         control: false,
         verify_state: false,
+        watermark: Default::default(),
     };
     let t = Instant::now();
     let engine = eddy_runtime::engine()?;

@@ -176,6 +176,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
         watch: false,
         control: true,
         verify_state: false,
+        watermark: Default::default(),
     };
 
     // The load: a writer appending events as fast as the pipeline reads

@@ -32,6 +32,7 @@ pub const WIT: &[(&str, &str)] = &[
     ("output.wit", include_str!("../../../wit/output.wit")),
     ("log.wit", include_str!("../../../wit/log.wit")),
     ("batch.wit", include_str!("../../../wit/batch.wit")),
+    ("timers.wit", include_str!("../../../wit/timers.wit")),
 ];
 
 /// The Python SDK module (`import eddy`).

@@ -88,7 +88,7 @@ impl<T> Writer<T> {
             self.pending.is_none(),
             "one commit at a time: wait for the previous checkpoint first"
         );
-        let sent = self.to_commit.as_ref().map(|tx| tx.send(cp));
+        let sent = self.to_commit.as_ref().map(|tx| tx.send(cp).map_err(drop));
         match sent {
             Some(Ok(())) => {
                 self.pending = Some(acks);

@@ -59,12 +59,14 @@ mod module_graph;
 
 pub use config::{
     default_workers, Input, Limits, OperatorSpec, Output, Overrides, Pipeline, PipelineError,
+    WatermarkSpec,
 };
 pub use operator::{
     cap_reason, engine, engine_with, load_operators, Cache, CacheError, Compiled, ComponentError,
     Emits, EventRef, HandleError, HostError, InitError, Loaded, NativeCounter, NativeFactory,
     OpCtx, Operator, OperatorKind, RunError, StartError, WasmComponent, WasmOperator, CONTRACT,
 };
+pub use operator::{fire_due, FireDone, TimerRef, TimerTable, TimerUse, END_ROUNDS};
 pub use pipeline::{
     run, run_notify, start, OperatorSummary, Progress, Running, Shutdown, Started, Summary,
 };

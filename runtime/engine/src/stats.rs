@@ -14,8 +14,14 @@ pub struct OpStats {
     pub handled: u64,
     /// Events that failed (dead-lettered).
     pub failed: u64,
-    /// Events emitted.
+    /// Events emitted (by events and by timers).
     pub emitted: u64,
+    /// Timers that fired (whatever their handler did).
+    #[serde(default)]
+    pub timers_fired: u64,
+    /// Timers whose handler failed (dead-lettered).
+    #[serde(default)]
+    pub timers_failed: u64,
 }
 
 /// One hot swap as a worker saw it.

@@ -20,6 +20,8 @@
 //!   sink).
 //! - [`Config`]: the operator's `config` table from the pipeline file.
 //! - [`log`]: write to the host's log.
+//! - [`timers`]: named event-time timers of the current key and the
+//!   watermark; a timer that fires calls [`Operator::on_timer`].
 //! - [`json`]: the JSON the SDK reads and writes for you (`from_slice`,
 //!   `to_writer`): serde_json's results, faster in WebAssembly.
 //!
@@ -107,7 +109,7 @@ pub mod bindings {
         // The batch types are the codec's, so the SDK builds and reads them
         // with `eddy_codec` and no conversion.
         with: {
-            "eddy:operator/batch@0.2.0": eddy_codec::wit,
+            "eddy:operator/batch@0.3.0": eddy_codec::wit,
         },
     });
 }
@@ -117,6 +119,9 @@ use bindings::eddy::operator::{log as wit_log, state};
 mod batch;
 pub mod json;
 mod mem;
+pub mod timers;
+
+pub use timers::Fired;
 
 pub use serde;
 pub use serde_json;
@@ -189,6 +194,20 @@ pub trait Operator: Sized + 'static {
     fn migrate(&mut self, previous: &str) -> Result<(), Error> {
         let _ = previous;
         Ok(())
+    }
+
+    /// Handles a timer of this operator that fired (set with
+    /// [`timers::set`]): the watermark passed `timer.at`, or the input
+    /// ended. State handles, [`timers`] and [`emit`] act on `timer.key`, as
+    /// in [`Operator::handle`]; an error discards what the call did and
+    /// dead-letters the firing (the timer is consumed either way).
+    ///
+    /// The default fails: an operator that sets timers implements it.
+    fn on_timer(&mut self, timer: Fired<'_>) -> Result<(), Error> {
+        Err(Error(format!(
+            "timer `{}` of key `{}` fired, but this operator does not handle timers (implement `Operator::on_timer`)",
+            timer.name, timer.key
+        )))
     }
 }
 
@@ -565,6 +584,26 @@ pub mod __private {
         })
     }
 
+    pub fn on_timer<T: Operator>(
+        slot: &'static LocalKey<RefCell<Option<T>>>,
+        key: String,
+        name: String,
+        at: i64,
+    ) -> Result<(), String> {
+        slot.with(|s| {
+            let mut s = s.borrow_mut();
+            let op = s
+                .as_mut()
+                .ok_or_else(|| "on-timer called before init".to_string())?;
+            op.on_timer(Fired {
+                key: &key,
+                name: &name,
+                at,
+            })
+            .map_err(|e| e.0)
+        })
+    }
+
     pub fn handle<T: Operator>(
         slot: &'static LocalKey<RefCell<Option<T>>>,
         event: WitEvent,
@@ -616,6 +655,13 @@ macro_rules! export_operator {
                     event: $crate::__private::WitEvent,
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::__private::handle::<$ty>(&__EDDY_OPERATOR, event)
+                }
+                fn on_timer(
+                    key: ::std::string::String,
+                    name: ::std::string::String,
+                    at: i64,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::__private::on_timer::<$ty>(&__EDDY_OPERATOR, key, name, at)
                 }
             }
     $crate::bindings::__export_eddy_operator!(__EddyExport with_types_in $crate::bindings);

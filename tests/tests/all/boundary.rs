@@ -123,3 +123,41 @@ fn a_component_built_for_contract_0_1_0_runs_per_event() {
     }
     assert_eq!(outputs[0], outputs[1]);
 }
+
+/// A component built for contract 0.2.0 (the counter with its imports
+/// named as 0.2.0 names them: 0.3.0 only added timers) still loads and
+/// keeps the batched path, with exactly the counter's results.
+#[test]
+fn a_component_built_for_contract_0_2_0_runs_batched() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let old = d.join("counter-0.2.0.wasm");
+    std::fs::write(
+        &old,
+        crate::util::with_contract(eddy_tests::COUNTER, "0.2.0"),
+    )
+    .unwrap();
+    let engine = eddy_runtime::engine().unwrap();
+    let component = eddy_runtime::WasmComponent::load(&engine, &old).unwrap();
+    assert!(component.batched(), "0.2.0's handle-batch is today's");
+    assert!(
+        component.handles_timers(),
+        "the relabelled counter still exports on-timer"
+    );
+    let (events, text) = crate::util::counter_events(3000, 50, 7);
+    let input = d.join("in.jsonl");
+    std::fs::write(&input, text).unwrap();
+    let mut outputs = Vec::new();
+    for (name, path) in [("old", old.to_str().unwrap()), ("new", eddy_tests::COUNTER)] {
+        let sub = d.join(name);
+        std::fs::create_dir(&sub).unwrap();
+        let p = pipeline(&sub, &input, &[("counter", path)], 2);
+        let summary = run(&p);
+        assert_eq!(summary.lines, 3000, "{name}");
+        crate::util::assert_counter_state(&sub.join("state"), &crate::util::reference(&events));
+        let mut out = read_jsonl(&sub.join("out.jsonl"));
+        out.sort_by_key(|v| v.to_string());
+        outputs.push(out);
+    }
+    assert_eq!(outputs[0], outputs[1]);
+}

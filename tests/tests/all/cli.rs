@@ -32,11 +32,11 @@ fn bad_components_are_refused_with_the_reason() {
         ),
         (
             "empty.wasm",
-            "component empty.wasm: not an eddy operator (world `eddy:operator@0.2.0/operator`)",
+            "component empty.wasm: not an eddy operator (world `eddy:operator@0.3.0/operator`)",
         ),
         (
             "old.wasm",
-            "component old.wasm: built against eddy:operator@0.9.0, but this eddy implements eddy:operator@0.2.0: build it again from its source with this eddy",
+            "component old.wasm: built against eddy:operator@0.9.0, but this eddy implements eddy:operator@0.3.0 (and still loads 0.1.0 and 0.2.0): build it again from its source with this eddy",
         ),
     ];
     for (file, message) in cases {

@@ -38,3 +38,5 @@ mod boundary;
 mod progress;
 // `eddy new`: each language's template builds and runs.
 mod new;
+// Event time: watermarks, timers in order, 1 vs 4 workers.
+mod time;

@@ -34,6 +34,7 @@ pub fn pipeline(dir: &Path, input: &Path, ops: &[(&str, &str)], workers: usize) 
         watch: false,
         control: true,
         verify_state: false,
+        watermark: Default::default(),
     }
 }
 
@@ -268,11 +269,11 @@ pub fn as_other_user(program: impl AsRef<std::ffi::OsStr>) -> std::process::Comm
 }
 
 /// The bytes of `component` with the version of every `eddy:operator/...`
-/// import changed from 0.2.0 to `version` (five characters, so the
+/// import changed from 0.3.0 to `version` (five characters, so the
 /// binary stays valid): the component as one built against that contract
 /// would look.
 pub fn with_contract(component: &str, version: &str) -> Vec<u8> {
-    assert_eq!(version.len(), 5, "{version}: the same length as 0.2.0");
+    assert_eq!(version.len(), 5, "{version}: the same length as 0.3.0");
     let mut bytes = std::fs::read(component).unwrap();
     let prefix = b"eddy:operator/";
     let mut relabelled = 0;
@@ -280,12 +281,12 @@ pub fn with_contract(component: &str, version: &str) -> Vec<u8> {
         if !bytes[i..].starts_with(prefix) {
             continue;
         }
-        // `eddy:operator/<interface>@0.2.0`: an interface name is short.
+        // `eddy:operator/<interface>@0.3.0`: an interface name is short.
         let from = i + prefix.len();
         let name = &bytes[from..(from + 16).min(bytes.len())];
         if let Some(at) = name.iter().position(|&b| b == b'@') {
             let v = from + at + 1;
-            if bytes[v..].starts_with(b"0.2.0") {
+            if bytes[v..].starts_with(b"0.3.0") {
                 bytes[v..v + 5].copy_from_slice(version.as_bytes());
                 relabelled += 1;
             }

@@ -39,6 +39,9 @@ pub struct Limits {
     /// ones are truncated with a note of how much was cut
     /// (`max_reason_bytes`).
     pub max_reason: usize,
+    /// Most pending timers one key may hold (`max_timers_per_key`); a call
+    /// that sets one more fails.
+    pub max_timers_per_key: usize,
 }
 
 impl Default for Limits {
@@ -54,6 +57,7 @@ impl Default for Limits {
             max_emit_per_event: 16 << 20,
             max_key_state: 64 << 20,
             max_reason: 16 << 10,
+            max_timers_per_key: 1024,
         }
     }
 }

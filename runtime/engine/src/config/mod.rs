@@ -13,6 +13,10 @@
 //! key = "key"                      # field holding the routing key
 //! time = "ts"                      # optional field holding the event time
 //!
+//! [source.watermark]               # event time (with `time`): the watermark
+//! max_out_of_order = 0             # is the largest time read minus this
+//! step = 1                         # and advances in multiples of this
+//!
 //! [[operator]]                     # one table per operator, in chain order
 //! name = "counter"
 //! component = "counter.wasm"
@@ -33,6 +37,7 @@
 //! max_key_state_bytes = 67108864   # all state of one key, as stored
 //! max_reason_bytes = 16384         # longer error reasons are truncated, with
 //!                                  # a note of how many bytes were cut
+//! max_timers_per_key = 1024        # pending timers of one key
 //!
 //! [sink]
 //! path = "-"                       # "-" for stdout
@@ -152,6 +157,32 @@ pub struct Pipeline {
     /// Check every page of the state database when it opens (see
     /// [`crate::state::Store::open_verified`]).
     pub verify_state: bool,
+    /// How the watermark follows the event times read.
+    pub watermark: WatermarkSpec,
+}
+
+/// How the watermark of the input follows its event times
+/// (`[source.watermark]`): it is the largest event time read so far minus
+/// `max_out_of_order`, rounded down to a multiple of `step`, and it only
+/// advances. A timer set for time `t` fires once the watermark is past
+/// `t`, so a larger `step` fires timers in fewer, larger rounds, later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatermarkSpec {
+    /// How far, in time-field units, an event may come after a later one
+    /// and still be on time (`max_out_of_order`, default 0).
+    pub max_out_of_order: u64,
+    /// The watermark's granularity, in time-field units (`step`, default 1,
+    /// at least 1).
+    pub step: u64,
+}
+
+impl Default for WatermarkSpec {
+    fn default() -> Self {
+        WatermarkSpec {
+            max_out_of_order: 0,
+            step: 1,
+        }
+    }
 }
 
 /// The pipeline file's `control` setting: `true` or `false`. An address
@@ -229,6 +260,14 @@ struct SourceTable {
     key: Option<String>,
     time: Option<String>,
     max_line_bytes: Option<usize>,
+    watermark: Option<WatermarkTable>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatermarkTable {
+    max_out_of_order: Option<u64>,
+    step: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,6 +287,7 @@ struct OperatorTable {
     max_emit_bytes_per_event: Option<usize>,
     max_key_state_bytes: Option<usize>,
     max_reason_bytes: Option<usize>,
+    max_timers_per_key: Option<usize>,
 }
 
 impl OperatorTable {
@@ -267,6 +307,7 @@ impl OperatorTable {
                 .unwrap_or(d.max_emit_per_event),
             max_key_state: self.max_key_state_bytes.unwrap_or(d.max_key_state),
             max_reason: self.max_reason_bytes.unwrap_or(d.max_reason),
+            max_timers_per_key: self.max_timers_per_key.unwrap_or(d.max_timers_per_key),
         }
     }
 }
@@ -483,7 +524,18 @@ impl Pipeline {
                 )))
             }
         };
+        let mut watermark = WatermarkSpec::default();
+        if let Some(t) = &f.source.watermark {
+            watermark.max_out_of_order = t.max_out_of_order.unwrap_or(0);
+            watermark.step = t.step.unwrap_or(1);
+            if watermark.step == 0 {
+                return Err(PipelineError::Invalid(
+                    "[source.watermark] step must be at least 1".into(),
+                ));
+            }
+        }
         Ok(Pipeline {
+            watermark,
             follow,
             watch: o.watch || f.watch.unwrap_or(false),
             control,

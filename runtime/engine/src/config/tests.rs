@@ -116,3 +116,35 @@ fn the_same_file_twice_is_refused_devices_may_be_shared() {
     // Devices are not destroyed by sharing.
     assert!(check("in.jsonl", "/dev/null", "/dev/null").is_ok());
 }
+
+#[test]
+fn the_watermark_table_is_read_and_a_zero_step_refused() {
+    let pl = parse("[source]\ntime = \"ts\"\n[source.watermark]\nmax_out_of_order = 5000\nstep = 100\n[[operator]]\nname = \"a\"\ncomponent = \"a.wasm\"\nmax_timers_per_key = 7\n").unwrap();
+    assert_eq!(
+        pl.watermark,
+        WatermarkSpec {
+            max_out_of_order: 5000,
+            step: 100
+        }
+    );
+    assert_eq!(pl.operators[0].limits.max_timers_per_key, 7);
+    let pl = parse("[[operator]]\nname = \"a\"\ncomponent = \"a.wasm\"\n").unwrap();
+    assert_eq!(pl.watermark, WatermarkSpec::default());
+    assert_eq!(pl.operators[0].limits.max_timers_per_key, 1024);
+    let op = "[[operator]]\nname = \"a\"\ncomponent = \"a.wasm\"\n";
+    let e = parse(&format!("[source.watermark]\nstep = 0\n{op}"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "[source.watermark] step must be at least 1");
+    let e = parse("[source.watermark]\nmax_out_of_order = -1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("max_out_of_order") && e.contains("line 2"),
+        "{e}"
+    );
+    let e = parse("[source.watermark]\nbound = 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `bound`"), "{e}");
+}

@@ -12,18 +12,21 @@
 //! - [`native`]: the native baseline operator.
 //! - [`loaded`]: [`Loaded`], an operator of the pipeline ready to be
 //!   instantiated on each worker.
+//! - [`fire`]: the timers due at a watermark, fired in order.
 //! - here: the [`Operator`] trait a worker drives.
 
 use thiserror::Error;
 
 use crate::state::StoreError;
 
+mod fire;
 pub(crate) mod host;
 mod loaded;
 mod native;
 pub(crate) mod wasm;
 
-pub use host::{cap_reason, Emits, HostError, OpCtx};
+pub use fire::{fire_due, FireDone, END_ROUNDS};
+pub use host::{cap_reason, Emits, HostError, OpCtx, TimerTable, TimerUse};
 pub use loaded::{load_operators, Loaded, NativeFactory, OperatorKind, StartError};
 pub use native::NativeCounter;
 pub use wasm::{
@@ -46,6 +49,21 @@ pub struct EventRef<'a> {
     pub time: Option<i64>,
     /// Input line the event derives from: with the key and the operator,
     /// it seeds the operator's random numbers for this event.
+    pub line: u64,
+}
+
+/// A timer that fired, as handed to [`Operator::on_timer`].
+#[derive(Debug, Clone, Copy)]
+pub struct TimerRef<'a> {
+    /// The key it belongs to (the worker has called [`OpCtx::begin`] for
+    /// it).
+    pub key: &'a str,
+    /// Its name.
+    pub name: &'a str,
+    /// The event time it was set for.
+    pub at: i64,
+    /// Input line of the watermark advance that fired it: with the key and
+    /// the operator, it seeds the operator's random numbers for the call.
     pub line: u64,
 }
 
@@ -110,6 +128,22 @@ pub trait Operator: Send {
     /// Handles one event; state calls act on `event.key` (the worker has
     /// called [`OpCtx::begin`] for it).
     fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError>;
+
+    /// Whether the operator handles timers (a Wasm operator: its component
+    /// exports `on-timer`). One that does not may not set any.
+    fn handles_timers(&self) -> bool {
+        false
+    }
+
+    /// Handles a timer that fired; state and timer calls act on
+    /// `timer.key` (the worker has called [`OpCtx::begin`] for it). The
+    /// default refuses: an operator that sets timers implements it.
+    fn on_timer(&mut self, timer: TimerRef<'_>) -> Result<(), HandleError> {
+        Err(HandleError::Refused(format!(
+            "timer `{}` fired, but the operator does not handle timers",
+            timer.name
+        )))
+    }
 
     /// Handles `events` in order, calling `done(i, result, emitted)` for
     /// each as it completes (`emitted` is drained by the callee's caller).

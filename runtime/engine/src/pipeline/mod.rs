@@ -66,6 +66,10 @@ pub struct OperatorSummary {
     pub failed: u64,
     /// Events it emitted.
     pub emitted: u64,
+    /// Its timers that fired.
+    pub timers_fired: u64,
+    /// Its timers whose handler failed (dead-lettered).
+    pub timers_failed: u64,
 }
 
 /// What a run did.

@@ -6,6 +6,7 @@
 //! - [`reader`]: the reader thread (`eddy-reader`): whole lines in chunks,
 //!   byte-order mark, incomplete last lines, `--follow`.
 //! - [`decode`]: the key and time of one JSON line.
+//! - [`watermark`]: [`WatermarkGen`], the watermark from the event times.
 //! - here: [`Resume`], where the input resumes and the checks that it is
 //!   still the file the checkpoint read, and [`ReaderThread`], the reader
 //!   as a value that stops and joins it.
@@ -23,10 +24,12 @@ use crate::state::{SourcePos, Store};
 
 mod decode;
 mod reader;
+mod watermark;
 
 pub(crate) use decode::FieldName;
 pub use decode::{decode, DecodeError, Decoded};
 pub use reader::{open_input, read_lines, Chunk, End, Follow, ReadError};
+pub use watermark::WatermarkGen;
 
 /// Chunks the reader may hold ready before it waits for the coordinator.
 const CHUNKS_AHEAD: usize = 8;
@@ -50,6 +53,8 @@ pub struct Resume {
     /// The last line checkpointed had no `\n`: the `\n` written after it
     /// ends that line, it does not start one.
     pub mid_line: bool,
+    /// The input's watermark at the checkpoint, if it had one.
+    pub watermark: Option<i64>,
 }
 
 impl Resume {
@@ -87,10 +92,15 @@ impl Resume {
                 mid_line = b[0] != b'\n';
             }
         }
+        let watermark = match &input_id {
+            Some(id) => store.watermark(id)?,
+            None => None,
+        };
         Ok(Resume {
             input_id,
             pos,
             mid_line,
+            watermark,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! [`Batch`]: events packed in one buffer, as they travel to a worker,
-//! with the hot swaps that fall between two of its events.
+//! with the hot swaps and watermark advances that fall between two of its
+//! events.
 
 use std::time::Instant;
 
@@ -29,14 +30,40 @@ pub(super) struct Switch {
     pub(super) generation: u32,
 }
 
+/// Something that happens between two events of a batch.
+pub(super) enum Cut {
+    /// A hot swap.
+    Switch(Switch),
+    /// The watermark of the first operator's input advances to `w`, at
+    /// input line `line`: its timers due there fire (unless not `fire`:
+    /// the watermark a restart resumes at).
+    Mark {
+        at: usize,
+        w: i64,
+        line: u64,
+        fire: bool,
+    },
+}
+
+impl Cut {
+    /// The index of the event it comes before.
+    pub(super) fn at(&self) -> usize {
+        match self {
+            Cut::Switch(s) => s.at,
+            Cut::Mark { at, .. } => *at,
+        }
+    }
+}
+
 /// Events packed in one buffer: one allocation per batch, not per event.
 #[derive(Default)]
 pub struct Batch {
     pub(super) data: Vec<u8>,
     pub(super) events: Vec<Ev>,
-    /// Swaps at a barrier between two events of the batch (or before its
-    /// first, or after its last), in the order they were made.
-    pub(super) switches: Vec<Switch>,
+    /// Swaps at a barrier and watermark advances between two events of
+    /// the batch (or before its first, or after its last), in the order
+    /// they were made.
+    pub(super) cuts: Vec<Cut>,
     /// When the batch was handed to its worker (set by the sender): the
     /// earliest its events could be handled, for swap pauses.
     pub(super) sent: Option<Instant>,
@@ -48,7 +75,7 @@ impl Batch {
         Batch {
             data: Vec::with_capacity(n * 64),
             events: Vec::with_capacity(n),
-            switches: Vec::new(),
+            cuts: Vec::new(),
             sent: None,
         }
     }
@@ -77,17 +104,34 @@ impl Batch {
     /// come from the coordinator's batches; a later operator's events also
     /// come from peers, and it switches by [`super::Msg::Swap`].
     pub fn switch_here(&mut self, stage: usize, op: Box<dyn Operator>, generation: u32) {
-        self.switches.push(Switch {
+        self.cuts.push(Cut::Switch(Switch {
             at: self.events.len(),
             stage,
             op,
             generation,
+        }));
+    }
+
+    /// Advances the watermark of the first operator's input to `w` at this
+    /// point of the stream (input line `line`): the events pushed so far
+    /// are handled before, then the timers due at `w` fire, then later
+    /// events are handled. The coordinator puts the same advance in every
+    /// worker's batch, so each sees it at the same point of the input.
+    /// Without `fire`, the operator takes up `w` and nothing fires: the
+    /// watermark of the checkpoint a restart resumes from.
+    pub fn mark_here(&mut self, w: i64, line: u64, fire: bool) {
+        self.cuts.push(Cut::Mark {
+            at: self.events.len(),
+            w,
+            line,
+            fire,
         });
     }
 
-    /// Whether it carries a swap (then it is sent even with no event).
-    pub fn carries_swap(&self) -> bool {
-        !self.switches.is_empty()
+    /// Whether it carries a swap or a watermark advance (then it is sent
+    /// even with no event).
+    pub fn carries_cut(&self) -> bool {
+        !self.cuts.is_empty()
     }
 
     /// Number of events.

@@ -6,6 +6,11 @@
 //! to this worker inline, or batched to the owning peer. After the last
 //! operator, emitted events become output lines for the sink.
 //!
+//! The watermark of the first operator's input advances in band too
+//! ([`Batch::mark_here`]): at its place among the events, the worker fires
+//! that operator's timers due there, in (time, key, name) order, and routes
+//! what they emit as it does an event's emits.
+//!
 //! A hot swap reaches a worker in band, at its barrier's place in the
 //! stream: between two events of a batch for the first operator of the
 //! chain (so the new version starts on the very next event, with no wait
@@ -26,11 +31,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::operator::{EventRef, Operator, RunError};
+use crate::operator::{fire_due, EventRef, Operator, RunError, TimerUse};
 use crate::route::route;
 use crate::sink::format::{format_output, push_field};
 use crate::sink::SinkMsg;
-use crate::state::{StateWrite, Store, StoreError};
+use crate::state::{StateWrite, Store, StoreError, TimerWrite};
 use crate::stats::{Live, OpStats, SwapPause, PAUSES_KEPT};
 
 mod batch;
@@ -41,7 +46,7 @@ mod tests;
 pub use batch::Batch;
 pub use pool::{InFlight, Workers};
 
-use batch::Switch;
+use batch::{Cut, Switch};
 
 /// Output (or dead letters) a worker buffers before handing it to the sink
 /// in the middle of a batch.
@@ -51,6 +56,8 @@ const FLUSH_BYTES: usize = 4 << 20;
 pub struct BarrierReply {
     /// Its keys' state changed since the last checkpoint.
     pub writes: Vec<StateWrite>,
+    /// Its keys' timers changed since the last checkpoint.
+    pub timers: Vec<TimerWrite>,
     /// Its counters, per operator.
     pub stats: Vec<OpStats>,
 }
@@ -208,6 +215,7 @@ impl Worker {
         std::mem::swap(op.ctx(), old.ctx());
         op.ctx().set_generation(generation);
         let old = std::mem::replace(&mut self.ops[stage], op);
+        self.allow_timers(stage);
         if let Err(unsent) = self.reaper.send(old) {
             // No reaper (it only ends after every worker): drop it here.
             drop(unsent.into_inner());
@@ -217,6 +225,18 @@ impl Worker {
             at: Instant::now(),
             generation,
         });
+    }
+
+    /// Tells operator `stage`'s context whether it may set timers: only
+    /// the first operator of the chain, and only when it handles them.
+    fn allow_timers(&mut self, stage: usize) {
+        let op = &mut self.ops[stage];
+        let use_ = match (stage, op.handles_timers()) {
+            (0, true) => TimerUse::Allowed,
+            (0, false) => TimerUse::NoHandler,
+            _ => TimerUse::LaterStage,
+        };
+        op.ctx().set_timer_use(use_);
     }
 
     /// Notes the pause of the swap of operator `stage`, whose new version
@@ -276,22 +296,34 @@ impl Worker {
     fn handle_batch(&mut self, batch: &mut Batch) -> Result<(), RunError> {
         let outer = self.avail;
         self.avail = batch.sent.unwrap_or_else(Instant::now);
-        let switches = std::mem::take(&mut batch.switches);
+        let cuts = std::mem::take(&mut batch.cuts);
         let mut from = 0;
         let mut r = Ok(());
-        for Switch {
-            at,
-            stage,
-            op,
-            generation,
-        } in switches
-        {
-            let at = at.clamp(from, batch.events.len());
+        for cut in cuts {
+            let at = cut.at().clamp(from, batch.events.len());
             r = self.handle_events(batch, from, at);
             if r.is_err() {
                 break;
             }
-            self.swap(stage, op, generation);
+            match cut {
+                Cut::Switch(Switch {
+                    stage,
+                    op,
+                    generation,
+                    ..
+                }) => self.swap(stage, op, generation),
+                Cut::Mark { w, line, fire, .. } => {
+                    if !fire {
+                        self.ops[0].ctx().set_watermark(w);
+                        from = at;
+                        continue;
+                    }
+                    r = self.advance(w, line);
+                    if r.is_err() {
+                        break;
+                    }
+                }
+            }
             from = at;
         }
         if r.is_ok() {
@@ -432,6 +464,89 @@ impl Worker {
         Ok(())
     }
 
+    /// Advances the watermark of the first operator's input to `w` (at
+    /// input line `line`) and fires its timers due there; what they emit
+    /// goes on as an event's emits do (then, depth first, is handled).
+    /// A firing that fails is dead-lettered with its timer.
+    fn advance(&mut self, w: i64, line: u64) -> Result<(), RunError> {
+        let stage = 0;
+        let last = stage + 1 == self.ops.len();
+        let workers = self.peers.len();
+        let me = self.id;
+        let mut local = Batch::default();
+        self.line = self.line.max(line);
+        let Worker {
+            ops,
+            stats,
+            dead,
+            out,
+            outbox,
+            sink,
+            ..
+        } = self;
+        let op = &mut ops[stage];
+        if op
+            .ctx()
+            .timers()
+            .next()
+            .is_none_or(|next| next >= w && w != i64::MAX)
+        {
+            op.ctx().set_watermark(w);
+            return Ok(());
+        }
+        let name = op.ctx().name().clone();
+        let version = op.version().to_string();
+        let stats = &mut stats[stage];
+        fire_due(
+            &mut **op,
+            w,
+            line,
+            &mut |key, timer, at, result, emitted| {
+                stats.timers_fired += 1;
+                if let Err(err) = result {
+                    stats.timers_failed += 1;
+                    let rec = serde_json::json!({
+                        "operator": &*name,
+                        "version": &version,
+                        "key": key,
+                        "line": line,
+                        "error": err.to_string(),
+                        "timer": { "name": timer, "at": at },
+                    });
+                    let mut s = serde_json::to_vec(&rec).expect("json");
+                    s.push(b'\n');
+                    dead.extend_from_slice(&s);
+                }
+                stats.emitted += emitted.len() as u64;
+                for (key, value) in emitted.iter() {
+                    if last {
+                        format_output(out, key, value);
+                    } else {
+                        let target = route(key, workers);
+                        let b = if target == me {
+                            &mut local
+                        } else {
+                            &mut outbox[target]
+                        };
+                        b.push(stage as u16 + 1, key, value, Some(at), line);
+                    }
+                }
+                emitted.clear();
+                if out.len() >= FLUSH_BYTES {
+                    let _ = sink.send(SinkMsg::Out(std::mem::take(out)));
+                }
+                if dead.len() >= FLUSH_BYTES {
+                    let _ = sink.send(SinkMsg::Dead(std::mem::take(dead)));
+                }
+            },
+        )?;
+        if !local.is_empty() {
+            local.sent = Some(Instant::now());
+            self.handle_batch(&mut local)?;
+        }
+        Ok(())
+    }
+
     /// Sends batched peer events and output.
     fn flush(&mut self) {
         for (i, b) in self.outbox.iter_mut().enumerate() {
@@ -455,12 +570,15 @@ impl Worker {
 
     fn barrier(&mut self) -> Result<BarrierReply, StoreError> {
         let mut writes = Vec::new();
+        let mut timers = Vec::new();
         for op in &mut self.ops {
             let reader = self.store.reader()?;
             op.ctx().take_dirty(Some(reader), &mut writes);
+            op.ctx().take_timer_writes(&mut timers);
         }
         Ok(BarrierReply {
             writes,
+            timers,
             stats: self.stats.clone(),
         })
     }

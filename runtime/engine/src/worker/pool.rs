@@ -12,6 +12,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::{Batch, Msg, Worker, WorkerError};
 use crate::operator::{Loaded, Operator, StartError};
+use crate::route::route;
 use crate::sink::SinkMsg;
 use crate::state::Store;
 use crate::stats::{Live, OpStats};
@@ -186,9 +187,20 @@ impl Workers {
                 .name(format!("eddy-worker-{id}"))
                 .spawn(move || {
                     let _end = EndGuard(inflight.clone(), id);
+                    let workers = peers.len();
                     let built: Result<Vec<Box<dyn Operator>>, StartError> = ops
                         .iter()
-                        .map(|op| op.instantiate(Some(store.reader()?)))
+                        .map(|op| {
+                            let mut inst = op.instantiate(Some(store.reader()?))?;
+                            // This worker's keys' pending timers, as the
+                            // checkpoint left them (any worker count).
+                            for (key, name, at) in store.timers(&op.name)? {
+                                if route(&key, workers) == id {
+                                    inst.ctx().restore_timer(&key, &name, at)?;
+                                }
+                            }
+                            Ok(inst)
+                        })
                         .collect();
                     let ops = match built {
                         Ok(ops) => {
@@ -201,7 +213,7 @@ impl Workers {
                         }
                     };
                     let k = ops.len();
-                    let w = Worker {
+                    let mut w = Worker {
                         id,
                         ops,
                         outbox: (0..peers.len()).map(|_| Batch::default()).collect(),
@@ -220,6 +232,9 @@ impl Workers {
                         line: 0,
                         reaper,
                     };
+                    for stage in 0..k {
+                        w.allow_timers(stage);
+                    }
                     w.run(inbox)
                 });
             match spawned {

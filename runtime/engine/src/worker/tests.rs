@@ -204,7 +204,7 @@ fn a_swap_before_any_event_of_its_batch_and_a_batch_with_no_event() {
     // events, then another swap at the start of a batch.
     let mut alone = Batch::default();
     alone.switch_here(0, one.v2(), 1);
-    assert!(alone.is_empty() && alone.carries_swap());
+    assert!(alone.is_empty() && alone.carries_cut());
     one.handle(alone);
     let mut batch = Batch::default();
     events(&mut batch, &["a", "b"], 2);

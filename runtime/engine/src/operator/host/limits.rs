@@ -26,9 +26,23 @@ pub fn cap_reason(text: &str, max: usize) -> String {
 /// A host call that cannot be served; it traps the operator.
 #[derive(Debug, Error)]
 pub enum HostError {
-    #[error("state or emit used outside `handle` (no key is being processed)")]
+    #[error(
+        "state, timers or emit used outside `handle` and `on-timer` (no key is being processed)"
+    )]
     /// A state or emit call outside an event.
     NoKey,
+    #[error("timers.set: this operator does not export `on-timer` (world `timer-operator` of contract 0.3.0), so its timers could never fire")]
+    /// A timer set by an operator without a timer handler.
+    NoTimerHandler,
+    #[error("timers.set: only the first operator of a chain has timers for now")]
+    /// A timer set by a later operator of a chain.
+    TimersLaterStage,
+    #[error("a new timer would make more than {limit} pending timers for this key, over the limit max_timers_per_key = {limit}")]
+    /// More pending timers for one key than `max_timers_per_key`.
+    TooManyTimers {
+        /// The limit.
+        limit: usize,
+    },
     #[error("state value of {size} bytes exceeds the limit max_state_value = {limit} bytes")]
     /// A state value over `max_state_value_bytes`.
     StateTooLarge {

@@ -1,8 +1,8 @@
 //! The host context of one operator on one worker ([`OpCtx`]), shared by
 //! Wasm and native operators, so both pay the same host state path. The
 //! WIT imports are implemented on it, one file per interface: [`state`]
-//! (`eddy:operator/state`), [`output`] (`eddy:operator/output`) and
-//! [`log`] (`eddy:operator/log`).
+//! (`eddy:operator/state`), [`output`] (`eddy:operator/output`), [`log`]
+//! (`eddy:operator/log`) and [`timers`] (`eddy:operator/timers`).
 //!
 //! The context caches every key it has touched (an [`Entity`] per key) and
 //! tracks which changed since the last checkpoint. Handling an event is
@@ -36,10 +36,12 @@ mod output;
 mod state;
 #[cfg(test)]
 mod tests;
+mod timers;
 
 use index::{intern, prefetch, same, Index};
 pub use limits::{cap_reason, HostError};
 pub use output::Emits;
+pub use timers::{TimerTable, TimerUse};
 
 /// Turns a refused host call into the trap that carries it: kept as a
 /// [`HostError`] so the event's dead letter names the refusal (see the
@@ -128,6 +130,13 @@ pub struct OpCtx {
     /// Some cached key may carry another generation than the running one
     /// (so may need migrating); while false, no slot is looked at for it.
     maybe_stale: bool,
+    /// Pending timers, by cache slot; changes of the current call are
+    /// journaled and undone with its state writes.
+    timers: TimerTable,
+    /// The watermark of the operator's input (`timers.watermark`).
+    watermark: i64,
+    /// Whether the operator may set timers (set by the worker).
+    timer_use: TimerUse,
 }
 
 impl OpCtx {
@@ -152,6 +161,9 @@ impl OpCtx {
             generation: 0,
             migrating: false,
             maybe_stale: false,
+            timers: TimerTable::default(),
+            watermark: i64::MIN,
+            timer_use: TimerUse::NoHandler,
         }
     }
 
@@ -224,9 +236,11 @@ impl OpCtx {
                 self.dirty.push(i);
             }
             self.undo.clear();
+            self.timers.commit();
         } else {
             slot.entity.undo(&mut self.undo);
             slot.size = self.size_at_begin;
+            self.timers.rollback();
         }
     }
 
@@ -361,11 +375,13 @@ impl OpCtx {
                 }
             }
             self.undo.clear();
+            self.timers.commit();
             out.append(&mut self.emits);
         } else {
             slot.entity.undo(&mut self.undo);
             slot.size = self.size_at_begin;
             self.emits.clear();
+            self.timers.rollback();
         }
     }
 

@@ -135,7 +135,7 @@ impl WasmOperator {
 
 /// The interface of the batch types. A component built for the
 /// `batched-operator` world imports it (types only); the linker defines it.
-pub const INTERFACE: &str = "eddy:operator/batch@0.2.0";
+pub const INTERFACE: &str = "eddy:operator/batch@0.3.0";
 
 /// A component's `handle-batch`, type-checked against the codec's types
 /// when the instance started.

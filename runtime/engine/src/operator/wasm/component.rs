@@ -16,7 +16,7 @@ use crate::operator::host::OpCtx;
 use crate::operator::wasm::bindings::OperatorPre;
 
 /// The contract version this runtime implements (`wit/world.wit`).
-pub const CONTRACT: &str = "eddy:operator@0.2.0";
+pub const CONTRACT: &str = "eddy:operator@0.3.0";
 
 /// Why a component could not be loaded.
 #[derive(Debug, Error)]
@@ -51,7 +51,7 @@ pub enum ComponentError {
         /// Why.
         reason: String,
     },
-    #[error("component {path}: built against {found}, but this eddy implements {CONTRACT}: build it again from its source with this eddy (`eddy build`, or the eddy-sdk crate of this release for Rust)")]
+    #[error("component {path}: built against {found}, but this eddy implements {CONTRACT} (and still loads 0.1.0 and 0.2.0): build it again from its source with this eddy (`eddy build`, or the eddy-sdk crate of this release for Rust)")]
     /// Built against another version of the contract.
     Version {
         /// The file it names.
@@ -84,6 +84,8 @@ pub struct WasmComponent {
     pub(super) batched: bool,
     /// The component exports `migrate` (the migration hook).
     pub(super) migrates: bool,
+    /// The component exports `on-timer` (the timer handler).
+    pub(super) on_timer: bool,
     /// Compiled now or loaded from the cache.
     pub(super) compiled: Compiled,
 }
@@ -143,16 +145,17 @@ impl WasmComponent {
             })?;
         // A component built against another version of the contract imports
         // `eddy:operator/...@<other>`: say so rather than "missing import".
-        // One built for an earlier contract runs per event (`legacy`).
+        // One built for an earlier contract is linked under the old names
+        // (`legacy`); 0.1.0's `handle-batch` is of another type.
         let ty = component.component_type();
-        let mut earlier = false;
+        let mut frame_batch = false;
         for (name, _) in ty.imports(engine) {
             if let Some(rest) = name.strip_prefix("eddy:operator/") {
                 if let Some((_, version)) = rest.split_once('@') {
                     let found = format!("eddy:operator@{version}");
-                    if super::EARLIER.contains(&found.as_str()) {
-                        earlier = true;
-                    } else if found != CONTRACT {
+                    if found == super::legacy::FRAME_BATCH {
+                        frame_batch = true;
+                    } else if found != CONTRACT && !super::EARLIER.contains(&found.as_str()) {
                         return Err(ComponentError::Version { path, found });
                     }
                 }
@@ -173,9 +176,10 @@ impl WasmComponent {
             reason: format!("{e:#}"),
         })?;
         let hash = crate::state::component_hash_of(&digest);
-        // An earlier contract's `handle-batch` takes another type: unused.
-        let batched = !earlier && ty.exports(engine).any(|(name, _)| name == "handle-batch");
+        // 0.1.0's `handle-batch` takes another type: unused.
+        let batched = !frame_batch && ty.exports(engine).any(|(name, _)| name == "handle-batch");
         let migrates = ty.exports(engine).any(|(name, _)| name == "migrate");
+        let on_timer = ty.exports(engine).any(|(name, _)| name == "on-timer");
         Ok(WasmComponent {
             path,
             hash,
@@ -184,6 +188,7 @@ impl WasmComponent {
             pre,
             batched,
             migrates,
+            on_timer,
             compiled,
         })
     }
@@ -216,6 +221,11 @@ impl WasmComponent {
     /// Whether the component exports the migration hook.
     pub fn migrates(&self) -> bool {
         self.migrates
+    }
+
+    /// Whether the component exports `on-timer` (the timer handler).
+    pub fn handles_timers(&self) -> bool {
+        self.on_timer
     }
 
     /// Whether the component exports `handle-batch` (the batched fast path).

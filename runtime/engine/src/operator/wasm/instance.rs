@@ -15,7 +15,7 @@ use super::random::{Random, Scope};
 use super::{testing, BatchFn, HostData, Live, OperatorWorld, WasmComponent, WasmOperator};
 use crate::operator::host::{cap_reason, Emits, HostError, OpCtx};
 use crate::operator::wasm::bindings::eddy::operator::types;
-use crate::operator::{handle_each, Done, EventRef, HandleError, Operator, RunError};
+use crate::operator::{handle_each, Done, EventRef, HandleError, Operator, RunError, TimerRef};
 use crate::state::StoreError;
 
 /// Bytes of guest stderr kept per instance.
@@ -107,10 +107,15 @@ impl WasmOperator {
                     true => Some(instance.get_typed_func(&mut *store, "migrate")?),
                     false => None,
                 };
+                let on_timer = match self.component.on_timer {
+                    true => Some(instance.get_typed_func(&mut *store, "on-timer")?),
+                    false => None,
+                };
                 Ok(Live {
                     bindings,
                     batch,
                     migrate,
+                    on_timer,
                 })
             });
         let live = match instantiated {
@@ -388,6 +393,48 @@ impl Operator for WasmOperator {
             };
         }
         Ok(())
+    }
+
+    fn handles_timers(&self) -> bool {
+        self.component.on_timer
+    }
+
+    fn on_timer(&mut self, timer: TimerRef<'_>) -> Result<(), HandleError> {
+        // As `handle`: `ready` came first.
+        let Some(live) = &self.live else {
+            return Err(HandleError::Unavailable(
+                "no operator instance is running (starting a replacement failed)".into(),
+            ));
+        };
+        let Some(on_timer) = live.on_timer else {
+            return Err(HandleError::Refused(format!(
+                "timer `{}` fired, but the component does not export `on-timer`",
+                timer.name
+            )));
+        };
+        let store = &mut self.store;
+        let ticks = deadline_ticks(store.data().ctx.limits().max_call_ms);
+        store.set_epoch_deadline(ticks);
+        store
+            .data_mut()
+            .random
+            .enter(Scope::Event { line: timer.line });
+        match on_timer.call(&mut *store, (timer.key, timer.name, timer.at)) {
+            Ok((Ok(()),)) => Ok(()),
+            Ok((Err(reason),)) => Err(HandleError::Failed(cap_reason(
+                &reason,
+                store.data().ctx.limits().max_reason,
+            ))),
+            Err(trap) => {
+                let fault = self.fault(&trap);
+                if let Err(e) = self.restart() {
+                    return Err(HandleError::Trap(format!(
+                        "{fault}; and the replacement instance failed: {e}"
+                    )));
+                }
+                Err(fault)
+            }
+        }
     }
 
     fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError> {

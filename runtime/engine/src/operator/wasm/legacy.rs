@@ -1,14 +1,17 @@
 //! Components built against an earlier version of the contract.
 //!
 //! Contract 0.2.0 changed only `handle-batch` (a typed batch instead of
-//! 0.1.0's byte frame); the `state`, `output`, `log` and `types` interfaces
-//! and the `init`, `handle` and `migrate` exports are the same. So a
-//! component built for 0.1.0 is linked to the same host functions under
-//! its interfaces' old names, and runs on the per-event path: its
-//! `handle-batch`, of the old type, is never called.
+//! 0.1.0's byte frame); 0.3.0 only added the `timers` interface and the
+//! `on-timer` export. The `state`, `output`, `log` and `types` interfaces
+//! and the `init`, `handle` and `migrate` exports are the same in all
+//! three. So a component built for an earlier contract is linked to the
+//! same host functions under its interfaces' old names; it has no timers.
+//! One built for 0.1.0 runs on the per-event path (its `handle-batch`, of
+//! the old type, is never called); one built for 0.2.0 keeps the batched
+//! path, whose types did not change from 0.2.0 to 0.3.0.
 //!
 //! wasmtime matches import names by semver compatibility, under which
-//! 0.1 and 0.2 are different versions; hence the old names are defined
+//! 0.1, 0.2 and 0.3 are different versions; hence the old names are defined
 //! here one by one.
 
 use wasmtime::component::Linker;
@@ -18,12 +21,22 @@ use super::bindings::eddy::operator::{log, output, state, types};
 use super::HostData;
 
 /// The contract versions before [`super::CONTRACT`] whose components still
-/// load (per event).
-pub const EARLIER: &[&str] = &["eddy:operator@0.1.0"];
+/// load.
+pub const EARLIER: &[&str] = &["eddy:operator@0.1.0", "eddy:operator@0.2.0"];
+
+/// The contract whose `handle-batch` took a byte frame: its components run
+/// per event.
+pub const FRAME_BATCH: &str = "eddy:operator@0.1.0";
+
+/// The batch types of 0.2.0, the same as today's
+/// ([`super::batch::INTERFACE`]).
+const BATCH_0_2: &str = "eddy:operator/batch@0.2.0";
 
 /// The state, output, log and types interfaces of every [`EARLIER`]
-/// contract, on the same host functions as the current ones.
+/// contract, on the same host functions as the current ones (and 0.2.0's
+/// batch types).
 pub(super) fn add_to_linker(linker: &mut Linker<HostData>) -> anyhow::Result<()> {
+    linker.instance(BATCH_0_2)?;
     for contract in EARLIER {
         let version = contract.trim_start_matches("eddy:operator@");
         let name = |interface: &str| format!("eddy:operator/{interface}@{version}");

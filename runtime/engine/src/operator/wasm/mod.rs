@@ -79,6 +79,11 @@ use random::Random;
 /// component exports it.
 type MigrateFn = wasmtime::component::TypedFunc<(String,), (Result<(), String>,)>;
 
+/// The timer handler (`on-timer` of world `timer-operator`): key, name,
+/// time.
+type OnTimerFn =
+    wasmtime::component::TypedFunc<(&'static str, &'static str, i64), (Result<(), String>,)>;
+
 /// Store data of one operator instance.
 pub struct HostData {
     ctx: OpCtx,
@@ -128,4 +133,6 @@ struct Live {
     batch: Option<BatchFn>,
     /// `migrate`, when exported.
     migrate: Option<MigrateFn>,
+    /// `on-timer`, when exported.
+    on_timer: Option<OnTimerFn>,
 }

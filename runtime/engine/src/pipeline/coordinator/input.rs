@@ -20,7 +20,13 @@ impl Coordinator {
     /// Handles one chunk from the reader; `true` at the end of the input.
     pub(super) fn chunk(&mut self, chunk: Chunk, chunks: &Receiver<Chunk>) -> Result<bool> {
         match chunk {
-            Chunk::Eof => return Ok(true),
+            Chunk::Eof => {
+                // The true end of the input (never with `--follow`): the
+                // watermark goes to +infinity, so every timer fires.
+                let w = self.watermark.end();
+                self.mark(w);
+                return Ok(true);
+            }
             Chunk::Error(e) => bail!("reading the input: {e}"),
             Chunk::Incomplete { len, .. } => {
                 // Left unread: the checkpointed offset stays before it (at
@@ -104,6 +110,10 @@ impl Coordinator {
                 let w = route(&d.key, self.workers.count());
                 self.pending[w].push(0, &d.key, line, d.time, self.pos.line);
                 self.since_checkpoint += 1;
+                // After the event that moves it, in every worker's stream.
+                if let Some(wm) = d.time.and_then(|t| self.watermark.observe(t)) {
+                    self.mark(wm);
+                }
                 if self.pending[w].len() >= BATCH {
                     self.send_batch(w)?;
                 }
@@ -111,6 +121,14 @@ impl Coordinator {
             Err(e) => self.dead_line(self.pos.line, &e.to_string(), line),
         }
         Ok(())
+    }
+
+    /// Advances the watermark to `w` at this point of the input, in every
+    /// worker's batch.
+    fn mark(&mut self, w: i64) {
+        for b in &mut self.pending {
+            b.mark_here(w, self.pos.line, true);
+        }
     }
 
     /// Dead-letters input line `line`: `payload` as a JSON string, or as
@@ -146,7 +164,7 @@ impl Coordinator {
     /// Sends every batch being filled that holds an event or a swap.
     pub(super) fn flush_batches(&mut self) -> Result<()> {
         for w in 0..self.pending.len() {
-            if !self.pending[w].is_empty() || self.pending[w].carries_swap() {
+            if !self.pending[w].is_empty() || self.pending[w].carries_cut() {
                 self.send_batch(w)?;
             }
         }

@@ -17,7 +17,7 @@ use crate::config::{Output, Pipeline};
 use crate::control::Server;
 use crate::operator::Loaded;
 use crate::sink::{SinkMsg, SinkThread};
-use crate::source::{file_id, ReaderThread, Resume};
+use crate::source::{file_id, ReaderThread, Resume, WatermarkGen};
 use crate::state::{Checkpoint, SourcePos};
 use crate::stats::{Live, OpStats};
 use crate::swap::{self, Command, Controller, NotDurable, SwapReport};
@@ -93,6 +93,8 @@ pub(super) struct Coordinator {
     next_checkpoint: Instant,
     /// Operator names, in chain order.
     op_names: Vec<Arc<str>>,
+    /// The input's watermark, from its event times.
+    watermark: WatermarkGen,
 }
 
 impl Coordinator {
@@ -114,6 +116,18 @@ impl Coordinator {
             versions_dirty,
         } = parts;
         let n = workers.count();
+        let mut pending: Vec<Batch> = (0..n).map(|_| Batch::with_capacity(BATCH)).collect();
+        let watermark = match resume.watermark {
+            Some(w) => {
+                // Each worker takes up the checkpointed watermark before
+                // any event; nothing fires for it (it did before).
+                for b in &mut pending {
+                    b.mark_here(w, resume.pos.line, false);
+                }
+                WatermarkGen::resume(p.watermark, w)
+            }
+            None => WatermarkGen::new(p.watermark),
+        };
         Coordinator {
             begun,
             workers,
@@ -123,7 +137,7 @@ impl Coordinator {
             watcher,
             reader,
             live,
-            pending: (0..n).map(|_| Batch::with_capacity(BATCH)).collect(),
+            pending,
             pos: resume.pos,
             resumed_mid_line: resume.mid_line,
             input_id: resume.input_id,
@@ -144,6 +158,7 @@ impl Coordinator {
             swaps_unchecked: Vec::new(),
             next_checkpoint: Instant::now() + p.checkpoint_interval,
             op_names: operators.iter().map(|o| o.name.clone()).collect(),
+            watermark,
             p,
         }
     }
@@ -223,6 +238,8 @@ impl Coordinator {
                     s.handled += w[i].handled;
                     s.failed += w[i].failed;
                     s.emitted += w[i].emitted;
+                    s.timers_fired += w[i].timers_fired;
+                    s.timers_failed += w[i].timers_failed;
                 }
                 s
             })
@@ -385,6 +402,7 @@ impl Coordinator {
                 Err(_) => return Err(self.worker_failure()),
             };
             cp.writes.extend(reply.writes);
+            cp.timers.extend(reply.timers);
             self.stats[w] = reply.stats;
         }
         let (ftx, frx) = bounded(1);
@@ -403,6 +421,12 @@ impl Coordinator {
             cp.sinks.push((self.dead_id.clone(), len));
         }
         cp.source = self.input_id.clone().map(|id| (id, self.pos));
+        if let Some(id) = &self.input_id {
+            if self.watermark.current() != i64::MIN {
+                let w = self.watermark.current().to_le_bytes().to_vec();
+                cp.meta.push((format!("watermark:{id}"), w));
+            }
+        }
         // One commit at a time: the previous must be durable first.
         self.wait_commit()?;
         let mut acks = Vec::new();

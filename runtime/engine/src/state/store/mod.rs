@@ -58,6 +58,9 @@ pub use read::Reader;
 
 /// `(operator name, key)` -> encoded [`crate::state::Entity`].
 const STATE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("state");
+/// `(operator name, key, timer name)` -> the time the pending timer fires
+/// at (see [`TimerWrite`]).
+const TIMERS: TableDefinition<(&str, &str, &str), i64> = TableDefinition::new("timers");
 /// Checkpoint metadata: `format`, `source:<input>`, `sink:<output>`,
 /// `versions:<operator>` (see [`Store::meta_json`]). Every value but
 /// `format` ends with a CRC-32 of the entry's name and value (format 2).
@@ -226,11 +229,27 @@ pub struct StateWrite {
     pub record: Option<Vec<u8>>,
 }
 
+/// One pending timer to write at a checkpoint: `None` deletes it (it fired
+/// or was cleared).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimerWrite {
+    /// The operator.
+    pub operator: Arc<str>,
+    /// The key it belongs to.
+    pub key: Box<str>,
+    /// Its name.
+    pub name: Box<str>,
+    /// When it fires (`None`: delete it).
+    pub at: Option<i64>,
+}
+
 /// Everything one checkpoint makes durable, in one transaction.
 #[derive(Default)]
 pub struct Checkpoint {
     /// State changed since the last checkpoint.
     pub writes: Vec<StateWrite>,
+    /// Timers changed since the last checkpoint.
+    pub timers: Vec<TimerWrite>,
     /// `(input id, position)`; `None` for inputs that cannot resume (stdin).
     pub source: Option<(String, SourcePos)>,
     /// `(output id, length in bytes)` of file outputs written so far.
@@ -372,6 +391,41 @@ impl Store {
             }))
     }
 
+    /// The checkpointed watermark of input `id`, if any.
+    pub fn watermark(&self, id: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .meta_fixed::<8>(&format!("watermark:{id}"))?
+            .map(i64::from_le_bytes))
+    }
+
+    /// Every pending timer of `operator` as `(key, name, time)`, in key
+    /// and name order.
+    pub fn timers(&self, operator: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let dir = &self.dir;
+        guard(dir, || {
+            let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
+            let table = match txn.open_table(TIMERS) {
+                Ok(t) => t,
+                // No timer was ever written.
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(db_err(dir, e)),
+            };
+            let mut out = Vec::new();
+            for item in table
+                .range((operator, "", "")..)
+                .map_err(|e| db_err(dir, e))?
+            {
+                let (k, v) = item.map_err(|e| db_err(dir, e))?;
+                let (op, key, name) = k.value();
+                if op != operator {
+                    break;
+                }
+                out.push((key.to_string(), name.to_string(), v.value()));
+            }
+            Ok(out)
+        })
+    }
+
     /// The checkpointed length of output `id`, if any.
     pub fn sink_len(&self, id: &str) -> Result<Option<u64>, StoreError> {
         Ok(self
@@ -394,6 +448,17 @@ impl Store {
                         None => state.remove((&*w.operator, &*w.key)).map(drop),
                     }
                     .map_err(|e| db_err(dir, e))?;
+                }
+                if !cp.timers.is_empty() {
+                    let mut timers = txn.open_table(TIMERS).map_err(|e| db_err(dir, e))?;
+                    for t in &cp.timers {
+                        let k = (&*t.operator, &*t.key, &*t.name);
+                        match t.at {
+                            Some(at) => timers.insert(k, at).map(drop),
+                            None => timers.remove(k).map(drop),
+                        }
+                        .map_err(|e| db_err(dir, e))?;
+                    }
                 }
                 let mut meta = txn.open_table(META).map_err(|e| db_err(dir, e))?;
                 let mut put = |name: &str, value: &[u8]| {

@@ -354,3 +354,45 @@ fn a_panic_in_redb_becomes_a_damaged_error() {
     // Calls after it work as before.
     assert_eq!(guard(dir, || Ok(5)).unwrap(), 5);
 }
+
+#[test]
+fn timers_and_the_watermark_are_committed_with_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.timers("op").unwrap(), vec![], "no table yet");
+    assert_eq!(store.watermark("in").unwrap(), None);
+    let t = |op: &str, key: &str, name: &str, at: Option<i64>| TimerWrite {
+        operator: op.into(),
+        key: key.into(),
+        name: name.into(),
+        at,
+    };
+    let cp = Checkpoint {
+        timers: vec![
+            t("op", "b", "x", Some(5)),
+            t("op", "a", "y", Some(-3)),
+            t("op", "a", "x", Some(7)),
+            t("other", "a", "x", Some(1)),
+            t("op", "c", "gone", None),
+        ],
+        meta: vec![("watermark:in".into(), (-42i64).to_le_bytes().to_vec())],
+        ..Checkpoint::default()
+    };
+    store.commit(&cp).unwrap();
+    let row = |k: &str, n: &str, at: i64| (k.to_string(), n.to_string(), at);
+    assert_eq!(
+        store.timers("op").unwrap(),
+        vec![row("a", "x", 7), row("a", "y", -3), row("b", "x", 5)]
+    );
+    assert_eq!(store.timers("other").unwrap(), vec![row("a", "x", 1)]);
+    assert_eq!(store.watermark("in").unwrap(), Some(-42));
+    let cp = Checkpoint {
+        timers: vec![t("op", "a", "x", None), t("op", "b", "x", Some(9))],
+        ..Checkpoint::default()
+    };
+    store.commit(&cp).unwrap();
+    assert_eq!(
+        store.timers("op").unwrap(),
+        vec![row("a", "y", -3), row("b", "x", 9)]
+    );
+}
