@@ -42,7 +42,8 @@ const EVENTS: &str = r#"{"key":"alice","amount":12.5}
 {"key":"alice","amount":0.25}
 "#;
 
-/// What the pipeline writes for [`EVENTS`], whatever the language.
+/// What the pipeline writes for the sample input (`events.jsonl`),
+/// whatever the language.
 pub const EXPECTED: &str = r#"{"key":"alice","value":{"count":1,"sum":12.5}}
 {"key":"bob","value":{"count":1,"sum":40.0}}
 {"key":"alice","value":{"count":2,"sum":15.5}}
