@@ -17,6 +17,11 @@
 //! Location: `$EDDY_CACHE_DIR` when set (`off` disables the cache), else
 //! `$XDG_CACHE_HOME/eddy/components`, else `~/.cache/eddy/components`.
 //!
+//! Size: after each new entry, the least recently used entries (by
+//! modification time, which a hit refreshes) are removed until the entries
+//! take at most `$EDDY_CACHE_MAX_MB` MiB (default 2048); the entry just
+//! written is always kept.
+//!
 //! # Trust
 //!
 //! An entry is machine code that runs inside `eddy`, so nothing in the
@@ -111,7 +116,12 @@ pub enum CacheError {
 #[derive(Debug, Clone)]
 pub struct Cache {
     dir: PathBuf,
+    /// Most bytes the entries may take (least recently used removed first).
+    max_bytes: u64,
 }
+
+/// Default size bound of the cache's entries: 2 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
 
 /// The cache directory, opened and checked, with its key.
 struct OpenDir {
@@ -124,12 +134,39 @@ struct OpenDir {
 impl Cache {
     /// A cache in `dir` (created on first use).
     pub fn new(dir: impl Into<PathBuf>) -> Cache {
-        Cache { dir: dir.into() }
+        Cache {
+            dir: dir.into(),
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+
+    /// The same cache, its entries bounded to `max_bytes` in all.
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Cache {
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// The cache named by the environment (see the module docs), or `None`
     /// when it is disabled (`EDDY_CACHE_DIR=off`) or no home is known.
     pub fn from_env() -> Option<Cache> {
+        let max = match std::env::var("EDDY_CACHE_MAX_MB") {
+            Err(_) => DEFAULT_MAX_BYTES,
+            Ok(v) => match v.trim().parse::<u64>() {
+                Ok(mb) => mb.saturating_mul(1 << 20),
+                Err(_) => {
+                    tracing::warn!(
+                        "EDDY_CACHE_MAX_MB={v:?} is not a whole number of MiB; using {} MiB",
+                        DEFAULT_MAX_BYTES >> 20
+                    );
+                    DEFAULT_MAX_BYTES
+                }
+            },
+        };
+        Self::dir_from_env().map(|c| c.with_max_bytes(max))
+    }
+
+    /// [`Cache::from_env`]'s directory.
+    fn dir_from_env() -> Option<Cache> {
         if let Some(dir) = std::env::var_os("EDDY_CACHE_DIR") {
             if dir == "off" || dir.is_empty() {
                 return None;
@@ -198,11 +235,12 @@ impl Cache {
         }
         let component = Component::new(engine, bytes)?;
         if let Some(dir) = &dir {
-            if let Err(e) = dir.store(&component, &name) {
-                tracing::warn!(
+            match dir.store(&component, &name) {
+                Ok(()) => dir.prune(self.max_bytes, &name),
+                Err(e) => tracing::warn!(
                     "could not store the compiled component in {}: {e:#}",
                     self.dir.display()
-                );
+                ),
             }
         }
         Ok((component, Compiled::Fresh))
@@ -437,9 +475,68 @@ impl OpenDir {
         // compatibility hash (part of the name, which the MAC covers);
         // wasmtime checks the header again.
         match unsafe { Component::deserialize(engine, code) } {
-            Ok(c) => Ok(Some(c)),
+            Ok(c) => {
+                // Recently used: the last to be pruned.
+                let _ = file.set_modified(std::time::SystemTime::now());
+                Ok(Some(c))
+            }
             Err(e) => Err(format!("{e:#}")),
         }
+    }
+
+    /// Removes the least recently used entries (oldest modification time
+    /// first), never `keep`, until the entries take at most `max_bytes`.
+    /// Failures are logged: pruning never fails a load.
+    fn prune(&self, max_bytes: u64, keep: &str) {
+        let entries = match std::fs::read_dir(&self.path) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("cannot list the compile cache {}: {e}", self.path.display());
+                return;
+            }
+        };
+        let mut found: Vec<(std::time::SystemTime, u64, String)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let m = e.metadata().ok()?;
+                if !name.ends_with(".cwasm") || !m.is_file() {
+                    return None;
+                }
+                Some((m.modified().ok()?, m.len(), name))
+            })
+            .collect();
+        let mut total: u64 = found.iter().map(|(_, len, _)| len).sum();
+        if total <= max_bytes {
+            return;
+        }
+        found.sort();
+        let mut removed = 0;
+        for (_, len, name) in &found {
+            if total <= max_bytes {
+                break;
+            }
+            if name == keep {
+                continue;
+            }
+            match rustix::fs::unlinkat(&self.fd, name.as_str(), AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {
+                    total = total.saturating_sub(*len);
+                    removed += 1;
+                }
+                Err(e) => tracing::warn!(
+                    "cannot remove compile cache entry {}: {}",
+                    self.path.join(name).display(),
+                    std::io::Error::from(e)
+                ),
+            }
+        }
+        tracing::info!(
+            "compile cache {}: removed {removed} least recently used entr{} to stay within {} MiB",
+            self.path.display(),
+            if removed == 1 { "y" } else { "ies" },
+            max_bytes >> 20
+        );
     }
 
     /// Stores `component` as entry `name`, authenticated.

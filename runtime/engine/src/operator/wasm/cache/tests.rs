@@ -150,3 +150,57 @@ fn an_unsafe_directory_or_entry_is_not_used() {
     assert!(msg.contains("can be read by other users"), "{msg}");
     assert_eq!(cache.compile(&engine, EMPTY).unwrap().1, Compiled::Fresh);
 }
+
+/// The cache stays within its size: a new entry removes the least recently
+/// used ones (a hit counts as a use), never itself.
+#[test]
+fn new_entries_remove_the_least_recently_used_beyond_the_size_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let engines: Vec<Engine> = [0, 1, 2]
+        .iter()
+        .map(|i| {
+            let mut config = wasmtime::Config::new();
+            config.epoch_interruption(*i == 1);
+            if *i == 2 {
+                config.cranelift_opt_level(wasmtime::OptLevel::None);
+            }
+            Engine::new(&config).unwrap()
+        })
+        .collect();
+    // Room for two entries of the empty component, not three.
+    let probe = Cache::new(dir.path().join("probe"));
+    probe.compile(&engines[0], EMPTY).unwrap();
+    let size = std::fs::metadata(probe.entry(&engines[0], EMPTY))
+        .unwrap()
+        .len();
+    let cache = Cache::new(dir.path().join("c")).with_max_bytes(size * 5 / 2);
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(20));
+    let compiled = |i: usize| cache.compile(&engines[i], EMPTY).unwrap().1;
+
+    assert_eq!(compiled(0), Compiled::Fresh);
+    pause();
+    assert_eq!(compiled(1), Compiled::Fresh);
+    pause();
+    // A hit makes entry 0 the most recently used...
+    assert_eq!(compiled(0), Compiled::Cached);
+    pause();
+    // ...so the third entry removes entry 1.
+    assert_eq!(compiled(2), Compiled::Fresh);
+    assert!(cache.entry(&engines[0], EMPTY).exists());
+    assert!(!cache.entry(&engines[1], EMPTY).exists());
+    assert!(cache.entry(&engines[2], EMPTY).exists());
+    // The key file is not an entry: never removed.
+    assert!(cache.dir().join(KEY_FILE).exists());
+
+    // A bound below one entry keeps only the newest.
+    let tiny = Cache::new(dir.path().join("t")).with_max_bytes(1);
+    tiny.compile(&engines[0], EMPTY).unwrap();
+    pause();
+    tiny.compile(&engines[1], EMPTY).unwrap();
+    assert!(!tiny.entry(&engines[0], EMPTY).exists());
+    assert!(tiny.entry(&engines[1], EMPTY).exists());
+    assert_eq!(
+        tiny.compile(&engines[1], EMPTY).unwrap().1,
+        Compiled::Cached
+    );
+}
