@@ -102,9 +102,10 @@ pub fn create(name: &str, lang: Lang, parent: &Path, sdk: Option<&Path>) -> Resu
                     "Cargo.toml".into(),
                     include_str!("../templates/rust/Cargo.toml").replace("{{sdk}}", &sdk),
                 ),
+                // The counter the README teaches: the example operator itself.
                 (
                     "src/lib.rs".into(),
-                    include_str!("../templates/rust/src/lib.rs").into(),
+                    include_str!("../../../plugins/counter/src/lib.rs").into(),
                 ),
                 // The SDK needs the toolchain the repository pins.
                 (
