@@ -215,11 +215,15 @@ struct RunArgs {
         value_parser = parse_operator
     )]
     operators: Vec<(String, PathBuf)>,
-    /// Input JSON Lines file, or - for stdin [default: -].
-    #[arg(long, short, value_name = "FILE|-")]
+    /// Input JSON Lines file, - for stdin, or Kafka topics:
+    /// kafka://HOST:PORT/TOPIC[,TOPIC]?group=GROUP[&until_end=true][&time=timestamp]
+    /// [default: -].
+    #[arg(long, short, value_name = "FILE|-|kafka://...")]
     input: Option<String>,
-    /// Output JSON Lines file, or - for stdout [default: -].
-    #[arg(long, short, value_name = "FILE|-")]
+    /// Output JSON Lines file, - for stdout, or a Kafka topic:
+    /// kafka://HOST:PORT/TOPIC[?delivery=at-least-once][&dead_letter_topic=T]
+    /// (exactly once by default) [default: -].
+    #[arg(long, short, value_name = "FILE|-|kafka://...")]
     output: Option<String>,
     /// State directory [default: ./eddy-data].
     #[arg(long, value_name = "DIR")]
@@ -395,14 +399,24 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let summary = running.wait()?;
     if !a.quiet {
         let secs = summary.elapsed.as_secs_f64();
+        let unit = match pipeline.input {
+            eddy_runtime::Input::Kafka(_) => "records",
+            _ => "lines",
+        };
         let mut msg = format!(
-            "eddy: {} lines in {:.2}s ({:.0} lines/s)",
+            "eddy: {} {unit} in {:.2}s ({:.0} {unit}/s)",
             summary.lines,
             secs,
             summary.lines as f64 / secs.max(1e-9)
         );
         if summary.resumed_after_line > 0 {
             msg += &format!(", resumed after line {}", summary.resumed_after_line);
+        }
+        if summary.replayed > 0 {
+            msg += &format!(
+                ", {} replayed with outputs suppressed (Kafka had them)",
+                summary.replayed
+            );
         }
         if summary.bad_lines > 0 {
             msg += &format!(", {} rejected", summary.bad_lines);

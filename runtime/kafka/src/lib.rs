@@ -7,6 +7,8 @@
 //!   producer and a `read_committed` consumer, with the user's client
 //!   properties (security settings included) passed through unchanged
 //!   unless they contradict what exactly-once needs.
+//! - [`context`]: the client context: librdkafka's logs to `tracing`,
+//!   delivery failures counted.
 //! - [`admin`]: topic creation, for tests and for a local demo.
 //! - [`testing`]: the Apache Kafka broker of `tests/kafka/broker.sh`, as
 //!   tests find, start, restart and kill it.
@@ -18,8 +20,10 @@
 
 pub mod admin;
 pub mod config;
+pub mod context;
 pub mod testing;
 
+pub use context::EddyContext;
 pub use rdkafka;
 
 /// What can go wrong in this crate.

@@ -105,10 +105,12 @@ impl Pipeline {
         let input = match &self.input {
             Input::File(path) => Some((path, identity(path))),
             Input::Stdin => Some((&stdin, std_identity(0))),
+            Input::Kafka(_) => None,
         };
         let output = match &self.output {
             Output::File(path) => Some((path, identity(path))),
             Output::Stdout => Some((&stdout, std_identity(1))),
+            Output::Kafka(_) => None,
         };
         let dead = (&self.dead_letter, identity(&self.dead_letter));
         let same = |a: &FileIdentity, b: &FileIdentity| a == b && *a != FileIdentity::Special;

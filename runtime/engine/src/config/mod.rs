@@ -59,10 +59,12 @@ use serde::Deserialize;
 use thiserror::Error;
 
 mod files;
+mod kafka;
 mod limits;
 #[cfg(test)]
 mod tests;
 
+pub use kafka::{Delivery, KafkaInput, KafkaOutput};
 pub use limits::Limits;
 
 /// File of the state directory that is the control socket of the pipeline
@@ -76,6 +78,8 @@ pub enum Input {
     Stdin,
     /// A file (or a FIFO, a device).
     File(PathBuf),
+    /// Kafka topics, in a consumer group.
+    Kafka(Box<KafkaInput>),
 }
 
 /// Where emitted events go.
@@ -85,6 +89,8 @@ pub enum Output {
     Stdout,
     /// A file (or a FIFO, a device).
     File(PathBuf),
+    /// A Kafka topic.
+    Kafka(Box<KafkaOutput>),
 }
 
 impl Input {
@@ -261,6 +267,7 @@ struct SourceTable {
     time: Option<String>,
     max_line_bytes: Option<usize>,
     watermark: Option<WatermarkTable>,
+    kafka: Option<kafka::SourceKafkaTable>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -317,6 +324,7 @@ impl OperatorTable {
 struct SinkTable {
     path: Option<String>,
     dead_letter: Option<String>,
+    kafka: Option<kafka::SinkKafkaTable>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -468,15 +476,50 @@ impl Pipeline {
             }
         }
 
-        let input = match (&o.input, &f.source.path) {
-            (Some(s), _) => Input::parse(s),
-            (None, Some(s)) => Input::parse(rel(s).to_str().unwrap_or(s)),
-            (None, None) => Input::Stdin,
+        let file_kafka_in = match &f.source.kafka {
+            Some(_) if f.source.path.is_some() => {
+                return Err(PipelineError::Invalid(
+                    "[source]: give `path` or a [source.kafka] table, not both".into(),
+                ));
+            }
+            Some(t) => Some(t.build()?),
+            None => None,
         };
-        let output = match (&o.output, &f.sink.path) {
-            (Some(s), _) => Output::parse(s),
-            (None, Some(s)) => Output::parse(rel(s).to_str().unwrap_or(s)),
-            (None, None) => Output::Stdout,
+        let mut input = match (&o.input, &f.source.path, &file_kafka_in) {
+            (Some(s), _, k) if s.starts_with("kafka://") => {
+                Input::Kafka(Box::new(kafka::input_url(s, k.as_ref())?))
+            }
+            (Some(s), _, _) => Input::parse(s),
+            (None, Some(s), _) => Input::parse(rel(s).to_str().unwrap_or(s)),
+            (None, None, Some(k)) => Input::Kafka(Box::new(k.clone())),
+            (None, None, None) => Input::Stdin,
+        };
+        if let Input::Kafka(k) = &mut input {
+            // A key field given routes by it; otherwise the message key.
+            k.key_field = o.key_field.clone().or(f.source.key.clone());
+        }
+        let kafka_in = match &input {
+            Input::Kafka(k) => Some(&**k),
+            _ => None,
+        };
+        let file_kafka_out = match &f.sink.kafka {
+            Some(_) if f.sink.path.is_some() => {
+                return Err(PipelineError::Invalid(
+                    "[sink]: give `path` or a [sink.kafka] table, not both".into(),
+                ));
+            }
+            // Built against the source it will be used with.
+            Some(t) => Some(t.build(kafka_in)?),
+            None => None,
+        };
+        let output = match (&o.output, &f.sink.path, &file_kafka_out) {
+            (Some(s), _, k) if s.starts_with("kafka://") => {
+                Output::Kafka(Box::new(kafka::output_url(s, k.as_ref(), kafka_in)?))
+            }
+            (Some(s), _, _) => Output::parse(s),
+            (None, Some(s), _) => Output::parse(rel(s).to_str().unwrap_or(s)),
+            (None, None, Some(k)) => Output::Kafka(Box::new(k.clone())),
+            (None, None, None) => Output::Stdout,
         };
         let state_dir = o
             .state_dir
@@ -511,6 +554,11 @@ impl Pipeline {
         if follow && input == Input::Stdin {
             return Err(PipelineError::Invalid(
                 "follow needs a file input: stdin is read until it ends anyway".into(),
+            ));
+        }
+        if follow && matches!(input, Input::Kafka(_)) {
+            return Err(PipelineError::Invalid(
+                "follow is for a file input: a Kafka input is read until the pipeline is stopped (or, with until_end, to the end of its partitions)".into(),
             ));
         }
         let control = match f.control {

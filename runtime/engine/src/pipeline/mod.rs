@@ -88,6 +88,9 @@ pub struct Summary {
     pub operators: Vec<OperatorSummary>,
     /// Checkpoints made.
     pub checkpoints: u64,
+    /// Kafka input: records this run replayed at its start because Kafka
+    /// already had their outputs (outputs suppressed; see `docs/kafka.md`).
+    pub replayed: u64,
     /// Time from the start to the last checkpoint.
     pub elapsed: Duration,
 }

@@ -7,14 +7,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use crossbeam_channel::unbounded;
 
-use super::coordinator::Coordinator;
+use super::coordinator::{Coordinator, KafkaFeed};
 use super::{Running, Shutdown, Started};
 use crate::checkpoint::Writer;
-use crate::config::{Input, Output, Pipeline};
+use crate::config::{Delivery, Input, Output, Pipeline};
 use crate::control::Server;
 use crate::operator::{Loaded, OperatorKind};
-use crate::sink::{open_output_file, SinkThread};
-use crate::source::{file_id, ReaderThread, Resume};
+use eddy_kafka::rdkafka::consumer::Consumer as _;
+
+use crate::sink::format::Formats;
+use crate::sink::kafka::{producer as kafka_producer, KafkaSink};
+use crate::sink::{open_output_file, SinkMsg, SinkThread};
+use crate::source::{file_id, kafka_consumer, kafka_plan, KafkaReader, ReaderThread, Resume};
 use crate::state::Store;
 use crate::stats::Live;
 use crate::swap::{self, Command, Controller};
@@ -60,24 +64,110 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
                     .with_context(|| format!("output {}", path.display()))?,
             )
         }
-        Output::Stdout => None,
+        Output::Stdout | Output::Kafka(_) => None,
     };
     let dead_file = open_output_file(&p.dead_letter, store.sink_len(&file_id(&p.dead_letter))?)
         .with_context(|| format!("dead-letter file {}", p.dead_letter.display()))?;
 
+    // Kafka: the producer first (initialising its transactions fences an
+    // earlier process with the same transactional id and aborts its open
+    // transaction, so the group's committed offsets read next are final),
+    // then where each input partition starts.
+    let stop = || shutdown.is_triggered();
+    let kafka_out = match &p.output {
+        Output::Kafka(o) => {
+            let tid = o
+                .transactional_id
+                .clone()
+                .unwrap_or_else(|| match &p.input {
+                    Input::Kafka(i) => format!("eddy-{}", i.group),
+                    _ => format!("eddy-{}", o.topic),
+                });
+            if o.delivery == Delivery::ExactlyOnce && !matches!(p.input, Input::Kafka(_)) {
+                anyhow::bail!(
+                    "exactly-once output to Kafka topic `{}` needs a Kafka input (its offsets commit in the same transaction as the outputs); with a file or stdin input, set delivery = \"at-least-once\" ([sink.kafka] delivery, or ?delivery=at-least-once)",
+                    o.topic
+                );
+            }
+            let producer = kafka_producer(o, &tid)?;
+            Some((o, tid, producer))
+        }
+        _ => None,
+    };
+    let kafka_in = match &p.input {
+        Input::Kafka(i) => {
+            let consumer = kafka_consumer(i)?;
+            let eos = kafka_out
+                .as_ref()
+                .is_some_and(|(o, ..)| o.delivery == Delivery::ExactlyOnce);
+            let plan = kafka_plan(i, &consumer, &store, eos, &stop)?;
+            Some((i, consumer, plan))
+        }
+        _ => None,
+    };
+    let formats = Formats {
+        framed: kafka_out.is_some(),
+        kafka_parts: kafka_in.as_ref().map(|(_, _, plan)| {
+            plan.parts
+                .iter()
+                .map(|p| (p.topic.clone(), p.partition))
+                .collect()
+        }),
+    };
+
     // From here on, each value owns its threads: an early return stops
     // and joins them (in the reverse order of their start).
-    let sink = SinkThread::start(out_file, dead_file)?;
+    let sink = match kafka_out {
+        Some((o, transactional_id, producer)) => {
+            let input = match &kafka_in {
+                Some((i, consumer, _)) => Some((
+                    consumer.group_metadata().ok_or_else(|| {
+                        anyhow::anyhow!("Kafka: no group metadata for group `{}`", i.group)
+                    })?,
+                    formats.kafka_parts.clone().expect("a Kafka input"),
+                )),
+                None => None,
+            };
+            SinkThread::start_kafka(KafkaSink {
+                producer,
+                topic: o.topic.clone(),
+                dead_topic: o.dead_letter_topic.clone(),
+                dead_file: o.dead_letter_topic.is_none().then_some(dead_file),
+                exactly_once: o.delivery == Delivery::ExactlyOnce,
+                transactional_id,
+                input,
+            })?
+        }
+        None => SinkThread::start(out_file, dead_file)?,
+    };
+    if kafka_in.as_ref().is_some_and(|(_, _, plan)| plan.replays()) {
+        // Kafka has the outputs of what is replayed first.
+        let _ = sink.send(SinkMsg::Suppress(true));
+    }
     let live = Arc::new(Live::new(p.workers, operators.len()));
     live.lines_read
         .store(resume.pos.line, std::sync::atomic::Ordering::Relaxed);
     live.bytes_read
         .store(resume.pos.offset, std::sync::atomic::Ordering::Relaxed);
-    let workers = Workers::start(p.workers, &operators, &store, &sink.sender(), &live)?;
+    let workers = Workers::start(
+        p.workers,
+        &operators,
+        &store,
+        &sink.sender(),
+        &live,
+        &formats,
+    )?;
     let writer = Writer::start(store.clone())?;
     // Before the control endpoint and `--watch`, which end only once the
     // coordinator stops the controller.
-    let reader = ReaderThread::start(p, resume.pos)?;
+    let (reader, kafka) = match kafka_in {
+        Some((i, consumer, plan)) => {
+            let r = KafkaReader::start(consumer, &plan, i.until_end)?;
+            let feed = KafkaFeed::new(r, &plan, i, p.watermark, resume.watermark);
+            (None, Some(feed))
+        }
+        None => (Some(ReaderThread::start(p, resume.pos)?), None),
+    };
 
     let (ctl_tx, ctl_rx) = unbounded::<Command>();
     let controller = Arc::new(Controller::new(
@@ -90,6 +180,12 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
         match &p.input {
             Input::File(path) => path.display().to_string(),
             Input::Stdin => "-".into(),
+            Input::Kafka(k) => format!(
+                "kafka://{}/{}?group={}",
+                k.bootstrap,
+                k.topics.join(","),
+                k.group
+            ),
         },
     ));
     let server = match p.control {
@@ -127,6 +223,7 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
         server,
         watcher,
         reader,
+        kafka,
         live: live.clone(),
         versions_dirty,
     });
@@ -144,7 +241,7 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
         live,
         input: match &p.input {
             Input::File(path) => Some(path.clone()),
-            Input::Stdin => None,
+            Input::Stdin | Input::Kafka(_) => None,
         },
         begun: Instant::now(),
         resumed: (resume_line, resume_offset),

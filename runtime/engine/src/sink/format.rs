@@ -154,3 +154,112 @@ mod tests {
         assert_eq!(b, b"+/+/");
     }
 }
+
+/// How workers hand emitted events and dead letters to the sink.
+#[derive(Debug, Clone, Default)]
+pub struct Formats {
+    /// Emitted events as [`frame_output`] records (for a Kafka sink, which
+    /// needs the key and value apart), not JSON lines.
+    pub framed: bool,
+    /// The input is Kafka: an event's position is [`kafka_pos`] of its
+    /// partition (an index into these `(topic, partition)`) and offset,
+    /// and dead letters name them instead of a line.
+    pub kafka_parts: Option<std::sync::Arc<[(String, i32)]>>,
+}
+
+/// Appends an emitted event as the framed record a Kafka sink reads:
+/// the key's length (u32, little-endian), the key, the value's length, the
+/// value.
+pub fn frame_output(buf: &mut Vec<u8>, key: &str, value: &[u8]) {
+    buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    buf.extend_from_slice(key.as_bytes());
+    buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    buf.extend_from_slice(value);
+}
+
+/// The framed records in `buf` as `(key, value)`, in order.
+pub fn unframe(buf: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let mut take = || -> Option<&[u8]> {
+            let n = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            let v = rest.get(4..4 + n)?;
+            rest = &rest[4 + n..];
+            Some(v)
+        };
+        Some((take()?, take()?))
+    })
+}
+
+/// The position of a Kafka record for events and dead letters: its
+/// partition's index (high 16 bits) and offset (low 48 bits).
+pub fn kafka_pos(part: u16, offset: i64) -> u64 {
+    ((part as u64) << 48) | (offset as u64 & ((1 << 48) - 1))
+}
+
+impl Formats {
+    /// Dead letter `rec` names its event's position as `"line"`: for a
+    /// Kafka input, that becomes `"topic"`, `"partition"` and `"offset"`.
+    pub fn position(&self, rec: &mut serde_json::Value) {
+        let (Some(parts), Some(obj)) = (&self.kafka_parts, rec.as_object_mut()) else {
+            return;
+        };
+        let Some(pos) = obj.remove("line").and_then(|v| v.as_u64()) else {
+            return;
+        };
+        let (i, offset) = ((pos >> 48) as usize, pos & ((1 << 48) - 1));
+        if let Some((topic, partition)) = parts.get(i) {
+            obj.insert("topic".into(), topic.as_str().into());
+            obj.insert("partition".into(), (*partition).into());
+        }
+        obj.insert("offset".into(), offset.into());
+    }
+
+    /// Appends emitted event `(key, value)` for the sink.
+    pub fn output(&self, buf: &mut Vec<u8>, key: &str, value: &[u8]) {
+        if self.framed {
+            frame_output(buf, key, value)
+        } else {
+            format_output(buf, key, value)
+        }
+    }
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let mut b = Vec::new();
+        frame_output(&mut b, "k1", b"{\"a\":1}");
+        frame_output(&mut b, "", b"");
+        frame_output(&mut b, "\u{e9}", &[0xff, 0]);
+        let got: Vec<_> = unframe(&b).collect();
+        assert_eq!(
+            got,
+            vec![
+                (&b"k1"[..], &b"{\"a\":1}"[..]),
+                (&b""[..], &b""[..]),
+                ("\u{e9}".as_bytes(), &[0xff, 0][..])
+            ]
+        );
+    }
+
+    #[test]
+    fn kafka_positions_name_topic_partition_offset() {
+        let f = Formats {
+            framed: true,
+            kafka_parts: Some(vec![("a".to_string(), 0), ("b".to_string(), 7)].into()),
+        };
+        let mut rec = serde_json::json!({"error": "x", "line": kafka_pos(1, 12345)});
+        f.position(&mut rec);
+        assert_eq!(
+            rec,
+            serde_json::json!({"error": "x", "topic": "b", "partition": 7, "offset": 12345})
+        );
+        let mut rec = serde_json::json!({"line": 9});
+        Formats::default().position(&mut rec);
+        assert_eq!(rec, serde_json::json!({"line": 9}));
+    }
+}

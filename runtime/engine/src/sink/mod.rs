@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use crossbeam_channel::{Receiver, Sender};
 
 pub(crate) mod format;
+pub(crate) mod kafka;
 
 /// What the sink thread receives.
 pub enum SinkMsg {
@@ -28,8 +29,19 @@ pub enum SinkMsg {
     Out(Vec<u8>),
     /// Dead-letter lines.
     Dead(Vec<u8>),
-    /// Flush both (and sync files); reply with their lengths.
-    Flush(Sender<Result<SinkLens, SinkError>>),
+    /// A checkpoint: flush both (and sync files; commit the Kafka
+    /// transaction, with the input `offsets`: per Kafka input partition,
+    /// the next offset to read, if known); reply with the file lengths.
+    Flush {
+        /// Per Kafka input partition, the next offset (empty for a file
+        /// input).
+        offsets: Vec<Option<i64>>,
+        /// Where the outcome goes.
+        reply: Sender<Result<SinkLens, SinkError>>,
+    },
+    /// From now on (`true`) drop outputs bound for Kafka, or write them
+    /// again (`false`): a restart's replay of what Kafka already has.
+    Suppress(bool),
 }
 
 /// Lengths of the file outputs after a flush, for the checkpoint.
@@ -50,6 +62,8 @@ pub enum SinkTarget {
     Output(PathBuf),
     /// The dead-letter file.
     DeadLetter(PathBuf),
+    /// A Kafka topic.
+    Kafka(String),
 }
 
 impl std::fmt::Display for SinkTarget {
@@ -58,6 +72,7 @@ impl std::fmt::Display for SinkTarget {
             SinkTarget::Stdout => f.write_str("writing to stdout"),
             SinkTarget::Output(p) => write!(f, "writing output {}", p.display()),
             SinkTarget::DeadLetter(p) => write!(f, "writing dead-letter file {}", p.display()),
+            SinkTarget::Kafka(t) => write!(f, "producing to Kafka topic `{t}`"),
         }
     }
 }
@@ -206,7 +221,8 @@ pub fn run_sink(
                 }
             }
             SinkMsg::Dead(b) => dead.write(&b)?,
-            SinkMsg::Flush(reply) => {
+            SinkMsg::Suppress(_) => {}
+            SinkMsg::Flush { reply, .. } => {
                 let r = out.flush().and_then(|()| dead.flush()).map(|()| SinkLens {
                     out: out.len,
                     dead: dead.len,
@@ -238,6 +254,18 @@ impl SinkThread {
         let thread = std::thread::Builder::new()
             .name("eddy-sink".into())
             .spawn(move || run_sink(out, dead, rx))?;
+        Ok(SinkThread {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Starts producing to Kafka (see [`kafka`]).
+    pub fn start_kafka(sink: kafka::KafkaSink) -> io::Result<SinkThread> {
+        let (tx, rx) = crossbeam_channel::bounded::<SinkMsg>(QUEUED);
+        let thread = std::thread::Builder::new()
+            .name("eddy-kafka-sink".into())
+            .spawn(move || kafka::run_kafka_sink(sink, rx))?;
         Ok(SinkThread {
             tx: Some(tx),
             thread: Some(thread),
@@ -318,7 +346,11 @@ mod tests {
         tx.send(SinkMsg::Out(b"{}\n".to_vec())).unwrap();
         tx.send(SinkMsg::Dead(b"{}\n".to_vec())).unwrap();
         let (rtx, rrx) = crossbeam_channel::bounded(1);
-        tx.send(SinkMsg::Flush(rtx)).unwrap();
+        tx.send(SinkMsg::Flush {
+            offsets: Vec::new(),
+            reply: rtx,
+        })
+        .unwrap();
         let lens = rrx.recv().unwrap().unwrap();
         assert_eq!((lens.out, lens.dead), (None, Some(3)));
         drop(tx);
@@ -334,7 +366,11 @@ mod tests {
         let sink = std::thread::spawn(move || run_sink(Some(out), dead, rx));
         tx.send(SinkMsg::Out(b"{}\n".to_vec())).unwrap();
         let (rtx, rrx) = crossbeam_channel::bounded(1);
-        tx.send(SinkMsg::Flush(rtx)).unwrap();
+        tx.send(SinkMsg::Flush {
+            offsets: Vec::new(),
+            reply: rtx,
+        })
+        .unwrap();
         let e = rrx.recv().unwrap().unwrap_err().to_string();
         assert_eq!(
             e,

@@ -23,11 +23,15 @@ use crate::config::{Input, Pipeline};
 use crate::state::{SourcePos, Store};
 
 mod decode;
+mod kafka;
 mod reader;
 mod watermark;
 
 pub(crate) use decode::FieldName;
 pub use decode::{decode, DecodeError, Decoded};
+pub use kafka::{
+    consumer as kafka_consumer, plan as kafka_plan, KafkaMsg, KafkaPlan, KafkaReader, Part, Record,
+};
 pub use reader::{open_input, read_lines, Chunk, End, Follow, ReadError};
 pub use watermark::WatermarkGen;
 
@@ -65,6 +69,17 @@ impl Resume {
         let input_id = match &p.input {
             Input::File(path) => Some(file_id(path)),
             Input::Stdin => None,
+            Input::Kafka(k) => {
+                // Positions are per partition (see `kafka`); only the
+                // watermark is found here.
+                let id = format!("kafka:{}", k.group);
+                return Ok(Resume {
+                    input_id: None,
+                    pos: SourcePos::default(),
+                    mid_line: false,
+                    watermark: store.watermark(&id)?,
+                });
+            }
         };
         let pos = match &input_id {
             Some(id) => store.source_pos(id)?.unwrap_or_default(),
@@ -122,7 +137,7 @@ impl ReaderThread {
         let stop = Arc::new(AtomicBool::new(false));
         let input = open_input(&p.input, pos.offset, &stop).with_context(|| match &p.input {
             Input::File(path) => format!("input {}", path.display()),
-            Input::Stdin => "stdin".to_string(),
+            Input::Stdin | Input::Kafka(_) => "stdin".to_string(),
         })?;
         let end = match (&p.input, p.follow) {
             (Input::File(path), true) => End::Follow(Follow {
@@ -134,7 +149,7 @@ impl ReaderThread {
             (Input::File(path), false) if std::fs::metadata(path).is_ok_and(|m| m.is_file()) => {
                 End::File
             }
-            (Input::File(_), false) | (Input::Stdin, _) => End::Final,
+            (Input::File(_), false) | (Input::Stdin, _) | (Input::Kafka(_), _) => End::Final,
         };
         let (tx, chunks) = bounded::<Chunk>(CHUNKS_AHEAD);
         let max_line = p.max_line_bytes;

@@ -81,6 +81,10 @@ pub fn open_input(
             }
             Ok(Box::new(f))
         }
+        Input::Kafka(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a Kafka input is not read as a file",
+        )),
     }
 }
 

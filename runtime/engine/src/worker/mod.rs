@@ -33,7 +33,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::operator::{fire_due, EventRef, Operator, RunError, TimerUse};
 use crate::route::route;
-use crate::sink::format::{format_output, push_field};
+use crate::sink::format::{push_field, Formats};
 use crate::sink::SinkMsg;
 use crate::state::{StateWrite, Store, StoreError, TimerWrite};
 use crate::stats::{Live, OpStats, SwapPause, PAUSES_KEPT};
@@ -158,6 +158,8 @@ struct Worker {
     line: u64,
     /// Instances swapped out go there to be dropped, off this thread.
     reaper: Sender<Box<dyn Operator>>,
+    /// How outputs and dead letters are written for the sink.
+    formats: Formats,
 }
 
 impl Worker {
@@ -393,6 +395,7 @@ impl Worker {
             outbox,
             last_end,
             sink,
+            formats,
             ..
         } = self;
         let op = &mut ops[stage];
@@ -408,13 +411,14 @@ impl Worker {
                 }
                 Err(err) => {
                     stats.failed += 1;
-                    let rec = serde_json::json!({
+                    let mut rec = serde_json::json!({
                         "operator": &*name,
                         "version": &version,
                         "key": e.key,
                         "line": lines[i],
                         "error": err.to_string(),
                     });
+                    formats.position(&mut rec);
                     // `payload` last, inline when JSON (`payload_base64`
                     // when not UTF-8).
                     let mut s = serde_json::to_vec(&rec).expect("json");
@@ -427,7 +431,7 @@ impl Worker {
             }
             for (key, value) in emitted.iter() {
                 if last {
-                    format_output(out, key, value);
+                    formats.output(out, key, value);
                 } else {
                     let target = route(key, workers);
                     let b = if target == me {
@@ -482,6 +486,7 @@ impl Worker {
             out,
             outbox,
             sink,
+            formats,
             ..
         } = self;
         let op = &mut ops[stage];
@@ -505,7 +510,7 @@ impl Worker {
                 stats.timers_fired += 1;
                 if let Err(err) = result {
                     stats.timers_failed += 1;
-                    let rec = serde_json::json!({
+                    let mut rec = serde_json::json!({
                         "operator": &*name,
                         "version": &version,
                         "key": key,
@@ -513,6 +518,7 @@ impl Worker {
                         "error": err.to_string(),
                         "timer": { "name": timer, "at": at },
                     });
+                    formats.position(&mut rec);
                     let mut s = serde_json::to_vec(&rec).expect("json");
                     s.push(b'\n');
                     dead.extend_from_slice(&s);
@@ -520,7 +526,7 @@ impl Worker {
                 stats.emitted += emitted.len() as u64;
                 for (key, value) in emitted.iter() {
                     if last {
-                        format_output(out, key, value);
+                        formats.output(out, key, value);
                     } else {
                         let target = route(key, workers);
                         let b = if target == me {

@@ -13,6 +13,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use super::{Batch, Msg, Worker, WorkerError};
 use crate::operator::{Loaded, Operator, StartError};
 use crate::route::route;
+use crate::sink::format::Formats;
 use crate::sink::SinkMsg;
 use crate::state::Store;
 use crate::stats::{Live, OpStats};
@@ -162,6 +163,7 @@ impl Workers {
         store: &Store,
         sink: &Sender<SinkMsg>,
         live: &Arc<Live>,
+        formats: &Formats,
     ) -> Result<Workers, StartFailed> {
         let inflight = Arc::new(InFlight::default());
         let (inboxes, receivers): (Vec<Sender<Msg>>, Vec<Receiver<Msg>>) =
@@ -183,6 +185,7 @@ impl Workers {
             let ready = ready_tx.clone();
             let live = live.clone();
             let reaper = retire.clone();
+            let formats = formats.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("eddy-worker-{id}"))
                 .spawn(move || {
@@ -231,6 +234,7 @@ impl Workers {
                         avail: Instant::now(),
                         line: 0,
                         reaper,
+                        formats,
                     };
                     for stage in 0..k {
                         w.allow_timers(stage);

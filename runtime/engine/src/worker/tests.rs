@@ -93,8 +93,8 @@ impl One {
         };
         let (tx, sink) = unbounded();
         let live = Arc::new(Live::new(1, 1));
-        let workers =
-            Workers::start(1, &[op], &store, &tx, &live).unwrap_or_else(|e| panic!("{e}"));
+        let workers = Workers::start(1, &[op], &store, &tx, &live, &Default::default())
+            .unwrap_or_else(|e| panic!("{e}"));
         One {
             workers,
             sink,

@@ -35,7 +35,7 @@ impl Coordinator {
                 self.summary.incomplete_line = Some(line);
                 let name = match &self.p.input {
                     Input::File(path) => path.display().to_string(),
-                    Input::Stdin => "stdin".into(),
+                    Input::Stdin | Input::Kafka(_) => "stdin".into(),
                 };
                 tracing::warn!(
                     "{name} line {line}: incomplete last line (no newline yet, {len} bytes) left for a later run"
@@ -125,7 +125,7 @@ impl Coordinator {
 
     /// Advances the watermark to `w` at this point of the input, in every
     /// worker's batch.
-    fn mark(&mut self, w: i64) {
+    pub(super) fn mark(&mut self, w: i64) {
         for b in &mut self.pending {
             b.mark_here(w, self.pos.line, true);
         }

@@ -24,6 +24,9 @@ use crate::swap::{self, Command, Controller, NotDurable, SwapReport};
 use crate::worker::{BarrierReply, Batch, Msg, Workers};
 
 mod input;
+mod kafka;
+
+pub(super) use kafka::KafkaFeed;
 
 /// Events per batch sent to a worker.
 const BATCH: usize = 1024;
@@ -46,7 +49,10 @@ pub(super) struct Parts<'a> {
     pub ctl: Receiver<Command>,
     pub server: Option<Server>,
     pub watcher: Option<JoinHandle<()>>,
-    pub reader: ReaderThread,
+    /// The file or stdin reader, or
+    pub reader: Option<ReaderThread>,
+    /// the Kafka input.
+    pub kafka: Option<KafkaFeed>,
     pub live: Arc<Live>,
     pub versions_dirty: bool,
 }
@@ -64,7 +70,10 @@ pub(super) struct Coordinator {
     server: Option<Server>,
     /// `--watch` (joined when the pipeline stops).
     watcher: Option<JoinHandle<()>>,
-    reader: ReaderThread,
+    /// The file or stdin reader, or
+    reader: Option<ReaderThread>,
+    /// the Kafka input.
+    kafka: Option<KafkaFeed>,
     /// Counters shown by `eddy status`.
     live: Arc<Live>,
     /// Per-worker batch being filled.
@@ -95,7 +104,14 @@ pub(super) struct Coordinator {
     op_names: Vec<Arc<str>>,
     /// The input's watermark, from its event times.
     watermark: WatermarkGen,
+    /// [`ABORT_ENV`]: Kafka commits left before the process aborts.
+    abort_after_kafka_commits: Option<u64>,
 }
+
+/// For tests only: `EDDY_TEST_ABORT_AFTER_KAFKA_COMMITS=N` aborts the
+/// process right after the Nth Kafka transaction commit (not counting a
+/// replay's), before the state directory's commit of the same checkpoint.
+const ABORT_ENV: &str = "EDDY_TEST_ABORT_AFTER_KAFKA_COMMITS";
 
 impl Coordinator {
     pub(super) fn new(parts: Parts<'_>) -> Coordinator {
@@ -112,6 +128,7 @@ impl Coordinator {
             server,
             watcher,
             reader,
+            kafka,
             live,
             versions_dirty,
         } = parts;
@@ -136,6 +153,7 @@ impl Coordinator {
             server,
             watcher,
             reader,
+            kafka,
             live,
             pending,
             pos: resume.pos,
@@ -143,7 +161,7 @@ impl Coordinator {
             input_id: resume.input_id,
             out_id: match &p.output {
                 Output::File(path) => Some(file_id(path)),
-                Output::Stdout => None,
+                Output::Stdout | Output::Kafka(_) => None,
             },
             dead_id: file_id(&p.dead_letter),
             stats: vec![vec![OpStats::default(); operators.len()]; n],
@@ -159,6 +177,7 @@ impl Coordinator {
             next_checkpoint: Instant::now() + p.checkpoint_interval,
             op_names: operators.iter().map(|o| o.name.clone()).collect(),
             watermark,
+            abort_after_kafka_commits: std::env::var(ABORT_ENV).ok().and_then(|v| v.parse().ok()),
             p,
         }
     }
@@ -179,7 +198,12 @@ impl Coordinator {
     /// their connections; the workers; the sink), then reports the first
     /// error, or the run's summary.
     fn finish(mut self, result: Result<()>) -> Result<Summary> {
-        self.reader.stop();
+        if let Some(r) = &mut self.reader {
+            r.stop();
+        }
+        if let Some(k) = &mut self.kafka {
+            k.reader.stop();
+        }
         self.controller.stopped.store(true, Ordering::Release);
         // Swaps not yet made durable fail; their callers are told.
         let why = match &result {
@@ -250,8 +274,15 @@ impl Coordinator {
 
     fn drive(&mut self, shutdown: &Shutdown) -> Result<()> {
         let ctl = self.ctl.clone();
-        let chunks = self.reader.chunks().clone();
+        let chunks = match &self.reader {
+            Some(r) => r.chunks().clone(),
+            None => crossbeam_channel::never(),
+        };
         let chunks = &chunks;
+        let records = match &self.kafka {
+            Some(k) => k.reader.messages().clone(),
+            None => crossbeam_channel::never(),
+        };
         loop {
             if shutdown.is_triggered() {
                 return Ok(());
@@ -273,6 +304,17 @@ impl Coordinator {
                         }
                     }
                     Err(_) => bail!("the input reader stopped unexpectedly"),
+                },
+                recv(records) -> msg => match msg {
+                    Ok(msg) => {
+                        if self.kafka_msg(msg)? {
+                            return Ok(());
+                        }
+                    }
+                    Err(_) => {
+                        let k = self.kafka.as_mut().expect("a Kafka input");
+                        return Err(k.reader.failure());
+                    }
                 },
                 default(due.min(Duration::from_millis(100))) => {
                     self.flush_batches()?;
@@ -405,14 +447,47 @@ impl Coordinator {
             cp.timers.extend(reply.timers);
             self.stats[w] = reply.stats;
         }
+        let offsets = match &self.kafka {
+            Some(k) => k.next.clone(),
+            None => Vec::new(),
+        };
+        if let Some(k) = &self.kafka {
+            for (part, next) in k.parts.iter().zip(&k.next) {
+                if let Some(next) = next {
+                    cp.meta
+                        .push((part.meta_name(), next.to_le_bytes().to_vec()));
+                }
+            }
+            if k.watermark != i64::MIN {
+                let w = k.watermark.to_le_bytes().to_vec();
+                cp.meta.push((format!("watermark:{}", k.id), w));
+            }
+        }
         let (ftx, frx) = bounded(1);
-        if self.sink.send(SinkMsg::Flush(ftx)).is_err() {
+        let flush = SinkMsg::Flush {
+            offsets,
+            reply: ftx,
+        };
+        if self.sink.send(flush).is_err() {
             return Err(self.sink_failure());
         }
         let lens = match frx.recv() {
             Ok(r) => r?,
             Err(_) => return Err(self.sink_failure()),
         };
+        // Tests of the exactly-once protocol: die between the Kafka commit
+        // and the state directory's, the one window where they disagree.
+        if self.kafka.as_ref().is_some_and(|k| !k.replaying) {
+            if let Some(n) = &mut self.abort_after_kafka_commits {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    eprintln!(
+                        "{ABORT_ENV}: aborting after a Kafka commit, before the state directory's"
+                    );
+                    std::process::abort();
+                }
+            }
+        }
         // Outputs that are not regular files have no length to keep.
         if let (Some(id), Some(len)) = (&self.out_id, lens.out) {
             cp.sinks.push((id.clone(), len));

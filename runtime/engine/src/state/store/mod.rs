@@ -336,7 +336,7 @@ impl Store {
     }
 
     /// Metadata `name`, its checksum verified and removed.
-    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(crate) fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let dir = &self.dir;
         let raw = guard(dir, || {
             let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;

@@ -1,0 +1,236 @@
+//! The Kafka input side of the coordinator: records routed to their
+//! worker's batch (or dead-lettered), per-partition positions for the
+//! checkpoint, the end of a restart's replay, and the watermark (the
+//! smallest of the partitions' watermarks).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use super::{Coordinator, BATCH};
+use crate::config::{KafkaInput, WatermarkSpec};
+use crate::route::route;
+use crate::sink::format::kafka_pos;
+use crate::sink::SinkMsg;
+use crate::source::{decode, KafkaMsg, KafkaPlan, KafkaReader, Part, Record, WatermarkGen};
+
+/// A Kafka input as the coordinator drives it.
+pub(in crate::pipeline) struct KafkaFeed {
+    pub(super) reader: KafkaReader,
+    pub(super) parts: Arc<[Part]>,
+    /// Per partition, the next offset to read, once known.
+    pub(super) next: Vec<Option<i64>>,
+    /// A restart's replay is under way: outputs bound for Kafka are
+    /// suppressed (Kafka has them).
+    pub(super) replaying: bool,
+    /// The routing key is this field of the value (else the message key).
+    key_field: Option<String>,
+    /// The event time is the message timestamp.
+    timestamp_time: bool,
+    /// Per partition, its watermark (`None` until it has an event time).
+    wms: Vec<Option<WatermarkGen>>,
+    spec: WatermarkSpec,
+    /// The input's watermark: the smallest of the partitions' that have one.
+    pub(super) watermark: i64,
+    /// The input's identity for the watermark in the checkpoint.
+    pub(super) id: String,
+}
+
+impl KafkaFeed {
+    /// Drives `reader`, started from `plan`.
+    pub(in crate::pipeline) fn new(
+        reader: KafkaReader,
+        plan: &KafkaPlan,
+        input: &KafkaInput,
+        spec: WatermarkSpec,
+        watermark: Option<i64>,
+    ) -> KafkaFeed {
+        KafkaFeed {
+            reader,
+            parts: plan.parts.clone(),
+            next: plan.start.clone(),
+            replaying: plan.replays(),
+            key_field: input.key_field.clone(),
+            timestamp_time: input.timestamp_time,
+            wms: watermark
+                .map(|w| vec![Some(WatermarkGen::resume(spec, w)); plan.parts.len()])
+                .unwrap_or_else(|| vec![None; plan.parts.len()]),
+            spec,
+            watermark: watermark.unwrap_or(i64::MIN),
+            id: Self::watermark_id(input),
+        }
+    }
+
+    /// The name the input's watermark is checkpointed under.
+    pub(in crate::pipeline) fn watermark_id(input: &KafkaInput) -> String {
+        format!("kafka:{}", input.group)
+    }
+}
+
+impl Coordinator {
+    /// Handles one message of the Kafka reader; `true` at the end of the
+    /// input (`until_end`).
+    pub(super) fn kafka_msg(&mut self, msg: KafkaMsg) -> Result<bool> {
+        match msg {
+            KafkaMsg::Records(records) => {
+                for r in records {
+                    self.kafka_record(r)?;
+                    if let Some(n) = self.p.checkpoint_events {
+                        if self.since_checkpoint >= n {
+                            self.checkpoint()?;
+                        }
+                    }
+                }
+                let empty = self
+                    .kafka
+                    .as_ref()
+                    .is_some_and(|k| k.reader.messages().is_empty());
+                if empty {
+                    self.flush_batches()?;
+                }
+                if std::time::Instant::now() >= self.next_checkpoint {
+                    self.checkpoint()?;
+                }
+            }
+            KafkaMsg::ReplayDone => {
+                // Everything replayed is handled and its state checkpointed
+                // (its outputs dropped: Kafka has them); then outputs flow.
+                self.checkpoint()?;
+                self.wait_commit()?;
+                if let Some(k) = &mut self.kafka {
+                    k.replaying = false;
+                }
+                if self.sink.send(SinkMsg::Suppress(false)).is_err() {
+                    return Err(self.sink_failure());
+                }
+                tracing::info!(
+                    "Kafka input: replayed {} records that Kafka already had the outputs of",
+                    self.summary.lines
+                );
+                self.summary.replayed = self.summary.lines;
+            }
+            KafkaMsg::End => return Ok(true),
+        }
+        self.live.lines_read.store(self.pos.line, Ordering::Relaxed);
+        Ok(false)
+    }
+
+    /// Routes one record (or dead-letters it).
+    fn kafka_record(&mut self, r: Record) -> Result<()> {
+        self.summary.lines += 1;
+        self.pos.line += 1;
+        let pos = kafka_pos(r.part, r.offset);
+        let k = self.kafka.as_mut().expect("a Kafka input");
+        k.next[r.part as usize] = Some(r.offset + 1);
+        let time_field = self.p.time_field.as_deref();
+        let (key, time) = match (&k.key_field, time_field) {
+            (Some(field), tf) => match decode(&r.value, field, tf) {
+                Ok(d) => (d.key.into_owned(), d.time),
+                Err(e) => {
+                    let reason = e.to_string();
+                    self.dead_record(&r, &reason);
+                    return Ok(());
+                }
+            },
+            (None, tf) => {
+                let key = match r.key.as_deref().map(std::str::from_utf8) {
+                    Some(Ok(key)) => key.to_string(),
+                    Some(Err(e)) => {
+                        let reason = format!(
+                            "message key is not UTF-8 (invalid byte at offset {})",
+                            e.valid_up_to()
+                        );
+                        self.dead_record(&r, &reason);
+                        return Ok(());
+                    }
+                    None => {
+                        self.dead_record(
+                            &r,
+                            "message has no key (give the pipeline a key field to route by a field of the value)",
+                        );
+                        return Ok(());
+                    }
+                };
+                let time = match tf {
+                    Some(field) => match time_of(&r.value, field) {
+                        Ok(t) => Some(t),
+                        Err(reason) => {
+                            self.dead_record(&r, &reason);
+                            return Ok(());
+                        }
+                    },
+                    None if k.timestamp_time => r.timestamp,
+                    None => None,
+                };
+                (key, time)
+            }
+        };
+        let w = route(&key, self.workers.count());
+        self.pending[w].push(0, &key, &r.value, time, pos);
+        self.since_checkpoint += 1;
+        if let Some(t) = time {
+            if let Some(wm) = self.kafka_watermark(r.part as usize, t) {
+                self.mark(wm);
+            }
+        }
+        if self.pending[w].len() >= BATCH {
+            self.send_batch(w)?;
+        }
+        Ok(())
+    }
+
+    /// Takes event time `t` of partition `part` into its watermark: the
+    /// input's new watermark if it advanced.
+    fn kafka_watermark(&mut self, part: usize, t: i64) -> Option<i64> {
+        let k = self.kafka.as_mut()?;
+        let spec = k.spec;
+        let gen = k.wms[part].get_or_insert_with(|| WatermarkGen::new(spec));
+        gen.observe(t)?;
+        let min = k
+            .wms
+            .iter()
+            .flatten()
+            .map(WatermarkGen::current)
+            .min()
+            .unwrap_or(i64::MIN);
+        if min > k.watermark {
+            k.watermark = min;
+            Some(min)
+        } else {
+            None
+        }
+    }
+
+    /// Dead-letters record `r` with `reason`: its topic, partition and
+    /// offset, and its value (as a JSON string, or `payload_base64`).
+    fn dead_record(&mut self, r: &Record, reason: &str) {
+        let k = self.kafka.as_ref().expect("a Kafka input");
+        let part = &k.parts[r.part as usize];
+        self.summary.bad_lines += 1;
+        let rec = serde_json::json!({
+            "topic": part.topic,
+            "partition": part.partition,
+            "offset": r.offset,
+            "error": reason,
+        });
+        let mut b = serde_json::to_vec(&rec).expect("json");
+        b.pop();
+        b.push(b',');
+        crate::sink::format::push_string_field(&mut b, "payload", &r.value);
+        b.extend_from_slice(b"}\n");
+        let _ = self.sink.send(SinkMsg::Dead(b));
+    }
+}
+
+/// The integer event time in field `field` of JSON value `value`.
+fn time_of(value: &[u8], field: &str) -> Result<i64, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(value).map_err(|e| format!("value is not JSON: {e}"))?;
+    match v.get(field) {
+        Some(t) => t
+            .as_i64()
+            .ok_or_else(|| format!("time field `{field}` is not an integer: {t}")),
+        None => Err(format!("time field `{field}` is missing")),
+    }
+}

@@ -1,0 +1,400 @@
+//! Kafka in and out, against the real broker of `tests/kafka/broker.sh`:
+//! exactly-once outputs (read_committed) and exact state across restarts,
+//! `kill -9`, and a crash between the Kafka commit and the state
+//! directory's; bad records dead-lettered with their topic, partition and
+//! offset.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use eddy_kafka::rdkafka::config::ClientConfig;
+use eddy_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use eddy_kafka::rdkafka::error::KafkaError;
+use eddy_kafka::rdkafka::message::Message;
+use eddy_kafka::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use eddy_kafka::rdkafka::{Offset, TopicPartitionList};
+
+use crate::util::{
+    assert_counter_state, counter_events, eddy_bin, reference, skipped, stderr, Rng,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The shared broker, or `None` after saying the test is skipped (in CI,
+/// where the broker must run, a failure).
+fn broker(test: &str) -> Option<String> {
+    match eddy_kafka::testing::shared_bootstrap() {
+        Ok(b) => Some(b),
+        Err(why) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("CI must run {test}, but there is no Kafka broker: {why}");
+            }
+            skipped(&format!("{test}: no Kafka broker: {why}"));
+            None
+        }
+    }
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(eddy_kafka::admin::create_topic(
+            bootstrap, topic, partitions, 1, TIMEOUT,
+        ))
+        .unwrap_or_else(|e| panic!("creating {topic}: {e}"));
+}
+
+/// Produces `(key, value)` records (a `None` key: no key), in order.
+fn produce(bootstrap: &str, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>)]) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    for (k, v) in records {
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(v);
+        if let Some(k) = k {
+            rec = rec.key(k);
+        }
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    p.flush(TIMEOUT).expect("inputs delivered");
+}
+
+/// Counter events as keyed Kafka records.
+fn counter_records(events: &[(String, u64)]) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    events
+        .iter()
+        .map(|(k, a)| {
+            (
+                Some(k.as_bytes().to_vec()),
+                format!("{{\"amount\":{a}}}").into_bytes(),
+            )
+        })
+        .collect()
+}
+
+/// Every record of `topic` a read_committed reader sees, as (partition,
+/// key, value), in partition and offset order.
+fn read_committed(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(i32, String, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut at_end = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while at_end.len() < partitions as usize {
+        assert!(Instant::now() < deadline, "reading {topic}: no end in time");
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            Some(Ok(m)) => out.push((
+                m.partition(),
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            )),
+        }
+    }
+    out
+}
+
+/// Asserts the counter's outputs in `topic` are exactly one per event of
+/// `events`: per key, counts 1, 2, 3, ... in order, and the sums of the
+/// reference.
+fn assert_outputs_once(bootstrap: &str, topic: &str, partitions: i32, events: &[(String, u64)]) {
+    let out = read_committed(bootstrap, topic, partitions);
+    assert_eq!(
+        out.len(),
+        events.len(),
+        "exactly one output per input event"
+    );
+    let mut seen: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    for (_, key, value) in &out {
+        let v: serde_json::Value = serde_json::from_str(value).unwrap();
+        let e = seen.entry(key.clone()).or_default();
+        e.0 += 1;
+        assert_eq!(v["count"].as_u64(), Some(e.0), "{key}: {value}");
+        e.1 = v["sum"].as_f64().unwrap();
+    }
+    for (key, (count, sum)) in reference(events) {
+        assert_eq!(seen[&key], (count, sum as f64), "last output of {key}");
+    }
+}
+
+fn eddy_run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new(eddy_bin());
+    c.arg("run")
+        .args(["--operator", &format!("counter={}", eddy_tests::COUNTER)])
+        .args(["--state", dir.join("state").to_str().unwrap()])
+        .args(["--workers", "2", "--quiet"])
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// Two runs over a growing topic: each output once, state exact.
+#[test]
+fn kafka_to_kafka_exactly_once_across_runs() {
+    let Some(b) = broker("kafka_to_kafka_exactly_once_across_runs") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output, group) = (unique("in"), unique("out"), unique("g"));
+    create_topic(&b, &input, 3);
+    create_topic(&b, &output, 2);
+    let (events, _) = counter_events(3000, 50, 7);
+    let (first, second) = events.split_at(2000);
+    let in_url = format!("kafka://{b}/{input}?group={group}&until_end=true");
+    let out_url = format!("kafka://{b}/{output}");
+    produce(&b, &input, &counter_records(first));
+    let o = eddy_run(dir.path(), &["--input", &in_url, "--output", &out_url], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_outputs_once(&b, &output, 2, first);
+    assert_counter_state(&dir.path().join("state"), &reference(first));
+
+    produce(&b, &input, &counter_records(second));
+    let o = eddy_run(dir.path(), &["--input", &in_url, "--output", &out_url], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_outputs_once(&b, &output, 2, &events);
+    assert_counter_state(&dir.path().join("state"), &reference(&events));
+}
+
+/// The one window where Kafka and the state directory disagree: the
+/// process dies after the Kafka transaction commits and before the state
+/// directory's checkpoint does. The restart replays the gap with its
+/// outputs suppressed: no output twice, none lost, state exact.
+#[test]
+fn crash_between_the_kafka_commit_and_the_state_commit_replays_the_gap() {
+    let Some(b) = broker("crash_between_the_kafka_commit_and_the_state_commit") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output, group) = (unique("in"), unique("out"), unique("g"));
+    create_topic(&b, &input, 2);
+    create_topic(&b, &output, 2);
+    let (events, _) = counter_events(4000, 40, 11);
+    produce(&b, &input, &counter_records(&events));
+    let in_url = format!("kafka://{b}/{input}?group={group}&until_end=true");
+    let out_url = format!("kafka://{b}/{output}");
+    let args = [
+        "--input",
+        &in_url,
+        "--output",
+        &out_url,
+        "--checkpoint-events",
+        "1000",
+    ];
+    let o = eddy_run(
+        dir.path(),
+        &args,
+        &[("EDDY_TEST_ABORT_AFTER_KAFKA_COMMITS", "2")],
+    );
+    assert!(!o.status.success(), "the run should have aborted");
+    assert!(
+        stderr(&o).contains("aborting after a Kafka commit"),
+        "{}",
+        stderr(&o)
+    );
+    let o = Command::new(eddy_bin())
+        .arg("run")
+        .args(["--operator", &format!("counter={}", eddy_tests::COUNTER)])
+        .args(["--state", dir.path().join("state").to_str().unwrap()])
+        .args(["--workers", "2"])
+        .args(args)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    // The second checkpoint's records were replayed: about 1000.
+    let at = err
+        .find(" replayed with outputs suppressed (Kafka had them)")
+        .unwrap_or_else(|| panic!("no replay reported: {err}"));
+    let digits = err[..at]
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap();
+    let replayed: u64 = digits.parse().unwrap();
+    assert!((1..=2000).contains(&replayed), "replayed {replayed}: {err}");
+    assert_outputs_once(&b, &output, 2, &events);
+    assert_counter_state(&dir.path().join("state"), &reference(&events));
+}
+
+/// `kill -9` at random moments while the input grows, then a run to the
+/// end: each output once, state exact.
+#[test]
+fn sigkill_mid_stream_then_restart_is_exactly_once() {
+    let Some(b) = broker("sigkill_mid_stream_then_restart_is_exactly_once") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output, group) = (unique("in"), unique("out"), unique("g"));
+    create_topic(&b, &input, 3);
+    create_topic(&b, &output, 3);
+    let (events, _) = counter_events(12_000, 60, 5);
+    let in_url = format!("kafka://{b}/{input}?group={group}");
+    let out_url = format!("kafka://{b}/{output}");
+    let mut rng = Rng(99);
+    for chunk in events.chunks(3000) {
+        produce(&b, &input, &counter_records(chunk));
+        let mut child = Command::new(eddy_bin())
+            .arg("run")
+            .args(["--operator", &format!("counter={}", eddy_tests::COUNTER)])
+            .args(["--state", dir.path().join("state").to_str().unwrap()])
+            .args([
+                "--workers",
+                "2",
+                "--quiet",
+                "--checkpoint-interval-ms",
+                "50",
+            ])
+            .args(["--input", &in_url, "--output", &out_url])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300 + rng.next() % 1500));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let end_url = format!("{in_url}&until_end=true");
+    let o = eddy_run(
+        dir.path(),
+        &["--input", &end_url, "--output", &out_url],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_outputs_once(&b, &output, 3, &events);
+    assert_counter_state(&dir.path().join("state"), &reference(&events));
+}
+
+/// A record without a key, one whose key is not UTF-8, and one the
+/// operator refuses: dead-lettered with topic, partition and offset; the
+/// others counted.
+#[test]
+fn bad_records_are_dead_lettered_with_their_position() {
+    let Some(b) = broker("bad_records_are_dead_lettered_with_their_position") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output, group) = (unique("in"), unique("out"), unique("g"));
+    create_topic(&b, &input, 1);
+    create_topic(&b, &output, 1);
+    produce(
+        &b,
+        &input,
+        &[
+            (Some(b"a".to_vec()), b"{\"amount\":1}".to_vec()),
+            (None, b"{\"amount\":2}".to_vec()),
+            (Some(vec![0xff, 0x01]), b"{\"amount\":3}".to_vec()),
+            (Some(b"a".to_vec()), b"{\"amount\":\"lots\"}".to_vec()),
+            (Some(b"a".to_vec()), b"{\"amount\":5}".to_vec()),
+        ],
+    );
+    let in_url = format!("kafka://{b}/{input}?group={group}&until_end=true");
+    let out_url = format!("kafka://{b}/{output}");
+    let o = eddy_run(dir.path(), &["--input", &in_url, "--output", &out_url], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = read_committed(&b, &output, 1);
+    let values: Vec<&str> = out.iter().map(|(_, _, v)| v.as_str()).collect();
+    assert_eq!(
+        values,
+        ["{\"count\":1,\"sum\":1.0}", "{\"count\":2,\"sum\":6.0}"]
+    );
+    let dead = std::fs::read_to_string(dir.path().join("state/dead-letter.jsonl")).unwrap();
+    let dead: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert_eq!(dead[0]["topic"], input.as_str());
+    assert_eq!(dead[0]["partition"], 0);
+    assert_eq!(dead[0]["offset"], 1);
+    assert!(dead[0]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("message has no key"));
+    assert_eq!(dead[1]["offset"], 2);
+    assert_eq!(
+        dead[1]["error"],
+        "message key is not UTF-8 (invalid byte at offset 0)"
+    );
+    // The operator's refusal, with its position instead of a line.
+    assert_eq!(dead[2]["operator"], "counter");
+    assert_eq!(dead[2]["key"], "a");
+    assert_eq!(dead[2]["topic"], input.as_str());
+    assert_eq!(dead[2]["partition"], 0);
+    assert_eq!(dead[2]["offset"], 3);
+    assert!(dead[2].get("line").is_none(), "{}", dead[2]);
+    assert_eq!(dead[2]["payload"]["amount"], "lots");
+}
+
+/// A file input cannot give exactly-once output to Kafka: refused with
+/// what to do; at least once it works.
+#[test]
+fn file_input_to_kafka_is_at_least_once_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, text) = counter_events(500, 10, 3);
+    std::fs::write(dir.path().join("in.jsonl"), text).unwrap();
+    let o = eddy_run(
+        dir.path(),
+        &["--input", "in.jsonl", "--output", "kafka://127.0.0.1:1/out"],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("exactly-once output to Kafka topic `out` needs a Kafka input"),
+        "{}",
+        stderr(&o)
+    );
+    let Some(b) = broker("file_input_to_kafka_is_at_least_once_only") else {
+        return;
+    };
+    let output = unique("out");
+    create_topic(&b, &output, 2);
+    let url = format!("kafka://{b}/{output}?delivery=at-least-once");
+    let o = eddy_run(dir.path(), &["--input", "in.jsonl", "--output", &url], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_outputs_once(&b, &output, 2, &events);
+}
