@@ -374,14 +374,16 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let mut asked = false;
     ctrlc::set_handler(move || {
         if asked {
-            // A second Ctrl-C: leave now; the last checkpoint stands.
+            // A second Ctrl-C (or SIGTERM): leave now; the last
+            // checkpoint stands.
             std::process::exit(130);
         }
         asked = true;
         eprintln!("eddy: stopping after a final checkpoint (Ctrl-C again to quit at once)");
+        // SIGINT, SIGTERM and SIGHUP all come here.
         s.trigger();
     })
-    .context("installing the Ctrl-C handler")?;
+    .context("installing the Ctrl-C and SIGTERM handler")?;
 
     let running = eddy_runtime::start(&pipeline, operators, &shutdown)?;
     if let (Some(socket), false) = (&running.started().control, a.quiet) {

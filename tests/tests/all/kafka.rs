@@ -272,10 +272,12 @@ fn sigkill_mid_stream_then_restart_is_exactly_once() {
     create_topic(&b, &input, 3);
     create_topic(&b, &output, 3);
     let (events, _) = counter_events(12_000, 60, 5);
+    let mut rounds = 0;
     let in_url = format!("kafka://{b}/{input}?group={group}");
     let out_url = format!("kafka://{b}/{output}");
     let mut rng = Rng(99);
-    for chunk in events.chunks(3000) {
+    for chunk in events.chunks(1200) {
+        rounds += 1;
         produce(&b, &input, &counter_records(chunk));
         let mut child = Command::new(eddy_bin())
             .arg("run")
@@ -294,10 +296,11 @@ fn sigkill_mid_stream_then_restart_is_exactly_once() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(300 + rng.next() % 1500));
+        std::thread::sleep(Duration::from_millis(200 + rng.next() % 1200));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
+    assert_eq!(rounds, 10);
     let end_url = format!("{in_url}&until_end=true");
     let o = eddy_run(
         dir.path(),
@@ -330,11 +333,22 @@ fn bad_records_are_dead_lettered_with_their_position() {
             (Some(vec![0xff, 0x01]), b"{\"amount\":3}".to_vec()),
             (Some(b"a".to_vec()), b"{\"amount\":\"lots\"}".to_vec()),
             (Some(b"a".to_vec()), b"{\"amount\":5}".to_vec()),
+            (
+                Some(b"a".to_vec()),
+                format!("{{\"amount\":6,\"pad\":\"{}\"}}", "x".repeat(200)).into_bytes(),
+            ),
         ],
     );
-    let in_url = format!("kafka://{b}/{input}?group={group}&until_end=true");
-    let out_url = format!("kafka://{b}/{output}");
-    let o = eddy_run(dir.path(), &["--input", &in_url, "--output", &out_url], &[]);
+    // The tables of a pipeline file, this time.
+    let file = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[source]\nmax_line_bytes = 100\n[source.kafka]\nbootstrap = \"{b}\"\ntopic = \"{input}\"\ngroup = \"{group}\"\nuntil_end = true\n[sink.kafka]\ntopic = \"{output}\"\n"
+        ),
+    )
+    .unwrap();
+    let o = eddy_run(dir.path(), &["pipeline.toml"], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = read_committed(&b, &output, 1);
     let values: Vec<&str> = out.iter().map(|(_, _, v)| v.as_str()).collect();
@@ -343,11 +357,14 @@ fn bad_records_are_dead_lettered_with_their_position() {
         ["{\"count\":1,\"sum\":1.0}", "{\"count\":2,\"sum\":6.0}"]
     );
     let dead = std::fs::read_to_string(dir.path().join("state/dead-letter.jsonl")).unwrap();
-    let dead: Vec<serde_json::Value> = dead
+    let mut dead: Vec<serde_json::Value> = dead
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(dead.len(), 3, "{dead:?}");
+    // Records refused before the operator and by it reach the file by
+    // different threads.
+    dead.sort_by_key(|d| d["offset"].as_u64());
+    assert_eq!(dead.len(), 4, "{dead:?}");
     assert_eq!(dead[0]["topic"], input.as_str());
     assert_eq!(dead[0]["partition"], 0);
     assert_eq!(dead[0]["offset"], 1);
@@ -368,6 +385,54 @@ fn bad_records_are_dead_lettered_with_their_position() {
     assert_eq!(dead[2]["offset"], 3);
     assert!(dead[2].get("line").is_none(), "{}", dead[2]);
     assert_eq!(dead[2]["payload"]["amount"], "lots");
+    assert_eq!(dead[3]["offset"], 5);
+    assert_eq!(
+        dead[3]["error"],
+        "message value is 221 bytes, longer than max_line_bytes = 100"
+    );
+}
+
+/// A missing input or output topic is an error at start that names it.
+#[test]
+fn missing_topics_are_named() {
+    let Some(b) = broker("missing_topics_are_named") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (unique("in"), unique("out"));
+    create_topic(&b, &input, 1);
+    let o = eddy_run(
+        dir.path(),
+        &[
+            "--input",
+            &format!("kafka://{b}/no-such-topic-{input}?group=g"),
+            "--output",
+            "-",
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(&format!("Kafka input topic `no-such-topic-{input}`")),
+        "{}",
+        stderr(&o)
+    );
+    let o = eddy_run(
+        dir.path(),
+        &[
+            "--input",
+            &format!("kafka://{b}/{input}?group=g"),
+            "--output",
+            &format!("kafka://{b}/{output}"),
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(&format!("Kafka output topic `{output}`")),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// A file input cannot give exactly-once output to Kafka: refused with
@@ -397,4 +462,80 @@ fn file_input_to_kafka_is_at_least_once_only() {
     let o = eddy_run(dir.path(), &["--input", "in.jsonl", "--output", &url], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_outputs_once(&b, &output, 2, &events);
+}
+
+/// The broker stops and starts again mid-run (on a broker of the test's
+/// own): Eddy logs, waits, carries on; after a stop and a run to the end,
+/// each output once and the state exact.
+#[test]
+fn broker_restart_mid_run_loses_and_repeats_nothing() {
+    let test = "broker_restart_mid_run_loses_and_repeats_nothing";
+    let dir = tempfile::tempdir().unwrap();
+    let broker = match eddy_kafka::testing::OwnBroker::start(&dir.path().join("broker")) {
+        Ok(b) => b,
+        Err(why) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("CI must run {test}, but no broker of its own started: {why}");
+            }
+            skipped(&format!("{test}: no Kafka broker: {why}"));
+            return;
+        }
+    };
+    let b = broker.bootstrap().to_string();
+    let (input, output, group) = (unique("in"), unique("out"), unique("g"));
+    create_topic(&b, &input, 2);
+    create_topic(&b, &output, 2);
+    let (events, _) = counter_events(8000, 30, 17);
+    let (before, after) = events.split_at(5000);
+    produce(&b, &input, &counter_records(before));
+    let in_url = format!("kafka://{b}/{input}?group={group}");
+    let out_url = format!("kafka://{b}/{output}");
+    let log = std::fs::File::create(dir.path().join("eddy.log")).unwrap();
+    let mut child = Command::new(eddy_bin())
+        .arg("run")
+        .args(["--operator", &format!("counter={}", eddy_tests::COUNTER)])
+        .args(["--state", dir.path().join("state").to_str().unwrap()])
+        .args([
+            "--workers",
+            "2",
+            "--quiet",
+            "--checkpoint-interval-ms",
+            "100",
+        ])
+        .args(["--input", &in_url, "--output", &out_url])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.restart().expect("broker restart");
+    produce(&b, &input, &counter_records(after));
+    std::thread::sleep(Duration::from_millis(3000));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "eddy stopped while the broker restarted: {}",
+        std::fs::read_to_string(dir.path().join("eddy.log")).unwrap()
+    );
+    // A graceful stop: a final checkpoint.
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(dir.path().join("eddy.log")).unwrap()
+    );
+    let end_url = format!("{in_url}&until_end=true");
+    let o = eddy_run(
+        dir.path(),
+        &["--input", &end_url, "--output", &out_url],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_outputs_once(&b, &output, 2, &events);
+    assert_counter_state(&dir.path().join("state"), &reference(&events));
 }

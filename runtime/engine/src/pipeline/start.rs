@@ -16,7 +16,7 @@ use crate::operator::{Loaded, OperatorKind};
 use eddy_kafka::rdkafka::consumer::Consumer as _;
 
 use crate::sink::format::Formats;
-use crate::sink::kafka::{producer as kafka_producer, KafkaSink};
+use crate::sink::kafka::{check_topic, producer as kafka_producer, KafkaSink};
 use crate::sink::{open_output_file, SinkMsg, SinkThread};
 use crate::source::{file_id, kafka_consumer, kafka_plan, KafkaReader, ReaderThread, Resume};
 use crate::state::Store;
@@ -90,6 +90,10 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
                 );
             }
             let producer = kafka_producer(o, &tid)?;
+            check_topic(&producer, &o.topic, "output")?;
+            if let Some(t) = &o.dead_letter_topic {
+                check_topic(&producer, t, "dead-letter")?;
+            }
             Some((o, tid, producer))
         }
         _ => None,

@@ -91,6 +91,44 @@ pub fn producer(out: &KafkaOutput, transactional_id: &str) -> anyhow::Result<Kaf
     Ok(p)
 }
 
+/// Checks that `topic` exists (the broker describes it with partitions):
+/// a missing output topic is an error at start, not records that time out.
+pub fn check_topic(p: &KafkaProducer, topic: &str, what: &str) -> anyhow::Result<()> {
+    let mut wait = Duration::from_millis(200);
+    for attempt in 1..=RETRIES {
+        match p
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+        {
+            Ok(md) => {
+                let t = md.topics().iter().find(|t| t.name() == topic);
+                return match t {
+                    Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+                    Some(t) => Err(anyhow::anyhow!(
+                        "Kafka {what} topic `{topic}`: {} (create it first, or check its name)",
+                        t.error()
+                            .map(|e| RDKafkaErrorCode::from(e).to_string())
+                            .unwrap_or_else(|| "it has no partitions".into())
+                    )),
+                    None => Err(anyhow::anyhow!(
+                        "Kafka {what} topic `{topic}`: the broker does not know it (create it first)"
+                    )),
+                };
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "Kafka sink: describing topic `{topic}` failed (attempt {attempt} of {RETRIES}): {e}; retrying in {wait:?}"
+                );
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    Err(anyhow::anyhow!(
+        "Kafka {what} topic `{topic}`: the broker could not be reached"
+    ))
+}
+
 fn retriable(e: &KafkaError) -> bool {
     match e {
         KafkaError::Transaction(t) => t.is_retriable(),

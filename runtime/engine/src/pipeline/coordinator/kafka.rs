@@ -121,8 +121,17 @@ impl Coordinator {
         self.summary.lines += 1;
         self.pos.line += 1;
         let pos = kafka_pos(r.part, r.offset);
+        self.kafka.as_mut().expect("a Kafka input").next[r.part as usize] = Some(r.offset + 1);
+        if r.value.len() > self.p.max_line_bytes {
+            let reason = format!(
+                "message value is {} bytes, longer than max_line_bytes = {}",
+                r.value.len(),
+                self.p.max_line_bytes
+            );
+            self.dead_record(&r, &reason);
+            return Ok(());
+        }
         let k = self.kafka.as_mut().expect("a Kafka input");
-        k.next[r.part as usize] = Some(r.offset + 1);
         let time_field = self.p.time_field.as_deref();
         let (key, time) = match (&k.key_field, time_field) {
             (Some(field), tf) => match decode(&r.value, field, tf) {
@@ -217,7 +226,12 @@ impl Coordinator {
         let mut b = serde_json::to_vec(&rec).expect("json");
         b.pop();
         b.push(b',');
-        crate::sink::format::push_string_field(&mut b, "payload", &r.value);
+        // An oversized value is not copied into the dead letter.
+        let payload = match r.value.len() > self.p.max_line_bytes {
+            true => &[][..],
+            false => &r.value[..],
+        };
+        crate::sink::format::push_string_field(&mut b, "payload", payload);
         b.extend_from_slice(b"}\n");
         let _ = self.sink.send(SinkMsg::Dead(b));
     }
