@@ -11,5 +11,6 @@
 //!   languages side by side.
 
 pub mod counter;
+pub mod kafka;
 pub mod langs;
 pub mod swap;

@@ -16,12 +16,15 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use eddy_bench::{counter as bench, langs as bench_langs, swap as bench_swap};
+use eddy_bench::{
+    counter as bench, kafka as bench_kafka, langs as bench_langs, swap as bench_swap,
+};
 use eddy_build as build;
 use eddy_runtime::control::{self, Request, Response, Status};
 use eddy_runtime::{Overrides, Pipeline, Shutdown, SwapReport, Version};
 
 mod inspect;
+mod kafka;
 mod new;
 /// What the pipeline of an `eddy new` project writes for its sample input.
 pub use new::EXPECTED as NEW_EXPECTED_OUTPUT;
@@ -96,7 +99,11 @@ enum Command {
     Bench(bench::BenchArgs),
     BenchSwap(bench_swap::BenchSwapArgs),
     BenchLangs(bench_langs::BenchLangsArgs),
+    /// The keyed counter from a Kafka topic to a Kafka topic, exactly once,
+    /// against the same events from a file, in one invocation.
+    BenchKafka(bench_kafka::BenchKafkaArgs),
     Inspect(inspect::InspectArgs),
+    Kafka(kafka::KafkaArgs),
     New(new::NewArgs),
     State(state::StateArgs),
     Completions(CompletionsArgs),
@@ -302,7 +309,9 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::BenchSwap(args) => bench_swap::run(args),
         Command::BenchLangs(args) => bench_langs::run(args),
+        Command::BenchKafka(args) => bench_kafka::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Kafka(args) => kafka::run(args),
         Command::New(args) => new::run(args),
         Command::State(args) => state::run(args),
         Command::Completions(a) => {
