@@ -76,7 +76,7 @@ pub use state::{
     component_hash, record_json, value_json, Checkpoint, CorruptRecord, Entity, Reader, SourcePos,
     StateWrite, Store, StoreError, MAX_COMPONENT_BYTES, SHORT_VERSION_ID_LEN, VERSION_ID_LEN,
 };
-pub use stats::{OpStats, SwapPause, WorkerLive};
+pub use stats::{KafkaPartition, OpStats, SwapPause, WorkerLive};
 pub use swap::{Controller, NotDurable, Refused, ResolveError, SwapReport, Version, Versions};
 
 /// Test hooks (see [`testing::fail_restarts`]).

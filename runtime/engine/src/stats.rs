@@ -82,6 +82,27 @@ pub struct Live {
     /// Byte offset in the input after the last line read (updated with
     /// `lines_read`).
     pub bytes_read: AtomicU64,
+    /// A Kafka input: per partition, its positions (updated at each
+    /// checkpoint).
+    pub kafka: Mutex<Vec<KafkaPartition>>,
+}
+
+/// One partition of a Kafka input, as `eddy status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KafkaPartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The next offset of the last checkpoint (committed in the consumer
+    /// group with the outputs, and in the state directory), if any.
+    pub committed: Option<i64>,
+    /// The partition's end (last stable offset) as the consumer last saw
+    /// it, if known yet.
+    pub end: Option<i64>,
+    /// Records not yet checkpointed: `end - committed` (when both are
+    /// known).
+    pub lag: Option<i64>,
 }
 
 impl Live {
@@ -98,7 +119,14 @@ impl Live {
                 .collect(),
             lines_read: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
+            kafka: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The Kafka input's partitions (a panic elsewhere does not hide
+    /// them).
+    pub fn kafka(&self) -> MutexGuard<'_, Vec<KafkaPartition>> {
+        self.kafka.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Worker `id`'s counters (a panic elsewhere does not hide them).

@@ -3,6 +3,7 @@
 //! `--log-format json` apply to them), and a producer's delivery failures
 //! are kept for the sink to report.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -12,6 +13,7 @@ use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::ProducerContext;
+use rdkafka::statistics::Statistics;
 
 /// The context of one client; `role` (`source`, `sink`) names it in logs.
 #[derive(Debug)]
@@ -19,6 +21,10 @@ pub struct EddyContext {
     role: &'static str,
     failed: AtomicU64,
     first_failure: Mutex<Option<String>>,
+    /// Per (topic, partition), from librdkafka's statistics (with
+    /// `statistics.interval.ms` set): the last stable offset, which is the
+    /// end a read_committed consumer reads to.
+    ends: Mutex<HashMap<(String, i32), i64>>,
 }
 
 impl EddyContext {
@@ -28,7 +34,15 @@ impl EddyContext {
             role,
             failed: AtomicU64::new(0),
             first_failure: Mutex::new(None),
+            ends: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The end (last stable offset) of `topic`/`partition` as the latest
+    /// statistics saw it, if any yet.
+    pub fn end_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        let ends = self.ends.lock().ok()?;
+        ends.get(&(topic.to_string(), partition)).copied()
     }
 
     /// Records whose delivery failed so far, and the first failure's
@@ -53,6 +67,21 @@ impl ClientContext for EddyContext {
                 tracing::info!("Kafka {role}: {fac}: {message}")
             }
             RDKafkaLogLevel::Debug => tracing::debug!("Kafka {role}: {fac}: {message}"),
+        }
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let Ok(mut ends) = self.ends.lock() else {
+            return;
+        };
+        for (name, topic) in &statistics.topics {
+            for (id, p) in &topic.partitions {
+                // -1: the internal "unassigned" partition; a negative
+                // offset: not known yet.
+                if *id >= 0 && p.ls_offset >= 0 {
+                    ends.insert((name.clone(), *id), p.ls_offset);
+                }
+            }
         }
     }
 

@@ -570,7 +570,13 @@ fn swap_and_rollback_on_a_kafka_pipeline() {
         .arg("run")
         .args(["--operator", &format!("counter={}", eddy_tests::COUNTER)])
         .args(["--state", state.to_str().unwrap()])
-        .args(["--workers", "2", "--quiet", "--checkpoint-interval-ms", "100"])
+        .args([
+            "--workers",
+            "2",
+            "--quiet",
+            "--checkpoint-interval-ms",
+            "100",
+        ])
         .args(["--input", &format!("kafka://{b}/{input}?group={group}")])
         .args(["--output", &format!("kafka://{b}/{output}")])
         .current_dir(dir.path())
@@ -584,13 +590,22 @@ fn swap_and_rollback_on_a_kafka_pipeline() {
         match step {
             Some("swap") => {
                 let o = crate::util::eddy_in(
-                    &["swap", "counter", eddy_tests::COUNTER_V2, "--state", state_arg],
+                    &[
+                        "swap",
+                        "counter",
+                        eddy_tests::COUNTER_V2,
+                        "--state",
+                        state_arg,
+                    ],
                     dir.path(),
                 );
                 assert!(o.status.success(), "{}", stderr(&o));
             }
             Some(_) => {
-                let o = crate::util::eddy_in(&["rollback", "counter", "--state", state_arg], dir.path());
+                let o = crate::util::eddy_in(
+                    &["rollback", "counter", "--state", state_arg],
+                    dir.path(),
+                );
                 assert!(o.status.success(), "{}", stderr(&o));
             }
             None => {}

@@ -168,6 +168,7 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
         Some((i, consumer, plan)) => {
             let r = KafkaReader::start(consumer, &plan, i.until_end)?;
             let feed = KafkaFeed::new(r, &plan, i, p.watermark, resume.watermark);
+            feed.publish(&live);
             (None, Some(feed))
         }
         None => (Some(ReaderThread::start(p, resume.pos)?), None),

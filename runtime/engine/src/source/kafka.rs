@@ -112,6 +112,11 @@ pub fn consumer(input: &KafkaInput) -> Result<KafkaConsumer> {
     if input.until_end {
         config.set("enable.partition.eof", "true");
     }
+    // Partition ends for `eddy status` (the lag), from librdkafka's own
+    // fetch responses: no extra requests.
+    if config.get("statistics.interval.ms").is_none() {
+        config.set("statistics.interval.ms", "1000");
+    }
     config
         .create_with_context(EddyContext::new("source"))
         .context("creating the Kafka consumer")
@@ -256,6 +261,7 @@ pub fn plan(
 /// The reader thread; stopped and joined by [`KafkaReader::stop`] (or
 /// when dropped).
 pub struct KafkaReader {
+    ctx: Arc<EddyContext>,
     rx: Option<Receiver<KafkaMsg>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<()>>>,
@@ -279,6 +285,7 @@ impl KafkaReader {
             .context("Kafka: assigning the input partitions")?;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = bounded(AHEAD);
+        let ctx = consumer.context().clone();
         let mut r = Reader {
             consumer,
             parts: plan.parts.clone(),
@@ -305,10 +312,16 @@ impl KafkaReader {
             .name("eddy-kafka-reader".into())
             .spawn(move || r.run())?;
         Ok(KafkaReader {
+            ctx,
             rx: Some(rx),
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// The consumer's context (partition ends for the lag).
+    pub fn context(&self) -> &Arc<EddyContext> {
+        &self.ctx
     }
 
     /// What it reads.

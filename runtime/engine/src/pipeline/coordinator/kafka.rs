@@ -62,6 +62,27 @@ impl KafkaFeed {
         }
     }
 
+    /// Publishes the partitions' positions for `eddy status`: `committed`
+    /// is the cut just committed to Kafka.
+    pub(in crate::pipeline) fn publish(&self, live: &crate::stats::Live) {
+        let ctx = self.reader.context();
+        let mut parts = live.kafka();
+        parts.clear();
+        for (p, next) in self.parts.iter().zip(&self.next) {
+            let end = ctx.end_offset(&p.topic, p.partition);
+            parts.push(crate::stats::KafkaPartition {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                committed: *next,
+                end,
+                lag: match (end, next) {
+                    (Some(e), Some(c)) => Some((e - c).max(0)),
+                    _ => None,
+                },
+            });
+        }
+    }
+
     /// The name the input's watermark is checkpointed under.
     pub(in crate::pipeline) fn watermark_id(input: &KafkaInput) -> String {
         format!("kafka:{}", input.group)

@@ -475,6 +475,9 @@ impl Coordinator {
             Ok(r) => r?,
             Err(_) => return Err(self.sink_failure()),
         };
+        if let Some(k) = &self.kafka {
+            k.publish(&self.live);
+        }
         // Tests of the exactly-once protocol: die between the Kafka commit
         // and the state directory's, the one window where they disagree.
         if self.kafka.as_ref().is_some_and(|k| !k.replaying) {
