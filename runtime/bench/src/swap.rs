@@ -175,6 +175,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
         follow: true,
         watch: false,
         control: true,
+        http: None,
         verify_state: false,
         watermark: Default::default(),
     };

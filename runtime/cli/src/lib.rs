@@ -256,6 +256,20 @@ struct RunArgs {
     /// the user running it may use).
     #[arg(long)]
     no_control: bool,
+    /// Also serve the control plane over HTTP on this TCP address
+    /// (IP:PORT; port 0 picks one): every request needs the bearer token,
+    /// written to STATE/control.token (0600) unless --http-token-file
+    /// gives one. Loopback addresses only, unless --http-public.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Allow an --http address that is not loopback (other machines may
+    /// then reach the control plane; the token is still required).
+    #[arg(long, requires = "http")]
+    http_public: bool,
+    /// The file holding the token for --http (0600, at least 16
+    /// characters), instead of a generated one.
+    #[arg(long, value_name = "FILE", requires = "http")]
+    http_token_file: Option<PathBuf>,
     /// Check the checksum of every page of the state database before
     /// starting (reads the whole file; without it, each record's checksum
     /// is checked when the record is read).
@@ -359,6 +373,9 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         follow: a.follow,
         watch: a.watch,
         no_control: a.no_control,
+        http: a.http,
+        http_public: a.http_public,
+        http_token_file: a.http_token_file,
         verify_state: a.verify_state,
     };
     let pipeline = Pipeline::load(a.pipeline.as_deref(), overrides)?;
@@ -385,6 +402,19 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             "eddy: control socket {} (owner only): `eddy status`, `eddy swap`, `eddy rollback` --state {}",
             socket.display(),
             pipeline.state_dir.display()
+        );
+    }
+    if let (Some(addr), false) = (&running.started().http, a.quiet) {
+        let token = match pipeline.http.as_ref().and_then(|h| h.token_file.as_ref()) {
+            Some(file) => file.display().to_string(),
+            None => pipeline
+                .state_dir
+                .join(control::TOKEN_FILE)
+                .display()
+                .to_string(),
+        };
+        eprintln!(
+            "eddy: control plane on http://{addr}/ (token in {token}; send `Authorization: Bearer TOKEN`)"
         );
     }
     let mode = progress::Mode::choose(

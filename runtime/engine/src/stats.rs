@@ -82,6 +82,41 @@ pub struct Live {
     /// Byte offset in the input after the last line read (updated with
     /// `lines_read`).
     pub bytes_read: AtomicU64,
+    /// Per operator, in chain order: swaps and rollbacks in this run.
+    pub ops: Vec<OpLive>,
+    /// Checkpoints made durable in this run.
+    pub checkpoints: CheckpointLive,
+}
+
+/// Swaps and rollbacks of one operator in this run (`/metrics`), counted
+/// by the swap controller once each is durable.
+#[derive(Debug, Default)]
+pub struct OpLive {
+    /// Swaps to a new version.
+    pub swaps: AtomicU64,
+    /// Rollbacks to the previous version.
+    pub rollbacks: AtomicU64,
+}
+
+/// The checkpoints of this run (`/metrics`), counted by the committer
+/// thread around each write transaction.
+#[derive(Debug, Default)]
+pub struct CheckpointLive {
+    /// Checkpoints made durable.
+    pub count: AtomicU64,
+    /// Checkpoints whose write transaction failed.
+    pub failed: AtomicU64,
+    /// Time spent committing them, in microseconds.
+    pub micros: AtomicU64,
+    /// The longest commit, in microseconds.
+    pub max_micros: AtomicU64,
+    /// State writes (changed or deleted keys) they carried.
+    pub writes: AtomicU64,
+    /// Bytes of the state records they wrote.
+    pub bytes: AtomicU64,
+    /// When the last one became durable, in milliseconds since the Unix
+    /// epoch (0: none yet in this run).
+    pub last_ms: AtomicU64,
 }
 
 impl Live {
@@ -98,6 +133,8 @@ impl Live {
                 .collect(),
             lines_read: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
+            ops: (0..operators).map(|_| OpLive::default()).collect(),
+            checkpoints: CheckpointLive::default(),
         }
     }
 

@@ -9,7 +9,7 @@ use crossbeam_channel::unbounded;
 
 use super::coordinator::Coordinator;
 use super::{Running, Shutdown, Started};
-use crate::checkpoint::Writer;
+use crate::checkpoint::{Counted, Writer};
 use crate::config::{Input, Output, Pipeline};
 use crate::control::Server;
 use crate::operator::{Loaded, OperatorKind};
@@ -74,7 +74,10 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
     live.bytes_read
         .store(resume.pos.offset, std::sync::atomic::Ordering::Relaxed);
     let workers = Workers::start(p.workers, &operators, &store, &sink.sender(), &live)?;
-    let writer = Writer::start(store.clone())?;
+    let writer = Writer::start(Counted {
+        inner: store.clone(),
+        live: live.clone(),
+    })?;
     // Before the control endpoint and `--watch`, which end only once the
     // coordinator stops the controller.
     let reader = ReaderThread::start(p, resume.pos)?;
@@ -93,7 +96,11 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
         },
     ));
     let server = match p.control {
-        true => Some(Server::start(&p.state_dir, controller.clone())?),
+        true => Some(Server::start(
+            &p.state_dir,
+            controller.clone(),
+            p.http.as_ref(),
+        )?),
         false => None,
     };
     let watcher = match p.watch {
@@ -112,6 +119,7 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
     let (resume_line, resume_offset) = (resume.pos.line, resume.pos.offset);
     let started = Started {
         control: server.as_ref().map(|s| s.path().to_path_buf()),
+        http: server.as_ref().and_then(Server::http_addr),
         resumed_after_line: resume.pos.line,
     };
     let co = Coordinator::new(super::coordinator::Parts {
