@@ -293,7 +293,7 @@ fn malformed_requests_get_an_answer_and_never_panic_the_parser() {
         (
             http("POST", "/reboot", b"{}"),
             "404",
-            "no endpoint POST /reboot (the control plane serves: GET /status",
+            "no endpoint POST /reboot (the control plane serves: GET /, GET /status",
         ),
         (
             http("DELETE", "/status", b""),

@@ -427,3 +427,151 @@ fn the_tcp_listener_needs_the_token_and_a_loopback_address_unless_opted_in() {
     let p = file("control = false\n").unwrap();
     assert!(!p.control && p.http.is_none());
 }
+
+/// Headless Chromium, if it is installed (`tests/run-tests.sh` installs
+/// it); under CI its absence fails the test.
+fn chromium(test: &str) -> Option<&'static str> {
+    let found = std::process::Command::new("chromium")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return Some("chromium");
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("CI must run {test}, but `chromium` is not installed (apt-get install chromium)");
+    }
+    skipped(&format!(
+        "{test}: `chromium` is not installed (apt-get install chromium)"
+    ));
+    None
+}
+
+/// The text of the element `data-field="field"` in the node of operator
+/// `op`, in the page's DOM as Chromium dumped it.
+fn shown(dom: &str, op: &str, field: &str) -> String {
+    let node = dom
+        .find(&format!("data-operator=\"{op}\""))
+        .unwrap_or_else(|| panic!("no node for operator {op}: {dom}"));
+    let at = node
+        + dom[node..]
+            .find(&format!("data-field=\"{field}\""))
+            .unwrap_or_else(|| panic!("no {field} for {op}: {dom}"));
+    let start = at + dom[at..].find('>').unwrap() + 1;
+    let end = start + dom[start..].find('<').unwrap();
+    dom[start..end].to_string()
+}
+
+/// The text of the element `id="id"` in the DOM.
+fn by_id(dom: &str, id: &str) -> String {
+    let at = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id}: {dom}"));
+    let start = at + dom[at..].find('>').unwrap() + 1;
+    let end = start + dom[start..].find('<').unwrap();
+    dom[start..end].to_string()
+}
+
+#[test]
+fn the_live_page_shows_a_running_pipelines_real_numbers_in_chromium() {
+    let test = "the_live_page_shows_a_running_pipelines_real_numbers_in_chromium";
+    let Some(chromium) = chromium(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let (_, mut text) = counter_events(120, 9, 4);
+    for i in 0..3 {
+        text += &format!("{{\"key\":\"bad-{i}\",\"amount\":\"x\"}}\n");
+    }
+    std::fs::write(&input, text).unwrap();
+    let mut p = pipeline(dir.path(), &input, &[("counter", COUNTER)], 2);
+    p.follow = true;
+    p.http = Some(eddy_runtime::HttpListen {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        public: false,
+        token_file: None,
+    });
+    let engine = engine().unwrap();
+    let ops = load_operators(&engine, &p).unwrap();
+    let running = eddy_runtime::start(&p, ops, &Shutdown::new()).unwrap();
+    let addr = running.started().http.unwrap();
+    let socket = running.started().control.clone().unwrap();
+    let token =
+        std::fs::read_to_string(dir.path().join("state").join(control::TOKEN_FILE)).unwrap();
+    let token = token.trim();
+    let status =
+        || match control::request(&socket, &control::Request::Status, control::DEFAULT_WAIT)
+            .unwrap()
+        {
+            control::Response::Status(s) => *s,
+            other => panic!("{other:?}"),
+        };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status().operators[0].handled + status().operators[0].failed < 123 {
+        assert!(Instant::now() < deadline, "stuck");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A swap, so that the page shows a second generation.
+    let swapped = control::request(
+        &socket,
+        &control::Request::Swap {
+            operator: "counter".into(),
+            component: COUNTER_V2.into(),
+        },
+        control::DEFAULT_WAIT,
+    )
+    .unwrap();
+    assert!(
+        matches!(swapped, control::Response::Swapped(_)),
+        "{swapped:?}"
+    );
+    let s = status();
+
+    let url = format!("http://{addr}/#token={token}");
+    let browser = |extra: &[&str]| {
+        let o = std::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--hide-scrollbars",
+                "--virtual-time-budget=5000",
+            ])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        o
+    };
+    let dom = String::from_utf8(browser(&["--dump-dom"]).stdout).unwrap();
+    assert_eq!(shown(&dom, "counter", "handled"), "120", "{dom}");
+    assert_eq!(shown(&dom, "counter", "dead-letters"), "3");
+    assert_eq!(shown(&dom, "counter", "emitted"), "120");
+    assert_eq!(shown(&dom, "counter", "generation"), "1");
+    assert_eq!(shown(&dom, "counter", "versions"), "2");
+    assert_eq!(
+        shown(&dom, "counter", "version"),
+        s.operators[0].version.hash[..12]
+    );
+    assert_eq!(by_id(&dom, "lines"), "123");
+    assert_eq!(by_id(&dom, "workers"), "2");
+    assert!(by_id(&dom, "checkpoint-age").ends_with(" s ago"), "{dom}");
+    assert_eq!(by_id(&dom, "error"), "");
+
+    // A screenshot, kept for a person to look at.
+    let shot = dir.path().join("page.png");
+    browser(&[
+        &format!("--screenshot={}", shot.display()),
+        "--window-size=1100,520",
+    ]);
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(png.len() > 10_000, "a blank page? {} bytes", png.len());
+    let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-page.png");
+    let _ = std::fs::copy(&shot, &keep);
+    running.stop();
+    running.wait().unwrap();
+}

@@ -42,11 +42,12 @@ impl From<QueryError> for Fail {
 }
 
 /// What the control plane serves.
-const ENDPOINTS: &str = "GET /status, POST /swap, POST /rollback, GET /metrics, GET /state/OPERATOR?prefix=&limit=, GET /state/OPERATOR/KEY[/NAME]";
+const ENDPOINTS: &str = "GET /, GET /status, POST /swap, POST /rollback, GET /metrics, GET /state/OPERATOR?prefix=&limit=, GET /state/OPERATOR/KEY[/NAME]";
 
 /// The endpoints, on `controller`.
 pub(super) fn router(controller: Arc<Controller>) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/status", get(get_status))
         .route("/swap", post(swap))
         .route("/rollback", post(rollback))
@@ -78,6 +79,23 @@ async fn wrong_method(method: Method, uri: Uri) -> Fail {
         ),
     )
 }
+
+/// The live page: operators, rates, versions, dead letters, checkpoint
+/// age, a swap and rollback form. It holds no data itself: its script asks
+/// `/status` and `/metrics` every second.
+async fn page() -> HttpResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+/// The live page's HTML (`control/page.html`).
+const PAGE: &str = include_str!("page.html");
 
 async fn get_status(State(c): State<App>) -> HttpResponse {
     Json(status(&c)).into_response()
