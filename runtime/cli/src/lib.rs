@@ -16,7 +16,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use eddy_bench::{counter as bench, langs as bench_langs, swap as bench_swap};
+use eddy_bench::{
+    counter as bench, langs as bench_langs, state as bench_state, swap as bench_swap,
+};
 use eddy_build as build;
 use eddy_runtime::control::{self, Request, Response, Status};
 use eddy_runtime::{Overrides, Pipeline, Shutdown, SwapReport, Version};
@@ -95,6 +97,7 @@ enum Command {
     Rollback(RollbackArgs),
     Bench(bench::BenchArgs),
     BenchSwap(bench_swap::BenchSwapArgs),
+    BenchState(bench_state::BenchStateArgs),
     BenchLangs(bench_langs::BenchLangsArgs),
     Inspect(inspect::InspectArgs),
     New(new::NewArgs),
@@ -311,6 +314,7 @@ pub fn main() -> ExitCode {
         Command::Rollback(args) => cmd_rollback(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchSwap(args) => bench_swap::run(args),
+        Command::BenchState(args) => bench_state::run(args),
         Command::BenchLangs(args) => bench_langs::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::New(args) => new::run(args),
