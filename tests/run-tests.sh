@@ -4,7 +4,8 @@
 # First installs what the tests need through the ordinary package managers:
 # the Rust toolchain that rust-toolchain.toml pins, with the wasm32-wasip2
 # target (rustup), clang with the WebAssembly target and a WASI libc for C
-# operators (Debian packages, needs root or sudo),
+# operators and headless Chromium for the live page (Debian packages, needs
+# root or sudo),
 # componentize-py for Python operators (pip) and componentize-js for
 # JavaScript operators (npm, pinned by plugins/js/package-lock.json); for
 # Kafka, librdkafka's build headers, Java and Maven (Debian packages) and
@@ -37,6 +38,12 @@ if ! command -v clang >/dev/null || [ ! -f /usr/lib/wasm32-wasi/libc.a ]; then
   { $sudo apt-get update -qq &&
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clang lld wasi-libc libclang-rt-dev-wasm32; } ||
     install_failed "clang and wasi-libc (apt-get install clang lld wasi-libc libclang-rt-dev-wasm32)"
+fi
+# The live page's test: a real browser, headless Chromium (Debian package).
+if ! command -v chromium >/dev/null; then
+  { $sudo apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium; } ||
+    install_failed "chromium (apt-get install chromium)"
 fi
 # Python: componentize-py from PyPI.
 command -v componentize-py >/dev/null ||

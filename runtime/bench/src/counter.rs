@@ -316,6 +316,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     follow: false,
                     watch: false,
                     control: false,
+                    http: None,
                     verify_state: false,
                     watermark: Default::default(),
                 };
@@ -464,6 +465,7 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
         follow: false,
         watch: false,
         control: false,
+        http: None,
         verify_state: false,
         watermark: Default::default(),
     };

@@ -157,6 +157,7 @@ pub fn run(a: BenchKafkaArgs) -> Result<()> {
         follow: false,
         watch: false,
         control: false,
+        http: None,
         verify_state: false,
         watermark: Default::default(),
     };

@@ -9,8 +9,11 @@
 //!   under load.
 //! - [`langs`]: `eddy bench-langs`, one operator built from several
 //!   languages side by side.
+//! - [`state`]: `eddy bench-state`, what state reads through the control
+//!   plane cost a pipeline running at full speed.
 
 pub mod counter;
 pub mod kafka;
 pub mod langs;
+pub mod state;
 pub mod swap;

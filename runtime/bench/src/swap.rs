@@ -50,7 +50,7 @@ pub struct BenchSwapArgs {
     pub keys: u64,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -93,7 +93,7 @@ fn built_for_tests(dir: &str, file: &str) -> Option<PathBuf> {
 }
 
 /// A default component of the benchmark.
-struct DefaultComponent {
+pub(crate) struct DefaultComponent {
     /// Where building its workspace by hand puts it (relative to the
     /// repository root).
     path: &'static str,
@@ -106,7 +106,7 @@ struct DefaultComponent {
 }
 
 /// Version 1 of the counter.
-const V1: DefaultComponent = DefaultComponent {
+pub(crate) const V1: DefaultComponent = DefaultComponent {
     path: "plugins/target/wasm32-wasip2/release/counter.wasm",
     workspace: "plugins",
     for_tests: "plugins",
@@ -124,7 +124,7 @@ const V2: DefaultComponent = DefaultComponent {
 /// The component to use: `given`, else the default one built by hand when
 /// it exists (relative to the current directory), else the one built for
 /// the tests.
-fn component(given: Option<PathBuf>, default: &DefaultComponent) -> Result<PathBuf> {
+pub(crate) fn component(given: Option<PathBuf>, default: &DefaultComponent) -> Result<PathBuf> {
     if let Some(p) = given {
         if !p.exists() {
             bail!("{} ({}) is missing", p.display(), default.flag);
@@ -175,6 +175,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
         follow: true,
         watch: false,
         control: true,
+        http: None,
         verify_state: false,
         watermark: Default::default(),
     };

@@ -17,7 +17,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use eddy_bench::{
-    counter as bench, kafka as bench_kafka, langs as bench_langs, swap as bench_swap,
+    counter as bench, kafka as bench_kafka, langs as bench_langs, state as bench_state,
+    swap as bench_swap,
 };
 use eddy_build as build;
 use eddy_runtime::control::{self, Request, Response, Status};
@@ -98,6 +99,7 @@ enum Command {
     Rollback(RollbackArgs),
     Bench(bench::BenchArgs),
     BenchSwap(bench_swap::BenchSwapArgs),
+    BenchState(bench_state::BenchStateArgs),
     BenchLangs(bench_langs::BenchLangsArgs),
     /// The keyed counter from a Kafka topic to a Kafka topic, exactly once,
     /// against the same events from a file, in one invocation.
@@ -267,6 +269,20 @@ struct RunArgs {
     /// the user running it may use).
     #[arg(long)]
     no_control: bool,
+    /// Also serve the control plane over HTTP on this TCP address
+    /// (IP:PORT; port 0 picks one): every request needs the bearer token,
+    /// written to STATE/control.token (0600) unless --http-token-file
+    /// gives one. Loopback addresses only, unless --http-public.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Allow an --http address that is not loopback (other machines may
+    /// then reach the control plane; the token is still required).
+    #[arg(long, requires = "http")]
+    http_public: bool,
+    /// The file holding the token for --http (0600, at least 16
+    /// characters), instead of a generated one.
+    #[arg(long, value_name = "FILE", requires = "http")]
+    http_token_file: Option<PathBuf>,
     /// Check the checksum of every page of the state database before
     /// starting (reads the whole file; without it, each record's checksum
     /// is checked when the record is read).
@@ -308,6 +324,7 @@ pub fn main() -> ExitCode {
         Command::Rollback(args) => cmd_rollback(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchSwap(args) => bench_swap::run(args),
+        Command::BenchState(args) => bench_state::run(args),
         Command::BenchLangs(args) => bench_langs::run(args),
         Command::BenchKafka(args) => bench_kafka::run(args),
         Command::Inspect(args) => inspect::run(args),
@@ -372,6 +389,9 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         follow: a.follow,
         watch: a.watch,
         no_control: a.no_control,
+        http: a.http,
+        http_public: a.http_public,
+        http_token_file: a.http_token_file,
         verify_state: a.verify_state,
     };
     let pipeline = Pipeline::load(a.pipeline.as_deref(), overrides)?;
@@ -400,6 +420,19 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             "eddy: control socket {} (owner only): `eddy status`, `eddy swap`, `eddy rollback` --state {}",
             socket.display(),
             pipeline.state_dir.display()
+        );
+    }
+    if let (Some(addr), false) = (&running.started().http, a.quiet) {
+        let token = match pipeline.http.as_ref().and_then(|h| h.token_file.as_ref()) {
+            Some(file) => file.display().to_string(),
+            None => pipeline
+                .state_dir
+                .join(control::TOKEN_FILE)
+                .display()
+                .to_string(),
+        };
+        eprintln!(
+            "eddy: control plane on http://{addr}/ (token in {token}; send `Authorization: Bearer TOKEN`)"
         );
     }
     let mode = progress::Mode::choose(
@@ -611,6 +644,18 @@ pub fn format_status(s: &Status) -> String {
             );
         }
         let _ = writeln!(o);
+    }
+    for k in &s.kafka {
+        let show = |v: Option<i64>| v.map_or("?".to_string(), |v| v.to_string());
+        let _ = writeln!(
+            o,
+            "kafka {}/{}: committed offset {}, end {}, lag {}",
+            k.topic,
+            k.partition,
+            show(k.committed),
+            show(k.end),
+            show(k.lag)
+        );
     }
     o
 }

@@ -1,15 +1,19 @@
 //! `eddy state get|scan`: a key's committed state, as of the last
-//! checkpoint, read from a state directory.
+//! checkpoint: asked of the pipeline running on the state directory (its
+//! control plane's `GET /state/..`), or read from the directory when no
+//! pipeline runs there.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use eddy_runtime::{record_json, Overrides, Pipeline, Store};
-use serde_json::{json, Value};
+use eddy_runtime::control::{self, encode_component, ControlError, Scan};
+use eddy_runtime::{Overrides, Pipeline, Store};
+use serde_json::Value;
 
-/// Read operators' committed state (as of the last checkpoint) from a
-/// state directory, values shown as JSON.
+/// Read operators' committed state (as of the last checkpoint), values
+/// shown as JSON: from the pipeline running on the state directory, or
+/// from the directory itself when none runs.
 #[derive(Args)]
 pub struct StateArgs {
     #[command(subcommand)]
@@ -64,25 +68,51 @@ struct ScanArgs {
 }
 
 impl Dir {
-    fn open(&self) -> Result<Store> {
-        let dir = match &self.pipeline {
+    /// The state directory.
+    fn dir(&self) -> Result<PathBuf> {
+        Ok(match &self.pipeline {
             Some(file) => Pipeline::load(Some(file), Overrides::default())?.state_dir,
             None => self
                 .state
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("eddy-data")),
-        };
-        // Opening a directory without state would create it: a reader
-        // must not.
-        if !dir.join("state.redb").is_file() {
-            bail!("{}: no state there (no state.redb)", dir.display());
-        }
-        Store::open(&dir).with_context(|| {
-            format!(
-                "reading the state in {} (a running pipeline keeps it open: stop it first)",
-                dir.display()
-            )
         })
+    }
+}
+
+/// Opens the state of a stopped pipeline in `dir`.
+fn open(dir: &Path) -> Result<Store> {
+    // Opening a directory without state would create it: a reader must
+    // not.
+    if !dir.join("state.redb").is_file() {
+        bail!("{}: no state there (no state.redb)", dir.display());
+    }
+    Store::open(dir).map_err(|e| {
+        anyhow::anyhow!(
+            "reading the state in {}: {e} (a pipeline that runs there with --no-control keeps it to itself: stop it first)",
+            dir.display()
+        )
+    })
+}
+
+/// Asks the pipeline running on `dir`, if one does: `None` when none
+/// answers on its control socket (no socket, or one a stopped run left).
+fn ask_running(dir: &Path, path: &str) -> Result<Option<Value>> {
+    let Ok(socket) = control::find(dir) else {
+        return Ok(None);
+    };
+    match control::get_json(&socket, path) {
+        Ok(Ok(v)) => Ok(Some(v)),
+        Ok(Err(message)) => bail!(message),
+        Err(ControlError::Connect { error, .. })
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -90,60 +120,40 @@ impl Dir {
 pub fn run(a: StateArgs) -> Result<()> {
     match a.command {
         StateCommand::Get(g) => {
-            let store = g.dir.open()?;
-            let Some(record) = store.record(&g.operator, &g.key)? else {
-                bail!(
-                    "operator {:?} has no committed state for key {:?}",
-                    g.operator,
-                    g.key
-                );
-            };
-            let state = record_json(&record)
-                .with_context(|| format!("the record of key {:?} of {:?}", g.key, g.operator))?;
-            let out = match &g.name {
-                None => state,
-                Some(name) => ["values", "maps", "lists"]
-                    .iter()
-                    .find_map(|kind| state[kind].get(name).cloned())
-                    .with_context(|| {
-                        format!(
-                            "key {:?} of operator {:?} has no value, map or list named {name:?} (it has: {})",
-                            g.key,
-                            g.operator,
-                            names(&state)
-                        )
-                    })?,
+            let dir = g.dir.dir()?;
+            let mut path = format!(
+                "/state/{}/{}",
+                encode_component(&g.operator),
+                encode_component(&g.key)
+            );
+            if let Some(name) = &g.name {
+                path += &format!("/{}", encode_component(name));
+            }
+            let out = match ask_running(&dir, &path)? {
+                Some(v) => v,
+                None => control::state_get(&open(&dir)?, &g.operator, &g.key, g.name.as_deref())?,
             };
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         StateCommand::Scan(s) => {
-            let store = s.dir.open()?;
-            let (keys, more) = store.scan_prefix(&s.operator, &s.prefix, s.limit)?;
-            if keys.is_empty() && s.prefix.is_empty() {
-                bail!("operator {:?} has no committed state", s.operator);
+            let dir = s.dir.dir()?;
+            let path = format!(
+                "/state/{}?prefix={}&limit={}",
+                encode_component(&s.operator),
+                encode_component(&s.prefix),
+                s.limit
+            );
+            let scan: Scan = match ask_running(&dir, &path)? {
+                Some(v) => serde_json::from_value(v)?,
+                None => control::state_scan(&open(&dir)?, &s.operator, &s.prefix, s.limit)?,
+            };
+            for k in &scan.keys {
+                println!("{}", serde_json::to_string(k)?);
             }
-            for (key, record) in keys {
-                let state = record_json(&record)
-                    .with_context(|| format!("the record of key {key:?} of {:?}", s.operator))?;
-                println!("{}", json!({ "key": key, "state": state }));
-            }
-            if more {
+            if scan.more {
                 eprintln!("eddy: more keys follow (raise --limit, or narrow --prefix)");
             }
         }
     }
     Ok(())
-}
-
-/// The names in a key's state view, for an error message.
-fn names(state: &Value) -> String {
-    let all: Vec<&str> = ["values", "maps", "lists"]
-        .iter()
-        .filter_map(|k| state[k].as_object())
-        .flat_map(|o| o.keys().map(String::as_str))
-        .collect();
-    match all.is_empty() {
-        true => "nothing".into(),
-        false => all.join(", "),
-    }
 }

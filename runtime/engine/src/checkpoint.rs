@@ -8,11 +8,14 @@
 //! swaps it records), given back with its outcome, so a swap is reported
 //! done only once the checkpoint that records it is durable.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 
 use crate::state::{Checkpoint, Store, StoreError};
+use crate::stats::Live;
 
 /// What makes a checkpoint durable: the state directory, or a stand-in in
 /// tests.
@@ -24,6 +27,47 @@ pub trait Commit: Send + 'static {
 impl Commit for Store {
     fn commit(&self, cp: &Checkpoint) -> Result<(), StoreError> {
         Store::commit(self, cp)
+    }
+}
+
+/// A [`Commit`] that also counts its checkpoints, their write time and
+/// size in [`Live`] (for `/metrics`), on the committer thread.
+pub struct Counted<C> {
+    /// What commits.
+    pub inner: C,
+    /// Where the counts go.
+    pub live: Arc<Live>,
+}
+
+impl<C: Commit> Commit for Counted<C> {
+    fn commit(&self, cp: &Checkpoint) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let r = self.inner.commit(cp);
+        let micros = started.elapsed().as_micros().min(u64::MAX as u128) as u64;
+        let c = &self.live.checkpoints;
+        match &r {
+            Ok(()) => {
+                let bytes: usize = cp
+                    .writes
+                    .iter()
+                    .map(|w| w.record.as_ref().map_or(0, Vec::len))
+                    .sum();
+                c.count.fetch_add(1, Ordering::Relaxed);
+                c.micros.fetch_add(micros, Ordering::Relaxed);
+                c.max_micros.fetch_max(micros, Ordering::Relaxed);
+                c.writes
+                    .fetch_add(cp.writes.len() as u64, Ordering::Relaxed);
+                c.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                c.last_ms.store(now, Ordering::Relaxed);
+            }
+            Err(_) => {
+                c.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        r
     }
 }
 

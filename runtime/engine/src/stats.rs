@@ -85,6 +85,10 @@ pub struct Live {
     /// A Kafka input: per partition, its positions (updated at each
     /// checkpoint).
     pub kafka: Mutex<Vec<KafkaPartition>>,
+    /// Per operator, in chain order: swaps and rollbacks in this run.
+    pub ops: Vec<OpLive>,
+    /// Checkpoints made durable in this run.
+    pub checkpoints: CheckpointLive,
 }
 
 /// One partition of a Kafka input, as `eddy status` shows it.
@@ -105,6 +109,37 @@ pub struct KafkaPartition {
     pub lag: Option<i64>,
 }
 
+/// Swaps and rollbacks of one operator in this run (`/metrics`), counted
+/// by the swap controller once each is durable.
+#[derive(Debug, Default)]
+pub struct OpLive {
+    /// Swaps to a new version.
+    pub swaps: AtomicU64,
+    /// Rollbacks to the previous version.
+    pub rollbacks: AtomicU64,
+}
+
+/// The checkpoints of this run (`/metrics`), counted by the committer
+/// thread around each write transaction.
+#[derive(Debug, Default)]
+pub struct CheckpointLive {
+    /// Checkpoints made durable.
+    pub count: AtomicU64,
+    /// Checkpoints whose write transaction failed.
+    pub failed: AtomicU64,
+    /// Time spent committing them, in microseconds.
+    pub micros: AtomicU64,
+    /// The longest commit, in microseconds.
+    pub max_micros: AtomicU64,
+    /// State writes (changed or deleted keys) they carried.
+    pub writes: AtomicU64,
+    /// Bytes of the state records they wrote.
+    pub bytes: AtomicU64,
+    /// When the last one became durable, in milliseconds since the Unix
+    /// epoch (0: none yet in this run).
+    pub last_ms: AtomicU64,
+}
+
 impl Live {
     /// Counters for `workers` workers running `operators` operators each.
     pub fn new(workers: usize, operators: usize) -> Live {
@@ -120,6 +155,8 @@ impl Live {
             lines_read: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             kafka: Mutex::new(Vec::new()),
+            ops: (0..operators).map(|_| OpLive::default()).collect(),
+            checkpoints: CheckpointLive::default(),
         }
     }
 

@@ -733,24 +733,86 @@ fn state_get_and_scan_show_the_committed_state() {
     );
     assert!(!d.join("elsewhere").exists());
 
-    // A running pipeline holds its state open: refused, saying so.
-    let mut child = Command::new(eddy_bin())
-        .args([
-            "run",
-            "-q",
-            "--follow",
-            "--operator",
-            &operator,
-            "--input",
-            "in.jsonl",
-        ])
-        .args(["--output", "out2.jsonl", "--state", "st"])
-        .current_dir(d)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    // A running pipeline answers the same queries itself (as of its last
+    // checkpoint); one that serves no control socket keeps its state to
+    // itself: refused, saying so.
+    let start = |extra: &[&str]| {
+        let child = Command::new(eddy_bin())
+            .args([
+                "run",
+                "-q",
+                "--follow",
+                "--operator",
+                &operator,
+                "--input",
+                "in.jsonl",
+            ])
+            .args(["--state", "st"])
+            .args(if extra.is_empty() {
+                &["--output", "out2.jsonl"][..]
+            } else {
+                extra
+            })
+            .current_dir(d)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // With --no-control there is no socket to wait for.
+        while extra.is_empty() && !d.join("st/control.sock").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pipeline did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child
+    };
+    let stop = |mut child: std::process::Child| {
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        assert!(child.wait().unwrap().success());
+    };
+    let child = start(&[]);
+    let got = eddy(
+        &[
+            "state", "get", "counter", "user-7", "totals", "--state", "st",
+        ],
+        d,
+    );
+    let scan = eddy(
+        &[
+            "state", "scan", "counter", "--state", "st", "--prefix", "user-1", "--limit", "3",
+        ],
+        d,
+    );
+    let unknown = eddy(&["state", "scan", "nobody", "--state", "st"], d);
+    stop(child);
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&got.stdout).unwrap(),
+        serde_json::json!({"count": want["user-7"].0, "sum": want["user-7"].1})
+    );
+    assert!(scan.status.success(), "{}", stderr(&scan));
+    assert_eq!(scan.stdout, o_scan_first_three(d));
+    assert!(
+        stderr(&scan).contains("more keys follow"),
+        "{}",
+        stderr(&scan)
+    );
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("no operator named `nobody` in this pipeline (it runs: counter)"),
+        "{}",
+        stderr(&unknown)
+    );
+
+    let child = start(&["--no-control", "--output", "out3.jsonl"]);
+    // No socket to wait for: the output file appears once the state
+    // directory is open.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !d.join("st/control.sock").exists() {
+    while !d.join("out3.jsonl").exists() {
         assert!(
             std::time::Instant::now() < deadline,
             "the pipeline did not start"
@@ -758,14 +820,24 @@ fn state_get_and_scan_show_the_committed_state() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let o = eddy(&["state", "get", "counter", "user-7", "--state", "st"], d);
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    assert!(child.wait().unwrap().success());
+    stop(child);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("a running pipeline keeps it open: stop it first"),
+        stderr(&o).contains("keeps it to itself: stop it first"),
         "{}",
         stderr(&o)
     );
+}
+
+/// `eddy state scan counter --prefix user-1 --limit 3` on the stopped
+/// state directory `d/st`, as printed.
+fn o_scan_first_three(d: &std::path::Path) -> Vec<u8> {
+    let o = eddy(
+        &[
+            "state", "scan", "counter", "--state", "st", "--prefix", "user-1", "--limit", "3",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    o.stdout
 }

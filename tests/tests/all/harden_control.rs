@@ -33,23 +33,37 @@ fn generations(r: &Running) -> usize {
     r.status().operators[0].versions.len()
 }
 
-/// Sends raw bytes on the control socket and returns the answer text.
+/// Sends raw bytes on the control socket and returns the answer text
+/// (status line, headers and body).
 fn raw(socket: &Path, bytes: &[u8]) -> String {
     let mut c = UnixStream::connect(socket).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    c.write_all(bytes).unwrap();
-    c.shutdown(std::net::Shutdown::Write).unwrap();
+    // The server may answer (413) and close before it read everything.
+    let _ = c.write_all(bytes);
+    let _ = c.shutdown(std::net::Shutdown::Write);
     let mut answer = String::new();
     let _ = c.read_to_string(&mut answer);
     answer
 }
 
-/// Control-connection threads of this process (of every test's pipeline).
+/// One HTTP/1.1 request, as bytes: `method path` with `body`.
+fn http(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "{method} {path} HTTP/1.1\r\nHost: eddy\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// Control-plane threads of this process that handle requests (of every
+/// test's pipeline): the blocking pool of each pipeline's control runtime.
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with("eddy-control-co"))
+        .filter(|name| name.starts_with("eddy-control"))
         .count()
 }
 
@@ -177,13 +191,14 @@ fn a_swap_whose_client_gave_up_is_not_carried_out() {
         }
         other => panic!("{other:?}"),
     }
-    // A client that sends a rollback or swap and hangs up at once.
+    // A client that sends a swap and hangs up at once.
     let mut c = UnixStream::connect(&socket).unwrap();
-    let line = format!(
-        "{{\"request\":\"swap\",\"operator\":\"counter\",\"component\":{:?}}}\n",
+    let body = format!(
+        "{{\"operator\":\"counter\",\"component\":{:?}}}",
         COUNTER_V2
     );
-    c.write_all(line.as_bytes()).unwrap();
+    c.write_all(&http("POST", "/swap", body.as_bytes()))
+        .unwrap();
     drop(c);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(generations(&r), 1, "an abandoned swap was carried out");
@@ -197,42 +212,62 @@ fn slow_and_numerous_clients_neither_pile_up_threads_nor_lock_out_the_owner() {
     let dir = tempfile::tempdir().unwrap();
     let r = running(dir.path(), 100);
     let socket = control::socket_path(&dir.path().join("state"));
-    // 60 clients that each send a byte every 300 ms and never finish.
+    // 60 clients that each send a header byte every 300 ms and never
+    // finish their request.
     let mut slow: Vec<UnixStream> = (0..60)
-        .map(|_| UnixStream::connect(&socket).unwrap())
+        .map(|_| {
+            let mut c = UnixStream::connect(&socket).unwrap();
+            c.write_all(b"GET /status HTTP/1.1\r\nX-Slow: ").unwrap();
+            c
+        })
         .collect();
+    // They hold every connection the pipeline serves at once: the owner is
+    // told so at once, not kept waiting.
+    std::thread::sleep(Duration::from_millis(300));
+    match control::request(&socket, &Request::Status, control::DEFAULT_WAIT).unwrap() {
+        Response::Error { message } => {
+            assert!(
+                message.contains("already serving 16 control connections"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
     let started = Instant::now();
     let mut peak = 0;
     let mut open = slow.len();
     while open > 0 && started.elapsed() < Duration::from_secs(20) {
         open = 0;
         for c in &mut slow {
-            if c.write_all(b" ").is_ok() {
+            if c.write_all(b"a").is_ok() {
                 open += 1;
             }
         }
         peak = peak.max(threads());
         std::thread::sleep(Duration::from_millis(300));
     }
-    // At most MAX_CONNECTIONS for this pipeline (a few more may be other
-    // tests' status requests, which last milliseconds).
+    // The control plane's threads of this test's pipeline, a few more of
+    // other tests' pipelines: slow clients add none.
     assert!(
         peak <= MAX_CONNECTIONS + 8,
-        "{peak} control connection threads for 60 clients"
+        "{peak} control threads for 60 clients"
     );
-    // Every slow client was cut off (its request never arrived whole within
-    // the time allowed), and the owner is served again.
+    // Every slow client was cut off (its request never arrived whole
+    // within the time allowed) or refused; none was served.
     for c in &mut slow {
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut answer = String::new();
         let _ = c.read_to_string(&mut answer);
         assert!(
-            answer.is_empty()
-                || answer.contains("did not arrive whole")
-                || answer.contains("already serving"),
+            answer.is_empty() || answer.starts_with("HTTP/1.1 503"),
             "{answer}"
         );
     }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "slow clients were not cut off"
+    );
+    // The owner is served again.
     assert_eq!(r.status().operators[0].handled, 100);
     r.stop();
 }
@@ -242,28 +277,75 @@ fn malformed_requests_get_an_answer_and_never_panic_the_parser() {
     let dir = tempfile::tempdir().unwrap();
     let r = running(dir.path(), 10);
     let socket = control::socket_path(&dir.path().join("state"));
-    for bad in [
-        &b"\n"[..],
-        b"{\"request\":\"reboot\"}\n",
-        b"{\"request\":\"swap\",\"operator\":1}\n",
-        b"\xff\xfe\n",
-        b"{\"request\":\"status\"",
+    for (request, status, reason) in [
+        (http("POST", "/swap", b""), "400", "malformed request: "),
+        (http("POST", "/swap", b"{"), "400", "malformed request: "),
+        (
+            http("POST", "/swap", b"{\"operator\":1}"),
+            "400",
+            "malformed request: invalid type",
+        ),
+        (
+            http("POST", "/rollback", b"\xff\xfe"),
+            "400",
+            "malformed request: ",
+        ),
+        (
+            http("POST", "/reboot", b"{}"),
+            "404",
+            "no endpoint POST /reboot (the control plane serves: GET /, GET /status",
+        ),
+        (
+            http("DELETE", "/status", b""),
+            "405",
+            "/status does not take DELETE",
+        ),
+        (
+            http("POST", "/swap", &vec![b'x'; control::MAX_REQUEST + 1]),
+            "413",
+            "the request is longer than 65536 bytes",
+        ),
+        (
+            http("GET", "/state/nobody/k", b""),
+            "404",
+            "no operator named `nobody` in this pipeline (it runs: counter)",
+        ),
+        (
+            http("GET", "/state/counter?limit=abc", b""),
+            "400",
+            "malformed query",
+        ),
     ] {
-        let answer = raw(&socket, bad);
-        assert!(answer.contains("malformed request"), "{answer}");
+        let answer = raw(&socket, &request);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{}: {status}: {answer}",
+            String::from_utf8_lossy(&request[..request.len().min(200)])
+        );
+        assert!(answer.contains("{\"error\":\""), "{answer}");
+        assert!(answer.contains(reason), "{reason}: {answer}");
     }
-    let big = vec![b'x'; control::MAX_REQUEST + 1];
-    assert!(raw(&socket, &big).contains("longer than"));
+    // Not HTTP at all: the server answers 400 and stays up.
+    let answer = raw(&socket, b"\xff\xfe not http\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     // The always-on cousin of the `control` fuzz target.
     let mut rng = Rng(7);
-    let seeds: [&[u8]; 3] = [
-        br#"{"request":"swap","operator":"counter","component":"/x.wasm","wait_ms":5}"#,
-        br#"{"request":"rollback","operator":"c"}"#,
-        br#"{"request":"status"}"#,
+    let seeds: [(&str, &str, &[u8]); 3] = [
+        (
+            "POST",
+            "/swap",
+            br#"{"operator":"counter","component":"/x.wasm","wait_ms":5}"#,
+        ),
+        ("POST", "/rollback", br#"{"operator":"c"}"#),
+        ("GET", "/status", b""),
     ];
     for round in 0..20_000 {
-        let input = mutated(&mut rng, seeds[round % seeds.len()]);
-        let _ = control::parse_request(&input);
+        let (method, path, body) = seeds[round % seeds.len()];
+        let input = mutated(&mut rng, body);
+        if let Ok(e) = control::parse_request(method, path, &input) {
+            let (m, p, b) = e.http();
+            assert_eq!(control::parse_request(m, p, &b), Ok(e));
+        }
     }
     assert_eq!(r.status().operators[0].handled, 10);
     r.stop();

@@ -614,6 +614,35 @@ fn swap_and_rollback_on_a_kafka_pipeline() {
         sent = upto;
         wait_outputs(&b, &output, 2, upto);
     }
+    // `eddy status`: per partition, the committed offsets add up to every
+    // input record, and the lag is 0 once the partition ends are known.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let o = crate::util::eddy_in(&["status", "--state", state_arg], dir.path());
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let parts: Vec<(i64, String)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("kafka {input}/")))
+            .map(|l| {
+                let committed = l
+                    .split("committed offset ")
+                    .nth(1)
+                    .and_then(|r| r.split(',').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(-1);
+                (committed, l.rsplit(", ").next().unwrap_or("").to_string())
+            })
+            .collect();
+        let total: i64 = parts.iter().map(|(c, _)| c).sum();
+        if parts.len() == 2 && total == 3000 && parts.iter().all(|(_, lag)| lag == "lag 0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "eddy status never showed the partitions caught up:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -23,6 +23,9 @@ mod cli;
 mod languages;
 // The control socket: owner only, and hardened against abusive clients.
 mod harden_control;
+// The HTTP control plane: /metrics against the counts, /state/.. as of the
+// last checkpoint, the TCP listener's token.
+mod http;
 // Inputs never destroyed, split or altered: same-file outputs, half-written
 // lines, numeric keys, device and FIFO outputs, write errors, BOM, non-UTF-8.
 mod harden_io;

@@ -33,6 +33,7 @@ pub fn pipeline(dir: &Path, input: &Path, ops: &[(&str, &str)], workers: usize) 
         follow: false,
         watch: false,
         control: true,
+        http: None,
         verify_state: false,
         watermark: Default::default(),
     }

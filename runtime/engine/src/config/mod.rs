@@ -5,6 +5,11 @@
 //! workers = 2                      # default: number of cores
 //!
 //! control = true                   # serve the owner-only control socket STATE/control.sock
+//!                                  # (or a [control] table, which also serves it:)
+//! # [control]
+//! # http = "127.0.0.1:9100"        # also serve the control plane over TCP (bearer token)
+//! # http_public = false            # true: allow an address that is not loopback
+//! # http_token_file = "token"      # the token; default: generated into STATE/control.token
 //! watch = false                    # swap an operator when its component file changes
 //!
 //! [source]
@@ -160,6 +165,9 @@ pub struct Pipeline {
     /// Serve the control socket (`<state dir>/control.sock`, see
     /// [`crate::control`]).
     pub control: bool,
+    /// Also serve the control plane over TCP (`[control] http`, `--http`);
+    /// only with `control`.
+    pub http: Option<HttpListen>,
     /// Check every page of the state database when it opens (see
     /// [`crate::state::Store::open_verified`]).
     pub verify_state: bool,
@@ -191,13 +199,39 @@ impl Default for WatermarkSpec {
     }
 }
 
-/// The pipeline file's `control` setting: `true` or `false`. An address
-/// (what older versions took) is refused with an explanation.
+/// The control plane's TCP listener (`[control] http`, `--http`): every
+/// request must carry the bearer token (see [`crate::control`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpListen {
+    /// Where to listen; a loopback address unless `public`.
+    pub addr: std::net::SocketAddr,
+    /// The address may be one that is not loopback (`http_public`,
+    /// `--http-public`).
+    pub public: bool,
+    /// A file holding the token; `None`: a token is generated at each
+    /// start into `<state dir>/control.token` (0600).
+    pub token_file: Option<PathBuf>,
+}
+
+/// The pipeline file's `control` setting: `true`, `false` or a `[control]`
+/// table. An address (what older versions took) is refused with an
+/// explanation.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum ControlSetting {
     On(bool),
     Address(String),
+    Table(ControlTable),
+}
+
+/// `[control]`: the socket is served, and the TCP listener if `http` is
+/// set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlTable {
+    http: Option<String>,
+    http_public: Option<bool>,
+    http_token_file: Option<String>,
 }
 
 /// A pipeline file that cannot be used.
@@ -366,6 +400,13 @@ pub struct Overrides {
     pub watch: bool,
     /// `--no-control`.
     pub no_control: bool,
+    /// `--http ADDR`: also serve the control plane there.
+    pub http: Option<String>,
+    /// `--http-public`: the `--http` address may be one that is not
+    /// loopback.
+    pub http_public: bool,
+    /// `--http-token-file`.
+    pub http_token_file: Option<PathBuf>,
     /// `--verify-state`.
     pub verify_state: bool,
 }
@@ -561,16 +602,35 @@ impl Pipeline {
                 "follow is for a file input: a Kafka input is read until the pipeline is stopped (or, with until_end, to the end of its partitions)".into(),
             ));
         }
+        let mut table = None;
         let control = match f.control {
             _ if o.no_control => false,
             None => true,
             Some(ControlSetting::On(on)) => on,
+            Some(ControlSetting::Table(t)) => {
+                table = Some(t);
+                true
+            }
             Some(ControlSetting::Address(addr)) => {
                 return Err(PipelineError::Invalid(format!(
-                    "control = \"{addr}\": the control endpoint is no longer a network address (any local user could reach it); it is the Unix socket STATE/{} that only the pipeline's owner may use. Write `control = true` (the default) or `control = false`",
+                    "control = \"{addr}\": the control endpoint is no longer a network address (any local user could reach it); it is the Unix socket STATE/{} that only the pipeline's owner may use. Write `control = true` (the default) or `control = false`, or serve it over TCP too with a token: `[control] http = \"{addr}\"`",
                     SOCKET_FILE
                 )))
             }
+        };
+        let table = table.unwrap_or(ControlTable {
+            http: None,
+            http_public: None,
+            http_token_file: None,
+        });
+        let http = match o.http.or(table.http) {
+            Some(addr) if control => Some(http_listen(
+                &addr,
+                o.http_public || table.http_public.unwrap_or(false),
+                o.http_token_file
+                    .or(table.http_token_file.map(|f| base.join(f))),
+            )?),
+            _ => None,
         };
         let mut watermark = WatermarkSpec::default();
         if let Some(t) = &f.source.watermark {
@@ -587,6 +647,7 @@ impl Pipeline {
             follow,
             watch: o.watch || f.watch.unwrap_or(false),
             control,
+            http,
             verify_state: o.verify_state || f.state.verify_on_open.unwrap_or(false),
             input,
             key_field: o.key_field.or(f.source.key).unwrap_or_else(|| "key".into()),
@@ -601,4 +662,28 @@ impl Pipeline {
             checkpoint_events: events,
         })
     }
+}
+
+/// The TCP listener at `addr`, checked: an address, loopback unless
+/// `public`.
+fn http_listen(
+    addr: &str,
+    public: bool,
+    token_file: Option<PathBuf>,
+) -> Result<HttpListen, PipelineError> {
+    let parsed: std::net::SocketAddr = addr.parse().map_err(|e| {
+        PipelineError::Invalid(format!(
+            "control http = {addr:?}: not an address ({e}); write IP:PORT, such as 127.0.0.1:9100"
+        ))
+    })?;
+    if !parsed.ip().is_loopback() && !public {
+        return Err(PipelineError::Invalid(format!(
+            "control http = {addr:?} is not a loopback address: other machines could reach the control plane (each request still needs the token). Serve it on 127.0.0.1, or opt in with `http_public = true` in [control] (--http-public)"
+        )));
+    }
+    Ok(HttpListen {
+        addr: parsed,
+        public,
+        token_file,
+    })
 }

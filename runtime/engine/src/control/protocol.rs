@@ -1,5 +1,7 @@
-//! The control protocol: one JSON [`Envelope`] line in, one JSON
-//! [`Response`] line out, per connection.
+//! The control plane's requests and answers: what `eddy status`, `eddy
+//! swap` and `eddy rollback` send over HTTP ([`Envelope`]: `GET /status`,
+//! `POST /swap`, `POST /rollback` with a JSON body) and what they get back
+//! ([`Response`]), limits and defaults.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,13 +13,14 @@ pub use crate::config::SOCKET_FILE;
 use crate::stats::{OpStats, SwapPause};
 use crate::swap::{SwapReport, Version};
 
-/// Longest request accepted, in bytes.
+/// Longest request body accepted, in bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
-/// Time a client has to send its whole request.
+/// Time a client has to send its whole request (headers and body).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connections served at once; more are refused at once.
+/// Connections served at once, over all listeners; more are answered
+/// `503 Service Unavailable` at once.
 pub const MAX_CONNECTIONS: usize = 16;
 
 /// How long `eddy swap` and `eddy rollback` wait by default for the new
@@ -46,7 +49,9 @@ pub enum Request {
     },
 }
 
-/// What goes over the wire: a [`Request`] and how long its client waits.
+/// A [`Request`] and how long its client waits: what one HTTP request of
+/// `eddy status|swap|rollback` carries ([`Envelope::http`],
+/// [`parse_request`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     #[serde(flatten)]
@@ -59,7 +64,9 @@ pub struct Envelope {
     pub wait_ms: Option<u64>,
 }
 
-/// The answer to a [`Request`].
+/// The answer to a [`Request`], as the client sees it: `200` with a
+/// [`Status`] or a [`SwapReport`], or an error status with an
+/// [`ErrorBody`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "kebab-case")]
 pub enum Response {
@@ -84,6 +91,14 @@ pub enum ControlError {
         socket: PathBuf,
         /// The underlying error.
         error: std::io::Error,
+    },
+    #[error("cannot serve the control plane on {addr}: {reason}")]
+    /// The TCP listener could not be served.
+    Http {
+        /// The address asked for.
+        addr: String,
+        /// Why.
+        reason: String,
     },
     #[error("no running eddy found for state directory {dir}: {socket} {reason}; start `eddy run` with this state directory, or pass --socket PATH")]
     /// No control socket was found.
@@ -120,10 +135,104 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join(SOCKET_FILE)
 }
 
-/// Parses one request line (without its `\n`).
-pub fn parse_request(line: &[u8]) -> Result<Envelope, String> {
-    serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))
+/// The body of every error answer of the control plane:
+/// `{"error": "what went wrong"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
 }
+
+/// The body of `POST /swap`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwapBody {
+    operator: String,
+    component: PathBuf,
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+/// The body of `POST /rollback`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    operator: String,
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+/// Reads the request `method path` with `body` (`GET /status`, `POST
+/// /swap` with `{"operator": .., "component": .., "wait_ms": ..}`, `POST
+/// /rollback` with `{"operator": .., "wait_ms": ..}`; `wait_ms` is
+/// optional). The error says what is wrong, starting with `malformed
+/// request: `.
+pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<Envelope, String> {
+    let bad = |e: &dyn std::fmt::Display| format!("malformed request: {e}");
+    match (method, path) {
+        ("GET", "/status") => Ok(Envelope {
+            request: Request::Status,
+            wait_ms: None,
+        }),
+        ("POST", "/swap") => {
+            let b: SwapBody = serde_json::from_slice(body).map_err(|e| bad(&e))?;
+            Ok(Envelope {
+                request: Request::Swap {
+                    operator: b.operator,
+                    component: b.component,
+                },
+                wait_ms: b.wait_ms,
+            })
+        }
+        ("POST", "/rollback") => {
+            let b: RollbackBody = serde_json::from_slice(body).map_err(|e| bad(&e))?;
+            Ok(Envelope {
+                request: Request::Rollback {
+                    operator: b.operator,
+                },
+                wait_ms: b.wait_ms,
+            })
+        }
+        _ => Err(bad(&format_args!(
+            "no request {method} {path} (the requests are GET /status, POST /swap and POST /rollback)"
+        ))),
+    }
+}
+
+impl Envelope {
+    /// The HTTP method, path and JSON body that carry this request (what
+    /// [`parse_request`] reads back).
+    pub fn http(&self) -> (&'static str, &'static str, Vec<u8>) {
+        let wait = self.wait_ms;
+        match &self.request {
+            Request::Status => ("GET", "/status", Vec::new()),
+            Request::Swap {
+                operator,
+                component,
+            } => {
+                // A path that is not UTF-8 cannot go in JSON: the
+                // pipeline is told its lossy form and names it in its
+                // refusal.
+                let mut body = serde_json::json!({
+                    "operator": operator,
+                    "component": component.to_string_lossy(),
+                });
+                if let Some(w) = wait {
+                    body["wait_ms"] = w.into();
+                }
+                ("POST", "/swap", body.to_string().into_bytes())
+            }
+            Request::Rollback { operator } => {
+                let mut body = serde_json::json!({ "operator": operator });
+                if let Some(w) = wait {
+                    body["wait_ms"] = w.into();
+                }
+                ("POST", "/rollback", body.to_string().into_bytes())
+            }
+        }
+    }
+}
+
 /// What `eddy status` shows of one operator.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OperatorStatus {
@@ -169,6 +278,10 @@ pub struct Status {
     pub operators: Vec<OperatorStatus>,
     /// Number of worker threads.
     pub workers: Vec<WorkerStatus>,
+    /// A Kafka input: per partition, the committed offset, the end and
+    /// the lag.
+    #[serde(default)]
+    pub kafka: Vec<crate::stats::KafkaPartition>,
 }
 
 /// Runs `f` on `path`, or, when `path` is too long for a socket address
@@ -201,9 +314,11 @@ mod tests {
     use std::os::unix::net::{UnixListener, UnixStream};
 
     #[test]
-    fn requests_parse_with_and_without_a_wait() {
+    fn requests_parse_with_and_without_a_wait_and_round_trip() {
         let e = parse_request(
-            br#"{"request":"swap","operator":"c","component":"/x.wasm","wait_ms":5}"#,
+            "POST",
+            "/swap",
+            br#"{"operator":"c","component":"/x.wasm","wait_ms":5}"#,
         )
         .unwrap();
         assert_eq!(
@@ -216,20 +331,38 @@ mod tests {
                 wait_ms: Some(5)
             }
         );
-        let e = parse_request(br#"{"request":"status"}"#).unwrap();
+        let (m, p, b) = e.http();
+        assert_eq!(parse_request(m, p, &b).unwrap(), e);
+        let e = parse_request("GET", "/status", b"").unwrap();
         assert_eq!(e.request, Request::Status);
         assert_eq!(e.wait_ms, None);
-        for bad in [
-            &b""[..],
-            b"{",
-            b"{\"request\":\"reboot\"}",
-            b"{\"request\":\"swap\"}",
-            b"\xff\xfe",
-            b"{\"request\":\"status\",\"wait_ms\":-1}",
+        let e = parse_request("POST", "/rollback", br#"{"operator":"c"}"#).unwrap();
+        assert_eq!(
+            e.request,
+            Request::Rollback {
+                operator: "c".into()
+            }
+        );
+        let (m, p, b) = e.http();
+        assert_eq!(parse_request(m, p, &b).unwrap(), e);
+        for (method, path, bad) in [
+            ("POST", "/swap", &b""[..]),
+            ("POST", "/swap", b"{"),
+            ("POST", "/swap", b"{\"operator\":\"c\"}"),
+            ("POST", "/swap", b"\xff\xfe"),
+            ("POST", "/rollback", b"{\"operator\":\"c\",\"wait_ms\":-1}"),
+            ("POST", "/rollback", b"{\"operator\":\"c\",\"extra\":1}"),
+            ("POST", "/reboot", b"{}"),
+            ("GET", "/swap", b""),
         ] {
-            let err = parse_request(bad).unwrap_err();
+            let err = parse_request(method, path, bad).unwrap_err();
             assert!(err.starts_with("malformed request: "), "{err}");
         }
+        let err = parse_request("POST", "/reboot", b"").unwrap_err();
+        assert_eq!(
+            err,
+            "malformed request: no request POST /reboot (the requests are GET /status, POST /swap and POST /rollback)"
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub(super) fn status(controller: &Controller) -> Status {
         state_dir: controller.state_dir().display().to_string(),
         input: controller.input().to_string(),
         lines_read: live.lines_read.load(Ordering::Relaxed),
+        kafka: live.kafka().clone(),
         operators,
         workers: workers
             .into_iter()

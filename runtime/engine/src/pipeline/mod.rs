@@ -100,6 +100,9 @@ pub struct Summary {
 pub struct Started {
     /// The control socket, if it serves one.
     pub control: Option<PathBuf>,
+    /// The control plane's TCP address, if it serves one (`[control]
+    /// http`; the port the system gave when 0 was asked).
+    pub http: Option<std::net::SocketAddr>,
     /// Line number the run resumes after (0 for a fresh start).
     pub resumed_after_line: u64,
 }

@@ -9,7 +9,7 @@ use crossbeam_channel::unbounded;
 
 use super::coordinator::{Coordinator, KafkaFeed};
 use super::{Running, Shutdown, Started};
-use crate::checkpoint::Writer;
+use crate::checkpoint::{Counted, Writer};
 use crate::config::{Delivery, Input, Output, Pipeline};
 use crate::control::Server;
 use crate::operator::{Loaded, OperatorKind};
@@ -161,7 +161,10 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
         &live,
         &formats,
     )?;
-    let writer = Writer::start(store.clone())?;
+    let writer = Writer::start(Counted {
+        inner: store.clone(),
+        live: live.clone(),
+    })?;
     // Before the control endpoint and `--watch`, which end only once the
     // coordinator stops the controller.
     let (reader, kafka) = match kafka_in {
@@ -194,7 +197,11 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
         },
     ));
     let server = match p.control {
-        true => Some(Server::start(&p.state_dir, controller.clone())?),
+        true => Some(Server::start(
+            &p.state_dir,
+            controller.clone(),
+            p.http.as_ref(),
+        )?),
         false => None,
     };
     let watcher = match p.watch {
@@ -213,6 +220,7 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
     let (resume_line, resume_offset) = (resume.pos.line, resume.pos.offset);
     let started = Started {
         control: server.as_ref().map(|s| s.path().to_path_buf()),
+        http: server.as_ref().and_then(Server::http_addr),
         resumed_after_line: resume.pos.line,
     };
     let co = Coordinator::new(super::coordinator::Parts {

@@ -181,6 +181,12 @@ impl Controller {
         &self.input
     }
 
+    /// The state directory's store: its read transactions see the last
+    /// checkpoint (`GET /state/...`).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The state directory.
     pub fn state_dir(&self) -> &Path {
         self.store.dir()
@@ -227,7 +233,11 @@ impl Controller {
             ))
         })?;
         let compile = started.elapsed();
-        self.activate(stage, Arc::new(component), compile, asker)
+        let done = self.activate(stage, Arc::new(component), compile, asker)?;
+        if let Some(n) = self.live.ops.get(stage) {
+            n.swaps.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(done)
     }
 
     /// Returns operator `operator` to the version that ran before the
@@ -270,7 +280,11 @@ impl Controller {
                 })?)
             }
         };
-        self.activate(stage, component, started.elapsed(), asker)
+        let done = self.activate(stage, component, started.elapsed(), asker)?;
+        if let Some(n) = self.live.ops.get(stage) {
+            n.rollbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(done)
     }
 
     fn engine(&self, stage: usize) -> Result<wasmtime::Engine, Refused> {

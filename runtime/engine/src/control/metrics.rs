@@ -1,0 +1,351 @@
+//! `GET /metrics`: the pipeline's counters in the Prometheus text format
+//! (version 0.0.4), read at scrape time from what the workers, the reader,
+//! the committer and the swap controller already count. Counters count
+//! from the start of this run (a restart starts them at 0 again);
+//! positions are gauges.
+
+use std::fmt::{Display, Write};
+use std::sync::atomic::Ordering;
+
+use crate::stats::OpStats;
+use crate::swap::Controller;
+
+/// The `Content-Type` of the answer.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The metrics text.
+struct Out(String);
+
+impl Out {
+    /// Starts the metric family `name`.
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    /// One sample of `name` with `labels`.
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+/// A label value as the text format writes it.
+fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Seconds from microseconds.
+fn secs(micros: u64) -> f64 {
+    micros as f64 / 1e6
+}
+
+/// The per-operator, per-worker counters: name, help, and how to read it.
+type PerWorker = (&'static str, &'static str, fn(&OpStats) -> u64);
+
+const PER_WORKER: [PerWorker; 7] = [
+    (
+        "eddy_events_read_total",
+        "Events given to the operator on this worker (handled or failed).",
+        |s| s.handled + s.failed,
+    ),
+    (
+        "eddy_events_handled_total",
+        "Events the operator handled successfully on this worker.",
+        |s| s.handled,
+    ),
+    (
+        "eddy_events_failed_total",
+        "Events whose handling failed (trap, error, limit) on this worker; each went to the dead-letter file.",
+        |s| s.failed,
+    ),
+    (
+        "eddy_events_emitted_total",
+        "Events the operator emitted on this worker (by events and timers).",
+        |s| s.emitted,
+    ),
+    (
+        "eddy_events_dead_lettered_total",
+        "Events and timers of the operator on this worker that went to the dead-letter file.",
+        |s| s.failed + s.timers_failed,
+    ),
+    (
+        "eddy_timers_fired_total",
+        "Timers of the operator that fired on this worker.",
+        |s| s.timers_fired,
+    ),
+    (
+        "eddy_timers_failed_total",
+        "Timers whose handler failed on this worker (dead-lettered).",
+        |s| s.timers_failed,
+    ),
+];
+
+/// The metrics of the pipeline `c` serves, now.
+pub(super) fn render(c: &Controller) -> String {
+    let mut out = Out(String::with_capacity(8192));
+    let live = c.live();
+    let workers: Vec<Vec<OpStats>> = (0..live.workers.len())
+        .map(|w| live.worker(w).ops.clone())
+        .collect();
+    let names: Vec<&str> = c.operator_names().collect();
+    let versions = c.versions().clone();
+
+    out.family(
+        "eddy_build_info",
+        "gauge",
+        "The eddy that runs this pipeline (value 1).",
+    );
+    out.sample(
+        "eddy_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    out.family("eddy_workers", "gauge", "Worker threads.");
+    out.sample("eddy_workers", &[], workers.len());
+
+    for (name, help, read) in PER_WORKER {
+        out.family(name, "counter", help);
+        for (op, opname) in names.iter().enumerate() {
+            for (w, ops) in workers.iter().enumerate() {
+                let s = ops.get(op).copied().unwrap_or_default();
+                out.sample(
+                    name,
+                    &[("operator", opname), ("worker", &w.to_string())],
+                    read(&s),
+                );
+            }
+        }
+    }
+
+    out.family(
+        "eddy_operator_generation",
+        "gauge",
+        "Generation of the operator's version running now (0 for its first version, one more per swap or rollback).",
+    );
+    for (opname, v) in names.iter().zip(&versions) {
+        out.sample(
+            "eddy_operator_generation",
+            &[("operator", opname)],
+            v.active,
+        );
+    }
+    out.family(
+        "eddy_operator_version_info",
+        "gauge",
+        "The version running now: its content hash (value 1).",
+    );
+    for (opname, v) in names.iter().zip(&versions) {
+        out.sample(
+            "eddy_operator_version_info",
+            &[
+                ("operator", opname),
+                ("version", &v.current().hash),
+                ("generation", &v.active.to_string()),
+            ],
+            1,
+        );
+    }
+    for (name, help, rollback) in [
+        (
+            "eddy_swaps_total",
+            "Swaps of the operator to a new version in this run (durable).",
+            false,
+        ),
+        (
+            "eddy_rollbacks_total",
+            "Rollbacks of the operator to its previous version in this run (durable).",
+            true,
+        ),
+    ] {
+        out.family(name, "counter", help);
+        for (op, opname) in names.iter().enumerate() {
+            let n = live.ops.get(op).map_or(0, |o| match rollback {
+                true => o.rollbacks.load(Ordering::Relaxed),
+                false => o.swaps.load(Ordering::Relaxed),
+            });
+            out.sample(name, &[("operator", opname)], n);
+        }
+    }
+
+    let cp = &live.checkpoints;
+    let count = cp.count.load(Ordering::Relaxed);
+    out.family(
+        "eddy_checkpoint_duration_seconds",
+        "summary",
+        "Time to make checkpoints durable (one write transaction each), in this run.",
+    );
+    out.sample(
+        "eddy_checkpoint_duration_seconds_sum",
+        &[],
+        secs(cp.micros.load(Ordering::Relaxed)),
+    );
+    out.sample("eddy_checkpoint_duration_seconds_count", &[], count);
+    out.family(
+        "eddy_checkpoint_duration_max_seconds",
+        "gauge",
+        "The longest checkpoint commit of this run.",
+    );
+    out.sample(
+        "eddy_checkpoint_duration_max_seconds",
+        &[],
+        secs(cp.max_micros.load(Ordering::Relaxed)),
+    );
+    out.family(
+        "eddy_checkpoint_failures_total",
+        "counter",
+        "Checkpoints whose write transaction failed.",
+    );
+    out.sample(
+        "eddy_checkpoint_failures_total",
+        &[],
+        cp.failed.load(Ordering::Relaxed),
+    );
+    out.family(
+        "eddy_checkpoint_writes_total",
+        "counter",
+        "State keys written or deleted by checkpoints in this run.",
+    );
+    out.sample(
+        "eddy_checkpoint_writes_total",
+        &[],
+        cp.writes.load(Ordering::Relaxed),
+    );
+    out.family(
+        "eddy_checkpoint_written_bytes_total",
+        "counter",
+        "Bytes of state records written by checkpoints in this run.",
+    );
+    out.sample(
+        "eddy_checkpoint_written_bytes_total",
+        &[],
+        cp.bytes.load(Ordering::Relaxed),
+    );
+    let last = cp.last_ms.load(Ordering::Relaxed);
+    if last > 0 {
+        out.family(
+            "eddy_checkpoint_last_timestamp_seconds",
+            "gauge",
+            "When the last checkpoint became durable (Unix time).",
+        );
+        out.sample(
+            "eddy_checkpoint_last_timestamp_seconds",
+            &[],
+            last as f64 / 1e3,
+        );
+    }
+
+    let lines = live.lines_read.load(Ordering::Relaxed);
+    let offset = live.bytes_read.load(Ordering::Relaxed);
+    out.family(
+        "eddy_source_position_lines",
+        "gauge",
+        "Input lines read so far, counted from the start of the input.",
+    );
+    out.sample("eddy_source_position_lines", &[("input", c.input())], lines);
+    out.family(
+        "eddy_source_position_bytes",
+        "gauge",
+        "Byte offset in the input after the last line read.",
+    );
+    out.sample(
+        "eddy_source_position_bytes",
+        &[("input", c.input())],
+        offset,
+    );
+    let parts = live.kafka().clone();
+    if !parts.is_empty() {
+        for (name, help, get) in [
+            (
+                "eddy_kafka_committed_offset",
+                "Kafka input: the next offset of the last checkpoint, committed in the consumer group with the outputs.",
+                (|p: &crate::stats::KafkaPartition| p.committed) as fn(&crate::stats::KafkaPartition) -> Option<i64>,
+            ),
+            (
+                "eddy_kafka_end_offset",
+                "Kafka input: the partition's end (last stable offset) as the consumer last saw it.",
+                |p| p.end,
+            ),
+            (
+                "eddy_kafka_lag_records",
+                "Kafka input: records after the last checkpoint (end minus committed offset).",
+                |p| p.lag,
+            ),
+        ] {
+            out.family(name, "gauge", help);
+            for p in &parts {
+                if let Some(v) = get(p) {
+                    let partition = p.partition.to_string();
+                    out.sample(
+                        name,
+                        &[("topic", p.topic.as_str()), ("partition", partition.as_str())],
+                        v,
+                    );
+                }
+            }
+        }
+    }
+    let size = match c.input() {
+        "-" => None,
+        path => std::fs::metadata(path)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len()),
+    };
+    if let Some(size) = size {
+        out.family(
+            "eddy_source_size_bytes",
+            "gauge",
+            "Size of the input file now.",
+        );
+        out.sample("eddy_source_size_bytes", &[("input", c.input())], size);
+        out.family(
+            "eddy_source_lag_bytes",
+            "gauge",
+            "Bytes of the input file not read yet.",
+        );
+        out.sample(
+            "eddy_source_lag_bytes",
+            &[("input", c.input())],
+            size.saturating_sub(offset),
+        );
+    }
+    out.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let mut out = Out(String::new());
+        out.family("m_total", "counter", "Help with \\ and\nnewline.");
+        out.sample("m_total", &[("k", "v\"")], 3);
+        assert_eq!(
+            out.0,
+            "# HELP m_total Help with \\\\ and\\nnewline.\n# TYPE m_total counter\nm_total{k=\"v\\\"\"} 3\n"
+        );
+    }
+}
