@@ -58,8 +58,8 @@ mod worker;
 mod module_graph;
 
 pub use config::{
-    default_workers, Input, Limits, OperatorSpec, Output, Overrides, Pipeline, PipelineError,
-    WatermarkSpec,
+    default_workers, Input, LatePolicy, Limits, OperatorSpec, Output, Overrides, Pipeline,
+    PipelineError, WatermarkSpec,
 };
 pub use operator::{
     cap_reason, engine, engine_with, load_operators, Cache, CacheError, Compiled, ComponentError,

@@ -16,6 +16,9 @@
 //! [source.watermark]               # event time (with `time`): the watermark
 //! max_out_of_order = 0             # is the largest time read minus this
 //! step = 1                         # and advances in multiples of this
+//! allowed_lateness = 0             # an event below watermark - this is late:
+//! late = "dead-letter"             # dead-lettered, "drop" (counted) or
+//!                                  # "deliver" (handled, flagged late)
 //!
 //! [[operator]]                     # one table per operator, in chain order
 //! name = "counter"
@@ -174,6 +177,11 @@ pub struct WatermarkSpec {
     /// The watermark's granularity, in time-field units (`step`, default 1,
     /// at least 1).
     pub step: u64,
+    /// An event whose time is below the watermark minus this, when it is
+    /// read, is late (`allowed_lateness`, default 0).
+    pub allowed_lateness: u64,
+    /// What happens to a late event (`late`, default dead-letter).
+    pub late: LatePolicy,
 }
 
 impl Default for WatermarkSpec {
@@ -181,8 +189,26 @@ impl Default for WatermarkSpec {
         WatermarkSpec {
             max_out_of_order: 0,
             step: 1,
+            allowed_lateness: 0,
+            late: LatePolicy::DeadLetter,
         }
     }
+}
+
+/// What happens to a late event (`[source.watermark] late`): it is never
+/// silently lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LatePolicy {
+    /// `"dead-letter"` (the default): to the dead-letter output, with a
+    /// reason naming its time, the watermark and the allowed lateness.
+    #[default]
+    DeadLetter,
+    /// `"drop"`: not handled, counted in the run summary.
+    Drop,
+    /// `"deliver"`: handled as any event, flagged late (the operator reads
+    /// the flag with `timers.late`).
+    Deliver,
 }
 
 /// The pipeline file's `control` setting: `true` or `false`. An address
@@ -268,6 +294,8 @@ struct SourceTable {
 struct WatermarkTable {
     max_out_of_order: Option<u64>,
     step: Option<u64>,
+    allowed_lateness: Option<u64>,
+    late: Option<LatePolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -528,6 +556,8 @@ impl Pipeline {
         if let Some(t) = &f.source.watermark {
             watermark.max_out_of_order = t.max_out_of_order.unwrap_or(0);
             watermark.step = t.step.unwrap_or(1);
+            watermark.allowed_lateness = t.allowed_lateness.unwrap_or(0);
+            watermark.late = t.late.unwrap_or_default();
             if watermark.step == 0 {
                 return Err(PipelineError::Invalid(
                     "[source.watermark] step must be at least 1".into(),

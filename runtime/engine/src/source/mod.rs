@@ -6,7 +6,8 @@
 //! - [`reader`]: the reader thread (`eddy-reader`): whole lines in chunks,
 //!   byte-order mark, incomplete last lines, `--follow`.
 //! - [`decode`]: the key and time of one JSON line.
-//! - [`watermark`]: [`WatermarkGen`], the watermark from the event times.
+//! - [`watermark`]: [`WatermarkGen`], the watermark from the event times,
+//!   and which events are late ([`Verdict`]).
 //! - here: [`Resume`], where the input resumes and the checks that it is
 //!   still the file the checkpoint read, and [`ReaderThread`], the reader
 //!   as a value that stops and joins it.
@@ -29,7 +30,7 @@ mod watermark;
 pub(crate) use decode::FieldName;
 pub use decode::{decode, DecodeError, Decoded};
 pub use reader::{open_input, read_lines, Chunk, End, Follow, ReadError};
-pub use watermark::WatermarkGen;
+pub use watermark::{Verdict, WatermarkGen};
 
 /// Chunks the reader may hold ready before it waits for the coordinator.
 const CHUNKS_AHEAD: usize = 8;

@@ -137,6 +137,9 @@ pub struct OpCtx {
     watermark: i64,
     /// Whether the operator may set timers (set by the worker).
     timer_use: TimerUse,
+    /// The event being handled is late (`timers.late`; set by the worker
+    /// around a late event delivered under `late = "deliver"`).
+    late: bool,
 }
 
 impl OpCtx {
@@ -164,6 +167,7 @@ impl OpCtx {
             timers: TimerTable::default(),
             watermark: i64::MIN,
             timer_use: TimerUse::NoHandler,
+            late: false,
         }
     }
 

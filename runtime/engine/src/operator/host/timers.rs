@@ -205,6 +205,20 @@ impl OpCtx {
         self.watermark = w;
     }
 
+    /// Whether the event being handled is late (see
+    /// [`OpCtx::set_late`]): what `timers.late` returns.
+    pub fn late(&self) -> bool {
+        self.late
+    }
+
+    /// Flags the events handled from now on as late, or not: the worker
+    /// sets it around a late event delivered under `[source.watermark]
+    /// late = "deliver"`, which it hands over on its own (and a Wasm
+    /// operator hands to `handle`, never to `handle-batch`).
+    pub fn set_late(&mut self, late: bool) {
+        self.late = late;
+    }
+
     /// Sets whether the operator may set timers.
     pub fn set_timer_use(&mut self, use_: TimerUse) {
         self.timer_use = use_;
@@ -270,6 +284,9 @@ impl OpCtx {
 impl timers::Host for OpCtx {
     fn watermark(&mut self) -> wasmtime::Result<i64> {
         Ok(self.watermark)
+    }
+    fn late(&mut self) -> wasmtime::Result<bool> {
+        Ok(self.late && self.current.is_some())
     }
     fn set(&mut self, name: String, at: i64) -> wasmtime::Result<()> {
         self.timer_set(&name, at).map_err(trap)
