@@ -59,7 +59,7 @@ mod module_graph;
 
 pub use config::{
     default_workers, Input, LatePolicy, Limits, OperatorSpec, Output, Overrides, Pipeline,
-    PipelineError, WatermarkSpec,
+    PipelineError, Refresh, TtlSpec, WatermarkSpec,
 };
 pub use operator::{
     cap_reason, engine, engine_with, load_operators, Cache, CacheError, Compiled, ComponentError,

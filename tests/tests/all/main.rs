@@ -40,3 +40,5 @@ mod progress;
 mod new;
 // Event time: watermarks, timers in order, 1 vs 4 workers.
 mod time;
+// State time to live: expiry at the watermark, storage reclaimed.
+mod ttl;

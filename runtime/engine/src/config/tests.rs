@@ -185,3 +185,51 @@ fn the_late_policy_is_read_and_a_bad_one_named_with_its_line() {
         "{e}"
     );
 }
+
+#[test]
+fn ttl_tables_are_read_and_need_a_time_field() {
+    let op = "[[operator]]\nname = \"a\"\ncomponent = \"a.wasm\"\n";
+    let pl = parse(&format!(
+        "[source]\ntime = \"ts\"\n{op}ttl.seen = {{ after = 10 }}\nttl.history = {{ after = 7, refresh = \"read\" }}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        pl.operators[0].ttl,
+        vec![
+            TtlSpec {
+                name: "history".into(),
+                after: 7,
+                refresh: Refresh::Read
+            },
+            TtlSpec {
+                name: "seen".into(),
+                after: 10,
+                refresh: Refresh::Write
+            },
+        ]
+    );
+    let e = parse(&format!("{op}ttl.seen = {{ after = 10 }}\n"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "operator `a`: ttl.seen is in event time: it needs a time field ([source] time)"
+    );
+    for (bad, want) in [
+        ("ttl.seen = { after = -1 }", "after"),
+        (
+            "ttl.seen = { after = 1, refresh = \"never\" }",
+            "unknown variant `never`",
+        ),
+        ("ttl.seen = { refresh = \"read\" }", "missing field `after`"),
+        (
+            "ttl.seen = { after = 1, every = 2 }",
+            "unknown field `every`",
+        ),
+    ] {
+        let e = parse(&format!("[source]\ntime = \"ts\"\n{op}{bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want) && e.contains("line 6"), "{bad}: {e}");
+    }
+}

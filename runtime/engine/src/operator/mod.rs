@@ -177,6 +177,7 @@ pub fn handle_each<O: Operator + ?Sized>(
             done(i, Err(err), &mut emitted);
             continue;
         }
+        op.ctx().set_event_time(e.time);
         op.ctx().begin_slot(slot);
         let mut r = op.handle(*e);
         if r.is_ok() {

@@ -499,6 +499,10 @@ impl Worker {
             ..
         } = self;
         let op = &mut ops[stage];
+        // Entries whose time to live ran out go first: nothing handled
+        // from here on reads them.
+        op.ctx().set_watermark(w);
+        op.ctx().expire_due(w);
         if op
             .ctx()
             .timers()

@@ -30,6 +30,7 @@ impl OpCtx {
         let Some(name) = self.lookup(name) else {
             return Ok(None);
         };
+        self.ttl_read(name);
         Ok(self.slots[i].entity.get(name))
     }
 
@@ -51,6 +52,7 @@ impl OpCtx {
         slot.entity.set(name, value, &mut self.undo);
         slot.size = size;
         self.held += held;
+        self.ttl_wrote(name);
         Ok(())
     }
     /// `state.delete`: deletes the value `name`; whether it existed.
@@ -67,6 +69,7 @@ impl OpCtx {
             slot.size =
                 (slot.size).saturating_sub(VALUE_ENTRY + self.names[name as usize].len() + old);
             self.held += old;
+            self.ttl_wrote(name);
         }
         Ok(removed)
     }
@@ -77,6 +80,7 @@ impl OpCtx {
         let Some(name) = self.lookup(name) else {
             return Ok(None);
         };
+        self.ttl_read(name);
         Ok(self.slots[i]
             .entity
             .map(name)
@@ -109,6 +113,7 @@ impl OpCtx {
         slot.entity.map_set(name, field, value, &mut self.undo);
         slot.size = size;
         self.held += held;
+        self.ttl_wrote(name);
         Ok(())
     }
 
@@ -128,6 +133,7 @@ impl OpCtx {
         if removed {
             slot.size = slot.size.saturating_sub(FIELD_ENTRY + field.len() + old);
             self.held += field.len() + old;
+            self.ttl_wrote(name);
         }
         Ok(removed)
     }
@@ -138,6 +144,7 @@ impl OpCtx {
         let Some(name) = self.lookup(name) else {
             return Ok(Vec::new());
         };
+        self.ttl_read(name);
         Ok(self.slots[i]
             .entity
             .map(name)
@@ -151,6 +158,7 @@ impl OpCtx {
         let Some(name) = self.lookup(name) else {
             return Ok(0);
         };
+        self.ttl_read(name);
         Ok(self.slots[i].entity.map(name).map_or(0, |m| m.len() as u32))
     }
 
@@ -170,6 +178,7 @@ impl OpCtx {
         let slot = &mut self.slots[i];
         let len = slot.entity.list_push(name, item, &mut self.undo);
         slot.size = size;
+        self.ttl_wrote(name);
         Ok(len as u32)
     }
 
@@ -179,6 +188,7 @@ impl OpCtx {
         let Some(name) = self.lookup(name) else {
             return Ok(0);
         };
+        self.ttl_read(name);
         Ok(self.slots[i]
             .entity
             .list(name)
@@ -196,6 +206,7 @@ impl OpCtx {
         let Some(name) = self.lookup(name) else {
             return Ok(Vec::new());
         };
+        self.ttl_read(name);
         let Some(list) = self.slots[i].entity.list(name) else {
             return Ok(Vec::new());
         };
@@ -220,6 +231,9 @@ impl OpCtx {
         let n = slot.entity.list_trim(name, keep as usize, &mut self.undo);
         slot.size = slot.size.saturating_sub(dropped);
         self.held += dropped;
+        if n > 0 {
+            self.ttl_wrote(name);
+        }
         Ok(n as u32)
     }
 
@@ -231,6 +245,7 @@ impl OpCtx {
         // The journal keeps the whole old state.
         self.held += slot.size.saturating_sub(RECORD_HEADER);
         slot.size = RECORD_HEADER;
+        self.ttl_cleared();
         Ok(())
     }
 }

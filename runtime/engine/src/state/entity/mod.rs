@@ -219,6 +219,34 @@ impl Entity {
         }
     }
 
+    /// Whether anything is stored under `name`: a value, a map or a list.
+    pub fn has(&self, name: Name) -> bool {
+        find(&self.values, name).is_some()
+            || find(&self.x().maps, name).is_some()
+            || find(&self.x().lists, name).is_some()
+    }
+
+    /// Deletes the value, map and list named `name` without journaling (an
+    /// entry whose time to live ran out); whether there was any.
+    pub fn expire(&mut self, name: Name) -> bool {
+        let mut any = false;
+        if let Some(idx) = find(&self.values, name) {
+            self.values.remove(idx);
+            any = true;
+        }
+        if let Some(x) = &mut self.extra {
+            if let Some(idx) = find(&x.maps, name) {
+                x.maps.remove(idx);
+                any = true;
+            }
+            if let Some(idx) = find(&x.lists, name) {
+                x.lists.remove(idx);
+                any = true;
+            }
+        }
+        any
+    }
+
     /// The map named `name`.
     pub fn map(&self, name: Name) -> Option<&BTreeMap<String, Vec<u8>>> {
         find(&self.x().maps, name).map(|i| &self.x().maps[i].1)
