@@ -67,6 +67,7 @@ pub use operator::{
     OpCtx, Operator, OperatorKind, RunError, StartError, WasmComponent, WasmOperator, CONTRACT,
 };
 pub use operator::{fire_due, FireDone, TimerRef, TimerTable, TimerUse, END_ROUNDS};
+pub use operator::{Aggregate, WindowInfo, WindowOperator, WindowSum, WINDOW_STATE};
 pub use pipeline::{
     run, run_notify, start, OperatorSummary, Progress, Running, Shutdown, Started, Summary,
 };

@@ -42,3 +42,5 @@ mod new;
 mod time;
 // State time to live: expiry at the watermark, storage reclaimed.
 mod ttl;
+// Tumbling windows kept and fired by the host: known answers.
+mod windows;

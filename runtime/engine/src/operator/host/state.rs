@@ -138,6 +138,21 @@ impl OpCtx {
         Ok(removed)
     }
 
+    /// Deletes field `field` of map `name`, and the map itself when no field
+    /// is left (its entry then no longer counts in the key's record; the
+    /// host's window operator uses it); whether the field existed.
+    pub fn map_delete_dropping(&mut self, name: &str, field: &str) -> Result<bool, HostError> {
+        let removed = self.map_delete(name, field)?;
+        let i = self.current()?;
+        if let Some(n) = self.lookup(name) {
+            let slot = &mut self.slots[i];
+            if slot.entity.map_drop_empty(n, &mut self.undo) {
+                slot.size = slot.size.saturating_sub(MAP_ENTRY + name.len());
+            }
+        }
+        Ok(removed)
+    }
+
     /// `state.map-entries`: every field of map `name`, in field order.
     pub fn map_entries(&mut self, name: &str) -> Result<Vec<(String, Vec<u8>)>, HostError> {
         let i = self.current()?;

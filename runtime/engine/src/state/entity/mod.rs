@@ -94,6 +94,10 @@ pub enum Undo {
         field: String,
         old: Vec<u8>,
     },
+    MapDropped {
+        idx: usize,
+        name: Name,
+    },
     ListCreated {
         idx: usize,
     },
@@ -283,6 +287,20 @@ impl Entity {
         }
     }
 
+    /// Removes map `name` when it has no field left (so that a key whose
+    /// maps all emptied has no state); whether it did.
+    pub fn map_drop_empty(&mut self, name: Name, undo: &mut Vec<Undo>) -> bool {
+        let Some(idx) = find(&self.x().maps, name) else {
+            return false;
+        };
+        if !self.x().maps[idx].1.is_empty() {
+            return false;
+        }
+        self.x_mut().maps.remove(idx);
+        undo.push(Undo::MapDropped { idx, name });
+        true
+    }
+
     /// The list named `name`.
     pub fn list(&self, name: Name) -> Option<&VecDeque<Vec<u8>>> {
         find(&self.x().lists, name).map(|i| &self.x().lists[i].1)
@@ -350,6 +368,9 @@ impl Entity {
                 }
                 Undo::MapFieldRemoved { idx, field, old } => {
                     self.x_mut().maps[idx].1.insert(field, old);
+                }
+                Undo::MapDropped { idx, name } => {
+                    self.x_mut().maps.insert(idx, (name, BTreeMap::new()));
                 }
                 Undo::ListCreated { idx } => {
                     self.x_mut().lists.remove(idx);
