@@ -1,4 +1,4 @@
-//! Tumbling windows kept and fired by the host (`WindowOperator`, here over
+//! Tumbling and hopping windows kept and fired by the host (`WindowOperator`, here over
 //! the native `WindowSum` aggregate): known answers on out-of-order input,
 //! a late event dead-lettered, every window fired once (at the end of the
 //! input the last ones) and its state dropped, the same results with 1 and
@@ -16,9 +16,14 @@ use serde_json::{json, Value};
 
 use crate::util::*;
 
-/// Runs tumbling windows of `size` summing `amount` over `lines` (time
-/// field `ts`).
-fn run_windows(dir: &Path, lines: &[Value], size: u64, workers: usize) -> (Pipeline, Summary) {
+/// Runs windows of `size` every `slide` summing `amount` over `lines`
+/// (time field `ts`).
+fn run_windows(
+    dir: &Path,
+    lines: &[Value],
+    (size, slide): (u64, u64),
+    workers: usize,
+) -> (Pipeline, Summary) {
     let input = dir.join("in.jsonl");
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(&input, text).unwrap();
@@ -31,10 +36,11 @@ fn run_windows(dir: &Path, lines: &[Value], size: u64, workers: usize) -> (Pipel
     let ops = vec![Loaded {
         name: "win".into(),
         kind: OperatorKind::Native(Arc::new(move |ctx| {
-            Box::new(WindowOperator::tumbling(
+            Box::new(WindowOperator::hopping(
                 ctx,
                 WindowSum::new("amount"),
                 size,
+                slide,
             )) as Box<dyn Operator>
         })),
         config: "{}".into(),
@@ -55,7 +61,11 @@ fn out_lines(p: &Pipeline) -> Vec<(String, Value)> {
 }
 
 fn window(start: i64, count: u64, sum: f64) -> Value {
-    json!({"start": start, "end": start + 10, "count": count, "sum": sum})
+    sized(start, 10, count, sum)
+}
+
+fn sized(start: i64, size: i64, count: u64, sum: f64) -> Value {
+    json!({"start": start, "end": start + size, "count": count, "sum": sum})
 }
 
 /// Hand-computed: windows of 10 with out-of-orderness 5; each fires once
@@ -77,7 +87,7 @@ fn tumbling_windows_give_the_known_answers() {
         e("a", 25, 5), // watermark 20: [10, 20) fires
         e("a", 21, 6),
     ];
-    let (p, summary) = run_windows(dir.path(), &lines, 10, 1);
+    let (p, summary) = run_windows(dir.path(), &lines, (10, 10), 1);
     let s = |k: &str, v: Value| (k.to_string(), v);
     assert_eq!(
         out_lines(&p),
@@ -104,47 +114,61 @@ fn tumbling_windows_give_the_known_answers() {
     assert_eq!(store.record("win", "b").unwrap(), None);
 }
 
-/// Many keys, times out of order within the bound: every window's count
-/// and sum equal a reference computed here, each fired once, and 1 and 4
-/// workers give each key the same outputs in the same order.
+/// Many keys, times out of order within the bound, tumbling and hopping
+/// windows (panes of gcd(size, slide)): every window's count and sum equal
+/// a reference computed here by putting each event in each of its windows,
+/// each fired once, no pane left behind, and 1 and 4 workers give each key
+/// the same outputs in the same order.
 #[test]
-fn tumbling_windows_match_a_reference_with_1_and_4_workers() {
+fn windows_match_a_reference_with_1_and_4_workers() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = Rng(7);
     let mut lines = Vec::new();
-    let mut want: BTreeMap<String, BTreeMap<i64, (u64, f64)>> = BTreeMap::new();
     for i in 0..5000i64 {
         let key = format!("k{}", rng.next() % 30);
-        let ts = i - (rng.next() % 5) as i64;
+        let ts = i - (rng.next() % 5) as i64 - 40;
         let amount = (rng.next() % 100) as i64;
         lines.push(json!({"key": key, "ts": ts, "amount": amount}));
-        let w = want
-            .entry(key)
-            .or_default()
-            .entry(ts - ts.rem_euclid(10))
-            .or_default();
-        w.0 += 1;
-        w.1 += amount as f64;
     }
-    let want: BTreeMap<String, Vec<Value>> = want
-        .into_iter()
-        .map(|(k, ws)| {
-            let v = ws
-                .into_iter()
-                .map(|(s, (c, sum))| window(s, c, sum))
-                .collect();
-            (k, v)
-        })
-        .collect();
-    for workers in [1, 4] {
-        let sub = dir.path().join(format!("w{workers}"));
-        std::fs::create_dir(&sub).unwrap();
-        let (p, summary) = run_windows(&sub, &lines, 10, workers);
-        assert_eq!(summary.late_dead_lettered, 0);
-        let mut got: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        for (k, v) in out_lines(&p) {
-            got.entry(k).or_default().push(v);
+    for (size, slide) in [(10i64, 10i64), (10, 4), (12, 3), (7, 7)] {
+        let mut want: BTreeMap<String, BTreeMap<i64, (u64, f64)>> = BTreeMap::new();
+        for l in &lines {
+            let ts = l["ts"].as_i64().unwrap();
+            let mut s = ts - ts.rem_euclid(slide);
+            while s + size > ts {
+                let w = want
+                    .entry(l["key"].as_str().unwrap().to_string())
+                    .or_default()
+                    .entry(s)
+                    .or_default();
+                w.0 += 1;
+                w.1 += l["amount"].as_i64().unwrap() as f64;
+                s -= slide;
+            }
         }
-        assert_eq!(got, want, "{workers} workers");
+        let want: BTreeMap<String, Vec<Value>> = want
+            .into_iter()
+            .map(|(k, ws)| {
+                let v = ws
+                    .into_iter()
+                    .map(|(s, (c, sum))| sized(s, size, c, sum))
+                    .collect();
+                (k, v)
+            })
+            .collect();
+        for workers in [1, 4] {
+            let sub = dir.path().join(format!("{size}-{slide}-{workers}"));
+            std::fs::create_dir(&sub).unwrap();
+            let (p, summary) = run_windows(&sub, &lines, (size as u64, slide as u64), workers);
+            assert_eq!(summary.late_dead_lettered, 0);
+            let mut got: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+            for (k, v) in out_lines(&p) {
+                got.entry(k).or_default().push(v);
+            }
+            assert_eq!(got, want, "size {size} slide {slide}, {workers} workers");
+            let store = Store::open(&p.state_dir).unwrap();
+            assert_eq!(store.timers("win").unwrap(), vec![]);
+            assert_eq!(store.record("win", "k1").unwrap(), None, "no pane left");
+        }
     }
 }

@@ -92,6 +92,15 @@ impl Aggregate for WindowSum {
         serde_json::to_writer(&mut *acc, &t).map_err(|e| e.to_string())
     }
 
+    fn merge(&self, into: &mut Vec<u8>, other: &[u8]) -> Result<(), String> {
+        let mut a: Totals = serde_json::from_slice(into).map_err(|e| e.to_string())?;
+        let b: Totals = serde_json::from_slice(other).map_err(|e| e.to_string())?;
+        a.count += b.count;
+        a.sum += b.sum;
+        into.clear();
+        serde_json::to_writer(&mut *into, &a).map_err(|e| e.to_string())
+    }
+
     fn finish(&self, w: &WindowInfo<'_>, acc: &[u8]) -> Result<Option<Vec<u8>>, String> {
         let t: Totals = serde_json::from_slice(acc).map_err(|e| e.to_string())?;
         let out =

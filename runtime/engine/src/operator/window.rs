@@ -1,21 +1,28 @@
 //! Windows in the host: a [`WindowOperator`] assigns each event of a key to
-//! its tumbling window, keeps one accumulator per key and window, and when
-//! the watermark reaches a window's end finishes it into one output and
-//! drops it. The aggregate ([`Aggregate`]) only creates, folds and finishes
+//! its tumbling or hopping windows, keeps the key's accumulators, and when
+//! the watermark reaches a window's end finishes it into one output. The
+//! aggregate ([`Aggregate`]) only creates, folds, merges and finishes
 //! accumulators (opaque bytes).
 //!
+//! Hopping windows (`size`, every `slide`) overlap; an event is not copied
+//! into each of its windows: time is cut into panes of `gcd(size, slide)`,
+//! each event folds into its one pane, and a window merges its panes when
+//! it fires. A pane is dropped once the last window holding it has fired.
+//! Tumbling windows are hopping windows with `slide == size` (one pane per
+//! window).
+//!
 //! It is built on what every operator has, so it inherits their
-//! guarantees: accumulators are entries of a map in the key's state (named
-//! [`WINDOW_STATE`], field: the window's start), written in the checkpoint
-//! with the rest of the state and undone with a failed event; the end of
-//! each window with data is a named timer of the key (the start again, set
-//! at `end - 1`, so it fires once the watermark is at or past `end`), so
+//! guarantees: pane accumulators are entries of a map in the key's state
+//! (named [`WINDOW_STATE`], field: the pane's start), written in the
+//! checkpoint with the rest of the state and undone with a failed event;
+//! each window with data is a named timer of the key (its start, set at
+//! `end - 1`, so it fires once the watermark is at or past `end`), so
 //! windows fire in (end, key) order at the same place of the input with any
 //! number of workers, exactly once across crashes and restarts, and at the
-//! end of a file input. A window without events has no accumulator and no
-//! timer: it never fires. A late event (under `late = "deliver"`) into a
-//! window that already fired makes a new accumulator for it, which fires
-//! at the next advance with just the late events.
+//! end of a file input. A window without events has no timer: it never
+//! fires. A late event (under `late = "deliver"`) into windows that already
+//! fired sets their timers again: they fire at the next advance with what
+//! their panes still hold.
 
 use super::{EventRef, HandleError, OpCtx, Operator, TimerRef};
 
@@ -40,6 +47,9 @@ pub trait Aggregate: Send {
     /// Folds `event` into `acc`; an `Err` dead-letters the event (the
     /// accumulator is then left as it was).
     fn add(&self, acc: &mut Vec<u8>, event: &EventRef<'_>) -> Result<(), String>;
+    /// Merges accumulator `other` into `into` (the panes of a hopping
+    /// window, oldest first); an `Err` dead-letters the window's firing.
+    fn merge(&self, into: &mut Vec<u8>, other: &[u8]) -> Result<(), String>;
     /// The payload to emit under the window's key (`None`: nothing); an
     /// `Err` dead-letters the window's firing, and its accumulator stays
     /// (it fires again, with what it holds, if the window gets another
@@ -47,27 +57,53 @@ pub trait Aggregate: Send {
     fn finish(&self, window: &WindowInfo<'_>, acc: &[u8]) -> Result<Option<Vec<u8>>, String>;
 }
 
-/// A tumbling window over an [`Aggregate`]: windows `[k * size, (k + 1) *
-/// size)` of event time.
+/// Windows of event time over an [`Aggregate`]: `[k * slide, k * slide +
+/// size)` for every integer `k`.
 pub struct WindowOperator<A> {
     ctx: OpCtx,
     agg: A,
     size: i64,
+    slide: i64,
+    /// The panes' length: `gcd(size, slide)`.
+    pane: i64,
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// `t` rounded down to a multiple of `m`.
+fn floor(t: i64, m: i64) -> i64 {
+    t - t.rem_euclid(m)
 }
 
 impl<A: Aggregate> WindowOperator<A> {
     /// Tumbling windows of `size` (time-field units, at least 1) over `agg`.
     pub fn tumbling(ctx: OpCtx, agg: A, size: u64) -> Self {
+        Self::hopping(ctx, agg, size, size)
+    }
+
+    /// Hopping windows of `size` starting every `slide` (time-field units,
+    /// `1 <= slide <= size`; a larger slide is taken as `size`) over `agg`.
+    pub fn hopping(ctx: OpCtx, agg: A, size: u64, slide: u64) -> Self {
+        let size = i64::try_from(size).unwrap_or(i64::MAX).max(1);
+        let slide = i64::try_from(slide).unwrap_or(i64::MAX).clamp(1, size);
         WindowOperator {
             ctx,
             agg,
-            size: i64::try_from(size).unwrap_or(i64::MAX).max(1),
+            size,
+            slide,
+            pane: gcd(size, slide),
         }
     }
 
-    /// The start of the window holding time `t`.
-    fn start_of(&self, t: i64) -> i64 {
-        t - t.rem_euclid(self.size)
+    /// The end of the last window holding the pane starting at `p`.
+    fn last_end(&self, p: i64) -> i64 {
+        floor(p, self.slide).saturating_add(self.size)
     }
 }
 
@@ -102,8 +138,8 @@ impl<A: Aggregate> Operator for WindowOperator<A> {
                 "the event has no time: a window operator needs the pipeline's time field".into(),
             )
         })?;
-        let start = self.start_of(t);
-        let f = field(start);
+        let p = floor(t, self.pane);
+        let f = field(p);
         let mut acc = match self.ctx.map_get(WINDOW_STATE, &f).map_err(refused)? {
             Some(b) => b.to_vec(),
             None => self.agg.create(),
@@ -111,12 +147,20 @@ impl<A: Aggregate> Operator for WindowOperator<A> {
         self.agg
             .add(&mut acc, &event)
             .map_err(HandleError::Failed)?;
-        self.ctx
-            .map_set(WINDOW_STATE, f.clone(), acc)
-            .map_err(refused)?;
-        if self.ctx.timer_get(&f).map_err(refused)?.is_none() {
-            let end = start.saturating_add(self.size);
-            self.ctx.timer_set(&f, end - 1).map_err(refused)?;
+        self.ctx.map_set(WINDOW_STATE, f, acc).map_err(refused)?;
+        // Every window holding the pane, latest first: starts `s` with
+        // `s <= p < s + size`.
+        let mut s = floor(p, self.slide);
+        while s.saturating_add(self.size) > p {
+            let name = field(s);
+            if self.ctx.timer_get(&name).map_err(refused)?.is_none() {
+                let end = s.saturating_add(self.size);
+                self.ctx.timer_set(&name, end - 1).map_err(refused)?;
+            }
+            match s.checked_sub(self.slide) {
+                Some(prev) => s = prev,
+                None => break,
+            }
         }
         Ok(())
     }
@@ -128,21 +172,37 @@ impl<A: Aggregate> Operator for WindowOperator<A> {
                 timer.name
             )));
         };
-        let Some(acc) = self
+        let end = start.saturating_add(self.size);
+        // The window's panes, oldest first (fields sort as their starts).
+        let panes: Vec<(i64, Vec<u8>)> = self
             .ctx
-            .map_get(WINDOW_STATE, timer.name)
+            .map_entries(WINDOW_STATE)
             .map_err(refused)?
-            .map(<[u8]>::to_vec)
-        else {
+            .into_iter()
+            .filter_map(|(f, acc)| Some((start_of_field(&f)?, acc)))
+            .filter(|&(p, _)| p >= start && p < end)
+            .collect();
+        let Some((_, first)) = panes.first() else {
             return Ok(());
         };
-        self.ctx
-            .map_delete_dropping(WINDOW_STATE, timer.name)
-            .map_err(refused)?;
+        let mut acc = first.clone();
+        for (_, other) in &panes[1..] {
+            self.agg
+                .merge(&mut acc, other)
+                .map_err(HandleError::Failed)?;
+        }
+        // Panes no later window holds are dropped.
+        for &(p, _) in &panes {
+            if self.last_end(p) <= end {
+                self.ctx
+                    .map_delete_dropping(WINDOW_STATE, &field(p))
+                    .map_err(refused)?;
+            }
+        }
         let window = WindowInfo {
             key: timer.key,
             start,
-            end: start.saturating_add(self.size),
+            end,
         };
         if let Some(out) = self
             .agg

@@ -297,7 +297,7 @@ impl timers::Host for OpCtx {
         Ok(self.watermark)
     }
     fn late(&mut self) -> wasmtime::Result<bool> {
-        Ok(self.late && self.current.is_some())
+        Ok(self.late && self.current.is_some() && !self.migrating)
     }
     fn set(&mut self, name: String, at: i64) -> wasmtime::Result<()> {
         self.timer_set(&name, at).map_err(trap)
