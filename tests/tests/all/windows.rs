@@ -1,4 +1,4 @@
-//! Tumbling and hopping windows kept and fired by the host (`WindowOperator`, here over
+//! Tumbling, hopping and session windows kept and fired by the host (`WindowOperator`, here over
 //! the native `WindowSum` aggregate): known answers on out-of-order input,
 //! a late event dead-lettered, every window fired once (at the end of the
 //! input the last ones) and its state dropped, the same results with 1 and
@@ -24,6 +24,29 @@ fn run_windows(
     (size, slide): (u64, u64),
     workers: usize,
 ) -> (Pipeline, Summary) {
+    run_with_factory(dir, lines, workers, move |ctx| {
+        Box::new(WindowOperator::hopping(
+            ctx,
+            WindowSum::new("amount"),
+            size,
+            slide,
+        )) as Box<dyn Operator>
+    })
+}
+
+/// Runs session windows with inactivity gap `gap`.
+fn run_sessions(dir: &Path, lines: &[Value], gap: u64, workers: usize) -> (Pipeline, Summary) {
+    run_with_factory(dir, lines, workers, move |ctx| {
+        Box::new(WindowOperator::session(ctx, WindowSum::new("amount"), gap)) as Box<dyn Operator>
+    })
+}
+
+fn run_with_factory(
+    dir: &Path,
+    lines: &[Value],
+    workers: usize,
+    factory: impl Fn(eddy_runtime::OpCtx) -> Box<dyn Operator> + Send + Sync + 'static,
+) -> (Pipeline, Summary) {
     let input = dir.join("in.jsonl");
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(&input, text).unwrap();
@@ -35,14 +58,7 @@ fn run_windows(
     };
     let ops = vec![Loaded {
         name: "win".into(),
-        kind: OperatorKind::Native(Arc::new(move |ctx| {
-            Box::new(WindowOperator::hopping(
-                ctx,
-                WindowSum::new("amount"),
-                size,
-                slide,
-            )) as Box<dyn Operator>
-        })),
+        kind: OperatorKind::Native(Arc::new(factory)),
         config: "{}".into(),
         limits: Limits::default(),
         generation: 0,
@@ -170,5 +186,102 @@ fn windows_match_a_reference_with_1_and_4_workers() {
             assert_eq!(store.timers("win").unwrap(), vec![]);
             assert_eq!(store.record("win", "k1").unwrap(), None, "no pane left");
         }
+    }
+}
+
+/// Sessions closed by an inactivity gap of 5 (out-of-orderness 5): an event
+/// between two open sessions merges them into one; a session fires once the
+/// watermark reaches its last event plus the gap.
+#[test]
+fn an_event_bridging_two_sessions_merges_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = |key: &str, ts: i64, amount: i64| json!({"key": key, "ts": ts, "amount": amount});
+    let lines = [
+        e("a", 0, 1),
+        e("a", 8, 2),   // watermark 3: sessions [0, 5) and [8, 13)
+        e("a", 4, 4),   // spans [4, 9): one session [0, 13)
+        e("b", 14, 8),  // watermark 9
+        e("b", 30, 16), // watermark 25: a [0, 13) and b [14, 19) fire
+        e("a", 26, 32),
+    ];
+    let (p, summary) = run_sessions(dir.path(), &lines, 5, 1);
+    let s = |k: &str, start: i64, end: i64, count: u64, sum: f64| {
+        (
+            k.to_string(),
+            json!({"start": start, "end": end, "count": count, "sum": sum}),
+        )
+    };
+    assert_eq!(
+        out_lines(&p),
+        vec![
+            s("a", 0, 13, 3, 7.0),
+            s("b", 14, 19, 1, 8.0),
+            s("a", 26, 31, 1, 32.0),
+            s("b", 30, 35, 1, 16.0),
+        ]
+    );
+    assert_eq!(
+        summary.operators[0].timers_fired, 4,
+        "the merged-away timer never fires"
+    );
+    let store = Store::open(&p.state_dir).unwrap();
+    assert_eq!(store.timers("win").unwrap(), vec![]);
+    assert_eq!(store.record("win", "a").unwrap(), None);
+}
+
+/// Sessions on many keys out of order within the bound: equal to a
+/// reference that groups each key's sorted times closer than the gap, with
+/// 1 and 4 workers.
+#[test]
+fn sessions_match_a_reference_with_1_and_4_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(11);
+    let mut lines = Vec::new();
+    let mut times: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+    let mut t = 0i64;
+    for _ in 0..4000 {
+        t += (rng.next() % 3) as i64;
+        let key = format!("k{}", rng.next() % 40);
+        let ts = t - (rng.next() % 5) as i64;
+        let amount = (rng.next() % 100) as i64;
+        lines.push(json!({"key": key, "ts": ts, "amount": amount}));
+        times.entry(key).or_default().push((ts, amount));
+    }
+    let gap = 12i64;
+    let mut want: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for (k, mut ts) in times {
+        ts.sort();
+        let mut out: Vec<(i64, i64, u64, f64)> = Vec::new();
+        for (t, amount) in ts {
+            match out.last_mut() {
+                Some(last) if t < last.1 => {
+                    last.1 = last.1.max(t + gap);
+                    last.2 += 1;
+                    last.3 += amount as f64;
+                }
+                _ => out.push((t, t + gap, 1, amount as f64)),
+            }
+        }
+        want.insert(
+            k,
+            out.into_iter()
+                .map(|(s, e, c, sum)| json!({"start": s, "end": e, "count": c, "sum": sum}))
+                .collect(),
+        );
+    }
+    assert!(
+        want.values().map(Vec::len).sum::<usize>() > 200,
+        "many sessions"
+    );
+    for workers in [1, 4] {
+        let sub = dir.path().join(format!("s{workers}"));
+        std::fs::create_dir(&sub).unwrap();
+        let (p, summary) = run_sessions(&sub, &lines, gap as u64, workers);
+        assert_eq!(summary.late_dead_lettered, 0);
+        let mut got: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for (k, v) in out_lines(&p) {
+            got.entry(k).or_default().push(v);
+        }
+        assert_eq!(got, want, "{workers} workers");
     }
 }

@@ -1,5 +1,5 @@
 //! Windows in the host: a [`WindowOperator`] assigns each event of a key to
-//! its tumbling or hopping windows, keeps the key's accumulators, and when
+//! its tumbling, hopping or session windows, keeps the key's accumulators, and when
 //! the watermark reaches a window's end finishes it into one output. The
 //! aggregate ([`Aggregate`]) only creates, folds, merges and finishes
 //! accumulators (opaque bytes).
@@ -9,7 +9,8 @@
 //! each event folds into its one pane, and a window merges its panes when
 //! it fires. A pane is dropped once the last window holding it has fired.
 //! Tumbling windows are hopping windows with `slide == size` (one pane per
-//! window).
+//! window). A session is one accumulator that grows with its events and
+//! absorbs the sessions an event bridges (their timers cleared).
 //!
 //! It is built on what every operator has, so it inherits their
 //! guarantees: pane accumulators are entries of a map in the key's state
@@ -66,6 +67,9 @@ pub struct WindowOperator<A> {
     slide: i64,
     /// The panes' length: `gcd(size, slide)`.
     pane: i64,
+    /// Session windows with this inactivity gap (then `size`, `slide` and
+    /// `pane` are unused).
+    gap: Option<i64>,
 }
 
 fn gcd(a: i64, b: i64) -> i64 {
@@ -98,7 +102,89 @@ impl<A: Aggregate> WindowOperator<A> {
             size,
             slide,
             pane: gcd(size, slide),
+            gap: None,
         }
+    }
+
+    /// Session windows: a key's events closer than `gap` (time-field
+    /// units, at least 1) to one another fall in one session, `[first
+    /// event, last event + gap)`, which fires once the watermark reaches
+    /// its end. An event that bridges two sessions merges them.
+    pub fn session(ctx: OpCtx, agg: A, gap: u64) -> Self {
+        let mut w = Self::tumbling(ctx, agg, 1);
+        w.gap = Some(i64::try_from(gap).unwrap_or(i64::MAX).max(1));
+        w
+    }
+
+    /// Adds an event at `t` to the key's sessions: the sessions that
+    /// overlap `[t, t + gap)` (sorted and disjoint, so one pass finds them)
+    /// merge with it into one. A session is a map field (its start) whose
+    /// value is its end (8 bytes, little endian) then its accumulator, and
+    /// a timer of that name at `end - 1`.
+    fn add_to_session(
+        &mut self,
+        event: &EventRef<'_>,
+        t: i64,
+        gap: i64,
+    ) -> Result<(), HandleError> {
+        let (mut start, mut end) = (t, t.saturating_add(gap));
+        let mut acc: Option<Vec<u8>> = None;
+        let sessions = self.ctx.map_entries(WINDOW_STATE).map_err(refused)?;
+        for (f, v) in sessions {
+            let (Some(s), Some(e)) = (start_of_field(&f), session_end(&v)) else {
+                continue;
+            };
+            if s >= t.saturating_add(gap) || e <= t {
+                continue;
+            }
+            start = start.min(s);
+            end = end.max(e);
+            match &mut acc {
+                None => acc = Some(v[8..].to_vec()),
+                Some(a) => self.agg.merge(a, &v[8..]).map_err(HandleError::Failed)?,
+            }
+            self.ctx
+                .map_delete_dropping(WINDOW_STATE, &f)
+                .map_err(refused)?;
+            self.ctx.timer_clear(&f).map_err(refused)?;
+        }
+        let mut acc = acc.unwrap_or_else(|| self.agg.create());
+        self.agg.add(&mut acc, event).map_err(HandleError::Failed)?;
+        let mut v = Vec::with_capacity(8 + acc.len());
+        v.extend_from_slice(&end.to_le_bytes());
+        v.extend_from_slice(&acc);
+        let f = field(start);
+        self.ctx
+            .map_set(WINDOW_STATE, f.clone(), v)
+            .map_err(refused)?;
+        self.ctx.timer_set(&f, end - 1).map_err(refused)
+    }
+
+    /// Fires the session starting at `start`.
+    fn fire_session(&mut self, key: &str, name: &str, start: i64) -> Result<(), HandleError> {
+        let Some(v) = self
+            .ctx
+            .map_get(WINDOW_STATE, name)
+            .map_err(refused)?
+            .map(<[u8]>::to_vec)
+        else {
+            return Ok(());
+        };
+        let Some(end) = session_end(&v) else {
+            return Err(HandleError::Failed(format!("session `{name}` is damaged")));
+        };
+        self.ctx
+            .map_delete_dropping(WINDOW_STATE, name)
+            .map_err(refused)?;
+        let window = WindowInfo { key, start, end };
+        if let Some(out) = self
+            .agg
+            .finish(&window, &v[8..])
+            .map_err(HandleError::Failed)?
+        {
+            self.ctx.emit(key, &out).map_err(refused)?;
+        }
+        Ok(())
     }
 
     /// The end of the last window holding the pane starting at `p`.
@@ -111,6 +197,11 @@ impl<A: Aggregate> WindowOperator<A> {
 /// sort as the signed start does.
 fn field(start: i64) -> String {
     format!("{:016x}", (start ^ i64::MIN) as u64)
+}
+
+/// The end of a session, from its map value.
+fn session_end(v: &[u8]) -> Option<i64> {
+    Some(i64::from_le_bytes(v.get(..8)?.try_into().ok()?))
 }
 
 /// The start of the window of map field (or timer name) `f`.
@@ -138,6 +229,9 @@ impl<A: Aggregate> Operator for WindowOperator<A> {
                 "the event has no time: a window operator needs the pipeline's time field".into(),
             )
         })?;
+        if let Some(gap) = self.gap {
+            return self.add_to_session(&event, t, gap);
+        }
         let p = floor(t, self.pane);
         let f = field(p);
         let mut acc = match self.ctx.map_get(WINDOW_STATE, &f).map_err(refused)? {
@@ -172,6 +266,9 @@ impl<A: Aggregate> Operator for WindowOperator<A> {
                 timer.name
             )));
         };
+        if self.gap.is_some() {
+            return self.fire_session(timer.key, timer.name, start);
+        }
         let end = start.saturating_add(self.size);
         // The window's panes, oldest first (fields sort as their starts).
         let panes: Vec<(i64, Vec<u8>)> = self
