@@ -66,7 +66,7 @@ pub use operator::{
     Emits, EventRef, HandleError, HostError, InitError, Loaded, NativeCounter, NativeFactory,
     OpCtx, Operator, OperatorKind, RunError, StartError, WasmComponent, WasmOperator, CONTRACT,
 };
-pub use operator::{fire_due, FireDone, TimerRef, TimerTable, TimerUse, END_ROUNDS};
+pub use operator::{fire_due, FireDone, TimerRef, TimerTable, TimerUse, END_ROUNDS, TTL_PREFIX};
 pub use operator::{Aggregate, WindowInfo, WindowOperator, WindowSum, WINDOW_STATE};
 pub use pipeline::{
     run, run_notify, start, OperatorSummary, Progress, Running, Shutdown, Started, Summary,
