@@ -327,6 +327,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     limits: Limits::default(),
                     generation: 0,
                     history: Default::default(),
+                    ttl: Vec::new(),
                 }];
                 let s = eddy_runtime::run(&p, ops, &Shutdown::new())?;
                 let r = rate(s.lines as usize, s.elapsed);
@@ -479,6 +480,7 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
         limits: Limits::default(),
         generation: 0,
         history: Default::default(),
+        ttl: Vec::new(),
     }];
     let s = eddy_runtime::run(&p, ops, &Shutdown::new())?;
     let d = t.elapsed();

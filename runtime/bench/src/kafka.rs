@@ -140,6 +140,7 @@ pub fn run(a: BenchKafkaArgs) -> Result<()> {
         component: a.component.clone(),
         config: serde_json::json!({}),
         limits: Default::default(),
+        ttl: Vec::new(),
     };
     let engine = eddy_runtime::engine()?;
     let base = |input: Input, output: Output, state: &str, interval: u64| Pipeline {

@@ -207,6 +207,7 @@ pub fn run(a: BenchStateArgs) -> Result<()> {
             component,
             config: serde_json::json!({}),
             limits: Default::default(),
+            ttl: Vec::new(),
         }],
         output: Output::File(dir.path().join("out.jsonl")),
         dead_letter: dir.path().join("dead-letter.jsonl"),

@@ -165,6 +165,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
             component: v1.clone(),
             config: serde_json::json!({}),
             limits: Default::default(),
+            ttl: Vec::new(),
         }],
         output: Output::File(dir.path().join("out.jsonl")),
         dead_letter: dir.path().join("dead-letter.jsonl"),

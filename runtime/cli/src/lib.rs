@@ -465,6 +465,12 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         if summary.bad_lines > 0 {
             msg += &format!(", {} rejected", summary.bad_lines);
         }
+        if summary.late_dead_lettered > 0 {
+            msg += &format!(", {} late (dead-lettered)", summary.late_dead_lettered);
+        }
+        if summary.late_dropped > 0 {
+            msg += &format!(", {} late dropped", summary.late_dropped);
+        }
         if let Some(line) = summary.incomplete_line {
             msg += &format!(", line {line} incomplete (no newline yet): left for a later run");
         }
@@ -480,7 +486,10 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             if summary.checkpoints == 1 { "" } else { "s" },
             pipeline.state_dir.display()
         );
-        if summary.bad_lines > 0 || summary.operators.iter().any(|o| o.failed > 0) {
+        if summary.bad_lines > 0
+            || summary.late_dead_lettered > 0
+            || summary.operators.iter().any(|o| o.failed > 0)
+        {
             msg += &format!("; dead letters in {}", pipeline.dead_letter.display());
         }
         eprintln!("{msg}");

@@ -58,15 +58,16 @@ mod worker;
 mod module_graph;
 
 pub use config::{
-    default_workers, Delivery, HttpListen, Input, KafkaInput, KafkaOutput, Limits, OperatorSpec,
-    Output, Overrides, Pipeline, PipelineError, WatermarkSpec,
+    default_workers, Delivery, HttpListen, Input, KafkaInput, KafkaOutput, LatePolicy, Limits,
+    OperatorSpec, Output, Overrides, Pipeline, PipelineError, Refresh, TtlSpec, WatermarkSpec,
 };
 pub use operator::{
     cap_reason, engine, engine_with, load_operators, Cache, CacheError, Compiled, ComponentError,
     Emits, EventRef, HandleError, HostError, InitError, Loaded, NativeCounter, NativeFactory,
     OpCtx, Operator, OperatorKind, RunError, StartError, WasmComponent, WasmOperator, CONTRACT,
 };
-pub use operator::{fire_due, FireDone, TimerRef, TimerTable, TimerUse, END_ROUNDS};
+pub use operator::{fire_due, FireDone, TimerRef, TimerTable, TimerUse, END_ROUNDS, TTL_PREFIX};
+pub use operator::{Aggregate, WindowInfo, WindowOperator, WindowSum, WINDOW_STATE};
 pub use pipeline::{
     run, run_notify, start, OperatorSummary, Progress, Running, Shutdown, Started, Summary,
 };

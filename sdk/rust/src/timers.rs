@@ -91,3 +91,18 @@ pub fn watermark() -> i64 {
     }
     wit::watermark()
 }
+
+/// Whether the event being handled is late: its time was below the
+/// watermark minus the pipeline's `allowed_lateness` when it was read.
+/// Only ever true under `[source.watermark] late = "deliver"` (the other
+/// policies dead-letter or drop late events before any operator sees them),
+/// in [`Operator::handle`](crate::Operator::handle) of the first operator.
+/// The host hands a late event to `handle` on its own, never in a batch, so
+/// this costs a batched operator nothing and never switches it to the
+/// per-event path.
+pub fn late() -> bool {
+    if batch::active() {
+        return false;
+    }
+    wit::late()
+}

@@ -283,6 +283,9 @@ fn fraud_input() -> String {
 fn fraud_setup(p: &mut Pipeline) {
     p.key_field = "card".into();
     p.time_field = Some("ts".into());
+    // Every 97th event is out of order on purpose (the operator handles
+    // it): delivered, not dead-lettered as late.
+    p.watermark.late = eddy_runtime::LatePolicy::Deliver;
     p.operators[0].config =
         serde_json::json!({"max_spend": 1000.0, "max_count": 5, "window_ms": 60000});
 }

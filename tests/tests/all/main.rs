@@ -46,3 +46,7 @@ mod time;
 // Kafka in and out on the real broker: exactly once across restarts, kill -9
 // and a crash between the two commits; bad records dead-lettered.
 mod kafka;
+// State time to live: expiry at the watermark, storage reclaimed.
+mod ttl;
+// Tumbling windows kept and fired by the host: known answers.
+mod windows;

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use eddy_runtime::{Pipeline, WatermarkSpec};
+use eddy_runtime::{LatePolicy, Pipeline, WatermarkSpec};
 use serde_json::{json, Value};
 
 use crate::util::*;
@@ -50,6 +50,12 @@ fn seen(ts: i64, wm: i64, timers: Value, cleared: Value) -> Value {
     json!({"ts": ts, "wm": wm, "timers": timers, "cleared": cleared})
 }
 
+/// `seen` of an event delivered late.
+fn late(mut seen: Value) -> Value {
+    seen["late"] = json!(true);
+    seen
+}
+
 fn fired(name: &str, at: i64, wm: i64, n: u64) -> Value {
     json!({"fired": name, "at": at, "wm": wm, "n": n})
 }
@@ -70,7 +76,12 @@ fn timers_fire_in_order_when_the_watermark_passes_them() {
         json!({"key": "a", "ts": 14, "set": [["same", 20], ["fail1", 20]], "fail": true}),
         json!({"key": "a", "ts": 20, "set": [["again2", 25], ["b", 21], ["a", 21]]}),
     ];
-    let p = timers_pipeline(dir.path(), &lines, 1, WatermarkSpec::default());
+    // Line 4 is late (5 is below the watermark 13): delivered, flagged.
+    let wm = WatermarkSpec {
+        late: LatePolicy::Deliver,
+        ..WatermarkSpec::default()
+    };
+    let p = timers_pipeline(dir.path(), &lines, 1, wm);
     let summary = run(&p);
     let s = |k: &str, v: Value| (k.to_string(), v);
     let expected = vec![
@@ -85,7 +96,7 @@ fn timers_fire_in_order_when_the_watermark_passes_them() {
         s("a", fired("t2", 12, 13, 1)),
         // Out of order: the watermark stays; its timer in the past fires
         // at the next advance, not now.
-        s("b", seen(5, 13, json!([["late", 3]]), json!([]))),
+        s("b", late(seen(5, 13, json!([["late", 3]]), json!([])))),
         // (line 5 fails: its timers are never set)
         s("b", fired("late", 3, 14, 2)),
         s(
@@ -223,6 +234,7 @@ fn the_bound_and_the_step_hold_the_watermark_back() {
     let wm = WatermarkSpec {
         max_out_of_order: 5,
         step: 5,
+        ..WatermarkSpec::default()
     };
     let p = timers_pipeline(dir.path(), &lines, 1, wm);
     run(&p);
@@ -239,6 +251,24 @@ fn the_bound_and_the_step_hold_the_watermark_back() {
             s(seen(120, 110, json!([]), json!([]))),
         ]
     );
+}
+
+/// A time to live for the `fired` count, so that the restart tests also
+/// check that TTL deadlines come back from checkpoints: a count expires
+/// 300 after its last firing, and its next firing counts from 1 again.
+fn fired_ttl() -> Vec<eddy_runtime::TtlSpec> {
+    vec![eddy_runtime::TtlSpec {
+        name: "fired".into(),
+        after: 300,
+        refresh: eddy_runtime::Refresh::Write,
+    }]
+}
+
+/// The pending user timers of the `timers` operator (not TTL deadlines).
+fn user_timers(store: &eddy_runtime::Store) -> Vec<(String, String, i64)> {
+    let mut t = store.timers("timers").unwrap();
+    t.retain(|(_, name, _)| !name.starts_with(eddy_runtime::TTL_PREFIX));
+    t
 }
 
 /// `n` lines over `keys` keys, their times mostly increasing with disorder
@@ -275,9 +305,13 @@ fn disordered(n: i64, keys: u64) -> Vec<Value> {
 fn one_and_four_workers_give_each_key_the_same_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let lines = disordered(3000, 40);
+    // Disorder up to 29 against a bound of 20: some events are late,
+    // delivered and flagged, the same with any number of workers.
     let wm = WatermarkSpec {
         max_out_of_order: 20,
         step: 7,
+        late: LatePolicy::Deliver,
+        ..WatermarkSpec::default()
     };
     let mut runs = Vec::new();
     for (name, workers) in [("one", 1), ("four", 4), ("four-again", 4)] {
@@ -292,6 +326,8 @@ fn one_and_four_workers_give_each_key_the_same_outputs() {
         );
         let out = outputs(&p);
         assert_eq!(out.len() as u64, 3000 + summary.operators[0].timers_fired);
+        let late = out.iter().filter(|(_, v)| v["late"] == true).count();
+        assert!(late > 20, "{name}: only {late} late events");
         runs.push((
             by_key(out),
             state_values(&p.state_dir, "timers", &["fired"]),
@@ -313,10 +349,13 @@ fn stopping_anywhere_and_restarting_gives_each_key_the_same_outputs() {
     let wm = WatermarkSpec {
         max_out_of_order: 20,
         step: 3,
+        late: LatePolicy::Deliver,
+        ..WatermarkSpec::default()
     };
     let once = dir.path().join("once");
     std::fs::create_dir(&once).unwrap();
-    let p = timers_pipeline(&once, &lines, 2, wm);
+    let mut p = timers_pipeline(&once, &lines, 2, wm);
+    p.operators[0].ttl = fired_ttl();
     run(&p);
     let reference = (
         by_key(outputs(&p)),
@@ -326,6 +365,7 @@ fn stopping_anywhere_and_restarting_gives_each_key_the_same_outputs() {
     let stops = dir.path().join("stops");
     std::fs::create_dir(&stops).unwrap();
     let mut p = timers_pipeline(&stops, &lines, 2, wm);
+    p.operators[0].ttl = fired_ttl();
     p.checkpoint_events = Some(1_500);
     let mut total = 0;
     let mut pending_seen = false;
@@ -340,7 +380,7 @@ fn stopping_anywhere_and_restarting_gives_each_key_the_same_outputs() {
         total += run_with(&p, &shutdown).lines;
         stopper.join().unwrap();
         let store = eddy_runtime::Store::open(&p.state_dir).unwrap();
-        pending_seen |= !store.timers("timers").unwrap().is_empty();
+        pending_seen |= !user_timers(&store).is_empty();
     }
     p.workers = 2;
     total += run(&p).lines;
@@ -350,7 +390,7 @@ fn stopping_anywhere_and_restarting_gives_each_key_the_same_outputs() {
         "some stop left pending timers in a checkpoint"
     );
     let store = eddy_runtime::Store::open(&p.state_dir).unwrap();
-    assert_eq!(store.timers("timers").unwrap(), vec![], "every timer fired");
+    assert_eq!(user_timers(&store), vec![], "every timer fired");
     drop(store);
     let got = (
         by_key(outputs(&p)),
@@ -372,10 +412,13 @@ fn sigkill_at_random_moments_then_restart_fires_each_timer_once() {
     let wm = WatermarkSpec {
         max_out_of_order: 20,
         step: 3,
+        late: LatePolicy::Deliver,
+        ..WatermarkSpec::default()
     };
     let once = dir.path().join("once");
     std::fs::create_dir(&once).unwrap();
-    let p = timers_pipeline(&once, &lines, 2, wm);
+    let mut p = timers_pipeline(&once, &lines, 2, wm);
+    p.operators[0].ttl = fired_ttl();
     run(&p);
     let reference = by_key(outputs(&p));
 
@@ -385,8 +428,8 @@ fn sigkill_at_random_moments_then_restart_fires_each_timer_once() {
     let toml = format!(
         "workers = 2\ncontrol = false\n\
          [source]\npath = \"in.jsonl\"\ntime = \"ts\"\n\
-         [source.watermark]\nmax_out_of_order = 20\nstep = 3\n\
-         [[operator]]\nname = \"timers\"\ncomponent = {:?}\n\
+         [source.watermark]\nmax_out_of_order = 20\nstep = 3\nlate = \"deliver\"\n\
+         [[operator]]\nname = \"timers\"\ncomponent = {:?}\nttl.fired = {{ after = 300 }}\n\
          [sink]\npath = \"out.jsonl\"\ndead_letter = \"dead.jsonl\"\n\
          [state]\ndir = \"st\"\ncheckpoint_interval_ms = 40\n",
         eddy_tests::TIMERS
@@ -424,7 +467,7 @@ fn sigkill_at_random_moments_then_restart_fires_each_timer_once() {
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(!stderr.contains("error"), "{stderr}");
         let store = eddy_runtime::Store::open(&crash.join("st")).unwrap();
-        pending_seen |= !store.timers("timers").unwrap().is_empty();
+        pending_seen |= !user_timers(&store).is_empty();
     }
     eprintln!("killed {killed} of 12 runs");
     // Each run resumes where the last checkpoint left it, so the later
@@ -441,7 +484,7 @@ fn sigkill_at_random_moments_then_restart_fires_each_timer_once() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let store = eddy_runtime::Store::open(&crash.join("st")).unwrap();
-    assert_eq!(store.timers("timers").unwrap(), vec![], "every timer fired");
+    assert_eq!(user_timers(&store), vec![], "every timer fired");
     drop(store);
     let got: Vec<(String, Value)> = read_jsonl(&crash.join("out.jsonl"))
         .into_iter()
@@ -494,4 +537,177 @@ fn pending_timers_fire_on_the_new_version_after_a_hot_swap() {
     assert_eq!(dead[0]["key"], "a");
     assert_eq!(dead[0]["timer"], json!({"name": "fail-x", "at": 100}));
     assert_eq!(dead[0]["version"], v2_id.as_str());
+}
+
+/// Lines around the late boundary, with `max_out_of_order` 2 and
+/// `allowed_lateness` 3: an event is late when its time is below the
+/// watermark minus 3 when it is read (lines 3, 6 and 8).
+fn late_lines() -> Vec<Value> {
+    vec![
+        json!({"key": "a", "ts": 10}),                   // watermark 8 after it
+        json!({"key": "b", "ts": 6}),                    // 8 - 3 = 5: on time
+        json!({"key": "a", "ts": 4}),                    // late
+        json!({"key": "b", "ts": 5}),                    // at 8 - 3: on time
+        json!({"key": "a", "ts": 20}),                   // watermark 18 after it
+        json!({"key": "b", "ts": 14}),                   // late
+        json!({"key": "a", "ts": 15}),                   // at 18 - 3: on time
+        json!({"key": "c", "ts": 1, "set": [["t", 2]]}), // late
+    ]
+}
+
+fn late_spec(late: LatePolicy) -> WatermarkSpec {
+    WatermarkSpec {
+        max_out_of_order: 2,
+        step: 1,
+        allowed_lateness: 3,
+        late,
+    }
+}
+
+/// The on-time events' outputs of `late_lines`, and the late ones' when
+/// delivered.
+fn late_outputs(delivered: bool) -> Vec<(String, Value)> {
+    let s = |k: &str, v: Value| (k.to_string(), v);
+    let mut out = vec![
+        s("a", seen(10, MIN, json!([]), json!([]))),
+        s("b", seen(6, 8, json!([]), json!([]))),
+    ];
+    if delivered {
+        out.push(s("a", late(seen(4, 8, json!([]), json!([])))));
+    }
+    out.push(s("b", seen(5, 8, json!([]), json!([]))));
+    out.push(s("a", seen(20, 8, json!([]), json!([]))));
+    if delivered {
+        out.push(s("b", late(seen(14, 18, json!([]), json!([])))));
+    }
+    out.push(s("a", seen(15, 18, json!([]), json!([]))));
+    if delivered {
+        out.push(s("c", late(seen(1, 18, json!([["t", 2]]), json!([])))));
+        // Its timer, set in the past, fires at the next advance: the end.
+        out.push(s("c", fired("t", 2, MAX, 1)));
+    }
+    out
+}
+
+/// By default a late event is dead-lettered before any operator sees it,
+/// the reason naming its time, the watermark and the allowed lateness.
+#[test]
+fn late_events_are_dead_lettered_with_the_reason_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = timers_pipeline(
+        dir.path(),
+        &late_lines(),
+        2,
+        late_spec(LatePolicy::DeadLetter),
+    );
+    let summary = run(&p);
+    assert_eq!(by_key(outputs(&p)), by_key(late_outputs(false)));
+    let dead = std::fs::read_to_string(&p.dead_letter).unwrap();
+    assert_eq!(
+        dead,
+        "{\"error\":\"late event: time 4 is below the watermark 8 minus allowed_lateness 3\",\"key\":\"a\",\"line\":3,\"time\":4,\"payload\":{\"key\":\"a\",\"ts\":4}}\n\
+         {\"error\":\"late event: time 14 is below the watermark 18 minus allowed_lateness 3\",\"key\":\"b\",\"line\":6,\"time\":14,\"payload\":{\"key\":\"b\",\"ts\":14}}\n\
+         {\"error\":\"late event: time 1 is below the watermark 18 minus allowed_lateness 3\",\"key\":\"c\",\"line\":8,\"time\":1,\"payload\":{\"key\":\"c\",\"set\":[[\"t\",2]],\"ts\":1}}\n"
+    );
+    assert_eq!(summary.late_dead_lettered, 3);
+    assert_eq!(summary.late_dropped, 0);
+    assert_eq!(summary.bad_lines, 0);
+    assert_eq!(summary.operators[0].handled, 5);
+    assert_eq!(summary.operators[0].timers_fired, 0, "c's timer never set");
+}
+
+/// `late = "drop"`: late events are not handled and not dead-lettered,
+/// but counted in the run summary (and its line on the command line).
+#[test]
+fn late_events_dropped_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = timers_pipeline(dir.path(), &late_lines(), 2, late_spec(LatePolicy::Drop));
+    let summary = run(&p);
+    assert_eq!(by_key(outputs(&p)), by_key(late_outputs(false)));
+    assert_eq!(read_jsonl(&p.dead_letter), Vec::<Value>::new());
+    assert_eq!(summary.late_dropped, 3);
+    assert_eq!(summary.late_dead_lettered, 0);
+    assert_eq!(summary.operators[0].handled, 5);
+
+    // The same from the command line: the summary says how many.
+    let toml = format!(
+        "workers = 1\ncontrol = false\n\
+         [source]\npath = \"in.jsonl\"\ntime = \"ts\"\n\
+         [source.watermark]\nmax_out_of_order = 2\nallowed_lateness = 3\nlate = \"drop\"\n\
+         [[operator]]\nname = \"timers\"\ncomponent = {:?}\n\
+         [sink]\npath = \"cli-out.jsonl\"\ndead_letter = \"cli-dead.jsonl\"\n\
+         [state]\ndir = \"cli-state\"\n",
+        eddy_tests::TIMERS
+    );
+    std::fs::write(dir.path().join("p.toml"), toml).unwrap();
+    let o = std::process::Command::new(eddy_bin())
+        .args(["run", "p.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("8 lines in"), "{stderr}");
+    assert!(stderr.contains(", 3 late dropped;"), "{stderr}");
+    assert!(!stderr.contains("dead letters in"), "{stderr}");
+}
+
+/// `late = "deliver"`: late events are handled as any event, and the
+/// operator sees them flagged (`timers.late`), on the per-event path; a
+/// timer a late event sets in the past fires at the next advance.
+#[test]
+fn late_events_delivered_are_flagged_for_the_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = timers_pipeline(dir.path(), &late_lines(), 2, late_spec(LatePolicy::Deliver));
+    let summary = run(&p);
+    assert_eq!(by_key(outputs(&p)), by_key(late_outputs(true)));
+    assert_eq!(read_jsonl(&p.dead_letter), Vec::<Value>::new());
+    assert_eq!(summary.late_dropped + summary.late_dead_lettered, 0);
+    assert_eq!(summary.operators[0].handled, 8);
+}
+
+/// Lateness is decided where the input is read, against a watermark that
+/// follows the input alone: under each policy, 1 and 4 workers give each
+/// key the same outputs and the same dead letters.
+#[test]
+fn late_policies_give_the_same_results_with_1_and_4_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = disordered(4000, 50);
+    for late in [
+        LatePolicy::DeadLetter,
+        LatePolicy::Drop,
+        LatePolicy::Deliver,
+    ] {
+        let wm = WatermarkSpec {
+            max_out_of_order: 10,
+            step: 4,
+            allowed_lateness: 5,
+            late,
+        };
+        let mut runs = Vec::new();
+        for workers in [1, 4] {
+            let sub = dir.path().join(format!("{late:?}-{workers}"));
+            std::fs::create_dir(&sub).unwrap();
+            let p = timers_pipeline(&sub, &lines, workers, wm);
+            let summary = run(&p);
+            let late_n = summary.late_dead_lettered + summary.late_dropped;
+            let mut dead = std::fs::read_to_string(&p.dead_letter).unwrap_or_default();
+            let mut dead_lines: Vec<&str> = dead.lines().collect();
+            dead_lines.sort_unstable();
+            dead = dead_lines.join("\n");
+            let out = outputs(&p);
+            let flagged = out.iter().filter(|(_, v)| v["late"] == true).count() as u64;
+            runs.push((by_key(out), dead, late_n, flagged));
+        }
+        let (_, dead, n, flagged) = &runs[0];
+        match late {
+            LatePolicy::DeadLetter => {
+                assert!(*n > 100, "{late:?}: {n}");
+                assert_eq!(dead.lines().count() as u64, *n);
+            }
+            LatePolicy::Drop => assert!(*n > 100 && dead.is_empty(), "{late:?}: {n}"),
+            LatePolicy::Deliver => assert!(*n == 0 && *flagged > 100, "{flagged}"),
+        }
+        assert_eq!(runs[0], runs[1], "{late:?}: 1 and 4 workers");
+    }
 }

@@ -22,6 +22,7 @@ pub fn pipeline(dir: &Path, input: &Path, ops: &[(&str, &str)], workers: usize) 
                 component: PathBuf::from(path),
                 config: serde_json::json!({}),
                 limits: Default::default(),
+                ttl: Vec::new(),
             })
             .collect(),
         output: Output::File(dir.join("out.jsonl")),

@@ -21,6 +21,9 @@
 //! [source.watermark]               # event time (with `time`): the watermark
 //! max_out_of_order = 0             # is the largest time read minus this
 //! step = 1                         # and advances in multiples of this
+//! allowed_lateness = 0             # an event below watermark - this is late:
+//! late = "dead-letter"             # dead-lettered, "drop" (counted) or
+//!                                  # "deliver" (handled, flagged late)
 //!
 //! [[operator]]                     # one table per operator, in chain order
 //! name = "counter"
@@ -43,6 +46,9 @@
 //! max_reason_bytes = 16384         # longer error reasons are truncated, with
 //!                                  # a note of how many bytes were cut
 //! max_timers_per_key = 1024        # pending timers of one key
+//! # State time to live, in event time (needs `[source] time`): an entry
+//! # expires once the watermark is past its last write plus `after`.
+//! ttl.history = { after = 86400000, refresh = "write" }  # or "read"
 //!
 //! [sink]
 //! path = "-"                       # "-" for stdout
@@ -131,6 +137,35 @@ pub struct OperatorSpec {
     pub config: serde_json::Value,
     /// Host-enforced limits.
     pub limits: Limits,
+    /// State names given a time to live (`ttl.NAME = { after, refresh }`).
+    pub ttl: Vec<TtlSpec>,
+}
+
+/// A state name's time to live, in event time (`ttl.NAME = { after,
+/// refresh }` of an operator table): a key's entry under that name
+/// expires once the watermark is past the event time of its last write
+/// (or read, with `refresh = "read"`) plus `after`. Expired entries are
+/// never returned and are deleted at that watermark advance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TtlSpec {
+    /// The state name (a value, map or list of that name).
+    pub name: Box<str>,
+    /// The time to live, in time-field units.
+    pub after: u64,
+    /// What renews it.
+    pub refresh: Refresh,
+}
+
+/// What renews an entry's time to live (`refresh`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Refresh {
+    /// `"write"` (the default): each write of the entry.
+    #[default]
+    Write,
+    /// `"read"`: each write or read of the entry (the operator's events
+    /// then go through the per-event path, where the host sees reads).
+    Read,
 }
 
 /// A complete pipeline.
@@ -188,6 +223,11 @@ pub struct WatermarkSpec {
     /// The watermark's granularity, in time-field units (`step`, default 1,
     /// at least 1).
     pub step: u64,
+    /// An event whose time is below the watermark minus this, when it is
+    /// read, is late (`allowed_lateness`, default 0).
+    pub allowed_lateness: u64,
+    /// What happens to a late event (`late`, default dead-letter).
+    pub late: LatePolicy,
 }
 
 impl Default for WatermarkSpec {
@@ -195,8 +235,26 @@ impl Default for WatermarkSpec {
         WatermarkSpec {
             max_out_of_order: 0,
             step: 1,
+            allowed_lateness: 0,
+            late: LatePolicy::DeadLetter,
         }
     }
+}
+
+/// What happens to a late event (`[source.watermark] late`): it is never
+/// silently lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LatePolicy {
+    /// `"dead-letter"` (the default): to the dead-letter output, with a
+    /// reason naming its time, the watermark and the allowed lateness.
+    #[default]
+    DeadLetter,
+    /// `"drop"`: not handled, counted in the run summary.
+    Drop,
+    /// `"deliver"`: handled as any event, flagged late (the operator reads
+    /// the flag with `timers.late`).
+    Deliver,
 }
 
 /// The control plane's TCP listener (`[control] http`, `--http`): every
@@ -309,6 +367,8 @@ struct SourceTable {
 struct WatermarkTable {
     max_out_of_order: Option<u64>,
     step: Option<u64>,
+    allowed_lateness: Option<u64>,
+    late: Option<LatePolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -329,9 +389,31 @@ struct OperatorTable {
     max_key_state_bytes: Option<usize>,
     max_reason_bytes: Option<usize>,
     max_timers_per_key: Option<usize>,
+    #[serde(default)]
+    ttl: std::collections::BTreeMap<String, TtlTable>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TtlTable {
+    after: u64,
+    #[serde(default)]
+    refresh: Refresh,
 }
 
 impl OperatorTable {
+    /// The table's TTL specs, in name order.
+    fn ttl(&self) -> Vec<TtlSpec> {
+        self.ttl
+            .iter()
+            .map(|(name, t)| TtlSpec {
+                name: name.as_str().into(),
+                after: t.after,
+                refresh: t.refresh,
+            })
+            .collect()
+    }
+
     /// The table's limits, defaults for those it does not set.
     fn limits(&self) -> Limits {
         let d = Limits::default();
@@ -471,6 +553,7 @@ impl Pipeline {
                     component: rel(&t.component),
                     config,
                     limits: t.limits(),
+                    ttl: t.ttl(),
                 });
             }
         } else {
@@ -489,6 +572,7 @@ impl Pipeline {
                     component: path.clone(),
                     config,
                     limits: from_file.map(OperatorTable::limits).unwrap_or_default(),
+                    ttl: from_file.map(OperatorTable::ttl).unwrap_or_default(),
                 });
             }
         }
@@ -636,10 +720,27 @@ impl Pipeline {
         if let Some(t) = &f.source.watermark {
             watermark.max_out_of_order = t.max_out_of_order.unwrap_or(0);
             watermark.step = t.step.unwrap_or(1);
+            watermark.allowed_lateness = t.allowed_lateness.unwrap_or(0);
+            watermark.late = t.late.unwrap_or_default();
             if watermark.step == 0 {
                 return Err(PipelineError::Invalid(
                     "[source.watermark] step must be at least 1".into(),
                 ));
+            }
+        }
+        if let Some(op) = operators.iter().skip(1).find(|op| !op.ttl.is_empty()) {
+            return Err(PipelineError::Invalid(format!(
+                "operator `{}`: ttl.{}: state time to live is only supported on the first operator of a chain for now",
+                op.name, op.ttl[0].name
+            )));
+        }
+        let time_field = o.time_field.or(f.source.time);
+        if time_field.is_none() {
+            if let Some(op) = operators.iter().find(|op| !op.ttl.is_empty()) {
+                return Err(PipelineError::Invalid(format!(
+                    "operator `{}`: ttl.{} is in event time: it needs a time field ([source] time)",
+                    op.name, op.ttl[0].name
+                )));
             }
         }
         Ok(Pipeline {
@@ -651,7 +752,7 @@ impl Pipeline {
             verify_state: o.verify_state || f.state.verify_on_open.unwrap_or(false),
             input,
             key_field: o.key_field.or(f.source.key).unwrap_or_else(|| "key".into()),
-            time_field: o.time_field.or(f.source.time),
+            time_field,
             max_line_bytes: f.source.max_line_bytes.unwrap_or(1 << 20),
             operators,
             output,

@@ -124,7 +124,9 @@ fn the_watermark_table_is_read_and_a_zero_step_refused() {
         pl.watermark,
         WatermarkSpec {
             max_out_of_order: 5000,
-            step: 100
+            step: 100,
+            allowed_lateness: 0,
+            late: LatePolicy::DeadLetter,
         }
     );
     assert_eq!(pl.operators[0].limits.max_timers_per_key, 7);
@@ -147,4 +149,87 @@ fn the_watermark_table_is_read_and_a_zero_step_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("unknown field `bound`"), "{e}");
+}
+
+#[test]
+fn the_late_policy_is_read_and_a_bad_one_named_with_its_line() {
+    let op = "[[operator]]\nname = \"a\"\ncomponent = \"a.wasm\"\n";
+    for (text, late) in [
+        ("drop", LatePolicy::Drop),
+        ("deliver", LatePolicy::Deliver),
+        ("dead-letter", LatePolicy::DeadLetter),
+    ] {
+        let pl = parse(&format!(
+            "[source]\ntime = \"ts\"\n[source.watermark]\nallowed_lateness = 7\nlate = \"{text}\"\n{op}"
+        ))
+        .unwrap();
+        assert_eq!(pl.watermark.allowed_lateness, 7);
+        assert_eq!(pl.watermark.late, late);
+    }
+    let e = parse(&format!(
+        "[source]\ntime = \"ts\"\n[source.watermark]\nlate = \"ignore\"\n{op}"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("line 4")
+            && e.contains("unknown variant `ignore`")
+            && e.contains("`dead-letter`, `drop`, `deliver`"),
+        "{e}"
+    );
+    let e = parse(&format!("[source.watermark]\nallowed_lateness = -5\n{op}"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("line 2") && e.contains("allowed_lateness"),
+        "{e}"
+    );
+}
+
+#[test]
+fn ttl_tables_are_read_and_need_a_time_field() {
+    let op = "[[operator]]\nname = \"a\"\ncomponent = \"a.wasm\"\n";
+    let pl = parse(&format!(
+        "[source]\ntime = \"ts\"\n{op}ttl.seen = {{ after = 10 }}\nttl.history = {{ after = 7, refresh = \"read\" }}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        pl.operators[0].ttl,
+        vec![
+            TtlSpec {
+                name: "history".into(),
+                after: 7,
+                refresh: Refresh::Read
+            },
+            TtlSpec {
+                name: "seen".into(),
+                after: 10,
+                refresh: Refresh::Write
+            },
+        ]
+    );
+    let e = parse(&format!("{op}ttl.seen = {{ after = 10 }}\n"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "operator `a`: ttl.seen is in event time: it needs a time field ([source] time)"
+    );
+    for (bad, want) in [
+        ("ttl.seen = { after = -1 }", "after"),
+        (
+            "ttl.seen = { after = 1, refresh = \"never\" }",
+            "unknown variant `never`",
+        ),
+        ("ttl.seen = { refresh = \"read\" }", "missing field `after`"),
+        (
+            "ttl.seen = { after = 1, every = 2 }",
+            "unknown field `every`",
+        ),
+    ] {
+        let e = parse(&format!("[source]\ntime = \"ts\"\n{op}{bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want) && e.contains("line 6"), "{bad}: {e}");
+    }
 }

@@ -39,6 +39,7 @@ pub fn fire_due<O: Operator + ?Sized>(
                 emitted.clear();
                 continue;
             }
+            op.ctx().set_event_time(Some(at));
             op.ctx().begin(&key)?;
             let mut r = op.on_timer(TimerRef {
                 key: &key,

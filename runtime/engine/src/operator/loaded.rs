@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::wasm::{Compiled, ComponentError, InitError, WasmComponent};
 use super::{OpCtx, Operator};
-use crate::config::{Limits, Pipeline};
+use crate::config::{Limits, Pipeline, TtlSpec};
 use crate::state::{Reader, StoreError};
 
 /// Builds a native operator for a worker.
@@ -36,6 +36,8 @@ pub struct Loaded {
     pub generation: u32,
     /// Content hash of each generation, for `migrate`.
     pub history: Arc<Vec<String>>,
+    /// State names given a time to live.
+    pub ttl: Vec<TtlSpec>,
 }
 
 /// Why an operator could not be instantiated on a worker.
@@ -54,6 +56,7 @@ impl Loaded {
     pub fn instantiate(&self, reader: Option<Reader>) -> Result<Box<dyn Operator>, StartError> {
         let mut ctx = OpCtx::new(self.name.clone(), reader, self.limits);
         ctx.set_generation(self.generation);
+        ctx.set_ttl(&self.ttl);
         Ok(match &self.kind {
             OperatorKind::Wasm(component) => {
                 let mut inst = component.instantiate(ctx, &self.config)?;
@@ -121,6 +124,7 @@ pub fn load_operators(
                 limits: spec.limits,
                 generation: 0,
                 history: Arc::default(),
+                ttl: spec.ttl.clone(),
             })
         })
         .collect()

@@ -9,7 +9,9 @@
 //!   interface.
 //! - [`wasm`]: components compiled once ([`WasmComponent`]) and instantiated per
 //!   worker ([`WasmOperator`]).
-//! - [`native`]: the native baseline operator.
+//! - [`native`]: the native baseline operators.
+//! - [`window`]: [`WindowOperator`], windows kept and fired by the host
+//!   over an [`Aggregate`].
 //! - [`loaded`]: [`Loaded`], an operator of the pipeline ready to be
 //!   instantiated on each worker.
 //! - [`fire`]: the timers due at a watermark, fired in order.
@@ -24,15 +26,17 @@ pub(crate) mod host;
 mod loaded;
 mod native;
 pub(crate) mod wasm;
+mod window;
 
 pub use fire::{fire_due, FireDone, END_ROUNDS};
-pub use host::{cap_reason, Emits, HostError, OpCtx, TimerTable, TimerUse};
+pub use host::{cap_reason, Emits, HostError, OpCtx, TimerTable, TimerUse, TTL_PREFIX};
 pub use loaded::{load_operators, Loaded, NativeFactory, OperatorKind, StartError};
-pub use native::NativeCounter;
+pub use native::{NativeCounter, WindowSum};
 pub use wasm::{
     engine, engine_with, Cache, CacheError, Compiled, ComponentError, InitError, WasmComponent,
     WasmOperator, CONTRACT,
 };
+pub use window::{Aggregate, WindowInfo, WindowOperator, WINDOW_STATE};
 
 /// Called by [`Operator::handle_many`] as each event completes: its index,
 /// its outcome, and what it emitted (to be drained).
@@ -177,6 +181,7 @@ pub fn handle_each<O: Operator + ?Sized>(
             done(i, Err(err), &mut emitted);
             continue;
         }
+        op.ctx().set_event_time(e.time);
         op.ctx().begin_slot(slot);
         let mut r = op.handle(*e);
         if r.is_ok() {

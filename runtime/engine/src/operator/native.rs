@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
+use super::window::{Aggregate, WindowInfo};
 use super::OpCtx;
 use crate::operator::{EventRef, HandleError, Operator};
 
@@ -51,6 +52,60 @@ impl Operator for NativeCounter {
         let out = serde_json::to_vec(&t).map_err(|e| fail(&e))?;
         self.ctx.set("totals", &out).map_err(|e| fail(&e))?;
         self.ctx.emit(event.key, &out).map_err(|e| fail(&e))
+    }
+}
+
+/// The aggregate of a window: the count of its events and the sum of a
+/// numeric field, emitted as `{"start": .., "end": .., "count": ..,
+/// "sum": ..}` (the native baseline of a window operator).
+pub struct WindowSum {
+    field: String,
+}
+
+impl WindowSum {
+    /// Counts events and sums `field`.
+    pub fn new(field: &str) -> Self {
+        WindowSum {
+            field: field.to_string(),
+        }
+    }
+}
+
+impl Aggregate for WindowSum {
+    fn create(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn add(&self, acc: &mut Vec<u8>, event: &EventRef<'_>) -> Result<(), String> {
+        let mut de = serde_json::Deserializer::from_slice(event.value);
+        let amount = FieldSeed(&self.field)
+            .deserialize(&mut de)
+            .map_err(|e| e.to_string())?;
+        let mut t: Totals = if acc.is_empty() {
+            Totals::default()
+        } else {
+            serde_json::from_slice(acc).map_err(|e| e.to_string())?
+        };
+        t.count += 1;
+        t.sum += amount;
+        acc.clear();
+        serde_json::to_writer(&mut *acc, &t).map_err(|e| e.to_string())
+    }
+
+    fn merge(&self, into: &mut Vec<u8>, other: &[u8]) -> Result<(), String> {
+        let mut a: Totals = serde_json::from_slice(into).map_err(|e| e.to_string())?;
+        let b: Totals = serde_json::from_slice(other).map_err(|e| e.to_string())?;
+        a.count += b.count;
+        a.sum += b.sum;
+        into.clear();
+        serde_json::to_writer(&mut *into, &a).map_err(|e| e.to_string())
+    }
+
+    fn finish(&self, w: &WindowInfo<'_>, acc: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let t: Totals = serde_json::from_slice(acc).map_err(|e| e.to_string())?;
+        let out =
+            serde_json::json!({"start": w.start, "end": w.end, "count": t.count, "sum": t.sum});
+        Ok(Some(serde_json::to_vec(&out).expect("json")))
     }
 }
 

@@ -79,6 +79,11 @@ pub struct Summary {
     pub lines: u64,
     /// Lines rejected before reaching an operator.
     pub bad_lines: u64,
+    /// Late events dead-lettered (`[source.watermark] late =
+    /// "dead-letter"`, the default).
+    pub late_dead_lettered: u64,
+    /// Late events dropped (`late = "drop"`).
+    pub late_dropped: u64,
     /// Line number this run resumed after (0 for a fresh start).
     pub resumed_after_line: u64,
     /// Line number of an incomplete last line (no `\n` yet, not complete

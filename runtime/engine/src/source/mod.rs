@@ -6,7 +6,8 @@
 //! - [`reader`]: the reader thread (`eddy-reader`): whole lines in chunks,
 //!   byte-order mark, incomplete last lines, `--follow`.
 //! - [`decode`]: the key and time of one JSON line.
-//! - [`watermark`]: [`WatermarkGen`], the watermark from the event times.
+//! - [`watermark`]: [`WatermarkGen`], the watermark from the event times,
+//!   and which events are late ([`Verdict`]).
 //! - here: [`Resume`], where the input resumes and the checks that it is
 //!   still the file the checkpoint read, and [`ReaderThread`], the reader
 //!   as a value that stops and joins it.
@@ -33,7 +34,7 @@ pub use kafka::{
     consumer as kafka_consumer, plan as kafka_plan, KafkaMsg, KafkaPlan, KafkaReader, Part, Record,
 };
 pub use reader::{open_input, read_lines, Chunk, End, Follow, ReadError};
-pub use watermark::WatermarkGen;
+pub use watermark::{Verdict, WatermarkGen};
 
 /// Chunks the reader may hold ready before it waits for the coordinator.
 const CHUNKS_AHEAD: usize = 8;

@@ -1,6 +1,21 @@
-//! [`WatermarkGen`]: the watermark of the input, from the event times read.
+//! [`WatermarkGen`]: the watermark of the input, from the event times
+//! read, and which events are late against it ([`Verdict`]).
 
-use crate::config::WatermarkSpec;
+use crate::config::{LatePolicy, WatermarkSpec};
+
+/// What becomes of an event read at some time, against the watermark when
+/// it is read (see [`WatermarkGen::judge`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not late (or no time): handled as usual.
+    OnTime,
+    /// Late, `late = "dead-letter"`: dead-lettered with this reason.
+    DeadLetter(String),
+    /// Late, `late = "drop"`: not handled, counted.
+    Drop,
+    /// Late, `late = "deliver"`: handled, flagged late.
+    Deliver,
+}
 
 /// Follows the event times of the input and says when its watermark
 /// advances: the largest time read so far minus `max_out_of_order`,
@@ -52,9 +67,40 @@ impl WatermarkGen {
         })
     }
 
+    /// Whether an event at time `t`, read now (before it moves the
+    /// watermark), is late, and what then becomes of it: late is a time
+    /// below the watermark minus `allowed_lateness`. An event without a
+    /// time, or read before the first watermark, is never late. Decided
+    /// where the input is read, so it depends on the input alone, never on
+    /// the number of workers.
+    pub fn judge(&self, t: Option<i64>) -> Verdict {
+        let Some(t) = t else {
+            return Verdict::OnTime;
+        };
+        let limit = i128::from(self.current) - i128::from(self.spec.allowed_lateness);
+        if self.current == i64::MIN || i128::from(t) >= limit {
+            return Verdict::OnTime;
+        }
+        match self.spec.late {
+            LatePolicy::Drop => Verdict::Drop,
+            LatePolicy::Deliver => Verdict::Deliver,
+            LatePolicy::DeadLetter => Verdict::DeadLetter(format!(
+                "late event: time {t} is below the watermark {}{} minus allowed_lateness {}",
+                self.current,
+                if self.current == i64::MAX {
+                    " (the input had ended)"
+                } else {
+                    ""
+                },
+                self.spec.allowed_lateness
+            )),
+        }
+    }
+
     /// The input has ended: the watermark goes to `i64::MAX`. Again at
     /// each end (an input that grew after its end is read to its new end):
-    /// what was set since fires then.
+    /// what was set since fires then. Every event read after an end is
+    /// late ([`WatermarkGen::judge`]).
     pub fn end(&mut self) -> i64 {
         self.current = i64::MAX;
         i64::MAX
@@ -69,7 +115,47 @@ mod tests {
         WatermarkGen::new(WatermarkSpec {
             max_out_of_order,
             step,
+            ..WatermarkSpec::default()
         })
+    }
+
+    #[test]
+    fn late_is_below_the_watermark_minus_the_allowed_lateness() {
+        let spec = |allowed_lateness, late| WatermarkSpec {
+            max_out_of_order: 5,
+            step: 1,
+            allowed_lateness,
+            late,
+        };
+        let mut g = WatermarkGen::new(spec(0, LatePolicy::DeadLetter));
+        assert_eq!(g.judge(Some(i64::MIN)), Verdict::OnTime, "no watermark yet");
+        assert_eq!(g.observe(20), Some(15));
+        assert_eq!(g.judge(None), Verdict::OnTime, "no time");
+        assert_eq!(g.judge(Some(15)), Verdict::OnTime, "at the watermark");
+        assert_eq!(
+            g.judge(Some(14)),
+            Verdict::DeadLetter(
+                "late event: time 14 is below the watermark 15 minus allowed_lateness 0".into()
+            )
+        );
+        let mut g = WatermarkGen::resume(spec(3, LatePolicy::Drop), 15);
+        assert_eq!(g.judge(Some(12)), Verdict::OnTime, "15 - 3");
+        assert_eq!(g.judge(Some(11)), Verdict::Drop);
+        assert_eq!(g.judge(Some(i64::MIN)), Verdict::Drop);
+        g.end();
+        assert_eq!(g.judge(Some(i64::MAX - 3)), Verdict::OnTime);
+        assert_eq!(g.judge(Some(100)), Verdict::Drop, "after the end");
+        let g = WatermarkGen::resume(spec(u64::MAX, LatePolicy::Deliver), 15);
+        assert_eq!(g.judge(Some(i64::MIN)), Verdict::OnTime, "no overflow");
+        let mut g = WatermarkGen::resume(spec(0, LatePolicy::Deliver), 15);
+        assert_eq!(g.judge(Some(14)), Verdict::Deliver);
+        g.end();
+        assert_eq!(
+            WatermarkGen::resume(spec(0, LatePolicy::DeadLetter), i64::MAX).judge(Some(1)),
+            Verdict::DeadLetter(
+                "late event: time 1 is below the watermark 9223372036854775807 (the input had ended) minus allowed_lateness 0".into()
+            )
+        );
     }
 
     #[test]

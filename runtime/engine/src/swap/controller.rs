@@ -447,6 +447,7 @@ mod tests {
                 limits: Limits::default(),
                 generation: 0,
                 history: Arc::default(),
+                ttl: Vec::new(),
             })
             .collect();
         let versions = ops

@@ -19,6 +19,9 @@ pub(super) struct Ev {
     pub(super) time: Option<i64>,
     /// Input line it derives from (for dead letters).
     pub(super) line: u64,
+    /// A late event delivered under `late = "deliver"` (first operator
+    /// only): handled on its own, flagged late.
+    pub(super) late: bool,
 }
 
 /// A hot swap carried in a batch: before the batch's event `at`, operator
@@ -94,7 +97,17 @@ impl Batch {
             end,
             time,
             line,
+            late: false,
         });
+    }
+
+    /// Flags the event pushed last as late (`[source.watermark] late =
+    /// "deliver"`): it is handled on its own, and the operator's
+    /// `timers.late` returns true while it is.
+    pub fn flag_last_late(&mut self) {
+        if let Some(e) = self.events.last_mut() {
+            e.late = true;
+        }
     }
 
     /// Swaps operator `stage` to `op` (already instantiated and

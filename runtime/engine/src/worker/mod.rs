@@ -342,10 +342,17 @@ impl Worker {
         let mut start = from;
         while start < to {
             let stage = batch.events[start].stage;
-            let end = batch.events[start..to]
-                .iter()
-                .position(|e| e.stage != stage)
-                .map_or(to, |n| start + n);
+            let late = batch.events[start].late;
+            // A late event (delivered under `late = "deliver"`) is handled
+            // on its own, with the flag set.
+            let end = if late {
+                start + 1
+            } else {
+                batch.events[start..to]
+                    .iter()
+                    .position(|e| e.stage != stage || e.late)
+                    .map_or(to, |n| start + n)
+            };
             let run = &batch.events[start..end];
             let events: Vec<EventRef<'_>> = run
                 .iter()
@@ -357,7 +364,14 @@ impl Worker {
                 })
                 .collect();
             let lines: Vec<u64> = run.iter().map(|e| e.line).collect();
-            self.process_run(stage as usize, &events, &lines)?;
+            if late {
+                self.ops[stage as usize].ctx().set_late(true);
+            }
+            let r = self.process_run(stage as usize, &events, &lines);
+            if late {
+                self.ops[stage as usize].ctx().set_late(false);
+            }
+            r?;
             start = end;
         }
         Ok(())
@@ -490,6 +504,10 @@ impl Worker {
             ..
         } = self;
         let op = &mut ops[stage];
+        // Entries whose time to live ran out go first: nothing handled
+        // from here on reads them.
+        op.ctx().set_watermark(w);
+        op.ctx().expire_due(w);
         if op
             .ctx()
             .timers()

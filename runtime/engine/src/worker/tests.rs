@@ -90,6 +90,7 @@ impl One {
             limits: Limits::default(),
             generation: 0,
             history: Arc::default(),
+            ttl: Vec::new(),
         };
         let (tx, sink) = unbounded();
         let live = Arc::new(Live::new(1, 1));

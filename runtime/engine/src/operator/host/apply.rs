@@ -88,6 +88,13 @@ impl OpCtx {
                 }
             }
         }
+        if self.ttl.is_some() && !writes.is_empty() {
+            for (id, (name, _)) in names.iter().zip(writes) {
+                if let Some(n) = id.or_else(|| lookup(&self.names, name)) {
+                    self.ttl_wrote(n);
+                }
+            }
+        }
         let s = &mut self.slots[slot as usize];
         s.size = size;
         if !writes.is_empty() {
@@ -97,6 +104,7 @@ impl OpCtx {
                 self.dirty.push(slot);
             }
         }
+        self.ttl_finish(slot, true);
         for (key, (_, value)) in keys.into_iter().zip(emits) {
             out.push_key(key, value);
         }

@@ -43,6 +43,11 @@ pub enum HostError {
         /// The limit.
         limit: usize,
     },
+    #[error(
+        "timer names starting with \"\\0ttl:\" are reserved for the host (state time to live)"
+    )]
+    /// A timer name the host keeps for itself.
+    ReservedTimerName,
     #[error("state value of {size} bytes exceeds the limit max_state_value = {limit} bytes")]
     /// A state value over `max_state_value_bytes`.
     StateTooLarge {

@@ -20,6 +20,8 @@
 //! - [`index`]: key → cache slot, and the interned state names.
 //! - [`apply`]: one event's outcome from a batched call, checked then
 //!   applied.
+//! - `ttl`: state time to live, the deadlines of TTL'd entries and their
+//!   expiry at watermark advances.
 
 use std::sync::Arc;
 
@@ -37,11 +39,13 @@ mod state;
 #[cfg(test)]
 mod tests;
 mod timers;
+mod ttl;
 
 use index::{intern, prefetch, same, Index};
 pub use limits::{cap_reason, HostError};
 pub use output::Emits;
 pub use timers::{TimerTable, TimerUse};
+pub use ttl::TTL_PREFIX;
 
 /// Turns a refused host call into the trap that carries it: kept as a
 /// [`HostError`] so the event's dead letter names the refusal (see the
@@ -137,6 +141,14 @@ pub struct OpCtx {
     watermark: i64,
     /// Whether the operator may set timers (set by the worker).
     timer_use: TimerUse,
+    /// The event being handled is late (`timers.late`; set by the worker
+    /// around a late event delivered under `late = "deliver"`).
+    late: bool,
+    /// The time to live of state names, and the entries' deadlines (`None`:
+    /// no name has one).
+    ttl: Option<Box<ttl::Ttl>>,
+    /// Event time of the current call (TTL stamps).
+    event_time: Option<i64>,
 }
 
 impl OpCtx {
@@ -164,6 +176,9 @@ impl OpCtx {
             timers: TimerTable::default(),
             watermark: i64::MIN,
             timer_use: TimerUse::NoHandler,
+            late: false,
+            ttl: None,
+            event_time: None,
         }
     }
 
@@ -215,6 +230,8 @@ impl OpCtx {
     /// Starts a migration of `key`: like [`OpCtx::begin`], with emits
     /// refused. End it with [`OpCtx::finish_migration`].
     pub fn begin_migration(&mut self, key: &str) -> Result<(), StoreError> {
+        // Its writes to TTL'd names are stamped with the watermark.
+        self.event_time = None;
         self.begin(key)?;
         self.migrating = true;
         Ok(())
@@ -242,6 +259,7 @@ impl OpCtx {
             slot.size = self.size_at_begin;
             self.timers.rollback();
         }
+        self.ttl_finish(i, ok);
     }
 
     /// The operator's limits.
@@ -383,6 +401,7 @@ impl OpCtx {
             self.emits.clear();
             self.timers.rollback();
         }
+        self.ttl_finish(i, ok);
     }
 
     /// Checks, before the current event is kept, that it did not grow its

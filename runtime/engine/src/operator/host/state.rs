@@ -30,6 +30,7 @@ impl OpCtx {
         let Some(name) = self.lookup(name) else {
             return Ok(None);
         };
+        self.ttl_read(name);
         Ok(self.slots[i].entity.get(name))
     }
 
@@ -51,6 +52,7 @@ impl OpCtx {
         slot.entity.set(name, value, &mut self.undo);
         slot.size = size;
         self.held += held;
+        self.ttl_wrote(name);
         Ok(())
     }
     /// `state.delete`: deletes the value `name`; whether it existed.
@@ -67,6 +69,7 @@ impl OpCtx {
             slot.size =
                 (slot.size).saturating_sub(VALUE_ENTRY + self.names[name as usize].len() + old);
             self.held += old;
+            self.ttl_wrote(name);
         }
         Ok(removed)
     }
@@ -77,6 +80,7 @@ impl OpCtx {
         let Some(name) = self.lookup(name) else {
             return Ok(None);
         };
+        self.ttl_read(name);
         Ok(self.slots[i]
             .entity
             .map(name)
@@ -109,6 +113,7 @@ impl OpCtx {
         slot.entity.map_set(name, field, value, &mut self.undo);
         slot.size = size;
         self.held += held;
+        self.ttl_wrote(name);
         Ok(())
     }
 
@@ -128,6 +133,22 @@ impl OpCtx {
         if removed {
             slot.size = slot.size.saturating_sub(FIELD_ENTRY + field.len() + old);
             self.held += field.len() + old;
+            self.ttl_wrote(name);
+        }
+        Ok(removed)
+    }
+
+    /// Deletes field `field` of map `name`, and the map itself when no field
+    /// is left (its entry then no longer counts in the key's record; the
+    /// host's window operator uses it); whether the field existed.
+    pub fn map_delete_dropping(&mut self, name: &str, field: &str) -> Result<bool, HostError> {
+        let removed = self.map_delete(name, field)?;
+        let i = self.current()?;
+        if let Some(n) = self.lookup(name) {
+            let slot = &mut self.slots[i];
+            if slot.entity.map_drop_empty(n, &mut self.undo) {
+                slot.size = slot.size.saturating_sub(MAP_ENTRY + name.len());
+            }
         }
         Ok(removed)
     }
@@ -138,6 +159,7 @@ impl OpCtx {
         let Some(name) = self.lookup(name) else {
             return Ok(Vec::new());
         };
+        self.ttl_read(name);
         Ok(self.slots[i]
             .entity
             .map(name)
@@ -151,6 +173,7 @@ impl OpCtx {
         let Some(name) = self.lookup(name) else {
             return Ok(0);
         };
+        self.ttl_read(name);
         Ok(self.slots[i].entity.map(name).map_or(0, |m| m.len() as u32))
     }
 
@@ -170,6 +193,7 @@ impl OpCtx {
         let slot = &mut self.slots[i];
         let len = slot.entity.list_push(name, item, &mut self.undo);
         slot.size = size;
+        self.ttl_wrote(name);
         Ok(len as u32)
     }
 
@@ -179,6 +203,7 @@ impl OpCtx {
         let Some(name) = self.lookup(name) else {
             return Ok(0);
         };
+        self.ttl_read(name);
         Ok(self.slots[i]
             .entity
             .list(name)
@@ -196,6 +221,7 @@ impl OpCtx {
         let Some(name) = self.lookup(name) else {
             return Ok(Vec::new());
         };
+        self.ttl_read(name);
         let Some(list) = self.slots[i].entity.list(name) else {
             return Ok(Vec::new());
         };
@@ -220,6 +246,9 @@ impl OpCtx {
         let n = slot.entity.list_trim(name, keep as usize, &mut self.undo);
         slot.size = slot.size.saturating_sub(dropped);
         self.held += dropped;
+        if n > 0 {
+            self.ttl_wrote(name);
+        }
         Ok(n as u32)
     }
 
@@ -231,6 +260,7 @@ impl OpCtx {
         // The journal keeps the whole old state.
         self.held += slot.size.saturating_sub(RECORD_HEADER);
         slot.size = RECORD_HEADER;
+        self.ttl_cleared();
         Ok(())
     }
 }

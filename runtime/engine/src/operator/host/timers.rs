@@ -68,7 +68,7 @@ impl TimerTable {
 
     /// Sets timer `name` of the key in `slot` to `at`; the key may hold at
     /// most `limit` timers.
-    fn set(
+    pub(super) fn set(
         &mut self,
         slot: u32,
         key: &CompactString,
@@ -96,7 +96,7 @@ impl TimerTable {
     }
 
     /// Cancels timer `name` of the key in `slot`; whether one was pending.
-    fn clear(&mut self, slot: u32, key: &CompactString, name: &str) -> bool {
+    pub(super) fn clear(&mut self, slot: u32, key: &CompactString, name: &str) -> bool {
         let Some(timers) = self.by_slot.get_mut(&slot) else {
             return false;
         };
@@ -126,7 +126,7 @@ impl TimerTable {
 
     /// Adds a timer read back from a checkpoint (not a change: nothing to
     /// undo or write).
-    fn restore(&mut self, slot: u32, key: &CompactString, name: &str, at: i64) {
+    pub(super) fn restore(&mut self, slot: u32, key: &CompactString, name: &str, at: i64) {
         let name = CompactString::from(name);
         let timers = self.by_slot.entry(slot).or_default();
         if let Some(old) = timers.insert(name.clone(), at) {
@@ -137,7 +137,11 @@ impl TimerTable {
 
     /// The timers changed since the last call, as rows to write for
     /// `operator`.
-    fn take_writes(&mut self, operator: &std::sync::Arc<str>, out: &mut Vec<TimerWrite>) {
+    pub(super) fn take_writes(
+        &mut self,
+        operator: &std::sync::Arc<str>,
+        out: &mut Vec<TimerWrite>,
+    ) {
         for (slot, key, name) in self.dirty.drain() {
             let at = self.by_slot.get(&slot).and_then(|t| t.get(&name)).copied();
             out.push(TimerWrite {
@@ -205,6 +209,20 @@ impl OpCtx {
         self.watermark = w;
     }
 
+    /// Whether the event being handled is late (see
+    /// [`OpCtx::set_late`]): what `timers.late` returns.
+    pub fn late(&self) -> bool {
+        self.late
+    }
+
+    /// Flags the events handled from now on as late, or not: the worker
+    /// sets it around a late event delivered under `[source.watermark]
+    /// late = "deliver"`, which it hands over on its own (and a Wasm
+    /// operator hands to `handle`, never to `handle-batch`).
+    pub fn set_late(&mut self, late: bool) {
+        self.late = late;
+    }
+
     /// Sets whether the operator may set timers.
     pub fn set_timer_use(&mut self, use_: TimerUse) {
         self.timer_use = use_;
@@ -219,11 +237,15 @@ impl OpCtx {
     /// write at a checkpoint.
     pub fn take_timer_writes(&mut self, out: &mut Vec<TimerWrite>) {
         self.timers.take_writes(&self.name, out);
+        self.take_ttl_writes(out);
     }
 
     /// Puts back timer `name` of `key`, pending at `at` in the checkpoint
     /// the pipeline resumes from.
     pub fn restore_timer(&mut self, key: &str, name: &str, at: i64) -> Result<(), StoreError> {
+        if let Some(state_name) = name.strip_prefix(super::TTL_PREFIX) {
+            return self.restore_ttl(key, state_name, at);
+        }
         let slot = self.load(key)?;
         let key = self.slots[slot as usize].key.clone();
         self.timers.restore(slot, &key, name, at);
@@ -244,6 +266,9 @@ impl OpCtx {
             TimerUse::LaterStage => return Err(HostError::TimersLaterStage),
         }
         self.check_name("timer name", name.as_bytes())?;
+        if name.starts_with(super::TTL_PREFIX) {
+            return Err(HostError::ReservedTimerName);
+        }
         let key = &self.slots[i].key;
         self.timers
             .set(i as u32, key, name, at, self.limits.max_timers_per_key)
@@ -270,6 +295,9 @@ impl OpCtx {
 impl timers::Host for OpCtx {
     fn watermark(&mut self) -> wasmtime::Result<i64> {
         Ok(self.watermark)
+    }
+    fn late(&mut self) -> wasmtime::Result<bool> {
+        Ok(self.late && self.current.is_some() && !self.migrating)
     }
     fn set(&mut self, name: String, at: i64) -> wasmtime::Result<()> {
         self.timer_set(&name, at).map_err(trap)

@@ -206,6 +206,8 @@ pub struct HostBatch {
     key_of: Vec<u32>,
     /// Per key index: its cache slot, and the first event of the key.
     keys: Vec<(u32, usize)>,
+    /// Per event: its time (writes to TTL'd state are stamped with it).
+    times: Vec<Option<i64>>,
 }
 
 impl HostBatch {
@@ -217,6 +219,8 @@ impl HostBatch {
         self.index.clear();
         self.key_of.clear();
         self.keys.clear();
+        self.times.clear();
+        self.times.extend(events.iter().map(|e| e.time));
         ctx.slots(events.iter().map(|e| e.key), &mut self.event_slots)?;
         for (i, &slot) in self.event_slots.iter().enumerate() {
             let next = self.keys.len() as u32;
@@ -299,6 +303,7 @@ impl HostBatch {
                         emits.push((key.as_bytes(), payload));
                     }
                     let (slot, _) = self.keys[self.key_of[i] as usize];
+                    ctx.set_event_time(self.times[i]);
                     if let Err(err) = ctx.apply(slot, &writes, &emits, &mut emitted) {
                         done(i, Err(HandleError::Refused(err.to_string())), &mut emitted);
                         return Applied::Refused(i);

@@ -384,7 +384,11 @@ impl Operator for WasmOperator {
             let done = &mut |i, r, e: &mut Emits| done(from + i, r, e);
             // Looked up for each frame: a trap replaces the instance.
             let batch = self.live.as_ref().and_then(|l| l.batch);
-            start += match batch.filter(|_| !self.batch_off) {
+            // A late event goes to `handle` (which serves `timers.late`),
+            // never into a batch; so do all events when TTL refreshes on
+            // reads, which the host sees only there.
+            let per_event = self.store.data().ctx.per_event_only();
+            start += match batch.filter(|_| !self.batch_off && !per_event) {
                 Some(batch) => self.run_frame(batch, &events[start..end], done)?,
                 None => {
                     handle_each(self, &events[start..end], 0, done)?;

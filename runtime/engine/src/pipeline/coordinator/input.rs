@@ -11,9 +11,9 @@ use crossbeam_channel::Receiver;
 use super::{Coordinator, BATCH, MAX_INFLIGHT_PER_WORKER};
 use crate::config::Input;
 use crate::route::route;
-use crate::sink::format::push_string_field;
+use crate::sink::format::{push_field, push_string_field};
 use crate::sink::SinkMsg;
-use crate::source::{decode, Chunk};
+use crate::source::{decode, Chunk, Decoded, Verdict};
 use crate::worker::{Batch, Msg};
 
 impl Coordinator {
@@ -107,8 +107,14 @@ impl Coordinator {
         }
         match decode(line, &self.p.key_field, self.p.time_field.as_deref()) {
             Ok(d) => {
+                let Some(late) = self.late(&d, line) else {
+                    return Ok(());
+                };
                 let w = route(&d.key, self.workers.count());
                 self.pending[w].push(0, &d.key, line, d.time, self.pos.line);
+                if late {
+                    self.pending[w].flag_last_late();
+                }
                 self.since_checkpoint += 1;
                 // After the event that moves it, in every worker's stream.
                 if let Some(wm) = d.time.and_then(|t| self.watermark.observe(t)) {
@@ -121,6 +127,36 @@ impl Coordinator {
             Err(e) => self.dead_line(self.pos.line, &e.to_string(), line),
         }
         Ok(())
+    }
+
+    /// Applies the late policy to event `d` (input line `line`) before it
+    /// is routed: `Some(flagged late)` to handle it, `None` when it was
+    /// dead-lettered or dropped (see [`crate::source::Verdict`]).
+    fn late(&mut self, d: &Decoded, line: &[u8]) -> Option<bool> {
+        match self.watermark.judge(d.time) {
+            Verdict::OnTime => Some(false),
+            Verdict::Deliver => Some(true),
+            Verdict::Drop => {
+                self.summary.late_dropped += 1;
+                None
+            }
+            Verdict::DeadLetter(reason) => {
+                self.summary.late_dead_lettered += 1;
+                let rec = serde_json::json!({
+                    "line": self.pos.line,
+                    "key": &*d.key,
+                    "time": d.time,
+                    "error": reason,
+                });
+                let mut b = serde_json::to_vec(&rec).expect("json");
+                b.pop();
+                b.push(b',');
+                push_field(&mut b, "payload", line);
+                b.extend_from_slice(b"}\n");
+                let _ = self.sink.send(SinkMsg::Dead(b));
+                None
+            }
+        }
     }
 
     /// Advances the watermark to `w` at this point of the input, in every

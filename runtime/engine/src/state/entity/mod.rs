@@ -94,6 +94,10 @@ pub enum Undo {
         field: String,
         old: Vec<u8>,
     },
+    MapDropped {
+        idx: usize,
+        name: Name,
+    },
     ListCreated {
         idx: usize,
     },
@@ -219,6 +223,34 @@ impl Entity {
         }
     }
 
+    /// Whether anything is stored under `name`: a value, a map or a list.
+    pub fn has(&self, name: Name) -> bool {
+        find(&self.values, name).is_some()
+            || find(&self.x().maps, name).is_some()
+            || find(&self.x().lists, name).is_some()
+    }
+
+    /// Deletes the value, map and list named `name` without journaling (an
+    /// entry whose time to live ran out); whether there was any.
+    pub fn expire(&mut self, name: Name) -> bool {
+        let mut any = false;
+        if let Some(idx) = find(&self.values, name) {
+            self.values.remove(idx);
+            any = true;
+        }
+        if let Some(x) = &mut self.extra {
+            if let Some(idx) = find(&x.maps, name) {
+                x.maps.remove(idx);
+                any = true;
+            }
+            if let Some(idx) = find(&x.lists, name) {
+                x.lists.remove(idx);
+                any = true;
+            }
+        }
+        any
+    }
+
     /// The map named `name`.
     pub fn map(&self, name: Name) -> Option<&BTreeMap<String, Vec<u8>>> {
         find(&self.x().maps, name).map(|i| &self.x().maps[i].1)
@@ -253,6 +285,20 @@ impl Entity {
             }
             None => false,
         }
+    }
+
+    /// Removes map `name` when it has no field left (so that a key whose
+    /// maps all emptied has no state); whether it did.
+    pub fn map_drop_empty(&mut self, name: Name, undo: &mut Vec<Undo>) -> bool {
+        let Some(idx) = find(&self.x().maps, name) else {
+            return false;
+        };
+        if !self.x().maps[idx].1.is_empty() {
+            return false;
+        }
+        self.x_mut().maps.remove(idx);
+        undo.push(Undo::MapDropped { idx, name });
+        true
     }
 
     /// The list named `name`.
@@ -322,6 +368,9 @@ impl Entity {
                 }
                 Undo::MapFieldRemoved { idx, field, old } => {
                     self.x_mut().maps[idx].1.insert(field, old);
+                }
+                Undo::MapDropped { idx, name } => {
+                    self.x_mut().maps.insert(idx, (name, BTreeMap::new()));
                 }
                 Undo::ListCreated { idx } => {
                     self.x_mut().lists.remove(idx);
