@@ -393,6 +393,27 @@ fn the_tcp_listener_needs_the_token_and_a_loopback_address_unless_opted_in() {
     let (code, metrics) = tcp("/metrics", Some(token));
     assert_eq!(code, 200);
     assert!(metrics.contains("eddy_events_handled_total{operator=\"counter\",worker=\"0\"} 50\n"));
+    // A second pipeline asking for the same address fails to start, naming
+    // it, and leaves no socket behind.
+    let other = tempfile::tempdir().unwrap();
+    let mut q = pipeline(other.path(), &input, &[("counter", COUNTER)], 1);
+    q.http = Some(eddy_runtime::HttpListen {
+        addr,
+        public: false,
+        token_file: None,
+    });
+    let ops = load_operators(&engine, &q).unwrap();
+    let e = eddy_runtime::start(&q, ops, &Shutdown::new())
+        .err()
+        .expect("the address is taken")
+        .to_string();
+    assert!(
+        e.contains(&format!(
+            "cannot serve the control plane on {addr}: cannot listen there"
+        )),
+        "{e}"
+    );
+    assert!(!control::socket_path(&other.path().join("state")).exists());
     running.stop();
     running.wait().unwrap();
 
