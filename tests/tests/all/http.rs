@@ -393,6 +393,27 @@ fn the_tcp_listener_needs_the_token_and_a_loopback_address_unless_opted_in() {
     let (code, metrics) = tcp("/metrics", Some(token));
     assert_eq!(code, 200);
     assert!(metrics.contains("eddy_events_handled_total{operator=\"counter\",worker=\"0\"} 50\n"));
+    // A second pipeline asking for the same address fails to start, naming
+    // it, and leaves no socket behind.
+    let other = tempfile::tempdir().unwrap();
+    let mut q = pipeline(other.path(), &input, &[("counter", COUNTER)], 1);
+    q.http = Some(eddy_runtime::HttpListen {
+        addr,
+        public: false,
+        token_file: None,
+    });
+    let ops = load_operators(&engine, &q).unwrap();
+    let e = eddy_runtime::start(&q, ops, &Shutdown::new())
+        .err()
+        .expect("the address is taken")
+        .to_string();
+    assert!(
+        e.contains(&format!(
+            "cannot serve the control plane on {addr}: cannot listen there"
+        )),
+        "{e}"
+    );
+    assert!(!control::socket_path(&other.path().join("state")).exists());
     running.stop();
     running.wait().unwrap();
 
@@ -574,4 +595,96 @@ fn the_live_page_shows_a_running_pipelines_real_numbers_in_chromium() {
     let _ = std::fs::copy(&shot, &keep);
     running.stop();
     running.wait().unwrap();
+}
+
+#[test]
+fn eddy_run_http_serves_the_control_plane_on_tcp_and_says_where() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_, text) = counter_events(40, 4, 9);
+    std::fs::write(d.join("in.jsonl"), text).unwrap();
+    let operator = format!("counter={COUNTER}");
+    let args = |http: &str| {
+        vec![
+            "run".to_string(),
+            "--follow".into(),
+            "--operator".into(),
+            operator.clone(),
+            "--input".into(),
+            "in.jsonl".into(),
+            "--output".into(),
+            "out.jsonl".into(),
+            "--state".into(),
+            "st".into(),
+            "--http".into(),
+            http.into(),
+        ]
+    };
+    // Not loopback: refused before anything starts, saying how to opt in.
+    let o = eddy_in(
+        &args("0.0.0.0:0")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        d,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("control http = \"0.0.0.0:0\" is not a loopback address")
+            && stderr(&o).contains("(--http-public)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!d.join("st").exists());
+
+    let mut child = std::process::Command::new(eddy_bin())
+        .args(args("127.0.0.1:0"))
+        .arg("--progress-interval-ms")
+        .arg("600000")
+        .current_dir(d)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("eddy: control plane on http://"))
+        .expect("eddy run says where the control plane is");
+    let addr: std::net::SocketAddr = line["eddy: control plane on http://".len()..]
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let token_file = d.join("st").join(control::TOKEN_FILE);
+    assert!(
+        line.contains(&format!(
+            "(token in {}",
+            Path::new("st").join(control::TOKEN_FILE).display()
+        )),
+        "{line}"
+    );
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let handled = loop {
+        let c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let (status, body) = get_on(c, "/status", Some(token.trim()));
+        assert_eq!(status, 200, "{body}");
+        let s: control::Status = serde_json::from_str(&body).unwrap();
+        if s.operators[0].handled == 40 || Instant::now() > deadline {
+            break s.operators[0].handled;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+    drop(lines);
+    assert_eq!(handled, 40);
 }

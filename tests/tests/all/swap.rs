@@ -406,6 +406,13 @@ fn rejected_swaps_leave_the_running_version_and_its_state_untouched() {
     let state = dir.path().join("state");
     let state = state.to_str().unwrap();
     wait_cli_handled(state, 2_000);
+    // The migration is tried on committed keys: wait for a checkpoint
+    // (asked of the running pipeline, as `eddy state` does).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while eddy(&["state", "scan", "counter", "--limit", "1", "--state", state]).0 != 0 {
+        assert!(Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let text_file = dir.path().join("notes.txt");
     std::fs::write(&text_file, "not wasm").unwrap();

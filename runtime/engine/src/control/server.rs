@@ -70,6 +70,26 @@ impl Server {
         controller: Arc<Controller>,
         http: Option<&HttpListen>,
     ) -> Result<Server, ControlError> {
+        // The TCP listener first: if it cannot be served, no socket file
+        // is left behind.
+        let tcp = match http {
+            None => None,
+            Some(h) => {
+                let token = token(state_dir, h)?;
+                let listener =
+                    std::net::TcpListener::bind(h.addr).map_err(|error| ControlError::Http {
+                        addr: h.addr.to_string(),
+                        reason: format!("cannot listen there: {error}"),
+                    })?;
+                listener
+                    .set_nonblocking(true)
+                    .map_err(|error| ControlError::Http {
+                        addr: h.addr.to_string(),
+                        reason: error.to_string(),
+                    })?;
+                Some((listener, Arc::<str>::from(token)))
+            }
+        };
         let path = socket_path(state_dir);
         let bind_err = |error| ControlError::Bind {
             socket: path.clone(),
@@ -100,19 +120,6 @@ impl Server {
             std::os::unix::fs::MetadataExt::ino(&meta),
         );
         unix.set_nonblocking(true).map_err(bind_err)?;
-        let tcp = match http {
-            None => None,
-            Some(h) => {
-                let token = token(state_dir, h)?;
-                let listener =
-                    std::net::TcpListener::bind(h.addr).map_err(|error| ControlError::Http {
-                        addr: h.addr.to_string(),
-                        reason: format!("cannot listen there: {error}"),
-                    })?;
-                listener.set_nonblocking(true).map_err(bind_err)?;
-                Some((listener, Arc::<str>::from(token)))
-            }
-        };
         let bound = match &tcp {
             Some((l, _)) => Some(l.local_addr().map_err(bind_err)?),
             None => None,
