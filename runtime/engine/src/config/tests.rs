@@ -233,3 +233,137 @@ fn ttl_tables_are_read_and_need_a_time_field() {
         assert!(e.contains(want) && e.contains("line 6"), "{bad}: {e}");
     }
 }
+
+fn with_flags(input: &str, output: &str) -> Result<Pipeline, PipelineError> {
+    let o = Overrides {
+        operators: vec![("c".into(), PathBuf::from("c.wasm"))],
+        input: Some(input.into()),
+        output: Some(output.into()),
+        ..Overrides::default()
+    };
+    Pipeline::load(None, o)
+}
+
+#[test]
+fn kafka_addresses_on_the_command_line() {
+    let p = with_flags(
+        "kafka://b1:9092,b2:9092/in-a,in_b?group=g&until_end=true&time=timestamp",
+        "kafka://b1:9092/out?delivery=at-least-once&dead_letter_topic=dead",
+    )
+    .unwrap();
+    let Input::Kafka(i) = &p.input else {
+        panic!("{:?}", p.input)
+    };
+    assert_eq!(i.bootstrap, "b1:9092,b2:9092");
+    assert_eq!(i.topics, ["in-a", "in_b"]);
+    assert_eq!(i.group, "g");
+    assert!(i.until_end && i.timestamp_time);
+    assert_eq!(i.key_field, None, "the message key routes by default");
+    let Output::Kafka(o) = &p.output else {
+        panic!("{:?}", p.output)
+    };
+    assert_eq!(o.topic, "out");
+    assert_eq!(o.delivery, Delivery::AtLeastOnce);
+    assert_eq!(o.dead_letter_topic.as_deref(), Some("dead"));
+
+    // Each mistake named.
+    let err = |i: &str, o: &str| with_flags(i, o).unwrap_err().to_string();
+    assert_eq!(
+        err("kafka://b:1/in", "-"),
+        "--input `kafka://b:1/in`: add ?group=NAME (the consumer group the offsets are committed in)"
+    );
+    assert_eq!(
+        err("kafka://b:1", "-"),
+        "--input `kafka://b:1`: write kafka://HOST:PORT/TOPIC (the topic is missing)"
+    );
+    assert_eq!(
+        err("kafka://b:1/in?group=g&colour=red", "-"),
+        "--input: unknown parameter `colour` (known: group, time, until_end)"
+    );
+    assert_eq!(
+        err("kafka://b:1/bad topic?group=g", "-"),
+        "--input `kafka://b:1/bad topic?group=g`: `bad topic` is not a Kafka topic name (1 to 249 of a-z, A-Z, 0-9, `.`, `_`, `-`)"
+    );
+    assert_eq!(
+        err("kafka://b:1/in?group=g&until_end=maybe", "-"),
+        "--input: until_end=maybe: use true or false"
+    );
+    assert_eq!(
+        err("kafka://b:1/in?group=g", "kafka://b:1/out?delivery=twice"),
+        "--output: delivery = \"twice\": use \"exactly-once\" or \"at-least-once\""
+    );
+    assert_eq!(
+        err("kafka://b:1/in?group=g", "kafka://b:1/o1,o2"),
+        "--output `kafka://b:1/o1,o2`: name one topic"
+    );
+}
+
+#[test]
+fn kafka_tables_in_the_pipeline_file() {
+    let p = parse(
+        "[source]\nkey = \"user\"\n[source.kafka]\nbootstrap = \"b:9092\"\ntopic = \"in\"\ngroup = \"g\"\n\
+         properties = { \"security.protocol\" = \"SASL_SSL\", \"fetch.wait.max.ms\" = 100 }\n\
+         [sink.kafka]\ntopic = \"out\"\n\
+         [[operator]]\nname = \"c\"\ncomponent = \"c.wasm\"\n",
+    )
+    .unwrap();
+    let Input::Kafka(i) = &p.input else {
+        panic!("{:?}", p.input)
+    };
+    assert_eq!(i.key_field.as_deref(), Some("user"), "a key field routes by it");
+    assert_eq!(
+        i.properties,
+        [
+            ("fetch.wait.max.ms".to_string(), "100".to_string()),
+            ("security.protocol".to_string(), "SASL_SSL".to_string())
+        ]
+    );
+    let Output::Kafka(o) = &p.output else {
+        panic!("{:?}", p.output)
+    };
+    // The sink takes the source's brokers and properties.
+    assert_eq!(o.bootstrap, "b:9092");
+    assert_eq!(o.properties, i.properties);
+    assert_eq!(o.delivery, Delivery::ExactlyOnce);
+
+    let err = |t: &str| parse(t).unwrap_err().to_string();
+    let op = "[[operator]]\nname = \"c\"\ncomponent = \"c.wasm\"\n";
+    assert_eq!(
+        err(&format!("[source.kafka]\ntopic = \"in\"\ngroup = \"g\"\n{op}")),
+        "[source.kafka]: `bootstrap` (the brokers, host:port) is missing"
+    );
+    assert_eq!(
+        err(&format!("[source.kafka]\nbootstrap = \"b:1\"\ntopic = \"in\"\n{op}")),
+        "[source.kafka]: `group` (the consumer group the offsets are committed in) is missing"
+    );
+    assert_eq!(
+        err(&format!("[source]\npath = \"x\"\n[source.kafka]\nbootstrap = \"b:1\"\ntopic = \"in\"\ngroup = \"g\"\n{op}")),
+        "[source]: give `path` or a [source.kafka] table, not both"
+    );
+    assert_eq!(
+        err(&format!("[source.kafka]\nbootstrap = \"b:1\"\ntopic = \"in\"\ngroup = \"g\"\nproperties = {{ a = [1] }}\n{op}")),
+        "[source.kafka] properties: `a` must be a string, number or boolean, not array"
+    );
+    assert_eq!(
+        err(&format!("[source.kafka]\nbootstrap = \"b:1\"\ntopic = \"in\"\ngroup = \"g\"\ntime = \"arrival\"\n{op}")),
+        "[source.kafka]: time = \"arrival\": the only setting is \"timestamp\" (the message timestamp); a field of the value is `[source] time` / --time"
+    );
+    assert!(
+        err(&format!("[source.kafka]\nbootstrap = \"b:1\"\ntopic = \"in\"\ngroup = \"g\"\nfollow = true\n{op}"))
+            .contains("unknown field `follow`")
+    );
+    assert_eq!(
+        err(&format!("[sink.kafka]\ntopic = \"out\"\n{op}")),
+        "[sink.kafka]: `bootstrap` (the brokers, host:port) is missing"
+    );
+    let o = Overrides {
+        operators: vec![("c".into(), PathBuf::from("c.wasm"))],
+        input: Some("kafka://b:1/in?group=g".into()),
+        follow: true,
+        ..Overrides::default()
+    };
+    assert_eq!(
+        Pipeline::load(None, o).unwrap_err().to_string(),
+        "follow is for a file input: a Kafka input is read until the pipeline is stopped (or, with until_end, to the end of its partitions)"
+    );
+}
