@@ -240,9 +240,8 @@ impl OpCtx {
     ) -> Result<(), crate::state::StoreError> {
         let slot = self.load(key)?;
         let key = self.slots[slot as usize].key.clone();
-        let Some(t) = &mut self.ttl else {
-            return Ok(());
-        };
+        // Without any TTL now, a table with no spec deletes the row.
+        let t = self.ttl.get_or_insert_with(|| Box::new(Ttl::new(&[])));
         t.deadlines.restore(slot, &key, name, at);
         if t.spec_named(name).is_none() {
             t.deadlines.clear(slot, &key, name);
@@ -410,6 +409,14 @@ mod tests {
         c.restore_timer("k", "\0ttl:v", 15).unwrap();
         c.restore_timer("k", "\0ttl:gone", 15).unwrap();
         assert_eq!(c.ttl_pending(), 1, "a name without TTL any more is dropped");
+        let mut none = OpCtx::new("op".into(), None, Limits::default());
+        none.restore_timer("k", "\0ttl:v", 15).unwrap();
+        assert_eq!(none.ttl_pending(), 0);
+        assert_eq!(
+            rows(&mut none),
+            vec![("k".into(), "\0ttl:v".into(), None)],
+            "no TTL at all any more: the row is deleted"
+        );
         assert_eq!(c.timers().len(), 0, "not a user timer");
         assert_eq!(rows(&mut c), vec![("k".into(), "\0ttl:gone".into(), None)]);
         c.set_timer_use(crate::operator::TimerUse::Allowed);
