@@ -666,3 +666,46 @@ fn swap_and_rollback_on_a_kafka_pipeline() {
         assert_eq!(p, &[1, 2, 1], "versions of {key}'s outputs in order");
     }
 }
+
+/// Event time from a field of the value: an event older than the
+/// watermark is dead-lettered (the default late policy) with its position.
+#[test]
+fn late_kafka_records_are_dead_lettered_with_their_position() {
+    let Some(b) = broker("late_kafka_records_are_dead_lettered_with_their_position") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (input, group) = (unique("in"), unique("g"));
+    create_topic(&b, &input, 1);
+    let rec = |t: u64| {
+        (
+            Some(b"k".to_vec()),
+            format!("{{\"t\":{t},\"amount\":1}}").into_bytes(),
+        )
+    };
+    produce(&b, &input, &[rec(10), rec(20), rec(5), rec(30)]);
+    let url = format!("kafka://{b}/{input}?group={group}&until_end=true");
+    let o = eddy_run(
+        dir.path(),
+        &[
+            "--input",
+            &url,
+            "--output",
+            "out.jsonl",
+            "--time-field",
+            "t",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let dead = std::fs::read_to_string(dir.path().join("state/dead-letter.jsonl")).unwrap();
+    let dead: serde_json::Value = serde_json::from_str(dead.trim()).unwrap();
+    assert_eq!(dead["offset"], 2);
+    assert_eq!(dead["partition"], 0);
+    assert_eq!(
+        dead["error"],
+        "late event: time 5 is below the watermark 20 minus allowed_lateness 0"
+    );
+}

@@ -161,7 +161,7 @@ fn time_setting(v: Option<&str>, at: &str) -> Result<bool, PipelineError> {
         None => Ok(false),
         Some("timestamp") => Ok(true),
         Some(other) => Err(invalid(format!(
-            "{at}: time = \"{other}\": the only setting is \"timestamp\" (the message timestamp); a field of the value is `[source] time` / --time"
+            "{at}: time = \"{other}\": the only setting is \"timestamp\" (the message timestamp); a field of the value is `[source] time` / --time-field"
         ))),
     }
 }

@@ -310,7 +310,11 @@ fn kafka_tables_in_the_pipeline_file() {
     let Input::Kafka(i) = &p.input else {
         panic!("{:?}", p.input)
     };
-    assert_eq!(i.key_field.as_deref(), Some("user"), "a key field routes by it");
+    assert_eq!(
+        i.key_field.as_deref(),
+        Some("user"),
+        "a key field routes by it"
+    );
     assert_eq!(
         i.properties,
         [
@@ -329,11 +333,15 @@ fn kafka_tables_in_the_pipeline_file() {
     let err = |t: &str| parse(t).unwrap_err().to_string();
     let op = "[[operator]]\nname = \"c\"\ncomponent = \"c.wasm\"\n";
     assert_eq!(
-        err(&format!("[source.kafka]\ntopic = \"in\"\ngroup = \"g\"\n{op}")),
+        err(&format!(
+            "[source.kafka]\ntopic = \"in\"\ngroup = \"g\"\n{op}"
+        )),
         "[source.kafka]: `bootstrap` (the brokers, host:port) is missing"
     );
     assert_eq!(
-        err(&format!("[source.kafka]\nbootstrap = \"b:1\"\ntopic = \"in\"\n{op}")),
+        err(&format!(
+            "[source.kafka]\nbootstrap = \"b:1\"\ntopic = \"in\"\n{op}"
+        )),
         "[source.kafka]: `group` (the consumer group the offsets are committed in) is missing"
     );
     assert_eq!(
@@ -346,12 +354,12 @@ fn kafka_tables_in_the_pipeline_file() {
     );
     assert_eq!(
         err(&format!("[source.kafka]\nbootstrap = \"b:1\"\ntopic = \"in\"\ngroup = \"g\"\ntime = \"arrival\"\n{op}")),
-        "[source.kafka]: time = \"arrival\": the only setting is \"timestamp\" (the message timestamp); a field of the value is `[source] time` / --time"
+        "[source.kafka]: time = \"arrival\": the only setting is \"timestamp\" (the message timestamp); a field of the value is `[source] time` / --time-field"
     );
-    assert!(
-        err(&format!("[source.kafka]\nbootstrap = \"b:1\"\ntopic = \"in\"\ngroup = \"g\"\nfollow = true\n{op}"))
-            .contains("unknown field `follow`")
-    );
+    assert!(err(&format!(
+        "[source.kafka]\nbootstrap = \"b:1\"\ntopic = \"in\"\ngroup = \"g\"\nfollow = true\n{op}"
+    ))
+    .contains("unknown field `follow`"));
     assert_eq!(
         err(&format!("[sink.kafka]\ntopic = \"out\"\n{op}")),
         "[sink.kafka]: `bootstrap` (the brokers, host:port) is missing"

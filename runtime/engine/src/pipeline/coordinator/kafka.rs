@@ -13,7 +13,9 @@ use crate::config::{KafkaInput, WatermarkSpec};
 use crate::route::route;
 use crate::sink::format::kafka_pos;
 use crate::sink::SinkMsg;
-use crate::source::{decode, KafkaMsg, KafkaPlan, KafkaReader, Part, Record, WatermarkGen};
+use crate::source::{
+    decode, KafkaMsg, KafkaPlan, KafkaReader, Part, Record, Verdict, WatermarkGen,
+};
 
 /// A Kafka input as the coordinator drives it.
 pub(in crate::pipeline) struct KafkaFeed {
@@ -33,6 +35,8 @@ pub(in crate::pipeline) struct KafkaFeed {
     spec: WatermarkSpec,
     /// The input's watermark: the smallest of the partitions' that have one.
     pub(super) watermark: i64,
+    /// The same, as a generator, to judge late events by.
+    overall: WatermarkGen,
     /// The input's identity for the watermark in the checkpoint.
     pub(super) id: String,
 }
@@ -58,6 +62,10 @@ impl KafkaFeed {
                 .unwrap_or_else(|| vec![None; plan.parts.len()]),
             spec,
             watermark: watermark.unwrap_or(i64::MIN),
+            overall: match watermark {
+                Some(w) => WatermarkGen::resume(spec, w),
+                None => WatermarkGen::new(spec),
+            },
             id: Self::watermark_id(input),
         }
     }
@@ -196,8 +204,27 @@ impl Coordinator {
                 (key, time)
             }
         };
+        // The late policy, against the input's watermark (the smallest of
+        // the partitions').
+        let k = self.kafka.as_mut().expect("a Kafka input");
+        let late = match k.overall.judge(time) {
+            Verdict::OnTime => false,
+            Verdict::Deliver => true,
+            Verdict::Drop => {
+                self.summary.late_dropped += 1;
+                return Ok(());
+            }
+            Verdict::DeadLetter(reason) => {
+                self.summary.late_dead_lettered += 1;
+                self.dead_record(&r, &reason);
+                return Ok(());
+            }
+        };
         let w = route(&key, self.workers.count());
         self.pending[w].push(0, &key, &r.value, time, pos);
+        if late {
+            self.pending[w].flag_last_late();
+        }
         self.since_checkpoint += 1;
         if let Some(t) = time {
             if let Some(wm) = self.kafka_watermark(r.part as usize, t) {
@@ -226,6 +253,7 @@ impl Coordinator {
             .unwrap_or(i64::MIN);
         if min > k.watermark {
             k.watermark = min;
+            k.overall = WatermarkGen::resume(spec, min);
             Some(min)
         } else {
             None
