@@ -78,9 +78,10 @@ pub fn run(a: KafkaArgs) -> Result<()> {
                 &bootstrap, &topic, partitions, 1, TIMEOUT,
             )) {
                 Ok(()) => eprintln!("eddy: created topic `{topic}` ({partitions} partitions)"),
-                Err(eddy_kafka::Error::CreateTopic { code, .. })
-                    if code == eddy_kafka::rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists =>
-                {
+                Err(eddy_kafka::Error::CreateTopic {
+                    code: eddy_kafka::rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                    ..
+                }) => {
                     eprintln!("eddy: topic `{topic}` exists")
                 }
                 Err(e) => return Err(e.into()),
