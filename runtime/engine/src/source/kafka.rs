@@ -112,6 +112,13 @@ pub fn consumer(input: &KafkaInput) -> Result<KafkaConsumer> {
     if input.until_end {
         config.set("enable.partition.eof", "true");
     }
+    // librdkafka's default (1000 ms) pauses a partition's fetching for a
+    // second whenever its prefetch queue is full (queued.min.messages): the
+    // consumer then idles most of the time. Measured on this machine: 190k
+    // records/s with the default, 900k with 10 ms (docs/kafka.md).
+    if config.get("fetch.queue.backoff.ms").is_none() {
+        config.set("fetch.queue.backoff.ms", "10");
+    }
     // Partition ends for `eddy status` (the lag), from librdkafka's own
     // fetch responses: no extra requests.
     if config.get("statistics.interval.ms").is_none() {
