@@ -709,3 +709,48 @@ fn late_kafka_records_are_dead_lettered_with_their_position() {
         "late event: time 5 is below the watermark 20 minus allowed_lateness 0"
     );
 }
+
+/// Dead letters to a topic, in the same transactions as the outputs: a
+/// read_committed reader of the dead-letter topic sees each once.
+#[test]
+fn dead_letters_go_to_a_topic_in_the_transactions() {
+    let Some(b) = broker("dead_letters_go_to_a_topic_in_the_transactions") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output, dead, group) = (unique("in"), unique("out"), unique("dead"), unique("g"));
+    create_topic(&b, &input, 1);
+    create_topic(&b, &output, 1);
+    create_topic(&b, &dead, 1);
+    produce(
+        &b,
+        &input,
+        &[
+            (Some(b"a".to_vec()), b"{\"amount\":1}".to_vec()),
+            (None, b"{\"amount\":2}".to_vec()),
+            (Some(b"a".to_vec()), b"{\"amount\":\"lots\"}".to_vec()),
+        ],
+    );
+    let in_url = format!("kafka://{b}/{input}?group={group}&until_end=true");
+    let out_url = format!("kafka://{b}/{output}?dead_letter_topic={dead}");
+    let o = eddy_run(dir.path(), &["--input", &in_url, "--output", &out_url], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read_committed(&b, &output, 1).len(), 1);
+    let mut letters: Vec<serde_json::Value> = read_committed(&b, &dead, 1)
+        .iter()
+        .map(|(_, _, v)| serde_json::from_str(v).unwrap())
+        .collect();
+    letters.sort_by_key(|d| d["offset"].as_u64());
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert_eq!(letters[0]["offset"], 1);
+    assert!(letters[0]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("message has no key"));
+    assert_eq!(letters[1]["offset"], 2);
+    assert_eq!(letters[1]["operator"], "counter");
+    // Nothing in the dead-letter file.
+    let file =
+        std::fs::read_to_string(dir.path().join("state/dead-letter.jsonl")).unwrap_or_default();
+    assert_eq!(file, "");
+}
