@@ -156,15 +156,25 @@ fn assert_outputs_once(bootstrap: &str, topic: &str, partitions: i32, events: &[
     }
 }
 
-fn eddy_run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+/// `eddy run` of the counter in `dir` with state in `dir/state` and two
+/// workers (`--quiet` when `quiet`); the caller adds the rest.
+fn eddy_cmd(dir: &Path, quiet: bool) -> Command {
     let mut c = Command::new(eddy_bin());
     c.arg("run")
         .args(["--operator", &format!("counter={}", eddy_tests::COUNTER)])
         .args(["--state", dir.join("state").to_str().unwrap()])
-        .args(["--workers", "2", "--quiet"])
-        .args(args)
+        .args(["--workers", "2"])
         .current_dir(dir)
         .stdin(Stdio::null());
+    if quiet {
+        c.arg("--quiet");
+    }
+    c
+}
+
+fn eddy_run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = eddy_cmd(dir, true);
+    c.args(args);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -234,16 +244,7 @@ fn crash_between_the_kafka_commit_and_the_state_commit_replays_the_gap() {
         "{}",
         stderr(&o)
     );
-    let o = Command::new(eddy_bin())
-        .arg("run")
-        .args(["--operator", &format!("counter={}", eddy_tests::COUNTER)])
-        .args(["--state", dir.path().join("state").to_str().unwrap()])
-        .args(["--workers", "2"])
-        .args(args)
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = eddy_cmd(dir.path(), false).args(args).output().unwrap();
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     // The second checkpoint's records were replayed: about 1000.
@@ -279,20 +280,9 @@ fn sigkill_mid_stream_then_restart_is_exactly_once() {
     for chunk in events.chunks(1200) {
         rounds += 1;
         produce(&b, &input, &counter_records(chunk));
-        let mut child = Command::new(eddy_bin())
-            .arg("run")
-            .args(["--operator", &format!("counter={}", eddy_tests::COUNTER)])
-            .args(["--state", dir.path().join("state").to_str().unwrap()])
-            .args([
-                "--workers",
-                "2",
-                "--quiet",
-                "--checkpoint-interval-ms",
-                "50",
-            ])
+        let mut child = eddy_cmd(dir.path(), true)
+            .args(["--checkpoint-interval-ms", "50"])
             .args(["--input", &in_url, "--output", &out_url])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
@@ -491,20 +481,9 @@ fn broker_restart_mid_run_loses_and_repeats_nothing() {
     let in_url = format!("kafka://{b}/{input}?group={group}");
     let out_url = format!("kafka://{b}/{output}");
     let log = std::fs::File::create(dir.path().join("eddy.log")).unwrap();
-    let mut child = Command::new(eddy_bin())
-        .arg("run")
-        .args(["--operator", &format!("counter={}", eddy_tests::COUNTER)])
-        .args(["--state", dir.path().join("state").to_str().unwrap()])
-        .args([
-            "--workers",
-            "2",
-            "--quiet",
-            "--checkpoint-interval-ms",
-            "100",
-        ])
+    let mut child = eddy_cmd(dir.path(), true)
+        .args(["--checkpoint-interval-ms", "100"])
         .args(["--input", &in_url, "--output", &out_url])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap();
@@ -566,21 +545,10 @@ fn swap_and_rollback_on_a_kafka_pipeline() {
     create_topic(&b, &output, 2);
     let (events, _) = counter_events(3000, 20, 23);
     let state = dir.path().join("state");
-    let mut child = Command::new(eddy_bin())
-        .arg("run")
-        .args(["--operator", &format!("counter={}", eddy_tests::COUNTER)])
-        .args(["--state", state.to_str().unwrap()])
-        .args([
-            "--workers",
-            "2",
-            "--quiet",
-            "--checkpoint-interval-ms",
-            "100",
-        ])
+    let mut child = eddy_cmd(dir.path(), true)
+        .args(["--checkpoint-interval-ms", "100"])
         .args(["--input", &format!("kafka://{b}/{input}?group={group}")])
         .args(["--output", &format!("kafka://{b}/{output}")])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
