@@ -217,7 +217,9 @@ fn slow_and_numerous_clients_neither_pile_up_threads_nor_lock_out_the_owner() {
     let mut slow: Vec<UnixStream> = (0..60)
         .map(|_| {
             let mut c = UnixStream::connect(&socket).unwrap();
-            c.write_all(b"GET /status HTTP/1.1\r\nX-Slow: ").unwrap();
+            // Past the 16th, the server answers 503 and closes at once: the
+            // write may then meet a closed socket.
+            let _ = c.write_all(b"GET /status HTTP/1.1\r\nX-Slow: ");
             c
         })
         .collect();
