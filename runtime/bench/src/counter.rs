@@ -318,6 +318,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     control: false,
                     http: None,
                     verify_state: false,
+                    cache_bytes: None,
                     watermark: Default::default(),
                 };
                 let ops = vec![Loaded {
@@ -468,6 +469,7 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
         control: false,
         http: None,
         verify_state: false,
+        cache_bytes: None,
         watermark: Default::default(),
     };
     let t = Instant::now();

@@ -160,6 +160,7 @@ pub fn run(a: BenchKafkaArgs) -> Result<()> {
         control: false,
         http: None,
         verify_state: false,
+        cache_bytes: None,
         watermark: Default::default(),
     };
 

@@ -220,6 +220,7 @@ pub fn run(a: BenchStateArgs) -> Result<()> {
         control: true,
         http: None,
         verify_state: false,
+        cache_bytes: None,
         watermark: Default::default(),
     };
     println!(

@@ -178,6 +178,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
         control: true,
         http: None,
         verify_state: false,
+        cache_bytes: None,
         watermark: Default::default(),
     };
 

@@ -288,6 +288,12 @@ struct RunArgs {
     /// is checked when the record is read).
     #[arg(long)]
     verify_state: bool,
+    /// Memory budget of the state cache: every worker's cached keys and
+    /// redb's page cache (256MiB when not given; bytes, or a number with
+    /// KiB/MiB/GiB/KB/MB/GB, or `unlimited`). Past it, cold keys are
+    /// evicted and read back from the state directory on their next event.
+    #[arg(long, value_name = "SIZE")]
+    cache_bytes: Option<String>,
     /// Print no progress and no summary at the end.
     #[arg(long, short)]
     quiet: bool,
@@ -393,6 +399,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         http_public: a.http_public,
         http_token_file: a.http_token_file,
         verify_state: a.verify_state,
+        cache_bytes: a.cache_bytes,
     };
     let pipeline = Pipeline::load(a.pipeline.as_deref(), overrides)?;
     let engine = eddy_runtime::engine().context("starting the WebAssembly engine")?;

@@ -61,6 +61,7 @@ pub use config::{
     default_workers, Delivery, HttpListen, Input, KafkaInput, KafkaOutput, LatePolicy, Limits,
     OperatorSpec, Output, Overrides, Pipeline, PipelineError, Refresh, TtlSpec, WatermarkSpec,
 };
+pub use operator::CacheStats;
 pub use operator::{
     cap_reason, engine, engine_with, load_operators, Cache, CacheError, Compiled, ComponentError,
     Emits, EventRef, HandleError, HostError, InitError, Loaded, NativeCounter, NativeFactory,

@@ -22,6 +22,23 @@ pub struct OpStats {
     /// Timers whose handler failed (dead-lettered).
     #[serde(default)]
     pub timers_failed: u64,
+    /// State cache lookups of a key that was cached.
+    #[serde(default)]
+    pub cache_hits: u64,
+    /// State cache lookups of a key that was not (read from the store,
+    /// or new).
+    #[serde(default)]
+    pub cache_misses: u64,
+    /// Keys evicted from the state cache.
+    #[serde(default)]
+    pub cache_evictions: u64,
+    /// Keys in the state cache now.
+    #[serde(default)]
+    pub cache_keys: u64,
+    /// Memory of the state cache now, in bytes, as counted against
+    /// `[state] cache_bytes`.
+    #[serde(default)]
+    pub cache_bytes: u64,
 }
 
 /// One hot swap as a worker saw it.

@@ -36,6 +36,7 @@ pub fn pipeline(dir: &Path, input: &Path, ops: &[(&str, &str)], workers: usize) 
         control: true,
         http: None,
         verify_state: false,
+        cache_bytes: None,
         watermark: Default::default(),
     }
 }

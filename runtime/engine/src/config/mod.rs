@@ -59,6 +59,9 @@
 //! checkpoint_interval_ms = 1000
 //! checkpoint_events = 0            # 0: by time only
 //! verify_on_open = false           # check every page of state.redb at start
+//! cache_bytes = "256MiB"           # memory for cached state (keys, values,
+//!                                  # redb's page cache); cold keys are
+//!                                  # evicted past it; "unlimited" keeps all
 //! ```
 //!
 //! Relative paths in a pipeline file are relative to the file's directory.
@@ -206,6 +209,10 @@ pub struct Pipeline {
     /// Check every page of the state database when it opens (see
     /// [`crate::state::Store::open_verified`]).
     pub verify_state: bool,
+    /// Memory budget of the state cache (`[state] cache_bytes`,
+    /// `--cache-bytes`): the cached keys of every worker and redb's page
+    /// cache. `None`: unlimited (every key touched stays cached).
+    pub cache_bytes: Option<usize>,
     /// How the watermark follows the event times read.
     pub watermark: WatermarkSpec,
 }
@@ -450,6 +457,16 @@ struct StateTable {
     checkpoint_interval_ms: Option<u64>,
     checkpoint_events: Option<u64>,
     verify_on_open: Option<bool>,
+    cache_bytes: Option<ByteSize>,
+}
+
+/// A size in bytes as a pipeline file writes it: a number, or a string
+/// with a unit ("256MiB") or "unlimited".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ByteSize {
+    Number(u64),
+    Text(String),
 }
 
 /// Everything that can be given on the command line; `None` keeps the
@@ -491,6 +508,53 @@ pub struct Overrides {
     pub http_token_file: Option<PathBuf>,
     /// `--verify-state`.
     pub verify_state: bool,
+    /// `--cache-bytes`.
+    pub cache_bytes: Option<String>,
+}
+
+/// The state cache's budget when none is given: 256 MiB, small like the
+/// caches Kafka Streams and RocksDB start with.
+pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
+
+/// The least budget per worker and operator: room for the keys of the
+/// batches a worker holds at once (up to a few thousand keys), which
+/// cannot be evicted while it handles them.
+pub const MIN_CACHE_BYTES_PER_WORKER_OP: usize = 1 << 20;
+
+/// Parses a size: a number of bytes, or a number with a unit (`KiB`,
+/// `MiB`, `GiB`, `TiB`; `KB`, `MB`, `GB`, `TB` for powers of 1000; `B`),
+/// or `unlimited` (`None`).
+pub fn parse_bytes(text: &str) -> Result<Option<usize>, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("unlimited") {
+        return Ok(None);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let unit = unit.trim();
+    let n: u64 = digits.parse().map_err(|_| {
+        format!("{text:?} is not a size: write a number of bytes, a number with a unit (256MiB, 1GiB, 500MB) or \"unlimited\"")
+    })?;
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .and_then(|b| usize::try_from(b).ok())
+        .map(Some)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// Default number of workers: the number of cores.
@@ -734,6 +798,27 @@ impl Pipeline {
                 op.name, op.ttl[0].name
             )));
         }
+        let cache_bytes = match (&o.cache_bytes, &f.state.cache_bytes) {
+            (Some(t), _) => {
+                parse_bytes(t).map_err(|e| PipelineError::Invalid(format!("--cache-bytes {e}")))?
+            }
+            (None, Some(ByteSize::Number(n))) => Some(usize::try_from(*n).unwrap_or(usize::MAX)),
+            (None, Some(ByteSize::Text(t))) => parse_bytes(t)
+                .map_err(|e| PipelineError::Invalid(format!("[state] cache_bytes = {e}")))?,
+            (None, None) => Some(DEFAULT_CACHE_BYTES),
+        };
+        if let Some(b) = cache_bytes {
+            // The workers get 7/8 of it (see `pipeline::start`).
+            let min =
+                (workers * operators.len().max(1) * MIN_CACHE_BYTES_PER_WORKER_OP * 8).div_ceil(7);
+            if b < min {
+                return Err(PipelineError::Invalid(format!(
+                    "[state] cache_bytes = {b} is too small for {workers} worker(s) and {} operator(s): it must be at least {min} bytes ({} MiB per worker and operator for the keys of the batches in hand, plus redb's share)",
+                    operators.len(),
+                    MIN_CACHE_BYTES_PER_WORKER_OP >> 20
+                )));
+            }
+        }
         let time_field = o.time_field.or(f.source.time);
         if time_field.is_none() {
             if let Some(op) = operators.iter().find(|op| !op.ttl.is_empty()) {
@@ -750,6 +835,7 @@ impl Pipeline {
             control,
             http,
             verify_state: o.verify_state || f.state.verify_on_open.unwrap_or(false),
+            cache_bytes,
             input,
             key_field: o.key_field.or(f.source.key).unwrap_or_else(|| "key".into()),
             time_field,

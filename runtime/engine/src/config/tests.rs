@@ -375,3 +375,52 @@ fn kafka_tables_in_the_pipeline_file() {
         "follow is for a file input: a Kafka input is read until the pipeline is stopped (or, with until_end, to the end of its partitions)"
     );
 }
+
+#[test]
+fn the_state_cache_budget_takes_sizes_with_units_and_refuses_too_small_ones() {
+    assert_eq!(parse_bytes("256MiB"), Ok(Some(256 << 20)));
+    assert_eq!(parse_bytes("1 GiB"), Ok(Some(1 << 30)));
+    assert_eq!(parse_bytes("500MB"), Ok(Some(500_000_000)));
+    assert_eq!(parse_bytes("4096"), Ok(Some(4096)));
+    assert_eq!(parse_bytes("unlimited"), Ok(None));
+    let e = parse_bytes("12 parsecs").unwrap_err();
+    assert!(e.contains("unknown unit \"parsecs\""), "{e}");
+    let e = parse_bytes("lots").unwrap_err();
+    assert!(e.contains("\"lots\" is not a size"), "{e}");
+
+    let op = "[[operator]]\nname = \"a\"\ncomponent = \"a.wasm\"\n";
+    // The default, then the file's, in either form.
+    assert_eq!(
+        parse(&format!("workers = 2\n{op}")).unwrap().cache_bytes,
+        Some(DEFAULT_CACHE_BYTES)
+    );
+    let pl = parse(&format!(
+        "workers = 2\n{op}[state]\ncache_bytes = \"64MiB\"\n"
+    ))
+    .unwrap();
+    assert_eq!(pl.cache_bytes, Some(64 << 20));
+    let pl = parse(&format!(
+        "workers = 2\n{op}[state]\ncache_bytes = 8388608\n"
+    ))
+    .unwrap();
+    assert_eq!(pl.cache_bytes, Some(8 << 20));
+    let pl = parse(&format!("{op}[state]\ncache_bytes = \"unlimited\"\n")).unwrap();
+    assert_eq!(pl.cache_bytes, None);
+    // Too small for the batches in hand: the error names the minimum.
+    let e = parse(&format!(
+        "workers = 4\n{op}[state]\ncache_bytes = \"1MiB\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("cache_bytes = 1048576 is too small for 4 worker(s) and 1 operator(s): it must be at least 4793491 bytes"),
+        "{e}"
+    );
+    let e = parse(&format!("{op}[state]\ncache_bytes = \"big\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("[state] cache_bytes = \"big\" is not a size"),
+        "{e}"
+    );
+}

@@ -29,7 +29,7 @@ pub(crate) mod wasm;
 mod window;
 
 pub use fire::{fire_due, FireDone, END_ROUNDS};
-pub use host::{cap_reason, Emits, HostError, OpCtx, TimerTable, TimerUse, TTL_PREFIX};
+pub use host::{cap_reason, CacheStats, Emits, HostError, OpCtx, TimerTable, TimerUse, TTL_PREFIX};
 pub use loaded::{load_operators, Loaded, NativeFactory, OperatorKind, StartError};
 pub use native::{NativeCounter, WindowSum};
 pub use wasm::{

@@ -350,7 +350,7 @@ mod tests {
         assert!(c.map_delete_dropping(WINDOW_STATE, "f").unwrap());
         c.finish(true, &mut Emits::default());
         let mut writes = Vec::new();
-        c.take_dirty(None, &mut writes);
+        c.take_dirty(1, &mut writes);
         assert_eq!(writes.len(), 1);
         assert_eq!(writes[0].record, None, "the key's record is deleted");
     }

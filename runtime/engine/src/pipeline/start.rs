@@ -39,10 +39,16 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
     let begun = Instant::now();
     // Before anything is opened for writing.
     p.check_files()?;
-    let store = if p.verify_state {
-        Store::open_verified(&p.state_dir)?
-    } else {
-        Store::open(&p.state_dir)?
+    // The budget: an eighth to redb's page cache, the rest to the
+    // workers' cached keys.
+    let (redb_cache, key_cache) = match p.cache_bytes {
+        Some(b) => (Some((b / 8).max(1 << 20)), Some(b - b / 8)),
+        None => (None, None),
+    };
+    let store = match redb_cache {
+        Some(c) => Store::open_with_cache(&p.state_dir, p.verify_state, c)?,
+        None if p.verify_state => Store::open_verified(&p.state_dir)?,
+        None => Store::open(&p.state_dir)?,
     };
     // Which version of each operator runs: a swap made before a restart
     // stays in force.
@@ -160,6 +166,7 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
         &sink.sender(),
         &live,
         &formats,
+        key_cache,
     )?;
     let writer = Writer::start(Counted {
         inner: store.clone(),

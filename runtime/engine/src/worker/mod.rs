@@ -26,6 +26,7 @@
 //! - here: [`Worker`], one thread's loop.
 //! - `tests`: a worker on its own (swaps in a batch, their pauses).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,8 +68,9 @@ pub enum Msg {
     /// Events to handle (and swaps between them); send it with
     /// [`Msg::batch`], which notes when.
     Batch(Batch),
-    /// All events before it are handled: hand over the changed state.
-    Barrier(Sender<Result<BarrierReply, StoreError>>),
+    /// All events before it are handled: hand over the changed state, for
+    /// checkpoint number `.0` (see [`crate::state::Checkpoint::seq`]).
+    Barrier(u64, Sender<Result<BarrierReply, StoreError>>),
     /// Hot swap: from here on operator `stage` is `op` (already
     /// instantiated and initialised), running generation `generation`. It
     /// takes over the old instance's state cache.
@@ -160,6 +162,17 @@ struct Worker {
     reaper: Sender<Box<dyn Operator>>,
     /// How outputs and dead letters are written for the sink.
     formats: Formats,
+    /// This worker's share of the state cache's memory budget
+    /// (`usize::MAX`: unbounded).
+    budget: usize,
+    /// Set to ask the coordinator for a checkpoint now: the cache is
+    /// over budget with keys that only a checkpoint lets go.
+    pressure: Arc<AtomicBool>,
+    /// The barrier and durable checkpoint numbers when an eviction last
+    /// fell short: no new sweep until one of them moves.
+    futile: Option<(u64, u64)>,
+    /// Number of the last checkpoint barrier.
+    taken: u64,
 }
 
 impl Worker {
@@ -170,6 +183,7 @@ impl Worker {
                 Msg::Batch(mut batch) => {
                     let r = self.handle_batch(&mut batch);
                     self.flush();
+                    let r = r.and_then(|()| Ok(self.trim()?));
                     self.publish();
                     if let Err(e) = r {
                         return Err(self.fail(e));
@@ -181,8 +195,8 @@ impl Worker {
                     op,
                     generation,
                 } => self.swap(stage, op, generation),
-                Msg::Barrier(reply) => {
-                    let r = self.barrier();
+                Msg::Barrier(seq, reply) => {
+                    let r = self.barrier(seq);
                     let failed = r.is_err();
                     let _ = reply.send(r);
                     if failed {
@@ -286,8 +300,63 @@ impl Worker {
         }
     }
 
+    /// Keeps the state cache within this worker's budget, between
+    /// batches: evicts cold keys (largest caches first), renewing the
+    /// readers first when a checkpoint became durable. When that falls
+    /// short, or when the keys changed since the last checkpoint take a
+    /// quarter of the budget, asks for a checkpoint: it lets them go.
+    fn trim(&mut self) -> Result<(), StoreError> {
+        if self.budget == usize::MAX {
+            return Ok(());
+        }
+        let (mut total, mut dirty) = (0usize, 0usize);
+        for op in &mut self.ops {
+            total += op.ctx().cache_bytes();
+            dirty += op.ctx().dirty_bytes();
+        }
+        if dirty > self.budget / 4 {
+            self.pressure.store(true, Ordering::Relaxed);
+        }
+        if total <= self.budget {
+            return Ok(());
+        }
+        let durable = self.store.durable_seq();
+        if self.futile == Some((self.taken, durable)) {
+            return Ok(());
+        }
+        // Down to 7/8 of the budget, so that eviction runs in sweeps, not
+        // at every batch.
+        let mut want = total - self.budget / 8 * 7;
+        let mut order: Vec<usize> = (0..self.ops.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(self.ops[i].ctx().cache_bytes()));
+        for i in order {
+            let ctx = self.ops[i].ctx();
+            if durable > ctx.reader_seq() {
+                let reader = self.store.reader()?;
+                ctx.renew_reader(reader, durable);
+            }
+            want = want.saturating_sub(ctx.evict(want));
+            if want == 0 {
+                break;
+            }
+        }
+        if want > 0 {
+            self.futile = Some((self.taken, durable));
+            self.pressure.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// Shows this worker's counters and position to `eddy status`.
     fn publish(&mut self) {
+        for (op, stats) in self.ops.iter_mut().zip(&mut self.stats) {
+            let c = op.ctx().cache_stats();
+            stats.cache_hits = c.hits;
+            stats.cache_misses = c.misses;
+            stats.cache_evictions = c.evictions;
+            stats.cache_keys = c.keys;
+            stats.cache_bytes = c.bytes;
+        }
         let mut live = self.live.worker(self.id);
         live.ops.clone_from(&self.stats);
         live.line = self.line;
@@ -592,14 +661,20 @@ impl Worker {
         }
     }
 
-    fn barrier(&mut self) -> Result<BarrierReply, StoreError> {
+    fn barrier(&mut self, seq: u64) -> Result<BarrierReply, StoreError> {
         let mut writes = Vec::new();
         let mut timers = Vec::new();
+        self.taken = seq;
         for op in &mut self.ops {
-            let reader = self.store.reader()?;
-            op.ctx().take_dirty(Some(reader), &mut writes);
+            op.ctx().take_dirty(seq, &mut writes);
             op.ctx().take_timer_writes(&mut timers);
+            // The reader sees at least the checkpoints durable before it
+            // was made.
+            let durable = self.store.durable_seq();
+            let reader = self.store.reader()?;
+            op.ctx().renew_reader(reader, durable);
         }
+        self.publish();
         Ok(BarrierReply {
             writes,
             timers,

@@ -4,6 +4,7 @@
 //! the batches sent and not yet handled, which the coordinator waits on
 //! without spinning.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -116,6 +117,9 @@ pub struct Workers {
     threads: Vec<Option<JoinHandle<WorkerResult>>>,
     /// Batches in flight, shared with the workers.
     pub inflight: Arc<InFlight>,
+    /// Set by a worker whose state cache needs a checkpoint to get back
+    /// within its budget; the coordinator clears it and checkpoints.
+    pub pressure: Arc<AtomicBool>,
     /// The reaper (`eddy-reaper`): drops the instances swaps retire, so
     /// that unmapping their memory costs no worker any time. It ends once
     /// every worker has (`None` once joined).
@@ -164,7 +168,10 @@ impl Workers {
         sink: &Sender<SinkMsg>,
         live: &Arc<Live>,
         formats: &Formats,
+        cache_bytes: Option<usize>,
     ) -> Result<Workers, StartFailed> {
+        let budget = cache_bytes.map_or(usize::MAX, |b| b / n.max(1));
+        let pressure = Arc::new(AtomicBool::new(false));
         let inflight = Arc::new(InFlight::default());
         let (inboxes, receivers): (Vec<Sender<Msg>>, Vec<Receiver<Msg>>) =
             (0..n).map(|_| unbounded()).unzip();
@@ -174,6 +181,7 @@ impl Workers {
             inboxes,
             threads: Vec::with_capacity(n),
             inflight,
+            pressure: pressure.clone(),
             reaper: Some(reaper),
         };
         for (id, inbox) in receivers.into_iter().enumerate() {
@@ -186,6 +194,7 @@ impl Workers {
             let live = live.clone();
             let reaper = retire.clone();
             let formats = formats.clone();
+            let pressure = pressure.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("eddy-worker-{id}"))
                 .spawn(move || {
@@ -235,6 +244,10 @@ impl Workers {
                         line: 0,
                         reaper,
                         formats,
+                        budget,
+                        pressure,
+                        futile: None,
+                        taken: 0,
                     };
                     for stage in 0..k {
                         w.allow_timers(stage);

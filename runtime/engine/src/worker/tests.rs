@@ -94,7 +94,7 @@ impl One {
         };
         let (tx, sink) = unbounded();
         let live = Arc::new(Live::new(1, 1));
-        let workers = Workers::start(1, &[op], &store, &tx, &live, &Default::default())
+        let workers = Workers::start(1, &[op], &store, &tx, &live, &Default::default(), None)
             .unwrap_or_else(|e| panic!("{e}"));
         One {
             workers,

@@ -96,13 +96,11 @@ impl OpCtx {
             }
         }
         let s = &mut self.slots[slot as usize];
-        s.size = size;
+        let old = std::mem::replace(&mut s.size, size);
+        self.resized(old, size);
         if !writes.is_empty() {
-            s.generation = self.generation;
-            if !s.dirty {
-                s.dirty = true;
-                self.dirty.push(slot);
-            }
+            self.slots[slot as usize].generation = self.generation;
+            self.mark_dirty(slot);
         }
         self.ttl_finish(slot, true);
         for (key, (_, value)) in keys.into_iter().zip(emits) {

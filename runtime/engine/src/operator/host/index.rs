@@ -128,6 +128,41 @@ impl Index {
         self.len += 1;
     }
 
+    /// Removes slot `slot`, present under hash `h` (its key is still in
+    /// `slots`). The entries after it in its run move back to close the
+    /// gap (backward-shift deletion: no tombstones, so lookups stay as
+    /// short as if the key had never been there).
+    pub(super) fn remove(&mut self, h: u64, slot: u32, slots: &[Slot]) {
+        let mask = self.mask();
+        let want = (h >> 32) << 32 | (slot as u64 + 1);
+        let mut hole = h as usize & mask;
+        while self.table[hole] != want {
+            debug_assert!(self.table[hole] != 0, "slot {slot} is not in the index");
+            if self.table[hole] == 0 {
+                return;
+            }
+            hole = (hole + 1) & mask;
+        }
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let e = self.table[j];
+            if e == 0 {
+                break;
+            }
+            let s = (e as u32) - 1;
+            let home = self.hash(&slots[s as usize].key) as usize & mask;
+            // `e` may fill the hole unless its home lies cyclically in
+            // (hole, j]: then it would be found before the hole anyway.
+            if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
+                self.table[hole] = e;
+                hole = j;
+            }
+        }
+        self.table[hole] = 0;
+        self.len -= 1;
+    }
+
     fn put(&mut self, h: u64, slot: u32) {
         let mask = self.mask();
         let mut pos = h as usize & mask;

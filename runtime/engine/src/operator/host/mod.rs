@@ -18,6 +18,8 @@
 //! costs no recount). An event that breaks one fails as a whole.
 //!
 //! - [`index`]: key → cache slot, and the interned state names.
+//! - [`cache`]: the memory the cached keys take, and the eviction of cold
+//!   keys when it is over budget.
 //! - [`apply`]: one event's outcome from a batched call, checked then
 //!   applied.
 //! - `ttl`: state time to live, the deadlines of TTL'd entries and their
@@ -31,6 +33,7 @@ use crate::config::Limits;
 use crate::state::{Entity, Name, Reader, StateWrite, StoreError, Undo};
 
 mod apply;
+mod cache;
 mod index;
 mod limits;
 mod log;
@@ -41,6 +44,7 @@ mod tests;
 mod timers;
 mod ttl;
 
+pub use cache::CacheStats;
 use index::{intern, prefetch, same, Index};
 pub use limits::{cap_reason, HostError};
 pub use output::Emits;
@@ -88,15 +92,23 @@ struct Slot {
     /// Size of `entity` as stored (its record's length), kept up to date
     /// write by write for [`Limits::max_key_state`].
     size: usize,
+    /// Number of the checkpoint that took this key's last changes (0:
+    /// none since start): until that one is durable, the key's state in
+    /// the store is older than this, so the key stays cached.
+    written: u64,
+    /// Touched since the eviction sweep last passed (its second chance).
+    used: bool,
+    /// The slot holds no key (evicted; listed in `OpCtx::free`).
+    free: bool,
 }
 
 /// Host context of one operator on one worker.
 pub struct OpCtx {
     /// Operator name: the state name space in the store.
     name: Arc<str>,
-    /// Every key touched so far, as an index into `slots` (never evicted: a
-    /// key absent here has not been written since start, so the store
-    /// snapshot is accurate for it).
+    /// The cached keys, as an index into `slots`. A key absent here has
+    /// not been written since start, or was evicted once its last write
+    /// was durable and `reader` sees it, so the store is accurate for it.
     index: Index,
     /// Scratch: key hashes of the batch being resolved.
     hashes: Vec<u64>,
@@ -109,6 +121,9 @@ pub struct OpCtx {
     dirty: Vec<u32>,
     /// Committed state, for keys not yet cached.
     reader: Option<Reader>,
+    /// The cache's bookkeeping: free slots, bytes, the eviction sweep,
+    /// hit and miss counts.
+    cache: cache::Cache,
     /// The slot of the key being processed.
     current: Option<u32>,
     /// Undo journal of the current event.
@@ -163,6 +178,7 @@ impl OpCtx {
             slots: Vec::new(),
             dirty: Vec::new(),
             reader,
+            cache: cache::Cache::default(),
             current: None,
             undo: Vec::new(),
             emits: Emits::default(),
@@ -248,10 +264,9 @@ impl OpCtx {
         self.held = 0;
         if ok {
             slot.generation = self.generation;
-            if !slot.dirty {
-                slot.dirty = true;
-                self.dirty.push(i);
-            }
+            let size = slot.size;
+            self.resized(self.size_at_begin, size);
+            self.mark_dirty(i);
             self.undo.clear();
             self.timers.commit();
         } else {
@@ -299,8 +314,11 @@ impl OpCtx {
         if let Some(i) = self.index.find(h, |i| {
             same(self.slots[i as usize].key.as_bytes(), key.as_bytes())
         }) {
+            self.slots[i as usize].used = true;
+            self.cache.stats.hits += 1;
             return Ok(i);
         }
+        self.cache.stats.misses += 1;
         let ((entity, generation), size) = match &self.reader {
             Some(r) => match r.get(&self.name, key)? {
                 Some(rec) => (
@@ -320,14 +338,27 @@ impl OpCtx {
         if generation != self.generation {
             self.maybe_stale = true;
         }
-        let i = self.slots.len() as u32;
-        self.slots.push(Slot {
+        let slot = Slot {
             key: CompactString::from(key),
             entity,
             generation,
             dirty: false,
             size,
-        });
+            written: 0,
+            used: true,
+            free: false,
+        };
+        self.cache.bytes += cache::cost(&slot);
+        let i = match self.cache.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
         self.index.insert(h, i, &self.slots);
         Ok(i)
     }
@@ -362,6 +393,8 @@ impl OpCtx {
         let mut result = Ok(());
         for ((k, &h), &c) in keys.zip(&hashes).zip(&candidates) {
             if c != u32::MAX && same(self.slots[c as usize].key.as_bytes(), k.as_bytes()) {
+                self.slots[c as usize].used = true;
+                self.cache.stats.hits += 1;
                 out.push(c);
                 continue;
             }
@@ -387,10 +420,9 @@ impl OpCtx {
         if ok {
             if !self.undo.is_empty() {
                 slot.generation = self.generation;
-                if !slot.dirty {
-                    slot.dirty = true;
-                    self.dirty.push(i);
-                }
+                let size = slot.size;
+                self.resized(self.size_at_begin, size);
+                self.mark_dirty(i);
             }
             self.undo.clear();
             self.timers.commit();
@@ -435,13 +467,18 @@ impl OpCtx {
         self.current.map(|i| self.slots[i as usize].size)
     }
 
-    /// Takes the changes since the last checkpoint as store writes, and
-    /// renews the snapshot used for uncached keys.
-    pub fn take_dirty(&mut self, reader: Option<Reader>, out: &mut Vec<StateWrite>) {
+    /// Takes the changes since the last checkpoint as store writes, for
+    /// checkpoint number `seq` (see [`crate::state::Checkpoint::seq`]).
+    /// Renew the reader (see [`OpCtx::renew_reader`]) after it.
+    pub fn take_dirty(&mut self, seq: u64, out: &mut Vec<StateWrite>) {
         self.draws.clear();
+        self.cache.taken = seq;
+        self.cache.pending_bytes = self.cache.dirty_bytes;
+        self.cache.dirty_bytes = 0;
         for i in self.dirty.drain(..) {
             let slot = &mut self.slots[i as usize];
             slot.dirty = false;
+            slot.written = seq;
             let record = if slot.entity.is_empty() {
                 None
             } else {
@@ -455,9 +492,6 @@ impl OpCtx {
                 key: slot.key.as_str().into(),
                 record,
             });
-        }
-        if reader.is_some() {
-            self.reader = reader;
         }
     }
 

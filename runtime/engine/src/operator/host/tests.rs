@@ -88,7 +88,7 @@ fn failed_event_leaves_no_trace_and_ok_event_is_dirty() {
     ctx.finish(true, &mut out);
 
     let mut writes = Vec::new();
-    ctx.take_dirty(None, &mut writes);
+    ctx.take_dirty(1, &mut writes);
     assert_eq!(writes.len(), 1);
     assert_eq!(&*writes[0].key, "k");
 }

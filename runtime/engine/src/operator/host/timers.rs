@@ -48,6 +48,9 @@ pub struct TimerTable {
     /// Timers set, cleared or fired since the last checkpoint barrier:
     /// (slot, key, name); their rows are written at the next checkpoint.
     dirty: rustc_hash::FxHashSet<(u32, CompactString, CompactString)>,
+    /// The slots in `dirty`: their keys stay cached until the rows are
+    /// taken (a slot's number must not pass to another key before).
+    dirty_slots: rustc_hash::FxHashSet<u32>,
 }
 
 impl TimerTable {
@@ -91,6 +94,7 @@ impl TimerTable {
         timers.insert(name.clone(), at);
         self.due.insert((at, key.clone(), name.clone(), slot));
         self.dirty.insert((slot, key.clone(), name.clone()));
+        self.dirty_slots.insert(slot);
         self.undo.push((slot, key.clone(), name, old));
         Ok(())
     }
@@ -108,8 +112,15 @@ impl TimerTable {
         }
         self.due.remove(&(old, key.clone(), name.clone(), slot));
         self.dirty.insert((slot, key.clone(), name.clone()));
+        self.dirty_slots.insert(slot);
         self.undo.push((slot, key.clone(), name, Some(old)));
         true
+    }
+
+    /// Whether the key in `slot` has pending timers, or timer rows not
+    /// yet taken for a checkpoint: then it must stay cached.
+    pub(super) fn holds(&self, slot: u32) -> bool {
+        self.by_slot.contains_key(&slot) || self.dirty_slots.contains(&slot)
     }
 
     /// When timer `name` of the key in `slot` fires.
@@ -142,6 +153,7 @@ impl TimerTable {
         operator: &std::sync::Arc<str>,
         out: &mut Vec<TimerWrite>,
     ) {
+        self.dirty_slots.clear();
         for (slot, key, name) in self.dirty.drain() {
             let at = self.by_slot.get(&slot).and_then(|t| t.get(&name)).copied();
             out.push(TimerWrite {
@@ -185,6 +197,7 @@ impl TimerTable {
             }
             let d = self.due.pop_first().expect("not empty");
             self.dirty.insert((d.3, d.1.clone(), d.2.clone()));
+            self.dirty_slots.insert(d.3);
             if let Some(timers) = self.by_slot.get_mut(&d.3) {
                 timers.remove(&d.2);
                 if timers.is_empty() {

@@ -46,6 +46,12 @@ pub(super) struct Ttl {
 }
 
 impl Ttl {
+    /// Whether the key in `slot` has deadlines (pending or not yet
+    /// written): then it stays cached.
+    pub(super) fn holds(&self, slot: u32) -> bool {
+        self.deadlines.holds(slot)
+    }
+
     fn new(specs: &[TtlSpec]) -> Ttl {
         Ttl {
             specs: specs.to_vec(),
@@ -205,17 +211,16 @@ impl OpCtx {
         if !s.entity.expire(n) {
             return;
         }
-        s.size = if s.entity.is_empty() {
+        let size = if s.entity.is_empty() {
             RECORD_HEADER
         } else {
             let mut buf = Vec::new();
             s.entity.encode_tagged(s.generation, &self.names, &mut buf);
             buf.len()
         };
-        if !s.dirty {
-            s.dirty = true;
-            self.dirty.push(slot);
-        }
+        let old = std::mem::replace(&mut s.size, size);
+        self.resized(old, size);
+        self.mark_dirty(slot);
     }
 
     /// The TTL deadlines changed since the last call, as rows to write.
@@ -326,7 +331,7 @@ mod tests {
         assert_eq!(rows(&mut c), vec![("k".into(), "\0ttl:v".into(), None)]);
         // Its record is rewritten without it at the checkpoint.
         let mut writes = Vec::new();
-        c.take_dirty(None, &mut writes);
+        c.take_dirty(1, &mut writes);
         assert_eq!(writes.len(), 1);
         assert!(writes[0].record.is_some(), "`other` is left");
     }
@@ -339,10 +344,10 @@ mod tests {
             c.list_push("l", b"a".to_vec()).unwrap();
         });
         let mut writes = Vec::new();
-        c.take_dirty(None, &mut writes);
+        c.take_dirty(1, &mut writes);
         assert_eq!(advance(&mut c, 2), 2);
         writes.clear();
-        c.take_dirty(None, &mut writes);
+        c.take_dirty(1, &mut writes);
         assert_eq!(writes.len(), 1);
         assert_eq!(writes[0].record, None, "the key's record is deleted");
         c.begin("k").unwrap();

@@ -100,6 +100,8 @@ pub(super) struct Coordinator {
     swaps_unchecked: Vec<SwapAck>,
     /// When the next checkpoint by time is due.
     next_checkpoint: Instant,
+    /// When the last checkpoint was made.
+    last_checkpoint: Instant,
     /// Operator names, in chain order.
     op_names: Vec<Arc<str>>,
     /// The input's watermark, from its event times.
@@ -175,6 +177,7 @@ impl Coordinator {
             versions_dirty,
             swaps_unchecked: Vec::new(),
             next_checkpoint: Instant::now() + p.checkpoint_interval,
+            last_checkpoint: Instant::now(),
             op_names: operators.iter().map(|o| o.name.clone()).collect(),
             watermark,
             abort_after_kafka_commits: std::env::var(ABORT_ENV).ok().and_then(|v| v.parse().ok()),
@@ -288,6 +291,20 @@ impl Coordinator {
                 return Ok(());
             }
             self.poll_commit()?;
+            // A worker's state cache is over budget with keys only a
+            // checkpoint lets go: checkpoint now (not more often than
+            // every 20 ms, whatever the workers ask).
+            if self
+                .workers
+                .pressure
+                .load(std::sync::atomic::Ordering::Relaxed)
+                && self.last_checkpoint.elapsed() >= Duration::from_millis(20)
+            {
+                self.workers
+                    .pressure
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                self.checkpoint()?;
+            }
             let due = self
                 .next_checkpoint
                 .saturating_duration_since(Instant::now());
@@ -427,13 +444,17 @@ impl Coordinator {
     fn checkpoint(&mut self) -> Result<()> {
         self.flush_batches()?;
         self.wait_inflight(|n| n == 0)?;
-        let mut cp = Checkpoint::default();
+        let seq = self.summary.checkpoints + 1;
+        let mut cp = Checkpoint {
+            seq,
+            ..Default::default()
+        };
         // Every worker hands over its state at once (they do it in
         // parallel), then the answers are taken in worker order.
         let mut replies = Vec::with_capacity(self.workers.count());
         for w in 0..self.workers.count() {
             let (rtx, rrx) = bounded(1);
-            if self.workers.send(w, Msg::Barrier(rtx)).is_err() {
+            if self.workers.send(w, Msg::Barrier(seq, rtx)).is_err() {
                 return Err(self.worker_failure());
             }
             replies.push(rrx);
@@ -519,7 +540,8 @@ impl Coordinator {
         self.writer.submit(cp, acks)?;
         self.summary.checkpoints += 1;
         self.since_checkpoint = 0;
-        self.next_checkpoint = Instant::now() + self.p.checkpoint_interval;
+        self.last_checkpoint = Instant::now();
+        self.next_checkpoint = self.last_checkpoint + self.p.checkpoint_interval;
         Ok(())
     }
 }

@@ -256,6 +256,11 @@ pub struct Checkpoint {
     pub sinks: Vec<(String, u64)>,
     /// Other metadata to write: `(name, value)` (operator versions).
     pub meta: Vec<(String, Vec<u8>)>,
+    /// The checkpoint's number in this run (1, 2, ...; 0 for commits
+    /// outside the checkpoint sequence): once it commits,
+    /// [`Store::durable_seq`] reports it, so a worker knows which of the
+    /// states it handed over it may drop from its cache.
+    pub seq: u64,
 }
 
 /// The open state directory. Cheap to clone; shared by all threads.
@@ -263,6 +268,8 @@ pub struct Checkpoint {
 pub struct Store {
     db: Arc<Database>,
     dir: PathBuf,
+    /// The largest [`Checkpoint::seq`] committed so far.
+    durable: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn db_err(dir: &Path, e: impl Into<redb::Error>) -> StoreError {
@@ -433,6 +440,13 @@ impl Store {
             .map(u64::from_le_bytes))
     }
 
+    /// The largest [`Checkpoint::seq`] committed so far: a [`Reader`]
+    /// made after reading it sees every state write of that checkpoint and
+    /// of the ones before.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Makes a checkpoint durable in one write transaction.
     pub fn commit(&self, cp: &Checkpoint) -> Result<(), StoreError> {
         let dir = &self.dir;
@@ -440,7 +454,13 @@ impl Store {
             let txn = self.db.begin_write().map_err(|e| db_err(dir, e))?;
             {
                 let mut state = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
-                for w in &cp.writes {
+                // In key order: each insert lands next to the one before
+                // in the tree, so a checkpoint of many keys touches each
+                // page once instead of at random.
+                let mut order: Vec<&StateWrite> = cp.writes.iter().collect();
+                order
+                    .sort_unstable_by(|a, b| (&*a.operator, &*a.key).cmp(&(&*b.operator, &*b.key)));
+                for w in order {
                     match &w.record {
                         Some(r) => state
                             .insert((&*w.operator, &*w.key), r.as_slice())
@@ -480,7 +500,10 @@ impl Store {
                 }
             }
             txn.commit().map_err(|e| db_err(dir, e))
-        })
+        })?;
+        self.durable
+            .fetch_max(cp.seq, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
     }
 
     /// Checkpointed metadata `name` as JSON, if any.

@@ -22,7 +22,18 @@ impl Store {
     /// [`StoreError::Damaged`]. [`Store::open_verified`] also checks every
     /// page's checksum first.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        Self::open_with(dir, false)
+        Self::open_with(dir, false, None)
+    }
+
+    /// [`Store::open`] (with `verify`, [`Store::open_verified`]) with
+    /// redb's page cache limited to `cache_bytes` (redb's default is
+    /// 1 GiB): a pipeline's memory budget counts it.
+    pub fn open_with_cache(
+        dir: &Path,
+        verify: bool,
+        cache_bytes: usize,
+    ) -> Result<Store, StoreError> {
+        Self::open_with(dir, verify, Some(cache_bytes))
     }
 
     /// [`Store::open`], verifying the checksum of every page of the
@@ -31,10 +42,10 @@ impl Store {
     /// file for 366 MB of state), so it is opt-in (`eddy run
     /// --verify-state`, `[state] verify_on_open`).
     pub fn open_verified(dir: &Path) -> Result<Store, StoreError> {
-        Self::open_with(dir, true)
+        Self::open_with(dir, true, None)
     }
 
-    fn open_with(dir: &Path, verify: bool) -> Result<Store, StoreError> {
+    fn open_with(dir: &Path, verify: bool, cache: Option<usize>) -> Result<Store, StoreError> {
         let io = |error| StoreError::Io {
             dir: dir.to_path_buf(),
             error,
@@ -74,20 +85,26 @@ impl Store {
                         file: path,
                     });
                 }
-                Self::open_existing(dir, &path, verify)
+                Self::open_existing(dir, &path, verify, cache)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(dir, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(dir, &path, cache),
             Err(e) => Err(io(e)),
         }
     }
 
     /// Opens the existing database `path` of `dir` (with `verify`,
     /// checking every page).
-    fn open_existing(dir: &Path, path: &Path, verify: bool) -> Result<Store, StoreError> {
-        let db = guard(dir, || open_db(dir, path, false, verify))?;
+    fn open_existing(
+        dir: &Path,
+        path: &Path,
+        verify: bool,
+        cache: Option<usize>,
+    ) -> Result<Store, StoreError> {
+        let db = guard(dir, || open_db(dir, path, false, verify, cache))?;
         let store = Store {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
+            durable: Default::default(),
         };
         store.check_format(path)?;
         Ok(store)
@@ -97,7 +114,7 @@ impl Store {
     /// `format`, then links it into place as `path` (unless another eddy
     /// was quicker: then that one is opened). So `state.redb` always has
     /// its `format`.
-    fn create(dir: &Path, path: &Path) -> Result<Store, StoreError> {
+    fn create(dir: &Path, path: &Path, cache: Option<usize>) -> Result<Store, StoreError> {
         let io = |error| StoreError::Io {
             dir: dir.to_path_buf(),
             error,
@@ -107,10 +124,11 @@ impl Store {
             .suffix(".new")
             .tempfile_in(dir)
             .map_err(io)?;
-        let db = guard(dir, || open_db(dir, tmp.path(), true, false))?;
+        let db = guard(dir, || open_db(dir, tmp.path(), true, false, cache))?;
         let store = Store {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
+            durable: Default::default(),
         };
         guard(dir, || {
             let txn = store.db.begin_write().map_err(|e| db_err(dir, e))?;
@@ -133,7 +151,7 @@ impl Store {
             Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
                 drop(store);
                 drop(e.file);
-                Self::open_existing(dir, path, false)
+                Self::open_existing(dir, path, false, cache)
             }
             Err(e) => Err(io(e.error)),
         }
@@ -192,9 +210,18 @@ impl Store {
 
 /// Opens (`create`: initialises an empty file) the redb database `path`;
 /// with `verify`, checking every page's checksum.
-fn open_db(dir: &Path, path: &Path, create: bool, verify: bool) -> Result<Database, StoreError> {
+fn open_db(
+    dir: &Path,
+    path: &Path,
+    create: bool,
+    verify: bool,
+    cache: Option<usize>,
+) -> Result<Database, StoreError> {
     let mut builder = Database::builder();
     builder.set_check_integrity_on_open(verify);
+    if let Some(bytes) = cache {
+        builder.set_cache_size(bytes);
+    }
     let opened = if create {
         builder.create(path)
     } else {
