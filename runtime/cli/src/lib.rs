@@ -486,6 +486,14 @@ fn cmd_run(a: RunArgs) -> Result<()> {
                 "; {}: {} handled, {} failed, {} emitted",
                 op.name, op.handled, op.failed, op.emitted
             );
+            if op.cache_evictions > 0 {
+                let lookups = (op.cache_hits + op.cache_misses).max(1);
+                msg += &format!(
+                    " (state cache: {:.1}% hits, {} keys evicted)",
+                    op.cache_hits as f64 * 100.0 / lookups as f64,
+                    op.cache_evictions
+                );
+            }
         }
         msg += &format!(
             "; {} checkpoint{} to {}",

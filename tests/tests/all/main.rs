@@ -50,3 +50,6 @@ mod kafka;
 mod ttl;
 // Tumbling windows kept and fired by the host: known answers.
 mod windows;
+// A state cache far smaller than the key set: exact counts, across kill -9
+// and restart and across a hot swap that migrates evicted keys.
+mod cache;

@@ -70,6 +70,13 @@ pub struct OperatorSummary {
     pub timers_fired: u64,
     /// Its timers whose handler failed (dead-lettered).
     pub timers_failed: u64,
+    /// Its state cache's lookups of a cached key.
+    pub cache_hits: u64,
+    /// Its state cache's lookups of a key not cached (read from the
+    /// state directory, or new).
+    pub cache_misses: u64,
+    /// Keys its state cache evicted to stay within `[state] cache_bytes`.
+    pub cache_evictions: u64,
 }
 
 /// What a run did.

@@ -267,6 +267,9 @@ impl Coordinator {
                     s.emitted += w[i].emitted;
                     s.timers_fired += w[i].timers_fired;
                     s.timers_failed += w[i].timers_failed;
+                    s.cache_hits += w[i].cache_hits;
+                    s.cache_misses += w[i].cache_misses;
+                    s.cache_evictions += w[i].cache_evictions;
                 }
                 s
             })

@@ -1,0 +1,188 @@
+//! The state cache under a memory budget far smaller than the key set:
+//! every event of a key whose state was evicted between its events is
+//! still counted exactly, per-key order holds, and so across `kill -9`
+//! and restart and across a hot swap whose migration meets evicted keys.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use eddy_tests::*;
+
+use crate::swap::{assert_split, feed, Running};
+use crate::util::*;
+
+/// The smallest budget two workers and one operator accept.
+const SMALL: usize = 3 << 20;
+
+#[test]
+fn a_cache_far_smaller_than_the_keys_counts_every_event_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    // 60,000 keys of about 100 bytes each in memory: 6 MB of state, twice
+    // what the workers may cache.
+    let (events, text) = counter_events(400_000, 60_000, 91);
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, &text).unwrap();
+    let mut p = pipeline(dir.path(), &input, &[("counter", COUNTER)], 2);
+    p.cache_bytes = Some(SMALL);
+    let summary = run(&p);
+    let op = &summary.operators[0];
+    assert_eq!(op.handled, events.len() as u64);
+    assert!(op.cache_evictions > 10_000, "keys were evicted: {op:?}");
+    let keys = reference(&events).len() as u64;
+    assert!(
+        op.cache_misses > keys + 10_000,
+        "evicted keys were read back from the state directory: {op:?}"
+    );
+    assert_eq!(op.cache_hits + op.cache_misses, events.len() as u64);
+    assert_counter_state(&p.state_dir, &reference(&events));
+    // Per key, outputs in order with counts 1, 2, 3...: no event was
+    // counted against stale state.
+    assert_outputs_once(dir.path(), &events);
+}
+
+#[test]
+fn kill_9_with_a_small_cache_then_restart_gives_exact_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, text) = counter_events(1_500_000, 100_000, 23);
+    std::fs::write(dir.path().join("in.jsonl"), &text).unwrap();
+    let operator = format!("counter={COUNTER}");
+    let args = [
+        "run",
+        "--operator",
+        &operator,
+        "--input",
+        "in.jsonl",
+        "--output",
+        "out.jsonl",
+        "--state",
+        "st",
+        "--workers",
+        "2",
+        "--cache-bytes",
+        "3MiB",
+        "--quiet",
+    ];
+    let mut rng = Rng(99);
+    let mut killed = 0;
+    for _ in 0..8 {
+        let mut child = Command::new(eddy_bin())
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100 + rng.next() % 600));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        let o = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!stderr.contains("error"), "{stderr}");
+    }
+    assert!(
+        killed >= 4,
+        "only {killed} runs were killed mid-stream: make the input larger"
+    );
+    let o = Command::new(eddy_bin())
+        .args(args)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_counter_state(&dir.path().join("st"), &reference(&events));
+    assert_outputs_once(dir.path(), &events);
+}
+
+#[test]
+fn a_swap_migrates_keys_the_cache_had_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let (events, text) = counter_events(200_000, 40_000, 29);
+    let mut p = pipeline(dir.path(), &input, &[("counter", COUNTER)], 2);
+    p.cache_bytes = Some(SMALL);
+    let run = Running::start(p.clone());
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let (first, rest) = lines.split_at(100_000);
+    feed(&input, &first.concat(), 10_000);
+    run.wait_handled(0, 100_000);
+    let report = run.swap("counter", COUNTER_V3);
+    assert!(report.migrates);
+    feed(&input, &rest.concat(), 10_000);
+    run.wait_handled(0, events.len() as u64);
+    let summary = run.stop();
+    assert!(summary.operators[0].cache_evictions > 0);
+
+    // Every output in order per key, each from the version of its line:
+    // keys read back after the swap were migrated, then counted on.
+    assert_split(
+        &dir.path().join("out.jsonl"),
+        &events,
+        &[(1, None), (100_001, Some(3))],
+    );
+    let expected = reference(&events);
+    let got = state_values(&p.state_dir, "counter", &["n", "totals"]);
+    assert_eq!(got.len(), expected.len());
+    let after: std::collections::HashSet<&str> =
+        rest.iter().map(|l| &l[8..l.find("\",").unwrap()]).collect();
+    for (k, (count, _)) in &expected {
+        let v = &got[k];
+        if after.contains(k.as_str()) {
+            assert_eq!(v[0].as_u64(), Some(*count), "n of {k}");
+            assert!(v[1].is_null(), "old format removed for {k}");
+        } else {
+            assert_eq!(v[1]["count"].as_u64(), Some(*count), "{k} keeps v1 state");
+        }
+    }
+}
+
+#[test]
+fn a_budget_too_small_for_the_batches_in_hand_is_refused_with_the_minimum() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "").unwrap();
+    let operator = format!("counter={COUNTER}");
+    let o = eddy_in(
+        &[
+            "run",
+            "--operator",
+            &operator,
+            "--input",
+            "in.jsonl",
+            "--state",
+            "st",
+            "--workers",
+            "2",
+            "--cache-bytes",
+            "1MiB",
+        ],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("cache_bytes = 1048576 is too small for 2 worker(s) and 1 operator(s): it must be at least 2396746 bytes"),
+        "{e}"
+    );
+    let o = eddy_in(
+        &[
+            "run",
+            "--operator",
+            &operator,
+            "--input",
+            "in.jsonl",
+            "--state",
+            "st",
+            "--cache-bytes",
+            "lots",
+        ],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--cache-bytes \"lots\" is not a size"),
+        "{}",
+        stderr(&o)
+    );
+}
