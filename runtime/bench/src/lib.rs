@@ -9,9 +9,12 @@
 //!   under load.
 //! - [`langs`]: `eddy bench-langs`, one operator built from several
 //!   languages side by side.
+//! - [`cache`]: `eddy bench-cache`, the state cache with a memory budget
+//!   against the unbounded one: peak RSS, rate, hit rate, checkpoint cost.
 //! - [`state`]: `eddy bench-state`, what state reads through the control
 //!   plane cost a pipeline running at full speed.
 
+pub mod cache;
 pub mod counter;
 pub mod kafka;
 pub mod langs;
