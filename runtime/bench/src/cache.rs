@@ -115,7 +115,13 @@ impl Zipf {
 
 /// Runs `eddy run` on `input` with `cache` as the budget; its rate and
 /// peak RSS.
-fn run_case(a: &BenchCacheArgs, dir: &Path, input: &Path, cache: &str, workers: usize) -> Result<Case> {
+fn run_case(
+    a: &BenchCacheArgs,
+    dir: &Path,
+    input: &Path,
+    cache: &str,
+    workers: usize,
+) -> Result<Case> {
     let state = dir.join("state");
     let _ = std::fs::remove_dir_all(&state);
     let out = dir.join("out.jsonl");

@@ -17,8 +17,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use eddy_bench::{
-    cache as bench_cache, counter as bench, kafka as bench_kafka, langs as bench_langs, state as bench_state,
-    swap as bench_swap,
+    cache as bench_cache, counter as bench, kafka as bench_kafka, langs as bench_langs,
+    state as bench_state, swap as bench_swap,
 };
 use eddy_build as build;
 use eddy_runtime::control::{self, Request, Response, Status};

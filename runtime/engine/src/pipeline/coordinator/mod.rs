@@ -306,7 +306,7 @@ impl Coordinator {
                 self.workers
                     .pressure
                     .store(false, std::sync::atomic::Ordering::Relaxed);
-                self.checkpoint()?;
+                self.checkpoint_as(false)?;
             }
             let due = self
                 .next_checkpoint
@@ -445,11 +445,20 @@ impl Coordinator {
     /// Makes a checkpoint: a consistent cut of state, input position and
     /// output lengths, committed by the committer thread.
     fn checkpoint(&mut self) -> Result<()> {
+        self.checkpoint_as(true)
+    }
+
+    /// [`Coordinator::checkpoint`]; a `durable: false` one (asked for by
+    /// a state cache over budget, between the checkpoints by time) is
+    /// visible at once but reaches the disk with the next durable one
+    /// (see [`Checkpoint::durable`]), unless it records a swap.
+    fn checkpoint_as(&mut self, durable: bool) -> Result<()> {
         self.flush_batches()?;
         self.wait_inflight(|n| n == 0)?;
         let seq = self.summary.checkpoints + 1;
         let mut cp = Checkpoint {
             seq,
+            durable,
             ..Default::default()
         };
         // Every worker hands over its state at once (they do it in
@@ -539,6 +548,8 @@ impl Coordinator {
                 cp.meta.push((name, serde_json::to_vec(v).expect("json")));
             }
             acks = std::mem::take(&mut self.swaps_unchecked);
+            // A swap is reported once it is on disk.
+            cp.durable = true;
         }
         self.writer.submit(cp, acks)?;
         self.summary.checkpoints += 1;

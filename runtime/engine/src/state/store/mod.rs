@@ -244,7 +244,6 @@ pub struct TimerWrite {
 }
 
 /// Everything one checkpoint makes durable, in one transaction.
-#[derive(Default)]
 pub struct Checkpoint {
     /// State changed since the last checkpoint.
     pub writes: Vec<StateWrite>,
@@ -261,6 +260,26 @@ pub struct Checkpoint {
     /// [`Store::durable_seq`] reports it, so a worker knows which of the
     /// states it handed over it may drop from its cache.
     pub seq: u64,
+    /// Written to disk before [`Store::commit`] returns. When `false`
+    /// the commit is visible to readers at
+    /// once but reaches the disk with the next durable one: a crash in
+    /// between resumes from the last durable checkpoint, whose state,
+    /// input position and output lengths agree as in any crash.
+    pub durable: bool,
+}
+
+impl Default for Checkpoint {
+    fn default() -> Self {
+        Checkpoint {
+            writes: Vec::new(),
+            timers: Vec::new(),
+            source: None,
+            sinks: Vec::new(),
+            meta: Vec::new(),
+            seq: 0,
+            durable: true,
+        }
+    }
 }
 
 /// The open state directory. Cheap to clone; shared by all threads.
@@ -451,7 +470,11 @@ impl Store {
     pub fn commit(&self, cp: &Checkpoint) -> Result<(), StoreError> {
         let dir = &self.dir;
         guard(dir, || {
-            let txn = self.db.begin_write().map_err(|e| db_err(dir, e))?;
+            let mut txn = self.db.begin_write().map_err(|e| db_err(dir, e))?;
+            if !cp.durable {
+                txn.set_durability(redb::Durability::None)
+                    .map_err(|e| db_err(dir, redb::Error::from(e)))?;
+            }
             {
                 let mut state = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
                 // In key order: each insert lands next to the one before
