@@ -219,7 +219,7 @@ mod tests {
             seq,
             // Every other one not flushed to disk (as the checkpoints a
             // cache over budget asks for): visible to readers all the same.
-            durable: seq % 2 == 0,
+            durable: seq.is_multiple_of(2),
             ..Default::default()
         };
         ctx.take_dirty(seq, &mut cp.writes);
