@@ -186,3 +186,105 @@ fn a_budget_too_small_for_the_batches_in_hand_is_refused_with_the_minimum() {
         stderr(&o)
     );
 }
+
+/// A tmpfs of `size` mounted at `path`, unmounted when dropped.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    /// Mounts it, or says why it cannot (not root, no CAP_SYS_ADMIN).
+    fn mount(path: &std::path::Path, size: &str) -> Result<SmallFs, String> {
+        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+        let o = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "cannot mount a tmpfs (needs root with CAP_SYS_ADMIN): {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+        Ok(SmallFs(path.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let o = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn a_full_disk_during_a_checkpoint_fails_clearly_and_a_restart_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    let fs = match SmallFs::mount(&small, "16m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            let test = "cache::a_full_disk_during_a_checkpoint_fails_clearly_and_a_restart_resumes_exactly";
+            if std::env::var_os("CI").is_some() {
+                panic!("CI must run {test}, but {why}");
+            }
+            skipped(&format!("{test}: {why}"));
+            return;
+        }
+    };
+    // 300,000 keys: far more state than 16 MiB holds.
+    let (events, text) = counter_events(600_000, 300_000, 37);
+    std::fs::write(dir.path().join("in.jsonl"), &text).unwrap();
+    let operator = format!("counter={COUNTER}");
+    let state = small.join("st");
+    let state = state.to_str().unwrap();
+    let args = [
+        "run",
+        "--operator",
+        &operator,
+        "--input",
+        "in.jsonl",
+        "--output",
+        "out.jsonl",
+        "--state",
+        state,
+        "--workers",
+        "2",
+        "--checkpoint-interval-ms",
+        "50",
+        "--quiet",
+    ];
+    let o = eddy_in(&args, dir.path());
+    assert!(!o.status.success(), "the state cannot fit in 16 MiB");
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!(
+            "state directory {state}: the file system is full (No space left on device"
+        )) && e.contains("every committed checkpoint is intact: free some space and run again"),
+        "{e}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
+    // Checkpoints were committed before the disk filled up, and they are
+    // readable as they are.
+    let before = state_values(std::path::Path::new(state), "counter", &["totals"]);
+    assert!(!before.is_empty(), "some checkpoints were committed first");
+
+    // Room again: the restart resumes from the last committed checkpoint
+    // and finishes with exact state and every output once.
+    fs.resize("256m");
+    let o = eddy_in(&args, dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let expected = reference(&events);
+    for (k, v) in &before {
+        assert!(v[0]["count"].as_u64().unwrap() <= expected[k].0, "{k}");
+    }
+    assert_counter_state(std::path::Path::new(state), &expected);
+    assert_outputs_once(dir.path(), &events);
+}

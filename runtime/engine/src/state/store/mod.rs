@@ -84,6 +84,14 @@ const RESTORE: &str =
 /// Errors of the state directory.
 #[derive(Debug, Error)]
 pub enum StoreError {
+    #[error("state directory {dir}: the file system is full ({error}): what was being written is not committed, and every committed checkpoint is intact: free some space and run again, which resumes from the last committed checkpoint")]
+    /// The file system holding the state directory is full.
+    Full {
+        /// The state directory.
+        dir: PathBuf,
+        /// The underlying error.
+        error: std::io::Error,
+    },
     #[error("state directory {dir}: {error}")]
     /// A file operation failed.
     Io {
@@ -293,6 +301,12 @@ pub struct Store {
 
 fn db_err(dir: &Path, e: impl Into<redb::Error>) -> StoreError {
     match e.into() {
+        redb::Error::Io(error) if error.kind() == std::io::ErrorKind::StorageFull => {
+            StoreError::Full {
+                dir: dir.to_path_buf(),
+                error,
+            }
+        }
         redb::Error::Corrupted(detail) => StoreError::Damaged {
             dir: dir.to_path_buf(),
             detail: format!("redb: {detail}"),
