@@ -1,0 +1,193 @@
+//! Timers in every SDK: the package-delay operator (`tests/fixtures/delay`
+//! in Rust, its twins in `tests/fixtures/{python,js,c}/delay`, built with
+//! `eddy build` in this test run) run by the `eddy` binary over the same
+//! input with an event-time field gives the same output bytes and dead
+//! letters in all four languages, the expected ones written out in
+//! `tests/fixtures/delay/`: a package with no scan for `max_gap` raises a
+//! delay alert from its timer (`on-timer`, which reads the watermark), a
+//! scan re-sets the timer (`timers.get` shows the deadline it replaces,
+//! `timers.list` the pending one) and withdraws a raised alert, a delivery
+//! clears it (`timers.clear`). Each twin is checked on its default world
+//! (`timer-operator` for Python, `batched-timer-operator` for JavaScript
+//! and C) and on the other one, so timer calls are also made from the
+//! batched path (which hands the event to the per-event one).
+//!
+//! A failing timer handler: its firing is dead-lettered with the reason and
+//! the timer, and its state write and emit are discarded (the next scan of
+//! that package is a plain scan, not a withdrawn alert).
+
+use std::path::{Path, PathBuf};
+
+use eddy_build::Lang;
+
+use crate::languages::built;
+use crate::util::*;
+
+fn fixture(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/delay")
+        .join(file)
+}
+
+/// The other timer world of `lang`'s SDK (the default is the first).
+fn timer_worlds(lang: Lang) -> [Option<&'static str>; 2] {
+    match eddy_build::default_world(lang) {
+        "timer-operator" => [None, Some("batched-timer-operator")],
+        _ => [None, Some("timer-operator")],
+    }
+}
+
+/// Runs `eddy run` on a pipeline of `component` as operator `delay` (one
+/// worker, time field `ts`, `max_gap` 100) over the fixture `input`; returns
+/// the run's directory.
+fn run_delay(component: &str, input: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture(input), dir.path().join("events.jsonl")).unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        format!(
+            r#"workers = 1
+
+[source]
+path = "events.jsonl"
+key = "package"
+time = "ts"
+
+[[operator]]
+name = "delay"
+component = {component:?}
+config = {{ max_gap = 100 }}
+
+[sink]
+path = "out.jsonl"
+dead_letter = "dead-letter.jsonl"
+
+[state]
+dir = "state"
+"#
+        ),
+    )
+    .unwrap();
+    let o = eddy_in(&["run", "pipeline.toml"], dir.path());
+    assert!(o.status.success(), "eddy run failed: {}", stderr(&o));
+    dir
+}
+
+/// The dead letters of a run, without the component version (which depends
+/// on the build; checked to be a SHA-256).
+fn dead_letters(dir: &Path) -> Vec<serde_json::Value> {
+    let mut dead = read_jsonl(&dir.join("dead-letter.jsonl"));
+    for d in &mut dead {
+        let v = d
+            .as_object_mut()
+            .unwrap()
+            .remove("version")
+            .expect("an operator dead letter names the version");
+        assert!(v.as_str().is_some_and(|v| v.len() == 64), "version {v}");
+    }
+    dead
+}
+
+/// Runs `component` over the fixture `input` and asserts the output bytes
+/// and the dead letters are the expected ones (`expected-<what>...`).
+fn check_delay(what: &str, component: &str, input: &str, expected: &str) -> tempfile::TempDir {
+    let dir = run_delay(component, input);
+    let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    let want =
+        std::fs::read_to_string(fixture(&format!("expected-{expected}output.jsonl"))).unwrap();
+    if out != want {
+        let first = out
+            .lines()
+            .zip(want.lines())
+            .enumerate()
+            .find(|(_, (a, b))| a != b);
+        panic!(
+            "{what}: output differs from the expected ({} vs {} lines); first difference (line, (got, want)): {first:?}\n{out}",
+            out.lines().count(),
+            want.lines().count()
+        );
+    }
+    assert_eq!(
+        dead_letters(dir.path()),
+        read_jsonl(&fixture(&format!("expected-{expected}dead-letter.jsonl"))),
+        "{what}: dead letters"
+    );
+    dir
+}
+
+/// The delay example's run: alerts raised, withdrawn and cleared, two
+/// events dead-lettered (no time, no location); the state left is the
+/// packages not delivered: their last scan and raised alert.
+fn check_tracking(what: &str, component: &str) {
+    let dir = check_delay(what, component, "events.jsonl", "");
+    let state = state_values(&dir.path().join("state"), "delay", &["last", "alerted"]);
+    let want: std::collections::BTreeMap<String, Vec<serde_json::Value>> = [
+        (
+            "p5",
+            vec![
+                serde_json::json!({"location": "Oslo", "ts": 260}),
+                serde_json::json!(360),
+            ],
+        ),
+        (
+            "p6",
+            vec![
+                serde_json::json!({"location": "Lisbon", "ts": 410}),
+                serde_json::json!(510),
+            ],
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(state, want, "{what}: state");
+}
+
+/// A handler that fails after writing state and emitting: dead-lettered
+/// with its reason and timer, nothing of it kept.
+fn check_failing(what: &str, component: &str) {
+    let dir = check_delay(what, component, "failing.jsonl", "failing-");
+    let state = state_values(&dir.path().join("state"), "delay", &["alerted"]);
+    assert_eq!(
+        state.keys().collect::<Vec<_>>(),
+        ["p9"],
+        "{what}: only p9 has state (p8 was delivered)"
+    );
+    assert_eq!(state["p9"], vec![serde_json::json!(220)], "{what}");
+}
+
+fn check_lang(lang: Lang) {
+    for world in timer_worlds(lang) {
+        let Some(component) = built(lang, "delay", world) else {
+            return;
+        };
+        let what = format!("{lang:?} delay ({})", world.unwrap_or("default world"));
+        check_tracking(&what, &component);
+        check_failing(&what, &component);
+    }
+}
+
+#[test]
+fn rust_delay_timers_give_the_expected_output() {
+    check_tracking("Rust delay", eddy_tests::DELAY);
+}
+
+#[test]
+fn rust_failing_timer_handler_is_dead_lettered_and_undone() {
+    check_failing("Rust delay", eddy_tests::DELAY);
+}
+
+#[test]
+fn python_delay_timers_match_rust() {
+    check_lang(Lang::Python);
+}
+
+#[test]
+fn javascript_delay_timers_match_rust() {
+    check_lang(Lang::Js);
+}
+
+#[test]
+fn c_delay_timers_match_rust() {
+    check_lang(Lang::C);
+}
