@@ -36,7 +36,7 @@ fn repo() -> PathBuf {
 }
 
 /// The sources of operator `op` in `lang`: the examples in `plugins/`, the
-/// test operators (`faulty`, `delay`) in `tests/fixtures/`.
+/// test operators (`faulty`, `delay`, `untimed`) in `tests/fixtures/`.
 fn source_dir(lang: Lang, op: &str) -> PathBuf {
     let sub = match lang {
         Lang::Python => "python",
@@ -45,7 +45,7 @@ fn source_dir(lang: Lang, op: &str) -> PathBuf {
         Lang::Rust => unreachable!("the Rust operators are built by build.rs"),
     };
     let root = match op {
-        "faulty" | "delay" => repo().join("tests").join("fixtures"),
+        "faulty" | "delay" | "untimed" => repo().join("tests").join("fixtures"),
         _ => repo().join("plugins"),
     };
     root.join(sub).join(op)

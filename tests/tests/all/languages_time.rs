@@ -14,7 +14,10 @@
 //!
 //! A failing timer handler: its firing is dead-lettered with the reason and
 //! the timer, and its state write and emit are discarded (the next scan of
-//! that package is a plain scan, not a withdrawn alert).
+//! that package is a plain scan, not a withdrawn alert). An operator that
+//! sets timers but defines no handler (`tests/fixtures/*/untimed`) builds,
+//! and each firing is dead-lettered with the SDK's message saying what to
+//! define.
 
 use std::path::{Path, PathBuf};
 
@@ -41,8 +44,13 @@ fn timer_worlds(lang: Lang) -> [Option<&'static str>; 2] {
 /// worker, time field `ts`, `max_gap` 100) over the fixture `input`; returns
 /// the run's directory.
 fn run_delay(component: &str, input: &str) -> tempfile::TempDir {
+    run_text(component, &std::fs::read_to_string(fixture(input)).unwrap())
+}
+
+/// [`run_delay`] over the input `text`.
+fn run_text(component: &str, text: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture(input), dir.path().join("events.jsonl")).unwrap();
+    std::fs::write(dir.path().join("events.jsonl"), text).unwrap();
     std::fs::write(
         dir.path().join("pipeline.toml"),
         format!(
@@ -165,6 +173,58 @@ fn check_lang(lang: Lang) {
         check_tracking(&what, &component);
         check_failing(&what, &component);
     }
+}
+
+/// The `untimed` operator of `lang` sets timer `t` of each key at the
+/// event's time and has no handler: each firing is dead-lettered with the
+/// SDK's message, which ends with `hint`, and the run goes on.
+fn check_untimed(lang: Lang, hint: &str) {
+    let Some(component) = built(lang, "untimed", None) else {
+        return;
+    };
+    let dir = run_text(
+        &component,
+        "{\"package\":\"a\",\"ts\":5}\n{\"package\":\"b\",\"ts\":7}\n",
+    );
+    let error = |key: &str| {
+        format!(
+            "operator returned an error: timer `t` of key `{key}` fired, but this operator does not handle timers ({hint})"
+        )
+    };
+    assert_eq!(
+        dead_letters(dir.path()),
+        vec![
+            // Fired by line 2's advance of the watermark to 7.
+            serde_json::json!({"error": error("a"), "key": "a", "line": 2, "operator": "delay",
+                "timer": {"name": "t", "at": 5}}),
+            // Fired at the end of the input.
+            serde_json::json!({"error": error("b"), "key": "b", "line": 2, "operator": "delay",
+                "timer": {"name": "t", "at": 7}}),
+        ],
+        "{lang:?} untimed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap(),
+        ""
+    );
+}
+
+#[test]
+fn python_operator_without_on_timer_dead_letters_its_timers() {
+    check_untimed(Lang::Python, "define `on_timer(self, timer)`");
+}
+
+#[test]
+fn javascript_operator_without_on_timer_dead_letters_its_timers() {
+    check_untimed(Lang::Js, "give `operator()` an `onTimer(timer, settings)`");
+}
+
+#[test]
+fn c_operator_without_on_timer_dead_letters_its_timers() {
+    check_untimed(
+        Lang::C,
+        "define `eddy_error eddy_on_timer(const eddy_timer *)`",
+    );
 }
 
 #[test]
