@@ -10,7 +10,8 @@
 //! clears it (`timers.clear`). Each twin is checked on its default world
 //! (`timer-operator` for Python, `batched-timer-operator` for JavaScript
 //! and C) and on the other one, so timer calls are also made from the
-//! batched path (which hands the event to the per-event one).
+//! batched path, which hands the event to the per-event one (checked
+//! in-process: the SDK stops the batch, it does not trap).
 //!
 //! A failing timer handler: its firing is dead-lettered with the reason and
 //! the timer, and its state write and emit are discarded (the next scan of
@@ -20,8 +21,10 @@
 //! define.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use eddy_build::Lang;
+use eddy_runtime::{EventRef, Limits, OpCtx, Operator, TimerUse, WasmComponent};
 
 use crate::languages::built;
 use crate::util::*;
@@ -164,6 +167,51 @@ fn check_failing(what: &str, component: &str) {
     assert_eq!(state["p9"], vec![serde_json::json!(220)], "{what}");
 }
 
+/// `component` (built with `handle-batch`), handed the first events of
+/// the delay input in one batch in-process (as a worker does), stops the
+/// batch at the first event, whose timer call needs the per-event path,
+/// rather than trapping (after a trap the host replays the batch per event
+/// but stays on the batched path): no event handled batched, none failed,
+/// the batched path left.
+fn check_stops_batch(what: &str, component: &str) {
+    let engine = eddy_runtime::engine().unwrap();
+    let component = Arc::new(WasmComponent::load(&engine, Path::new(component)).unwrap());
+    assert!(component.batched(), "{what}: no handle-batch");
+    let lines = [
+        ("p1", r#"{"package":"p1","location":"Rotterdam","ts":0}"#, 0),
+        ("p2", r#"{"package":"p2","location":"Hamburg","ts":10}"#, 10),
+        ("p1", r#"{"package":"p1","location":"Antwerp","ts":50}"#, 50),
+    ];
+    let events: Vec<EventRef<'_>> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, (key, line, ts))| EventRef {
+            key,
+            value: line.as_bytes(),
+            time: Some(*ts),
+            line: i as u64 + 1,
+        })
+        .collect();
+    let mut ctx = OpCtx::new("delay".into(), None, Limits::default());
+    // As a worker does for a first operator that exports `on-timer`.
+    ctx.set_timer_use(TimerUse::Allowed);
+    let mut op = component.instantiate(ctx, r#"{"max_gap":100}"#).unwrap();
+    assert!(op.batching(), "{what}: starts on the batched path");
+    let mut failed = Vec::new();
+    op.handle_many(&events, &mut |i, r, _| {
+        if let Err(e) = r {
+            failed.push((i, format!("{e:?}")));
+        }
+    })
+    .unwrap();
+    assert_eq!(failed, vec![], "{what}: failed events");
+    assert_eq!(op.batched_events(), 0, "{what}: events handled batched");
+    assert!(
+        !op.batching(),
+        "{what}: still on the batched path (the timer call trapped instead of stopping the batch)"
+    );
+}
+
 fn check_lang(lang: Lang) {
     for world in timer_worlds(lang) {
         let Some(component) = built(lang, "delay", world) else {
@@ -172,6 +220,9 @@ fn check_lang(lang: Lang) {
         let what = format!("{lang:?} delay ({})", world.unwrap_or("default world"));
         check_tracking(&what, &component);
         check_failing(&what, &component);
+        if world.unwrap_or(eddy_build::default_world(lang)) == "batched-timer-operator" {
+            check_stops_batch(&what, &component);
+        }
     }
 }
 
@@ -230,6 +281,7 @@ fn c_operator_without_on_timer_dead_letters_its_timers() {
 #[test]
 fn rust_delay_timers_give_the_expected_output() {
     check_tracking("Rust delay", eddy_tests::DELAY);
+    check_stops_batch("Rust delay", eddy_tests::DELAY);
 }
 
 #[test]
