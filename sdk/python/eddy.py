@@ -851,6 +851,10 @@ class timers:
         """Sets timer `name` of the current key to fire at event time `at`
         (an int), replacing the pending one of that name. A time the
         watermark already passed fires at its next advance."""
+        if isinstance(at, bool) or not isinstance(at, int):
+            raise Error(f"timers.set({name!r}): the time must be an int, got {at!r}")
+        if not -(1 << 63) <= at < (1 << 63):
+            raise Error(f"timers.set({name!r}): the time {at} does not fit 64 bits")
         _timer_call()
         _wit_timers.set(name, int(at))
 

@@ -278,6 +278,43 @@ fn c_operator_without_on_timer_dead_letters_its_timers() {
     );
 }
 
+/// The Python SDK's `timers.set`, run by the machine's CPython (the same
+/// code the component runs), refuses a time that is not an int of 64 bits
+/// with an error naming the timer and the value, before any host call
+/// (componentize-py would truncate a float or fail with its own words).
+#[test]
+fn python_timer_times_must_be_64_bit_ints() {
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/python");
+    let script = r#"
+import eddy
+for at in [1.5, True, 1 << 63, -(1 << 63) - 1, "5"]:
+    try:
+        eddy.timers.set("t", at)
+        print("accepted", at)
+    except eddy.Error as e:
+        print("error:", e)
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("PYTHONPATH", &sdk)
+        .output()
+        .expect("python3 runs (the suite's setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "error: timers.set('t'): the time must be an int, got 1.5\n\
+         error: timers.set('t'): the time must be an int, got True\n\
+         error: timers.set('t'): the time 9223372036854775808 does not fit 64 bits\n\
+         error: timers.set('t'): the time -9223372036854775809 does not fit 64 bits\n\
+         error: timers.set('t'): the time must be an int, got '5'\n"
+    );
+}
+
 #[test]
 fn rust_delay_timers_give_the_expected_output() {
     check_tracking("Rust delay", eddy_tests::DELAY);
