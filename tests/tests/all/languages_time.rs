@@ -7,7 +7,8 @@
 //! delay alert from its timer (`on-timer`, which reads the watermark), a
 //! scan re-sets the timer (`timers.get` shows the deadline it replaces,
 //! `timers.list` the pending one) and withdraws a raised alert, a delivery
-//! clears it (`timers.clear`). Each twin is checked on its default world
+//! clears it (`timers.clear`); under `late = "deliver"` a late scan says so
+//! (`timers.late`). Each twin is checked on its default world
 //! (`timer-operator` for Python, `batched-timer-operator` for JavaScript
 //! and C) and on the other one, so timer calls are also made from the
 //! batched path, which hands the event to the per-event one (checked
@@ -44,14 +45,19 @@ fn timer_worlds(lang: Lang) -> [Option<&'static str>; 2] {
 }
 
 /// Runs `eddy run` on a pipeline of `component` as operator `delay` (one
-/// worker, time field `ts`, `max_gap` 100) over the fixture `input`; returns
-/// the run's directory.
-fn run_delay(component: &str, input: &str) -> tempfile::TempDir {
-    run_text(component, &std::fs::read_to_string(fixture(input)).unwrap())
+/// worker, time field `ts`, `max_gap` 100, late events delivered when
+/// `late`) over the fixture `input`; returns the run's directory.
+fn run_delay(component: &str, input: &str, late: bool) -> tempfile::TempDir {
+    let text = std::fs::read_to_string(fixture(input)).unwrap();
+    run_text(component, &text, late)
 }
 
 /// [`run_delay`] over the input `text`.
-fn run_text(component: &str, text: &str) -> tempfile::TempDir {
+fn run_text(component: &str, text: &str, late: bool) -> tempfile::TempDir {
+    let watermark = match late {
+        true => "\n[source.watermark]\nlate = \"deliver\"\n",
+        false => "",
+    };
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("events.jsonl"), text).unwrap();
     std::fs::write(
@@ -63,7 +69,7 @@ fn run_text(component: &str, text: &str) -> tempfile::TempDir {
 path = "events.jsonl"
 key = "package"
 time = "ts"
-
+{watermark}
 [[operator]]
 name = "delay"
 component = {component:?}
@@ -101,8 +107,14 @@ fn dead_letters(dir: &Path) -> Vec<serde_json::Value> {
 
 /// Runs `component` over the fixture `input` and asserts the output bytes
 /// and the dead letters are the expected ones (`expected-<what>...`).
-fn check_delay(what: &str, component: &str, input: &str, expected: &str) -> tempfile::TempDir {
-    let dir = run_delay(component, input);
+fn check_delay(
+    what: &str,
+    component: &str,
+    input: &str,
+    expected: &str,
+    late: bool,
+) -> tempfile::TempDir {
+    let dir = run_delay(component, input, late);
     let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
     let want =
         std::fs::read_to_string(fixture(&format!("expected-{expected}output.jsonl"))).unwrap();
@@ -130,7 +142,7 @@ fn check_delay(what: &str, component: &str, input: &str, expected: &str) -> temp
 /// events dead-lettered (no time, no location); the state left is the
 /// packages not delivered: their last scan and raised alert.
 fn check_tracking(what: &str, component: &str) {
-    let dir = check_delay(what, component, "events.jsonl", "");
+    let dir = check_delay(what, component, "events.jsonl", "", false);
     let state = state_values(&dir.path().join("state"), "delay", &["last", "alerted"]);
     let want: std::collections::BTreeMap<String, Vec<serde_json::Value>> = [
         (
@@ -157,7 +169,7 @@ fn check_tracking(what: &str, component: &str) {
 /// A handler that fails after writing state and emitting: dead-lettered
 /// with its reason and timer, nothing of it kept.
 fn check_failing(what: &str, component: &str) {
-    let dir = check_delay(what, component, "failing.jsonl", "failing-");
+    let dir = check_delay(what, component, "failing.jsonl", "failing-", false);
     let state = state_values(&dir.path().join("state"), "delay", &["alerted"]);
     assert_eq!(
         state.keys().collect::<Vec<_>>(),
@@ -212,6 +224,12 @@ fn check_stops_batch(what: &str, component: &str) {
     );
 }
 
+/// Under `late = "deliver"`, the scan that arrives late (time 50 after
+/// 100) says so; its timer, already past, fires at the next advance.
+fn check_late(what: &str, component: &str) {
+    check_delay(what, component, "late.jsonl", "late-", true);
+}
+
 fn check_lang(lang: Lang) {
     for world in timer_worlds(lang) {
         let Some(component) = built(lang, "delay", world) else {
@@ -220,6 +238,7 @@ fn check_lang(lang: Lang) {
         let what = format!("{lang:?} delay ({})", world.unwrap_or("default world"));
         check_tracking(&what, &component);
         check_failing(&what, &component);
+        check_late(&what, &component);
         if world.unwrap_or(eddy_build::default_world(lang)) == "batched-timer-operator" {
             check_stops_batch(&what, &component);
         }
@@ -236,6 +255,7 @@ fn check_untimed(lang: Lang, hint: &str) {
     let dir = run_text(
         &component,
         "{\"package\":\"a\",\"ts\":5}\n{\"package\":\"b\",\"ts\":7}\n",
+        false,
     );
     let error = |key: &str| {
         format!(
@@ -318,6 +338,7 @@ for at in [1.5, True, 1 << 63, -(1 << 63) - 1, "5"]:
 #[test]
 fn rust_delay_timers_give_the_expected_output() {
     check_tracking("Rust delay", eddy_tests::DELAY);
+    check_late("Rust delay", eddy_tests::DELAY);
     check_stops_batch("Rust delay", eddy_tests::DELAY);
 }
 
