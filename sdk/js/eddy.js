@@ -11,6 +11,10 @@
 //     handle(event, settings) { ... TOTALS.set(t); emit(event.key, t, Totals); },
 //   });
 //
+// Timers: `timers.set('delay', event.time + gap)` in `handle`, and an
+// `onTimer(timer, settings)` next to `handle` in `operator({...})`, called
+// with `timer.key`, `timer.name` and `timer.at` once the watermark passes it.
+//
 // State and emitted values are JSON, written exactly as serde_json writes the
 // same Rust types, so JavaScript and Rust operators can read each other's
 // state and produce the same output bytes. JavaScript has one number type,
