@@ -41,14 +41,14 @@ Raise `eddy.Error("reason")` (or any exception) from `handle` to reject the
 event: none of its state writes or emits take effect and the event goes to
 the dead-letter output with the reason. From `init`, it refuses the config.
 
-Built for world `batched-operator` (`eddy build --world batched-operator`;
-`eddy build` builds Python operators for `operator` by default, where the
-per-event path measures faster), the component also exports the batched
-entry point `handle-batch`: `handle` then runs on each event of a batch,
-`Value` reads are served from the batch and writes and emits are kept per
-event, with the same results as one call per event. An event that uses
-`Map`, `List` or `clear_key` goes back to the host, which runs it and the
-rest per event.
+Built for world `batched-timer-operator` (`eddy build --world
+batched-timer-operator`; `eddy build` builds Python operators for
+`timer-operator` by default, where the per-event path measures faster), the
+component also exports the batched entry point `handle-batch`: `handle` then
+runs on each event of a batch, `Value` reads are served from the batch and
+writes and emits are kept per event, with the same results as one call per
+event. An event that uses `Map`, `List`, `clear_key` or `timers` goes back
+to the host, which runs it and the rest per event.
 
 Event-time timers (`eddy.timers`): `timers.set("timeout", at)` sets timer
 `timeout` of the current key, replacing a pending one of that name; once the
@@ -79,7 +79,7 @@ try:  # present inside the component (componentize-py generates it)
     from wit_world.imports import types as _wit_types
 except ImportError:  # plain CPython, e.g. to test `dumps`
     _Err = _wit_log = _wit_output = _wit_state = _wit_timers = _wit_types = None
-try:  # the batched worlds (`batched-operator`, `full-operator`) only
+try:  # the batched worlds (`batched-operator`, `batched-timer-operator`, ...) only
     from wit_world.imports import batch as _wit_batch
 except ImportError:
     _wit_batch = None
