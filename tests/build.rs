@@ -36,6 +36,7 @@ const WORKSPACES: &[(&str, &str, &str, &[&str])] = &[
             "hello-cli",
             "malformed",
             "timers",
+            "delay",
         ],
     ),
 ];

@@ -18,15 +18,29 @@
  * discards the event's state writes and emits and dead-letters the event.
  *
  * Built for a world with `handle-batch` (`eddy build`'s default,
- * `batched-operator`, which defines EDDY_HANDLE_BATCH), the macro exports
- * it too: it runs `my_handle` on each event of a batch, with state and
- * emits served and buffered here (see "the batched fast path" below).
+ * `batched-timer-operator`, which defines EDDY_HANDLE_BATCH), the macro
+ * exports it too: it runs `my_handle` on each event of a batch, with state
+ * and emits served and buffered here (see "the batched fast path" below).
+ *
+ * Timers: `eddy_timer_set("delay", at)` sets event-time timer `delay` of the
+ * current key (a name holds one pending time; setting it again replaces
+ * it). Once the watermark is past `at` (or a file input ended), the host
+ * calls the timer handler, which you define (in any one source file) as
+ *
+ *     eddy_error eddy_on_timer(const eddy_timer *timer);  // key, name, at
+ *
+ * Built for a world with `on-timer` (`eddy build`'s default, which defines
+ * EDDY_ON_TIMER), EDDY_EXPORT_OPERATOR exports it; an operator that defines
+ * no `eddy_on_timer` answers a timer with an error naming it.
  *
  * Contents:
  *   - errors and byte buffers     eddy_errorf, eddy_buf_*
  *   - state of the current key    eddy_get/set/delete, eddy_map_*, eddy_list_*,
  *                                 eddy_clear
  *   - output and log              eddy_emit, eddy_log
+ *   - timers and the watermark    eddy_timer_set/clear/get, eddy_timers_list,
+ *                                 eddy_watermark, eddy_event_late,
+ *                                 eddy_on_timer (yours)
  *   - config                      eddy_config_string/_f64/_i64
  *   - JSON reading                eddy_json_* (a cursor over JSON text that
  *                                 parses numbers exactly as serde_json does)
@@ -472,6 +486,129 @@ __attribute__((format(printf, 2, 3))) static inline void eddy_log(int level, con
   operator_string_t m = {(uint8_t *)msg, n > 0 ? (size_t)n : 0};
   eddy_operator_log_log((eddy_operator_log_level_t)level, &m);
   if (msg != small) free(msg);
+}
+
+/* ---- timers and the watermark ---------------------------------------------
+ *
+ * Named event-time timers of the current key (wit/timers.wit). A name holds
+ * one pending time: a timeout is eddy_timer_set("timeout", t), and setting
+ * it again replaces it. Once the watermark (the largest event time read so
+ * far minus the pipeline's `max_out_of_order`) is past `t`, or a file input
+ * has ended, the host calls your eddy_on_timer. Timer changes, like state
+ * writes, take effect only when the call that made them succeeds. Calling
+ * these from `init` traps (no key is current).
+ *
+ * Timer calls are served on the per-event path: during a batch they mark
+ * the event for it (as map and list calls do) and find nothing.
+ */
+
+/* A timer that fired, as eddy_on_timer receives it. `key` and `name` are
+ * NUL-terminated and live until eddy_on_timer returns. */
+typedef struct {
+  const char *key;  /* the key it belongs to: state, timer and emit calls act on it */
+  size_t key_len;
+  const char *name; /* its name */
+  size_t name_len;
+  int64_t at;       /* the event time it was set for (the watermark is past it) */
+} eddy_timer;
+
+/* The timer handler: define it in one source file of an operator that sets
+ * timers. Return NULL for success or an error made with eddy_errorf(): the
+ * firing is then dead-lettered with it, and its state writes, timer changes
+ * and emits are discarded (the timer is consumed either way). */
+eddy_error eddy_on_timer(const eddy_timer *timer) __attribute__((weak));
+
+/* A pending timer of the current key (eddy_timers_list). */
+typedef struct {
+  char *name; /* NUL-terminated */
+  size_t name_len;
+  int64_t at;
+} eddy_pending;
+/* Pending timers; free with eddy_pending_free. */
+typedef struct {
+  eddy_pending *ptr;
+  size_t len;
+} eddy_pendings;
+
+/* Sets timer `name` of the current key to fire at event time `at`,
+ * replacing the pending one of that name. A time the watermark already
+ * passed fires at its next advance. */
+static inline void eddy_timer_set(const char *name, int64_t at) {
+  if (eddy__B.active) {
+    eddy__B.stop = true;
+    return;
+  }
+  operator_string_t n = eddy__s(name);
+  eddy_operator_timers_set(&n, at);
+}
+/* Cancels timer `name` of the current key; true when one was pending. */
+static inline bool eddy_timer_clear(const char *name) {
+  if (eddy__B.active) {
+    eddy__B.stop = true;
+    return false;
+  }
+  operator_string_t n = eddy__s(name);
+  return eddy_operator_timers_clear(&n);
+}
+/* When timer `name` of the current key fires: true and the time in `*at`,
+ * or false when none is pending. */
+static inline bool eddy_timer_get(const char *name, int64_t *at) {
+  if (eddy__B.active) {
+    eddy__B.stop = true;
+    return false;
+  }
+  operator_string_t n = eddy__s(name);
+  return eddy_operator_timers_get(&n, at);
+}
+/* Every pending timer of the current key, sorted by name, into `out`. */
+static inline void eddy_timers_list(eddy_pendings *out) {
+  out->ptr = NULL;
+  out->len = 0;
+  if (eddy__B.active) {
+    eddy__B.stop = true;
+    return;
+  }
+  eddy_operator_timers_list_timer_t got;
+  eddy_operator_timers_list(&got);
+  if (got.len) {
+    out->ptr = calloc(got.len, sizeof *out->ptr);
+    if (!out->ptr) abort();
+  }
+  for (size_t i = 0; i < got.len; i++) {
+    size_t n = got.ptr[i].name.len;
+    char *name = malloc(n + 1);
+    if (!name) abort();
+    if (n) memcpy(name, got.ptr[i].name.ptr, n);
+    name[n] = 0;
+    out->ptr[i].name = name;
+    out->ptr[i].name_len = n;
+    out->ptr[i].at = got.ptr[i].at;
+  }
+  out->len = got.len;
+  eddy_operator_timers_list_timer_free(&got);
+}
+static inline void eddy_pending_free(eddy_pendings *l) {
+  for (size_t i = 0; i < l->len; i++) free(l->ptr[i].name);
+  free(l->ptr);
+  l->ptr = NULL;
+  l->len = 0;
+}
+/* The watermark: every event that is not late has a time at least this.
+ * INT64_MIN before the first event with a time (and when the pipeline names
+ * no time field), INT64_MAX once a file input ended. */
+static inline int64_t eddy_watermark(void) {
+  if (eddy__B.active) {
+    eddy__B.stop = true;
+    return INT64_MIN;
+  }
+  return eddy_operator_timers_watermark();
+}
+/* Whether the event being handled is late: only ever true under
+ * `[source.watermark] late = "deliver"`, in `handle` of the first operator
+ * (a late event is never in a batch). */
+static inline bool eddy_event_late(void) {
+  if (eddy__B.active) return false;
+  return eddy_operator_timers_late();
 }
 
 /* ---- JSON reading --------------------------------------------------------
@@ -1599,7 +1736,33 @@ done:
 #define EDDY__EXPORT_BATCH(handle_fn)
 #endif
 
-/* Exports `init_fn` and `handle_fn` as the operator's `init` and `handle`.
+#ifdef EDDY_ON_TIMER
+/* `on-timer`: calls eddy_on_timer, or fails naming the timer when the
+ * operator defines none. */
+#define EDDY__EXPORT_ON_TIMER                                                      \
+  bool exports_operator_on_timer(operator_string_t *key, operator_string_t *name, int64_t at, \
+                                 operator_string_t *err) {                         \
+    eddy_timer t;                                                                  \
+    t.key_len = key->len;                                                          \
+    t.key = eddy__own(key->ptr, key->len, true);                                   \
+    t.name_len = name->len;                                                        \
+    t.name = eddy__own(name->ptr, name->len, true);                                \
+    t.at = at;                                                                     \
+    eddy_error e = eddy_on_timer                                                   \
+        ? eddy_on_timer(&t)                                                        \
+        : eddy_errorf("timer `%s` of key `%s` fired, but this operator does not handle " \
+                      "timers (define `eddy_error eddy_on_timer(const eddy_timer *)`)", \
+                      t.name, t.key);                                              \
+    free((char *)t.key);                                                           \
+    free((char *)t.name);                                                          \
+    return eddy__result(e, err);                                                   \
+  }
+#else
+#define EDDY__EXPORT_ON_TIMER
+#endif
+
+/* Exports `init_fn` and `handle_fn` as the operator's `init` and `handle`
+ * (and `handle-batch` and `on-timer` when the world has them).
  * Use once, in one source file. Empty config text counts as `{}`; config
  * text that is not JSON is refused before `init_fn` runs. */
 #define EDDY_EXPORT_OPERATOR(init_fn, handle_fn)                                   \
@@ -1637,6 +1800,7 @@ done:
     free((char *)ev.value);                                                        \
     return eddy__result(e, err);                                                   \
   }                                                                                \
-  EDDY__EXPORT_BATCH(handle_fn)
+  EDDY__EXPORT_BATCH(handle_fn)                                                    \
+  EDDY__EXPORT_ON_TIMER
 
 #endif /* EDDY_H */

@@ -11,6 +11,10 @@
 //     handle(event, settings) { ... TOTALS.set(t); emit(event.key, t, Totals); },
 //   });
 //
+// Timers: `timers.set('delay', event.time + gap)` in `handle`, and an
+// `onTimer(timer, settings)` next to `handle` in `operator({...})`, called
+// with `timer.key`, `timer.name` and `timer.at` once the watermark passes it.
+//
 // State and emitted values are JSON, written exactly as serde_json writes the
 // same Rust types, so JavaScript and Rust operators can read each other's
 // state and produce the same output bytes. JavaScript has one number type,
@@ -21,6 +25,7 @@
 import * as state from 'eddy:operator/state@0.3.0';
 import { emit as hostEmit } from 'eddy:operator/output@0.3.0';
 import { log as hostLog } from 'eddy:operator/log@0.3.0';
+import * as hostTimers from 'eddy:operator/timers@0.3.0';
 
 const utf8Encoder = new TextEncoder();
 const utf8Decoder = new TextDecoder('utf-8', { fatal: true });
@@ -1558,6 +1563,114 @@ export function emitRaw(key, bytes) {
 }
 
 // ---------------------------------------------------------------------------
+// Timers
+
+// componentize-js 0.23 hands s64 values over as unsigned (-5 arrives as
+// 2^64 - 5): reinterpret them as signed.
+function s64(x) {
+  return BigInt.asIntN(64, BigInt(x));
+}
+
+/** An event time given to `timers.set`, as a signed 64-bit BigInt. */
+function eventTime(at, name) {
+  if (typeof at === 'bigint') {
+    if (at >= -(2n ** 63n) && at < 2n ** 63n) return at;
+  } else if (Number.isSafeInteger(at)) {
+    return BigInt(at);
+  }
+  throw new OperatorError(`timers.set(${JSON.stringify(String(name))}): the time must be an integer of at most 64 bits (a BigInt or a safe integer), got ${typeof at === 'bigint' ? at : JSON.stringify(at) ?? String(at)}`);
+}
+
+/**
+ * Named event-time timers of the current key, and the watermark
+ * (`wit/timers.wit`). A name holds one pending time: a timeout is
+ * `timers.set('timeout', t)`, and setting it again replaces it. Once the
+ * watermark (the largest event time read so far minus the pipeline's
+ * `max_out_of_order`) is past `t`, or a file input has ended, the host calls
+ * the `onTimer(timer, settings)` given to `operator()`. Timer changes, like
+ * state writes, take effect only when the call that made them succeeds.
+ * Times are BigInts (as `event.time`); `set` also takes a safe integer.
+ *
+ * Timer calls are served on the per-event path: during a batch they hand the
+ * event to it, as map and list calls do.
+ */
+export const timers = {
+  /** Sets timer `name` of the current key to fire at event time `at`,
+   * replacing the pending one of that name. A time the watermark already
+   * passed fires at its next advance. */
+  set(name, at) {
+    if (batch !== null) batch.stop();
+    hostTimers.set(String(name), eventTime(at, name));
+  },
+  /** Cancels timer `name`; returns whether one was pending. */
+  clear(name) {
+    if (batch !== null) batch.stop();
+    return hostTimers.clear(String(name));
+  },
+  /** When timer `name` of the current key fires (a BigInt), or null when
+   * none is pending. */
+  get(name) {
+    if (batch !== null) batch.stop();
+    const at = hostTimers.get(String(name));
+    return at == null ? null : s64(at);
+  },
+  /** Every pending timer of the current key as `[name, at]` pairs, sorted
+   * by name. */
+  list() {
+    if (batch !== null) batch.stop();
+    return hostTimers.list().map((t) => [t.name, s64(t.at)]);
+  },
+  /** The watermark (a BigInt): every event that is not late has a time at
+   * least this. -(2^63) before the first event with a time (and when the
+   * pipeline names no time field), 2^63 - 1 once a file input ended. */
+  watermark() {
+    if (batch !== null) batch.stop();
+    return s64(hostTimers.watermark());
+  },
+  /** Whether the event being handled is late: only ever true under
+   * `[source.watermark] late = "deliver"`, in `handle` of the first
+   * operator (a late event is never in a batch). */
+  late() {
+    if (batch !== null) return false;
+    return hostTimers.late();
+  },
+};
+
+/** A timer that fired, as `onTimer(timer, settings)` receives it. */
+export class Timer {
+  constructor(key, name, at) {
+    /** The key it belongs to: state, timer and emit calls act on it. */
+    this.key = key;
+    /** Its name. */
+    this.name = name;
+    /** The event time it was set for (a BigInt; the watermark is past it). */
+    this.at = at;
+  }
+}
+
+/** What `operator()` defined, for `onTimer`: `ready()` once `init`
+ * succeeded, and `onTimer(timer)` (null when the operator has none). */
+let timerOperator = null;
+
+/**
+ * The component's `on-timer` export. `eddy build` exports it next to the
+ * operator module's `init` and `handle` (world `batched-timer-operator` or
+ * `timer-operator`); it runs the `onTimer` given to `operator()`, and fails
+ * naming the timer when there is none.
+ */
+export function onTimer(key, name, at) {
+  if (timerOperator !== null && !timerOperator.ready()) throw 'on-timer called before init';
+  if (timerOperator === null || timerOperator.onTimer === null) {
+    throw `timer \`${name}\` of key \`${key}\` fired, but this operator does not handle timers (give \`operator()\` an \`onTimer(timer, settings)\`)`;
+  }
+  try {
+    timerOperator.onTimer(new Timer(key, name, s64(at)));
+  } catch (e) {
+    throw reason(e);
+  }
+}
+
+// ---------------------------------------------------------------------------
 // The batched fast path (`handle-batch`)
 //
 // The host hands the operator many events at once, with the single values
@@ -1904,8 +2017,11 @@ export function handleBatch(input) {
 /**
  * Defines the operator. `init(config)` runs once per instance with a Config
  * and may return anything (settings); `handle(event, settings)` runs per
- * event. Throw (a string or an Error) to refuse the config or to send the
- * event to the dead-letter output; its state writes and emits are dropped.
+ * event; `onTimer(timer, settings)` (optional) runs when a timer the
+ * operator set fires, with a `Timer` (`key`, `name`, `at`). Throw (a string
+ * or an Error) to refuse the config or to send the event (or the firing) to
+ * the dead-letter output; its state writes, timer changes and emits are
+ * dropped.
  *
  *   export const { init, handle } = operator({ init(config) {...}, handle(event, s) {...} });
  */
@@ -1934,6 +2050,10 @@ export function operator(def) {
   batchOperator = {
     ready: () => ready,
     handle: (event) => def.handle(event, settings),
+  };
+  timerOperator = {
+    ready: () => ready,
+    onTimer: def.onTimer ? (timer) => def.onTimer(timer, settings) : null,
   };
   return exports;
 }

@@ -41,14 +41,27 @@ Raise `eddy.Error("reason")` (or any exception) from `handle` to reject the
 event: none of its state writes or emits take effect and the event goes to
 the dead-letter output with the reason. From `init`, it refuses the config.
 
-Built for world `batched-operator` (`eddy build --world batched-operator`;
-`eddy build` builds Python operators for `operator` by default, where the
-per-event path measures faster), the component also exports the batched
-entry point `handle-batch`: `handle` then runs on each event of a batch,
-`Value` reads are served from the batch and writes and emits are kept per
-event, with the same results as one call per event. An event that uses
-`Map`, `List` or `clear_key` goes back to the host, which runs it and the
-rest per event.
+Built for world `batched-timer-operator` (`eddy build --world
+batched-timer-operator`; `eddy build` builds Python operators for
+`timer-operator` by default, where the per-event path measures faster), the
+component also exports the batched entry point `handle-batch`: `handle` then
+runs on each event of a batch, `Value` reads are served from the batch and
+writes and emits are kept per event, with the same results as one call per
+event. An event that uses `Map`, `List`, `clear_key` or `timers` goes back
+to the host, which runs it and the rest per event.
+
+Event-time timers (`eddy.timers`): `timers.set("timeout", at)` sets timer
+`timeout` of the current key, replacing a pending one of that name; once the
+watermark is past `at` (or a file input ends), the host calls the operator's
+`on_timer(self, timer)` with an `eddy.Timer` (`key`, `name`, `at`), where
+state, timer and emit calls act on `timer.key`:
+
+    class Tracking:
+        def handle(self, event):
+            eddy.timers.set("delay", event.time + 60_000)
+
+        def on_timer(self, timer):
+            eddy.emit(timer.key, {"delayed_since": timer.at - 60_000})
 """
 
 import dataclasses
@@ -62,10 +75,11 @@ try:  # present inside the component (componentize-py generates it)
     from wit_world.imports import log as _wit_log
     from wit_world.imports import output as _wit_output
     from wit_world.imports import state as _wit_state
+    from wit_world.imports import timers as _wit_timers
     from wit_world.imports import types as _wit_types
 except ImportError:  # plain CPython, e.g. to test `dumps`
-    _Err = _wit_log = _wit_output = _wit_state = _wit_types = None
-try:  # the batched worlds (`batched-operator`, `full-operator`) only
+    _Err = _wit_log = _wit_output = _wit_state = _wit_timers = _wit_types = None
+try:  # the batched worlds (`batched-operator`, `batched-timer-operator`, ...) only
     from wit_world.imports import batch as _wit_batch
 except ImportError:
     _wit_batch = None
@@ -77,7 +91,7 @@ _output = _wit_output
 
 __all__ = [
     "Error", "Event", "Config", "Value", "Map", "List",
-    "emit", "emit_raw", "clear_key", "config", "log",
+    "emit", "emit_raw", "clear_key", "config", "log", "timers", "Timer",
     "dumps", "loads", "decode", "number", "export", "i64", "u64", "u32",
 ]
 
@@ -794,6 +808,94 @@ class log:
         _wit_log.log(_wit_types.Level.ERROR, str(message))
 
 
+# ---- timers ------------------------------------------------------------------
+
+
+class Timer:
+    """A timer that fired, as `on_timer(self, timer)` receives it: `key` (the
+    key it belongs to: state, timer and emit calls act on it), `name`, and
+    `at`, the event time it was set for (the watermark is past it)."""
+
+    __slots__ = ("key", "name", "at")
+
+    def __init__(self, key, name, at):
+        self.key = key
+        self.name = name
+        self.at = at
+
+    def __repr__(self):
+        return f"Timer(key={self.key!r}, name={self.name!r}, at={self.at!r})"
+
+
+def _timer_call():
+    """Timer calls are served on the per-event path: during a batch they
+    hand the event to it (as map and list calls do)."""
+    if _state is not _wit_state:
+        _state.stop()
+
+
+class timers:
+    """Named event-time timers of the current key, and the watermark
+    (`wit/timers.wit`).
+
+    A name holds one pending time: a timeout is `timers.set("timeout", t)`,
+    and setting it again replaces it. Once the watermark (the largest event
+    time read so far minus the pipeline's `max_out_of_order`) is past `t`,
+    or a file input has ended, the host calls the operator's
+    `on_timer(self, timer)`. Timer changes, like state writes, take effect
+    only when the call that made them succeeds. Calling these in `init`
+    traps (no key is current)."""
+
+    @staticmethod
+    def set(name, at):
+        """Sets timer `name` of the current key to fire at event time `at`
+        (an int), replacing the pending one of that name. A time the
+        watermark already passed fires at its next advance."""
+        if isinstance(at, bool) or not isinstance(at, int):
+            raise Error(f"timers.set({name!r}): the time must be an int, got {at!r}")
+        if not -(1 << 63) <= at < (1 << 63):
+            raise Error(f"timers.set({name!r}): the time {at} does not fit 64 bits")
+        _timer_call()
+        _wit_timers.set(name, int(at))
+
+    @staticmethod
+    def clear(name):
+        """Cancels timer `name`; returns whether one was pending."""
+        _timer_call()
+        return _wit_timers.clear(name)
+
+    @staticmethod
+    def get(name):
+        """When timer `name` of the current key fires (an int), or None
+        when none is pending."""
+        _timer_call()
+        return _wit_timers.get(name)
+
+    @staticmethod
+    def list():
+        """Every pending timer of the current key as `(name, at)` pairs,
+        sorted by name."""
+        _timer_call()
+        return [(t.name, t.at) for t in _wit_timers.list()]
+
+    @staticmethod
+    def watermark():
+        """The watermark: every event that is not late has a time at least
+        this. -2**63 before the first event with a time (and when the
+        pipeline names no time field), 2**63 - 1 once a file input ended."""
+        _timer_call()
+        return _wit_timers.watermark()
+
+    @staticmethod
+    def late():
+        """Whether the event being handled is late: only ever true under
+        `[source.watermark] late = "deliver"`, in `handle` of the first
+        operator (a late event is never in a batch)."""
+        if _state is not _wit_state:
+            return False
+        return _wit_timers.late()
+
+
 # ---- the batched fast path --------------------------------------------------
 
 
@@ -1008,8 +1110,10 @@ def export(cls):
 
     `init` makes one `cls()` and calls its `init(config)`; `handle` calls its
     `handle(event)`, and `handle_batch` (the batched fast path) calls it on
-    each event of a batch. An exception from either becomes the `err`
-    result (for `handle_batch`: that event's `failed` outcome)."""
+    each event of a batch; `on_timer` (a timer fired) calls its
+    `on_timer(timer)` with an `eddy.Timer`, and fails naming the timer when
+    the class defines none. An exception from any becomes the `err` result
+    (for `handle_batch`: that event's `failed` outcome)."""
     import wit_world
 
     instance = []
@@ -1031,6 +1135,21 @@ def export(cls):
                 raise _Err("handle called before init")
             try:
                 instance[0].handle(Event(event.key, event.value, event.time))
+            except Exception as e:
+                raise _Err(_reason(e))
+
+        def on_timer(self, key, name, at):
+            if not instance:
+                raise _Err("on-timer called before init")
+            op = instance[0]
+            handler = getattr(op, "on_timer", None)
+            if handler is None:
+                raise _Err(
+                    f"timer `{name}` of key `{key}` fired, but this operator does not "
+                    "handle timers (define `on_timer(self, timer)`)"
+                )
+            try:
+                handler(Timer(key, name, at))
             except Exception as e:
                 raise _Err(_reason(e))
 

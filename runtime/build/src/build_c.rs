@@ -10,7 +10,8 @@
 //! 3. **clang**: compile and link the operator's sources with the bindings
 //!    into a `wasm32-wasi` (WASI preview 1) *reactor* core module, with
 //!    `EDDY_HANDLE_BATCH` defined when the world exports `handle-batch`
-//!    (eddy.h then implements it);
+//!    and `EDDY_ON_TIMER` when it exports `on-timer` (eddy.h then
+//!    implements them);
 //! 4. **component**: turn the core module into a component, adapting its
 //!    preview 1 imports to WASI preview 2 with the reactor adapter, and write
 //!    it to `out`.
@@ -56,10 +57,15 @@ pub fn build_c(
     let world_id = resolve
         .select_world(&[pkg], Some(world))
         .with_context(|| format!("wit: no world `{world}` in {}", wit_dir.display()))?;
-    let batched = resolve.worlds[world_id]
-        .exports
-        .keys()
-        .any(|k| matches!(k, wit_parser::WorldKey::Name(n) if n == "handle-batch"));
+    let exports = |name: &str| {
+        resolve.worlds[world_id]
+            .exports
+            .keys()
+            .any(|k| matches!(k, wit_parser::WorldKey::Name(n) if n == name))
+    };
+    let batched = exports("handle-batch");
+    let on_timer = exports("on-timer");
+    share_anonymous_types(&mut resolve, world_id);
 
     // 2. Bindings.
     let tmp = tempfile::Builder::new()
@@ -71,8 +77,8 @@ pub fn build_c(
     let mut files = wit_bindgen_core::Files::default();
     // Whatever the world, the bindings are named after `operator`
     // (`operator.h`, `operator_string_t`, `exports_operator_handle`), so
-    // eddy.h serves every world; it exports `handle-batch` when the world
-    // has it.
+    // eddy.h serves every world; it exports `handle-batch` and `on-timer`
+    // when the world has them.
     wit_bindgen_c::Opts {
         rename_world: Some("operator".into()),
         ..Default::default()
@@ -101,6 +107,10 @@ pub fn build_c(
     if batched {
         // eddy.h then exports `handle-batch` too.
         cmd.arg("-DEDDY_HANDLE_BATCH=1");
+    }
+    if on_timer {
+        // eddy.h then exports `on-timer`, calling `eddy_on_timer`.
+        cmd.arg("-DEDDY_ON_TIMER=1");
     }
     if let Some(sysroot) = wasi_sysroot()? {
         cmd.arg(format!("--sysroot={}", sysroot.display()));
@@ -151,6 +161,39 @@ pub fn build_c(
     std::fs::write(out, component)
         .with_context(|| format!("component: cannot write {}", out.display()))?;
     Ok(())
+}
+
+/// Makes the world's functions share one type for equal anonymous types.
+///
+/// wit-bindgen-c names an anonymous type by its structure
+/// (`operator_result_void_string_t`), so a world that includes another and
+/// declares a function of its own with the same anonymous type (`on-timer`
+/// of `timer-operator` returns the `result<_, string>` that `init` and
+/// `handle` of the included `operator` do, but as a type of its own) would
+/// get that C type defined twice. Pointing every world-level function at
+/// the first of equal anonymous types changes nothing else: the types are
+/// the same structure.
+fn share_anonymous_types(resolve: &mut wit_parser::Resolve, world: wit_parser::WorldId) {
+    use wit_parser::{Type, WorldItem};
+    let types = &resolve.types;
+    let world = &mut resolve.worlds[world];
+    let mut seen: Vec<wit_parser::TypeId> = Vec::new();
+    for item in world.imports.values_mut().chain(world.exports.values_mut()) {
+        let WorldItem::Function(f) = item else {
+            continue;
+        };
+        let params = f.params.iter_mut().map(|p| &mut p.ty);
+        for ty in params.chain(f.result.iter_mut()) {
+            let Type::Id(id) = *ty else { continue };
+            if types[id].name.is_some() {
+                continue;
+            }
+            match seen.iter().find(|&&s| types[s].kind == types[id].kind) {
+                Some(&first) => *ty = Type::Id(first),
+                None => seen.push(id),
+            }
+        }
+    }
 }
 
 /// Finds clang: `$CLANG`, else `clang`, else `clang-19` down to `clang-14`

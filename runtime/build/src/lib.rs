@@ -43,14 +43,17 @@ pub const JS_SDK: &str = include_str!("../../../sdk/js/eddy.js");
 pub const C_SDK: &str = include_str!("../../../sdk/c/eddy.h");
 
 /// The world `eddy build` builds an operator in `lang` against when
-/// `--world` is not given: `batched-operator` (the SDK's `handle-batch`)
-/// for JavaScript and C, where the batched path is faster; `operator`
-/// (per-event `handle` only) for Python, where it is not (measured in
-/// docs/performance.md). Rust operators choose theirs through the SDK.
+/// `--world` is not given: `batched-timer-operator` (the SDK's
+/// `handle-batch` and timer handler) for JavaScript and C, where the
+/// batched path is faster; `timer-operator` (per-event `handle` and the
+/// timer handler) for Python, where it is not (measured in
+/// docs/performance.md). Every SDK exports `on-timer` in these worlds,
+/// answering a timer with an error when the operator defines no handler,
+/// as the Rust SDK does. Rust operators choose theirs through the SDK.
 pub fn default_world(lang: Lang) -> &'static str {
     match lang {
-        Lang::Js | Lang::C => "batched-operator",
-        Lang::Python | Lang::Rust => "operator",
+        Lang::Js | Lang::C => "batched-timer-operator",
+        Lang::Python | Lang::Rust => "timer-operator",
     }
 }
 
@@ -89,11 +92,13 @@ pub struct BuildArgs {
     /// The source language, when the directory holds more than one.
     #[arg(long)]
     pub lang: Option<Lang>,
-    /// The world to build against [default: `batched-operator` for
-    /// JavaScript and C, `operator` for Python]. The Python, JavaScript and
-    /// C SDKs implement `batched-operator`: `init`, `handle` and the
-    /// batched fast path `handle-batch`; `operator` leaves `handle-batch`
-    /// out (in Python the per-event path is the faster one).
+    /// The world to build against [default: `batched-timer-operator` for
+    /// JavaScript and C, `timer-operator` for Python]. The Python,
+    /// JavaScript and C SDKs implement `batched-timer-operator`: `init`,
+    /// `handle`, the batched fast path `handle-batch` and the timer handler
+    /// `on-timer`; `timer-operator` leaves `handle-batch` out (in Python the
+    /// per-event path is the faster one); `batched-operator` and `operator`
+    /// leave `on-timer` out too (such a component cannot set timers).
     /// `full-operator` adds `migrate`, which the operator must then export
     /// itself; `migrating-operator` is `operator` with `migrate`. Rust
     /// operators choose theirs through the SDK.
@@ -457,20 +462,32 @@ fn js(dir: &Path, world: &str, out: &Path) -> Result<()> {
             .with_context(|| format!("copying {}", f.display()))?;
     }
     let main = Path::new("op").join(main.file_name().unwrap());
-    // The world's `handle-batch` is eddy.js's `handleBatch`, which runs the
-    // handler the operator module gave `operator()`: an entry module
-    // re-exports both, so the operator's source stays as it is.
-    let entry = if world_exports(&tmp.path().join("wit"), world, "handle-batch")? {
+    // The world's `handle-batch` and `on-timer` are eddy.js's `handleBatch`
+    // and `onTimer`, which run the handlers the operator module gave
+    // `operator()`: an entry module re-exports the module and those, so the
+    // operator's source stays as it is (an explicit export wins over the
+    // same name from `export *`).
+    let wit_dir = tmp.path().join("wit");
+    let sdk_exports: Vec<&str> = [("handle-batch", "handleBatch"), ("on-timer", "onTimer")]
+        .into_iter()
+        .filter_map(|(wit, js)| match world_exports(&wit_dir, world, wit) {
+            Ok(true) => Some(Ok(js)),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_>>()?;
+    let entry = if sdk_exports.is_empty() {
+        main
+    } else {
         std::fs::write(
             tmp.path().join("main.js"),
             format!(
-                "export * from './op/{}';\nexport {{ handleBatch }} from './eddy.js';\n",
-                main.file_name().unwrap().to_string_lossy()
+                "export * from './op/{}';\nexport {{ {} }} from './eddy.js';\n",
+                main.file_name().unwrap().to_string_lossy(),
+                sdk_exports.join(", ")
             ),
         )?;
         PathBuf::from("main.js")
-    } else {
-        main
     };
     let mut cmd = Command::new(tool);
     cmd.current_dir(tmp.path())

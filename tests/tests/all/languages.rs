@@ -4,9 +4,11 @@
 //! the Python one mid-stream keeps its counts.
 //!
 //! Each SDK has the batched fast path (`handle-batch`, world
-//! `batched-operator`, what `eddy build` builds JavaScript and C operators
-//! for) and the per-event path alone (world `operator`, Python's default):
-//! every twin is checked on both. The `faulty` twins
+//! `batched-timer-operator`, what `eddy build` builds JavaScript and C
+//! operators for) and the per-event path alone (world `timer-operator`,
+//! Python's default): every twin is checked on its default and on the other
+//! path in a world without the timer handler (`operator`,
+//! `batched-operator`). Timers in each SDK are checked in `languages_time`. The `faulty` twins
 //! (`tests/fixtures/{python,js,c}/faulty`, after the Rust
 //! `tests/fixtures/faulty`) check the batched path's corner cases against
 //! Rust byte for byte and assert that they ran batched: events that fail in
@@ -34,7 +36,7 @@ fn repo() -> PathBuf {
 }
 
 /// The sources of operator `op` in `lang`: the examples in `plugins/`, the
-/// test operators (`faulty`) in `tests/fixtures/`.
+/// test operators (`faulty`, `delay`, `untimed`) in `tests/fixtures/`.
 fn source_dir(lang: Lang, op: &str) -> PathBuf {
     let sub = match lang {
         Lang::Python => "python",
@@ -43,7 +45,7 @@ fn source_dir(lang: Lang, op: &str) -> PathBuf {
         Lang::Rust => unreachable!("the Rust operators are built by build.rs"),
     };
     let root = match op {
-        "faulty" => repo().join("tests").join("fixtures"),
+        "faulty" | "delay" | "untimed" => repo().join("tests").join("fixtures"),
         _ => repo().join("plugins"),
     };
     root.join(sub).join(op)
@@ -53,7 +55,7 @@ fn source_dir(lang: Lang, op: &str) -> PathBuf {
 /// the `eddy build` command, for `world` (`None`: `eddy build`'s default
 /// for the language); `None` (after saying why) when the language's
 /// toolchain is missing and this is not CI.
-fn built(lang: Lang, op: &str, world: Option<&str>) -> Option<String> {
+pub(crate) fn built(lang: Lang, op: &str, world: Option<&str>) -> Option<String> {
     /// (language, operator, world) -> component path.
     type Built = HashMap<(String, String, String), String>;
     static BUILT: OnceLock<Mutex<Built>> = OnceLock::new();
@@ -135,11 +137,13 @@ fn run_one(
     dir
 }
 
-/// The world that `lang`'s SDK does not get by default: the SDKs
-/// implement both, and every language's twins are checked on both.
+/// The path that `lang`'s SDK does not get by default (per event or
+/// batched), in a world without `on-timer`: the SDKs implement every
+/// world, and every language's twins are checked on the default (with the
+/// timer handler) and this one.
 fn other_world(lang: Lang) -> &'static str {
     match build::default_world(lang) {
-        "operator" => "batched-operator",
+        "timer-operator" => "batched-operator",
         _ => "operator",
     }
 }
@@ -148,7 +152,7 @@ fn other_world(lang: Lang) -> &'static str {
 /// (`None`: the default does).
 fn batched_world(lang: Lang) -> Option<&'static str> {
     match build::default_world(lang) {
-        "batched-operator" => None,
+        "batched-timer-operator" => None,
         _ => Some("batched-operator"),
     }
 }
@@ -326,7 +330,7 @@ fn check_faulty(lang: Lang) {
     same_as_rust(lang, "faulty", FAULTY, &faulty_input(), |_| {});
 }
 
-/// `op`'s component in `lang` built for `batched-operator` (by default for
+/// `op`'s component in `lang` built with `handle-batch` (by default for
 /// JavaScript and C, with `--world batched-operator` for Python) exports
 /// `handle-batch`. For the counter and the `faulty` twin, handling their
 /// test input in-process (as a worker does) takes the batched path: for

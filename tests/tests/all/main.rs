@@ -21,6 +21,9 @@ mod swap;
 mod cli;
 // Operators in Python, JavaScript and C against the Rust ones.
 mod languages;
+// Timers in the Python, JavaScript and C SDKs: the same package-delay
+// output as Rust.
+mod languages_time;
 // The control socket: owner only, and hardened against abusive clients.
 mod harden_control;
 // The HTTP control plane: /metrics against the counts, /state/.. as of the
