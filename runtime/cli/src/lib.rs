@@ -90,6 +90,37 @@ fn init_logs(level: Option<&str>, format: LogFormat) -> Result<()> {
     Ok(())
 }
 
+/// Compact a stopped pipeline's state directory: give the space of
+/// deleted and expired state back to the file system (`state.redb` grows
+/// as state does and reuses freed space, but never shrinks by itself).
+#[derive(Args)]
+struct CompactArgs {
+    /// The state directory (no pipeline may be running on it).
+    #[arg(long, value_name = "DIR")]
+    state: PathBuf,
+}
+
+/// Runs `eddy compact`.
+fn compact(a: CompactArgs) -> Result<()> {
+    if !a.state.join("state.redb").is_file() {
+        anyhow::bail!("{}: no state there (no state.redb)", a.state.display());
+    }
+    let file = a.state.join("state.redb");
+    let before = std::fs::metadata(&file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .len();
+    let store = eddy_runtime::Store::open(&a.state)?;
+    let after = store.compact()?;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "compacted {}: {:.1} MiB -> {:.1} MiB",
+        file.display(),
+        mib(before),
+        mib(after)
+    );
+    Ok(())
+}
+
 #[derive(Subcommand)]
 enum Command {
     Run(RunArgs),
@@ -112,6 +143,7 @@ enum Command {
     Kafka(kafka::KafkaArgs),
     New(new::NewArgs),
     State(state::StateArgs),
+    Compact(CompactArgs),
     Completions(CompletionsArgs),
     Man(ManArgs),
 }
@@ -338,6 +370,7 @@ pub fn main() -> ExitCode {
         Command::BenchLangs(args) => bench_langs::run(args),
         Command::BenchKafka(args) => bench_kafka::run(args),
         Command::BenchCache(args) => bench_cache::run(args),
+        Command::Compact(args) => compact(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Kafka(args) => kafka::run(args),
         Command::New(args) => new::run(args),

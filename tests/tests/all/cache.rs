@@ -3,6 +3,7 @@
 //! still counted exactly, per-key order holds, and so across `kill -9`
 //! and restart and across a hot swap whose migration meets evicted keys.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -287,4 +288,74 @@ fn a_full_disk_during_a_checkpoint_fails_clearly_and_a_restart_resumes_exactly()
     }
     assert_counter_state(std::path::Path::new(state), &expected);
     assert_outputs_once(dir.path(), &events);
+}
+
+#[test]
+fn eddy_compact_gives_the_space_of_deleted_state_back() {
+    use eddy_runtime::{Checkpoint, StateWrite, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("st");
+    // 20,000 keys of 2 KiB, then all but 100 deleted (as expired state
+    // is): the file keeps its size until compacted.
+    let record = |i: usize| {
+        let mut e = eddy_runtime::Entity::default();
+        let mut undo = Vec::new();
+        e.set(0, &vec![(i % 251) as u8; 2048], &mut undo);
+        let mut buf = Vec::new();
+        e.encode_tagged(0, &["blob".into()], &mut buf);
+        buf
+    };
+    {
+        let store = Store::open(&state).unwrap();
+        let op: std::sync::Arc<str> = "op".into();
+        let write = |i: usize, keep: bool| StateWrite {
+            operator: op.clone(),
+            key: format!("key-{i:05}").into(),
+            record: keep.then(|| record(i)),
+        };
+        store
+            .commit(&Checkpoint {
+                writes: (0..20_000).map(|i| write(i, true)).collect(),
+                ..Default::default()
+            })
+            .unwrap();
+        store
+            .commit(&Checkpoint {
+                writes: (100..20_000).map(|i| write(i, false)).collect(),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    let file = state.join("state.redb");
+    let before = std::fs::metadata(&file).unwrap().len();
+    assert!(before > 40 << 20, "{before}");
+    let o = eddy_in(&["compact", "--state", "st"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.starts_with(&format!(
+            "compacted {}: ",
+            Path::new("st").join("state.redb").display()
+        )),
+        "{out}"
+    );
+    let after = std::fs::metadata(&file).unwrap().len();
+    assert!(after < before / 10, "{before} -> {after}");
+    // What was kept is all there.
+    let store = Store::open(&state).unwrap();
+    let kept = store.scan("op").unwrap();
+    assert_eq!(kept.len(), 100);
+    for (i, (k, r)) in kept.iter().enumerate() {
+        assert_eq!(k, &format!("key-{i:05}"));
+        assert_eq!(r, &record(i));
+    }
+    drop(store);
+    // Not on a directory without state, nor under a running pipeline.
+    let o = eddy_in(&["compact", "--state", "nothing"], dir.path());
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("nothing: no state there (no state.redb)"),
+        "{}",
+        stderr(&o)
+    );
 }

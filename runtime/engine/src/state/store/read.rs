@@ -98,3 +98,31 @@ impl Reader {
         Ok(record)
     }
 }
+
+impl Store {
+    /// Size of `state.redb` in bytes.
+    pub fn file_size(&self) -> Result<u64, StoreError> {
+        std::fs::metadata(self.dir.join(DB_FILE))
+            .map(|m| m.len())
+            .map_err(|error| StoreError::Io {
+                dir: self.dir.clone(),
+                error,
+            })
+    }
+
+    /// Compacts `state.redb`: moves live pages to the front and gives the
+    /// space freed by deleted and expired state back to the file system.
+    /// Only on a store nothing else uses (no reader, no other clone: a
+    /// stopped pipeline's directory); returns the file's size after.
+    pub fn compact(mut self) -> Result<u64, StoreError> {
+        let dir = self.dir.clone();
+        let Some(db) = Arc::get_mut(&mut self.db) else {
+            return Err(StoreError::Locked { dir });
+        };
+        guard(&dir, || {
+            while db.compact().map_err(|e| db_err(&dir, e))? {}
+            Ok(())
+        })?;
+        self.file_size()
+    }
+}
