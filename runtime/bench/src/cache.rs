@@ -53,6 +53,9 @@ pub struct BenchCacheArgs {
     /// with the keys: several GiB for 10 million).
     #[arg(long)]
     pub unbounded_many: bool,
+    /// Run only the checkpoint case.
+    #[arg(long)]
+    pub checkpoint_only: bool,
 }
 
 /// What one `eddy run` did.
@@ -201,6 +204,9 @@ pub fn run(a: BenchCacheArgs) -> Result<()> {
     }
     let workers = a.workers.unwrap_or_else(eddy_runtime::default_workers);
     let dir = tempfile::tempdir()?;
+    if a.checkpoint_only {
+        return checkpoint_case(&a, dir.path());
+    }
     println!(
         "bench-cache: keyed counter, {} events a case, {workers} workers, each case a separate `eddy run` (peak RSS of the whole process)",
         a.events

@@ -482,7 +482,8 @@ impl OpCtx {
             let record = if slot.entity.is_empty() {
                 None
             } else {
-                let mut buf = Vec::new();
+                // `size` is the record's exact length: one allocation.
+                let mut buf = Vec::with_capacity(slot.size);
                 slot.entity
                     .encode_tagged(slot.generation, &self.names, &mut buf);
                 Some(buf)
