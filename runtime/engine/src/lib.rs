@@ -63,8 +63,9 @@ pub use config::{
 };
 pub use operator::{
     cap_reason, engine, engine_with, load_operators, Cache, CacheError, Compiled, ComponentError,
-    Emits, EventRef, HandleError, HostError, InitError, Loaded, NativeCounter, NativeFactory,
-    OpCtx, Operator, OperatorKind, RunError, StartError, WasmComponent, WasmOperator, CONTRACT,
+    Emits, EventRef, HandleError, HostError, InitError, Limit, Loaded, NativeCounter,
+    NativeFactory, OpCtx, Operator, OperatorKind, RunError, StartError, WasmComponent,
+    WasmOperator, CONTRACT,
 };
 pub use operator::{fire_due, FireDone, TimerRef, TimerTable, TimerUse, END_ROUNDS, TTL_PREFIX};
 pub use operator::{Aggregate, WindowInfo, WindowOperator, WindowSum, WINDOW_STATE};

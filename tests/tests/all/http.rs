@@ -59,12 +59,20 @@ fn scrape(socket: &Path) -> HashMap<(String, String, String), f64> {
     assert_eq!(status, 200, "{text}");
     let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
     // The parser skips lines it cannot read: every sample line must have
-    // been read.
+    // been read (a histogram's bucket lines make one sample).
     let sample_lines = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .count();
-    assert_eq!(parsed.samples.len(), sample_lines, "{text}");
+    let read: usize = parsed
+        .samples
+        .iter()
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(h) => h.len(),
+            _ => 1,
+        })
+        .sum();
+    assert_eq!(read, sample_lines, "{text}");
     // Every family has its HELP and TYPE.
     for l in text.lines().filter(|l| l.starts_with("# TYPE ")) {
         let name = l.split(' ').nth(2).unwrap();
@@ -78,6 +86,21 @@ fn scrape(socket: &Path) -> HashMap<(String, String, String), f64> {
                 v
             }
             prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(buckets) => {
+                // Each bucket as `NAME_bucket/LE`, counts cumulative.
+                let mut last = 0.0;
+                for b in &buckets {
+                    assert!(b.count >= last, "{}: buckets not cumulative", s.metric);
+                    last = b.count;
+                    let key = (
+                        format!("{}_bucket/{}", s.metric, b.less_than),
+                        s.labels.get("operator").unwrap_or("").to_string(),
+                        s.labels.get("worker").unwrap_or("").to_string(),
+                    );
+                    assert!(out.insert(key, b.count).is_none(), "{} twice", s.metric);
+                }
+                continue;
+            }
             other => panic!("{}: {other:?}", s.metric),
         };
         let label = |k: &str| s.labels.get(k).unwrap_or("").to_string();
@@ -171,6 +194,88 @@ fn metrics_scraped_during_a_run_parse_as_prometheus_text_and_equal_the_counts() 
     assert_eq!(one("eddy_checkpoint_failures_total"), 0.0);
     let summary = r.stop();
     assert_eq!(summary.operators[0].handled, 300);
+}
+
+/// CPU-limit and memory-limit hits are counted apart (exactly the events
+/// that broke each limit), the handling-latency histogram and the input
+/// stalls show where time went, and the state directory's size is its
+/// files'.
+#[test]
+fn metrics_count_limit_hits_and_show_handling_latency_input_stalls_and_state_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let mut p = pipeline(dir.path(), &input, &[("faulty", eddy_tests::FAULTY)], 2);
+    p.operators[0].limits.max_call_ms = 200;
+    p.operators[0].limits.max_memory = 16 << 20;
+    let state = p.state_dir.clone();
+    let r = Running::start(p);
+    let socket = control::socket_path(&state);
+    // 300 events: 6 loop forever, 6 allocate without bound, 6 trap.
+    let mut text = String::new();
+    for i in 0..300 {
+        let action = match i % 50 {
+            7 => ",\"action\":\"loop\"",
+            31 => ",\"action\":\"alloc\"",
+            40 => ",\"action\":\"trap\"",
+            _ => "",
+        };
+        text += &format!("{{\"key\":\"k{}\"{action}}}\n", i % 13);
+    }
+    feed(&input, &text, 50);
+    r.wait_handled(0, 300);
+    // A checkpoint since.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scrape(&socket)[&(
+        "eddy_checkpoint_duration_seconds_count".to_string(),
+        String::new(),
+        String::new(),
+    )] < 1.0
+    {
+        assert!(Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let size = || {
+        let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+        let components: u64 = std::fs::read_dir(state.join("components"))
+            .unwrap()
+            .map(|e| len(&e.unwrap().path()))
+            .sum();
+        len(&state.join("state.redb")) + components
+    };
+    let before = size();
+    let m = scrape(&socket);
+    let after = size();
+    let one = |name: &str| m[&(name.to_string(), String::new(), String::new())];
+    assert_eq!(total(&m, "eddy_cpu_limit_hits_total", "faulty"), 6.0);
+    assert_eq!(total(&m, "eddy_memory_limit_hits_total", "faulty"), 6.0);
+    assert_eq!(total(&m, "eddy_events_failed_total", "faulty"), 18.0);
+    assert_eq!(total(&m, "eddy_events_handled_total", "faulty"), 282.0);
+
+    // Every loop costs its 200 ms budget inside some run of events.
+    let op = |name: &str| m[&(name.to_string(), "faulty".to_string(), String::new())];
+    let runs = op("eddy_handling_duration_seconds_count");
+    assert!((1.0..=300.0).contains(&runs), "{runs} runs");
+    assert_eq!(op("eddy_handling_duration_seconds_bucket/inf"), runs);
+    assert!(op("eddy_handling_duration_seconds_sum") >= 1.2);
+    assert!(op("eddy_handling_duration_seconds_bucket/0.1") < runs);
+    assert!(op("eddy_handling_duration_seconds_bucket/0.00001") <= runs);
+
+    // Every checkpoint stalled the input for a while, the longest no
+    // longer than all of them.
+    let stalls = one("eddy_input_stall_seconds_count");
+    assert!(stalls >= one("eddy_checkpoint_duration_seconds_count"));
+    assert!(stalls >= 1.0);
+    let max = one("eddy_input_stall_max_seconds");
+    assert!(max > 0.0 && max <= one("eddy_input_stall_seconds_sum"));
+
+    let state_size = one("eddy_state_directory_size_bytes");
+    assert!(
+        before as f64 <= state_size && state_size <= after as f64,
+        "{before} <= {state_size} <= {after}"
+    );
+    r.stop();
 }
 
 /// The counter's state of `key` as `/state` shows it.

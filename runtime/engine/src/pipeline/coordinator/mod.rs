@@ -425,6 +425,9 @@ impl Coordinator {
     /// Makes a checkpoint: a consistent cut of state, input position and
     /// output lengths, committed by the committer thread.
     fn checkpoint(&mut self) -> Result<()> {
+        // The input stands still from here to the commit's submit
+        // (`/metrics`).
+        let stalled = Instant::now();
         self.flush_batches()?;
         self.wait_inflight(|n| n == 0)?;
         let mut cp = Checkpoint::default();
@@ -516,6 +519,7 @@ impl Coordinator {
             }
             acks = std::mem::take(&mut self.swaps_unchecked);
         }
+        self.live.checkpoints.stalled(stalled.elapsed());
         self.writer.submit(cp, acks)?;
         self.summary.checkpoints += 1;
         self.since_checkpoint = 0;

@@ -107,6 +107,23 @@ impl Store {
         done
     }
 
+    /// Bytes of the state directory's own files now: the database and the
+    /// kept components (what a snapshot copies; files that cannot be read
+    /// count 0).
+    pub fn size_bytes(&self) -> u64 {
+        let len = |p: &Path| std::fs::symlink_metadata(p).map_or(0, |m| m.len());
+        let components = std::fs::read_dir(self.dir.join(COMPONENTS_DIR))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .map(|e| len(&e.path()))
+                    .sum()
+            })
+            .unwrap_or(0);
+        len(&self.dir.join(DB_FILE)) + components
+    }
+
     fn copy_into(&self, dest: &Path) -> Result<SnapshotReport, SnapshotError> {
         let dir = &self.dir;
         let failed = |reason: String| SnapshotError::Failed {
