@@ -111,6 +111,9 @@ pub struct OpCtx {
     reader: Option<Reader>,
     /// The slot of the key being processed.
     current: Option<u32>,
+    /// Lines logged during the `handle-batch` call under way (`None`: no
+    /// such call): dropped there; the batch is replayed per event (`log.rs`).
+    pub(crate) batch_logs: Option<u32>,
     /// Undo journal of the current event.
     undo: Vec<Undo>,
     /// Emits of the current event.
@@ -164,6 +167,7 @@ impl OpCtx {
             dirty: Vec::new(),
             reader,
             current: None,
+            batch_logs: None,
             undo: Vec::new(),
             emits: Emits::default(),
             held: 0,
