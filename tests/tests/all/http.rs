@@ -793,3 +793,145 @@ fn eddy_run_http_serves_the_control_plane_on_tcp_and_says_where() {
     drop(lines);
     assert_eq!(handled, 40);
 }
+
+/// A bounded flood of control requests on loopback (four clients, each a
+/// loop of 400 requests on new TCP connections: status, metrics, state
+/// reads and scans, and requests that are refused) while the pipeline
+/// reads a growing input: every request is answered with what it asked
+/// for, the state a client sees never goes back, and the pipeline
+/// finishes with exactly the counter's results.
+#[test]
+fn a_flood_of_control_requests_on_loopback_is_answered_while_the_pipeline_finishes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let mut p = pipeline(dir.path(), &input, &[("counter", COUNTER)], 2);
+    p.follow = true;
+    p.checkpoint_interval = Duration::from_millis(50);
+    p.http = Some(eddy_runtime::HttpListen {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        public: false,
+        token_file: None,
+    });
+    let engine = engine().unwrap();
+    let ops = load_operators(&engine, &p).unwrap();
+    let running = eddy_runtime::start(&p, ops, &Shutdown::new()).unwrap();
+    let addr = running.started().http.expect("a TCP address");
+    let token = std::fs::read_to_string(dir.path().join("state").join(control::TOKEN_FILE))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (events, text) = counter_events(60_000, 50, 23);
+
+    let feeder = {
+        let input = input.clone();
+        // 1,200 pieces, a millisecond apart: longer than the flood.
+        std::thread::spawn(move || feed(&input, &text, 50))
+    };
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                let get = |path: &str| {
+                    let conn = std::net::TcpStream::connect(addr).unwrap();
+                    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    get_on(conn, path, Some(&token))
+                };
+                // Per key, the count last seen: a later checkpoint never
+                // shows less.
+                let mut seen: HashMap<String, u64> = HashMap::new();
+                let mut answered = 0;
+                // Answers of /status that came while events were still
+                // arriving.
+                let mut mid_stream = 0;
+                for i in 0..400usize {
+                    let key = format!("user-{}", (i * 7 + c) % 50);
+                    let path = match i % 8 {
+                        0 => "/status".to_string(),
+                        1 => "/metrics".to_string(),
+                        2 => "/state/counter?limit=100".to_string(),
+                        3 => "/state/nobody/user-1".to_string(),
+                        4 => "/state/counter?limit=x".to_string(),
+                        _ => format!("/state/counter/{key}"),
+                    };
+                    let (status, body) = get(&path);
+                    match i % 8 {
+                        0 => {
+                            assert_eq!(status, 200, "{path}: {body}");
+                            let s: Value = serde_json::from_str(&body).unwrap();
+                            assert_eq!(s["operators"][0]["name"], "counter");
+                            if s["lines_read"].as_u64().unwrap() < 60_000 {
+                                mid_stream += 1;
+                            }
+                        }
+                        1 => {
+                            assert_eq!(status, 200, "{path}: {body}");
+                            assert!(body.contains("eddy_events_handled_total{"), "{body}");
+                        }
+                        2 => {
+                            // Before the first checkpoint there is no state.
+                            assert!(status == 200 || status == 404, "{path}: {body}");
+                        }
+                        3 => assert_eq!(
+                            (status, serde_json::from_str::<Value>(&body).unwrap()),
+                            (
+                                404,
+                                json!({"error": "no operator named `nobody` in this pipeline (it runs: counter)"})
+                            ),
+                            "{path}"
+                        ),
+                        4 => {
+                            assert_eq!(status, 400, "{path}: {body}");
+                            assert!(body.contains("malformed query"), "{body}");
+                        }
+                        _ => match status {
+                            200 => {
+                                let v: Value = serde_json::from_str(&body).unwrap();
+                                let count = v["values"]["totals"]["count"].as_u64().unwrap();
+                                let last = seen.entry(key.clone()).or_default();
+                                assert!(count >= *last, "{key}: {count} after {last}");
+                                *last = count;
+                            }
+                            404 => assert!(
+                                !seen.contains_key(&key),
+                                "{key} had state, then none: {body}"
+                            ),
+                            _ => panic!("{path}: {status} {body}"),
+                        },
+                    }
+                    answered += 1;
+                }
+                (answered, mid_stream)
+            })
+        })
+        .collect();
+    let (answered, mid_stream) = clients
+        .into_iter()
+        .map(|c| c.join().unwrap())
+        .fold((0, 0), |(a, m), (b, n)| (a + b, m + n));
+    assert_eq!(answered, 1600);
+    println!("{mid_stream} of 200 status answers came while the input grew");
+    assert!(mid_stream > 0, "the flood did not meet a running pipeline");
+    feeder.join().unwrap();
+
+    // The pipeline went on: it handles every event, and its state is
+    // exactly the counter's.
+    let socket = control::socket_path(&dir.path().join("state"));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let s = get_json(&socket, "/status");
+        if s["operators"][0]["handled"].as_u64() == Some(events.len() as u64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stuck: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    running.stop();
+    let summary = running.wait().unwrap();
+    assert_eq!(summary.operators[0].handled, events.len() as u64);
+    assert_counter_state(&dir.path().join("state"), &reference(&events));
+    assert_eq!(
+        read_jsonl(&dir.path().join("out.jsonl")).len(),
+        events.len()
+    );
+}
