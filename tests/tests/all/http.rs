@@ -799,7 +799,8 @@ fn eddy_run_http_serves_the_control_plane_on_tcp_and_says_where() {
 /// reads and scans, and requests that are refused) while the pipeline
 /// reads a growing input: every request is answered with what it asked
 /// for, the state a client sees never goes back, and the pipeline
-/// finishes with exactly the counter's results.
+/// finishes with exactly the counter's results. A snapshot over TCP needs
+/// the token.
 #[test]
 fn a_flood_of_control_requests_on_loopback_is_answered_while_the_pipeline_finishes_exactly() {
     let dir = tempfile::tempdir().unwrap();
@@ -926,6 +927,34 @@ fn a_flood_of_control_requests_on_loopback_is_answered_while_the_pipeline_finish
         assert!(Instant::now() < deadline, "stuck: {s}");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A snapshot over TCP needs the token, like a swap.
+    let post = |token: Option<&str>, body: &str| {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        write!(
+            c,
+            "POST /snapshot HTTP/1.1\r\nHost: eddy\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, body.to_string())
+    };
+    let dest = dir.path().join("snap");
+    let body = json!({ "dest": dest }).to_string();
+    let (status, answer) = post(None, &body);
+    assert_eq!(status, 403, "{answer}");
+    assert!(!dest.exists());
+    let (status, answer) = post(Some(&token), &body);
+    assert_eq!(status, 200, "{answer}");
+    let report: eddy_runtime::SnapshotReport = serde_json::from_str(&answer).unwrap();
+    let at = report.sources[0].lines as usize;
+    assert_counter_state(&dest, &reference(&events[..at]));
+
     running.stop();
     let summary = running.wait().unwrap();
     assert_eq!(summary.operators[0].handled, events.len() as u64);
