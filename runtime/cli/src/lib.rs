@@ -30,6 +30,7 @@ mod new;
 /// What the pipeline of an `eddy new` project writes for its sample input.
 pub use new::EXPECTED as NEW_EXPECTED_OUTPUT;
 mod progress;
+mod snapshot;
 mod state;
 
 /// Eddy: a stateful stream runtime for WebAssembly operators.
@@ -144,6 +145,7 @@ enum Command {
     New(new::NewArgs),
     State(state::StateArgs),
     Compact(CompactArgs),
+    Snapshot(snapshot::SnapshotArgs),
     Completions(CompletionsArgs),
     Man(ManArgs),
 }
@@ -375,6 +377,7 @@ pub fn main() -> ExitCode {
         Command::Kafka(args) => kafka::run(args),
         Command::New(args) => new::run(args),
         Command::State(args) => state::run(args),
+        Command::Snapshot(args) => snapshot::run(args),
         Command::Completions(a) => {
             use clap::CommandFactory as _;
             clap_complete::generate(a.shell, &mut Cli::command(), "eddy", &mut std::io::stdout());

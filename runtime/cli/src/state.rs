@@ -28,7 +28,7 @@ enum StateCommand {
 
 /// Where the state is.
 #[derive(Args)]
-struct Dir {
+pub(crate) struct Dir {
     /// The state directory [default: ./eddy-data].
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
@@ -69,7 +69,7 @@ struct ScanArgs {
 
 impl Dir {
     /// The state directory.
-    fn dir(&self) -> Result<PathBuf> {
+    pub(crate) fn dir(&self) -> Result<PathBuf> {
         Ok(match &self.pipeline {
             Some(file) => Pipeline::load(Some(file), Overrides::default())?.state_dir,
             None => self

@@ -64,8 +64,9 @@ pub use config::{
 pub use operator::CacheStats;
 pub use operator::{
     cap_reason, engine, engine_with, load_operators, Cache, CacheError, Compiled, ComponentError,
-    Emits, EventRef, HandleError, HostError, InitError, Loaded, NativeCounter, NativeFactory,
-    OpCtx, Operator, OperatorKind, RunError, StartError, WasmComponent, WasmOperator, CONTRACT,
+    Emits, EventRef, HandleError, HostError, InitError, Limit, Loaded, NativeCounter,
+    NativeFactory, OpCtx, Operator, OperatorKind, RunError, StartError, WasmComponent,
+    WasmOperator, CONTRACT,
 };
 pub use operator::{fire_due, FireDone, TimerRef, TimerTable, TimerUse, END_ROUNDS, TTL_PREFIX};
 pub use operator::{Aggregate, WindowInfo, WindowOperator, WindowSum, WINDOW_STATE};
@@ -75,8 +76,9 @@ pub use pipeline::{
 pub use route::{key_group, route, KEY_GROUPS};
 pub use source::{decode, read_lines, Chunk, DecodeError, Decoded, End, Follow, ReadError};
 pub use state::{
-    component_hash, record_json, value_json, Checkpoint, CorruptRecord, Entity, Reader, SourcePos,
-    StateWrite, Store, StoreError, MAX_COMPONENT_BYTES, SHORT_VERSION_ID_LEN, VERSION_ID_LEN,
+    component_hash, record_json, value_json, Checkpoint, CorruptRecord, Entity, Reader,
+    SnapshotError, SnapshotReport, SnapshotSource, SourcePos, StateWrite, Store, StoreError,
+    MAX_COMPONENT_BYTES, SHORT_VERSION_ID_LEN, VERSION_ID_LEN,
 };
 pub use stats::{KafkaPartition, OpStats, SwapPause, WorkerLive};
 pub use swap::{Controller, NotDurable, Refused, ResolveError, SwapReport, Version, Versions};

@@ -2,7 +2,7 @@
 //! bench): counters per operator and worker, positions, swap pauses.
 //! Workers write them; the control endpoint reads them.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,26 @@ pub struct OpStats {
     /// `[state] cache_bytes`.
     #[serde(default)]
     pub cache_bytes: u64,
+    /// Events and timers whose call ran out of its CPU budget
+    /// (`max_call_ms`, an epoch deadline): counted among the failed.
+    #[serde(default)]
+    pub cpu_limit_hits: u64,
+    /// Events and timers whose call went over the memory limit
+    /// (`max_memory_bytes`): counted among the failed.
+    #[serde(default)]
+    pub memory_limit_hits: u64,
+}
+
+impl OpStats {
+    /// Counts a failed call that broke the CPU or memory limit, if
+    /// `error` says it did.
+    pub fn count_limit(&mut self, error: &crate::operator::HandleError) {
+        match error.limit() {
+            Some(crate::operator::Limit::Cpu) => self.cpu_limit_hits += 1,
+            Some(crate::operator::Limit::Memory) => self.memory_limit_hits += 1,
+            None => {}
+        }
+    }
 }
 
 /// One hot swap as a worker saw it.
@@ -127,13 +147,64 @@ pub struct KafkaPartition {
 }
 
 /// Swaps and rollbacks of one operator in this run (`/metrics`), counted
-/// by the swap controller once each is durable.
+/// by the swap controller once each is durable, and how long its runs of
+/// events took.
 #[derive(Debug, Default)]
 pub struct OpLive {
     /// Swaps to a new version.
     pub swaps: AtomicU64,
     /// Rollbacks to the previous version.
     pub rollbacks: AtomicU64,
+    /// Time to handle each run of events a worker hands the operator in
+    /// one call (the events of one batch for it; per batch, not per
+    /// event), over all workers.
+    pub handling: Histogram,
+}
+
+/// Upper bounds of the [`Histogram`] buckets, in microseconds (a last
+/// bucket, `+Inf`, takes the rest).
+pub const BUCKETS_US: [u64; 16] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    1_000_000, 10_000_000,
+];
+
+/// A latency histogram that threads add to without a lock: a count per
+/// bucket of [`BUCKETS_US`] (not cumulative) and the sum.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket; the last one is `+Inf`.
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    /// The sum of the observations, in nanoseconds.
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Adds one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let us = d.as_micros();
+        let i = BUCKETS_US.partition_point(|&b| (b as u128) < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// The cumulative count at or under each bound of [`BUCKETS_US`], then
+    /// the total count (`+Inf`), and the sum in seconds.
+    pub fn read(&self) -> (Vec<u64>, f64) {
+        let mut total = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                total += b.load(Ordering::Relaxed);
+                total
+            })
+            .collect();
+        (
+            cumulative,
+            self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        )
+    }
 }
 
 /// The checkpoints of this run (`/metrics`), counted by the committer
@@ -155,6 +226,24 @@ pub struct CheckpointLive {
     /// When the last one became durable, in milliseconds since the Unix
     /// epoch (0: none yet in this run).
     pub last_ms: AtomicU64,
+    /// Checkpoints the coordinator made (each stops the input while the
+    /// workers hand over their state and the previous commit finishes).
+    pub stalls: AtomicU64,
+    /// Time the input stood still for them, in microseconds.
+    pub stall_micros: AtomicU64,
+    /// The longest of those stalls, in microseconds.
+    pub stall_max_micros: AtomicU64,
+}
+
+impl CheckpointLive {
+    /// Counts one input stall of `d` (a checkpoint's barrier and wait for
+    /// the previous commit).
+    pub fn stalled(&self, d: std::time::Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        self.stalls.fetch_add(1, Ordering::Relaxed);
+        self.stall_micros.fetch_add(us, Ordering::Relaxed);
+        self.stall_max_micros.fetch_max(us, Ordering::Relaxed);
+    }
 }
 
 impl Live {

@@ -614,6 +614,83 @@ fn operator_log_lines_carry_operator_version_and_key() {
     );
 }
 
+/// On the batched path too (`handle-batch`, many events in one call), an
+/// operator's log lines carry the key of the event that logged them: a
+/// batch that logs is replayed event by event, with nothing of its result
+/// applied twice.
+#[test]
+fn operator_log_lines_on_the_batched_path_carry_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut text = String::new();
+    let mut want = Vec::new();
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    for i in 0..60u64 {
+        let key = format!("k{}", i % 7);
+        let n = counts.entry(key.clone()).or_default();
+        *n += 1;
+        if i % 9 == 4 {
+            text += &format!("{{\"key\":\"{key}\",\"action\":\"log\"}}\n");
+            want.push((key, format!("count {n} reached")));
+        } else {
+            text += &format!("{{\"key\":\"{key}\"}}\n");
+        }
+    }
+    std::fs::write(d.join("in.jsonl"), text).unwrap();
+    let operator = format!("faulty={}", eddy_tests::FAULTY);
+    let o = eddy(
+        &[
+            "run",
+            "-q",
+            "-w",
+            "1",
+            "--log-format",
+            "json",
+            "--operator",
+            &operator,
+            "--input",
+            "in.jsonl",
+            "--output",
+            "out.jsonl",
+            "--state",
+            "st",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: Vec<(String, String)> = stderr(&o)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{l}: {e}"))
+        })
+        .filter(|v| v["target"] == "eddy_runtime::operator::host::log")
+        .map(|v| {
+            assert_eq!(v["operator"], "faulty");
+            (
+                v["key"].as_str().unwrap().to_string(),
+                v["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    // Every event counted once: each key's outputs are 1, 2, .., n.
+    let mut outs: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for l in std::fs::read_to_string(d.join("out.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        outs.entry(v["key"].as_str().unwrap().to_string())
+            .or_default()
+            .push(v["value"]["n"].as_u64().unwrap());
+    }
+    let expected: std::collections::BTreeMap<String, Vec<u64>> = counts
+        .iter()
+        .map(|(k, n)| (k.clone(), (1..=*n).collect()))
+        .collect();
+    assert_eq!(outs, expected);
+}
+
 /// `eddy state get|scan` read a stopped pipeline's committed state as JSON:
 /// exactly what the counter wrote, per key; a missing key, name or
 /// operator is an error naming it; a running pipeline's directory is

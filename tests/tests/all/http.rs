@@ -59,12 +59,20 @@ fn scrape(socket: &Path) -> HashMap<(String, String, String), f64> {
     assert_eq!(status, 200, "{text}");
     let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
     // The parser skips lines it cannot read: every sample line must have
-    // been read.
+    // been read (a histogram's bucket lines make one sample).
     let sample_lines = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .count();
-    assert_eq!(parsed.samples.len(), sample_lines, "{text}");
+    let read: usize = parsed
+        .samples
+        .iter()
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(h) => h.len(),
+            _ => 1,
+        })
+        .sum();
+    assert_eq!(read, sample_lines, "{text}");
     // Every family has its HELP and TYPE.
     for l in text.lines().filter(|l| l.starts_with("# TYPE ")) {
         let name = l.split(' ').nth(2).unwrap();
@@ -78,6 +86,21 @@ fn scrape(socket: &Path) -> HashMap<(String, String, String), f64> {
                 v
             }
             prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(buckets) => {
+                // Each bucket as `NAME_bucket/LE`, counts cumulative.
+                let mut last = 0.0;
+                for b in &buckets {
+                    assert!(b.count >= last, "{}: buckets not cumulative", s.metric);
+                    last = b.count;
+                    let key = (
+                        format!("{}_bucket/{}", s.metric, b.less_than),
+                        s.labels.get("operator").unwrap_or("").to_string(),
+                        s.labels.get("worker").unwrap_or("").to_string(),
+                    );
+                    assert!(out.insert(key, b.count).is_none(), "{} twice", s.metric);
+                }
+                continue;
+            }
             other => panic!("{}: {other:?}", s.metric),
         };
         let label = |k: &str| s.labels.get(k).unwrap_or("").to_string();
@@ -171,6 +194,88 @@ fn metrics_scraped_during_a_run_parse_as_prometheus_text_and_equal_the_counts() 
     assert_eq!(one("eddy_checkpoint_failures_total"), 0.0);
     let summary = r.stop();
     assert_eq!(summary.operators[0].handled, 300);
+}
+
+/// CPU-limit and memory-limit hits are counted apart (exactly the events
+/// that broke each limit), the handling-latency histogram and the input
+/// stalls show where time went, and the state directory's size is its
+/// files'.
+#[test]
+fn metrics_count_limit_hits_and_show_handling_latency_input_stalls_and_state_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let mut p = pipeline(dir.path(), &input, &[("faulty", eddy_tests::FAULTY)], 2);
+    p.operators[0].limits.max_call_ms = 200;
+    p.operators[0].limits.max_memory = 16 << 20;
+    let state = p.state_dir.clone();
+    let r = Running::start(p);
+    let socket = control::socket_path(&state);
+    // 300 events: 6 loop forever, 6 allocate without bound, 6 trap.
+    let mut text = String::new();
+    for i in 0..300 {
+        let action = match i % 50 {
+            7 => ",\"action\":\"loop\"",
+            31 => ",\"action\":\"alloc\"",
+            40 => ",\"action\":\"trap\"",
+            _ => "",
+        };
+        text += &format!("{{\"key\":\"k{}\"{action}}}\n", i % 13);
+    }
+    feed(&input, &text, 50);
+    r.wait_handled(0, 300);
+    // A checkpoint since.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scrape(&socket)[&(
+        "eddy_checkpoint_duration_seconds_count".to_string(),
+        String::new(),
+        String::new(),
+    )] < 1.0
+    {
+        assert!(Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let size = || {
+        let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+        let components: u64 = std::fs::read_dir(state.join("components"))
+            .unwrap()
+            .map(|e| len(&e.unwrap().path()))
+            .sum();
+        len(&state.join("state.redb")) + components
+    };
+    let before = size();
+    let m = scrape(&socket);
+    let after = size();
+    let one = |name: &str| m[&(name.to_string(), String::new(), String::new())];
+    assert_eq!(total(&m, "eddy_cpu_limit_hits_total", "faulty"), 6.0);
+    assert_eq!(total(&m, "eddy_memory_limit_hits_total", "faulty"), 6.0);
+    assert_eq!(total(&m, "eddy_events_failed_total", "faulty"), 18.0);
+    assert_eq!(total(&m, "eddy_events_handled_total", "faulty"), 282.0);
+
+    // Every loop costs its 200 ms budget inside some run of events.
+    let op = |name: &str| m[&(name.to_string(), "faulty".to_string(), String::new())];
+    let runs = op("eddy_handling_duration_seconds_count");
+    assert!((1.0..=300.0).contains(&runs), "{runs} runs");
+    assert_eq!(op("eddy_handling_duration_seconds_bucket/inf"), runs);
+    assert!(op("eddy_handling_duration_seconds_sum") >= 1.2);
+    assert!(op("eddy_handling_duration_seconds_bucket/0.1") < runs);
+    assert!(op("eddy_handling_duration_seconds_bucket/0.00001") <= runs);
+
+    // Every checkpoint stalled the input for a while, the longest no
+    // longer than all of them.
+    let stalls = one("eddy_input_stall_seconds_count");
+    assert!(stalls >= one("eddy_checkpoint_duration_seconds_count"));
+    assert!(stalls >= 1.0);
+    let max = one("eddy_input_stall_max_seconds");
+    assert!(max > 0.0 && max <= one("eddy_input_stall_seconds_sum"));
+
+    let state_size = one("eddy_state_directory_size_bytes");
+    assert!(
+        before as f64 <= state_size && state_size <= after as f64,
+        "{before} <= {state_size} <= {after}"
+    );
+    r.stop();
 }
 
 /// The counter's state of `key` as `/state` shows it.
@@ -687,4 +792,175 @@ fn eddy_run_http_serves_the_control_plane_on_tcp_and_says_where() {
     assert!(child.wait().unwrap().success());
     drop(lines);
     assert_eq!(handled, 40);
+}
+
+/// A bounded flood of control requests on loopback (four clients, each a
+/// loop of 400 requests on new TCP connections: status, metrics, state
+/// reads and scans, and requests that are refused) while the pipeline
+/// reads a growing input: every request is answered with what it asked
+/// for, the state a client sees never goes back, and the pipeline
+/// finishes with exactly the counter's results. A snapshot over TCP needs
+/// the token.
+#[test]
+fn a_flood_of_control_requests_on_loopback_is_answered_while_the_pipeline_finishes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let mut p = pipeline(dir.path(), &input, &[("counter", COUNTER)], 2);
+    p.follow = true;
+    p.checkpoint_interval = Duration::from_millis(50);
+    p.http = Some(eddy_runtime::HttpListen {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        public: false,
+        token_file: None,
+    });
+    let engine = engine().unwrap();
+    let ops = load_operators(&engine, &p).unwrap();
+    let running = eddy_runtime::start(&p, ops, &Shutdown::new()).unwrap();
+    let addr = running.started().http.expect("a TCP address");
+    let token = std::fs::read_to_string(dir.path().join("state").join(control::TOKEN_FILE))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (events, text) = counter_events(60_000, 50, 23);
+
+    let feeder = {
+        let input = input.clone();
+        // 1,200 pieces, a millisecond apart: longer than the flood.
+        std::thread::spawn(move || feed(&input, &text, 50))
+    };
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                let get = |path: &str| {
+                    let conn = std::net::TcpStream::connect(addr).unwrap();
+                    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    get_on(conn, path, Some(&token))
+                };
+                // Per key, the count last seen: a later checkpoint never
+                // shows less.
+                let mut seen: HashMap<String, u64> = HashMap::new();
+                let mut answered = 0;
+                // Answers of /status that came while events were still
+                // arriving.
+                let mut mid_stream = 0;
+                for i in 0..400usize {
+                    let key = format!("user-{}", (i * 7 + c) % 50);
+                    let path = match i % 8 {
+                        0 => "/status".to_string(),
+                        1 => "/metrics".to_string(),
+                        2 => "/state/counter?limit=100".to_string(),
+                        3 => "/state/nobody/user-1".to_string(),
+                        4 => "/state/counter?limit=x".to_string(),
+                        _ => format!("/state/counter/{key}"),
+                    };
+                    let (status, body) = get(&path);
+                    match i % 8 {
+                        0 => {
+                            assert_eq!(status, 200, "{path}: {body}");
+                            let s: Value = serde_json::from_str(&body).unwrap();
+                            assert_eq!(s["operators"][0]["name"], "counter");
+                            if s["lines_read"].as_u64().unwrap() < 60_000 {
+                                mid_stream += 1;
+                            }
+                        }
+                        1 => {
+                            assert_eq!(status, 200, "{path}: {body}");
+                            assert!(body.contains("eddy_events_handled_total{"), "{body}");
+                        }
+                        2 => {
+                            // Before the first checkpoint there is no state.
+                            assert!(status == 200 || status == 404, "{path}: {body}");
+                        }
+                        3 => assert_eq!(
+                            (status, serde_json::from_str::<Value>(&body).unwrap()),
+                            (
+                                404,
+                                json!({"error": "no operator named `nobody` in this pipeline (it runs: counter)"})
+                            ),
+                            "{path}"
+                        ),
+                        4 => {
+                            assert_eq!(status, 400, "{path}: {body}");
+                            assert!(body.contains("malformed query"), "{body}");
+                        }
+                        _ => match status {
+                            200 => {
+                                let v: Value = serde_json::from_str(&body).unwrap();
+                                let count = v["values"]["totals"]["count"].as_u64().unwrap();
+                                let last = seen.entry(key.clone()).or_default();
+                                assert!(count >= *last, "{key}: {count} after {last}");
+                                *last = count;
+                            }
+                            404 => assert!(
+                                !seen.contains_key(&key),
+                                "{key} had state, then none: {body}"
+                            ),
+                            _ => panic!("{path}: {status} {body}"),
+                        },
+                    }
+                    answered += 1;
+                }
+                (answered, mid_stream)
+            })
+        })
+        .collect();
+    let (answered, mid_stream) = clients
+        .into_iter()
+        .map(|c| c.join().unwrap())
+        .fold((0, 0), |(a, m), (b, n)| (a + b, m + n));
+    assert_eq!(answered, 1600);
+    println!("{mid_stream} of 200 status answers came while the input grew");
+    assert!(mid_stream > 0, "the flood did not meet a running pipeline");
+    feeder.join().unwrap();
+
+    // The pipeline went on: it handles every event, and its state is
+    // exactly the counter's.
+    let socket = control::socket_path(&dir.path().join("state"));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let s = get_json(&socket, "/status");
+        if s["operators"][0]["handled"].as_u64() == Some(events.len() as u64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stuck: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A snapshot over TCP needs the token, like a swap.
+    let post = |token: Option<&str>, body: &str| {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        write!(
+            c,
+            "POST /snapshot HTTP/1.1\r\nHost: eddy\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, body.to_string())
+    };
+    let dest = dir.path().join("snap");
+    let body = json!({ "dest": dest }).to_string();
+    let (status, answer) = post(None, &body);
+    assert_eq!(status, 403, "{answer}");
+    assert!(!dest.exists());
+    let (status, answer) = post(Some(&token), &body);
+    assert_eq!(status, 200, "{answer}");
+    let report: eddy_runtime::SnapshotReport = serde_json::from_str(&answer).unwrap();
+    let at = report.sources[0].lines as usize;
+    assert_counter_state(&dest, &reference(&events[..at]));
+
+    running.stop();
+    let summary = running.wait().unwrap();
+    assert_eq!(summary.operators[0].handled, events.len() as u64);
+    assert_counter_state(&dir.path().join("state"), &reference(&events));
+    assert_eq!(
+        read_jsonl(&dir.path().join("out.jsonl")).len(),
+        events.len()
+    );
 }

@@ -29,6 +29,9 @@ mod harden_control;
 // The HTTP control plane: /metrics against the counts, /state/.. as of the
 // last checkpoint, the TCP listener's token.
 mod http;
+// `eddy snapshot`: one checkpoint copied while the pipeline runs; a
+// pipeline resumes from it.
+mod snapshot;
 // Inputs never destroyed, split or altered: same-file outputs, half-written
 // lines, numeric keys, device and FIFO outputs, write errors, BOM, non-UTF-8.
 mod harden_io;

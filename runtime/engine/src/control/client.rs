@@ -96,16 +96,40 @@ pub fn get_json(
         Vec::new(),
         REQUEST_TIMEOUT.saturating_add(COMMIT_GRACE),
     )?;
+    answer_json(socket, status, &answer)
+}
+
+/// `POST path` with the JSON `body` to the pipeline listening on
+/// `socket`, waiting up to `patience` for the answer: its JSON, or the
+/// pipeline's error message (`Err`) when it answered with an error status.
+pub fn post_json(
+    socket: &Path,
+    path: &str,
+    body: &serde_json::Value,
+    patience: Duration,
+) -> Result<Result<serde_json::Value, String>, ControlError> {
+    let body = serde_json::to_vec(body).expect("JSON values serialize");
+    let (status, answer) = exchange(socket, "POST", path, body, patience)?;
+    answer_json(socket, status, &answer)
+}
+
+/// The JSON of an answer, or its error message when `status` says it
+/// failed.
+fn answer_json(
+    socket: &Path,
+    status: hyper::StatusCode,
+    answer: &[u8],
+) -> Result<Result<serde_json::Value, String>, ControlError> {
     let proto = |reason: String| ControlError::Protocol {
         socket: socket.to_path_buf(),
         reason,
     };
     if !status.is_success() {
-        return serde_json::from_slice::<ErrorBody>(&answer)
+        return serde_json::from_slice::<ErrorBody>(answer)
             .map(|e| Err(e.error))
             .map_err(|e| proto(format!("malformed answer ({status}): {e}")));
     }
-    serde_json::from_slice(&answer)
+    serde_json::from_slice(answer)
         .map(Ok)
         .map_err(|e| proto(format!("malformed answer: {e}")))
 }

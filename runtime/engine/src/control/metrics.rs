@@ -7,7 +7,7 @@
 use std::fmt::{Display, Write};
 use std::sync::atomic::Ordering;
 
-use crate::stats::OpStats;
+use crate::stats::{OpStats, BUCKETS_US};
 use crate::swap::Controller;
 
 /// The `Content-Type` of the answer.
@@ -63,7 +63,7 @@ fn secs(micros: u64) -> f64 {
 /// The per-operator, per-worker counters: name, help, and how to read it.
 type PerWorker = (&'static str, &'static str, fn(&OpStats) -> u64);
 
-const PER_WORKER: [PerWorker; 7] = [
+const PER_WORKER: [PerWorker; 9] = [
     (
         "eddy_events_read_total",
         "Events given to the operator on this worker (handled or failed).",
@@ -98,6 +98,16 @@ const PER_WORKER: [PerWorker; 7] = [
         "eddy_timers_failed_total",
         "Timers whose handler failed on this worker (dead-lettered).",
         |s| s.timers_failed,
+    ),
+    (
+        "eddy_cpu_limit_hits_total",
+        "Events and timers of the operator on this worker whose call ran longer than its CPU budget (max_call_ms); each is among the failed and dead-lettered.",
+        |s| s.cpu_limit_hits,
+    ),
+    (
+        "eddy_memory_limit_hits_total",
+        "Events and timers of the operator on this worker whose call went over the memory limit (max_memory_bytes); each is among the failed and dead-lettered.",
+        |s| s.memory_limit_hits,
     ),
 ];
 
@@ -188,6 +198,40 @@ pub(super) fn render(c: &Controller) -> String {
         }
     }
 
+    out.family(
+        "eddy_handling_duration_seconds",
+        "histogram",
+        "Time for the operator to handle one run of events in one call: the events of one batch for it on one worker (per batch, not per event), all workers together.",
+    );
+    for (op, opname) in names.iter().enumerate() {
+        let Some(o) = live.ops.get(op) else { continue };
+        let (cumulative, sum) = o.handling.read();
+        for (bound, n) in BUCKETS_US.iter().zip(&cumulative) {
+            let le = secs(*bound).to_string();
+            out.sample(
+                "eddy_handling_duration_seconds_bucket",
+                &[("operator", opname), ("le", &le)],
+                n,
+            );
+        }
+        let count = cumulative.last().copied().unwrap_or(0);
+        out.sample(
+            "eddy_handling_duration_seconds_bucket",
+            &[("operator", opname), ("le", "+Inf")],
+            count,
+        );
+        out.sample(
+            "eddy_handling_duration_seconds_sum",
+            &[("operator", opname)],
+            sum,
+        );
+        out.sample(
+            "eddy_handling_duration_seconds_count",
+            &[("operator", opname)],
+            count,
+        );
+    }
+
     let cp = &live.checkpoints;
     let count = cp.count.load(Ordering::Relaxed);
     out.family(
@@ -240,6 +284,41 @@ pub(super) fn render(c: &Controller) -> String {
         "eddy_checkpoint_written_bytes_total",
         &[],
         cp.bytes.load(Ordering::Relaxed),
+    );
+    out.family(
+        "eddy_input_stall_seconds",
+        "summary",
+        "Time the input stood still for checkpoints in this run: from the barrier (the workers finish what they hold and hand over their state) to the submit of the commit, the wait for the previous commit included.",
+    );
+    out.sample(
+        "eddy_input_stall_seconds_sum",
+        &[],
+        secs(cp.stall_micros.load(Ordering::Relaxed)),
+    );
+    out.sample(
+        "eddy_input_stall_seconds_count",
+        &[],
+        cp.stalls.load(Ordering::Relaxed),
+    );
+    out.family(
+        "eddy_input_stall_max_seconds",
+        "gauge",
+        "The longest input stall for a checkpoint in this run.",
+    );
+    out.sample(
+        "eddy_input_stall_max_seconds",
+        &[],
+        secs(cp.stall_max_micros.load(Ordering::Relaxed)),
+    );
+    out.family(
+        "eddy_state_directory_size_bytes",
+        "gauge",
+        "Bytes of the state directory's own files now: the state database and the kept components (the default dead-letter file not counted).",
+    );
+    out.sample(
+        "eddy_state_directory_size_bytes",
+        &[],
+        c.store().size_bytes(),
     );
     let last = cp.last_ms.load(Ordering::Relaxed);
     if last > 0 {

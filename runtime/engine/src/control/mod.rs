@@ -37,7 +37,7 @@
 //! - `query`: a key's committed state as JSON ([`state_get`],
 //!   [`state_scan`]), for `GET /state/..` and `eddy state`.
 //! - `client`: [`find`] a pipeline's socket and send it a [`request`] or a
-//!   [`get_json`].
+//!   [`get_json`] or a [`post_json`].
 
 mod client;
 mod metrics;
@@ -47,7 +47,7 @@ mod routes;
 mod server;
 mod status;
 
-pub use client::{encode_component, find, get_json, request};
+pub use client::{encode_component, find, get_json, post_json, request};
 pub use protocol::{
     parse_request, socket_path, ControlError, Envelope, ErrorBody, OperatorStatus, Request,
     Response, Status, WorkerStatus, DEFAULT_WAIT, MAX_CONNECTIONS, MAX_REQUEST, REQUEST_TIMEOUT,

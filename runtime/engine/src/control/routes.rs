@@ -1,5 +1,5 @@
 //! The control plane's endpoints (an axum `Router`): status, swap,
-//! rollback, metrics, state queries. Every error is `{"error": ..}` with
+//! rollback, snapshot, metrics, state queries. Every error is `{"error": ..}` with
 //! a status that says what kind it is.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +19,7 @@ use super::protocol::{parse_request, Request, DEFAULT_WAIT, MAX_REQUEST, REQUEST
 use super::query::{state_get, state_scan, QueryError, DEFAULT_SCAN, MAX_SCAN};
 use super::server::{error, Conn};
 use super::status::status;
+use crate::state::{SnapshotError, SnapshotReport};
 use crate::swap::{Asker, Controller};
 
 type App = Arc<Controller>;
@@ -42,7 +43,7 @@ impl From<QueryError> for Fail {
 }
 
 /// What the control plane serves.
-const ENDPOINTS: &str = "GET /, GET /status, POST /swap, POST /rollback, GET /metrics, GET /state/OPERATOR?prefix=&limit=, GET /state/OPERATOR/KEY[/NAME]";
+const ENDPOINTS: &str = "GET /, GET /status, POST /swap, POST /rollback, POST /snapshot, GET /metrics, GET /state/OPERATOR?prefix=&limit=, GET /state/OPERATOR/KEY[/NAME]";
 
 /// The endpoints, on `controller`.
 pub(super) fn router(controller: Arc<Controller>) -> Router {
@@ -51,6 +52,7 @@ pub(super) fn router(controller: Arc<Controller>) -> Router {
         .route("/status", get(get_status))
         .route("/swap", post(swap))
         .route("/rollback", post(rollback))
+        .route("/snapshot", post(snapshot))
         .route("/metrics", get(get_metrics))
         .route("/state/{operator}", get(scan))
         .route("/state/{operator}/{key}", get(key))
@@ -307,4 +309,42 @@ async fn scan(
     })
     .await?;
     Ok(Json(s))
+}
+
+/// The body of `POST /snapshot`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotBody {
+    /// The directory to write, an absolute path on the pipeline's machine.
+    dest: std::path::PathBuf,
+}
+
+/// `POST /snapshot`: a consistent copy of the state directory as of the
+/// last checkpoint, written into a new or empty directory.
+async fn snapshot(State(c): State<App>, body: Body) -> Result<Json<SnapshotReport>, Fail> {
+    let body = read_body(body, Instant::now() + REQUEST_TIMEOUT).await?;
+    let req: SnapshotBody = serde_json::from_slice(&body).map_err(|e| {
+        Fail(
+            StatusCode::BAD_REQUEST,
+            format!("malformed request: {e} (expected {{\"dest\": \"/absolute/path\"}})"),
+        )
+    })?;
+    if !req.dest.is_absolute() {
+        return Err(Fail(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "malformed request: dest {:?} is not an absolute path (the pipeline's working directory is not yours)",
+                req.dest
+            ),
+        ));
+    }
+    match tokio::task::spawn_blocking(move || c.store().snapshot(&req.dest)).await {
+        Ok(Ok(report)) => Ok(Json(report)),
+        Ok(Err(e @ SnapshotError::Dest { .. })) => Err(Fail(StatusCode::CONFLICT, e.to_string())),
+        Ok(Err(e)) => Err(Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(Fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the snapshot failed: {e}"),
+        )),
+    }
 }

@@ -91,6 +91,32 @@ pub enum HandleError {
     Refused(String),
 }
 
+/// How a trap's reason starts when the call ran out of its CPU budget.
+pub(crate) const CPU_LIMIT: &str = "CPU limit exceeded";
+
+/// How a trap's reason starts when the call went over the memory limit.
+pub(crate) const MEMORY_LIMIT: &str = "memory limit exceeded";
+
+/// A sandbox limit a call broke (`/metrics` counts them apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The CPU budget per call (`max_call_ms`, an epoch deadline).
+    Cpu,
+    /// The memory limit (`max_memory_bytes`).
+    Memory,
+}
+
+impl HandleError {
+    /// The CPU or memory limit the call broke, if that is why it failed.
+    pub fn limit(&self) -> Option<Limit> {
+        match self {
+            HandleError::Trap(reason) if reason.starts_with(CPU_LIMIT) => Some(Limit::Cpu),
+            HandleError::Trap(reason) if reason.starts_with(MEMORY_LIMIT) => Some(Limit::Memory),
+            _ => None,
+        }
+    }
+}
+
 /// Why a worker cannot go on: the pipeline stops, and state since the last
 /// checkpoint is not committed (a restart resumes from that checkpoint).
 #[derive(Debug, Error)]

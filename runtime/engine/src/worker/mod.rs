@@ -494,6 +494,7 @@ impl Worker {
                 }
                 Err(err) => {
                     stats.failed += 1;
+                    stats.count_limit(&err);
                     let mut rec = serde_json::json!({
                         "operator": &*name,
                         "version": &version,
@@ -538,6 +539,7 @@ impl Worker {
         let end = Instant::now();
         last_end[stage] = Some(end);
         let took = end - run_start;
+        self.live.ops[stage].handling.observe(took);
         if first {
             self.first_run[stage] = Some((took, events.len()));
         } else if let Some(first) = self.first_run[stage].take() {
@@ -597,6 +599,7 @@ impl Worker {
                 stats.timers_fired += 1;
                 if let Err(err) = result {
                     stats.timers_failed += 1;
+                    stats.count_limit(&err);
                     let mut rec = serde_json::json!({
                         "operator": &*name,
                         "version": &version,

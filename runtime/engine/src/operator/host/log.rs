@@ -1,5 +1,12 @@
 //! `eddy:operator/log` (`wit/log.wit`): an operator's log lines, tagged
-//! with the operator and the key being handled.
+//! with the operator and the key being handled (the version comes from the
+//! worker's span).
+//!
+//! A `handle-batch` call handles many events and its log lines cannot be
+//! told apart by event: a line logged during one is dropped and counted
+//! ([`OpCtx::batch_logs`]), and the batch's result is then set aside and
+//! the batch replayed event by event, where every line is logged again,
+//! with its key (see `WasmOperator::run_batch`).
 
 use crate::operator::wasm::bindings::eddy::operator::{log, types};
 
@@ -9,6 +16,10 @@ impl types::Host for OpCtx {}
 
 impl log::Host for OpCtx {
     fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
+        if let Some(n) = &mut self.batch_logs {
+            *n += 1;
+            return Ok(());
+        }
         let op = self.name();
         let key = self.current_key().unwrap_or("-");
         let max = self.limits().max_reason;

@@ -126,6 +126,9 @@ pub struct OpCtx {
     cache: cache::Cache,
     /// The slot of the key being processed.
     current: Option<u32>,
+    /// Lines logged during the `handle-batch` call under way (`None`: no
+    /// such call): dropped there; the batch is replayed per event (`log.rs`).
+    pub(crate) batch_logs: Option<u32>,
     /// Undo journal of the current event.
     undo: Vec<Undo>,
     /// Emits of the current event.
@@ -180,6 +183,7 @@ impl OpCtx {
             reader,
             cache: cache::Cache::default(),
             current: None,
+            batch_logs: None,
             undo: Vec::new(),
             emits: Emits::default(),
             held: 0,

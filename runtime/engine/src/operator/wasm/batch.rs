@@ -87,8 +87,29 @@ impl WasmOperator {
         let ticks = deadline_ticks(store.data().ctx.limits().max_call_ms);
         store.set_epoch_deadline(ticks);
         store.data_mut().random.enter(Scope::Batch);
-        let result = match batch.call(&mut *store, frames.batch()) {
-            Ok(r) => r,
+        store.data_mut().ctx.batch_logs = Some(0);
+        let called = batch.call(&mut *store, frames.batch());
+        let logged = store.data_mut().ctx.batch_logs.take().unwrap_or(0);
+        let result = match called {
+            Ok(_) if logged > 0 => {
+                // Its lines cannot be told apart by event: nothing of the
+                // result takes effect, and the batch is replayed event by
+                // event on a fresh instance (as after a trap), where each
+                // line is logged with its key. An operator that logs in two
+                // batches in a row logs often: per event from then on.
+                if self.logged_last_batch {
+                    tracing::debug!(operator = %self.ctx().name(), "the operator logs in batch after batch: handling its events one by one");
+                    self.batch_off = true;
+                }
+                self.logged_last_batch = true;
+                let _ = self.restart();
+                handle_each(self, events, 0, done)?;
+                return Ok(n);
+            }
+            Ok(r) => {
+                self.logged_last_batch = false;
+                r
+            }
             Err(_) => {
                 if store.data().random.wanted_in_batch {
                     // Its numbers depend on the event: per event from now.

@@ -246,6 +246,7 @@ impl WasmComponent {
             live: None,
             batch_off: false,
             batched_events: 0,
+            logged_last_batch: false,
             frames: Default::default(),
             history: Arc::default(),
             failed_starts: 0,

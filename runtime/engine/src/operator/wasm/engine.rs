@@ -72,7 +72,8 @@ impl wasmtime::ResourceLimiter for MemoryCap {
     ) -> wasmtime::Result<bool> {
         if desired > self.max {
             return Err(wasmtime::Error::msg(format!(
-                "memory limit exceeded: growing linear memory to {desired} bytes, over max_memory_bytes = {}",
+                "{}: growing linear memory to {desired} bytes, over max_memory_bytes = {}",
+                crate::operator::MEMORY_LIMIT,
                 self.max
             )));
         }

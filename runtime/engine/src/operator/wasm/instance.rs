@@ -155,7 +155,8 @@ impl WasmOperator {
         let max = data.ctx.limits().max_reason;
         if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
             return format!(
-                "CPU limit exceeded: the call ran longer than max_call_ms = {} ms",
+                "{}: the call ran longer than max_call_ms = {} ms",
+                crate::operator::CPU_LIMIT,
                 data.ctx.limits().max_call_ms
             );
         }

@@ -114,6 +114,9 @@ pub struct WasmOperator {
     batch_off: bool,
     /// Events whose outcome came from a `handle-batch` result.
     batched_events: u64,
+    /// The last `handle-batch` call logged (so it was replayed per event):
+    /// a second one in a row turns the batched path off.
+    logged_last_batch: bool,
     /// The `handle-batch` batch, its buffers kept from call to call.
     frames: HostBatch,
     /// Content hash of each generation of this operator (index: generation),

@@ -453,6 +453,9 @@ impl Coordinator {
     /// visible at once but reaches the disk with the next durable one
     /// (see [`Checkpoint::durable`]), unless it records a swap.
     fn checkpoint_as(&mut self, durable: bool) -> Result<()> {
+        // The input stands still from here to the commit's submit
+        // (`/metrics`).
+        let stalled = Instant::now();
         self.flush_batches()?;
         self.wait_inflight(|n| n == 0)?;
         let seq = self.summary.checkpoints + 1;
@@ -551,6 +554,7 @@ impl Coordinator {
             // A swap is reported once it is on disk.
             cp.durable = true;
         }
+        self.live.checkpoints.stalled(stalled.elapsed());
         self.writer.submit(cp, acks)?;
         self.summary.checkpoints += 1;
         self.since_checkpoint = 0;

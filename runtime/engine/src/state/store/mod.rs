@@ -29,6 +29,7 @@
 //! - [`open`]: opening (or creating) the directory and its database,
 //!   format checks and upgrades.
 //! - [`components`]: the component versions kept in `components/`.
+//! - [`snapshot`]: a consistent copy of the directory ([`Store::snapshot`]).
 //! - [`files`]: reading files safely (no FIFO, device or link followed;
 //!   owner and mode checks), shared with the compile cache.
 //! - here: [`Store`], checkpoints ([`Store::commit`]), metadata, readers.
@@ -46,6 +47,7 @@ mod files;
 mod open;
 mod query;
 mod read;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -55,6 +57,7 @@ pub use components::{
 };
 pub use files::{create_private_dir, euid, read_regular_file, unsafe_reason};
 pub use read::Reader;
+pub use snapshot::{SnapshotError, SnapshotReport, SnapshotSource};
 
 /// `(operator name, key)` -> encoded [`crate::state::Entity`].
 const STATE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("state");
