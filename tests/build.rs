@@ -21,6 +21,8 @@ const WORKSPACES: &[(&str, &str, &str, &[&str])] = &[
             "views",
             "recommend",
             "tracking",
+            "trading",
+            "forecast",
         ],
     ),
     (

@@ -88,3 +88,13 @@ fn recommend_example() {
 fn tracking_example() {
     check_example("tracking", &[("tracking", eddy_tests::TRACKING)]);
 }
+
+#[test]
+fn trading_example() {
+    check_example("trading", &[("trading", eddy_tests::TRADING)]);
+}
+
+#[test]
+fn forecast_example() {
+    check_example("forecast", &[("forecast", eddy_tests::FORECAST)]);
+}
