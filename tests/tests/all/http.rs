@@ -166,6 +166,18 @@ fn metrics_scraped_during_a_run_parse_as_prometheus_text_and_equal_the_counts() 
     assert_eq!(total(&m, "eddy_events_failed_total", "counter"), 7.0);
     assert_eq!(total(&m, "eddy_events_dead_lettered_total", "counter"), 7.0);
     assert_eq!(total(&m, "eddy_events_read_total", "counter"), 307.0);
+    // The state cache: 20 counter keys and 7 bad ones, each looked up
+    // at least once per event, none evicted (no budget is set).
+    assert_eq!(total(&m, "eddy_state_cache_keys", "counter"), 27.0);
+    assert!(total(&m, "eddy_state_cache_bytes", "counter") > 27.0 * 100.0);
+    assert_eq!(total(&m, "eddy_state_cache_misses_total", "counter"), 27.0);
+    let lookups = total(&m, "eddy_state_cache_hits_total", "counter")
+        + total(&m, "eddy_state_cache_misses_total", "counter");
+    assert!(lookups >= 307.0, "{lookups}");
+    assert_eq!(
+        total(&m, "eddy_state_cache_evictions_total", "counter"),
+        0.0
+    );
     let one = |name: &str| m[&(name.to_string(), String::new(), String::new())];
     assert_eq!(one("eddy_workers"), 2.0);
     assert_eq!(one("eddy_source_position_lines"), 307.0);

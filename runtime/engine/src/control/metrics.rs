@@ -63,7 +63,7 @@ fn secs(micros: u64) -> f64 {
 /// The per-operator, per-worker counters: name, help, and how to read it.
 type PerWorker = (&'static str, &'static str, fn(&OpStats) -> u64);
 
-const PER_WORKER: [PerWorker; 9] = [
+const PER_WORKER: [PerWorker; 12] = [
     (
         "eddy_events_read_total",
         "Events given to the operator on this worker (handled or failed).",
@@ -109,6 +109,35 @@ const PER_WORKER: [PerWorker; 9] = [
         "Events and timers of the operator on this worker whose call went over the memory limit (max_memory_bytes); each is among the failed and dead-lettered.",
         |s| s.memory_limit_hits,
     ),
+    (
+        "eddy_state_cache_hits_total",
+        "Lookups of a key the operator's state cache on this worker held.",
+        |s| s.cache_hits,
+    ),
+    (
+        "eddy_state_cache_misses_total",
+        "Lookups of a key the state cache did not hold: read from the state directory (or new).",
+        |s| s.cache_misses,
+    ),
+    (
+        "eddy_state_cache_evictions_total",
+        "Keys the state cache evicted to stay within [state] cache_bytes.",
+        |s| s.cache_evictions,
+    ),
+];
+
+/// The per-operator, per-worker gauges: name, help, and how to read it.
+const PER_WORKER_GAUGES: [PerWorker; 2] = [
+    (
+        "eddy_state_cache_keys",
+        "Keys the operator's state cache on this worker holds now.",
+        |s| s.cache_keys,
+    ),
+    (
+        "eddy_state_cache_bytes",
+        "Memory of the operator's state cache on this worker now, as counted against [state] cache_bytes.",
+        |s| s.cache_bytes,
+    ),
 ];
 
 /// The metrics of the pipeline `c` serves, now.
@@ -134,8 +163,12 @@ pub(super) fn render(c: &Controller) -> String {
     out.family("eddy_workers", "gauge", "Worker threads.");
     out.sample("eddy_workers", &[], workers.len());
 
-    for (name, help, read) in PER_WORKER {
-        out.family(name, "counter", help);
+    let families = PER_WORKER
+        .iter()
+        .map(|f| (f, "counter"))
+        .chain(PER_WORKER_GAUGES.iter().map(|f| (f, "gauge")));
+    for ((name, help, read), kind) in families {
+        out.family(name, kind, help);
         for (op, opname) in names.iter().enumerate() {
             for (w, ops) in workers.iter().enumerate() {
                 let s = ops.get(op).copied().unwrap_or_default();
