@@ -414,6 +414,7 @@ mod tests {
                 )),
                 sinks: vec![("/out".into(), 55)],
                 meta: vec![("versions:a".into(), b"[]".to_vec())],
+                ..Default::default()
             })
             .unwrap();
         let dest = tmp.path().join("snap/one");
