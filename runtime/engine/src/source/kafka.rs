@@ -124,6 +124,12 @@ pub fn consumer(input: &KafkaInput) -> Result<KafkaConsumer> {
     if config.get("statistics.interval.ms").is_none() {
         config.set("statistics.interval.ms", "1000");
     }
+    // A position the broker no longer has (retention deleted it while the
+    // pipeline lagged) resumes at the oldest record still there, not at
+    // the end: only what retention took is skipped.
+    if config.get("auto.offset.reset").is_none() {
+        config.set("auto.offset.reset", "earliest");
+    }
     config
         .create_with_context(EddyContext::new("source"))
         .context("creating the Kafka consumer")
@@ -258,11 +264,66 @@ pub fn plan(
             }
         }
     }
+    // Records retention deleted: neither resume nor replay below the
+    // oldest record still there.
+    for (i, p) in parts.iter().enumerate() {
+        if start[i].is_none() && replay_until[i].is_none() {
+            continue;
+        }
+        let (low, _) = retry(
+            &format!("reading the oldest offset of {}/{}", p.topic, p.partition),
+            60,
+            stop,
+            || consumer.fetch_watermarks(&p.topic, p.partition, CALL_TIMEOUT),
+        )?;
+        clamp_to_retained(p, low, &mut start[i], &mut replay_until[i]);
+    }
     Ok(KafkaPlan {
         parts: parts.into(),
         start,
         replay_until,
     })
+}
+
+/// Adjusts partition `p`'s start and replay end to `low`, the oldest
+/// offset the broker still has. A replay whose records are all gone is
+/// skipped (resuming at its end, the group's committed offset: the
+/// outputs of those records are committed already); one partly gone
+/// starts at `low`. Either way the state directory misses what retention
+/// took, which is said in a warning.
+fn clamp_to_retained(p: &Part, low: i64, start: &mut Option<i64>, until: &mut Option<i64>) {
+    let from = start.unwrap_or(0);
+    if from >= low {
+        return;
+    }
+    match *until {
+        Some(k) if k <= low => {
+            tracing::warn!(
+                "Kafka {}/{}: records {from}..{k} to replay are gone (retention deleted everything below {low}); their effect on state is lost, their outputs are already committed; resuming at {k}",
+                p.topic,
+                p.partition
+            );
+            *start = Some(k);
+            *until = None;
+        }
+        Some(k) => {
+            tracing::warn!(
+                "Kafka {}/{}: records {from}..{low} to replay are gone (retention); replaying {low}..{k}",
+                p.topic,
+                p.partition
+            );
+            *start = Some(low);
+        }
+        None if start.is_some() => {
+            tracing::warn!(
+                "Kafka {}/{}: records {from}..{low} are gone (retention deleted them before they were read); resuming at {low}",
+                p.topic,
+                p.partition
+            );
+            *start = Some(low);
+        }
+        None => {}
+    }
 }
 
 /// The reader thread; stopped and joined by [`KafkaReader::stop`] (or
@@ -550,5 +611,35 @@ impl Reader {
                 Err(SendTimeoutError::Disconnected(_)) => return false,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_and_replays_are_clamped_to_what_retention_left() {
+        let p = Part {
+            topic: "t".into(),
+            partition: 0,
+        };
+        let clamp = |low, mut start, mut until| {
+            clamp_to_retained(&p, low, &mut start, &mut until);
+            (start, until)
+        };
+        // Everything still there: unchanged.
+        assert_eq!(clamp(0, Some(5), Some(9)), (Some(5), Some(9)));
+        assert_eq!(clamp(5, Some(5), None), (Some(5), None));
+        assert_eq!(clamp(3, None, None), (None, None));
+        // The whole replay gone: none, resume at its end (no partition
+        // waits for records that will never come).
+        assert_eq!(clamp(9, Some(5), Some(9)), (Some(9), None));
+        assert_eq!(clamp(20, None, Some(9)), (Some(9), None));
+        // Part of it gone: replay what is left.
+        assert_eq!(clamp(7, Some(5), Some(9)), (Some(7), Some(9)));
+        assert_eq!(clamp(7, None, Some(9)), (Some(7), Some(9)));
+        // No replay, the position gone: the oldest record left.
+        assert_eq!(clamp(7, Some(5), None), (Some(7), None));
     }
 }
