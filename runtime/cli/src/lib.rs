@@ -671,10 +671,15 @@ fn version_line(v: &Version) -> String {
 pub fn format_status(s: &Status) -> String {
     use std::fmt::Write;
     let mut o = String::new();
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let _ = writeln!(
         o,
-        "eddy (pid {}): input {}, {} lines read; state {}",
-        s.pid, s.input, s.lines_read, s.state_dir
+        "eddy (pid {}): input {}, {} lines read; state {} ({:.1} MiB)",
+        s.pid,
+        s.input,
+        s.lines_read,
+        s.state_dir,
+        mib(s.state_bytes)
     );
     for op in &s.operators {
         let _ = writeln!(
@@ -687,6 +692,16 @@ pub fn format_status(s: &Status) -> String {
             o,
             "  handled {}, failed {}, emitted {}",
             op.handled, op.failed, op.emitted
+        );
+        let sum = |f: fn(&eddy_runtime::OpStats) -> u64| op.workers.iter().map(f).sum::<u64>();
+        let (hits, misses) = (sum(|w| w.cache_hits), sum(|w| w.cache_misses));
+        let _ = writeln!(
+            o,
+            "  state cache: {} keys, {:.1} MiB, {:.1}% hits, {} evicted",
+            sum(|w| w.cache_keys),
+            mib(sum(|w| w.cache_bytes)),
+            hits as f64 * 100.0 / (hits + misses).max(1) as f64,
+            sum(|w| w.cache_evictions)
         );
         for v in op
             .versions

@@ -113,8 +113,34 @@ fn a_swap_migrates_keys_the_cache_had_evicted() {
     assert!(report.migrates);
     feed(&input, &rest.concat(), 10_000);
     run.wait_handled(0, events.len() as u64);
+    // `eddy status` shows the cache and the state directory's size.
+    let o = eddy_in(
+        &["status", "--state", p.state_dir.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let status = String::from_utf8_lossy(&o.stdout).to_string();
+    let first = status.lines().next().unwrap();
+    assert!(
+        first.ends_with(" MiB)") && first.contains("; state "),
+        "{status}"
+    );
+    let cache = status
+        .lines()
+        .find_map(|l| l.strip_prefix("  state cache: "))
+        .unwrap_or_else(|| panic!("no state cache line: {status}"));
+    let evicted: u64 = cache
+        .strip_suffix(" evicted")
+        .and_then(|c| c.rsplit(", ").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{cache}"));
+    assert!(evicted > 0, "{cache}");
+    assert!(
+        cache.contains(" keys, ") && cache.contains("% hits, "),
+        "{cache}"
+    );
     let summary = run.stop();
-    assert!(summary.operators[0].cache_evictions > 0);
+    assert!(summary.operators[0].cache_evictions >= evicted);
 
     // Every output in order per key, each from the version of its line:
     // keys read back after the swap were migrated, then counted on.

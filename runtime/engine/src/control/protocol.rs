@@ -282,6 +282,9 @@ pub struct Status {
     /// the lag.
     #[serde(default)]
     pub kafka: Vec<crate::stats::KafkaPartition>,
+    /// Bytes of the state directory's database and kept components.
+    #[serde(default)]
+    pub state_bytes: u64,
 }
 
 /// Runs `f` on `path`, or, when `path` is too long for a socket address

@@ -40,6 +40,7 @@ pub(super) fn status(controller: &Controller) -> Status {
         input: controller.input().to_string(),
         lines_read: live.lines_read.load(Ordering::Relaxed),
         kafka: live.kafka().clone(),
+        state_bytes: controller.store().size_bytes(),
         operators,
         workers: workers
             .into_iter()
