@@ -34,7 +34,9 @@ pub struct Report {
     pub kind: &'static str,
     /// The Eddy contract its imports name (`eddy:operator@X.Y.Z`), if any.
     pub contract: Option<String>,
-    /// `operator`, `batched-operator`, or a description of another world.
+    /// The WIT world its exports match (`operator`, `batched-operator`,
+    /// `migrating-operator`, `timer-operator`, `batched-timer-operator`,
+    /// `full-operator`), or a description of another world.
     pub world: String,
     /// Top-level imports of the component, by name.
     pub imports: Vec<String>,
@@ -82,11 +84,21 @@ pub fn inspect(path: &Path) -> Result<Report> {
         let (_, version) = rest.split_once('@')?;
         Some(format!("eddy:operator@{version}"))
     });
+    let exports_ = |name: &str| exports.iter().any(|e| e == name);
     let world = match (kind, &contract) {
-        ("component", Some(_)) if exports.iter().any(|e| e == "handle-batch") => {
-            "batched-operator".to_string()
+        ("component", Some(_)) => match (
+            exports_("handle-batch"),
+            exports_("migrate"),
+            exports_("on-timer"),
+        ) {
+            (true, true, true) => "full-operator",
+            (false, true, false) => "migrating-operator",
+            (true, _, true) => "batched-timer-operator",
+            (false, _, true) => "timer-operator",
+            (true, _, false) => "batched-operator",
+            (false, _, false) => "operator",
         }
-        ("component", Some(_)) => "operator".to_string(),
+        .to_string(),
         ("component", None) if exports.iter().any(|e| e.starts_with("wasi:cli/run@")) => {
             "a WASI command (wasi:cli/command), not an Eddy operator".to_string()
         }
@@ -104,7 +116,7 @@ pub fn inspect(path: &Path) -> Result<Report> {
         (None, Ok(c)) => (
             true,
             format!(
-                "loads as an operator of {} ({}{})",
+                "loads as an operator of {} ({}{}{})",
                 eddy_runtime::CONTRACT,
                 match c.batched() {
                     true => "batched path",
@@ -112,6 +124,10 @@ pub fn inspect(path: &Path) -> Result<Report> {
                 },
                 match c.migrates() {
                     true => ", exports migrate",
+                    false => "",
+                },
+                match c.handles_timers() {
+                    true => ", handles timers",
                     false => "",
                 }
             ),

@@ -390,7 +390,9 @@ fn inspect_gives_each_file_its_verdict() {
     assert_eq!(r["kind"], "component");
     assert_eq!(r["loads"], true);
     assert_eq!(r["contract"], eddy_runtime::CONTRACT);
-    assert_eq!(r["world"], "batched-operator");
+    // The Rust SDK exports everything: the batched path, migrate and
+    // on-timer.
+    assert_eq!(r["world"], "full-operator");
     let bytes = std::fs::read(eddy_tests::COUNTER).unwrap();
     assert_eq!(r["bytes"], bytes.len() as u64);
     // The SHA-256 is the version id `eddy status` shows.
@@ -401,7 +403,7 @@ fn inspect_gives_each_file_its_verdict() {
         .iter()
         .map(|e| e.as_str().unwrap())
         .collect();
-    for e in ["init", "handle", "handle-batch", "migrate"] {
+    for e in ["init", "handle", "handle-batch", "migrate", "on-timer"] {
         assert!(exports.contains(&e), "{e} not in {exports:?}");
     }
     let imports = r["imports"].as_array().unwrap();
@@ -415,6 +417,13 @@ fn inspect_gives_each_file_its_verdict() {
             .as_str()
             .unwrap()
             .starts_with("loads as an operator of "),
+        "{r:#}"
+    );
+    assert!(
+        r["verdict"]
+            .as_str()
+            .unwrap()
+            .ends_with("(batched path, exports migrate, handles timers)"),
         "{r:#}"
     );
 
