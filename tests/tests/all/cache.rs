@@ -4,8 +4,7 @@
 //! and restart and across a hot swap whose migration meets evicted keys.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use eddy_tests::*;
 
@@ -63,35 +62,7 @@ fn kill_9_with_a_small_cache_then_restart_gives_exact_state() {
         "3MiB",
         "--quiet",
     ];
-    let mut rng = Rng(99);
-    let mut killed = 0;
-    for _ in 0..8 {
-        let mut child = Command::new(eddy_bin())
-            .args(args)
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(100 + rng.next() % 600));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            killed += 1;
-        }
-        let o = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert!(!stderr.contains("error"), "{stderr}");
-    }
-    assert!(
-        killed >= 4,
-        "only {killed} runs were killed mid-stream: make the input larger"
-    );
-    let o = Command::new(eddy_bin())
-        .args(args)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    kill_9_runs_then_finish(dir.path(), &args, 8, (100, 600), 99, 4);
     assert_counter_state(&dir.path().join("st"), &reference(&events));
     assert_outputs_once(dir.path(), &events);
 }

@@ -1,6 +1,3 @@
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 use crate::util::*;
 
 /// Kill -9 the runtime at pseudo-random moments, 20 times, restarting it on
@@ -32,36 +29,7 @@ fn sigkill_at_random_moments_then_restart_gives_exact_state() {
         "40",
         "--quiet",
     ];
-    let mut rng = Rng(4242);
-    let mut killed = 0;
-    for _ in 0..20 {
-        let mut child = Command::new(eddy_bin())
-            .args(args)
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(20 + rng.next() % 250));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            killed += 1;
-        }
-        let o = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert!(!stderr.contains("error"), "{stderr}");
-    }
-    eprintln!("killed {killed} of 20 runs");
-    assert!(
-        killed >= 10,
-        "only {killed} runs were killed mid-stream: make the input larger"
-    );
-    let o = Command::new(eddy_bin())
-        .args(args)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    kill_9_runs_then_finish(dir.path(), &args, 20, (20, 250), 4242, 10);
 
     assert_counter_state(&dir.path().join("st"), &reference(&events));
     assert_outputs_once(dir.path(), &events);

@@ -308,3 +308,49 @@ pub fn version(generation: u32, hash: &str, source: &str) -> eddy_runtime::Versi
         loaded_at_ms: 0,
     }
 }
+
+/// Runs `eddy ARGS` in `dir` `runs` times, each killed with SIGKILL after
+/// `min_ms` plus up to `spread_ms` more (pseudo-random from `seed`) unless
+/// it finished first, then once more to the end. Asserts no run printed an
+/// error, at least `min_killed` were killed mid-stream, and the last
+/// succeeded.
+pub fn kill_9_runs_then_finish(
+    dir: &Path,
+    args: &[&str],
+    runs: usize,
+    (min_ms, spread_ms): (u64, u64),
+    seed: u64,
+    min_killed: usize,
+) {
+    use std::process::{Command, Stdio};
+    let mut rng = Rng(seed);
+    let mut killed = 0;
+    for _ in 0..runs {
+        let mut child = Command::new(eddy_bin())
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(min_ms + rng.next() % spread_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        let o = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!stderr.contains("error"), "{stderr}");
+    }
+    eprintln!("killed {killed} of {runs} runs");
+    assert!(
+        killed >= min_killed,
+        "only {killed} runs were killed mid-stream: make the input larger"
+    );
+    let o = Command::new(eddy_bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -190,25 +190,29 @@ mod tests {
     use crate::operator::Emits;
     use crate::state::{Checkpoint, Store};
 
-    /// Adds 1 to the `n` of `key` (a counter event).
-    fn count(ctx: &mut OpCtx, key: &str) {
+    /// One event of `key` that reads its `n` and, with `add`, adds 1 to
+    /// it; returns the `n` it read.
+    fn event(ctx: &mut OpCtx, key: &str, add: bool) -> u64 {
         ctx.begin(key).unwrap();
         let n = ctx
             .get("n")
             .unwrap()
             .map_or(0, |v| u64::from_le_bytes(v.try_into().unwrap()));
-        ctx.set("n", &(n + 1).to_le_bytes()).unwrap();
-        ctx.finish(true, &mut Emits::default());
-    }
-
-    fn n_of(ctx: &mut OpCtx, key: &str) -> u64 {
-        ctx.begin(key).unwrap();
-        let n = ctx
-            .get("n")
-            .unwrap()
-            .map_or(0, |v| u64::from_le_bytes(v.try_into().unwrap()));
+        if add {
+            ctx.set("n", &(n + 1).to_le_bytes()).unwrap();
+        }
         ctx.finish(true, &mut Emits::default());
         n
+    }
+
+    /// Adds 1 to the `n` of `key` (a counter event).
+    fn count(ctx: &mut OpCtx, key: &str) {
+        event(ctx, key, true);
+    }
+
+    /// The `n` of `key` (an event that only reads).
+    fn n_of(ctx: &mut OpCtx, key: &str) -> u64 {
+        event(ctx, key, false)
     }
 
     /// Hands the changes over as checkpoint `seq` and commits it
