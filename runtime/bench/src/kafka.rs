@@ -200,6 +200,9 @@ pub fn run(a: BenchKafkaArgs) -> Result<()> {
                 timestamp_time: false,
                 until_end: true,
                 properties: Vec::new(),
+                group_mode: false,
+                partitioner: Default::default(),
+                instance: None,
             })),
             Output::Kafka(Box::new(KafkaOutput {
                 bootstrap: bootstrap.clone(),

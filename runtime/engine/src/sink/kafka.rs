@@ -27,6 +27,7 @@ use eddy_kafka::EddyContext;
 use super::format::unframe;
 use super::{Counted, OutputFile, SinkError, SinkLens, SinkMsg, SinkTarget};
 use crate::config::{Delivery, KafkaOutput};
+use crate::state::StateWrite;
 
 /// How long a flush, commit or other transaction call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -156,11 +157,30 @@ pub struct KafkaSink {
     /// With a Kafka input: its consumer group (the offsets go into each
     /// transaction) and its partitions, in the coordinator's order.
     pub input: Option<KafkaInputRef>,
+    /// Group mode: where each operator's state changes go.
+    pub changelog: Option<Changelog>,
 }
 
-/// A Kafka input as the sink needs it: its consumer group's metadata and
-/// its partitions as `(topic, partition)`, in the coordinator's order.
-pub type KafkaInputRef = (ConsumerGroupMetadata, Arc<[(String, i32)]>);
+/// A Kafka input as the sink needs it: the consumer group's metadata (asked
+/// for at each transaction: a rebalance changes it) and its partitions as
+/// `(topic, partition)`, in the coordinator's order.
+pub type KafkaInputRef = (GroupMetadata, Arc<[(String, i32)]>);
+
+/// The consumer group's current metadata (its generation and member id),
+/// which a transaction's offsets are committed under: a member a rebalance
+/// left behind is refused.
+pub type GroupMetadata = Arc<dyn Fn() -> Option<ConsumerGroupMetadata> + Send + Sync>;
+
+/// Group mode's changelog topics: a key's state changes go to its
+/// operator's topic, in the partition of the key (the input's partition).
+pub struct Changelog {
+    /// Per operator, its changelog topic.
+    pub topics: std::collections::HashMap<Arc<str>, String>,
+    /// How the input places keys.
+    pub partitioner: eddy_kafka::partition::Partitioner,
+    /// The input's partitions (and each changelog topic's).
+    pub partitions: i32,
+}
 
 /// Runs the Kafka sink until its channel closes.
 pub fn run_kafka_sink(mut s: KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), SinkError> {
@@ -206,10 +226,17 @@ pub fn run_kafka_sink(mut s: KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), Sin
                 }
                 (None, None) => {}
             },
-            SinkMsg::Flush { offsets, reply } => {
+            SinkMsg::Flush {
+                offsets,
+                changelog,
+                reply,
+            } => {
                 let r = (|| {
                     if let Some(d) = &mut dead {
                         d.flush()?;
+                    }
+                    if let Some(writes) = changelog {
+                        s.changelog(&writes).map_err(|m| fail(&out_target, m))?;
                     }
                     if !suppress {
                         s.checkpoint(&offsets).map_err(|m| fail(&out_target, m))?;
@@ -237,11 +264,52 @@ pub fn run_kafka_sink(mut s: KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), Sin
 }
 
 impl KafkaSink {
+    /// Produces the checkpoint's state changes to the changelog topics.
+    fn changelog(&self, writes: &[StateWrite]) -> Result<(), String> {
+        let Some(c) = &self.changelog else {
+            return Ok(());
+        };
+        for w in writes {
+            let topic = c
+                .topics
+                .get(&w.operator)
+                .ok_or_else(|| format!("operator `{}` has no changelog topic", w.operator))?;
+            let partition = c.partitioner.partition(w.key.as_bytes(), c.partitions);
+            self.send(
+                topic,
+                Some(w.key.as_bytes()),
+                w.record.as_deref(),
+                Some(partition),
+            )?;
+        }
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
     /// Produces one record, waiting (bounded) for room in the queue.
     fn produce(&self, topic: &str, key: Option<&[u8]>, value: &[u8]) -> Result<(), String> {
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(value);
+        self.send(topic, key, Some(value), None)
+    }
+
+    /// Produces one record (a `None` value: a tombstone) to `partition`
+    /// (`None`: the partitioner's), waiting (bounded) for room in the
+    /// queue.
+    fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        partition: Option<i32>,
+    ) -> Result<(), String> {
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if let Some(v) = value {
+            rec = rec.payload(v);
+        }
         if let Some(k) = key {
             rec = rec.key(k);
+        }
+        if let Some(p) = partition {
+            rec = rec.partition(p);
         }
         let start = Instant::now();
         loop {
@@ -278,6 +346,10 @@ impl KafkaSink {
             return Ok(());
         }
         if let Some((group, parts)) = &self.input {
+            let group = group().ok_or_else(|| {
+                "the consumer has no group metadata (it left the group)".to_string()
+            })?;
+            let group = &group;
             let mut tpl = TopicPartitionList::new();
             for ((topic, partition), next) in parts.iter().zip(offsets) {
                 if let Some(next) = next {

@@ -36,6 +36,9 @@ pub enum SinkMsg {
         /// Per Kafka input partition, the next offset (empty for a file
         /// input).
         offsets: Vec<Option<i64>>,
+        /// Group mode: the checkpoint's state changes, produced to the
+        /// changelog topics in the same transaction.
+        changelog: Option<std::sync::Arc<Vec<crate::state::StateWrite>>>,
         /// Where the outcome goes.
         reply: Sender<Result<SinkLens, SinkError>>,
     },
@@ -348,6 +351,7 @@ mod tests {
         let (rtx, rrx) = crossbeam_channel::bounded(1);
         tx.send(SinkMsg::Flush {
             offsets: Vec::new(),
+            changelog: None,
             reply: rtx,
         })
         .unwrap();
@@ -368,6 +372,7 @@ mod tests {
         let (rtx, rrx) = crossbeam_channel::bounded(1);
         tx.send(SinkMsg::Flush {
             offsets: Vec::new(),
+            changelog: None,
             reply: rtx,
         })
         .unwrap();

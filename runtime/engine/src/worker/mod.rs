@@ -82,6 +82,19 @@ pub enum Msg {
         /// The new version's generation.
         generation: u32,
     },
+    /// Group mode, after a checkpoint that made every key clean: renew
+    /// the readers of committed state (a restore may have written keys
+    /// this worker will now read), then drop every cached key `drop`
+    /// selects (their partitions moved to another process, which changes
+    /// them from now on).
+    Release {
+        /// Which keys go.
+        drop: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+        /// How many selected keys could not go (changed since the last
+        /// checkpoint: none should), or why the readers could not be
+        /// renewed.
+        reply: Sender<Result<usize, StoreError>>,
+    },
     /// Stop after what came before.
     Stop,
 }
@@ -202,6 +215,11 @@ impl Worker {
                     if failed {
                         return Err(WorkerError::Barrier { worker: self.id });
                     }
+                }
+                Msg::Release { drop, reply } => {
+                    let r = self.release(&*drop);
+                    self.publish();
+                    let _ = reply.send(r);
                 }
                 Msg::Stop => break,
             }
@@ -345,6 +363,19 @@ impl Worker {
             self.pressure.store(true, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// [`Msg::Release`].
+    fn release(&mut self, drop: &dyn Fn(&str) -> bool) -> Result<usize, StoreError> {
+        let durable = self.store.durable_seq();
+        let mut kept = 0;
+        for op in &mut self.ops {
+            let ctx = op.ctx();
+            let reader = self.store.reader()?;
+            ctx.renew_reader(reader, durable);
+            kept += ctx.release(drop);
+        }
+        Ok(kept)
     }
 
     /// Shows this worker's counters and position to `eddy status`.

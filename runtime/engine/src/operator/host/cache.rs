@@ -144,6 +144,25 @@ impl OpCtx {
         freed
     }
 
+    /// Drops every cached key `drop` selects; returns how many of those
+    /// could not go (changed since the last checkpoint, not yet seen
+    /// committed, or holding timers). Call it between batches only.
+    pub fn release(&mut self, drop: &dyn Fn(&str) -> bool) -> usize {
+        let mut kept = 0;
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
+            if s.free || !drop(&s.key) {
+                continue;
+            }
+            if s.dirty || s.written > self.cache.seen || self.holds(i as u32) {
+                kept += 1;
+                continue;
+            }
+            self.drop_slot(i as u32);
+        }
+        kept
+    }
+
     /// Whether the key in `slot` has timers or TTL deadlines.
     fn holds(&self, slot: u32) -> bool {
         self.timers.holds(slot) || self.ttl.as_ref().is_some_and(|t| t.holds(slot))

@@ -487,13 +487,31 @@ impl Coordinator {
             Some(k) => k.next.clone(),
             None => Vec::new(),
         };
-        if let Some(k) = &self.kafka {
+        // Group mode: the state changes go to the changelog topics in the
+        // transaction (and come back for the state directory).
+        let changelog = match &self.kafka {
+            Some(k) if k.group.is_some() => {
+                if let Some(t) = cp.timers.first() {
+                    bail!(
+                        "operator `{}` set a timer (`{}` of key `{}`): in Kafka group mode timers are not kept in the changelog topics yet, so they could not follow their partition; nothing of this checkpoint is committed",
+                        t.operator,
+                        t.name,
+                        t.key
+                    );
+                }
+                Some(Arc::new(std::mem::take(&mut cp.writes)))
+            }
+            _ => None,
+        };
+        if let Some(k) = self.kafka.as_ref().filter(|k| k.group.is_none()) {
             for (part, next) in k.parts.iter().zip(&k.next) {
                 if let Some(next) = next {
                     cp.meta
                         .push((part.meta_name(), next.to_le_bytes().to_vec()));
                 }
             }
+        }
+        if let Some(k) = &self.kafka {
             if k.watermark != i64::MIN {
                 let w = k.watermark.to_le_bytes().to_vec();
                 cp.meta.push((format!("watermark:{}", k.id), w));
@@ -502,6 +520,7 @@ impl Coordinator {
         let (ftx, frx) = bounded(1);
         let flush = SinkMsg::Flush {
             offsets,
+            changelog: changelog.clone(),
             reply: ftx,
         };
         if self.sink.send(flush).is_err() {
@@ -511,6 +530,9 @@ impl Coordinator {
             Ok(r) => r?,
             Err(_) => return Err(self.sink_failure()),
         };
+        if let Some(w) = changelog {
+            cp.writes = Arc::try_unwrap(w).unwrap_or_else(|w| w.to_vec());
+        }
         if let Some(k) = &self.kafka {
             k.publish(&self.live);
         }

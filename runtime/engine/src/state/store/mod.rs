@@ -231,6 +231,7 @@ pub struct SourcePos {
 }
 
 /// One key's state to write at a checkpoint: `None` deletes it.
+#[derive(Debug, Clone)]
 pub struct StateWrite {
     /// The operator.
     pub operator: Arc<str>,

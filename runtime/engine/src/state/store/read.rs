@@ -126,3 +126,66 @@ impl Store {
         self.file_size()
     }
 }
+
+impl Store {
+    /// Group mode: replaces what operator `operator` holds for the keys
+    /// `select` picks (the keys of partitions this process takes over) by
+    /// `writes`, the partitions' state read from their changelog (`None`:
+    /// the key was deleted), in one durable transaction. Each record's
+    /// checksum is verified first. Returns how many stored keys were
+    /// removed and how many written.
+    pub fn replace_keys(
+        &self,
+        operator: &str,
+        select: &dyn Fn(&str) -> bool,
+        writes: &[(String, Option<Vec<u8>>)],
+    ) -> Result<(usize, usize), StoreError> {
+        let dir = &self.dir;
+        for (key, record) in writes {
+            if let Some(r) = record {
+                check_record(dir, operator, key, r)?;
+            }
+        }
+        guard(dir, || {
+            let txn = self.db.begin_write().map_err(|e| db_err(dir, e))?;
+            let (mut removed, mut written) = (0, 0);
+            {
+                let mut table = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
+                let mut stale = Vec::new();
+                for item in table.range((operator, "")..).map_err(|e| db_err(dir, e))? {
+                    let (k, _) = item.map_err(|e| db_err(dir, e))?;
+                    let (op, key) = k.value();
+                    if op != operator {
+                        break;
+                    }
+                    if select(key) {
+                        stale.push(key.to_string());
+                    }
+                }
+                for key in &stale {
+                    table
+                        .remove((operator, key.as_str()))
+                        .map_err(|e| db_err(dir, e))?;
+                    removed += 1;
+                }
+                for (key, record) in writes {
+                    match record {
+                        Some(r) => {
+                            table
+                                .insert((operator, key.as_str()), r.as_slice())
+                                .map_err(|e| db_err(dir, e))?;
+                            written += 1;
+                        }
+                        None => {
+                            table
+                                .remove((operator, key.as_str()))
+                                .map_err(|e| db_err(dir, e))?;
+                        }
+                    }
+                }
+            }
+            txn.commit().map_err(|e| db_err(dir, e))?;
+            Ok((removed, written))
+        })
+    }
+}
