@@ -78,16 +78,24 @@ pub fn ensure_topic(
             Err((_, code)) => return Err(format!("creating topic `{topic}`: {code}")),
         }
     }
-    // It exists: check its partitions.
-    let md = admin
-        .inner()
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| format!("describing topic `{topic}`: {e}"))?;
-    let found = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map_or(0, |t| t.partitions().len() as i32);
+    // It exists: check its partitions (once the broker describes them: a
+    // topic another process just created may have none yet).
+    let begun = std::time::Instant::now();
+    let found = loop {
+        let md = admin
+            .inner()
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| format!("describing topic `{topic}`: {e}"))?;
+        let found = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len() as i32);
+        if found > 0 || begun.elapsed() > timeout {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     if found != partitions {
         return Err(format!(
             "topic `{topic}` exists with {found} partition(s), but {partitions} are needed (one per input partition): delete it (the state it holds is lost) or give the pipeline another group"

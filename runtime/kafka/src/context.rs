@@ -194,3 +194,22 @@ impl ProducerContext for EddyContext {
         }
     }
 }
+
+/// The member id the group coordinator gave `consumer` (empty before it
+/// joined). A member that was dropped from the group (its session expired)
+/// and joins again gets a new one.
+pub fn member_id<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> String {
+    let rk = consumer.client().native_ptr();
+    // SAFETY: `rk` is the live client handle of `consumer`, borrowed for
+    // this call; `rd_kafka_memberid` returns NULL or a string allocated
+    // by librdkafka that the caller frees with `rd_kafka_mem_free`.
+    unsafe {
+        let p = rdkafka::bindings::rd_kafka_memberid(rk);
+        if p.is_null() {
+            return String::new();
+        }
+        let id = std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
+        rdkafka::bindings::rd_kafka_mem_free(rk, p.cast());
+        id
+    }
+}

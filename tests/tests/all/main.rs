@@ -52,6 +52,8 @@ mod time;
 // Kafka in and out on the real broker: exactly once across restarts, kill -9
 // and a crash between the two commits; bad records dead-lettered.
 mod kafka;
+// Many processes on one consumer group (Kafka group mode).
+mod group;
 // State time to live: expiry at the watermark, storage reclaimed.
 mod ttl;
 // Tumbling windows kept and fired by the host: known answers.

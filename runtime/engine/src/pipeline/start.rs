@@ -110,7 +110,25 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
                     o.topic
                 );
             }
-            let producer = kafka_producer(o, &tid)?;
+            let producer = match &p.input {
+                // A transaction left open by a killed process holds back
+                // what read_committed readers see of the partitions it
+                // wrote until the broker aborts it: after 10 s, not
+                // librdkafka's default 60.
+                Input::Kafka(i)
+                    if i.group_mode
+                        && !o
+                            .properties
+                            .iter()
+                            .any(|(k, _)| k == "transaction.timeout.ms") =>
+                {
+                    let mut o = (**o).clone();
+                    o.properties
+                        .push(("transaction.timeout.ms".into(), "10000".into()));
+                    kafka_producer(&o, &tid)?
+                }
+                _ => kafka_producer(o, &tid)?,
+            };
             check_topic(&producer, &o.topic, "output")?;
             if let Some(t) = &o.dead_letter_topic {
                 check_topic(&producer, t, "dead-letter")?;
@@ -164,6 +182,9 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
         }),
     };
 
+    // Group mode: raised when the group drops this process (its
+    // partitions lost): it never commits again.
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // From here on, each value owns its threads: an early return stops
     // and joins them (in the reverse order of their start).
     let sink = match kafka_out {
@@ -174,8 +195,15 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
                         anyhow::anyhow!("Kafka: no group metadata for group `{}`", i.group)
                     })?;
                     let consumer = consumer.clone();
-                    let metadata: crate::sink::kafka::GroupMetadata =
-                        Arc::new(move || consumer.group_metadata());
+                    let lost = lost.clone();
+                    let metadata: crate::sink::kafka::GroupMetadata = Arc::new(move || {
+                        Some(crate::sink::kafka::Member {
+                            metadata: consumer.group_metadata()?,
+                            id: eddy_kafka::context::member_id(&consumer),
+                            lost: lost.load(std::sync::atomic::Ordering::Acquire)
+                                || consumer.assignment_lost(),
+                        })
+                    });
                     Some((
                         metadata,
                         formats.kafka_parts.clone().expect("a Kafka input"),
@@ -203,6 +231,8 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
                 transactional_id,
                 input,
                 changelog,
+                rebalanced: false,
+                committed_as: None,
             })?
         }
         None => SinkThread::start(out_file, dead_file)?,
@@ -234,6 +264,7 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
     let (reader, kafka) = match kafka_in {
         Some((i, consumer, plan)) if group_mode => {
             let setup = GroupSetup {
+                lost: lost.clone(),
                 input: (**i).clone(),
                 parts: plan.parts.clone(),
                 store: store.clone(),

@@ -159,6 +159,19 @@ pub struct KafkaSink {
     pub input: Option<KafkaInputRef>,
     /// Group mode: where each operator's state changes go.
     pub changelog: Option<Changelog>,
+    /// Set when a transaction was aborted because the consumer group
+    /// rebalanced under it (its generation moved on): group mode tries
+    /// the transaction again with the group's new metadata.
+    pub rebalanced: bool,
+    /// Group mode: the member id of the last commit.
+    pub committed_as: Option<String>,
+}
+
+/// What an exactly-once group-mode sink produced since its last commit,
+/// kept to produce again if the transaction must be retried.
+enum Held {
+    Out(Vec<u8>),
+    Dead(Vec<u8>),
 }
 
 /// A Kafka input as the sink needs it: the consumer group's metadata (asked
@@ -166,10 +179,20 @@ pub struct KafkaSink {
 /// `(topic, partition)`, in the coordinator's order.
 pub type KafkaInputRef = (GroupMetadata, Arc<[(String, i32)]>);
 
-/// The consumer group's current metadata (its generation and member id),
-/// which a transaction's offsets are committed under: a member a rebalance
-/// left behind is refused.
-pub type GroupMetadata = Arc<dyn Fn() -> Option<ConsumerGroupMetadata> + Send + Sync>;
+/// The consumer group's current metadata, which a transaction's offsets
+/// are committed under (a member a rebalance left behind is refused).
+pub type GroupMetadata = Arc<dyn Fn() -> Option<Member> + Send + Sync>;
+
+/// This process as a member of its consumer group, now.
+pub struct Member {
+    /// The group's metadata (generation, member id).
+    pub metadata: ConsumerGroupMetadata,
+    /// The member id.
+    pub id: String,
+    /// The group took this member's partitions away (its session
+    /// expired): it must not commit again.
+    pub lost: bool,
+}
 
 /// Group mode's changelog topics: a key's state changes go to its
 /// operator's topic, in the partition of the key (the input's partition).
@@ -182,8 +205,19 @@ pub struct Changelog {
     pub partitions: i32,
 }
 
-/// Runs the Kafka sink until its channel closes.
+/// Runs the Kafka sink until its channel closes. On the way out (after a
+/// failure too) an exactly-once sink aborts its open transaction, so that
+/// what it holds stops holding back read_committed readers at once rather
+/// than at the transaction's timeout.
 pub fn run_kafka_sink(mut s: KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), SinkError> {
+    let r = sink_loop(&mut s, rx);
+    if s.exactly_once {
+        let _ = s.producer.abort_transaction(Duration::from_secs(10));
+    }
+    r
+}
+
+fn sink_loop(s: &mut KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), SinkError> {
     let out_target = SinkTarget::Kafka(s.topic.clone());
     let mut dead = match s.dead_file.take() {
         Some(f) => {
@@ -200,6 +234,9 @@ pub fn run_kafka_sink(mut s: KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), Sin
         error: io::Error::other(msg),
     };
     let mut suppress = false;
+    // Group mode: this transaction's records, in case it must be retried.
+    let keep = s.changelog.is_some() && s.exactly_once;
+    let mut held: Vec<Held> = Vec::new();
     for msg in rx.iter() {
         match msg {
             SinkMsg::Suppress(on) => suppress = on,
@@ -207,11 +244,11 @@ pub fn run_kafka_sink(mut s: KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), Sin
                 if suppress {
                     continue;
                 }
-                for (key, value) in unframe(&b) {
-                    s.produce(&s.topic, Some(key), value)
-                        .map_err(|m| fail(&out_target, m))?;
-                }
+                s.produce_out(&b).map_err(|m| fail(&out_target, m))?;
                 s.producer.poll(Duration::ZERO);
+                if keep {
+                    held.push(Held::Out(b));
+                }
             }
             SinkMsg::Dead(b) => match (&mut dead, &s.dead_topic) {
                 (Some(file), _) => file.write(&b)?,
@@ -220,8 +257,9 @@ pub fn run_kafka_sink(mut s: KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), Sin
                         continue;
                     }
                     let target = SinkTarget::Kafka(topic.clone());
-                    for line in b.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
-                        s.produce(topic, None, line).map_err(|m| fail(&target, m))?;
+                    s.produce_dead(&b).map_err(|m| fail(&target, m))?;
+                    if keep {
+                        held.push(Held::Dead(b));
                     }
                 }
                 (None, None) => {}
@@ -235,10 +273,12 @@ pub fn run_kafka_sink(mut s: KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), Sin
                     if let Some(d) = &mut dead {
                         d.flush()?;
                     }
-                    if let Some(writes) = changelog {
-                        s.changelog(&writes).map_err(|m| fail(&out_target, m))?;
-                    }
-                    if !suppress {
+                    if keep {
+                        let writes = changelog.as_deref().map_or(&[][..], |w| &w[..]);
+                        s.group_checkpoint(&held, writes, &offsets)
+                            .map_err(|m| fail(&out_target, m))?;
+                        held.clear();
+                    } else if !suppress {
                         s.checkpoint(&offsets).map_err(|m| fail(&out_target, m))?;
                     }
                     Ok(SinkLens {
@@ -264,6 +304,86 @@ pub fn run_kafka_sink(mut s: KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), Sin
 }
 
 impl KafkaSink {
+    /// Produces framed outputs `b` to the output topic.
+    fn produce_out(&self, b: &[u8]) -> Result<(), String> {
+        for (key, value) in unframe(b) {
+            self.produce(&self.topic, Some(key), value)?;
+        }
+        Ok(())
+    }
+
+    /// Produces dead-letter lines `b` to the dead-letter topic.
+    fn produce_dead(&self, b: &[u8]) -> Result<(), String> {
+        if let Some(topic) = &self.dead_topic {
+            for line in b.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+                self.produce(topic, None, line)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Group mode's checkpoint: the state changes to the changelog topics,
+    /// then the commit with the group's current metadata. When the group
+    /// rebalanced under the transaction (the broker refused its offsets
+    /// for an old generation), the transaction is aborted and made again,
+    /// with what it held produced anew: a member keeps its partitions
+    /// until it gives them up (cooperative protocol), so its offsets are
+    /// accepted under the new generation. A member the group dropped keeps
+    /// being refused, and fails after about 20 s.
+    fn group_checkpoint(
+        &mut self,
+        held: &[Held],
+        writes: &[StateWrite],
+        offsets: &[Option<i64>],
+    ) -> Result<(), String> {
+        let mut wait = Duration::from_millis(100);
+        let begun = Instant::now();
+        for attempt in 1.. {
+            if attempt > 1 {
+                for h in held {
+                    match h {
+                        Held::Out(b) => self.produce_out(b)?,
+                        Held::Dead(b) => self.produce_dead(b)?,
+                    }
+                }
+            }
+            self.rebalanced = false;
+            let r = self
+                .changelog(writes)
+                .and_then(|()| self.checkpoint(offsets));
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if self.rebalanced && begun.elapsed() < Duration::from_secs(20) => {
+                    // Only a member that kept its partitions (the same
+                    // member, not one the group dropped and let in again)
+                    // may commit what it did with them.
+                    let now = self.input.as_ref().and_then(|(m, _)| m());
+                    let same = match (&now, &self.committed_as) {
+                        (Some(m), Some(was)) => !m.lost && m.id == *was,
+                        (Some(m), None) => !m.lost,
+                        (None, _) => false,
+                    };
+                    if !same {
+                        return Err(format!(
+                            "{e}: this process was dropped from its consumer group (paused or cut off for longer than session.timeout.ms), so it is fenced: what it did since its last checkpoint is aborted and another process owns its partitions now"
+                        ));
+                    }
+                    tracing::info!(
+                        "Kafka sink: the group rebalanced during a checkpoint ({e}); committing it again (attempt {})",
+                        attempt + 1
+                    );
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                    self.producer
+                        .begin_transaction()
+                        .map_err(|e| format!("beginning a transaction: {e}"))?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
     /// Produces the checkpoint's state changes to the changelog topics.
     fn changelog(&self, writes: &[StateWrite]) -> Result<(), String> {
         let Some(c) = &self.changelog else {
@@ -345,11 +465,17 @@ impl KafkaSink {
             }
             return Ok(());
         }
+        let mut member_id = None;
         if let Some((group, parts)) = &self.input {
-            let group = group().ok_or_else(|| {
+            let member = group().ok_or_else(|| {
                 "the consumer has no group metadata (it left the group)".to_string()
             })?;
-            let group = &group;
+            if member.lost && self.changelog.is_some() {
+                let _ = self.producer.abort_transaction(CALL_TIMEOUT);
+                return Err("this process was dropped from its consumer group (paused or cut off for longer than session.timeout.ms), so it is fenced: what it did since its last checkpoint is aborted and another process owns its partitions now".into());
+            }
+            member_id = Some(member.id);
+            let group = &member.metadata;
             let mut tpl = TopicPartitionList::new();
             for ((topic, partition), next) in parts.iter().zip(offsets) {
                 if let Some(next) = next {
@@ -366,6 +492,9 @@ impl KafkaSink {
         self.txn("committing the transaction", |p| {
             p.commit_transaction(CALL_TIMEOUT)
         })?;
+        if member_id.is_some() {
+            self.committed_as = member_id;
+        }
         self.producer
             .begin_transaction()
             .map_err(|e| format!("beginning a transaction: {e}"))
@@ -374,7 +503,7 @@ impl KafkaSink {
     /// A transaction call: retried while the broker says it may be, the
     /// transaction aborted when it must be.
     fn txn(
-        &self,
+        &mut self,
         what: &str,
         mut f: impl FnMut(&KafkaProducer) -> KafkaResult<()>,
     ) -> Result<(), String> {
@@ -393,6 +522,17 @@ impl KafkaSink {
                 }
                 if t.txn_requires_abort() {
                     let _ = self.producer.abort_transaction(CALL_TIMEOUT);
+                    if self.changelog.is_some()
+                        && matches!(
+                            t.code(),
+                            RDKafkaErrorCode::IllegalGeneration
+                                | RDKafkaErrorCode::UnknownMemberId
+                                | RDKafkaErrorCode::RebalanceInProgress
+                        )
+                    {
+                        self.rebalanced = true;
+                        return Err(format!("{what}: {e}"));
+                    }
                     return Err(format!(
                         "{what}: {e}: the transaction was aborted, so read_committed readers never see its outputs; a restart resumes from the last checkpoint and writes them again"
                     ));

@@ -78,6 +78,9 @@ pub struct GroupSetup {
     pub store: Store,
     /// Per operator: its name and its changelog topic.
     pub changelogs: Vec<(Arc<str>, String)>,
+    /// Raised (for good) when the group takes this process's partitions
+    /// away without a hand-over: the sink then never commits again.
+    pub lost: Arc<AtomicBool>,
 }
 
 /// Subscribes `consumer` to the input topic of `setup` and starts the
@@ -98,6 +101,7 @@ pub fn start_group(consumer: SharedConsumer, setup: GroupSetup) -> Result<KafkaR
         }),
         error: Mutex::new(None),
         restorer: Mutex::new(restorer),
+        lost: setup.lost.clone(),
     });
     consumer
         .context()
@@ -123,6 +127,7 @@ struct Shared {
     /// Why the reader must stop (a restore failed).
     error: Mutex<Option<anyhow::Error>>,
     restorer: Mutex<Restorer>,
+    lost: Arc<AtomicBool>,
 }
 
 struct St {
@@ -391,6 +396,7 @@ impl RebalanceHook for Hook {
                 }
             }
             RebalanceKind::Revoke { lost: true } => {
+                s.lost.store(true, Ordering::Release);
                 {
                     let mut st = s.st.lock().expect("reader state");
                     for &i in &parts {
