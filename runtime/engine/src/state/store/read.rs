@@ -81,14 +81,17 @@ fn check_record(dir: &Path, operator: &str, key: &str, record: &[u8]) -> Result<
     })
 }
 
+/// The rows of spilled list items, as a [`Reader`] holds them.
+type ItemsTable =
+    redb::ReadOnlyTable<(&'static str, &'static str, &'static str, u64), &'static [u8]>;
+
 /// A snapshot of committed state. Workers hold one and renew it at each
 /// checkpoint; what they wrote since is in their cache, so a snapshot that
 /// is older than the cache is never consulted for those keys.
 pub struct Reader {
     pub(super) table: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
     /// The items of spilled lists, from the same transaction.
-    items:
-        Option<redb::ReadOnlyTable<(&'static str, &'static str, &'static str, u64), &'static [u8]>>,
+    items: Option<ItemsTable>,
     pub(super) dir: PathBuf,
 }
 
