@@ -53,7 +53,7 @@ pub struct Spill {
     /// Items below this were handed over at a checkpoint barrier; the
     /// ones from here on are written at the next.
     pub flushed: u64,
-    /// Size as stored of the live items ([`item_size`] summed).
+    /// Size as stored of the live items (`item_size` summed).
     pub bytes: u64,
     /// The part of `bytes` held in memory.
     pub mem_bytes: u64,
