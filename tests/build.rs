@@ -39,6 +39,7 @@ const WORKSPACES: &[(&str, &str, &str, &[&str])] = &[
             "malformed",
             "timers",
             "delay",
+            "history",
         ],
     ),
 ];

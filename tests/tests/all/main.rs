@@ -61,3 +61,6 @@ mod windows;
 // A state cache far smaller than the key set: exact counts, across kill -9
 // and restart and across a hot swap that migrates evicted keys.
 mod cache;
+// A key's list grown to a million items under a small cache: read only by
+// range, exact results and bounded memory, across kill -9 and restart.
+mod big_state;

@@ -208,18 +208,19 @@ impl OpCtx {
             return;
         };
         let s = &mut self.slots[slot as usize];
+        let old = super::mem(s);
         if !s.entity.expire(n) {
             return;
         }
-        let size = if s.entity.is_empty() {
+        s.size = if s.entity.is_empty() {
             RECORD_HEADER
         } else {
             let mut buf = Vec::new();
             s.entity.encode_tagged(s.generation, &self.names, &mut buf);
-            buf.len()
+            buf.len() + s.entity.spilled_bytes() as usize
         };
-        let old = std::mem::replace(&mut s.size, size);
-        self.resized(old, size);
+        let new = super::mem(s);
+        self.resized(old, new);
         self.mark_dirty(slot);
     }
 
