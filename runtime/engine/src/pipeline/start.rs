@@ -87,6 +87,11 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
     if let Input::Kafka(i) = &p.input {
         if i.group_mode {
             check_group_mode(p, i, &operators)?;
+            // The changelog topics carry whole records: no list spills to
+            // rows of its own.
+            for op in &mut operators {
+                op.limits.spill_lists = false;
+            }
         }
     }
     let kafka_out = match &p.output {

@@ -540,6 +540,9 @@ impl OpCtx {
     /// can come back in memory are read back (a read error only leaves
     /// them spilled).
     fn hand_over_lists(&mut self, slot: u32, out: &mut Vec<crate::state::ListRows>) {
+        if !self.limits.spill_lists {
+            return;
+        }
         let s = &mut self.slots[slot as usize];
         if let Some(r) = &self.reader {
             for (n, rows) in s.entity.unspill_candidates() {
