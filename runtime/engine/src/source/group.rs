@@ -440,6 +440,12 @@ impl Restorer {
         let mut config = eddy_kafka::config::read_committed_consumer(&props, &setup.input.group)?;
         config.set("enable.partition.eof", "true");
         config.set("auto.offset.reset", "earliest");
+        // At a partition's end the broker holds a fetch this long before
+        // answering that nothing more is there (librdkafka's default
+        // 500 ms): the end of a restore is found sooner.
+        if config.get("fetch.wait.max.ms").is_none() {
+            config.set("fetch.wait.max.ms", "10");
+        }
         let consumer: KafkaConsumer = config
             .create_with_context(EddyContext::new("restore"))
             .context("creating the Kafka restore consumer")?;
@@ -463,6 +469,7 @@ impl Restorer {
         for p in parts {
             tpl.add_partition(&p.topic, p.partition);
         }
+        let begun = Instant::now();
         let committed = retry(
             "reading the group's committed offsets of the partitions assigned",
             30,
@@ -481,6 +488,10 @@ impl Restorer {
                 }
             })
             .collect();
+        tracing::debug!(
+            "Kafka group: committed offsets read in {:?}",
+            begun.elapsed()
+        );
         let units: HashSet<i32> = parts.iter().map(|p| p.partition).collect();
         let mut keys = 0;
         for (op, topic) in &self.changelogs {
@@ -533,6 +544,11 @@ impl Restorer {
             self.consumer
                 .unassign()
                 .with_context(|| format!("done reading changelog topic `{topic}`"))?;
+            tracing::debug!(
+                "Kafka group: changelog `{topic}` read in {:?} ({} keys)",
+                begun.elapsed(),
+                latest.len()
+            );
             let mut writes: Vec<(String, Option<Vec<u8>>)> = latest.into_iter().collect();
             writes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             keys += writes.iter().filter(|(_, r)| r.is_some()).count() as u64;
