@@ -435,7 +435,7 @@ fn failover(
             .stderr(log)
             .spawn()?)
     };
-    let mut procs = vec![spawn(0)?, spawn(1)?];
+    let mut procs = [spawn(0)?, spawn(1)?];
     // A steady input: `failover_rate` records/s over `keys` keys.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producer = {
@@ -523,8 +523,7 @@ fn failover(
     let log = std::fs::read_to_string(dir.join("failover-0.log")).unwrap_or_default();
     let restore = log
         .lines()
-        .filter(|l| l.contains(" restored ("))
-        .next_back()
+        .rfind(|l| l.contains(" restored ("))
         .and_then(|l| l.split("Kafka group: ").nth(1))
         .unwrap_or("(no restore logged)")
         .to_string();
