@@ -90,6 +90,7 @@ pub fn start_group(consumer: SharedConsumer, setup: GroupSetup) -> Result<KafkaR
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = bounded(AHEAD);
     let restorer = Restorer::new(&setup)?;
+    let (jobs, job_rx) = crossbeam_channel::unbounded();
     let shared = Arc::new(Shared {
         parts: setup.parts.clone(),
         tx,
@@ -98,11 +99,19 @@ pub fn start_group(consumer: SharedConsumer, setup: GroupSetup) -> Result<KafkaR
             batch: Vec::with_capacity(BATCH),
             next: vec![0; n],
             owned: vec![false; n],
+            assigned: vec![false; n],
         }),
         error: Mutex::new(None),
-        restorer: Mutex::new(restorer),
+        jobs,
+        restoring: Mutex::new(()),
         lost: setup.lost.clone(),
     });
+    let restore_thread = {
+        let (shared, consumer) = (shared.clone(), consumer.clone());
+        std::thread::Builder::new()
+            .name("eddy-kafka-restore".into())
+            .spawn(move || restore_loop(&shared, &consumer, &restorer, &job_rx))?
+    };
     consumer
         .context()
         .set_rebalance(Box::new(Hook(shared.clone())));
@@ -111,7 +120,11 @@ pub fn start_group(consumer: SharedConsumer, setup: GroupSetup) -> Result<KafkaR
         .subscribe(&[&topic])
         .with_context(|| format!("Kafka: subscribing to topic `{topic}`"))?;
     let ctx = consumer.context().clone();
-    let reader = GroupReader { consumer, shared };
+    let reader = GroupReader {
+        consumer,
+        shared,
+        restore_thread: Some(restore_thread),
+    };
     let thread = std::thread::Builder::new()
         .name("eddy-kafka-reader".into())
         .spawn(move || reader.run())?;
@@ -126,7 +139,10 @@ struct Shared {
     st: Mutex<St>,
     /// Why the reader must stop (a restore failed).
     error: Mutex<Option<anyhow::Error>>,
-    restorer: Mutex<Restorer>,
+    /// Partitions assigned, to restore (by the restore thread).
+    jobs: Sender<Vec<u16>>,
+    /// Held while a restore runs: a revocation waits for it.
+    restoring: Mutex<()>,
     lost: Arc<AtomicBool>,
 }
 
@@ -136,8 +152,11 @@ struct St {
     /// Per partition, the next offset expected (a record below it was
     /// handed over already, or is before the restored state).
     next: Vec<i64>,
-    /// Per partition: this process owns it.
+    /// Per partition: this process owns it (restored, read).
     owned: Vec<bool>,
+    /// Per partition: the group assigned it to this process (it may be
+    /// still restoring).
+    assigned: Vec<bool>,
 }
 
 impl Shared {
@@ -194,6 +213,15 @@ impl Shared {
         self.send(KafkaMsg::Records(b))
     }
 
+    /// The partition numbers of `parts`, for messages.
+    fn names(&self, parts: &[u16]) -> String {
+        parts
+            .iter()
+            .map(|&i| self.parts[i as usize].partition.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     fn fail(&self, e: anyhow::Error) {
         let mut slot = self.error.lock().expect("reader error");
         slot.get_or_insert(e);
@@ -203,6 +231,103 @@ impl Shared {
 struct GroupReader {
     consumer: SharedConsumer,
     shared: Arc<Shared>,
+    restore_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for GroupReader {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.restore_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The restore thread: restores the partitions assigned, one assignment at
+/// a time, while the others keep flowing; then tells the coordinator, and
+/// starts reading them at the group's committed offset.
+fn restore_loop(
+    s: &Shared,
+    consumer: &KafkaConsumer,
+    restorer: &Restorer,
+    jobs: &crossbeam_channel::Receiver<Vec<u16>>,
+) {
+    while !s.stopped() {
+        let parts = match jobs.recv_timeout(Duration::from_millis(100)) {
+            Ok(p) => p,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        };
+        let _held = s.restoring.lock().expect("restore lock");
+        // Only what is still assigned (a revocation may have come first).
+        let parts: Vec<u16> = {
+            let st = s.st.lock().expect("reader state");
+            parts
+                .into_iter()
+                .filter(|&i| st.assigned[i as usize] && !st.owned[i as usize])
+                .collect()
+        };
+        if parts.is_empty() {
+            continue;
+        }
+        let names = s.names(&parts);
+        let chosen: Vec<Part> = parts.iter().map(|&i| s.parts[i as usize].clone()).collect();
+        let begun = Instant::now();
+        let (starts, keys) = match restorer.restore(&chosen, &|| s.stopped()) {
+            Ok(r) => r,
+            Err(e) => {
+                s.fail(e.context(format!(
+                    "Kafka group: restoring the state of partitions {names}"
+                )));
+                return;
+            }
+        };
+        tracing::info!(
+            "Kafka group: partitions {names} restored ({keys} keys) in {:?}",
+            begun.elapsed()
+        );
+        {
+            let mut st = s.st.lock().expect("reader state");
+            for (&i, start) in parts.iter().zip(&starts) {
+                st.owned[i as usize] = true;
+                st.next[i as usize] = start.unwrap_or(0);
+            }
+        }
+        let msg = KafkaMsg::Assigned {
+            parts: parts.iter().copied().zip(starts.iter().copied()).collect(),
+            restored: keys,
+        };
+        if !s.send(msg) {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (&i, start) in parts.iter().zip(&starts) {
+            let p = &s.parts[i as usize];
+            let at = start.map_or(Offset::Beginning, Offset::Offset);
+            if let Err(e) = tpl.add_partition_offset(&p.topic, p.partition, at) {
+                s.fail(anyhow!(
+                    "Kafka group: starting {}/{}: {e}",
+                    p.topic,
+                    p.partition
+                ));
+                return;
+            }
+        }
+        let started = consumer
+            .seek_partitions(tpl.clone(), CALL_TIMEOUT)
+            .map_err(anyhow::Error::from)
+            .and_then(
+                |r| match r.elements().iter().find_map(|e| e.error().err()) {
+                    Some(e) => Err(anyhow::Error::from(e)),
+                    None => Ok(()),
+                },
+            )
+            .and_then(|()| consumer.resume(&tpl).map_err(anyhow::Error::from));
+        if let Err(e) = started {
+            s.fail(e.context(format!("Kafka group: starting partitions {names}")));
+            return;
+        }
+    }
 }
 
 impl GroupReader {
@@ -299,67 +424,58 @@ impl RebalanceHook for Hook {
                 }
             }
             RebalanceKind::Assign => {
-                let chosen: Vec<Part> =
-                    parts.iter().map(|&i| s.parts[i as usize].clone()).collect();
                 tracing::info!(
                     "Kafka group: partitions {} assigned; restoring their state",
                     names()
                 );
-                let begun = Instant::now();
-                let restored = s
-                    .restorer
-                    .lock()
-                    .expect("restorer")
-                    .restore(&chosen, &|| s.stopped());
-                let (starts, keys) = match restored {
-                    Ok(r) => r,
-                    Err(e) => {
-                        s.fail(e.context(format!(
-                            "Kafka group: restoring the state of partitions {}",
-                            names()
-                        )));
-                        return;
-                    }
-                };
-                tracing::info!(
-                    "Kafka group: partitions {} restored ({keys} keys) in {:?}",
-                    names(),
-                    begun.elapsed()
-                );
                 {
                     let mut st = s.st.lock().expect("reader state");
-                    for (&i, start) in parts.iter().zip(&starts) {
-                        st.owned[i as usize] = true;
-                        st.next[i as usize] = start.unwrap_or(0);
+                    for &i in &parts {
+                        st.assigned[i as usize] = true;
                     }
                 }
-                if !s.flush() {
-                    return;
-                }
-                let msg = KafkaMsg::Assigned {
-                    parts: parts.iter().copied().zip(starts.iter().copied()).collect(),
-                    restored: keys,
-                };
-                if !s.send(msg) {
-                    return;
-                }
-                for (&i, start) in parts.iter().zip(&starts) {
-                    let p = &s.parts[i as usize];
-                    let at = start.map_or(Offset::Beginning, Offset::Offset);
-                    if let Err(e) = tpl.set_partition_offset(&p.topic, p.partition, at) {
-                        s.fail(anyhow!(
-                            "Kafka group: starting {}/{}: {e}",
-                            p.topic,
-                            p.partition
-                        ));
-                        return;
-                    }
-                }
-                if let Err(e) = consumer.incremental_assign(tpl) {
+                // Taken but not read until restored: the other partitions
+                // keep flowing meanwhile.
+                let taken = consumer
+                    .incremental_assign(tpl)
+                    .and_then(|()| consumer.pause(tpl));
+                if let Err(e) = taken {
                     s.fail(anyhow!("Kafka group: taking partitions {}: {e}", names()));
+                    return;
                 }
+                let _ = s.jobs.send(parts.clone());
             }
-            RebalanceKind::Revoke { lost: false } => {
+            RebalanceKind::Revoke { lost } => {
+                // A restore under way finishes first; one not begun is
+                // dropped.
+                let _held = s.restoring.lock().expect("restore lock");
+                let mut st = s.st.lock().expect("reader state");
+                for &i in &parts {
+                    st.assigned[i as usize] = false;
+                }
+                drop(st);
+                self.revoke(consumer, &parts, lost, tpl, &names());
+            }
+            RebalanceKind::Error(e) => {
+                tracing::warn!("Kafka group: rebalance failed: {e:?}");
+            }
+        }
+    }
+}
+
+impl Hook {
+    fn revoke(
+        &self,
+        consumer: &BaseConsumer<EddyContext>,
+        parts: &[u16],
+        lost: bool,
+        tpl: &mut TopicPartitionList,
+        names: &str,
+    ) {
+        let s = &self.0;
+        let names = || names.to_string();
+        match lost {
+            false => {
                 tracing::info!(
                     "Kafka group: partitions {} move to another process; checkpointing them",
                     names()
@@ -368,13 +484,13 @@ impl RebalanceHook for Hook {
                 if s.flush() {
                     {
                         let mut st = s.st.lock().expect("reader state");
-                        for &i in &parts {
+                        for &i in parts {
                             st.owned[i as usize] = false;
                         }
                     }
                     let (rtx, rrx) = bounded(1);
                     if s.send(KafkaMsg::Revoke {
-                        parts: parts.clone(),
+                        parts: parts.to_vec(),
                         reply: rtx,
                     }) {
                         loop {
@@ -387,7 +503,7 @@ impl RebalanceHook for Hook {
                     }
                 } else {
                     let mut st = s.st.lock().expect("reader state");
-                    for &i in &parts {
+                    for &i in parts {
                         st.owned[i as usize] = false;
                     }
                 }
@@ -395,11 +511,11 @@ impl RebalanceHook for Hook {
                     tracing::warn!("Kafka group: giving up partitions {}: {e}", names());
                 }
             }
-            RebalanceKind::Revoke { lost: true } => {
+            true => {
                 s.lost.store(true, Ordering::Release);
                 {
                     let mut st = s.st.lock().expect("reader state");
-                    for &i in &parts {
+                    for &i in parts {
                         st.owned[i as usize] = false;
                     }
                 }
@@ -407,13 +523,10 @@ impl RebalanceHook for Hook {
                     "Kafka group: partitions {} were lost: this process was cut off from the group for longer than session.timeout.ms, and another process owns them now",
                     names()
                 );
-                s.send(KafkaMsg::Lost(parts.clone()));
+                s.send(KafkaMsg::Lost(parts.to_vec()));
                 if let Err(e) = consumer.incremental_unassign(tpl) {
                     tracing::warn!("Kafka group: giving up partitions {}: {e}", names());
                 }
-            }
-            RebalanceKind::Error(e) => {
-                tracing::warn!("Kafka group: rebalance failed: {e:?}");
             }
         }
     }
