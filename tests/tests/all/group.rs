@@ -44,6 +44,12 @@ struct Group {
 
 impl Group {
     fn new(bootstrap: &str) -> Group {
+        Group::with(bootstrap, "counter", eddy_tests::COUNTER, "")
+    }
+
+    /// A group running `component` as operator `name`, with `extra`
+    /// lines at the end of its `[[operator]]` table... and after it.
+    fn with(bootstrap: &str, name: &str, component: &str, extra: &str) -> Group {
         let input = unique("gin");
         let output = unique("gout");
         create_topic(bootstrap, &input, PARTITIONS);
@@ -62,16 +68,16 @@ group = "{group}"
 mode = "group"
 
 [[operator]]
-name = "counter"
-component = "{}"
+name = "{name}"
+component = "{component}"
+{extra}
 
 [sink.kafka]
 topic = "{output}"
 
 [state]
 checkpoint_interval_ms = 200
-"#,
-                eddy_tests::COUNTER
+"#
             ),
         )
         .unwrap();
@@ -252,6 +258,10 @@ checkpoint_interval_ms = 200
         assert_outputs_once(&self.bootstrap, &self.output, PARTITIONS, events);
         let mut latest: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
         for (p, key, value) in read_committed_raw(&self.bootstrap, &changelog, PARTITIONS) {
+            let key = key
+                .strip_prefix('s')
+                .unwrap_or_else(|| panic!("a state record: {key:?}"))
+                .to_string();
             assert_eq!(
                 p,
                 Partitioner::Murmur2.partition(key.as_bytes(), PARTITIONS),
@@ -490,7 +500,7 @@ fn a_process_paused_past_its_session_timeout_is_fenced() {
     // Session timeout 6 s: process 1 takes everything.
     g.wait_drained(TIMEOUT);
     g.signal(0, "-CONT");
-    let status = g.wait_exit(0, TIMEOUT);
+    let status = g.wait_exit(0, 2 * TIMEOUT);
     assert!(!status.success(), "the zombie stops with an error");
     let log = g.log(0);
     assert!(
@@ -533,6 +543,82 @@ fn a_deleted_state_directory_is_restored_from_the_changelog() {
             "process {i} restored its partitions' state:\n{}",
             g.log(i)
         );
+    }
+}
+
+/// Event-time timers follow their partitions: packages scanned while one
+/// process owned everything have their delay timers in the changelog; a
+/// second process takes half the partitions, restores the timers with the
+/// state, and each fires exactly once when the watermark passes it.
+#[test]
+fn timers_follow_their_partitions() {
+    let Some(bootstrap) = broker("timers_follow_their_partitions") else {
+        return;
+    };
+    let mut g = Group::with(
+        &bootstrap,
+        "delay",
+        eddy_tests::DELAY,
+        "config = { max_gap = 100 }\n\n[source]\ntime = \"ts\"",
+    );
+    let scan = |key: &str, ts: u64| {
+        (
+            Some(key.as_bytes().to_vec()),
+            format!("{{\"location\":\"Oslo\",\"status\":\"scanned\",\"ts\":{ts}}}").into_bytes(),
+        )
+    };
+    // Deadlines at 1100; no partition's watermark reaches it yet (one time
+    // for all: a partition's first record does not find the input's
+    // watermark moved past it by another's).
+    let first: Vec<_> = (0..200).map(|i| scan(&format!("p{i}"), 1000)).collect();
+    g.start(0);
+    produce(&bootstrap, &g.input, &first);
+    g.wait_drained(TIMEOUT);
+    g.start(1);
+    g.wait_owns(1);
+    // Every partition's watermark goes to 5000: every delay fires.
+    let later: Vec<_> = (0..600).map(|i| scan(&format!("f{i}"), 5000)).collect();
+    produce(&bootstrap, &g.input, &later);
+    g.wait_drained(TIMEOUT);
+    g.stop_all();
+    settled(&bootstrap, &g.output);
+    let out = read_committed_raw(&bootstrap, &g.output, PARTITIONS);
+    let mut delayed: BTreeMap<String, u32> = BTreeMap::new();
+    for (_, key, value) in &out {
+        let v: serde_json::Value = serde_json::from_slice(value.as_deref().unwrap()).unwrap();
+        if v["event"] == "delayed" {
+            *delayed.entry(key.clone()).or_default() += 1;
+            assert_eq!(v["deadline"], v["last_scan"].as_i64().unwrap() + 100);
+        }
+    }
+    let want: BTreeMap<String, u32> = (0..200).map(|i| (format!("p{i}"), 1)).collect();
+    assert_eq!(
+        delayed,
+        want,
+        "each package's delay fired exactly once\n{}\n{}",
+        g.log(0),
+        g.log(1)
+    );
+    let log = g.log(1);
+    assert!(
+        log.contains("keys restored from the changelog topics"),
+        "the second process restored state:\n{log}"
+    );
+    // In the changelog, the packages' timers are gone (fired) and the
+    // later scans' are pending (at 5100).
+    let changelog = format!("{}-delay-changelog", g.group);
+    let mut timers: BTreeMap<String, Option<i64>> = BTreeMap::new();
+    for (_, key, value) in read_committed_raw(&bootstrap, &changelog, PARTITIONS) {
+        if let Some(t) = key.strip_prefix('t') {
+            let at = value.map(|v| i64::from_le_bytes(v.try_into().unwrap()));
+            timers.insert(t.to_string(), at);
+        }
+    }
+    for i in 0..200 {
+        assert_eq!(timers[&format!("p{i}\0delay")], None, "p{i}'s timer fired");
+    }
+    for i in 0..600 {
+        assert_eq!(timers[&format!("f{i}\0delay")], Some(5100), "f{i}'s timer");
     }
 }
 

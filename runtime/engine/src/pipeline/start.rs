@@ -409,12 +409,6 @@ fn check_group_mode(
         )));
     }
     for op in operators {
-        if !op.ttl.is_empty() {
-            return Err(why(&format!(
-                "operator `{}` gives state a time to live: timers and TTL are not kept in changelog topics yet",
-                op.name
-            )));
-        }
         let topic = changelog_topic(&i.group, &op.name);
         let ok = topic.len() <= 249
             && topic

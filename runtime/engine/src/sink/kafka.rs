@@ -25,9 +25,10 @@ use eddy_kafka::rdkafka::{Offset, TopicPartitionList};
 use eddy_kafka::EddyContext;
 
 use super::format::unframe;
+use super::Changes;
 use super::{Counted, OutputFile, SinkError, SinkLens, SinkMsg, SinkTarget};
 use crate::config::{Delivery, KafkaOutput};
-use crate::state::StateWrite;
+use crate::state::{CHANGELOG_STATE, CHANGELOG_TIMER};
 
 /// How long a flush, commit or other transaction call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -274,8 +275,9 @@ fn sink_loop(s: &mut KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), SinkError> 
                         d.flush()?;
                     }
                     if keep {
-                        let writes = changelog.as_deref().map_or(&[][..], |w| &w[..]);
-                        s.group_checkpoint(&held, writes, &offsets)
+                        let none = Changes::default();
+                        let changes = changelog.as_deref().unwrap_or(&none);
+                        s.group_checkpoint(&held, changes, &offsets)
                             .map_err(|m| fail(&out_target, m))?;
                         held.clear();
                     } else if !suppress {
@@ -333,7 +335,7 @@ impl KafkaSink {
     fn group_checkpoint(
         &mut self,
         held: &[Held],
-        writes: &[StateWrite],
+        changes: &Changes,
         offsets: &[Option<i64>],
     ) -> Result<(), String> {
         let mut wait = Duration::from_millis(100);
@@ -349,7 +351,7 @@ impl KafkaSink {
             }
             self.rebalanced = false;
             let r = self
-                .changelog(writes)
+                .changelog(changes)
                 .and_then(|()| self.checkpoint(offsets));
             match r {
                 Ok(()) => return Ok(()),
@@ -384,21 +386,45 @@ impl KafkaSink {
         unreachable!("the loop returns")
     }
 
-    /// Produces the checkpoint's state changes to the changelog topics.
-    fn changelog(&self, writes: &[StateWrite]) -> Result<(), String> {
+    /// Produces the checkpoint's changes to the changelog topics: a key's
+    /// state under `s` + the key, a pending timer (or TTL deadline) under
+    /// `t` + the key + NUL + its name with its time (i64, little-endian);
+    /// `None` (deleted, fired, cleared) as a tombstone. Each in the
+    /// partition of its key.
+    fn changelog(&self, changes: &Changes) -> Result<(), String> {
         let Some(c) = &self.changelog else {
             return Ok(());
         };
-        for w in writes {
-            let topic = c
-                .topics
-                .get(&w.operator)
-                .ok_or_else(|| format!("operator `{}` has no changelog topic", w.operator))?;
+        let topic = |op: &Arc<str>| {
+            c.topics
+                .get(op)
+                .ok_or_else(|| format!("operator `{op}` has no changelog topic"))
+        };
+        let mut k = Vec::new();
+        for w in &changes.writes {
             let partition = c.partitioner.partition(w.key.as_bytes(), c.partitions);
+            k.clear();
+            k.push(CHANGELOG_STATE);
+            k.extend_from_slice(w.key.as_bytes());
             self.send(
-                topic,
-                Some(w.key.as_bytes()),
+                topic(&w.operator)?,
+                Some(&k),
                 w.record.as_deref(),
+                Some(partition),
+            )?;
+        }
+        for t in &changes.timers {
+            let partition = c.partitioner.partition(t.key.as_bytes(), c.partitions);
+            k.clear();
+            k.push(CHANGELOG_TIMER);
+            k.extend_from_slice(t.key.as_bytes());
+            k.push(0);
+            k.extend_from_slice(t.name.as_bytes());
+            let at = t.at.map(i64::to_le_bytes);
+            self.send(
+                topic(&t.operator)?,
+                Some(&k),
+                at.as_ref().map(|a| &a[..]),
                 Some(partition),
             )?;
         }

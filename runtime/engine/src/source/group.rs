@@ -34,7 +34,7 @@ use eddy_kafka::EddyContext;
 
 use super::kafka::{retry, KafkaMsg, KafkaReader, Part, Record, SharedConsumer};
 use crate::config::KafkaInput;
-use crate::state::Store;
+use crate::state::{Store, CHANGELOG_STATE, CHANGELOG_TIMER};
 
 /// Records per batch handed to the coordinator.
 const BATCH: usize = 1024;
@@ -616,6 +616,7 @@ impl Restorer {
                 .assign(&ctpl)
                 .with_context(|| format!("reading changelog topic `{topic}`"))?;
             let mut latest: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+            let mut timers: HashMap<(String, String), Option<i64>> = HashMap::new();
             let mut at_end = HashSet::new();
             let begun = Instant::now();
             let mut last_error: Option<String> = None;
@@ -634,16 +635,36 @@ impl Restorer {
                 match self.consumer.poll(Duration::from_millis(100)) {
                     None => {}
                     Some(Ok(m)) => {
-                        let key = std::str::from_utf8(m.key().unwrap_or_default())
-                            .map_err(|_| {
-                                anyhow!(
-                                    "changelog topic `{topic}` partition {} offset {}: the key is not UTF-8 (is the topic Eddy's?)",
-                                    m.partition(),
-                                    m.offset()
-                                )
-                            })?
-                            .to_string();
-                        latest.insert(key, m.payload().map(<[u8]>::to_vec));
+                        let bad = |why: &str| {
+                            anyhow!(
+                                "changelog topic `{topic}` partition {} offset {}: {why} (is the topic Eddy's?)",
+                                m.partition(),
+                                m.offset()
+                            )
+                        };
+                        let raw = m.key().unwrap_or_default();
+                        let (&tag, rest) = raw.split_first().ok_or_else(|| bad("no key"))?;
+                        let text =
+                            std::str::from_utf8(rest).map_err(|_| bad("the key is not UTF-8"))?;
+                        match tag {
+                            CHANGELOG_STATE => {
+                                latest.insert(text.to_string(), m.payload().map(<[u8]>::to_vec));
+                            }
+                            CHANGELOG_TIMER => {
+                                let (key, name) = text
+                                    .split_once('\0')
+                                    .ok_or_else(|| bad("a timer record without a name"))?;
+                                let at = match m.payload() {
+                                    None => None,
+                                    Some(v) => Some(i64::from_le_bytes(
+                                        v.try_into()
+                                            .map_err(|_| bad("a timer's time is not 8 bytes"))?,
+                                    )),
+                                };
+                                timers.insert((key.to_string(), name.to_string()), at);
+                            }
+                            _ => return Err(bad("an unknown record kind")),
+                        }
                     }
                     Some(Err(KafkaError::PartitionEOF(p))) => {
                         at_end.insert(p);
@@ -667,7 +688,12 @@ impl Restorer {
             keys += writes.iter().filter(|(_, r)| r.is_some()).count() as u64;
             let (partitioner, n) = (self.partitioner, self.partitions);
             let select = |key: &str| units.contains(&partitioner.partition(key.as_bytes(), n));
-            self.store.replace_keys(op, &select, &writes)?;
+            let mut timers: Vec<(String, String, i64)> = timers
+                .into_iter()
+                .filter_map(|((k, name), at)| Some((k, name, at?)))
+                .collect();
+            timers.sort_unstable();
+            self.store.replace_keys(op, &select, &writes, &timers)?;
         }
         Ok((starts, keys))
     }

@@ -90,6 +90,9 @@ pub enum Msg {
     Release {
         /// Which keys go.
         drop: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+        /// Keys whose pending timers to load from the state directory
+        /// (their partitions were restored into it).
+        load: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>,
         /// How many selected keys could not go (changed since the last
         /// checkpoint: none should), or why the readers could not be
         /// renewed.
@@ -216,8 +219,8 @@ impl Worker {
                         return Err(WorkerError::Barrier { worker: self.id });
                     }
                 }
-                Msg::Release { drop, reply } => {
-                    let r = self.release(&*drop);
+                Msg::Release { drop, load, reply } => {
+                    let r = self.release(&*drop, load.as_deref());
                     self.publish();
                     let _ = reply.send(r);
                 }
@@ -366,14 +369,27 @@ impl Worker {
     }
 
     /// [`Msg::Release`].
-    fn release(&mut self, drop: &dyn Fn(&str) -> bool) -> Result<usize, StoreError> {
+    fn release(
+        &mut self,
+        drop: &dyn Fn(&str) -> bool,
+        load: Option<&(dyn Fn(&str) -> bool + Send + Sync)>,
+    ) -> Result<usize, StoreError> {
         let durable = self.store.durable_seq();
+        let workers = self.peers.len();
         let mut kept = 0;
         for op in &mut self.ops {
             let ctx = op.ctx();
             let reader = self.store.reader()?;
             ctx.renew_reader(reader, durable);
             kept += ctx.release(drop);
+            if let Some(load) = load {
+                let name = ctx.name().to_string();
+                for (key, timer, at) in self.store.timers(&name)? {
+                    if load(&key) && route(&key, workers) == self.id {
+                        ctx.restore_timer(&key, &timer, at)?;
+                    }
+                }
+            }
         }
         Ok(kept)
     }

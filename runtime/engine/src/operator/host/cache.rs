@@ -158,9 +158,11 @@ impl OpCtx {
         freed
     }
 
-    /// Drops every cached key `drop` selects; returns how many of those
-    /// could not go (changed since the last checkpoint, not yet seen
-    /// committed, or holding timers). Call it between batches only.
+    /// Drops every cached key `drop` selects, with its pending timers and
+    /// TTL deadlines (their partition moved to another process, which has
+    /// them from the changelog); returns how many of those could not go
+    /// (changed since the last checkpoint, or not yet seen committed).
+    /// Call it between batches only.
     pub fn release(&mut self, drop: &dyn Fn(&str) -> bool) -> usize {
         let mut kept = 0;
         for i in 0..self.slots.len() {
@@ -168,11 +170,22 @@ impl OpCtx {
             if s.free || !drop(&s.key) {
                 continue;
             }
-            if s.dirty || s.written > self.cache.seen || self.holds(i as u32) {
+            let slot = i as u32;
+            let unwritten = self.timers.unwritten(slot)
+                || self
+                    .ttl
+                    .as_ref()
+                    .is_some_and(|t| t.deadlines_unwritten(slot));
+            if s.dirty || s.written > self.cache.seen || unwritten {
                 kept += 1;
                 continue;
             }
-            self.drop_slot(i as u32);
+            let key = s.key.clone();
+            self.timers.forget(slot, &key);
+            if let Some(t) = &mut self.ttl {
+                t.forget(slot, &key);
+            }
+            self.drop_slot(slot);
         }
         kept
     }

@@ -52,6 +52,17 @@ impl Ttl {
         self.deadlines.holds(slot)
     }
 
+    /// Whether the key in `slot` has deadline rows not yet written.
+    pub(super) fn deadlines_unwritten(&self, slot: u32) -> bool {
+        self.deadlines.unwritten(slot)
+    }
+
+    /// Forgets the deadlines of the key in `slot` (see
+    /// [`super::timers::TimerTable::forget`]).
+    pub(super) fn forget(&mut self, slot: u32, key: &compact_str::CompactString) {
+        self.deadlines.forget(slot, key);
+    }
+
     fn new(specs: &[TtlSpec]) -> Ttl {
         Ttl {
             specs: specs.to_vec(),

@@ -202,9 +202,12 @@ impl Coordinator {
             k.wms[i as usize] = None;
         }
         let names = names(k, parts);
-        self.release(Arc::new(move |key: &str| {
-            revoked.contains(&g.partitioner.partition(key.as_bytes(), g.partitions))
-        }))?;
+        self.release(
+            Arc::new(move |key: &str| {
+                revoked.contains(&g.partitioner.partition(key.as_bytes(), g.partitions))
+            }),
+            None,
+        )?;
         tracing::info!("Kafka group: partitions {names} handed over after a checkpoint");
         if let Some(k) = &self.kafka {
             k.publish(&self.live);
@@ -216,7 +219,19 @@ impl Coordinator {
     /// restored into the state directory: the workers' readers are
     /// renewed (to see it), then their records are taken.
     fn kafka_assigned(&mut self, parts: &[(u16, Option<i64>)], restored: u64) -> Result<()> {
-        self.release(Arc::new(|_: &str| false))?;
+        let k = self.kafka.as_ref().expect("a Kafka input");
+        let g = k.group.expect("group mode");
+        let taken: HashSet<i32> = parts
+            .iter()
+            .map(|&(i, _)| k.parts[i as usize].partition)
+            .collect();
+        // The restored keys' pending timers go to their workers.
+        self.release(
+            Arc::new(|_: &str| false),
+            Some(Arc::new(move |key: &str| {
+                taken.contains(&g.partitioner.partition(key.as_bytes(), g.partitions))
+            })),
+        )?;
         let k = self.kafka.as_mut().expect("a Kafka input");
         for &(i, start) in parts {
             k.owned[i as usize] = true;
@@ -227,9 +242,14 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Renews every worker's reader and drops the cached keys `drop`
-    /// selects, once every event sent is handled.
-    fn release(&mut self, drop: Arc<dyn Fn(&str) -> bool + Send + Sync>) -> Result<()> {
+    /// Renews every worker's reader, drops the cached keys `drop` selects
+    /// and loads the pending timers of the keys `load` selects, once every
+    /// event sent is handled.
+    fn release(
+        &mut self,
+        drop: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+        load: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>,
+    ) -> Result<()> {
         self.flush_batches()?;
         self.wait_inflight(|n| n == 0)?;
         let mut replies = Vec::with_capacity(self.workers.count());
@@ -237,6 +257,7 @@ impl Coordinator {
             let (tx, rx) = bounded(1);
             let msg = Msg::Release {
                 drop: drop.clone(),
+                load: load.clone(),
                 reply: tx,
             };
             if self.workers.send(w, msg).is_err() {

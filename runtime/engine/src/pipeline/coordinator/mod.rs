@@ -490,17 +490,10 @@ impl Coordinator {
         // Group mode: the state changes go to the changelog topics in the
         // transaction (and come back for the state directory).
         let changelog = match &self.kafka {
-            Some(k) if k.group.is_some() => {
-                if let Some(t) = cp.timers.first() {
-                    bail!(
-                        "operator `{}` set a timer (`{}` of key `{}`): in Kafka group mode timers are not kept in the changelog topics yet, so they could not follow their partition; nothing of this checkpoint is committed",
-                        t.operator,
-                        t.name,
-                        t.key
-                    );
-                }
-                Some(Arc::new(std::mem::take(&mut cp.writes)))
-            }
+            Some(k) if k.group.is_some() => Some(Arc::new(crate::sink::Changes {
+                writes: std::mem::take(&mut cp.writes),
+                timers: std::mem::take(&mut cp.timers),
+            })),
             _ => None,
         };
         if let Some(k) = self.kafka.as_ref().filter(|k| k.group.is_none()) {
@@ -530,8 +523,10 @@ impl Coordinator {
             Ok(r) => r?,
             Err(_) => return Err(self.sink_failure()),
         };
-        if let Some(w) = changelog {
-            cp.writes = Arc::try_unwrap(w).unwrap_or_else(|w| w.to_vec());
+        if let Some(c) = changelog {
+            let c = Arc::try_unwrap(c).unwrap_or_else(|c| (*c).clone());
+            cp.writes = c.writes;
+            cp.timers = c.timers;
         }
         if let Some(k) = &self.kafka {
             k.publish(&self.live);

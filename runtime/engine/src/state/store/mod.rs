@@ -279,6 +279,14 @@ fn item_of(index: u64, row: &[u8]) -> Result<&[u8], &'static str> {
     Ok(item)
 }
 
+/// Kafka group mode: the tag of a key's state record in a changelog topic
+/// (the record key is the tag, then the key).
+pub const CHANGELOG_STATE: u8 = b's';
+/// Kafka group mode: the tag of a pending timer or TTL deadline in a
+/// changelog topic (the record key is the tag, the key, a NUL byte and the
+/// timer's name; the value its time, i64 little-endian).
+pub const CHANGELOG_TIMER: u8 = b't';
+
 /// One pending timer to write at a checkpoint: `None` deletes it (it fired
 /// or was cleared).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -234,14 +234,16 @@ impl Store {
     /// Group mode: replaces what operator `operator` holds for the keys
     /// `select` picks (the keys of partitions this process takes over) by
     /// `writes`, the partitions' state read from their changelog (`None`:
-    /// the key was deleted), in one durable transaction. Each record's
-    /// checksum is verified first. Returns how many stored keys were
-    /// removed and how many written.
+    /// the key was deleted), and their pending timers by `timers` (`(key,
+    /// name, time)`), in one durable transaction. Each record's checksum
+    /// is verified first. Returns how many stored keys were removed and how
+    /// many written.
     pub fn replace_keys(
         &self,
         operator: &str,
         select: &dyn Fn(&str) -> bool,
         writes: &[(String, Option<Vec<u8>>)],
+        timers: &[(String, String, i64)],
     ) -> Result<(usize, usize), StoreError> {
         let dir = &self.dir;
         for (key, record) in writes {
@@ -285,6 +287,31 @@ impl Store {
                                 .map_err(|e| db_err(dir, e))?;
                         }
                     }
+                }
+                let mut table = txn.open_table(TIMERS).map_err(|e| db_err(dir, e))?;
+                let mut stale = Vec::new();
+                for item in table
+                    .range((operator, "", "")..)
+                    .map_err(|e| db_err(dir, e))?
+                {
+                    let (k, _) = item.map_err(|e| db_err(dir, e))?;
+                    let (op, key, name) = k.value();
+                    if op != operator {
+                        break;
+                    }
+                    if select(key) {
+                        stale.push((key.to_string(), name.to_string()));
+                    }
+                }
+                for (key, name) in &stale {
+                    table
+                        .remove((operator, key.as_str(), name.as_str()))
+                        .map_err(|e| db_err(dir, e))?;
+                }
+                for (key, name, at) in timers {
+                    table
+                        .insert((operator, key.as_str(), name.as_str()), *at)
+                        .map_err(|e| db_err(dir, e))?;
                 }
             }
             txn.commit().map_err(|e| db_err(dir, e))?;
