@@ -89,10 +89,10 @@ pub enum Msg {
     /// them from now on).
     Release {
         /// Which keys go.
-        drop: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+        drop: KeyFilter,
         /// Keys whose pending timers to load from the state directory
         /// (their partitions were restored into it).
-        load: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>,
+        load: Option<KeyFilter>,
         /// How many selected keys could not go (changed since the last
         /// checkpoint: none should), or why the readers could not be
         /// renewed.
@@ -101,6 +101,9 @@ pub enum Msg {
     /// Stop after what came before.
     Stop,
 }
+
+/// Selects keys (by the partition they hash to, in Kafka group mode).
+pub type KeyFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl Msg {
     /// `batch`, noted as handed over now (the earliest its events can be

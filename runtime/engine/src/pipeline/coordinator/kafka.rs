@@ -19,7 +19,7 @@ use crate::sink::SinkMsg;
 use crate::source::{
     decode, KafkaMsg, KafkaPlan, KafkaReader, Part, Record, Verdict, WatermarkGen,
 };
-use crate::worker::Msg;
+use crate::worker::{KeyFilter, Msg};
 
 /// A Kafka input as the coordinator drives it.
 pub(in crate::pipeline) struct KafkaFeed {
@@ -247,8 +247,8 @@ impl Coordinator {
     /// event sent is handled.
     fn release(
         &mut self,
-        drop: Arc<dyn Fn(&str) -> bool + Send + Sync>,
-        load: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>,
+        drop: KeyFilter,
+        load: Option<KeyFilter>,
     ) -> Result<()> {
         self.flush_batches()?;
         self.wait_inflight(|n| n == 0)?;
