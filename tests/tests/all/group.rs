@@ -622,6 +622,114 @@ fn timers_follow_their_partitions() {
     }
 }
 
+/// A chain that re-keys (views per user emit under the item; recommend
+/// counts co-watches per item) across three processes, one killed with
+/// `kill -9` mid-stream: the events for `recommend` go through its
+/// repartition topic to the process owning the item, and both operators'
+/// state in the changelog topics is exactly what one process reading the
+/// same events from a file ends with.
+#[test]
+fn a_chain_that_rekeys_goes_through_its_repartition_topic() {
+    let Some(bootstrap) = broker("a_chain_that_rekeys_goes_through_its_repartition_topic") else {
+        return;
+    };
+    let extra = format!(
+        "config = {{ history = 5 }}\n\n[[operator]]\nname = \"recommend\"\ncomponent = \"{}\"\nconfig = {{ top = 3 }}",
+        eddy_tests::RECOMMEND
+    );
+    let mut g = Group::with(&bootstrap, "views", eddy_tests::VIEWS, &extra);
+    let mut rng = crate::util::Rng(0x5eed);
+    let views: Vec<(String, String)> = (0..6000)
+        .map(|_| {
+            let user = format!("u{}", rng.next() % 300);
+            let item = format!("i{}", rng.next() % 40);
+            (user, item)
+        })
+        .collect();
+    let records: Vec<_> = views
+        .iter()
+        .map(|(u, i)| {
+            (
+                Some(u.as_bytes().to_vec()),
+                format!("{{\"user\":\"{u}\",\"item\":\"{i}\"}}").into_bytes(),
+            )
+        })
+        .collect();
+    // The same events through one process from a file: the reference.
+    let dir = g.dir.path().to_path_buf();
+    let lines: String = views
+        .iter()
+        .map(|(u, i)| format!("{{\"user\":\"{u}\",\"item\":\"{i}\"}}\n"))
+        .collect();
+    std::fs::write(dir.join("views.jsonl"), lines).unwrap();
+    std::fs::write(
+        dir.join("reference.toml"),
+        format!(
+            "workers = 2\n[source]\npath = \"views.jsonl\"\nkey = \"user\"\n[[operator]]\nname = \"views\"\ncomponent = \"{}\"\nconfig = {{ history = 5 }}\n[[operator]]\nname = \"recommend\"\ncomponent = \"{}\"\nconfig = {{ top = 3 }}\n[sink]\npath = \"ref-out.jsonl\"\n[state]\ndir = \"ref-state\"\n",
+            eddy_tests::VIEWS,
+            eddy_tests::RECOMMEND
+        ),
+    )
+    .unwrap();
+    let o = Command::new(eddy_bin())
+        .args(["run", "--quiet", "reference.toml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want_out = std::fs::read_to_string(dir.join("ref-out.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(want_out > 1000);
+
+    for i in 0..3 {
+        g.start(i);
+    }
+    produce(&bootstrap, &g.input, &records[..2000]);
+    g.wait_drained(TIMEOUT);
+    produce(&bootstrap, &g.input, &records[2000..4000]);
+    g.kill9(1);
+    produce(&bootstrap, &g.input, &records[4000..]);
+    g.wait_drained(TIMEOUT);
+    // Then what went through the repartition topic: every output there.
+    let deadline = Instant::now() + 2 * TIMEOUT;
+    loop {
+        settled(&bootstrap, &g.output);
+        let n = read_committed_raw(&bootstrap, &g.output, PARTITIONS).len();
+        if n >= want_out {
+            assert_eq!(n, want_out, "outputs: each once");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} outputs of {want_out}\n{}\n{}",
+            g.log(0),
+            g.log(2)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    g.stop_all();
+    let store = eddy_runtime::Store::open(&dir.join("ref-state")).unwrap();
+    for op in ["views", "recommend"] {
+        let want: BTreeMap<String, Vec<u8>> = store.scan(op).unwrap().into_iter().collect();
+        assert!(want.len() >= 40, "{op}: the reference has state");
+        let changelog = format!("{}-{op}-changelog", g.group);
+        let mut got: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        for (_, key, value) in read_committed_raw(&bootstrap, &changelog, PARTITIONS) {
+            if let Some(k) = key.strip_prefix('s') {
+                got.insert(k.to_string(), value);
+            }
+        }
+        let got: BTreeMap<String, Vec<u8>> =
+            got.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
+        assert_eq!(got.len(), want.len(), "{op}: keys with state");
+        for (k, v) in &want {
+            assert!(got.get(k) == Some(v), "{op}: the state of {k}");
+        }
+    }
+}
+
 /// Where librdkafka's partitioners put keys is where Eddy expects them.
 #[test]
 fn partitioners_agree_with_librdkafka() {

@@ -20,7 +20,7 @@ use crate::sink::kafka::{check_topic, producer as kafka_producer, KafkaSink};
 use crate::sink::{open_output_file, SinkMsg, SinkThread};
 use crate::source::{
     changelog_topic, file_id, group_consumer, kafka_consumer, kafka_partitions, kafka_plan,
-    start_group, GroupSetup, KafkaPlan, KafkaReader, ReaderThread, Resume,
+    repartition_topic, start_group, GroupSetup, KafkaPlan, KafkaReader, ReaderThread, Resume,
 };
 use crate::state::Store;
 use crate::stats::Live;
@@ -145,19 +145,40 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
     let kafka_in = match &p.input {
         Input::Kafka(i) if i.group_mode => {
             let consumer = Arc::new(group_consumer(i)?);
-            let parts = kafka_partitions(i, &consumer, &stop)?;
+            let mut parts = kafka_partitions(i, &consumer, &stop)?;
+            let n = parts.len() as i32;
             let mut props = vec![("bootstrap.servers".to_string(), i.bootstrap.clone())];
             props.extend(i.properties.iter().cloned());
-            for op in &operators {
+            for (stage, op) in operators.iter().enumerate() {
                 let topic = changelog_topic(&i.group, &op.name);
                 eddy_kafka::admin::ensure_topic(
                     &props,
                     &topic,
-                    parts.len() as i32,
+                    n,
                     &[("cleanup.policy", "compact")],
                     Duration::from_secs(30),
                 )
                 .map_err(|e| anyhow::anyhow!("Kafka changelog of operator `{}`: {e}", op.name))?;
+                if stage > 0 {
+                    // What the operator before emits reaches this one's
+                    // keys' owners through this topic.
+                    let topic = repartition_topic(&i.group, &op.name);
+                    eddy_kafka::admin::ensure_topic(
+                        &props,
+                        &topic,
+                        n,
+                        &[("cleanup.policy", "delete")],
+                        Duration::from_secs(30),
+                    )
+                    .map_err(|e| {
+                        anyhow::anyhow!("Kafka repartition topic of operator `{}`: {e}", op.name)
+                    })?;
+                    parts.extend((0..n).map(|partition| crate::source::Part {
+                        topic: topic.clone(),
+                        partition,
+                        stage: stage as u16,
+                    }));
+                }
             }
             let n = parts.len();
             let plan = KafkaPlan {
@@ -178,6 +199,7 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
         _ => None,
     };
     let formats = Formats {
+        repartition: group_mode && operators.len() > 1,
         framed: kafka_out.is_some(),
         kafka_parts: kafka_in.as_ref().map(|(_, _, plan)| {
             plan.parts
@@ -222,8 +244,13 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
                         .iter()
                         .map(|op| (op.name.clone(), changelog_topic(&i.group, &op.name)))
                         .collect(),
+                    repartition: operators
+                        .iter()
+                        .enumerate()
+                        .map(|(s, op)| (s > 0).then(|| repartition_topic(&i.group, &op.name)))
+                        .collect(),
                     partitioner: i.partitioner,
-                    partitions: plan.parts.len() as i32,
+                    partitions: plan.parts.iter().filter(|p| p.stage == 0).count() as i32,
                 }),
                 _ => None,
             };
@@ -402,21 +429,15 @@ fn check_group_mode(
             "until_end is for one process reading every partition; stop a group's processes with SIGTERM (each hands its partitions over)",
         ));
     }
-    if operators.len() != 1 {
-        return Err(why(&format!(
-            "one operator, not {}: a chain may emit under new keys, which another process may own (repartition topics are not built yet)",
-            operators.len()
-        )));
-    }
     for op in operators {
-        let topic = changelog_topic(&i.group, &op.name);
+        let topic = repartition_topic(&i.group, &op.name);
         let ok = topic.len() <= 249
             && topic
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if !ok {
             return Err(why(&format!(
-                "the changelog topic of operator `{}` would be `{topic}`, which is not a Kafka topic name: use a group and operator names of a-z, A-Z, 0-9, `.`, `_`, `-`",
+                "the changelog and repartition topics of operator `{}` would be named like `{topic}`, which is not a Kafka topic name: use a group and operator names of a-z, A-Z, 0-9, `.`, `_`, `-`",
                 op.name
             )));
         }

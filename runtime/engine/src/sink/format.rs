@@ -165,6 +165,10 @@ pub struct Formats {
     /// partition (an index into these `(topic, partition)`) and offset,
     /// and dead letters name them instead of a line.
     pub kafka_parts: Option<std::sync::Arc<[(String, i32)]>>,
+    /// Kafka group mode with a chain: what an operator emits for the next
+    /// one goes to that one's repartition topic (so it reaches the process
+    /// that owns the new key), not straight to the next operator.
+    pub repartition: bool,
 }
 
 /// Appends an emitted event as the framed record a Kafka sink reads:
@@ -175,6 +179,44 @@ pub fn frame_output(buf: &mut Vec<u8>, key: &str, value: &[u8]) {
     buf.extend_from_slice(key.as_bytes());
     buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
     buf.extend_from_slice(value);
+}
+
+/// Appends an event emitted for operator `stage` of a chain, bound for
+/// its repartition topic (Kafka group mode): the stage (u16), the event
+/// time (a presence byte, then i64; all little-endian), then the key and
+/// value as [`frame_output`] frames them.
+pub fn frame_repartition(
+    buf: &mut Vec<u8>,
+    stage: u16,
+    time: Option<i64>,
+    key: &str,
+    value: &[u8],
+) {
+    buf.extend_from_slice(&stage.to_le_bytes());
+    buf.push(time.is_some() as u8);
+    buf.extend_from_slice(&time.unwrap_or(0).to_le_bytes());
+    frame_output(buf, key, value);
+}
+
+/// The records [`frame_repartition`] framed in `buf`: `(stage, time, key,
+/// value)`, in order.
+pub fn unframe_repartition(buf: &[u8]) -> impl Iterator<Item = (u16, Option<i64>, &[u8], &[u8])> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let stage = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?);
+        let has = *rest.get(2)? == 1;
+        let time = i64::from_le_bytes(rest.get(3..11)?.try_into().ok()?);
+        rest = &rest[11..];
+        let mut take = || -> Option<&[u8]> {
+            let n = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            let v = rest.get(4..4 + n)?;
+            rest = &rest[4 + n..];
+            Some(v)
+        };
+        let key = take()?;
+        let value = take()?;
+        Some((stage, has.then_some(time), key, value))
+    })
 }
 
 /// The framed records in `buf` as `(key, value)`, in order.
@@ -230,6 +272,21 @@ mod frame_tests {
     use super::*;
 
     #[test]
+    fn repartition_frames_round_trip() {
+        let mut b = Vec::new();
+        frame_repartition(&mut b, 1, Some(-5), "k", b"v1");
+        frame_repartition(&mut b, 2, None, "", b"");
+        let got: Vec<_> = unframe_repartition(&b).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, Some(-5), &b"k"[..], &b"v1"[..]),
+                (2, None, &b""[..], &b""[..])
+            ]
+        );
+    }
+
+    #[test]
     fn frames_round_trip() {
         let mut b = Vec::new();
         frame_output(&mut b, "k1", b"{\"a\":1}");
@@ -251,6 +308,7 @@ mod frame_tests {
         let f = Formats {
             framed: true,
             kafka_parts: Some(vec![("a".to_string(), 0), ("b".to_string(), 7)].into()),
+            repartition: false,
         };
         let mut rec = serde_json::json!({"error": "x", "line": kafka_pos(1, 12345)});
         f.position(&mut rec);

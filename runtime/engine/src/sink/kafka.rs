@@ -173,6 +173,7 @@ pub struct KafkaSink {
 enum Held {
     Out(Vec<u8>),
     Dead(Vec<u8>),
+    Repartition(Vec<u8>),
 }
 
 /// A Kafka input as the sink needs it: the consumer group's metadata (asked
@@ -200,6 +201,9 @@ pub struct Member {
 pub struct Changelog {
     /// Per operator, its changelog topic.
     pub topics: std::collections::HashMap<Arc<str>, String>,
+    /// Per operator of the chain, its repartition topic (`None` for the
+    /// first, which reads the input).
+    pub repartition: Vec<Option<String>>,
     /// How the input places keys.
     pub partitioner: eddy_kafka::partition::Partitioner,
     /// The input's partitions (and each changelog topic's).
@@ -249,6 +253,14 @@ fn sink_loop(s: &mut KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), SinkError> 
                 s.producer.poll(Duration::ZERO);
                 if keep {
                     held.push(Held::Out(b));
+                }
+            }
+            SinkMsg::Repartition(b) => {
+                s.produce_repartition(&b)
+                    .map_err(|m| fail(&out_target, m))?;
+                s.producer.poll(Duration::ZERO);
+                if keep {
+                    held.push(Held::Repartition(b));
                 }
             }
             SinkMsg::Dead(b) => match (&mut dead, &s.dead_topic) {
@@ -314,6 +326,33 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// Produces events for later operators (framed by
+    /// [`super::format::frame_repartition`]) to their repartition topics,
+    /// each in its key's partition, with its event time as the record's
+    /// timestamp.
+    fn produce_repartition(&self, b: &[u8]) -> Result<(), String> {
+        let Some(c) = &self.changelog else {
+            return Err("events for a repartition topic without group mode".into());
+        };
+        for (stage, time, key, value) in super::format::unframe_repartition(b) {
+            let topic = c
+                .repartition
+                .get(stage as usize)
+                .and_then(Option::as_ref)
+                .ok_or_else(|| format!("operator {stage} has no repartition topic"))?;
+            let partition = c.partitioner.partition(key, c.partitions);
+            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+                .key(key)
+                .payload(value)
+                .partition(partition);
+            if let Some(t) = time {
+                rec = rec.timestamp(t);
+            }
+            self.send_record(rec)?;
+        }
+        Ok(())
+    }
+
     /// Produces dead-letter lines `b` to the dead-letter topic.
     fn produce_dead(&self, b: &[u8]) -> Result<(), String> {
         if let Some(topic) = &self.dead_topic {
@@ -346,6 +385,7 @@ impl KafkaSink {
                     match h {
                         Held::Out(b) => self.produce_out(b)?,
                         Held::Dead(b) => self.produce_dead(b)?,
+                        Held::Repartition(b) => self.produce_repartition(b)?,
                     }
                 }
             }
@@ -457,6 +497,11 @@ impl KafkaSink {
         if let Some(p) = partition {
             rec = rec.partition(p);
         }
+        self.send_record(rec)
+    }
+
+    /// Produces `rec`, waiting (bounded) for room in the queue.
+    fn send_record(&self, mut rec: BaseRecord<'_, [u8], [u8]>) -> Result<(), String> {
         let start = Instant::now();
         loop {
             match self.producer.send(rec) {

@@ -29,6 +29,9 @@ pub enum SinkMsg {
     Out(Vec<u8>),
     /// Dead-letter lines.
     Dead(Vec<u8>),
+    /// Kafka group mode: events for a later operator of the chain, framed
+    /// by [`format::frame_repartition`], for its repartition topic.
+    Repartition(Vec<u8>),
     /// A checkpoint: flush both (and sync files; commit the Kafka
     /// transaction, with the input `offsets`: per Kafka input partition,
     /// the next offset to read, if known); reply with the file lengths.
@@ -233,7 +236,8 @@ pub fn run_sink(
                 }
             }
             SinkMsg::Dead(b) => dead.write(&b)?,
-            SinkMsg::Suppress(_) => {}
+            // Only a Kafka sink in group mode gets these.
+            SinkMsg::Suppress(_) | SinkMsg::Repartition(_) => {}
             SinkMsg::Flush { reply, .. } => {
                 let r = out.flush().and_then(|()| dead.flush()).map(|()| SinkLens {
                     out: out.len,

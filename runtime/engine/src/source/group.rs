@@ -50,6 +50,13 @@ pub fn changelog_topic(group: &str, operator: &str) -> String {
     format!("{group}-{operator}-changelog")
 }
 
+/// The repartition topic of operator `operator` (not the first of its
+/// chain) in group `group`: what the operator before it emits, keyed by
+/// the emitted key.
+pub fn repartition_topic(group: &str, operator: &str) -> String {
+    format!("{group}-{operator}-repartition")
+}
+
 /// Creates the consumer of a group-mode input.
 pub fn group_consumer(input: &KafkaInput) -> Result<KafkaConsumer> {
     let mut props = vec![("bootstrap.servers".to_string(), input.bootstrap.clone())];
@@ -76,7 +83,8 @@ pub struct GroupSetup {
     pub parts: Arc<[Part]>,
     /// The state directory, restored into.
     pub store: Store,
-    /// Per operator: its name and its changelog topic.
+    /// Per operator (its stage in the chain): its name and its changelog
+    /// topic.
     pub changelogs: Vec<(Arc<str>, String)>,
     /// Raised (for good) when the group takes this process's partitions
     /// away without a hand-over: the sink then never commits again.
@@ -115,10 +123,11 @@ pub fn start_group(consumer: SharedConsumer, setup: GroupSetup) -> Result<KafkaR
     consumer
         .context()
         .set_rebalance(Box::new(Hook(shared.clone())));
-    let topic = setup.parts[0].topic.clone();
+    let mut topics: Vec<&str> = setup.parts.iter().map(|p| p.topic.as_str()).collect();
+    topics.dedup();
     consumer
-        .subscribe(&[&topic])
-        .with_context(|| format!("Kafka: subscribing to topic `{topic}`"))?;
+        .subscribe(&topics)
+        .with_context(|| format!("Kafka: subscribing to topics {}", topics.join(", ")))?;
     let ctx = consumer.context().clone();
     let reader = GroupReader {
         consumer,
@@ -605,12 +614,20 @@ impl Restorer {
             "Kafka group: committed offsets read in {:?}",
             begun.elapsed()
         );
-        let units: HashSet<i32> = parts.iter().map(|p| p.partition).collect();
         let mut keys = 0;
-        for (op, topic) in &self.changelogs {
+        for (stage, (op, topic)) in self.changelogs.iter().enumerate() {
+            // An operator's partitions are those of the topic it reads.
+            let units: HashSet<i32> = parts
+                .iter()
+                .filter(|p| p.stage as usize == stage)
+                .map(|p| p.partition)
+                .collect();
+            if units.is_empty() {
+                continue;
+            }
             let mut ctpl = TopicPartitionList::new();
-            for p in parts {
-                ctpl.add_partition_offset(topic, p.partition, Offset::Beginning)?;
+            for &p in &units {
+                ctpl.add_partition_offset(topic, p, Offset::Beginning)?;
             }
             self.consumer
                 .assign(&ctpl)

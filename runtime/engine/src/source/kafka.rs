@@ -50,6 +50,10 @@ pub struct Part {
     pub topic: String,
     /// The partition number.
     pub partition: i32,
+    /// The operator of the chain its records go to: 0 for the input's
+    /// topics; in Kafka group mode, a later operator's for its
+    /// repartition topic.
+    pub stage: u16,
 }
 
 impl Part {
@@ -228,6 +232,7 @@ pub fn partitions(
         parts.extend(ps.into_iter().map(|partition| Part {
             topic: topic.clone(),
             partition,
+            stage: 0,
         }));
     }
     if parts.len() > u16::MAX as usize {
@@ -675,6 +680,7 @@ mod tests {
         let p = Part {
             topic: "t".into(),
             partition: 0,
+            stage: 0,
         };
         let clamp = |low, mut start, mut until| {
             clamp_to_retained(&p, low, &mut start, &mut until);

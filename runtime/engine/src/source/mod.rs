@@ -33,7 +33,7 @@ mod watermark;
 
 pub(crate) use decode::FieldName;
 pub use decode::{decode, DecodeError, Decoded};
-pub use group::{changelog_topic, group_consumer, start_group, GroupSetup};
+pub use group::{changelog_topic, group_consumer, repartition_topic, start_group, GroupSetup};
 pub use kafka::{
     consumer as kafka_consumer, partitions as kafka_partitions, plan as kafka_plan, KafkaMsg,
     KafkaPlan, KafkaReader, Part, Record,

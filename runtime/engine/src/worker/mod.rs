@@ -34,7 +34,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::operator::{fire_due, EventRef, Operator, RunError, TimerUse};
 use crate::route::route;
-use crate::sink::format::{push_field, Formats};
+use crate::sink::format::{frame_repartition, push_field, Formats};
 use crate::sink::SinkMsg;
 use crate::state::{StateWrite, Store, StoreError, TimerWrite};
 use crate::stats::{Live, OpStats, SwapPause, PAUSES_KEPT};
@@ -102,8 +102,9 @@ pub enum Msg {
     Stop,
 }
 
-/// Selects keys (by the partition they hash to, in Kafka group mode).
-pub type KeyFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+/// Selects keys of an operator (by its index in the chain): in Kafka group
+/// mode, by the partition they hash to.
+pub type KeyFilter = Arc<dyn Fn(usize, &str) -> bool + Send + Sync>;
 
 impl Msg {
     /// `batch`, noted as handed over now (the earliest its events can be
@@ -159,6 +160,9 @@ struct Worker {
     stats: Vec<OpStats>,
     /// Events bound for peers, per peer.
     outbox: Vec<Batch>,
+    /// Kafka group mode: events for later operators, framed for their
+    /// repartition topics.
+    regroup: Vec<u8>,
     /// Output lines not yet handed to the sink.
     out: Vec<u8>,
     /// Dead letters not yet handed to the sink.
@@ -374,21 +378,21 @@ impl Worker {
     /// [`Msg::Release`].
     fn release(
         &mut self,
-        drop: &dyn Fn(&str) -> bool,
-        load: Option<&(dyn Fn(&str) -> bool + Send + Sync)>,
+        drop: &(dyn Fn(usize, &str) -> bool + Send + Sync),
+        load: Option<&(dyn Fn(usize, &str) -> bool + Send + Sync)>,
     ) -> Result<usize, StoreError> {
         let durable = self.store.durable_seq();
         let workers = self.peers.len();
         let mut kept = 0;
-        for op in &mut self.ops {
+        for (i, op) in self.ops.iter_mut().enumerate() {
             let ctx = op.ctx();
             let reader = self.store.reader()?;
             ctx.renew_reader(reader, durable);
-            kept += ctx.release(drop);
+            kept += ctx.release(&|key| drop(i, key));
             if let Some(load) = load {
                 let name = ctx.name().to_string();
                 for (key, timer, at) in self.store.timers(&name)? {
-                    if load(&key) && route(&key, workers) == self.id {
+                    if load(i, &key) && route(&key, workers) == self.id {
                         ctx.restore_timer(&key, &timer, at)?;
                     }
                 }
@@ -525,6 +529,7 @@ impl Worker {
             stats,
             dead,
             out,
+            regroup,
             outbox,
             last_end,
             sink,
@@ -566,6 +571,8 @@ impl Worker {
             for (key, value) in emitted.iter() {
                 if last {
                     formats.output(out, key, value);
+                } else if formats.repartition {
+                    frame_repartition(regroup, stage as u16 + 1, e.time, key, value);
                 } else {
                     let target = route(key, workers);
                     let b = if target == me {
@@ -581,6 +588,9 @@ impl Worker {
             // event may: hand output over as it grows, not at the end.
             if out.len() >= FLUSH_BYTES {
                 let _ = sink.send(SinkMsg::Out(std::mem::take(out)));
+            }
+            if regroup.len() >= FLUSH_BYTES {
+                let _ = sink.send(SinkMsg::Repartition(std::mem::take(regroup)));
             }
             if dead.len() >= FLUSH_BYTES {
                 let _ = sink.send(SinkMsg::Dead(std::mem::take(dead)));
@@ -619,6 +629,7 @@ impl Worker {
             stats,
             dead,
             out,
+            regroup,
             outbox,
             sink,
             formats,
@@ -667,6 +678,8 @@ impl Worker {
                 for (key, value) in emitted.iter() {
                     if last {
                         formats.output(out, key, value);
+                    } else if formats.repartition {
+                        frame_repartition(regroup, stage as u16 + 1, Some(at), key, value);
                     } else {
                         let target = route(key, workers);
                         let b = if target == me {
@@ -680,6 +693,9 @@ impl Worker {
                 emitted.clear();
                 if out.len() >= FLUSH_BYTES {
                     let _ = sink.send(SinkMsg::Out(std::mem::take(out)));
+                }
+                if regroup.len() >= FLUSH_BYTES {
+                    let _ = sink.send(SinkMsg::Repartition(std::mem::take(regroup)));
                 }
                 if dead.len() >= FLUSH_BYTES {
                     let _ = sink.send(SinkMsg::Dead(std::mem::take(dead)));
@@ -706,6 +722,11 @@ impl Worker {
         }
         if !self.out.is_empty() {
             let _ = self.sink.send(SinkMsg::Out(std::mem::take(&mut self.out)));
+        }
+        if !self.regroup.is_empty() {
+            let _ = self
+                .sink
+                .send(SinkMsg::Repartition(std::mem::take(&mut self.regroup)));
         }
         if !self.dead.is_empty() {
             let _ = self

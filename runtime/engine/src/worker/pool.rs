@@ -229,6 +229,7 @@ impl Workers {
                         id,
                         ops,
                         outbox: (0..peers.len()).map(|_| Batch::default()).collect(),
+                        regroup: Vec::new(),
                         peers,
                         sink,
                         inflight,

@@ -86,7 +86,7 @@ impl KafkaFeed {
             owned: vec![!input.group_mode; plan.parts.len()],
             group: input.group_mode.then_some(Group {
                 partitioner: input.partitioner,
-                partitions: plan.parts.len() as i32,
+                partitions: plan.parts.iter().filter(|p| p.stage == 0).count() as i32,
             }),
         }
     }
@@ -192,9 +192,12 @@ impl Coordinator {
         self.wait_commit()?;
         let k = self.kafka.as_mut().expect("a Kafka input");
         let g = k.group.expect("group mode");
-        let revoked: HashSet<i32> = parts
+        let revoked: HashSet<(usize, i32)> = parts
             .iter()
-            .map(|&i| k.parts[i as usize].partition)
+            .map(|&i| {
+                let p = &k.parts[i as usize];
+                (p.stage as usize, p.partition)
+            })
             .collect();
         for &i in parts {
             k.owned[i as usize] = false;
@@ -203,8 +206,8 @@ impl Coordinator {
         }
         let names = names(k, parts);
         self.release(
-            Arc::new(move |key: &str| {
-                revoked.contains(&g.partitioner.partition(key.as_bytes(), g.partitions))
+            Arc::new(move |op: usize, key: &str| {
+                revoked.contains(&(op, g.partitioner.partition(key.as_bytes(), g.partitions)))
             }),
             None,
         )?;
@@ -221,15 +224,18 @@ impl Coordinator {
     fn kafka_assigned(&mut self, parts: &[(u16, Option<i64>)], restored: u64) -> Result<()> {
         let k = self.kafka.as_ref().expect("a Kafka input");
         let g = k.group.expect("group mode");
-        let taken: HashSet<i32> = parts
+        let taken: HashSet<(usize, i32)> = parts
             .iter()
-            .map(|&(i, _)| k.parts[i as usize].partition)
+            .map(|&(i, _)| {
+                let p = &k.parts[i as usize];
+                (p.stage as usize, p.partition)
+            })
             .collect();
         // The restored keys' pending timers go to their workers.
         self.release(
-            Arc::new(|_: &str| false),
-            Some(Arc::new(move |key: &str| {
-                taken.contains(&g.partitioner.partition(key.as_bytes(), g.partitions))
+            Arc::new(|_: usize, _: &str| false),
+            Some(Arc::new(move |op: usize, key: &str| {
+                taken.contains(&(op, g.partitioner.partition(key.as_bytes(), g.partitions)))
             })),
         )?;
         let k = self.kafka.as_mut().expect("a Kafka input");
@@ -245,11 +251,7 @@ impl Coordinator {
     /// Renews every worker's reader, drops the cached keys `drop` selects
     /// and loads the pending timers of the keys `load` selects, once every
     /// event sent is handled.
-    fn release(
-        &mut self,
-        drop: KeyFilter,
-        load: Option<KeyFilter>,
-    ) -> Result<()> {
+    fn release(&mut self, drop: KeyFilter, load: Option<KeyFilter>) -> Result<()> {
         self.flush_batches()?;
         self.wait_inflight(|n| n == 0)?;
         let mut replies = Vec::with_capacity(self.workers.count());
@@ -301,6 +303,10 @@ impl Coordinator {
             return Ok(());
         }
         let k = self.kafka.as_mut().expect("a Kafka input");
+        let stage = k.parts[r.part as usize].stage;
+        if stage > 0 {
+            return self.kafka_repartitioned(r, stage, pos);
+        }
         let time_field = self.p.time_field.as_deref();
         let (key, time) = match (&k.key_field, time_field) {
             (Some(field), tf) => match decode(&r.value, field, tf) {
@@ -380,6 +386,35 @@ impl Coordinator {
         if late {
             self.pending[w].flag_last_late();
         }
+        self.since_checkpoint += 1;
+        if let Some(t) = time {
+            if let Some(wm) = self.kafka_watermark(r.part as usize, t) {
+                self.mark(wm);
+            }
+        }
+        if self.pending[w].len() >= BATCH {
+            self.send_batch(w)?;
+        }
+        Ok(())
+    }
+
+    /// Group mode: an event an earlier operator emitted for operator
+    /// `stage`, read from its repartition topic (keyed by the emitted key,
+    /// timestamped with the event time), routed to that operator. It was
+    /// judged late or not at its origin.
+    fn kafka_repartitioned(&mut self, r: Record, stage: u16, pos: u64) -> Result<()> {
+        let key = match r.key.as_deref().map(std::str::from_utf8) {
+            Some(Ok(key)) => key.to_string(),
+            _ => {
+                self.dead_record(&r, "repartition record without a UTF-8 key");
+                return Ok(());
+            }
+        };
+        let timed =
+            self.p.time_field.is_some() || self.kafka.as_ref().is_some_and(|k| k.timestamp_time);
+        let time = if timed { r.timestamp } else { None };
+        let w = route(&key, self.workers.count());
+        self.pending[w].push(stage, &key, &r.value, time, pos);
         self.since_checkpoint += 1;
         if let Some(t) = time {
             if let Some(wm) = self.kafka_watermark(r.part as usize, t) {
