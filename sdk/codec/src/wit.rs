@@ -292,3 +292,118 @@ pub struct BatchResult {
     /// The event after the last one handled needs the per-event path.
     pub stop: bool,
 }
+
+/// What the host hands a window aggregate's `add` (`wit/window.wit`):
+/// accumulators, and events to fold into them in arrival order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "host", derive(ComponentType, Lift, Lower))]
+#[cfg_attr(feature = "host", component(record))]
+pub struct Adds {
+    /// The accumulators, each once; the `fresh` ones are empty.
+    pub accumulators: Strings,
+    /// The new accumulators, as indexes in `accumulators`, ascending.
+    pub fresh: Vec<u32>,
+    /// Per event: the index of its accumulator.
+    pub targets: Vec<u32>,
+    /// Per event: its payload.
+    pub payloads: Strings,
+    /// Per event: its event time.
+    pub times: Vec<i64>,
+}
+
+/// What a window aggregate's `add` returns (`wit/window.wit`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "host", derive(ComponentType, Lift, Lower))]
+#[cfg_attr(feature = "host", component(record))]
+pub struct Added {
+    /// Every accumulator of the [`Adds`], in order, after its events.
+    pub accumulators: Strings,
+    /// The events whose fold failed, as indexes, ascending.
+    pub failed: Vec<u32>,
+    /// The reason of each failed event, in the same order.
+    pub reasons: Strings,
+}
+
+/// A window being finished (`wit/window.wit`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "host", derive(ComponentType, Lift, Lower))]
+#[cfg_attr(feature = "host", component(record))]
+pub struct Bounds {
+    /// The key whose window it is.
+    pub key: String,
+    /// Its first event time (inclusive).
+    pub start: i64,
+    /// Its end (exclusive).
+    pub end: i64,
+}
+
+/// Why an [`Added`] does not fit the [`Adds`] it answers.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AddedError {
+    /// A column is not well formed.
+    #[error("`{column}`: {error}")]
+    Column {
+        /// The column.
+        column: &'static str,
+        /// What is wrong.
+        error: StringsError,
+    },
+    /// Another number of accumulators than were handed in.
+    #[error("{got} accumulators returned for {sent}")]
+    Accumulators {
+        /// Returned.
+        got: usize,
+        /// Handed in.
+        sent: usize,
+    },
+    /// `failed` names an event the call did not have, or is not ascending.
+    #[error("failed event index {index} is out of range or out of order ({events} events)")]
+    Failed {
+        /// The index.
+        index: u32,
+        /// Events handed in.
+        events: usize,
+    },
+    /// `reasons` is not as long as `failed`, or one is not UTF-8.
+    #[error("reasons do not match the failed events (one per failed event, UTF-8)")]
+    Reasons,
+}
+
+impl Added {
+    /// Checks the result against the call it answers: well-formed columns,
+    /// one accumulator per accumulator sent, failed indexes in range and
+    /// ascending, one UTF-8 reason per failed event.
+    pub fn check(&self, adds: &Adds) -> Result<(), AddedError> {
+        self.accumulators
+            .check()
+            .map_err(|error| AddedError::Column {
+                column: "accumulators",
+                error,
+            })?;
+        self.reasons.check().map_err(|error| AddedError::Column {
+            column: "reasons",
+            error,
+        })?;
+        if self.accumulators.len() != adds.accumulators.len() {
+            return Err(AddedError::Accumulators {
+                got: self.accumulators.len(),
+                sent: adds.accumulators.len(),
+            });
+        }
+        let events = adds.targets.len();
+        let mut previous: Option<u32> = None;
+        for &index in &self.failed {
+            if index as usize >= events || previous.is_some_and(|p| p >= index) {
+                return Err(AddedError::Failed { index, events });
+            }
+            previous = Some(index);
+        }
+        if self.reasons.len() != self.failed.len()
+            || (0..self.reasons.len())
+                .any(|i| std::str::from_utf8(self.reasons.get(i).unwrap_or_default()).is_err())
+        {
+            return Err(AddedError::Reasons);
+        }
+        Ok(())
+    }
+}
