@@ -23,6 +23,7 @@ const WORKSPACES: &[(&str, &str, &str, &[&str])] = &[
             "tracking",
             "trading",
             "forecast",
+            "window_sum",
         ],
     ),
     (
