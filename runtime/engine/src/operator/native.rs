@@ -115,9 +115,22 @@ impl Aggregate for WindowSum {
             t.count += p.count;
             t.sum += p.sum;
         }
-        let out =
-            serde_json::json!({"start": w.start, "end": w.end, "count": t.count, "sum": t.sum});
-        Ok(Some(serde_json::to_vec(&out).expect("json")))
+        #[derive(serde::Serialize)]
+        struct Out {
+            start: i64,
+            end: i64,
+            count: u64,
+            sum: f64,
+        }
+        let out = Out {
+            start: w.start,
+            end: w.end,
+            count: t.count,
+            sum: t.sum,
+        };
+        serde_json::to_vec(&out)
+            .map(Some)
+            .map_err(|e| HandleError::Failed(e.to_string()))
     }
 }
 
