@@ -24,6 +24,7 @@ const WORKSPACES: &[(&str, &str, &str, &[&str])] = &[
             "trading",
             "forecast",
             "window_sum",
+            "sessions",
         ],
     ),
     (

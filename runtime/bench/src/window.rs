@@ -79,7 +79,10 @@ fn generate(a: &BenchWindowArgs, path: &Path) -> Result<()> {
         let back = (x >> 20) % (a.disorder_ms + 1);
         let ts = base + i * span / a.events.max(1) as u64;
         let ts = ts.saturating_sub(back).max(base);
-        writeln!(out, "{{\"key\":\"k{k:06}\",\"ts\":{ts},\"amount\":{amount}}}")?;
+        writeln!(
+            out,
+            "{{\"key\":\"k{k:06}\",\"ts\":{ts},\"amount\":{amount}}}"
+        )?;
     }
     out.flush()?;
     Ok(())

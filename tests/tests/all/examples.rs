@@ -84,6 +84,15 @@ fn recommend_example() {
     );
 }
 
+/// Per-user sessions closed by 30 minutes without a view: a window
+/// aggregate (world `window-operator`) declared `window = { kind =
+/// "session", .. }`; a view that bridges two open sessions merges them, a
+/// late one is dead-lettered.
+#[test]
+fn sessions_example() {
+    check_example("sessions", &[("sessions", eddy_tests::SESSIONS)]);
+}
+
 #[test]
 fn tracking_example() {
     check_example("tracking", &[("tracking", eddy_tests::TRACKING)]);

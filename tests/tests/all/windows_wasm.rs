@@ -366,6 +366,18 @@ fn bad_window_settings_name_the_field_and_the_line() {
         config_error(COUNTER, r#"{ kind = "tumbling", size = 10 }"#, true),
         format!("pipeline file line 14: operator `win`: window: component {COUNTER} does not export the window aggregate (world `eddy:operator@0.3.0/window-operator`): it lacks `add`, `merge`, `finish`")
     );
+    // A window after another operator.
+    let text = pipeline_file(WINDOW_SUM, r#"{ kind = "tumbling", size = 10 }"#, 1).replace(
+        "[[operator]]\nname = \"win\"",
+        &format!("[[operator]]\nname = \"first\"\ncomponent = \"{COUNTER}\"\n\n[[operator]]\nname = \"win\""),
+    );
+    assert_eq!(
+        Pipeline::from_toml(&text, Path::new("pipeline.toml"), Overrides::default())
+            .err()
+            .unwrap()
+            .to_string(),
+        "pipeline file pipeline.toml, line 18: operator `win`: window: a window operator must be the first operator of a chain for now (windows fire on timers, which only the first operator has)"
+    );
     // A window aggregate run as a plain operator.
     let text = pipeline_file(WINDOW_SUM, "{}", 1).replace("window = {}\n", "");
     let p = Pipeline::from_toml(&text, Path::new("pipeline.toml"), Overrides::default()).unwrap();
@@ -377,4 +389,30 @@ fn bad_window_settings_name_the_field_and_the_line() {
         err,
         format!("component {WINDOW_SUM}: not an eddy operator (world `eddy:operator@0.3.0/operator`): it is a window aggregate (world `eddy:operator@0.3.0/window-operator`): declare its operator a window in the pipeline file, e.g. `window = {{ kind = \"tumbling\", size = 60000 }}`")
     );
+}
+
+/// `eddy inspect` names the window world and says the component loads as
+/// a window aggregate.
+#[test]
+fn inspect_names_the_window_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = eddy_in(&["inspect", "--json", WINDOW_SUM], dir.path());
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(o.status.code(), Some(0), "{r:#}");
+    assert_eq!(r["world"], "window-operator");
+    assert_eq!(r["loads"], true);
+    assert_eq!(
+        r["verdict"],
+        "loads as a window aggregate of eddy:operator@0.3.0 (declare its operator a window in the pipeline file: window = { kind = ... })"
+    );
+    let exports: Vec<&str> = r["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    for e in ["init", "add", "merge", "finish"] {
+        assert!(exports.contains(&e), "{e} not in {exports:?}");
+    }
+    assert!(!exports.contains(&"handle"), "{exports:?}");
 }

@@ -940,6 +940,18 @@ impl Pipeline {
                 ));
             }
         }
+        if let Some((op, w)) = operators
+            .iter()
+            .skip(1)
+            .find_map(|op| Some((op, op.window.as_ref()?)))
+        {
+            return Err(PipelineError::Invalid(format!(
+                "pipeline file {}, line {}: operator `{}`: window: a window operator must be the first operator of a chain for now (windows fire on timers, which only the first operator has)",
+                src.0.display(),
+                w.line,
+                op.name
+            )));
+        }
         if let Some(op) = operators.iter().skip(1).find(|op| !op.ttl.is_empty()) {
             return Err(PipelineError::Invalid(format!(
                 "operator `{}`: ttl.{}: state time to live is only supported on the first operator of a chain for now",
