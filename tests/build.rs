@@ -25,6 +25,7 @@ const WORKSPACES: &[(&str, &str, &str, &[&str])] = &[
             "forecast",
             "window_sum",
             "sessions",
+            "fraud_window",
         ],
     ),
     (

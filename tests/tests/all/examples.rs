@@ -68,9 +68,11 @@ fn counter_example() {
     check_example("counter", &[("counter", eddy_tests::COUNTER)]);
 }
 
+/// Spend and count velocity per card over a hopping window (one minute,
+/// every 10 s) kept by the host over the `fraud-window` aggregate.
 #[test]
 fn fraud_example() {
-    check_example("fraud", &[("fraud", eddy_tests::FRAUD)]);
+    check_example("fraud", &[("fraud", eddy_tests::FRAUD_WINDOW)]);
 }
 
 #[test]

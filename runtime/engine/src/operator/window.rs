@@ -91,6 +91,12 @@ pub trait Aggregate: Send {
         window: &WindowInfo<'_>,
         accs: &[&[u8]],
     ) -> Result<Option<Vec<u8>>, HandleError>;
+
+    /// Which version of the aggregate runs (a component's content hash),
+    /// recorded in dead letters.
+    fn version(&self) -> &str {
+        "native"
+    }
 }
 
 /// Windows of event time over an [`Aggregate`]: `[k * slide, k * slide +
@@ -351,16 +357,18 @@ impl<A: Aggregate> WindowOperator<A> {
         Ok(())
     }
 
-    /// Writes a pane's accumulator after a batch (`write`: this is the
-    /// first event of the batch that kept it) and sets its windows'
-    /// timers.
+    /// Writes a pane's accumulator after a batch and sets its windows'
+    /// timers, when `write` (this is the first event of the batch that
+    /// kept it); a later event of the pane changes nothing more.
     fn keep(&mut self, acc: &Option<Vec<u8>>, p: i64, write: bool) -> Result<(), HandleError> {
-        if write {
-            let acc = acc.clone().unwrap_or_default();
-            self.ctx
-                .map_set(WINDOW_STATE, field(p), acc)
-                .map_err(refused)?;
+        if !write {
+            // The first event that kept this pane set its windows' timers.
+            return Ok(());
         }
+        let acc = acc.clone().unwrap_or_default();
+        self.ctx
+            .map_set(WINDOW_STATE, field(p), acc)
+            .map_err(refused)?;
         self.arm_windows(p)
     }
 }
@@ -393,6 +401,10 @@ impl<A: Aggregate> Operator for WindowOperator<A> {
 
     fn handles_timers(&self) -> bool {
         true
+    }
+
+    fn version(&self) -> &str {
+        self.agg.version()
     }
 
     fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError> {

@@ -383,6 +383,10 @@ impl Aggregate for WasmAggregate {
             Err(e) => Err(self.trapped(&e)),
         }
     }
+
+    fn version(&self) -> &str {
+        &self.window.hash
+    }
 }
 
 impl WasmAggregate {
