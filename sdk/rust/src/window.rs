@@ -79,6 +79,8 @@ use serde::Serialize;
 use crate::{json, Config, Error};
 
 #[doc(hidden)]
+// `add` and `finish` take records whose fields flatten to many parameters.
+#[allow(clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
