@@ -42,6 +42,7 @@ const WORKSPACES: &[(&str, &str, &str, &[&str])] = &[
             "malformed",
             "timers",
             "delay",
+            "window_faulty",
         ],
     ),
 ];

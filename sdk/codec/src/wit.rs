@@ -407,3 +407,67 @@ impl Added {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(items: &[&[u8]]) -> Strings {
+        let mut s = Strings::default();
+        for i in items {
+            s.push(i);
+        }
+        s
+    }
+
+    /// An `add` result is refused, naming what is wrong, unless it fits
+    /// the call it answers.
+    #[test]
+    fn added_is_checked_against_its_adds() {
+        let adds = Adds {
+            accumulators: strings(&[b"a", b"b"]),
+            fresh: vec![],
+            targets: vec![0, 1, 1],
+            payloads: strings(&[b"x", b"y", b"z"]),
+            times: vec![1, 2, 3],
+        };
+        let ok = Added {
+            accumulators: strings(&[b"a1", b"b1"]),
+            failed: vec![1],
+            reasons: strings(&[b"no"]),
+        };
+        assert_eq!(ok.check(&adds), Ok(()));
+        let check = |f: &dyn Fn(&mut Added)| {
+            let mut bad = ok.clone();
+            f(&mut bad);
+            bad.check(&adds).unwrap_err().to_string()
+        };
+        assert_eq!(
+            check(&|a| a.accumulators = strings(&[b"a1"])),
+            "1 accumulators returned for 2"
+        );
+        assert_eq!(
+            check(&|a| a.accumulators.ends[1] = 99),
+            "`accumulators`: string 1 ends at 99, past its 4 bytes"
+        );
+        assert_eq!(
+            check(&|a| a.failed = vec![3]),
+            "failed event index 3 is out of range or out of order (3 events)"
+        );
+        assert_eq!(
+            check(&|a| {
+                a.failed = vec![1, 1];
+                a.reasons = strings(&[b"no", b"no"]);
+            }),
+            "failed event index 1 is out of range or out of order (3 events)"
+        );
+        assert_eq!(
+            check(&|a| a.reasons = strings(&[b"\xff"])),
+            "reasons do not match the failed events (one per failed event, UTF-8)"
+        );
+        assert_eq!(
+            check(&|a| a.reasons = strings(&[])),
+            "reasons do not match the failed events (one per failed event, UTF-8)"
+        );
+    }
+}

@@ -339,3 +339,88 @@ macro_rules! export_window {
         };
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use eddy_codec::wit::{Adds, Strings};
+
+    use super::__private::run_add;
+    use super::{Aggregate, Window, WindowEvent};
+    use crate::{Config, Error};
+
+    /// Sums `n`; an event without `n` fails.
+    struct Sum;
+
+    impl Aggregate for Sum {
+        type Acc = Vec<i64>;
+        type Output = i64;
+        fn init(_: Config) -> Result<Self, Error> {
+            Ok(Sum)
+        }
+        fn create(&self) -> Vec<i64> {
+            Vec::new()
+        }
+        fn add(&self, acc: &mut Vec<i64>, e: WindowEvent<'_>) -> Result<(), Error> {
+            // Changes the accumulator before failing: the SDK puts it back.
+            acc.push(e.time);
+            #[derive(serde::Deserialize)]
+            struct In {
+                n: i64,
+            }
+            let n = e.json::<In>()?.n;
+            *acc.last_mut().unwrap() = n;
+            Ok(())
+        }
+        fn merge(&self, into: &mut Vec<i64>, other: Vec<i64>) -> Result<(), Error> {
+            into.extend(other);
+            Ok(())
+        }
+        fn finish(&self, _: Window<'_>, acc: Vec<i64>) -> Result<Option<i64>, Error> {
+            Ok(Some(acc.iter().sum()))
+        }
+    }
+
+    fn strings(items: &[&[u8]]) -> Strings {
+        let mut s = Strings::default();
+        for i in items {
+            s.push(i);
+        }
+        s
+    }
+
+    /// Events fold into their accumulators in order, a new one starts from
+    /// `create`, a failed event is left out (its accumulator as it was
+    /// before it) and named with its reason, and a damaged accumulator
+    /// fails its events and comes back unchanged.
+    #[test]
+    fn add_folds_in_order_and_leaves_failed_events_out() {
+        let adds = Adds {
+            accumulators: strings(&[b"[1]", b"", b"not json"]),
+            fresh: vec![1],
+            targets: vec![0, 1, 0, 2, 1],
+            payloads: strings(&[
+                b"{\"n\":2}",
+                b"{\"n\":5}",
+                b"{}",
+                b"{\"n\":1}",
+                b"{\"n\":6}",
+            ]),
+            times: vec![10, 11, 12, 13, 14],
+        };
+        let added = run_add(&Sum, &adds);
+        added.check(&adds).unwrap();
+        let accs: Vec<&[u8]> = (0..3).map(|i| added.accumulators.get(i).unwrap()).collect();
+        assert_eq!(accs, [&b"[1,2]"[..], b"[5,6]", b"not json"]);
+        assert_eq!(added.failed, [2, 3]);
+        let reasons: Vec<&str> = (0..2)
+            .map(|i| std::str::from_utf8(added.reasons.get(i).unwrap()).unwrap())
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "payload is not the expected JSON: missing field `n` at line 1 column 2",
+                "a window accumulator does not decode: expected ident at line 1 column 2"
+            ]
+        );
+    }
+}

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use eddy_runtime::{engine, load_operators, Overrides, Pipeline, Shutdown, Store, Summary};
-use eddy_tests::{COUNTER, WINDOW_SUM};
+use eddy_tests::{COUNTER, WINDOW_FAULTY, WINDOW_SUM};
 use serde_json::{json, Value};
 
 use crate::util::*;
@@ -45,10 +45,27 @@ dir = "state"
 }
 
 fn run_file(dir: &Path, lines: &[Value], window: &str, workers: usize) -> (Pipeline, Summary) {
+    run_component(dir, lines, WINDOW_SUM, window, workers, "")
+}
+
+/// [`run_file`] with another component and `extra` lines after
+/// `max_out_of_order`.
+fn run_component(
+    dir: &Path,
+    lines: &[Value],
+    component: &str,
+    window: &str,
+    workers: usize,
+    extra: &str,
+) -> (Pipeline, Summary) {
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(dir.join("in.jsonl"), text).unwrap();
     let file = dir.join("pipeline.toml");
-    std::fs::write(&file, pipeline_file(WINDOW_SUM, window, workers)).unwrap();
+    let text = pipeline_file(component, window, workers).replace(
+        "max_out_of_order = 5\n",
+        &format!("max_out_of_order = 5\n{extra}"),
+    );
+    std::fs::write(&file, text).unwrap();
     let p = Pipeline::load(Some(&file), Overrides::default()).unwrap();
     let ops = load_operators(&engine().unwrap(), &p).unwrap();
     let summary = eddy_runtime::run(&p, ops, &Shutdown::new()).unwrap();
@@ -139,6 +156,57 @@ fn an_event_the_aggregate_fails_is_dead_lettered_and_left_out() {
         dead[0]["error"],
         "operator returned an error: cannot read the payload: field `amount` is \"lots\", not a number at line 1 column 16"
     );
+}
+
+/// One `add` call that traps (the events are in one batch: the watermark
+/// steps by 100, so nothing fires before the input ends) costs only the
+/// event that caused it: the batch is redone event by event on a fresh
+/// instance. A `finish` that fails dead-letters that window's firing, with
+/// the timer it came from.
+#[test]
+fn a_trap_in_add_costs_only_its_event_and_a_failed_finish_its_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        e("a", 1, 1),
+        e("b", 2, 2),
+        json!({"key": "a", "ts": 3, "trap": true}),
+        e("a", 4, 4),
+        e("b", 5, 11),
+        e("c", 6, 6),
+    ];
+    let (p, summary) = run_component(
+        dir.path(),
+        &lines,
+        WINDOW_FAULTY,
+        r#"{ kind = "tumbling", size = 10 }"#,
+        1,
+        "step = 100\n",
+    );
+    let s = |k: &str, v: Value| (k.to_string(), v);
+    assert_eq!(
+        out_lines(&p),
+        vec![
+            s("a", json!({"count": 2, "sum": 5})),
+            s("c", json!({"count": 1, "sum": 6})),
+        ]
+    );
+    assert_eq!(summary.operators[0].failed, 1);
+    assert_eq!(summary.operators[0].timers_failed, 1);
+    let dead = read_jsonl(&p.dead_letter);
+    assert_eq!(dead.len(), 2, "{dead:#?}");
+    assert_eq!(dead[0]["line"], 3);
+    let trap = dead[0]["error"].as_str().unwrap();
+    assert!(trap.starts_with("operator trapped: "), "{trap}");
+    assert!(trap.contains("asked to trap at time 3"), "{trap}");
+    assert_eq!(dead[1]["key"], "b");
+    assert_eq!(
+        dead[1]["error"],
+        "operator returned an error: unlucky window"
+    );
+    assert_eq!(dead[1]["timer"]["at"], 9);
+    // The version named is the component's.
+    let bytes = std::fs::read(WINDOW_FAULTY).unwrap();
+    assert_eq!(dead[0]["version"], eddy_runtime::component_hash(&bytes));
 }
 
 /// Many keys, times out of order within the bound, tumbling and hopping
