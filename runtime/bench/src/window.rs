@@ -113,7 +113,8 @@ fn sorted_lines(path: &Path) -> Result<Vec<String>> {
 pub fn run(a: BenchWindowArgs) -> Result<()> {
     let engine = eddy_runtime::engine()?;
     let hint = "run `cargo build --release --target wasm32-wasip2` in plugins/ first";
-    let window = Arc::new(WasmWindow::load(&engine, &a.window, "window", 0).context(hint)?);
+    let window =
+        Arc::new(WasmWindow::load(&engine, &a.window, "window", "--window").context(hint)?);
     let counter = Arc::new(WasmComponent::load(&engine, &a.counter).context(hint)?);
     let dir = tempfile::tempdir()?;
     let input = dir.path().join("events.jsonl");

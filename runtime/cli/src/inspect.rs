@@ -115,7 +115,7 @@ pub fn inspect(path: &Path) -> Result<Report> {
         eddy_runtime::WasmComponent::load(&engine, path),
     ) {
         (Some(e), _) => (false, format!("not a valid component: {e}")),
-        (None, Err(_)) if window => match eddy_runtime::WasmWindow::load(&engine, path, "-", 0) {
+        (None, Err(_)) if window => match eddy_runtime::WasmWindow::load(&engine, path, "-", "eddy inspect") {
             Ok(_) => (
                 true,
                 format!(

@@ -432,7 +432,7 @@ fn bad_window_settings_name_the_field_and_the_line() {
     );
     assert_eq!(
         config_error(COUNTER, r#"{ kind = "tumbling", size = 10 }"#, true),
-        format!("pipeline file line 14: operator `win`: window: component {COUNTER} does not export the window aggregate (world `eddy:operator@0.3.0/window-operator`): it lacks `add`, `merge`, `finish`")
+        format!("pipeline file pipeline.toml, line 14: operator `win`: window: component {COUNTER} does not export the window aggregate (world `eddy:operator@0.3.0/window-operator`): it lacks `add`, `merge`, `finish`")
     );
     // A window after another operator.
     let text = pipeline_file(WINDOW_SUM, r#"{ kind = "tumbling", size = 10 }"#, 1).replace(

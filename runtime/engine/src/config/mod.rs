@@ -176,12 +176,13 @@ pub enum WindowKind {
 }
 
 /// A window declared on an operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowSpec {
     /// Its kind and sizes.
     pub kind: WindowKind,
-    /// The pipeline file line of the `window` setting (0 when it did not
-    /// come from a file), named in errors about it.
+    /// The pipeline file of the `window` setting, named in errors about it.
+    pub file: PathBuf,
+    /// Its line in that file.
     pub line: usize,
 }
 
@@ -522,7 +523,11 @@ fn window_spec(
             )))
         }
     };
-    Ok(WindowSpec { kind, line })
+    Ok(WindowSpec {
+        kind,
+        file: path.to_path_buf(),
+        line,
+    })
 }
 
 #[derive(Debug, Deserialize)]

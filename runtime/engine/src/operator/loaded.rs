@@ -121,7 +121,8 @@ pub fn load_operators(
             }
             let t = std::time::Instant::now();
             if let Some(w) = &spec.window {
-                let window = WasmWindow::load(engine, &spec.component, &spec.name, w.line)?;
+                let at = format!("pipeline file {}, line {}", w.file.display(), w.line);
+                let window = WasmWindow::load(engine, &spec.component, &spec.name, &at)?;
                 tracing::debug!(
                     "operator `{}`: window aggregate {} loaded in {:.0} ms",
                     spec.name,

@@ -38,6 +38,10 @@ use std::collections::HashMap;
 
 use super::{handle_each, Done, Emits, EventRef, HandleError, OpCtx, Operator, RunError, TimerRef};
 
+/// Up to this many panes a window, a firing looks its panes up one by one
+/// rather than reading the whole map.
+const FEW_PANES: i64 = 64;
+
 /// The map of a window operator's state that holds its accumulators.
 pub const WINDOW_STATE: &str = "\0windows";
 
@@ -452,15 +456,31 @@ impl<A: Aggregate> Operator for WindowOperator<A> {
             return self.fire_session(timer.key, timer.name, start);
         }
         let end = start.saturating_add(self.size);
-        // The window's panes, oldest first (fields sort as their starts).
-        let panes: Vec<(i64, Vec<u8>)> = self
-            .ctx
-            .map_entries(WINDOW_STATE)
-            .map_err(refused)?
-            .into_iter()
-            .filter_map(|(f, acc)| Some((start_of_field(&f)?, acc)))
-            .filter(|&(p, _)| p >= start && p < end)
-            .collect();
+        // The window's panes, oldest first: looked up one by one when the
+        // window has few (a tumbling window has one), else from the whole
+        // map (fields sort as their starts).
+        let panes: Vec<(i64, Vec<u8>)> = if self.size / self.pane <= FEW_PANES {
+            let mut panes = Vec::new();
+            let mut p = start;
+            while p < end {
+                if let Some(acc) = self.ctx.map_get(WINDOW_STATE, &field(p)).map_err(refused)? {
+                    panes.push((p, acc.to_vec()));
+                }
+                match p.checked_add(self.pane) {
+                    Some(next) => p = next,
+                    None => break,
+                }
+            }
+            panes
+        } else {
+            self.ctx
+                .map_entries(WINDOW_STATE)
+                .map_err(refused)?
+                .into_iter()
+                .filter_map(|(f, acc)| Some((start_of_field(&f)?, acc)))
+                .filter(|&(p, _)| p >= start && p < end)
+                .collect()
+        };
         if panes.is_empty() {
             return Ok(());
         }

@@ -59,7 +59,7 @@ pub enum ComponentError {
         /// What was found instead.
         found: String,
     },
-    #[error("pipeline file line {line}: operator `{operator}`: window: component {path} does not export the window aggregate (world `{CONTRACT}/window-operator`): it lacks {missing}")]
+    #[error("{at}: operator `{operator}`: window: component {path} does not export the window aggregate (world `{CONTRACT}/window-operator`): it lacks {missing}")]
     /// An operator declared a window whose component is not a window
     /// aggregate.
     NotWindow {
@@ -67,8 +67,8 @@ pub enum ComponentError {
         path: PathBuf,
         /// The operator.
         operator: String,
-        /// The pipeline file line of its `window` setting.
-        line: usize,
+        /// Where its `window` setting is: `pipeline file F, line N`.
+        at: String,
         /// The exports it lacks, quoted.
         missing: String,
     },

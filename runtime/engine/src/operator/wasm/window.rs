@@ -43,13 +43,14 @@ pub struct WasmWindow {
 
 impl WasmWindow {
     /// Reads, compiles and checks the component at `path`, of operator
-    /// `operator` whose `window` setting is at pipeline file line `line`:
-    /// it must export the window aggregate (world `window-operator`).
+    /// `operator` whose `window` setting is `at` (`pipeline file F, line
+    /// N`, for errors): it must export the window aggregate (world
+    /// `window-operator`).
     pub fn load(
         engine: &Engine,
         path: &Path,
         operator: &str,
-        line: usize,
+        at: &str,
     ) -> Result<WasmWindow, ComponentError> {
         let bytes = crate::state::read_regular_file(path, crate::state::MAX_COMPONENT_BYTES, false)
             .map_err(|error| ComponentError::Read {
@@ -77,7 +78,7 @@ impl WasmWindow {
             return Err(ComponentError::NotWindow {
                 path,
                 operator: operator.to_string(),
-                line,
+                at: at.to_string(),
                 missing: missing
                     .iter()
                     .map(|m| format!("`{m}`"))
