@@ -43,6 +43,7 @@ const WORKSPACES: &[(&str, &str, &str, &[&str])] = &[
             "timers",
             "delay",
             "window_faulty",
+            "history",
         ],
     ),
 ];

@@ -165,6 +165,10 @@ group.initial.rebalance.delay.ms=0
 # register again: 6 s instead of 9 (heartbeats every second, not 2).
 broker.session.timeout.ms=6000
 broker.heartbeat.interval.ms=1000
+# A transaction left open by a killed process is aborted within a second
+# of its timeout (default: a scan every 10 s), so group tests see its
+# partitions' last stable offset move on soon.
+transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 EOF
   echo "$broker_port" >"$dir/port"
 }

@@ -56,6 +56,25 @@ pub struct BenchCacheArgs {
     /// Run only the checkpoint case.
     #[arg(long)]
     pub checkpoint_only: bool,
+    /// The history component (`tests/fixtures/history`: each event pushes
+    /// an item to its key's list and reads the list by range) for the
+    /// big-list cases.
+    #[arg(
+        long,
+        default_value = "tests/fixtures/target/wasm32-wasip2/release/history.wasm"
+    )]
+    pub history: PathBuf,
+    /// Items of the big list (events of the big-list cases).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub list_items: u64,
+    /// The budget of the big-list cases.
+    #[arg(long, default_value = "8MiB")]
+    pub list_budget: String,
+    /// Run only the big-list cases: one key whose list grows to
+    /// `--list-items` items, against the same events over keys with lists
+    /// of 100 items.
+    #[arg(long)]
+    pub lists_only: bool,
 }
 
 /// What one `eddy run` did.
@@ -129,7 +148,10 @@ fn run_case(
     let _ = std::fs::remove_dir_all(&state);
     let out = dir.join("out.jsonl");
     let exe = std::env::current_exe().context("this program's path")?;
-    let operator = format!("counter={}", a.component.display());
+    let operator = match input.file_name().and_then(|n| n.to_str()) {
+        Some(n) if n.starts_with("list-") => format!("hist={}", a.history.display()),
+        _ => format!("counter={}", a.component.display()),
+    };
     let child = Command::new(exe)
         .args(["run", "--operator", &operator, "--input"])
         .arg(input)
@@ -206,6 +228,9 @@ pub fn run(a: BenchCacheArgs) -> Result<()> {
     let dir = tempfile::tempdir()?;
     if a.checkpoint_only {
         return checkpoint_case(&a, dir.path());
+    }
+    if a.lists_only {
+        return list_cases(&a, dir.path());
     }
     println!(
         "bench-cache: keyed counter, {} events a case, {workers} workers, each case a separate `eddy run` (peak RSS of the whole process)",
@@ -286,6 +311,55 @@ pub fn run(a: BenchCacheArgs) -> Result<()> {
     );
 
     checkpoint_case(&a, dir.path())?;
+    if a.history.is_file() {
+        list_cases(&a, dir.path())?;
+    }
+    Ok(())
+}
+
+/// The big-list cases (one worker): one key whose list grows to
+/// `list_items` items, read by range at every event, against the same
+/// number of events over keys whose lists stay at 100 items.
+fn list_cases(a: &BenchCacheArgs, dir: &Path) -> Result<()> {
+    if !a.history.is_file() {
+        bail!(
+            "component {} not found: build it with `cd tests/fixtures && cargo build --release --target wasm32-wasip2`",
+            a.history.display()
+        );
+    }
+    let n = a.list_items;
+    println!(
+        "bench-cache: big lists, {n} events a case (push, len, the newest 3 items and one at random), 1 worker, budget {}",
+        a.list_budget
+    );
+    let write = |path: &Path, keys: u64| -> Result<()> {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for i in 0..n {
+            writeln!(f, "{{\"key\":\"k{}\",\"v\":{}}}", i % keys, i / keys)?;
+        }
+        Ok(f.flush()?)
+    };
+    let small = dir.join("list-small.jsonl");
+    write(&small, (n / 100).max(1))?;
+    let s = run_case(a, dir, &small, &a.list_budget, 1)?;
+    let _ = std::fs::remove_file(&small);
+    println!(
+        "  {} keys, lists of 100 items:  {:>9.0} events/s, peak RSS {:>6.0} MiB; {}",
+        (n / 100).max(1),
+        s.rate,
+        mib(s.rss),
+        s.cache
+    );
+    let big = dir.join("list-big.jsonl");
+    write(&big, 1)?;
+    let b = run_case(a, dir, &big, &a.list_budget, 1)?;
+    let _ = std::fs::remove_file(&big);
+    println!(
+        "  1 key, a list of {n} items:  {:>9.0} events/s ({:.3}x small lists), peak RSS {:>6.0} MiB",
+        b.rate,
+        b.rate / s.rate,
+        mib(b.rss)
+    );
     Ok(())
 }
 

@@ -435,6 +435,7 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
                     operator: "counter".into(),
                     key: format!("k{k:08}").into(),
                     record: Some(rec),
+                    lists: Vec::new(),
                 });
             }
             store.commit(&cp)?;

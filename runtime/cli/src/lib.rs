@@ -515,6 +515,12 @@ fn cmd_run(a: RunArgs) -> Result<()> {
                 summary.replayed
             );
         }
+        if summary.restored_keys > 0 {
+            msg += &format!(
+                ", {} keys restored from the changelog topics",
+                summary.restored_keys
+            );
+        }
         if summary.bad_lines > 0 {
             msg += &format!(", {} rejected", summary.bad_lines);
         }

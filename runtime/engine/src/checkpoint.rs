@@ -295,6 +295,7 @@ mod tests {
             operator: "op".into(),
             key: "k".into(),
             record: None,
+            lists: Vec::new(),
         });
         w.submit(cp, vec![()]).unwrap();
         assert!(w.wait().unwrap().result.is_ok());

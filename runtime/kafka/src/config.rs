@@ -65,6 +65,36 @@ pub fn read_committed_consumer(
     Ok(config)
 }
 
+/// Group mode's consumer defaults the user may change: a member that
+/// stops heartbeating for 6 s (the broker's smallest session timeout by
+/// default) loses its partitions, so a `kill -9` moves them within
+/// seconds, not librdkafka's default 45.
+const GROUP_DEFAULTS: &[(&str, &str)] = &[
+    ("session.timeout.ms", "6000"),
+    ("heartbeat.interval.ms", "1500"),
+];
+
+/// Group mode's consumer needs the cooperative protocol: a rebalance
+/// takes from a member only the partitions that move.
+const GROUP_REQUIRED: &[(&str, &str)] = &[("partition.assignment.strategy", "cooperative-sticky")];
+
+/// The consumer of a process that shares its group's partitions with
+/// others: [`read_committed_consumer`], with the cooperative-sticky
+/// assignor and a 6 s session timeout (both the user may not / may
+/// change).
+pub fn group_consumer(user: &[(String, String)], group_id: &str) -> Result<ClientConfig, Error> {
+    let mut rest = read_committed_consumer(user, group_id)?;
+    for (key, value) in GROUP_DEFAULTS {
+        if rest.get(key).is_none() {
+            rest.set(*key, *value);
+        }
+    }
+    for (key, value) in GROUP_REQUIRED {
+        require(&mut rest, key, value)?;
+    }
+    Ok(rest)
+}
+
 fn build(
     user: &[(String, String)],
     defaults: &[(&str, &str)],

@@ -10,6 +10,8 @@
 //! - [`context`]: the client context: librdkafka's logs to `tracing`,
 //!   delivery failures counted.
 //! - [`admin`]: topic creation, for tests and for a local demo.
+//! - [`partition`]: which partition a key goes to, as Kafka's producers
+//!   place it (murmur2 for Java clients, CRC32 for librdkafka's default).
 //! - [`testing`]: the Apache Kafka broker of `tests/kafka/broker.sh`, as
 //!   tests find, start, restart and kill it.
 //!
@@ -21,6 +23,7 @@
 pub mod admin;
 pub mod config;
 pub mod context;
+pub mod partition;
 pub mod testing;
 
 pub use context::EddyContext;

@@ -309,6 +309,7 @@ fn eddy_compact_gives_the_space_of_deleted_state_back() {
             operator: op.clone(),
             key: format!("key-{i:05}").into(),
             record: keep.then(|| record(i)),
+            lists: Vec::new(),
         };
         store
             .commit(&Checkpoint {

@@ -20,11 +20,11 @@ use crate::util::{
     assert_counter_state, counter_events, eddy_bin, reference, skipped, stderr, Rng,
 };
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The shared broker, or `None` after saying the test is skipped (in CI,
 /// where the broker must run, a failure).
-fn broker(test: &str) -> Option<String> {
+pub(crate) fn broker(test: &str) -> Option<String> {
     match eddy_kafka::testing::shared_bootstrap() {
         Ok(b) => Some(b),
         Err(why) => {
@@ -37,7 +37,7 @@ fn broker(test: &str) -> Option<String> {
     }
 }
 
-fn unique(name: &str) -> String {
+pub(crate) fn unique(name: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -45,7 +45,7 @@ fn unique(name: &str) -> String {
     format!("{name}-{}-{nanos}", std::process::id())
 }
 
-fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+pub(crate) fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -57,7 +57,7 @@ fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
 }
 
 /// Produces `(key, value)` records (a `None` key: no key), in order.
-fn produce(bootstrap: &str, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>)]) {
+pub(crate) fn produce(bootstrap: &str, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>)]) {
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
@@ -83,7 +83,7 @@ fn produce(bootstrap: &str, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>)])
 }
 
 /// Counter events as keyed Kafka records.
-fn counter_records(events: &[(String, u64)]) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+pub(crate) fn counter_records(events: &[(String, u64)]) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
     events
         .iter()
         .map(|(k, a)| {
@@ -97,7 +97,11 @@ fn counter_records(events: &[(String, u64)]) -> Vec<(Option<Vec<u8>>, Vec<u8>)> 
 
 /// Every record of `topic` a read_committed reader sees, as (partition,
 /// key, value), in partition and offset order.
-fn read_committed(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(i32, String, String)> {
+pub(crate) fn read_committed(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<(i32, String, String)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
@@ -136,7 +140,12 @@ fn read_committed(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(i32, St
 /// Asserts the counter's outputs in `topic` are exactly one per event of
 /// `events`: per key, counts 1, 2, 3, ... in order, and the sums of the
 /// reference.
-fn assert_outputs_once(bootstrap: &str, topic: &str, partitions: i32, events: &[(String, u64)]) {
+pub(crate) fn assert_outputs_once(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    events: &[(String, u64)],
+) {
     let out = read_committed(bootstrap, topic, partitions);
     assert_eq!(
         out.len(),

@@ -52,6 +52,8 @@ mod time;
 // Kafka in and out on the real broker: exactly once across restarts, kill -9
 // and a crash between the two commits; bad records dead-lettered.
 mod kafka;
+// Many processes on one consumer group (Kafka group mode).
+mod group;
 // State time to live: expiry at the watermark, storage reclaimed.
 mod ttl;
 // Tumbling windows kept and fired by the host: known answers.
@@ -62,3 +64,6 @@ mod windows_wasm;
 // A state cache far smaller than the key set: exact counts, across kill -9
 // and restart and across a hot swap that migrates evicted keys.
 mod cache;
+// A key's list grown to a million items under a small cache: read only by
+// range, exact results and bounded memory, across kill -9 and restart.
+mod big_state;

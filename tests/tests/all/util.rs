@@ -83,28 +83,31 @@ pub fn state_values(
         .scan(operator)
         .unwrap()
         .into_iter()
-        .map(|(key, rec)| {
-            let mut table: Vec<String> = Vec::new();
-            let e = Entity::decode(&rec, &mut |n| match table.iter().position(|t| t == n) {
-                Some(i) => i as u32,
-                None => {
-                    table.push(n.to_string());
-                    (table.len() - 1) as u32
-                }
-            })
-            .unwrap();
-            let vals = names
+        .map(|(key, rec)| (key, record_values(&rec, names)))
+        .collect()
+}
+
+/// The values `names` of one stored state record (JSON; `null` when
+/// missing).
+pub fn record_values(rec: &[u8], names: &[&str]) -> Vec<serde_json::Value> {
+    let mut table: Vec<String> = Vec::new();
+    let e = Entity::decode(rec, &mut |n| match table.iter().position(|t| t == n) {
+        Some(i) => i as u32,
+        None => {
+            table.push(n.to_string());
+            (table.len() - 1) as u32
+        }
+    })
+    .unwrap();
+    names
+        .iter()
+        .map(|n| {
+            table
                 .iter()
-                .map(|n| {
-                    table
-                        .iter()
-                        .position(|t| t == n)
-                        .and_then(|i| e.get(i as u32))
-                        .map(|b| serde_json::from_slice(b).unwrap())
-                        .unwrap_or(serde_json::Value::Null)
-                })
-                .collect();
-            (key, vals)
+                .position(|t| t == n)
+                .and_then(|i| e.get(i as u32))
+                .map(|b| serde_json::from_slice(b).unwrap())
+                .unwrap_or(serde_json::Value::Null)
         })
         .collect()
 }

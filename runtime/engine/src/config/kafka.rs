@@ -8,6 +8,9 @@
 //! group = "eddy-payments"        # the consumer group (offsets are committed in it)
 //! time = "timestamp"             # event time from the message timestamp (ms)
 //! until_end = false              # stop once every partition is read to its end
+//! mode = "single"                # or "group": processes of one group share the partitions
+//! partitioner = "murmur2"        # group mode: how producers placed keys ("murmur2" or "crc32")
+//! instance = "a"                 # group mode: this process's name (default: kept in the state directory)
 //! properties = { "security.protocol" = "SASL_SSL" }   # passed to librdkafka
 //!
 //! [sink.kafka]
@@ -18,12 +21,14 @@
 //!
 //! On the command line: `--input 'kafka://HOST:PORT/TOPIC?group=G'` and
 //! `--output 'kafka://HOST:PORT/TOPIC'`, with the same names as query
-//! parameters (`until_end=true`, `time=timestamp`, `delivery=at-least-once`,
+//! parameters (`until_end=true`, `time=timestamp`, `mode=group`,
+//! `partitioner=crc32`, `instance=NAME`, `delivery=at-least-once`,
 //! `dead_letter_topic=T`, `transactional_id=T`). Client properties are given
 //! in the pipeline file only.
 
 use std::collections::BTreeMap;
 
+use eddy_kafka::partition::Partitioner;
 use serde::Deserialize;
 
 use super::PipelineError;
@@ -49,6 +54,19 @@ pub struct KafkaInput {
     /// librdkafka properties for the consumer, passed through unchanged
     /// (security settings included).
     pub properties: Vec<(String, String)>,
+    /// Group mode: this process is one of several with the same group,
+    /// which share the partitions (the broker assigns them); each
+    /// partition's state is kept in changelog topics and follows the
+    /// partition. Otherwise this process reads every partition.
+    pub group_mode: bool,
+    /// Group mode: how the input's producers placed keys in partitions (a
+    /// key's state lives with its partition; a record found elsewhere is
+    /// dead-lettered).
+    pub partitioner: Partitioner,
+    /// Group mode: this process's name among the group's (its
+    /// transactional id is `eddy-<group>-<instance>`); `None`: one made up
+    /// at the first start and kept in the state directory.
+    pub instance: Option<String>,
 }
 
 /// How a Kafka output's records reach its readers.
@@ -93,6 +111,9 @@ pub(super) struct SourceKafkaTable {
     group: Option<String>,
     time: Option<String>,
     until_end: Option<bool>,
+    mode: Option<String>,
+    partitioner: Option<String>,
+    instance: Option<String>,
     #[serde(default)]
     properties: BTreeMap<String, toml::Value>,
 }
@@ -166,6 +187,43 @@ fn time_setting(v: Option<&str>, at: &str) -> Result<bool, PipelineError> {
     }
 }
 
+fn group_mode(v: Option<&str>, at: &str) -> Result<bool, PipelineError> {
+    match v {
+        None | Some("single") => Ok(false),
+        Some("group") => Ok(true),
+        Some(other) => Err(invalid(format!(
+            "{at}: mode = \"{other}\": use \"single\" (this process reads every partition) or \"group\" (processes with the same group share them)"
+        ))),
+    }
+}
+
+fn partitioner(v: Option<&str>, at: &str) -> Result<Partitioner, PipelineError> {
+    match v {
+        None | Some("murmur2") => Ok(Partitioner::Murmur2),
+        Some("crc32") => Ok(Partitioner::Crc32),
+        Some(other) => Err(invalid(format!(
+            "{at}: partitioner = \"{other}\": use \"murmur2\" (Java clients, Kafka Streams, Eddy) or \"crc32\" (librdkafka's default)"
+        ))),
+    }
+}
+
+fn instance(v: Option<String>, at: &str) -> Result<Option<String>, PipelineError> {
+    match v {
+        Some(i)
+            if i.is_empty()
+                || i.len() > 64
+                || !i
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) =>
+        {
+            Err(invalid(format!(
+                "{at}: instance = \"{i}\": use 1 to 64 of a-z, A-Z, 0-9, `.`, `_`, `-`"
+            )))
+        }
+        v => Ok(v),
+    }
+}
+
 fn delivery(v: Option<&str>, at: &str) -> Result<Delivery, PipelineError> {
     match v {
         None | Some("exactly-once") => Ok(Delivery::ExactlyOnce),
@@ -211,6 +269,9 @@ impl SourceKafkaTable {
             timestamp_time: time_setting(self.time.as_deref(), at)?,
             until_end: self.until_end.unwrap_or(false),
             properties: properties(&self.properties, at)?,
+            group_mode: group_mode(self.mode.as_deref(), at)?,
+            partitioner: partitioner(self.partitioner.as_deref(), at)?,
+            instance: instance(self.instance.clone(), at)?,
         })
     }
 }
@@ -318,7 +379,23 @@ pub(super) fn input_url(s: &str, file: Option<&KafkaInput>) -> Result<KafkaInput
         None => file.is_some_and(|f| f.timestamp_time),
     };
     let until_end = take_bool(&mut params, "until_end", what)? || file.is_some_and(|f| f.until_end);
-    no_more(params, what, "group, time, until_end")?;
+    let group_mode = match params.remove("mode") {
+        Some(m) => group_mode(Some(&m), what)?,
+        None => file.is_some_and(|f| f.group_mode),
+    };
+    let partitioner = match params.remove("partitioner") {
+        Some(p) => partitioner(Some(&p), what)?,
+        None => file.map_or(Partitioner::Murmur2, |f| f.partitioner),
+    };
+    let instance = match params.remove("instance") {
+        Some(i) => instance(Some(i), what)?,
+        None => file.and_then(|f| f.instance.clone()),
+    };
+    no_more(
+        params,
+        what,
+        "group, time, until_end, mode, partitioner, instance",
+    )?;
     Ok(KafkaInput {
         bootstrap,
         topics,
@@ -327,6 +404,9 @@ pub(super) fn input_url(s: &str, file: Option<&KafkaInput>) -> Result<KafkaInput
         timestamp_time,
         until_end,
         properties: file.map(|f| f.properties.clone()).unwrap_or_default(),
+        group_mode,
+        partitioner,
+        instance,
     })
 }
 

@@ -278,8 +278,32 @@ fn kafka_addresses_on_the_command_line() {
     );
     assert_eq!(
         err("kafka://b:1/in?group=g&colour=red", "-"),
-        "--input: unknown parameter `colour` (known: group, time, until_end)"
+        "--input: unknown parameter `colour` (known: group, time, until_end, mode, partitioner, instance)"
     );
+    assert_eq!(
+        err("kafka://b:1/in?group=g&mode=many", "-"),
+        "--input: mode = \"many\": use \"single\" (this process reads every partition) or \"group\" (processes with the same group share them)"
+    );
+    assert_eq!(
+        err("kafka://b:1/in?group=g&mode=group&partitioner=fnv", "-"),
+        "--input: partitioner = \"fnv\": use \"murmur2\" (Java clients, Kafka Streams, Eddy) or \"crc32\" (librdkafka's default)"
+    );
+    assert_eq!(
+        err("kafka://b:1/in?group=g&mode=group&instance=a/b", "-"),
+        "--input: instance = \"a/b\": use 1 to 64 of a-z, A-Z, 0-9, `.`, `_`, `-`"
+    );
+    let Input::Kafka(i) = with_flags(
+        "kafka://b:1/in?group=g&mode=group&partitioner=crc32&instance=east-1",
+        "kafka://b:1/out",
+    )
+    .unwrap()
+    .input
+    else {
+        panic!("a Kafka input");
+    };
+    assert!(i.group_mode);
+    assert_eq!(i.partitioner, eddy_kafka::partition::Partitioner::Crc32);
+    assert_eq!(i.instance.as_deref(), Some("east-1"));
     assert_eq!(
         err("kafka://b:1/bad topic?group=g", "-"),
         "--input `kafka://b:1/bad topic?group=g`: `bad topic` is not a Kafka topic name (1 to 249 of a-z, A-Z, 0-9, `.`, `_`, `-`)"

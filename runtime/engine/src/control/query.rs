@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::state::{record_json, Store};
+use crate::state::{record_json, value_json, Reader, Store};
 
 /// Most keys one scan returns.
 pub const MAX_SCAN: usize = 10_000;
@@ -51,17 +51,17 @@ pub fn state_get(
     key: &str,
     name: Option<&str>,
 ) -> Result<Value, QueryError> {
-    let record = store
-        .record(operator, key)
-        .map_err(|e| QueryError::Failed(e.to_string()))?
-        .ok_or_else(|| {
-            QueryError::NotFound(format!(
-                "operator {operator:?} has no committed state for key {key:?}"
-            ))
-        })?;
-    let state = record_json(&record).map_err(|e| {
+    let failed = |e: crate::state::StoreError| QueryError::Failed(e.to_string());
+    let reader = store.reader().map_err(failed)?;
+    let record = reader.get(operator, key).map_err(failed)?.ok_or_else(|| {
+        QueryError::NotFound(format!(
+            "operator {operator:?} has no committed state for key {key:?}"
+        ))
+    })?;
+    let mut state = record_json(&record).map_err(|e| {
         QueryError::Failed(format!("the record of key {key:?} of {operator:?}: {e}"))
     })?;
+    fill_spilled(&reader, operator, key, &mut state).map_err(failed)?;
     match name {
         None => Ok(state),
         Some(name) => ["values", "maps", "lists"]
@@ -84,9 +84,11 @@ pub fn state_scan(
     prefix: &str,
     limit: usize,
 ) -> Result<Scan, QueryError> {
-    let (keys, more) = store
+    let failed = |e: crate::state::StoreError| QueryError::Failed(e.to_string());
+    let reader = store.reader().map_err(failed)?;
+    let (keys, more) = reader
         .scan_prefix(operator, prefix, limit)
-        .map_err(|e| QueryError::Failed(e.to_string()))?;
+        .map_err(failed)?;
     if keys.is_empty() && prefix.is_empty() {
         return Err(QueryError::NotFound(format!(
             "operator {operator:?} has no committed state"
@@ -95,13 +97,59 @@ pub fn state_scan(
     let keys = keys
         .into_iter()
         .map(|(key, record)| {
-            let state = record_json(&record).map_err(|e| {
+            let mut state = record_json(&record).map_err(|e| {
                 QueryError::Failed(format!("the record of key {key:?} of {operator:?}: {e}"))
             })?;
+            fill_spilled(&reader, operator, &key, &mut state).map_err(failed)?;
             Ok(KeyState { key, state })
         })
         .collect::<Result<_, QueryError>>()?;
     Ok(Scan { keys, more })
+}
+
+/// Most items of a spilled list a query shows whole; a longer one is
+/// shown as `{"len": N, "first": [..], "last": [..]}` with
+/// [`SHOWN_ENDS`] items at each end.
+pub const MAX_LIST_SHOWN: u64 = 10_000;
+
+/// Items shown at each end of a list longer than [`MAX_LIST_SHOWN`].
+pub const SHOWN_ENDS: u64 = 100;
+
+/// Replaces each spilled list of `state` (as [`record_json`] shows it) by
+/// its items, read from `reader` (the one that read the record).
+fn fill_spilled(
+    reader: &Reader,
+    operator: &str,
+    key: &str,
+    state: &mut Value,
+) -> Result<(), crate::state::StoreError> {
+    let Some(lists) = state.get_mut("lists").and_then(Value::as_object_mut) else {
+        return Ok(());
+    };
+    for (name, list) in lists.iter_mut() {
+        let Some(spilled) = list.get("spilled") else {
+            continue;
+        };
+        let start = spilled["start"].as_u64().unwrap_or(0);
+        let len = spilled["len"].as_u64().unwrap_or(0);
+        let items = |from: u64, to: u64| -> Result<Value, crate::state::StoreError> {
+            let mut out = Vec::new();
+            reader.list_items(operator, key, name, from, to, &mut |i| {
+                out.push(value_json(i))
+            })?;
+            Ok(Value::Array(out))
+        };
+        *list = if len <= MAX_LIST_SHOWN {
+            items(start, start + len)?
+        } else {
+            serde_json::json!({
+                "len": len,
+                "first": items(start, start + SHOWN_ENDS)?,
+                "last": items(start + len - SHOWN_ENDS, start + len)?,
+            })
+        };
+    }
+    Ok(())
 }
 
 /// The names in a key's state view, for an error message.

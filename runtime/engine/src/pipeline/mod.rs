@@ -103,6 +103,9 @@ pub struct Summary {
     /// Kafka input: records this run replayed at its start because Kafka
     /// already had their outputs (outputs suppressed; see `docs/kafka.md`).
     pub replayed: u64,
+    /// Kafka group mode: keys whose state this run restored from the
+    /// changelog topics, for the partitions the group gave it.
+    pub restored_keys: u64,
     /// Time from the start to the last checkpoint.
     pub elapsed: Duration,
 }

@@ -18,7 +18,10 @@ use eddy_kafka::rdkafka::consumer::Consumer as _;
 use crate::sink::format::Formats;
 use crate::sink::kafka::{check_topic, producer as kafka_producer, KafkaSink};
 use crate::sink::{open_output_file, SinkMsg, SinkThread};
-use crate::source::{file_id, kafka_consumer, kafka_plan, KafkaReader, ReaderThread, Resume};
+use crate::source::{
+    changelog_topic, file_id, group_consumer, kafka_consumer, kafka_partitions, kafka_plan,
+    start_group, GroupSetup, KafkaPlan, KafkaReader, ReaderThread, Resume,
+};
 use crate::state::Store;
 use crate::stats::Live;
 use crate::swap::{self, Command, Controller};
@@ -80,22 +83,57 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
     // transaction, so the group's committed offsets read next are final),
     // then where each input partition starts.
     let stop = || shutdown.is_triggered();
+    let group_mode = matches!(&p.input, Input::Kafka(i) if i.group_mode);
+    if let Input::Kafka(i) = &p.input {
+        if i.group_mode {
+            check_group_mode(p, i, &operators)?;
+            // The changelog topics carry whole records: no list spills to
+            // rows of its own.
+            for op in &mut operators {
+                op.limits.spill_lists = false;
+            }
+        }
+    }
     let kafka_out = match &p.output {
         Output::Kafka(o) => {
-            let tid = o
-                .transactional_id
-                .clone()
-                .unwrap_or_else(|| match &p.input {
-                    Input::Kafka(i) => format!("eddy-{}", i.group),
-                    _ => format!("eddy-{}", o.topic),
-                });
+            let tid = match (&o.transactional_id, &p.input) {
+                // Each process of a group has its own: the group's
+                // generation fences one left behind (see docs/kafka.md).
+                (Some(t), Input::Kafka(i)) if i.group_mode => {
+                    format!("{t}-{}", group_instance(i, &store)?)
+                }
+                (None, Input::Kafka(i)) if i.group_mode => {
+                    format!("eddy-{}-{}", i.group, group_instance(i, &store)?)
+                }
+                (Some(t), _) => t.clone(),
+                (None, Input::Kafka(i)) => format!("eddy-{}", i.group),
+                (None, _) => format!("eddy-{}", o.topic),
+            };
             if o.delivery == Delivery::ExactlyOnce && !matches!(p.input, Input::Kafka(_)) {
                 anyhow::bail!(
                     "exactly-once output to Kafka topic `{}` needs a Kafka input (its offsets commit in the same transaction as the outputs); with a file or stdin input, set delivery = \"at-least-once\" ([sink.kafka] delivery, or ?delivery=at-least-once)",
                     o.topic
                 );
             }
-            let producer = kafka_producer(o, &tid)?;
+            let producer = match &p.input {
+                // A transaction left open by a killed process holds back
+                // what read_committed readers see of the partitions it
+                // wrote until the broker aborts it: after 10 s, not
+                // librdkafka's default 60.
+                Input::Kafka(i)
+                    if i.group_mode
+                        && !o
+                            .properties
+                            .iter()
+                            .any(|(k, _)| k == "transaction.timeout.ms") =>
+                {
+                    let mut o = (**o).clone();
+                    o.properties
+                        .push(("transaction.timeout.ms".into(), "10000".into()));
+                    kafka_producer(&o, &tid)?
+                }
+                _ => kafka_producer(o, &tid)?,
+            };
             check_topic(&producer, &o.topic, "output")?;
             if let Some(t) = &o.dead_letter_topic {
                 check_topic(&producer, t, "dead-letter")?;
@@ -105,8 +143,32 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
         _ => None,
     };
     let kafka_in = match &p.input {
+        Input::Kafka(i) if i.group_mode => {
+            let consumer = Arc::new(group_consumer(i)?);
+            let parts = kafka_partitions(i, &consumer, &stop)?;
+            let mut props = vec![("bootstrap.servers".to_string(), i.bootstrap.clone())];
+            props.extend(i.properties.iter().cloned());
+            for op in &operators {
+                let topic = changelog_topic(&i.group, &op.name);
+                eddy_kafka::admin::ensure_topic(
+                    &props,
+                    &topic,
+                    parts.len() as i32,
+                    &[("cleanup.policy", "compact")],
+                    Duration::from_secs(30),
+                )
+                .map_err(|e| anyhow::anyhow!("Kafka changelog of operator `{}`: {e}", op.name))?;
+            }
+            let n = parts.len();
+            let plan = KafkaPlan {
+                parts: parts.into(),
+                start: vec![None; n],
+                replay_until: vec![None; n],
+            };
+            Some((i, consumer, plan))
+        }
         Input::Kafka(i) => {
-            let consumer = kafka_consumer(i)?;
+            let consumer = Arc::new(kafka_consumer(i)?);
             let eos = kafka_out
                 .as_ref()
                 .is_some_and(|(o, ..)| o.delivery == Delivery::ExactlyOnce);
@@ -125,18 +187,45 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
         }),
     };
 
+    // Group mode: raised when the group drops this process (its
+    // partitions lost): it never commits again.
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // From here on, each value owns its threads: an early return stops
     // and joins them (in the reverse order of their start).
     let sink = match kafka_out {
         Some((o, transactional_id, producer)) => {
             let input = match &kafka_in {
-                Some((i, consumer, _)) => Some((
+                Some((i, consumer, _)) => {
                     consumer.group_metadata().ok_or_else(|| {
                         anyhow::anyhow!("Kafka: no group metadata for group `{}`", i.group)
-                    })?,
-                    formats.kafka_parts.clone().expect("a Kafka input"),
-                )),
+                    })?;
+                    let consumer = consumer.clone();
+                    let lost = lost.clone();
+                    let metadata: crate::sink::kafka::GroupMetadata = Arc::new(move || {
+                        Some(crate::sink::kafka::Member {
+                            metadata: consumer.group_metadata()?,
+                            id: eddy_kafka::context::member_id(&consumer),
+                            lost: lost.load(std::sync::atomic::Ordering::Acquire)
+                                || consumer.assignment_lost(),
+                        })
+                    });
+                    Some((
+                        metadata,
+                        formats.kafka_parts.clone().expect("a Kafka input"),
+                    ))
+                }
                 None => None,
+            };
+            let changelog = match &kafka_in {
+                Some((i, _, plan)) if i.group_mode => Some(crate::sink::kafka::Changelog {
+                    topics: operators
+                        .iter()
+                        .map(|op| (op.name.clone(), changelog_topic(&i.group, &op.name)))
+                        .collect(),
+                    partitioner: i.partitioner,
+                    partitions: plan.parts.len() as i32,
+                }),
+                _ => None,
             };
             SinkThread::start_kafka(KafkaSink {
                 producer,
@@ -146,6 +235,9 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
                 exactly_once: o.delivery == Delivery::ExactlyOnce,
                 transactional_id,
                 input,
+                changelog,
+                rebalanced: false,
+                committed_as: None,
             })?
         }
         None => SinkThread::start(out_file, dead_file)?,
@@ -175,6 +267,22 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
     // Before the control endpoint and `--watch`, which end only once the
     // coordinator stops the controller.
     let (reader, kafka) = match kafka_in {
+        Some((i, consumer, plan)) if group_mode => {
+            let setup = GroupSetup {
+                lost: lost.clone(),
+                input: (**i).clone(),
+                parts: plan.parts.clone(),
+                store: store.clone(),
+                changelogs: operators
+                    .iter()
+                    .map(|op| (op.name.clone(), changelog_topic(&i.group, &op.name)))
+                    .collect(),
+            };
+            let r = start_group(consumer, setup)?;
+            let feed = KafkaFeed::new(r, &plan, i, p.watermark, None);
+            feed.publish(&live);
+            (None, Some(feed))
+        }
         Some((i, consumer, plan)) => {
             let r = KafkaReader::start(consumer, &plan, i.until_end)?;
             let feed = KafkaFeed::new(r, &plan, i, p.watermark, resume.watermark);
@@ -266,4 +374,80 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
         begun: Instant::now(),
         resumed: (resume_line, resume_offset),
     })
+}
+
+/// What group mode does not do yet, refused before anything starts.
+fn check_group_mode(
+    p: &Pipeline,
+    i: &crate::config::KafkaInput,
+    operators: &[Loaded],
+) -> Result<()> {
+    let why = |what: &str| anyhow::anyhow!("[source.kafka] mode = \"group\": {what}");
+    match &p.output {
+        Output::Kafka(o) if o.delivery == Delivery::ExactlyOnce => {}
+        _ => {
+            return Err(why(
+                "the output must be a Kafka topic with delivery = \"exactly-once\" (each partition's state changes go to its changelog topic in the same transaction as the outputs and offsets)",
+            ))
+        }
+    }
+    if i.topics.len() != 1 {
+        return Err(why(&format!(
+            "read one topic, not {} (the group assigns partitions of different topics independently, so one key's records could reach two processes)",
+            i.topics.len()
+        )));
+    }
+    if i.until_end {
+        return Err(why(
+            "until_end is for one process reading every partition; stop a group's processes with SIGTERM (each hands its partitions over)",
+        ));
+    }
+    if operators.len() != 1 {
+        return Err(why(&format!(
+            "one operator, not {}: a chain may emit under new keys, which another process may own (repartition topics are not built yet)",
+            operators.len()
+        )));
+    }
+    for op in operators {
+        let topic = changelog_topic(&i.group, &op.name);
+        let ok = topic.len() <= 249
+            && topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            return Err(why(&format!(
+                "the changelog topic of operator `{}` would be `{topic}`, which is not a Kafka topic name: use a group and operator names of a-z, A-Z, 0-9, `.`, `_`, `-`",
+                op.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// This process's name in group mode: `[source.kafka] instance`, or the
+/// one made up at its first start and kept in the state directory.
+fn group_instance(i: &crate::config::KafkaInput, store: &Store) -> Result<String> {
+    if let Some(name) = &i.instance {
+        return Ok(name.clone());
+    }
+    const META: &str = "kafka-group-instance";
+    if let Some(v) = store.meta(META)? {
+        return String::from_utf8(v)
+            .map_err(|_| anyhow::anyhow!("state directory: `{META}` is not UTF-8"));
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.write_u32(std::process::id());
+    let name = format!("{:016x}", h.finish());
+    store.commit(&crate::state::Checkpoint {
+        meta: vec![(META.to_string(), name.clone().into_bytes())],
+        ..Default::default()
+    })?;
+    Ok(name)
 }

@@ -25,8 +25,10 @@ use eddy_kafka::rdkafka::{Offset, TopicPartitionList};
 use eddy_kafka::EddyContext;
 
 use super::format::unframe;
+use super::Changes;
 use super::{Counted, OutputFile, SinkError, SinkLens, SinkMsg, SinkTarget};
 use crate::config::{Delivery, KafkaOutput};
+use crate::state::{CHANGELOG_STATE, CHANGELOG_TIMER};
 
 /// How long a flush, commit or other transaction call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -156,14 +158,67 @@ pub struct KafkaSink {
     /// With a Kafka input: its consumer group (the offsets go into each
     /// transaction) and its partitions, in the coordinator's order.
     pub input: Option<KafkaInputRef>,
+    /// Group mode: where each operator's state changes go.
+    pub changelog: Option<Changelog>,
+    /// Set when a transaction was aborted because the consumer group
+    /// rebalanced under it (its generation moved on): group mode tries
+    /// the transaction again with the group's new metadata.
+    pub rebalanced: bool,
+    /// Group mode: the member id of the last commit.
+    pub committed_as: Option<String>,
 }
 
-/// A Kafka input as the sink needs it: its consumer group's metadata and
-/// its partitions as `(topic, partition)`, in the coordinator's order.
-pub type KafkaInputRef = (ConsumerGroupMetadata, Arc<[(String, i32)]>);
+/// What an exactly-once group-mode sink produced since its last commit,
+/// kept to produce again if the transaction must be retried.
+enum Held {
+    Out(Vec<u8>),
+    Dead(Vec<u8>),
+}
 
-/// Runs the Kafka sink until its channel closes.
+/// A Kafka input as the sink needs it: the consumer group's metadata (asked
+/// for at each transaction: a rebalance changes it) and its partitions as
+/// `(topic, partition)`, in the coordinator's order.
+pub type KafkaInputRef = (GroupMetadata, Arc<[(String, i32)]>);
+
+/// The consumer group's current metadata, which a transaction's offsets
+/// are committed under (a member a rebalance left behind is refused).
+pub type GroupMetadata = Arc<dyn Fn() -> Option<Member> + Send + Sync>;
+
+/// This process as a member of its consumer group, now.
+pub struct Member {
+    /// The group's metadata (generation, member id).
+    pub metadata: ConsumerGroupMetadata,
+    /// The member id.
+    pub id: String,
+    /// The group took this member's partitions away (its session
+    /// expired): it must not commit again.
+    pub lost: bool,
+}
+
+/// Group mode's changelog topics: a key's state changes go to its
+/// operator's topic, in the partition of the key (the input's partition).
+pub struct Changelog {
+    /// Per operator, its changelog topic.
+    pub topics: std::collections::HashMap<Arc<str>, String>,
+    /// How the input places keys.
+    pub partitioner: eddy_kafka::partition::Partitioner,
+    /// The input's partitions (and each changelog topic's).
+    pub partitions: i32,
+}
+
+/// Runs the Kafka sink until its channel closes. On the way out (after a
+/// failure too) an exactly-once sink aborts its open transaction, so that
+/// what it holds stops holding back read_committed readers at once rather
+/// than at the transaction's timeout.
 pub fn run_kafka_sink(mut s: KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), SinkError> {
+    let r = sink_loop(&mut s, rx);
+    if s.exactly_once {
+        let _ = s.producer.abort_transaction(Duration::from_secs(10));
+    }
+    r
+}
+
+fn sink_loop(s: &mut KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), SinkError> {
     let out_target = SinkTarget::Kafka(s.topic.clone());
     let mut dead = match s.dead_file.take() {
         Some(f) => {
@@ -180,6 +235,9 @@ pub fn run_kafka_sink(mut s: KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), Sin
         error: io::Error::other(msg),
     };
     let mut suppress = false;
+    // Group mode: this transaction's records, in case it must be retried.
+    let keep = s.changelog.is_some() && s.exactly_once;
+    let mut held: Vec<Held> = Vec::new();
     for msg in rx.iter() {
         match msg {
             SinkMsg::Suppress(on) => suppress = on,
@@ -187,11 +245,11 @@ pub fn run_kafka_sink(mut s: KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), Sin
                 if suppress {
                     continue;
                 }
-                for (key, value) in unframe(&b) {
-                    s.produce(&s.topic, Some(key), value)
-                        .map_err(|m| fail(&out_target, m))?;
-                }
+                s.produce_out(&b).map_err(|m| fail(&out_target, m))?;
                 s.producer.poll(Duration::ZERO);
+                if keep {
+                    held.push(Held::Out(b));
+                }
             }
             SinkMsg::Dead(b) => match (&mut dead, &s.dead_topic) {
                 (Some(file), _) => file.write(&b)?,
@@ -200,18 +258,29 @@ pub fn run_kafka_sink(mut s: KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), Sin
                         continue;
                     }
                     let target = SinkTarget::Kafka(topic.clone());
-                    for line in b.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
-                        s.produce(topic, None, line).map_err(|m| fail(&target, m))?;
+                    s.produce_dead(&b).map_err(|m| fail(&target, m))?;
+                    if keep {
+                        held.push(Held::Dead(b));
                     }
                 }
                 (None, None) => {}
             },
-            SinkMsg::Flush { offsets, reply } => {
+            SinkMsg::Flush {
+                offsets,
+                changelog,
+                reply,
+            } => {
                 let r = (|| {
                     if let Some(d) = &mut dead {
                         d.flush()?;
                     }
-                    if !suppress {
+                    if keep {
+                        let none = Changes::default();
+                        let changes = changelog.as_deref().unwrap_or(&none);
+                        s.group_checkpoint(&held, changes, &offsets)
+                            .map_err(|m| fail(&out_target, m))?;
+                        held.clear();
+                    } else if !suppress {
                         s.checkpoint(&offsets).map_err(|m| fail(&out_target, m))?;
                     }
                     Ok(SinkLens {
@@ -237,11 +306,156 @@ pub fn run_kafka_sink(mut s: KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), Sin
 }
 
 impl KafkaSink {
+    /// Produces framed outputs `b` to the output topic.
+    fn produce_out(&self, b: &[u8]) -> Result<(), String> {
+        for (key, value) in unframe(b) {
+            self.produce(&self.topic, Some(key), value)?;
+        }
+        Ok(())
+    }
+
+    /// Produces dead-letter lines `b` to the dead-letter topic.
+    fn produce_dead(&self, b: &[u8]) -> Result<(), String> {
+        if let Some(topic) = &self.dead_topic {
+            for line in b.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+                self.produce(topic, None, line)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Group mode's checkpoint: the state changes to the changelog topics,
+    /// then the commit with the group's current metadata. When the group
+    /// rebalanced under the transaction (the broker refused its offsets
+    /// for an old generation), the transaction is aborted and made again,
+    /// with what it held produced anew: a member keeps its partitions
+    /// until it gives them up (cooperative protocol), so its offsets are
+    /// accepted under the new generation. A member the group dropped keeps
+    /// being refused, and fails after about 20 s.
+    fn group_checkpoint(
+        &mut self,
+        held: &[Held],
+        changes: &Changes,
+        offsets: &[Option<i64>],
+    ) -> Result<(), String> {
+        let mut wait = Duration::from_millis(100);
+        let begun = Instant::now();
+        for attempt in 1.. {
+            if attempt > 1 {
+                for h in held {
+                    match h {
+                        Held::Out(b) => self.produce_out(b)?,
+                        Held::Dead(b) => self.produce_dead(b)?,
+                    }
+                }
+            }
+            self.rebalanced = false;
+            let r = self
+                .changelog(changes)
+                .and_then(|()| self.checkpoint(offsets));
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if self.rebalanced && begun.elapsed() < Duration::from_secs(20) => {
+                    // Only a member that kept its partitions (the same
+                    // member, not one the group dropped and let in again)
+                    // may commit what it did with them.
+                    let now = self.input.as_ref().and_then(|(m, _)| m());
+                    let same = match (&now, &self.committed_as) {
+                        (Some(m), Some(was)) => !m.lost && m.id == *was,
+                        (Some(m), None) => !m.lost,
+                        (None, _) => false,
+                    };
+                    if !same {
+                        return Err(format!(
+                            "{e}: this process was dropped from its consumer group (paused or cut off for longer than session.timeout.ms), so it is fenced: what it did since its last checkpoint is aborted and another process owns its partitions now"
+                        ));
+                    }
+                    tracing::info!(
+                        "Kafka sink: the group rebalanced during a checkpoint ({e}); committing it again (attempt {})",
+                        attempt + 1
+                    );
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                    self.producer
+                        .begin_transaction()
+                        .map_err(|e| format!("beginning a transaction: {e}"))?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Produces the checkpoint's changes to the changelog topics: a key's
+    /// state under `s` + the key, a pending timer (or TTL deadline) under
+    /// `t` + the key + NUL + its name with its time (i64, little-endian);
+    /// `None` (deleted, fired, cleared) as a tombstone. Each in the
+    /// partition of its key.
+    fn changelog(&self, changes: &Changes) -> Result<(), String> {
+        let Some(c) = &self.changelog else {
+            return Ok(());
+        };
+        let topic = |op: &Arc<str>| {
+            c.topics
+                .get(op)
+                .ok_or_else(|| format!("operator `{op}` has no changelog topic"))
+        };
+        let mut k = Vec::new();
+        for w in &changes.writes {
+            let partition = c.partitioner.partition(w.key.as_bytes(), c.partitions);
+            k.clear();
+            k.push(CHANGELOG_STATE);
+            k.extend_from_slice(w.key.as_bytes());
+            self.send(
+                topic(&w.operator)?,
+                Some(&k),
+                w.record.as_deref(),
+                Some(partition),
+            )?;
+        }
+        for t in &changes.timers {
+            let partition = c.partitioner.partition(t.key.as_bytes(), c.partitions);
+            k.clear();
+            k.push(CHANGELOG_TIMER);
+            k.extend_from_slice(t.key.as_bytes());
+            k.push(0);
+            k.extend_from_slice(t.name.as_bytes());
+            let at = t.at.map(i64::to_le_bytes);
+            self.send(
+                topic(&t.operator)?,
+                Some(&k),
+                at.as_ref().map(|a| &a[..]),
+                Some(partition),
+            )?;
+        }
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
     /// Produces one record, waiting (bounded) for room in the queue.
     fn produce(&self, topic: &str, key: Option<&[u8]>, value: &[u8]) -> Result<(), String> {
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(value);
+        self.send(topic, key, Some(value), None)
+    }
+
+    /// Produces one record (a `None` value: a tombstone) to `partition`
+    /// (`None`: the partitioner's), waiting (bounded) for room in the
+    /// queue.
+    fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        partition: Option<i32>,
+    ) -> Result<(), String> {
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if let Some(v) = value {
+            rec = rec.payload(v);
+        }
         if let Some(k) = key {
             rec = rec.key(k);
+        }
+        if let Some(p) = partition {
+            rec = rec.partition(p);
         }
         let start = Instant::now();
         loop {
@@ -277,7 +491,17 @@ impl KafkaSink {
             }
             return Ok(());
         }
+        let mut member_id = None;
         if let Some((group, parts)) = &self.input {
+            let member = group().ok_or_else(|| {
+                "the consumer has no group metadata (it left the group)".to_string()
+            })?;
+            if member.lost && self.changelog.is_some() {
+                let _ = self.producer.abort_transaction(CALL_TIMEOUT);
+                return Err("this process was dropped from its consumer group (paused or cut off for longer than session.timeout.ms), so it is fenced: what it did since its last checkpoint is aborted and another process owns its partitions now".into());
+            }
+            member_id = Some(member.id);
+            let group = &member.metadata;
             let mut tpl = TopicPartitionList::new();
             for ((topic, partition), next) in parts.iter().zip(offsets) {
                 if let Some(next) = next {
@@ -294,6 +518,9 @@ impl KafkaSink {
         self.txn("committing the transaction", |p| {
             p.commit_transaction(CALL_TIMEOUT)
         })?;
+        if member_id.is_some() {
+            self.committed_as = member_id;
+        }
         self.producer
             .begin_transaction()
             .map_err(|e| format!("beginning a transaction: {e}"))
@@ -302,7 +529,7 @@ impl KafkaSink {
     /// A transaction call: retried while the broker says it may be, the
     /// transaction aborted when it must be.
     fn txn(
-        &self,
+        &mut self,
         what: &str,
         mut f: impl FnMut(&KafkaProducer) -> KafkaResult<()>,
     ) -> Result<(), String> {
@@ -321,6 +548,17 @@ impl KafkaSink {
                 }
                 if t.txn_requires_abort() {
                     let _ = self.producer.abort_transaction(CALL_TIMEOUT);
+                    if self.changelog.is_some()
+                        && matches!(
+                            t.code(),
+                            RDKafkaErrorCode::IllegalGeneration
+                                | RDKafkaErrorCode::UnknownMemberId
+                                | RDKafkaErrorCode::RebalanceInProgress
+                        )
+                    {
+                        self.rebalanced = true;
+                        return Err(format!("{what}: {e}"));
+                    }
                     return Err(format!(
                         "{what}: {e}: the transaction was aborted, so read_committed readers never see its outputs; a restart resumes from the last checkpoint and writes them again"
                     ));

@@ -36,12 +36,24 @@ pub enum SinkMsg {
         /// Per Kafka input partition, the next offset (empty for a file
         /// input).
         offsets: Vec<Option<i64>>,
+        /// Group mode: the checkpoint's state and timer changes, produced
+        /// to the changelog topics in the same transaction.
+        changelog: Option<std::sync::Arc<Changes>>,
         /// Where the outcome goes.
         reply: Sender<Result<SinkLens, SinkError>>,
     },
     /// From now on (`true`) drop outputs bound for Kafka, or write them
     /// again (`false`): a restart's replay of what Kafka already has.
     Suppress(bool),
+}
+
+/// A checkpoint's changes, for the changelog topics (group mode).
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Keys' state.
+    pub writes: Vec<crate::state::StateWrite>,
+    /// Pending timers and TTL deadlines.
+    pub timers: Vec<crate::state::TimerWrite>,
 }
 
 /// Lengths of the file outputs after a flush, for the checkpoint.
@@ -348,6 +360,7 @@ mod tests {
         let (rtx, rrx) = crossbeam_channel::bounded(1);
         tx.send(SinkMsg::Flush {
             offsets: Vec::new(),
+            changelog: None,
             reply: rtx,
         })
         .unwrap();
@@ -368,6 +381,7 @@ mod tests {
         let (rtx, rrx) = crossbeam_channel::bounded(1);
         tx.send(SinkMsg::Flush {
             offsets: Vec::new(),
+            changelog: None,
             reply: rtx,
         })
         .unwrap();

@@ -39,6 +39,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The consumer Eddy reads with.
 pub type KafkaConsumer = BaseConsumer<EddyContext>;
 
+/// The consumer, shared by the reader and the sink (which asks it for the
+/// group's metadata at each transaction).
+pub type SharedConsumer = Arc<KafkaConsumer>;
+
 /// One partition of an input topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part {
@@ -81,6 +85,29 @@ pub enum KafkaMsg {
     ReplayDone,
     /// `until_end`: every partition was read to its end.
     End,
+    /// Group mode: these partitions (indexes into the parts) are taken
+    /// from this process. Handle every record sent before, checkpoint,
+    /// forget their keys, then reply: the reader then gives them up.
+    Revoke {
+        /// The partitions.
+        parts: Vec<u16>,
+        /// Told when they may go.
+        reply: Sender<()>,
+    },
+    /// Group mode: these partitions now belong to this process, their
+    /// state restored into the state directory as of the offset given
+    /// (the group's committed one; `None`: none, read from the
+    /// beginning). Their records follow.
+    Assigned {
+        /// `(partition index, start)`.
+        parts: Vec<(u16, Option<i64>)>,
+        /// Keys restored from the changelog topics.
+        restored: u64,
+    },
+    /// Group mode: these partitions were lost (this process was cut off
+    /// from the group for longer than its session timeout): another
+    /// process owns them now.
+    Lost(Vec<u16>),
 }
 
 /// Where each partition starts, and how far is a replay.
@@ -166,16 +193,12 @@ pub fn retry<T>(
     ))
 }
 
-/// Plans where each partition of `input` starts: from the offsets in the
-/// state directory (`store`), replaying up to the group's committed offsets
-/// when `exactly_once` and Kafka is ahead.
-pub fn plan(
+/// Every partition of the input topics, in topic then partition order.
+pub fn partitions(
     input: &KafkaInput,
     consumer: &KafkaConsumer,
-    store: &Store,
-    exactly_once: bool,
     stop: &dyn Fn() -> bool,
-) -> Result<KafkaPlan> {
+) -> Result<Vec<Part>> {
     let mut parts = Vec::new();
     for topic in &input.topics {
         let md = retry(
@@ -214,6 +237,20 @@ pub fn plan(
             u16::MAX
         ));
     }
+    Ok(parts)
+}
+
+/// Plans where each partition of `input` starts: from the offsets in the
+/// state directory (`store`), replaying up to the group's committed offsets
+/// when `exactly_once` and Kafka is ahead.
+pub fn plan(
+    input: &KafkaInput,
+    consumer: &KafkaConsumer,
+    store: &Store,
+    exactly_once: bool,
+    stop: &dyn Fn() -> bool,
+) -> Result<KafkaPlan> {
+    let parts = partitions(input, consumer, stop)?;
     let mut start = Vec::with_capacity(parts.len());
     for p in &parts {
         let at = store
@@ -339,7 +376,7 @@ impl KafkaReader {
     /// Assigns `consumer` every partition of `plan` at its start and starts
     /// reading on a thread.
     pub fn start(
-        consumer: KafkaConsumer,
+        consumer: SharedConsumer,
         plan: &KafkaPlan,
         until_end: bool,
     ) -> Result<KafkaReader> {
@@ -387,6 +424,21 @@ impl KafkaReader {
         })
     }
 
+    /// A reader from parts already made (group mode).
+    pub(super) fn from_parts(
+        ctx: Arc<EddyContext>,
+        rx: Receiver<KafkaMsg>,
+        stop: Arc<AtomicBool>,
+        thread: JoinHandle<Result<()>>,
+    ) -> KafkaReader {
+        KafkaReader {
+            ctx,
+            rx: Some(rx),
+            stop,
+            thread: Some(thread),
+        }
+    }
+
     /// The consumer's context (partition ends for the lag).
     pub fn context(&self) -> &Arc<EddyContext> {
         &self.ctx
@@ -423,7 +475,7 @@ impl Drop for KafkaReader {
 }
 
 struct Reader {
-    consumer: KafkaConsumer,
+    consumer: SharedConsumer,
     parts: Arc<[Part]>,
     /// Per partition, the next offset expected: a record below it was
     /// already handed over (librdkafka may deliver again what it had

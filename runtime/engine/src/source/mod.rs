@@ -6,6 +6,8 @@
 //! - [`reader`]: the reader thread (`eddy-reader`): whole lines in chunks,
 //!   byte-order mark, incomplete last lines, `--follow`.
 //! - [`decode`]: the key and time of one JSON line.
+//! - `kafka`: the Kafka reader of a process that reads every partition;
+//!   `group`: the one of a process sharing its group's partitions.
 //! - [`watermark`]: [`WatermarkGen`], the watermark from the event times,
 //!   and which events are late ([`Verdict`]).
 //! - here: [`Resume`], where the input resumes and the checks that it is
@@ -24,14 +26,17 @@ use crate::config::{Input, Pipeline};
 use crate::state::{SourcePos, Store};
 
 mod decode;
+mod group;
 mod kafka;
 mod reader;
 mod watermark;
 
 pub(crate) use decode::FieldName;
 pub use decode::{decode, DecodeError, Decoded};
+pub use group::{changelog_topic, group_consumer, start_group, GroupSetup};
 pub use kafka::{
-    consumer as kafka_consumer, plan as kafka_plan, KafkaMsg, KafkaPlan, KafkaReader, Part, Record,
+    consumer as kafka_consumer, partitions as kafka_partitions, plan as kafka_plan, KafkaMsg,
+    KafkaPlan, KafkaReader, Part, Record,
 };
 pub use reader::{open_input, read_lines, Chunk, End, Follow, ReadError};
 pub use watermark::{Verdict, WatermarkGen};

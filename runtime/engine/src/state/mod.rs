@@ -13,11 +13,12 @@ mod entity;
 mod store;
 
 pub use entity::{
-    check_record, record_json, value_json, CorruptRecord, Entity, Name, Undo, RECORD_OVERHEAD,
+    check_record, item_size, record_json, value_json, CorruptRecord, Entity, List, ListRows, Name,
+    Spill, Undo, RECORD_OVERHEAD, SPILL_BYTES, SPILL_ITEMS, UNSPILL_ITEMS,
 };
 pub use store::{
     component_hash, component_hash_of, create_private_dir, euid, is_short_version_id,
     legacy_component_hash, read_regular_file, unsafe_reason, Checkpoint, Reader, SnapshotError,
     SnapshotReport, SnapshotSource, SourcePos, StateWrite, Store, StoreError, TimerWrite,
-    MAX_COMPONENT_BYTES, SHORT_VERSION_ID_LEN, VERSION_ID_LEN,
+    CHANGELOG_STATE, CHANGELOG_TIMER, MAX_COMPONENT_BYTES, SHORT_VERSION_ID_LEN, VERSION_ID_LEN,
 };

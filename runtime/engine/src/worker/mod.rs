@@ -82,9 +82,28 @@ pub enum Msg {
         /// The new version's generation.
         generation: u32,
     },
+    /// Group mode, after a checkpoint that made every key clean: renew
+    /// the readers of committed state (a restore may have written keys
+    /// this worker will now read), then drop every cached key `drop`
+    /// selects (their partitions moved to another process, which changes
+    /// them from now on).
+    Release {
+        /// Which keys go.
+        drop: KeyFilter,
+        /// Keys whose pending timers to load from the state directory
+        /// (their partitions were restored into it).
+        load: Option<KeyFilter>,
+        /// How many selected keys could not go (changed since the last
+        /// checkpoint: none should), or why the readers could not be
+        /// renewed.
+        reply: Sender<Result<usize, StoreError>>,
+    },
     /// Stop after what came before.
     Stop,
 }
+
+/// Selects keys (by the partition they hash to, in Kafka group mode).
+pub type KeyFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl Msg {
     /// `batch`, noted as handed over now (the earliest its events can be
@@ -202,6 +221,11 @@ impl Worker {
                     if failed {
                         return Err(WorkerError::Barrier { worker: self.id });
                     }
+                }
+                Msg::Release { drop, load, reply } => {
+                    let r = self.release(&*drop, load.as_deref());
+                    self.publish();
+                    let _ = reply.send(r);
                 }
                 Msg::Stop => break,
             }
@@ -345,6 +369,32 @@ impl Worker {
             self.pressure.store(true, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// [`Msg::Release`].
+    fn release(
+        &mut self,
+        drop: &dyn Fn(&str) -> bool,
+        load: Option<&(dyn Fn(&str) -> bool + Send + Sync)>,
+    ) -> Result<usize, StoreError> {
+        let durable = self.store.durable_seq();
+        let workers = self.peers.len();
+        let mut kept = 0;
+        for op in &mut self.ops {
+            let ctx = op.ctx();
+            let reader = self.store.reader()?;
+            ctx.renew_reader(reader, durable);
+            kept += ctx.release(drop);
+            if let Some(load) = load {
+                let name = ctx.name().to_string();
+                for (key, timer, at) in self.store.timers(&name)? {
+                    if load(&key) && route(&key, workers) == self.id {
+                        ctx.restore_timer(&key, &timer, at)?;
+                    }
+                }
+            }
+        }
+        Ok(kept)
     }
 
     /// Shows this worker's counters and position to `eddy status`.

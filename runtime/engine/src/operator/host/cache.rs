@@ -29,14 +29,15 @@ pub(super) const SLOT_COST: usize = std::mem::size_of::<Slot>() + 16 + 16;
 
 /// A cached key's memory, as counted against the budget: [`SLOT_COST`],
 /// the key's bytes when they do not fit inline, and its state's size as
-/// stored (close to what its values, maps and lists take in memory).
+/// stored (close to what its values, maps and lists take in memory) less
+/// the items of spilled lists that are only in rows.
 pub(super) fn cost(slot: &Slot) -> usize {
     let key = if slot.key.is_heap_allocated() {
         slot.key.capacity()
     } else {
         0
     };
-    SLOT_COST + key + slot.size
+    SLOT_COST + key + super::mem(slot)
 }
 
 /// The cache's bookkeeping, in [`OpCtx`].
@@ -115,6 +116,19 @@ impl OpCtx {
         if durable >= self.cache.taken {
             self.cache.pending_bytes = 0;
         }
+        // Spilled items handed over at a checkpoint the reader now sees
+        // leave memory: the reader serves them.
+        let mut flushed = std::mem::take(&mut self.flushed);
+        flushed.retain(|&i| {
+            let s = &mut self.slots[i as usize];
+            if s.written > durable {
+                return true;
+            }
+            let freed = s.entity.drop_flushed() as usize;
+            self.cache.bytes = self.cache.bytes.saturating_sub(freed);
+            false
+        });
+        self.flushed = flushed;
     }
 
     /// Evicts cold keys until about `want` bytes are freed (or no key
@@ -142,6 +156,38 @@ impl OpCtx {
             freed += self.drop_slot(i as u32);
         }
         freed
+    }
+
+    /// Drops every cached key `drop` selects, with its pending timers and
+    /// TTL deadlines (their partition moved to another process, which has
+    /// them from the changelog); returns how many of those could not go
+    /// (changed since the last checkpoint, or not yet seen committed).
+    /// Call it between batches only.
+    pub fn release(&mut self, drop: &dyn Fn(&str) -> bool) -> usize {
+        let mut kept = 0;
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
+            if s.free || !drop(&s.key) {
+                continue;
+            }
+            let slot = i as u32;
+            let unwritten = self.timers.unwritten(slot)
+                || self
+                    .ttl
+                    .as_ref()
+                    .is_some_and(|t| t.deadlines_unwritten(slot));
+            if s.dirty || s.written > self.cache.seen || unwritten {
+                kept += 1;
+                continue;
+            }
+            let key = s.key.clone();
+            self.timers.forget(slot, &key);
+            if let Some(t) = &mut self.ttl {
+                t.forget(slot, &key);
+            }
+            self.drop_slot(slot);
+        }
+        kept
     }
 
     /// Whether the key in `slot` has timers or TTL deadlines.

@@ -67,6 +67,14 @@ pub enum HostError {
     #[error("emit called from `migrate` (a migration may only rewrite state)")]
     /// `emit` during a migration.
     EmitInMigrate,
+    #[error("reading the stored items of a spilled list: {0}")]
+    /// Reading a spilled list's items from the state directory failed.
+    Store(String),
+    #[error("a spilled list's items are stored, but this operator has no state directory to read them from")]
+    /// A spilled list's items are out of memory without a store (cannot
+    /// happen in a pipeline: items leave memory only once a reader sees
+    /// them).
+    NoStore,
     #[error("{0} is not valid UTF-8")]
     /// A name or key that is not UTF-8.
     NotUtf8(&'static str),
@@ -118,6 +126,12 @@ pub enum HostError {
         /// The limit, in bytes.
         limit: usize,
     },
+}
+
+impl From<crate::state::StoreError> for HostError {
+    fn from(e: crate::state::StoreError) -> HostError {
+        HostError::Store(e.to_string())
+    }
 }
 
 impl OpCtx {

@@ -79,6 +79,12 @@ fn record_size(rec: &[u8]) -> usize {
     rec.len() + if rec.first() == Some(&1) { 4 } else { 0 }
 }
 
+/// The memory a cached key's state takes: its size as stored, less the
+/// spilled list items that are only in rows.
+fn mem(slot: &Slot) -> usize {
+    slot.size.saturating_sub(slot.entity.row_bytes() as usize)
+}
+
 /// A cached key: its state and whether it changed since the last checkpoint.
 struct Slot {
     key: CompactString,
@@ -89,8 +95,9 @@ struct Slot {
     generation: u32,
     /// Already listed in `OpCtx::dirty`.
     dirty: bool,
-    /// Size of `entity` as stored (its record's length), kept up to date
-    /// write by write for [`Limits::max_key_state`].
+    /// Size of `entity` as stored (its record's length, plus the items of
+    /// its spilled lists), kept up to date write by write for
+    /// [`Limits::max_key_state`].
     size: usize,
     /// Number of the checkpoint that took this key's last changes (0:
     /// none since start): until that one is durable, the key's state in
@@ -138,6 +145,13 @@ pub struct OpCtx {
     held: usize,
     /// Size of the current key's state when the event began.
     size_at_begin: usize,
+    /// Memory of the current key's state when the event began (its size
+    /// less the spilled items only in rows).
+    mem_at_begin: usize,
+    /// Slots whose spilled lists hold items handed over at a barrier:
+    /// once the reader sees that checkpoint, the items leave memory
+    /// ([`OpCtx::renew_reader`]).
+    flushed: Vec<u32>,
     /// How many events of each (input line, key hash) drew random numbers
     /// so far, so that each event gets its own seed (see
     /// [`OpCtx::draw_index`]); cleared at each checkpoint barrier, which no
@@ -188,6 +202,8 @@ impl OpCtx {
             emits: Emits::default(),
             held: 0,
             size_at_begin: 0,
+            mem_at_begin: 0,
+            flushed: Vec::new(),
             draws: Default::default(),
             limits,
             generation: 0,
@@ -268,8 +284,8 @@ impl OpCtx {
         self.held = 0;
         if ok {
             slot.generation = self.generation;
-            let size = slot.size;
-            self.resized(self.size_at_begin, size);
+            let mem = mem(slot);
+            self.resized(self.mem_at_begin, mem);
             self.mark_dirty(i);
             self.undo.clear();
             self.timers.commit();
@@ -304,6 +320,7 @@ impl OpCtx {
         debug_assert!(self.current.is_none());
         self.current = Some(slot);
         self.size_at_begin = self.slots[slot as usize].size;
+        self.mem_at_begin = mem(&self.slots[slot as usize]);
         self.held = 0;
     }
 
@@ -325,16 +342,17 @@ impl OpCtx {
         self.cache.stats.misses += 1;
         let ((entity, generation), size) = match &self.reader {
             Some(r) => match r.get(&self.name, key)? {
-                Some(rec) => (
-                    Entity::decode_tagged(&rec, &mut |n| intern(&mut self.names, n)).map_err(
-                        |e| StoreError::Corrupt {
-                            operator: self.name.to_string(),
-                            key: key.to_string(),
-                            reason: e.to_string(),
-                        },
-                    )?,
-                    record_size(&rec),
-                ),
+                Some(rec) => {
+                    let (e, g) = Entity::decode_tagged(&rec, &mut |n| intern(&mut self.names, n))
+                        .map_err(|e| StoreError::Corrupt {
+                        operator: self.name.to_string(),
+                        key: key.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                    // Spilled items count in the key's size, in rows.
+                    let size = record_size(&rec) + e.spilled_bytes() as usize;
+                    ((e, g), size)
+                }
                 None => ((Entity::default(), self.generation), RECORD_HEADER),
             },
             None => ((Entity::default(), self.generation), RECORD_HEADER),
@@ -424,8 +442,8 @@ impl OpCtx {
         if ok {
             if !self.undo.is_empty() {
                 slot.generation = self.generation;
-                let size = slot.size;
-                self.resized(self.size_at_begin, size);
+                let mem = mem(slot);
+                self.resized(self.mem_at_begin, mem);
                 self.mark_dirty(i);
             }
             self.undo.clear();
@@ -479,24 +497,72 @@ impl OpCtx {
         self.cache.taken = seq;
         self.cache.pending_bytes = self.cache.dirty_bytes;
         self.cache.dirty_bytes = 0;
-        for i in self.dirty.drain(..) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for i in dirty.drain(..) {
+            let mut lists = Vec::new();
+            let old = mem(&self.slots[i as usize]);
+            if self.slots[i as usize].entity.has_lists() {
+                self.hand_over_lists(i, &mut lists);
+            }
             let slot = &mut self.slots[i as usize];
             slot.dirty = false;
             slot.written = seq;
             let record = if slot.entity.is_empty() {
                 None
             } else {
-                // `size` is the record's exact length: one allocation.
-                let mut buf = Vec::with_capacity(slot.size);
+                // `size` is the record's exact length when nothing is
+                // spilled: one allocation.
+                let mut buf = Vec::with_capacity(slot.size - slot.entity.spilled_bytes() as usize);
                 slot.entity
                     .encode_tagged(slot.generation, &self.names, &mut buf);
                 Some(buf)
             };
+            if !lists.is_empty() {
+                // Spilling or bringing a list back changed the record's
+                // length, and what is in memory.
+                slot.size = record.as_ref().map_or(RECORD_HEADER, Vec::len)
+                    + slot.entity.spilled_bytes() as usize;
+                let new = mem(slot);
+                self.cache.bytes = (self.cache.bytes + new).saturating_sub(old);
+            }
             out.push(StateWrite {
                 operator: self.name.clone(),
                 key: slot.key.as_str().into(),
                 record,
+                lists,
             });
+        }
+        self.dirty = dirty;
+    }
+
+    /// Hands the lists of the key in `slot` over at a barrier (see
+    /// [`Entity::hand_over`]): first the small spilled lists whose items
+    /// can come back in memory are read back (a read error only leaves
+    /// them spilled).
+    fn hand_over_lists(&mut self, slot: u32, out: &mut Vec<crate::state::ListRows>) {
+        if !self.limits.spill_lists {
+            return;
+        }
+        let s = &mut self.slots[slot as usize];
+        if let Some(r) = &self.reader {
+            for (n, rows) in s.entity.unspill_candidates() {
+                let mut items = Vec::new();
+                let read = r.list_items(
+                    &self.name,
+                    &s.key,
+                    &self.names[n as usize],
+                    rows.start,
+                    rows.end,
+                    &mut |i| items.push(i.to_vec()),
+                );
+                if read.is_ok() {
+                    s.entity.fill_front(n, items);
+                }
+            }
+        }
+        s.entity.hand_over(&self.names, out);
+        if s.entity.has_spill() {
+            self.flushed.push(slot);
         }
     }
 
@@ -515,3 +581,6 @@ impl OpCtx {
         self.current.map(|i| self.slots[i as usize].key.as_str())
     }
 }
+
+#[cfg(test)]
+mod big_lists;

@@ -2,7 +2,7 @@
 //! being handled, on its key only, journaled for undo.
 
 use crate::operator::wasm::bindings::eddy::operator::state;
-use crate::state::Name;
+use crate::state::{item_size, Name};
 
 use super::index::{intern, lookup};
 use super::{
@@ -210,7 +210,9 @@ impl OpCtx {
             .map_or(0, |l| l.len() as u32))
     }
 
-    /// `state.list-range`: items `start..end` of list `name`.
+    /// `state.list-range`: items `start..end` of list `name`. Items of a
+    /// spilled list that are not in memory are read from the store, only
+    /// those in the range.
     pub fn list_range(
         &mut self,
         name: &str,
@@ -222,43 +224,68 @@ impl OpCtx {
             return Ok(Vec::new());
         };
         self.ttl_read(name);
-        let Some(list) = self.slots[i].entity.list(name) else {
+        let slot = &self.slots[i];
+        let Some(list) = slot.entity.list(name) else {
             return Ok(Vec::new());
         };
-        let end = (end as usize).min(list.len());
-        let start = (start as usize).min(end);
-        Ok(list.range(start..end).cloned().collect())
+        let (rows, mem) = list.split(start as u64, end as u64);
+        let mut out =
+            Vec::with_capacity((end.saturating_sub(start) as u64).min(list.len()) as usize);
+        if !rows.is_empty() {
+            let reader = self.reader.as_ref().ok_or(HostError::NoStore)?;
+            reader.list_items(
+                &self.name,
+                &slot.key,
+                &self.names[name as usize],
+                rows.start,
+                rows.end,
+                &mut |item| out.push(item.to_vec()),
+            )?;
+        }
+        out.extend(mem.map(<[u8]>::to_vec));
+        Ok(out)
     }
 
-    /// `state.list-trim`: keeps the last `keep` items of list `name`; how many were dropped.
+    /// `state.list-trim`: keeps the last `keep` items of list `name`; how
+    /// many were dropped. Items of a spilled list dropped from the store
+    /// are read once, for their size (`max_key_state_bytes` counts them).
     pub fn list_trim(&mut self, name: &str, keep: u32) -> Result<u32, HostError> {
         let i = self.current()?;
-        let Some(name) = self.lookup(name) else {
+        let Some(n) = self.lookup(name) else {
             return Ok(0);
         };
-        let slot = &mut self.slots[i];
-        let dropped: usize = slot.entity.list(name).map_or(0, |l| {
-            l.iter()
-                .take(l.len().saturating_sub(keep as usize))
-                .map(|item| ITEM_ENTRY + item.len())
-                .sum()
-        });
-        let n = slot.entity.list_trim(name, keep as usize, &mut self.undo);
-        slot.size = slot.size.saturating_sub(dropped);
-        self.held += dropped;
-        if n > 0 {
-            self.ttl_wrote(name);
+        let (reader, op, list_name) = (self.reader.as_ref(), &self.name, &self.names[n as usize]);
+        let super::Slot {
+            key, entity, size, ..
+        } = &mut self.slots[i];
+        let rows_before = entity.row_bytes();
+        let (count, bytes) = entity.list_trim(n, keep as u64, &mut self.undo, |from, to| {
+            let reader = reader.ok_or(HostError::NoStore)?;
+            let mut sum = 0;
+            reader.list_items(op, key, list_name, from, to, &mut |item| {
+                sum += item_size(item)
+            })?;
+            Ok::<u64, HostError>(sum)
+        })?;
+        let from_rows = rows_before - entity.row_bytes();
+        *size = size.saturating_sub(bytes as usize);
+        // The journal keeps the items it dropped from memory.
+        self.held += (bytes - from_rows) as usize;
+        if count > 0 {
+            self.ttl_wrote(n);
         }
-        Ok(n as u32)
+        Ok(count as u32)
     }
 
     /// `state.clear`: deletes all state of the current key.
     pub fn clear(&mut self) -> Result<(), HostError> {
         let i = self.current()?;
         let slot = &mut self.slots[i];
+        // The journal keeps the whole old state (of spilled lists, the
+        // items in memory).
+        let in_rows = slot.entity.row_bytes() as usize;
         slot.entity.clear(&mut self.undo);
-        // The journal keeps the whole old state.
-        self.held += slot.size.saturating_sub(RECORD_HEADER);
+        self.held += slot.size.saturating_sub(RECORD_HEADER + in_rows);
         slot.size = RECORD_HEADER;
         self.ttl_cleared();
         Ok(())

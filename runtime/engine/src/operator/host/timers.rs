@@ -123,6 +123,23 @@ impl TimerTable {
         self.by_slot.contains_key(&slot) || self.dirty_slots.contains(&slot)
     }
 
+    /// Whether the key in `slot` has timer rows not yet taken for a
+    /// checkpoint.
+    pub(super) fn unwritten(&self, slot: u32) -> bool {
+        self.dirty_slots.contains(&slot)
+    }
+
+    /// Forgets the pending timers of the key in `slot` (its partition
+    /// moved to another process, which fires them): not a change, nothing
+    /// to undo or write.
+    pub(super) fn forget(&mut self, slot: u32, key: &CompactString) {
+        if let Some(timers) = self.by_slot.remove(&slot) {
+            for (name, at) in timers {
+                self.due.remove(&(at, key.clone(), name, slot));
+            }
+        }
+    }
+
     /// When timer `name` of the key in `slot` fires.
     pub fn get(&self, slot: u32, name: &str) -> Option<i64> {
         self.by_slot.get(&slot)?.get(name).copied()

@@ -52,6 +52,17 @@ impl Ttl {
         self.deadlines.holds(slot)
     }
 
+    /// Whether the key in `slot` has deadline rows not yet written.
+    pub(super) fn deadlines_unwritten(&self, slot: u32) -> bool {
+        self.deadlines.unwritten(slot)
+    }
+
+    /// Forgets the deadlines of the key in `slot` (see
+    /// [`super::timers::TimerTable::forget`]).
+    pub(super) fn forget(&mut self, slot: u32, key: &compact_str::CompactString) {
+        self.deadlines.forget(slot, key);
+    }
+
     fn new(specs: &[TtlSpec]) -> Ttl {
         Ttl {
             specs: specs.to_vec(),
@@ -208,18 +219,19 @@ impl OpCtx {
             return;
         };
         let s = &mut self.slots[slot as usize];
+        let old = super::mem(s);
         if !s.entity.expire(n) {
             return;
         }
-        let size = if s.entity.is_empty() {
+        s.size = if s.entity.is_empty() {
             RECORD_HEADER
         } else {
             let mut buf = Vec::new();
             s.entity.encode_tagged(s.generation, &self.names, &mut buf);
-            buf.len()
+            buf.len() + s.entity.spilled_bytes() as usize
         };
-        let old = std::mem::replace(&mut s.size, size);
-        self.resized(old, size);
+        let new = super::mem(s);
+        self.resized(old, new);
         self.mark_dirty(slot);
     }
 

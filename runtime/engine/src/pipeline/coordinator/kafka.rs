@@ -3,10 +3,13 @@
 //! checkpoint, the end of a restart's replay, and the watermark (the
 //! smallest of the partitions' watermarks).
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{anyhow, bail, Result};
+use crossbeam_channel::bounded;
+use eddy_kafka::partition::Partitioner;
 
 use super::{Coordinator, BATCH};
 use crate::config::{KafkaInput, WatermarkSpec};
@@ -16,6 +19,7 @@ use crate::sink::SinkMsg;
 use crate::source::{
     decode, KafkaMsg, KafkaPlan, KafkaReader, Part, Record, Verdict, WatermarkGen,
 };
+use crate::worker::{KeyFilter, Msg};
 
 /// A Kafka input as the coordinator drives it.
 pub(in crate::pipeline) struct KafkaFeed {
@@ -39,6 +43,18 @@ pub(in crate::pipeline) struct KafkaFeed {
     overall: WatermarkGen,
     /// The input's identity for the watermark in the checkpoint.
     pub(super) id: String,
+    /// Per partition: this process owns it (in group mode, as the group
+    /// assigned; otherwise every partition).
+    pub(super) owned: Vec<bool>,
+    /// Group mode: how keys map to partitions.
+    pub(super) group: Option<Group>,
+}
+
+/// Group mode: how the input's keys map to its partitions.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::pipeline) struct Group {
+    pub(in crate::pipeline) partitioner: Partitioner,
+    pub(in crate::pipeline) partitions: i32,
 }
 
 impl KafkaFeed {
@@ -67,6 +83,11 @@ impl KafkaFeed {
                 None => WatermarkGen::new(spec),
             },
             id: Self::watermark_id(input),
+            owned: vec![!input.group_mode; plan.parts.len()],
+            group: input.group_mode.then_some(Group {
+                partitioner: input.partitioner,
+                partitions: plan.parts.len() as i32,
+            }),
         }
     }
 
@@ -76,7 +97,13 @@ impl KafkaFeed {
         let ctx = self.reader.context();
         let mut parts = live.kafka();
         parts.clear();
-        for (p, next) in self.parts.iter().zip(&self.next) {
+        for ((p, next), _) in self
+            .parts
+            .iter()
+            .zip(&self.next)
+            .zip(&self.owned)
+            .filter(|(_, &owned)| owned)
+        {
             let end = ctx.end_offset(&p.topic, p.partition);
             parts.push(crate::stats::KafkaPartition {
                 topic: p.topic.clone(),
@@ -140,13 +167,126 @@ impl Coordinator {
                 self.summary.replayed = self.summary.lines;
             }
             KafkaMsg::End => return Ok(true),
+            KafkaMsg::Revoke { parts, reply } => {
+                self.kafka_revoke(&parts)?;
+                let _ = reply.send(());
+            }
+            KafkaMsg::Assigned { parts, restored } => self.kafka_assigned(&parts, restored)?,
+            KafkaMsg::Lost(parts) => {
+                let k = self.kafka.as_ref().expect("a Kafka input");
+                bail!(
+                    "Kafka group: partitions {} were lost: this process was cut off from its group for longer than session.timeout.ms (paused, or unreachable), and other processes own them now; nothing it wrote since its last checkpoint becomes visible (its transaction is aborted), so it stops here: start it again to rejoin the group",
+                    names(k, &parts)
+                );
+            }
         }
         self.live.lines_read.store(self.pos.line, Ordering::Relaxed);
         Ok(false)
     }
 
+    /// Group mode: partitions `parts` move to another process. Everything
+    /// read of them is handled: checkpoint (their final offsets and state
+    /// changes commit with it), then their keys leave the workers' caches.
+    fn kafka_revoke(&mut self, parts: &[u16]) -> Result<()> {
+        self.checkpoint()?;
+        self.wait_commit()?;
+        let k = self.kafka.as_mut().expect("a Kafka input");
+        let g = k.group.expect("group mode");
+        let revoked: HashSet<i32> = parts
+            .iter()
+            .map(|&i| k.parts[i as usize].partition)
+            .collect();
+        for &i in parts {
+            k.owned[i as usize] = false;
+            k.next[i as usize] = None;
+            k.wms[i as usize] = None;
+        }
+        let names = names(k, parts);
+        self.release(
+            Arc::new(move |key: &str| {
+                revoked.contains(&g.partitioner.partition(key.as_bytes(), g.partitions))
+            }),
+            None,
+        )?;
+        tracing::info!("Kafka group: partitions {names} handed over after a checkpoint");
+        if let Some(k) = &self.kafka {
+            k.publish(&self.live);
+        }
+        Ok(())
+    }
+
+    /// Group mode: partitions `parts` are this process's now, their state
+    /// restored into the state directory: the workers' readers are
+    /// renewed (to see it), then their records are taken.
+    fn kafka_assigned(&mut self, parts: &[(u16, Option<i64>)], restored: u64) -> Result<()> {
+        let k = self.kafka.as_ref().expect("a Kafka input");
+        let g = k.group.expect("group mode");
+        let taken: HashSet<i32> = parts
+            .iter()
+            .map(|&(i, _)| k.parts[i as usize].partition)
+            .collect();
+        // The restored keys' pending timers go to their workers.
+        self.release(
+            Arc::new(|_: &str| false),
+            Some(Arc::new(move |key: &str| {
+                taken.contains(&g.partitioner.partition(key.as_bytes(), g.partitions))
+            })),
+        )?;
+        let k = self.kafka.as_mut().expect("a Kafka input");
+        for &(i, start) in parts {
+            k.owned[i as usize] = true;
+            k.next[i as usize] = start;
+        }
+        self.summary.restored_keys += restored;
+        k.publish(&self.live);
+        Ok(())
+    }
+
+    /// Renews every worker's reader, drops the cached keys `drop` selects
+    /// and loads the pending timers of the keys `load` selects, once every
+    /// event sent is handled.
+    fn release(
+        &mut self,
+        drop: KeyFilter,
+        load: Option<KeyFilter>,
+    ) -> Result<()> {
+        self.flush_batches()?;
+        self.wait_inflight(|n| n == 0)?;
+        let mut replies = Vec::with_capacity(self.workers.count());
+        for w in 0..self.workers.count() {
+            let (tx, rx) = bounded(1);
+            let msg = Msg::Release {
+                drop: drop.clone(),
+                load: load.clone(),
+                reply: tx,
+            };
+            if self.workers.send(w, msg).is_err() {
+                return Err(self.worker_failure());
+            }
+            replies.push(rx);
+        }
+        for rx in replies {
+            match rx.recv() {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => {
+                    return Err(anyhow!(
+                        "Kafka group: {n} key(s) of the partitions handed over changed after their last checkpoint"
+                    ))
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(self.worker_failure()),
+            }
+        }
+        Ok(())
+    }
+
     /// Routes one record (or dead-letters it).
     fn kafka_record(&mut self, r: Record) -> Result<()> {
+        if !self.kafka.as_ref().expect("a Kafka input").owned[r.part as usize] {
+            // Read before its partition moved away: its new owner reads
+            // it from the offset this process committed.
+            return Ok(());
+        }
         self.summary.lines += 1;
         self.pos.line += 1;
         let pos = kafka_pos(r.part, r.offset);
@@ -204,6 +344,21 @@ impl Coordinator {
                 (key, time)
             }
         };
+        // Group mode: a key's state lives with the partition it hashes to.
+        let k = self.kafka.as_mut().expect("a Kafka input");
+        if let Some(g) = k.group {
+            let want = g.partitioner.partition(key.as_bytes(), g.partitions);
+            let found = k.parts[r.part as usize].partition;
+            if want != found {
+                let reason = format!(
+                    "key `{key}` belongs in partition {want} ({} over {} partitions) but the record is in partition {found}: in group mode a key's state lives with its partition, so the input must be partitioned by the routing key (set [source.kafka] partitioner to how its producers place keys)",
+                    g.partitioner.name(),
+                    g.partitions
+                );
+                self.dead_record(&r, &reason);
+                return Ok(());
+            }
+        }
         // The late policy, against the input's watermark (the smallest of
         // the partitions').
         let k = self.kafka.as_mut().expect("a Kafka input");
@@ -296,4 +451,13 @@ fn time_of(value: &[u8], field: &str) -> Result<i64, String> {
             .ok_or_else(|| format!("time field `{field}` is not an integer: {t}")),
         None => Err(format!("time field `{field}` is missing")),
     }
+}
+
+/// The partition numbers of `parts`, for messages.
+fn names(k: &KafkaFeed, parts: &[u16]) -> String {
+    parts
+        .iter()
+        .map(|&i| k.parts[i as usize].partition.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -487,13 +487,24 @@ impl Coordinator {
             Some(k) => k.next.clone(),
             None => Vec::new(),
         };
-        if let Some(k) = &self.kafka {
+        // Group mode: the state changes go to the changelog topics in the
+        // transaction (and come back for the state directory).
+        let changelog = match &self.kafka {
+            Some(k) if k.group.is_some() => Some(Arc::new(crate::sink::Changes {
+                writes: std::mem::take(&mut cp.writes),
+                timers: std::mem::take(&mut cp.timers),
+            })),
+            _ => None,
+        };
+        if let Some(k) = self.kafka.as_ref().filter(|k| k.group.is_none()) {
             for (part, next) in k.parts.iter().zip(&k.next) {
                 if let Some(next) = next {
                     cp.meta
                         .push((part.meta_name(), next.to_le_bytes().to_vec()));
                 }
             }
+        }
+        if let Some(k) = &self.kafka {
             if k.watermark != i64::MIN {
                 let w = k.watermark.to_le_bytes().to_vec();
                 cp.meta.push((format!("watermark:{}", k.id), w));
@@ -502,6 +513,7 @@ impl Coordinator {
         let (ftx, frx) = bounded(1);
         let flush = SinkMsg::Flush {
             offsets,
+            changelog: changelog.clone(),
             reply: ftx,
         };
         if self.sink.send(flush).is_err() {
@@ -511,6 +523,11 @@ impl Coordinator {
             Ok(r) => r?,
             Err(_) => return Err(self.sink_failure()),
         };
+        if let Some(c) = changelog {
+            let c = Arc::try_unwrap(c).unwrap_or_else(|c| (*c).clone());
+            cp.writes = c.writes;
+            cp.timers = c.timers;
+        }
         if let Some(k) = &self.kafka {
             k.publish(&self.live);
         }

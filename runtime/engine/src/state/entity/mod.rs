@@ -8,6 +8,14 @@
 //!
 //! Writes while handling an event are recorded in an undo journal so that an
 //! event whose handler fails leaves no trace ([`Entity::undo`]).
+//!
+//! A list past [`SPILL_ITEMS`] items or [`SPILL_BYTES`] bytes is *spilled*
+//! at a checkpoint (see [`Entity::hand_over`]): its items go to rows of
+//! their own, `(operator, key, list name, index)`, and the record keeps only
+//! where the list starts and ends. The entity then holds in memory only the
+//! items written since (until the checkpoint that writes them is visible
+//! to the workers' readers); the host reads other items from the rows, so
+//! a list far larger than memory is read by range (see [`List`]).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -20,6 +28,12 @@ use thiserror::Error;
 /// (no tag) read as generation 0. Formats 1 and 2 (no checksum) still
 /// decode, so old state directories open.
 const ENTITY_FORMAT: u8 = 3;
+
+/// Format of a record with spilled lists: format 3 with, before the
+/// checksum, a section of spilled lists (see [`Entity::encode_tagged`]).
+/// Only records with a spilled list are written in it, so a state
+/// directory without big lists is read by older versions as before.
+const SPILL_FORMAT: u8 = 4;
 
 /// Bytes of an encoded record that do not depend on its contents: format,
 /// generation, the three counts and the trailing CRC-32 (see
@@ -51,13 +65,17 @@ pub struct Entity {
 struct Extra {
     /// Maps by name; fields kept sorted so `map-entries` is ordered.
     maps: Vec<(Name, BTreeMap<String, Vec<u8>>)>,
-    /// Lists by name, oldest item first; a deque so trimming is cheap.
-    lists: Vec<(Name, VecDeque<Vec<u8>>)>,
+    /// Lists by name.
+    lists: Vec<(Name, List)>,
+    /// Spilled lists removed since the last checkpoint (cleared, expired,
+    /// brought back inline): their rows are deleted at the next one.
+    gone: Vec<Name>,
 }
 
 static NO_EXTRA: Extra = Extra {
     maps: Vec::new(),
     lists: Vec::new(),
+    gone: Vec::new(),
 };
 
 impl PartialEq for Entity {
@@ -108,6 +126,13 @@ pub enum Undo {
         idx: usize,
         dropped: Vec<Vec<u8>>,
     },
+    /// A spilled list was trimmed: its bounds before, and the items it
+    /// dropped from memory (the dropped rows stay until the checkpoint).
+    SpillTrimmed {
+        idx: usize,
+        old: Spill,
+        dropped: Vec<Vec<u8>>,
+    },
     Cleared {
         old: Box<Entity>,
     },
@@ -128,7 +153,7 @@ fn record_sum(body: &[u8]) -> u32 {
 pub fn check_record(record: &[u8]) -> Result<(), CorruptRecord> {
     match record.first() {
         Some(1 | 2) => Ok(()),
-        Some(&ENTITY_FORMAT) => {
+        Some(&ENTITY_FORMAT | &SPILL_FORMAT) => {
             if record.len() < 1 + 4 + 4 {
                 return Err(CorruptRecord("record is truncated"));
             }
@@ -160,7 +185,8 @@ impl Entity {
         self.extra.get_or_insert_with(Default::default)
     }
 
-    /// Whether the key has no state at all (its record can be deleted).
+    /// Whether the key has no state at all (its record can be deleted;
+    /// rows of lists spilled before may still have to be).
     pub fn is_empty(&self) -> bool {
         self.values.is_empty() && self.x().maps.is_empty() && self.x().lists.is_empty()
     }
@@ -244,7 +270,10 @@ impl Entity {
                 any = true;
             }
             if let Some(idx) = find(&x.lists, name) {
-                x.lists.remove(idx);
+                let (name, list) = x.lists.remove(idx);
+                if list.spill.is_some() {
+                    x.gone.push(name);
+                }
                 any = true;
             }
         }
@@ -302,47 +331,102 @@ impl Entity {
     }
 
     /// The list named `name`.
-    pub fn list(&self, name: Name) -> Option<&VecDeque<Vec<u8>>> {
+    pub fn list(&self, name: Name) -> Option<&List> {
         find(&self.x().lists, name).map(|i| &self.x().lists[i].1)
     }
 
     /// Appends to list `name`; returns the new length.
-    pub fn list_push(&mut self, name: Name, item: Vec<u8>, undo: &mut Vec<Undo>) -> usize {
+    pub fn list_push(&mut self, name: Name, item: Vec<u8>, undo: &mut Vec<Undo>) -> u64 {
         let lists = &mut self.x_mut().lists;
         let idx = match find(lists, name) {
             Some(idx) => idx,
             None => {
-                lists.push((name, VecDeque::new()));
+                lists.push((name, List::default()));
                 undo.push(Undo::ListCreated {
                     idx: lists.len() - 1,
                 });
                 lists.len() - 1
             }
         };
-        lists[idx].1.push_back(item);
+        let list = &mut lists[idx].1;
+        if let Some(s) = &mut list.spill {
+            let n = item_size(&item);
+            s.bytes += n;
+            s.mem_bytes += n;
+        }
+        list.items.push_back(item);
         undo.push(Undo::ListPushed { idx });
-        lists[idx].1.len()
+        list.len()
     }
 
-    /// Keeps the newest `keep` items of list `name`; returns how many went.
-    pub fn list_trim(&mut self, name: Name, keep: usize, undo: &mut Vec<Undo>) -> usize {
+    /// Keeps the newest `keep` items of list `name`; returns how many went
+    /// and their size as stored. `row_bytes(from, to)` gives the size as
+    /// stored of the spilled items `from..to` (absolute indexes) that are
+    /// only in rows: they are deleted at the next checkpoint.
+    pub fn list_trim<E>(
+        &mut self,
+        name: Name,
+        keep: u64,
+        undo: &mut Vec<Undo>,
+        row_bytes: impl FnOnce(u64, u64) -> Result<u64, E>,
+    ) -> Result<(u64, u64), E> {
         let Some(idx) = find(&self.x().lists, name) else {
-            return 0;
+            return Ok((0, 0));
         };
         let list = &mut self.x_mut().lists[idx].1;
         let n = list.len().saturating_sub(keep);
         if n == 0 {
-            return 0;
+            return Ok((0, 0));
         }
-        let dropped: Vec<Vec<u8>> = list.drain(..n).collect();
-        undo.push(Undo::ListTrimmed { idx, dropped });
-        n
+        let Some(s) = list.spill else {
+            let dropped: Vec<Vec<u8>> = list.items.drain(..n as usize).collect();
+            let bytes = dropped.iter().map(|i| item_size(i)).sum();
+            undo.push(Undo::ListTrimmed { idx, dropped });
+            return Ok((n, bytes));
+        };
+        let new_start = s.start + n;
+        let in_rows = if s.start < s.mem {
+            row_bytes(s.start, new_start.min(s.mem))?
+        } else {
+            0
+        };
+        let from_mem = new_start.saturating_sub(s.mem) as usize;
+        let dropped: Vec<Vec<u8>> = list.items.drain(..from_mem).collect();
+        let mem_bytes: u64 = dropped.iter().map(|i| item_size(i)).sum();
+        let sp = list.spill.as_mut().expect("spilled");
+        sp.start = new_start;
+        sp.mem = sp.mem.max(new_start);
+        sp.mem_bytes -= mem_bytes;
+        sp.bytes -= in_rows + mem_bytes;
+        undo.push(Undo::SpillTrimmed {
+            idx,
+            old: s,
+            dropped,
+        });
+        Ok((n, in_rows + mem_bytes))
     }
 
-    /// Removes everything.
+    /// Removes everything (the rows of spilled lists at the next
+    /// checkpoint).
     pub fn clear(&mut self, undo: &mut Vec<Undo>) {
         if !self.is_empty() {
+            let gone: Vec<Name> = self
+                .x()
+                .gone
+                .iter()
+                .copied()
+                .chain(
+                    self.x()
+                        .lists
+                        .iter()
+                        .filter(|(_, l)| l.spill.is_some())
+                        .map(|(n, _)| *n),
+                )
+                .collect();
             let old = std::mem::take(self);
+            if !gone.is_empty() {
+                self.x_mut().gone = gone;
+            }
             undo.push(Undo::Cleared { old: Box::new(old) });
         }
     }
@@ -376,13 +460,25 @@ impl Entity {
                     self.x_mut().lists.remove(idx);
                 }
                 Undo::ListPushed { idx } => {
-                    self.x_mut().lists[idx].1.pop_back();
+                    let list = &mut self.x_mut().lists[idx].1;
+                    if let (Some(item), Some(s)) = (list.items.pop_back(), &mut list.spill) {
+                        let n = item_size(&item);
+                        s.bytes -= n;
+                        s.mem_bytes -= n;
+                    }
                 }
                 Undo::ListTrimmed { idx, dropped } => {
                     let list = &mut self.x_mut().lists[idx].1;
                     for item in dropped.into_iter().rev() {
-                        list.push_front(item);
+                        list.items.push_front(item);
                     }
+                }
+                Undo::SpillTrimmed { idx, old, dropped } => {
+                    let list = &mut self.x_mut().lists[idx].1;
+                    for item in dropped.into_iter().rev() {
+                        list.items.push_front(item);
+                    }
+                    list.spill = Some(old);
                 }
                 Undo::Cleared { old } => *self = *old,
             }
@@ -399,8 +495,13 @@ impl Entity {
     /// `format u8`, `generation u32` (which version of the operator last
     /// wrote it, for migration after a hot swap), then values, maps and
     /// lists, each a `u32` count followed by length-prefixed (`u32` little
-    /// endian) names and byte strings, then a CRC-32 of all of it (`u32`
-    /// little endian), so a damaged record is an error, never wrong state.
+    /// endian) names and byte strings, then (format 4, only when the key
+    /// has spilled lists) a `u32` count of spilled lists, each its name and
+    /// `start`, `end` and stored size as `u64` (its items are rows of
+    /// their own), then a CRC-32 of all of it (`u32` little endian), so a
+    /// damaged record is an error, never wrong state. Spilled lists must
+    /// have been handed over first ([`Entity::hand_over`]): the record
+    /// says their items up to `end` are in rows.
     pub fn encode_tagged(&self, generation: u32, names: &[Box<str>], out: &mut Vec<u8>) {
         let start = out.len();
         let name = |n: &Name| names[*n as usize].as_bytes();
@@ -416,6 +517,10 @@ impl Entity {
             bytes(out, v);
         }
         let x = self.x();
+        let spilled = x.lists.iter().filter(|(_, l)| l.spill.is_some()).count();
+        if spilled > 0 {
+            out[start] = SPILL_FORMAT;
+        }
         out.extend_from_slice(&(x.maps.len() as u32).to_le_bytes());
         for (n, m) in &x.maps {
             bytes(out, name(n));
@@ -425,12 +530,23 @@ impl Entity {
                 bytes(out, v);
             }
         }
-        out.extend_from_slice(&(x.lists.len() as u32).to_le_bytes());
-        for (n, l) in &x.lists {
+        out.extend_from_slice(&((x.lists.len() - spilled) as u32).to_le_bytes());
+        for (n, l) in x.lists.iter().filter(|(_, l)| l.spill.is_none()) {
             bytes(out, name(n));
-            out.extend_from_slice(&(l.len() as u32).to_le_bytes());
-            for v in l {
+            out.extend_from_slice(&(l.items.len() as u32).to_le_bytes());
+            for v in &l.items {
                 bytes(out, v);
+            }
+        }
+        if spilled > 0 {
+            out.extend_from_slice(&(spilled as u32).to_le_bytes());
+            for (n, l) in &x.lists {
+                if let Some(s) = &l.spill {
+                    bytes(out, name(n));
+                    for v in [s.start, s.mem + l.items.len() as u64, s.bytes] {
+                        out.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
             }
         }
         let sum = record_sum(&out[start..]);
@@ -472,10 +588,11 @@ impl Entity {
             String::from_utf8(bytes(input)?).map_err(|_| CorruptRecord("a name is not UTF-8"))
         }
         check_record(input)?;
-        let generation = match take(&mut input, 1)?[0] {
+        let format = take(&mut input, 1)?[0];
+        let generation = match format {
             1 => 0,
             2 => u32_(&mut input)? as u32,
-            ENTITY_FORMAT => {
+            ENTITY_FORMAT | SPILL_FORMAT => {
                 input = &input[..input.len() - 4];
                 u32_(&mut input)? as u32
             }
@@ -502,7 +619,38 @@ impl Entity {
             for _ in 0..n {
                 l.push_back(bytes(&mut input)?);
             }
-            e.x_mut().lists.push((name, l));
+            e.x_mut().lists.push((
+                name,
+                List {
+                    items: l,
+                    spill: None,
+                },
+            ));
+        }
+        if format == SPILL_FORMAT {
+            for _ in 0..u32_(&mut input)? {
+                let name = intern(&string(&mut input)?);
+                let mut u64_ = || -> Result<u64, CorruptRecord> {
+                    Ok(u64::from_le_bytes(take(&mut input, 8)?.try_into().unwrap()))
+                };
+                let (start, end, bytes) = (u64_()?, u64_()?, u64_()?);
+                if start > end {
+                    return Err(CorruptRecord("a spilled list ends before it starts"));
+                }
+                e.x_mut().lists.push((
+                    name,
+                    List {
+                        items: VecDeque::new(),
+                        spill: Some(Spill {
+                            start,
+                            mem: end,
+                            flushed: end,
+                            bytes,
+                            mem_bytes: 0,
+                        }),
+                    },
+                ));
+            }
         }
         if !input.is_empty() {
             return Err(CorruptRecord("trailing bytes after the record"));
@@ -511,7 +659,9 @@ impl Entity {
     }
 }
 
+mod spill;
 mod view;
+pub use spill::{item_size, List, ListRows, Spill, SPILL_BYTES, SPILL_ITEMS, UNSPILL_ITEMS};
 pub use view::{record_json, value_json};
 
 #[cfg(test)]

@@ -96,7 +96,10 @@ fn undo_restores_every_kind_of_write() {
     e.map_set(4, "z".into(), b"9".to_vec(), &mut j);
     assert!(e.map_delete(1, "b", &mut j));
     e.list_push(2, b"z".to_vec(), &mut j);
-    assert_eq!(e.list_trim(2, 1, &mut j), 2);
+    assert_eq!(
+        e.list_trim(2, 1, &mut j, |_, _| Ok::<u64, ()>(0)).unwrap(),
+        (2, 2 * item_size(b"x"))
+    );
     e.list_push(5, b"f".to_vec(), &mut j);
     e.clear(&mut j);
     e.set(6, b"1", &mut j);
@@ -104,4 +107,106 @@ fn undo_restores_every_kind_of_write() {
     e.undo(&mut j);
     assert_eq!(e, before);
     assert!(j.is_empty());
+}
+
+/// An entity whose list 2 has `n` items `0..n` (as text).
+fn long_list(n: u64) -> Entity {
+    let mut e = Entity::default();
+    let mut j = Vec::new();
+    for i in 0..n {
+        e.list_push(2, i.to_string().into_bytes(), &mut j);
+    }
+    e
+}
+
+fn names() -> Vec<Box<str>> {
+    NAMES.iter().map(|n| Box::from(*n)).collect()
+}
+
+#[test]
+fn a_list_spills_at_the_threshold_and_comes_back_below_a_quarter_of_it() {
+    let names = names();
+    // At the threshold: stays inline.
+    let mut e = long_list(SPILL_ITEMS);
+    let mut rows = Vec::new();
+    e.hand_over(&names, &mut rows);
+    assert!(rows.is_empty() && !e.has_spill());
+    // One more: spills, every item a row to write from index 0.
+    let mut j = Vec::new();
+    e.list_push(2, b"last".to_vec(), &mut j);
+    e.hand_over(&names, &mut rows);
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].drop_below, rows[0].first), (0, 0));
+    assert_eq!(rows[0].items.len() as u64, SPILL_ITEMS + 1);
+    assert!(e.has_spill());
+    // Its record names where the list ends, not its items.
+    let mut buf = Vec::new();
+    e.encode_tagged(3, &names, &mut buf);
+    assert_eq!(buf[0], SPILL_FORMAT);
+    assert!(buf.len() < 100, "{} bytes", buf.len());
+    let mut intern = |n: &str| NAMES.iter().position(|m| *m == n).unwrap() as Name;
+    let (back, g) = Entity::decode_tagged(&buf, &mut intern).unwrap();
+    assert_eq!(g, 3);
+    let l = back.list(2).unwrap();
+    assert_eq!(l.len(), SPILL_ITEMS + 1);
+    assert_eq!(back.row_bytes(), e.spilled_bytes());
+    // Once the reader sees them, the items leave memory.
+    assert_eq!(e.drop_flushed(), e.spilled_bytes());
+    assert_eq!(e.row_bytes(), e.spilled_bytes());
+    // Trimmed far down: rows `0..n` are read for their size, and the list
+    // comes back inline once they are back in memory.
+    let mut asked = None;
+    let (n, _) = e
+        .list_trim(2, 10, &mut j, |a, b| {
+            asked = Some((a, b));
+            Ok::<u64, ()>(0)
+        })
+        .unwrap();
+    assert_eq!(n, SPILL_ITEMS + 1 - 10);
+    assert_eq!(asked, Some((0, SPILL_ITEMS + 1 - 10)));
+    let want = e.unspill_candidates();
+    assert_eq!(want, vec![(2, SPILL_ITEMS + 1 - 10..SPILL_ITEMS + 1)]);
+    let items: Vec<Vec<u8>> = (SPILL_ITEMS - 9..SPILL_ITEMS)
+        .map(|i| i.to_string().into_bytes())
+        .chain([b"last".to_vec()])
+        .collect();
+    e.fill_front(2, items.clone());
+    rows.clear();
+    e.hand_over(&names, &mut rows);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].drop_below, u64::MAX, "all its rows go");
+    assert!(!e.has_spill());
+    let (_, mem) = e.list(2).unwrap().split(0, 100);
+    assert_eq!(mem.map(<[u8]>::to_vec).collect::<Vec<_>>(), items);
+    buf.clear();
+    e.encode(&names, &mut buf);
+    assert_eq!(buf[0], ENTITY_FORMAT);
+}
+
+#[test]
+fn undo_restores_a_spilled_list_and_clear_deletes_its_rows() {
+    let names = names();
+    let mut e = long_list(SPILL_ITEMS + 1);
+    let mut rows = Vec::new();
+    e.hand_over(&names, &mut rows);
+    e.drop_flushed();
+    let before = e.clone();
+    let mut j = Vec::new();
+    e.list_push(2, b"a".to_vec(), &mut j);
+    e.list_trim(2, 1, &mut j, |_, _| Ok::<u64, ()>(7)).unwrap();
+    e.list_push(2, b"b".to_vec(), &mut j);
+    e.clear(&mut j);
+    assert!(e.is_empty());
+    e.undo(&mut j);
+    assert_eq!(e, before);
+    // A kept clear deletes the rows at the next checkpoint.
+    e.clear(&mut j);
+    rows.clear();
+    e.hand_over(&names, &mut rows);
+    assert_eq!(rows.len(), 1);
+    assert_eq!((&*rows[0].name, rows[0].drop_below), ("hist", u64::MAX));
+    // A failed trim whose row read fails changes nothing.
+    let mut e = before.clone();
+    assert_eq!(e.list_trim(2, 0, &mut j, |_, _| Err("no")), Err("no"));
+    assert_eq!(e, before);
 }

@@ -15,8 +15,10 @@ pub fn value_json(bytes: &[u8]) -> Value {
 
 /// A stored record (see [`Entity::encode`]) as
 /// `{"values": {name: value}, "maps": {name: {field: value}}, "lists": {name: [value]}}`,
-/// each value shown by [`value_json`]; names in order. Errors name what is
-/// corrupt.
+/// each value shown by [`value_json`]; names in order. A spilled list,
+/// whose items are rows of their own, is shown as
+/// `{"spilled": {"start": <index of its oldest item>, "len": <items>}}`.
+/// Errors name what is corrupt.
 pub fn record_json(record: &[u8]) -> Result<Value, CorruptRecord> {
     let mut names: Vec<String> = Vec::new();
     let e = Entity::decode(record, &mut |n| match names.iter().position(|t| t == n) {
@@ -46,10 +48,13 @@ pub fn record_json(record: &[u8]) -> Result<Value, CorruptRecord> {
         .lists
         .iter()
         .map(|(n, l)| {
-            (
-                name(*n),
-                Value::Array(l.iter().map(|v| value_json(v)).collect()),
-            )
+            let shown = match l.spill() {
+                None => Value::Array(l.items.iter().map(|v| value_json(v)).collect()),
+                // Its items are rows of their own: the caller reads them
+                // (see `crate::control`'s state queries).
+                Some(s) => json!({ "spilled": { "start": s.start, "len": l.len() } }),
+            };
+            (name(*n), shown)
         })
         .collect();
     lists.sort_by(|a, b| a.0.cmp(&b.0));

@@ -40,6 +40,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::state::ListRows;
 use thiserror::Error;
 
 mod components;
@@ -61,6 +63,11 @@ pub use snapshot::{SnapshotError, SnapshotReport, SnapshotSource};
 
 /// `(operator name, key)` -> encoded [`crate::state::Entity`].
 const STATE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("state");
+/// `(operator name, key, list name, index)` -> an item of a spilled list
+/// (see [`crate::state::List`]): its bytes, then a CRC-32 of its index
+/// and bytes ([`item_row`]).
+const LIST_ITEMS: TableDefinition<(&str, &str, &str, u64), &[u8]> =
+    TableDefinition::new("list_items");
 /// `(operator name, key, timer name)` -> the time the pending timer fires
 /// at (see [`TimerWrite`]).
 const TIMERS: TableDefinition<(&str, &str, &str), i64> = TableDefinition::new("timers");
@@ -231,6 +238,7 @@ pub struct SourcePos {
 }
 
 /// One key's state to write at a checkpoint: `None` deletes it.
+#[derive(Debug, Clone)]
 pub struct StateWrite {
     /// The operator.
     pub operator: Arc<str>,
@@ -238,7 +246,46 @@ pub struct StateWrite {
     pub key: Box<str>,
     /// Its encoded record (`None`: delete it).
     pub record: Option<Vec<u8>>,
+    /// Rows of its spilled lists to delete and write, in order.
+    pub lists: Vec<ListRows>,
 }
+
+/// A spilled list item as stored: its bytes, then a CRC-32 (LE) of its
+/// index (LE) and bytes, so a damaged or misplaced row is an error.
+fn item_row(index: u64, item: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(item.len() + 4);
+    v.extend_from_slice(item);
+    v.extend_from_slice(&item_sum(index, item).to_le_bytes());
+    v
+}
+
+/// CRC-32 of a spilled list item's index and bytes.
+fn item_sum(index: u64, item: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&index.to_le_bytes());
+    h.update(item);
+    h.finalize()
+}
+
+/// A stored list item's bytes, its checksum verified.
+fn item_of(index: u64, row: &[u8]) -> Result<&[u8], &'static str> {
+    if row.len() < 4 {
+        return Err("a list item row is shorter than its checksum");
+    }
+    let (item, sum) = row.split_at(row.len() - 4);
+    if item_sum(index, item).to_le_bytes() != sum {
+        return Err("checksum mismatch in a list item row: it was changed after it was written");
+    }
+    Ok(item)
+}
+
+/// Kafka group mode: the tag of a key's state record in a changelog topic
+/// (the record key is the tag, then the key).
+pub const CHANGELOG_STATE: u8 = b's';
+/// Kafka group mode: the tag of a pending timer or TTL deadline in a
+/// changelog topic (the record key is the tag, the key, a NUL byte and the
+/// timer's name; the value its time, i64 little-endian).
+pub const CHANGELOG_TIMER: u8 = b't';
 
 /// One pending timer to write at a checkpoint: `None` deletes it (it fired
 /// or was cleared).
@@ -500,7 +547,7 @@ impl Store {
                 let mut order: Vec<&StateWrite> = cp.writes.iter().collect();
                 order
                     .sort_unstable_by(|a, b| (&*a.operator, &*a.key).cmp(&(&*b.operator, &*b.key)));
-                for w in order {
+                for w in &order {
                     match &w.record {
                         Some(r) => state
                             .insert((&*w.operator, &*w.key), r.as_slice())
@@ -508,6 +555,36 @@ impl Store {
                         None => state.remove((&*w.operator, &*w.key)).map(drop),
                     }
                     .map_err(|e| db_err(dir, e))?;
+                }
+                if order.iter().any(|w| !w.lists.is_empty()) {
+                    let mut items = txn.open_table(LIST_ITEMS).map_err(|e| db_err(dir, e))?;
+                    for w in &order {
+                        for l in &w.lists {
+                            let (op, key, name) = (&*w.operator, &*w.key, &*l.name);
+                            if l.drop_below > 0 {
+                                items
+                                    .retain_in(
+                                        (op, key, name, 0)..(op, key, name, l.drop_below),
+                                        |_, _| false,
+                                    )
+                                    .map_err(|e| db_err(dir, e))?;
+                                if l.drop_below == u64::MAX {
+                                    items
+                                        .remove((op, key, name, u64::MAX))
+                                        .map_err(|e| db_err(dir, e))?;
+                                }
+                            }
+                            for (i, item) in l.items.iter().enumerate() {
+                                let index = l.first + i as u64;
+                                items
+                                    .insert(
+                                        (op, key, name, index),
+                                        item_row(index, item).as_slice(),
+                                    )
+                                    .map_err(|e| db_err(dir, e))?;
+                            }
+                        }
+                    }
                 }
                 if !cp.timers.is_empty() {
                     let mut timers = txn.open_table(TIMERS).map_err(|e| db_err(dir, e))?;

@@ -1,8 +1,6 @@
 //! Reading a few keys' committed state for people and tools (`eddy state`):
 //! one key, or the keys after a prefix, without loading the rest.
 
-use redb::ReadableDatabase;
-
 use super::*;
 
 /// Keys with their stored records, in key order.
@@ -23,13 +21,25 @@ impl Store {
         prefix: &str,
         limit: usize,
     ) -> Result<(KeyRecords, bool), StoreError> {
+        self.reader()?.scan_prefix(operator, prefix, limit)
+    }
+}
+
+impl Reader {
+    /// [`Store::scan_prefix`] as this reader sees the state (so that the
+    /// items of spilled lists are read from the same checkpoint).
+    pub fn scan_prefix(
+        &self,
+        operator: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<(KeyRecords, bool), StoreError> {
         let dir = &self.dir;
         let (out, more) = guard(dir, || {
-            let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
-            let table = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
             let mut out = Vec::new();
             let mut more = false;
-            for item in table
+            for item in self
+                .table
                 .range((operator, prefix)..)
                 .map_err(|e| db_err(dir, e))?
             {

@@ -30,8 +30,16 @@ impl Store {
         guard(dir, || {
             let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
             let table = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
+            let items = match txn.open_table(LIST_ITEMS) {
+                Ok(t) => Some(t),
+                // No list was ever spilled (or a state directory from
+                // before spilled lists).
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(db_err(dir, e)),
+            };
             Ok(Reader {
                 table,
+                items,
                 dir: self.dir.clone(),
             })
         })
@@ -73,12 +81,18 @@ fn check_record(dir: &Path, operator: &str, key: &str, record: &[u8]) -> Result<
     })
 }
 
+/// The rows of spilled list items, as a [`Reader`] holds them.
+type ItemsTable =
+    redb::ReadOnlyTable<(&'static str, &'static str, &'static str, u64), &'static [u8]>;
+
 /// A snapshot of committed state. Workers hold one and renew it at each
 /// checkpoint; what they wrote since is in their cache, so a snapshot that
 /// is older than the cache is never consulted for those keys.
 pub struct Reader {
-    table: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
-    dir: PathBuf,
+    pub(super) table: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    /// The items of spilled lists, from the same transaction.
+    items: Option<ItemsTable>,
+    pub(super) dir: PathBuf,
 }
 
 impl Reader {
@@ -97,9 +111,98 @@ impl Reader {
         }
         Ok(record)
     }
+
+    /// Calls `f` with the items `from..to` (absolute indexes) of spilled
+    /// list `name` of `(operator, key)`, in order, each checksum verified.
+    /// Every one of them must be stored: a missing row is corrupt state.
+    pub fn list_items(
+        &self,
+        operator: &str,
+        key: &str,
+        name: &str,
+        from: u64,
+        to: u64,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), StoreError> {
+        if from >= to {
+            return Ok(());
+        }
+        let dir = &self.dir;
+        let corrupt = |reason: String| StoreError::CorruptState {
+            dir: dir.to_path_buf(),
+            operator: operator.to_string(),
+            key: key.to_string(),
+            reason: format!("list `{name}`: {reason}"),
+        };
+        let mut next = from;
+        guard(dir, || {
+            let Some(items) = &self.items else {
+                return Ok(());
+            };
+            let range = (operator, key, name, from)..(operator, key, name, to);
+            for item in items.range(range).map_err(|e| db_err(dir, e))? {
+                let (k, v) = item.map_err(|e| db_err(dir, e))?;
+                let index = k.value().3;
+                if index != next {
+                    break;
+                }
+                f(item_of(index, v.value()).map_err(|r| corrupt(format!("item {index}: {r}")))?);
+                next += 1;
+            }
+            Ok(())
+        })?;
+        if next != to {
+            return Err(corrupt(format!(
+                "item {next} is missing (items {from}..{to} were read)"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Store {
+    /// Items `from..to` (absolute indexes) of spilled list `name` of
+    /// `(operator, key)`, as committed (see [`Reader::list_items`]).
+    pub fn list_items(
+        &self,
+        operator: &str,
+        key: &str,
+        name: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        self.reader()?
+            .list_items(operator, key, name, from, to, &mut |i| out.push(i.to_vec()))?;
+        Ok(out)
+    }
+
+    /// Number of stored items of spilled lists of `operator` (rows of
+    /// their own), for tests and tools.
+    pub fn list_item_count(&self, operator: &str) -> Result<u64, StoreError> {
+        let dir = &self.dir;
+        guard(dir, || {
+            let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
+            let table = match txn.open_table(LIST_ITEMS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(db_err(dir, e)),
+            };
+            let mut n = 0;
+            for item in table
+                .range((operator, "", "", 0)..)
+                .map_err(|e| db_err(dir, e))?
+            {
+                let (k, _) = item.map_err(|e| db_err(dir, e))?;
+                if k.value().0 != operator {
+                    break;
+                }
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
     /// Size of `state.redb` in bytes.
     pub fn file_size(&self) -> Result<u64, StoreError> {
         std::fs::metadata(self.dir.join(DB_FILE))
@@ -124,5 +227,95 @@ impl Store {
             Ok(())
         })?;
         self.file_size()
+    }
+}
+
+impl Store {
+    /// Group mode: replaces what operator `operator` holds for the keys
+    /// `select` picks (the keys of partitions this process takes over) by
+    /// `writes`, the partitions' state read from their changelog (`None`:
+    /// the key was deleted), and their pending timers by `timers` (`(key,
+    /// name, time)`), in one durable transaction. Each record's checksum
+    /// is verified first. Returns how many stored keys were removed and how
+    /// many written.
+    pub fn replace_keys(
+        &self,
+        operator: &str,
+        select: &dyn Fn(&str) -> bool,
+        writes: &[(String, Option<Vec<u8>>)],
+        timers: &[(String, String, i64)],
+    ) -> Result<(usize, usize), StoreError> {
+        let dir = &self.dir;
+        for (key, record) in writes {
+            if let Some(r) = record {
+                check_record(dir, operator, key, r)?;
+            }
+        }
+        guard(dir, || {
+            let txn = self.db.begin_write().map_err(|e| db_err(dir, e))?;
+            let (mut removed, mut written) = (0, 0);
+            {
+                let mut table = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
+                let mut stale = Vec::new();
+                for item in table.range((operator, "")..).map_err(|e| db_err(dir, e))? {
+                    let (k, _) = item.map_err(|e| db_err(dir, e))?;
+                    let (op, key) = k.value();
+                    if op != operator {
+                        break;
+                    }
+                    if select(key) {
+                        stale.push(key.to_string());
+                    }
+                }
+                for key in &stale {
+                    table
+                        .remove((operator, key.as_str()))
+                        .map_err(|e| db_err(dir, e))?;
+                    removed += 1;
+                }
+                for (key, record) in writes {
+                    match record {
+                        Some(r) => {
+                            table
+                                .insert((operator, key.as_str()), r.as_slice())
+                                .map_err(|e| db_err(dir, e))?;
+                            written += 1;
+                        }
+                        None => {
+                            table
+                                .remove((operator, key.as_str()))
+                                .map_err(|e| db_err(dir, e))?;
+                        }
+                    }
+                }
+                let mut table = txn.open_table(TIMERS).map_err(|e| db_err(dir, e))?;
+                let mut stale = Vec::new();
+                for item in table
+                    .range((operator, "", "")..)
+                    .map_err(|e| db_err(dir, e))?
+                {
+                    let (k, _) = item.map_err(|e| db_err(dir, e))?;
+                    let (op, key, name) = k.value();
+                    if op != operator {
+                        break;
+                    }
+                    if select(key) {
+                        stale.push((key.to_string(), name.to_string()));
+                    }
+                }
+                for (key, name) in &stale {
+                    table
+                        .remove((operator, key.as_str(), name.as_str()))
+                        .map_err(|e| db_err(dir, e))?;
+                }
+                for (key, name, at) in timers {
+                    table
+                        .insert((operator, key.as_str(), name.as_str()), *at)
+                        .map_err(|e| db_err(dir, e))?;
+                }
+            }
+            txn.commit().map_err(|e| db_err(dir, e))?;
+            Ok((removed, written))
+        })
     }
 }

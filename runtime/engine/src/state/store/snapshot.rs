@@ -26,6 +26,9 @@ pub struct SnapshotReport {
     pub dest: PathBuf,
     /// State records copied (one per operator and key).
     pub keys: u64,
+    /// Items of spilled lists copied (rows of their own).
+    #[serde(default)]
+    pub list_items: u64,
     /// Pending timers copied.
     pub timers: u64,
     /// Kept component files copied.
@@ -75,7 +78,7 @@ pub enum SnapshotError {
 
 /// The tables a snapshot copies: every table of the database must be one
 /// of these, so a table added later cannot be left out silently.
-const TABLES: [&str; 3] = ["state", "timers", "meta"];
+const TABLES: [&str; 4] = ["state", "list_items", "timers", "meta"];
 
 impl Store {
     /// Writes a consistent copy of the state directory into `dest`, a new
@@ -183,6 +186,7 @@ impl Store {
         let mut report = SnapshotReport {
             dest: PathBuf::new(),
             keys: 0,
+            list_items: 0,
             timers: 0,
             components: 0,
             bytes: 0,
@@ -215,6 +219,31 @@ impl Store {
                 }
                 report.keys += 1;
             }
+        }
+        match txn.open_table(LIST_ITEMS) {
+            Ok(src) => {
+                let mut dst = match w.open_table(LIST_ITEMS) {
+                    Ok(t) => t,
+                    Err(err) => return Ok(Err(copy(err.into()))),
+                };
+                for item in src.iter().map_err(|x| db_err(dir, x))? {
+                    let (k, v) = item.map_err(|x| db_err(dir, x))?;
+                    let (operator, key, name, index) = k.value();
+                    item_of(index, v.value()).map_err(|r| StoreError::CorruptState {
+                        dir: dir.clone(),
+                        operator: operator.to_string(),
+                        key: key.to_string(),
+                        reason: format!("list `{name}`: item {index}: {r}"),
+                    })?;
+                    if let Err(err) = dst.insert(k.value(), v.value()) {
+                        return Ok(Err(copy(err.into())));
+                    }
+                    report.list_items += 1;
+                }
+            }
+            // No list was ever spilled.
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(err) => return Err(db_err(dir, err)),
         }
         match txn.open_table(TIMERS) {
             Ok(src) => {
@@ -383,6 +412,7 @@ mod tests {
             operator: op.into(),
             key: key.into(),
             record: Some(record(count)),
+            lists: Vec::new(),
         }
     }
 
@@ -424,6 +454,7 @@ mod tests {
             SnapshotReport {
                 dest: dest.clone(),
                 keys: 3,
+                list_items: 0,
                 timers: 1,
                 components: 1,
                 bytes: std::fs::metadata(dest.join(DB_FILE)).unwrap().len(),

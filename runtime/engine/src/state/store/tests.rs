@@ -305,6 +305,7 @@ fn a_changed_record_is_refused_naming_the_key() {
                 operator: "op".into(),
                 key: "user-1".into(),
                 record: Some(record.clone()),
+                lists: Vec::new(),
             }],
             ..Default::default()
         })
