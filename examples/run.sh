@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs one example pipeline from a fresh checkout:
-#   ./examples/run.sh [counter|fraud|recommend|tracking]   (default: counter)
+#   ./examples/run.sh [counter|fraud|sessions|recommend|tracking|trading|forecast]   (default: counter)
 # Builds the example operators (WebAssembly components) and eddy first.
 set -euo pipefail
 cd "$(dirname "$0")/.."

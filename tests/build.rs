@@ -23,6 +23,9 @@ const WORKSPACES: &[(&str, &str, &str, &[&str])] = &[
             "tracking",
             "trading",
             "forecast",
+            "window_sum",
+            "sessions",
+            "fraud_window",
         ],
     ),
     (
@@ -39,6 +42,7 @@ const WORKSPACES: &[(&str, &str, &str, &[&str])] = &[
             "malformed",
             "timers",
             "delay",
+            "window_faulty",
             "history",
         ],
     ),

@@ -153,6 +153,7 @@ pub fn run(a: BenchKafkaArgs) -> Result<()> {
         config: serde_json::json!({}),
         limits: Default::default(),
         ttl: Vec::new(),
+        window: None,
     };
     let engine = eddy_runtime::engine()?;
     let base = |input: Input, output: Output, state: &str, interval: u64| Pipeline {

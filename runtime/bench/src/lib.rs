@@ -13,6 +13,9 @@
 //!   against the unbounded one: peak RSS, rate, hit rate, checkpoint cost.
 //! - [`state`]: `eddy bench-state`, what state reads through the control
 //!   plane cost a pipeline running at full speed.
+//! - [`window`]: `eddy bench-window`, tumbling one-minute windows through a
+//!   Wasm window aggregate against the same aggregate written natively and
+//!   against the keyed counter, end to end.
 
 pub mod cache;
 pub mod counter;
@@ -20,3 +23,4 @@ pub mod kafka;
 pub mod langs;
 pub mod state;
 pub mod swap;
+pub mod window;

@@ -208,6 +208,7 @@ pub fn run(a: BenchStateArgs) -> Result<()> {
             config: serde_json::json!({}),
             limits: Default::default(),
             ttl: Vec::new(),
+            window: None,
         }],
         output: Output::File(dir.path().join("out.jsonl")),
         dead_letter: dir.path().join("dead-letter.jsonl"),

@@ -33,6 +33,7 @@ pub const WIT: &[(&str, &str)] = &[
     ("log.wit", include_str!("../../../wit/log.wit")),
     ("batch.wit", include_str!("../../../wit/batch.wit")),
     ("timers.wit", include_str!("../../../wit/timers.wit")),
+    ("window.wit", include_str!("../../../wit/window.wit")),
 ];
 
 /// The Python SDK module (`import eddy`).

@@ -85,7 +85,9 @@ pub fn inspect(path: &Path) -> Result<Report> {
         Some(format!("eddy:operator@{version}"))
     });
     let exports_ = |name: &str| exports.iter().any(|e| e == name);
+    let window = exports_("add") && exports_("finish") && !exports_("handle");
     let world = match (kind, &contract) {
+        ("component", Some(_)) if window => "window-operator".to_string(),
         ("component", Some(_)) => match (
             exports_("handle-batch"),
             exports_("migrate"),
@@ -113,6 +115,16 @@ pub fn inspect(path: &Path) -> Result<Report> {
         eddy_runtime::WasmComponent::load(&engine, path),
     ) {
         (Some(e), _) => (false, format!("not a valid component: {e}")),
+        (None, Err(_)) if window => match eddy_runtime::WasmWindow::load(&engine, path, "-", "eddy inspect") {
+            Ok(_) => (
+                true,
+                format!(
+                    "loads as a window aggregate of {} (declare its operator a window in the pipeline file: window = {{ kind = ... }})",
+                    eddy_runtime::CONTRACT
+                ),
+            ),
+            Err(e) => (false, e.to_string()),
+        },
         (None, Ok(c)) => (
             true,
             format!(

@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 
 use eddy_bench::{
     cache as bench_cache, counter as bench, kafka as bench_kafka, langs as bench_langs,
-    state as bench_state, swap as bench_swap,
+    state as bench_state, swap as bench_swap, window as bench_window,
 };
 use eddy_build as build;
 use eddy_runtime::control::{self, Request, Response, Status};
@@ -140,6 +140,10 @@ enum Command {
     /// one, in one invocation: peak RSS, events/s, hit rate, and what a
     /// checkpoint of 1 million dirty keys costs.
     BenchCache(bench_cache::BenchCacheArgs),
+    /// Tumbling one-minute count and sum per key, end to end: a Wasm
+    /// window aggregate against the same aggregate written natively and
+    /// against the keyed counter, in one invocation.
+    BenchWindow(bench_window::BenchWindowArgs),
     Inspect(inspect::InspectArgs),
     Kafka(kafka::KafkaArgs),
     New(new::NewArgs),
@@ -372,6 +376,7 @@ pub fn main() -> ExitCode {
         Command::BenchLangs(args) => bench_langs::run(args),
         Command::BenchKafka(args) => bench_kafka::run(args),
         Command::BenchCache(args) => bench_cache::run(args),
+        Command::BenchWindow(args) => bench_window::run(args),
         Command::Compact(args) => compact(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Kafka(args) => kafka::run(args),

@@ -60,6 +60,7 @@ mod module_graph;
 pub use config::{
     default_workers, Delivery, HttpListen, Input, KafkaInput, KafkaOutput, LatePolicy, Limits,
     OperatorSpec, Output, Overrides, Pipeline, PipelineError, Refresh, TtlSpec, WatermarkSpec,
+    WindowKind, WindowSpec,
 };
 pub use operator::CacheStats;
 pub use operator::{
@@ -69,7 +70,10 @@ pub use operator::{
     WasmOperator, CONTRACT,
 };
 pub use operator::{fire_due, FireDone, TimerRef, TimerTable, TimerUse, END_ROUNDS, TTL_PREFIX};
-pub use operator::{Aggregate, WindowInfo, WindowOperator, WindowSum, WINDOW_STATE};
+pub use operator::{
+    window_operator, Aggregate, WasmAggregate, WasmWindow, WindowInfo, WindowOperator, WindowSum,
+    WINDOW_STATE,
+};
 pub use pipeline::{
     run, run_notify, start, OperatorSummary, Progress, Running, Shutdown, Started, Summary,
 };

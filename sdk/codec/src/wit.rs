@@ -292,3 +292,182 @@ pub struct BatchResult {
     /// The event after the last one handled needs the per-event path.
     pub stop: bool,
 }
+
+/// What the host hands a window aggregate's `add` (`wit/window.wit`):
+/// accumulators, and events to fold into them in arrival order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "host", derive(ComponentType, Lift, Lower))]
+#[cfg_attr(feature = "host", component(record))]
+pub struct Adds {
+    /// The accumulators, each once; the `fresh` ones are empty.
+    pub accumulators: Strings,
+    /// The new accumulators, as indexes in `accumulators`, ascending.
+    pub fresh: Vec<u32>,
+    /// Per event: the index of its accumulator.
+    pub targets: Vec<u32>,
+    /// Per event: its payload.
+    pub payloads: Strings,
+    /// Per event: its event time.
+    pub times: Vec<i64>,
+}
+
+/// What a window aggregate's `add` returns (`wit/window.wit`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "host", derive(ComponentType, Lift, Lower))]
+#[cfg_attr(feature = "host", component(record))]
+pub struct Added {
+    /// Every accumulator of the [`Adds`], in order, after its events.
+    pub accumulators: Strings,
+    /// The events whose fold failed, as indexes, ascending.
+    pub failed: Vec<u32>,
+    /// The reason of each failed event, in the same order.
+    pub reasons: Strings,
+}
+
+/// A window being finished (`wit/window.wit`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "host", derive(ComponentType, Lift, Lower))]
+#[cfg_attr(feature = "host", component(record))]
+pub struct Bounds {
+    /// The key whose window it is.
+    pub key: String,
+    /// Its first event time (inclusive).
+    pub start: i64,
+    /// Its end (exclusive).
+    pub end: i64,
+}
+
+/// Why an [`Added`] does not fit the [`Adds`] it answers.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AddedError {
+    /// A column is not well formed.
+    #[error("`{column}`: {error}")]
+    Column {
+        /// The column.
+        column: &'static str,
+        /// What is wrong.
+        error: StringsError,
+    },
+    /// Another number of accumulators than were handed in.
+    #[error("{got} accumulators returned for {sent}")]
+    Accumulators {
+        /// Returned.
+        got: usize,
+        /// Handed in.
+        sent: usize,
+    },
+    /// `failed` names an event the call did not have, or is not ascending.
+    #[error("failed event index {index} is out of range or out of order ({events} events)")]
+    Failed {
+        /// The index.
+        index: u32,
+        /// Events handed in.
+        events: usize,
+    },
+    /// `reasons` is not as long as `failed`, or one is not UTF-8.
+    #[error("reasons do not match the failed events (one per failed event, UTF-8)")]
+    Reasons,
+}
+
+impl Added {
+    /// Checks the result against the call it answers: well-formed columns,
+    /// one accumulator per accumulator sent, failed indexes in range and
+    /// ascending, one UTF-8 reason per failed event.
+    pub fn check(&self, adds: &Adds) -> Result<(), AddedError> {
+        self.accumulators
+            .check()
+            .map_err(|error| AddedError::Column {
+                column: "accumulators",
+                error,
+            })?;
+        self.reasons.check().map_err(|error| AddedError::Column {
+            column: "reasons",
+            error,
+        })?;
+        if self.accumulators.len() != adds.accumulators.len() {
+            return Err(AddedError::Accumulators {
+                got: self.accumulators.len(),
+                sent: adds.accumulators.len(),
+            });
+        }
+        let events = adds.targets.len();
+        let mut previous: Option<u32> = None;
+        for &index in &self.failed {
+            if index as usize >= events || previous.is_some_and(|p| p >= index) {
+                return Err(AddedError::Failed { index, events });
+            }
+            previous = Some(index);
+        }
+        if self.reasons.len() != self.failed.len()
+            || (0..self.reasons.len())
+                .any(|i| std::str::from_utf8(self.reasons.get(i).unwrap_or_default()).is_err())
+        {
+            return Err(AddedError::Reasons);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(items: &[&[u8]]) -> Strings {
+        let mut s = Strings::default();
+        for i in items {
+            s.push(i);
+        }
+        s
+    }
+
+    /// An `add` result is refused, naming what is wrong, unless it fits
+    /// the call it answers.
+    #[test]
+    fn added_is_checked_against_its_adds() {
+        let adds = Adds {
+            accumulators: strings(&[b"a", b"b"]),
+            fresh: vec![],
+            targets: vec![0, 1, 1],
+            payloads: strings(&[b"x", b"y", b"z"]),
+            times: vec![1, 2, 3],
+        };
+        let ok = Added {
+            accumulators: strings(&[b"a1", b"b1"]),
+            failed: vec![1],
+            reasons: strings(&[b"no"]),
+        };
+        assert_eq!(ok.check(&adds), Ok(()));
+        let check = |f: &dyn Fn(&mut Added)| {
+            let mut bad = ok.clone();
+            f(&mut bad);
+            bad.check(&adds).unwrap_err().to_string()
+        };
+        assert_eq!(
+            check(&|a| a.accumulators = strings(&[b"a1"])),
+            "1 accumulators returned for 2"
+        );
+        assert_eq!(
+            check(&|a| a.accumulators.ends[1] = 99),
+            "`accumulators`: string 1 ends at 99, past its 4 bytes"
+        );
+        assert_eq!(
+            check(&|a| a.failed = vec![3]),
+            "failed event index 3 is out of range or out of order (3 events)"
+        );
+        assert_eq!(
+            check(&|a| {
+                a.failed = vec![1, 1];
+                a.reasons = strings(&[b"no", b"no"]);
+            }),
+            "failed event index 1 is out of range or out of order (3 events)"
+        );
+        assert_eq!(
+            check(&|a| a.reasons = strings(&[b"\xff"])),
+            "reasons do not match the failed events (one per failed event, UTF-8)"
+        );
+        assert_eq!(
+            check(&|a| a.reasons = strings(&[])),
+            "reasons do not match the failed events (one per failed event, UTF-8)"
+        );
+    }
+}

@@ -22,6 +22,9 @@
 //! - [`log`]: write to the host's log.
 //! - [`timers`]: named event-time timers of the current key and the
 //!   watermark; a timer that fires calls [`Operator::on_timer`].
+//! - [`window`]: window aggregates: declare an operator a tumbling, hopping
+//!   or session window in the pipeline file and write only the aggregate
+//!   ([`window::Aggregate`], exported with [`export_window!`]).
 //! - [`json`]: the JSON the SDK reads and writes for you (`from_slice`,
 //!   `to_writer`): serde_json's results, faster in WebAssembly.
 //!
@@ -120,6 +123,7 @@ mod batch;
 pub mod json;
 mod mem;
 pub mod timers;
+pub mod window;
 
 pub use timers::Fired;
 
@@ -548,6 +552,9 @@ pub mod __private {
 
     pub use crate::bindings::eddy::operator::types::Event as WitEvent;
     pub use crate::bindings::Guest;
+    pub use eddy_codec::wit::{
+        Added as WitAdded, Adds as WitAdds, Bounds as WitBounds, Strings as WitStrings,
+    };
     pub use eddy_codec::wit::{Batch as WitBatch, BatchResult as WitBatchResult};
 
     pub fn init<T: Operator>(

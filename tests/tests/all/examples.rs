@@ -68,9 +68,11 @@ fn counter_example() {
     check_example("counter", &[("counter", eddy_tests::COUNTER)]);
 }
 
+/// Spend and count velocity per card over a hopping window (one minute,
+/// every 10 s) kept by the host over the `fraud-window` aggregate.
 #[test]
 fn fraud_example() {
-    check_example("fraud", &[("fraud", eddy_tests::FRAUD)]);
+    check_example("fraud", &[("fraud", eddy_tests::FRAUD_WINDOW)]);
 }
 
 #[test]
@@ -82,6 +84,15 @@ fn recommend_example() {
             ("recommend", eddy_tests::RECOMMEND),
         ],
     );
+}
+
+/// Per-user sessions closed by 30 minutes without a view: a window
+/// aggregate (world `window-operator`) declared `window = { kind =
+/// "session", .. }`; a view that bridges two open sessions merges them, a
+/// late one is dead-lettered.
+#[test]
+fn sessions_example() {
+    check_example("sessions", &[("sessions", eddy_tests::SESSIONS)]);
 }
 
 #[test]

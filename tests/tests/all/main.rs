@@ -58,6 +58,9 @@ mod group;
 mod ttl;
 // Tumbling windows kept and fired by the host: known answers.
 mod windows;
+// Windows over a WebAssembly aggregate declared in the pipeline file: known
+// answers, 1 vs 4 workers, each bad `window` setting's error.
+mod windows_wasm;
 // A state cache far smaller than the key set: exact counts, across kill -9
 // and restart and across a hot swap that migrates evicted keys.
 mod cache;

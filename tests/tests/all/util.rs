@@ -23,6 +23,7 @@ pub fn pipeline(dir: &Path, input: &Path, ops: &[(&str, &str)], workers: usize) 
                 config: serde_json::json!({}),
                 limits: Default::default(),
                 ttl: Vec::new(),
+                window: None,
             })
             .collect(),
         output: Output::File(dir.join("out.jsonl")),

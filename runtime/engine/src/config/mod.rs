@@ -49,6 +49,11 @@
 //! # State time to live, in event time (needs `[source] time`): an entry
 //! # expires once the watermark is past its last write plus `after`.
 //! ttl.history = { after = 86400000, refresh = "write" }  # or "read"
+//! # A window operator (its component exports the window aggregate, world
+//! # `window-operator`; needs `[source] time`); sizes in time-field units:
+//! # window = { kind = "tumbling", size = 60000 }
+//! # window = { kind = "hopping", size = 3600000, slide = 600000 }  # slide divides size
+//! # window = { kind = "session", gap = 1800000 }
 //!
 //! [sink]
 //! path = "-"                       # "-" for stdout
@@ -142,6 +147,43 @@ pub struct OperatorSpec {
     pub limits: Limits,
     /// State names given a time to live (`ttl.NAME = { after, refresh }`).
     pub ttl: Vec<TtlSpec>,
+    /// The window the host keeps for this operator (`window = { .. }`):
+    /// its component is then a window aggregate.
+    pub window: Option<WindowSpec>,
+}
+
+/// A window operator's windows (`window = { kind, size, slide, gap }` of
+/// an `[[operator]]` table), in time-field units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    /// `kind = "tumbling"`: `[k * size, (k + 1) * size)`.
+    Tumbling {
+        /// `size`, at least 1.
+        size: u64,
+    },
+    /// `kind = "hopping"`: windows of `size` starting every `slide`.
+    Hopping {
+        /// `size`, at least 1.
+        size: u64,
+        /// `slide`, at least 1, at most `size`, and dividing it.
+        slide: u64,
+    },
+    /// `kind = "session"`: a key's events less than `gap` apart.
+    Session {
+        /// `gap`, at least 1.
+        gap: u64,
+    },
+}
+
+/// A window declared on an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSpec {
+    /// Its kind and sizes.
+    pub kind: WindowKind,
+    /// The pipeline file of the `window` setting, named in errors about it.
+    pub file: PathBuf,
+    /// Its line in that file.
+    pub line: usize,
 }
 
 /// A state name's time to live, in event time (`ttl.NAME = { after,
@@ -398,6 +440,94 @@ struct OperatorTable {
     max_timers_per_key: Option<usize>,
     #[serde(default)]
     ttl: std::collections::BTreeMap<String, TtlTable>,
+    window: Option<toml::Spanned<WindowTable>>,
+}
+
+/// `window = { kind, size, slide, gap }`, checked by [`window_spec`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowTable {
+    kind: Option<String>,
+    size: Option<i64>,
+    slide: Option<i64>,
+    gap: Option<i64>,
+}
+
+/// Checks operator `op`'s window table, at line `line` of pipeline file
+/// `path`.
+fn window_spec(
+    op: &str,
+    t: &WindowTable,
+    path: &Path,
+    line: usize,
+) -> Result<WindowSpec, PipelineError> {
+    let at = |msg: String| {
+        PipelineError::Invalid(format!(
+            "pipeline file {}, line {line}: operator `{op}`: {msg}",
+            path.display()
+        ))
+    };
+    let positive = |field: &str, v: Option<i64>, kind: &str| -> Result<u64, PipelineError> {
+        match v {
+            None => Err(at(format!(
+                "window.{field} is missing: a {kind} window needs it (in time-field units)"
+            ))),
+            Some(n) if n <= 0 => Err(at(format!(
+                "window.{field} = {n} must be at least 1 (in time-field units)"
+            ))),
+            Some(n) => Ok(n as u64),
+        }
+    };
+    let absent = |field: &str, v: Option<i64>, kind: &str| -> Result<(), PipelineError> {
+        match v {
+            Some(_) => Err(at(format!(
+                "window.{field} does not apply to a {kind} window"
+            ))),
+            None => Ok(()),
+        }
+    };
+    let kind = match t.kind.as_deref() {
+        None => {
+            return Err(at(
+                "window.kind is missing: write \"tumbling\", \"hopping\" or \"session\"".into(),
+            ))
+        }
+        Some("tumbling") => {
+            absent("slide", t.slide, "tumbling")?;
+            absent("gap", t.gap, "tumbling")?;
+            WindowKind::Tumbling {
+                size: positive("size", t.size, "tumbling")?,
+            }
+        }
+        Some("hopping") => {
+            absent("gap", t.gap, "hopping")?;
+            let size = positive("size", t.size, "hopping")?;
+            let slide = positive("slide", t.slide, "hopping")?;
+            if slide > size || size % slide != 0 {
+                return Err(at(format!(
+                    "window.slide = {slide} must divide window.size = {size} (each window is then made of whole panes of `slide`)"
+                )));
+            }
+            WindowKind::Hopping { size, slide }
+        }
+        Some("session") => {
+            absent("size", t.size, "session")?;
+            absent("slide", t.slide, "session")?;
+            WindowKind::Session {
+                gap: positive("gap", t.gap, "session")?,
+            }
+        }
+        Some(other) => {
+            return Err(at(format!(
+                "window.kind = {other:?} is not a window kind: write \"tumbling\", \"hopping\" or \"session\""
+            )))
+        }
+    };
+    Ok(WindowSpec {
+        kind,
+        file: path.to_path_buf(),
+        line,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -576,7 +706,7 @@ impl Pipeline {
                 })?;
                 Self::from_toml(&text, path, o)
             }
-            None => Self::build(File::default(), PathBuf::new(), o),
+            None => Self::build(File::default(), PathBuf::new(), o, (Path::new(""), "")),
         }
     }
 
@@ -591,10 +721,28 @@ impl Pipeline {
             f,
             path.parent().map(Path::to_path_buf).unwrap_or_default(),
             o,
+            (path, text),
         )
     }
 
-    fn build(f: File, base: PathBuf, o: Overrides) -> Result<Pipeline, PipelineError> {
+    /// Builds the pipeline from file `f` (whose `(path, text)` is `src`,
+    /// for the lines named in errors) and the overrides.
+    fn build(
+        f: File,
+        base: PathBuf,
+        o: Overrides,
+        src: (&Path, &str),
+    ) -> Result<Pipeline, PipelineError> {
+        let window_of = |t: &OperatorTable| -> Result<Option<WindowSpec>, PipelineError> {
+            let Some(w) = &t.window else { return Ok(None) };
+            let start = w.span().start.min(src.1.len());
+            let line = src.1.as_bytes()[..start]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
+            window_spec(&t.name, w.get_ref(), src.0, line).map(Some)
+        };
         let rel = |s: &str| -> PathBuf {
             let p = PathBuf::from(s);
             if p.is_absolute() || s == "-" {
@@ -619,6 +767,7 @@ impl Pipeline {
                     config,
                     limits: t.limits(),
                     ttl: t.ttl(),
+                    window: window_of(t)?,
                 });
             }
         } else {
@@ -638,6 +787,10 @@ impl Pipeline {
                     config,
                     limits: from_file.map(OperatorTable::limits).unwrap_or_default(),
                     ttl: from_file.map(OperatorTable::ttl).unwrap_or_default(),
+                    window: match from_file {
+                        Some(t) => window_of(t)?,
+                        None => None,
+                    },
                 });
             }
         }
@@ -793,6 +946,18 @@ impl Pipeline {
                 ));
             }
         }
+        if let Some((op, w)) = operators
+            .iter()
+            .skip(1)
+            .find_map(|op| Some((op, op.window.as_ref()?)))
+        {
+            return Err(PipelineError::Invalid(format!(
+                "pipeline file {}, line {}: operator `{}`: window: a window operator must be the first operator of a chain for now (windows fire on timers, which only the first operator has)",
+                src.0.display(),
+                w.line,
+                op.name
+            )));
+        }
         if let Some(op) = operators.iter().skip(1).find(|op| !op.ttl.is_empty()) {
             return Err(PipelineError::Invalid(format!(
                 "operator `{}`: ttl.{}: state time to live is only supported on the first operator of a chain for now",
@@ -822,6 +987,17 @@ impl Pipeline {
         }
         let time_field = o.time_field.or(f.source.time);
         if time_field.is_none() {
+            if let Some((op, w)) = operators
+                .iter()
+                .find_map(|op| Some((op, op.window.as_ref()?)))
+            {
+                return Err(PipelineError::Invalid(format!(
+                    "pipeline file {}, line {}: operator `{}`: window: a window is in event time: it needs a time field ([source] time, or --time)",
+                    src.0.display(),
+                    w.line,
+                    op.name
+                )));
+            }
             if let Some(op) = operators.iter().find(|op| !op.ttl.is_empty()) {
                 return Err(PipelineError::Invalid(format!(
                     "operator `{}`: ttl.{} is in event time: it needs a time field ([source] time)",

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use super::wasm::{Compiled, ComponentError, InitError, WasmComponent};
-use super::{OpCtx, Operator};
-use crate::config::{Limits, Pipeline, TtlSpec};
+use super::wasm::{Compiled, ComponentError, InitError, WasmComponent, WasmWindow};
+use super::{OpCtx, Operator, WindowOperator};
+use crate::config::{Limits, Pipeline, TtlSpec, WindowKind};
 use crate::state::{Reader, StoreError};
 
 /// Builds a native operator for a worker.
@@ -18,6 +18,24 @@ pub enum OperatorKind {
     Wasm(Arc<WasmComponent>),
     /// Native Rust code (the benchmark baseline).
     Native(NativeFactory),
+    /// Windows kept by the host ([`WindowOperator`]) over a window
+    /// aggregate component, instantiated per worker.
+    Window(Arc<WasmWindow>, WindowKind),
+}
+
+/// A [`WindowOperator`] of `kind` over `agg`.
+pub fn window_operator<A: super::Aggregate + 'static>(
+    ctx: OpCtx,
+    agg: A,
+    kind: WindowKind,
+) -> Box<dyn Operator> {
+    match kind {
+        WindowKind::Tumbling { size } => Box::new(WindowOperator::tumbling(ctx, agg, size)),
+        WindowKind::Hopping { size, slide } => {
+            Box::new(WindowOperator::hopping(ctx, agg, size, slide))
+        }
+        WindowKind::Session { gap } => Box::new(WindowOperator::session(ctx, agg, gap)),
+    }
 }
 
 /// An operator ready to be instantiated on each worker.
@@ -64,6 +82,10 @@ impl Loaded {
                 Box::new(inst)
             }
             OperatorKind::Native(f) => f(ctx),
+            OperatorKind::Window(window, kind) => {
+                let agg = window.instantiate(&self.name, self.limits, &self.config)?;
+                window_operator(ctx, agg, *kind)
+            }
         })
     }
 }
@@ -98,6 +120,25 @@ pub fn load_operators(
                 );
             }
             let t = std::time::Instant::now();
+            if let Some(w) = &spec.window {
+                let at = format!("pipeline file {}, line {}", w.file.display(), w.line);
+                let window = WasmWindow::load(engine, &spec.component, &spec.name, &at)?;
+                tracing::debug!(
+                    "operator `{}`: window aggregate {} loaded in {:.0} ms",
+                    spec.name,
+                    spec.component.display(),
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+                return Ok(Loaded {
+                    name: spec.name.as_str().into(),
+                    kind: OperatorKind::Window(Arc::new(window), w.kind),
+                    config: spec.config.to_string(),
+                    limits: spec.limits,
+                    generation: 0,
+                    history: Arc::default(),
+                    ttl: spec.ttl.clone(),
+                });
+            }
             let component = WasmComponent::load(engine, &spec.component)?;
             let took = t.elapsed();
             let (how, slow) = match component.compiled() {

@@ -30,11 +30,13 @@ mod window;
 
 pub use fire::{fire_due, FireDone, END_ROUNDS};
 pub use host::{cap_reason, CacheStats, Emits, HostError, OpCtx, TimerTable, TimerUse, TTL_PREFIX};
-pub use loaded::{load_operators, Loaded, NativeFactory, OperatorKind, StartError};
+pub use loaded::{
+    load_operators, window_operator, Loaded, NativeFactory, OperatorKind, StartError,
+};
 pub use native::{NativeCounter, WindowSum};
 pub use wasm::{
-    engine, engine_with, Cache, CacheError, Compiled, ComponentError, InitError, WasmComponent,
-    WasmOperator, CONTRACT,
+    engine, engine_with, Cache, CacheError, Compiled, ComponentError, InitError, WasmAggregate,
+    WasmComponent, WasmOperator, WasmWindow, CONTRACT,
 };
 pub use window::{Aggregate, WindowInfo, WindowOperator, WINDOW_STATE};
 

@@ -71,41 +71,66 @@ impl WindowSum {
     }
 }
 
-impl Aggregate for WindowSum {
-    fn create(&self) -> Vec<u8> {
-        Vec::new()
+impl WindowSum {
+    fn totals(acc: &[u8]) -> Result<Totals, HandleError> {
+        serde_json::from_slice(acc).map_err(|e| HandleError::Failed(e.to_string()))
     }
+}
 
-    fn add(&self, acc: &mut Vec<u8>, event: &EventRef<'_>) -> Result<(), String> {
+impl Aggregate for WindowSum {
+    fn add(&mut self, acc: &mut Option<Vec<u8>>, event: &EventRef<'_>) -> Result<(), HandleError> {
         let mut de = serde_json::Deserializer::from_slice(event.value);
         let amount = FieldSeed(&self.field)
             .deserialize(&mut de)
-            .map_err(|e| e.to_string())?;
-        let mut t: Totals = if acc.is_empty() {
-            Totals::default()
-        } else {
-            serde_json::from_slice(acc).map_err(|e| e.to_string())?
+            .map_err(|e| HandleError::Failed(e.to_string()))?;
+        let mut t = match acc {
+            None => Totals::default(),
+            Some(a) => Self::totals(a)?,
         };
         t.count += 1;
         t.sum += amount;
-        acc.clear();
-        serde_json::to_writer(&mut *acc, &t).map_err(|e| e.to_string())
+        let a = acc.get_or_insert_with(Vec::new);
+        a.clear();
+        serde_json::to_writer(&mut *a, &t).map_err(|e| HandleError::Failed(e.to_string()))
     }
 
-    fn merge(&self, into: &mut Vec<u8>, other: &[u8]) -> Result<(), String> {
-        let mut a: Totals = serde_json::from_slice(into).map_err(|e| e.to_string())?;
-        let b: Totals = serde_json::from_slice(other).map_err(|e| e.to_string())?;
-        a.count += b.count;
-        a.sum += b.sum;
-        into.clear();
-        serde_json::to_writer(&mut *into, &a).map_err(|e| e.to_string())
+    fn merge(&mut self, accs: &[&[u8]]) -> Result<Vec<u8>, HandleError> {
+        let mut all = Totals::default();
+        for a in accs {
+            let t = Self::totals(a)?;
+            all.count += t.count;
+            all.sum += t.sum;
+        }
+        serde_json::to_vec(&all).map_err(|e| HandleError::Failed(e.to_string()))
     }
 
-    fn finish(&self, w: &WindowInfo<'_>, acc: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        let t: Totals = serde_json::from_slice(acc).map_err(|e| e.to_string())?;
-        let out =
-            serde_json::json!({"start": w.start, "end": w.end, "count": t.count, "sum": t.sum});
-        Ok(Some(serde_json::to_vec(&out).expect("json")))
+    fn finish(
+        &mut self,
+        w: &WindowInfo<'_>,
+        accs: &[&[u8]],
+    ) -> Result<Option<Vec<u8>>, HandleError> {
+        let mut t = Totals::default();
+        for a in accs {
+            let p = Self::totals(a)?;
+            t.count += p.count;
+            t.sum += p.sum;
+        }
+        #[derive(serde::Serialize)]
+        struct Out {
+            start: i64,
+            end: i64,
+            count: u64,
+            sum: f64,
+        }
+        let out = Out {
+            start: w.start,
+            end: w.end,
+            count: t.count,
+            sum: t.sum,
+        };
+        serde_json::to_vec(&out)
+            .map(Some)
+            .map_err(|e| HandleError::Failed(e.to_string()))
     }
 }
 

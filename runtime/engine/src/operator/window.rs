@@ -12,6 +12,15 @@
 //! window). A session is one accumulator that grows with its events and
 //! absorbs the sessions an event bridges (their timers cleared).
 //!
+//! A batch of events crosses into the aggregate in one call
+//! ([`Aggregate::add_many`]): the host reads each (key, pane) accumulator
+//! the batch touches once, the aggregate folds every event into its own,
+//! and the host writes each back once, with the first event that touched
+//! it; an event the aggregate failed is dead-lettered and left out of its
+//! accumulator, and one the host refuses (a limit) is redone on the
+//! per-event path with the rest of its accumulator's events. Session
+//! windows take the per-event path (an event may merge sessions).
+//!
 //! It is built on what every operator has, so it inherits their
 //! guarantees: pane accumulators are entries of a map in the key's state
 //! (named [`WINDOW_STATE`], field: the pane's start), written in the
@@ -25,7 +34,13 @@
 //! fired sets their timers again: they fire at the next advance with what
 //! their panes still hold.
 
-use super::{EventRef, HandleError, OpCtx, Operator, TimerRef};
+use std::collections::HashMap;
+
+use super::{handle_each, Done, Emits, EventRef, HandleError, OpCtx, Operator, RunError, TimerRef};
+
+/// Up to this many panes a window, a firing looks its panes up one by one
+/// rather than reading the whole map.
+const FEW_PANES: i64 = 64;
 
 /// The map of a window operator's state that holds its accumulators.
 pub const WINDOW_STATE: &str = "\0windows";
@@ -41,21 +56,51 @@ pub struct WindowInfo<'a> {
     pub end: i64,
 }
 
-/// What a window operator computes per key and window.
+/// What a window operator computes per key and window, over accumulators
+/// it encodes as it likes (opaque bytes to the host).
 pub trait Aggregate: Send {
-    /// An empty accumulator.
-    fn create(&self) -> Vec<u8>;
-    /// Folds `event` into `acc`; an `Err` dead-letters the event (the
-    /// accumulator is then left as it was).
-    fn add(&self, acc: &mut Vec<u8>, event: &EventRef<'_>) -> Result<(), String>;
-    /// Merges accumulator `other` into `into` (the panes of a hopping
-    /// window, oldest first); an `Err` dead-letters the window's firing.
-    fn merge(&self, into: &mut Vec<u8>, other: &[u8]) -> Result<(), String>;
-    /// The payload to emit under the window's key (`None`: nothing); an
-    /// `Err` dead-letters the window's firing, and its accumulator stays
-    /// (it fires again, with what it holds, if the window gets another
-    /// event).
-    fn finish(&self, window: &WindowInfo<'_>, acc: &[u8]) -> Result<Option<Vec<u8>>, String>;
+    /// Folds `event` into `acc` (`None`: a new accumulator, started from
+    /// the aggregate's empty one). An `Err` dead-letters the event and
+    /// leaves `acc` as it was.
+    fn add(&mut self, acc: &mut Option<Vec<u8>>, event: &EventRef<'_>) -> Result<(), HandleError>;
+
+    /// Folds each of `events`, `(i, event)`, into `accs[i]`, in order, as
+    /// [`Aggregate::add`] would one by one, pushing each event's outcome
+    /// to `outcomes`. An `Err` fails the whole call (a trap): `accs` and
+    /// `outcomes` are then as they were, and the host redoes the events
+    /// one by one. The default calls [`Aggregate::add`] per event.
+    fn add_many(
+        &mut self,
+        accs: &mut [Option<Vec<u8>>],
+        events: &[(u32, EventRef<'_>)],
+        outcomes: &mut Vec<Result<(), HandleError>>,
+    ) -> Result<(), HandleError> {
+        for (i, e) in events {
+            outcomes.push(self.add(&mut accs[*i as usize], e));
+        }
+        Ok(())
+    }
+
+    /// Merges `accs` (at least two, oldest first: the sessions an event
+    /// bridges) into one; an `Err` dead-letters that event.
+    fn merge(&mut self, accs: &[&[u8]]) -> Result<Vec<u8>, HandleError>;
+
+    /// The payload to emit under the window's key (`None`: nothing) from
+    /// its accumulators (a hopping window's panes, oldest first; one
+    /// otherwise), merged. An `Err` dead-letters the window's firing, and
+    /// its accumulators stay (it fires again, with what they hold, if the
+    /// window gets another event).
+    fn finish(
+        &mut self,
+        window: &WindowInfo<'_>,
+        accs: &[&[u8]],
+    ) -> Result<Option<Vec<u8>>, HandleError>;
+
+    /// Which version of the aggregate runs (a component's content hash),
+    /// recorded in dead letters.
+    fn version(&self) -> &str {
+        "native"
+    }
 }
 
 /// Windows of event time over an [`Aggregate`]: `[k * slide, k * slide +
@@ -128,7 +173,7 @@ impl<A: Aggregate> WindowOperator<A> {
         gap: i64,
     ) -> Result<(), HandleError> {
         let (mut start, mut end) = (t, t.saturating_add(gap));
-        let mut acc: Option<Vec<u8>> = None;
+        let mut bridged: Vec<Vec<u8>> = Vec::new();
         let sessions = self.ctx.map_entries(WINDOW_STATE).map_err(refused)?;
         for (f, v) in sessions {
             let (Some(s), Some(e)) = (start_of_field(&f), session_end(&v)) else {
@@ -139,17 +184,22 @@ impl<A: Aggregate> WindowOperator<A> {
             }
             start = start.min(s);
             end = end.max(e);
-            match &mut acc {
-                None => acc = Some(v[8..].to_vec()),
-                Some(a) => self.agg.merge(a, &v[8..]).map_err(HandleError::Failed)?,
-            }
+            bridged.push(v[8..].to_vec());
             self.ctx
                 .map_delete_dropping(WINDOW_STATE, &f)
                 .map_err(refused)?;
             self.ctx.timer_clear(&f).map_err(refused)?;
         }
-        let mut acc = acc.unwrap_or_else(|| self.agg.create());
-        self.agg.add(&mut acc, event).map_err(HandleError::Failed)?;
+        let mut acc = match bridged.len() {
+            0 => None,
+            1 => bridged.pop(),
+            _ => {
+                let parts: Vec<&[u8]> = bridged.iter().map(Vec::as_slice).collect();
+                Some(self.agg.merge(&parts)?)
+            }
+        };
+        self.agg.add(&mut acc, event)?;
+        let acc = acc.unwrap_or_default();
         let mut v = Vec::with_capacity(8 + acc.len());
         v.extend_from_slice(&end.to_le_bytes());
         v.extend_from_slice(&acc);
@@ -177,11 +227,7 @@ impl<A: Aggregate> WindowOperator<A> {
             .map_delete_dropping(WINDOW_STATE, name)
             .map_err(refused)?;
         let window = WindowInfo { key, start, end };
-        if let Some(out) = self
-            .agg
-            .finish(&window, &v[8..])
-            .map_err(HandleError::Failed)?
-        {
+        if let Some(out) = self.agg.finish(&window, &[&v[8..]])? {
             self.ctx.emit(key, &out).map_err(refused)?;
         }
         Ok(())
@@ -190,6 +236,144 @@ impl<A: Aggregate> WindowOperator<A> {
     /// The end of the last window holding the pane starting at `p`.
     fn last_end(&self, p: i64) -> i64 {
         floor(p, self.slide).saturating_add(self.size)
+    }
+
+    /// Sets the timer of every window holding the pane starting at `p`
+    /// that has none yet (latest first: starts `s` with `s <= p < s +
+    /// size`).
+    fn arm_windows(&mut self, p: i64) -> Result<(), HandleError> {
+        let mut s = floor(p, self.slide);
+        while s.saturating_add(self.size) > p {
+            let name = field(s);
+            if self.ctx.timer_get(&name).map_err(refused)?.is_none() {
+                let end = s.saturating_add(self.size);
+                self.ctx.timer_set(&name, end - 1).map_err(refused)?;
+            }
+            match s.checked_sub(self.slide) {
+                Some(prev) => s = prev,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// The batched path of [`Operator::handle_many`] for tumbling and
+    /// hopping windows (see the module docs): one [`Aggregate::add_many`]
+    /// call for the batch.
+    fn handle_batch(
+        &mut self,
+        events: &[EventRef<'_>],
+        done: &mut Done<'_>,
+    ) -> Result<(), RunError> {
+        let mut slots = Vec::with_capacity(events.len());
+        self.ctx.slots(events.iter().map(|e| e.key), &mut slots)?;
+        // Each (key slot, pane) the batch touches, once, with its
+        // accumulator as it is; per event, the index of its own.
+        let mut index: HashMap<(u32, i64), u32> = HashMap::with_capacity(events.len());
+        let mut accs: Vec<Option<Vec<u8>>> = Vec::new();
+        let mut panes: Vec<i64> = Vec::new();
+        let mut targets: Vec<Option<u32>> = Vec::with_capacity(events.len());
+        let mut adds: Vec<(u32, EventRef<'_>)> = Vec::with_capacity(events.len());
+        let mut scratch = Emits::default();
+        for (e, &slot) in events.iter().zip(&slots) {
+            let Some(t) = e.time else {
+                targets.push(None);
+                continue;
+            };
+            let p = floor(t, self.pane);
+            let i = match index.get(&(slot, p)) {
+                Some(&i) => i,
+                None => {
+                    self.ctx.begin_slot(slot);
+                    let acc = self
+                        .ctx
+                        .map_get(WINDOW_STATE, &field(p))
+                        .map(|a| a.map(<[u8]>::to_vec));
+                    self.ctx.finish(true, &mut scratch);
+                    let i = accs.len() as u32;
+                    accs.push(acc.map_err(|e| RunError::Stopped(e.to_string()))?);
+                    panes.push(p);
+                    index.insert((slot, p), i);
+                    i
+                }
+            };
+            targets.push(Some(i));
+            adds.push((i, *e));
+        }
+        let mut outcomes = Vec::with_capacity(adds.len());
+        if self.agg.add_many(&mut accs, &adds, &mut outcomes).is_err() {
+            // A trap: each event on its own.
+            return handle_each(self, events, 0, done);
+        }
+        // Per accumulator: not yet written back, written back (by the
+        // first event that kept it), or redone per event (the host refused
+        // that write).
+        const PENDING: u8 = 0;
+        const WRITTEN: u8 = 1;
+        const PER_EVENT: u8 = 2;
+        let mut written = vec![PENDING; accs.len()];
+        let mut outcomes = outcomes.into_iter();
+        let mut emitted = Emits::default();
+        for (i, (e, &slot)) in events.iter().zip(&slots).enumerate() {
+            let outcome = match targets[i] {
+                Some(_) => outcomes.next(),
+                None => None,
+            };
+            if let Err(err) = self.ready(e.key)? {
+                done(i, Err(err), &mut emitted);
+                continue;
+            }
+            self.ctx.set_event_time(e.time);
+            self.ctx.begin_slot(slot);
+            let mut r = match (targets[i], outcome) {
+                (Some(j), Some(outcome)) => {
+                    let j = j as usize;
+                    match (written[j], outcome) {
+                        (PER_EVENT, _) => self.handle(*e),
+                        (_, Err(err)) => Err(err),
+                        (state, Ok(())) => {
+                            let r = self.keep(&accs[j], panes[j], state == PENDING);
+                            if r.is_err() || self.ctx.check_event().is_err() {
+                                // Redone with the rest of this accumulator's
+                                // events, one by one, from what is stored.
+                                self.ctx.finish(false, &mut emitted);
+                                written[j] = PER_EVENT;
+                                self.ctx.begin_slot(slot);
+                                self.handle(*e)
+                            } else {
+                                written[j] = WRITTEN;
+                                Ok(())
+                            }
+                        }
+                    }
+                }
+                _ => self.handle(*e),
+            };
+            if r.is_ok() {
+                if let Err(refused) = self.ctx.check_event() {
+                    r = Err(HandleError::Refused(refused.to_string()));
+                }
+            }
+            self.ctx.finish(r.is_ok(), &mut emitted);
+            done(i, r, &mut emitted);
+            emitted.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes a pane's accumulator after a batch and sets its windows'
+    /// timers, when `write` (this is the first event of the batch that
+    /// kept it); a later event of the pane changes nothing more.
+    fn keep(&mut self, acc: &Option<Vec<u8>>, p: i64, write: bool) -> Result<(), HandleError> {
+        if !write {
+            // The first event that kept this pane set its windows' timers.
+            return Ok(());
+        }
+        let acc = acc.clone().unwrap_or_default();
+        self.ctx
+            .map_set(WINDOW_STATE, field(p), acc)
+            .map_err(refused)?;
+        self.arm_windows(p)
     }
 }
 
@@ -223,6 +407,10 @@ impl<A: Aggregate> Operator for WindowOperator<A> {
         true
     }
 
+    fn version(&self) -> &str {
+        self.agg.version()
+    }
+
     fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError> {
         let t = event.time.ok_or_else(|| {
             HandleError::Failed(
@@ -234,29 +422,27 @@ impl<A: Aggregate> Operator for WindowOperator<A> {
         }
         let p = floor(t, self.pane);
         let f = field(p);
-        let mut acc = match self.ctx.map_get(WINDOW_STATE, &f).map_err(refused)? {
-            Some(b) => b.to_vec(),
-            None => self.agg.create(),
-        };
-        self.agg
-            .add(&mut acc, &event)
-            .map_err(HandleError::Failed)?;
-        self.ctx.map_set(WINDOW_STATE, f, acc).map_err(refused)?;
-        // Every window holding the pane, latest first: starts `s` with
-        // `s <= p < s + size`.
-        let mut s = floor(p, self.slide);
-        while s.saturating_add(self.size) > p {
-            let name = field(s);
-            if self.ctx.timer_get(&name).map_err(refused)?.is_none() {
-                let end = s.saturating_add(self.size);
-                self.ctx.timer_set(&name, end - 1).map_err(refused)?;
-            }
-            match s.checked_sub(self.slide) {
-                Some(prev) => s = prev,
-                None => break,
-            }
+        let mut acc = self
+            .ctx
+            .map_get(WINDOW_STATE, &f)
+            .map_err(refused)?
+            .map(<[u8]>::to_vec);
+        self.agg.add(&mut acc, &event)?;
+        self.ctx
+            .map_set(WINDOW_STATE, f, acc.unwrap_or_default())
+            .map_err(refused)?;
+        self.arm_windows(p)
+    }
+
+    fn handle_many(
+        &mut self,
+        events: &[EventRef<'_>],
+        done: &mut Done<'_>,
+    ) -> Result<(), RunError> {
+        if self.gap.is_some() || events.len() < 2 {
+            return handle_each(self, events, 0, done);
         }
-        Ok(())
+        self.handle_batch(events, done)
     }
 
     fn on_timer(&mut self, timer: TimerRef<'_>) -> Result<(), HandleError> {
@@ -270,23 +456,33 @@ impl<A: Aggregate> Operator for WindowOperator<A> {
             return self.fire_session(timer.key, timer.name, start);
         }
         let end = start.saturating_add(self.size);
-        // The window's panes, oldest first (fields sort as their starts).
-        let panes: Vec<(i64, Vec<u8>)> = self
-            .ctx
-            .map_entries(WINDOW_STATE)
-            .map_err(refused)?
-            .into_iter()
-            .filter_map(|(f, acc)| Some((start_of_field(&f)?, acc)))
-            .filter(|&(p, _)| p >= start && p < end)
-            .collect();
-        let Some((_, first)) = panes.first() else {
-            return Ok(());
+        // The window's panes, oldest first: looked up one by one when the
+        // window has few (a tumbling window has one), else from the whole
+        // map (fields sort as their starts).
+        let panes: Vec<(i64, Vec<u8>)> = if self.size / self.pane <= FEW_PANES {
+            let mut panes = Vec::new();
+            let mut p = start;
+            while p < end {
+                if let Some(acc) = self.ctx.map_get(WINDOW_STATE, &field(p)).map_err(refused)? {
+                    panes.push((p, acc.to_vec()));
+                }
+                match p.checked_add(self.pane) {
+                    Some(next) => p = next,
+                    None => break,
+                }
+            }
+            panes
+        } else {
+            self.ctx
+                .map_entries(WINDOW_STATE)
+                .map_err(refused)?
+                .into_iter()
+                .filter_map(|(f, acc)| Some((start_of_field(&f)?, acc)))
+                .filter(|&(p, _)| p >= start && p < end)
+                .collect()
         };
-        let mut acc = first.clone();
-        for (_, other) in &panes[1..] {
-            self.agg
-                .merge(&mut acc, other)
-                .map_err(HandleError::Failed)?;
+        if panes.is_empty() {
+            return Ok(());
         }
         // Panes no later window holds are dropped.
         for &(p, _) in &panes {
@@ -301,11 +497,8 @@ impl<A: Aggregate> Operator for WindowOperator<A> {
             start,
             end,
         };
-        if let Some(out) = self
-            .agg
-            .finish(&window, &acc)
-            .map_err(HandleError::Failed)?
-        {
+        let accs: Vec<&[u8]> = panes.iter().map(|(_, a)| a.as_slice()).collect();
+        if let Some(out) = self.agg.finish(&window, &accs)? {
             self.ctx.emit(timer.key, &out).map_err(refused)?;
         }
         Ok(())

@@ -294,6 +294,10 @@ impl Controller {
                 "operator `{}` is native code, not a component: it cannot be swapped",
                 self.ops[stage].name
             ))),
+            OperatorKind::Window(..) => Err(Refused(format!(
+                "operator `{}` is a window operator: swapping a window aggregate is not supported yet (stop the pipeline, change its component, start it again: its windows are kept in the state directory)",
+                self.ops[stage].name
+            ))),
         }
     }
 

@@ -59,6 +59,19 @@ pub enum ComponentError {
         /// What was found instead.
         found: String,
     },
+    #[error("{at}: operator `{operator}`: window: component {path} does not export the window aggregate (world `{CONTRACT}/window-operator`): it lacks {missing}")]
+    /// An operator declared a window whose component is not a window
+    /// aggregate.
+    NotWindow {
+        /// The file it names.
+        path: PathBuf,
+        /// The operator.
+        operator: String,
+        /// Where its `window` setting is: `pipeline file F, line N`.
+        at: String,
+        /// The exports it lacks, quoted.
+        missing: String,
+    },
     #[error("component {path}: not an eddy operator (world `{CONTRACT}/operator`): {reason}")]
     /// Not an operator component.
     WrongWorld {
@@ -126,6 +139,72 @@ impl WasmComponent {
         bytes: &[u8],
         cache: Option<&Cache>,
     ) -> Result<WasmComponent, ComponentError> {
+        let checked = check(engine, path, bytes, cache)?;
+        let Checked {
+            path,
+            hash,
+            pre,
+            exports,
+            frame_batch,
+            compiled,
+        } = checked;
+        let has = |name: &str| exports.iter().any(|e| e == name);
+        if !has("handle") && has("add") && has("finish") {
+            return Err(ComponentError::WrongWorld {
+                path,
+                reason: format!(
+                    "it is a window aggregate (world `{CONTRACT}/window-operator`): declare its operator a window in the pipeline file, e.g. `window = {{ kind = \"tumbling\", size = 60000 }}`"
+                ),
+            });
+        }
+        let pre = OperatorPre::new(pre).map_err(|e| ComponentError::WrongWorld {
+            path: path.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        // 0.1.0's `handle-batch` takes another type: unused.
+        let batched = !frame_batch && has("handle-batch");
+        let migrates = has("migrate");
+        let on_timer = has("on-timer");
+        Ok(WasmComponent {
+            path,
+            hash,
+            engine: engine.clone(),
+            bytes: bytes.into(),
+            pre,
+            batched,
+            migrates,
+            on_timer,
+            compiled,
+        })
+    }
+}
+
+/// A component compiled, of this contract's version (or one it still
+/// loads), and linked against the host's imports.
+pub(super) struct Checked {
+    /// Where it was read from.
+    pub(super) path: PathBuf,
+    /// Its content hash.
+    pub(super) hash: String,
+    /// Linked, not yet instantiated.
+    pub(super) pre: wasmtime::component::InstancePre<HostData>,
+    /// The names of its exports.
+    pub(super) exports: Vec<String>,
+    /// It was built for 0.1.0 (`handle-batch` of another type).
+    pub(super) frame_batch: bool,
+    /// Compiled now or loaded from the cache.
+    pub(super) compiled: Compiled,
+}
+
+/// Compiles component `bytes` (named `path` in errors), checks its
+/// contract version and links it.
+pub(super) fn check(
+    engine: &Engine,
+    path: &Path,
+    bytes: &[u8],
+    cache: Option<&Cache>,
+) -> Result<Checked, ComponentError> {
+    {
         let path = path.to_path_buf();
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             return Err(ComponentError::NotWasm { path });
@@ -171,28 +250,23 @@ impl WasmComponent {
                 path: path.clone(),
                 reason: format!("{e:#}"),
             })?;
-        let pre = OperatorPre::new(pre).map_err(|e| ComponentError::WrongWorld {
-            path: path.clone(),
-            reason: format!("{e:#}"),
-        })?;
         let hash = crate::state::component_hash_of(&digest);
-        // 0.1.0's `handle-batch` takes another type: unused.
-        let batched = !frame_batch && ty.exports(engine).any(|(name, _)| name == "handle-batch");
-        let migrates = ty.exports(engine).any(|(name, _)| name == "migrate");
-        let on_timer = ty.exports(engine).any(|(name, _)| name == "on-timer");
-        Ok(WasmComponent {
+        let exports = ty
+            .exports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        Ok(Checked {
             path,
             hash,
-            engine: engine.clone(),
-            bytes: bytes.into(),
             pre,
-            batched,
-            migrates,
-            on_timer,
+            exports,
+            frame_batch,
             compiled,
         })
     }
+}
 
+impl WasmComponent {
     /// Whether the compiled code came from the cache.
     pub fn compiled(&self) -> Compiled {
         self.compiled

@@ -130,6 +130,9 @@ pub(super) fn sandbox(stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe) -> Wasi
     b.build()
 }
 
+/// The types of the window aggregate (`wit/window.wit`).
+const WINDOW_INTERFACE: &str = "eddy:operator/window@0.3.0";
+
 pub(super) fn linker(engine: &Engine) -> anyhow::Result<Linker<HostData>> {
     use wasmtime_wasi::p2::bindings::random;
     let mut linker = Linker::new(engine);
@@ -149,6 +152,8 @@ pub(super) fn linker(engine: &Engine) -> anyhow::Result<Linker<HostData>> {
     )?;
     // The batch types (`batched-operator` imports their interface).
     linker.instance(super::batch::INTERFACE)?;
+    // The window aggregate's types (`window-operator` imports them).
+    linker.instance(WINDOW_INTERFACE)?;
     // Components built for an earlier contract: the same functions under
     // the old names.
     super::legacy::add_to_linker(&mut linker)?;

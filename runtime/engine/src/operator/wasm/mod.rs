@@ -42,6 +42,8 @@
 //! - [`batch`]: the `handle-batch` frame: built from the events and their
 //!   keys' state, and its result parsed and applied.
 //! - [`random`]: the deterministic `wasi:random`.
+//! - [`window`]: window aggregate components ([`WasmWindow`], world
+//!   `window-operator`) and their instances ([`WasmAggregate`]).
 //! - [`cache`]: the compile cache.
 //! - [`bindings`]: the host bindings of `wit/`.
 
@@ -63,6 +65,7 @@ mod instance;
 mod legacy;
 mod random;
 pub mod testing;
+mod window;
 
 pub use cache::{Cache, CacheError, Compiled};
 
@@ -70,6 +73,7 @@ pub use component::{ComponentError, WasmComponent, CONTRACT};
 pub use engine::{engine, engine_with};
 pub use instance::InitError;
 pub use legacy::EARLIER;
+pub use window::{WasmAggregate, WasmWindow};
 
 use batch::{BatchFn, HostBatch};
 use engine::MemoryCap;
