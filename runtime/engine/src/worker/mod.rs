@@ -104,7 +104,10 @@ pub enum Msg {
 
 /// Selects keys of an operator (by its index in the chain): in Kafka group
 /// mode, by the partition they hash to.
-pub type KeyFilter = Arc<dyn Fn(usize, &str) -> bool + Send + Sync>;
+pub type KeyFilter = Arc<KeyFilterFn>;
+
+/// What a [`KeyFilter`] calls.
+pub type KeyFilterFn = dyn Fn(usize, &str) -> bool + Send + Sync;
 
 impl Msg {
     /// `batch`, noted as handed over now (the earliest its events can be
@@ -378,8 +381,8 @@ impl Worker {
     /// [`Msg::Release`].
     fn release(
         &mut self,
-        drop: &(dyn Fn(usize, &str) -> bool + Send + Sync),
-        load: Option<&(dyn Fn(usize, &str) -> bool + Send + Sync)>,
+        drop: &KeyFilterFn,
+        load: Option<&KeyFilterFn>,
     ) -> Result<usize, StoreError> {
         let durable = self.store.durable_seq();
         let workers = self.peers.len();
