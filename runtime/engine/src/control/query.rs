@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::state::{record_json, value_json, Reader, Store};
+use crate::state::{record_json, spilled_maps, value_json, Reader, Store};
 
 /// Most keys one scan returns.
 pub const MAX_SCAN: usize = 10_000;
@@ -61,7 +61,7 @@ pub fn state_get(
     let mut state = record_json(&record).map_err(|e| {
         QueryError::Failed(format!("the record of key {key:?} of {operator:?}: {e}"))
     })?;
-    fill_spilled(&reader, operator, key, &mut state).map_err(failed)?;
+    fill_spilled(&reader, operator, key, &record, &mut state).map_err(failed)?;
     match name {
         None => Ok(state),
         Some(name) => ["values", "maps", "lists"]
@@ -100,7 +100,7 @@ pub fn state_scan(
             let mut state = record_json(&record).map_err(|e| {
                 QueryError::Failed(format!("the record of key {key:?} of {operator:?}: {e}"))
             })?;
-            fill_spilled(&reader, operator, &key, &mut state).map_err(failed)?;
+            fill_spilled(&reader, operator, &key, &record, &mut state).map_err(failed)?;
             Ok(KeyState { key, state })
         })
         .collect::<Result<_, QueryError>>()?;
@@ -115,14 +115,40 @@ pub const MAX_LIST_SHOWN: u64 = 10_000;
 /// Items shown at each end of a list longer than [`MAX_LIST_SHOWN`].
 pub const SHOWN_ENDS: u64 = 100;
 
-/// Replaces each spilled list of `state` (as [`record_json`] shows it) by
-/// its items, read from `reader` (the one that read the record).
+/// Most fields of a spilled map a query shows whole; a bigger one is
+/// shown as `{"len": N, "first": {..}}` with its first [`SHOWN_ENDS`]
+/// fields.
+pub const MAX_MAP_SHOWN: u64 = 10_000;
+
+/// Replaces each spilled list and map of `state` (as [`record_json`]
+/// shows `record`) by its items or fields, read from `reader` (the one
+/// that read the record).
 fn fill_spilled(
     reader: &Reader,
     operator: &str,
     key: &str,
+    record: &[u8],
     state: &mut Value,
 ) -> Result<(), crate::state::StoreError> {
+    // `record_json` decoded the same record: it is not corrupt.
+    for (name, len) in spilled_maps(record).unwrap_or_default() {
+        let shown = len.min(if len <= MAX_MAP_SHOWN {
+            MAX_MAP_SHOWN
+        } else {
+            SHOWN_ENDS
+        });
+        let mut fields = serde_json::Map::new();
+        reader.map_fields(operator, key, &name, "", &mut |f, v| {
+            fields.insert(f.to_string(), value_json(v));
+            (fields.len() as u64) < shown
+        })?;
+        let fields = Value::Object(fields);
+        state["maps"][name.as_str()] = if len <= MAX_MAP_SHOWN {
+            fields
+        } else {
+            serde_json::json!({ "len": len, "first": fields })
+        };
+    }
     let Some(lists) = state.get_mut("lists").and_then(Value::as_object_mut) else {
         return Ok(());
     };
