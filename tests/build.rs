@@ -40,6 +40,7 @@ const WORKSPACES: &[(&str, &str, &str, &[&str])] = &[
             "timers",
             "delay",
             "history",
+            "catalog",
         ],
     ),
 ];
