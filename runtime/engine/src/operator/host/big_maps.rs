@@ -399,3 +399,51 @@ fn with_spilling_off_a_big_map_stays_inline() {
     let mut fresh = ctx(&store);
     assert_eq!(entries(&mut fresh, "k"), fields(0..n));
 }
+
+#[test]
+fn a_spilled_map_past_its_time_to_live_loses_its_rows() {
+    use crate::config::{Refresh, TtlSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let mut c = ctx(&store);
+    c.set_ttl(&[TtlSpec {
+        name: "m".into(),
+        after: 10,
+        refresh: Refresh::Write,
+    }]);
+    let n = SPILL_ITEMS + 1;
+    c.set_event_time(Some(0));
+    for i in 0..n {
+        set(&mut c, "k", i, &value(i));
+    }
+    checkpoint(&mut c, &store, 1);
+    assert_eq!(store.map_field_count("op").unwrap(), n);
+    c.set_watermark(11);
+    assert_eq!(c.expire_due(11), 1);
+    assert_eq!(len(&mut c, "k"), 0);
+    assert_eq!(get(&mut c, "k", 0), None);
+    check_bytes(&c);
+    checkpoint(&mut c, &store, 2);
+    assert_eq!(store.map_field_count("op").unwrap(), 0);
+    assert_eq!(store.record("op", "k").unwrap(), None);
+}
+
+#[test]
+fn a_snapshot_copies_the_rows_of_spilled_maps() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let mut c = ctx(&store);
+    let n = SPILL_ITEMS + 1;
+    for i in 0..n {
+        set(&mut c, "k", i, &value(i));
+    }
+    checkpoint(&mut c, &store, 1);
+    let dest = dir.path().join("copy");
+    let report = store.snapshot(&dest).unwrap();
+    assert_eq!(report.map_fields, n);
+    let copy = Store::open(&dest).unwrap();
+    assert_eq!(copy.map_fields("op", "k", "m").unwrap(), fields(0..n));
+    let mut fresh = ctx(&copy);
+    assert_eq!(len(&mut fresh, "k") as u64, n);
+    assert_eq!(get(&mut fresh, "k", n - 1), Some(value(n - 1)));
+}

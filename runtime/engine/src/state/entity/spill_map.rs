@@ -39,7 +39,7 @@ pub fn field_size(field: &str, value: &[u8]) -> u64 {
 pub struct MapSpill {
     /// Number of live fields (in rows or memory).
     pub len: u64,
-    /// Size as stored of the live fields ([`field_size`] summed).
+    /// Size as stored of the live fields (`field_size` summed).
     pub bytes: u64,
     /// The part of `bytes` held in memory (the fields set in `changes`;
     /// a deleted field's mark is not counted).

@@ -42,7 +42,7 @@ pub fn spilled_maps(record: &[u8]) -> Result<Vec<(String, u64)>, CorruptRecord> 
 /// whose items are rows of their own, is shown as
 /// `{"spilled": {"start": <index of its oldest item>, "len": <items>}}`;
 /// a spilled map, whose fields are rows of their own, as `{}` (the
-/// caller reads its fields: see [`spilled_maps`]). Errors name what is
+/// caller reads its fields: see `spilled_maps`). Errors name what is
 /// corrupt.
 pub fn record_json(record: &[u8]) -> Result<Value, CorruptRecord> {
     let mut names: Vec<String> = Vec::new();
