@@ -398,6 +398,19 @@ fn with_spilling_off_a_big_map_stays_inline() {
     assert_eq!(store.record("op", "k").unwrap().unwrap()[0], 3, "inline");
     let mut fresh = ctx(&store);
     assert_eq!(entries(&mut fresh, "k"), fields(0..n));
+    // A key spilled before (spilling on) keeps its rows right: its
+    // changes are still written.
+    for i in 0..n {
+        set(&mut fresh, "s", i, &value(i));
+    }
+    checkpoint(&mut fresh, &store, 2);
+    assert_eq!(store.map_field_count("op").unwrap(), n);
+    c.renew_reader(store.reader().unwrap(), store.durable_seq());
+    set(&mut c, "s", n, &value(n));
+    assert!(del(&mut c, "s", 0));
+    checkpoint(&mut c, &store, 3);
+    let mut again = ctx(&store);
+    assert_eq!(entries(&mut again, "s"), fields(1..n + 1));
 }
 
 #[test]

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use compact_str::CompactString;
 
 use crate::config::Limits;
-use crate::state::{Entity, Name, Reader, StateWrite, StoreError, Undo};
+use crate::state::{Entity, Name, Reader, StateWrite, StoreError, Undo, SPILL_BYTES, SPILL_ITEMS};
 
 mod apply;
 mod cache;
@@ -505,8 +505,13 @@ impl OpCtx {
         for i in dirty.drain(..) {
             let (mut lists, mut maps) = (Vec::new(), Vec::new());
             let old = mem(&self.slots[i as usize]);
-            let e = &self.slots[i as usize].entity;
-            if e.has_lists() || e.has_maps() {
+            let s = &self.slots[i as usize];
+            // A key with nothing spilled whose whole state is under both
+            // thresholds has no list or map to spill: skipped.
+            if s.entity.has_spill()
+                || ((s.entity.has_lists() || s.entity.has_maps())
+                    && (s.size as u64 > SPILL_BYTES || s.entity.longest() > SPILL_ITEMS))
+            {
                 self.hand_over_rows(i, &mut lists, &mut maps);
             }
             let slot = &mut self.slots[i as usize];
@@ -551,10 +556,13 @@ impl OpCtx {
         out: &mut Vec<crate::state::ListRows>,
         maps: &mut Vec<crate::state::MapRows>,
     ) {
-        if !self.limits.spill {
+        let s = &mut self.slots[slot as usize];
+        // With spilling off nothing new spills; a key whose lists or maps
+        // spilled before (a state directory written with it on) still
+        // hands its rows over, or their changes would never be written.
+        if !self.limits.spill && !s.entity.has_spill() {
             return;
         }
-        let s = &mut self.slots[slot as usize];
         if let Some(r) = &self.reader {
             for (n, rows) in s.entity.unspill_candidates() {
                 let mut items = Vec::new();

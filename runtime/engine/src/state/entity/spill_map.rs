@@ -151,6 +151,16 @@ impl Entity {
             .is_some_and(|x| !x.maps.is_empty() || !x.gone_maps.is_empty())
     }
 
+    /// The most items or fields a list or map of the key has.
+    pub fn longest(&self) -> u64 {
+        let x = self.x();
+        let lists = x.lists.iter().map(|(_, l)| l.len());
+        lists
+            .chain(x.maps.iter().map(|(_, m)| m.len()))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Sets `field` of map `name`. `old` is the length of the field's
     /// value before, when it had one (the caller read it from the row when
     /// the map is spilled and memory does not know it: see [`Map::field`]);
