@@ -296,13 +296,13 @@ fn kill_9_while_a_big_map_grows_then_restart_gives_exact_state() {
     assert_catalog_state(dir.path(), big, &small);
 }
 
-/// The Python and JavaScript twins of the catalog operator
-/// (`tests/fixtures/{python,js}/catalog`) read a spilled map by field and
-/// by range through their SDKs' `Map.range`: every read checked, and the
-/// outputs and stored fields the Rust one gives.
+/// The Python, JavaScript and C twins of the catalog operator
+/// (`tests/fixtures/{python,js,c}/catalog`) read a spilled map by field
+/// and by range through their SDKs (`Map.range`, `eddy_map_range`): every
+/// read checked, and the outputs and stored fields the Rust one gives.
 #[test]
-fn python_and_javascript_page_through_a_spilled_map() {
-    for lang in [eddy_build::Lang::Python, eddy_build::Lang::Js] {
+fn python_javascript_and_c_page_through_a_spilled_map() {
+    for lang in [eddy_build::Lang::Python, eddy_build::Lang::Js, eddy_build::Lang::C] {
         let Some(component) = crate::languages::built(lang, "catalog", None) else {
             continue;
         };
