@@ -302,7 +302,11 @@ fn kill_9_while_a_big_map_grows_then_restart_gives_exact_state() {
 /// read checked, and the outputs and stored fields the Rust one gives.
 #[test]
 fn python_javascript_and_c_page_through_a_spilled_map() {
-    for lang in [eddy_build::Lang::Python, eddy_build::Lang::Js, eddy_build::Lang::C] {
+    for lang in [
+        eddy_build::Lang::Python,
+        eddy_build::Lang::Js,
+        eddy_build::Lang::C,
+    ] {
         let Some(component) = crate::languages::built(lang, "catalog", None) else {
             continue;
         };

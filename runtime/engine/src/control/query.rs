@@ -190,3 +190,72 @@ fn names(state: &Value) -> String {
         false => all.join(", "),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Checkpoint, Entity, StateWrite};
+
+    /// Commits key `key` of operator `op` with map `m` of `n` fields
+    /// (`f00000` = 0, ...), spilled as a barrier spills it.
+    fn spilled_map(store: &Store, key: &str, n: u64) {
+        let names: Vec<Box<str>> = vec!["m".into(), "v".into()];
+        let mut e = Entity::default();
+        let mut j = Vec::new();
+        e.set(1, b"7", &mut j);
+        for i in 0..n {
+            e.map_set(
+                0,
+                format!("f{i:05}"),
+                i.to_string().into_bytes(),
+                None,
+                &mut j,
+            );
+        }
+        let mut maps = Vec::new();
+        e.hand_over_maps(&names, &mut maps);
+        assert_eq!(maps.len(), 1, "spilled");
+        let mut record = Vec::new();
+        e.encode(&names, &mut record);
+        let cp = Checkpoint {
+            seq: 1,
+            writes: vec![StateWrite {
+                operator: "op".into(),
+                key: key.into(),
+                record: Some(record),
+                lists: Vec::new(),
+                maps,
+            }],
+            ..Default::default()
+        };
+        store.commit(&cp).unwrap();
+    }
+
+    #[test]
+    fn a_spilled_map_is_shown_whole_up_to_the_bound_then_by_its_first_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        spilled_map(&store, "small", 600);
+        let shown = state_get(&store, "op", "small", None).unwrap();
+        let want: serde_json::Map<String, Value> =
+            (0..600).map(|i| (format!("f{i:05}"), i.into())).collect();
+        assert_eq!(shown["maps"]["m"], Value::Object(want.clone()));
+        assert_eq!(shown["values"]["v"], 7);
+        assert_eq!(
+            state_get(&store, "op", "small", Some("m")).unwrap(),
+            Value::Object(want)
+        );
+        let n = MAX_MAP_SHOWN + 1;
+        spilled_map(&store, "big", n);
+        let shown = state_get(&store, "op", "big", Some("m")).unwrap();
+        assert_eq!(shown["len"], n);
+        let first = shown["first"].as_object().unwrap();
+        assert_eq!(first.len() as u64, SHOWN_ENDS);
+        assert_eq!(first["f00000"], 0);
+        assert_eq!(first["f00099"], 99);
+        let scan = state_scan(&store, "op", "", 10).unwrap();
+        assert_eq!(scan.keys.len(), 2);
+        assert_eq!(scan.keys[0].state["maps"]["m"]["len"], n);
+        assert_eq!(scan.keys[1].state["maps"]["m"]["f00599"], 599);
+    }
+}
