@@ -44,6 +44,7 @@ const WORKSPACES: &[(&str, &str, &str, &[&str])] = &[
             "delay",
             "window_faulty",
             "history",
+            "catalog",
         ],
     ),
 ];

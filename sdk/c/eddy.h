@@ -407,6 +407,27 @@ static inline uint32_t eddy_map_len(const char *name) {
   return eddy_operator_state_map_len(&n);
 }
 
+/* A page of map `name`: at most `limit` fields from field `start` on
+ * (`start_len` bytes; inclusive; "" for the first field), sorted by field,
+ * into `out`: field i is `out->ptr[i].f0` and its value `out->ptr[i].f1`
+ * (each `.ptr` / `.len`, not NUL-terminated); release them with
+ * eddy_fields_free. Only those fields are read, whatever the map's size:
+ * the next page starts at the last field with its terminating NUL byte,
+ * `eddy_map_range(name, f, strlen(f) + 1, limit, out)`. */
+typedef operator_list_tuple2_string_list_u8_t eddy_fields;
+static inline void eddy_map_range(const char *name, const char *start, size_t start_len,
+                                  uint32_t limit, eddy_fields *out) {
+  if (eddy__B.active) {
+    eddy__B.stop = true;
+    out->ptr = NULL;
+    out->len = 0;
+    return;
+  }
+  operator_string_t n = eddy__s(name), s = {(uint8_t *)start, start_len};
+  eddy_operator_state_map_range(&n, &s, limit, out);
+}
+static inline void eddy_fields_free(eddy_fields *f) { operator_list_tuple2_string_list_u8_free(f); }
+
 /* Append-only lists. Items of eddy_list_range are `items.ptr[i].ptr` /
  * `items.ptr[i].len`, oldest first; release them with eddy_items_free. */
 typedef operator_list_list_u8_t eddy_items;

@@ -1477,7 +1477,17 @@ class MapHandle {
     if (batch !== null) batch.stop();
     return state.mapDelete(this.name, field);
   }
-  /** All [field, value] pairs, sorted by field. */
+  /**
+   * At most `limit` [field, value] pairs from field `start` on (inclusive;
+   * "" for the first field), sorted by field. Only those are read,
+   * whatever the map's size: the next page starts at `field + "\0"` after
+   * the last field returned.
+   */
+  range(start = "", limit = 100) {
+    if (batch !== null) batch.stop();
+    return state.mapRange(this.name, start, limit).map(([k, bytes]) => [k, decode(this.name, bytes, this.shape)]);
+  }
+  /** All [field, value] pairs, sorted by field (every field is read: page through a big map with `range`). */
   entries() {
     if (batch !== null) batch.stop();
     return state.mapEntries(this.name).map(([k, bytes]) => [k, decode(this.name, bytes, this.shape)]);

@@ -723,8 +723,17 @@ class Map:
         """Removes `field`; returns whether it existed."""
         return _state.map_delete(self.name, field)
 
+    def range(self, start="", limit=100):
+        """At most `limit` `(field, value)` pairs from field `start` on
+        (inclusive; `""` for the first field), sorted by field. Only those
+        are read, whatever the map's size: the next page starts at
+        `field + "\\0"` after the last field returned."""
+        return [(k, _decode_state(self.name, self.tp, b))
+                for k, b in _state.map_range(self.name, start, limit)]
+
     def entries(self):
-        """All `(field, value)` pairs, sorted by field."""
+        """All `(field, value)` pairs, sorted by field (every field is
+        read: page through a big map with `range`)."""
         return [(k, _decode_state(self.name, self.tp, b))
                 for k, b in _state.map_entries(self.name)]
 
@@ -951,7 +960,7 @@ class _Batch:
         self.stopped = True
         raise _Stop()
 
-    map_get = map_set = map_delete = map_entries = map_len = stop
+    map_get = map_set = map_delete = map_entries = map_range = map_len = stop
     list_push = list_len = list_range = list_trim = clear = stop
 
     # ---- output.emit ---------------------------------------------------------

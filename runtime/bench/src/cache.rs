@@ -75,6 +75,22 @@ pub struct BenchCacheArgs {
     /// of 100 items.
     #[arg(long)]
     pub lists_only: bool,
+    /// The catalog component (`tests/fixtures/catalog`: each event sets a
+    /// field of its key's map and reads it by field and by range) for the
+    /// big-map cases.
+    #[arg(
+        long,
+        default_value = "tests/fixtures/target/wasm32-wasip2/release/catalog.wasm"
+    )]
+    pub catalog: PathBuf,
+    /// Fields of the big map (events of the big-map cases).
+    #[arg(long, default_value_t = 500_000)]
+    pub map_fields: u64,
+    /// Run only the big-map cases: one key whose map grows to
+    /// `--map-fields` fields, against the same events over keys with maps
+    /// of 100 fields (the budget is `--list-budget`).
+    #[arg(long)]
+    pub maps_only: bool,
 }
 
 /// What one `eddy run` did.
@@ -150,6 +166,7 @@ fn run_case(
     let exe = std::env::current_exe().context("this program's path")?;
     let operator = match input.file_name().and_then(|n| n.to_str()) {
         Some(n) if n.starts_with("list-") => format!("hist={}", a.history.display()),
+        Some(n) if n.starts_with("map-") => format!("cat={}", a.catalog.display()),
         _ => format!("counter={}", a.component.display()),
     };
     let child = Command::new(exe)
@@ -231,6 +248,9 @@ pub fn run(a: BenchCacheArgs) -> Result<()> {
     }
     if a.lists_only {
         return list_cases(&a, dir.path());
+    }
+    if a.maps_only {
+        return map_cases(&a, dir.path());
     }
     println!(
         "bench-cache: keyed counter, {} events a case, {workers} workers, each case a separate `eddy run` (peak RSS of the whole process)",
@@ -314,6 +334,56 @@ pub fn run(a: BenchCacheArgs) -> Result<()> {
     if a.history.is_file() {
         list_cases(&a, dir.path())?;
     }
+    if a.catalog.is_file() {
+        map_cases(&a, dir.path())?;
+    }
+    Ok(())
+}
+
+/// The big-map cases (one worker): one key whose map grows to
+/// `map_fields` fields, read by field and by range at every event,
+/// against the same number of events over keys whose maps stay at 100
+/// fields.
+fn map_cases(a: &BenchCacheArgs, dir: &Path) -> Result<()> {
+    if !a.catalog.is_file() {
+        bail!(
+            "component {} not found: build it with `cd tests/fixtures && cargo build --release --target wasm32-wasip2`",
+            a.catalog.display()
+        );
+    }
+    let n = a.map_fields;
+    println!(
+        "bench-cache: big maps, {n} events a case (set, len, get and a range of 3 from a field at random, every 10th a set over it), 1 worker, budget {}",
+        a.list_budget
+    );
+    let write = |path: &Path, keys: u64| -> Result<()> {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for i in 0..n {
+            writeln!(f, "{{\"key\":\"k{}\",\"v\":{}}}", i % keys, i / keys)?;
+        }
+        Ok(f.flush()?)
+    };
+    let small = dir.join("map-small.jsonl");
+    write(&small, (n / 100).max(1))?;
+    let s = run_case(a, dir, &small, &a.list_budget, 1)?;
+    let _ = std::fs::remove_file(&small);
+    println!(
+        "  {} keys, maps of 100 fields:  {:>9.0} events/s, peak RSS {:>6.0} MiB; {}",
+        (n / 100).max(1),
+        s.rate,
+        mib(s.rss),
+        s.cache
+    );
+    let big = dir.join("map-big.jsonl");
+    write(&big, 1)?;
+    let b = run_case(a, dir, &big, &a.list_budget, 1)?;
+    let _ = std::fs::remove_file(&big);
+    println!(
+        "  1 key, a map of {n} fields:  {:>9.0} events/s ({:.3}x small maps), peak RSS {:>6.0} MiB",
+        b.rate,
+        b.rate / s.rate,
+        mib(b.rss)
+    );
     Ok(())
 }
 

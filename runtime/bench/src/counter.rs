@@ -436,6 +436,7 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
                     key: format!("k{k:08}").into(),
                     record: Some(rec),
                     lists: Vec::new(),
+                    maps: Vec::new(),
                 });
             }
             store.commit(&cp)?;

@@ -296,6 +296,7 @@ mod tests {
             key: "k".into(),
             record: None,
             lists: Vec::new(),
+            maps: Vec::new(),
         });
         w.submit(cp, vec![()]).unwrap();
         assert!(w.wait().unwrap().result.is_ok());

@@ -81,9 +81,9 @@ pub use route::{key_group, route, KEY_GROUPS};
 pub use source::{decode, read_lines, Chunk, DecodeError, Decoded, End, Follow, ReadError};
 pub use state::{
     component_hash, record_json, value_json, Checkpoint, CorruptRecord, Entity, List, ListRows,
-    Reader, SnapshotError, SnapshotReport, SnapshotSource, SourcePos, Spill, StateWrite, Store,
-    StoreError, MAX_COMPONENT_BYTES, SHORT_VERSION_ID_LEN, SPILL_BYTES, SPILL_ITEMS, UNSPILL_ITEMS,
-    VERSION_ID_LEN,
+    Map, MapRows, MapSpill, Reader, SnapshotError, SnapshotReport, SnapshotSource, SourcePos,
+    Spill, StateWrite, Store, StoreError, MAX_COMPONENT_BYTES, SHORT_VERSION_ID_LEN, SPILL_BYTES,
+    SPILL_ITEMS, UNSPILL_ITEMS, VERSION_ID_LEN,
 };
 pub use stats::{KafkaPartition, OpStats, SwapPause, WorkerLive};
 pub use swap::{Controller, NotDurable, Refused, ResolveError, SwapReport, Version, Versions};

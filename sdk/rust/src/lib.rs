@@ -405,7 +405,32 @@ impl<V: Serialize + DeserializeOwned> Map<V> {
         state::map_delete(self.name, field)
     }
 
-    /// All fields and values, sorted by field.
+    /// At most `limit` fields and values from field `start` on
+    /// (inclusive; `""` for the first field), sorted by field. Only those
+    /// are read, whatever the map's size: page through a big map with
+    /// [`Map::after`] of the last field returned as the next `start`.
+    pub fn range(&self, start: &str, limit: u32) -> Result<Vec<(String, V)>, Error> {
+        if batch::active() {
+            return Err(batch::stop_error());
+        }
+        state::map_range(self.name, start, limit)
+            .into_iter()
+            .map(|(k, bytes)| Ok((k, decode(self.name, &bytes)?)))
+            .collect()
+    }
+
+    /// The smallest field after `field` (`field` and a 0 byte): the
+    /// `start` of the page after one that ended with `field`.
+    pub fn after(field: &str) -> String {
+        let mut s = String::with_capacity(field.len() + 1);
+        s.push_str(field);
+        s.push('\0');
+        s
+    }
+
+    /// All fields and values, sorted by field. Every field is read (a big
+    /// map's from the state directory): page through a big one with
+    /// [`Map::range`].
     pub fn entries(&self) -> Result<Vec<(String, V)>, Error> {
         if batch::active() {
             return Err(batch::stop_error());

@@ -310,6 +310,7 @@ fn eddy_compact_gives_the_space_of_deleted_state_back() {
             key: format!("key-{i:05}").into(),
             record: keep.then(|| record(i)),
             lists: Vec::new(),
+            maps: Vec::new(),
         };
         store
             .commit(&Checkpoint {

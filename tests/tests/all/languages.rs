@@ -45,7 +45,7 @@ fn source_dir(lang: Lang, op: &str) -> PathBuf {
         Lang::Rust => unreachable!("the Rust operators are built by build.rs"),
     };
     let root = match op {
-        "faulty" | "delay" | "untimed" => repo().join("tests").join("fixtures"),
+        "faulty" | "delay" | "untimed" | "catalog" => repo().join("tests").join("fixtures"),
         _ => repo().join("plugins"),
     };
     root.join(sub).join(op)

@@ -42,10 +42,10 @@ pub struct Limits {
     /// Most pending timers one key may hold (`max_timers_per_key`); a call
     /// that sets one more fails.
     pub max_timers_per_key: usize,
-    /// Long lists spill to rows of their own (not a pipeline file
-    /// setting: Kafka group mode turns it off, its changelog topics carry
-    /// whole records).
-    pub spill_lists: bool,
+    /// Long lists and big maps spill to rows of their own (not a pipeline
+    /// file setting: Kafka group mode turns it off, its changelog topics
+    /// carry whole records).
+    pub spill: bool,
 }
 
 impl Default for Limits {
@@ -62,7 +62,7 @@ impl Default for Limits {
             max_key_state: 64 << 20,
             max_reason: 16 << 10,
             max_timers_per_key: 1024,
-            spill_lists: true,
+            spill: true,
         }
     }
 }

@@ -568,7 +568,7 @@ impl OperatorTable {
             max_key_state: self.max_key_state_bytes.unwrap_or(d.max_key_state),
             max_reason: self.max_reason_bytes.unwrap_or(d.max_reason),
             max_timers_per_key: self.max_timers_per_key.unwrap_or(d.max_timers_per_key),
-            spill_lists: d.spill_lists,
+            spill: d.spill,
         }
     }
 }

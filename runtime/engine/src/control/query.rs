@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::state::{record_json, value_json, Reader, Store};
+use crate::state::{record_json, spilled_maps, value_json, Reader, Store};
 
 /// Most keys one scan returns.
 pub const MAX_SCAN: usize = 10_000;
@@ -61,7 +61,7 @@ pub fn state_get(
     let mut state = record_json(&record).map_err(|e| {
         QueryError::Failed(format!("the record of key {key:?} of {operator:?}: {e}"))
     })?;
-    fill_spilled(&reader, operator, key, &mut state).map_err(failed)?;
+    fill_spilled(&reader, operator, key, &record, &mut state).map_err(failed)?;
     match name {
         None => Ok(state),
         Some(name) => ["values", "maps", "lists"]
@@ -100,7 +100,7 @@ pub fn state_scan(
             let mut state = record_json(&record).map_err(|e| {
                 QueryError::Failed(format!("the record of key {key:?} of {operator:?}: {e}"))
             })?;
-            fill_spilled(&reader, operator, &key, &mut state).map_err(failed)?;
+            fill_spilled(&reader, operator, &key, &record, &mut state).map_err(failed)?;
             Ok(KeyState { key, state })
         })
         .collect::<Result<_, QueryError>>()?;
@@ -115,14 +115,40 @@ pub const MAX_LIST_SHOWN: u64 = 10_000;
 /// Items shown at each end of a list longer than [`MAX_LIST_SHOWN`].
 pub const SHOWN_ENDS: u64 = 100;
 
-/// Replaces each spilled list of `state` (as [`record_json`] shows it) by
-/// its items, read from `reader` (the one that read the record).
+/// Most fields of a spilled map a query shows whole; a bigger one is
+/// shown as `{"len": N, "first": {..}}` with its first [`SHOWN_ENDS`]
+/// fields.
+pub const MAX_MAP_SHOWN: u64 = 10_000;
+
+/// Replaces each spilled list and map of `state` (as [`record_json`]
+/// shows `record`) by its items or fields, read from `reader` (the one
+/// that read the record).
 fn fill_spilled(
     reader: &Reader,
     operator: &str,
     key: &str,
+    record: &[u8],
     state: &mut Value,
 ) -> Result<(), crate::state::StoreError> {
+    // `record_json` decoded the same record: it is not corrupt.
+    for (name, len) in spilled_maps(record).unwrap_or_default() {
+        let shown = len.min(if len <= MAX_MAP_SHOWN {
+            MAX_MAP_SHOWN
+        } else {
+            SHOWN_ENDS
+        });
+        let mut fields = serde_json::Map::new();
+        reader.map_fields(operator, key, &name, "", &mut |f, v| {
+            fields.insert(f.to_string(), value_json(v));
+            (fields.len() as u64) < shown
+        })?;
+        let fields = Value::Object(fields);
+        state["maps"][name.as_str()] = if len <= MAX_MAP_SHOWN {
+            fields
+        } else {
+            serde_json::json!({ "len": len, "first": fields })
+        };
+    }
     let Some(lists) = state.get_mut("lists").and_then(Value::as_object_mut) else {
         return Ok(());
     };
@@ -162,5 +188,74 @@ fn names(state: &Value) -> String {
     match all.is_empty() {
         true => "nothing".into(),
         false => all.join(", "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Checkpoint, Entity, StateWrite};
+
+    /// Commits key `key` of operator `op` with map `m` of `n` fields
+    /// (`f00000` = 0, ...), spilled as a barrier spills it.
+    fn spilled_map(store: &Store, key: &str, n: u64) {
+        let names: Vec<Box<str>> = vec!["m".into(), "v".into()];
+        let mut e = Entity::default();
+        let mut j = Vec::new();
+        e.set(1, b"7", &mut j);
+        for i in 0..n {
+            e.map_set(
+                0,
+                format!("f{i:05}"),
+                i.to_string().into_bytes(),
+                None,
+                &mut j,
+            );
+        }
+        let mut maps = Vec::new();
+        e.hand_over_maps(&names, &mut maps);
+        assert_eq!(maps.len(), 1, "spilled");
+        let mut record = Vec::new();
+        e.encode(&names, &mut record);
+        let cp = Checkpoint {
+            seq: 1,
+            writes: vec![StateWrite {
+                operator: "op".into(),
+                key: key.into(),
+                record: Some(record),
+                lists: Vec::new(),
+                maps,
+            }],
+            ..Default::default()
+        };
+        store.commit(&cp).unwrap();
+    }
+
+    #[test]
+    fn a_spilled_map_is_shown_whole_up_to_the_bound_then_by_its_first_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        spilled_map(&store, "small", 600);
+        let shown = state_get(&store, "op", "small", None).unwrap();
+        let want: serde_json::Map<String, Value> =
+            (0..600).map(|i| (format!("f{i:05}"), i.into())).collect();
+        assert_eq!(shown["maps"]["m"], Value::Object(want.clone()));
+        assert_eq!(shown["values"]["v"], 7);
+        assert_eq!(
+            state_get(&store, "op", "small", Some("m")).unwrap(),
+            Value::Object(want)
+        );
+        let n = MAX_MAP_SHOWN + 1;
+        spilled_map(&store, "big", n);
+        let shown = state_get(&store, "op", "big", Some("m")).unwrap();
+        assert_eq!(shown["len"], n);
+        let first = shown["first"].as_object().unwrap();
+        assert_eq!(first.len() as u64, SHOWN_ENDS);
+        assert_eq!(first["f00000"], 0);
+        assert_eq!(first["f00099"], 99);
+        let scan = state_scan(&store, "op", "", 10).unwrap();
+        assert_eq!(scan.keys.len(), 2);
+        assert_eq!(scan.keys[0].state["maps"]["m"]["len"], n);
+        assert_eq!(scan.keys[1].state["maps"]["m"]["f00599"], 599);
     }
 }

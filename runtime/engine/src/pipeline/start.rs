@@ -87,10 +87,10 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
     if let Input::Kafka(i) = &p.input {
         if i.group_mode {
             check_group_mode(p, i, &operators)?;
-            // The changelog topics carry whole records: no list spills to
-            // rows of its own.
+            // The changelog topics carry whole records: no list or map
+            // spills to rows of its own.
             for op in &mut operators {
-                op.limits.spill_lists = false;
+                op.limits.spill = false;
             }
         }
     }

@@ -13,8 +13,9 @@ mod entity;
 mod store;
 
 pub use entity::{
-    check_record, item_size, record_json, value_json, CorruptRecord, Entity, List, ListRows, Name,
-    Spill, Undo, RECORD_OVERHEAD, SPILL_BYTES, SPILL_ITEMS, UNSPILL_ITEMS,
+    check_record, item_size, record_json, spilled_maps, value_json, CorruptRecord, Entity, Field,
+    List, ListRows, Map, MapRows, MapSpill, Name, Spill, Undo, RECORD_OVERHEAD, SPILL_BYTES,
+    SPILL_ITEMS, UNSPILL_ITEMS,
 };
 pub use store::{
     component_hash, component_hash_of, create_private_dir, euid, is_short_version_id,

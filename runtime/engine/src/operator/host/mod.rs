@@ -30,7 +30,7 @@ use std::sync::Arc;
 use compact_str::CompactString;
 
 use crate::config::Limits;
-use crate::state::{Entity, Name, Reader, StateWrite, StoreError, Undo};
+use crate::state::{Entity, Name, Reader, StateWrite, StoreError, Undo, SPILL_BYTES, SPILL_ITEMS};
 
 mod apply;
 mod cache;
@@ -152,6 +152,9 @@ pub struct OpCtx {
     /// once the reader sees that checkpoint, the items leave memory
     /// ([`OpCtx::renew_reader`]).
     flushed: Vec<u32>,
+    /// A field of a spilled map read from its row, for `map-get` to
+    /// lend out.
+    scratch: Vec<u8>,
     /// How many events of each (input line, key hash) drew random numbers
     /// so far, so that each event gets its own seed (see
     /// [`OpCtx::draw_index`]); cleared at each checkpoint barrier, which no
@@ -204,6 +207,7 @@ impl OpCtx {
             size_at_begin: 0,
             mem_at_begin: 0,
             flushed: Vec::new(),
+            scratch: Vec::new(),
             draws: Default::default(),
             limits,
             generation: 0,
@@ -499,10 +503,16 @@ impl OpCtx {
         self.cache.dirty_bytes = 0;
         let mut dirty = std::mem::take(&mut self.dirty);
         for i in dirty.drain(..) {
-            let mut lists = Vec::new();
+            let (mut lists, mut maps) = (Vec::new(), Vec::new());
             let old = mem(&self.slots[i as usize]);
-            if self.slots[i as usize].entity.has_lists() {
-                self.hand_over_lists(i, &mut lists);
+            let s = &self.slots[i as usize];
+            // A key with nothing spilled whose whole state is under both
+            // thresholds has no list or map to spill: skipped.
+            if s.entity.has_spill()
+                || ((s.entity.has_lists() || s.entity.has_maps())
+                    && (s.size as u64 > SPILL_BYTES || s.entity.longest() > SPILL_ITEMS))
+            {
+                self.hand_over_rows(i, &mut lists, &mut maps);
             }
             let slot = &mut self.slots[i as usize];
             slot.dirty = false;
@@ -517,9 +527,9 @@ impl OpCtx {
                     .encode_tagged(slot.generation, &self.names, &mut buf);
                 Some(buf)
             };
-            if !lists.is_empty() {
-                // Spilling or bringing a list back changed the record's
-                // length, and what is in memory.
+            if !lists.is_empty() || !maps.is_empty() {
+                // Spilling or bringing a list or map back changed the
+                // record's length, and what is in memory.
                 slot.size = record.as_ref().map_or(RECORD_HEADER, Vec::len)
                     + slot.entity.spilled_bytes() as usize;
                 let new = mem(slot);
@@ -530,20 +540,29 @@ impl OpCtx {
                 key: slot.key.as_str().into(),
                 record,
                 lists,
+                maps,
             });
         }
         self.dirty = dirty;
     }
 
-    /// Hands the lists of the key in `slot` over at a barrier (see
-    /// [`Entity::hand_over`]): first the small spilled lists whose items
-    /// can come back in memory are read back (a read error only leaves
-    /// them spilled).
-    fn hand_over_lists(&mut self, slot: u32, out: &mut Vec<crate::state::ListRows>) {
-        if !self.limits.spill_lists {
+    /// Hands the lists and maps of the key in `slot` over at a barrier
+    /// (see [`Entity::hand_over`] and [`Entity::hand_over_maps`]): first
+    /// the small spilled lists and maps whose rows can come back in memory
+    /// are read back (a read error only leaves them spilled).
+    fn hand_over_rows(
+        &mut self,
+        slot: u32,
+        out: &mut Vec<crate::state::ListRows>,
+        maps: &mut Vec<crate::state::MapRows>,
+    ) {
+        let s = &mut self.slots[slot as usize];
+        // With spilling off nothing new spills; a key whose lists or maps
+        // spilled before (a state directory written with it on) still
+        // hands its rows over, or their changes would never be written.
+        if !self.limits.spill && !s.entity.has_spill() {
             return;
         }
-        let s = &mut self.slots[slot as usize];
         if let Some(r) = &self.reader {
             for (n, rows) in s.entity.unspill_candidates() {
                 let mut items = Vec::new();
@@ -560,7 +579,26 @@ impl OpCtx {
                 }
             }
         }
+        if let Some(r) = &self.reader {
+            for n in s.entity.map_unspill_candidates() {
+                let mut rows = Vec::new();
+                let read = r.map_fields(
+                    &self.name,
+                    &s.key,
+                    &self.names[n as usize],
+                    "",
+                    &mut |f, v| {
+                        rows.push((f.to_string(), v.to_vec()));
+                        true
+                    },
+                );
+                if read.is_ok() {
+                    s.entity.map_unspill(n, rows);
+                }
+            }
+        }
         s.entity.hand_over(&self.names, out);
+        s.entity.hand_over_maps(&self.names, maps);
         if s.entity.has_spill() {
             self.flushed.push(slot);
         }
@@ -584,3 +622,5 @@ impl OpCtx {
 
 #[cfg(test)]
 mod big_lists;
+#[cfg(test)]
+mod big_maps;

@@ -2,7 +2,7 @@
 //! being handled, on its key only, journaled for undo.
 
 use crate::operator::wasm::bindings::eddy::operator::state;
-use crate::state::{item_size, Name};
+use crate::state::{item_size, Field, Name};
 
 use super::index::{intern, lookup};
 use super::{
@@ -74,18 +74,68 @@ impl OpCtx {
         Ok(removed)
     }
 
-    /// `state.map-get`: field `field` of map `name`, if any.
+    /// Reads field `field` of spilled map `name` of the key in slot `i`
+    /// from its row into `self.scratch`; whether it is stored.
+    fn read_field(&mut self, i: usize, name: Name, field: &str) -> Result<bool, HostError> {
+        let reader = self.reader.as_ref().ok_or(HostError::NoStore)?;
+        let scratch = &mut self.scratch;
+        scratch.clear();
+        Ok(reader.map_field(
+            &self.name,
+            &self.slots[i].key,
+            &self.names[name as usize],
+            field,
+            &mut |v| scratch.extend_from_slice(v),
+        )?)
+    }
+
+    /// Whether the key in slot `i` has map `name`, and the length of the
+    /// value of its `field` (`None`: no such field), read from the field's
+    /// row when the map is spilled and memory does not know it.
+    fn map_old(
+        &mut self,
+        i: usize,
+        name: Option<Name>,
+        field: &str,
+    ) -> Result<(bool, Option<usize>), HostError> {
+        let Some(n) = name else {
+            return Ok((false, None));
+        };
+        let Some(map) = self.slots[i].entity.map(n) else {
+            return Ok((false, None));
+        };
+        match map.field(field) {
+            Field::Here(v) => Ok((true, v.map(<[u8]>::len))),
+            Field::InRows => Ok((
+                true,
+                self.read_field(i, n, field)?.then_some(self.scratch.len()),
+            )),
+        }
+    }
+
+    /// `state.map-get`: field `field` of map `name`, if any. A field of a
+    /// spilled map is read from its row when memory does not hold it.
     pub fn map_get(&mut self, name: &str, field: &str) -> Result<Option<&[u8]>, HostError> {
         let i = self.current()?;
         let Some(name) = self.lookup(name) else {
             return Ok(None);
         };
         self.ttl_read(name);
-        Ok(self.slots[i]
-            .entity
-            .map(name)
-            .and_then(|m| m.get(field))
-            .map(|v| &v[..]))
+        let Some(map) = self.slots[i].entity.map(name) else {
+            return Ok(None);
+        };
+        if map.field(field) != Field::InRows {
+            return Ok(self.slots[i]
+                .entity
+                .map(name)
+                .and_then(|m| match m.field(field) {
+                    Field::Here(v) => v,
+                    Field::InRows => None,
+                }));
+        }
+        Ok(self
+            .read_field(i, name, field)?
+            .then_some(&self.scratch[..]))
     }
 
     /// `state.map-set`: sets field `field` of map `name`.
@@ -94,11 +144,9 @@ impl OpCtx {
         self.check_size(value.len())?;
         self.check_state_name(name.as_bytes())?;
         self.check_name("map field", field.as_bytes())?;
-        let slot = &self.slots[i];
-        let map = self.lookup(name).and_then(|n| slot.entity.map(n));
-        let old = map.and_then(|m| m.get(&field)).map(Vec::len);
-        let mut size = slot.size;
-        if map.is_none() {
+        let (has_map, old) = self.map_old(i, self.lookup(name), &field)?;
+        let mut size = self.slots[i].size;
+        if !has_map {
             size += MAP_ENTRY + name.len();
         }
         size = match old {
@@ -110,7 +158,7 @@ impl OpCtx {
         self.check_held(size, held)?;
         let name = self.name_id(name);
         let slot = &mut self.slots[i];
-        slot.entity.map_set(name, field, value, &mut self.undo);
+        slot.entity.map_set(name, field, value, old, &mut self.undo);
         slot.size = size;
         self.held += held;
         self.ttl_wrote(name);
@@ -123,14 +171,11 @@ impl OpCtx {
         let Some(name) = self.lookup(name) else {
             return Ok(false);
         };
+        let (_, old) = self.map_old(i, Some(name), field)?;
         let slot = &mut self.slots[i];
-        let old = slot
-            .entity
-            .map(name)
-            .and_then(|m| m.get(field))
-            .map_or(0, Vec::len);
-        let removed = slot.entity.map_delete(name, field, &mut self.undo);
+        let removed = slot.entity.map_delete(name, field, old, &mut self.undo);
         if removed {
+            let old = old.unwrap_or(0);
             slot.size = slot.size.saturating_sub(FIELD_ENTRY + field.len() + old);
             self.held += field.len() + old;
             self.ttl_wrote(name);
@@ -153,18 +198,102 @@ impl OpCtx {
         Ok(removed)
     }
 
-    /// `state.map-entries`: every field of map `name`, in field order.
+    /// The fields of map `name` of the key in slot `i` from `from` on, at
+    /// most `limit`, in field order: of a spilled map, its rows from
+    /// `from` on (read only as far as needed) overlaid with the changes in
+    /// memory.
+    fn map_fields_from(
+        &self,
+        i: usize,
+        name: Name,
+        from: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, HostError> {
+        let slot = &self.slots[i];
+        let Some(map) = slot.entity.map(name) else {
+            return Ok(Vec::new());
+        };
+        if map.spill().is_none() {
+            return Ok(map
+                .fields()
+                .range::<str, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+                .take(limit)
+                .map(|(f, v)| (f.clone(), v.clone()))
+                .collect());
+        }
+        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let mut changes = map.changes_from(from).peekable();
+        let reader = self.reader.as_ref().ok_or(HostError::NoStore)?;
+        reader.map_fields(
+            &self.name,
+            &slot.key,
+            &self.names[name as usize],
+            from,
+            &mut |f, v| {
+                // The changes before this row, then the row unless a
+                // change replaced or deleted it.
+                let mut row = Some(v);
+                while let Some(&(cf, cv)) = changes.peek() {
+                    if cf > f {
+                        break;
+                    }
+                    changes.next();
+                    if cf == f {
+                        row = None;
+                    }
+                    if let Some(cv) = cv {
+                        out.push((cf.to_string(), cv.to_vec()));
+                        if out.len() >= limit {
+                            return false;
+                        }
+                    }
+                }
+                if let Some(v) = row {
+                    out.push((f.to_string(), v.to_vec()));
+                }
+                out.len() < limit
+            },
+        )?;
+        for (f, v) in changes {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(v) = v {
+                out.push((f.to_string(), v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `state.map-entries`: every field of map `name`, in field order (of
+    /// a spilled map, every row is read).
     pub fn map_entries(&mut self, name: &str) -> Result<Vec<(String, Vec<u8>)>, HostError> {
         let i = self.current()?;
         let Some(name) = self.lookup(name) else {
             return Ok(Vec::new());
         };
         self.ttl_read(name);
-        Ok(self.slots[i]
-            .entity
-            .map(name)
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default())
+        self.map_fields_from(i, name, "", usize::MAX)
+    }
+
+    /// `state.map-range`: at most `limit` fields of map `name` from field
+    /// `from` on (inclusive), in field order; of a spilled map, only those
+    /// rows are read.
+    pub fn map_range(
+        &mut self,
+        name: &str,
+        from: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, HostError> {
+        let i = self.current()?;
+        let Some(name) = self.lookup(name) else {
+            return Ok(Vec::new());
+        };
+        self.ttl_read(name);
+        self.map_fields_from(i, name, from, limit as usize)
     }
 
     /// `state.map-len`: the number of fields of map `name`.
@@ -322,6 +451,14 @@ impl state::Host for OpCtx {
     }
     fn map_len(&mut self, name: String) -> wasmtime::Result<u32> {
         OpCtx::map_len(self, &name).map_err(trap)
+    }
+    fn map_range(
+        &mut self,
+        name: String,
+        from: String,
+        limit: u32,
+    ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+        OpCtx::map_range(self, &name, &from, limit).map_err(trap)
     }
     fn list_push(&mut self, name: String, item: Vec<u8>) -> wasmtime::Result<u32> {
         OpCtx::list_push(self, &name, item).map_err(trap)

@@ -1,11 +1,13 @@
 //! Components built against an earlier version of the contract.
 //!
 //! Contract 0.2.0 changed only `handle-batch` (a typed batch instead of
-//! 0.1.0's byte frame); 0.3.0 only added the `timers` interface and the
-//! `on-timer` export. The `state`, `output`, `log` and `types` interfaces
-//! and the `init`, `handle` and `migrate` exports are the same in all
-//! three. So a component built for an earlier contract is linked to the
-//! same host functions under its interfaces' old names; it has no timers.
+//! 0.1.0's byte frame); 0.3.0 added the `timers` interface, the
+//! `on-timer` export and `state.map-range` (a 0.3.0 component built before
+//! `map-range` does not import it, and loads as is). The `output`, `log`
+//! and `types` interfaces, the rest of `state` and the `init`, `handle`
+//! and `migrate` exports are the same in all three. So a component built
+//! for an earlier contract is linked to the same host functions under its
+//! interfaces' old names; it has no timers and no `map-range`.
 //! One built for 0.1.0 runs on the per-event path (its `handle-batch`, of
 //! the old type, is never called); one built for 0.2.0 keeps the batched
 //! path, whose types did not change from 0.2.0 to 0.3.0.

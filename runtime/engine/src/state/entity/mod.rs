@@ -16,6 +16,11 @@
 //! items written since (until the checkpoint that writes them is visible
 //! to the workers' readers); the host reads other items from the rows, so
 //! a list far larger than memory is read by range (see [`List`]).
+//!
+//! Maps spill the same way past the same thresholds (see [`Map`]): their
+//! fields go to rows `(operator, key, map name, field)`, the record keeps
+//! only their count and size, and the entity holds only the fields changed
+//! since their rows were visible to the reader.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -34,6 +39,11 @@ const ENTITY_FORMAT: u8 = 3;
 /// Only records with a spilled list are written in it, so a state
 /// directory without big lists is read by older versions as before.
 const SPILL_FORMAT: u8 = 4;
+
+/// Format of a record with spilled maps: format 4 (its spilled lists
+/// section may be empty) with, after it, a section of spilled maps. Only
+/// records with a spilled map are written in it.
+const MAP_SPILL_FORMAT: u8 = 5;
 
 /// Bytes of an encoded record that do not depend on its contents: format,
 /// generation, the three counts and the trailing CRC-32 (see
@@ -63,19 +73,23 @@ pub struct Entity {
 /// The maps and lists of an [`Entity`].
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Extra {
-    /// Maps by name; fields kept sorted so `map-entries` is ordered.
-    maps: Vec<(Name, BTreeMap<String, Vec<u8>>)>,
+    /// Maps by name.
+    maps: Vec<(Name, Map)>,
     /// Lists by name.
     lists: Vec<(Name, List)>,
     /// Spilled lists removed since the last checkpoint (cleared, expired,
     /// brought back inline): their rows are deleted at the next one.
     gone: Vec<Name>,
+    /// Spilled maps removed since the last checkpoint (cleared, expired,
+    /// brought back inline): their rows are deleted at the next one.
+    gone_maps: Vec<Name>,
 }
 
 static NO_EXTRA: Extra = Extra {
     maps: Vec::new(),
     lists: Vec::new(),
     gone: Vec::new(),
+    gone_maps: Vec::new(),
 };
 
 impl PartialEq for Entity {
@@ -116,6 +130,15 @@ pub enum Undo {
         idx: usize,
         name: Name,
     },
+    /// A field of a spilled map was set or deleted: its change before
+    /// (`None`: unchanged since its row), and the map's `len`, `bytes`
+    /// and `mem_bytes` before.
+    MapSpillChanged {
+        idx: usize,
+        field: String,
+        old: Option<Change>,
+        counts: (u64, u64, u64),
+    },
     ListCreated {
         idx: usize,
     },
@@ -153,7 +176,7 @@ fn record_sum(body: &[u8]) -> u32 {
 pub fn check_record(record: &[u8]) -> Result<(), CorruptRecord> {
     match record.first() {
         Some(1 | 2) => Ok(()),
-        Some(&ENTITY_FORMAT | &SPILL_FORMAT) => {
+        Some(&ENTITY_FORMAT | &SPILL_FORMAT | &MAP_SPILL_FORMAT) => {
             if record.len() < 1 + 4 + 4 {
                 return Err(CorruptRecord("record is truncated"));
             }
@@ -266,7 +289,10 @@ impl Entity {
         }
         if let Some(x) = &mut self.extra {
             if let Some(idx) = find(&x.maps, name) {
-                x.maps.remove(idx);
+                let (name, map) = x.maps.remove(idx);
+                if map.spill.is_some() {
+                    x.gone_maps.push(name);
+                }
                 any = true;
             }
             if let Some(idx) = find(&x.lists, name) {
@@ -281,48 +307,20 @@ impl Entity {
     }
 
     /// The map named `name`.
-    pub fn map(&self, name: Name) -> Option<&BTreeMap<String, Vec<u8>>> {
+    pub fn map(&self, name: Name) -> Option<&Map> {
         find(&self.x().maps, name).map(|i| &self.x().maps[i].1)
     }
 
-    /// Sets `field` of map `name`.
-    pub fn map_set(&mut self, name: Name, field: String, value: Vec<u8>, undo: &mut Vec<Undo>) {
-        let maps = &mut self.x_mut().maps;
-        let idx = match find(maps, name) {
-            Some(idx) => idx,
-            None => {
-                maps.push((name, BTreeMap::new()));
-                undo.push(Undo::MapCreated {
-                    idx: maps.len() - 1,
-                });
-                maps.len() - 1
-            }
-        };
-        let old = maps[idx].1.insert(field.clone(), value);
-        undo.push(Undo::MapFieldSet { idx, field, old });
-    }
-
-    /// Removes `field` of map `name`; whether it existed.
-    pub fn map_delete(&mut self, name: Name, field: &str, undo: &mut Vec<Undo>) -> bool {
-        let Some(idx) = find(&self.x().maps, name) else {
-            return false;
-        };
-        match self.x_mut().maps[idx].1.remove_entry(field) {
-            Some((field, old)) => {
-                undo.push(Undo::MapFieldRemoved { idx, field, old });
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Removes map `name` when it has no field left (so that a key whose
-    /// maps all emptied has no state); whether it did.
+    /// maps all emptied has no state); whether it did. A spilled map is
+    /// left alone (an empty one is removed at the next checkpoint, see
+    /// [`Entity::map_unspill`]).
     pub fn map_drop_empty(&mut self, name: Name, undo: &mut Vec<Undo>) -> bool {
         let Some(idx) = find(&self.x().maps, name) else {
             return false;
         };
-        if !self.x().maps[idx].1.is_empty() {
+        let map = &self.x().maps[idx].1;
+        if map.spill.is_some() || !map.is_empty() {
             return false;
         }
         self.x_mut().maps.remove(idx);
@@ -423,9 +421,25 @@ impl Entity {
                         .map(|(n, _)| *n),
                 )
                 .collect();
+            let gone_maps: Vec<Name> = self
+                .x()
+                .gone_maps
+                .iter()
+                .copied()
+                .chain(
+                    self.x()
+                        .maps
+                        .iter()
+                        .filter(|(_, m)| m.spill.is_some())
+                        .map(|(n, _)| *n),
+                )
+                .collect();
             let old = std::mem::take(self);
             if !gone.is_empty() {
                 self.x_mut().gone = gone;
+            }
+            if !gone_maps.is_empty() {
+                self.x_mut().gone_maps = gone_maps;
             }
             undo.push(Undo::Cleared { old: Box::new(old) });
         }
@@ -444,17 +458,32 @@ impl Entity {
                     self.x_mut().maps.remove(idx);
                 }
                 Undo::MapFieldSet { idx, field, old } => {
-                    let map = &mut self.x_mut().maps[idx].1;
+                    let map = &mut self.x_mut().maps[idx].1.fields;
                     match old {
                         Some(old) => map.insert(field, old),
                         None => map.remove(&field),
                     };
                 }
                 Undo::MapFieldRemoved { idx, field, old } => {
-                    self.x_mut().maps[idx].1.insert(field, old);
+                    self.x_mut().maps[idx].1.fields.insert(field, old);
                 }
                 Undo::MapDropped { idx, name } => {
-                    self.x_mut().maps.insert(idx, (name, BTreeMap::new()));
+                    self.x_mut().maps.insert(idx, (name, Map::default()));
+                }
+                Undo::MapSpillChanged {
+                    idx,
+                    field,
+                    old,
+                    counts,
+                } => {
+                    let map = &mut self.x_mut().maps[idx].1;
+                    if let Some(s) = &mut map.spill {
+                        match old {
+                            Some(c) => s.changes.insert(field, c),
+                            None => s.changes.remove(&field),
+                        };
+                        (s.len, s.bytes, s.mem_bytes) = counts;
+                    }
                 }
                 Undo::ListCreated { idx } => {
                     self.x_mut().lists.remove(idx);
@@ -498,10 +527,15 @@ impl Entity {
     /// endian) names and byte strings, then (format 4, only when the key
     /// has spilled lists) a `u32` count of spilled lists, each its name and
     /// `start`, `end` and stored size as `u64` (its items are rows of
-    /// their own), then a CRC-32 of all of it (`u32` little endian), so a
-    /// damaged record is an error, never wrong state. Spilled lists must
-    /// have been handed over first ([`Entity::hand_over`]): the record
-    /// says their items up to `end` are in rows.
+    /// their own), then (format 5, only when the key has spilled maps;
+    /// its spilled lists section is then always there, maybe empty) a
+    /// `u32` count of spilled maps, each its name and number of fields and
+    /// stored size as `u64` (its fields are rows of their own), then a
+    /// CRC-32 of all of it (`u32` little endian), so a damaged record is an
+    /// error, never wrong state. Spilled lists and maps must have been
+    /// handed over first ([`Entity::hand_over`],
+    /// [`Entity::hand_over_maps`]): the record says their items are in
+    /// rows.
     pub fn encode_tagged(&self, generation: u32, names: &[Box<str>], out: &mut Vec<u8>) {
         let start = out.len();
         let name = |n: &Name| names[*n as usize].as_bytes();
@@ -518,14 +552,17 @@ impl Entity {
         }
         let x = self.x();
         let spilled = x.lists.iter().filter(|(_, l)| l.spill.is_some()).count();
-        if spilled > 0 {
+        let spilled_maps = x.maps.iter().filter(|(_, m)| m.spill.is_some()).count();
+        if spilled_maps > 0 {
+            out[start] = MAP_SPILL_FORMAT;
+        } else if spilled > 0 {
             out[start] = SPILL_FORMAT;
         }
-        out.extend_from_slice(&(x.maps.len() as u32).to_le_bytes());
-        for (n, m) in &x.maps {
+        out.extend_from_slice(&((x.maps.len() - spilled_maps) as u32).to_le_bytes());
+        for (n, m) in x.maps.iter().filter(|(_, m)| m.spill.is_none()) {
             bytes(out, name(n));
-            out.extend_from_slice(&(m.len() as u32).to_le_bytes());
-            for (f, v) in m {
+            out.extend_from_slice(&(m.fields.len() as u32).to_le_bytes());
+            for (f, v) in &m.fields {
                 bytes(out, f.as_bytes());
                 bytes(out, v);
             }
@@ -538,12 +575,23 @@ impl Entity {
                 bytes(out, v);
             }
         }
-        if spilled > 0 {
+        if spilled > 0 || spilled_maps > 0 {
             out.extend_from_slice(&(spilled as u32).to_le_bytes());
             for (n, l) in &x.lists {
                 if let Some(s) = &l.spill {
                     bytes(out, name(n));
                     for v in [s.start, s.mem + l.items.len() as u64, s.bytes] {
+                        out.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
+            }
+        }
+        if spilled_maps > 0 {
+            out.extend_from_slice(&(spilled_maps as u32).to_le_bytes());
+            for (n, m) in &x.maps {
+                if let Some(s) = &m.spill {
+                    bytes(out, name(n));
+                    for v in [s.len, s.bytes] {
                         out.extend_from_slice(&v.to_le_bytes());
                     }
                 }
@@ -592,7 +640,7 @@ impl Entity {
         let generation = match format {
             1 => 0,
             2 => u32_(&mut input)? as u32,
-            ENTITY_FORMAT | SPILL_FORMAT => {
+            ENTITY_FORMAT | SPILL_FORMAT | MAP_SPILL_FORMAT => {
                 input = &input[..input.len() - 4];
                 u32_(&mut input)? as u32
             }
@@ -610,7 +658,13 @@ impl Entity {
                 let f = string(&mut input)?;
                 m.insert(f, bytes(&mut input)?);
             }
-            e.x_mut().maps.push((name, m));
+            e.x_mut().maps.push((
+                name,
+                Map {
+                    fields: m,
+                    spill: None,
+                },
+            ));
         }
         for _ in 0..u32_(&mut input)? {
             let name = intern(&string(&mut input)?);
@@ -627,7 +681,7 @@ impl Entity {
                 },
             ));
         }
-        if format == SPILL_FORMAT {
+        if format == SPILL_FORMAT || format == MAP_SPILL_FORMAT {
             for _ in 0..u32_(&mut input)? {
                 let name = intern(&string(&mut input)?);
                 let mut u64_ = || -> Result<u64, CorruptRecord> {
@@ -652,6 +706,27 @@ impl Entity {
                 ));
             }
         }
+        if format == MAP_SPILL_FORMAT {
+            for _ in 0..u32_(&mut input)? {
+                let name = intern(&string(&mut input)?);
+                let mut u64_ = || -> Result<u64, CorruptRecord> {
+                    Ok(u64::from_le_bytes(take(&mut input, 8)?.try_into().unwrap()))
+                };
+                let (len, bytes) = (u64_()?, u64_()?);
+                e.x_mut().maps.push((
+                    name,
+                    Map {
+                        fields: BTreeMap::new(),
+                        spill: Some(Box::new(MapSpill {
+                            len,
+                            bytes,
+                            mem_bytes: 0,
+                            changes: BTreeMap::new(),
+                        })),
+                    },
+                ));
+            }
+        }
         if !input.is_empty() {
             return Err(CorruptRecord("trailing bytes after the record"));
         }
@@ -660,9 +735,11 @@ impl Entity {
 }
 
 mod spill;
+mod spill_map;
 mod view;
 pub use spill::{item_size, List, ListRows, Spill, SPILL_BYTES, SPILL_ITEMS, UNSPILL_ITEMS};
-pub use view::{record_json, value_json};
+pub use spill_map::{Change, Field, Map, MapRows, MapSpill};
+pub use view::{record_json, spilled_maps, value_json};
 
 #[cfg(test)]
 mod tests;

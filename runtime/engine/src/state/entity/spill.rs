@@ -126,36 +126,44 @@ impl Entity {
             .is_some_and(|x| !x.lists.is_empty() || !x.gone.is_empty())
     }
 
-    /// Whether the key has spilled lists, or rows of removed ones to
-    /// delete.
+    /// Whether the key has spilled lists or maps, or rows of removed ones
+    /// to delete.
     pub fn has_spill(&self) -> bool {
-        self.extra
-            .as_ref()
-            .is_some_and(|x| !x.gone.is_empty() || x.lists.iter().any(|(_, l)| l.spill.is_some()))
+        self.extra.as_ref().is_some_and(|x| {
+            !x.gone.is_empty()
+                || !x.gone_maps.is_empty()
+                || x.lists.iter().any(|(_, l)| l.spill.is_some())
+                || x.maps.iter().any(|(_, m)| m.spill.is_some())
+        })
     }
 
-    /// Size as stored of the spilled items held only in rows (not in
-    /// memory).
+    /// Size as stored of the spilled list items and map fields held only
+    /// in rows (not in memory).
     pub fn row_bytes(&self) -> u64 {
         match &self.extra {
             None => 0,
-            Some(x) => x
-                .lists
-                .iter()
-                .filter_map(|(_, l)| l.spill.map(|s| s.bytes - s.mem_bytes))
-                .sum(),
+            Some(x) => {
+                x.lists
+                    .iter()
+                    .filter_map(|(_, l)| l.spill.map(|s| s.bytes - s.mem_bytes))
+                    .sum::<u64>()
+                    + self.map_row_bytes()
+            }
         }
     }
 
-    /// Size as stored of the spilled lists' items (in rows or memory).
+    /// Size as stored of the spilled lists' items and spilled maps'
+    /// fields (in rows or memory).
     pub fn spilled_bytes(&self) -> u64 {
         match &self.extra {
             None => 0,
-            Some(x) => x
-                .lists
-                .iter()
-                .filter_map(|(_, l)| l.spill.map(|s| s.bytes))
-                .sum(),
+            Some(x) => {
+                x.lists
+                    .iter()
+                    .filter_map(|(_, l)| l.spill.map(|s| s.bytes))
+                    .sum::<u64>()
+                    + self.map_spilled_bytes()
+            }
         }
     }
 
@@ -260,12 +268,14 @@ impl Entity {
         }
     }
 
-    /// Lets go of the spilled items already handed over (once the
-    /// checkpoint that took them is visible to the reader, which then
-    /// serves them); returns their size as stored.
+    /// Lets go of the spilled items and map changes already handed over
+    /// (once the checkpoint that took them is visible to the reader, which
+    /// then serves them); returns their size as stored.
     pub fn drop_flushed(&mut self) -> u64 {
-        let Some(x) = &mut self.extra else { return 0 };
-        let mut freed = 0;
+        let mut freed = self.drop_flushed_maps();
+        let Some(x) = &mut self.extra else {
+            return freed;
+        };
         for (_, list) in &mut x.lists {
             let Some(s) = &mut list.spill else { continue };
             let n = s.flushed.min(s.mem + list.items.len() as u64);

@@ -15,8 +15,8 @@ fn sample() -> Entity {
     let mut e = Entity::default();
     let mut j = Vec::new();
     e.set(0, b"3", &mut j);
-    e.map_set(1, "a".into(), b"1".to_vec(), &mut j);
-    e.map_set(1, "b".into(), b"2".to_vec(), &mut j);
+    e.map_set(1, "a".into(), b"1".to_vec(), None, &mut j);
+    e.map_set(1, "b".into(), b"2".to_vec(), None, &mut j);
     e.list_push(2, b"x".to_vec(), &mut j);
     e.list_push(2, b"y".to_vec(), &mut j);
     e
@@ -92,9 +92,9 @@ fn undo_restores_every_kind_of_write() {
     e.set(0, b"4", &mut j);
     e.set(3, b"n", &mut j);
     assert!(e.delete(0, &mut j));
-    e.map_set(1, "a".into(), b"9".to_vec(), &mut j);
-    e.map_set(4, "z".into(), b"9".to_vec(), &mut j);
-    assert!(e.map_delete(1, "b", &mut j));
+    e.map_set(1, "a".into(), b"9".to_vec(), None, &mut j);
+    e.map_set(4, "z".into(), b"9".to_vec(), None, &mut j);
+    assert!(e.map_delete(1, "b", None, &mut j));
     e.list_push(2, b"z".to_vec(), &mut j);
     assert_eq!(
         e.list_trim(2, 1, &mut j, |_, _| Ok::<u64, ()>(0)).unwrap(),
@@ -209,4 +209,80 @@ fn undo_restores_a_spilled_list_and_clear_deletes_its_rows() {
     let mut e = before.clone();
     assert_eq!(e.list_trim(2, 0, &mut j, |_, _| Err("no")), Err("no"));
     assert_eq!(e, before);
+}
+
+/// An entity whose map 1 has `n` fields `f0..` with values `0..n`.
+fn big_map(n: u64) -> Entity {
+    let mut e = Entity::default();
+    let mut j = Vec::new();
+    for i in 0..n {
+        e.map_set(1, format!("f{i}"), i.to_string().into_bytes(), None, &mut j);
+    }
+    e
+}
+
+#[test]
+fn a_map_spills_past_the_threshold_its_record_keeps_only_its_counts() {
+    let names = names();
+    let mut rows = Vec::new();
+    // At the threshold: stays inline.
+    let mut e = big_map(SPILL_ITEMS);
+    e.hand_over_maps(&names, &mut rows);
+    assert!(rows.is_empty() && !e.has_spill());
+    let mut e = big_map(SPILL_ITEMS + 1);
+    let whole = e.clone();
+    e.hand_over_maps(&names, &mut rows);
+    assert_eq!(rows.len(), 1);
+    assert!(!rows[0].clear);
+    assert_eq!(rows[0].fields.len() as u64, SPILL_ITEMS + 1);
+    let mut buf = Vec::new();
+    e.encode_tagged(7, &names, &mut buf);
+    assert_eq!(buf[0], MAP_SPILL_FORMAT);
+    assert!(buf.len() < 100, "{} bytes", buf.len());
+    let mut intern = |n: &str| NAMES.iter().position(|m| *m == n).unwrap() as Name;
+    let (back, g) = Entity::decode_tagged(&buf, &mut intern).unwrap();
+    assert_eq!(g, 7);
+    assert_eq!(back.map(1).unwrap().len(), SPILL_ITEMS + 1);
+    assert_eq!(back.map(1).unwrap().field("f3"), Field::InRows);
+    assert_eq!(back.row_bytes(), e.spilled_bytes());
+    // Everything is counted: the record and the rows are what the whole
+    // map took inline, less its framing.
+    let mut inline = Vec::new();
+    whole.encode(&names, &mut inline);
+    let spilled = e.spilled_bytes() as usize;
+    assert_eq!(inline.len() - RECORD_OVERHEAD - 8 - "seen".len(), spilled);
+    // Once the reader sees them, the fields leave memory.
+    assert_eq!(e.drop_flushed(), e.spilled_bytes());
+    assert_eq!(e, back);
+    // A damaged count section is refused.
+    let n = buf.len();
+    buf[n - 6] ^= 1;
+    assert!(Entity::decode_tagged(&buf, &mut intern).is_err());
+}
+
+#[test]
+fn undo_restores_a_spilled_map_and_clear_deletes_its_rows() {
+    let names = names();
+    let mut e = big_map(SPILL_ITEMS + 1);
+    let mut rows = Vec::new();
+    e.hand_over_maps(&names, &mut rows);
+    e.drop_flushed();
+    let before = e.clone();
+    let mut j = Vec::new();
+    e.map_set(1, "f1".into(), b"x".to_vec(), Some(1), &mut j);
+    e.map_set(1, "new".into(), b"y".to_vec(), None, &mut j);
+    assert!(e.map_delete(1, "f2", Some(1), &mut j));
+    assert!(e.map_delete(1, "new", Some(1), &mut j));
+    assert!(!e.map_delete(1, "gone", None, &mut j));
+    assert_eq!(e.map(1).unwrap().len(), SPILL_ITEMS);
+    e.clear(&mut j);
+    assert!(e.is_empty());
+    e.undo(&mut j);
+    assert_eq!(e, before);
+    // A kept clear deletes the rows at the next checkpoint.
+    e.clear(&mut j);
+    rows.clear();
+    e.hand_over_maps(&names, &mut rows);
+    assert_eq!(rows.len(), 1);
+    assert_eq!((&*rows[0].name, rows[0].clear), ("seen", true));
 }

@@ -13,12 +13,37 @@ pub fn value_json(bytes: &[u8]) -> Value {
     })
 }
 
+/// The spilled maps of a stored record, with their number of fields, in
+/// name order: their fields are rows of their own, which
+/// [`record_json`] leaves out.
+pub fn spilled_maps(record: &[u8]) -> Result<Vec<(String, u64)>, CorruptRecord> {
+    let mut names: Vec<String> = Vec::new();
+    let e = Entity::decode(record, &mut |n| match names.iter().position(|t| t == n) {
+        Some(i) => i as u32,
+        None => {
+            names.push(n.to_string());
+            (names.len() - 1) as u32
+        }
+    })?;
+    let mut out: Vec<(String, u64)> = e
+        .x()
+        .maps
+        .iter()
+        .filter(|(_, m)| m.spill().is_some())
+        .map(|(n, m)| (names[*n as usize].clone(), m.len()))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 /// A stored record (see [`Entity::encode`]) as
 /// `{"values": {name: value}, "maps": {name: {field: value}}, "lists": {name: [value]}}`,
 /// each value shown by [`value_json`]; names in order. A spilled list,
 /// whose items are rows of their own, is shown as
-/// `{"spilled": {"start": <index of its oldest item>, "len": <items>}}`.
-/// Errors name what is corrupt.
+/// `{"spilled": {"start": <index of its oldest item>, "len": <items>}}`;
+/// a spilled map, whose fields are rows of their own, as `{}` (the
+/// caller reads its fields: see `spilled_maps`). Errors name what is
+/// corrupt.
 pub fn record_json(record: &[u8]) -> Result<Value, CorruptRecord> {
     let mut names: Vec<String> = Vec::new();
     let e = Entity::decode(record, &mut |n| match names.iter().position(|t| t == n) {
@@ -37,8 +62,11 @@ pub fn record_json(record: &[u8]) -> Result<Value, CorruptRecord> {
         .maps
         .iter()
         .map(|(n, m)| {
-            let fields: Map<String, Value> =
-                m.iter().map(|(f, v)| (f.clone(), value_json(v))).collect();
+            let fields: Map<String, Value> = m
+                .fields()
+                .iter()
+                .map(|(f, v)| (f.clone(), value_json(v)))
+                .collect();
             (name(*n), Value::Object(fields))
         })
         .collect();

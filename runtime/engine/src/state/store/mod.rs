@@ -41,7 +41,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::state::ListRows;
+use crate::state::{ListRows, MapRows};
 use thiserror::Error;
 
 mod components;
@@ -68,6 +68,11 @@ const STATE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("state"
 /// and bytes ([`item_row`]).
 const LIST_ITEMS: TableDefinition<(&str, &str, &str, u64), &[u8]> =
     TableDefinition::new("list_items");
+/// `(operator name, key, map name, field)` -> a field of a spilled map
+/// (see [`crate::state::Map`]): its value, then a CRC-32 of its field and
+/// value ([`field_row`]).
+const MAP_FIELDS: TableDefinition<(&str, &str, &str, &str), &[u8]> =
+    TableDefinition::new("map_fields");
 /// `(operator name, key, timer name)` -> the time the pending timer fires
 /// at (see [`TimerWrite`]).
 const TIMERS: TableDefinition<(&str, &str, &str), i64> = TableDefinition::new("timers");
@@ -248,6 +253,47 @@ pub struct StateWrite {
     pub record: Option<Vec<u8>>,
     /// Rows of its spilled lists to delete and write, in order.
     pub lists: Vec<ListRows>,
+    /// Rows of its spilled maps to delete and write, in order.
+    pub maps: Vec<MapRows>,
+}
+
+/// A spilled map's field as stored: its value, then a CRC-32 (LE) of its
+/// field's name and value, so a damaged or misplaced row is an error.
+fn field_row(field: &str, value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(value.len() + 4);
+    v.extend_from_slice(value);
+    v.extend_from_slice(&field_sum(field, value).to_le_bytes());
+    v
+}
+
+/// CRC-32 of a spilled map field's name (with its length) and value.
+fn field_sum(field: &str, value: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&(field.len() as u32).to_le_bytes());
+    h.update(field.as_bytes());
+    h.update(value);
+    h.finalize()
+}
+
+/// A stored map field's value, its checksum verified.
+fn value_of<'a>(field: &str, row: &'a [u8]) -> Result<&'a [u8], &'static str> {
+    if row.len() < 4 {
+        return Err("a map field row is shorter than its checksum");
+    }
+    let (value, sum) = row.split_at(row.len() - 4);
+    if field_sum(field, value).to_le_bytes() != sum {
+        return Err("checksum mismatch in a map field row: it was changed after it was written");
+    }
+    Ok(value)
+}
+
+/// The smallest map name after `name` (`name` and a NUL byte): the rows of
+/// map `name` are those from `(.., name, "")` up to `(.., next_name(name), "")`.
+fn next_name(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 1);
+    s.push_str(name);
+    s.push('\0');
+    s
 }
 
 /// A spilled list item as stored: its bytes, then a CRC-32 (LE) of its
@@ -582,6 +628,35 @@ impl Store {
                                         item_row(index, item).as_slice(),
                                     )
                                     .map_err(|e| db_err(dir, e))?;
+                            }
+                        }
+                    }
+                }
+                if order.iter().any(|w| !w.maps.is_empty()) {
+                    let mut fields = txn.open_table(MAP_FIELDS).map_err(|e| db_err(dir, e))?;
+                    for w in &order {
+                        for m in &w.maps {
+                            let (op, key, name) = (&*w.operator, &*w.key, &*m.name);
+                            if m.clear {
+                                let end = next_name(name);
+                                fields
+                                    .retain_in(
+                                        (op, key, name, "")..(op, key, end.as_str(), ""),
+                                        |_, _| false,
+                                    )
+                                    .map_err(|e| db_err(dir, e))?;
+                            }
+                            for (f, v) in &m.fields {
+                                match v {
+                                    Some(v) => fields
+                                        .insert(
+                                            (op, key, name, f.as_str()),
+                                            field_row(f, v).as_slice(),
+                                        )
+                                        .map(drop),
+                                    None => fields.remove((op, key, name, f.as_str())).map(drop),
+                                }
+                                .map_err(|e| db_err(dir, e))?;
                             }
                         }
                     }

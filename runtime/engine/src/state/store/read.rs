@@ -37,9 +37,16 @@ impl Store {
                 Err(redb::TableError::TableDoesNotExist(_)) => None,
                 Err(e) => return Err(db_err(dir, e)),
             };
+            let fields = match txn.open_table(MAP_FIELDS) {
+                Ok(t) => Some(t),
+                // No map was ever spilled.
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(db_err(dir, e)),
+            };
             Ok(Reader {
                 table,
                 items,
+                fields,
                 dir: self.dir.clone(),
             })
         })
@@ -85,6 +92,10 @@ fn check_record(dir: &Path, operator: &str, key: &str, record: &[u8]) -> Result<
 type ItemsTable =
     redb::ReadOnlyTable<(&'static str, &'static str, &'static str, u64), &'static [u8]>;
 
+/// The rows of spilled map fields, as a [`Reader`] holds them.
+type FieldsTable =
+    redb::ReadOnlyTable<(&'static str, &'static str, &'static str, &'static str), &'static [u8]>;
+
 /// A snapshot of committed state. Workers hold one and renew it at each
 /// checkpoint; what they wrote since is in their cache, so a snapshot that
 /// is older than the cache is never consulted for those keys.
@@ -92,6 +103,8 @@ pub struct Reader {
     pub(super) table: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
     /// The items of spilled lists, from the same transaction.
     items: Option<ItemsTable>,
+    /// The fields of spilled maps, from the same transaction.
+    fields: Option<FieldsTable>,
     pub(super) dir: PathBuf,
 }
 
@@ -160,7 +173,122 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// Calls `f` with the value of field `field` of spilled map `name` of
+    /// `(operator, key)`, its checksum verified; whether it is stored.
+    pub fn map_field(
+        &self,
+        operator: &str,
+        key: &str,
+        name: &str,
+        field: &str,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool, StoreError> {
+        let dir = &self.dir;
+        guard(dir, || {
+            let Some(fields) = &self.fields else {
+                return Ok(false);
+            };
+            match fields
+                .get((operator, key, name, field))
+                .map_err(|e| db_err(dir, e))?
+            {
+                None => Ok(false),
+                Some(v) => {
+                    f(
+                        value_of(field, v.value()).map_err(|r| StoreError::CorruptState {
+                            dir: dir.to_path_buf(),
+                            operator: operator.to_string(),
+                            key: key.to_string(),
+                            reason: format!("map `{name}`: field {field:?}: {r}"),
+                        })?,
+                    );
+                    Ok(true)
+                }
+            }
+        })
+    }
+
+    /// Calls `f` with the fields of spilled map `name` of `(operator, key)`
+    /// from field `from` on (all of them for `""`), in field order, each
+    /// checksum verified, until `f` returns `false`.
+    pub fn map_fields(
+        &self,
+        operator: &str,
+        key: &str,
+        name: &str,
+        from: &str,
+        f: &mut dyn FnMut(&str, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let dir = &self.dir;
+        guard(dir, || {
+            let Some(fields) = &self.fields else {
+                return Ok(());
+            };
+            let end = next_name(name);
+            let range = (operator, key, name, from)..(operator, key, end.as_str(), "");
+            for row in fields.range(range).map_err(|e| db_err(dir, e))? {
+                let (k, v) = row.map_err(|e| db_err(dir, e))?;
+                let field = k.value().3;
+                let value = value_of(field, v.value()).map_err(|r| StoreError::CorruptState {
+                    dir: dir.to_path_buf(),
+                    operator: operator.to_string(),
+                    key: key.to_string(),
+                    reason: format!("map `{name}`: field {field:?}: {r}"),
+                })?;
+                if !f(field, value) {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
 impl Store {
+    /// Every stored field of spilled map `name` of `(operator, key)`, as
+    /// committed, in field order (see [`Reader::map_fields`]).
+    pub fn map_fields(
+        &self,
+        operator: &str,
+        key: &str,
+        name: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        self.reader()?
+            .map_fields(operator, key, name, "", &mut |f, v| {
+                out.push((f.to_string(), v.to_vec()));
+                true
+            })?;
+        Ok(out)
+    }
+
+    /// Number of stored fields of spilled maps of `operator` (rows of
+    /// their own), for tests and tools.
+    pub fn map_field_count(&self, operator: &str) -> Result<u64, StoreError> {
+        let dir = &self.dir;
+        guard(dir, || {
+            let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
+            let table = match txn.open_table(MAP_FIELDS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(db_err(dir, e)),
+            };
+            let mut n = 0;
+            for item in table
+                .range((operator, "", "", "")..)
+                .map_err(|e| db_err(dir, e))?
+            {
+                let (k, _) = item.map_err(|e| db_err(dir, e))?;
+                if k.value().0 != operator {
+                    break;
+                }
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
     /// Items `from..to` (absolute indexes) of spilled list `name` of
     /// `(operator, key)`, as committed (see [`Reader::list_items`]).
     pub fn list_items(

@@ -29,6 +29,9 @@ pub struct SnapshotReport {
     /// Items of spilled lists copied (rows of their own).
     #[serde(default)]
     pub list_items: u64,
+    /// Fields of spilled maps copied (rows of their own).
+    #[serde(default)]
+    pub map_fields: u64,
     /// Pending timers copied.
     pub timers: u64,
     /// Kept component files copied.
@@ -78,7 +81,7 @@ pub enum SnapshotError {
 
 /// The tables a snapshot copies: every table of the database must be one
 /// of these, so a table added later cannot be left out silently.
-const TABLES: [&str; 4] = ["state", "list_items", "timers", "meta"];
+const TABLES: [&str; 5] = ["state", "list_items", "map_fields", "timers", "meta"];
 
 impl Store {
     /// Writes a consistent copy of the state directory into `dest`, a new
@@ -187,6 +190,7 @@ impl Store {
             dest: PathBuf::new(),
             keys: 0,
             list_items: 0,
+            map_fields: 0,
             timers: 0,
             components: 0,
             bytes: 0,
@@ -242,6 +246,31 @@ impl Store {
                 }
             }
             // No list was ever spilled.
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(err) => return Err(db_err(dir, err)),
+        }
+        match txn.open_table(MAP_FIELDS) {
+            Ok(src) => {
+                let mut dst = match w.open_table(MAP_FIELDS) {
+                    Ok(t) => t,
+                    Err(err) => return Ok(Err(copy(err.into()))),
+                };
+                for item in src.iter().map_err(|x| db_err(dir, x))? {
+                    let (k, v) = item.map_err(|x| db_err(dir, x))?;
+                    let (operator, key, name, field) = k.value();
+                    value_of(field, v.value()).map_err(|r| StoreError::CorruptState {
+                        dir: dir.clone(),
+                        operator: operator.to_string(),
+                        key: key.to_string(),
+                        reason: format!("map `{name}`: field {field:?}: {r}"),
+                    })?;
+                    if let Err(err) = dst.insert(k.value(), v.value()) {
+                        return Ok(Err(copy(err.into())));
+                    }
+                    report.map_fields += 1;
+                }
+            }
+            // No map was ever spilled.
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(err) => return Err(db_err(dir, err)),
         }
@@ -413,6 +442,7 @@ mod tests {
             key: key.into(),
             record: Some(record(count)),
             lists: Vec::new(),
+            maps: Vec::new(),
         }
     }
 
@@ -455,6 +485,7 @@ mod tests {
                 dest: dest.clone(),
                 keys: 3,
                 list_items: 0,
+                map_fields: 0,
                 timers: 1,
                 components: 1,
                 bytes: std::fs::metadata(dest.join(DB_FILE)).unwrap().len(),

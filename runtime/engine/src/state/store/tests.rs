@@ -306,6 +306,7 @@ fn a_changed_record_is_refused_naming_the_key() {
                 key: "user-1".into(),
                 record: Some(record.clone()),
                 lists: Vec::new(),
+                maps: Vec::new(),
             }],
             ..Default::default()
         })
