@@ -102,6 +102,25 @@ pub(crate) fn read_committed(
     topic: &str,
     partitions: i32,
 ) -> Vec<(i32, String, String)> {
+    read_committed_raw(bootstrap, topic, partitions)
+        .into_iter()
+        .map(|(p, k, v)| {
+            (
+                p,
+                k,
+                String::from_utf8_lossy(&v.unwrap_or_default()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Every record of `topic` as a read_committed reader sees it: (partition,
+/// key, value; `None` for a tombstone), in partition and offset order.
+pub(crate) fn read_committed_raw(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<(i32, String, Option<Vec<u8>>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
@@ -130,10 +149,11 @@ pub(crate) fn read_committed(
             Some(Ok(m)) => out.push((
                 m.partition(),
                 String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                m.payload().map(<[u8]>::to_vec),
             )),
         }
     }
+    out.sort_by_key(|r| r.0);
     out
 }
 
