@@ -414,13 +414,7 @@ impl RebalanceHook for Hook {
             .filter_map(|e| s.index(e.topic(), e.partition()))
             .map(|i| i as u16)
             .collect();
-        let names = || {
-            parts
-                .iter()
-                .map(|&i| s.parts[i as usize].partition.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let names = || s.names(&parts);
         match kind {
             RebalanceKind::Assign if parts.is_empty() => {
                 if let Err(e) = consumer.incremental_assign(tpl) {
