@@ -183,9 +183,12 @@ fn kill_9_while_a_big_list_grows_then_restart_gives_exact_state() {
     let big = 300_000;
     let (text, small) = events(big);
     std::fs::write(dir.path().join("in.jsonl"), &text).unwrap();
-    let args = args("8MiB");
+    // Checkpoints every 100 ms: each run commits some, then is killed
+    // within 250 ms of its first.
+    let mut args = args("8MiB");
+    args.extend(["--checkpoint-interval-ms".into(), "100".into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    kill_9_runs_then_finish(dir.path(), &args, 6, (300, 900), 17, 3);
+    kill_9_runs_then_finish(dir.path(), &args, 6, (0, 250), 17, 3);
     let dead = dir.path().join("st/dead-letter.jsonl");
     assert!(
         !dead.exists() || std::fs::read(&dead).unwrap().is_empty(),
@@ -282,9 +285,10 @@ fn kill_9_while_a_big_map_grows_then_restart_gives_exact_state() {
     let big = 200_000;
     let (text, small) = events(big);
     std::fs::write(dir.path().join("in.jsonl"), &text).unwrap();
-    let args = run_args(&format!("cat={CATALOG}"), "8MiB");
+    let mut args = run_args(&format!("cat={CATALOG}"), "8MiB");
+    args.extend(["--checkpoint-interval-ms".into(), "100".into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    kill_9_runs_then_finish(dir.path(), &args, 6, (300, 900), 23, 3);
+    kill_9_runs_then_finish(dir.path(), &args, 6, (0, 250), 23, 3);
     let dead = dir.path().join("st/dead-letter.jsonl");
     assert!(
         !dead.exists() || std::fs::read(&dead).unwrap().is_empty(),

@@ -313,11 +313,29 @@ pub fn version(generation: u32, hash: &str, source: &str) -> eddy_runtime::Versi
     }
 }
 
-/// Runs `eddy ARGS` in `dir` `runs` times, each killed with SIGKILL after
-/// `min_ms` plus up to `spread_ms` more (pseudo-random from `seed`) unless
-/// it finished first, then once more to the end. Asserts no run printed an
-/// error, at least `min_killed` were killed mid-stream, and the last
-/// succeeded.
+/// Waits until `output` is longer than it was on entry (or, without an
+/// output file, not at all), `child` has exited, or `limit` has passed.
+fn wait_for_progress(child: &mut std::process::Child, output: Option<&Path>, limit: Duration) {
+    let Some(output) = output else { return };
+    let len = || std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
+    let start = len();
+    let until = std::time::Instant::now() + limit;
+    while len() <= start && std::time::Instant::now() < until {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs `eddy ARGS` in `dir` `runs` times, each killed with SIGKILL
+/// `min_ms` plus up to `spread_ms` more (pseudo-random from `seed`) after
+/// it has made progress, unless it finished first, then once more to the
+/// end. Progress is the `--output` file growing (a checkpoint, or the
+/// sink writing): timed from the start instead, a machine faster or
+/// slower than expected finishes the whole input in the first run and
+/// leaves nothing to kill. Asserts no run printed an error, at least
+/// `min_killed` were killed mid-stream, and the last succeeded.
 pub fn kill_9_runs_then_finish(
     dir: &Path,
     args: &[&str],
@@ -329,6 +347,11 @@ pub fn kill_9_runs_then_finish(
     use std::process::{Command, Stdio};
     let mut rng = Rng(seed);
     let mut killed = 0;
+    let output = args
+        .iter()
+        .position(|a| *a == "--output")
+        .and_then(|i| args.get(i + 1))
+        .map(|o| dir.join(o));
     for _ in 0..runs {
         let mut child = Command::new(eddy_bin())
             .args(args)
@@ -337,6 +360,7 @@ pub fn kill_9_runs_then_finish(
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        wait_for_progress(&mut child, output.as_deref(), Duration::from_secs(120));
         std::thread::sleep(Duration::from_millis(min_ms + rng.next() % spread_ms));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
