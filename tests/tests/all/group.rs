@@ -459,14 +459,71 @@ fn a_process_paused_past_its_session_timeout_is_fenced() {
     g.signal(0, "-CONT");
     // Bounded by its transaction calls' timeouts and retries: under load
     // it once took over two minutes to notice (see docs/kafka.md).
+    let resumed = Instant::now();
     let status = g.wait_exit(0, 10 * TIMEOUT);
+    eprintln!("the zombie stopped {:?} after SIGCONT", resumed.elapsed());
     assert!(!status.success(), "the zombie stops with an error");
     let log = g.log(0);
+    eprintln!("its log:\n{log}");
     assert!(
         log.contains("were lost") || log.contains("fenced") || log.contains("generation"),
         "the zombie says why it stops:\n{log}"
     );
     g.produce(&all[14_000..]);
+    g.wait_drained(TIMEOUT);
+    g.stop_all();
+    g.assert_exact(&all);
+}
+
+/// A process paused in the middle of its work (records read, a
+/// transaction open, maybe a checkpoint under way) past its session
+/// timeout: the others take its partitions from its last commit; resumed,
+/// it stops promptly, and nothing it did after that commit is visible.
+#[test]
+fn a_process_paused_mid_stream_is_fenced_and_stops_promptly() {
+    let Some(bootstrap) = broker("a_process_paused_mid_stream_is_fenced_and_stops_promptly") else {
+        return;
+    };
+    let mut g = Group::new(&bootstrap);
+    let all = events(40_000);
+    g.start(0);
+    g.start(1);
+    g.produce(&all[..4_000]);
+    g.wait_drained(TIMEOUT);
+    // Records keep coming while process 0 is stopped: it has some read
+    // and not committed, a transaction open.
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for chunk in all[4_000..30_000].chunks(1_000) {
+                g.produce(chunk);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(1_000));
+        g.signal(0, "-STOP");
+    });
+    // Past its session timeout (6 s): process 1 takes its partitions.
+    std::thread::sleep(Duration::from_secs(9));
+    g.wait_drained(TIMEOUT);
+    g.signal(0, "-CONT");
+    let resumed = Instant::now();
+    let status = g.wait_exit(0, 10 * TIMEOUT);
+    let took = resumed.elapsed();
+    let log = g.log(0);
+    eprintln!("the zombie stopped {took:?} after SIGCONT; its log:\n{log}");
+    assert!(!status.success(), "the zombie stops with an error");
+    assert!(
+        log.contains("were lost") || log.contains("fenced"),
+        "the zombie says why it stops:\n{log}"
+    );
+    // Within a second or so here; bounded generously for a loaded CI
+    // machine (it once took minutes, before the sink checked between
+    // its long waits whether the group had dropped it).
+    assert!(
+        took < Duration::from_secs(120),
+        "the zombie took {took:?} to stop:\n{log}"
+    );
+    g.produce(&all[30_000..]);
     g.wait_drained(TIMEOUT);
     g.stop_all();
     g.assert_exact(&all);

@@ -32,6 +32,11 @@ use crate::state::{CHANGELOG_STATE, CHANGELOG_TIMER};
 
 /// How long a flush, commit or other transaction call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// A slice of a long wait, between checks that the process still belongs
+/// to its group.
+const SHORT_TIMEOUT: Duration = Duration::from_secs(1);
+/// What a group-mode sink says when the group has dropped its process.
+const FENCED: &str = "this process was dropped from its consumer group (paused or cut off for longer than session.timeout.ms), so it is fenced: what it did since its last checkpoint is aborted and another process owns its partitions now";
 /// How long a record may wait for room in the producer's queue.
 const QUEUE_WAIT: Duration = Duration::from_secs(120);
 /// Attempts of a transaction call the broker says may be retried.
@@ -406,9 +411,7 @@ impl KafkaSink {
                         (None, _) => false,
                     };
                     if !same {
-                        return Err(format!(
-                            "{e}: this process was dropped from its consumer group (paused or cut off for longer than session.timeout.ms), so it is fenced: what it did since its last checkpoint is aborted and another process owns its partitions now"
-                        ));
+                        return Err(format!("{e}: {FENCED}"));
                     }
                     tracing::info!(
                         "Kafka sink: the group rebalanced during a checkpoint ({e}); committing it again (attempt {})",
@@ -507,6 +510,7 @@ impl KafkaSink {
             match self.producer.send(rec) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    self.check_fenced()?;
                     if start.elapsed() > QUEUE_WAIT {
                         return Err(format!(
                             "the producer's queue stayed full for {QUEUE_WAIT:?}: is the broker reachable?"
@@ -520,11 +524,44 @@ impl KafkaSink {
         }
     }
 
+    /// Group mode: an error when the group has taken this process's
+    /// partitions away (its session expired while it was paused or cut
+    /// off). Checked before each call that can wait long, so that a zombie
+    /// stops within a second or so of learning it is one instead of after
+    /// its calls' timeouts and retries.
+    fn check_fenced(&self) -> Result<(), String> {
+        if self.changelog.is_none() {
+            return Ok(());
+        }
+        match self.input.as_ref().and_then(|(m, _)| m()) {
+            Some(m) if !m.lost => Ok(()),
+            _ => Err(FENCED.into()),
+        }
+    }
+
+    /// Waits for every record produced so far to be acknowledged; in group
+    /// mode a second at a time, stopping early when the process is fenced.
+    fn flush(&self) -> Result<(), String> {
+        if self.changelog.is_none() {
+            return self.producer.flush(CALL_TIMEOUT).map_err(|e| e.to_string());
+        }
+        let start = Instant::now();
+        loop {
+            match self.producer.flush(SHORT_TIMEOUT) {
+                Ok(()) => return Ok(()),
+                Err(e) if start.elapsed() >= CALL_TIMEOUT => return Err(e.to_string()),
+                Err(_) => self.check_fenced()?,
+            }
+        }
+    }
+
     /// Makes what was produced since the last checkpoint visible: commits
     /// the transaction with the input `offsets` (exactly once), or waits
     /// for every acknowledgement (at least once).
     fn checkpoint(&mut self, offsets: &[Option<i64>]) -> Result<(), String> {
-        let flushed = self.producer.flush(CALL_TIMEOUT);
+        self.check_fenced()?;
+        let flushed = self.flush();
+        self.check_fenced()?;
         if !self.exactly_once {
             flushed.map_err(|e| format!("waiting for the broker's acknowledgements: {e}"))?;
             let (n, first) = self.producer.context().delivery_failures();
@@ -543,7 +580,7 @@ impl KafkaSink {
             })?;
             if member.lost && self.changelog.is_some() {
                 let _ = self.producer.abort_transaction(CALL_TIMEOUT);
-                return Err("this process was dropped from its consumer group (paused or cut off for longer than session.timeout.ms), so it is fenced: what it did since its last checkpoint is aborted and another process owns its partitions now".into());
+                return Err(FENCED.into());
             }
             member_id = Some(member.id);
             let group = &member.metadata;
@@ -611,6 +648,10 @@ impl KafkaSink {
             }
             if attempt < RETRIES && retriable(&e) {
                 tracing::warn!("Kafka sink: {what} failed: {e}; retrying in {wait:?}");
+                if let Err(fenced) = self.check_fenced() {
+                    let _ = self.producer.abort_transaction(SHORT_TIMEOUT);
+                    return Err(format!("{what}: {e}: {fenced}"));
+                }
                 std::thread::sleep(wait);
                 wait = (wait * 2).min(Duration::from_secs(5));
                 continue;
