@@ -597,24 +597,7 @@ fn timers_follow_their_partitions() {
     produce(&bootstrap, &g.input, &later);
     g.wait_drained(TIMEOUT);
     g.stop_all();
-    settled(&bootstrap, &g.output);
-    let out = read_committed_raw(&bootstrap, &g.output, PARTITIONS);
-    let mut delayed: BTreeMap<String, u32> = BTreeMap::new();
-    for (_, key, value) in &out {
-        let v: serde_json::Value = serde_json::from_slice(value.as_deref().unwrap()).unwrap();
-        if v["event"] == "delayed" {
-            *delayed.entry(key.clone()).or_default() += 1;
-            assert_eq!(v["deadline"], v["last_scan"].as_i64().unwrap() + 100);
-        }
-    }
-    let want: BTreeMap<String, u32> = (0..200).map(|i| (format!("p{i}"), 1)).collect();
-    assert_eq!(
-        delayed,
-        want,
-        "each package's delay fired exactly once\n{}\n{}",
-        g.log(0),
-        g.log(1)
-    );
+    assert_each_delay_fired_once(&g, 200);
     let log = g.log(1);
     assert!(
         log.contains("keys restored from the changelog topics"),
@@ -636,6 +619,70 @@ fn timers_follow_their_partitions() {
     for i in 0..600 {
         assert_eq!(timers[&format!("f{i}\0delay")], Some(5100), "f{i}'s timer");
     }
+}
+
+/// Asserts the delay operator's output holds exactly one `delayed` alert
+/// for each of packages `p0..p{n}`, at its last scan plus 100.
+fn assert_each_delay_fired_once(g: &Group, n: usize) {
+    settled(&g.bootstrap, &g.output);
+    let out = read_committed_raw(&g.bootstrap, &g.output, PARTITIONS);
+    let mut delayed: BTreeMap<String, u32> = BTreeMap::new();
+    for (_, key, value) in &out {
+        let v: serde_json::Value = serde_json::from_slice(value.as_deref().unwrap()).unwrap();
+        if v["event"] == "delayed" {
+            *delayed.entry(key.clone()).or_default() += 1;
+            assert_eq!(v["deadline"], v["last_scan"].as_i64().unwrap() + 100);
+        }
+    }
+    let want: BTreeMap<String, u32> = (0..n).map(|i| (format!("p{i}"), 1)).collect();
+    assert_eq!(
+        delayed,
+        want,
+        "each package's delay fired exactly once\n{}\n{}",
+        g.log(0),
+        g.log(1)
+    );
+}
+
+/// A process restarted on a state directory that holds timers of
+/// partitions another process owns now fires only the timers of the
+/// partitions the group gives it back: its directory is a cache, not
+/// what it owns.
+#[test]
+fn a_restarted_process_fires_only_the_timers_of_its_partitions() {
+    let Some(bootstrap) = broker("a_restarted_process_fires_only_the_timers_of_its_partitions")
+    else {
+        return;
+    };
+    let mut g = Group::with(
+        &bootstrap,
+        "delay",
+        eddy_tests::DELAY,
+        "config = { max_gap = 100 }\n\n[source]\ntime = \"ts\"",
+    );
+    let scan = |key: &str, ts: u64| {
+        (
+            Some(key.as_bytes().to_vec()),
+            format!("{{\"location\":\"Oslo\",\"status\":\"scanned\",\"ts\":{ts}}}").into_bytes(),
+        )
+    };
+    // Process 0 owns everything while every package's timer is set.
+    let first: Vec<_> = (0..200).map(|i| scan(&format!("p{i}"), 1000)).collect();
+    g.start(0);
+    produce(&bootstrap, &g.input, &first);
+    g.wait_drained(TIMEOUT);
+    // Process 1 takes half, then everything; process 0 comes back and
+    // gets some of them again.
+    g.start(1);
+    g.wait_owns(1);
+    assert!(g.stop(0), "process 0 stops cleanly:\n{}", g.log(0));
+    g.start(0);
+    g.wait_owns(0);
+    let later: Vec<_> = (0..600).map(|i| scan(&format!("f{i}"), 5000)).collect();
+    produce(&bootstrap, &g.input, &later);
+    g.wait_drained(TIMEOUT);
+    g.stop_all();
+    assert_each_delay_fired_once(&g, 200);
 }
 
 /// A chain that re-keys (views per user emit under the item; recommend

@@ -46,6 +46,12 @@ pub struct Limits {
     /// file setting: Kafka group mode turns it off, its changelog topics
     /// carry whole records).
     pub spill: bool,
+    /// The keys in the state directory are this process's when it starts,
+    /// so their pending timers are loaded then (not a pipeline file
+    /// setting: in Kafka group mode a process owns no key until the group
+    /// assigns it partitions, and their timers are loaded then; a timer
+    /// of a key another process owns now must never fire here).
+    pub owned_at_start: bool,
 }
 
 impl Default for Limits {
@@ -63,6 +69,7 @@ impl Default for Limits {
             max_reason: 16 << 10,
             max_timers_per_key: 1024,
             spill: true,
+            owned_at_start: true,
         }
     }
 }

@@ -569,6 +569,7 @@ impl OperatorTable {
             max_reason: self.max_reason_bytes.unwrap_or(d.max_reason),
             max_timers_per_key: self.max_timers_per_key.unwrap_or(d.max_timers_per_key),
             spill: d.spill,
+            owned_at_start: d.owned_at_start,
         }
     }
 }

@@ -88,9 +88,11 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
         if i.group_mode {
             check_group_mode(p, i, &operators)?;
             // The changelog topics carry whole records: no list or map
-            // spills to rows of its own.
+            // spills to rows of its own. No key is this process's until
+            // the group assigns its partition (timers load then).
             for op in &mut operators {
                 op.limits.spill = false;
+                op.limits.owned_at_start = false;
             }
         }
     }

@@ -205,8 +205,14 @@ impl Workers {
                         .map(|op| {
                             let mut inst = op.instantiate(Some(store.reader()?))?;
                             // This worker's keys' pending timers, as the
-                            // checkpoint left them (any worker count).
-                            for (key, name, at) in store.timers(&op.name)? {
+                            // checkpoint left them (any worker count);
+                            // none in Kafka group mode, where they load
+                            // with their partitions.
+                            let timers = match op.limits.owned_at_start {
+                                true => store.timers(&op.name)?,
+                                false => Vec::new(),
+                            };
+                            for (key, name, at) in timers {
                                 if route(&key, workers) == id {
                                     inst.ctx().restore_timer(&key, &name, at)?;
                                 }
