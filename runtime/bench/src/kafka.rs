@@ -216,6 +216,7 @@ pub fn run(a: BenchKafkaArgs) -> Result<()> {
                 group_mode: false,
                 partitioner: Default::default(),
                 instance: None,
+                standby: false,
             })),
             Output::Kafka(Box::new(KafkaOutput {
                 bootstrap: bootstrap.clone(),
@@ -339,6 +340,7 @@ fn group_input(bootstrap: &str, topic: &str, group: &str) -> KafkaInput {
         group_mode: true,
         partitioner: Default::default(),
         instance: None,
+        standby: false,
     }
 }
 

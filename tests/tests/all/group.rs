@@ -90,6 +90,15 @@ checkpoint_interval_ms = 200
         }
     }
 
+    /// Turns `standby` on in the pipeline file: each process keeps a
+    /// copy of the partitions the others own.
+    fn standby(&self) {
+        let file = self.dir.path().join("pipeline.toml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let text = text.replace("mode = \"group\"\n", "mode = \"group\"\nstandby = true\n");
+        std::fs::write(&file, text).unwrap();
+    }
+
     fn state(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("state-{i}"))
     }
@@ -409,6 +418,50 @@ fn kill_9_of_one_process_moves_its_partitions_and_loses_nothing() {
     );
     g.stop_all();
     g.assert_exact(&all);
+}
+
+/// With standby copies, the process that takes a killed one's partitions
+/// reads only the changelog records its copy lacks (here none or a few),
+/// not the partitions' whole changelog, and loses nothing.
+#[test]
+fn with_standby_a_takeover_reads_only_what_its_copy_lacks() {
+    let Some(bootstrap) = broker("with_standby_a_takeover_reads_only_what_its_copy_lacks") else {
+        return;
+    };
+    let mut g = Group::new(&bootstrap);
+    g.standby();
+    let all = events(20_000);
+    g.start(0);
+    g.start(1);
+    g.wait_owns(1);
+    g.produce(&all[..10_000]);
+    g.wait_drained(TIMEOUT);
+    // Process 0's copy of process 1's partitions follows their changelog
+    // (a step every 100 ms when idle).
+    std::thread::sleep(Duration::from_secs(3));
+    g.kill9(1);
+    g.produce(&all[10_000..]);
+    g.wait_drained(TIMEOUT);
+    g.stop_all();
+    g.assert_exact(&all);
+    let log = g.log(0);
+    let takeover = log
+        .lines()
+        .rfind(|l| l.contains(" restored ("))
+        .unwrap_or_else(|| panic!("process 0 took partitions over:\n{log}"));
+    let read: usize = takeover
+        .split(" keys, ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("records read in `{takeover}`"));
+    let changelog = format!("{}-counter-changelog", g.group);
+    let total = read_committed_raw(&bootstrap, &changelog, PARTITIONS).len();
+    eprintln!("standby: the takeover read {read} of {total} changelog records: {takeover}");
+    assert!(
+        read * 10 < total,
+        "the takeover read {read} changelog records of {total}: the standby copy did not follow\n{log}"
+    );
 }
 
 /// SIGTERM of one of two processes: the other takes its partitions from

@@ -11,6 +11,7 @@
 //! mode = "single"                # or "group": processes of one group share the partitions
 //! partitioner = "murmur2"        # group mode: how producers placed keys ("murmur2" or "crc32")
 //! instance = "a"                 # group mode: this process's name (default: kept in the state directory)
+//! standby = false                # group mode: keep a warm copy of the partitions others own
 //! properties = { "security.protocol" = "SASL_SSL" }   # passed to librdkafka
 //!
 //! [sink.kafka]
@@ -22,7 +23,7 @@
 //! On the command line: `--input 'kafka://HOST:PORT/TOPIC?group=G'` and
 //! `--output 'kafka://HOST:PORT/TOPIC'`, with the same names as query
 //! parameters (`until_end=true`, `time=timestamp`, `mode=group`,
-//! `partitioner=crc32`, `instance=NAME`, `delivery=at-least-once`,
+//! `partitioner=crc32`, `instance=NAME`, `standby=true`, `delivery=at-least-once`,
 //! `dead_letter_topic=T`, `transactional_id=T`). Client properties are given
 //! in the pipeline file only.
 
@@ -67,6 +68,10 @@ pub struct KafkaInput {
     /// transactional id is `eddy-<group>-<instance>`); `None`: one made up
     /// at the first start and kept in the state directory.
     pub instance: Option<String>,
+    /// Group mode: keep a warm copy of the state of the partitions other
+    /// processes own, by following their changelog topics, so that taking
+    /// one over reads only what its copy lacks.
+    pub standby: bool,
 }
 
 /// How a Kafka output's records reach its readers.
@@ -114,6 +119,7 @@ pub(super) struct SourceKafkaTable {
     mode: Option<String>,
     partitioner: Option<String>,
     instance: Option<String>,
+    standby: Option<bool>,
     #[serde(default)]
     properties: BTreeMap<String, toml::Value>,
 }
@@ -272,6 +278,7 @@ impl SourceKafkaTable {
             group_mode: group_mode(self.mode.as_deref(), at)?,
             partitioner: partitioner(self.partitioner.as_deref(), at)?,
             instance: instance(self.instance.clone(), at)?,
+            standby: self.standby.unwrap_or(false),
         })
     }
 }
@@ -391,10 +398,11 @@ pub(super) fn input_url(s: &str, file: Option<&KafkaInput>) -> Result<KafkaInput
         Some(i) => instance(Some(i), what)?,
         None => file.and_then(|f| f.instance.clone()),
     };
+    let standby = take_bool(&mut params, "standby", what)? || file.is_some_and(|f| f.standby);
     no_more(
         params,
         what,
-        "group, time, until_end, mode, partitioner, instance",
+        "group, time, until_end, mode, partitioner, instance, standby",
     )?;
     Ok(KafkaInput {
         bootstrap,
@@ -407,6 +415,7 @@ pub(super) fn input_url(s: &str, file: Option<&KafkaInput>) -> Result<KafkaInput
         group_mode,
         partitioner,
         instance,
+        standby,
     })
 }
 

@@ -34,7 +34,7 @@ use eddy_kafka::EddyContext;
 
 use super::kafka::{retry, KafkaMsg, KafkaReader, Part, Record, SharedConsumer};
 use crate::config::KafkaInput;
-use crate::state::{Store, CHANGELOG_STATE, CHANGELOG_TIMER};
+use crate::state::{ChangelogTimer, ChangelogWrite, Store, CHANGELOG_STATE, CHANGELOG_TIMER};
 
 /// Records per batch handed to the coordinator.
 const BATCH: usize = 1024;
@@ -42,6 +42,8 @@ const BATCH: usize = 1024;
 const AHEAD: usize = 8;
 /// How long one call to the broker may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Standby: changelog records read per operator in one step.
+const STANDBY_STEP: u64 = 50_000;
 /// How long restoring the partitions of one rebalance may take.
 const RESTORE_LIMIT: Duration = Duration::from_secs(600);
 
@@ -98,6 +100,7 @@ pub fn start_group(consumer: SharedConsumer, setup: GroupSetup) -> Result<KafkaR
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = bounded(AHEAD);
     let restorer = Restorer::new(&setup)?;
+    let standby = setup.input.standby;
     let (jobs, job_rx) = crossbeam_channel::unbounded();
     let shared = Arc::new(Shared {
         parts: setup.parts.clone(),
@@ -118,7 +121,7 @@ pub fn start_group(consumer: SharedConsumer, setup: GroupSetup) -> Result<KafkaR
         let (shared, consumer) = (shared.clone(), consumer.clone());
         std::thread::Builder::new()
             .name("eddy-kafka-restore".into())
-            .spawn(move || restore_loop(&shared, &consumer, &restorer, &job_rx))?
+            .spawn(move || restore_loop(&shared, &consumer, &restorer, &job_rx, standby))?
     };
     consumer
         .context()
@@ -260,11 +263,18 @@ fn restore_loop(
     consumer: &KafkaConsumer,
     restorer: &Restorer,
     jobs: &crossbeam_channel::Receiver<Vec<u16>>,
+    standby: bool,
 ) {
+    let mut last_warning: Option<Instant> = None;
     while !s.stopped() {
         let parts = match jobs.recv_timeout(Duration::from_millis(100)) {
             Ok(p) => p,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if standby {
+                    follow(s, restorer, &mut last_warning);
+                }
+                continue;
+            }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
         };
         let _held = s.restoring.lock().expect("restore lock");
@@ -282,7 +292,7 @@ fn restore_loop(
         let names = s.names(&parts);
         let chosen: Vec<Part> = parts.iter().map(|&i| s.parts[i as usize].clone()).collect();
         let begun = Instant::now();
-        let (starts, keys) = match restorer.restore(&chosen, &|| s.stopped()) {
+        let (starts, caught) = match restorer.restore(&chosen, &|| s.stopped()) {
             Ok(r) => r,
             Err(e) => {
                 s.fail(e.context(format!(
@@ -292,7 +302,9 @@ fn restore_loop(
             }
         };
         tracing::info!(
-            "Kafka group: partitions {names} restored ({keys} keys) in {:?}",
+            "Kafka group: partitions {names} restored ({} keys, {} changelog records read) in {:?}",
+            caught.keys,
+            caught.records,
             begun.elapsed()
         );
         {
@@ -304,7 +316,7 @@ fn restore_loop(
         }
         let msg = KafkaMsg::Assigned {
             parts: parts.iter().copied().zip(starts.iter().copied()).collect(),
-            restored: keys,
+            restored: caught.keys,
         };
         if !s.send(msg) {
             return;
@@ -335,6 +347,38 @@ fn restore_loop(
         if let Err(e) = started {
             s.fail(e.context(format!("Kafka group: starting partitions {names}")));
             return;
+        }
+    }
+}
+
+/// Standby, between restores: moves this directory's copy of the
+/// partitions assigned elsewhere closer to their changelogs' ends (a
+/// bounded step, so that a partition assigned meanwhile waits little). A
+/// failure is only warned about (once a minute): the copy is a head start,
+/// and a restore reads whatever it lacks.
+fn follow(s: &Shared, restorer: &Restorer, last_warning: &mut Option<Instant>) {
+    let others: Vec<Part> = {
+        let st = s.st.lock().expect("reader state");
+        s.parts
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| !st.assigned[i])
+            .map(|(_, p)| p.clone())
+            .collect()
+    };
+    if others.is_empty() {
+        return;
+    }
+    match restorer.follow(&others, STANDBY_STEP, &|| s.stopped()) {
+        Ok(n) if n > 0 => {
+            tracing::debug!("Kafka group: standby copy moved {n} changelog records on")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                tracing::warn!("Kafka group: following the other processes' changelogs: {e:#}");
+                *last_warning = Some(Instant::now());
+            }
         }
     }
 }
@@ -578,9 +622,14 @@ impl Restorer {
     /// partition, the group's committed offset (stable: a transaction
     /// still open on it is waited for), then every operator's changelog
     /// partition read to its end (the last stable offset, so what the
-    /// committed offset's transaction wrote is there). Returns the
-    /// starts, and how many keys have state.
-    fn restore(&self, parts: &[Part], stop: &dyn Fn() -> bool) -> Result<(Vec<Option<i64>>, u64)> {
+    /// committed offset's transaction wrote is there), from where this
+    /// directory's copy of it is (standby) or its beginning. Returns the
+    /// starts, and what was read.
+    fn restore(
+        &self,
+        parts: &[Part],
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(Vec<Option<i64>>, CaughtUp)> {
         let mut tpl = TopicPartitionList::new();
         for p in parts {
             tpl.add_partition(&p.topic, p.partition);
@@ -608,10 +657,10 @@ impl Restorer {
             "Kafka group: committed offsets read in {:?}",
             begun.elapsed()
         );
-        let mut keys = 0;
+        let mut caught = CaughtUp::default();
         for (stage, (op, topic)) in self.changelogs.iter().enumerate() {
             // An operator's partitions are those of the topic it reads.
-            let units: HashSet<i32> = parts
+            let units: Vec<i32> = parts
                 .iter()
                 .filter(|p| p.stage as usize == stage)
                 .map(|p| p.partition)
@@ -619,93 +668,203 @@ impl Restorer {
             if units.is_empty() {
                 continue;
             }
-            let mut ctpl = TopicPartitionList::new();
-            for &p in &units {
-                ctpl.add_partition_offset(topic, p, Offset::Beginning)?;
-            }
-            self.consumer
-                .assign(&ctpl)
-                .with_context(|| format!("reading changelog topic `{topic}`"))?;
-            let mut latest: HashMap<String, Option<Vec<u8>>> = HashMap::new();
-            let mut timers: HashMap<(String, String), Option<i64>> = HashMap::new();
-            let mut at_end = HashSet::new();
-            let begun = Instant::now();
-            let mut last_error: Option<String> = None;
-            while at_end.len() < units.len() {
-                if stop() {
-                    bail!("stopped while restoring");
-                }
-                if begun.elapsed() > RESTORE_LIMIT {
-                    bail!(
-                        "changelog topic `{topic}`: not read to its end in {RESTORE_LIMIT:?}{}",
-                        last_error
-                            .map(|e| format!(" (last error: {e})"))
-                            .unwrap_or_default()
-                    );
-                }
-                match self.consumer.poll(Duration::from_millis(100)) {
-                    None => {}
-                    Some(Ok(m)) => {
-                        let bad = |why: &str| {
-                            anyhow!(
-                                "changelog topic `{topic}` partition {} offset {}: {why} (is the topic Eddy's?)",
-                                m.partition(),
-                                m.offset()
-                            )
-                        };
-                        let raw = m.key().unwrap_or_default();
-                        let (&tag, rest) = raw.split_first().ok_or_else(|| bad("no key"))?;
-                        let text =
-                            std::str::from_utf8(rest).map_err(|_| bad("the key is not UTF-8"))?;
-                        match tag {
-                            CHANGELOG_STATE => {
-                                latest.insert(text.to_string(), m.payload().map(<[u8]>::to_vec));
-                            }
-                            CHANGELOG_TIMER => {
-                                let (key, name) = text
-                                    .split_once('\0')
-                                    .ok_or_else(|| bad("a timer record without a name"))?;
-                                let at = match m.payload() {
-                                    None => None,
-                                    Some(v) => Some(i64::from_le_bytes(
-                                        v.try_into()
-                                            .map_err(|_| bad("a timer's time is not 8 bytes"))?,
-                                    )),
-                                };
-                                timers.insert((key.to_string(), name.to_string()), at);
-                            }
-                            _ => return Err(bad("an unknown record kind")),
-                        }
-                    }
-                    Some(Err(KafkaError::PartitionEOF(p))) => {
-                        at_end.insert(p);
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!("Kafka restore of `{topic}`: {e} (retrying)");
-                        last_error = Some(e.to_string());
-                    }
-                }
-            }
-            self.consumer
-                .unassign()
-                .with_context(|| format!("done reading changelog topic `{topic}`"))?;
-            tracing::debug!(
-                "Kafka group: changelog `{topic}` read in {:?} ({} keys)",
-                begun.elapsed(),
-                latest.len()
-            );
-            let mut writes: Vec<(String, Option<Vec<u8>>)> = latest.into_iter().collect();
-            writes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            keys += writes.iter().filter(|(_, r)| r.is_some()).count() as u64;
-            let (partitioner, n) = (self.partitioner, self.partitions);
-            let select = |key: &str| units.contains(&partitioner.partition(key.as_bytes(), n));
-            let mut timers: Vec<(String, String, i64)> = timers
-                .into_iter()
-                .filter_map(|((k, name), at)| Some((k, name, at?)))
-                .collect();
-            timers.sort_unstable();
-            self.store.replace_keys(op, &select, &writes, &timers)?;
+            let c = self.catch_up(op, topic, &units, None, stop)?;
+            caught.keys += c.keys;
+            caught.records += c.records;
+            // Taken: this process writes their keys from now on, so its
+            // copy stops following the changelog.
+            let forget: Vec<(&str, i32, Option<u64>)> =
+                units.iter().map(|&p| (topic.as_str(), p, None)).collect();
+            self.store.apply_changelog(op, &[], &[], &forget)?;
         }
-        Ok((starts, keys))
+        Ok((starts, caught))
     }
+
+    /// Standby: brings this directory's copy of partitions `parts` (owned
+    /// by other processes) closer to their changelogs' ends, reading at
+    /// most `limit` records of each operator's changelog. Returns the
+    /// records read.
+    fn follow(&self, parts: &[Part], limit: u64, stop: &dyn Fn() -> bool) -> Result<u64> {
+        let mut records = 0;
+        for (stage, (op, topic)) in self.changelogs.iter().enumerate() {
+            let units: Vec<i32> = parts
+                .iter()
+                .filter(|p| p.stage as usize == stage)
+                .map(|p| p.partition)
+                .collect();
+            if !units.is_empty() {
+                records += self.catch_up(op, topic, &units, Some(limit), stop)?.records;
+            }
+        }
+        Ok(records)
+    }
+
+    /// Reads changelog `topic` of operator `op`, partitions `units`, from
+    /// where this directory's copy of each is (its beginning when it keeps
+    /// none) to its end (the last stable offset), or until `limit` records
+    /// are read, and applies what it read: a partition read from its
+    /// beginning has its keys replaced by what was read, the others get
+    /// the changes. The copy's positions move to where the reading
+    /// stopped, in the same transaction as the changes.
+    fn catch_up(
+        &self,
+        op: &Arc<str>,
+        topic: &str,
+        units: &[i32],
+        limit: Option<u64>,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<CaughtUp> {
+        let mut ctpl = TopicPartitionList::new();
+        let mut fresh = HashSet::new();
+        for &p in units {
+            let at = match self.store.changelog_position(topic, p)? {
+                Some(at) => Offset::Offset(at as i64),
+                None => {
+                    fresh.insert(p);
+                    Offset::Beginning
+                }
+            };
+            ctpl.add_partition_offset(topic, p, at)?;
+        }
+        self.consumer
+            .assign(&ctpl)
+            .with_context(|| format!("reading changelog topic `{topic}`"))?;
+        let mut latest: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+        let mut timers: HashMap<(String, String), Option<i64>> = HashMap::new();
+        let mut at_end = HashSet::new();
+        let mut read_from = HashSet::new();
+        let begun = Instant::now();
+        let mut last_error: Option<String> = None;
+        let mut records: u64 = 0;
+        while at_end.len() < units.len() && limit.is_none_or(|l| records < l) {
+            if stop() {
+                bail!("stopped while restoring");
+            }
+            if begun.elapsed() > RESTORE_LIMIT {
+                bail!(
+                    "changelog topic `{topic}`: not read to its end in {RESTORE_LIMIT:?}{}",
+                    last_error
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                );
+            }
+            match self.consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(m)) => {
+                    records += 1;
+                    read_from.insert(m.partition());
+                    let bad = |why: &str| {
+                        anyhow!(
+                            "changelog topic `{topic}` partition {} offset {}: {why} (is the topic Eddy's?)",
+                            m.partition(),
+                            m.offset()
+                        )
+                    };
+                    let raw = m.key().unwrap_or_default();
+                    let (&tag, rest) = raw.split_first().ok_or_else(|| bad("no key"))?;
+                    let text =
+                        std::str::from_utf8(rest).map_err(|_| bad("the key is not UTF-8"))?;
+                    match tag {
+                        CHANGELOG_STATE => {
+                            latest.insert(text.to_string(), m.payload().map(<[u8]>::to_vec));
+                        }
+                        CHANGELOG_TIMER => {
+                            let (key, name) = text
+                                .split_once('\0')
+                                .ok_or_else(|| bad("a timer record without a name"))?;
+                            let at = match m.payload() {
+                                None => None,
+                                Some(v) => Some(i64::from_le_bytes(
+                                    v.try_into()
+                                        .map_err(|_| bad("a timer's time is not 8 bytes"))?,
+                                )),
+                            };
+                            timers.insert((key.to_string(), name.to_string()), at);
+                        }
+                        _ => return Err(bad("an unknown record kind")),
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("Kafka restore of `{topic}`: {e} (retrying)");
+                    last_error = Some(e.to_string());
+                }
+            }
+        }
+        // Where each partition's reading stopped: the next offset.
+        let position = self
+            .consumer
+            .position()
+            .with_context(|| format!("the position in changelog topic `{topic}`"))?;
+        self.consumer
+            .unassign()
+            .with_context(|| format!("done reading changelog topic `{topic}`"))?;
+        tracing::debug!(
+            "Kafka group: changelog `{topic}` read in {:?} ({records} records, {} keys)",
+            begun.elapsed(),
+            latest.len()
+        );
+        let mut positions: Vec<(&str, i32, Option<u64>)> = Vec::new();
+        // A partition read from its beginning has a copy only once
+        // something of it was read, or its (empty) end reached.
+        let mut replaced = HashSet::new();
+        for &p in units {
+            let at = position
+                .find_partition(topic, p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) if o >= 0 => Some(o as u64),
+                    _ => None,
+                });
+            let read = at_end.contains(&p) || read_from.contains(&p);
+            match at {
+                Some(at) if read => {
+                    positions.push((topic, p, Some(at)));
+                    if fresh.contains(&p) {
+                        replaced.insert(p);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let (partitioner, n) = (self.partitioner, self.partitions);
+        let part_of = |key: &str| partitioner.partition(key.as_bytes(), n);
+        let keys = latest.values().filter(|r| r.is_some()).count() as u64;
+        // Replaced: every key of those partitions goes, then what was read.
+        let (mut whole, mut changes): (Vec<ChangelogWrite>, Vec<ChangelogWrite>) = latest
+            .into_iter()
+            .filter(|(k, _)| !fresh.contains(&part_of(k)) || replaced.contains(&part_of(k)))
+            .partition(|(k, _)| replaced.contains(&part_of(k)));
+        whole.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let (whole_timers, mut timer_changes): (Vec<ChangelogTimer>, Vec<ChangelogTimer>) = timers
+            .into_iter()
+            .map(|((k, name), at)| (k, name, at))
+            .filter(|(k, _, _)| !fresh.contains(&part_of(k)) || replaced.contains(&part_of(k)))
+            .partition(|(k, _, _)| replaced.contains(&part_of(k)));
+        if !replaced.is_empty() {
+            let mut whole_timers: Vec<(String, String, i64)> = whole_timers
+                .into_iter()
+                .filter_map(|(k, name, at)| Some((k, name, at?)))
+                .collect();
+            whole_timers.sort_unstable();
+            let select = |key: &str| replaced.contains(&part_of(key));
+            self.store
+                .replace_keys(op, &select, &whole, &whole_timers)?;
+        }
+        timer_changes.sort_unstable();
+        self.store
+            .apply_changelog(op, &changes, &timer_changes, &positions)?;
+        Ok(CaughtUp { keys, records })
+    }
+}
+
+/// What reading changelog partitions found.
+#[derive(Debug, Default, Clone, Copy)]
+struct CaughtUp {
+    /// Keys with state read.
+    keys: u64,
+    /// Changelog records read.
+    records: u64,
 }

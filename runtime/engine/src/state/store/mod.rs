@@ -44,6 +44,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use crate::state::{ListRows, MapRows};
 use thiserror::Error;
 
+mod changelog;
 mod components;
 mod files;
 mod open;
@@ -53,6 +54,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
+pub use changelog::{ChangelogTimer, ChangelogWrite};
 pub use components::{
     component_hash, component_hash_of, is_short_version_id, legacy_component_hash,
     SHORT_VERSION_ID_LEN, VERSION_ID_LEN,

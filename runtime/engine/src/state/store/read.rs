@@ -79,7 +79,12 @@ impl Store {
 
 /// Verifies the checksum of a stored record (see
 /// [`crate::state::check_record`]).
-fn check_record(dir: &Path, operator: &str, key: &str, record: &[u8]) -> Result<(), StoreError> {
+pub(super) fn check_record(
+    dir: &Path,
+    operator: &str,
+    key: &str,
+    record: &[u8],
+) -> Result<(), StoreError> {
     crate::state::check_record(record).map_err(|e| StoreError::CorruptState {
         dir: dir.to_path_buf(),
         operator: operator.to_string(),
