@@ -1,0 +1,229 @@
+//! Window aggregates in every SDK: the window count and sum
+//! (`plugins/window-sum` in Rust, its twins `plugins/{python,js,c}/window-sum`
+//! written with each SDK's window layer and built with `eddy build --world
+//! window-operator` in this test run) run by the `eddy` binary from the
+//! same pipeline file over the same out-of-order input give byte-identical
+//! output files in all four languages, for tumbling, hopping and session
+//! windows; the Rust output has the known answers written out here.
+//!
+//! The input has events out of order within the bound, one late event
+//! (dead-lettered by the host), an event whose `amount` is not a number
+//! (the aggregate fails it: dead-lettered with the SDK's reason, left out
+//! of its window while the events around it in the same `add` call count),
+//! one without `amount` (counts as 0) and amounts whose sums exercise the
+//! float formatting (`0.30000000000000004`, `1e-7`, `-0.5`).
+//!
+//! A language whose toolchain is missing is skipped with a message saying
+//! how to install it, except under CI (`CI` set), where that fails the test.
+
+use eddy_build::Lang;
+
+use crate::languages::built;
+use crate::util::*;
+
+/// The input: `max_out_of_order = 5`, so the watermark trails the largest
+/// time by 5.
+const INPUT: &str = r#"{"key":"a","ts":1,"amount":0.1}
+{"key":"b","ts":2,"amount":2.5}
+{"key":"a","ts":4,"amount":0.2}
+{"key":"a","ts":12,"amount":1}
+{"key":"a","ts":9,"amount":"lots"}
+{"key":"b","ts":8,"amount":3}
+{"key":"a","ts":3,"amount":100}
+{"key":"c","ts":14,"amount":1.25}
+{"key":"b","ts":16}
+{"key":"a","ts":18,"amount":0.75}
+{"key":"c","ts":27,"amount":2}
+{"key":"a","ts":25,"amount":-0.5}
+{"key":"b","ts":23,"amount":1e-7}
+{"key":"a","ts":26,"amount":0.25}
+"#;
+
+/// The pipeline file, the same bytes for every language: the component
+/// is copied to `window.wasm` beside it.
+fn pipeline_file(window: &str) -> String {
+    format!(
+        r#"workers = 1
+control = false
+
+[source]
+path = "in.jsonl"
+time = "ts"
+
+[source.watermark]
+max_out_of_order = 5
+
+[[operator]]
+name = "win"
+component = "window.wasm"
+window = {window}
+
+[sink]
+path = "out.jsonl"
+dead_letter = "dead-letter.jsonl"
+
+[state]
+dir = "state"
+"#
+    )
+}
+
+const TUMBLING: &str = r#"{ kind = "tumbling", size = 10 }"#;
+const HOPPING: &str = r#"{ kind = "hopping", size = 10, slide = 5 }"#;
+const SESSION: &str = r#"{ kind = "session", gap = 5 }"#;
+
+/// What one run wrote: the output file's bytes and the dead letters'
+/// (line, key, error) triples.
+struct Ran {
+    out: String,
+    dead: Vec<(u64, String, String)>,
+}
+
+/// Runs `eddy run pipeline.toml` with `component` as `window.wasm` and
+/// windows `window` over [`INPUT`].
+fn run_window(component: &str, window: &str) -> Ran {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(component, dir.path().join("window.wasm")).unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), INPUT).unwrap();
+    std::fs::write(dir.path().join("pipeline.toml"), pipeline_file(window)).unwrap();
+    let o = eddy_in(&["run", "pipeline.toml"], dir.path());
+    assert!(o.status.success(), "eddy run failed: {}", stderr(&o));
+    let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    let dead = read_jsonl(&dir.path().join("dead-letter.jsonl"))
+        .into_iter()
+        .map(|d| {
+            (
+                d["line"].as_u64().unwrap(),
+                d["key"].as_str().unwrap_or_default().to_string(),
+                d["error"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    Ran { out, dead }
+}
+
+/// The output line of window [`start`, `end`) of `key`.
+fn line(key: &str, start: i64, end: i64, count: u64, sum: &str) -> String {
+    format!(
+        r#"{{"key":"{key}","value":{{"start":{start},"end":{end},"count":{count},"sum":{sum}}}}}"#
+    )
+}
+
+/// Checks the dead letters of a run: line 5 (`amount` not a number) failed
+/// by the aggregate with the SDK's reason, line 7 late.
+fn check_dead(what: &str, ran: &Ran) {
+    assert_eq!(ran.dead.len(), 2, "{what}: {:?}", ran.dead);
+    let (line5, key5, error5) = &ran.dead[0];
+    assert_eq!((*line5, key5.as_str()), (5, "a"), "{what}");
+    let want = "operator returned an error: cannot read the payload: field `amount` is \"lots\", not a number";
+    assert!(error5.starts_with(want), "{what}: {error5}");
+    assert_eq!((ran.dead[1].0, ran.dead[1].1.as_str()), (7, "a"), "{what}");
+    assert!(ran.dead[1].2.contains("late"), "{what}: {}", ran.dead[1].2);
+}
+
+/// The Rust aggregate's outputs: every window of the tumbling run, and
+/// windows of the hopping and session runs, written out.
+fn check_rust(kind: &str, ran: &Ran) {
+    check_dead(&format!("Rust {kind}"), ran);
+    let lines: Vec<&str> = ran.out.lines().collect();
+    let has = |l: String| {
+        assert!(
+            lines.contains(&l.as_str()),
+            "Rust {kind}: no line {l} in\n{}",
+            ran.out
+        )
+    };
+    match kind {
+        "tumbling" => assert_eq!(
+            lines,
+            [
+                line("a", 0, 10, 2, "0.30000000000000004"),
+                line("b", 0, 10, 2, "5.5"),
+                line("a", 10, 20, 2, "1.75"),
+                line("b", 10, 20, 1, "0.0"),
+                line("c", 10, 20, 1, "1.25"),
+                line("a", 20, 30, 2, "-0.25"),
+                line("b", 20, 30, 1, "1e-7"),
+                line("c", 20, 30, 1, "2.0"),
+            ],
+            "Rust tumbling:\n{}",
+            ran.out
+        ),
+        "hopping" => {
+            // [5, 15) holds a's 12 (its 9 failed) and b's 8.
+            has(line("a", 5, 15, 1, "1.0"));
+            has(line("b", 5, 15, 1, "3.0"));
+            // [15, 25) holds a's 18 and b's 16 (no amount) and 23.
+            has(line("a", 15, 25, 1, "0.75"));
+            has(line("b", 15, 25, 2, "1e-7"));
+            assert_eq!(lines.len(), 17, "Rust hopping:\n{}", ran.out);
+        }
+        _ => {
+            // a's 1 and 4 are one session; 25 and 26 another.
+            has(line("a", 1, 9, 2, "0.30000000000000004"));
+            has(line("a", 25, 31, 2, "-0.25"));
+            // b's 2 and 8 do not meet (2 + 5 < 8).
+            has(line("b", 2, 7, 1, "2.5"));
+            has(line("b", 8, 13, 1, "3.0"));
+        }
+    }
+}
+
+fn check_lang(lang: Lang) {
+    let Some(component) = built(lang, "window-sum", Some("window-operator")) else {
+        return;
+    };
+    for (kind, window) in [
+        ("tumbling", TUMBLING),
+        ("hopping", HOPPING),
+        ("session", SESSION),
+    ] {
+        let want = run_window(eddy_tests::WINDOW_SUM, window);
+        check_rust(kind, &want);
+        let got = run_window(&component, window);
+        let what = format!("{lang:?} {kind}");
+        if got.out != want.out {
+            let first = got
+                .out
+                .lines()
+                .zip(want.out.lines())
+                .enumerate()
+                .find(|(_, (a, b))| a != b);
+            panic!(
+                "{what}: output differs from Rust's ({} vs {} lines); first difference (line, (got, want)): {first:?}\n{}",
+                got.out.lines().count(),
+                want.out.lines().count(),
+                got.out
+            );
+        }
+        check_dead(&what, &got);
+        // The late event's reason is the host's: the same text.
+        assert_eq!(got.dead[1], want.dead[1], "{what}");
+    }
+}
+
+#[test]
+fn rust_window_sum_gives_the_known_answers() {
+    for (kind, window) in [
+        ("tumbling", TUMBLING),
+        ("hopping", HOPPING),
+        ("session", SESSION),
+    ] {
+        check_rust(kind, &run_window(eddy_tests::WINDOW_SUM, window));
+    }
+}
+
+#[test]
+fn python_window_sum_matches_rust() {
+    check_lang(Lang::Python);
+}
+
+#[test]
+fn javascript_window_sum_matches_rust() {
+    check_lang(Lang::Js);
+}
+
+#[test]
+fn c_window_sum_matches_rust() {
+    check_lang(Lang::C);
+}
