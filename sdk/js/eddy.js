@@ -15,6 +15,10 @@
 // `onTimer(timer, settings)` next to `handle` in `operator({...})`, called
 // with `timer.key`, `timer.name` and `timer.at` once the watermark passes it.
 //
+// Window aggregates (world `window-operator`) import `aggregate` from
+// eddy-window.js instead: this module imports the keyed operator's host
+// interfaces (state, output, timers), which that world has not.
+//
 // State and emitted values are JSON, written exactly as serde_json writes the
 // same Rust types, so JavaScript and Rust operators can read each other's
 // state and produce the same output bytes. JavaScript has one number type,

@@ -62,6 +62,12 @@ state, timer and emit calls act on `timer.key`:
 
         def on_timer(self, timer):
             eddy.emit(timer.key, {"delayed_since": timer.at - 60_000})
+
+Window aggregates (world `window-operator`, `eddy build --world
+window-operator`): a class with `create`, `add(acc, event)`, `merge(acc,
+other)` and `finish(window, acc)` over an accumulator of your own, exported
+with `WitWorld = eddy.export_window(MyAggregate, AccumulatorType)`; the
+host keeps the windows (see `export_window`).
 """
 
 import dataclasses
@@ -1284,14 +1290,14 @@ def _run_add(agg, adds, tp):
                 reason = _reason(e)
             # Put the accumulator back as it was before this event.
             acc = original(t)
-            s = 0
+            at = 0
             for j in range(k):
-                e = payload_ends[j]
+                stop = payload_ends[j]
                 if targets[j] == t and j not in failed_set:
-                    r = add(acc, WindowEvent(payload_data[s:e], times[j]))
+                    r = add(acc, WindowEvent(payload_data[at:stop], times[j]))
                     if r is not None:
                         acc = r
-                s = e
+                at = stop
             accs[t] = acc
         start = end
         failed.append(k)

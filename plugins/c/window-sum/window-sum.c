@@ -29,6 +29,13 @@ static eddy_error ws_init(const eddy_config *config) {
 
 static void ws_create(totals *acc) { *acc = (totals){0, 0.0}; }
 
+/* Whether JSON text `s` is an object (its first non-space byte is `{`). */
+static bool is_object(const uint8_t *s, size_t n) {
+  size_t i = 0;
+  while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) i++;
+  return i < n && s[i] == '{';
+}
+
 static eddy_error ws_add(totals *acc, const eddy_window_event *event) {
   eddy_json j;
   eddy_json_value v;
@@ -37,7 +44,7 @@ static eddy_error ws_add(totals *acc, const eddy_window_event *event) {
   int r = eddy_json_field(&j, event->value, event->value_len, field, &v);
   if (r < 0) {
     e = eddy_json_error(&j, "cannot read the payload: ");
-  } else if (r == 0 && !(j.len && j.s[0] == '{')) {
+  } else if (r == 0 && !is_object(event->value, event->value_len)) {
     e = eddy_errorf("cannot read the payload: it is not a JSON object");
   } else if (r == 1 && !eddy_json_f64(&v, &amount)) {
     eddy_buf text = {0};

@@ -15,6 +15,10 @@
 //! amounts whose sums exercise the float formatting
 //! (`0.30000000000000004`, `1e-7`, `-0.25`).
 //!
+//! The Python and JavaScript SDKs' `add` is also run outside a component
+//! (by the machine's CPython and Node) with an aggregate that changes its
+//! accumulator before failing: the failed event is left out exactly.
+//!
 //! A language whose toolchain is missing is skipped with a message saying
 //! how to install it, except under CI (`CI` set), where that fails the test.
 
@@ -125,8 +129,7 @@ fn check_dead(what: &str, ran: &Ran) {
     assert!(error5.starts_with(want), "{what}: {error5}");
     assert_eq!((ran.dead[1].0, ran.dead[1].1.as_str()), (7, "a"), "{what}");
     assert_eq!(
-        ran.dead[1].2,
-        "late event: time 3 is below the watermark 7 minus allowed_lateness 0",
+        ran.dead[1].2, "late event: time 3 is below the watermark 7 minus allowed_lateness 0",
         "{what}"
     );
 }
@@ -243,4 +246,180 @@ fn javascript_window_sum_matches_rust() {
 #[test]
 fn c_window_sum_matches_rust() {
     check_lang(Lang::C);
+}
+
+/// Runs `program args` with `env`, when `program` is on `PATH` (else
+/// skips, or fails under CI); returns its stdout.
+fn run_tool(program: &str, args: &[&str], env: &[(&str, &std::path::Path)]) -> Option<String> {
+    if eddy_build::on_path(&[program]).is_none() {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI must run {program}, but it is not on PATH");
+        }
+        skipped(&format!(
+            "{program} not on PATH: the SDK's window layer not run outside a component"
+        ));
+        return None;
+    }
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8(out.stdout).unwrap())
+}
+
+fn sdk(lang: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../sdk")
+        .join(lang)
+}
+
+/// The Python SDK's `add`, run by the machine's CPython (the same code the
+/// component runs) with an aggregate that changes its accumulator before
+/// failing: a failed event is left out (its accumulator rebuilt as it was
+/// before it, later events folding into that), a new accumulator starts
+/// from `create`, one that does not decode fails its events and comes back
+/// as it came; `merge` folds oldest first.
+#[test]
+fn python_window_add_leaves_a_failed_event_out() {
+    let script = r#"
+import types
+import eddy
+
+class Strings:
+    def __init__(self, bytes, ends):
+        self.bytes, self.ends = bytes, ends
+
+class Added:
+    def __init__(self, accumulators, failed, reasons):
+        self.accumulators, self.failed, self.reasons = accumulators, failed, reasons
+
+eddy._wit_batch = types.SimpleNamespace(Strings=Strings)
+eddy._wit_window = types.SimpleNamespace(Added=Added)
+
+def col(items):
+    data, ends = b"", []
+    for i in items:
+        data += i.encode()
+        ends.append(len(data))
+    return Strings(data, ends)
+
+def items(c):
+    return [c.bytes[(c.ends[i - 1] if i else 0):e].decode() for i, e in enumerate(c.ends)]
+
+class Keep:
+    def create(self):
+        return []
+    def add(self, acc, event):
+        acc.append(event.time)  # changed before failing: the SDK undoes it
+        n = event.json().get("n")
+        if n is None:
+            raise eddy.Error("no n")
+        acc[-1] = n
+    def merge(self, acc, other):
+        acc.extend(other)
+
+adds = types.SimpleNamespace(
+    accumulators=col(["[1]", "", "junk"]), fresh=[1], targets=[0, 1, 0, 0, 1, 0, 2],
+    payloads=col(['{"n":2}', '{"n":3}', "{}", '{"n":4}', "{}", '{"n":5}', '{"n":6}']),
+    times=[10, 11, 12, 13, 14, 15, 16])
+r = eddy._run_add(Keep(), adds, None)
+print(items(r.accumulators), r.failed, items(r.reasons))
+print(eddy.dumps(eddy._merged(Keep(), col(["[1]", "[2,3]"]), None)))
+"#;
+    let Some(out) = run_tool(
+        "python3",
+        &["-c", script],
+        &[("PYTHONPATH", &sdk("python"))],
+    ) else {
+        return;
+    };
+    assert_eq!(
+        out,
+        "['[1,2,4,5]', '[3]', 'junk'] [2, 4, 6] ['no n', 'no n', 'a window accumulator does not decode: Expecting value: line 1 column 1 (char 0)']\n\
+         [1,2,3]\n"
+    );
+}
+
+/// The same for the JavaScript SDK (`eddy-window.js`, run by Node with the
+/// host's `log` import stubbed), and `finish`: a window's start handed over
+/// as unsigned (componentize-js 0.23) is read back signed, `null` emits
+/// nothing.
+#[test]
+fn javascript_window_add_leaves_a_failed_event_out() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hooks.mjs"),
+        r#"export async function resolve(specifier, context, next) {
+  if (specifier.startsWith('eddy:operator/')) {
+    return { url: 'data:text/javascript,export function log() {}', shortCircuit: true };
+  }
+  return next(specifier, context);
+}
+"#,
+    )
+    .unwrap();
+    let script = dir.path().join("t.mjs");
+    std::fs::write(
+        &script,
+        r#"import { register } from 'node:module';
+register('./hooks.mjs', import.meta.url);
+const { aggregate } = await import(process.env.EDDY_SDK + '/eddy-window.js');
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+function col(xs) {
+  const bs = xs.map((x) => enc.encode(x));
+  const bytes = new Uint8Array(bs.reduce((a, b) => a + b.length, 0));
+  const ends = new Uint32Array(bs.length);
+  let n = 0;
+  bs.forEach((b, i) => { bytes.set(b, n); n += b.length; ends[i] = n; });
+  return { bytes, ends };
+}
+const items = (c) => Array.from(c.ends, (e, i) => dec.decode(c.bytes.subarray(i ? c.ends[i - 1] : 0, e)));
+const agg = aggregate({
+  accumulator: ['i64'],
+  create() { return []; },
+  add(acc, e) {
+    acc.push(e.time); // changed before failing: the SDK undoes it
+    const n = e.json().n;
+    if (n === undefined) throw 'no n';
+    acc[acc.length - 1] = n;
+  },
+  merge(acc, other) { acc.push(...other); },
+  finish(w, acc) { return acc.length ? { key: w.key, start: w.start, n: acc.length } : null; },
+});
+agg.init('{}');
+const r = agg.add({
+  accumulators: col(['[1]', '', 'junk']), fresh: new Uint32Array([1]),
+  targets: new Uint32Array([0, 1, 0, 0, 1, 0, 2]),
+  payloads: col(['{"n":2}', '{"n":3}', '{}', '{"n":4}', '{}', '{"n":5}', '{"n":6}']),
+  times: new BigUint64Array([10n, 11n, 12n, 13n, 14n, 15n, 16n]),
+});
+console.log(JSON.stringify(items(r.accumulators)), JSON.stringify(Array.from(r.failed)), JSON.stringify(items(r.reasons)));
+console.log(dec.decode(agg.merge(col(['[1]', '[2,3]']))));
+console.log(dec.decode(agg.finish({ key: 'k', start: 2n ** 64n - 5n, end: 5n }, col(['[1]', '[2]']))));
+console.log(String(agg.finish({ key: 'k', start: 0n, end: 5n }, col([]))));
+"#,
+    )
+    .unwrap();
+    let Some(out) = run_tool(
+        "node",
+        &[script.to_str().unwrap()],
+        &[("EDDY_SDK", &sdk("js"))],
+    ) else {
+        return;
+    };
+    assert_eq!(
+        out,
+        "[\"[1,2,4,5]\",\"[3]\",\"junk\"] [2,4,6] [\"no n\",\"no n\",\"a window accumulator does not decode: expected value at line 1 column 1\"]\n\
+         [1,2,3]\n\
+         {\"key\":\"k\",\"start\":-5,\"n\":2}\n\
+         undefined\n"
+    );
 }
