@@ -1861,8 +1861,8 @@ done:
  *     EDDY_EXPORT_WINDOW(totals, my_init, my_create, my_add, my_merge,
  *                        my_finish, my_decode, my_encode)
  *
- * and build it with `eddy build --world window-operator` (which defines
- * EDDY_WINDOW: the state, emit and timer functions are then left out, as
+ * and build it with `eddy build` (a source that uses EDDY_EXPORT_WINDOW is
+ * built for world `window-operator`, which defines EDDY_WINDOW: the state, emit and timer functions are then left out, as
  * the world has none of them). `add` folds an event into an accumulator;
  * an error dead-letters the event, and the accumulator is put back as it
  * was before it. `merge` merges `other` into `into` (a hopping window's
@@ -2058,8 +2058,8 @@ static inline bool eddy__window_finish(const eddy__aggregate *A, operator_bounds
 }
 
 /* Exports a window aggregate over accumulator type `acc_type` (see above).
- * Use once, in one source file; build with `eddy build --world
- * window-operator`. Config text that is not JSON is refused before
+ * Use once, in one source file; `eddy build` then builds for world
+ * `window-operator`. Config text that is not JSON is refused before
  * `init_fn` runs (empty text counts as `{}`). */
 #define EDDY_EXPORT_WINDOW(acc_type, init_fn, create_fn, add_fn, merge_fn, finish_fn, decode_fn, encode_fn) \
   static void eddy__w_create(void *a) { create_fn((acc_type *)a); }                \

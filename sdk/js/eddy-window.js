@@ -22,7 +22,8 @@
 //     finish(window, acc, settings) { return { start: window.start, end: window.end, ...acc }; },
 //   });
 //
-// and build it with `eddy build --world window-operator`. A window
+// and build it with `eddy build` (which picks world `window-operator` for
+// a module that imports eddy-window.js). A window
 // aggregate has no state, timers or emits (the host keeps the windows):
 // this module imports only the host's `log`, and shares shapes, JSON,
 // errors, events and config with eddy.js through eddy-json.js.

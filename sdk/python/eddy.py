@@ -63,8 +63,8 @@ state, timer and emit calls act on `timer.key`:
         def on_timer(self, timer):
             eddy.emit(timer.key, {"delayed_since": timer.at - 60_000})
 
-Window aggregates (world `window-operator`, `eddy build --world
-window-operator`): a class with `create`, `add(acc, event)`, `merge(acc,
+Window aggregates (world `window-operator`, which `eddy build` picks for a
+source that calls `export_window`): a class with `create`, `add(acc, event)`, `merge(acc,
 other)` and `finish(window, acc)` over an accumulator of your own, exported
 with `WitWorld = eddy.export_window(MyAggregate, AccumulatorType)`; the
 host keeps the windows (see `export_window`).
@@ -1338,8 +1338,8 @@ def _merged(agg, column, tp):
 
 def export_window(cls, accumulator=None):
     """Returns the component's export class for window aggregate class
-    `cls` (world `window-operator`: build with `eddy build --world
-    window-operator`); bind it as `WitWorld` at the top level of the app
+    `cls` (world `window-operator`, which `eddy build` picks for a source
+    that calls `export_window`); bind it as `WitWorld` at the top level of the app
     module:
 
         WitWorld = eddy.export_window(Spend, Totals)

@@ -1,8 +1,8 @@
 /*
  * Window count and sum, the C twin of plugins/window-sum (Rust).
  *
- * A window aggregate (world `window-operator`: build it with `eddy build
- * --world window-operator`): per key and window, the number of events and
+ * A window aggregate (world `window-operator`, which `eddy build` picks for
+ * a source that uses EDDY_EXPORT_WINDOW): per key and window, the number of events and
  * the sum of a numeric field (config `field`, default `amount`; a missing
  * field counts as 0, one that is not a number fails the event), emitted as
  * {"start": .., "end": .., "count": .., "sum": ..}. The pipeline file

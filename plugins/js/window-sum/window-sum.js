@@ -1,7 +1,7 @@
 // Window count and sum, the JavaScript twin of plugins/window-sum (Rust).
 //
-// A window aggregate (world `window-operator`: build it with `eddy build
-// --world window-operator`): per key and window, the number of events and
+// A window aggregate (world `window-operator`, which `eddy build` picks for
+// a module that imports eddy-window.js): per key and window, the number of events and
 // the sum of a numeric field (config `field`, default `amount`; a missing
 // field counts as 0, one that is not a number fails the event), emitted as
 // {"start": .., "end": .., "count": .., "sum": ..}. The pipeline file

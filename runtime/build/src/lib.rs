@@ -71,6 +71,30 @@ pub fn default_world(lang: Lang) -> &'static str {
     }
 }
 
+/// The world `eddy build` builds the operator in `dir` for when `--world`
+/// is not given: `window-operator` when its source exports a window
+/// aggregate (a `.py` file that calls `export_window(`, a `.js` or `.mjs`
+/// file that names `eddy-window.js`, a `.c` file that uses
+/// `EDDY_EXPORT_WINDOW(`), else [`default_world`].
+pub fn world_for(lang: Lang, dir: &Path) -> Result<&'static str> {
+    let (exts, marker): (&[&str], &str) = match lang {
+        Lang::Python => (&["py"], "export_window("),
+        Lang::Js => (&["js", "mjs"], "eddy-window.js"),
+        Lang::C => (&["c"], "EDDY_EXPORT_WINDOW("),
+        Lang::Rust => return Ok(default_world(lang)),
+    };
+    for ext in exts {
+        for f in files(dir, ext)? {
+            let text =
+                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            if text.contains(marker) {
+                return Ok("window-operator");
+            }
+        }
+    }
+    Ok(default_world(lang))
+}
+
 /// Source languages `eddy build` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Lang {
@@ -106,8 +130,9 @@ pub struct BuildArgs {
     /// The source language, when the directory holds more than one.
     #[arg(long)]
     pub lang: Option<Lang>,
-    /// The world to build against [default: `batched-timer-operator` for
-    /// JavaScript and C, `timer-operator` for Python]. The Python,
+    /// The world to build against [default: `window-operator` for a
+    /// window aggregate, else `batched-timer-operator` for JavaScript and
+    /// C, `timer-operator` for Python]. The Python,
     /// JavaScript and C SDKs implement `batched-timer-operator`: `init`,
     /// `handle`, the batched fast path `handle-batch` and the timer handler
     /// `on-timer`; `timer-operator` leaves `handle-batch` out (in Python the
@@ -117,8 +142,8 @@ pub struct BuildArgs {
     /// itself; `migrating-operator` is `operator` with `migrate`.
     /// `window-operator` builds a window aggregate (Python
     /// `eddy.export_window`, JavaScript `aggregate` from `eddy-window.js`,
-    /// C `EDDY_EXPORT_WINDOW`). Rust operators choose theirs through the
-    /// SDK.
+    /// C `EDDY_EXPORT_WINDOW`), and is the default for a source that uses
+    /// one of those. Rust operators choose theirs through the SDK.
     #[arg(long)]
     pub world: Option<String>,
 }
@@ -160,7 +185,10 @@ pub fn run(a: BuildArgs) -> Result<()> {
         }
     };
     let t = Instant::now();
-    let world = a.world.as_deref().unwrap_or(default_world(lang));
+    let world = match a.world.as_deref() {
+        Some(w) => w,
+        None => world_for(lang, dir)?,
+    };
     build(lang, dir, world, &out)?;
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     eprintln!(
