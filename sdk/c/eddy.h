@@ -47,6 +47,9 @@
  *   - JSON writing                eddy_jw_* (objects with string, integer and
  *                                 f64 fields, printed byte-for-byte as
  *                                 serde_json prints them)
+ *   - window aggregates           EDDY_EXPORT_WINDOW (world window-operator:
+ *                                 create / add / merge / finish over your
+ *                                 accumulator; see "window aggregates")
  *
  * State is bytes; store JSON (as the Rust SDK does) so operators in other
  * languages can read it. State calls trap outside `handle`.
@@ -187,6 +190,7 @@ static inline void eddy__strings_truncate(eddy__strings *s, size_t count) {
   s->bytes.len = count ? s->ends.ptr[count - 1] : 0;
 }
 
+#ifndef EDDY_WINDOW
 /* One single value of a key in the batch: its name (an index in
  * `eddy__B.names`) and where its bytes are. */
 enum { EDDY__DELETED, EDDY__INPUT, EDDY__ARENA };
@@ -481,6 +485,7 @@ static inline void eddy_emit(const char *key, size_t key_len, const void *bytes,
   operator_list_u8_t v = eddy__b(bytes, len);
   eddy_operator_output_emit(&k, &v);
 }
+#endif /* EDDY_WINDOW: the keyed operator's state and emits */
 
 enum {
   EDDY_TRACE = EDDY_OPERATOR_TYPES_LEVEL_TRACE,
@@ -509,6 +514,7 @@ __attribute__((format(printf, 2, 3))) static inline void eddy_log(int level, con
   if (msg != small) free(msg);
 }
 
+#ifndef EDDY_WINDOW
 /* ---- timers and the watermark ---------------------------------------------
  *
  * Named event-time timers of the current key (wit/timers.wit). A name holds
@@ -631,6 +637,7 @@ static inline bool eddy_event_late(void) {
   if (eddy__B.active) return false;
   return eddy_operator_timers_late();
 }
+#endif /* EDDY_WINDOW: timers */
 
 /* ---- JSON reading --------------------------------------------------------
  *
@@ -1782,6 +1789,11 @@ done:
 #define EDDY__EXPORT_ON_TIMER
 #endif
 
+#ifdef EDDY_WINDOW
+#define EDDY_EXPORT_OPERATOR(init_fn, handle_fn)                                   \
+  _Static_assert(0, "built for world window-operator: export a window aggregate with " \
+                    "EDDY_EXPORT_WINDOW, or build a keyed operator for another world");
+#else
 /* Exports `init_fn` and `handle_fn` as the operator's `init` and `handle`
  * (and `handle-batch` and `on-timer` when the world has them).
  * Use once, in one source file. Empty config text counts as `{}`; config
@@ -1823,5 +1835,284 @@ done:
   }                                                                                \
   EDDY__EXPORT_BATCH(handle_fn)                                                    \
   EDDY__EXPORT_ON_TIMER
+#endif /* EDDY_WINDOW */
+
+/* ---- window aggregates ------------------------------------------------------
+ *
+ * An operator declared a window in the pipeline file (`window = { kind =
+ * "tumbling", size = 60000 }`, or "hopping", "session") is an aggregate:
+ * the host assigns events to windows, keeps one accumulator per key and
+ * pane (or session), fires each window once the watermark reaches its end
+ * and emits what `finish` returns under the window's key. You write the
+ * aggregate over an accumulator type of your own, a plain struct (copied by
+ * value: it must own no memory), and its JSON encoding (how the host
+ * stores it):
+ *
+ *     typedef struct { uint64_t count; double sum; } totals;
+ *
+ *     eddy_error my_init(const eddy_config *config);        // once
+ *     void my_create(totals *acc);                          // the empty one
+ *     eddy_error my_add(totals *acc, const eddy_window_event *event);
+ *     eddy_error my_merge(totals *into, const totals *other);
+ *     eddy_error my_finish(const eddy_window *w, const totals *acc, eddy_buf *out);
+ *     eddy_error my_decode(totals *acc, const uint8_t *json, size_t len);
+ *     void my_encode(const totals *acc, eddy_buf *out);
+ *
+ *     EDDY_EXPORT_WINDOW(totals, my_init, my_create, my_add, my_merge,
+ *                        my_finish, my_decode, my_encode)
+ *
+ * and build it with `eddy build` (a source that uses EDDY_EXPORT_WINDOW is
+ * built for world `window-operator`, which defines EDDY_WINDOW: the state, emit and timer functions are then left out, as
+ * the world has none of them). `add` folds an event into an accumulator;
+ * an error dead-letters the event, and the accumulator is put back as it
+ * was before it. `merge` merges `other` into `into` (a hopping window's
+ * panes, oldest first, or the sessions an event bridges). `finish` writes
+ * what window `w` emits into `out` (left empty: nothing is emitted); an
+ * error dead-letters the firing. `decode` reads an accumulator that
+ * `encode` wrote (an error there fails the events of that accumulator).
+ * Each `add` call decodes and encodes every accumulator it is handed once,
+ * however many events it folds into it.
+ */
+
+/* An event being folded into its window: its payload (not NUL-terminated;
+ * read it with the eddy_json_* functions, which take a length) and event
+ * time. */
+typedef struct {
+  const uint8_t *value;
+  size_t value_len;
+  int64_t time;
+} eddy_window_event;
+
+/* A window being finished. `key` is NUL-terminated. */
+typedef struct {
+  const char *key;  /* what it emits goes out under this key */
+  size_t key_len;
+  int64_t start;    /* its first event time (inclusive); a session's first event's */
+  int64_t end;      /* its end (exclusive); a session's last event's time plus the gap */
+} eddy_window;
+
+#ifdef EDDY_WINDOW
+/* An aggregate's functions over accumulators of `size` bytes. */
+typedef struct {
+  size_t size;
+  void (*create)(void *acc);
+  eddy_error (*add)(void *acc, const eddy_window_event *event);
+  eddy_error (*merge)(void *into, const void *other);
+  eddy_error (*finish)(const eddy_window *w, const void *acc, eddy_buf *out);
+  eddy_error (*decode)(void *acc, const uint8_t *json, size_t len);
+  void (*encode)(const void *acc, eddy_buf *out);
+} eddy__aggregate;
+
+/* Whether `s` is a well-formed column of strings. */
+static inline bool eddy__window_column_ok(const operator_strings_t *s) {
+  uint32_t previous = 0;
+  for (size_t i = 0; i < s->ends.len; i++) {
+    if (s->ends.ptr[i] < previous) return false;
+    previous = s->ends.ptr[i];
+  }
+  return previous == s->bytes.len;
+}
+#define EDDY__WAT(col, i) ((i) ? (col).ends.ptr[(i)-1] : 0)
+
+/* Accumulator `i` of `col` decoded into `acc`. */
+static inline eddy_error eddy__window_decode(const eddy__aggregate *A, const operator_strings_t *col,
+                                             size_t i, void *acc) {
+  uint32_t at = EDDY__WAT(*col, i);
+  eddy_error e = A->decode(acc, col->bytes.ptr + at, col->ends.ptr[i] - at);
+  if (!e) return NULL;
+  eddy_error wrapped = eddy_errorf("a window accumulator does not decode: %s", e);
+  free(e);
+  return wrapped;
+}
+
+/* `add`: folds the events of `in` (wit/window.wit) into their
+ * accumulators, each decoded and encoded once. */
+static inline void eddy__window_add(const eddy__aggregate *A, operator_adds_t *in, operator_added_t *ret) {
+  size_t n = in->accumulators.ends.len, nevents = in->targets.len;
+  /* A malformed call is a host bug: trap (the host replays it per event). */
+  if (!eddy__window_column_ok(&in->accumulators) || !eddy__window_column_ok(&in->payloads) ||
+      in->payloads.ends.len != nevents || in->times.len != nevents)
+    abort();
+  uint8_t *accs = malloc((n ? n : 1) * A->size);
+  uint8_t *before = malloc(A->size);
+  char **broken = calloc(n ? n : 1, sizeof *broken); /* why accumulator i does not decode */
+  if (!accs || !before || !broken) abort();
+  size_t f = 0;
+  for (size_t i = 0; i < n; i++) {
+    while (f < in->fresh.len && in->fresh.ptr[f] < i) f++;
+    if (f < in->fresh.len && in->fresh.ptr[f] == i) {
+      A->create(accs + i * A->size);
+    } else {
+      broken[i] = eddy__window_decode(A, &in->accumulators, i, accs + i * A->size);
+    }
+  }
+  eddy__u32s failed = {0};
+  eddy__strings reasons = {0};
+  for (size_t k = 0; k < nevents; k++) {
+    uint32_t t = in->targets.ptr[k];
+    eddy_error e;
+    if (t >= n) {
+      e = eddy_errorf("event %zu: no accumulator %u", k, (unsigned)t);
+    } else if (broken[t]) {
+      e = eddy_errorf("%s", broken[t]);
+    } else {
+      uint32_t at = EDDY__WAT(in->payloads, k);
+      eddy_window_event ev = {in->payloads.bytes.ptr + at, in->payloads.ends.ptr[k] - at, in->times.ptr[k]};
+      void *acc = accs + (size_t)t * A->size;
+      memcpy(before, acc, A->size);
+      e = A->add(acc, &ev);
+      if (e) memcpy(acc, before, A->size); /* left out: as it was before the event */
+    }
+    if (e) {
+      eddy__u32s_push(&failed, (uint32_t)k);
+      eddy__strings_push(&reasons, *e ? e : "error", *e ? strlen(e) : 5);
+      free(e);
+    }
+  }
+  eddy__strings out = {0};
+  eddy_buf one = {0};
+  for (size_t i = 0; i < n; i++) {
+    if (broken[i]) {
+      /* Handed back as it came. */
+      uint32_t at = EDDY__WAT(in->accumulators, i);
+      eddy__strings_push(&out, in->accumulators.bytes.ptr + at, in->accumulators.ends.ptr[i] - at);
+      free(broken[i]);
+    } else {
+      eddy_buf_clear(&one);
+      A->encode(accs + i * A->size, &one);
+      eddy__strings_push(&out, one.ptr, one.len);
+    }
+  }
+  eddy_buf_free(&one);
+  free(broken);
+  free(before);
+  free(accs);
+  operator_adds_free(in);
+  /* Malloc'd: the bindings' post-return function frees them. */
+  ret->accumulators = (operator_strings_t){{out.bytes.ptr, out.bytes.len}, {out.ends.ptr, out.ends.len}};
+  ret->failed = (operator_list_u32_t){failed.ptr, failed.len};
+  ret->reasons = (operator_strings_t){{reasons.bytes.ptr, reasons.bytes.len}, {reasons.ends.ptr, reasons.ends.len}};
+}
+
+/* The accumulators of `col` merged into `acc`, oldest first (none: the
+ * empty accumulator). */
+static inline eddy_error eddy__window_merged(const eddy__aggregate *A, operator_strings_t *col, void *acc) {
+  if (!eddy__window_column_ok(col)) return eddy_errorf("the host sent a malformed list of accumulators");
+  size_t n = col->ends.len;
+  if (n == 0) {
+    A->create(acc);
+    return NULL;
+  }
+  eddy_error e = eddy__window_decode(A, col, 0, acc);
+  void *other = malloc(A->size);
+  if (!other) abort();
+  for (size_t i = 1; i < n && !e; i++) {
+    e = eddy__window_decode(A, col, i, other);
+    if (!e) e = A->merge(acc, other);
+  }
+  free(other);
+  return e;
+}
+
+static inline bool eddy__window_merge(const eddy__aggregate *A, operator_strings_t *col, operator_list_u8_t *ret,
+                                      operator_string_t *err) {
+  void *acc = malloc(A->size);
+  if (!acc) abort();
+  eddy_error e = eddy__window_merged(A, col, acc);
+  if (!e) {
+    eddy_buf b = {0};
+    A->encode(acc, &b);
+    *ret = (operator_list_u8_t){b.ptr, b.len};
+  }
+  free(acc);
+  operator_strings_free(col);
+  return eddy__result(e, err);
+}
+
+static inline bool eddy__window_finish(const eddy__aggregate *A, operator_bounds_t *bounds, operator_strings_t *col,
+                                       operator_option_list_u8_t *ret, operator_string_t *err) {
+  void *acc = malloc(A->size);
+  if (!acc) abort();
+  eddy_error e = eddy__window_merged(A, col, acc);
+  ret->is_some = false;
+  if (!e) {
+    eddy_window w;
+    w.key_len = bounds->key.len;
+    w.key = eddy__own(bounds->key.ptr, bounds->key.len, false);
+    w.start = bounds->start;
+    w.end = bounds->end;
+    eddy_buf out = {0};
+    e = A->finish(&w, acc, &out);
+    if (!e && out.len) {
+      ret->is_some = true;
+      ret->val = (operator_list_u8_t){out.ptr, out.len};
+    } else {
+      eddy_buf_free(&out);
+    }
+    free((char *)w.key);
+  }
+  free(acc);
+  operator_bounds_free(bounds);
+  operator_strings_free(col);
+  return eddy__result(e, err);
+}
+
+/* Exports a window aggregate over accumulator type `acc_type` (see above).
+ * Use once, in one source file; `eddy build` then builds for world
+ * `window-operator`. Config text that is not JSON is refused before
+ * `init_fn` runs (empty text counts as `{}`). */
+#define EDDY_EXPORT_WINDOW(acc_type, init_fn, create_fn, add_fn, merge_fn, finish_fn, decode_fn, encode_fn) \
+  static void eddy__w_create(void *a) { create_fn((acc_type *)a); }                \
+  static eddy_error eddy__w_add(void *a, const eddy_window_event *e) { return add_fn((acc_type *)a, e); } \
+  static eddy_error eddy__w_merge(void *a, const void *b) {                        \
+    return merge_fn((acc_type *)a, (const acc_type *)b);                           \
+  }                                                                                \
+  static eddy_error eddy__w_finish(const eddy_window *w, const void *a, eddy_buf *out) { \
+    return finish_fn(w, (const acc_type *)a, out);                                 \
+  }                                                                                \
+  static eddy_error eddy__w_decode(void *a, const uint8_t *json, size_t len) {     \
+    return decode_fn((acc_type *)a, json, len);                                    \
+  }                                                                                \
+  static void eddy__w_encode(const void *a, eddy_buf *out) { encode_fn((const acc_type *)a, out); } \
+  static const eddy__aggregate eddy__window_aggregate = {                          \
+      sizeof(acc_type), eddy__w_create, eddy__w_add, eddy__w_merge,                \
+      eddy__w_finish, eddy__w_decode, eddy__w_encode};                             \
+  bool exports_operator_init(operator_string_t *config, operator_string_t *err) {  \
+    eddy_config c;                                                                 \
+    c.len = config->len;                                                           \
+    c.json = eddy__own(config->ptr, config->len, true);                            \
+    eddy_json j;                                                                   \
+    eddy_json_value v;                                                             \
+    eddy_json_init(&j, c.json, c.len);                                             \
+    eddy__ws(&j);                                                                  \
+    eddy_error e = NULL;                                                           \
+    if (j.pos == j.len) {                                                          \
+      free((char *)c.json);                                                        \
+      c.json = eddy__own((uint8_t *)"{}", 2, false);                               \
+      c.len = 2;                                                                   \
+    } else if (!eddy_json_next_value(&j, &v) || !eddy_json_end(&j)) {              \
+      e = eddy_json_error(&j, "config is not JSON: ");                             \
+    }                                                                              \
+    eddy_json_free(&j);                                                            \
+    if (!e) e = init_fn(&c);                                                       \
+    free((char *)c.json);                                                          \
+    return eddy__result(e, err);                                                   \
+  }                                                                                \
+  void exports_operator_add(operator_adds_t *adds, operator_added_t *ret) {        \
+    eddy__window_add(&eddy__window_aggregate, adds, ret);                          \
+  }                                                                                \
+  bool exports_operator_merge(operator_strings_t *accumulators, operator_list_u8_t *ret, \
+                              operator_string_t *err) {                            \
+    return eddy__window_merge(&eddy__window_aggregate, accumulators, ret, err);    \
+  }                                                                                \
+  bool exports_operator_finish(operator_bounds_t *window, operator_strings_t *accumulators, \
+                               operator_option_list_u8_t *ret, operator_string_t *err) { \
+    return eddy__window_finish(&eddy__window_aggregate, window, accumulators, ret, err); \
+  }
+#else
+#define EDDY_EXPORT_WINDOW(...)                                                    \
+  _Static_assert(0, "EDDY_EXPORT_WINDOW needs world window-operator: build with " \
+                    "`eddy build --world window-operator`");
+#endif /* EDDY_WINDOW */
 
 #endif /* EDDY_H */

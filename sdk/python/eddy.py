@@ -62,6 +62,12 @@ state, timer and emit calls act on `timer.key`:
 
         def on_timer(self, timer):
             eddy.emit(timer.key, {"delayed_since": timer.at - 60_000})
+
+Window aggregates (world `window-operator`, which `eddy build` picks for a
+source that calls `export_window`): a class with `create`, `add(acc, event)`, `merge(acc,
+other)` and `finish(window, acc)` over an accumulator of your own, exported
+with `WitWorld = eddy.export_window(MyAggregate, AccumulatorType)`; the
+host keeps the windows (see `export_window`).
 """
 
 import dataclasses
@@ -73,16 +79,23 @@ import typing
 try:  # present inside the component (componentize-py generates it)
     from componentize_py_types import Err as _Err
     from wit_world.imports import log as _wit_log
+    from wit_world.imports import types as _wit_types
+except ImportError:  # plain CPython, e.g. to test `dumps`
+    _Err = _wit_log = _wit_types = None
+try:  # the keyed worlds (`operator`, `timer-operator`, ...), not `window-operator`
     from wit_world.imports import output as _wit_output
     from wit_world.imports import state as _wit_state
     from wit_world.imports import timers as _wit_timers
-    from wit_world.imports import types as _wit_types
-except ImportError:  # plain CPython, e.g. to test `dumps`
-    _Err = _wit_log = _wit_output = _wit_state = _wit_timers = _wit_types = None
-try:  # the batched worlds (`batched-operator`, `batched-timer-operator`, ...) only
+except ImportError:
+    _wit_output = _wit_state = _wit_timers = None
+try:  # the batched worlds and `window-operator` only
     from wit_world.imports import batch as _wit_batch
 except ImportError:
     _wit_batch = None
+try:  # `window-operator` only
+    from wit_world.imports import window as _wit_window
+except ImportError:
+    _wit_window = None
 
 # Where state and emit calls go: the host's imports, or, during
 # `handle_batch`, the running batch (`_Batch`), which serves and buffers them.
@@ -93,6 +106,7 @@ __all__ = [
     "Error", "Event", "Config", "Value", "Map", "List",
     "emit", "emit_raw", "clear_key", "config", "log", "timers", "Timer",
     "dumps", "loads", "decode", "number", "export", "i64", "u64", "u32",
+    "WindowEvent", "Window", "export_window",
 ]
 
 _U32_MAX = 0xFFFFFFFF
@@ -1167,5 +1181,237 @@ def export(cls):
                 # A trap: the host replays the batch with `handle`.
                 raise RuntimeError("handle-batch called before init")
             return _run_batch(batch, instance[0].handle)
+
+    return WitWorld
+
+
+# ---- window aggregates ---------------------------------------------------------
+
+
+class WindowEvent:
+    """An event being folded into its window, as `add(self, acc, event)`
+    receives it: `value` (the payload bytes) and `time` (its event time, an
+    int). `json(tp)` and `text()` read the payload as `Event`'s do."""
+
+    __slots__ = ("value", "time")
+
+    def __init__(self, value, time):
+        self.value = value
+        self.time = time
+
+    json = Event.json
+    text = Event.text
+
+    def __repr__(self):
+        return f"WindowEvent(value={self.value!r}, time={self.time!r})"
+
+
+class Window:
+    """A window being finished, as `finish(self, window, acc)` receives it:
+    `key` (what it emits goes out under it), `start` (its first event time,
+    inclusive; a session's first event's time) and `end` (exclusive; a
+    session's last event's time plus the gap)."""
+
+    __slots__ = ("key", "start", "end")
+
+    def __init__(self, key, start, end):
+        self.key = key
+        self.start = start
+        self.end = end
+
+    def __repr__(self):
+        return f"Window(key={self.key!r}, start={self.start!r}, end={self.end!r})"
+
+
+def _decode_acc(tp, data):
+    """Accumulator bytes as `tp`; `Error` naming the problem."""
+    try:
+        return decode(tp, loads(data))
+    except (ValueError, Error) as e:
+        raise Error(f"a window accumulator does not decode: {e}") from None
+
+
+def _encode_acc(acc):
+    try:
+        return dumps(acc).encode()
+    except (TypeError, ValueError) as e:
+        # A trap: the host replays the call event by event, and each event
+        # is dead-lettered with this reason.
+        raise RuntimeError(f"cannot encode a window accumulator: {e}") from None
+
+
+def _run_add(agg, adds, tp):
+    """Folds the events of `adds` into their accumulators (`wit/window.wit`):
+    each accumulator is decoded once and encoded once per call, whatever
+    the number of its events. An event whose `add` raises is left out: its
+    accumulator is rebuilt from the call's input and the accumulator's
+    earlier events that did not fail (so nothing is copied per event, and
+    a failure costs a replay of that accumulator's events)."""
+    column = adds.accumulators
+    data, ends = column.bytes, column.ends
+    n = len(ends)
+    fresh = set(adds.fresh)
+    accs = [None] * n
+    broken = {}  # accumulator index -> why it does not decode
+
+    def original(i):
+        if i in fresh:
+            return agg.create()
+        return _decode_acc(tp, data[ends[i - 1] if i else 0:ends[i]])
+
+    for i in range(n):
+        try:
+            accs[i] = original(i)
+        except Error as e:
+            broken[i] = str(e)
+    targets, times = adds.targets, adds.times
+    payloads = adds.payloads
+    payload_data, payload_ends = payloads.bytes, payloads.ends
+    add = agg.add
+    failed = []
+    failed_set = set()
+    reasons = bytearray()
+    reason_ends = []
+    start = 0
+    for k, t in enumerate(targets):
+        end = payload_ends[k]
+        if t >= n:
+            reason = f"event {k}: no accumulator {t}"
+        elif t in broken:
+            reason = broken[t]
+        else:
+            try:
+                r = add(accs[t], WindowEvent(payload_data[start:end], times[k]))
+                if r is not None:
+                    accs[t] = r
+                start = end
+                continue
+            except Exception as e:
+                reason = _reason(e)
+            # Put the accumulator back as it was before this event.
+            acc = original(t)
+            at = 0
+            for j in range(k):
+                stop = payload_ends[j]
+                if targets[j] == t and j not in failed_set:
+                    r = add(acc, WindowEvent(payload_data[at:stop], times[j]))
+                    if r is not None:
+                        acc = r
+                at = stop
+            accs[t] = acc
+        start = end
+        failed.append(k)
+        failed_set.add(k)
+        reasons += reason.encode("utf-8", "replace")
+        reason_ends.append(len(reasons))
+    out = bytearray()
+    out_ends = []
+    for i in range(n):
+        if i in broken:
+            # Handed back as it came.
+            out += data[ends[i - 1] if i else 0:ends[i]]
+        else:
+            out += _encode_acc(accs[i])
+        out_ends.append(len(out))
+    strings = _wit_batch.Strings
+    return _wit_window.Added(
+        accumulators=strings(bytes(out), out_ends),
+        failed=failed,
+        reasons=strings(bytes(reasons), reason_ends),
+    )
+
+
+def _merged(agg, column, tp):
+    """The accumulators of `column` decoded and merged, oldest first."""
+    data, ends = column.bytes, column.ends
+    acc = None
+    for i in range(len(ends)):
+        nxt = _decode_acc(tp, data[ends[i - 1] if i else 0:ends[i]])
+        if i == 0:
+            acc = nxt
+        else:
+            r = agg.merge(acc, nxt)
+            if r is not None:
+                acc = r
+    return agg.create() if not ends else acc
+
+
+def export_window(cls, accumulator=None):
+    """Returns the component's export class for window aggregate class
+    `cls` (world `window-operator`, which `eddy build` picks for a source
+    that calls `export_window`); bind it as `WitWorld` at the top level of the app
+    module:
+
+        WitWorld = eddy.export_window(Spend, Totals)
+
+    `accumulator` is the accumulator's type, as `decode` takes it (a
+    dataclass, `float`, `list`, ...; None: any JSON): accumulators are
+    stored by the host as their JSON (`dumps`) and decoded as this type.
+    `cls` has
+
+    - `init(self, config)` (optional): once, with the pipeline's config;
+    - `create(self)`: the empty accumulator, that a window's first event is
+      added to;
+    - `add(self, acc, event)`: folds `event` (a `WindowEvent`) into `acc`,
+      in place or by returning the new accumulator (None keeps `acc`). An
+      exception dead-letters the event, and the window's accumulator is
+      then as it was before the event;
+    - `merge(self, acc, other)`: merges `other` into `acc` (a hopping
+      window's panes, oldest first, or the sessions an event bridges),
+      in place or by returning the result;
+    - `finish(self, window, acc)`: what window `window` (a `Window`) emits,
+      encoded with `dumps` (bytes are emitted as they are), or None to emit
+      nothing. An exception dead-letters the firing.
+
+    One instance serves every key and window: keep per-window data in the
+    accumulator. Each `add` call decodes and encodes every accumulator it
+    is handed once, however many events it folds into it."""
+    import wit_world
+
+    instance = []
+
+    class WitWorld(wit_world.WitWorld):
+        def init(self, config_text):
+            global _config
+            try:
+                _config = Config.from_json(config_text)
+                agg = cls()
+                if hasattr(agg, "init"):
+                    agg.init(_config)
+            except Exception as e:
+                raise _Err(_reason(e))
+            instance[:] = [agg]
+
+        def add(self, adds):
+            if not instance:
+                # A trap: the host replays the call event by event.
+                raise RuntimeError("add called before init")
+            return _run_add(instance[0], adds, accumulator)
+
+        def merge(self, accumulators):
+            if not instance:
+                raise _Err("merge called before init")
+            try:
+                return _encode_acc(_merged(instance[0], accumulators, accumulator))
+            except Exception as e:
+                raise _Err(_reason(e))
+
+        def finish(self, window, accumulators):
+            if not instance:
+                raise _Err("finish called before init")
+            agg = instance[0]
+            try:
+                acc = _merged(agg, accumulators, accumulator)
+                out = agg.finish(Window(window.key, window.start, window.end), acc)
+                if out is None:
+                    return None
+                if isinstance(out, (bytes, bytearray)):
+                    return bytes(out)
+                try:
+                    return dumps(out).encode()
+                except (TypeError, ValueError) as e:
+                    raise Error(f"cannot encode the window's output: {e}") from None
+            except Exception as e:
+                raise _Err(_reason(e))
 
     return WitWorld

@@ -11,7 +11,9 @@
 //!    into a `wasm32-wasi` (WASI preview 1) *reactor* core module, with
 //!    `EDDY_HANDLE_BATCH` defined when the world exports `handle-batch`
 //!    and `EDDY_ON_TIMER` when it exports `on-timer` (eddy.h then
-//!    implements them);
+//!    implements them), and `EDDY_WINDOW` for a window aggregate (world
+//!    `window-operator`, which exports `add`: eddy.h then has only the
+//!    parts that world can use, and `EDDY_EXPORT_WINDOW`);
 //! 4. **component**: turn the core module into a component, adapting its
 //!    preview 1 imports to WASI preview 2 with the reactor adapter, and write
 //!    it to `out`.
@@ -65,6 +67,7 @@ pub fn build_c(
     };
     let batched = exports("handle-batch");
     let on_timer = exports("on-timer");
+    let window = exports("add");
     share_anonymous_types(&mut resolve, world_id);
 
     // 2. Bindings.
@@ -112,6 +115,12 @@ pub fn build_c(
         // eddy.h then exports `on-timer`, calling `eddy_on_timer`.
         cmd.arg("-DEDDY_ON_TIMER=1");
     }
+    if window {
+        // A window aggregate: eddy.h leaves out the keyed operator's parts
+        // (state, emits, timers), whose imports this world lacks, and
+        // offers EDDY_EXPORT_WINDOW.
+        cmd.arg("-DEDDY_WINDOW=1");
+    }
     if let Some(sysroot) = wasi_sysroot()? {
         cmd.arg(format!("--sysroot={}", sysroot.display()));
     }
@@ -128,7 +137,10 @@ pub fn build_c(
         .with_context(|| format!("clang: cannot run {}", clang.display()))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
-        let hint = if stderr.contains("undefined symbol: exports_") {
+        let hint = if stderr.contains("undefined symbol: exports_") && window {
+            "\n(the world's exports are missing: with eddy.h, end one source file with \
+             `EDDY_EXPORT_WINDOW(...)` (see eddy.h, \"window aggregates\"))"
+        } else if stderr.contains("undefined symbol: exports_") {
             "\n(the world's exports are missing: with eddy.h, end one source file with \
              `EDDY_EXPORT_OPERATOR(my_init, my_handle)`)"
         } else {

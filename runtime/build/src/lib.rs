@@ -10,7 +10,7 @@
 //! # Layout
 //!
 //! - this file: [`BuildArgs`] and [`run`] (the command), language detection,
-//!   the embedded files ([`WIT`], [`PYTHON_SDK`], [`JS_SDK`], [`C_SDK`]) and
+//!   the embedded files ([`WIT`], [`PYTHON_SDK`], [`JS_SDK_FILES`], [`C_SDK`]) and
 //!   the Rust, Python and JavaScript builds.
 //! - [`build_c`]: the C build (bindings, clang, component encoding).
 
@@ -38,8 +38,21 @@ pub const WIT: &[(&str, &str)] = &[
 
 /// The Python SDK module (`import eddy`).
 pub const PYTHON_SDK: &str = include_str!("../../../sdk/python/eddy.py");
-/// The JavaScript SDK module (`import ... from 'eddy.js'`).
+/// The JavaScript SDK module for keyed operators (`import ... from
+/// '../eddy.js'`).
 pub const JS_SDK: &str = include_str!("../../../sdk/js/eddy.js");
+/// The JavaScript SDK module for window aggregates (`import ... from
+/// '../eddy-window.js'`, world `window-operator`).
+pub const JS_WINDOW_SDK: &str = include_str!("../../../sdk/js/eddy-window.js");
+/// What [`JS_SDK`] and [`JS_WINDOW_SDK`] share (shapes, JSON, errors, log,
+/// events, config): `eddy-json.js`, which both import.
+pub const JS_JSON_SDK: &str = include_str!("../../../sdk/js/eddy-json.js");
+/// The JavaScript SDK's files, by name, laid out side by side.
+pub const JS_SDK_FILES: &[(&str, &str)] = &[
+    ("eddy.js", JS_SDK),
+    ("eddy-window.js", JS_WINDOW_SDK),
+    ("eddy-json.js", JS_JSON_SDK),
+];
 /// The C SDK header (`#include "eddy.h"`).
 pub const C_SDK: &str = include_str!("../../../sdk/c/eddy.h");
 
@@ -56,6 +69,30 @@ pub fn default_world(lang: Lang) -> &'static str {
         Lang::Js | Lang::C => "batched-timer-operator",
         Lang::Python | Lang::Rust => "timer-operator",
     }
+}
+
+/// The world `eddy build` builds the operator in `dir` for when `--world`
+/// is not given: `window-operator` when its source exports a window
+/// aggregate (a `.py` file that calls `export_window(`, a `.js` or `.mjs`
+/// file that names `eddy-window.js`, a `.c` file that uses
+/// `EDDY_EXPORT_WINDOW(`), else [`default_world`].
+pub fn world_for(lang: Lang, dir: &Path) -> Result<&'static str> {
+    let (exts, marker): (&[&str], &str) = match lang {
+        Lang::Python => (&["py"], "export_window("),
+        Lang::Js => (&["js", "mjs"], "eddy-window.js"),
+        Lang::C => (&["c"], "EDDY_EXPORT_WINDOW("),
+        Lang::Rust => return Ok(default_world(lang)),
+    };
+    for ext in exts {
+        for f in files(dir, ext)? {
+            let text =
+                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            if text.contains(marker) {
+                return Ok("window-operator");
+            }
+        }
+    }
+    Ok(default_world(lang))
 }
 
 /// Source languages `eddy build` knows.
@@ -93,16 +130,20 @@ pub struct BuildArgs {
     /// The source language, when the directory holds more than one.
     #[arg(long)]
     pub lang: Option<Lang>,
-    /// The world to build against [default: `batched-timer-operator` for
-    /// JavaScript and C, `timer-operator` for Python]. The Python,
+    /// The world to build against [default: `window-operator` for a
+    /// window aggregate, else `batched-timer-operator` for JavaScript and
+    /// C, `timer-operator` for Python]. The Python,
     /// JavaScript and C SDKs implement `batched-timer-operator`: `init`,
     /// `handle`, the batched fast path `handle-batch` and the timer handler
     /// `on-timer`; `timer-operator` leaves `handle-batch` out (in Python the
     /// per-event path is the faster one); `batched-operator` and `operator`
     /// leave `on-timer` out too (such a component cannot set timers).
     /// `full-operator` adds `migrate`, which the operator must then export
-    /// itself; `migrating-operator` is `operator` with `migrate`. Rust
-    /// operators choose theirs through the SDK.
+    /// itself; `migrating-operator` is `operator` with `migrate`.
+    /// `window-operator` builds a window aggregate (Python
+    /// `eddy.export_window`, JavaScript `aggregate` from `eddy-window.js`,
+    /// C `EDDY_EXPORT_WINDOW`), and is the default for a source that uses
+    /// one of those. Rust operators choose theirs through the SDK.
     #[arg(long)]
     pub world: Option<String>,
 }
@@ -144,7 +185,10 @@ pub fn run(a: BuildArgs) -> Result<()> {
         }
     };
     let t = Instant::now();
-    let world = a.world.as_deref().unwrap_or(default_world(lang));
+    let world = match a.world.as_deref() {
+        Some(w) => w,
+        None => world_for(lang, dir)?,
+    };
     build(lang, dir, world, &out)?;
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     eprintln!(
@@ -451,11 +495,14 @@ fn js(dir: &Path, world: &str, out: &Path) -> Result<()> {
     let tool = componentize_js(dir)?;
     let main = js_main(dir)?;
     // componentize-js lets the engine read only files under its working
-    // directory: lay out `<tmp>/eddy.js` and the operator's files in
-    // `<tmp>/op/`, so `import ... from '../eddy.js'` (how the operators in
-    // plugins/js import the SDK) resolves.
+    // directory: lay out `<tmp>/eddy.js` (with `eddy-window.js` and
+    // `eddy-json.js`) and the operator's files in `<tmp>/op/`, so `import
+    // ... from '../eddy.js'` (how the operators in plugins/js import the
+    // SDK) resolves.
     let tmp = scratch(None)?;
-    std::fs::write(tmp.path().join("eddy.js"), JS_SDK)?;
+    for (name, text) in JS_SDK_FILES {
+        std::fs::write(tmp.path().join(name), text)?;
+    }
     let op = tmp.path().join("op");
     std::fs::create_dir(&op)?;
     for f in files(dir, "js")?.into_iter().chain(files(dir, "mjs")?) {

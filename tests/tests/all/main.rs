@@ -61,6 +61,9 @@ mod windows;
 // Windows over a WebAssembly aggregate declared in the pipeline file: known
 // answers, 1 vs 4 workers, each bad `window` setting's error.
 mod windows_wasm;
+// The window aggregate in the Python, JavaScript and C SDKs: the same
+// pipeline file gives byte-identical outputs in all four languages.
+mod windows_lang;
 // A state cache far smaller than the key set: exact counts, across kill -9
 // and restart and across a hot swap that migrates evicted keys.
 mod cache;
