@@ -54,6 +54,11 @@ pub struct BenchKafkaArgs {
     /// Input records per second during the failover measure.
     #[arg(long, default_value_t = 20_000)]
     pub failover_rate: u64,
+    /// Distinct keys given state before the failover (one record each,
+    /// handled before the kill): the state the takeover restores. The
+    /// failover runs twice, without and with standby copies.
+    #[arg(long, default_value_t = 0)]
+    pub failover_keys: u64,
 }
 
 fn rate(n: u64, d: Duration) -> f64 {
@@ -323,7 +328,16 @@ pub fn run(a: BenchKafkaArgs) -> Result<()> {
             r / file_rate
         );
     }
-    failover(&a, &bootstrap, dir.path(), interval)?;
+    let cold = failover(&a, &bootstrap, dir.path(), interval, false)?;
+    let warm = failover(&a, &bootstrap, dir.path(), interval, true)?;
+    if let (Some(cold), Some(warm)) = (cold, warm) {
+        println!(
+            "  failover restore with standby / without: {:.3} ({:.3}s / {:.3}s)",
+            warm / cold.max(1e-9),
+            warm,
+            cold
+        );
+    }
     Ok(())
 }
 
@@ -394,15 +408,20 @@ fn wait_committed(
     }
 }
 
-/// Two `eddy run` processes in group mode under a steady input; one is
+/// Two `eddy run` processes in group mode (with `standby` copies or not)
+/// under a steady input, after `failover_keys` keys got state; one is
 /// killed with `kill -9`; prints the time until every partition it owned
-/// is committed again (by the other), and the other's restore.
+/// is committed again (by the other), and the other's restore. Returns
+/// the restore's time in seconds, when the log says it.
 fn failover(
     a: &BenchKafkaArgs,
     bootstrap: &str,
     dir: &std::path::Path,
     interval: u64,
-) -> Result<()> {
+    standby: bool,
+) -> Result<Option<f64>> {
+    let dir = &dir.join(if standby { "warm" } else { "cold" });
+    std::fs::create_dir_all(dir)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -421,7 +440,7 @@ fn failover(
     std::fs::write(
         &file,
         format!(
-            "workers = 1\n[source.kafka]\nbootstrap = \"{bootstrap}\"\ntopic = \"{input}\"\ngroup = \"{group}\"\nmode = \"group\"\n[[operator]]\nname = \"counter\"\ncomponent = \"{}\"\n[sink.kafka]\ntopic = \"{output}\"\n[state]\ncheckpoint_interval_ms = {interval}\n",
+            "workers = 1\n[source.kafka]\nbootstrap = \"{bootstrap}\"\ntopic = \"{input}\"\ngroup = \"{group}\"\nmode = \"group\"\nstandby = {standby}\n[[operator]]\nname = \"counter\"\ncomponent = \"{}\"\n[sink.kafka]\ntopic = \"{output}\"\n[state]\ncheckpoint_interval_ms = {interval}\n",
             std::fs::canonicalize(&a.component)?.display()
         ),
     )?;
@@ -439,6 +458,63 @@ fn failover(
             .spawn()?)
     };
     let mut procs = [spawn(0)?, spawn(1)?];
+    let log0 = || std::fs::read_to_string(dir.join("failover-0.log")).unwrap_or_default();
+    let current = || log0().matches("standby copy of partitions").count();
+    if a.failover_keys > 0 {
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("linger.ms", "20")
+            .set("partitioner", "murmur2_random")
+            .create()?;
+        let t = Instant::now();
+        for i in 0..a.failover_keys {
+            let key = format!("pre-{i}");
+            let mut rec = BaseRecord::to(&input).key(key.as_bytes()).payload("{}");
+            loop {
+                match p.send(rec) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        rec = r;
+                        p.poll(Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+        p.flush(Duration::from_secs(60))?;
+        let group_probe = probe(bootstrap, &group)?;
+        let ends = ends(&group_probe, &input, a.partitions)?;
+        loop {
+            let now = committed(&group_probe, &input, a.partitions)?;
+            if now.iter().zip(&ends).all(|(c, e)| c.unwrap_or(0) >= *e) {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(600) {
+                bail!("the {} keys were not handled within 600 s", a.failover_keys);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let handled = t.elapsed();
+        let mut note = String::new();
+        if standby {
+            // The copy follows the last checkpoints' changelog records.
+            std::thread::sleep(Duration::from_secs(2));
+            let seen = current();
+            let limit = Duration::from_secs(30.max(a.failover_keys / 20_000));
+            let waited = Instant::now();
+            while current() == seen && waited.elapsed() < limit {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            note = match current() > seen {
+                true => format!("; standby copy current {:.2}s later", waited.elapsed().as_secs_f64() + 2.0),
+                false => format!("; standby copy not seen current within {limit:?}"),
+            };
+        }
+        println!(
+            "  failover setup: {} keys given state in {:.2}s{note}",
+            a.failover_keys,
+            handled.as_secs_f64()
+        );
+    }
     // A steady input: `failover_rate` records/s over `keys` keys.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producer = {
@@ -523,7 +599,7 @@ fn failover(
         .args(["-TERM", &procs[0].id().to_string()])
         .status();
     let _ = procs[0].wait();
-    let log = std::fs::read_to_string(dir.join("failover-0.log")).unwrap_or_default();
+    let log = log0();
     let restore = log
         .lines()
         .rfind(|l| l.contains(" restored ("))
@@ -531,10 +607,37 @@ fn failover(
         .unwrap_or("(no restore logged)")
         .to_string();
     println!(
-        "  failover (2 processes, 1 worker each, {} records/s in): kill -9 of one; its {} partition(s) committed again by the other after {:.2}s (session timeout 6 s); the other's restore: {restore}",
+        "  failover ({}, 2 processes, 1 worker each, {} records/s in): kill -9 of one; its {} partition(s) committed again by the other after {:.2}s (session timeout 6 s); the other's restore: {restore}",
+        if standby { "standby copies" } else { "no standby" },
         a.failover_rate,
         victim.len(),
         flowing.as_secs_f64()
     );
-    Ok(())
+    Ok(restore_secs(&restore))
+}
+
+/// The time in a restore line's `in 1.23s` / `in 15.5ms` / `in 900µs`.
+fn restore_secs(line: &str) -> Option<f64> {
+    let t = line.rsplit(" in ").next()?;
+    let (n, unit) = t.split_at(t.find(|c: char| !(c.is_ascii_digit() || c == '.'))?);
+    let n: f64 = n.parse().ok()?;
+    Some(match unit {
+        "s" => n,
+        "ms" => n / 1e3,
+        "µs" => n / 1e6,
+        "ns" => n / 1e9,
+        _ => return None,
+    })
+}
+
+/// The end offsets of `topic`'s partitions.
+fn ends(probe: &BaseConsumer, topic: &str, partitions: i32) -> Result<Vec<i64>> {
+    (0..partitions)
+        .map(|p| {
+            probe
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map(|(_, high)| high)
+                .map_err(Into::into)
+        })
+        .collect()
 }

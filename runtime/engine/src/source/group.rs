@@ -266,12 +266,15 @@ fn restore_loop(
     standby: bool,
 ) {
     let mut last_warning: Option<Instant> = None;
+    // Standby: the copy read changelog records in its last step (it says
+    // so once when it has caught up).
+    let mut behind = true;
     while !s.stopped() {
         let parts = match jobs.recv_timeout(Duration::from_millis(100)) {
             Ok(p) => p,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 if standby {
-                    follow(s, restorer, &mut last_warning);
+                    follow(s, restorer, &mut behind, &mut last_warning);
                 }
                 continue;
             }
@@ -353,10 +356,11 @@ fn restore_loop(
 
 /// Standby, between restores: moves this directory's copy of the
 /// partitions assigned elsewhere closer to their changelogs' ends (a
-/// bounded step, so that a partition assigned meanwhile waits little). A
-/// failure is only warned about (once a minute): the copy is a head start,
+/// bounded step, so that a partition assigned meanwhile waits little);
+/// says when it has caught up after reading something. A failure is only
+/// warned about (once a minute): the copy is a head start,
 /// and a restore reads whatever it lacks.
-fn follow(s: &Shared, restorer: &Restorer, last_warning: &mut Option<Instant>) {
+fn follow(s: &Shared, restorer: &Restorer, behind: &mut bool, last_warning: &mut Option<Instant>) {
     let others: Vec<Part> = {
         let st = s.st.lock().expect("reader state");
         s.parts
@@ -371,9 +375,21 @@ fn follow(s: &Shared, restorer: &Restorer, last_warning: &mut Option<Instant>) {
     }
     match restorer.follow(&others, STANDBY_STEP, &|| s.stopped()) {
         Ok(n) if n > 0 => {
+            *behind = true;
             tracing::debug!("Kafka group: standby copy moved {n} changelog records on")
         }
-        Ok(_) => {}
+        Ok(_) => {
+            if std::mem::take(behind) {
+                tracing::info!(
+                    "Kafka group: the standby copy of partitions {} is current",
+                    others
+                        .iter()
+                        .map(|p| p.partition.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
         Err(e) => {
             if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
                 tracing::warn!("Kafka group: following the other processes' changelogs: {e:#}");
