@@ -270,7 +270,12 @@ fn restore_loop(
     // so once when it has caught up).
     let mut behind = true;
     while !s.stopped() {
-        let parts = match jobs.recv_timeout(Duration::from_millis(100)) {
+        // A copy behind takes its next step at once (a job first).
+        let idle = match standby && behind {
+            true => Duration::ZERO,
+            false => Duration::from_millis(100),
+        };
+        let parts = match jobs.recv_timeout(idle) {
             Ok(p) => p,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 if standby {
@@ -391,6 +396,8 @@ fn follow(s: &Shared, restorer: &Restorer, behind: &mut bool, last_warning: &mut
             }
         }
         Err(e) => {
+            // The next step after the usual pause.
+            *behind = false;
             if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
                 tracing::warn!("Kafka group: following the other processes' changelogs: {e:#}");
                 *last_warning = Some(Instant::now());
