@@ -411,6 +411,24 @@ impl<A: Aggregate> Operator for WindowOperator<A> {
         self.agg.version()
     }
 
+    fn timer_bound(&self, event: &EventRef<'_>) -> Option<i64> {
+        // Every window an event at `t` falls in ends after `t`; its timer
+        // is at its end - 1.
+        let t = event.time?;
+        if let Some(gap) = self.gap {
+            // A session that takes the event ends at `t + gap` or later.
+            return Some(t.saturating_add(gap - 1));
+        }
+        // The earliest window holding the event's pane `p`: the first
+        // start `s` (a multiple of `slide`) with `s + size > p`.
+        let first_end = floor(t, self.pane)
+            .checked_sub(self.size)
+            .map(|x| floor(x, self.slide))
+            .and_then(|s| s.checked_add(self.slide))
+            .and_then(|s| s.checked_add(self.size));
+        Some(first_end.map_or(t, |end| (end - 1).max(t)))
+    }
+
     fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError> {
         let t = event.time.ok_or_else(|| {
             HandleError::Failed(
@@ -520,6 +538,47 @@ mod tests {
             assert_eq!(start_of_field(f), Some(*s));
         }
         assert_eq!(start_of_field("not hex"), None);
+    }
+
+    /// The bound the worker passes advances with is the earliest timer
+    /// handling the event sets (never later, or a window would fire late).
+    #[test]
+    fn timer_bound_is_the_earliest_timer_an_event_sets() {
+        use crate::config::Limits;
+        use crate::operator::{Emits, TimerUse, WindowSum};
+        let event = |t| EventRef {
+            key: "k",
+            value: b"{}",
+            time: Some(t),
+            line: 0,
+        };
+        let ctx = || {
+            let mut c = OpCtx::new("op".into(), None, Limits::default());
+            c.set_timer_use(TimerUse::Allowed);
+            c
+        };
+        let agg = || WindowSum::new("amount");
+        for (size, slide) in [(10u64, 10u64), (12, 3), (20, 5), (10, 4), (7, 7), (1, 1)] {
+            for t in -50i64..50 {
+                let mut w = WindowOperator::hopping(ctx(), agg(), size, slide);
+                w.ctx.begin("k").unwrap();
+                w.handle(event(t)).unwrap();
+                w.ctx.finish(true, &mut Emits::default());
+                assert_eq!(
+                    w.timer_bound(&event(t)),
+                    w.ctx.timers().next(),
+                    "size {size} slide {slide} t {t}"
+                );
+            }
+        }
+        let mut w = WindowOperator::session(ctx(), agg(), 5);
+        w.ctx.begin("k").unwrap();
+        w.handle(event(3)).unwrap();
+        w.ctx.finish(true, &mut Emits::default());
+        assert_eq!(w.timer_bound(&event(3)), w.ctx.timers().next());
+        let w = WindowOperator::tumbling(ctx(), agg(), 10);
+        let none = EventRef { time: None, ..event(0) };
+        assert_eq!(w.timer_bound(&none), None);
     }
 
     #[test]
