@@ -238,10 +238,30 @@ impl<A: Aggregate> WindowOperator<A> {
         floor(p, self.slide).saturating_add(self.size)
     }
 
+    /// The end of the first window holding the pane starting at `p`.
+    fn first_end(&self, p: i64) -> Option<i64> {
+        p.checked_sub(self.size)
+            .map(|x| floor(x, self.slide))
+            .and_then(|s| s.checked_add(self.slide))
+            .and_then(|s| s.checked_add(self.size))
+    }
+
     /// Sets the timer of every window holding the pane starting at `p`
     /// that has none yet (latest first: starts `s` with `s <= p < s +
-    /// size`).
-    fn arm_windows(&mut self, p: i64) -> Result<(), HandleError> {
+    /// size`). `existed`: the pane was in the key's state before this
+    /// event; then, if no window holding it can have fired yet (the first
+    /// one ends after the watermark), every one of them got its timer
+    /// when the pane was first written, and still has it (a window's
+    /// timer goes only when it fires, or with the write that set it):
+    /// nothing to look up.
+    fn arm_windows(&mut self, p: i64, existed: bool) -> Result<(), HandleError> {
+        if existed
+            && self
+                .first_end(p)
+                .is_some_and(|end| end - 1 >= self.ctx.watermark())
+        {
+            return Ok(());
+        }
         let mut s = floor(p, self.slide);
         while s.saturating_add(self.size) > p {
             let name = field(s);
@@ -271,7 +291,7 @@ impl<A: Aggregate> WindowOperator<A> {
         // accumulator as it is; per event, the index of its own.
         let mut index: HashMap<(u32, i64), u32> = HashMap::with_capacity(events.len());
         let mut accs: Vec<Option<Vec<u8>>> = Vec::new();
-        let mut panes: Vec<i64> = Vec::new();
+        let mut panes: Vec<Pane> = Vec::new();
         let mut targets: Vec<Option<u32>> = Vec::with_capacity(events.len());
         let mut adds: Vec<(u32, EventRef<'_>)> = Vec::with_capacity(events.len());
         let mut scratch = Emits::default();
@@ -285,14 +305,20 @@ impl<A: Aggregate> WindowOperator<A> {
                 Some(&i) => i,
                 None => {
                     self.ctx.begin_slot(slot);
+                    let f = field(p);
                     let acc = self
                         .ctx
-                        .map_get(WINDOW_STATE, &field(p))
+                        .map_get(WINDOW_STATE, &f)
                         .map(|a| a.map(<[u8]>::to_vec));
                     self.ctx.finish(true, &mut scratch);
                     let i = accs.len() as u32;
-                    accs.push(acc.map_err(|e| RunError::Stopped(e.to_string()))?);
-                    panes.push(p);
+                    let acc = acc.map_err(|e| RunError::Stopped(e.to_string()))?;
+                    panes.push(Pane {
+                        start: p,
+                        field: f,
+                        existed: acc.is_some(),
+                    });
+                    accs.push(acc);
                     index.insert((slot, p), i);
                     i
                 }
@@ -332,7 +358,7 @@ impl<A: Aggregate> WindowOperator<A> {
                         (PER_EVENT, _) => self.handle(*e),
                         (_, Err(err)) => Err(err),
                         (state, Ok(())) => {
-                            let r = self.keep(&accs[j], panes[j], state == PENDING);
+                            let r = self.keep(&mut accs[j], &mut panes[j], state == PENDING);
                             if r.is_err() || self.ctx.check_event().is_err() {
                                 // Redone with the rest of this accumulator's
                                 // events, one by one, from what is stored.
@@ -364,17 +390,34 @@ impl<A: Aggregate> WindowOperator<A> {
     /// Writes a pane's accumulator after a batch and sets its windows'
     /// timers, when `write` (this is the first event of the batch that
     /// kept it); a later event of the pane changes nothing more.
-    fn keep(&mut self, acc: &Option<Vec<u8>>, p: i64, write: bool) -> Result<(), HandleError> {
+    fn keep(
+        &mut self,
+        acc: &mut Option<Vec<u8>>,
+        pane: &mut Pane,
+        write: bool,
+    ) -> Result<(), HandleError> {
         if !write {
             // The first event that kept this pane set its windows' timers.
             return Ok(());
         }
-        let acc = acc.clone().unwrap_or_default();
+        // Written once: moved, not copied (a refused write is redone per
+        // event from what is stored).
+        let acc = acc.take().unwrap_or_default();
+        let f = std::mem::take(&mut pane.field);
         self.ctx
-            .map_set(WINDOW_STATE, field(p), acc)
+            .map_set(WINDOW_STATE, f, acc)
             .map_err(refused)?;
-        self.arm_windows(p)
+        self.arm_windows(pane.start, pane.existed)
     }
+}
+
+/// A (key, pane) a batch touches: the pane's start, its map field (moved
+/// out when the pane is written back), and whether it was in the key's
+/// state before the batch.
+struct Pane {
+    start: i64,
+    field: String,
+    existed: bool,
 }
 
 /// The map field of the window starting at `start`: 16 hex digits that
@@ -421,11 +464,7 @@ impl<A: Aggregate> Operator for WindowOperator<A> {
         }
         // The earliest window holding the event's pane `p`: the first
         // start `s` (a multiple of `slide`) with `s + size > p`.
-        let first_end = floor(t, self.pane)
-            .checked_sub(self.size)
-            .map(|x| floor(x, self.slide))
-            .and_then(|s| s.checked_add(self.slide))
-            .and_then(|s| s.checked_add(self.size));
+        let first_end = self.first_end(floor(t, self.pane));
         Some(first_end.map_or(t, |end| (end - 1).max(t)))
     }
 
@@ -445,11 +484,12 @@ impl<A: Aggregate> Operator for WindowOperator<A> {
             .map_get(WINDOW_STATE, &f)
             .map_err(refused)?
             .map(<[u8]>::to_vec);
+        let existed = acc.is_some();
         self.agg.add(&mut acc, &event)?;
         self.ctx
             .map_set(WINDOW_STATE, f, acc.unwrap_or_default())
             .map_err(refused)?;
-        self.arm_windows(p)
+        self.arm_windows(p, existed)
     }
 
     fn handle_many(
