@@ -500,7 +500,11 @@ fn sigkill_at_random_moments_then_restart_fires_each_window_once() {
     let lines: Vec<Value> = (0..400_000i64)
         .map(|i| {
             let key = format!("k{}", rng.next() % 3000);
-            e(&key, i / 4 - (rng.next() % 40) as i64, (rng.next() % 100) as i64)
+            e(
+                &key,
+                i / 4 - (rng.next() % 40) as i64,
+                (rng.next() % 100) as i64,
+            )
         })
         .collect();
     let window = r#"{ kind = "hopping", size = 100, slide = 50 }"#;
@@ -523,8 +527,14 @@ fn sigkill_at_random_moments_then_restart_fires_each_window_once() {
     std::fs::create_dir(&crash).unwrap();
     std::fs::copy(once.join("in.jsonl"), crash.join("in.jsonl")).unwrap();
     let toml = pipeline_file(WINDOW_SUM, window, 2)
-        .replace("max_out_of_order = 5\n", &format!("max_out_of_order = 5\n{extra}"))
-        .replace("dir = \"state\"\n", "dir = \"state\"\ncheckpoint_interval_ms = 40\n");
+        .replace(
+            "max_out_of_order = 5\n",
+            &format!("max_out_of_order = 5\n{extra}"),
+        )
+        .replace(
+            "dir = \"state\"\n",
+            "dir = \"state\"\ncheckpoint_interval_ms = 40\n",
+        );
     std::fs::write(crash.join("p.toml"), toml).unwrap();
     let args = ["run", "p.toml", "--quiet"];
     let mut killed = 0;

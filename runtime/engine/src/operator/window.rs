@@ -33,6 +33,13 @@
 //! fires. A late event (under `late = "deliver"`) into windows that already
 //! fired sets their timers again: they fire at the next advance with what
 //! their panes still hold.
+//!
+//! A window's timer is set when its first pane is first written; a pane
+//! already stored whose first window ends after the watermark has all its
+//! windows' timers (they go only when they fire), so writing it again
+//! looks none up. The operator tells the worker the earliest timer an
+//! event can set ([`Operator::timer_bound`]), so a batch runs across the
+//! watermark advances that fire no window.
 
 use std::collections::HashMap;
 
@@ -404,9 +411,7 @@ impl<A: Aggregate> WindowOperator<A> {
         // event from what is stored).
         let acc = acc.take().unwrap_or_default();
         let f = std::mem::take(&mut pane.field);
-        self.ctx
-            .map_set(WINDOW_STATE, f, acc)
-            .map_err(refused)?;
+        self.ctx.map_set(WINDOW_STATE, f, acc).map_err(refused)?;
         self.arm_windows(pane.start, pane.existed)
     }
 }
@@ -617,7 +622,10 @@ mod tests {
         w.ctx.finish(true, &mut Emits::default());
         assert_eq!(w.timer_bound(&event(3)), w.ctx.timers().next());
         let w = WindowOperator::tumbling(ctx(), agg(), 10);
-        let none = EventRef { time: None, ..event(0) };
+        let none = EventRef {
+            time: None,
+            ..event(0)
+        };
         assert_eq!(w.timer_bound(&none), None);
     }
 

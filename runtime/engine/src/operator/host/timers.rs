@@ -488,6 +488,44 @@ mod tests {
         );
     }
 
+    /// Rows: a timer pending at a checkpoint has one; one set and
+    /// consumed (fired, cleared, or undone) between two checkpoints never
+    /// had one, so none is deleted.
+    #[test]
+    fn only_timers_pending_at_a_checkpoint_have_rows_to_delete() {
+        let mut c = ctx();
+        let rows = |c: &mut OpCtx| {
+            let mut out = Vec::new();
+            c.take_timer_writes(&mut out);
+            let mut out: Vec<(String, String, Option<i64>)> = out
+                .into_iter()
+                .map(|w| (w.key.to_string(), w.name.to_string(), w.at))
+                .collect();
+            out.sort();
+            out
+        };
+        call(&mut c, "k", true, |c| {
+            c.timer_set("fired", 5).unwrap();
+            c.timer_set("cleared", 50).unwrap();
+            c.timer_set("kept", 60).unwrap();
+        });
+        call(&mut c, "k", false, |c| c.timer_set("undone", 7).unwrap());
+        call(&mut c, "k", true, |c| {
+            assert!(c.timer_clear("cleared").unwrap());
+        });
+        assert_eq!(c.pop_due(6).len(), 1);
+        assert_eq!(rows(&mut c), vec![("k".into(), "kept".into(), Some(60))]);
+        call(&mut c, "k", true, |c| {
+            c.timer_set("kept", 70).unwrap();
+            c.timer_set("fired", 8).unwrap();
+        });
+        assert_eq!(c.pop_due(9).len(), 1);
+        assert_eq!(rows(&mut c), vec![("k".into(), "kept".into(), Some(70))]);
+        assert_eq!(c.pop_due(i64::MAX).len(), 1);
+        assert_eq!(rows(&mut c), vec![("k".into(), "kept".into(), None)]);
+        assert_eq!(rows(&mut c), vec![]);
+    }
+
     #[test]
     fn refusals_name_what_is_wrong() {
         let mut c = OpCtx::new(
