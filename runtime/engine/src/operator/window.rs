@@ -265,7 +265,7 @@ impl<A: Aggregate> WindowOperator<A> {
         if existed
             && self
                 .first_end(p)
-                .is_some_and(|end| end - 1 >= self.ctx.watermark())
+                .is_some_and(|end| end > self.ctx.watermark())
         {
             return Ok(());
         }
