@@ -504,7 +504,11 @@ impl Worker {
             };
             match op.timer_bound(&event) {
                 Some(b) => *bound = (*bound).min(b),
-                None => *bound = i64::MIN,
+                None => {
+                    // It cannot tell: nothing more to look at.
+                    *bound = i64::MIN;
+                    break;
+                }
             }
         }
         *scanned = at;
