@@ -484,3 +484,113 @@ fn inspect_names_the_window_world() {
     }
     assert!(!exports.contains(&"handle"), "{exports:?}");
 }
+
+/// Kill -9 a window pipeline (hopping windows over the Wasm aggregate,
+/// late events delivered into windows that already fired) at
+/// pseudo-random moments, restarting it on the same input each time, then
+/// let it finish: every window fires exactly once with exactly its events
+/// (panes and pending windows come back from the checkpoint, the output
+/// file is cut back to it), so each key's outputs, and the whole output
+/// sorted, equal an uninterrupted run's.
+#[test]
+fn sigkill_at_random_moments_then_restart_fires_each_window_once() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(31);
+    let lines: Vec<Value> = (0..400_000i64)
+        .map(|i| {
+            let key = format!("k{}", rng.next() % 3000);
+            e(
+                &key,
+                i / 4 - (rng.next() % 40) as i64,
+                (rng.next() % 100) as i64,
+            )
+        })
+        .collect();
+    let window = r#"{ kind = "hopping", size = 100, slide = 50 }"#;
+    let extra = "step = 3\nallowed_lateness = 20\nlate = \"deliver\"\n";
+    let once = dir.path().join("once");
+    std::fs::create_dir(&once).unwrap();
+    let (p, summary) = run_component(&once, &lines, WINDOW_SUM, window, 2, extra);
+    assert_eq!(summary.late_dead_lettered, 0);
+    let reference = by_key(&p);
+    // A late event into a window that fired fires it again.
+    let refired = reference.values().any(|ws| {
+        let starts: Vec<&Value> = ws.iter().map(|w| &w["start"]).collect();
+        (1..starts.len()).any(|i| starts[..i].contains(&starts[i]))
+    });
+    assert!(refired, "late events fire windows again");
+    let mut reference_sorted = out_lines(&p);
+    reference_sorted.sort_by(|a, b| (&a.0, a.1.to_string()).cmp(&(&b.0, b.1.to_string())));
+
+    let crash = dir.path().join("crash");
+    std::fs::create_dir(&crash).unwrap();
+    std::fs::copy(once.join("in.jsonl"), crash.join("in.jsonl")).unwrap();
+    let toml = pipeline_file(WINDOW_SUM, window, 2)
+        .replace(
+            "max_out_of_order = 5\n",
+            &format!("max_out_of_order = 5\n{extra}"),
+        )
+        .replace(
+            "dir = \"state\"\n",
+            "dir = \"state\"\ncheckpoint_interval_ms = 40\n",
+        );
+    std::fs::write(crash.join("p.toml"), toml).unwrap();
+    let args = ["run", "p.toml", "--quiet"];
+    let mut killed = 0;
+    let mut pending_seen = false;
+    let out_len = || std::fs::metadata(crash.join("out.jsonl")).map_or(0, |m| m.len());
+    for _ in 0..12 {
+        let before = out_len();
+        let mut child = Command::new(eddy_bin())
+            .args(args)
+            .current_dir(&crash)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Once it writes past where the last run got, at a pseudo-random
+        // moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while out_len() <= before
+            && child.try_wait().unwrap().is_none()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20 + rng.next() % 150));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        let o = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!stderr.contains("error"), "{stderr}");
+        let store = Store::open(&crash.join("state")).unwrap();
+        pending_seen |= !store.timers("win").unwrap().is_empty();
+    }
+    eprintln!("killed {killed} of 12 runs");
+    assert!(
+        killed >= 3,
+        "only {killed} runs were killed mid-stream: make the input larger"
+    );
+    assert!(pending_seen, "a kill left pending windows in a checkpoint");
+    let o = Command::new(eddy_bin())
+        .args(args)
+        .current_dir(&crash)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let store = Store::open(&crash.join("state")).unwrap();
+    assert_eq!(store.timers("win").unwrap(), vec![], "every window fired");
+    assert_eq!(store.record("win", "k1").unwrap(), None, "no pane left");
+    drop(store);
+    let crashed = Pipeline {
+        dead_letter: crash.join("dead-letter.jsonl"),
+        ..p.clone()
+    };
+    assert_eq!(by_key(&crashed), reference);
+    let mut got = out_lines(&crashed);
+    got.sort_by(|a, b| (&a.0, a.1.to_string()).cmp(&(&b.0, b.1.to_string())));
+    assert_eq!(got, reference_sorted);
+}

@@ -167,6 +167,19 @@ pub trait Operator: Send {
         false
     }
 
+    /// For an operator whose only business at a watermark advance is its
+    /// timers, and which never reads the watermark while it handles an
+    /// event (a window operator): a time no timer that handling `event`
+    /// sets can be earlier than. With it the worker lets a run of events
+    /// go on across advances at which nothing can fire, rather than ending
+    /// the run at each (the outputs are the same: such an advance does
+    /// nothing but move the watermark). `None`, the default: the operator
+    /// cannot tell, and every advance ends a run.
+    fn timer_bound(&self, event: &EventRef<'_>) -> Option<i64> {
+        let _ = event;
+        None
+    }
+
     /// Handles a timer that fired; state and timer calls act on
     /// `timer.key` (the worker has called [`OpCtx::begin`] for it). The
     /// default refuses: an operator that sets timers implements it.

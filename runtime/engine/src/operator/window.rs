@@ -33,6 +33,13 @@
 //! fires. A late event (under `late = "deliver"`) into windows that already
 //! fired sets their timers again: they fire at the next advance with what
 //! their panes still hold.
+//!
+//! A window's timer is set when its first pane is first written; a pane
+//! already stored whose first window ends after the watermark has all its
+//! windows' timers (they go only when they fire), so writing it again
+//! looks none up. The operator tells the worker the earliest timer an
+//! event can set ([`Operator::timer_bound`]), so a batch runs across the
+//! watermark advances that fire no window.
 
 use std::collections::HashMap;
 
@@ -238,10 +245,30 @@ impl<A: Aggregate> WindowOperator<A> {
         floor(p, self.slide).saturating_add(self.size)
     }
 
+    /// The end of the first window holding the pane starting at `p`.
+    fn first_end(&self, p: i64) -> Option<i64> {
+        p.checked_sub(self.size)
+            .map(|x| floor(x, self.slide))
+            .and_then(|s| s.checked_add(self.slide))
+            .and_then(|s| s.checked_add(self.size))
+    }
+
     /// Sets the timer of every window holding the pane starting at `p`
     /// that has none yet (latest first: starts `s` with `s <= p < s +
-    /// size`).
-    fn arm_windows(&mut self, p: i64) -> Result<(), HandleError> {
+    /// size`). `existed`: the pane was in the key's state before this
+    /// event; then, if no window holding it can have fired yet (the first
+    /// one ends after the watermark), every one of them got its timer
+    /// when the pane was first written, and still has it (a window's
+    /// timer goes only when it fires, or with the write that set it):
+    /// nothing to look up.
+    fn arm_windows(&mut self, p: i64, existed: bool) -> Result<(), HandleError> {
+        if existed
+            && self
+                .first_end(p)
+                .is_some_and(|end| end > self.ctx.watermark())
+        {
+            return Ok(());
+        }
         let mut s = floor(p, self.slide);
         while s.saturating_add(self.size) > p {
             let name = field(s);
@@ -271,7 +298,7 @@ impl<A: Aggregate> WindowOperator<A> {
         // accumulator as it is; per event, the index of its own.
         let mut index: HashMap<(u32, i64), u32> = HashMap::with_capacity(events.len());
         let mut accs: Vec<Option<Vec<u8>>> = Vec::new();
-        let mut panes: Vec<i64> = Vec::new();
+        let mut panes: Vec<Pane> = Vec::new();
         let mut targets: Vec<Option<u32>> = Vec::with_capacity(events.len());
         let mut adds: Vec<(u32, EventRef<'_>)> = Vec::with_capacity(events.len());
         let mut scratch = Emits::default();
@@ -285,14 +312,20 @@ impl<A: Aggregate> WindowOperator<A> {
                 Some(&i) => i,
                 None => {
                     self.ctx.begin_slot(slot);
+                    let f = field(p);
                     let acc = self
                         .ctx
-                        .map_get(WINDOW_STATE, &field(p))
+                        .map_get(WINDOW_STATE, &f)
                         .map(|a| a.map(<[u8]>::to_vec));
                     self.ctx.finish(true, &mut scratch);
                     let i = accs.len() as u32;
-                    accs.push(acc.map_err(|e| RunError::Stopped(e.to_string()))?);
-                    panes.push(p);
+                    let acc = acc.map_err(|e| RunError::Stopped(e.to_string()))?;
+                    panes.push(Pane {
+                        start: p,
+                        field: f,
+                        existed: acc.is_some(),
+                    });
+                    accs.push(acc);
                     index.insert((slot, p), i);
                     i
                 }
@@ -332,7 +365,7 @@ impl<A: Aggregate> WindowOperator<A> {
                         (PER_EVENT, _) => self.handle(*e),
                         (_, Err(err)) => Err(err),
                         (state, Ok(())) => {
-                            let r = self.keep(&accs[j], panes[j], state == PENDING);
+                            let r = self.keep(&mut accs[j], &mut panes[j], state == PENDING);
                             if r.is_err() || self.ctx.check_event().is_err() {
                                 // Redone with the rest of this accumulator's
                                 // events, one by one, from what is stored.
@@ -364,17 +397,32 @@ impl<A: Aggregate> WindowOperator<A> {
     /// Writes a pane's accumulator after a batch and sets its windows'
     /// timers, when `write` (this is the first event of the batch that
     /// kept it); a later event of the pane changes nothing more.
-    fn keep(&mut self, acc: &Option<Vec<u8>>, p: i64, write: bool) -> Result<(), HandleError> {
+    fn keep(
+        &mut self,
+        acc: &mut Option<Vec<u8>>,
+        pane: &mut Pane,
+        write: bool,
+    ) -> Result<(), HandleError> {
         if !write {
             // The first event that kept this pane set its windows' timers.
             return Ok(());
         }
-        let acc = acc.clone().unwrap_or_default();
-        self.ctx
-            .map_set(WINDOW_STATE, field(p), acc)
-            .map_err(refused)?;
-        self.arm_windows(p)
+        // Written once: moved, not copied (a refused write is redone per
+        // event from what is stored).
+        let acc = acc.take().unwrap_or_default();
+        let f = std::mem::take(&mut pane.field);
+        self.ctx.map_set(WINDOW_STATE, f, acc).map_err(refused)?;
+        self.arm_windows(pane.start, pane.existed)
     }
+}
+
+/// A (key, pane) a batch touches: the pane's start, its map field (moved
+/// out when the pane is written back), and whether it was in the key's
+/// state before the batch.
+struct Pane {
+    start: i64,
+    field: String,
+    existed: bool,
 }
 
 /// The map field of the window starting at `start`: 16 hex digits that
@@ -411,6 +459,20 @@ impl<A: Aggregate> Operator for WindowOperator<A> {
         self.agg.version()
     }
 
+    fn timer_bound(&self, event: &EventRef<'_>) -> Option<i64> {
+        // Every window an event at `t` falls in ends after `t`; its timer
+        // is at its end - 1.
+        let t = event.time?;
+        if let Some(gap) = self.gap {
+            // A session that takes the event ends at `t + gap` or later.
+            return Some(t.saturating_add(gap - 1));
+        }
+        // The earliest window holding the event's pane `p`: the first
+        // start `s` (a multiple of `slide`) with `s + size > p`.
+        let first_end = self.first_end(floor(t, self.pane));
+        Some(first_end.map_or(t, |end| (end - 1).max(t)))
+    }
+
     fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError> {
         let t = event.time.ok_or_else(|| {
             HandleError::Failed(
@@ -427,11 +489,12 @@ impl<A: Aggregate> Operator for WindowOperator<A> {
             .map_get(WINDOW_STATE, &f)
             .map_err(refused)?
             .map(<[u8]>::to_vec);
+        let existed = acc.is_some();
         self.agg.add(&mut acc, &event)?;
         self.ctx
             .map_set(WINDOW_STATE, f, acc.unwrap_or_default())
             .map_err(refused)?;
-        self.arm_windows(p)
+        self.arm_windows(p, existed)
     }
 
     fn handle_many(
@@ -520,6 +583,50 @@ mod tests {
             assert_eq!(start_of_field(f), Some(*s));
         }
         assert_eq!(start_of_field("not hex"), None);
+    }
+
+    /// The bound the worker passes advances with is the earliest timer
+    /// handling the event sets (never later, or a window would fire late).
+    #[test]
+    fn timer_bound_is_the_earliest_timer_an_event_sets() {
+        use crate::config::Limits;
+        use crate::operator::{Emits, TimerUse, WindowSum};
+        let event = |t| EventRef {
+            key: "k",
+            value: b"{}",
+            time: Some(t),
+            line: 0,
+        };
+        let ctx = || {
+            let mut c = OpCtx::new("op".into(), None, Limits::default());
+            c.set_timer_use(TimerUse::Allowed);
+            c
+        };
+        let agg = || WindowSum::new("amount");
+        for (size, slide) in [(10u64, 10u64), (12, 3), (20, 5), (10, 4), (7, 7), (1, 1)] {
+            for t in -50i64..50 {
+                let mut w = WindowOperator::hopping(ctx(), agg(), size, slide);
+                w.ctx.begin("k").unwrap();
+                w.handle(event(t)).unwrap();
+                w.ctx.finish(true, &mut Emits::default());
+                assert_eq!(
+                    w.timer_bound(&event(t)),
+                    w.ctx.timers().next(),
+                    "size {size} slide {slide} t {t}"
+                );
+            }
+        }
+        let mut w = WindowOperator::session(ctx(), agg(), 5);
+        w.ctx.begin("k").unwrap();
+        w.handle(event(3)).unwrap();
+        w.ctx.finish(true, &mut Emits::default());
+        assert_eq!(w.timer_bound(&event(3)), w.ctx.timers().next());
+        let w = WindowOperator::tumbling(ctx(), agg(), 10);
+        let none = EventRef {
+            time: None,
+            ..event(0)
+        };
+        assert_eq!(w.timer_bound(&none), None);
     }
 
     #[test]

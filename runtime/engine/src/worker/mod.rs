@@ -426,9 +426,20 @@ impl Worker {
         self.avail = batch.sent.unwrap_or_else(Instant::now);
         let cuts = std::mem::take(&mut batch.cuts);
         let mut from = 0;
+        // Events `from..scanned` wait to be handled across advances that
+        // fire nothing; `bound` is the earliest time a timer they set can
+        // have (see `Worker::quiet`).
+        let (mut scanned, mut bound) = (0, i64::MAX);
         let mut r = Ok(());
         for cut in cuts {
             let at = cut.at().clamp(from, batch.events.len());
+            if let Cut::Mark { w, fire: true, .. } = cut {
+                if self.quiet(batch, &mut scanned, &mut bound, at, w) {
+                    self.ops[0].ctx().set_watermark(w);
+                    continue;
+                }
+            }
+            (scanned, bound) = (at, i64::MAX);
             r = self.handle_events(batch, from, at);
             if r.is_err() {
                 break;
@@ -459,6 +470,50 @@ impl Worker {
         }
         self.avail = outer;
         r
+    }
+
+    /// Whether the watermark advance to `w` before the batch's event `at`
+    /// can be passed over without ending the run of events in hand: the
+    /// first operator says when the timers its events set can be due
+    /// ([`Operator::timer_bound`]), none of them (`scanned..at`, added to
+    /// `bound`) nor of its pending ones is due at `w`, it has no state
+    /// time to live to expire, and `w` is not the end of the input. Then
+    /// the advance would do nothing but move the watermark, which that
+    /// operator does not read while it handles events.
+    fn quiet(
+        &mut self,
+        batch: &Batch,
+        scanned: &mut usize,
+        bound: &mut i64,
+        at: usize,
+        w: i64,
+    ) -> bool {
+        if w == i64::MAX {
+            return false;
+        }
+        let op = &mut self.ops[0];
+        for e in &batch.events[(*scanned).min(at)..at] {
+            if e.stage != 0 {
+                continue;
+            }
+            let event = EventRef {
+                key: batch.key(e),
+                value: &batch.data[e.mid..e.end],
+                time: e.time,
+                line: e.line,
+            };
+            match op.timer_bound(&event) {
+                Some(b) => *bound = (*bound).min(b),
+                None => {
+                    // It cannot tell: nothing more to look at.
+                    *bound = i64::MIN;
+                    break;
+                }
+            }
+        }
+        *scanned = at;
+        let ctx = op.ctx();
+        *bound >= w && ctx.timers().next().is_none_or(|next| next >= w) && !ctx.has_ttl()
     }
 
     /// Handles the batch's events `from..to`: each run of consecutive

@@ -362,6 +362,9 @@ mod tests {
         ctx.timer_set("t", 10).unwrap();
         ctx.finish(true, &mut Emits::default());
         checkpoint(&mut ctx, &store, 1, true);
+        let mut rows = Vec::new();
+        ctx.take_timer_writes(&mut rows);
+        assert_eq!(rows.len(), 1, "the pending timer's row");
         ctx.evict(usize::MAX);
         ctx.evict(usize::MAX);
         assert_eq!(ctx.cache_stats().keys, 1);
@@ -372,7 +375,7 @@ mod tests {
         assert_eq!(ctx.cache_stats().keys, 1, "its timer row is not taken yet");
         let mut rows = Vec::new();
         ctx.take_timer_writes(&mut rows);
-        assert_eq!(rows.len(), 1);
+        assert_eq!(rows.len(), 1, "its row's deletion");
         ctx.evict(usize::MAX);
         assert_eq!(ctx.cache_stats().keys, 0);
     }

@@ -6,7 +6,7 @@
 //! trap and to a new version at a hot swap. A call's timer changes are
 //! journaled like its state writes and undone with them when it fails.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use compact_str::CompactString;
 
@@ -41,16 +41,62 @@ pub struct TimerTable {
     /// worker holds a key.
     due: BTreeSet<Due>,
     /// Per cache slot with timers: its pending timers by name.
-    by_slot: rustc_hash::FxHashMap<u32, BTreeMap<CompactString, i64>>,
+    by_slot: rustc_hash::FxHashMap<u32, Named>,
     /// The current call's changes, to undo on failure: (slot, key, name,
     /// time before).
     undo: Vec<(u32, CompactString, CompactString, Option<i64>)>,
     /// Timers set, cleared or fired since the last checkpoint barrier:
-    /// (slot, key, name); their rows are written at the next checkpoint.
-    dirty: rustc_hash::FxHashSet<(u32, CompactString, CompactString)>,
+    /// (slot, key, name), and whether the timer was pending at that
+    /// barrier (so has a row: every timer pending at a barrier is written
+    /// then); their rows are written at the next checkpoint, except the
+    /// deletion of a row that was never written (a timer set and fired
+    /// between two barriers, a window's most often).
+    dirty: rustc_hash::FxHashMap<(u32, CompactString, CompactString), bool>,
     /// The slots in `dirty`: their keys stay cached until the rows are
     /// taken (a slot's number must not pass to another key before).
     dirty_slots: rustc_hash::FxHashSet<u32>,
+}
+
+/// The pending timers of one key by name, sorted by name: a key holds
+/// few, so a short vector, one allocation, searched in place.
+#[derive(Default)]
+struct Named(Vec<(CompactString, i64)>);
+
+impl Named {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| n.as_str().cmp(name))
+    }
+
+    fn get(&self, name: &str) -> Option<i64> {
+        self.find(name).ok().map(|i| self.0[i].1)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Sets `name` to `at`; the time it had.
+    fn insert(&mut self, name: CompactString, at: i64) -> Option<i64> {
+        match self.find(&name) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, at)),
+            Err(i) => {
+                self.0.insert(i, (name, at));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Option<i64> {
+        self.remove_entry(name).map(|(_, at)| at)
+    }
+
+    fn remove_entry(&mut self, name: &str) -> Option<(CompactString, i64)> {
+        self.find(name).ok().map(|i| self.0.remove(i))
+    }
 }
 
 impl TimerTable {
@@ -80,7 +126,7 @@ impl TimerTable {
         limit: usize,
     ) -> Result<(), HostError> {
         let timers = self.by_slot.entry(slot).or_default();
-        let old = timers.get(name).copied();
+        let old = timers.get(name);
         if old.is_none() && timers.len() >= limit {
             if timers.is_empty() {
                 self.by_slot.remove(&slot);
@@ -93,7 +139,9 @@ impl TimerTable {
         }
         timers.insert(name.clone(), at);
         self.due.insert((at, key.clone(), name.clone(), slot));
-        self.dirty.insert((slot, key.clone(), name.clone()));
+        self.dirty
+            .entry((slot, key.clone(), name.clone()))
+            .or_insert(old.is_some());
         self.dirty_slots.insert(slot);
         self.undo.push((slot, key.clone(), name, old));
         Ok(())
@@ -111,7 +159,9 @@ impl TimerTable {
             self.by_slot.remove(&slot);
         }
         self.due.remove(&(old, key.clone(), name.clone(), slot));
-        self.dirty.insert((slot, key.clone(), name.clone()));
+        self.dirty
+            .entry((slot, key.clone(), name.clone()))
+            .or_insert(true);
         self.dirty_slots.insert(slot);
         self.undo.push((slot, key.clone(), name, Some(old)));
         true
@@ -134,7 +184,7 @@ impl TimerTable {
     /// to undo or write.
     pub(super) fn forget(&mut self, slot: u32, key: &CompactString) {
         if let Some(timers) = self.by_slot.remove(&slot) {
-            for (name, at) in timers {
+            for (name, at) in timers.0 {
                 self.due.remove(&(at, key.clone(), name, slot));
             }
         }
@@ -142,13 +192,13 @@ impl TimerTable {
 
     /// When timer `name` of the key in `slot` fires.
     pub fn get(&self, slot: u32, name: &str) -> Option<i64> {
-        self.by_slot.get(&slot)?.get(name).copied()
+        self.by_slot.get(&slot)?.get(name)
     }
 
     /// The pending timers of the key in `slot`, sorted by name.
     pub fn list(&self, slot: u32) -> Vec<(String, i64)> {
         self.by_slot.get(&slot).map_or_else(Vec::new, |t| {
-            t.iter().map(|(n, &at)| (n.to_string(), at)).collect()
+            t.0.iter().map(|(n, at)| (n.to_string(), *at)).collect()
         })
     }
 
@@ -171,8 +221,11 @@ impl TimerTable {
         out: &mut Vec<TimerWrite>,
     ) {
         self.dirty_slots.clear();
-        for (slot, key, name) in self.dirty.drain() {
-            let at = self.by_slot.get(&slot).and_then(|t| t.get(&name)).copied();
+        for ((slot, key, name), had_row) in self.dirty.drain() {
+            let at = self.by_slot.get(&slot).and_then(|t| t.get(&name));
+            if at.is_none() && !had_row {
+                continue;
+            }
             out.push(TimerWrite {
                 operator: operator.clone(),
                 key: key.as_str().into(),
@@ -213,7 +266,9 @@ impl TimerTable {
                 break;
             }
             let d = self.due.pop_first().expect("not empty");
-            self.dirty.insert((d.3, d.1.clone(), d.2.clone()));
+            self.dirty
+                .entry((d.3, d.1.clone(), d.2.clone()))
+                .or_insert(true);
             self.dirty_slots.insert(d.3);
             if let Some(timers) = self.by_slot.get_mut(&d.3) {
                 timers.remove(&d.2);
@@ -431,6 +486,44 @@ mod tests {
             names(c.pop_due(i64::MAX)),
             vec![(15, "k".into(), "t".into()), (20, "k".into(), "u".into())]
         );
+    }
+
+    /// Rows: a timer pending at a checkpoint has one; one set and
+    /// consumed (fired, cleared, or undone) between two checkpoints never
+    /// had one, so none is deleted.
+    #[test]
+    fn only_timers_pending_at_a_checkpoint_have_rows_to_delete() {
+        let mut c = ctx();
+        let rows = |c: &mut OpCtx| {
+            let mut out = Vec::new();
+            c.take_timer_writes(&mut out);
+            let mut out: Vec<(String, String, Option<i64>)> = out
+                .into_iter()
+                .map(|w| (w.key.to_string(), w.name.to_string(), w.at))
+                .collect();
+            out.sort();
+            out
+        };
+        call(&mut c, "k", true, |c| {
+            c.timer_set("fired", 5).unwrap();
+            c.timer_set("cleared", 50).unwrap();
+            c.timer_set("kept", 60).unwrap();
+        });
+        call(&mut c, "k", false, |c| c.timer_set("undone", 7).unwrap());
+        call(&mut c, "k", true, |c| {
+            assert!(c.timer_clear("cleared").unwrap());
+        });
+        assert_eq!(c.pop_due(6).len(), 1);
+        assert_eq!(rows(&mut c), vec![("k".into(), "kept".into(), Some(60))]);
+        call(&mut c, "k", true, |c| {
+            c.timer_set("kept", 70).unwrap();
+            c.timer_set("fired", 8).unwrap();
+        });
+        assert_eq!(c.pop_due(9).len(), 1);
+        assert_eq!(rows(&mut c), vec![("k".into(), "kept".into(), Some(70))]);
+        assert_eq!(c.pop_due(i64::MAX).len(), 1);
+        assert_eq!(rows(&mut c), vec![("k".into(), "kept".into(), None)]);
+        assert_eq!(rows(&mut c), vec![]);
     }
 
     #[test]

@@ -271,6 +271,13 @@ impl OpCtx {
     pub fn ttl_pending(&self) -> usize {
         self.ttl.as_ref().map_or(0, |t| t.deadlines.len())
     }
+
+    /// Whether a state name has a time to live, or an entry a deadline
+    /// (read back from a checkpoint): then watermark advances may expire
+    /// entries.
+    pub fn has_ttl(&self) -> bool {
+        self.ttl.is_some()
+    }
 }
 
 #[cfg(test)]
