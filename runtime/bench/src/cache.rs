@@ -366,7 +366,9 @@ fn scale_cases(a: &BenchCacheArgs, dir: &Path, keys: u64, workers: usize) -> Res
         let wrote = begun.elapsed();
         let c = run_case(a, dir, &input, &a.budget, workers)?;
         let _ = std::fs::remove_file(&input);
-        let vs = first.map_or(String::new(), |f| format!(" ({:.3}x the first)", c.rate / f));
+        let vs = first.map_or(String::new(), |f| {
+            format!(" ({:.3}x the first)", c.rate / f)
+        });
         first.get_or_insert(c.rate);
         println!(
             "  {n} keys, {n} events:  {:>9.0} events/s{vs}, peak RSS {:>6.0} MiB; {} (input written in {:.0} s)",

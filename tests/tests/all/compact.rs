@@ -62,9 +62,7 @@ fn a_running_pipeline_gives_the_space_of_expired_state_back_and_stays_exact() {
     // 1,000 new keys at time 1,000: every old key expires (its deadline is
     // 100), its record and deadline are deleted at the next checkpoint,
     // and at the next quiet moment the file shrinks.
-    let new: Vec<(String, i64, u64)> = (0..1_000)
-        .map(|i| (format!("new-{i}"), 1_000, 3))
-        .collect();
+    let new: Vec<(String, i64, u64)> = (0..1_000).map(|i| (format!("new-{i}"), 1_000, 3)).collect();
     feed(&input, &lines(&new), 100);
     run.wait_handled(0, (old.len() + new.len()) as u64);
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -477,7 +477,9 @@ impl Store {
     /// The database, to begin a transaction (the lock is held only while
     /// it begins: a transaction does not borrow the database).
     fn db(&self) -> std::sync::RwLockReadGuard<'_, Database> {
-        self.db.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Metadata `name`, its checksum verified and removed.

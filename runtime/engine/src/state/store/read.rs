@@ -476,7 +476,8 @@ impl Store {
                         if let Some(items) = &mut items {
                             items
                                 .retain_in(
-                                    (operator, key.as_str(), "", 0)..(operator, end.as_str(), "", 0),
+                                    (operator, key.as_str(), "", 0)
+                                        ..(operator, end.as_str(), "", 0),
                                     |_, _| false,
                                 )
                                 .map_err(|e| db_err(dir, e))?;

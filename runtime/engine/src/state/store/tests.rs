@@ -418,7 +418,13 @@ fn replace_keys_deletes_the_rows_of_spilled_lists_and_maps_it_replaces() {
                 e.list_push(1, format!("item {i}").into_bytes(), &mut j);
             }
             if map {
-                e.map_set(2, format!("f{i:05}"), i.to_string().into_bytes(), None, &mut j);
+                e.map_set(
+                    2,
+                    format!("f{i:05}"),
+                    i.to_string().into_bytes(),
+                    None,
+                    &mut j,
+                );
             }
         }
         let (mut lists, mut maps) = (Vec::new(), Vec::new());
@@ -459,7 +465,10 @@ fn replace_keys_deletes_the_rows_of_spilled_lists_and_maps_it_replaces() {
         record
     };
     let select = |k: &str| k == "a" || k == "b";
-    let writes = vec![("a".to_string(), Some(inline(b"7"))), ("b".to_string(), None)];
+    let writes = vec![
+        ("a".to_string(), Some(inline(b"7"))),
+        ("b".to_string(), None),
+    ];
     assert_eq!(
         store.replace_keys("op", &select, &writes, &[]).unwrap(),
         (2, 1)
@@ -474,7 +483,10 @@ fn replace_keys_deletes_the_rows_of_spilled_lists_and_maps_it_replaces() {
     assert_eq!(store.list_items("op", "a", "hist", 0, 0).unwrap().len(), 0);
     assert!(store.map_fields("op", "a", "seen").unwrap().is_empty());
     assert!(store.map_fields("op", "b", "seen").unwrap().is_empty());
-    assert_eq!(store.map_fields("op", "c", "seen").unwrap().len() as u64, rows);
+    assert_eq!(
+        store.map_fields("op", "c", "seen").unwrap().len() as u64,
+        rows
+    );
     // The new records read back right, and "b" is gone.
     let reader = store.reader().unwrap();
     let a = Entity::decode(&reader.get("op", "a").unwrap().unwrap(), &mut intern).unwrap();
@@ -494,7 +506,12 @@ fn replace_keys_deletes_the_rows_of_spilled_lists_and_maps_it_replaces() {
         .unwrap()
         .map(|t| redb::TableHandle::name(&t).to_string())
         .collect();
-    assert!(!tables.iter().any(|t| t == "list_items" || t == "map_fields"), "{tables:?}");
+    assert!(
+        !tables
+            .iter()
+            .any(|t| t == "list_items" || t == "map_fields"),
+        "{tables:?}"
+    );
 }
 
 #[test]
