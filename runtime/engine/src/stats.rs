@@ -271,7 +271,7 @@ pub struct CompactLive {
     pub last_ms: AtomicU64,
 }
 
-/// What `eddy status` shows of [`CompactLive`].
+/// What `eddy status` shows of the compactions (`CompactLive`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CompactStatus {
     /// Compactions done in this run.

@@ -45,7 +45,7 @@ pub struct MapSpill {
     pub mem_bytes: u64,
     /// Memory of the marks of deleted fields in `changes` (not part of
     /// `bytes`: the field is gone), counted as a field with an empty value
-    /// ([`field_size`] of the name alone) until the mark is let go.
+    /// (the size as stored of the name alone) until the mark is let go.
     pub mark_bytes: u64,
     /// Fields changed since their rows were visible to the reader: the
     /// new value (`None`: deleted), and whether the change was handed
