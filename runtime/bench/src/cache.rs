@@ -56,6 +56,13 @@ pub struct BenchCacheArgs {
     /// Run only the checkpoint case.
     #[arg(long)]
     pub checkpoint_only: bool,
+    /// Run only the key-count cases: every event a new key (each key
+    /// once, so every lookup misses), `--many-keys` keys, then this many,
+    /// both with `--budget`: the rate should depend on the hit rate, not
+    /// on the number of keys. The inputs are written to files as they are
+    /// generated (about 40 bytes an event) and deleted after.
+    #[arg(long)]
+    pub scale_keys: Option<u64>,
     /// The history component (`tests/fixtures/history`: each event pushes
     /// an item to its key's list and reads the list by range) for the
     /// big-list cases.
@@ -246,6 +253,9 @@ pub fn run(a: BenchCacheArgs) -> Result<()> {
     if a.checkpoint_only {
         return checkpoint_case(&a, dir.path());
     }
+    if let Some(keys) = a.scale_keys {
+        return scale_cases(&a, dir.path(), keys, workers);
+    }
     if a.lists_only {
         return list_cases(&a, dir.path());
     }
@@ -336,6 +346,37 @@ pub fn run(a: BenchCacheArgs) -> Result<()> {
     }
     if a.catalog.is_file() {
         map_cases(&a, dir.path())?;
+    }
+    Ok(())
+}
+
+/// The key-count cases: every event a new key, in random order (a
+/// bijection of `0..n`), `many_keys` keys and then `keys` keys, with the
+/// same budget.
+fn scale_cases(a: &BenchCacheArgs, dir: &Path, keys: u64, workers: usize) -> Result<()> {
+    println!(
+        "bench-cache: keyed counter, every event a new key, {workers} workers, budget {}, each case a separate `eddy run` (peak RSS of the whole process)",
+        a.budget
+    );
+    let mut first: Option<f64> = None;
+    for n in [a.many_keys.max(1), keys.max(1)] {
+        let input = dir.join(format!("scale-{n}.jsonl"));
+        let begun = Instant::now();
+        write_events(&input, n, |i| i.wrapping_mul(2_654_435_761) % n)?;
+        let wrote = begun.elapsed();
+        let c = run_case(a, dir, &input, &a.budget, workers)?;
+        let _ = std::fs::remove_file(&input);
+        let vs = first.map_or(String::new(), |f| {
+            format!(" ({:.3}x the first)", c.rate / f)
+        });
+        first.get_or_insert(c.rate);
+        println!(
+            "  {n} keys, {n} events:  {:>9.0} events/s{vs}, peak RSS {:>6.0} MiB; {} (input written in {:.0} s)",
+            c.rate,
+            mib(c.rss),
+            c.cache,
+            wrote.as_secs_f64()
+        );
     }
     Ok(())
 }

@@ -319,6 +319,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     http: None,
                     verify_state: false,
                     cache_bytes: None,
+                    compact: None,
                     watermark: Default::default(),
                 };
                 let ops = vec![Loaded {
@@ -472,6 +473,7 @@ fn recovery(a: &BenchArgs, mib: u64) -> Result<()> {
         http: None,
         verify_state: false,
         cache_bytes: None,
+        compact: None,
         watermark: Default::default(),
     };
     let t = Instant::now();

@@ -179,6 +179,7 @@ pub fn run(a: BenchKafkaArgs) -> Result<()> {
         http: None,
         verify_state: false,
         cache_bytes: None,
+        compact: None,
         watermark: Default::default(),
     };
 

@@ -222,6 +222,7 @@ pub fn run(a: BenchStateArgs) -> Result<()> {
         http: None,
         verify_state: false,
         cache_bytes: None,
+        compact: None,
         watermark: Default::default(),
     };
     println!(

@@ -180,6 +180,7 @@ pub fn run(a: BenchSwapArgs) -> Result<()> {
         http: None,
         verify_state: false,
         cache_bytes: None,
+        compact: None,
         watermark: Default::default(),
     };
 

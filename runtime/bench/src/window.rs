@@ -169,6 +169,7 @@ pub fn run(a: BenchWindowArgs) -> Result<()> {
                 http: None,
                 verify_state: false,
                 cache_bytes: None,
+                compact: None,
                 watermark: WatermarkSpec {
                     max_out_of_order: a.disorder_ms,
                     step: a.step_ms.max(1),

@@ -692,6 +692,17 @@ pub fn format_status(s: &Status) -> String {
         s.state_dir,
         mib(s.state_bytes)
     );
+    let c = &s.compactions;
+    if c.count > 0 || c.busy > 0 {
+        let _ = writeln!(
+            o,
+            "state compactions: {} ({:.1} MiB given back, longest input stall {:.1} ms), {} put off by an open reader",
+            c.count,
+            mib(c.freed_bytes),
+            c.max_stall_us as f64 / 1e3,
+            c.busy
+        );
+    }
     for op in &s.operators {
         let _ = writeln!(
             o,

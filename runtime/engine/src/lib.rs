@@ -58,9 +58,9 @@ mod worker;
 mod module_graph;
 
 pub use config::{
-    default_workers, Delivery, HttpListen, Input, KafkaInput, KafkaOutput, LatePolicy, Limits,
-    OperatorSpec, Output, Overrides, Pipeline, PipelineError, Refresh, TtlSpec, WatermarkSpec,
-    WindowKind, WindowSpec,
+    default_workers, CompactPolicy, Delivery, HttpListen, Input, KafkaInput, KafkaOutput,
+    LatePolicy, Limits, OperatorSpec, Output, Overrides, Pipeline, PipelineError, Refresh, TtlSpec,
+    WatermarkSpec, WindowKind, WindowSpec,
 };
 pub use operator::CacheStats;
 pub use operator::{
@@ -80,12 +80,12 @@ pub use pipeline::{
 pub use route::{key_group, route, KEY_GROUPS};
 pub use source::{decode, read_lines, Chunk, DecodeError, Decoded, End, Follow, ReadError};
 pub use state::{
-    component_hash, record_json, value_json, Checkpoint, CorruptRecord, Entity, List, ListRows,
-    Map, MapRows, MapSpill, Reader, SnapshotError, SnapshotReport, SnapshotSource, SourcePos,
-    Spill, StateWrite, Store, StoreError, MAX_COMPONENT_BYTES, SHORT_VERSION_ID_LEN, SPILL_BYTES,
-    SPILL_ITEMS, UNSPILL_ITEMS, VERSION_ID_LEN,
+    component_hash, record_json, value_json, Checkpoint, CorruptRecord, Entity, FreeSpace, List,
+    ListRows, Map, MapRows, MapSpill, Reader, SnapshotError, SnapshotReport, SnapshotSource,
+    SourcePos, Spill, StateWrite, Store, StoreError, MAX_COMPONENT_BYTES, SHORT_VERSION_ID_LEN,
+    SPILL_BYTES, SPILL_ITEMS, UNSPILL_ITEMS, VERSION_ID_LEN,
 };
-pub use stats::{KafkaPartition, OpStats, SwapPause, WorkerLive};
+pub use stats::{CompactStatus, KafkaPartition, OpStats, SwapPause, WorkerLive};
 pub use swap::{Controller, NotDurable, Refused, ResolveError, SwapReport, Version, Versions};
 
 /// Test hooks (see [`testing::fail_restarts`]).

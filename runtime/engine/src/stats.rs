@@ -126,6 +126,8 @@ pub struct Live {
     pub ops: Vec<OpLive>,
     /// Checkpoints made durable in this run.
     pub checkpoints: CheckpointLive,
+    /// Compactions of the state database in this run.
+    pub compactions: CompactLive,
 }
 
 /// One partition of a Kafka input, as `eddy status` shows it.
@@ -246,6 +248,69 @@ impl CheckpointLive {
     }
 }
 
+/// Compactions of `state.redb` while the pipeline runs (`[state]
+/// compact`), for `eddy status` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct CompactLive {
+    /// Compactions done.
+    pub count: AtomicU64,
+    /// Bytes they gave back to the file system.
+    pub freed: AtomicU64,
+    /// Time the input stood still for them (the workers' readers let go,
+    /// the compaction, the readers renewed), in microseconds.
+    pub micros: AtomicU64,
+    /// The longest of them, in microseconds.
+    pub max_micros: AtomicU64,
+    /// Compactions given up because a reader was open (a state query, a
+    /// snapshot, a swap being prepared): tried again soon.
+    pub busy: AtomicU64,
+    /// Looks at the file's free space that found too little to compact.
+    pub not_worth: AtomicU64,
+    /// When the last one ended, in milliseconds since the Unix epoch (0:
+    /// none yet in this run).
+    pub last_ms: AtomicU64,
+}
+
+/// What `eddy status` shows of the compactions (`CompactLive`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CompactStatus {
+    /// Compactions done in this run.
+    pub count: u64,
+    /// Bytes they gave back.
+    pub freed_bytes: u64,
+    /// The longest input stall for one, in microseconds.
+    pub max_stall_us: u64,
+    /// Compactions given up because a reader was open.
+    pub busy: u64,
+}
+
+impl CompactLive {
+    /// Counts one compaction from `before` to `after` bytes that stalled
+    /// the input for `d`.
+    pub fn done(&self, before: u64, after: u64, d: std::time::Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.freed
+            .fetch_add(before.saturating_sub(after), Ordering::Relaxed);
+        self.micros.fetch_add(us, Ordering::Relaxed);
+        self.max_micros.fetch_max(us, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// The counts `eddy status` shows.
+    pub fn status(&self) -> CompactStatus {
+        CompactStatus {
+            count: self.count.load(Ordering::Relaxed),
+            freed_bytes: self.freed.load(Ordering::Relaxed),
+            max_stall_us: self.max_micros.load(Ordering::Relaxed),
+            busy: self.busy.load(Ordering::Relaxed),
+        }
+    }
+}
+
 impl Live {
     /// Counters for `workers` workers running `operators` operators each.
     pub fn new(workers: usize, operators: usize) -> Live {
@@ -263,6 +328,7 @@ impl Live {
             kafka: Mutex::new(Vec::new()),
             ops: (0..operators).map(|_| OpLive::default()).collect(),
             checkpoints: CheckpointLive::default(),
+            compactions: CompactLive::default(),
         }
     }
 

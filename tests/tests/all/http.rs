@@ -39,7 +39,7 @@ fn get_on(mut conn: impl Read + Write, path: &str, token: Option<&str>) -> (u16,
 }
 
 /// `GET path` on the control socket `socket`.
-fn get(socket: &Path, path: &str) -> (u16, String) {
+pub(crate) fn get(socket: &Path, path: &str) -> (u16, String) {
     let c = UnixStream::connect(socket).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     get_on(c, path, None)

@@ -70,3 +70,6 @@ mod cache;
 // A key's list grown to a million items under a small cache: read only by
 // range, exact results and bounded memory, across kill -9 and restart.
 mod big_state;
+// Compaction of a running pipeline's state database at a quiet moment:
+// the file shrinks after expired state, the state stays exact.
+mod compact;

@@ -38,6 +38,7 @@ pub fn pipeline(dir: &Path, input: &Path, ops: &[(&str, &str)], workers: usize) 
         http: None,
         verify_state: false,
         cache_bytes: None,
+        compact: Some(eddy_runtime::CompactPolicy::AUTO),
         watermark: Default::default(),
     }
 }

@@ -67,6 +67,10 @@
 //! cache_bytes = "256MiB"           # memory for cached state (keys, values,
 //!                                  # redb's page cache); cold keys are
 //!                                  # evicted past it; "unlimited" keeps all
+//! compact = "auto"                 # give free space in state.redb back at a
+//!                                  # quiet moment (half the file free, at most
+//!                                  # every 10 minutes); "off"; or
+//!                                  # { min_free = 0.5, every_ms = 600000 }
 //! ```
 //!
 //! Relative paths in a pipeline file are relative to the file's directory.
@@ -255,8 +259,71 @@ pub struct Pipeline {
     /// `--cache-bytes`): the cached keys of every worker and redb's page
     /// cache. `None`: unlimited (every key touched stays cached).
     pub cache_bytes: Option<usize>,
+    /// When a running pipeline compacts its state database (`[state]
+    /// compact`); `None`: never (`eddy compact` on a stopped one still
+    /// does).
+    pub compact: Option<CompactPolicy>,
     /// How the watermark follows the event times read.
     pub watermark: WatermarkSpec,
+}
+
+/// When a running pipeline compacts `state.redb` (`[state] compact`): at
+/// a quiet moment (no input waiting), when at least `min_free` of the file
+/// is free, at most every `every`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CompactPolicy {
+    /// The least fraction of the file that must be free (0.0 to 1.0).
+    pub min_free: f64,
+    /// The least time between two looks at the file's free space (each
+    /// walks the live pages).
+    pub every: Duration,
+}
+
+impl CompactPolicy {
+    /// `compact = "auto"`, the default: half the file free, at most every
+    /// 10 minutes.
+    pub const AUTO: CompactPolicy = CompactPolicy {
+        min_free: 0.5,
+        every: Duration::from_secs(600),
+    };
+
+    /// Reads `[state] compact`: `"auto"`, `"off"` (`None`) or a table
+    /// `{ min_free = F, every_ms = N }` (either may be left out: the
+    /// default's). Errors say what is expected.
+    fn parse(v: &toml::Value) -> Result<Option<CompactPolicy>, String> {
+        const EXPECTED: &str = "expected \"auto\", \"off\" or a table { min_free = 0.0 to 1.0, every_ms = milliseconds }";
+        match v {
+            toml::Value::String(t) if t == "auto" => Ok(Some(Self::AUTO)),
+            toml::Value::String(t) if t == "off" => Ok(None),
+            toml::Value::Table(t) => {
+                let mut p = Self::AUTO;
+                for (k, v) in t {
+                    match (k.as_str(), v) {
+                        ("min_free", toml::Value::Float(f)) if (0.0..=1.0).contains(f) => {
+                            p.min_free = *f
+                        }
+                        ("min_free", toml::Value::Integer(i @ (0 | 1))) => p.min_free = *i as f64,
+                        ("min_free", v) => {
+                            return Err(format!(
+                                ".min_free = {v}: expected a fraction of the file from 0.0 to 1.0"
+                            ))
+                        }
+                        ("every_ms", toml::Value::Integer(i)) if *i >= 0 => {
+                            p.every = Duration::from_millis(*i as u64)
+                        }
+                        ("every_ms", v) => {
+                            return Err(format!(
+                                ".every_ms = {v}: expected a number of milliseconds (0 or more)"
+                            ))
+                        }
+                        (k, _) => return Err(format!(".{k}: unknown field: {EXPECTED}")),
+                    }
+                }
+                Ok(Some(p))
+            }
+            v => Err(format!(" = {v}: {EXPECTED}")),
+        }
+    }
 }
 
 /// How the watermark of the input follows its event times
@@ -590,6 +657,7 @@ struct StateTable {
     checkpoint_events: Option<u64>,
     verify_on_open: Option<bool>,
     cache_bytes: Option<ByteSize>,
+    compact: Option<toml::Spanned<toml::Value>>,
 }
 
 /// A size in bytes as a pipeline file writes it: a number, or a string
@@ -734,15 +802,27 @@ impl Pipeline {
         o: Overrides,
         src: (&Path, &str),
     ) -> Result<Pipeline, PipelineError> {
-        let window_of = |t: &OperatorTable| -> Result<Option<WindowSpec>, PipelineError> {
-            let Some(w) = &t.window else { return Ok(None) };
-            let start = w.span().start.min(src.1.len());
-            let line = src.1.as_bytes()[..start]
+        let line_of = |span: std::ops::Range<usize>| {
+            let start = span.start.min(src.1.len());
+            src.1.as_bytes()[..start]
                 .iter()
                 .filter(|&&b| b == b'\n')
                 .count()
-                + 1;
-            window_spec(&t.name, w.get_ref(), src.0, line).map(Some)
+                + 1
+        };
+        let window_of = |t: &OperatorTable| -> Result<Option<WindowSpec>, PipelineError> {
+            let Some(w) = &t.window else { return Ok(None) };
+            window_spec(&t.name, w.get_ref(), src.0, line_of(w.span())).map(Some)
+        };
+        let compact = match &f.state.compact {
+            None => Some(CompactPolicy::AUTO),
+            Some(c) => CompactPolicy::parse(c.get_ref()).map_err(|e| {
+                PipelineError::Invalid(format!(
+                    "pipeline file {}, line {}: [state] compact{e}",
+                    src.0.display(),
+                    line_of(c.span())
+                ))
+            })?,
         };
         let rel = |s: &str| -> PathBuf {
             let p = PathBuf::from(s);
@@ -1014,6 +1094,7 @@ impl Pipeline {
             http,
             verify_state: o.verify_state || f.state.verify_on_open.unwrap_or(false),
             cache_bytes,
+            compact,
             input,
             key_field: o.key_field.or(f.source.key).unwrap_or_else(|| "key".into()),
             time_field,

@@ -448,3 +448,66 @@ fn the_state_cache_budget_takes_sizes_with_units_and_refuses_too_small_ones() {
         "{e}"
     );
 }
+
+#[test]
+fn state_compact_takes_auto_off_or_a_table_and_names_the_line_of_a_bad_value() {
+    let op = "[[operator]]\nname = \"a\"\ncomponent = \"a.wasm\"\n";
+    assert_eq!(parse(op).unwrap().compact, Some(CompactPolicy::AUTO));
+    let pl = parse(&format!("{op}[state]\ncompact = \"auto\"\n")).unwrap();
+    assert_eq!(pl.compact, Some(CompactPolicy::AUTO));
+    let pl = parse(&format!("{op}[state]\ncompact = \"off\"\n")).unwrap();
+    assert_eq!(pl.compact, None);
+    let pl = parse(&format!(
+        "{op}[state]\ncompact = {{ min_free = 0.25, every_ms = 5000 }}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        pl.compact,
+        Some(CompactPolicy {
+            min_free: 0.25,
+            every: Duration::from_secs(5)
+        })
+    );
+    // A field left out keeps the default's.
+    let pl = parse(&format!("{op}[state]\ncompact = {{ every_ms = 0 }}\n")).unwrap();
+    assert_eq!(
+        pl.compact,
+        Some(CompactPolicy {
+            min_free: 0.5,
+            every: Duration::ZERO
+        })
+    );
+    // Bad values: the file, the line (line 5 here) and what is expected.
+    for (value, want) in [
+        (
+            "\"sometimes\"",
+            "line 5: [state] compact = \"sometimes\": expected \"auto\", \"off\" or a table { min_free = 0.0 to 1.0, every_ms = milliseconds }",
+        ),
+        (
+            "true",
+            "line 5: [state] compact = true: expected \"auto\", \"off\"",
+        ),
+        (
+            "{ min_free = 1.5 }",
+            "line 5: [state] compact.min_free = 1.5: expected a fraction of the file from 0.0 to 1.0",
+        ),
+        (
+            "{ min_free = \"half\" }",
+            "line 5: [state] compact.min_free = \"half\": expected a fraction",
+        ),
+        (
+            "{ every_ms = -1 }",
+            "line 5: [state] compact.every_ms = -1: expected a number of milliseconds (0 or more)",
+        ),
+        (
+            "{ often = 1 }",
+            "line 5: [state] compact.often: unknown field: expected \"auto\"",
+        ),
+    ] {
+        let e = parse(&format!("{op}[state]\ncompact = {value}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("p.toml, line 5"), "{e}");
+        assert!(e.contains(want), "{value}: {e}");
+    }
+}

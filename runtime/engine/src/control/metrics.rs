@@ -353,6 +353,47 @@ pub(super) fn render(c: &Controller) -> String {
         &[],
         c.store().size_bytes(),
     );
+    let cmp = &live.compactions;
+    out.family(
+        "eddy_state_compactions_total",
+        "counter",
+        "Compactions of the state database while the pipeline ran ([state] compact).",
+    );
+    out.sample(
+        "eddy_state_compactions_total",
+        &[],
+        cmp.count.load(Ordering::Relaxed),
+    );
+    out.family(
+        "eddy_state_compaction_freed_bytes_total",
+        "counter",
+        "Bytes those compactions gave back to the file system.",
+    );
+    out.sample(
+        "eddy_state_compaction_freed_bytes_total",
+        &[],
+        cmp.freed.load(Ordering::Relaxed),
+    );
+    out.family(
+        "eddy_state_compaction_stall_max_seconds",
+        "gauge",
+        "The longest input stall for a compaction in this run.",
+    );
+    out.sample(
+        "eddy_state_compaction_stall_max_seconds",
+        &[],
+        secs(cmp.max_micros.load(Ordering::Relaxed)),
+    );
+    out.family(
+        "eddy_state_compactions_busy_total",
+        "counter",
+        "Compactions put off because a reader of the state was open (tried again soon).",
+    );
+    out.sample(
+        "eddy_state_compactions_busy_total",
+        &[],
+        cmp.busy.load(Ordering::Relaxed),
+    );
     let last = cp.last_ms.load(Ordering::Relaxed);
     if last > 0 {
         out.family(

@@ -285,6 +285,10 @@ pub struct Status {
     /// Bytes of the state directory's database and kept components.
     #[serde(default)]
     pub state_bytes: u64,
+    /// Compactions of the state database in this run (`[state]
+    /// compact`).
+    #[serde(default)]
+    pub compactions: crate::stats::CompactStatus,
 }
 
 /// Runs `f` on `path`, or, when `path` is too long for a socket address

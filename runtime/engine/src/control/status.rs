@@ -41,6 +41,7 @@ pub(super) fn status(controller: &Controller) -> Status {
         lines_read: live.lines_read.load(Ordering::Relaxed),
         kafka: live.kafka().clone(),
         state_bytes: controller.store().size_bytes(),
+        compactions: live.compactions.status(),
         operators,
         workers: workers
             .into_iter()

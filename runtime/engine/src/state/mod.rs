@@ -20,7 +20,7 @@ pub use entity::{
 pub use store::{
     component_hash, component_hash_of, create_private_dir, euid, is_short_version_id,
     legacy_component_hash, read_regular_file, unsafe_reason, ChangelogTimer, ChangelogWrite,
-    Checkpoint, Reader, SnapshotError, SnapshotReport, SnapshotSource, SourcePos, StateWrite,
-    Store, StoreError, TimerWrite, CHANGELOG_STATE, CHANGELOG_TIMER, MAX_COMPONENT_BYTES,
-    SHORT_VERSION_ID_LEN, VERSION_ID_LEN,
+    Checkpoint, FreeSpace, Reader, SnapshotError, SnapshotReport, SnapshotSource, SourcePos,
+    StateWrite, Store, StoreError, TimerWrite, CHANGELOG_STATE, CHANGELOG_TIMER,
+    MAX_COMPONENT_BYTES, SHORT_VERSION_ID_LEN, VERSION_ID_LEN,
 };

@@ -98,6 +98,11 @@ pub enum Msg {
         /// renewed.
         reply: Sender<Result<usize, StoreError>>,
     },
+    /// Let go of every reader of committed state (so that the state
+    /// database can be compacted), then answer. The readers are renewed
+    /// before the next message is handled: the sender sends none until
+    /// the compaction is over.
+    DropReaders(Sender<()>),
     /// Stop after what came before.
     Stop,
 }
@@ -199,13 +204,28 @@ struct Worker {
     futile: Option<(u64, u64)>,
     /// Number of the last checkpoint barrier.
     taken: u64,
+    /// The readers were let go ([`Msg::DropReaders`]): renew them before
+    /// handling anything.
+    readers_dropped: bool,
 }
 
 impl Worker {
     /// Runs until [`Msg::Stop`] or until the inbox closes.
     fn run(mut self, inbox: Receiver<Msg>) -> Result<Vec<OpStats>, WorkerError> {
         for msg in inbox {
+            if self.readers_dropped && !matches!(msg, Msg::Stop | Msg::DropReaders(_)) {
+                if let Err(e) = self.renew_readers() {
+                    return Err(self.fail(e.into()));
+                }
+            }
             match msg {
+                Msg::DropReaders(reply) => {
+                    for op in &mut self.ops {
+                        op.ctx().drop_reader();
+                    }
+                    self.readers_dropped = true;
+                    let _ = reply.send(());
+                }
                 Msg::Batch(mut batch) => {
                     let r = self.handle_batch(&mut batch);
                     self.flush();
@@ -375,6 +395,18 @@ impl Worker {
             self.futile = Some((self.taken, durable));
             self.pressure.store(true, Ordering::Relaxed);
         }
+        Ok(())
+    }
+
+    /// New readers of committed state for every operator, after
+    /// [`Msg::DropReaders`].
+    fn renew_readers(&mut self) -> Result<(), StoreError> {
+        for op in &mut self.ops {
+            let durable = self.store.durable_seq();
+            let reader = self.store.reader()?;
+            op.ctx().renew_reader(reader, durable);
+        }
+        self.readers_dropped = false;
         Ok(())
     }
 

@@ -255,6 +255,7 @@ impl Workers {
                         pressure,
                         futile: None,
                         taken: 0,
+                        readers_dropped: false,
                     };
                     for stage in 0..k {
                         w.allow_timers(stage);

@@ -510,3 +510,69 @@ fn a_migration_reads_and_rewrites_a_spilled_map_through_host_calls() {
     assert_eq!(entries(&mut fresh, "k"), want);
     assert_eq!(store.map_field_count("op").unwrap(), n);
 }
+
+#[test]
+fn the_marks_of_deleted_fields_count_in_the_cache_until_their_rows_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let mut c = ctx(&store);
+    let n = 4 * SPILL_ITEMS;
+    for i in 0..n {
+        set(&mut c, "k", i, &value(i));
+    }
+    checkpoint(&mut c, &store, 1);
+    let spilled = c.cache.bytes;
+    check_bytes(&c);
+    // Each deleted field leaves a mark in memory: its name and the 8 bytes
+    // of a stored field's lengths.
+    let mark = 8 + field(0).len();
+    let deleted = 100;
+    for i in 0..deleted {
+        assert!(del(&mut c, "k", i));
+    }
+    assert_eq!(
+        c.slots[0].entity.map_mark_bytes() as usize,
+        deleted as usize * mark
+    );
+    assert_eq!(c.cache.bytes, spilled + deleted as usize * mark);
+    check_bytes(&c);
+    // A failed event that deletes more (and sets a deleted field again)
+    // leaves the count as it was.
+    let before = c.cache.bytes;
+    event(&mut c, "k", false, |c| {
+        assert!(c.map_delete("m", &field(deleted)).unwrap());
+        c.map_set("m", field(0), b"back".to_vec()).unwrap();
+    });
+    assert_eq!(c.cache.bytes, before);
+    check_bytes(&c);
+    // Setting a deleted field again turns its mark into a value.
+    set(&mut c, "k", 0, b"back");
+    assert_eq!(
+        c.slots[0].entity.map_mark_bytes() as usize,
+        (deleted as usize - 1) * mark
+    );
+    check_bytes(&c);
+    // Handed over, not yet visible: the marks stay counted.
+    let mut cp = Checkpoint {
+        seq: 2,
+        durable: false,
+        ..Default::default()
+    };
+    c.take_dirty(2, &mut cp.writes);
+    c.renew_reader(store.reader().unwrap(), store.durable_seq());
+    assert_eq!(
+        c.slots[0].entity.map_mark_bytes() as usize,
+        (deleted as usize - 1) * mark
+    );
+    check_bytes(&c);
+    // Visible: the marks (and the value set) are let go and uncounted.
+    store.commit(&cp).unwrap();
+    c.renew_reader(store.reader().unwrap(), store.durable_seq());
+    assert_eq!(c.slots[0].entity.map_mark_bytes(), 0);
+    check_bytes(&c);
+    assert_eq!(c.cache.bytes, spilled);
+    assert_eq!(store.map_field_count("op").unwrap(), n - deleted + 1);
+    assert_eq!(len(&mut c, "k") as u64, n - deleted + 1);
+    assert_eq!(get(&mut c, "k", 1), None);
+    assert_eq!(get(&mut c, "k", 0), Some(b"back".to_vec()));
+}

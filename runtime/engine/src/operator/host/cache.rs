@@ -30,7 +30,8 @@ pub(super) const SLOT_COST: usize = std::mem::size_of::<Slot>() + 16 + 16;
 /// A cached key's memory, as counted against the budget: [`SLOT_COST`],
 /// the key's bytes when they do not fit inline, and its state's size as
 /// stored (close to what its values, maps and lists take in memory) less
-/// the items of spilled lists that are only in rows.
+/// the items of spilled lists and fields of spilled maps that are only in
+/// rows, plus the marks of deleted fields of spilled maps still held.
 pub(super) fn cost(slot: &Slot) -> usize {
     let key = if slot.key.is_heap_allocated() {
         slot.key.capacity()
@@ -129,6 +130,14 @@ impl OpCtx {
             false
         });
         self.flushed = flushed;
+    }
+
+    /// Lets go of the reader of committed state, so that the state
+    /// database can be compacted (which needs no read open). Until
+    /// [`OpCtx::renew_reader`] gives it a new one, no key may be loaded:
+    /// call it between batches, and renew before the next.
+    pub fn drop_reader(&mut self) {
+        self.reader = None;
     }
 
     /// Evicts cold keys until about `want` bytes are freed (or no key

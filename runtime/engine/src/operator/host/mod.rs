@@ -80,9 +80,12 @@ fn record_size(rec: &[u8]) -> usize {
 }
 
 /// The memory a cached key's state takes: its size as stored, less the
-/// spilled list items that are only in rows.
+/// spilled list items and map fields that are only in rows, plus the marks
+/// of a spilled map's deleted fields held until their rows' deletion is
+/// visible.
 fn mem(slot: &Slot) -> usize {
     slot.size.saturating_sub(slot.entity.row_bytes() as usize)
+        + slot.entity.map_mark_bytes() as usize
 }
 
 /// A cached key: its state and whether it changed since the last checkpoint.

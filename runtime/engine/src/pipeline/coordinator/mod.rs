@@ -23,6 +23,7 @@ use crate::stats::{Live, OpStats};
 use crate::swap::{self, Command, Controller, NotDurable, SwapReport};
 use crate::worker::{BarrierReply, Batch, Msg, Workers};
 
+mod compact;
 mod input;
 mod kafka;
 
@@ -108,7 +109,14 @@ pub(super) struct Coordinator {
     watermark: WatermarkGen,
     /// [`ABORT_ENV`]: Kafka commits left before the process aborts.
     abort_after_kafka_commits: Option<u64>,
+    /// When the state database's free space is looked at next (`[state]
+    /// compact`, see [`Coordinator::maybe_compact`]).
+    next_compact: Instant,
 }
+
+/// The first look at the state database's free space, after the start
+/// (sooner when `[state] compact` asks for looks more often).
+const FIRST_COMPACT_LOOK: Duration = Duration::from_secs(60);
 
 /// For tests only: `EDDY_TEST_ABORT_AFTER_KAFKA_COMMITS=N` aborts the
 /// process right after the Nth Kafka transaction commit (not counting a
@@ -181,6 +189,9 @@ impl Coordinator {
             op_names: operators.iter().map(|o| o.name.clone()).collect(),
             watermark,
             abort_after_kafka_commits: std::env::var(ABORT_ENV).ok().and_then(|v| v.parse().ok()),
+            next_compact: Instant::now()
+                + p.compact
+                    .map_or(FIRST_COMPACT_LOOK, |c| c.every.min(FIRST_COMPACT_LOOK)),
             p,
         }
     }
@@ -341,6 +352,7 @@ impl Coordinator {
                     if Instant::now() >= self.next_checkpoint {
                         self.checkpoint()?;
                     }
+                    self.maybe_compact(chunks.is_empty() && records.is_empty())?;
                 }
             }
         }

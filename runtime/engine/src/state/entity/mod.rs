@@ -131,13 +131,13 @@ pub enum Undo {
         name: Name,
     },
     /// A field of a spilled map was set or deleted: its change before
-    /// (`None`: unchanged since its row), and the map's `len`, `bytes`
-    /// and `mem_bytes` before.
+    /// (`None`: unchanged since its row), and the map's `len`, `bytes`,
+    /// `mem_bytes` and `mark_bytes` before.
     MapSpillChanged {
         idx: usize,
         field: String,
         old: Option<Change>,
-        counts: (u64, u64, u64),
+        counts: (u64, u64, u64, u64),
     },
     ListCreated {
         idx: usize,
@@ -482,7 +482,7 @@ impl Entity {
                             Some(c) => s.changes.insert(field, c),
                             None => s.changes.remove(&field),
                         };
-                        (s.len, s.bytes, s.mem_bytes) = counts;
+                        (s.len, s.bytes, s.mem_bytes, s.mark_bytes) = counts;
                     }
                 }
                 Undo::ListCreated { idx } => {
@@ -721,6 +721,7 @@ impl Entity {
                             len,
                             bytes,
                             mem_bytes: 0,
+                            mark_bytes: 0,
                             changes: BTreeMap::new(),
                         })),
                     },

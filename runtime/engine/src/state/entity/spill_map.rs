@@ -41,9 +41,12 @@ pub struct MapSpill {
     pub len: u64,
     /// Size as stored of the live fields (`field_size` summed).
     pub bytes: u64,
-    /// The part of `bytes` held in memory (the fields set in `changes`;
-    /// a deleted field's mark is not counted).
+    /// The part of `bytes` held in memory (the fields set in `changes`).
     pub mem_bytes: u64,
+    /// Memory of the marks of deleted fields in `changes` (not part of
+    /// `bytes`: the field is gone), counted as a field with an empty value
+    /// (the size as stored of the name alone) until the mark is let go.
+    pub mark_bytes: u64,
     /// Fields changed since their rows were visible to the reader: the
     /// new value (`None`: deleted), and whether the change was handed
     /// over at a barrier.
@@ -190,11 +193,13 @@ impl Entity {
             undo.push(Undo::MapFieldSet { idx, field, old });
             return;
         };
-        let counts = (s.len, s.bytes, s.mem_bytes);
+        let counts = (s.len, s.bytes, s.mem_bytes, s.mark_bytes);
         let new = field_size(&field, &value);
         let before = s.changes.get(&field).cloned();
-        if let Some(Change { value: Some(v), .. }) = &before {
-            s.mem_bytes -= field_size(&field, v);
+        match &before {
+            Some(Change { value: Some(v), .. }) => s.mem_bytes -= field_size(&field, v),
+            Some(Change { value: None, .. }) => s.mark_bytes -= field_size(&field, &[]),
+            None => {}
         }
         match old {
             Some(n) => s.bytes -= field_size(&field, &[]) + n as u64,
@@ -240,13 +245,14 @@ impl Entity {
             };
         };
         let Some(n) = old else { return false };
-        let counts = (s.len, s.bytes, s.mem_bytes);
+        let counts = (s.len, s.bytes, s.mem_bytes, s.mark_bytes);
         let before = s.changes.get(field).cloned();
         if let Some(Change { value: Some(v), .. }) = &before {
             s.mem_bytes -= field_size(field, v);
         }
         s.len -= 1;
         s.bytes -= field_size(field, &[]) + n as u64;
+        s.mark_bytes += field_size(field, &[]);
         s.changes.insert(
             field.to_string(),
             Change {
@@ -271,6 +277,20 @@ impl Entity {
                 .maps
                 .iter()
                 .filter_map(|(_, m)| m.spill.as_ref().map(|s| s.bytes - s.mem_bytes))
+                .sum(),
+        }
+    }
+
+    /// Memory of the marks of deleted fields that spilled maps hold
+    /// until the checkpoint deleting their rows is visible (see
+    /// [`MapSpill::mark_bytes`]).
+    pub fn map_mark_bytes(&self) -> u64 {
+        match &self.extra {
+            None => 0,
+            Some(x) => x
+                .maps
+                .iter()
+                .filter_map(|(_, m)| m.spill.as_ref().map(|s| s.mark_bytes))
                 .sum(),
         }
     }
@@ -371,6 +391,7 @@ impl Entity {
                     len,
                     bytes,
                     mem_bytes: bytes,
+                    mark_bytes: 0,
                     changes,
                 }));
             }
@@ -395,7 +416,8 @@ impl Entity {
     }
 
     /// Lets go of the spilled maps' changes already handed over; returns
-    /// their size as stored.
+    /// the memory they were counted for (their size as stored; a deleted
+    /// field's mark, [`MapSpill::mark_bytes`]).
     pub(super) fn drop_flushed_maps(&mut self) -> u64 {
         let Some(x) = &mut self.extra else { return 0 };
         let mut freed = 0;
@@ -405,9 +427,15 @@ impl Entity {
                 if !c.flushed {
                     return true;
                 }
-                if let Some(v) = &c.value {
-                    freed += field_size(f, v);
-                    s.mem_bytes -= field_size(f, v);
+                match &c.value {
+                    Some(v) => {
+                        freed += field_size(f, v);
+                        s.mem_bytes -= field_size(f, v);
+                    }
+                    None => {
+                        freed += field_size(f, &[]);
+                        s.mark_bytes -= field_size(f, &[]);
+                    }
                 }
                 false
             });

@@ -30,7 +30,7 @@ impl Store {
     ) -> Result<Option<u64>, StoreError> {
         let dir = &self.dir;
         guard(dir, || {
-            let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
+            let txn = self.db().begin_read().map_err(|e| db_err(dir, e))?;
             let table = match txn.open_table(CHANGELOG_AT) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -61,7 +61,7 @@ impl Store {
             }
         }
         guard(dir, || {
-            let txn = self.db.begin_write().map_err(|e| db_err(dir, e))?;
+            let txn = self.db().begin_write().map_err(|e| db_err(dir, e))?;
             {
                 let mut table = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
                 for (key, record) in writes {

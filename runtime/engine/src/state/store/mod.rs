@@ -60,7 +60,7 @@ pub use components::{
     SHORT_VERSION_ID_LEN, VERSION_ID_LEN,
 };
 pub use files::{create_private_dir, euid, read_regular_file, unsafe_reason};
-pub use read::Reader;
+pub use read::{FreeSpace, Reader};
 pub use snapshot::{SnapshotError, SnapshotReport, SnapshotSource};
 
 /// `(operator name, key)` -> encoded [`crate::state::Entity`].
@@ -391,7 +391,10 @@ impl Default for Checkpoint {
 /// The open state directory. Cheap to clone; shared by all threads.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    /// The database. Every transaction begins under the read lock;
+    /// compaction ([`Store::compact_now`]), which needs the database to
+    /// itself, takes the write lock, so no transaction begins meanwhile.
+    db: Arc<std::sync::RwLock<Database>>,
     dir: PathBuf,
     /// The largest [`Checkpoint::seq`] committed so far.
     durable: Arc<std::sync::atomic::AtomicU64>,
@@ -473,11 +476,19 @@ impl Store {
         &self.dir
     }
 
+    /// The database, to begin a transaction (the lock is held only while
+    /// it begins: a transaction does not borrow the database).
+    fn db(&self) -> std::sync::RwLockReadGuard<'_, Database> {
+        self.db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Metadata `name`, its checksum verified and removed.
     pub(crate) fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let dir = &self.dir;
         let raw = guard(dir, || {
-            let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
+            let txn = self.db().begin_read().map_err(|e| db_err(dir, e))?;
             let meta = txn.open_table(META).map_err(|e| db_err(dir, e))?;
             let v = meta
                 .get(name)
@@ -541,7 +552,7 @@ impl Store {
     pub fn timers(&self, operator: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
         let dir = &self.dir;
         guard(dir, || {
-            let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
+            let txn = self.db().begin_read().map_err(|e| db_err(dir, e))?;
             let table = match txn.open_table(TIMERS) {
                 Ok(t) => t,
                 // No timer was ever written.
@@ -582,7 +593,7 @@ impl Store {
     pub fn commit(&self, cp: &Checkpoint) -> Result<(), StoreError> {
         let dir = &self.dir;
         guard(dir, || {
-            let mut txn = self.db.begin_write().map_err(|e| db_err(dir, e))?;
+            let mut txn = self.db().begin_write().map_err(|e| db_err(dir, e))?;
             if !cp.durable {
                 txn.set_durability(redb::Durability::None)
                     .map_err(|e| db_err(dir, redb::Error::from(e)))?;

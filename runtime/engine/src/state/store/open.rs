@@ -102,7 +102,7 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let db = guard(dir, || open_db(dir, path, false, verify, cache))?;
         let store = Store {
-            db: Arc::new(db),
+            db: Arc::new(std::sync::RwLock::new(db)),
             dir: dir.to_path_buf(),
             durable: Default::default(),
         };
@@ -126,12 +126,12 @@ impl Store {
             .map_err(io)?;
         let db = guard(dir, || open_db(dir, tmp.path(), true, false, cache))?;
         let store = Store {
-            db: Arc::new(db),
+            db: Arc::new(std::sync::RwLock::new(db)),
             dir: dir.to_path_buf(),
             durable: Default::default(),
         };
         guard(dir, || {
-            let txn = store.db.begin_write().map_err(|e| db_err(dir, e))?;
+            let txn = store.db().begin_write().map_err(|e| db_err(dir, e))?;
             {
                 let mut meta = txn.open_table(META).map_err(|e| db_err(dir, e))?;
                 txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
@@ -163,7 +163,7 @@ impl Store {
     fn check_format(&self, file: &Path) -> Result<(), StoreError> {
         let dir = &self.dir;
         guard(dir, || {
-            let txn = self.db.begin_write().map_err(|e| db_err(dir, e))?;
+            let txn = self.db().begin_write().map_err(|e| db_err(dir, e))?;
             {
                 let mut meta = txn.open_table(META).map_err(|e| db_err(dir, e))?;
                 txn.open_table(STATE).map_err(|e| db_err(dir, e))?;

@@ -1,6 +1,6 @@
 //! Reading committed state: readers for workers, scans and samples.
 
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, TableHandle};
 
 use super::*;
 
@@ -9,7 +9,7 @@ impl Store {
     pub fn sample_keys(&self, operator: &str, n: usize) -> Result<Vec<String>, StoreError> {
         let dir = &self.dir;
         guard(dir, || {
-            let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
+            let txn = self.db().begin_read().map_err(|e| db_err(dir, e))?;
             let table = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
             let mut out = Vec::new();
             for item in table.range((operator, "")..).map_err(|e| db_err(dir, e))? {
@@ -28,7 +28,7 @@ impl Store {
     pub fn reader(&self) -> Result<Reader, StoreError> {
         let dir = &self.dir;
         guard(dir, || {
-            let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
+            let txn = self.db().begin_read().map_err(|e| db_err(dir, e))?;
             let table = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
             let items = match txn.open_table(LIST_ITEMS) {
                 Ok(t) => Some(t),
@@ -57,7 +57,7 @@ impl Store {
     pub fn scan(&self, operator: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let dir = &self.dir;
         let out: Vec<(String, Vec<u8>)> = guard(dir, || {
-            let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
+            let txn = self.db().begin_read().map_err(|e| db_err(dir, e))?;
             let table = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
             let mut out = Vec::new();
             for item in table.range((operator, "")..).map_err(|e| db_err(dir, e))? {
@@ -273,7 +273,7 @@ impl Store {
     pub fn map_field_count(&self, operator: &str) -> Result<u64, StoreError> {
         let dir = &self.dir;
         guard(dir, || {
-            let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
+            let txn = self.db().begin_read().map_err(|e| db_err(dir, e))?;
             let table = match txn.open_table(MAP_FIELDS) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
@@ -315,7 +315,7 @@ impl Store {
     pub fn list_item_count(&self, operator: &str) -> Result<u64, StoreError> {
         let dir = &self.dir;
         guard(dir, || {
-            let txn = self.db.begin_read().map_err(|e| db_err(dir, e))?;
+            let txn = self.db().begin_read().map_err(|e| db_err(dir, e))?;
             let table = match txn.open_table(LIST_ITEMS) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
@@ -348,19 +348,66 @@ impl Store {
 
     /// Compacts `state.redb`: moves live pages to the front and gives the
     /// space freed by deleted and expired state back to the file system.
-    /// Only on a store nothing else uses (no reader, no other clone: a
-    /// stopped pipeline's directory); returns the file's size after.
-    pub fn compact(mut self) -> Result<u64, StoreError> {
-        let dir = self.dir.clone();
-        let Some(db) = Arc::get_mut(&mut self.db) else {
-            return Err(StoreError::Locked { dir });
-        };
-        guard(&dir, || {
-            while db.compact().map_err(|e| db_err(&dir, e))? {}
-            Ok(())
-        })?;
-        self.file_size()
+    /// Only on a store no one reads (a stopped pipeline's directory);
+    /// returns the file's size after.
+    pub fn compact(self) -> Result<u64, StoreError> {
+        match self.compact_now()? {
+            Some(_) => self.file_size(),
+            None => Err(StoreError::Locked { dir: self.dir }),
+        }
     }
+
+    /// The size of `state.redb` and how many of its bytes are free
+    /// (pages no table uses: what compaction can give back), in one write
+    /// transaction that is not committed. It walks every table's pages,
+    /// so it costs about a read of the file's live part.
+    pub fn free_space(&self) -> Result<FreeSpace, StoreError> {
+        let dir = &self.dir;
+        let used = guard(dir, || {
+            let txn = self.db().begin_write().map_err(|e| db_err(dir, e))?;
+            let stats = txn.stats().map_err(|e| db_err(dir, e))?;
+            txn.abort().map_err(|e| db_err(dir, e))?;
+            Ok(stats.allocated_pages() * stats.page_size() as u64)
+        })?;
+        let file = self.file_size()?;
+        Ok(FreeSpace {
+            file,
+            free: file.saturating_sub(used),
+        })
+    }
+
+    /// Compacts `state.redb` now if no transaction is open on it (see
+    /// [`Store::compact`]): returns the file's size after, or `None` when
+    /// a reader or writer was open (nothing changed; try again when they
+    /// are done). No transaction can begin while it runs (they wait): a
+    /// running pipeline calls it at a quiet moment, with its workers'
+    /// readers let go (see `docs/state-cache.md`).
+    pub fn compact_now(&self) -> Result<Option<u64>, StoreError> {
+        let dir = &self.dir;
+        let mut db = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let done = guard(dir, || match db.compact() {
+            Ok(_) => Ok(true),
+            Err(redb::CompactionError::TransactionInProgress) => Ok(false),
+            Err(e) => Err(db_err(dir, e)),
+        })?;
+        drop(db);
+        match done {
+            true => self.file_size().map(Some),
+            false => Ok(None),
+        }
+    }
+}
+
+/// What [`Store::free_space`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreeSpace {
+    /// Size of `state.redb` in bytes.
+    pub file: u64,
+    /// Bytes of it that no table uses.
+    pub free: u64,
 }
 
 impl Store {
@@ -369,8 +416,11 @@ impl Store {
     /// `writes`, the partitions' state read from their changelog (`None`:
     /// the key was deleted), and their pending timers by `timers` (`(key,
     /// name, time)`), in one durable transaction. Each record's checksum
-    /// is verified first. Returns how many stored keys were removed and how
-    /// many written.
+    /// is verified first. The rows of spilled lists and maps of every key
+    /// removed or written are deleted too (a directory may hold spilled
+    /// state from runs outside group mode; the changelog carries whole
+    /// records). Returns how many stored keys were removed and how many
+    /// written.
     pub fn replace_keys(
         &self,
         operator: &str,
@@ -385,7 +435,7 @@ impl Store {
             }
         }
         guard(dir, || {
-            let txn = self.db.begin_write().map_err(|e| db_err(dir, e))?;
+            let txn = self.db().begin_write().map_err(|e| db_err(dir, e))?;
             let (mut removed, mut written) = (0, 0);
             {
                 let mut table = txn.open_table(STATE).map_err(|e| db_err(dir, e))?;
@@ -405,6 +455,48 @@ impl Store {
                         .remove((operator, key.as_str()))
                         .map_err(|e| db_err(dir, e))?;
                     removed += 1;
+                }
+                // Rows of spilled lists and maps of the keys replaced:
+                // every row `(operator, key, ..)` lies below `(operator,
+                // key + NUL, ..)`, the next key in order.
+                let replaced = stale.iter().chain(writes.iter().map(|(k, _)| k));
+                let tables: Vec<String> = txn
+                    .list_tables()
+                    .map_err(|e| db_err(dir, e))?
+                    .map(|t| t.name().to_string())
+                    .collect();
+                let has = |t: &str| tables.iter().any(|n| n == t);
+                let (lists, maps) = (has(LIST_ITEMS.name()), has(MAP_FIELDS.name()));
+                if lists || maps {
+                    let mut items = match lists {
+                        true => Some(txn.open_table(LIST_ITEMS).map_err(|e| db_err(dir, e))?),
+                        false => None,
+                    };
+                    let mut fields = match maps {
+                        true => Some(txn.open_table(MAP_FIELDS).map_err(|e| db_err(dir, e))?),
+                        false => None,
+                    };
+                    for key in replaced {
+                        let end = next_name(key);
+                        if let Some(items) = &mut items {
+                            items
+                                .retain_in(
+                                    (operator, key.as_str(), "", 0)
+                                        ..(operator, end.as_str(), "", 0),
+                                    |_, _| false,
+                                )
+                                .map_err(|e| db_err(dir, e))?;
+                        }
+                        if let Some(fields) = &mut fields {
+                            fields
+                                .retain_in(
+                                    (operator, key.as_str(), "", "")
+                                        ..(operator, end.as_str(), "", ""),
+                                    |_, _| false,
+                                )
+                                .map_err(|e| db_err(dir, e))?;
+                        }
+                    }
                 }
                 for (key, record) in writes {
                     match record {

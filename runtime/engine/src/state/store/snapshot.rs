@@ -164,7 +164,7 @@ impl Store {
     /// `path`. The outer error is the source's, the inner the copy's.
     fn copy_db(&self, path: &Path) -> Result<Result<SnapshotReport, String>, StoreError> {
         let dir = &self.dir;
-        let txn = self.db.begin_read().map_err(|x| db_err(dir, x))?;
+        let txn = self.db().begin_read().map_err(|x| db_err(dir, x))?;
         let unknown: Vec<String> = txn
             .list_tables()
             .map_err(|x| db_err(dir, x))?
@@ -564,7 +564,7 @@ mod tests {
     fn a_table_the_snapshot_does_not_know_stops_it() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(&tmp.path().join("st")).unwrap();
-        let txn = store.db.begin_write().unwrap();
+        let txn = store.db().begin_write().unwrap();
         txn.open_table(redb::TableDefinition::<&str, u64>::new("cache"))
             .unwrap()
             .insert("x", 1)

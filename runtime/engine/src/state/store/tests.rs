@@ -398,3 +398,187 @@ fn timers_and_the_watermark_are_committed_with_the_checkpoint() {
         vec![row("a", "y", -3), row("b", "x", 9)]
     );
 }
+
+#[test]
+fn replace_keys_deletes_the_rows_of_spilled_lists_and_maps_it_replaces() {
+    use crate::state::{Entity, SPILL_ITEMS};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let names: Vec<Box<str>> = ["count", "hist", "seen"].map(Box::from).to_vec();
+    let mut intern = |n: &str| names.iter().position(|m| &**m == n).unwrap() as u32;
+    // A key with a spilled list, one with a spilled map, and one with both
+    // that the replacement does not select: real spilled records (format 4
+    // and 5) with their rows, as a run outside group mode leaves them.
+    let spilled = |list: bool, map: bool| {
+        let mut e = Entity::default();
+        let mut j = Vec::new();
+        e.set(0, b"1", &mut j);
+        for i in 0..=SPILL_ITEMS {
+            if list {
+                e.list_push(1, format!("item {i}").into_bytes(), &mut j);
+            }
+            if map {
+                e.map_set(
+                    2,
+                    format!("f{i:05}"),
+                    i.to_string().into_bytes(),
+                    None,
+                    &mut j,
+                );
+            }
+        }
+        let (mut lists, mut maps) = (Vec::new(), Vec::new());
+        e.hand_over(&names, &mut lists);
+        e.hand_over_maps(&names, &mut maps);
+        let mut record = Vec::new();
+        e.encode(&names, &mut record);
+        (record, lists, maps)
+    };
+    let write = |key: &str, (record, lists, maps): (Vec<u8>, _, _)| StateWrite {
+        operator: "op".into(),
+        key: key.into(),
+        record: Some(record),
+        lists,
+        maps,
+    };
+    store
+        .commit(&Checkpoint {
+            writes: vec![
+                write("a", spilled(true, false)),
+                write("b", spilled(false, true)),
+                write("c", spilled(true, true)),
+            ],
+            ..Checkpoint::default()
+        })
+        .unwrap();
+    let rows = SPILL_ITEMS + 1;
+    assert_eq!(store.list_item_count("op").unwrap(), 2 * rows);
+    assert_eq!(store.map_field_count("op").unwrap(), 2 * rows);
+
+    // "a" and "b" come back from a changelog as inline records; "a" is
+    // selected and written, "b" selected and deleted, "c" kept.
+    let inline = |count: &[u8]| {
+        let mut e = Entity::default();
+        e.set(0, count, &mut Vec::new());
+        let mut record = Vec::new();
+        e.encode(&names, &mut record);
+        record
+    };
+    let select = |k: &str| k == "a" || k == "b";
+    let writes = vec![
+        ("a".to_string(), Some(inline(b"7"))),
+        ("b".to_string(), None),
+    ];
+    assert_eq!(
+        store.replace_keys("op", &select, &writes, &[]).unwrap(),
+        (2, 1)
+    );
+    // Only the rows of "c" are left.
+    assert_eq!(store.list_item_count("op").unwrap(), rows);
+    assert_eq!(store.map_field_count("op").unwrap(), rows);
+    assert_eq!(
+        store.list_items("op", "c", "hist", 0, 2).unwrap(),
+        vec![b"item 0".to_vec(), b"item 1".to_vec()]
+    );
+    assert_eq!(store.list_items("op", "a", "hist", 0, 0).unwrap().len(), 0);
+    assert!(store.map_fields("op", "a", "seen").unwrap().is_empty());
+    assert!(store.map_fields("op", "b", "seen").unwrap().is_empty());
+    assert_eq!(
+        store.map_fields("op", "c", "seen").unwrap().len() as u64,
+        rows
+    );
+    // The new records read back right, and "b" is gone.
+    let reader = store.reader().unwrap();
+    let a = Entity::decode(&reader.get("op", "a").unwrap().unwrap(), &mut intern).unwrap();
+    assert_eq!(a.get(0), Some(&b"7"[..]));
+    assert!(a.list(1).is_none() && a.map(2).is_none());
+    assert_eq!(reader.get("op", "b").unwrap(), None);
+    let c = Entity::decode(&reader.get("op", "c").unwrap().unwrap(), &mut intern).unwrap();
+    assert_eq!(c.list(1).unwrap().len(), rows);
+
+    // A directory with no spilled state gets no row tables from it.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    store.replace_keys("op", &select, &writes, &[]).unwrap();
+    let txn = store.db().begin_read().unwrap();
+    let tables: Vec<String> = txn
+        .list_tables()
+        .unwrap()
+        .map(|t| redb::TableHandle::name(&t).to_string())
+        .collect();
+    assert!(
+        !tables
+            .iter()
+            .any(|t| t == "list_items" || t == "map_fields"),
+        "{tables:?}"
+    );
+}
+
+#[test]
+fn compact_now_waits_for_no_reader_and_gives_the_space_of_deleted_state_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let write = |key: String, record: Option<Vec<u8>>| StateWrite {
+        operator: "op".into(),
+        key: key.into(),
+        record,
+        lists: Vec::new(),
+        maps: Vec::new(),
+    };
+    let record = |i: u32| {
+        let mut e = crate::state::Entity::default();
+        e.set(0, &[i as u8; 500], &mut Vec::new());
+        let mut r = Vec::new();
+        e.encode(&["v".into()], &mut r);
+        r
+    };
+    let keys = 20_000u32;
+    store
+        .commit(&Checkpoint {
+            writes: (0..keys)
+                .map(|i| write(format!("k{i:06}"), Some(record(i))))
+                .collect(),
+            ..Checkpoint::default()
+        })
+        .unwrap();
+    let full = store.file_size().unwrap();
+    assert!(full > 10 << 20, "{full} bytes");
+    let space = store.free_space().unwrap();
+    assert_eq!(space.file, full);
+    assert!(space.free < full / 2, "{space:?}");
+    // Every key but the last 100 deleted, then two checkpoints with no
+    // change (redb frees a commit's old pages at a later commit), and
+    // last 100 more deleted not durably, as a checkpoint asked for by a
+    // full cache is.
+    let deletes = [0..keys - 200, 0..0, 0..0, keys - 200..keys - 100];
+    for (i, keys) in deletes.into_iter().enumerate() {
+        store
+            .commit(&Checkpoint {
+                writes: keys.map(|i| write(format!("k{i:06}"), None)).collect(),
+                durable: i < 3,
+                ..Checkpoint::default()
+            })
+            .unwrap();
+    }
+    let space = store.free_space().unwrap();
+    assert!(space.free > full / 2, "{space:?}");
+    // A reader is open: nothing happens.
+    let reader = store.reader().unwrap();
+    assert_eq!(store.compact_now().unwrap(), None);
+    assert_eq!(store.file_size().unwrap(), space.file);
+    drop(reader);
+    // Without it, the file shrinks, and every key left reads back.
+    let after = store.compact_now().unwrap().expect("compacted");
+    assert!(after < full / 4, "{after} of {full} bytes");
+    assert_eq!(store.file_size().unwrap(), after);
+    let reader = store.reader().unwrap();
+    for i in 0..keys {
+        let got = reader.get("op", &format!("k{i:06}")).unwrap();
+        assert_eq!(got, (i >= keys - 100).then(|| record(i)), "key {i}");
+    }
+    drop(reader);
+    // The non-durable delete is on disk now: a reopened store has it.
+    drop(store);
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.scan("op").unwrap().len(), 100);
+}
