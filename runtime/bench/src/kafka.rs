@@ -506,7 +506,10 @@ fn failover(
                 std::thread::sleep(Duration::from_millis(100));
             }
             note = match current() > seen {
-                true => format!("; standby copy current {:.2}s later", waited.elapsed().as_secs_f64() + 2.0),
+                true => format!(
+                    "; standby copy current {:.2}s later",
+                    waited.elapsed().as_secs_f64() + 2.0
+                ),
                 false => format!("; standby copy not seen current within {limit:?}"),
             };
         }
@@ -589,8 +592,8 @@ fn failover(
         if victim.iter().all(|&p| now[p as usize] > before[p as usize]) {
             break killed.elapsed();
         }
-        if killed.elapsed() > Duration::from_secs(90) {
-            bail!("the killed process's partitions were not committed again within 90 s");
+        if killed.elapsed() > Duration::from_secs(900) {
+            bail!("the killed process's partitions were not committed again within 900 s");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
