@@ -278,7 +278,7 @@ fn kafka_addresses_on_the_command_line() {
     );
     assert_eq!(
         err("kafka://b:1/in?group=g&colour=red", "-"),
-        "--input: unknown parameter `colour` (known: group, time, until_end, mode, partitioner, instance)"
+        "--input: unknown parameter `colour` (known: group, time, until_end, mode, partitioner, instance, standby)"
     );
     assert_eq!(
         err("kafka://b:1/in?group=g&mode=many", "-"),
@@ -293,7 +293,7 @@ fn kafka_addresses_on_the_command_line() {
         "--input: instance = \"a/b\": use 1 to 64 of a-z, A-Z, 0-9, `.`, `_`, `-`"
     );
     let Input::Kafka(i) = with_flags(
-        "kafka://b:1/in?group=g&mode=group&partitioner=crc32&instance=east-1",
+        "kafka://b:1/in?group=g&mode=group&partitioner=crc32&instance=east-1&standby=true",
         "kafka://b:1/out",
     )
     .unwrap()
@@ -304,6 +304,11 @@ fn kafka_addresses_on_the_command_line() {
     assert!(i.group_mode);
     assert_eq!(i.partitioner, eddy_kafka::partition::Partitioner::Crc32);
     assert_eq!(i.instance.as_deref(), Some("east-1"));
+    assert!(i.standby);
+    assert_eq!(
+        err("kafka://b:1/in?group=g&mode=group&standby=yes", "-"),
+        "--input: standby=yes: use true or false"
+    );
     assert_eq!(
         err("kafka://b:1/bad topic?group=g", "-"),
         "--input `kafka://b:1/bad topic?group=g`: `bad topic` is not a Kafka topic name (1 to 249 of a-z, A-Z, 0-9, `.`, `_`, `-`)"
