@@ -231,7 +231,7 @@ checkpoint_interval_ms = 200
             let committed = probe
                 .committed_offsets(tpl.clone(), Duration::from_secs(10))
                 .ok();
-            let drained = committed.is_some_and(|c| {
+            let drained = committed.as_ref().is_some_and(|c| {
                 (0..PARTITIONS).all(|p| {
                     let (_, high) = probe
                         .fetch_watermarks(&self.input, p, Duration::from_secs(10))
@@ -249,7 +249,25 @@ checkpoint_interval_ms = 200
                 let logs: String = (0..self.procs.len())
                     .map(|i| format!("--- process {i}:\n{}\n", self.log(i)))
                     .collect();
-                panic!("the group did not commit every input record in {within:?}\n{logs}");
+                // Where each partition is: committed offset / end.
+                let lag: Vec<String> = (0..PARTITIONS)
+                    .map(|p| {
+                        let end = probe
+                            .fetch_watermarks(&self.input, p, Duration::from_secs(10))
+                            .map(|(_, high)| high.to_string())
+                            .unwrap_or_else(|e| e.to_string());
+                        let at = committed
+                            .as_ref()
+                            .and_then(|c| c.find_partition(&self.input, p))
+                            .map(|e| format!("{:?}", e.offset()))
+                            .unwrap_or_else(|| "none".into());
+                        format!("{p}: {at} of {end}")
+                    })
+                    .collect();
+                panic!(
+                    "the group did not commit every input record in {within:?} (partition: committed of end: {})\n{logs}",
+                    lag.join(", ")
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
