@@ -633,6 +633,25 @@ fn a_deleted_state_directory_is_restored_from_the_changelog() {
     }
 }
 
+/// A group running the delay operator (`tracking`'s: an alert 100 after
+/// a package's last scan), with event time from `ts`.
+fn delay_group(bootstrap: &str) -> Group {
+    Group::with(
+        bootstrap,
+        "delay",
+        eddy_tests::DELAY,
+        "config = { max_gap = 100 }\n\n[source]\ntime = \"ts\"",
+    )
+}
+
+/// A scan of package `key` at time `ts`, as a Kafka record.
+fn scan(key: &str, ts: u64) -> (Option<Vec<u8>>, Vec<u8>) {
+    (
+        Some(key.as_bytes().to_vec()),
+        format!("{{\"location\":\"Oslo\",\"status\":\"scanned\",\"ts\":{ts}}}").into_bytes(),
+    )
+}
+
 /// Event-time timers follow their partitions: packages scanned while one
 /// process owned everything have their delay timers in the changelog; a
 /// second process takes half the partitions, restores the timers with the
@@ -642,18 +661,7 @@ fn timers_follow_their_partitions() {
     let Some(bootstrap) = broker("timers_follow_their_partitions") else {
         return;
     };
-    let mut g = Group::with(
-        &bootstrap,
-        "delay",
-        eddy_tests::DELAY,
-        "config = { max_gap = 100 }\n\n[source]\ntime = \"ts\"",
-    );
-    let scan = |key: &str, ts: u64| {
-        (
-            Some(key.as_bytes().to_vec()),
-            format!("{{\"location\":\"Oslo\",\"status\":\"scanned\",\"ts\":{ts}}}").into_bytes(),
-        )
-    };
+    let mut g = delay_group(&bootstrap);
     // Deadlines at 1100; no partition's watermark reaches it yet (one time
     // for all: a partition's first record does not find the input's
     // watermark moved past it by another's).
@@ -725,18 +733,7 @@ fn a_restarted_process_fires_only_the_timers_of_its_partitions() {
     else {
         return;
     };
-    let mut g = Group::with(
-        &bootstrap,
-        "delay",
-        eddy_tests::DELAY,
-        "config = { max_gap = 100 }\n\n[source]\ntime = \"ts\"",
-    );
-    let scan = |key: &str, ts: u64| {
-        (
-            Some(key.as_bytes().to_vec()),
-            format!("{{\"location\":\"Oslo\",\"status\":\"scanned\",\"ts\":{ts}}}").into_bytes(),
-        )
-    };
+    let mut g = delay_group(&bootstrap);
     // Process 0 owns everything while every package's timer is set.
     let first: Vec<_> = (0..200).map(|i| scan(&format!("p{i}"), 1000)).collect();
     g.start(0);
