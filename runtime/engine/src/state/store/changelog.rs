@@ -96,16 +96,8 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use super::super::snapshot::tests::record;
     use super::*;
-
-    fn record(count: &str) -> Vec<u8> {
-        let names: Vec<Box<str>> = vec!["count".into()];
-        let mut e = crate::state::Entity::default();
-        e.put(0, count.as_bytes());
-        let mut r = Vec::new();
-        e.encode(&names, &mut r);
-        r
-    }
 
     #[test]
     fn changes_and_positions_apply_together_and_a_position_can_be_forgotten() {

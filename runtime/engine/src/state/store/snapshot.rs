@@ -423,11 +423,12 @@ fn prepare_dest(dest: &Path) -> Result<bool, SnapshotError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn record(count: &str) -> Vec<u8> {
+    /// A record holding `count` under the state name `count`.
+    pub(in crate::state::store) fn record(count: &str) -> Vec<u8> {
         let names: Vec<Box<str>> = vec!["count".into()];
         let mut e = crate::state::Entity::default();
         e.put(0, count.as_bytes());
