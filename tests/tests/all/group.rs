@@ -26,7 +26,7 @@ use crate::kafka::{
     assert_outputs_once, broker, counter_records, create_topic, produce, read_committed_raw,
     unique, TIMEOUT,
 };
-use crate::util::{counter_events, eddy_bin, record_values, reference};
+use crate::util::{counter_events, eddy_bin, record_values, reference, stacks};
 
 const PARTITIONS: i32 = 12;
 
@@ -153,13 +153,20 @@ checkpoint_interval_ms = 200
     fn stop(&mut self, i: usize) -> bool {
         self.signal(i, "-TERM");
         let c = self.procs[i].as_mut().unwrap();
+        let pid = c.id();
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if let Some(status) = c.try_wait().unwrap() {
                 self.procs[i] = None;
                 return status.success();
             }
-            assert!(Instant::now() < deadline, "process {i} did not stop");
+            if Instant::now() >= deadline {
+                panic!(
+                    "process {i} did not stop; its log:\n{}\n{}",
+                    self.log(i),
+                    stacks(pid)
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -167,17 +174,20 @@ checkpoint_interval_ms = 200
     /// Waits until process `i` exits on its own; its status.
     fn wait_exit(&mut self, i: usize, within: Duration) -> std::process::ExitStatus {
         let c = self.procs[i].as_mut().unwrap();
+        let pid = c.id();
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = c.try_wait().unwrap() {
                 self.procs[i] = None;
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "process {i} did not exit; its log:\n{}",
-                self.log(i)
-            );
+            if Instant::now() >= deadline {
+                panic!(
+                    "process {i} did not exit; its log:\n{}\n{}",
+                    self.log(i),
+                    stacks(pid)
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -523,6 +533,10 @@ fn a_process_paused_past_its_session_timeout_is_fenced() {
     g.start(1);
     g.produce(&all[..8_000]);
     g.wait_drained(TIMEOUT);
+    // Paused while it owns partitions (a process paused before it took
+    // any is no zombie: resumed, it just joins).
+    g.wait_owns(0);
+    g.wait_owns(1);
     g.signal(0, "-STOP");
     g.produce(&all[8_000..14_000]);
     // Session timeout 6 s: process 1 takes everything.
@@ -561,6 +575,9 @@ fn a_process_paused_mid_stream_is_fenced_and_stops_promptly() {
     g.start(1);
     g.produce(&all[..4_000]);
     g.wait_drained(TIMEOUT);
+    // It is paused while it owns partitions (see above).
+    g.wait_owns(0);
+    g.wait_owns(1);
     // Records keep coming while process 0 is stopped: it has some read
     // and not committed, a transaction open.
     std::thread::scope(|scope| {
@@ -574,7 +591,12 @@ fn a_process_paused_mid_stream_is_fenced_and_stops_promptly() {
         g.signal(0, "-STOP");
     });
     // Past its session timeout (6 s): process 1 takes its partitions.
-    std::thread::sleep(Duration::from_secs(9));
+    std::thread::sleep(Duration::from_secs(
+        std::env::var("PAUSE_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(9),
+    ));
     g.wait_drained(TIMEOUT);
     g.signal(0, "-CONT");
     let resumed = Instant::now();

@@ -531,12 +531,9 @@ fn broker_restart_mid_run_loses_and_repeats_nothing() {
         .status()
         .unwrap();
     assert!(term.success());
-    let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "{}",
-        std::fs::read_to_string(dir.path().join("eddy.log")).unwrap()
-    );
+    let log = || std::fs::read_to_string(dir.path().join("eddy.log")).unwrap();
+    let status = crate::util::wait_within(&mut child, 3 * TIMEOUT, log);
+    assert!(status.success(), "{}", log());
     let end_url = format!("{in_url}&until_end=true");
     let o = eddy_run(
         dir.path(),
@@ -546,6 +543,140 @@ fn broker_restart_mid_run_loses_and_repeats_nothing() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_outputs_once(&b, &output, 2, &events);
     assert_counter_state(&dir.path().join("state"), &reference(&events));
+}
+
+/// The broker goes away for longer than the producer waits for its
+/// records (3 s here), while the pipeline is busy: its open transaction
+/// fails. The transaction is aborted and made again with the same records
+/// once the broker is back; the run never stops, and each output is
+/// written once.
+#[test]
+fn a_transaction_the_broker_fails_is_made_again_with_the_same_records() {
+    let test = "a_transaction_the_broker_fails_is_made_again_with_the_same_records";
+    let dir = tempfile::tempdir().unwrap();
+    let broker = match eddy_kafka::testing::OwnBroker::start(&dir.path().join("broker")) {
+        Ok(b) => b,
+        Err(why) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("CI must run {test}, but no broker of its own started: {why}");
+            }
+            skipped(&format!("{test}: no Kafka broker: {why}"));
+            return;
+        }
+    };
+    let b = broker.bootstrap().to_string();
+    let (input, output, group) = (unique("in"), unique("out"), unique("g"));
+    create_topic(&b, &input, 2);
+    create_topic(&b, &output, 2);
+    // Each event costs some work (half a million rounds of arithmetic),
+    // so that the pipeline has a backlog of records it fetched when the
+    // broker goes away.
+    let keys = 100;
+    let n = 30_000;
+    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> = (0..n)
+        .map(|i| {
+            (
+                Some(format!("k{}", i % keys).into_bytes()),
+                br#"{"action":"busy","size":500000}"#.to_vec(),
+            )
+        })
+        .collect();
+    produce(&b, &input, &records);
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        format!(
+            r#"workers = 2
+
+[source.kafka]
+bootstrap = "{b}"
+topic = "{input}"
+group = "{group}"
+
+[[operator]]
+name = "counter"
+component = "{component}"
+
+[sink.kafka]
+topic = "{output}"
+# A record not written within 3 s fails its transaction.
+properties = {{ "message.timeout.ms" = 3000 }}
+
+[state]
+checkpoint_interval_ms = 100
+"#,
+            component = eddy_tests::FAULTY
+        ),
+    )
+    .unwrap();
+    let log_file = dir.path().join("eddy.log");
+    let mut child = Command::new(eddy_bin())
+        .args(["run", "pipeline.toml", "--quiet"])
+        .args(["--state", dir.path().join("state").to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log_file).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_file).unwrap_or_default();
+    wait_outputs(&b, &output, 2, 200);
+    // The broker goes while the pipeline stands still, then the pipeline
+    // works on through its backlog: its records cannot be written.
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    broker.stop().expect("broker stop");
+    signal("-CONT");
+    std::thread::sleep(Duration::from_secs(6));
+    broker.resume().expect("broker resume");
+    let deadline = Instant::now() + 2 * TIMEOUT;
+    while read_committed(&b, &output, 2).len() < n {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "eddy stopped ({status}) after the broker was away:\n{}",
+                log()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} outputs:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "eddy stopped while the broker was away: {}",
+        log()
+    );
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = crate::util::wait_within(&mut child, 3 * TIMEOUT, log);
+    assert!(status.success(), "{}", log());
+    assert!(
+        log().contains("making the transaction again"),
+        "the broker's absence failed no transaction (the pipeline was done before it went away?):\n{}",
+        log()
+    );
+    // Each event's output once: per key, n = 1, 2, 3, ... in order.
+    let out = read_committed(&b, &output, 2);
+    assert_eq!(out.len(), n, "exactly one output per input event");
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, key, value) in &out {
+        let v: serde_json::Value = serde_json::from_str(value).unwrap();
+        let e = seen.entry(key.clone()).or_default();
+        *e += 1;
+        assert_eq!(v["n"].as_u64(), Some(*e), "{key}: {value}");
+    }
+    assert_eq!(seen.len(), keys);
 }
 
 /// Waits until `topic` holds at least `n` committed records.

@@ -383,3 +383,55 @@ pub fn kill_9_runs_then_finish(
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// Every thread's stack of the process `pid`, for the message of a test
+/// that gave up waiting on it (where it hangs); gdb when the machine has
+/// it, else a line saying why there are none.
+pub fn stacks(pid: u32) -> String {
+    let o = std::process::Command::new("timeout")
+        .args(["60", "gdb", "-p", &pid.to_string(), "-batch", "-nx"])
+        .args(["-ex", "set pagination off", "-ex", "thread apply all bt"])
+        .stdin(std::process::Stdio::null())
+        .output();
+    match o {
+        Ok(o) if o.status.success() => {
+            let all = String::from_utf8_lossy(&o.stdout);
+            // The frames, without gdb's chatter about symbols.
+            let frames: Vec<&str> = all
+                .lines()
+                .filter(|l| l.starts_with("Thread ") || l.starts_with('#'))
+                .collect();
+            format!("stacks of process {pid}:\n{}", frames.join("\n"))
+        }
+        Ok(o) => format!(
+            "(no stacks of process {pid}: gdb failed: {})",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => format!("(no stacks of process {pid}: {e})"),
+    }
+}
+
+/// Waits until `child` exits, at most `within`; past that, fails with its
+/// stacks and `log` (say, its stderr file's text).
+pub fn wait_within(
+    child: &mut std::process::Child,
+    within: Duration,
+    log: impl Fn() -> String,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let stacks = stacks(child.id());
+            let _ = child.kill();
+            panic!(
+                "process {} did not exit within {within:?}; its log:\n{}\n{stacks}",
+                child.id(),
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

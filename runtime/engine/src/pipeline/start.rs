@@ -266,6 +266,8 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
                 input,
                 changelog,
                 rebalanced: false,
+                aborted: false,
+                broken: Default::default(),
                 committed_as: None,
             })?
         }

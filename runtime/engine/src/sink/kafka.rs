@@ -32,6 +32,12 @@ use crate::state::{CHANGELOG_STATE, CHANGELOG_TIMER};
 
 /// How long a flush, commit or other transaction call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a checkpoint's transaction, aborted by the broker, is made
+/// again before the run stops.
+const ABORTED_RETRY_FOR: Duration = Duration::from_secs(120);
+/// How long a group-mode checkpoint's transaction is made again while the
+/// group rebalances under it.
+const REBALANCE_RETRY_FOR: Duration = Duration::from_secs(20);
 /// A slice of a long wait, between checks that the process still belongs
 /// to its group.
 const SHORT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -169,12 +175,21 @@ pub struct KafkaSink {
     /// rebalanced under it (its generation moved on): group mode tries
     /// the transaction again with the group's new metadata.
     pub rebalanced: bool,
+    /// Set when the broker made the open transaction fail (say, its
+    /// records timed out while a broker was away) and it was aborted: it
+    /// is tried again with the same records.
+    pub aborted: bool,
+    /// Exactly once: the broker made the open transaction fail (its
+    /// records could not be delivered, say while a broker was away), so
+    /// it takes no more records: what comes until the checkpoint is only
+    /// held, and the checkpoint aborts it and makes it again.
+    pub broken: std::cell::Cell<bool>,
     /// Group mode: the member id of the last commit.
     pub committed_as: Option<String>,
 }
 
-/// What an exactly-once group-mode sink produced since its last commit,
-/// kept to produce again if the transaction must be retried.
+/// What an exactly-once sink produced since its last commit, kept to
+/// produce again if the transaction must be retried.
 enum Held {
     Out(Vec<u8>),
     Dead(Vec<u8>),
@@ -244,8 +259,9 @@ fn sink_loop(s: &mut KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), SinkError> 
         error: io::Error::other(msg),
     };
     let mut suppress = false;
-    // Group mode: this transaction's records, in case it must be retried.
-    let keep = s.changelog.is_some() && s.exactly_once;
+    // Exactly once: this transaction's records, in case it must be made
+    // again.
+    let keep = s.exactly_once;
     let mut held: Vec<Held> = Vec::new();
     for msg in rx.iter() {
         match msg {
@@ -291,10 +307,12 @@ fn sink_loop(s: &mut KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), SinkError> 
                     if let Some(d) = &mut dead {
                         d.flush()?;
                     }
-                    if keep {
+                    // A replay outside group mode commits nothing to
+                    // Kafka (Kafka has it all).
+                    if keep && (s.changelog.is_some() || !suppress) {
                         let none = Changes::default();
                         let changes = changelog.as_deref().unwrap_or(&none);
-                        s.group_checkpoint(&held, changes, &offsets)
+                        s.txn_checkpoint(&held, changes, &offsets)
                             .map_err(|m| fail(&out_target, m))?;
                         held.clear();
                     } else if !suppress {
@@ -368,15 +386,23 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Group mode's checkpoint: the state changes to the changelog topics,
-    /// then the commit with the group's current metadata. When the group
-    /// rebalanced under the transaction (the broker refused its offsets
-    /// for an old generation), the transaction is aborted and made again,
-    /// with what it held produced anew: a member keeps its partitions
-    /// until it gives them up (cooperative protocol), so its offsets are
-    /// accepted under the new generation. A member the group dropped keeps
-    /// being refused, and fails after about 20 s.
-    fn group_checkpoint(
+    /// An exactly-once checkpoint: in group mode the state changes to the
+    /// changelog topics, then the commit with the input offsets (under
+    /// the group's current metadata). The transaction is made again, with
+    /// what it held produced anew, when
+    /// - the broker made it fail and it was aborted (its records timed
+    ///   out while a broker was away, say), for up to
+    ///   [`ABORTED_RETRY_FOR`]: a restart would do the same, from the same
+    ///   checkpoint;
+    /// - group mode: the group rebalanced under it (the broker refused its
+    ///   offsets for an old generation), for up to
+    ///   [`REBALANCE_RETRY_FOR`]: a member keeps its partitions until it
+    ///   gives them up (cooperative protocol), so its offsets are
+    ///   accepted under the new generation.
+    ///
+    /// A member the group dropped is never let commit again: it fails
+    /// with [`FENCED`].
+    fn txn_checkpoint(
         &mut self,
         held: &[Held],
         changes: &Changes,
@@ -395,36 +421,52 @@ impl KafkaSink {
                 }
             }
             self.rebalanced = false;
-            let r = self
-                .changelog(changes)
-                .and_then(|()| self.checkpoint(offsets));
-            match r {
+            self.aborted = false;
+            let r = match self.broken.get() {
+                true => self.abort_broken(),
+                // (A transaction that failed after this point cannot
+                // commit: librdkafka refuses it, and it is aborted.)
+                false => self
+                    .changelog(changes)
+                    .and_then(|()| match self.broken.get() {
+                        true => self.abort_broken(),
+                        false => self.checkpoint(offsets),
+                    }),
+            };
+            let e = match r {
                 Ok(()) => return Ok(()),
-                Err(e) if self.rebalanced && begun.elapsed() < Duration::from_secs(20) => {
-                    // Only a member that kept its partitions (the same
-                    // member, not one the group dropped and let in again)
-                    // may commit what it did with them.
-                    let now = self.input.as_ref().and_then(|(m, _)| m());
-                    let same = match (&now, &self.committed_as) {
-                        (Some(m), Some(was)) => !m.lost && m.id == *was,
-                        (Some(m), None) => !m.lost,
-                        (None, _) => false,
-                    };
-                    if !same {
-                        return Err(format!("{e}: {FENCED}"));
-                    }
-                    tracing::info!(
-                        "Kafka sink: the group rebalanced during a checkpoint ({e}); committing it again (attempt {})",
-                        attempt + 1
-                    );
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(Duration::from_secs(2));
-                    self.producer
-                        .begin_transaction()
-                        .map_err(|e| format!("beginning a transaction: {e}"))?;
+                Err(e) => e,
+            };
+            let why = match (self.rebalanced, self.aborted) {
+                (true, _) if begun.elapsed() < REBALANCE_RETRY_FOR => "the group rebalanced",
+                (false, true) if begun.elapsed() < ABORTED_RETRY_FOR => {
+                    "the broker aborted its transaction"
                 }
-                Err(e) => return Err(e),
+                _ => return Err(e),
+            };
+            if self.changelog.is_some() {
+                // Only a member that kept its partitions (the same
+                // member, not one the group dropped and let in again)
+                // may commit what it did with them.
+                let now = self.input.as_ref().and_then(|(m, _)| m());
+                let same = match (&now, &self.committed_as) {
+                    (Some(m), Some(was)) => !m.lost && m.id == *was,
+                    (Some(m), None) => !m.lost,
+                    (None, _) => false,
+                };
+                if !same {
+                    return Err(format!("{e}: {FENCED}"));
+                }
             }
+            tracing::warn!(
+                "Kafka sink: {why} during a checkpoint ({e}); making the transaction again with the same records (attempt {})",
+                attempt + 1
+            );
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_secs(2));
+            self.producer
+                .begin_transaction()
+                .map_err(|e| format!("beginning a transaction: {e}"))?;
         }
         unreachable!("the loop returns")
     }
@@ -491,6 +533,9 @@ impl KafkaSink {
         partition: Option<i32>,
     ) -> Result<(), String> {
         let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if self.broken.get() {
+            return Ok(());
+        }
         if let Some(v) = value {
             rec = rec.payload(v);
         }
@@ -519,8 +564,32 @@ impl KafkaSink {
                     rec = r;
                     self.producer.poll(Duration::from_millis(20));
                 }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::State), _))
+                    if self.exactly_once =>
+                {
+                    tracing::warn!(
+                        "Kafka sink: the broker made the open transaction fail (its records could not be delivered in time); what comes until the checkpoint is held, and the checkpoint makes the transaction again"
+                    );
+                    self.broken.set(true);
+                    return Ok(());
+                }
                 Err((e, _)) => return Err(e.to_string()),
             }
+        }
+    }
+
+    /// Aborts a transaction the broker made fail ([`KafkaSink::broken`]):
+    /// an error to make it again with, or the reason it cannot be.
+    fn abort_broken(&mut self) -> Result<(), String> {
+        self.broken.set(false);
+        match self.producer.abort_transaction(CALL_TIMEOUT) {
+            Ok(()) => {
+                self.aborted = true;
+                Err("the open transaction failed (its records could not be delivered) and was aborted".into())
+            }
+            Err(e) => Err(format!(
+                "aborting the transaction that failed: {e}: a restart resumes from the last checkpoint and writes its outputs again"
+            )),
         }
     }
 
@@ -629,7 +698,11 @@ impl KafkaSink {
                     ));
                 }
                 if t.txn_requires_abort() {
-                    let _ = self.producer.abort_transaction(CALL_TIMEOUT);
+                    if let Err(a) = self.producer.abort_transaction(CALL_TIMEOUT) {
+                        return Err(format!(
+                            "{what}: {e}; aborting the transaction failed too: {a}: a restart resumes from the last checkpoint and writes its outputs again"
+                        ));
+                    }
                     if self.changelog.is_some()
                         && matches!(
                             t.code(),
@@ -641,6 +714,7 @@ impl KafkaSink {
                         self.rebalanced = true;
                         return Err(format!("{what}: {e}"));
                     }
+                    self.aborted = true;
                     return Err(format!(
                         "{what}: {e}: the transaction was aborted, so read_committed readers never see its outputs; a restart resumes from the last checkpoint and writes them again"
                     ));

@@ -593,12 +593,50 @@ impl Hook {
                     "Kafka group: partitions {} were lost: this process was cut off from the group for longer than session.timeout.ms, and another process owns them now",
                     names()
                 );
+                fenced_watchdog(s.stop.clone());
                 s.send(KafkaMsg::Lost(parts.to_vec()));
                 if let Err(e) = consumer.incremental_unassign(tpl) {
                     tracing::warn!("Kafka group: giving up partitions {}: {e}", names());
                 }
             }
         }
+    }
+}
+
+/// Group mode: how long a process whose partitions were lost may take to
+/// stop before it exits at once.
+const FENCED_GRACE: Duration = Duration::from_secs(30);
+
+/// Started when the group took this process's partitions away: the
+/// coordinator then stops the pipeline (the reader's `stop` is raised as
+/// it goes). Should that stop not begin within [`FENCED_GRACE`] (a wait
+/// somewhere that does not see the process was fenced), the process exits
+/// with the reason. Exiting loses nothing: what it did since its last
+/// checkpoint is in a transaction that is never committed, and other
+/// processes own its partitions from their last commit, as after a
+/// `kill -9`.
+fn fenced_watchdog(stop: Arc<AtomicBool>) {
+    let watch = move || {
+        let deadline = Instant::now() + FENCED_GRACE;
+        while Instant::now() < deadline {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        tracing::error!(
+            "Kafka group: this process lost its partitions {FENCED_GRACE:?} ago (it was cut off from its group for longer than session.timeout.ms) and has not stopped yet: exiting now; nothing it wrote since its last checkpoint becomes visible, and other processes own its partitions. Start it again to rejoin the group"
+        );
+        eprintln!(
+            "error: Kafka group: this process was fenced (its partitions were lost) and exits"
+        );
+        std::process::exit(1);
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("eddy-fenced-watchdog".into())
+        .spawn(watch)
+    {
+        tracing::warn!("Kafka group: starting the fenced process's watchdog: {e}");
     }
 }
 
