@@ -516,22 +516,29 @@ fn broker_restart_mid_run_loses_and_repeats_nothing() {
         .stderr(log)
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Mid-run: once the first records' outputs are there (a loaded
+    // machine may take seconds to start the pipeline).
+    wait_outputs(&b, &output, 2, 1);
     broker.restart().expect("broker restart");
     produce(&b, &input, &counter_records(after));
-    std::thread::sleep(Duration::from_millis(3000));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "eddy stopped while the broker restarted: {}",
-        std::fs::read_to_string(dir.path().join("eddy.log")).unwrap()
-    );
+    let log = || std::fs::read_to_string(dir.path().join("eddy.log")).unwrap();
+    let deadline = Instant::now() + 2 * TIMEOUT;
+    while read_committed(&b, &output, 2).len() < events.len() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "eddy stopped ({status}) while the broker restarted:\n{}",
+                log()
+            );
+        }
+        assert!(Instant::now() < deadline, "outputs missing:\n{}", log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // A graceful stop: a final checkpoint.
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
-    let log = || std::fs::read_to_string(dir.path().join("eddy.log")).unwrap();
     let status = crate::util::wait_within(&mut child, 3 * TIMEOUT, log);
     assert!(status.success(), "{}", log());
     let end_url = format!("{in_url}&until_end=true");
@@ -572,7 +579,7 @@ fn a_transaction_the_broker_fails_is_made_again_with_the_same_records() {
     // so that the pipeline has a backlog of records it fetched when the
     // broker goes away.
     let keys = 100;
-    let n = 30_000;
+    let n = 60_000;
     let records: Vec<(Option<Vec<u8>>, Vec<u8>)> = (0..n)
         .map(|i| {
             (
@@ -618,7 +625,7 @@ checkpoint_interval_ms = 100
         .spawn()
         .unwrap();
     let log = || std::fs::read_to_string(&log_file).unwrap_or_default();
-    wait_outputs(&b, &output, 2, 200);
+    wait_outputs(&b, &output, 2, 1);
     // The broker goes while the pipeline stands still, then the pipeline
     // works on through its backlog: its records cannot be written.
     let signal = |sig: &str| {

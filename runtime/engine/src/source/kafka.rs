@@ -186,7 +186,10 @@ pub fn retry<T>(
             }
         }
         if stop() {
-            break;
+            return Err(anyhow!(
+                "Kafka: stopped as asked while {what} was still failing (after {attempt} attempts: {}); nothing was read or written",
+                last.map_or("none".to_string(), |e| e.to_string())
+            ));
         }
         std::thread::sleep(wait);
         wait = (wait * 2).min(Duration::from_secs(5));
