@@ -38,6 +38,10 @@ const ABORTED_RETRY_FOR: Duration = Duration::from_secs(120);
 /// How long a group-mode checkpoint's transaction is made again while the
 /// group rebalances under it.
 const REBALANCE_RETRY_FOR: Duration = Duration::from_secs(20);
+/// At most this many bytes of a transaction's records are kept to make
+/// it again; a transaction that holds more is not made again (the run
+/// stops where it would have without the retry, and a restart resumes).
+const HELD_LIMIT: usize = 256 << 20;
 /// A slice of a long wait, between checks that the process still belongs
 /// to its group.
 const SHORT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -189,7 +193,45 @@ pub struct KafkaSink {
 }
 
 /// What an exactly-once sink produced since its last commit, kept to
-/// produce again if the transaction must be retried.
+/// produce again if the transaction must be retried: up to
+/// [`HELD_LIMIT`] bytes.
+#[derive(Default)]
+struct HeldRecords {
+    records: Vec<Held>,
+    bytes: usize,
+    /// More than [`HELD_LIMIT`] bytes came: nothing is kept.
+    over: bool,
+}
+
+impl HeldRecords {
+    fn push(&mut self, h: Held) {
+        if self.over {
+            return;
+        }
+        self.bytes += match &h {
+            Held::Out(b) | Held::Dead(b) | Held::Repartition(b) => b.len(),
+        };
+        if self.bytes > HELD_LIMIT {
+            self.over = true;
+            self.records = Vec::new();
+        } else {
+            self.records.push(h);
+        }
+    }
+
+    /// Every record, unless there were too many to keep.
+    fn all(&self) -> Option<&[Held]> {
+        (!self.over).then_some(&self.records[..])
+    }
+
+    fn clear(&mut self) {
+        self.records.clear();
+        self.bytes = 0;
+        self.over = false;
+    }
+}
+
+/// One batch of records produced in a transaction.
 enum Held {
     Out(Vec<u8>),
     Dead(Vec<u8>),
@@ -262,7 +304,7 @@ fn sink_loop(s: &mut KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), SinkError> 
     // Exactly once: this transaction's records, in case it must be made
     // again.
     let keep = s.exactly_once;
-    let mut held: Vec<Held> = Vec::new();
+    let mut held = HeldRecords::default();
     for msg in rx.iter() {
         match msg {
             SinkMsg::Suppress(on) => suppress = on,
@@ -312,7 +354,7 @@ fn sink_loop(s: &mut KafkaSink, rx: Receiver<SinkMsg>) -> Result<(), SinkError> 
                     if keep && (s.changelog.is_some() || !suppress) {
                         let none = Changes::default();
                         let changes = changelog.as_deref().unwrap_or(&none);
-                        s.txn_checkpoint(&held, changes, &offsets)
+                        s.txn_checkpoint(held.all(), changes, &offsets)
                             .map_err(|m| fail(&out_target, m))?;
                         held.clear();
                     } else if !suppress {
@@ -404,7 +446,7 @@ impl KafkaSink {
     /// with [`FENCED`].
     fn txn_checkpoint(
         &mut self,
-        held: &[Held],
+        held: Option<&[Held]>,
         changes: &Changes,
         offsets: &[Option<i64>],
     ) -> Result<(), String> {
@@ -412,7 +454,8 @@ impl KafkaSink {
         let begun = Instant::now();
         for attempt in 1.. {
             if attempt > 1 {
-                for h in held {
+                // (Made again only when its records were kept.)
+                for h in held.unwrap_or_default() {
                     match h {
                         Held::Out(b) => self.produce_out(b)?,
                         Held::Dead(b) => self.produce_dead(b)?,
@@ -444,6 +487,12 @@ impl KafkaSink {
                 }
                 _ => return Err(e),
             };
+            if held.is_none() {
+                return Err(format!(
+                    "{e} (its records, over {} MiB, were too many to keep for making it again)",
+                    HELD_LIMIT >> 20
+                ));
+            }
             if self.changelog.is_some() {
                 // Only a member that kept its partitions (the same
                 // member, not one the group dropped and let in again)
@@ -733,5 +782,33 @@ impl KafkaSink {
             return Err(format!("{what}: {e}"));
         }
         Err(format!("{what}: gave up after {RETRIES} attempts"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_records_are_kept_up_to_the_limit_then_none_until_cleared() {
+        let mut h = HeldRecords::default();
+        h.push(Held::Out(vec![1; 10]));
+        h.push(Held::Dead(vec![2; 20]));
+        assert_eq!(h.all().map(<[Held]>::len), Some(2));
+        // Past the limit: nothing is kept (not a part of the records).
+        h.push(Held::Repartition(vec![0; HELD_LIMIT]));
+        assert!(h.all().is_none());
+        h.push(Held::Out(vec![3; 1]));
+        assert!(
+            h.all().is_none(),
+            "still over until the checkpoint clears it"
+        );
+        h.clear();
+        assert_eq!(h.all().map(<[Held]>::len), Some(0));
+        h.push(Held::Out(vec![4; 5]));
+        match h.all() {
+            Some([Held::Out(b)]) => assert_eq!(b, &vec![4; 5]),
+            _ => panic!("one record kept after the clear"),
+        }
     }
 }
