@@ -46,7 +46,7 @@ impl Running {
         }
     }
 
-    fn ask(&self, r: Request) -> Response {
+    pub(crate) fn ask(&self, r: Request) -> Response {
         control::request(&self.socket, &r, control::DEFAULT_WAIT).unwrap()
     }
 
@@ -369,7 +369,7 @@ fn spawn_eddy(dir: &Path, input: &Path, component: &str, follow: bool) -> std::p
     cmd.spawn().unwrap()
 }
 
-fn eddy(args: &[&str]) -> (i32, String, String) {
+pub(crate) fn eddy(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(eddy_bin()).args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),

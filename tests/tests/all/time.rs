@@ -539,6 +539,58 @@ fn pending_timers_fire_on_the_new_version_after_a_hot_swap() {
     assert_eq!(dead[0]["version"], v2_id.as_str());
 }
 
+/// `eddy swap` to a version without `on-timer` is refused while timers
+/// the running version set are pending (committed), naming the first; a
+/// version with it is taken.
+#[test]
+fn a_swap_to_a_version_without_a_timer_handler_is_refused_while_timers_are_pending() {
+    use crate::swap::{eddy, feed, Running};
+    use eddy_runtime::control::{Request, Response};
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = timers_pipeline(dir.path(), &[], 1, WatermarkSpec::default());
+    p.checkpoint_interval = std::time::Duration::from_millis(50);
+    let input = dir.path().join("in.jsonl");
+    let running = Running::start(p.clone());
+    feed(
+        &input,
+        "{\"key\":\"a\",\"ts\":1,\"put\":1,\"set\":[[\"later\",1000000]]}\n",
+        1,
+    );
+    running.wait_handled(0, 1);
+    // The check reads what is committed: wait for the checkpoint holding
+    // the event (its state and its timer).
+    let state = p.state_dir.to_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !eddy(&["state", "get", "timers", "a", "--state", &state])
+        .1
+        .contains('1')
+    {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // `malformed` is built for the `batched-operator` world: no
+    // `on-timer`.
+    match running.ask(Request::Swap {
+        operator: "timers".into(),
+        component: eddy_tests::MALFORMED.into(),
+    }) {
+        Response::Error { message } => assert!(
+            message.contains("does not export `on-timer`")
+                && message.contains("`later` of key `a`, at 1000000"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A version with a timer handler is taken.
+    let mut v2 = std::fs::read(eddy_tests::TIMERS).unwrap();
+    v2.extend_from_slice(&[0x00, 0x04, 0x01, b'x', b'v', b'2']);
+    let v2_path = dir.path().join("timers-v2.wasm");
+    std::fs::write(&v2_path, &v2).unwrap();
+    let report = running.swap("timers", v2_path.to_str().unwrap());
+    assert_eq!(report.to.hash, eddy_runtime::component_hash(&v2));
+    running.stop();
+}
+
 /// Lines around the late boundary, with `max_out_of_order` 2 and
 /// `allowed_lateness` 3: an event is late when its time is below the
 /// watermark minus 3 when it is read (lines 3, 6 and 8).

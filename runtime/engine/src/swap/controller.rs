@@ -360,6 +360,17 @@ impl Controller {
             }
         }
         drop(trial);
+        // Pending timers need a handler in the new version (checked, like
+        // the migration, on what is committed).
+        if !component.handles_timers() {
+            if let Some((key, timer, at)) =
+                self.store.first_operator_timer(name).map_err(store_err)?
+            {
+                return Err(refused(format!(
+                    "it does not export `on-timer`, and timers the running version set are pending (the first: `{timer}` of key `{key}`, at {at}); they would have no handler. Export `on-timer` in the new version (it may just clear them), or swap once they have fired"
+                )));
+            }
+        }
         self.store
             .keep_component(component.hash(), component.bytes())
             .map_err(store_err)?;

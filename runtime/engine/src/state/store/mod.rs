@@ -575,6 +575,39 @@ impl Store {
         })
     }
 
+    /// The first pending timer of `operator` the operator set itself (a
+    /// name not starting with NUL: the host's own, such as state TTL
+    /// deadlines, are passed over), as `(key, name, time)`, in key and
+    /// name order.
+    pub fn first_operator_timer(
+        &self,
+        operator: &str,
+    ) -> Result<Option<(String, String, i64)>, StoreError> {
+        let dir = &self.dir;
+        guard(dir, || {
+            let txn = self.db().begin_read().map_err(|e| db_err(dir, e))?;
+            let table = match txn.open_table(TIMERS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(db_err(dir, e)),
+            };
+            for item in table
+                .range((operator, "", "")..)
+                .map_err(|e| db_err(dir, e))?
+            {
+                let (k, v) = item.map_err(|e| db_err(dir, e))?;
+                let (op, key, name) = k.value();
+                if op != operator {
+                    break;
+                }
+                if !name.starts_with('\0') {
+                    return Ok(Some((key.to_string(), name.to_string(), v.value())));
+                }
+            }
+            Ok(None)
+        })
+    }
+
     /// The checkpointed length of output `id`, if any.
     pub fn sink_len(&self, id: &str) -> Result<Option<u64>, StoreError> {
         Ok(self
