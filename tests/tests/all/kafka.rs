@@ -37,6 +37,21 @@ pub(crate) fn broker(test: &str) -> Option<String> {
     }
 }
 
+/// A broker of `test`'s own in `dir/broker` (one it may stop and
+/// restart); `None`, said as skipped, when none starts outside CI.
+fn own_broker(test: &str, dir: &Path) -> Option<eddy_kafka::testing::OwnBroker> {
+    match eddy_kafka::testing::OwnBroker::start(&dir.join("broker")) {
+        Ok(b) => Some(b),
+        Err(why) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("CI must run {test}, but no broker of its own started: {why}");
+            }
+            skipped(&format!("{test}: no Kafka broker: {why}"));
+            None
+        }
+    }
+}
+
 pub(crate) fn unique(name: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -490,15 +505,8 @@ fn file_input_to_kafka_is_at_least_once_only() {
 fn broker_restart_mid_run_loses_and_repeats_nothing() {
     let test = "broker_restart_mid_run_loses_and_repeats_nothing";
     let dir = tempfile::tempdir().unwrap();
-    let broker = match eddy_kafka::testing::OwnBroker::start(&dir.path().join("broker")) {
-        Ok(b) => b,
-        Err(why) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("CI must run {test}, but no broker of its own started: {why}");
-            }
-            skipped(&format!("{test}: no Kafka broker: {why}"));
-            return;
-        }
+    let Some(broker) = own_broker(test, dir.path()) else {
+        return;
     };
     let b = broker.bootstrap().to_string();
     let (input, output, group) = (unique("in"), unique("out"), unique("g"));
@@ -561,15 +569,8 @@ fn broker_restart_mid_run_loses_and_repeats_nothing() {
 fn a_transaction_the_broker_fails_is_made_again_with_the_same_records() {
     let test = "a_transaction_the_broker_fails_is_made_again_with_the_same_records";
     let dir = tempfile::tempdir().unwrap();
-    let broker = match eddy_kafka::testing::OwnBroker::start(&dir.path().join("broker")) {
-        Ok(b) => b,
-        Err(why) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("CI must run {test}, but no broker of its own started: {why}");
-            }
-            skipped(&format!("{test}: no Kafka broker: {why}"));
-            return;
-        }
+    let Some(broker) = own_broker(test, dir.path()) else {
+        return;
     };
     let b = broker.bootstrap().to_string();
     let (input, output, group) = (unique("in"), unique("out"), unique("g"));

@@ -550,29 +550,12 @@ impl Store {
     /// Every pending timer of `operator` as `(key, name, time)`, in key
     /// and name order.
     pub fn timers(&self, operator: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
-        let dir = &self.dir;
-        guard(dir, || {
-            let txn = self.db().begin_read().map_err(|e| db_err(dir, e))?;
-            let table = match txn.open_table(TIMERS) {
-                Ok(t) => t,
-                // No timer was ever written.
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(db_err(dir, e)),
-            };
-            let mut out = Vec::new();
-            for item in table
-                .range((operator, "", "")..)
-                .map_err(|e| db_err(dir, e))?
-            {
-                let (k, v) = item.map_err(|e| db_err(dir, e))?;
-                let (op, key, name) = k.value();
-                if op != operator {
-                    break;
-                }
-                out.push((key.to_string(), name.to_string(), v.value()));
-            }
-            Ok(out)
-        })
+        let mut out = Vec::new();
+        self.each_timer(operator, |key, name, at| {
+            out.push((key.to_string(), name.to_string(), at));
+            true
+        })?;
+        Ok(out)
     }
 
     /// The first pending timer of `operator` the operator set itself (a
@@ -583,12 +566,31 @@ impl Store {
         &self,
         operator: &str,
     ) -> Result<Option<(String, String, i64)>, StoreError> {
+        let mut first = None;
+        self.each_timer(operator, |key, name, at| {
+            if name.starts_with('\0') {
+                return true;
+            }
+            first = Some((key.to_string(), name.to_string(), at));
+            false
+        })?;
+        Ok(first)
+    }
+
+    /// Calls `f` with each pending timer of `operator` (key, name, time),
+    /// in key and name order, while it returns `true`.
+    fn each_timer(
+        &self,
+        operator: &str,
+        mut f: impl FnMut(&str, &str, i64) -> bool,
+    ) -> Result<(), StoreError> {
         let dir = &self.dir;
         guard(dir, || {
             let txn = self.db().begin_read().map_err(|e| db_err(dir, e))?;
             let table = match txn.open_table(TIMERS) {
                 Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                // No timer was ever written.
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
                 Err(e) => return Err(db_err(dir, e)),
             };
             for item in table
@@ -597,14 +599,11 @@ impl Store {
             {
                 let (k, v) = item.map_err(|e| db_err(dir, e))?;
                 let (op, key, name) = k.value();
-                if op != operator {
+                if op != operator || !f(key, name, v.value()) {
                     break;
                 }
-                if !name.starts_with('\0') {
-                    return Ok(Some((key.to_string(), name.to_string(), v.value())));
-                }
             }
-            Ok(None)
+            Ok(())
         })
     }
 
