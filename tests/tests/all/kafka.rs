@@ -498,6 +498,47 @@ fn file_input_to_kafka_is_at_least_once_only() {
     assert_outputs_once(&b, &output, 2, &events);
 }
 
+/// Sends `sig` (`-TERM`, `-STOP`...) to `child`.
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// Waits until `topic` (2 partitions) holds `n` committed outputs while
+/// `child` runs: fails with its `log` if it stops first or they do not
+/// come.
+fn wait_outputs_of(
+    child: &mut std::process::Child,
+    log: &dyn Fn() -> String,
+    bootstrap: &str,
+    topic: &str,
+    n: usize,
+) {
+    let deadline = Instant::now() + 2 * TIMEOUT;
+    while read_committed(bootstrap, topic, 2).len() < n {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("eddy stopped ({status}) before its {n} outputs:\n{}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} outputs:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// SIGTERM: `child` stops after a final checkpoint, with success.
+fn stop_gracefully(child: &mut std::process::Child, log: &dyn Fn() -> String) {
+    signal(child, "-TERM");
+    let status = crate::util::wait_within(child, 3 * TIMEOUT, log);
+    assert!(status.success(), "{}", log());
+}
+
 /// The broker stops and starts again mid-run (on a broker of the test's
 /// own): Eddy logs, waits, carries on; after a stop and a run to the end,
 /// each output once and the state exact.
@@ -530,25 +571,9 @@ fn broker_restart_mid_run_loses_and_repeats_nothing() {
     broker.restart().expect("broker restart");
     produce(&b, &input, &counter_records(after));
     let log = || std::fs::read_to_string(dir.path().join("eddy.log")).unwrap();
-    let deadline = Instant::now() + 2 * TIMEOUT;
-    while read_committed(&b, &output, 2).len() < events.len() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "eddy stopped ({status}) while the broker restarted:\n{}",
-                log()
-            );
-        }
-        assert!(Instant::now() < deadline, "outputs missing:\n{}", log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_outputs_of(&mut child, &log, &b, &output, events.len());
     // A graceful stop: a final checkpoint.
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = crate::util::wait_within(&mut child, 3 * TIMEOUT, log);
-    assert!(status.success(), "{}", log());
+    stop_gracefully(&mut child, &log);
     let end_url = format!("{in_url}&until_end=true");
     let o = eddy_run(
         dir.path(),
@@ -629,46 +654,13 @@ checkpoint_interval_ms = 100
     wait_outputs(&b, &output, 2, 1);
     // The broker goes while the pipeline stands still, then the pipeline
     // works on through its backlog: its records cannot be written.
-    let signal = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([sig, &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    };
-    signal("-STOP");
+    signal(&child, "-STOP");
     broker.stop().expect("broker stop");
-    signal("-CONT");
+    signal(&child, "-CONT");
     std::thread::sleep(Duration::from_secs(6));
     broker.resume().expect("broker resume");
-    let deadline = Instant::now() + 2 * TIMEOUT;
-    while read_committed(&b, &output, 2).len() < n {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "eddy stopped ({status}) after the broker was away:\n{}",
-                log()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "fewer than {n} outputs:\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "eddy stopped while the broker was away: {}",
-        log()
-    );
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = crate::util::wait_within(&mut child, 3 * TIMEOUT, log);
-    assert!(status.success(), "{}", log());
+    wait_outputs_of(&mut child, &log, &b, &output, n);
+    stop_gracefully(&mut child, &log);
     assert!(
         log().contains("making the transaction again"),
         "the broker's absence failed no transaction (the pipeline was done before it went away?):\n{}",
