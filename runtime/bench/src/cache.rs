@@ -498,7 +498,7 @@ fn checkpoint_case(a: &BenchCacheArgs, dir: &Path) -> Result<()> {
             ..Default::default()
         };
         let t = Instant::now();
-        ctx.take_dirty(seq, &mut cp.writes);
+        ctx.take_dirty(seq, cp.writes.part());
         let stall = t.elapsed();
         let bytes: usize = cp
             .writes

@@ -225,7 +225,8 @@ mod tests {
                 record: Some(record),
                 lists: Vec::new(),
                 maps,
-            }],
+            }]
+            .into(),
             ..Default::default()
         };
         store.commit(&cp).unwrap();

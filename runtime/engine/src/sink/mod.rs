@@ -54,7 +54,7 @@ pub enum SinkMsg {
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
     /// Keys' state.
-    pub writes: Vec<crate::state::StateWrite>,
+    pub writes: crate::state::Writes,
     /// Pending timers and TTL deadlines.
     pub timers: Vec<crate::state::TimerWrite>,
 }

@@ -21,6 +21,6 @@ pub use store::{
     component_hash, component_hash_of, create_private_dir, euid, is_short_version_id,
     legacy_component_hash, read_regular_file, unsafe_reason, ChangelogTimer, ChangelogWrite,
     Checkpoint, FreeSpace, Reader, SnapshotError, SnapshotReport, SnapshotSource, SourcePos,
-    StateWrite, Store, StoreError, TimerWrite, CHANGELOG_STATE, CHANGELOG_TIMER,
+    StateWrite, Store, StoreError, TimerWrite, Writes, CHANGELOG_STATE, CHANGELOG_TIMER,
     MAX_COMPONENT_BYTES, SHORT_VERSION_ID_LEN, VERSION_ID_LEN,
 };

@@ -51,7 +51,7 @@ fn checkpoint(c: &mut OpCtx, store: &Store, seq: u64) {
         durable: false,
         ..Default::default()
     };
-    c.take_dirty(seq, &mut cp.writes);
+    c.take_dirty(seq, cp.writes.part());
     store.commit(&cp).unwrap();
     c.renew_reader(store.reader().unwrap(), store.durable_seq());
 }
@@ -233,7 +233,7 @@ fn items_handed_over_stay_in_memory_until_the_reader_sees_them() {
         seq: 1,
         ..Default::default()
     };
-    c.take_dirty(1, &mut cp.writes);
+    c.take_dirty(1, cp.writes.part());
     c.renew_reader(store.reader().unwrap(), store.durable_seq());
     assert_eq!(range(&mut c, "k", 0, 3), items(0..3));
     assert_eq!(c.evict(usize::MAX), 0);

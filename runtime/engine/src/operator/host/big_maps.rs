@@ -73,7 +73,7 @@ fn checkpoint(c: &mut OpCtx, store: &Store, seq: u64) {
         durable: false,
         ..Default::default()
     };
-    c.take_dirty(seq, &mut cp.writes);
+    c.take_dirty(seq, cp.writes.part());
     store.commit(&cp).unwrap();
     c.renew_reader(store.reader().unwrap(), store.durable_seq());
 }
@@ -355,7 +355,7 @@ fn map_changes_handed_over_stay_in_memory_until_the_reader_sees_them() {
         seq: 1,
         ..Default::default()
     };
-    c.take_dirty(1, &mut cp.writes);
+    c.take_dirty(1, cp.writes.part());
     c.renew_reader(store.reader().unwrap(), store.durable_seq());
     assert_eq!(range(&mut c, "k", "", 3), fields(0..3));
     assert_eq!(get(&mut c, "k", 9), Some(value(9)));
@@ -558,7 +558,7 @@ fn the_marks_of_deleted_fields_count_in_the_cache_until_their_rows_are_gone() {
         durable: false,
         ..Default::default()
     };
-    c.take_dirty(2, &mut cp.writes);
+    c.take_dirty(2, cp.writes.part());
     c.renew_reader(store.reader().unwrap(), store.durable_seq());
     assert_eq!(
         c.slots[0].entity.map_mark_bytes() as usize,

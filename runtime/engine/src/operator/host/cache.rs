@@ -281,7 +281,7 @@ mod tests {
             durable: seq.is_multiple_of(2),
             ..Default::default()
         };
-        ctx.take_dirty(seq, &mut cp.writes);
+        ctx.take_dirty(seq, cp.writes.part());
         if durable {
             store.commit(&cp).unwrap();
         }

@@ -505,6 +505,8 @@ impl OpCtx {
         self.cache.pending_bytes = self.cache.dirty_bytes;
         self.cache.dirty_bytes = 0;
         let mut dirty = std::mem::take(&mut self.dirty);
+        // Exactly one write a key: no vector grown twice its need.
+        out.reserve_exact(dirty.len());
         for i in dirty.drain(..) {
             let (mut lists, mut maps) = (Vec::new(), Vec::new());
             let old = mem(&self.slots[i as usize]);
@@ -540,7 +542,7 @@ impl OpCtx {
             }
             out.push(StateWrite {
                 operator: self.name.clone(),
-                key: slot.key.as_str().into(),
+                key: slot.key.clone(),
                 record,
                 lists,
                 maps,

@@ -491,7 +491,8 @@ impl Coordinator {
                 Ok(r) => r?,
                 Err(_) => return Err(self.worker_failure()),
             };
-            cp.writes.extend(reply.writes);
+            // Taken as it is, not copied (see `Writes`).
+            cp.writes.add(reply.writes);
             cp.timers.extend(reply.timers);
             self.stats[w] = reply.stats;
         }

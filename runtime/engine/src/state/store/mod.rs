@@ -249,8 +249,8 @@ pub struct SourcePos {
 pub struct StateWrite {
     /// The operator.
     pub operator: Arc<str>,
-    /// The key.
-    pub key: Box<str>,
+    /// The key (kept inline, without an allocation, up to 24 bytes).
+    pub key: compact_str::CompactString,
     /// Its encoded record (`None`: delete it).
     pub record: Option<Vec<u8>>,
     /// Rows of its spilled lists to delete and write, in order.
@@ -349,10 +349,78 @@ pub struct TimerWrite {
     pub at: Option<i64>,
 }
 
+/// The state writes of a checkpoint, in parts: each worker's as it handed
+/// them over, never copied into one vector (a checkpoint of a million keys
+/// would otherwise be held twice, and copied while the input waits).
+#[derive(Debug, Clone, Default)]
+pub struct Writes {
+    parts: Vec<Vec<StateWrite>>,
+}
+
+impl Writes {
+    /// Adds `w` (to the last part).
+    pub fn push(&mut self, w: StateWrite) {
+        if self.parts.is_empty() {
+            self.parts.push(Vec::new());
+        }
+        let last = self.parts.len() - 1;
+        self.parts[last].push(w);
+    }
+
+    /// A new, empty part to fill.
+    pub fn part(&mut self) -> &mut Vec<StateWrite> {
+        self.parts.push(Vec::new());
+        let last = self.parts.len() - 1;
+        &mut self.parts[last]
+    }
+
+    /// Adds a part as it is.
+    pub fn add(&mut self, part: Vec<StateWrite>) {
+        if !part.is_empty() {
+            self.parts.push(part);
+        }
+    }
+
+    /// Number of writes.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(Vec::len).sum()
+    }
+
+    /// No writes.
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(Vec::is_empty)
+    }
+
+    /// The writes, part after part.
+    pub fn iter(&self) -> impl Iterator<Item = &StateWrite> {
+        self.parts.iter().flatten()
+    }
+}
+
+impl From<Vec<StateWrite>> for Writes {
+    fn from(part: Vec<StateWrite>) -> Writes {
+        Writes { parts: vec![part] }
+    }
+}
+
+impl FromIterator<StateWrite> for Writes {
+    fn from_iter<I: IntoIterator<Item = StateWrite>>(iter: I) -> Writes {
+        Writes::from(iter.into_iter().collect::<Vec<_>>())
+    }
+}
+
+impl<'a> IntoIterator for &'a Writes {
+    type Item = &'a StateWrite;
+    type IntoIter = std::iter::Flatten<std::slice::Iter<'a, Vec<StateWrite>>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.parts.iter().flatten()
+    }
+}
+
 /// Everything one checkpoint makes durable, in one transaction.
 pub struct Checkpoint {
     /// State changed since the last checkpoint.
-    pub writes: Vec<StateWrite>,
+    pub writes: Writes,
     /// Timers changed since the last checkpoint.
     pub timers: Vec<TimerWrite>,
     /// `(input id, position)`; `None` for inputs that cannot resume (stdin).
@@ -377,7 +445,7 @@ pub struct Checkpoint {
 impl Default for Checkpoint {
     fn default() -> Self {
         Checkpoint {
-            writes: Vec::new(),
+            writes: Writes::default(),
             timers: Vec::new(),
             source: None,
             sinks: Vec::new(),
@@ -635,7 +703,8 @@ impl Store {
                 // In key order: each insert lands next to the one before
                 // in the tree, so a checkpoint of many keys touches each
                 // page once instead of at random.
-                let mut order: Vec<&StateWrite> = cp.writes.iter().collect();
+                let mut order: Vec<&StateWrite> = Vec::with_capacity(cp.writes.len());
+                order.extend(cp.writes.iter());
                 order
                     .sort_unstable_by(|a, b| (&*a.operator, &*a.key).cmp(&(&*b.operator, &*b.key)));
                 for w in &order {

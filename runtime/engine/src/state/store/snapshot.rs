@@ -459,7 +459,8 @@ pub(super) mod tests {
                     write("a", "k1", "1"),
                     write("a", "k2", "2"),
                     write("b", "k1", "3"),
-                ],
+                ]
+                .into(),
                 timers: vec![TimerWrite {
                     operator: "a".into(),
                     key: "k1".into(),
@@ -503,7 +504,7 @@ pub(super) mod tests {
         // A later checkpoint does not change the copy.
         store
             .commit(&Checkpoint {
-                writes: vec![write("a", "k1", "9")],
+                writes: vec![write("a", "k1", "9")].into(),
                 ..Default::default()
             })
             .unwrap();

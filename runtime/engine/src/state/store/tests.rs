@@ -307,7 +307,8 @@ fn a_changed_record_is_refused_naming_the_key() {
                 record: Some(record.clone()),
                 lists: Vec::new(),
                 maps: Vec::new(),
-            }],
+            }]
+            .into(),
             ..Default::default()
         })
         .unwrap();
@@ -447,7 +448,8 @@ fn replace_keys_deletes_the_rows_of_spilled_lists_and_maps_it_replaces() {
                 write("a", spilled(true, false)),
                 write("b", spilled(false, true)),
                 write("c", spilled(true, true)),
-            ],
+            ]
+            .into(),
             ..Checkpoint::default()
         })
         .unwrap();
