@@ -41,6 +41,7 @@
 #![deny(missing_docs)]
 
 mod checkpoint;
+pub mod clock;
 mod config;
 pub mod control;
 mod json;

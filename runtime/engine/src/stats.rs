@@ -119,6 +119,9 @@ pub struct Live {
     /// Byte offset in the input after the last line read (updated with
     /// `lines_read`).
     pub bytes_read: AtomicU64,
+    /// The input's watermark as last announced to the workers (`i64::MIN`:
+    /// none yet).
+    pub watermark: std::sync::atomic::AtomicI64,
     /// A Kafka input: per partition, its positions (updated at each
     /// checkpoint).
     pub kafka: Mutex<Vec<KafkaPartition>>,
@@ -325,6 +328,7 @@ impl Live {
                 .collect(),
             lines_read: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
+            watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
             kafka: Mutex::new(Vec::new()),
             ops: (0..operators).map(|_| OpLive::default()).collect(),
             checkpoints: CheckpointLive::default(),

@@ -49,6 +49,8 @@ mod progress;
 mod new;
 // Event time: watermarks, timers in order, 1 vs 4 workers.
 mod time;
+// The watermark's idle timeout on a live input, with the test clock.
+mod time_idle;
 // Kafka in and out on the real broker: exactly once across restarts, kill -9
 // and a crash between the two commits; bad records dead-lettered.
 mod kafka;

@@ -613,6 +613,7 @@ fn late_spec(late: LatePolicy) -> WatermarkSpec {
         step: 1,
         allowed_lateness: 3,
         late,
+        ..WatermarkSpec::default()
     }
 }
 
@@ -735,6 +736,7 @@ fn late_policies_give_the_same_results_with_1_and_4_workers() {
             step: 4,
             allowed_lateness: 5,
             late,
+            ..WatermarkSpec::default()
         };
         let mut runs = Vec::new();
         for workers in [1, 4] {

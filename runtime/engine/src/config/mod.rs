@@ -24,6 +24,9 @@
 //! allowed_lateness = 0             # an event below watermark - this is late:
 //! late = "dead-letter"             # dead-lettered, "drop" (counted) or
 //!                                  # "deliver" (handled, flagged late)
+//! # idle_timeout_ms = 60000        # live inputs: after this long without
+//!                                  # an event, the watermark follows the
+//!                                  # clock (event times in milliseconds)
 //!
 //! [[operator]]                     # one table per operator, in chain order
 //! name = "counter"
@@ -344,6 +347,13 @@ pub struct WatermarkSpec {
     pub allowed_lateness: u64,
     /// What happens to a late event (`late`, default dead-letter).
     pub late: LatePolicy,
+    /// For live inputs: once no event has been read for this many
+    /// milliseconds of the clock (`idle_timeout_ms`, default none), the
+    /// watermark advances with the clock, one time-field unit a
+    /// millisecond, from the largest time read minus `max_out_of_order`
+    /// (see [`crate::source::WatermarkGen::idle`]). Outputs then depend on
+    /// when events arrive, not on the input alone.
+    pub idle_timeout_ms: Option<u64>,
 }
 
 impl Default for WatermarkSpec {
@@ -353,6 +363,7 @@ impl Default for WatermarkSpec {
             step: 1,
             allowed_lateness: 0,
             late: LatePolicy::DeadLetter,
+            idle_timeout_ms: None,
         }
     }
 }
@@ -485,6 +496,7 @@ struct WatermarkTable {
     step: Option<u64>,
     allowed_lateness: Option<u64>,
     late: Option<LatePolicy>,
+    idle_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1021,9 +1033,15 @@ impl Pipeline {
             watermark.step = t.step.unwrap_or(1);
             watermark.allowed_lateness = t.allowed_lateness.unwrap_or(0);
             watermark.late = t.late.unwrap_or_default();
+            watermark.idle_timeout_ms = t.idle_timeout_ms;
             if watermark.step == 0 {
                 return Err(PipelineError::Invalid(
                     "[source.watermark] step must be at least 1".into(),
+                ));
+            }
+            if t.idle_timeout_ms == Some(0) {
+                return Err(PipelineError::Invalid(
+                    "[source.watermark] idle_timeout_ms must be at least 1 (leave it out for no idle timeout)".into(),
                 ));
             }
         }

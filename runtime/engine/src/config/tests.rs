@@ -127,9 +127,18 @@ fn the_watermark_table_is_read_and_a_zero_step_refused() {
             step: 100,
             allowed_lateness: 0,
             late: LatePolicy::DeadLetter,
+            idle_timeout_ms: None,
         }
     );
     assert_eq!(pl.operators[0].limits.max_timers_per_key, 7);
+    let pl = parse("[source]\ntime = \"ts\"\n[source.watermark]\nidle_timeout_ms = 30000\n[[operator]]\nname = \"a\"\ncomponent = \"a.wasm\"\n").unwrap();
+    assert_eq!(pl.watermark.idle_timeout_ms, Some(30000));
+    let err = parse("[source]\ntime = \"ts\"\n[source.watermark]\nidle_timeout_ms = 0\n[[operator]]\nname = \"a\"\ncomponent = \"a.wasm\"\n").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("[source.watermark] idle_timeout_ms must be at least 1"),
+        "{err}"
+    );
     let pl = parse("[[operator]]\nname = \"a\"\ncomponent = \"a.wasm\"\n").unwrap();
     assert_eq!(pl.watermark, WatermarkSpec::default());
     assert_eq!(pl.operators[0].limits.max_timers_per_key, 1024);

@@ -408,6 +408,16 @@ pub(super) fn render(c: &Controller) -> String {
         );
     }
 
+    let w = live.watermark.load(Ordering::Relaxed);
+    if w != i64::MIN {
+        out.family(
+            "eddy_watermark",
+            "gauge",
+            "The input's watermark, in its time field's unit (9223372036854775807 once the input ended).",
+        );
+        out.sample("eddy_watermark", &[("input", c.input())], w);
+    }
+
     let lines = live.lines_read.load(Ordering::Relaxed);
     let offset = live.bytes_read.load(Ordering::Relaxed);
     out.family(

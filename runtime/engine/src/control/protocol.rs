@@ -274,6 +274,10 @@ pub struct Status {
     pub input: String,
     /// Input lines read so far (the next line's number is one more).
     pub lines_read: u64,
+    /// The input's watermark (with a time field, once it has one; the
+    /// largest `i64` once the input ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<i64>,
     /// The operator chain, in order.
     pub operators: Vec<OperatorStatus>,
     /// Number of worker threads.

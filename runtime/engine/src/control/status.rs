@@ -39,6 +39,7 @@ pub(super) fn status(controller: &Controller) -> Status {
         state_dir: controller.state_dir().display().to_string(),
         input: controller.input().to_string(),
         lines_read: live.lines_read.load(Ordering::Relaxed),
+        watermark: Some(live.watermark.load(Ordering::Relaxed)).filter(|&w| w != i64::MIN),
         kafka: live.kafka().clone(),
         state_bytes: controller.store().size_bytes(),
         compactions: live.compactions.status(),

@@ -26,6 +26,9 @@ pub struct WatermarkGen {
     spec: WatermarkSpec,
     /// The watermark last announced (`i64::MIN`: none yet).
     current: i64,
+    /// The largest event time read (`i64::MIN`: none yet; after a resume,
+    /// the least it can have been).
+    max_seen: i64,
 }
 
 impl WatermarkGen {
@@ -34,12 +37,18 @@ impl WatermarkGen {
         WatermarkGen {
             spec,
             current: i64::MIN,
+            max_seen: i64::MIN,
         }
     }
 
     /// A generator resuming at watermark `w` (from a checkpoint).
     pub fn resume(spec: WatermarkSpec, w: i64) -> WatermarkGen {
-        WatermarkGen { spec, current: w }
+        let bound = i64::try_from(spec.max_out_of_order).unwrap_or(i64::MAX);
+        WatermarkGen {
+            spec,
+            current: w,
+            max_seen: w.saturating_add(bound),
+        }
     }
 
     /// The watermark announced last (`i64::MIN` before the first).
@@ -52,6 +61,7 @@ impl WatermarkGen {
     /// it, and only the end of the input ([`WatermarkGen::end`]) reaches
     /// `i64::MAX`.
     pub fn observe(&mut self, t: i64) -> Option<i64> {
+        self.max_seen = self.max_seen.max(t);
         let bound = i64::try_from(self.spec.max_out_of_order).unwrap_or(i64::MAX);
         let step = i64::try_from(self.spec.step).unwrap_or(i64::MAX).max(1);
         let raw = t.saturating_sub(bound);
@@ -65,6 +75,26 @@ impl WatermarkGen {
             self.current = w;
             w
         })
+    }
+
+    /// The input has been idle for `idle_ms` milliseconds of the clock
+    /// (see [`WatermarkSpec::idle_timeout_ms`]): the new watermark when
+    /// that advances it, as if event time had gone on with the clock since
+    /// the last event: the largest time read, plus `idle_ms`, minus
+    /// `max_out_of_order`, rounded down to a multiple of `step`. Nothing
+    /// before the first event, nor after the end of the input.
+    pub fn idle(&mut self, idle_ms: u64) -> Option<i64> {
+        if self.max_seen == i64::MIN || self.current == i64::MAX {
+            return None;
+        }
+        let t = self
+            .max_seen
+            .saturating_add(i64::try_from(idle_ms).unwrap_or(i64::MAX));
+        let max_seen = self.max_seen;
+        let w = self.observe(t);
+        // The times read are what they were.
+        self.max_seen = max_seen;
+        w
     }
 
     /// Whether an event at time `t`, read now (before it moves the
@@ -120,12 +150,36 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_input_moves_the_watermark_on_with_the_clock() {
+        let mut g = gen(5, 10);
+        assert_eq!(g.idle(1000), None, "no event read yet");
+        assert_eq!(g.observe(100), Some(90));
+        assert_eq!(g.idle(4), None, "100 + 4 - 5 rounds down to 90");
+        assert_eq!(g.idle(25), Some(120), "100 + 25 - 5");
+        assert_eq!(g.idle(20), None, "never back");
+        assert_eq!(g.observe(110), None, "the largest time read is still 110");
+        assert_eq!(g.idle(30), Some(130), "110 + 30 - 5, rounded down");
+        let mut g = WatermarkGen::resume(g.spec, 130);
+        assert_eq!(g.idle(10), Some(140), "resumed: 135 read at least");
+        g.end();
+        assert_eq!(g.idle(u64::MAX), None, "after the end");
+        let mut g = gen(0, 1);
+        g.observe(i64::MAX - 10);
+        assert_eq!(
+            g.idle(u64::MAX),
+            Some(i64::MAX - 1),
+            "saturates below the end"
+        );
+    }
+
+    #[test]
     fn late_is_below_the_watermark_minus_the_allowed_lateness() {
         let spec = |allowed_lateness, late| WatermarkSpec {
             max_out_of_order: 5,
             step: 1,
             allowed_lateness,
             late,
+            idle_timeout_ms: None,
         };
         let mut g = WatermarkGen::new(spec(0, LatePolicy::DeadLetter));
         assert_eq!(g.judge(Some(i64::MIN)), Verdict::OnTime, "no watermark yet");

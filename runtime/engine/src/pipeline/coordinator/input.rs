@@ -56,6 +56,9 @@ impl Coordinator {
                 self.pos.offset = offset + len;
             }
             Chunk::Lines { data, offset } => {
+                if self.p.watermark.idle_timeout_ms.is_some() {
+                    self.last_input_ms = self.clock.now_ms();
+                }
                 let mut start = 0usize;
                 while start < data.len() {
                     let end =
@@ -162,6 +165,7 @@ impl Coordinator {
     /// Advances the watermark to `w` at this point of the input, in every
     /// worker's batch.
     pub(super) fn mark(&mut self, w: i64) {
+        self.live.watermark.store(w, Ordering::Relaxed);
         for b in &mut self.pending {
             b.mark_here(w, self.pos.line, true);
         }

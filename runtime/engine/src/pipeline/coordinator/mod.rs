@@ -13,6 +13,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::{OperatorSummary, Shutdown, Summary};
 use crate::checkpoint::{self, Writer};
+use crate::clock::Clock;
 use crate::config::{Output, Pipeline};
 use crate::control::Server;
 use crate::operator::Loaded;
@@ -107,6 +108,10 @@ pub(super) struct Coordinator {
     op_names: Vec<Arc<str>>,
     /// The input's watermark, from its event times.
     watermark: WatermarkGen,
+    /// The clock of the watermark's idle timeout.
+    clock: Clock,
+    /// The clock's time when input was last read.
+    last_input_ms: u64,
     /// [`ABORT_ENV`]: Kafka commits left before the process aborts.
     abort_after_kafka_commits: Option<u64>,
     /// When the state database's free space is looked at next (`[state]
@@ -155,6 +160,7 @@ impl Coordinator {
             }
             None => WatermarkGen::new(p.watermark),
         };
+        let mut clock = Clock::from_env();
         Coordinator {
             begun,
             workers,
@@ -188,6 +194,8 @@ impl Coordinator {
             last_checkpoint: Instant::now(),
             op_names: operators.iter().map(|o| o.name.clone()).collect(),
             watermark,
+            last_input_ms: clock.now_ms(),
+            clock,
             abort_after_kafka_commits: std::env::var(ABORT_ENV).ok().and_then(|v| v.parse().ok()),
             next_compact: Instant::now()
                 + p.compact
@@ -348,6 +356,7 @@ impl Coordinator {
                     }
                 },
                 default(due.min(Duration::from_millis(100))) => {
+                    self.idle()?;
                     self.flush_batches()?;
                     if Instant::now() >= self.next_checkpoint {
                         self.checkpoint()?;
@@ -356,6 +365,25 @@ impl Coordinator {
                 }
             }
         }
+    }
+
+    /// The watermark's idle timeout
+    /// ([`crate::config::WatermarkSpec::idle_timeout_ms`]):
+    /// once no input has come for that long, the watermark follows the
+    /// clock (see [`WatermarkGen::idle`]), and what it passes fires.
+    fn idle(&mut self) -> Result<()> {
+        let Some(timeout) = self.p.watermark.idle_timeout_ms else {
+            return Ok(());
+        };
+        let idle = self.clock.now_ms().saturating_sub(self.last_input_ms);
+        if idle < timeout || self.kafka.is_some() {
+            return Ok(());
+        }
+        if let Some(w) = self.watermark.idle(idle) {
+            tracing::debug!("input idle for {idle} ms: watermark {w}");
+            self.mark(w);
+        }
+        Ok(())
     }
 
     /// Carries out a prepared swap: the barrier. Events routed so far go to
