@@ -6,12 +6,16 @@
 //! each watermark is exact.
 
 use std::path::Path;
+
+use eddy_kafka::rdkafka::config::ClientConfig;
+use eddy_kafka::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use eddy_runtime::control;
 use serde_json::{json, Value};
 
+use crate::kafka::{broker, create_topic, unique, TIMEOUT};
 use crate::util::*;
 
 /// Sets the test clock to `ms` (written whole: a reader never sees part of
@@ -64,16 +68,12 @@ fn wait_outputs(d: &Path, n: usize) -> Vec<Value> {
     }
 }
 
-fn start(d: &Path) -> Child {
+/// `eddy run` in `d` of the `timers` operator from `source` (the pipeline
+/// file's `[source]` tables), with the test clock `d/clock`.
+fn start(d: &Path, source: &str) -> Child {
     let toml = format!(
         r#"workers = 2
-[source]
-path = "in.jsonl"
-follow = true
-key = "key"
-time = "ts"
-[source.watermark]
-idle_timeout_ms = 3000
+{source}
 [[operator]]
 name = "timers"
 component = "{}"
@@ -113,7 +113,14 @@ fn an_idle_live_input_moves_the_watermark_on_with_the_clock_and_fires_what_it_pa
             json!({"key": "b", "ts": 2000}),
         ],
     );
-    let mut child = start(d);
+    let source = r#"[source]
+path = "in.jsonl"
+follow = true
+key = "key"
+time = "ts"
+[source.watermark]
+idle_timeout_ms = 3000"#;
+    let mut child = start(d, source);
     let log = || std::fs::read_to_string(d.join("log")).unwrap_or_default();
 
     // Read at clock 0: the watermark is the largest time read.
@@ -167,6 +174,100 @@ fn an_idle_live_input_moves_the_watermark_on_with_the_clock_and_fires_what_it_pa
             .unwrap()
             .starts_with("late event: time 3000 is below the watermark 6001"),
         "{dead:?}"
+    );
+
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = wait_within(&mut child, Duration::from_secs(60), log);
+    assert!(status.success(), "{}", log());
+}
+
+/// Produces `events` (their `key` as the record's key) to partition
+/// `partition` of `topic`, in order.
+fn produce_to(bootstrap: &str, topic: &str, partition: i32, events: &[Value]) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    for e in events {
+        let (key, value) = (e["key"].as_str().unwrap(), e.to_string());
+        let rec = BaseRecord::to(topic)
+            .partition(partition)
+            .key(key)
+            .payload(&value);
+        p.send(rec).map_err(|(e, _)| e).unwrap();
+    }
+    p.flush(TIMEOUT).expect("records delivered");
+}
+
+/// On a Kafka input the watermark is the smallest of the partitions':
+/// with `idle_timeout_ms`, a partition that has had no record for that
+/// long moves on with the clock from its largest time, so it no longer
+/// holds the watermark back, and a timer fires though that partition went
+/// quiet.
+#[test]
+fn an_idle_kafka_partition_no_longer_holds_the_watermark_back() {
+    let Some(b) = broker("an_idle_kafka_partition_no_longer_holds_the_watermark_back") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (topic, group) = (unique("idle"), unique("g"));
+    create_topic(&b, &topic, 2);
+    set_clock(d, 0);
+    // max_out_of_order 5000: whichever partition Eddy reads first, the
+    // other's first record is on time.
+    produce_to(
+        &b,
+        &topic,
+        0,
+        &[json!({"key": "a", "ts": 1000, "set": [["timeout", 5000]]})],
+    );
+    produce_to(&b, &topic, 1, &[json!({"key": "b", "ts": 2000})]);
+    let source = format!(
+        r#"[source]
+key = "key"
+time = "ts"
+[source.kafka]
+bootstrap = "{b}"
+topic = "{topic}"
+group = "{group}"
+[source.watermark]
+max_out_of_order = 5000
+idle_timeout_ms = 3000"#
+    );
+    let mut child = start(d, &source);
+    let log = || std::fs::read_to_string(d.join("log")).unwrap_or_default();
+    assert_eq!(wait_outputs(d, 2).len(), 2);
+
+    // Partition 0 goes on (read at clock 1000), partition 1 is quiet: the
+    // watermark is held at partition 1's, 2000 - 5000.
+    set_clock(d, 1000);
+    produce_to(&b, &topic, 0, &[json!({"key": "a", "ts": 30000})]);
+    assert_eq!(wait_outputs(d, 3)[2]["key"], "a");
+    wait_status(d, "held by the quiet partition", |s| {
+        watermark(s) == Some(-3000)
+    });
+
+    // Partition 1 idle for 3,500 ms: 2000 + 3500 - 5000. Partition 0
+    // (idle 2,500 ms) stays at 30000 - 5000.
+    set_clock(d, 3500);
+    wait_status(d, "partition 1 moved on", |s| watermark(s) == Some(500));
+    // Partition 1 idle for 8,001 ms: 5001 passes the timer at 5000.
+    set_clock(d, 8001);
+    let out = wait_outputs(d, 4);
+    assert_eq!(
+        out[3],
+        json!({"key": "a", "value": {"fired": "timeout", "at": 5000, "wm": 5001, "n": 1}}),
+        "{out:?}\n{}",
+        log()
+    );
+    assert!(
+        read_jsonl(&d.join("dead.jsonl")).is_empty(),
+        "{}",
+        std::fs::read_to_string(d.join("dead.jsonl")).unwrap_or_default()
     );
 
     let _ = Command::new("kill")

@@ -36,6 +36,9 @@ pub(in crate::pipeline) struct KafkaFeed {
     timestamp_time: bool,
     /// Per partition, its watermark (`None` until it has an event time).
     wms: Vec<Option<WatermarkGen>>,
+    /// Per partition, the clock's time when a record of it last came
+    /// (for the watermark's idle timeout).
+    last_ms: Vec<u64>,
     spec: WatermarkSpec,
     /// The input's watermark: the smallest of the partitions' that have one.
     pub(super) watermark: i64,
@@ -76,6 +79,7 @@ impl KafkaFeed {
             wms: watermark
                 .map(|w| vec![Some(WatermarkGen::resume(spec, w)); plan.parts.len()])
                 .unwrap_or_else(|| vec![None; plan.parts.len()]),
+            last_ms: vec![0; plan.parts.len()],
             spec,
             watermark: watermark.unwrap_or(i64::MIN),
             overall: match watermark {
@@ -130,6 +134,15 @@ impl Coordinator {
     pub(super) fn kafka_msg(&mut self, msg: KafkaMsg) -> Result<bool> {
         match msg {
             KafkaMsg::Records(records) => {
+                if self.p.watermark.idle_timeout_ms.is_some() {
+                    let now = self.clock.now_ms();
+                    let k = self.kafka.as_mut().expect("a Kafka input");
+                    for r in &records {
+                        if let Some(t) = k.last_ms.get_mut(r.part as usize) {
+                            *t = now;
+                        }
+                    }
+                }
                 for r in records {
                     self.kafka_record(r)?;
                     if let Some(n) = self.p.checkpoint_events {
@@ -434,6 +447,42 @@ impl Coordinator {
         let spec = k.spec;
         let gen = k.wms[part].get_or_insert_with(|| WatermarkGen::new(spec));
         gen.observe(t)?;
+        k.advance()
+    }
+
+    /// The watermark's idle timeout on a Kafka input: each partition that
+    /// has had no record for `timeout` ms of the clock (`now`) moves its
+    /// watermark on with the clock (see [`WatermarkGen::idle`]), so an idle
+    /// partition no longer holds the input's back; the input's new
+    /// watermark if it advanced.
+    pub(super) fn kafka_idle(&mut self, now: u64, timeout: u64) -> Option<i64> {
+        let k = self.kafka.as_mut()?;
+        let mut moved = false;
+        for (gen, &last) in k.wms.iter_mut().zip(&k.last_ms) {
+            let idle = now.saturating_sub(last);
+            if let Some(gen) = gen.as_mut().filter(|_| idle >= timeout) {
+                moved |= gen.idle(idle).is_some();
+            }
+        }
+        if moved {
+            k.advance()
+        } else {
+            None
+        }
+    }
+}
+
+impl KafkaFeed {
+    /// Counts every partition idle from the clock's time `now` (the start).
+    pub(super) fn idle_from(&mut self, now: u64) {
+        self.last_ms.fill(now);
+    }
+
+    /// The input's watermark, the smallest of its partitions', when it
+    /// advanced.
+    fn advance(&mut self) -> Option<i64> {
+        let k = self;
+        let spec = k.spec;
         let min = k
             .wms
             .iter()
@@ -449,7 +498,9 @@ impl Coordinator {
             None
         }
     }
+}
 
+impl Coordinator {
     /// Dead-letters record `r` with `reason`: its topic, partition and
     /// offset, and its value (as a JSON string, or `payload_base64`).
     fn dead_record(&mut self, r: &Record, reason: &str) {

@@ -161,6 +161,10 @@ impl Coordinator {
             None => WatermarkGen::new(p.watermark),
         };
         let mut clock = Clock::from_env();
+        let mut kafka = kafka;
+        if let Some(k) = &mut kafka {
+            k.idle_from(clock.now_ms());
+        }
         Coordinator {
             begun,
             workers,
@@ -375,8 +379,16 @@ impl Coordinator {
         let Some(timeout) = self.p.watermark.idle_timeout_ms else {
             return Ok(());
         };
-        let idle = self.clock.now_ms().saturating_sub(self.last_input_ms);
-        if idle < timeout || self.kafka.is_some() {
+        let now = self.clock.now_ms();
+        if self.kafka.is_some() {
+            if let Some(w) = self.kafka_idle(now, timeout) {
+                tracing::debug!("Kafka input partly idle: watermark {w}");
+                self.mark(w);
+            }
+            return Ok(());
+        }
+        let idle = now.saturating_sub(self.last_input_ms);
+        if idle < timeout {
             return Ok(());
         }
         if let Some(w) = self.watermark.idle(idle) {
