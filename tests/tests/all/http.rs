@@ -54,7 +54,7 @@ fn get_json(socket: &Path, path: &str) -> Value {
 
 /// The samples of a `/metrics` answer, parsed by a Prometheus text-format
 /// parser, by `(name, operator label, worker label)`.
-fn scrape(socket: &Path) -> HashMap<(String, String, String), f64> {
+pub(crate) fn scrape(socket: &Path) -> HashMap<(String, String, String), f64> {
     let (status, text) = get(socket, "/metrics");
     assert_eq!(status, 200, "{text}");
     let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();

@@ -132,6 +132,13 @@ idle_timeout_ms = 3000"#;
     // Idle for 3,500 ms (past the timeout): 2000 + 3500.
     set_clock(d, 3500);
     wait_status(d, "the first idle advance", |s| watermark(s) == Some(5500));
+    // `/metrics` says the same (read by a Prometheus text parser).
+    let metrics = crate::http::scrape(&control::socket_path(&d.join("st")));
+    assert_eq!(
+        metrics.get(&("eddy_watermark".into(), String::new(), String::new())),
+        Some(&5500.0),
+        "{metrics:?}"
+    );
     // Idle for 4,001 ms: 6001 passes the timer at 6000, which fires.
     set_clock(d, 4001);
     let out = wait_outputs(d, 3);
