@@ -1085,6 +1085,12 @@ impl Pipeline {
             }
         }
         let time_field = o.time_field.or(f.source.time);
+        let timestamp_time = matches!(&input, Input::Kafka(k) if k.timestamp_time);
+        if time_field.is_none() && !timestamp_time && watermark.idle_timeout_ms.is_some() {
+            return Err(PipelineError::Invalid(
+                "[source.watermark] idle_timeout_ms moves the event-time watermark: it needs a time field ([source] time, --time, or time = \"timestamp\" for Kafka)".into(),
+            ));
+        }
         if time_field.is_none() {
             if let Some((op, w)) = operators
                 .iter()

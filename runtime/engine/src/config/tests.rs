@@ -133,6 +133,12 @@ fn the_watermark_table_is_read_and_a_zero_step_refused() {
     assert_eq!(pl.operators[0].limits.max_timers_per_key, 7);
     let pl = parse("[source]\ntime = \"ts\"\n[source.watermark]\nidle_timeout_ms = 30000\n[[operator]]\nname = \"a\"\ncomponent = \"a.wasm\"\n").unwrap();
     assert_eq!(pl.watermark.idle_timeout_ms, Some(30000));
+    let err = parse("[source.watermark]\nidle_timeout_ms = 1000\n[[operator]]\nname = \"a\"\ncomponent = \"a.wasm\"\n").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("idle_timeout_ms moves the event-time watermark: it needs a time field"),
+        "{err}"
+    );
     let err = parse("[source]\ntime = \"ts\"\n[source.watermark]\nidle_timeout_ms = 0\n[[operator]]\nname = \"a\"\ncomponent = \"a.wasm\"\n").unwrap_err();
     assert!(
         err.to_string()
