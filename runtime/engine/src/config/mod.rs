@@ -348,11 +348,11 @@ pub struct WatermarkSpec {
     /// What happens to a late event (`late`, default dead-letter).
     pub late: LatePolicy,
     /// For live inputs: once no event has been read for this many
-    /// milliseconds of the clock (`idle_timeout_ms`, default none), the
-    /// watermark advances with the clock, one time-field unit a
-    /// millisecond, from the largest time read minus `max_out_of_order`
-    /// (see [`crate::source::WatermarkGen::idle`]). Outputs then depend on
-    /// when events arrive, not on the input alone.
+    /// milliseconds of the clock (`idle_timeout_ms`, default none; on a
+    /// Kafka input, per partition), the watermark is the largest time read
+    /// plus the milliseconds since, minus `max_out_of_order` (event times
+    /// taken as milliseconds; the clock is [`crate::clock::Clock`]).
+    /// Outputs then depend on when events arrive, not on the input alone.
     pub idle_timeout_ms: Option<u64>,
 }
 
