@@ -6,6 +6,8 @@
 //! each watermark is exact.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use eddy_kafka::rdkafka::config::ClientConfig;
 use eddy_kafka::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -213,7 +215,7 @@ fn produce_to(bootstrap: &str, topic: &str, partition: i32, events: &[Value]) {
 /// with `idle_timeout_ms`, a partition that has had no record for that
 /// long moves on with the clock from its largest time, so it no longer
 /// holds the watermark back, and a timer fires though that partition went
-/// quiet.
+/// quiet while another stays busy.
 #[test]
 fn an_idle_kafka_partition_no_longer_holds_the_watermark_back() {
     let Some(b) = broker("an_idle_kafka_partition_no_longer_holds_the_watermark_back") else {
@@ -258,17 +260,54 @@ idle_timeout_ms = 3000"#
         watermark(s) == Some(-3000)
     });
 
-    // Partition 1 idle for 3,500 ms: 2000 + 3500 - 5000. Partition 0
-    // (idle 2,500 ms) stays at 30000 - 5000.
+    // From here partition 0 stays busy (a record every 10 ms, read at
+    // clock 3500 or later: never idle), which keeps Eddy's loop busy too.
     set_clock(d, 3500);
+    let busy = Arc::new(AtomicBool::new(true));
+    let feeder = {
+        let (b, topic, busy) = (b.clone(), topic.clone(), busy.clone());
+        std::thread::spawn(move || {
+            let p: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", &b)
+                .set("linger.ms", "0")
+                .create()
+                .unwrap();
+            let mut ts = 30_001;
+            let deadline = Instant::now() + 2 * TIMEOUT;
+            while busy.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let value = json!({"key": "c", "ts": ts}).to_string();
+                let rec = BaseRecord::to(&topic).partition(0).key("c").payload(&value);
+                p.send(rec).map_err(|(e, _)| e).unwrap();
+                p.flush(TIMEOUT).expect("record delivered");
+                ts += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    // Partition 1 idle for 3,500 ms: 2000 + 3500 - 5000 (partition 0 is
+    // at 30000 and more, minus 5000).
     wait_status(d, "partition 1 moved on", |s| watermark(s) == Some(500));
     // Partition 1 idle for 8,001 ms: 5001 passes the timer at 5000.
     set_clock(d, 8001);
-    let out = wait_outputs(d, 4);
+    let deadline = Instant::now() + TIMEOUT;
+    let fired = loop {
+        let out = read_jsonl(&d.join("out.jsonl"));
+        if let Some(f) = out.iter().find(|o| o["value"].get("fired").is_some()) {
+            break f.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no timer fired: {out:?}\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    busy.store(false, Ordering::Relaxed);
+    feeder.join().unwrap();
     assert_eq!(
-        out[3],
+        fired,
         json!({"key": "a", "value": {"fired": "timeout", "at": 5000, "wm": 5001, "n": 1}}),
-        "{out:?}\n{}",
+        "{}",
         log()
     );
     assert!(

@@ -112,12 +112,18 @@ pub(super) struct Coordinator {
     clock: Clock,
     /// The clock's time when input was last read.
     last_input_ms: u64,
+    /// When the idle timeout is looked at next.
+    next_idle: Instant,
     /// [`ABORT_ENV`]: Kafka commits left before the process aborts.
     abort_after_kafka_commits: Option<u64>,
     /// When the state database's free space is looked at next (`[state]
     /// compact`, see [`Coordinator::maybe_compact`]).
     next_compact: Instant,
 }
+
+/// How often the watermark's idle timeout is looked at (and the longest
+/// the coordinator waits for input before it flushes what it holds).
+const IDLE_TICK: Duration = Duration::from_millis(100);
 
 /// The first look at the state database's free space, after the start
 /// (sooner when `[state] compact` asks for looks more often).
@@ -199,6 +205,7 @@ impl Coordinator {
             op_names: operators.iter().map(|o| o.name.clone()).collect(),
             watermark,
             last_input_ms: clock.now_ms(),
+            next_idle: Instant::now(),
             clock,
             abort_after_kafka_commits: std::env::var(ABORT_ENV).ok().and_then(|v| v.parse().ok()),
             next_compact: Instant::now()
@@ -317,6 +324,13 @@ impl Coordinator {
                 return Ok(());
             }
             self.poll_commit()?;
+            // The idle timeout, looked at every tick whether input comes
+            // or not: on a Kafka input one partition may be quiet while
+            // the others keep the loop busy.
+            if self.p.watermark.idle_timeout_ms.is_some() && Instant::now() >= self.next_idle {
+                self.next_idle = Instant::now() + IDLE_TICK;
+                self.idle()?;
+            }
             // A worker's state cache is over budget with keys only a
             // checkpoint lets go: checkpoint now (not more often than
             // every 20 ms, whatever the workers ask).
@@ -359,8 +373,7 @@ impl Coordinator {
                         return Err(k.reader.failure());
                     }
                 },
-                default(due.min(Duration::from_millis(100))) => {
-                    self.idle()?;
+                default(due.min(IDLE_TICK)) => {
                     self.flush_batches()?;
                     if Instant::now() >= self.next_checkpoint {
                         self.checkpoint()?;
