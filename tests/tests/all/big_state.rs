@@ -173,7 +173,9 @@ fn a_million_item_list_is_read_by_range_within_a_small_cache() {
     // The whole list would take some 60 MiB in memory (and rewriting it
     // at each checkpoint far more): the process stays well under that
     // plus the runtime's own memory.
-    assert!(rss < 120 << 20, "peak RSS {} MiB", rss >> 20);
+    // 140 MiB: under load (more batches in flight) a run peaked at 120
+    // MiB; held whole it takes 173.
+    assert!(rss < 140 << 20, "peak RSS {} MiB", rss >> 20);
     assert_state(dir.path(), big, &small);
 }
 
@@ -275,7 +277,9 @@ fn a_half_million_field_map_is_read_by_field_and_range_within_a_small_cache() {
     // Held whole, the map took the process to 173 MiB (measured before
     // maps spilled, with the same events); spilled, it stays near what a
     // big list takes (about 85 MiB).
-    assert!(rss < 120 << 20, "peak RSS {} MiB", rss >> 20);
+    // 140 MiB: under load (more batches in flight) a run peaked at 120
+    // MiB; held whole it takes 173.
+    assert!(rss < 140 << 20, "peak RSS {} MiB", rss >> 20);
     assert_catalog_state(dir.path(), big, &small);
 }
 
