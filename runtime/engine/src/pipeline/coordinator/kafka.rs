@@ -95,6 +95,51 @@ impl KafkaFeed {
         }
     }
 
+    /// Counts every partition idle from the clock's time `now` (the start).
+    pub(super) fn idle_from(&mut self, now: u64) {
+        self.last_ms.fill(now);
+    }
+
+    /// The watermark's idle timeout: each partition that has had no record
+    /// for `timeout` ms of the clock (`now`) moves its watermark on with
+    /// the clock (see [`WatermarkGen::idle`]), so an idle partition no
+    /// longer holds the input's back; the input's new watermark if it
+    /// advanced.
+    pub(super) fn idle(&mut self, now: u64, timeout: u64) -> Option<i64> {
+        let mut moved = false;
+        for (gen, &last) in self.wms.iter_mut().zip(&self.last_ms) {
+            let idle = now.saturating_sub(last);
+            if let Some(gen) = gen.as_mut().filter(|_| idle >= timeout) {
+                moved |= gen.idle(idle).is_some();
+            }
+        }
+        if moved {
+            self.advance()
+        } else {
+            None
+        }
+    }
+
+    /// The input's watermark, the smallest of its partitions', when it
+    /// advanced.
+    fn advance(&mut self) -> Option<i64> {
+        let spec = self.spec;
+        let min = self
+            .wms
+            .iter()
+            .flatten()
+            .map(WatermarkGen::current)
+            .min()
+            .unwrap_or(i64::MIN);
+        if min > self.watermark {
+            self.watermark = min;
+            self.overall = WatermarkGen::resume(spec, min);
+            Some(min)
+        } else {
+            None
+        }
+    }
+
     /// Publishes the partitions' positions for `eddy status`: `committed`
     /// is the cut just committed to Kafka.
     pub(in crate::pipeline) fn publish(&self, live: &crate::stats::Live) {
@@ -450,57 +495,6 @@ impl Coordinator {
         k.advance()
     }
 
-    /// The watermark's idle timeout on a Kafka input: each partition that
-    /// has had no record for `timeout` ms of the clock (`now`) moves its
-    /// watermark on with the clock (see [`WatermarkGen::idle`]), so an idle
-    /// partition no longer holds the input's back; the input's new
-    /// watermark if it advanced.
-    pub(super) fn kafka_idle(&mut self, now: u64, timeout: u64) -> Option<i64> {
-        let k = self.kafka.as_mut()?;
-        let mut moved = false;
-        for (gen, &last) in k.wms.iter_mut().zip(&k.last_ms) {
-            let idle = now.saturating_sub(last);
-            if let Some(gen) = gen.as_mut().filter(|_| idle >= timeout) {
-                moved |= gen.idle(idle).is_some();
-            }
-        }
-        if moved {
-            k.advance()
-        } else {
-            None
-        }
-    }
-}
-
-impl KafkaFeed {
-    /// Counts every partition idle from the clock's time `now` (the start).
-    pub(super) fn idle_from(&mut self, now: u64) {
-        self.last_ms.fill(now);
-    }
-
-    /// The input's watermark, the smallest of its partitions', when it
-    /// advanced.
-    fn advance(&mut self) -> Option<i64> {
-        let k = self;
-        let spec = k.spec;
-        let min = k
-            .wms
-            .iter()
-            .flatten()
-            .map(WatermarkGen::current)
-            .min()
-            .unwrap_or(i64::MIN);
-        if min > k.watermark {
-            k.watermark = min;
-            k.overall = WatermarkGen::resume(spec, min);
-            Some(min)
-        } else {
-            None
-        }
-    }
-}
-
-impl Coordinator {
     /// Dead-letters record `r` with `reason`: its topic, partition and
     /// offset, and its value (as a JSON string, or `payload_base64`).
     fn dead_record(&mut self, r: &Record, reason: &str) {

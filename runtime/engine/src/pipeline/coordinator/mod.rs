@@ -393,8 +393,8 @@ impl Coordinator {
             return Ok(());
         };
         let now = self.clock.now_ms();
-        if self.kafka.is_some() {
-            if let Some(w) = self.kafka_idle(now, timeout) {
+        if let Some(k) = &mut self.kafka {
+            if let Some(w) = k.idle(now, timeout) {
                 tracing::debug!("Kafka input partly idle: watermark {w}");
                 self.mark(w);
             }
