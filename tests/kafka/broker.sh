@@ -225,7 +225,14 @@ start() {
   while [ "$controller_port" = "$port" ]; do controller_port="$(free_port)"; done
   rm -rf "$dir/data" "$dir/bootstrap"
   write_config "$port" "$controller_port"
-  cluster_id="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+  # Never starting with "-" (one id in 64 would): the format command
+  # would read it as an option (Kafka's own ids avoid it the same way).
+  cluster_id="$(python3 -c 'import base64, uuid
+while True:
+    i = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not i.startswith("-"):
+        break
+print(i)')"
   if ! "$java" -Dlog4j2.configurationFile="$here/log4j2.properties" -cp "$cache/lib/*" \
     kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" \
     >"$dir/format.log" 2>&1; then
