@@ -66,6 +66,8 @@ mod windows_wasm;
 // The window aggregate in the Python, JavaScript and C SDKs: the same
 // pipeline file gives byte-identical outputs in all four languages.
 mod windows_lang;
+// Hot swap and rollback of a window aggregate: windows kept, refusals.
+mod windows_swap;
 // A state cache far smaller than the key set: exact counts, across kill -9
 // and restart and across a hot swap that migrates evicted keys.
 mod cache;

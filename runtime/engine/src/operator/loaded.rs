@@ -23,6 +23,81 @@ pub enum OperatorKind {
     Window(Arc<WasmWindow>, WindowKind),
 }
 
+impl OperatorKind {
+    /// The component that runs, for a component (`None`: native code).
+    pub fn component(&self) -> Option<ComponentRef<'_>> {
+        match self {
+            OperatorKind::Wasm(c) => Some(ComponentRef {
+                hash: c.hash(),
+                path: c.path(),
+                bytes: c.bytes(),
+                engine: c.engine(),
+            }),
+            OperatorKind::Native(_) => None,
+            OperatorKind::Window(w, _) => Some(ComponentRef {
+                hash: w.hash(),
+                path: w.path(),
+                bytes: w.bytes(),
+                engine: w.engine(),
+            }),
+        }
+    }
+
+    /// The same kind of operator (a component, or a window of the same
+    /// kind) over the component `bytes` read from `path`, compiled for
+    /// `engine`; `operator` names it in errors.
+    pub fn with_component(
+        &self,
+        engine: &wasmtime::Engine,
+        path: &std::path::Path,
+        bytes: &[u8],
+        operator: &str,
+    ) -> Result<OperatorKind, ComponentError> {
+        Ok(match self {
+            OperatorKind::Window(_, kind) => OperatorKind::Window(
+                Arc::new(WasmWindow::from_bytes(
+                    engine,
+                    path,
+                    bytes,
+                    operator,
+                    "eddy swap",
+                )?),
+                *kind,
+            ),
+            _ => OperatorKind::Wasm(Arc::new(WasmComponent::from_bytes(engine, path, bytes)?)),
+        })
+    }
+
+    /// Whether its component exports the migration hook.
+    pub fn migrates(&self) -> bool {
+        matches!(self, OperatorKind::Wasm(c) if c.migrates())
+    }
+
+    /// Whether it handles timers (a window operator always does: its
+    /// windows are timers).
+    pub fn handles_timers(&self) -> bool {
+        match self {
+            OperatorKind::Wasm(c) => c.handles_timers(),
+            OperatorKind::Native(_) => true,
+            OperatorKind::Window(..) => true,
+        }
+    }
+}
+
+/// The component of an operator: what identifies it and what makes it
+/// again.
+#[derive(Clone, Copy)]
+pub struct ComponentRef<'a> {
+    /// Content hash of its bytes.
+    pub hash: &'a str,
+    /// Where it was loaded from.
+    pub path: &'a std::path::Path,
+    /// Its bytes.
+    pub bytes: &'a [u8],
+    /// The engine it was compiled for.
+    pub engine: &'a wasmtime::Engine,
+}
+
 /// A [`WindowOperator`] of `kind` over `agg`.
 pub fn window_operator<A: super::Aggregate + 'static>(
     ctx: OpCtx,

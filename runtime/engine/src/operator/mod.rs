@@ -150,6 +150,15 @@ pub trait Operator: Send {
         Ok(Ok(()))
     }
 
+    /// Tries this operator (a new version before a hot swap) on committed
+    /// key `key`, changing nothing: an `Err` refuses the swap. The default
+    /// is [`Operator::prepare`] (a Wasm operator's migration, whose writes
+    /// the trial instance never commits); a window operator finishes one
+    /// of the key's windows with the new aggregate.
+    fn rehearse(&mut self, key: &str) -> Result<Result<(), HandleError>, StoreError> {
+        self.prepare(key)
+    }
+
     /// [`Operator::prepare`] on the event path, where an operator may also
     /// give up for good (a Wasm operator whose replacement instances keep
     /// failing to start), which stops the pipeline.

@@ -44,6 +44,7 @@
 use std::collections::HashMap;
 
 use super::{handle_each, Done, Emits, EventRef, HandleError, OpCtx, Operator, RunError, TimerRef};
+use crate::state::StoreError;
 
 /// Up to this many panes a window, a firing looks its panes up one by one
 /// rather than reading the whole map.
@@ -238,6 +239,30 @@ impl<A: Aggregate> WindowOperator<A> {
             self.ctx.emit(key, &out).map_err(refused)?;
         }
         Ok(())
+    }
+
+    /// Finishes (and discards) the first window the current key holds,
+    /// from its first pane or session: whether the aggregate reads what
+    /// is stored.
+    fn finish_first(&mut self, key: &str) -> Result<(), HandleError> {
+        let entries = self.ctx.map_entries(WINDOW_STATE).map_err(refused)?;
+        let Some((f, v)) = entries.first() else {
+            return Ok(());
+        };
+        let damaged = || HandleError::Failed(format!("window state `{f}` is damaged"));
+        let start = start_of_field(f).ok_or_else(damaged)?;
+        let (window, acc) = match self.gap {
+            Some(_) => {
+                let end = session_end(v).ok_or_else(damaged)?;
+                (WindowInfo { key, start, end }, &v[8..])
+            }
+            None => {
+                let s = floor(start, self.slide);
+                let end = s.saturating_add(self.size);
+                (WindowInfo { key, start: s, end }, &v[..])
+            }
+        };
+        self.agg.finish(&window, &[acc]).map(|_| ())
     }
 
     /// The end of the last window holding the pane starting at `p`.
@@ -471,6 +496,14 @@ impl<A: Aggregate> Operator for WindowOperator<A> {
         // start `s` (a multiple of `slide`) with `s + size > p`.
         let first_end = self.first_end(floor(t, self.pane));
         Some(first_end.map_or(t, |end| (end - 1).max(t)))
+    }
+
+    fn rehearse(&mut self, key: &str) -> Result<Result<(), HandleError>, StoreError> {
+        self.ctx.begin(key)?;
+        let r = self.finish_first(key);
+        // Nothing of the trial is kept.
+        self.ctx.finish(false, &mut Emits::default());
+        Ok(r)
     }
 
     fn handle(&mut self, event: EventRef<'_>) -> Result<(), HandleError> {

@@ -12,7 +12,7 @@ use super::{Running, Shutdown, Started};
 use crate::checkpoint::{Counted, Writer};
 use crate::config::{Delivery, Input, Output, Pipeline};
 use crate::control::Server;
-use crate::operator::{Loaded, OperatorKind};
+use crate::operator::Loaded;
 use eddy_kafka::rdkafka::consumer::Consumer as _;
 
 use crate::sink::format::Formats;
@@ -355,7 +355,7 @@ pub fn start(p: &Pipeline, mut operators: Vec<Loaded>, shutdown: &Shutdown) -> R
             let files = operators
                 .iter()
                 .zip(&p.operators)
-                .filter(|(op, _)| matches!(op.kind, OperatorKind::Wasm(_)))
+                .filter(|(op, _)| op.kind.component().is_some())
                 .map(|(op, spec)| (op.name.to_string(), spec.component.clone()))
                 .collect();
             controller.watch(files, WATCH_EVERY)

@@ -12,7 +12,7 @@ use crossbeam_channel::{bounded, Sender};
 
 use super::versions::now_ms;
 use super::{Claim, Command, Prepared, SwapReport, Version, Versions};
-use crate::operator::{Loaded, OpCtx, Operator, OperatorKind, WasmComponent};
+use crate::operator::{Loaded, OperatorKind};
 use crate::state::{Store, StoreError};
 use crate::stats::Live;
 
@@ -118,8 +118,9 @@ pub struct Controller {
     /// Versions of each operator; the coordinator changes `active` at the
     /// barrier and writes them at checkpoints.
     versions: Mutex<Vec<Versions>>,
-    /// Compiled components by content hash, for instant rollback.
-    components: Mutex<HashMap<String, Arc<WasmComponent>>>,
+    /// Compiled components by operator (stage) and content hash, for
+    /// instant rollback.
+    components: Mutex<HashMap<(usize, String), OperatorKind>>,
     /// One swap at a time.
     swapping: Gate,
     to_coordinator: Sender<Command>,
@@ -147,9 +148,9 @@ impl Controller {
         input: String,
     ) -> Controller {
         let mut components = HashMap::new();
-        for op in &ops {
-            if let OperatorKind::Wasm(p) = &op.kind {
-                components.insert(p.hash().to_string(), p.clone());
+        for (stage, op) in ops.iter().enumerate() {
+            if let Some(c) = op.kind.component() {
+                components.insert((stage, c.hash.to_string()), op.kind.clone());
             }
         }
         Controller {
@@ -227,13 +228,27 @@ impl Controller {
         let running = self.versions()[stage].current().hash.clone();
         let started = Instant::now();
         let engine = self.engine(stage)?;
-        let component = WasmComponent::load(&engine, path).map_err(|e| {
+        let refused = |e: String| {
             Refused(format!(
                 "swap of `{operator}` refused: {e}; version {running} keeps running"
             ))
-        })?;
+        };
+        let bytes = crate::state::read_regular_file(path, crate::state::MAX_COMPONENT_BYTES, false)
+            .map_err(|error| {
+                refused(
+                    crate::operator::ComponentError::Read {
+                        path: path.to_path_buf(),
+                        error,
+                    }
+                    .to_string(),
+                )
+            })?;
+        let component = self.ops[stage]
+            .kind
+            .with_component(&engine, path, &bytes, operator)
+            .map_err(|e| refused(e.to_string()))?;
         let compile = started.elapsed();
-        let done = self.activate(stage, Arc::new(component), compile, asker)?;
+        let done = self.activate(stage, component, compile, asker)?;
         if let Some(n) = self.live.ops.get(stage) {
             n.swaps.fetch_add(1, Ordering::Relaxed);
         }
@@ -259,7 +274,9 @@ impl Controller {
             }
         };
         let started = Instant::now();
-        let cached = lock(&self.components).get(&previous.hash).cloned();
+        let cached = lock(&self.components)
+            .get(&(stage, previous.hash.clone()))
+            .cloned();
         let component = match cached {
             Some(p) => p,
             None => {
@@ -267,17 +284,18 @@ impl Controller {
                 let path = self.store.component_path(&previous.hash);
                 // Checked against its content hash before it runs.
                 let loaded = match self.store.load_component(&previous.hash) {
-                    Ok(b) => {
-                        WasmComponent::from_bytes(&engine, &path, &b).map_err(|e| e.to_string())
-                    }
+                    Ok(b) => self.ops[stage]
+                        .kind
+                        .with_component(&engine, &path, &b, operator)
+                        .map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
-                Arc::new(loaded.map_err(|e| {
+                loaded.map_err(|e| {
                     Refused(format!(
                         "rollback of `{operator}` to version {} refused: {e}; version {} keeps running",
                         previous.hash, running.hash
                     ))
-                })?)
+                })?
             }
         };
         let done = self.activate(stage, component, started.elapsed(), asker)?;
@@ -288,81 +306,88 @@ impl Controller {
     }
 
     fn engine(&self, stage: usize) -> Result<wasmtime::Engine, Refused> {
-        match &self.ops[stage].kind {
-            OperatorKind::Wasm(p) => Ok(p.engine().clone()),
-            OperatorKind::Native(_) => Err(Refused(format!(
+        match self.ops[stage].kind.component() {
+            Some(c) => Ok(c.engine.clone()),
+            None => Err(Refused(format!(
                 "operator `{}` is native code, not a component: it cannot be swapped",
-                self.ops[stage].name
-            ))),
-            OperatorKind::Window(..) => Err(Refused(format!(
-                "operator `{}` is a window operator: swapping a window aggregate is not supported yet (stop the pipeline, change its component, start it again: its windows are kept in the state directory)",
                 self.ops[stage].name
             ))),
         }
     }
 
-    /// Checks `component` as operator `stage`, makes its instances and has the
+    /// Checks `kind` (a new version of operator `stage`: its component
+    /// in the same kind of operator), makes its instances and has the
     /// coordinator switch to them; returns once the switch is durable.
     fn activate(
         &self,
         stage: usize,
-        component: Arc<WasmComponent>,
+        kind: OperatorKind,
         compile: Duration,
         asker: &Asker,
     ) -> Result<SwapReport, Refused> {
         let started = Instant::now();
         let op = &self.ops[stage];
         let name = &op.name;
+        let component = kind.component().ok_or_else(|| {
+            Refused(format!(
+                "operator `{name}` is native code: it cannot be swapped"
+            ))
+        })?;
         let (generation, history, from) = {
             let v = &self.versions()[stage];
-            if v.current().hash == component.hash() {
+            if v.current().hash == component.hash {
                 return Err(Refused(format!(
                     "`{name}` already runs version {} ({}): nothing to swap",
-                    component.hash(),
-                    component.path().display()
+                    component.hash,
+                    component.path.display()
                 )));
             }
             let mut history: Vec<String> = v.all.iter().map(|v| v.hash.clone()).collect();
-            history.push(component.hash().to_string());
+            history.push(component.hash.to_string());
             (v.all.len() as u32, Arc::new(history), v.current().clone())
         };
         let refused = |what: String| {
             Refused(format!(
                 "swap of `{name}` to {} ({}) refused: {what}; version {} keeps running",
-                component.hash(),
-                component.path().display(),
+                component.hash,
+                component.path.display(),
                 from.hash
             ))
         };
         let store_err = |e: StoreError| refused(e.to_string());
-        // Try it: init, and the migration on committed keys.
-        let mut ctx = OpCtx::new(
-            name.clone(),
-            Some(self.store.reader().map_err(store_err)?),
-            op.limits,
-        );
-        ctx.set_generation(generation);
-        let mut trial = component
-            .instantiate(ctx, &op.config)
+        // The new version as the pipeline would run it.
+        let next = Loaded {
+            kind: kind.clone(),
+            generation,
+            history: history.clone(),
+            ..op.clone()
+        };
+        // Try it: init, and on committed keys the migration (or, for a
+        // window aggregate, `finish` on the windows they hold).
+        let mut trial = next
+            .instantiate(Some(self.store.reader().map_err(store_err)?))
             .map_err(|e| refused(e.to_string()))?;
-        trial.set_history(history.clone());
-        if component.migrates() {
+        let window = matches!(kind, OperatorKind::Window(..));
+        if kind.migrates() || window {
             for key in self
                 .store
                 .sample_keys(name, TRIAL_KEYS)
                 .map_err(store_err)?
             {
-                if let Err(e) = trial.prepare(&key).map_err(store_err)? {
-                    return Err(refused(format!(
-                        "its migration failed on committed key `{key}`: {e}"
-                    )));
+                if let Err(e) = trial.rehearse(&key).map_err(store_err)? {
+                    return Err(refused(match window {
+                        true => format!(
+                            "its `finish` failed on the windows of committed key `{key}`: {e} (the new aggregate must read the accumulators the running one wrote)"
+                        ),
+                        false => format!("its migration failed on committed key `{key}`: {e}"),
+                    }));
                 }
             }
         }
         drop(trial);
         // Pending timers need a handler in the new version (checked, like
         // the migration, on what is committed).
-        if !component.handles_timers() {
+        if !kind.handles_timers() {
             if let Some((key, timer, at)) =
                 self.store.first_operator_timer(name).map_err(store_err)?
             {
@@ -372,23 +397,19 @@ impl Controller {
             }
         }
         self.store
-            .keep_component(component.hash(), component.bytes())
+            .keep_component(component.hash, component.bytes)
             .map_err(store_err)?;
         let mut instances = Vec::with_capacity(self.workers);
         for _ in 0..self.workers {
-            let mut ctx = OpCtx::new(name.clone(), None, op.limits);
-            ctx.set_generation(generation);
-            let mut inst = component
-                .instantiate(ctx, &op.config)
-                .map_err(|e| refused(e.to_string()))?;
-            inst.set_history(history.clone());
-            instances.push(Box::new(inst) as Box<dyn Operator>);
+            // Each takes over the running instance's context (its state
+            // cache and timers) at the switch.
+            instances.push(next.instantiate(None).map_err(|e| refused(e.to_string()))?);
         }
-        lock(&self.components).insert(component.hash().to_string(), component.clone());
+        lock(&self.components).insert((stage, component.hash.to_string()), kind.clone());
         let to = Version {
             generation,
-            hash: component.hash().to_string(),
-            source: component.path().display().to_string(),
+            hash: component.hash.to_string(),
+            source: component.path.display().to_string(),
             loaded_at_ms: now_ms(),
         };
         let report = SwapReport {
@@ -398,7 +419,7 @@ impl Controller {
             barrier_line: 0,
             compile_ms: compile.as_secs_f64() * 1e3,
             prepare_ms: started.elapsed().as_secs_f64() * 1e3,
-            migrates: component.migrates(),
+            migrates: kind.migrates(),
         };
         if self.stopped.load(Ordering::Acquire) {
             return Err(refused("the pipeline is stopping".into()));

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::operator::{Loaded, OperatorKind, WasmComponent};
+use crate::operator::Loaded;
 use crate::state::{component_hash, is_short_version_id, legacy_component_hash, Store, StoreError};
 
 /// Why the version a state directory runs cannot be put back in service.
@@ -87,7 +87,7 @@ pub(super) fn now_ms() -> u64 {
 /// service, and sets `op`'s generation and history. Returns the versions
 /// and whether they changed (so the next checkpoint writes them).
 pub fn resolve(store: &Store, op: &mut Loaded) -> Result<(Versions, bool), ResolveError> {
-    let OperatorKind::Wasm(component) = &op.kind else {
+    let Some(component) = op.kind.component() else {
         let v = Version {
             generation: 0,
             hash: "native".into(),
@@ -103,14 +103,16 @@ pub fn resolve(store: &Store, op: &mut Loaded) -> Result<(Versions, bool), Resol
             false,
         ));
     };
-    let component = component.clone();
-    let hash = component.hash().to_string();
-    let source = component.path().display().to_string();
-    store.keep_component(&hash, component.bytes())?;
+    let hash = component.hash.to_string();
+    let source = component.path.display().to_string();
+    let pipeline_path = component.path.to_path_buf();
+    let bytes = component.bytes;
+    let engine = component.engine.clone();
+    store.keep_component(&hash, bytes)?;
     let mut recorded: Option<Versions> = store.meta_json(&Versions::meta_name(&op.name))?;
     let mut renamed = false;
     if let Some(v) = &mut recorded {
-        renamed = adopt_legacy_names(v, component.bytes(), &hash);
+        renamed = adopt_legacy_names(v, bytes, &hash);
         if renamed {
             tracing::info!(
                 operator = %op.name,
@@ -139,7 +141,9 @@ pub fn resolve(store: &Store, op: &mut Loaded) -> Result<(Versions, bool), Resol
                 let path = store.component_path(&current.hash);
                 // Checked against its content hash before it runs.
                 let loaded = match store.load_component(&current.hash) {
-                    Ok(b) => WasmComponent::from_bytes(component.engine(), &path, &b)
+                    Ok(b) => op
+                        .kind
+                        .with_component(&engine, &path, &b, &op.name)
                         .map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
@@ -156,9 +160,9 @@ pub fn resolve(store: &Store, op: &mut Loaded) -> Result<(Versions, bool), Resol
                     current.hash,
                     current.generation,
                     current.source,
-                    component.path().display()
+                    pipeline_path.display()
                 );
-                op.kind = OperatorKind::Wasm(Arc::new(swapped));
+                op.kind = swapped;
             }
             (v, renamed)
         }

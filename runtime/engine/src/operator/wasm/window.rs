@@ -39,6 +39,8 @@ pub struct WasmWindow {
     hash: String,
     engine: Engine,
     pre: InstancePre<HostData>,
+    /// The component's bytes (kept in the state directory for a rollback).
+    bytes: Arc<[u8]>,
 }
 
 impl WasmWindow {
@@ -57,6 +59,18 @@ impl WasmWindow {
                 path: path.to_path_buf(),
                 error,
             })?;
+        Self::from_bytes(engine, path, &bytes, operator, at)
+    }
+
+    /// [`WasmWindow::load`] from the component's bytes (`path`: where they
+    /// came from, for messages).
+    pub fn from_bytes(
+        engine: &Engine,
+        path: &Path,
+        bytes: &[u8],
+        operator: &str,
+        at: &str,
+    ) -> Result<WasmWindow, ComponentError> {
         let Checked {
             path,
             hash,
@@ -66,7 +80,7 @@ impl WasmWindow {
         } = check(
             engine,
             path,
-            &bytes,
+            bytes,
             super::cache::Cache::from_env().as_ref(),
         )?;
         let missing: Vec<&str> = EXPORTS
@@ -91,7 +105,18 @@ impl WasmWindow {
             hash,
             engine: engine.clone(),
             pre,
+            bytes: bytes.into(),
         })
+    }
+
+    /// The component's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The engine it was compiled for.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// Where the component was loaded from.
