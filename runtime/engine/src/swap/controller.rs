@@ -467,7 +467,7 @@ mod tests {
 
     use super::*;
     use crate::config::Limits;
-    use crate::operator::NativeCounter;
+    use crate::operator::{NativeCounter, Operator};
 
     /// A controller of two native operators `a` and `b` over 2 workers.
     fn controller(dir: &Path) -> (Controller, crossbeam_channel::Receiver<Command>) {
