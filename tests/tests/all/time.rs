@@ -131,6 +131,45 @@ fn timers_fire_in_order_when_the_watermark_passes_them() {
     assert_eq!(state["b"], vec![json!(2)]);
 }
 
+/// Events that read nothing of time ride the batched path across
+/// watermark advances (a worker need not end a batch at each); an event
+/// that reads the watermark or sets a timer in the middle of such a run
+/// still sees the watermark of its own place in the input, and its timer
+/// fires at the advance it is due at, with 1, 2 or 4 workers.
+#[test]
+fn a_batch_across_advances_stops_where_an_event_reads_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let loud = [(1234, "a"), (2345, "b"), (2999, "c")];
+    let lines: Vec<Value> = (0..3000i64)
+        .map(|i| match loud.iter().find(|(j, _)| *j == i) {
+            Some((_, key)) => json!({"key": key, "ts": i * 10, "set": [["t", i * 10 + 5]]}),
+            None => json!({"key": format!("q{}", i % 50), "ts": i * 10, "quiet": true}),
+        })
+        .collect();
+    let mut expected: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for (i, key) in loud {
+        let ts = i * 10;
+        let wm_fired = if i == 2999 { MAX } else { ts + 10 };
+        expected.insert(
+            key.to_string(),
+            vec![
+                seen(ts, ts - 10, json!([["t", ts + 5]]), json!([])),
+                fired("t", ts + 5, wm_fired, 1),
+            ],
+        );
+    }
+    for workers in [1, 2, 4] {
+        let sub = dir.path().join(format!("w{workers}"));
+        std::fs::create_dir(&sub).unwrap();
+        let p = timers_pipeline(&sub, &lines, workers, WatermarkSpec::default());
+        let summary = run(&p);
+        assert_eq!(summary.lines, 3000);
+        assert_eq!(summary.operators[0].handled, 3000, "{workers} workers");
+        assert_eq!(summary.operators[0].timers_fired, 3, "{workers} workers");
+        assert_eq!(by_key(outputs(&p)), expected, "{workers} workers");
+    }
+}
+
 /// A timer handler that traps or returns an error is dead-lettered with
 /// its timer, none of its writes or emits take effect, and its timer is
 /// consumed; the operator goes on (a fresh instance after the trap).

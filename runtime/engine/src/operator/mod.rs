@@ -189,6 +189,23 @@ pub trait Operator: Send {
         None
     }
 
+    /// [`Operator::handle_many`] for a run of events the worker let go on
+    /// across watermark advances (see [`Operator::timer_bound`]), with the
+    /// context's watermark already at the last of them. It may stop before
+    /// an event whose handling would need the watermark at that event's
+    /// own place in the input (a Wasm operator's per-event path, or its
+    /// batch reading `timers.watermark`), returning how many events it
+    /// handled: the worker then hands it the rest again, split at the
+    /// advances. The default handles them all.
+    fn handle_span(
+        &mut self,
+        events: &[EventRef<'_>],
+        done: &mut Done<'_>,
+    ) -> Result<usize, RunError> {
+        self.handle_many(events, done)?;
+        Ok(events.len())
+    }
+
     /// Handles a timer that fired; state and timer calls act on
     /// `timer.key` (the worker has called [`OpCtx::begin`] for it). The
     /// default refuses: an operator that sets timers implements it.

@@ -26,6 +26,7 @@
 //! - here: [`Worker`], one thread's loop.
 //! - `tests`: a worker on its own (swaps in a batch, their pauses).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -456,26 +457,56 @@ impl Worker {
     fn handle_batch(&mut self, batch: &mut Batch) -> Result<(), RunError> {
         let outer = self.avail;
         self.avail = batch.sent.unwrap_or_else(Instant::now);
-        let cuts = std::mem::take(&mut batch.cuts);
+        let mut cuts: VecDeque<Cut> = std::mem::take(&mut batch.cuts).into();
+        let len = batch.events.len();
         let mut from = 0;
         // Events `from..scanned` wait to be handled across advances that
         // fire nothing; `bound` is the earliest time a timer they set can
         // have (see `Worker::quiet`).
         let (mut scanned, mut bound) = (0, i64::MAX);
-        let mut r = Ok(());
-        for cut in cuts {
-            let at = cut.at().clamp(from, batch.events.len());
-            if let Cut::Mark { w, fire: true, .. } = cut {
+        // The advances the run in hand goes on across, and the watermark
+        // before the first of them.
+        let mut passed: Vec<Cut> = Vec::new();
+        let mut before = i64::MIN;
+        let r = loop {
+            let cut = cuts.pop_front();
+            let at = cut.as_ref().map_or(len, |c| c.at().clamp(from, len));
+            if let Some(Cut::Mark { w, fire: true, .. }) = cut {
                 if self.quiet(batch, &mut scanned, &mut bound, at, w) {
+                    if passed.is_empty() {
+                        before = self.ops[0].ctx().watermark();
+                    }
                     self.ops[0].ctx().set_watermark(w);
+                    passed.extend(cut);
                     continue;
                 }
             }
             (scanned, bound) = (at, i64::MAX);
-            r = self.handle_events(batch, from, at);
-            if r.is_err() {
-                break;
+            let reached = match self.handle_events(batch, from, at, !passed.is_empty()) {
+                Ok(reached) => reached,
+                Err(e) => break Err(e),
+            };
+            if reached < at {
+                // The first operator stopped the run before event
+                // `reached`, which needs its own watermark: the advances
+                // after it are made again, from there.
+                if let Some(c) = cut {
+                    cuts.push_front(c);
+                }
+                let mut w = before;
+                for c in passed.drain(..).rev() {
+                    match c {
+                        Cut::Mark { at, w: cw, .. } if at <= reached => w = w.max(cw),
+                        c => cuts.push_front(c),
+                    }
+                }
+                self.ops[0].ctx().set_watermark(w);
+                from = reached;
+                (scanned, bound) = (reached, i64::MAX);
+                continue;
             }
+            passed.clear();
+            let Some(cut) = cut else { break Ok(()) };
             match cut {
                 Cut::Switch(Switch {
                     stage,
@@ -486,20 +517,13 @@ impl Worker {
                 Cut::Mark { w, line, fire, .. } => {
                     if !fire {
                         self.ops[0].ctx().set_watermark(w);
-                        from = at;
-                        continue;
-                    }
-                    r = self.advance(w, line);
-                    if r.is_err() {
-                        break;
+                    } else if let Err(e) = self.advance(w, line) {
+                        break Err(e);
                     }
                 }
             }
             from = at;
-        }
-        if r.is_ok() {
-            r = self.handle_events(batch, from, batch.events.len());
-        }
+        };
         self.avail = outer;
         r
     }
@@ -528,6 +552,11 @@ impl Worker {
             if e.stage != 0 {
                 continue;
             }
+            if e.late {
+                // Handled on its own, with the watermark of its place.
+                *bound = i64::MIN;
+                break;
+            }
             let event = EventRef {
                 key: batch.key(e),
                 value: &batch.data[e.mid..e.end],
@@ -551,7 +580,18 @@ impl Worker {
     /// Handles the batch's events `from..to`: each run of consecutive
     /// events for the same operator goes to that operator in one
     /// `handle_many` call.
-    fn handle_events(&mut self, batch: &Batch, from: usize, to: usize) -> Result<(), RunError> {
+    ///
+    /// `span`: the events go on across watermark advances the worker
+    /// passed over ([`Worker::quiet`]); the first operator may then stop
+    /// early ([`Operator::handle_span`]). Returns the index of the first
+    /// event not handled (`to` when all were).
+    fn handle_events(
+        &mut self,
+        batch: &Batch,
+        from: usize,
+        to: usize,
+        span: bool,
+    ) -> Result<usize, RunError> {
         let mut start = from;
         while start < to {
             let stage = batch.events[start].stage;
@@ -580,24 +620,30 @@ impl Worker {
             if late {
                 self.ops[stage as usize].ctx().set_late(true);
             }
-            let r = self.process_run(stage as usize, &events, &lines);
+            let r = self.process_run(stage as usize, &events, &lines, span && stage == 0);
             if late {
                 self.ops[stage as usize].ctx().set_late(false);
             }
-            r?;
+            let n = r?;
+            if n < events.len() {
+                return Ok(start + n);
+            }
             start = end;
         }
-        Ok(())
+        Ok(to)
     }
 
     /// Handles `events` with operator `stage`, then (depth first, in
-    /// order) what they emitted.
+    /// order) what they emitted; with `span`, through
+    /// [`Operator::handle_span`], which may handle only the first ones.
+    /// Returns how many were handled.
     fn process_run(
         &mut self,
         stage: usize,
         events: &[EventRef<'_>],
         lines: &[u64],
-    ) -> Result<(), RunError> {
+        span: bool,
+    ) -> Result<usize, RunError> {
         let last = stage + 1 == self.ops.len();
         let workers = self.peers.len();
         let me = self.id;
@@ -630,7 +676,7 @@ impl Worker {
         let name = op.ctx().name().clone();
         let version = op.version().to_string();
         let stats = &mut stats[stage];
-        op.handle_many(events, &mut |i, result, emitted| {
+        let on_done: &mut crate::operator::Done<'_> = &mut |i, result, emitted| {
             let e = &events[i];
             match result {
                 Ok(()) => {
@@ -685,7 +731,14 @@ impl Worker {
             if dead.len() >= FLUSH_BYTES {
                 let _ = sink.send(SinkMsg::Dead(std::mem::take(dead)));
             }
-        })?;
+        };
+        let handled = match span {
+            true => op.handle_span(events, on_done)?,
+            false => {
+                op.handle_many(events, on_done)?;
+                events.len()
+            }
+        };
         let end = Instant::now();
         last_end[stage] = Some(end);
         let took = end - run_start;
@@ -700,7 +753,7 @@ impl Worker {
             local.sent = Some(Instant::now());
             self.handle_batch(&mut local)?;
         }
-        Ok(())
+        Ok(handled)
     }
 
     /// Advances the watermark of the first operator's input to `w` (at

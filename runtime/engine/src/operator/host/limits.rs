@@ -31,6 +31,10 @@ pub enum HostError {
     )]
     /// A state or emit call outside an event.
     NoKey,
+    #[error("timers.watermark called in a `handle-batch` call whose events span watermark advances; the host hands them over again, split at the advances")]
+    /// The watermark read in a batch that spans watermark advances (the
+    /// host then replays the batch split at them; a user never sees this).
+    WatermarkInSpan,
     #[error("timers.set: this operator does not export `on-timer` (world `timer-operator` of contract 0.3.0), so its timers could never fire")]
     /// A timer set by an operator without a timer handler.
     NoTimerHandler,

@@ -182,6 +182,11 @@ pub struct OpCtx {
     /// The event being handled is late (`timers.late`; set by the worker
     /// around a late event delivered under `late = "deliver"`).
     late: bool,
+    /// The events being handled in one call stretch over watermark
+    /// advances the worker passed ([`OpCtx::set_spanning`]): then
+    /// `timers.watermark` traps, and the caller hands them over again,
+    /// split at the advances.
+    spanning: bool,
     /// The time to live of state names, and the entries' deadlines (`None`:
     /// no name has one).
     ttl: Option<Box<ttl::Ttl>>,
@@ -220,6 +225,7 @@ impl OpCtx {
             watermark: i64::MIN,
             timer_use: TimerUse::NoHandler,
             late: false,
+            spanning: false,
             ttl: None,
             event_time: None,
         }

@@ -294,6 +294,21 @@ impl OpCtx {
         self.watermark = w;
     }
 
+    /// Marks the events handled from now on as spanning watermark
+    /// advances the worker passed over, or not (see
+    /// [`Operator::handle_span`](crate::operator::Operator::handle_span)):
+    /// meanwhile `timers.watermark` traps with
+    /// [`HostError::WatermarkInSpan`], since no one watermark holds for
+    /// all of them.
+    pub fn set_spanning(&mut self, on: bool) {
+        self.spanning = on;
+    }
+
+    /// Whether the events being handled span passed watermark advances.
+    pub fn spanning(&self) -> bool {
+        self.spanning
+    }
+
     /// Whether the event being handled is late (see
     /// [`OpCtx::set_late`]): what `timers.late` returns.
     pub fn late(&self) -> bool {
@@ -379,6 +394,9 @@ impl OpCtx {
 
 impl timers::Host for OpCtx {
     fn watermark(&mut self) -> wasmtime::Result<i64> {
+        if self.spanning {
+            return Err(trap(HostError::WatermarkInSpan));
+        }
         Ok(self.watermark)
     }
     fn late(&mut self) -> wasmtime::Result<bool> {

@@ -19,8 +19,8 @@ use super::engine::deadline_ticks;
 use super::random::Scope;
 use super::WasmOperator;
 use crate::config::Limits;
-use crate::operator::host::{cap_reason, Emits, OpCtx};
-use crate::operator::{handle_each, Done, EventRef, HandleError, Operator, RunError};
+use crate::operator::host::{cap_reason, Emits, HostError, OpCtx};
+use crate::operator::{Done, EventRef, HandleError, Operator, RunError};
 use crate::state::StoreError;
 
 /// Most events per `handle-batch` call.
@@ -68,7 +68,7 @@ impl WasmOperator {
                 // key's events are dead-lettered.
                 if self.ctx().slot_stale(slot) && self.migrate_if_stale(events[first].key)?.is_err()
                 {
-                    handle_each(self, events, 0, done)?;
+                    self.per_event(events, 0, done)?;
                     return Ok(events.len());
                 }
             }
@@ -79,7 +79,7 @@ impl WasmOperator {
             cap(self.store.data().ctx.limits()),
         );
         if n == 0 {
-            handle_each(self, &events[..1], 0, done)?;
+            self.per_event(&events[..1], 0, done)?;
             return Ok(1);
         }
         let events = &events[..n];
@@ -103,14 +103,24 @@ impl WasmOperator {
                 }
                 self.logged_last_batch = true;
                 let _ = self.restart();
-                handle_each(self, events, 0, done)?;
+                self.per_event(events, 0, done)?;
                 return Ok(n);
             }
             Ok(r) => {
                 self.logged_last_batch = false;
                 r
             }
-            Err(_) => {
+            Err(e) => {
+                if e.chain().any(|c| {
+                    matches!(
+                        c.downcast_ref::<HostError>(),
+                        Some(HostError::WatermarkInSpan)
+                    )
+                }) {
+                    // It reads the watermark in its batches: its runs stop
+                    // at every advance from now on.
+                    self.span_off = true;
+                }
                 if store.data().random.wanted_in_batch {
                     // Its numbers depend on the event: per event from now.
                     tracing::debug!(operator = %store.data().ctx.name(), "the operator draws random numbers: handling its events one by one");
@@ -120,7 +130,7 @@ impl WasmOperator {
                 // event that traps is dead-lettered. When no fresh
                 // instance starts, each event tries again (`revive`).
                 let _ = self.restart();
-                handle_each(self, events, 0, done)?;
+                self.per_event(events, 0, done)?;
                 return Ok(n);
             }
         };
@@ -131,7 +141,7 @@ impl WasmOperator {
                 // Like a trap: nothing of the result takes effect.
                 tracing::warn!(operator = %self.ctx().name(), "handle-batch returned a result the host refuses ({e}); replaying the batch event by event on a fresh instance");
                 let _ = self.restart();
-                handle_each(self, events, 0, done)?;
+                self.per_event(events, 0, done)?;
                 return Ok(n);
             }
         };
@@ -143,7 +153,7 @@ impl WasmOperator {
             Applied::Stop(i) => {
                 self.batched_events += i as u64;
                 self.batch_off = true;
-                handle_each(self, events, i, done)?;
+                self.per_event(events, i, done)?;
                 Ok(n)
             }
             Applied::Refused(i) => {

@@ -188,6 +188,69 @@ impl WasmOperator {
         }
     }
 
+    /// Handles `events` in frames of at most [`MAX_BATCH`]; returns how
+    /// many it handled: all, unless in a span (see
+    /// [`Operator::handle_span`]) events from there on need the per-event
+    /// path.
+    fn frames_of(
+        &mut self,
+        events: &[EventRef<'_>],
+        done: &mut Done<'_>,
+    ) -> Result<usize, RunError> {
+        if self.live.is_none() && self.failed_starts >= MAX_FAILED_STARTS {
+            return Err(self.gave_up());
+        }
+        // What the operator logs is tagged with its version.
+        let _span = self.span().entered();
+        let spanning = self.store.data().ctx.spanning();
+        let mut start = 0;
+        while start < events.len() {
+            let end = (start + MAX_BATCH).min(events.len());
+            let from = start;
+            let done = &mut |i, r, e: &mut Emits| done(from + i, r, e);
+            // Looked up for each frame: a trap replaces the instance.
+            let batch = self.live.as_ref().and_then(|l| l.batch);
+            // A late event goes to `handle` (which serves `timers.late`),
+            // never into a batch; so do all events when TTL refreshes on
+            // reads, which the host sees only there.
+            let per_event = self.store.data().ctx.per_event_only();
+            start += match batch.filter(|_| !self.batch_off && !per_event) {
+                Some(batch) => {
+                    let took = self.run_frame(batch, &events[start..end], done)?;
+                    if let Some(k) = self.span_stop.take() {
+                        return Ok(start + k);
+                    }
+                    took
+                }
+                None if spanning => {
+                    self.span_again = true;
+                    return Ok(start);
+                }
+                None => {
+                    handle_each(self, &events[start..end], 0, done)?;
+                    end - start
+                }
+            };
+        }
+        Ok(events.len())
+    }
+
+    /// The per-event path for `events[from..]` of a frame; in a span,
+    /// where they would not see their own watermark, a stop there instead.
+    pub(super) fn per_event(
+        &mut self,
+        events: &[EventRef<'_>],
+        from: usize,
+        done: &mut Done<'_>,
+    ) -> Result<(), RunError> {
+        if self.store.data().ctx.spanning() {
+            self.span_stop = Some(from);
+            self.span_again = true;
+            return Ok(());
+        }
+        handle_each(self, events, from, done)
+    }
+
     /// The component this instance runs.
     pub fn component(&self) -> &Arc<WasmComponent> {
         &self.component
@@ -373,31 +436,29 @@ impl Operator for WasmOperator {
         events: &[EventRef<'_>],
         done: &mut Done<'_>,
     ) -> Result<(), RunError> {
-        if self.live.is_none() && self.failed_starts >= MAX_FAILED_STARTS {
-            return Err(self.gave_up());
-        }
-        // What the operator logs is tagged with its version.
-        let _span = self.span().entered();
-        let mut start = 0;
-        while start < events.len() {
-            let end = (start + MAX_BATCH).min(events.len());
-            let from = start;
-            let done = &mut |i, r, e: &mut Emits| done(from + i, r, e);
-            // Looked up for each frame: a trap replaces the instance.
-            let batch = self.live.as_ref().and_then(|l| l.batch);
-            // A late event goes to `handle` (which serves `timers.late`),
-            // never into a batch; so do all events when TTL refreshes on
-            // reads, which the host sees only there.
-            let per_event = self.store.data().ctx.per_event_only();
-            start += match batch.filter(|_| !self.batch_off && !per_event) {
-                Some(batch) => self.run_frame(batch, &events[start..end], done)?,
-                None => {
-                    handle_each(self, &events[start..end], 0, done)?;
-                    end - start
-                }
-            };
-        }
+        self.frames_of(events, done)?;
+        self.span_again = false;
         Ok(())
+    }
+
+    fn timer_bound(&self, _event: &EventRef<'_>) -> Option<i64> {
+        // On the batched path an event's handling neither reads the
+        // watermark nor sets a timer: a batch that would (a `stop`, or a
+        // call the host refuses in a span) is handed over again, split at
+        // the advances (`handle_span`).
+        let batched = self.batching() && !self.store.data().ctx.per_event_only();
+        (batched && !self.span_again && !self.span_off).then_some(i64::MAX)
+    }
+
+    fn handle_span(
+        &mut self,
+        events: &[EventRef<'_>],
+        done: &mut Done<'_>,
+    ) -> Result<usize, RunError> {
+        self.store.data_mut().ctx.set_spanning(true);
+        let r = self.frames_of(events, done);
+        self.store.data_mut().ctx.set_spanning(false);
+        r
     }
 
     fn handles_timers(&self) -> bool {

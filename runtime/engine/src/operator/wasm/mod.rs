@@ -121,6 +121,15 @@ pub struct WasmOperator {
     /// The last `handle-batch` call logged (so it was replayed per event):
     /// a second one in a row turns the batched path off.
     logged_last_batch: bool,
+    /// In a run handed over by [`Operator::handle_span`]: where, in the
+    /// current frame, the events stopped that need the per-event path.
+    span_stop: Option<usize>,
+    /// A span just stopped: the next run is not to span advances (it is
+    /// handed over split at them), until a `handle_many` call ends.
+    span_again: bool,
+    /// A batch read the watermark in a span: this operator's runs no
+    /// longer span advances.
+    span_off: bool,
     /// The `handle-batch` batch, its buffers kept from call to call.
     frames: HostBatch,
     /// Content hash of each generation of this operator (index: generation),
