@@ -170,6 +170,49 @@ fn a_batch_across_advances_stops_where_an_event_reads_the_watermark() {
     }
 }
 
+/// An operator that reads the watermark inside its `handle-batch` (as no
+/// SDK does: `tests/fixtures/malformed`, on raw bindings) while its batch
+/// goes on across advances: the host refuses the read, hands the events
+/// over again split at the advances, and the read gives the watermark of
+/// the event's own place; every event is handled exactly once.
+#[test]
+fn a_watermark_read_in_a_batch_across_advances_gets_its_own_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<Value> = (0..2000i64)
+        .map(|i| match i {
+            1500 => json!({"key": "w", "ts": i * 10, "watermark": true}),
+            _ => json!({"key": format!("q{}", i % 20), "ts": i * 10}),
+        })
+        .collect();
+    for workers in [1, 2] {
+        let sub = dir.path().join(format!("w{workers}"));
+        std::fs::create_dir(&sub).unwrap();
+        let input = sub.join("in.jsonl");
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&input, text).unwrap();
+        let mut p = pipeline(&sub, &input, &[("m", eddy_tests::MALFORMED)], workers);
+        p.time_field = Some("ts".into());
+        let summary = run(&p);
+        assert_eq!(summary.operators[0].handled, 2000, "{workers} workers");
+        assert_eq!(summary.operators[0].failed, 0, "{workers} workers");
+        let out = by_key(outputs(&p));
+        assert_eq!(
+            out["w"],
+            vec![json!({"n": 1, "path": "batch", "wm": 14990})],
+            "{workers} workers"
+        );
+        for k in 0..20 {
+            let ns: Vec<u64> = out[&format!("q{k}")]
+                .iter()
+                .map(|v| v["n"].as_u64().unwrap())
+                .collect();
+            // (q0 gave line 1500 to `w`)
+            let n = if k == 0 { 99 } else { 100 };
+            assert_eq!(ns, (1..=n).collect::<Vec<u64>>(), "q{k}, {workers} workers");
+        }
+    }
+}
+
 /// A timer handler that traps or returns an error is dead-lettered with
 /// its timer, none of its writes or emits take effect, and its timer is
 /// consumed; the operator goes on (a fresh instance after the trap).
