@@ -319,6 +319,7 @@ impl<A: Aggregate> WindowOperator<A> {
     ) -> Result<(), RunError> {
         let mut slots = Vec::with_capacity(events.len());
         self.ctx.slots(events.iter().map(|e| e.key), &mut slots)?;
+        self.ctx.prefetch_map(&slots, WINDOW_STATE);
         // Each (key slot, pane) the batch touches, once, with its
         // accumulator as it is; per event, the index of its own.
         let mut index: HashMap<(u32, i64), u32> = HashMap::with_capacity(events.len());

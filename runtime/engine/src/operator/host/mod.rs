@@ -446,6 +446,22 @@ impl OpCtx {
         result
     }
 
+    /// Starts loading the memory of map `name` of the keys in `slots`,
+    /// level by level (see [`Entity::prefetch_map`]), so that reading it
+    /// key after key waits less.
+    pub fn prefetch_map(&self, slots: &[u32], name: &str) {
+        let Some(name) = self.lookup(name) else {
+            return;
+        };
+        for level in 0..3 {
+            for &s in slots {
+                if let Some(slot) = self.slots.get(s as usize) {
+                    slot.entity.prefetch_map(name, level);
+                }
+            }
+        }
+    }
+
     /// Ends the current event. With `ok`, its writes stay and its emits are
     /// appended to `out`; otherwise both are discarded.
     pub fn finish(&mut self, ok: bool, out: &mut Emits) {

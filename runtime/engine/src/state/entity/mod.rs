@@ -203,6 +203,31 @@ impl Entity {
         self.extra.as_deref().unwrap_or(&NO_EXTRA)
     }
 
+    /// Starts loading map `name`'s memory into the cache, one level of
+    /// pointers per `level` (0: the key's maps and lists; 1: its maps'
+    /// vector; 2 and up: the map's first field and its bytes, which a key
+    /// with a few fields often reads). A pass over many keys level by level
+    /// lets their loads overlap instead of waiting for each in turn.
+    pub fn prefetch_map(&self, name: Name, level: u8) {
+        let Some(x) = self.extra.as_deref() else {
+            return;
+        };
+        match level {
+            0 => prefetch(x as *const Extra as *const u8),
+            1 => {
+                if let Some(first) = x.maps.first() {
+                    prefetch(first as *const (Name, Map) as *const u8);
+                }
+            }
+            _ => {
+                if let Some((k, v)) = self.map(name).and_then(|m| m.fields.first_key_value()) {
+                    prefetch(k.as_ptr());
+                    prefetch(v.as_ptr());
+                }
+            }
+        }
+    }
+
     /// The maps and lists, made on first use.
     fn x_mut(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Default::default)
@@ -733,6 +758,19 @@ impl Entity {
         }
         Ok((e, generation))
     }
+}
+
+/// Asks for the cache line at `p` (a hint: it never faults, whatever the
+/// address).
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint; it never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch(p as *const i8, _MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 mod spill;
